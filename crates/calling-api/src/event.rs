@@ -1,0 +1,120 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{CallId, CallType, EndReason, ErrorCode, UserId};
+
+/// One speaker's level in a [`CallingEvent::UserVoiceVolume`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserVolume {
+    /// The speaker; the local user appears under its own id.
+    pub user_id: UserId,
+    /// 0 (silent) to 100 (full scale).
+    pub volume: u8,
+}
+
+/// Everything the SDK tells an application.
+///
+/// One variant per delegate callback of the original API, with exactly its
+/// parameters (`onInvited` → [`CallingEvent::Invited`] and so on), then our
+/// extensions, which an application written for the original may ignore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CallingEvent {
+    /// `onError`: an error the SDK cannot recover from by itself; show it.
+    Error {
+        /// Stable error number.
+        code: ErrorCode,
+        /// Human description.
+        msg: String,
+    },
+    /// `onReject` (caller): that invitee rejected.
+    Reject {
+        /// The invitee.
+        user_id: UserId,
+    },
+    /// `onNoResp` (caller): that invitee did not answer before the invitation
+    /// timed out, or was offline.
+    NoResp {
+        /// The invitee.
+        user_id: UserId,
+    },
+    /// `onLineBusy` (caller): that invitee is busy in another call.
+    LineBusy {
+        /// The invitee.
+        user_id: UserId,
+    },
+    /// `onInvited` (invitee): someone invites you.
+    Invited {
+        /// Who sent the invitation.
+        sponsor: UserId,
+        /// The other members and invitees of the call: not you, not the sponsor.
+        user_ids: Vec<UserId>,
+        /// Whether this is a multi-party call (`user_ids` is not empty).
+        is_from_group: bool,
+        /// Audio or video.
+        call_type: CallType,
+    },
+    /// `onCallingCancel` (invitee): the caller cancelled before you answered.
+    CallingCancel,
+    /// `onCallingTimeOut` (invitee): the invitation timed out before you answered.
+    CallingTimeOut,
+    /// `onUserEnter`: a user joined the call.
+    UserEnter {
+        /// Who joined.
+        user_id: UserId,
+    },
+    /// `onUserLeave`: a user left the call.
+    UserLeave {
+        /// Who left.
+        user_id: UserId,
+    },
+    /// `onUserAudioAvailable`: a user's upstream audio turned on or off.
+    UserAudioAvailable {
+        /// Whose audio.
+        user_id: UserId,
+        /// `false` while that user's microphone is muted.
+        available: bool,
+    },
+    /// `onUserVoiceVolume`: periodic levels while in a call.
+    UserVoiceVolume {
+        /// Each speaking user's level, the local user included.
+        user_volumes: Vec<UserVolume>,
+        /// Level of everything together, 0 to 100.
+        total_volume: u8,
+    },
+    /// `onCallEnd`: the call is over for you.
+    CallEnd,
+
+    /// Extension: sent right after every [`CallingEvent::CallEnd`], saying which
+    /// call ended and why.
+    CallEnded {
+        /// The call that ended.
+        call_id: CallId,
+        /// Why it ended.
+        reason: EndReason,
+    },
+    /// Extension: the same user logged in elsewhere and this session is over.
+    /// Sent after the [`CallingEvent::CallEnd`] of a call it ended, if any.
+    KickedOffline,
+}
+
+impl CallingEvent {
+    /// The name of the original's delegate callback this event stands for,
+    /// or `None` for our extensions.
+    pub fn original_name(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Error { .. } => "onError",
+            Self::Reject { .. } => "onReject",
+            Self::NoResp { .. } => "onNoResp",
+            Self::LineBusy { .. } => "onLineBusy",
+            Self::Invited { .. } => "onInvited",
+            Self::CallingCancel => "onCallingCancel",
+            Self::CallingTimeOut => "onCallingTimeOut",
+            Self::UserEnter { .. } => "onUserEnter",
+            Self::UserLeave { .. } => "onUserLeave",
+            Self::UserAudioAvailable { .. } => "onUserAudioAvailable",
+            Self::UserVoiceVolume { .. } => "onUserVoiceVolume",
+            Self::CallEnd => "onCallEnd",
+            Self::CallEnded { .. } | Self::KickedOffline => return None,
+        })
+    }
+}

@@ -1,0 +1,312 @@
+//! The header of audio datagrams (QUIC DATAGRAM frames).
+//!
+//! ```text
+//! byte 0      version (high nibble) | kind (low nibble)
+//! varint      flow id (LEB128, 1–5 bytes, as postcard encodes a u32)
+//! 4 bytes     sequence, big-endian
+//! 4 bytes     timestamp in 48 kHz ticks, big-endian
+//! 1 byte      voice activity (bit 7) | level in -dBov, 0–127 (bits 0–6), as RFC 6464
+//! rest        payload (an Opus packet for audio)
+//! ```
+//!
+//! Encoding and decoding never allocate: the audio path calls them per frame.
+
+use crate::FlowId;
+
+/// The header layout version this crate writes and reads.
+pub const DATAGRAM_VERSION: u8 = 1;
+
+/// The longest header: 1 + 5 + 4 + 4 + 1 bytes.
+pub const MAX_HEADER_LEN: usize = 15;
+
+/// What a datagram carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DatagramKind {
+    /// An encoded audio frame.
+    Audio = 0,
+    /// A latency or reachability probe.
+    Probe = 1,
+    /// Keeps a media path open while nothing is sent (e.g. while muted).
+    KeepAlive = 2,
+}
+
+impl DatagramKind {
+    fn from_nibble(nibble: u8) -> Option<Self> {
+        match nibble {
+            0 => Some(Self::Audio),
+            1 => Some(Self::Probe),
+            2 => Some(Self::KeepAlive),
+            _ => None,
+        }
+    }
+}
+
+/// Why bytes are not a valid datagram, or a header does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatagramError {
+    /// Fewer bytes than a header needs.
+    #[error("datagram truncated: {len} bytes")]
+    Truncated {
+        /// Bytes present.
+        len: usize,
+    },
+    /// A layout version this crate does not read.
+    #[error("unsupported datagram version {0}")]
+    UnsupportedVersion(u8),
+    /// A kind this crate does not know.
+    #[error("unknown datagram kind {0}")]
+    UnknownKind(u8),
+    /// The flow id varint is longer than 5 bytes or exceeds `u32`.
+    #[error("invalid flow id varint")]
+    InvalidFlowId,
+    /// The level is above 127 -dBov.
+    #[error("level {0} -dBov is out of range (0-127)")]
+    InvalidLevel(u8),
+    /// The output buffer is too small for header and payload.
+    #[error("buffer of {capacity} bytes is too small; {needed} needed")]
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        capacity: usize,
+    },
+}
+
+/// The fields in front of every media datagram's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaHeader {
+    /// What follows.
+    pub kind: DatagramKind,
+    /// Whose audio: assigned over signaling; the server overwrites it with the
+    /// sender's own flow before relaying.
+    pub flow_id: FlowId,
+    /// Per-flow packet counter, for loss and reorder detection.
+    pub sequence: u32,
+    /// Capture time of the first sample, in 48 kHz ticks.
+    pub timestamp: u32,
+    /// Whether the frame holds voice (RFC 6464's V bit).
+    pub voice_activity: bool,
+    /// Frame level in -dBov, 0 (loudest) to 127 (silence).
+    pub level_dbov: u8,
+}
+
+impl MediaHeader {
+    /// Bytes this header takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        1 + varint_len(self.flow_id.0) + 4 + 4 + 1
+    }
+
+    /// Writes the header then `payload` into `out`; returns the bytes written.
+    pub fn encode(&self, payload: &[u8], out: &mut [u8]) -> Result<usize, DatagramError> {
+        if self.level_dbov > 127 {
+            return Err(DatagramError::InvalidLevel(self.level_dbov));
+        }
+        let header_len = self.encoded_len();
+        let needed = header_len + payload.len();
+        let Some(out) = out.get_mut(..needed) else {
+            return Err(DatagramError::BufferTooSmall {
+                needed,
+                capacity: out.len(),
+            });
+        };
+        out[0] = (DATAGRAM_VERSION << 4) | self.kind as u8;
+        let mut at = 1 + write_varint(self.flow_id.0, &mut out[1..]);
+        out[at..at + 4].copy_from_slice(&self.sequence.to_be_bytes());
+        at += 4;
+        out[at..at + 4].copy_from_slice(&self.timestamp.to_be_bytes());
+        at += 4;
+        out[at] = (u8::from(self.voice_activity) << 7) | self.level_dbov;
+        at += 1;
+        out[at..].copy_from_slice(payload);
+        Ok(needed)
+    }
+
+    /// Reads a header; returns it with the payload behind it.
+    pub fn decode(datagram: &[u8]) -> Result<(Self, &[u8]), DatagramError> {
+        let truncated = DatagramError::Truncated {
+            len: datagram.len(),
+        };
+        let (&first, rest) = datagram.split_first().ok_or(truncated)?;
+        let version = first >> 4;
+        if version != DATAGRAM_VERSION {
+            return Err(DatagramError::UnsupportedVersion(version));
+        }
+        let kind = DatagramKind::from_nibble(first & 0x0f)
+            .ok_or(DatagramError::UnknownKind(first & 0x0f))?;
+        let (flow_id, rest) = read_varint(rest).ok_or_else(|| {
+            if rest.len() < 5 && rest.iter().all(|byte| byte & 0x80 != 0) {
+                truncated
+            } else {
+                DatagramError::InvalidFlowId
+            }
+        })?;
+        let (fixed, payload) = rest.split_first_chunk::<9>().ok_or(truncated)?;
+        let [s0, s1, s2, s3, t0, t1, t2, t3, level] = *fixed;
+        Ok((
+            Self {
+                kind,
+                flow_id: FlowId(flow_id),
+                sequence: u32::from_be_bytes([s0, s1, s2, s3]),
+                timestamp: u32::from_be_bytes([t0, t1, t2, t3]),
+                voice_activity: level & 0x80 != 0,
+                level_dbov: level & 0x7f,
+            },
+            payload,
+        ))
+    }
+}
+
+fn varint_len(value: u32) -> usize {
+    match value {
+        0..0x80 => 1,
+        0x80..0x4000 => 2,
+        0x4000..0x20_0000 => 3,
+        0x20_0000..0x1000_0000 => 4,
+        _ => 5,
+    }
+}
+
+/// Writes `value` as LEB128; `out` must hold `varint_len(value)` bytes.
+fn write_varint(mut value: u32, out: &mut [u8]) -> usize {
+    let mut written = 0;
+    loop {
+        let low = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out[written] = low;
+            return written + 1;
+        }
+        out[written] = low | 0x80;
+        written += 1;
+    }
+}
+
+/// Reads a LEB128 `u32`; `None` if it is unterminated, longer than 5 bytes or
+/// overflows.
+fn read_varint(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    let mut value: u32 = 0;
+    for (index, &byte) in bytes.iter().enumerate().take(5) {
+        let bits = u32::from(byte & 0x7f);
+        if index == 4 && bits > 0x0f {
+            return None;
+        }
+        value |= bits << (7 * index);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[index + 1..]));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(flow: u32) -> MediaHeader {
+        MediaHeader {
+            kind: DatagramKind::Audio,
+            flow_id: FlowId(flow),
+            sequence: 0xdead_beef,
+            timestamp: 960 * 3,
+            voice_activity: true,
+            level_dbov: 42,
+        }
+    }
+
+    #[test]
+    fn round_trips_every_varint_width() {
+        let payload = [1, 2, 3, 4, 5];
+        for flow in [
+            0,
+            0x7f,
+            0x80,
+            0x3fff,
+            0x4000,
+            0x1f_ffff,
+            0x20_0000,
+            u32::MAX,
+        ] {
+            let mut buf = [0; 64];
+            let len = header(flow).encode(&payload, &mut buf).unwrap();
+            assert_eq!(len, header(flow).encoded_len() + payload.len());
+            let (decoded, rest) = MediaHeader::decode(&buf[..len]).unwrap();
+            assert_eq!(decoded, header(flow));
+            assert_eq!(rest, payload);
+            // The varint is the one postcard writes for a u32.
+            let postcard_varint = postcard::to_allocvec(&flow).unwrap();
+            assert_eq!(&buf[1..1 + postcard_varint.len()], postcard_varint);
+        }
+    }
+
+    #[test]
+    fn documented_layout() {
+        let mut buf = [0; MAX_HEADER_LEN];
+        let len = header(300).encode(&[], &mut buf).unwrap();
+        assert_eq!(
+            &buf[..len],
+            [
+                0x10,
+                0xac,
+                0x02,
+                0xde,
+                0xad,
+                0xbe,
+                0xef,
+                0,
+                0,
+                0x0b,
+                0x40,
+                0x80 | 42
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert_eq!(
+            MediaHeader::decode(&[]),
+            Err(DatagramError::Truncated { len: 0 })
+        );
+        assert_eq!(
+            MediaHeader::decode(&[0x20, 0]),
+            Err(DatagramError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            MediaHeader::decode(&[0x1f, 0]),
+            Err(DatagramError::UnknownKind(15))
+        );
+        assert_eq!(
+            MediaHeader::decode(&[
+                0x10, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]),
+            Err(DatagramError::InvalidFlowId)
+        );
+        assert_eq!(
+            MediaHeader::decode(&[0x10, 0x80]),
+            Err(DatagramError::Truncated { len: 2 })
+        );
+        assert_eq!(
+            MediaHeader::decode(&[0x10, 1, 0, 0]),
+            Err(DatagramError::Truncated { len: 4 })
+        );
+        let mut small = [0; 8];
+        assert_eq!(
+            header(1).encode(&[0; 4], &mut small),
+            Err(DatagramError::BufferTooSmall {
+                needed: 15,
+                capacity: 8
+            })
+        );
+        let mut buf = [0; 32];
+        let loud = MediaHeader {
+            level_dbov: 128,
+            ..header(1)
+        };
+        assert_eq!(
+            loud.encode(&[], &mut buf),
+            Err(DatagramError::InvalidLevel(128))
+        );
+    }
+}

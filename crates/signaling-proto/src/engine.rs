@@ -1,0 +1,936 @@
+//! The client's call logic: what each API call means in each state, and how
+//! server messages become the calling API's events. Sans-IO.
+//!
+//! The application (or the facade) calls [`CallEngine::login`],
+//! [`CallEngine::call`], [`CallEngine::accept`]… which validate, change state
+//! and queue messages for the server; the transport delivers the server's
+//! messages to [`CallEngine::handle_message`]. Out come three queues:
+//! [`CallEngine::poll_transmit`] (messages to send),
+//! [`CallEngine::poll_event`] (the events of the calling API) and
+//! [`CallEngine::poll_completion`] (the server's verdict on each request).
+//!
+//! The engine reads no clock. The server owns every call timeout; the only
+//! timer here is the periodic `onUserVoiceVolume` report while in a call,
+//! driven by [`CallEngine::poll_timeout`] / [`CallEngine::handle_timeout`]
+//! from the levels the audio side feeds to [`CallEngine::record_voice_level`].
+//!
+//! | API call | idle | dialing | ringing | in a call |
+//! | --- | --- | --- | --- | --- |
+//! | `call` | new call | error | error | invite into the call |
+//! | `accept` | error | error | accept | error |
+//! | `reject` | error | error | reject | error |
+//! | `hangup` | error | cancel | reject | leave |
+//!
+//! "Dialing" is the moment between `call` and the server's reply; once the
+//! reply comes the caller is in the call, waiting for its invitees.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use calling_api::{
+    CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason, ErrorCode, UserId,
+    UserVolume,
+};
+use tracing::{debug, warn};
+
+use crate::message::{
+    ClientMessage, FlowId, MAX_USER_DATA_LEN, MAX_USER_SIG_LEN, PROTOCOL_VERSION, RequestId,
+    ServerMessage,
+};
+
+/// Per-call options beyond the original's `call(userId, type)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// How long the invitation rings, in milliseconds; `None` for the
+    /// server's default (30 s unless configured).
+    pub timeout_ms: Option<u32>,
+    /// Opaque data handed to the invitee, at most 4096 bytes.
+    pub user_data: Option<String>,
+}
+
+/// The server's verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The request, as returned when it was made.
+    pub request: RequestId,
+    /// `Ok` with the call for invites and accepts, or why it failed.
+    pub result: CallingResult<Option<CallId>>,
+}
+
+/// An invitation as the invitee sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// The call.
+    pub call_id: CallId,
+    /// Who invites.
+    pub sponsor: UserId,
+    /// The call's other members and invitees.
+    pub user_ids: Vec<UserId>,
+    /// Audio or video.
+    pub call_type: CallType,
+    /// The inviter's application data.
+    pub user_data: Option<String>,
+}
+
+/// Where the engine stands, for display and assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineStatus {
+    /// No session.
+    LoggedOut,
+    /// Login sent, no answer yet.
+    LoggingIn,
+    /// Logged in, no call.
+    Idle,
+    /// `call` sent, no answer yet.
+    Dialing,
+    /// An invitation rings.
+    Ringing(Invitation),
+    /// `accept` sent, no answer yet.
+    Accepting(CallId),
+    /// In a call: the other members who have entered.
+    InCall {
+        /// The call.
+        call_id: CallId,
+        /// Everyone else who entered, not yet left.
+        members: BTreeSet<UserId>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Session {
+    LoggedOut,
+    LoggingIn(RequestId),
+    LoggedIn,
+    LoggingOut,
+}
+
+#[derive(Debug)]
+enum State {
+    Idle,
+    Dialing {
+        request: RequestId,
+        invitees: Vec<UserId>,
+        /// An invitation that arrived while dialing: glare if it is from
+        /// someone we dial (the server then merges the calls), otherwise it
+        /// rings once the server refuses our call.
+        held: Option<Invitation>,
+    },
+    Ringing(Invitation),
+    Accepting {
+        request: RequestId,
+        invitation: Invitation,
+    },
+    InCall {
+        call_id: CallId,
+        members: BTreeSet<UserId>,
+        flows: HashMap<UserId, FlowId>,
+        /// Users this client invited who have not answered yet.
+        invited: BTreeSet<UserId>,
+    },
+}
+
+/// A call this client hung up whose end the server has not confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    /// The call id comes with the reply to this request.
+    AfterReply(RequestId),
+    Call(CallId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RequestKind {
+    Login,
+    Logout,
+    Invite { invitee: UserId },
+    Accept,
+    Reject,
+    Hangup,
+}
+
+/// How often `onUserVoiceVolume` fires in a call unless configured: the
+/// original's 300 ms.
+pub const DEFAULT_VOICE_VOLUME_INTERVAL: Duration = Duration::from_millis(300);
+
+/// The client's call logic. See the [module docs](self).
+#[derive(Debug)]
+pub struct CallEngine {
+    me: Option<UserId>,
+    voice_volume_interval: Duration,
+    next_voice_report: Option<Instant>,
+    /// Loudest level per user since the last report.
+    voice_levels: BTreeMap<UserId, u8>,
+    session: Session,
+    state: State,
+    leaving: Option<Leaving>,
+    muted: bool,
+    next_request: u32,
+    requests: HashMap<RequestId, RequestKind>,
+    transmits: VecDeque<ClientMessage>,
+    events: VecDeque<CallingEvent>,
+    completions: VecDeque<Completion>,
+}
+
+impl Default for CallEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CallEngine {
+    /// A logged-out engine.
+    pub fn new() -> Self {
+        Self {
+            me: None,
+            voice_volume_interval: DEFAULT_VOICE_VOLUME_INTERVAL,
+            next_voice_report: None,
+            voice_levels: BTreeMap::new(),
+            session: Session::LoggedOut,
+            state: State::Idle,
+            leaving: None,
+            muted: false,
+            next_request: 1,
+            requests: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            completions: VecDeque::new(),
+        }
+    }
+
+    /// Starts a login. Completes when the server answers.
+    pub fn login(
+        &mut self,
+        sdk_app_id: u32,
+        user_id: &str,
+        user_sig: &str,
+    ) -> CallingResult<RequestId> {
+        if self.session != Session::LoggedOut {
+            return Err(CallingError::new(ErrorCode::ALREADY_LOGGED_IN));
+        }
+        let user_id = UserId::new(user_id)?;
+        if user_sig.is_empty() || user_sig.len() > MAX_USER_SIG_LEN {
+            return Err(CallingError::with_desc(
+                ErrorCode::USERSIG_MALFORMED,
+                format!("a UserSig is 1 to {MAX_USER_SIG_LEN} bytes"),
+            ));
+        }
+        let request = self.register(RequestKind::Login);
+        self.session = Session::LoggingIn(request);
+        self.me = Some(user_id.clone());
+        self.state = State::Idle;
+        self.leaving = None;
+        self.transmits.push_back(ClientMessage::Login {
+            protocol_version: PROTOCOL_VERSION,
+            sdk_app_id,
+            user_id,
+            user_sig: user_sig.to_owned(),
+        });
+        Ok(request)
+    }
+
+    /// Logs out; a call in progress ends as a hangup.
+    pub fn logout(&mut self) -> CallingResult<RequestId> {
+        self.require_login()?;
+        self.abandon_call();
+        let request = self.register(RequestKind::Logout);
+        self.session = Session::LoggingOut;
+        self.transmits.push_back(ClientMessage::Logout {
+            request_id: request,
+        });
+        Ok(request)
+    }
+
+    /// Invites `user_id`: into a new call when idle, into the current call
+    /// (making it multi-party) when in one.
+    pub fn call(
+        &mut self,
+        user_id: &str,
+        call_type: CallType,
+        options: CallOptions,
+    ) -> CallingResult<RequestId> {
+        self.require_login()?;
+        let user = UserId::new(user_id)?;
+        if self.me.as_ref() == Some(&user) {
+            return Err(CallingError::new(ErrorCode::CANNOT_CALL_SELF));
+        }
+        if options.timeout_ms == Some(0) {
+            return Err(CallingError::with_desc(
+                ErrorCode::INVALID_PARAMETER,
+                "an invitation timeout must be positive",
+            ));
+        }
+        if options
+            .user_data
+            .as_ref()
+            .is_some_and(|data| data.len() > MAX_USER_DATA_LEN)
+        {
+            return Err(CallingError::with_desc(
+                ErrorCode::INVALID_PARAMETER,
+                format!("user data is at most {MAX_USER_DATA_LEN} bytes"),
+            ));
+        }
+        match &self.state {
+            State::Idle => {}
+            State::InCall {
+                members, invited, ..
+            } => {
+                if members.contains(&user) || invited.contains(&user) {
+                    return Err(CallingError::new(ErrorCode::ALREADY_IN_CALL));
+                }
+            }
+            State::Dialing { .. } => {
+                return Err(CallingError::with_desc(
+                    ErrorCode::WRONG_CALL_STATE,
+                    "the previous call() has not been answered by the server yet",
+                ));
+            }
+            State::Ringing(_) | State::Accepting { .. } => {
+                return Err(CallingError::with_desc(
+                    ErrorCode::WRONG_CALL_STATE,
+                    "an invitation is ringing: accept or reject it first",
+                ));
+            }
+        }
+        let request = self.register(RequestKind::Invite {
+            invitee: user.clone(),
+        });
+        if let State::InCall { invited, .. } = &mut self.state {
+            invited.insert(user.clone());
+        } else {
+            self.state = State::Dialing {
+                request,
+                invitees: vec![user.clone()],
+                held: None,
+            };
+        }
+        self.transmits.push_back(ClientMessage::Invite {
+            request_id: request,
+            user_ids: vec![user],
+            call_type,
+            timeout_ms: options.timeout_ms,
+            user_data: options.user_data,
+        });
+        Ok(request)
+    }
+
+    /// Accepts the ringing invitation.
+    pub fn accept(&mut self) -> CallingResult<RequestId> {
+        self.require_login()?;
+        let invitation = self.take_ringing()?;
+        let request = self.register(RequestKind::Accept);
+        self.transmits.push_back(ClientMessage::Accept {
+            request_id: request,
+            call_id: invitation.call_id,
+        });
+        self.state = State::Accepting {
+            request,
+            invitation,
+        };
+        Ok(request)
+    }
+
+    /// Rejects the ringing invitation.
+    pub fn reject(&mut self) -> CallingResult<RequestId> {
+        self.require_login()?;
+        let invitation = self.take_ringing()?;
+        let request = self.register(RequestKind::Reject);
+        self.transmits.push_back(ClientMessage::Reject {
+            request_id: request,
+            call_id: invitation.call_id,
+        });
+        Ok(request)
+    }
+
+    /// Ends your part: cancels while dialing, rejects while ringing, leaves
+    /// a call. `onCallEnd` follows when the server confirms.
+    pub fn hangup(&mut self) -> CallingResult<RequestId> {
+        self.require_login()?;
+        if matches!(self.state, State::Ringing(_)) {
+            return self.reject();
+        }
+        if matches!(self.state, State::Idle) {
+            return Err(CallingError::new(ErrorCode::NOT_IN_CALL));
+        }
+        self.abandon_call();
+        let request = self.register(RequestKind::Hangup);
+        self.transmits.push_back(ClientMessage::Hangup {
+            request_id: request,
+        });
+        Ok(request)
+    }
+
+    /// Mutes or unmutes the microphone. Works in any state; members of the
+    /// call hear of it as audio availability.
+    pub fn set_mic_mute(&mut self, muted: bool) {
+        if self.muted == muted {
+            return;
+        }
+        self.muted = muted;
+        if self.session == Session::LoggedIn {
+            self.transmits
+                .push_back(ClientMessage::Microphone { muted });
+        }
+    }
+
+    /// Whether the microphone is muted.
+    pub fn is_mic_muted(&self) -> bool {
+        self.muted
+    }
+
+    /// The logged-in (or logging-in) user.
+    pub fn user_id(&self) -> Option<&UserId> {
+        self.me.as_ref()
+    }
+
+    /// Where the engine stands.
+    pub fn status(&self) -> EngineStatus {
+        match (self.session, &self.state) {
+            (Session::LoggedOut | Session::LoggingOut, _) => EngineStatus::LoggedOut,
+            (Session::LoggingIn(_), _) => EngineStatus::LoggingIn,
+            (Session::LoggedIn, State::Idle) => EngineStatus::Idle,
+            (Session::LoggedIn, State::Dialing { .. }) => EngineStatus::Dialing,
+            (Session::LoggedIn, State::Ringing(invitation)) => {
+                EngineStatus::Ringing(invitation.clone())
+            }
+            (Session::LoggedIn, State::Accepting { invitation, .. }) => {
+                EngineStatus::Accepting(invitation.call_id)
+            }
+            (
+                Session::LoggedIn,
+                State::InCall {
+                    call_id, members, ..
+                },
+            ) => EngineStatus::InCall {
+                call_id: *call_id,
+                members: members.clone(),
+            },
+        }
+    }
+
+    /// The flow id of a member of the current call, for matching audio.
+    pub fn flow_of(&self, user: &UserId) -> Option<FlowId> {
+        match &self.state {
+            State::InCall { flows, .. } => flows.get(user).copied(),
+            _ => None,
+        }
+    }
+
+    /// Sets how often `onUserVoiceVolume` fires while in a call (at least 10 ms).
+    pub fn set_voice_volume_interval(&mut self, interval: Duration) {
+        self.voice_volume_interval = interval.max(Duration::from_millis(10));
+    }
+
+    /// Records a measured voice level (0–100) of the local user or of a
+    /// member of the current call; the next report carries the loudest
+    /// level seen since the previous one. Levels of anyone else are ignored.
+    pub fn record_voice_level(&mut self, user: &UserId, volume: u8) {
+        let State::InCall { members, .. } = &self.state else {
+            return;
+        };
+        if self.me.as_ref() != Some(user) && !members.contains(user) {
+            return;
+        }
+        let level = self.voice_levels.entry(user.clone()).or_insert(0);
+        *level = (*level).max(volume.min(100));
+    }
+
+    /// When [`CallEngine::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_voice_report
+    }
+
+    /// Fires the `onUserVoiceVolume` report when it is due: every member who
+    /// entered and the local user, each with its loudest level since the last
+    /// report (0 if none was measured), and the loudest of them as the total.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(due) = self.next_voice_report else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        let State::InCall { members, .. } = &self.state else {
+            self.next_voice_report = None;
+            return;
+        };
+        let mut levels = std::mem::take(&mut self.voice_levels);
+        let user_volumes: Vec<UserVolume> = self
+            .me
+            .iter()
+            .chain(members.iter())
+            .map(|user| UserVolume {
+                user_id: user.clone(),
+                volume: levels.remove(user).unwrap_or(0),
+            })
+            .collect();
+        let total_volume = user_volumes
+            .iter()
+            .map(|user| user.volume)
+            .max()
+            .unwrap_or(0);
+        self.events.push_back(CallingEvent::UserVoiceVolume {
+            user_volumes,
+            total_volume,
+        });
+        // Catch up without a burst of reports if the driver was late.
+        let mut next = due + self.voice_volume_interval;
+        if next <= now {
+            next = now + self.voice_volume_interval;
+        }
+        self.next_voice_report = Some(next);
+    }
+
+    /// Feeds one message from the server, received at `now`.
+    pub fn handle_message(&mut self, now: Instant, message: ServerMessage) {
+        debug!(?message, "server message");
+        match message {
+            ServerMessage::LoginResult { code, message, .. } => self.on_login_result(code, message),
+            ServerMessage::Ack {
+                request_id,
+                call_id,
+            } => self.on_ack(now, request_id, call_id),
+            ServerMessage::Error {
+                request_id: Some(request_id),
+                code,
+                message,
+            } => self.on_request_failed(request_id, CallingError::with_desc(code, message)),
+            ServerMessage::Error {
+                request_id: None,
+                code,
+                message,
+            } => {
+                if closes_the_session(code) {
+                    let reason = if code == ErrorCode::SERVER_SHUTDOWN {
+                        EndReason::ServerShutdown
+                    } else {
+                        EndReason::ConnectionLost
+                    };
+                    self.end_session(code, message, reason);
+                } else {
+                    self.events
+                        .push_back(CallingEvent::Error { code, msg: message });
+                }
+            }
+            ServerMessage::Invited {
+                call_id,
+                sponsor,
+                user_ids,
+                call_type,
+                user_data,
+                ..
+            } => self.on_invited(Invitation {
+                call_id,
+                sponsor,
+                user_ids,
+                call_type,
+                user_data,
+            }),
+            ServerMessage::Rejected { call_id, user_id } => {
+                self.on_invitee_answer(call_id, CallingEvent::Reject { user_id });
+            }
+            ServerMessage::NoResponse { call_id, user_id } => {
+                self.on_invitee_answer(call_id, CallingEvent::NoResp { user_id });
+            }
+            ServerMessage::LineBusy { call_id, user_id } => {
+                self.on_invitee_answer(call_id, CallingEvent::LineBusy { user_id });
+            }
+            ServerMessage::Cancelled { call_id } => {
+                self.on_invitation_over(call_id, CallingEvent::CallingCancel)
+            }
+            ServerMessage::InvitationTimedOut { call_id } => {
+                self.on_invitation_over(call_id, CallingEvent::CallingTimeOut);
+            }
+            ServerMessage::UserEntered {
+                call_id,
+                user_id,
+                flow_id,
+                audio_available,
+            } => self.on_user_entered(call_id, user_id, flow_id, audio_available),
+            ServerMessage::UserLeft { call_id, user_id } => {
+                if let State::InCall {
+                    call_id: current,
+                    members,
+                    flows,
+                    ..
+                } = &mut self.state
+                {
+                    if *current == call_id && members.remove(&user_id) {
+                        flows.remove(&user_id);
+                        self.events.push_back(CallingEvent::UserLeave { user_id });
+                    }
+                }
+            }
+            ServerMessage::AudioAvailability {
+                call_id,
+                user_id,
+                available,
+            } => {
+                if let State::InCall {
+                    call_id: current,
+                    members,
+                    ..
+                } = &self.state
+                {
+                    if *current == call_id && members.contains(&user_id) {
+                        self.events
+                            .push_back(CallingEvent::UserAudioAvailable { user_id, available });
+                    }
+                }
+            }
+            ServerMessage::CallEnded { call_id, reason } => self.on_call_ended(call_id, reason),
+            ServerMessage::Kicked => {
+                let code = ErrorCode::KICKED_OFFLINE;
+                self.end_session(code, code.message().to_owned(), EndReason::Kicked);
+                self.events.push_back(CallingEvent::KickedOffline);
+            }
+            ServerMessage::Pong { .. } => {}
+        }
+    }
+
+    /// The connection to the server is gone. An expected close after logout
+    /// is quiet; anything else is an `onError`, and a call in progress ends
+    /// with [`EndReason::ConnectionLost`].
+    pub fn handle_disconnect(&mut self) {
+        match self.session {
+            Session::LoggedOut => {}
+            Session::LoggingOut => {
+                if let Some(Leaving::Call(call_id)) = self.leaving.take() {
+                    self.emit_call_end(call_id, EndReason::Hangup);
+                }
+                self.fail_all_requests(ErrorCode::CONNECTION_LOST);
+                self.session = Session::LoggedOut;
+            }
+            Session::LoggingIn(_) | Session::LoggedIn => {
+                let code = ErrorCode::CONNECTION_LOST;
+                self.end_session(code, code.message().to_owned(), EndReason::ConnectionLost);
+            }
+        }
+    }
+
+    /// The next message to send to the server.
+    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<CallingEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next request the server has answered.
+    pub fn poll_completion(&mut self) -> Option<Completion> {
+        self.completions.pop_front()
+    }
+
+    fn register(&mut self, kind: RequestKind) -> RequestId {
+        let request = RequestId(self.next_request);
+        self.next_request = self.next_request.wrapping_add(1);
+        self.requests.insert(request, kind);
+        request
+    }
+
+    fn require_login(&self) -> CallingResult<()> {
+        match self.session {
+            Session::LoggedIn => Ok(()),
+            Session::LoggingIn(_) => Err(CallingError::with_desc(
+                ErrorCode::NOT_LOGGED_IN,
+                "login has not completed yet",
+            )),
+            Session::LoggedOut | Session::LoggingOut => {
+                Err(CallingError::new(ErrorCode::NOT_LOGGED_IN))
+            }
+        }
+    }
+
+    /// The ringing invitation, leaving the state idle; an error, and the
+    /// state untouched, when nothing rings.
+    fn take_ringing(&mut self) -> CallingResult<Invitation> {
+        if !matches!(self.state, State::Ringing(_)) {
+            return Err(CallingError::new(ErrorCode::NO_INVITATION));
+        }
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Ringing(invitation) => Ok(invitation),
+            _ => Err(CallingError::new(ErrorCode::NO_INVITATION)),
+        }
+    }
+
+    /// Leaves the current call locally; the server's `CallEnded` for it will
+    /// produce `onCallEnd`.
+    fn abandon_call(&mut self) {
+        self.next_voice_report = None;
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Idle | State::Ringing(_) => {}
+            State::Dialing { request, .. } | State::Accepting { request, .. } => {
+                self.leaving = Some(Leaving::AfterReply(request));
+            }
+            State::InCall { call_id, .. } => self.leaving = Some(Leaving::Call(call_id)),
+        }
+    }
+
+    fn complete(&mut self, request: RequestId, result: CallingResult<Option<CallId>>) {
+        self.completions.push_back(Completion { request, result });
+    }
+
+    fn on_login_result(&mut self, code: ErrorCode, message: String) {
+        let Session::LoggingIn(request) = self.session else {
+            warn!(?code, "login result without a login");
+            return;
+        };
+        self.requests.remove(&request);
+        if code.is_ok() {
+            self.session = Session::LoggedIn;
+            if self.muted {
+                self.transmits
+                    .push_back(ClientMessage::Microphone { muted: true });
+            }
+            self.complete(request, Ok(None));
+        } else {
+            self.session = Session::LoggedOut;
+            self.me = None;
+            self.complete(request, Err(CallingError::with_desc(code, message)));
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, request: RequestId, call_id: Option<CallId>) {
+        let Some(kind) = self.requests.remove(&request) else {
+            warn!(?request, "ack for an unknown request");
+            return;
+        };
+        if self.leaving == Some(Leaving::AfterReply(request)) {
+            self.leaving = call_id.map(Leaving::Call);
+        }
+        let was_in_call = matches!(self.state, State::InCall { .. });
+        match (kind, &mut self.state, call_id) {
+            (
+                RequestKind::Invite { .. },
+                State::Dialing {
+                    request: dialing,
+                    invitees,
+                    held,
+                },
+                Some(call_id),
+            ) if *dialing == request => {
+                if held.as_ref().is_some_and(|held| held.call_id != call_id) {
+                    warn!(%call_id, "dropping an invitation held while dialing");
+                }
+                let invitees = std::mem::take(invitees);
+                let merged = held.as_ref().is_some_and(|held| held.call_id == call_id);
+                self.state = State::InCall {
+                    call_id,
+                    members: BTreeSet::new(),
+                    flows: HashMap::new(),
+                    // In glare the invitee we dialed is already entering.
+                    invited: if merged {
+                        BTreeSet::new()
+                    } else {
+                        invitees.into_iter().collect()
+                    },
+                };
+            }
+            (
+                RequestKind::Accept,
+                State::Accepting {
+                    request: accepting,
+                    invitation,
+                },
+                _,
+            ) if *accepting == request => {
+                let call_id = invitation.call_id;
+                self.state = State::InCall {
+                    call_id,
+                    members: BTreeSet::new(),
+                    flows: HashMap::new(),
+                    invited: BTreeSet::new(),
+                };
+            }
+            _ => {}
+        }
+        if !was_in_call && matches!(self.state, State::InCall { .. }) {
+            self.voice_levels.clear();
+            self.next_voice_report = Some(now + self.voice_volume_interval);
+        }
+        self.complete(request, Ok(call_id));
+    }
+
+    fn on_request_failed(&mut self, request: RequestId, error: CallingError) {
+        let Some(kind) = self.requests.remove(&request) else {
+            warn!(?request, "error for an unknown request");
+            return;
+        };
+        if self.leaving == Some(Leaving::AfterReply(request)) {
+            self.leaving = None;
+        }
+        match (kind, &mut self.state) {
+            (
+                RequestKind::Invite { .. },
+                State::Dialing {
+                    request: dialing,
+                    held,
+                    ..
+                },
+            ) if *dialing == request => match held.take() {
+                Some(invitation) => self.ring(invitation),
+                None => self.state = State::Idle,
+            },
+            (RequestKind::Invite { invitee }, State::InCall { invited, .. }) => {
+                invited.remove(&invitee);
+            }
+            (
+                RequestKind::Accept,
+                State::Accepting {
+                    request: accepting, ..
+                },
+            ) if *accepting == request => {
+                self.state = State::Idle;
+            }
+            _ => {}
+        }
+        self.complete(request, Err(error));
+    }
+
+    fn ring(&mut self, invitation: Invitation) {
+        self.events.push_back(CallingEvent::Invited {
+            sponsor: invitation.sponsor.clone(),
+            is_from_group: !invitation.user_ids.is_empty(),
+            user_ids: invitation.user_ids.clone(),
+            call_type: invitation.call_type,
+        });
+        self.state = State::Ringing(invitation);
+    }
+
+    fn on_invited(&mut self, invitation: Invitation) {
+        match &mut self.state {
+            State::Idle => self.ring(invitation),
+            State::Dialing { held, .. } if held.is_none() => *held = Some(invitation),
+            _ => {
+                warn!(call_id = %invitation.call_id, "invitation while busy; the server should have answered busy")
+            }
+        }
+    }
+
+    fn on_invitee_answer(&mut self, call_id: CallId, event: CallingEvent) {
+        let State::InCall {
+            call_id: current,
+            invited,
+            ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        if *current != call_id {
+            return;
+        }
+        if let CallingEvent::Reject { user_id }
+        | CallingEvent::NoResp { user_id }
+        | CallingEvent::LineBusy { user_id } = &event
+        {
+            invited.remove(user_id);
+        }
+        self.events.push_back(event);
+    }
+
+    fn on_invitation_over(&mut self, call_id: CallId, event: CallingEvent) {
+        match &mut self.state {
+            State::Ringing(invitation) | State::Accepting { invitation, .. }
+                if invitation.call_id == call_id =>
+            {
+                self.state = State::Idle;
+                self.events.push_back(event);
+            }
+            State::Dialing { held, .. }
+                if held.as_ref().is_some_and(|held| held.call_id == call_id) =>
+            {
+                *held = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn on_user_entered(
+        &mut self,
+        call_id: CallId,
+        user_id: UserId,
+        flow: FlowId,
+        audio_available: bool,
+    ) {
+        let State::InCall {
+            call_id: current,
+            members,
+            flows,
+            invited,
+        } = &mut self.state
+        else {
+            return;
+        };
+        if *current != call_id || !members.insert(user_id.clone()) {
+            return;
+        }
+        invited.remove(&user_id);
+        flows.insert(user_id.clone(), flow);
+        self.events.push_back(CallingEvent::UserEnter {
+            user_id: user_id.clone(),
+        });
+        self.events.push_back(CallingEvent::UserAudioAvailable {
+            user_id,
+            available: audio_available,
+        });
+    }
+
+    fn on_call_ended(&mut self, call_id: CallId, reason: EndReason) {
+        if self.leaving == Some(Leaving::Call(call_id)) {
+            self.leaving = None;
+            self.emit_call_end(call_id, reason);
+            return;
+        }
+        if let State::InCall {
+            call_id: current, ..
+        } = self.state
+        {
+            if current == call_id {
+                self.state = State::Idle;
+                self.next_voice_report = None;
+                self.emit_call_end(call_id, reason);
+            }
+        }
+    }
+
+    fn emit_call_end(&mut self, call_id: CallId, reason: EndReason) {
+        self.events.push_back(CallingEvent::CallEnd);
+        self.events
+            .push_back(CallingEvent::CallEnded { call_id, reason });
+    }
+
+    /// The session is over without a logout: tell the application, end the
+    /// call, fail what is outstanding.
+    fn end_session(&mut self, code: ErrorCode, msg: String, reason: EndReason) {
+        self.events.push_back(CallingEvent::Error { code, msg });
+        if let Some(Leaving::Call(call_id)) = self.leaving.take() {
+            self.emit_call_end(call_id, EndReason::Hangup);
+        }
+        if let State::InCall { call_id, .. } = std::mem::replace(&mut self.state, State::Idle) {
+            self.emit_call_end(call_id, reason);
+        }
+        if let Session::LoggingIn(request) = self.session {
+            self.requests.remove(&request);
+            self.complete(request, Err(CallingError::new(code)));
+        }
+        self.fail_all_requests(code);
+        self.session = Session::LoggedOut;
+        self.next_voice_report = None;
+        self.me = None;
+    }
+
+    fn fail_all_requests(&mut self, code: ErrorCode) {
+        let mut outstanding: Vec<RequestId> =
+            self.requests.drain().map(|(request, _)| request).collect();
+        outstanding.sort();
+        for request in outstanding {
+            self.complete(request, Err(CallingError::new(code)));
+        }
+    }
+}
+
+/// Errors after which the server closes the connection: the session is over
+/// when they arrive, and the close that follows is expected.
+fn closes_the_session(code: ErrorCode) -> bool {
+    code == ErrorCode::SERVER_SHUTDOWN || code == ErrorCode::PROTOCOL_ERROR
+}

@@ -1,0 +1,60 @@
+//! OpenCalling's wire protocol and call logic, both ends, as sans-IO state
+//! machines.
+//!
+//! - [`message`]: every [`ClientMessage`] and [`ServerMessage`];
+//! - [`frame`]: length-prefixed postcard frames with a hard size limit;
+//! - [`datagram`]: the header of audio datagrams;
+//! - [`switchboard`]: the server's call logic ([`Switchboard`]);
+//! - [`engine`]: the client's call logic ([`CallEngine`]);
+//! - [`sim`]: an in-memory network of one switchboard and many engines on a
+//!   virtual clock, for tests and demos.
+//!
+//! This crate never does I/O, never spawns a task or thread, and never reads
+//! a clock: time comes in as `now`, and each machine says when it next needs
+//! to be woken. Bad input from the network (truncated, oversized or garbage
+//! frames, messages out of place) is a typed error or an error reply, never a
+//! panic. `docs/protocol.md` describes the wire format byte for byte.
+//!
+//! # Driving a switchboard
+//!
+//! The server glue is one loop: feed inputs, drain outputs, sleep until the
+//! next deadline.
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use signaling_proto::{ConnId, Output, Switchboard, SwitchboardConfig};
+//! # fn next_input() -> Option<(ConnId, signaling_proto::ClientMessage)> { None }
+//! # fn send(_: ConnId, _: signaling_proto::ServerMessage) {}
+//! # fn close(_: ConnId) {}
+//!
+//! let mut switchboard = Switchboard::new(SwitchboardConfig::default());
+//! loop {
+//!     // 1. inputs: messages (after the glue authenticated the login), disconnects, time
+//!     if let Some((conn, message)) = next_input() {
+//!         switchboard.handle_message(Instant::now(), conn, message);
+//!     }
+//!     switchboard.handle_timeout(Instant::now());
+//!     // 2. outputs, in order
+//!     while let Some(output) = switchboard.poll_output() {
+//!         match output {
+//!             Output::Send { conn, message } => send(conn, message),
+//!             Output::Close { conn, .. } => close(conn),
+//!         }
+//!     }
+//!     // 3. sleep until input arrives or switchboard.poll_timeout() passes
+//! #   break;
+//! }
+//! ```
+
+pub mod datagram;
+pub mod engine;
+pub mod frame;
+pub mod message;
+pub mod sim;
+pub mod switchboard;
+
+pub use datagram::{DatagramError, DatagramKind, MediaHeader};
+pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation};
+pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use message::{ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage};
+pub use switchboard::{ConnId, Output, Switchboard, SwitchboardConfig};

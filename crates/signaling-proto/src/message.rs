@@ -1,0 +1,242 @@
+//! Every message client and server exchange on the signaling stream.
+//!
+//! Both enums are encoded with postcard (see `docs/protocol.md`): a variant is
+//! its zero-based position as a varint, then its fields in declaration order.
+//! Variants and fields are therefore only ever appended, and
+//! [`ClientMessage::Login`] / [`ServerMessage::LoginResult`] stay variant 0 with
+//! the protocol version first, so that any version can read any other's
+//! handshake.
+
+use calling_api::{CallId, CallType, EndReason, ErrorCode, UserId};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The most users one [`ClientMessage::Invite`] may name.
+pub const MAX_INVITEES: usize = 16;
+
+/// The largest `user_data` an invitation may carry, in bytes.
+pub const MAX_USER_DATA_LEN: usize = 4096;
+
+/// The largest UserSig a login may carry, in bytes.
+pub const MAX_USER_SIG_LEN: usize = 2048;
+
+/// A client's number for one of its requests, echoed in the server's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u32);
+
+/// The server's number for one member's audio in one call: audio datagrams
+/// carry it instead of a user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FlowId(pub u32);
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// The first frame on a connection: handshake and authentication.
+    /// Answered by [`ServerMessage::LoginResult`].
+    Login {
+        /// [`PROTOCOL_VERSION`] of the client.
+        protocol_version: u16,
+        /// The application.
+        sdk_app_id: u32,
+        /// Who logs in.
+        user_id: UserId,
+        /// The UserSig the application's backend issued for `user_id`.
+        user_sig: String,
+    },
+    /// End the session; the server answers with an ack and closes.
+    Logout {
+        /// Echoed in the reply.
+        request_id: RequestId,
+    },
+    /// Invite users: into a new call, or into the call you are in.
+    Invite {
+        /// Echoed in the reply, which carries the call id.
+        request_id: RequestId,
+        /// 1 to [`MAX_INVITEES`] users.
+        user_ids: Vec<UserId>,
+        /// Audio or video.
+        call_type: CallType,
+        /// Invitation timeout in milliseconds; `None` for the server's default.
+        timeout_ms: Option<u32>,
+        /// Opaque application data handed to the invitees, at most
+        /// [`MAX_USER_DATA_LEN`] bytes.
+        user_data: Option<String>,
+    },
+    /// Accept a pending invitation.
+    Accept {
+        /// Echoed in the reply.
+        request_id: RequestId,
+        /// The call of the invitation.
+        call_id: CallId,
+    },
+    /// Reject a pending invitation.
+    Reject {
+        /// Echoed in the reply.
+        request_id: RequestId,
+        /// The call of the invitation.
+        call_id: CallId,
+    },
+    /// Leave the call you are a member of (as its caller, or after
+    /// accepting): cancels it if nobody answered yet. It never touches an
+    /// invitation that rings you: that takes [`ClientMessage::Reject`] with
+    /// its call id, since the invitation may be one you have not heard of yet.
+    Hangup {
+        /// Echoed in the reply.
+        request_id: RequestId,
+    },
+    /// Your microphone state; members of your call hear of it as audio
+    /// availability. Not answered.
+    Microphone {
+        /// `true` while muted.
+        muted: bool,
+    },
+    /// Keep-alive and round-trip probe, answered by [`ServerMessage::Pong`].
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// The answer to [`ClientMessage::Login`].
+    LoginResult {
+        /// [`PROTOCOL_VERSION`] of the server.
+        protocol_version: u16,
+        /// `OK`, or why the login failed (the server then closes).
+        code: ErrorCode,
+        /// Human description of `code`.
+        message: String,
+    },
+    /// A request succeeded. A reply always precedes the notifications its
+    /// request causes.
+    Ack {
+        /// The request.
+        request_id: RequestId,
+        /// For an invite or accept: the call.
+        call_id: Option<CallId>,
+    },
+    /// A request failed, or (without a request id) an error not tied to one.
+    Error {
+        /// The failed request, if any.
+        request_id: Option<RequestId>,
+        /// Stable error number.
+        code: ErrorCode,
+        /// Human description.
+        message: String,
+    },
+    /// Someone invites you.
+    Invited {
+        /// The call you are invited to.
+        call_id: CallId,
+        /// Who invites you.
+        sponsor: UserId,
+        /// The call's other members and invitees: not you, not the sponsor.
+        user_ids: Vec<UserId>,
+        /// Audio or video.
+        call_type: CallType,
+        /// The inviter's application data.
+        user_data: Option<String>,
+        /// How long you have to answer, in milliseconds.
+        timeout_ms: u32,
+    },
+    /// An invitee you invited rejected.
+    Rejected {
+        /// The call.
+        call_id: CallId,
+        /// The invitee.
+        user_id: UserId,
+    },
+    /// An invitee you invited did not answer in time, or was offline.
+    NoResponse {
+        /// The call.
+        call_id: CallId,
+        /// The invitee.
+        user_id: UserId,
+    },
+    /// An invitee you invited is busy in another call.
+    LineBusy {
+        /// The call.
+        call_id: CallId,
+        /// The invitee.
+        user_id: UserId,
+    },
+    /// The call you were invited to was cancelled before you answered.
+    Cancelled {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Your invitation timed out before you answered.
+    InvitationTimedOut {
+        /// The call.
+        call_id: CallId,
+    },
+    /// A user entered your call (you too learn of each member already there
+    /// when you enter).
+    UserEntered {
+        /// The call.
+        call_id: CallId,
+        /// Who entered.
+        user_id: UserId,
+        /// Their audio's flow id in audio datagrams.
+        flow_id: FlowId,
+        /// Whether their microphone is on.
+        audio_available: bool,
+    },
+    /// A user left your call.
+    UserLeft {
+        /// The call.
+        call_id: CallId,
+        /// Who left.
+        user_id: UserId,
+    },
+    /// A member's microphone turned on or off.
+    AudioAvailability {
+        /// The call.
+        call_id: CallId,
+        /// Whose microphone.
+        user_id: UserId,
+        /// `false` while muted.
+        available: bool,
+    },
+    /// The call is over for you.
+    CallEnded {
+        /// The call.
+        call_id: CallId,
+        /// Why.
+        reason: EndReason,
+    },
+    /// The same user logged in elsewhere; the server closes this connection.
+    Kicked,
+    /// The answer to [`ClientMessage::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+}
+
+impl ServerMessage {
+    /// The call a notification is about, if it is about one.
+    pub fn call_id(&self) -> Option<CallId> {
+        match self {
+            Self::Invited { call_id, .. }
+            | Self::Rejected { call_id, .. }
+            | Self::NoResponse { call_id, .. }
+            | Self::LineBusy { call_id, .. }
+            | Self::Cancelled { call_id }
+            | Self::InvitationTimedOut { call_id }
+            | Self::UserEntered { call_id, .. }
+            | Self::UserLeft { call_id, .. }
+            | Self::AudioAvailability { call_id, .. }
+            | Self::CallEnded { call_id, .. } => Some(*call_id),
+            Self::Ack { call_id, .. } => *call_id,
+            Self::LoginResult { .. } | Self::Error { .. } | Self::Kicked | Self::Pong { .. } => {
+                None
+            }
+        }
+    }
+}

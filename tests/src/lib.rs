@@ -1,0 +1,1 @@
+//! Workspace-level tests of OpenCalling; the tests live in `tests/`.
