@@ -1,1 +1,256 @@
-fn main() {}
+//! OpenCalling's developer commands, run as `cargo xtask <command>`.
+//!
+//! - `ci`: formatting, clippy with warnings denied, every test, cargo-deny.
+//! - `demo`: the README's main job.
+//! - `bench`: the benchmarks, figures printed beside their baselines.
+//!
+//! It installs what a fresh machine lacks (cargo-deny; cmake for libopus's
+//! build, from PyPI into a venv under `target/`), and never touches anything
+//! outside the repository, cargo's home and that venv.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::env;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+const HELP: &str = "\
+cargo xtask <command>
+
+commands:
+  ci      rustfmt --check, clippy -D warnings, every test, cargo-deny
+  demo    the scripted call scenario, printing each user's events
+  bench   the benchmarks, each figure beside its baseline
+  help    this text
+";
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        None | Some("help" | "--help" | "-h") => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some("ci") => ci(),
+        Some("demo") => demo(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ sits right under the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+/// Runs a step, echoing it and timing it; a failure names the step.
+fn step(name: &str, command: &mut Command) -> Result {
+    println!("\n==> {name}");
+    let started = Instant::now();
+    let status = command
+        .status()
+        .map_err(|error| format!("{name}: could not start: {error}"))?;
+    println!(
+        "<== {name}: {} in {:.1?}",
+        if status.success() { "ok" } else { "FAILED" },
+        started.elapsed()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status})"))
+    }
+}
+
+fn ci() -> Result {
+    let tools = Tools::provision()?;
+    ensure_cargo_deny()?;
+    step("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(
+        "clippy",
+        tools.apply(&mut cargo()).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "tests",
+        tools
+            .apply(&mut cargo())
+            .args(["test", "--workspace", "--locked"]),
+    )?;
+    step(
+        "cargo-deny (bans, licenses, sources)",
+        &mut tools.cargo_deny(["check", "bans", "licenses", "sources"]),
+    )?;
+    advisories(&tools)?;
+    println!("\nci: every step passed");
+    Ok(())
+}
+
+/// The advisory check needs the RustSec database from the network; where it
+/// cannot be fetched the check is skipped with one clear line.
+fn advisories(tools: &Tools) -> Result {
+    let fetched = tools
+        .cargo_deny(["fetch", "db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if fetched {
+        step(
+            "cargo-deny (advisories)",
+            &mut tools.cargo_deny(["--offline", "check", "advisories"]),
+        )
+    } else {
+        println!(
+            "\n==> cargo-deny (advisories): SKIPPED: the RustSec advisory database could not be fetched (no network)"
+        );
+        Ok(())
+    }
+}
+
+fn demo(args: &[String]) -> Result {
+    let tools = Tools::provision()?;
+    step(
+        "demo: scripted call scenario",
+        tools
+            .apply(&mut cargo())
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "signaling-proto",
+                "--example",
+                "scripted_call",
+                "--",
+            ])
+            .args(args),
+    )
+}
+
+fn bench(args: &[String]) -> Result {
+    let tools = Tools::provision()?;
+    step(
+        "bench: switchboard",
+        tools
+            .apply(&mut cargo())
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "signaling-proto",
+                "--example",
+                "bench_switchboard",
+                "--",
+            ])
+            .args(args),
+    )
+}
+
+/// External tools the build and the checks need, found or installed.
+struct Tools {
+    /// The cmake the `cmake` build crate should use, when not on PATH.
+    cmake: Option<PathBuf>,
+}
+
+impl Tools {
+    fn provision() -> Result<Self> {
+        Ok(Self {
+            cmake: ensure_cmake()?,
+        })
+    }
+
+    fn apply<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+        if let Some(cmake) = &self.cmake {
+            command.env("CMAKE", cmake);
+        }
+        command
+    }
+
+    fn cargo_deny<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = cargo();
+        command.arg("deny").args(args);
+        command
+    }
+}
+
+fn succeeds(command: &mut Command) -> bool {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// cmake builds bundled libopus. A fresh machine has none: take it from PyPI
+/// into a venv under target/, once.
+fn ensure_cmake() -> Result<Option<PathBuf>> {
+    if let Some(cmake) = env::var_os("CMAKE") {
+        return Ok(Some(PathBuf::from(cmake)));
+    }
+    if succeeds(Command::new("cmake").arg("--version")) {
+        return Ok(None);
+    }
+    let venv = workspace_root()
+        .join("target")
+        .join("xtask-tools")
+        .join("venv");
+    let cmake = venv.join("bin").join("cmake");
+    if !succeeds(Command::new(&cmake).arg("--version")) {
+        println!(
+            "==> cmake not found: installing it from PyPI into {}",
+            venv.display()
+        );
+        step(
+            "python venv",
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        )?;
+        step(
+            "pip install cmake",
+            Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", "cmake"]),
+        )?;
+    }
+    Ok(Some(cmake))
+}
+
+/// Installs cargo-deny with cargo when it is missing.
+fn ensure_cargo_deny() -> Result {
+    if succeeds(cargo().args(["deny", "--version"])) {
+        return Ok(());
+    }
+    step(
+        "install cargo-deny (once per machine)",
+        cargo().args(["install", "--locked", "cargo-deny@0.20.2"]),
+    )
+}

@@ -110,10 +110,6 @@ enum State {
     Dialing {
         request: RequestId,
         invitees: Vec<UserId>,
-        /// An invitation that arrived while dialing: glare if it is from
-        /// someone we dial (the server then merges the calls), otherwise it
-        /// rings once the server refuses our call.
-        held: Option<Invitation>,
     },
     Ringing(Invitation),
     Accepting {
@@ -161,7 +157,14 @@ pub struct CallEngine {
     voice_levels: BTreeMap<UserId, u8>,
     session: Session,
     state: State,
-    leaving: Option<Leaving>,
+    /// Calls hung up locally whose end the server has not confirmed yet;
+    /// several when the user dials and hangs up faster than the network.
+    leaving: Vec<Leaving>,
+    /// An invitation that arrived while a reply to our own invite or accept
+    /// was outstanding. If a reply names its call, the server merged the two
+    /// (glare) and the invitation is void; otherwise it rings once every
+    /// outstanding reply is in and the engine is still free.
+    held: Option<Invitation>,
     muted: bool,
     next_request: u32,
     requests: HashMap<RequestId, RequestKind>,
@@ -186,7 +189,8 @@ impl CallEngine {
             voice_levels: BTreeMap::new(),
             session: Session::LoggedOut,
             state: State::Idle,
-            leaving: None,
+            leaving: Vec::new(),
+            held: None,
             muted: false,
             next_request: 1,
             requests: HashMap::new(),
@@ -217,7 +221,8 @@ impl CallEngine {
         self.session = Session::LoggingIn(request);
         self.me = Some(user_id.clone());
         self.state = State::Idle;
-        self.leaving = None;
+        self.leaving.clear();
+        self.held = None;
         self.transmits.push_back(ClientMessage::Login {
             protocol_version: PROTOCOL_VERSION,
             sdk_app_id,
@@ -299,11 +304,15 @@ impl CallEngine {
             self.state = State::Dialing {
                 request,
                 invitees: vec![user.clone()],
-                held: None,
             };
         }
+        let call_id = match &self.state {
+            State::InCall { call_id, .. } => Some(*call_id),
+            _ => None,
+        };
         self.transmits.push_back(ClientMessage::Invite {
             request_id: request,
+            call_id,
             user_ids: vec![user],
             call_type,
             timeout_ms: options.timeout_ms,
@@ -593,9 +602,7 @@ impl CallEngine {
         match self.session {
             Session::LoggedOut => {}
             Session::LoggingOut => {
-                if let Some(Leaving::Call(call_id)) = self.leaving.take() {
-                    self.emit_call_end(call_id, EndReason::Hangup);
-                }
+                self.end_abandoned_calls();
                 self.fail_all_requests(ErrorCode::CONNECTION_LOST);
                 self.session = Session::LoggedOut;
             }
@@ -660,9 +667,9 @@ impl CallEngine {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Idle | State::Ringing(_) => {}
             State::Dialing { request, .. } | State::Accepting { request, .. } => {
-                self.leaving = Some(Leaving::AfterReply(request));
+                self.leaving.push(Leaving::AfterReply(request));
             }
-            State::InCall { call_id, .. } => self.leaving = Some(Leaving::Call(call_id)),
+            State::InCall { call_id, .. } => self.leaving.push(Leaving::Call(call_id)),
         }
     }
 
@@ -695,9 +702,8 @@ impl CallEngine {
             warn!(?request, "ack for an unknown request");
             return;
         };
-        if self.leaving == Some(Leaving::AfterReply(request)) {
-            self.leaving = call_id.map(Leaving::Call);
-        }
+        let awaited = self.is_awaited(request);
+        self.resolve_leaving(request, call_id);
         let was_in_call = matches!(self.state, State::InCall { .. });
         match (kind, &mut self.state, call_id) {
             (
@@ -705,15 +711,14 @@ impl CallEngine {
                 State::Dialing {
                     request: dialing,
                     invitees,
-                    held,
                 },
                 Some(call_id),
             ) if *dialing == request => {
-                if held.as_ref().is_some_and(|held| held.call_id != call_id) {
-                    warn!(%call_id, "dropping an invitation held while dialing");
-                }
+                let merged = self
+                    .held
+                    .as_ref()
+                    .is_some_and(|held| held.call_id == call_id);
                 let invitees = std::mem::take(invitees);
-                let merged = held.as_ref().is_some_and(|held| held.call_id == call_id);
                 self.state = State::InCall {
                     call_id,
                     members: BTreeSet::new(),
@@ -744,6 +749,9 @@ impl CallEngine {
             }
             _ => {}
         }
+        if awaited {
+            self.on_awaited_reply(call_id);
+        }
         if !was_in_call && matches!(self.state, State::InCall { .. }) {
             self.voice_levels.clear();
             self.next_voice_report = Some(now + self.voice_volume_interval);
@@ -756,35 +764,96 @@ impl CallEngine {
             warn!(?request, "error for an unknown request");
             return;
         };
-        if self.leaving == Some(Leaving::AfterReply(request)) {
-            self.leaving = None;
-        }
+        let awaited = self.is_awaited(request);
+        self.resolve_leaving(request, None);
         match (kind, &mut self.state) {
             (
                 RequestKind::Invite { .. },
                 State::Dialing {
-                    request: dialing,
-                    held,
-                    ..
+                    request: dialing, ..
                 },
-            ) if *dialing == request => match held.take() {
-                Some(invitation) => self.ring(invitation),
-                None => self.state = State::Idle,
-            },
+            )
+            | (
+                RequestKind::Accept,
+                State::Accepting {
+                    request: dialing, ..
+                },
+            ) if *dialing == request => {
+                self.state = State::Idle;
+            }
             (RequestKind::Invite { invitee }, State::InCall { invited, .. }) => {
                 invited.remove(&invitee);
             }
-            (
-                RequestKind::Accept,
-                State::Accepting {
-                    request: accepting, ..
-                },
-            ) if *accepting == request => {
-                self.state = State::Idle;
-            }
             _ => {}
         }
+        if awaited {
+            self.on_awaited_reply(None);
+        }
         self.complete(request, Err(error));
+    }
+
+    /// Whether `request` is a dial or accept whose reply decides what a
+    /// held invitation means: one in progress, or one abandoned by hangup.
+    fn is_awaited(&self, request: RequestId) -> bool {
+        self.leaving.contains(&Leaving::AfterReply(request))
+            || matches!(&self.state,
+                State::Dialing { request: awaited, .. } | State::Accepting { request: awaited, .. }
+                    if *awaited == request)
+    }
+
+    fn awaits_any_reply(&self) -> bool {
+        matches!(self.state, State::Dialing { .. } | State::Accepting { .. })
+            || self
+                .leaving
+                .iter()
+                .any(|leaving| matches!(leaving, Leaving::AfterReply(_)))
+    }
+
+    /// An abandoned request's reply names the call to expect an end for, or
+    /// (failed) says there is none.
+    fn resolve_leaving(&mut self, request: RequestId, call_id: Option<CallId>) {
+        if let Some(index) = self
+            .leaving
+            .iter()
+            .position(|leaving| *leaving == Leaving::AfterReply(request))
+        {
+            match call_id {
+                Some(call_id) => self.leaving[index] = Leaving::Call(call_id),
+                None => {
+                    self.leaving.remove(index);
+                }
+            }
+        }
+    }
+
+    /// An awaited reply is in: a held invitation to the call it names was
+    /// merged into it; once no reply is outstanding, any other rings if the
+    /// engine is free.
+    fn on_awaited_reply(&mut self, replied_call: Option<CallId>) {
+        if replied_call.is_some() && self.held.as_ref().map(|held| held.call_id) == replied_call {
+            self.held = None;
+        }
+        if self.awaits_any_reply() {
+            return;
+        }
+        let Some(invitation) = self.held.take() else {
+            return;
+        };
+        if matches!(self.state, State::Idle) {
+            self.ring(invitation);
+        } else {
+            warn!(call_id = %invitation.call_id, "dropping an invitation held while busy");
+        }
+    }
+
+    /// Ends, for the application, the calls it hung up whose end the server
+    /// can no longer confirm.
+    fn end_abandoned_calls(&mut self) {
+        for leaving in std::mem::take(&mut self.leaving) {
+            if let Leaving::Call(call_id) = leaving {
+                self.emit_call_end(call_id, EndReason::Hangup);
+            }
+        }
     }
 
     fn ring(&mut self, invitation: Invitation) {
@@ -798,12 +867,12 @@ impl CallEngine {
     }
 
     fn on_invited(&mut self, invitation: Invitation) {
-        match &mut self.state {
-            State::Idle => self.ring(invitation),
-            State::Dialing { held, .. } if held.is_none() => *held = Some(invitation),
-            _ => {
-                warn!(call_id = %invitation.call_id, "invitation while busy; the server should have answered busy")
-            }
+        if self.awaits_any_reply() && self.held.is_none() {
+            self.held = Some(invitation);
+        } else if matches!(self.state, State::Idle) {
+            self.ring(invitation);
+        } else {
+            warn!(call_id = %invitation.call_id, "invitation while busy; the server should have answered busy");
         }
     }
 
@@ -836,10 +905,12 @@ impl CallEngine {
                 self.state = State::Idle;
                 self.events.push_back(event);
             }
-            State::Dialing { held, .. }
-                if held.as_ref().is_some_and(|held| held.call_id == call_id) =>
+            _ if self
+                .held
+                .as_ref()
+                .is_some_and(|held| held.call_id == call_id) =>
             {
-                *held = None;
+                self.held = None;
             }
             _ => {}
         }
@@ -876,8 +947,12 @@ impl CallEngine {
     }
 
     fn on_call_ended(&mut self, call_id: CallId, reason: EndReason) {
-        if self.leaving == Some(Leaving::Call(call_id)) {
-            self.leaving = None;
+        if let Some(index) = self
+            .leaving
+            .iter()
+            .position(|leaving| *leaving == Leaving::Call(call_id))
+        {
+            self.leaving.remove(index);
             self.emit_call_end(call_id, reason);
             return;
         }
@@ -903,9 +978,7 @@ impl CallEngine {
     /// call, fail what is outstanding.
     fn end_session(&mut self, code: ErrorCode, msg: String, reason: EndReason) {
         self.events.push_back(CallingEvent::Error { code, msg });
-        if let Some(Leaving::Call(call_id)) = self.leaving.take() {
-            self.emit_call_end(call_id, EndReason::Hangup);
-        }
+        self.end_abandoned_calls();
         if let State::InCall { call_id, .. } = std::mem::replace(&mut self.state, State::Idle) {
             self.emit_call_end(call_id, reason);
         }
@@ -916,6 +989,7 @@ impl CallEngine {
         self.fail_all_requests(code);
         self.session = Session::LoggedOut;
         self.next_voice_report = None;
+        self.held = None;
         self.me = None;
     }
 

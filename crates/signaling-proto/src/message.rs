@@ -55,6 +55,10 @@ pub enum ClientMessage {
     Invite {
         /// Echoed in the reply, which carries the call id.
         request_id: RequestId,
+        /// `None` for a new call; the call you are in to invite into it. An
+        /// invite into a call you are no longer in fails with `NOT_IN_CALL`
+        /// rather than landing in another call.
+        call_id: Option<CallId>,
         /// 1 to [`MAX_INVITEES`] users.
         user_ids: Vec<UserId>,
         /// Audio or video.

@@ -217,13 +217,14 @@ impl Switchboard {
             }
             ClientMessage::Invite {
                 request_id,
+                call_id,
                 user_ids,
                 call_type,
                 timeout_ms,
                 user_data,
             } => {
                 if let Err((code, why)) = self.invite(
-                    now, conn, request_id, user_ids, call_type, timeout_ms, user_data,
+                    now, conn, request_id, call_id, user_ids, call_type, timeout_ms, user_data,
                 ) {
                     self.send_error(conn, Some(request_id), code, why);
                 }
@@ -489,6 +490,7 @@ impl Switchboard {
         now: Instant,
         conn: ConnId,
         request_id: RequestId,
+        into_call: Option<CallId>,
         user_ids: Vec<UserId>,
         call_type: CallType,
         timeout_ms: Option<u32>,
@@ -534,12 +536,25 @@ impl Switchboard {
             })
             .min(self.config.max_invite_timeout);
 
+        if into_call.is_some() && self.joined_call_of(conn).map(|(call_id, _)| call_id) != into_call
+        {
+            return Err((
+                ErrorCode::NOT_IN_CALL,
+                "that call is over, or you are not in it",
+            ));
+        }
         let call_id = match session.call {
             Some(call_id) => {
                 let call = self
                     .calls
                     .get(&call_id)
                     .ok_or((ErrorCode::INTERNAL, "session points at a missing call"))?;
+                if call.members.contains_key(&me) && into_call.is_none() {
+                    return Err((
+                        ErrorCode::WRONG_CALL_STATE,
+                        "already in a call: name it to invite into it",
+                    ));
+                }
                 if call.pending.contains_key(&me) {
                     // Glare: inviting someone of the call that rings you is answering it.
                     if !invitees.iter().any(|user| call.members.contains_key(user)) {

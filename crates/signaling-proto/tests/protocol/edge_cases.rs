@@ -181,6 +181,7 @@ fn inviting_yourself_is_refused() {
         "alice",
         frame_to_vec(&ClientMessage::Invite {
             request_id: RequestId(77),
+            call_id: None,
             user_ids: vec![user("alice")],
             call_type: CallType::Audio,
             timeout_ms: None,
@@ -447,4 +448,51 @@ fn oversized_and_zero_options_are_refused_locally() {
         code_of(sim.engine("alice").call("bob", CallType::Audio, zero)),
         ErrorCode::INVALID_PARAMETER
     );
+}
+
+#[test]
+fn hanging_up_in_the_middle_of_glare_leaves_nothing_ringing() {
+    // Found by the property test: bob dials alice while her invitation to
+    // him is in flight, then hangs up before either reply arrives. Her
+    // invitation reaches him after his hangup, but the server has already
+    // merged the calls: it must not ring.
+    let network = NetworkConfig {
+        latency: Duration::from_millis(5),
+        jitter: Duration::ZERO,
+        seed: 0,
+    };
+    let mut sim = Simulation::new(Instant::now(), SwitchboardConfig::default(), network);
+    sim.add_logged_in("alice", "alice");
+    sim.add_logged_in("bob", "bob");
+    sim.engine("alice")
+        .call("bob", CallType::Audio, CallOptions::default())
+        .unwrap();
+    sim.advance(Duration::from_millis(3));
+    sim.engine("bob")
+        .call("alice", CallType::Audio, CallOptions::default())
+        .unwrap();
+    sim.advance(Duration::from_millis(3));
+    sim.engine("alice").hangup().unwrap();
+    sim.engine("bob").hangup().unwrap();
+    sim.settle();
+    sim.advance(60 * SECOND);
+    for label in ["alice", "bob"] {
+        assert_eq!(sim.engine(label).status(), EngineStatus::Idle, "{label}");
+        let events = events(&mut sim, label);
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, CallingEvent::Invited { .. })),
+            "{label}: {events:?}"
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|event| **event == CallingEvent::CallEnd)
+                .count(),
+            1,
+            "{label}: {events:?}"
+        );
+    }
+    assert_eq!(sim.switchboard().call_count(), 0);
 }

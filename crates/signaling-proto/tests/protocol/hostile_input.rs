@@ -18,6 +18,7 @@ fn valid_frames() -> Vec<u8> {
         },
         ClientMessage::Invite {
             request_id: RequestId(1),
+            call_id: None,
             user_ids: vec![user("bob"), user("carol")],
             call_type: CallType::Video,
             timeout_ms: Some(5_000),
@@ -37,11 +38,8 @@ fn decode_all(bytes: &[u8], chunk: usize) -> usize {
     let mut decoded = 0;
     for piece in bytes.chunks(chunk.max(1)) {
         decoder.push(piece);
-        loop {
-            match decoder.next_message::<ClientMessage>() {
-                Ok(Some(_)) => decoded += 1,
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(_)) = decoder.next_message::<ClientMessage>() {
+            decoded += 1;
         }
     }
     let _ = decoder.finish();

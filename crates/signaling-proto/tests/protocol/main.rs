@@ -1,6 +1,9 @@
 //! Scenario, edge-case and property tests of the call logic, run through the
 //! in-memory simulation (virtual clock, real wire encoding, no sockets).
 
+// A failed unwrap is a failed test here.
+#![allow(clippy::unwrap_used)]
+
 mod edge_cases;
 mod hostile_input;
 mod properties;

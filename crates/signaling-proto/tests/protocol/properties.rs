@@ -115,30 +115,127 @@ fn apply(sim: &mut Simulation, action: &Action) {
 }
 
 fn check_call_ends(sim: &Simulation) -> Result<(), TestCaseError> {
-    let mut ends: HashMap<(&str, CallId), usize> = HashMap::new();
-    let mut plain_ends: HashMap<&str, usize> = HashMap::new();
+    let mut per_client: HashMap<&str, Vec<&CallingEvent>> = HashMap::new();
     for logged in sim.log() {
-        match &logged.event {
-            CallingEvent::CallEnded { call_id, .. } => {
-                *ends.entry((&logged.client, *call_id)).or_default() += 1
-            }
-            CallingEvent::CallEnd => *plain_ends.entry(&logged.client).or_default() += 1,
-            _ => {}
+        if !matches!(logged.event, CallingEvent::UserVoiceVolume { .. }) {
+            per_client
+                .entry(&logged.client)
+                .or_default()
+                .push(&logged.event);
         }
     }
-    for ((client, call), count) in &ends {
-        prop_assert_eq!(*count, 1, "{} got {} ends of {}", client, count, call);
-    }
-    for (client, count) in plain_ends {
-        let with_reason = ends.keys().filter(|(c, _)| *c == client).count();
-        prop_assert_eq!(
-            count,
-            with_reason,
-            "{}: onCallEnd without its reason",
-            client
-        );
+    for (client, events) in per_client {
+        // onCallEnd and its reason always come as a pair.
+        for (index, event) in events.iter().enumerate() {
+            let next = events.get(index + 1);
+            if matches!(event, CallingEvent::CallEnd) {
+                prop_assert!(
+                    matches!(next, Some(CallingEvent::CallEnded { .. })),
+                    "{}: onCallEnd followed by {:?}",
+                    client,
+                    next
+                );
+            }
+            if matches!(event, CallingEvent::CallEnded { .. }) {
+                prop_assert!(
+                    index > 0 && matches!(events[index - 1], CallingEvent::CallEnd),
+                    "{}: CallEnded without onCallEnd",
+                    client
+                );
+            }
+        }
+        // A call ends once per participation: the same call may end again
+        // only after the client took part in it again (a user who left can
+        // be invited back), never as a stutter of the same end.
+        let mut last_end: Option<CallId> = None;
+        for event in events {
+            match event {
+                CallingEvent::CallEnded { call_id, .. } => {
+                    prop_assert_ne!(
+                        last_end,
+                        Some(*call_id),
+                        "{} got the end of {} twice",
+                        client,
+                        call_id
+                    );
+                    last_end = Some(*call_id);
+                }
+                CallingEvent::CallEnd
+                | CallingEvent::Error { .. }
+                | CallingEvent::KickedOffline => {}
+                _ => last_end = None,
+            }
+        }
     }
     Ok(())
+}
+
+/// Runs one random session and checks everything; `trace` prints it.
+fn run_session(
+    actions: &[Action],
+    seed: u64,
+    jitter_ms: u64,
+    trace: bool,
+) -> Result<(), TestCaseError> {
+    let network = NetworkConfig {
+        latency: Duration::from_millis(5),
+        jitter: Duration::from_millis(jitter_ms),
+        seed,
+    };
+    let mut sim = Simulation::new(Instant::now(), SwitchboardConfig::default(), network);
+    for (index, user) in USERS.iter().enumerate() {
+        sim.add_logged_in(user, user);
+        sim.add_client(&device(index, true));
+    }
+    let start = sim.log().len();
+    for action in actions {
+        apply(&mut sim, action);
+        // Half the time the network settles between actions, half the
+        // time actions race each other.
+        if seed % 2 == 0 {
+            sim.settle();
+        } else {
+            sim.advance(Duration::from_millis(3));
+        }
+        if trace {
+            println!("{:>10.3?} {action:?}", sim.elapsed());
+        }
+        if let Err(broken) = sim.switchboard().check_invariants() {
+            return Err(TestCaseError::fail(format!("after {action:?}: {broken}")));
+        }
+    }
+    // Everyone hangs up, every invitation expires: nothing may stay busy.
+    for index in 0..USERS.len() {
+        for second in [false, true] {
+            let label = device(index, second);
+            let _ = sim.engine(&label).hangup();
+            let _ = sim.engine(&label).hangup();
+        }
+    }
+    sim.advance(Duration::from_secs(700));
+    if trace {
+        for logged in &sim.log()[start..] {
+            println!(
+                "{:>10.3?} {:<5} {:?}",
+                logged.at, logged.client, logged.event
+            );
+        }
+    }
+    prop_assert_eq!(sim.switchboard().check_invariants(), Ok(()));
+    prop_assert_eq!(sim.switchboard().call_count(), 0);
+    for index in 0..USERS.len() {
+        for second in [false, true] {
+            let label = device(index, second);
+            let status = sim.engine(&label).status();
+            prop_assert!(
+                matches!(status, EngineStatus::Idle | EngineStatus::LoggedOut),
+                "{} is still {:?}",
+                label,
+                status
+            );
+        }
+    }
+    check_call_ends(&sim)
 }
 
 proptest! {
@@ -150,46 +247,100 @@ proptest! {
         seed in any::<u64>(),
         jitter_ms in 0u64..30,
     ) {
-        let network = NetworkConfig { latency: Duration::from_millis(5), jitter: Duration::from_millis(jitter_ms), seed };
-        let mut sim = Simulation::new(Instant::now(), SwitchboardConfig::default(), network);
-        for (index, user) in USERS.iter().enumerate() {
-            sim.add_logged_in(user, user);
-            sim.add_client(&device(index, true));
+        run_session(&actions, seed, jitter_ms, false)?;
+    }
+}
+
+/// Minimal sequences the property test once found, kept as plain tests.
+#[test]
+fn regressions() {
+    use Action::*;
+    let call = |from, to| Call {
+        from,
+        to,
+        video: false,
+        timeout_ms: None,
+    };
+    let cases: Vec<(Vec<Action>, u64, u64)> = vec![
+        // An accept refused locally must not drop the call the engine is in.
+        (vec![call(1, 3), Accept(1), Accept(3), Accept(3)], 2, 0),
+        // Glare raced by a hangup: the merged call's invitation must not ring.
+        (vec![call(0, 2), call(2, 0)], 1, 0),
+        // Two dials abandoned in a row: both ends owed, no stale ring.
+        (
+            vec![
+                SecondDevice(1),
+                call(1, 0),
+                call(0, 2),
+                call(2, 0),
+                call(0, 0),
+                call(0, 0),
+                Hangup(2),
+                call(2, 3),
+            ],
+            13_961_969_791_098_515_581,
+            6,
+        ),
+        // An invite into a call that ended on the way must not land in the
+        // call that rings meanwhile (the server refuses it: NOT_IN_CALL).
+        (
+            vec![
+                Call {
+                    from: 0,
+                    to: 3,
+                    video: true,
+                    timeout_ms: None,
+                },
+                call(0, 0),
+                call(0, 0),
+                call(1, 3),
+                Mute(0, false),
+                call(0, 0),
+                call(0, 0),
+                Advance(27),
+                call(1, 0),
+                call(0, 1),
+                DropConnection(3),
+                call(0, 0),
+                Login(0),
+            ],
+            6_498_527_438_027_080_963,
+            6,
+        ),
+        // A user who hung up is invited back into the same call: it may end
+        // for them twice, once per participation.
+        (
+            vec![
+                Call {
+                    from: 0,
+                    to: 1,
+                    video: true,
+                    timeout_ms: None,
+                },
+                Accept(1),
+                Call {
+                    from: 0,
+                    to: 2,
+                    video: true,
+                    timeout_ms: None,
+                },
+                Hangup(0),
+                Accept(2),
+                Call {
+                    from: 1,
+                    to: 0,
+                    video: true,
+                    timeout_ms: None,
+                },
+                Accept(0),
+            ],
+            3_635_446_117_932_182_634,
+            0,
+        ),
+    ];
+    for (actions, seed, jitter_ms) in cases {
+        if let Err(failure) = run_session(&actions, seed, jitter_ms, false) {
+            panic!("{actions:?} (seed {seed}): {failure}");
         }
-        for action in &actions {
-            apply(&mut sim, action);
-            // Half the time the network settles between actions, half the
-            // time actions race each other.
-            if seed % 2 == 0 {
-                sim.settle();
-            } else {
-                sim.advance(Duration::from_millis(3));
-            }
-            if let Err(broken) = sim.switchboard().check_invariants() {
-                return Err(TestCaseError::fail(format!("after {action:?}: {broken}")));
-            }
-        }
-        // Everyone hangs up, every invitation expires: nothing may stay busy.
-        for index in 0..USERS.len() {
-            for second in [false, true] {
-                let label = device(index, second);
-                let _ = sim.engine(&label).hangup();
-                let _ = sim.engine(&label).hangup();
-            }
-        }
-        sim.advance(Duration::from_secs(700));
-        prop_assert_eq!(sim.switchboard().check_invariants(), Ok(()));
-        prop_assert_eq!(sim.switchboard().call_count(), 0);
-        for index in 0..USERS.len() {
-            for second in [false, true] {
-                let label = device(index, second);
-                let status = sim.engine(&label).status();
-                prop_assert!(
-                    matches!(status, EngineStatus::Idle | EngineStatus::LoggedOut),
-                    "{} is still {:?}", label, status
-                );
-            }
-        }
-        check_call_ends(&sim)?;
     }
 }

@@ -1,0 +1,3 @@
+//! Workspace-level tests, one binary with a module per concern.
+
+mod tidy;
