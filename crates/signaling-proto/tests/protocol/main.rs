@@ -1,8 +1,8 @@
 //! Scenario, edge-case and property tests of the call logic, run through the
 //! in-memory simulation (virtual clock, real wire encoding, no sockets).
 
-// A failed unwrap is a failed test here.
-#![allow(clippy::unwrap_used)]
+// A failed unwrap is a failed test here; printing is for tracing a replay.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod edge_cases;
 mod hostile_input;
