@@ -227,7 +227,7 @@ impl CallEngine {
             protocol_version: PROTOCOL_VERSION,
             sdk_app_id,
             user_id,
-            user_sig: user_sig.to_owned(),
+            user_sig: user_sig.into(),
         });
         Ok(request)
     }

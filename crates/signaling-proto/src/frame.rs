@@ -254,7 +254,7 @@ mod tests {
             protocol_version: 1,
             sdk_app_id: 1,
             user_id: UserId::new("a").unwrap(),
-            user_sig: "x".repeat(MAX_FRAME_LEN),
+            user_sig: "x".repeat(MAX_FRAME_LEN).into(),
         };
         let mut out = vec![9];
         assert!(matches!(

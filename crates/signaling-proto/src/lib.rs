@@ -56,5 +56,5 @@ pub mod switchboard;
 pub use datagram::{DatagramError, DatagramKind, MediaHeader};
 pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
-pub use message::{ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage};
+pub use message::{ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, UserSig};
 pub use switchboard::{ConnId, Output, Switchboard, SwitchboardConfig};

@@ -31,6 +31,30 @@ pub struct RequestId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FlowId(pub u32);
 
+/// A UserSig in transit. Its `Debug` shows only its length, so logging a
+/// message never leaks a credential.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserSig(pub String);
+
+impl std::fmt::Debug for UserSig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UserSig(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl From<&str> for UserSig {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl From<String> for UserSig {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMessage {
@@ -44,7 +68,7 @@ pub enum ClientMessage {
         /// Who logs in.
         user_id: UserId,
         /// The UserSig the application's backend issued for `user_id`.
-        user_sig: String,
+        user_sig: UserSig,
     },
     /// End the session; the server answers with an ack and closes.
     Logout {
@@ -242,5 +266,81 @@ impl ServerMessage {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::frame_to_vec;
+
+    fn user(id: &str) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    /// The byte-for-byte examples in docs/protocol.md.
+    #[test]
+    fn wire_examples_in_protocol_md() {
+        let login = ClientMessage::Login {
+            protocol_version: 1,
+            sdk_app_id: 1_400_000_000,
+            user_id: user("alice"),
+            user_sig: "sig".into(),
+        };
+        assert_eq!(
+            frame_to_vec(&login).unwrap(),
+            [
+                0, 0, 0, 17, // payload length
+                0,  // variant 0: Login
+                1,  // protocol_version 1
+                0x80, 0x9c, 0xc9, 0x9b, 0x05, // sdk_app_id 1400000000
+                5, b'a', b'l', b'i', b'c', b'e', // user_id
+                3, b's', b'i', b'g', // user_sig
+            ]
+        );
+        let invite = ClientMessage::Invite {
+            request_id: RequestId(2),
+            call_id: None,
+            user_ids: vec![user("bob")],
+            call_type: CallType::Audio,
+            timeout_ms: Some(30_000),
+            user_data: None,
+        };
+        assert_eq!(
+            frame_to_vec(&invite).unwrap(),
+            [
+                0, 0, 0, 14, // payload length
+                2,  // variant 2: Invite
+                2,  // request_id 2
+                0,  // call_id None
+                1, 3, b'b', b'o', b'b', // user_ids: one, "bob"
+                1,    // call_type audio
+                1, 0xb0, 0xea, 0x01, // timeout_ms Some(30000)
+                0,    // user_data None
+            ]
+        );
+        let error = ServerMessage::Error {
+            request_id: Some(RequestId(2)),
+            code: ErrorCode::CANNOT_CALL_SELF,
+            message: "no".into(),
+        };
+        assert_eq!(
+            frame_to_vec(&error).unwrap(),
+            [
+                0, 0, 0, 8, // payload length
+                2, // variant 2: Error
+                1, 2, // request_id Some(2)
+                0xf8, 0x2e, // code 3004, zigzag: 6008
+                2, b'n', b'o', // message
+            ]
+        );
+        let logged = format!("{login:?}");
+        assert!(!logged.contains("sig\""), "{logged}");
+        assert!(logged.contains("<3 bytes redacted>"), "{logged}");
+        let ended = ServerMessage::CallEnded {
+            call_id: CallId(7),
+            reason: EndReason::Cancelled,
+        };
+        assert_eq!(frame_to_vec(&ended).unwrap(), [0, 0, 0, 3, 12, 7, 4]);
     }
 }

@@ -478,7 +478,7 @@ impl Simulation {
         if sdk_app_id != Self::SDK_APP_ID {
             return self.refuse(conn, ErrorCode::UNKNOWN_APP, "unknown sdkAppId");
         }
-        if user_sig != Self::user_sig(user_id.as_str()) {
+        if user_sig.0 != Self::user_sig(user_id.as_str()) {
             return self.refuse(conn, ErrorCode::USERSIG_BAD_SIGNATURE, "bad UserSig");
         }
         self.authenticated.insert(conn);

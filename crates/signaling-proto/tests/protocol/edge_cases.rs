@@ -350,7 +350,7 @@ fn a_client_of_another_protocol_version_is_told_so() {
         protocol_version: PROTOCOL_VERSION + 1,
         sdk_app_id: Simulation::SDK_APP_ID,
         user_id: user("future"),
-        user_sig: Simulation::user_sig("future"),
+        user_sig: Simulation::user_sig("future").into(),
     };
     sim.send_raw("future", frame_to_vec(&login).unwrap());
     sim.settle();
