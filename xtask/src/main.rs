@@ -97,8 +97,7 @@ fn ci() -> Result {
             "warnings",
         ]),
     )?;
-    step(
-        "tests",
+    let tests = run_tests(
         tools
             .apply(&mut cargo())
             .args(["test", "--workspace", "--locked"]),
@@ -109,6 +108,8 @@ fn ci() -> Result {
     )?;
     advisories(&tools)?;
     println!("\nci: every step passed");
+    // One closing line that any CI log reader understands.
+    println!("tests: {} passed, {} failed", tests.passed, tests.failed);
     Ok(())
 }
 
@@ -253,4 +254,58 @@ fn ensure_cargo_deny() -> Result {
         "install cargo-deny (once per machine)",
         cargo().args(["install", "--locked", "cargo-deny@0.20.2"]),
     )
+}
+
+#[derive(Debug, Default)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds up every binary's
+/// `test result:` line.
+fn run_tests(command: &mut Command) -> Result<TestCounts> {
+    use std::io::{BufRead, BufReader};
+    println!("\n==> tests");
+    let started = Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("tests: could not start: {error}"))?;
+    let mut counts = TestCounts::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::io::Result::ok)
+        {
+            println!("{line}");
+            if let Some(result) = line.strip_prefix("test result: ") {
+                counts.passed += count_before(result, "passed");
+                counts.failed += count_before(result, "failed");
+            }
+        }
+    }
+    let status = child.wait().map_err(|error| format!("tests: {error}"))?;
+    println!(
+        "<== tests: {} in {:.1?} ({} passed, {} failed)",
+        if status.success() { "ok" } else { "FAILED" },
+        started.elapsed(),
+        counts.passed,
+        counts.failed
+    );
+    if status.success() {
+        Ok(counts)
+    } else {
+        Err(format!("tests failed ({status})"))
+    }
+}
+
+/// The number right before `label` in a `test result:` line such as
+/// `ok. 49 passed; 0 failed; 0 ignored; …`.
+fn count_before(line: &str, label: &str) -> u64 {
+    line.split(';')
+        .filter_map(|part| part.trim().strip_suffix(label))
+        .filter_map(|rest| rest.trim().rsplit(' ').next())
+        .find_map(|number| number.parse().ok())
+        .unwrap_or(0)
 }
