@@ -1,9 +1,41 @@
-//! OpenCalling's QUIC transport (quinn + rustls): one bidirectional stream of
-//! length-prefixed signaling frames per connection, and unreliable DATAGRAM
-//! frames for audio.
+//! OpenCalling's QUIC transport: quinn + rustls (ring provider only).
 //!
-//! Status: not built yet. This crate is the home of the QUIC client and
-//! server endpoints; it exports nothing until they exist.
+//! One connection per logged-in client carries:
+//! - one bidirectional stream of length-prefixed signaling frames
+//!   ([`FramedSend`] / [`FramedRecv`] over `signaling-proto`'s framing), opened
+//!   by the client;
+//! - unreliable DATAGRAM frames for audio (negotiated on every connection;
+//!   the audio issues use them).
 //!
-//! It never holds call logic (that is `signaling-proto`'s switchboard and call
-//! engine) and never touches audio devices or codecs.
+//! The server side ([`QuicServer`]) enforces a connection cap and a per-IP
+//! cap, validates addresses with a Retry once it is busy, and keeps its
+//! stateless-reset key stable across restarts (the caller persists the seed).
+//! The client side ([`connect`]) trusts a server by certificate fingerprint
+//! (development), by a CA file, or by the system roots ([`ServerTrust`]).
+//! Connections close with an application code that is an [`ErrorCode`]
+//! number, so both ends can say why.
+//!
+//! This crate holds no call logic (that is `signaling-proto`) and never
+//! touches audio devices or codecs. Transport settings follow the design
+//! brief: see [`transport_config`].
+//!
+//! [`ErrorCode`]: calling_api::ErrorCode
+
+mod client;
+mod error;
+mod identity;
+mod server;
+mod stream;
+mod tuning;
+
+pub use client::{ClientConnection, ServerTrust, client_config, connect};
+pub use error::{TransportError, close, close_code_of};
+pub use identity::InvalidFingerprint;
+pub use identity::{CertFingerprint, ServerIdentity};
+pub use server::{AcceptedConnection, IpSlot, QuicServer, ServerConnection, ServerLimits};
+pub use stream::{FramedRecv, FramedSend};
+pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
+
+/// Re-exported so users of this crate name quinn's types without depending
+/// on quinn themselves.
+pub use quinn;

@@ -1,0 +1,231 @@
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use signaling_proto::{ClientMessage, ServerMessage};
+use tracing::debug;
+
+use crate::{FramedRecv, FramedSend, ServerIdentity, TransportError, transport_config};
+
+/// What one server endpoint admits.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Connections open at once (handshaking included); more are refused.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; more are refused.
+    pub max_connections_per_ip: usize,
+    /// Above this many open connections, a client must prove its address
+    /// with a Retry round trip before the server spends a handshake on it.
+    pub validate_addresses_above: usize,
+    /// How long a client has to finish the handshake and open its stream.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_connections_per_ip: 64,
+            validate_addresses_above: 2_000,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// The server's QUIC endpoint with its admission policy.
+#[derive(Debug)]
+pub struct QuicServer {
+    endpoint: quinn::Endpoint,
+    limits: ServerLimits,
+    per_ip: PerIp,
+}
+
+impl QuicServer {
+    /// Binds `addr` with `identity`. `reset_key` seeds the stateless-reset
+    /// key: keep it stable across restarts so that clients of a crashed
+    /// server learn at once that their connection is gone.
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &ServerIdentity,
+        limits: ServerLimits,
+        reset_key: &[u8; 32],
+    ) -> Result<Self, TransportError> {
+        let (chain, key) = identity.clone_parts();
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+        tls.alpn_protocols = vec![crate::ALPN.to_vec()];
+        let quic = QuicServerConfig::try_from(tls).map_err(|error| {
+            TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
+        })?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server_config.transport_config(transport_config());
+        let endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            reset_key,
+        )));
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            TransportError::Io(std::io::Error::other("no async runtime for quinn"))
+        })?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?;
+        Ok(Self {
+            endpoint,
+            limits,
+            per_ip: Arc::default(),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The underlying endpoint (stats, close, wait_idle).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// The next connection attempt that passes the admission policy; `None`
+    /// once the endpoint is closed. Refused and retried attempts are handled
+    /// here and never returned.
+    pub async fn accept(&self) -> Option<AcceptedConnection> {
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            let remote = incoming.remote_address();
+            let open = self.endpoint.open_connections();
+            if open > self.limits.max_connections {
+                debug!(%remote, open, "connection cap reached: refused");
+                incoming.refuse();
+                continue;
+            }
+            if open > self.limits.validate_addresses_above && !incoming.remote_address_validated() {
+                if incoming.may_retry() {
+                    // Only a client that receives at its claimed address comes back.
+                    let _ = incoming.retry();
+                } else {
+                    incoming.refuse();
+                }
+                continue;
+            }
+            let Some(slot) = IpSlot::take(
+                &self.per_ip,
+                remote.ip(),
+                self.limits.max_connections_per_ip,
+            ) else {
+                debug!(%remote, "per-IP cap reached: refused");
+                incoming.refuse();
+                continue;
+            };
+            return Some(AcceptedConnection {
+                incoming,
+                slot,
+                timeout: self.limits.handshake_timeout,
+            });
+        }
+    }
+
+    /// Connections open now, from one address.
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Holds one of an IP address's connection slots until dropped.
+#[derive(Debug)]
+pub struct IpSlot {
+    per_ip: PerIp,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(per_ip: &PerIp, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut counts = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            per_ip: Arc::clone(per_ip),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A connection attempt the policy admitted, before its handshake.
+#[derive(Debug)]
+pub struct AcceptedConnection {
+    incoming: quinn::Incoming,
+    slot: IpSlot,
+    timeout: Duration,
+}
+
+/// An established server-side connection with its signaling stream.
+#[derive(Debug)]
+pub struct ServerConnection {
+    /// The QUIC connection (datagrams, close).
+    pub connection: quinn::Connection,
+    /// Frames to the client.
+    pub send: FramedSend<ServerMessage>,
+    /// Frames from the client.
+    pub recv: FramedRecv<ClientMessage>,
+    /// The IP slot, released when this is dropped.
+    pub slot: IpSlot,
+}
+
+impl AcceptedConnection {
+    /// The client's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.incoming.remote_address()
+    }
+
+    /// Completes the handshake and accepts the client's signaling stream,
+    /// within the handshake timeout.
+    pub async fn establish(self) -> Result<ServerConnection, TransportError> {
+        let Self {
+            incoming,
+            slot,
+            timeout,
+        } = self;
+        let setup = async {
+            let connection = incoming.await?;
+            let (send, recv) = connection.accept_bi().await?;
+            Ok::<_, TransportError>((connection, send, recv))
+        };
+        let (connection, send, recv) = tokio::time::timeout(timeout, setup)
+            .await
+            .map_err(|_| TransportError::TimedOut("handshake and signaling stream"))??;
+        Ok(ServerConnection {
+            connection,
+            send: FramedSend::new(send),
+            recv: FramedRecv::new(recv),
+            slot,
+        })
+    }
+}
