@@ -1,8 +1,472 @@
-//! OpenCalling's drop-in SDK: the calling API (login, call, accept, reject,
-//! hangup, mic mute, hands-free and their events) over the protocol, transport
-//! and audio crates.
+//! OpenCalling's drop-in SDK: the calling API of the well-known mobile
+//! calling component, in idiomatic Rust, over our own QUIC server.
 //!
-//! Status: not built yet; it exports nothing until the SDK exists. Until then,
-//! `signaling-proto`'s `CallEngine` is the client side of the call logic.
+//! | original | here |
+//! | --- | --- |
+//! | `sharedInstance` / `destroySharedInstance` | [`TRTCCalling::shared_instance`] / [`TRTCCalling::destroy_shared_instance`] |
+//! | `registerListener` / `unRegisterListener` | [`TRTCCalling::register_listener`] (closures or [`CallingListener`]s), [`TRTCCalling::register_delegate`] (one method per callback), [`TRTCCalling::unregister_listener`]; also [`TRTCCalling::events`] for tokio users |
+//! | `destroy` | [`TRTCCalling::destroy`] |
+//! | `login` / `logout` | [`TRTCCalling::login`] / [`TRTCCalling::logout`] |
+//! | `call` / `accept` / `reject` / `hangup` | [`TRTCCalling::call`] (and [`TRTCCalling::call_with`] for per-call options), [`TRTCCalling::accept`], [`TRTCCalling::reject`], [`TRTCCalling::hangup`] |
+//! | `setMicMute` / `setHandsFree` | [`TRTCCalling::set_mic_mute`] / [`TRTCCalling::set_hands_free`] |
+//! | `onError`, `onInvited`, … | [`CallingEvent`] variants, delivered to every listener |
 //!
-//! It never holds call rules of its own: those live in `signaling-proto`.
+//! Results are `Result`s instead of callback structs: `Ok(())` is the
+//! original's code 0, an error carries its stable [`ErrorCode`] and a
+//! description. Nothing panics on a call in the wrong state: calling before
+//! login, logging in twice, accepting without an invitation, calling while
+//! ringing… each returns its error.
+//!
+//! Beyond the original, a self-hosted SDK needs to know where its server is
+//! and how to trust it ([`ClientOptions`], read from the environment by the
+//! shared instance), and tests and bots need several users in one process
+//! ([`TRTCCalling::new`]).
+//!
+//! The SDK runs on the application's tokio runtime: its methods are `async`
+//! and one task per logged-in instance drives the connection. Listeners are
+//! called on that task, in order; they must not block (hand work to a task).
+//! The call rules themselves live in `signaling-proto`'s `CallEngine`: this
+//! crate holds none of its own.
+//!
+//! Audio: until the audio crates are wired in, `set_mic_mute` already
+//! travels to peers as audio availability, and `set_hands_free` records the
+//! route; no sound is captured or played yet, and `onUserVoiceVolume` reports
+//! zero levels.
+//!
+//! ```no_run
+//! use calling_facade::{CallType, CallingEvent, ClientOptions, TRTCCalling};
+//!
+//! # async fn run() -> Result<(), calling_facade::CallingError> {
+//! let calling = TRTCCalling::new(ClientOptions::from_env());
+//! calling.register_listener(|event: &CallingEvent| {
+//!     if let CallingEvent::Invited { sponsor, .. } = event {
+//!         println!("{sponsor} is calling");
+//!     }
+//! });
+//! calling.login(1_400_000_000, "alice", "<UserSig from your backend>").await?;
+//! calling.call("bob", CallType::Audio).await?;
+//! # Ok(()) }
+//! ```
+
+mod driver;
+mod options;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+pub use calling_api::{
+    CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason, ErrorCode, UserId,
+    UserVolume,
+};
+pub use options::{ClientOptions, ServerTrust};
+pub use signaling_proto::CallOptions;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::driver::{Command, Request};
+
+/// Receives every event of an instance it is registered with.
+pub trait CallingListener: Send + Sync + 'static {
+    /// Called on the SDK's task, in order, for every event. Must not block.
+    fn on_event(&self, event: &CallingEvent);
+}
+
+impl<F: Fn(&CallingEvent) + Send + Sync + 'static> CallingListener for F {
+    fn on_event(&self, event: &CallingEvent) {
+        self(event);
+    }
+}
+
+/// The original's delegate, one method per callback, each doing nothing
+/// unless overridden. Register one with [`TRTCCalling::register_delegate`].
+#[allow(unused_variables)]
+pub trait CallingDelegate: Send + Sync + 'static {
+    /// `onError`
+    fn on_error(&self, code: ErrorCode, msg: &str) {}
+    /// `onInvited`
+    fn on_invited(
+        &self,
+        sponsor: &UserId,
+        user_ids: &[UserId],
+        is_from_group: bool,
+        call_type: CallType,
+    ) {
+    }
+    /// `onReject`
+    fn on_reject(&self, user_id: &UserId) {}
+    /// `onNoResp`
+    fn on_no_resp(&self, user_id: &UserId) {}
+    /// `onLineBusy`
+    fn on_line_busy(&self, user_id: &UserId) {}
+    /// `onCallingCancel`
+    fn on_calling_cancel(&self) {}
+    /// `onCallingTimeOut`
+    fn on_calling_time_out(&self) {}
+    /// `onUserEnter`
+    fn on_user_enter(&self, user_id: &UserId) {}
+    /// `onUserLeave`
+    fn on_user_leave(&self, user_id: &UserId) {}
+    /// `onUserAudioAvailable`
+    fn on_user_audio_available(&self, user_id: &UserId, available: bool) {}
+    /// `onUserVoiceVolume`
+    fn on_user_voice_volume(&self, user_volumes: &[UserVolume], total_volume: u8) {}
+    /// `onCallEnd`
+    fn on_call_end(&self) {}
+    /// Extension: which call ended, and why (right after `on_call_end`).
+    fn on_call_ended(&self, call_id: CallId, reason: EndReason) {}
+    /// Extension: this session was kicked by a login elsewhere.
+    fn on_kicked_offline(&self) {}
+}
+
+struct DelegateListener<D>(D);
+
+impl<D: CallingDelegate> CallingListener for DelegateListener<D> {
+    fn on_event(&self, event: &CallingEvent) {
+        let delegate = &self.0;
+        match event {
+            CallingEvent::Error { code, msg } => delegate.on_error(*code, msg),
+            CallingEvent::Invited {
+                sponsor,
+                user_ids,
+                is_from_group,
+                call_type,
+            } => delegate.on_invited(sponsor, user_ids, *is_from_group, *call_type),
+            CallingEvent::Reject { user_id } => delegate.on_reject(user_id),
+            CallingEvent::NoResp { user_id } => delegate.on_no_resp(user_id),
+            CallingEvent::LineBusy { user_id } => delegate.on_line_busy(user_id),
+            CallingEvent::CallingCancel => delegate.on_calling_cancel(),
+            CallingEvent::CallingTimeOut => delegate.on_calling_time_out(),
+            CallingEvent::UserEnter { user_id } => delegate.on_user_enter(user_id),
+            CallingEvent::UserLeave { user_id } => delegate.on_user_leave(user_id),
+            CallingEvent::UserAudioAvailable { user_id, available } => {
+                delegate.on_user_audio_available(user_id, *available);
+            }
+            CallingEvent::UserVoiceVolume {
+                user_volumes,
+                total_volume,
+            } => delegate.on_user_voice_volume(user_volumes, *total_volume),
+            CallingEvent::CallEnd => delegate.on_call_end(),
+            CallingEvent::CallEnded { call_id, reason } => {
+                delegate.on_call_ended(*call_id, *reason)
+            }
+            CallingEvent::KickedOffline => delegate.on_kicked_offline(),
+            // A newer calling-api may add events this delegate predates.
+            _ => {}
+        }
+    }
+}
+
+/// Names a registered listener, to unregister it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(u64);
+
+/// Events as an async stream, for tokio users: see [`TRTCCalling::events`].
+#[derive(Debug)]
+pub struct EventStream {
+    receiver: broadcast::Receiver<CallingEvent>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the instance is dropped. A consumer that
+    /// falls more than 1024 events behind skips the oldest (with a warning
+    /// in the log) rather than holding the SDK up.
+    pub async fn recv(&mut self) -> Option<CallingEvent> {
+        loop {
+            match self.receiver.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::warn!(skipped, "event stream consumer fell behind");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// Where events go: listeners and streams. Shared with the driver task.
+pub(crate) struct Dispatch {
+    listeners: Mutex<Vec<(ListenerId, Arc<dyn CallingListener>)>>,
+    stream: broadcast::Sender<CallingEvent>,
+    next_listener: AtomicU64,
+}
+
+impl Dispatch {
+    pub(crate) fn emit(&self, event: &CallingEvent) {
+        // Call listeners without holding the lock, so a listener may
+        // register or unregister listeners.
+        let listeners: Vec<Arc<dyn CallingListener>> = lock(&self.listeners)
+            .iter()
+            .map(|(_, listener)| Arc::clone(listener))
+            .collect();
+        for listener in listeners {
+            listener.on_event(event);
+        }
+        let _ = self.stream.send(event.clone());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One calling client: a user's session with the server. See the
+/// [crate docs](crate).
+pub struct TRTCCalling {
+    options: Mutex<ClientOptions>,
+    dispatch: Arc<Dispatch>,
+    session: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    mic_muted: AtomicBool,
+    hands_free: AtomicBool,
+}
+
+impl fmt::Debug for TRTCCalling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TRTCCalling")
+            .field("options", &*lock(&self.options))
+            .field("logged_in", &self.live_session().is_some())
+            .field("mic_muted", &self.mic_muted.load(Ordering::Relaxed))
+            .field("hands_free", &self.hands_free.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+static SHARED: OnceLock<Mutex<Option<Arc<TRTCCalling>>>> = OnceLock::new();
+
+impl TRTCCalling {
+    /// A new, independent instance (one user), talking to the server in
+    /// `options`.
+    pub fn new(options: ClientOptions) -> Arc<Self> {
+        let (stream, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            options: Mutex::new(options),
+            dispatch: Arc::new(Dispatch {
+                listeners: Mutex::new(Vec::new()),
+                stream,
+                next_listener: AtomicU64::new(1),
+            }),
+            session: Mutex::new(None),
+            mic_muted: AtomicBool::new(false),
+            hands_free: AtomicBool::new(false),
+        })
+    }
+
+    /// The process-wide instance, made on first use with
+    /// [`ClientOptions::from_env`].
+    pub fn shared_instance() -> Arc<Self> {
+        let shared = SHARED.get_or_init(|| Mutex::new(None));
+        let mut slot = lock(shared);
+        Arc::clone(slot.get_or_insert_with(|| Self::new(ClientOptions::from_env())))
+    }
+
+    /// Destroys the process-wide instance; the next
+    /// [`TRTCCalling::shared_instance`] makes a fresh one.
+    pub fn destroy_shared_instance() {
+        if let Some(shared) = SHARED.get() {
+            if let Some(instance) = lock(shared).take() {
+                instance.destroy();
+            }
+        }
+    }
+
+    /// Changes where the server is and how to trust it; takes effect at the
+    /// next login.
+    pub fn set_options(&self, options: ClientOptions) {
+        *lock(&self.options) = options;
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> ClientOptions {
+        lock(&self.options).clone()
+    }
+
+    /// Adds a listener; every event goes to every listener.
+    pub fn register_listener(&self, listener: impl CallingListener) -> ListenerId {
+        self.register_arc(Arc::new(listener))
+    }
+
+    /// Adds a delegate in the original's style (one method per callback).
+    pub fn register_delegate(&self, delegate: impl CallingDelegate) -> ListenerId {
+        self.register_arc(Arc::new(DelegateListener(delegate)))
+    }
+
+    fn register_arc(&self, listener: Arc<dyn CallingListener>) -> ListenerId {
+        let id = ListenerId(self.dispatch.next_listener.fetch_add(1, Ordering::Relaxed));
+        lock(&self.dispatch.listeners).push((id, listener));
+        id
+    }
+
+    /// Removes a listener; `false` if it was not registered.
+    pub fn unregister_listener(&self, id: ListenerId) -> bool {
+        let mut listeners = lock(&self.dispatch.listeners);
+        let before = listeners.len();
+        listeners.retain(|(listener, _)| *listener != id);
+        listeners.len() != before
+    }
+
+    /// Every event from now on, as an async stream.
+    pub fn events(&self) -> EventStream {
+        EventStream {
+            receiver: self.dispatch.stream.subscribe(),
+        }
+    }
+
+    /// Releases everything: logs out (best effort, without waiting),
+    /// disconnects and forgets every listener.
+    pub fn destroy(&self) {
+        if let Some(session) = lock(&self.session).take() {
+            let _ = session.send(Command::Shutdown);
+        }
+        lock(&self.dispatch.listeners).clear();
+    }
+
+    /// Logs in; nothing else works before it. `user_sig` is the signature
+    /// the application's backend issued for `user_id` (the original's
+    /// UserSig scheme, unchanged).
+    pub async fn login(&self, sdk_app_id: u32, user_id: &str, user_sig: &str) -> CallingResult<()> {
+        UserId::new(user_id)?;
+        if self.live_session().is_some() {
+            return Err(CallingError::new(ErrorCode::ALREADY_LOGGED_IN));
+        }
+        let options = self.options();
+        let (commands, reply) = driver::start(
+            &options,
+            sdk_app_id,
+            user_id,
+            user_sig,
+            self.mic_muted.load(Ordering::Relaxed),
+            Arc::clone(&self.dispatch),
+        )
+        .await?;
+        {
+            let mut session = lock(&self.session);
+            if session
+                .as_ref()
+                .is_some_and(|existing| !existing.is_closed())
+            {
+                let _ = commands.send(Command::Shutdown);
+                return Err(CallingError::new(ErrorCode::ALREADY_LOGGED_IN));
+            }
+            *session = Some(commands);
+        }
+        let result = await_reply(reply, options.request_timeout)
+            .await
+            .map(|_| ());
+        if result.is_err() {
+            lock(&self.session).take();
+        }
+        result
+    }
+
+    /// Logs out; calling is impossible afterwards. A call in progress ends
+    /// as a hangup.
+    pub async fn logout(&self) -> CallingResult<()> {
+        let result = self.request(Request::Logout).await.map(|_| ());
+        lock(&self.session).take();
+        result
+    }
+
+    /// Invites `user_id`: a new call when idle, or into the current call
+    /// (making it multi-party). Completes when the server has taken the
+    /// invitation; the answer comes as events.
+    pub async fn call(&self, user_id: &str, call_type: CallType) -> CallingResult<()> {
+        self.call_with(user_id, call_type, CallOptions::default())
+            .await
+            .map(|_| ())
+    }
+
+    /// [`TRTCCalling::call`] with per-call options (invitation timeout,
+    /// user data); returns the call's id.
+    pub async fn call_with(
+        &self,
+        user_id: &str,
+        call_type: CallType,
+        options: CallOptions,
+    ) -> CallingResult<CallId> {
+        let call_id = self
+            .request(Request::Call {
+                user_id: user_id.to_owned(),
+                call_type,
+                options,
+            })
+            .await?;
+        call_id
+            .ok_or_else(|| CallingError::with_desc(ErrorCode::INTERNAL, "the server named no call"))
+    }
+
+    /// Accepts the ringing invitation.
+    pub async fn accept(&self) -> CallingResult<()> {
+        self.request(Request::Accept).await.map(|_| ())
+    }
+
+    /// Rejects the ringing invitation.
+    pub async fn reject(&self) -> CallingResult<()> {
+        self.request(Request::Reject).await.map(|_| ())
+    }
+
+    /// Ends your part: cancels your invitations if nobody answered yet,
+    /// rejects a ringing invitation, leaves a call. `onCallEnd` follows.
+    pub async fn hangup(&self) -> CallingResult<()> {
+        self.request(Request::Hangup).await.map(|_| ())
+    }
+
+    /// Stops (`true`) or resumes (`false`) sending your audio; the others
+    /// get `onUserAudioAvailable`. Works in any state, before login too.
+    pub fn set_mic_mute(&self, muted: bool) {
+        self.mic_muted.store(muted, Ordering::Relaxed);
+        if let Some(session) = self.live_session() {
+            let _ = session.send(Command::MicMute(muted));
+        }
+    }
+
+    /// Whether the microphone is muted.
+    pub fn is_mic_muted(&self) -> bool {
+        self.mic_muted.load(Ordering::Relaxed)
+    }
+
+    /// Speakerphone (`true`) or earpiece/headset (`false`) route. Recorded
+    /// only, until audio playback is wired in.
+    pub fn set_hands_free(&self, hands_free: bool) {
+        self.hands_free.store(hands_free, Ordering::Relaxed);
+    }
+
+    /// The output route in force.
+    pub fn is_hands_free(&self) -> bool {
+        self.hands_free.load(Ordering::Relaxed)
+    }
+
+    /// The session's command channel, if a session is alive.
+    fn live_session(&self) -> Option<mpsc::UnboundedSender<Command>> {
+        let mut session = lock(&self.session);
+        if session
+            .as_ref()
+            .is_some_and(mpsc::UnboundedSender::is_closed)
+        {
+            *session = None;
+        }
+        session.clone()
+    }
+
+    async fn request(&self, request: Request) -> CallingResult<Option<CallId>> {
+        let Some(session) = self.live_session() else {
+            return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
+        };
+        let (reply, answer) = oneshot::channel();
+        if session.send(Command::Request { request, reply }).is_err() {
+            return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
+        }
+        await_reply(answer, self.options().request_timeout).await
+    }
+}
+
+async fn await_reply(
+    answer: oneshot::Receiver<CallingResult<Option<CallId>>>,
+    limit: Duration,
+) -> CallingResult<Option<CallId>> {
+    match tokio::time::timeout(limit, answer).await {
+        Ok(Ok(result)) => result,
+        // The session ended before answering.
+        Ok(Err(_)) => Err(CallingError::new(ErrorCode::CONNECTION_LOST)),
+        Err(_) => Err(CallingError::new(ErrorCode::TIMEOUT)),
+    }
+}

@@ -1,8 +1,226 @@
-//! OpenCalling's server: UserSig authentication, presence, call routing
-//! through `signaling-proto`'s switchboard, and the audio relay.
+//! OpenCalling's server: it authenticates logins with the original's UserSig
+//! scheme, keeps presence, routes calls through `signaling-proto`'s
+//! [`Switchboard`](signaling_proto::Switchboard) on the real clock, and (with
+//! the audio issues) relays audio.
 //!
-//! Status: not built yet; it exports nothing until the server exists. Until
-//! then, `signaling-proto`'s `Switchboard` is the server's call logic, driven
-//! in memory by its simulation.
+//! Run it as the `calling-server` binary, or start it in-process with
+//! [`start`] (tests, demos, embedding): one task owns the switchboard (the
+//! "hub"), one task serves each connection, so a slow client never holds up
+//! another; a client whose outgoing queue overflows is disconnected.
 //!
-//! It never decodes or mixes audio: it forwards datagrams.
+//! With no app configured it runs in development mode: a self-signed
+//! certificate and a development app (sdkAppId 1400000000, random key) are
+//! made once in the data directory and reused; clients trust the certificate
+//! by the fingerprint [`RunningServer::fingerprint`] reports.
+//!
+//! It never decodes or mixes audio, never logs a secret key or a UserSig, and
+//! never trusts a client's word about who it is: the login's UserSig decides.
+
+pub mod config;
+mod connection;
+mod hub;
+pub mod usersig;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use calling_api::ErrorCode;
+use signaling_proto::SwitchboardConfig;
+use signaling_quic::{CertFingerprint, QuicServer, ServerIdentity};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub use config::{AppCredentials, SecretKey, ServerConfig, TlsSource, UnixClock};
+pub use hub::HubStats;
+
+use crate::hub::HubInput;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory could not be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Transport(#[from] signaling_quic::TransportError),
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared {
+    apps: HashMap<u32, SecretKey>,
+    clock: UnixClockDebug,
+    hub: mpsc::Sender<HubInput>,
+    next_conn: AtomicU64,
+    grace: Duration,
+}
+
+/// The clock, with a `Debug` that does not try to print a closure.
+struct UnixClockDebug(UnixClock);
+
+impl std::fmt::Debug for UnixClockDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnixClock")
+    }
+}
+
+/// A server running on the current tokio runtime.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    fingerprint: CertFingerprint,
+    development_app: Option<AppCredentials>,
+    hub: mpsc::Sender<HubInput>,
+    stop_accepting: watch::Sender<bool>,
+    accept_task: tokio::task::JoinHandle<()>,
+    hub_task: tokio::task::JoinHandle<()>,
+    endpoint: signaling_quic::quinn::Endpoint,
+    grace: Duration,
+}
+
+/// Starts a server with `config` on the current tokio runtime.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    config.validate()?;
+    let data_dir_error = |source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
+    let (apps, development_app) = if config.apps.is_empty() {
+        let app = config::development_app(&config.data_dir).map_err(data_dir_error)?;
+        (vec![app.clone()], Some(app))
+    } else {
+        (config.apps.clone(), None)
+    };
+    let identity = match &config.tls {
+        TlsSource::SelfSigned => ServerIdentity::load_or_create_self_signed(
+            &config.data_dir,
+            &[
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ],
+        )?,
+        TlsSource::PemFiles { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
+    };
+    let reset_key = config::reset_key(&config.data_dir).map_err(data_dir_error)?;
+    let quic = QuicServer::bind(config.listen, &identity, config.limits.clone(), &reset_key)?;
+    let local_addr = quic.local_addr()?;
+    let endpoint = quic.endpoint().clone();
+
+    let switchboard = SwitchboardConfig {
+        default_invite_timeout: config.invite_timeout,
+        max_invite_timeout: config.max_invite_timeout,
+        ..SwitchboardConfig::default()
+    };
+    let (hub_tx, hub_rx) = mpsc::channel(4096);
+    let hub_task = tokio::spawn(hub::run(switchboard, hub_rx));
+    let shared = Arc::new(Shared {
+        apps: apps
+            .into_iter()
+            .map(|app| (app.sdk_app_id, app.secret_key))
+            .collect(),
+        clock: UnixClockDebug(Arc::clone(&config.clock)),
+        hub: hub_tx.clone(),
+        next_conn: AtomicU64::new(1),
+        grace: config.shutdown_grace,
+    });
+    let (stop_accepting, stop_rx) = watch::channel(false);
+    let accept_task = tokio::spawn(accept_loop(quic, shared, stop_rx));
+    info!(%local_addr, fingerprint = %identity.fingerprint(), development = development_app.is_some(), "listening");
+    Ok(RunningServer {
+        local_addr,
+        fingerprint: identity.fingerprint(),
+        development_app,
+        hub: hub_tx,
+        stop_accepting,
+        accept_task,
+        hub_task,
+        endpoint,
+        grace: config.shutdown_grace,
+    })
+}
+
+async fn accept_loop(quic: QuicServer, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = quic.accept() => match accepted {
+                Some(accepted) => {
+                    connections.spawn(connection::serve(accepted, Arc::clone(&shared)));
+                }
+                None => break,
+            },
+            // Reap finished connection tasks as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    // Shutting down: give every connection the grace period to deliver its
+    // notice, then stop what is left.
+    let drained = tokio::time::timeout(shared.grace + Duration::from_secs(1), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = connections.len(),
+            "connections still open after the grace period"
+        );
+        connections.abort_all();
+    }
+}
+
+impl RunningServer {
+    /// The address the server listens on (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The certificate's fingerprint, for clients that trust it that way.
+    pub fn fingerprint(&self) -> CertFingerprint {
+        self.fingerprint
+    }
+
+    /// The development app, when the server runs in development mode.
+    pub fn development_app(&self) -> Option<&AppCredentials> {
+        self.development_app.as_ref()
+    }
+
+    /// Live figures from the switchboard.
+    pub async fn stats(&self) -> Option<HubStats> {
+        let (reply, answer) = oneshot::channel();
+        self.hub.send(HubInput::Stats { reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Graceful shutdown: every call ends with the server-shutdown reason,
+    /// every client is told and its connection closed, then the endpoint.
+    pub async fn shutdown(self) {
+        let (done, finished) = oneshot::channel();
+        if self.hub.send(HubInput::Shutdown { done }).await.is_ok() {
+            let _ = finished.await;
+        }
+        let _ = self.stop_accepting.send(true);
+        let _ = self.accept_task.await;
+        signaling_quic::close_endpoint(&self.endpoint, ErrorCode::SERVER_SHUTDOWN);
+        let _ = tokio::time::timeout(self.grace, self.endpoint.wait_idle()).await;
+        self.hub_task.abort();
+        info!("stopped");
+    }
+}

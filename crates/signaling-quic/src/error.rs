@@ -80,3 +80,9 @@ pub fn close_code_of(error: &quinn::ConnectionError) -> Option<ErrorCode> {
         _ => None,
     }
 }
+
+/// Closes every connection of `endpoint` with `code`.
+pub fn close_endpoint(endpoint: &quinn::Endpoint, code: ErrorCode) {
+    let number = u32::try_from(code.as_i32()).unwrap_or(0);
+    endpoint.close(quinn::VarInt::from_u32(number), code.message().as_bytes());
+}

@@ -29,7 +29,7 @@ mod stream;
 mod tuning;
 
 pub use client::{ClientConnection, ServerTrust, client_config, connect};
-pub use error::{TransportError, close, close_code_of};
+pub use error::{TransportError, close, close_code_of, close_endpoint};
 pub use identity::InvalidFingerprint;
 pub use identity::{CertFingerprint, ServerIdentity};
 pub use server::{AcceptedConnection, IpSlot, QuicServer, ServerConnection, ServerLimits};

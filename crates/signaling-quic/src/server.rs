@@ -46,8 +46,10 @@ pub struct QuicServer {
 
 impl QuicServer {
     /// Binds `addr` with `identity`. `reset_key` seeds the stateless-reset
-    /// key: keep it stable across restarts so that clients of a crashed
-    /// server learn at once that their connection is gone.
+    /// key and the connection-ID key: keep it stable across restarts so that
+    /// a restarted server recognises its predecessor's connection IDs and
+    /// resets them, and their clients learn at once that the connection is
+    /// gone instead of waiting out the idle timeout.
     pub fn bind(
         addr: SocketAddr,
         identity: &ServerIdentity,
@@ -67,10 +69,15 @@ impl QuicServer {
         })?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(transport_config());
-        let endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            reset_key,
-        )));
+        let reset_hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+        // Connection IDs must validate after a restart too, or the restarted
+        // server drops the old clients' packets instead of resetting them.
+        let cid_key = ring::hmac::sign(&reset_hmac, b"opencalling connection id key");
+        let cid_key = u64::from_le_bytes(cid_key.as_ref()[..8].try_into().unwrap_or([0; 8]));
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_hmac));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let socket = std::net::UdpSocket::bind(addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
         let runtime = quinn::default_runtime().ok_or_else(|| {

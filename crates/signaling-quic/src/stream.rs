@@ -38,6 +38,15 @@ impl<M: Serialize> FramedSend<M> {
         // Already finished or reset: nothing left to do.
         let _ = self.stream.finish();
     }
+
+    /// Ends the stream and waits, at most `limit`, until the peer has
+    /// acknowledged everything written: call before closing the connection,
+    /// which would otherwise discard the last frames (a login refusal, a
+    /// kick, a shutdown notice).
+    pub async fn finish_and_flush(&mut self, limit: std::time::Duration) {
+        self.finish();
+        let _ = tokio::time::timeout(limit, self.stream.stopped()).await;
+    }
 }
 
 /// The receiving half of the signaling stream: whole frames of `M`.

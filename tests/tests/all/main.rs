@@ -1,3 +1,14 @@
-//! Workspace-level tests, one binary with a module per concern.
+//! Workspace-level tests, one binary with a module per concern: the
+//! repository's rules, and the SDK against a real server over loopback QUIC.
 
+// A failed unwrap is a failed test here.
+#![allow(clippy::unwrap_used)]
+// Helpers are shared between modules of this one binary.
+#![allow(unreachable_pub)]
+
+mod auth;
+mod calls;
+mod child;
+mod resilience;
+mod support;
 mod tidy;

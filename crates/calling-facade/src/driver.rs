@@ -1,0 +1,205 @@
+//! The task behind a logged-in instance: it owns the call engine and the
+//! connection, turns API requests into messages, server messages into
+//! events, and answers each request when the server does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
+use signaling_proto::{CallEngine, CallOptions, RequestId};
+use signaling_quic::{ClientConnection, TransportError, close};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::{ClientOptions, Dispatch};
+
+pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
+
+#[derive(Debug)]
+pub(crate) enum Request {
+    Logout,
+    Call {
+        user_id: String,
+        call_type: CallType,
+        options: CallOptions,
+    },
+    Accept,
+    Reject,
+    Hangup,
+}
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    Request {
+        request: Request,
+        reply: Reply,
+    },
+    MicMute(bool),
+    /// Log out if logged in, then disconnect.
+    Shutdown,
+}
+
+/// How long a destroyed instance waits for the server to confirm its logout.
+const LOGOUT_GRACE: Duration = Duration::from_secs(1);
+
+/// Connects, starts the session task and sends the login; returns the
+/// command channel and the login's pending answer.
+pub(crate) async fn start(
+    options: &ClientOptions,
+    sdk_app_id: u32,
+    user_id: &str,
+    user_sig: &str,
+    mic_muted: bool,
+    dispatch: Arc<Dispatch>,
+) -> CallingResult<(
+    mpsc::UnboundedSender<Command>,
+    oneshot::Receiver<CallingResult<Option<CallId>>>,
+)> {
+    let mut engine = CallEngine::new();
+    engine.set_voice_volume_interval(options.voice_volume_interval);
+    engine.set_mic_mute(mic_muted);
+    let login = engine.login(sdk_app_id, user_id, user_sig)?;
+    let addr = tokio::net::lookup_host(&options.server)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            CallingError::with_desc(
+                ErrorCode::CONNECTION_LOST,
+                format!("cannot resolve server {:?}", options.server),
+            )
+        })?;
+    let connection = signaling_quic::connect(addr, &options.server_name, &options.trust)
+        .await
+        .map_err(|error| {
+            CallingError::with_desc(error.code(), format!("cannot reach {addr}: {error}"))
+        })?;
+    let (commands, inbox) = mpsc::unbounded_channel();
+    let (reply, answer) = oneshot::channel();
+    let mut pending = HashMap::new();
+    pending.insert(login, reply);
+    let session = Session {
+        engine,
+        connection,
+        inbox,
+        pending,
+        dispatch,
+    };
+    tokio::spawn(session.run());
+    Ok((commands, answer))
+}
+
+struct Session {
+    engine: CallEngine,
+    connection: ClientConnection,
+    inbox: mpsc::UnboundedReceiver<Command>,
+    pending: HashMap<RequestId, Reply>,
+    dispatch: Arc<Dispatch>,
+}
+
+impl Session {
+    async fn run(mut self) {
+        loop {
+            if let Err(error) = self.flush().await {
+                debug!(%error, "sending failed");
+                self.engine.handle_disconnect();
+                break;
+            }
+            let deadline = self.engine.poll_timeout();
+            tokio::select! {
+                command = self.inbox.recv() => match command {
+                    Some(Command::Request { request, reply }) => self.apply(request, reply),
+                    Some(Command::MicMute(muted)) => self.engine.set_mic_mute(muted),
+                    None | Some(Command::Shutdown) => {
+                        self.log_out_and_close().await;
+                        break;
+                    }
+                },
+                received = self.connection.recv.recv() => match received {
+                    Ok(Some(message)) => self.engine.handle_message(Instant::now(), message),
+                    Ok(None) => {
+                        debug!("the server ended the signaling stream");
+                        self.engine.handle_disconnect();
+                        break;
+                    }
+                    Err(error) => {
+                        debug!(%error, "connection lost");
+                        self.engine.handle_disconnect();
+                        break;
+                    }
+                },
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    self.engine.handle_timeout(Instant::now());
+                }
+            }
+        }
+        // Deliver the last events and answers; nothing more can be sent.
+        let _ = self.flush().await;
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(CallingError::new(ErrorCode::CONNECTION_LOST)));
+        }
+        close(&self.connection.connection, ErrorCode::OK, "bye");
+    }
+
+    fn apply(&mut self, request: Request, reply: Reply) {
+        let result = match request {
+            Request::Logout => self.engine.logout(),
+            Request::Call {
+                user_id,
+                call_type,
+                options,
+            } => self.engine.call(&user_id, call_type, options),
+            Request::Accept => self.engine.accept(),
+            Request::Reject => self.engine.reject(),
+            Request::Hangup => self.engine.hangup(),
+        };
+        match result {
+            Ok(request) => {
+                self.pending.insert(request, reply);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// Sends what the engine queued, then hands out events and answers.
+    async fn flush(&mut self) -> Result<(), TransportError> {
+        while let Some(message) = self.engine.poll_transmit() {
+            self.connection.send.send(&message).await?;
+        }
+        while let Some(event) = self.engine.poll_event() {
+            self.dispatch.emit(&event);
+        }
+        while let Some(completion) = self.engine.poll_completion() {
+            if let Some(reply) = self.pending.remove(&completion.request) {
+                let _ = reply.send(completion.result);
+            }
+        }
+        Ok(())
+    }
+
+    /// For destroy(): a polite logout, waiting briefly for the server.
+    async fn log_out_and_close(&mut self) {
+        if self.engine.logout().is_err() {
+            return;
+        }
+        if self.flush().await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(LOGOUT_GRACE, async {
+            while let Ok(Some(message)) = self.connection.recv.recv().await {
+                self.engine.handle_message(Instant::now(), message);
+            }
+        })
+        .await;
+        self.engine.handle_disconnect();
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+    }
+}

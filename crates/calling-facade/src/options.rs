@@ -1,0 +1,103 @@
+use std::time::Duration;
+
+use signaling_quic::CertFingerprint;
+pub use signaling_quic::ServerTrust;
+
+/// Where the server is and how to trust it, plus the SDK's own timings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// `host:port` of the server's UDP endpoint.
+    pub server: String,
+    /// The name the server's certificate must carry (ignored by
+    /// fingerprint trust).
+    pub server_name: String,
+    /// How to trust the server's certificate.
+    pub trust: ServerTrust,
+    /// How long a request (login, call, accept…) may wait for the server.
+    pub request_timeout: Duration,
+    /// How often `onUserVoiceVolume` fires in a call.
+    pub voice_volume_interval: Duration,
+}
+
+impl Default for ClientOptions {
+    /// A server on this machine at the default port, trusted through the
+    /// system roots.
+    fn default() -> Self {
+        Self {
+            server: "127.0.0.1:4433".into(),
+            server_name: "localhost".into(),
+            trust: ServerTrust::SystemRoots,
+            request_timeout: Duration::from_secs(10),
+            voice_volume_interval: Duration::from_millis(300),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// A development server at `server`, trusted by its certificate's
+    /// fingerprint (the server prints it at start).
+    pub fn development(server: impl Into<String>, fingerprint: CertFingerprint) -> Self {
+        Self {
+            server: server.into(),
+            trust: ServerTrust::Fingerprint(fingerprint),
+            ..Self::default()
+        }
+    }
+
+    /// The defaults, overridden by `OPENCALLING_SERVER` (`host:port`),
+    /// `OPENCALLING_SERVER_NAME`, and one of `OPENCALLING_SERVER_FINGERPRINT`
+    /// (hex SHA-256) or `OPENCALLING_CA_FILE` (PEM). This is what the shared
+    /// instance uses.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`ClientOptions::from_env`] with another source of variables.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let mut options = Self::default();
+        if let Some(server) = lookup("OPENCALLING_SERVER") {
+            options.server = server;
+        }
+        if let Some(name) = lookup("OPENCALLING_SERVER_NAME") {
+            options.server_name = name;
+        }
+        if let Some(fingerprint) = lookup("OPENCALLING_SERVER_FINGERPRINT") {
+            match fingerprint.parse() {
+                Ok(fingerprint) => options.trust = ServerTrust::Fingerprint(fingerprint),
+                Err(error) => tracing::warn!(%error, "OPENCALLING_SERVER_FINGERPRINT ignored"),
+            }
+        } else if let Some(file) = lookup("OPENCALLING_CA_FILE") {
+            options.trust = ServerTrust::CaFile(file.into());
+        }
+        options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_defaults() {
+        let fingerprint = CertFingerprint::of(b"cert");
+        let options = ClientOptions::from_lookup(|name| match name {
+            "OPENCALLING_SERVER" => Some("calls.example:4433".into()),
+            "OPENCALLING_SERVER_FINGERPRINT" => Some(fingerprint.to_string()),
+            _ => None,
+        });
+        assert_eq!(options.server, "calls.example:4433");
+        assert_eq!(options.trust, ServerTrust::Fingerprint(fingerprint));
+        let bad = ClientOptions::from_lookup(|name| {
+            (name == "OPENCALLING_SERVER_FINGERPRINT").then(|| "nope".into())
+        });
+        assert_eq!(
+            bad.trust,
+            ServerTrust::SystemRoots,
+            "a bad fingerprint is ignored, not trusted"
+        );
+        let ca = ClientOptions::from_lookup(|name| {
+            (name == "OPENCALLING_CA_FILE").then(|| "/etc/ca.pem".into())
+        });
+        assert_eq!(ca.trust, ServerTrust::CaFile("/etc/ca.pem".into()));
+    }
+}

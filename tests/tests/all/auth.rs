@@ -1,0 +1,216 @@
+//! Logins over QUIC: the original's UserSig, each way it can fail, and a
+//! signature made by the original's official generator.
+
+use std::sync::Arc;
+
+use calling_api::{CallType, ErrorCode, UserId};
+use calling_server::usersig;
+use calling_server::{AppCredentials, SecretKey};
+use signaling_proto::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+use signaling_quic::{ServerTrust, close_code_of};
+
+use crate::support::*;
+
+const OFFICIAL_APP: u32 = 1_400_000_000;
+const OFFICIAL_KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+
+fn fixture(field: &str) -> String {
+    let text = include_str!("../../fixtures/usersig/official-tls-sig-api-v2.txt");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}=")))
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_signature_from_the_official_generator_logs_in() {
+    // The fixture was issued at 1700000000 for a day: run the server's
+    // clock a minute after that.
+    let mut config = test_config("official");
+    config.apps = vec![AppCredentials {
+        sdk_app_id: OFFICIAL_APP,
+        secret_key: SecretKey::new(OFFICIAL_KEY),
+    }];
+    config.clock = Arc::new(|| 1_700_000_060);
+    let server = TestServer::start_with(config).await;
+    let mut alice = server.client("alice");
+    alice
+        .calling
+        .login(OFFICIAL_APP, "alice", &fixture("sig"))
+        .await
+        .unwrap();
+    let mut bob = server.client("bob");
+    let bob_sig = usersig::generate(
+        u64::from(OFFICIAL_APP),
+        OFFICIAL_KEY,
+        "bob",
+        600,
+        1_700_000_000,
+        None,
+    );
+    bob.calling
+        .login(OFFICIAL_APP, "bob", &bob_sig)
+        .await
+        .unwrap();
+    connect(&mut alice, &mut bob).await;
+    // The same fixture fails for another user name.
+    let eve = server.client("eve");
+    let error = eve
+        .calling
+        .login(OFFICIAL_APP, "eve", &fixture("sig"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::USERSIG_WRONG_USER);
+}
+
+#[tokio::test]
+async fn every_usersig_failure_has_its_own_code() {
+    let server = TestServer::start("sigs").await;
+    let app = server.app.sdk_app_id;
+    let key = server.app.secret_key.expose().to_owned();
+    let now = now();
+    let tampered = {
+        // A valid signature for bob, re-signed with another key.
+        usersig::generate(u64::from(app), "not the app's key", "bob", 600, now, None)
+    };
+    let cases = [
+        (
+            "expired",
+            app,
+            usersig::generate(u64::from(app), &key, "bob", 60, now - 3_600, None),
+            ErrorCode::USERSIG_EXPIRED,
+        ),
+        ("tampered", app, tampered, ErrorCode::USERSIG_BAD_SIGNATURE),
+        (
+            "wrong app",
+            app,
+            usersig::generate(u64::from(app) + 1, &key, "bob", 600, now, None),
+            ErrorCode::USERSIG_WRONG_APP,
+        ),
+        (
+            "wrong user",
+            app,
+            usersig::generate(u64::from(app), &key, "mallory", 600, now, None),
+            ErrorCode::USERSIG_WRONG_USER,
+        ),
+        (
+            "malformed",
+            app,
+            "definitely-not-a-usersig".to_owned(),
+            ErrorCode::USERSIG_MALFORMED,
+        ),
+        (
+            "unknown app",
+            app + 5,
+            server.sig("bob"),
+            ErrorCode::UNKNOWN_APP,
+        ),
+    ];
+    for (what, sdk_app_id, sig, code) in cases {
+        let bob = server.client("bob");
+        let error = bob
+            .calling
+            .login(sdk_app_id, "bob", &sig)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code, code, "{what}: {error}");
+        assert_eq!(
+            bob.calling
+                .call("alice", CallType::Audio)
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::NOT_LOGGED_IN,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        server.server.stats().await.unwrap().online,
+        0,
+        "no failed login left a session"
+    );
+    // And the right one works after all that.
+    server.user("bob").await;
+}
+
+#[tokio::test]
+async fn a_client_of_another_protocol_version_is_told_so() {
+    let server = TestServer::start("version").await;
+    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
+    let mut client = signaling_quic::connect(server.server.local_addr(), "localhost", &trust)
+        .await
+        .unwrap();
+    client
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: PROTOCOL_VERSION + 1,
+            sdk_app_id: server.app.sdk_app_id,
+            user_id: UserId::new("future").unwrap(),
+            user_sig: server.sig("future").into(),
+        })
+        .await
+        .unwrap();
+    match client.recv.recv().await.unwrap() {
+        Some(ServerMessage::LoginResult {
+            code,
+            protocol_version,
+            ..
+        }) => {
+            assert_eq!(code, ErrorCode::UNSUPPORTED_PROTOCOL_VERSION);
+            assert_eq!(protocol_version, PROTOCOL_VERSION);
+        }
+        other => panic!("{other:?}"),
+    }
+    let closed = client.connection.closed().await;
+    assert_eq!(
+        close_code_of(&closed),
+        Some(ErrorCode::UNSUPPORTED_PROTOCOL_VERSION)
+    );
+}
+
+#[tokio::test]
+async fn a_message_other_than_login_first_is_refused() {
+    let server = TestServer::start("not-login").await;
+    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
+    let mut client = signaling_quic::connect(server.server.local_addr(), "localhost", &trust)
+        .await
+        .unwrap();
+    client
+        .send
+        .send(&ClientMessage::Ping { nonce: 1 })
+        .await
+        .unwrap();
+    let closed = client.connection.closed().await;
+    assert_eq!(close_code_of(&closed), Some(ErrorCode::PROTOCOL_ERROR));
+}
+
+#[tokio::test]
+async fn garbage_bytes_are_refused_and_the_server_carries_on() {
+    let server = TestServer::start("garbage").await;
+    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
+    for garbage in [
+        vec![0xff; 64],
+        u32::MAX.to_be_bytes().to_vec(),
+        vec![0, 0, 0, 3, 0, 0xff, 0xff],
+    ] {
+        let mut endpoint =
+            signaling_quic::quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(signaling_quic::client_config(&trust).unwrap());
+        let connection = endpoint
+            .connect(server.server.local_addr(), "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        send.write_all(&garbage).await.unwrap();
+        let closed = connection.closed().await;
+        assert_eq!(
+            close_code_of(&closed),
+            Some(ErrorCode::PROTOCOL_ERROR),
+            "{garbage:?}"
+        );
+    }
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    connect(&mut alice, &mut bob).await;
+}

@@ -1,0 +1,150 @@
+//! What clients see when the server stops or dies, and what the server does
+//! when a client dies: calls end with the right reason, nobody stays busy.
+
+use std::time::{Duration, Instant};
+
+use calling_api::{CallType, CallingEvent, EndReason, ErrorCode};
+use calling_facade::{ClientOptions, TRTCCalling};
+use calling_server::usersig;
+
+use crate::child::ChildProcess;
+use crate::support::*;
+
+#[tokio::test]
+async fn graceful_shutdown_ends_calls_with_its_reason() {
+    let server = TestServer::start("shutdown").await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    connect(&mut alice, &mut bob).await;
+    alice.calling.call("carol", CallType::Audio).await.unwrap();
+    carol.expect(&[invited("alice", &["bob"])]).await;
+    server.server.shutdown().await;
+    let notice = CallingEvent::Error {
+        code: ErrorCode::SERVER_SHUTDOWN,
+        msg: "the server is shutting down".into(),
+    };
+    for user in [&mut alice, &mut bob] {
+        user.expect_end(EndReason::ServerShutdown).await;
+        user.expect(std::slice::from_ref(&notice)).await;
+        user.expect_quiet(Duration::from_millis(300)).await;
+    }
+    carol.expect(&[CallingEvent::CallingCancel, notice]).await;
+}
+
+async fn spawn_server(data_dir: &std::path::Path, listen: &str) -> ChildProcess {
+    ChildProcess::spawn(
+        "server",
+        &[
+            ("OPENCALLING_LISTEN", listen.to_owned()),
+            ("OPENCALLING_DATA_DIR", data_dir.display().to_string()),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_killed_server_ends_calls_and_its_restart_resets_them_fast() {
+    let data_dir = temp_dir("killed-server");
+    let mut server = spawn_server(&data_dir, "127.0.0.1:0").await;
+    let (addr, fingerprint, app, key) = (
+        server.ready[0].clone(),
+        server.ready[1].parse().unwrap(),
+        server.ready[2].parse::<u32>().unwrap(),
+        server.ready[3].clone(),
+    );
+    let options = ClientOptions::development(addr.clone(), fingerprint);
+    let sig = |user: &str| usersig::generate(u64::from(app), &key, user, 3_600, now(), None);
+    let new_user = |id: &str| {
+        let calling = TRTCCalling::new(options.clone());
+        let events = calling.events();
+        User {
+            id: uid(id),
+            calling,
+            events,
+        }
+    };
+    let mut alice = new_user("alice");
+    let mut bob = new_user("bob");
+    alice
+        .calling
+        .login(app, "alice", &sig("alice"))
+        .await
+        .unwrap();
+    bob.calling.login(app, "bob", &sig("bob")).await.unwrap();
+    connect(&mut alice, &mut bob).await;
+
+    // Crash, then come back on the same address with the same data: the
+    // restarted server answers the clients' next packets with a stateless
+    // reset (same reset key), so they learn at once instead of waiting out
+    // the 12 s idle timeout.
+    server.kill();
+    let killed = Instant::now();
+    let restarted = spawn_server(&data_dir, &addr).await;
+    for user in [&mut alice, &mut bob] {
+        user.expect(&[CallingEvent::Error {
+            code: ErrorCode::CONNECTION_LOST,
+            msg: ErrorCode::CONNECTION_LOST.message().into(),
+        }])
+        .await;
+        user.expect_end(EndReason::ConnectionLost).await;
+    }
+    let noticed = killed.elapsed();
+    assert!(
+        noticed < signaling_quic::IDLE_TIMEOUT,
+        "took {noticed:?}: the reset did not come, only the idle timeout"
+    );
+    // Nobody is stuck: both log in to the restarted server and call again.
+    assert_eq!(
+        restarted.ready[1],
+        fingerprint.to_string(),
+        "same certificate"
+    );
+    alice
+        .calling
+        .login(app, "alice", &sig("alice"))
+        .await
+        .unwrap();
+    bob.calling.login(app, "bob", &sig("bob")).await.unwrap();
+    connect(&mut alice, &mut bob).await;
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn a_client_that_dies_mid_call_leaves_nobody_busy() {
+    let server = TestServer::start("killed-client").await;
+    let mut alice = server.user("alice").await;
+    let mut bob_process = ChildProcess::spawn(
+        "client",
+        &[
+            ("OPENCALLING_SERVER", server.server.local_addr().to_string()),
+            (
+                "OPENCALLING_SERVER_FINGERPRINT",
+                server.server.fingerprint().to_string(),
+            ),
+            ("OPENCALLING_TEST_APP", server.app.sdk_app_id.to_string()),
+            ("OPENCALLING_TEST_USER", "bob".to_owned()),
+            ("OPENCALLING_TEST_SIG", server.sig("bob")),
+        ],
+    )
+    .await;
+    alice.calling.call("bob", CallType::Audio).await.unwrap();
+    alice.expect(&enter("bob")).await;
+    bob_process.kill();
+    // No goodbye from bob: the server learns from the idle timeout.
+    let left = tokio::time::timeout(signaling_quic::IDLE_TIMEOUT * 2, alice.next())
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        CallingEvent::UserLeave {
+            user_id: uid("bob")
+        }
+    );
+    alice.expect_end(EndReason::Hangup).await;
+    assert_eq!(server.server.stats().await.unwrap().calls, 0);
+    // Bob comes back and is free to be called.
+    let mut bob = server.user("bob").await;
+    connect(&mut alice, &mut bob).await;
+}

@@ -1,0 +1,193 @@
+//! A real server on loopback and SDK users logged in to it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use calling_api::{CallingEvent, EndReason, UserId};
+use calling_facade::{ClientOptions, EventStream, TRTCCalling};
+use calling_server::config::ServerConfig;
+use calling_server::{AppCredentials, RunningServer, usersig};
+
+/// How long a test waits for an event before failing.
+pub const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// A fresh, private data directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "opencalling-e2e-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A development-mode server on 127.0.0.1, any port.
+pub fn test_config(tag: &str) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: temp_dir(tag),
+        shutdown_grace: Duration::from_secs(1),
+        ..ServerConfig::default()
+    }
+}
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub app: AppCredentials,
+}
+
+impl TestServer {
+    pub async fn start(tag: &str) -> Self {
+        Self::start_with(test_config(tag)).await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> Self {
+        let explicit_app = config.apps.first().cloned();
+        let server = calling_server::start(config).await.unwrap();
+        let app = explicit_app
+            .or_else(|| server.development_app().cloned())
+            .unwrap();
+        Self { server, app }
+    }
+
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions::development(
+            self.server.local_addr().to_string(),
+            self.server.fingerprint(),
+        )
+    }
+
+    /// A valid UserSig for `user`, issued now for a day.
+    pub fn sig(&self, user: &str) -> String {
+        usersig::generate(
+            u64::from(self.app.sdk_app_id),
+            self.app.secret_key.expose(),
+            user,
+            86_400,
+            now(),
+            None,
+        )
+    }
+
+    /// A new SDK instance logged in as `user`.
+    pub async fn user(&self, user: &str) -> User {
+        let user = self.client(user);
+        user.calling
+            .login(
+                self.app.sdk_app_id,
+                user.id.as_str(),
+                &self.sig(user.id.as_str()),
+            )
+            .await
+            .unwrap();
+        user
+    }
+
+    /// A new SDK instance for `user`, not logged in.
+    pub fn client(&self, user: &str) -> User {
+        let calling = TRTCCalling::new(self.options());
+        let events = calling.events();
+        User {
+            id: UserId::new(user).unwrap(),
+            calling,
+            events,
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub struct User {
+    pub id: UserId,
+    pub calling: Arc<TRTCCalling>,
+    pub events: EventStream,
+}
+
+impl User {
+    /// The next event other than the periodic volume report.
+    pub async fn next(&mut self) -> CallingEvent {
+        loop {
+            let event = tokio::time::timeout(EVENT_WAIT, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{}: no event within {EVENT_WAIT:?}", self.id))
+                .unwrap_or_else(|| panic!("{}: event stream closed", self.id));
+            if !matches!(event, CallingEvent::UserVoiceVolume { .. }) {
+                return event;
+            }
+        }
+    }
+
+    /// Asserts the next events, in order.
+    pub async fn expect(&mut self, expected: &[CallingEvent]) {
+        for want in expected {
+            let got = self.next().await;
+            assert_eq!(&got, want, "{}: unexpected event", self.id);
+        }
+    }
+
+    /// Asserts `onCallEnd` and its reason come next.
+    pub async fn expect_end(&mut self, reason: EndReason) {
+        assert_eq!(self.next().await, CallingEvent::CallEnd, "{}", self.id);
+        match self.next().await {
+            CallingEvent::CallEnded { reason: got, .. } => assert_eq!(got, reason, "{}", self.id),
+            other => panic!("{}: expected CallEnded, got {other:?}", self.id),
+        }
+    }
+
+    /// Asserts no event other than volume reports arrives within `quiet`.
+    pub async fn expect_quiet(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return,
+                Ok(Some(CallingEvent::UserVoiceVolume { .. })) => {}
+                Ok(other) => panic!("{}: expected nothing, got {other:?}", self.id),
+            }
+        }
+    }
+}
+
+pub fn uid(id: &str) -> UserId {
+    UserId::new(id).unwrap()
+}
+
+pub fn invited(sponsor: &str, others: &[&str]) -> CallingEvent {
+    CallingEvent::Invited {
+        sponsor: uid(sponsor),
+        user_ids: others.iter().map(|id| uid(id)).collect(),
+        is_from_group: !others.is_empty(),
+        call_type: calling_api::CallType::Audio,
+    }
+}
+
+pub fn enter(id: &str) -> [CallingEvent; 2] {
+    [
+        CallingEvent::UserEnter { user_id: uid(id) },
+        CallingEvent::UserAudioAvailable {
+            user_id: uid(id),
+            available: true,
+        },
+    ]
+}
+
+/// `caller` calls `callee`, who accepts; both see each other enter.
+pub async fn connect(caller: &mut User, callee: &mut User) {
+    caller
+        .calling
+        .call(callee.id.as_str(), calling_api::CallType::Audio)
+        .await
+        .unwrap();
+    callee.expect(&[invited(caller.id.as_str(), &[])]).await;
+    callee.calling.accept().await.unwrap();
+    caller.expect(&enter(callee.id.as_str())).await;
+    callee.expect(&enter(caller.id.as_str())).await;
+}
