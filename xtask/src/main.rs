@@ -21,7 +21,7 @@ cargo xtask <command>
 
 commands:
   ci      rustfmt --check, clippy -D warnings, every test, cargo-deny
-  demo    the scripted call scenario, printing each user's events
+  demo    a real server and five users over QUIC, printing each user's events
   bench   the benchmarks, each figure beside its baseline
   help    this text
 ";
@@ -138,7 +138,7 @@ fn advisories(tools: &Tools) -> Result {
 fn demo(args: &[String]) -> Result {
     let tools = Tools::provision()?;
     step(
-        "demo: scripted call scenario",
+        "demo: a real server and five SDK users over QUIC",
         tools
             .apply(&mut cargo())
             .args([
@@ -146,9 +146,9 @@ fn demo(args: &[String]) -> Result {
                 "--quiet",
                 "--release",
                 "-p",
-                "signaling-proto",
+                "calling-facade",
                 "--example",
-                "scripted_call",
+                "demo",
                 "--",
             ])
             .args(args),
@@ -157,21 +157,44 @@ fn demo(args: &[String]) -> Result {
 
 fn bench(args: &[String]) -> Result {
     let tools = Tools::provision()?;
+    let release_example = |package: &str, example: &str| {
+        let mut command = cargo();
+        tools.apply(&mut command).args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            package,
+            "--example",
+            example,
+            "--",
+        ]);
+        command
+    };
     step(
-        "bench: switchboard",
+        "bench: switchboard call logic",
+        release_example("signaling-proto", "bench_switchboard").args(args),
+    )?;
+    step(
+        "bench: call setup over loopback QUIC",
+        release_example("calling-facade", "bench").args(["calls", "1000"]),
+    )?;
+    step(
+        "build calling-server (release)",
         tools
             .apply(&mut cargo())
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "signaling-proto",
-                "--example",
-                "bench_switchboard",
-                "--",
-            ])
-            .args(args),
+            .args(["build", "--quiet", "--release", "-p", "calling-server"]),
+    )?;
+    let server = workspace_root()
+        .join("target")
+        .join("release")
+        .join("calling-server");
+    step(
+        "bench: idle clients held by one server",
+        release_example("calling-facade", "bench")
+            .arg("idle")
+            .arg(&server)
+            .arg("10000"),
     )
 }
 

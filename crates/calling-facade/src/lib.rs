@@ -470,3 +470,73 @@ async fn await_reply(
         Err(_) => Err(CallingError::new(ErrorCode::TIMEOUT)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_instance_is_shared_until_destroyed() {
+        let first = TRTCCalling::shared_instance();
+        let again = TRTCCalling::shared_instance();
+        assert!(Arc::ptr_eq(&first, &again));
+        TRTCCalling::destroy_shared_instance();
+        let fresh = TRTCCalling::shared_instance();
+        assert!(
+            !Arc::ptr_eq(&first, &fresh),
+            "destroy makes the next call build a new one"
+        );
+        TRTCCalling::destroy_shared_instance();
+    }
+
+    #[test]
+    fn every_listener_hears_every_event_until_unregistered() {
+        use std::sync::atomic::AtomicUsize;
+        let calling = TRTCCalling::new(ClientOptions::default());
+        let heard = Arc::new(AtomicUsize::new(0));
+        let ids: Vec<ListenerId> = (0..3)
+            .map(|_| {
+                let heard = Arc::clone(&heard);
+                calling.register_listener(move |_: &CallingEvent| {
+                    heard.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        calling.dispatch.emit(&CallingEvent::CallEnd);
+        assert_eq!(heard.load(Ordering::Relaxed), 3);
+        assert!(calling.unregister_listener(ids[1]));
+        calling.dispatch.emit(&CallingEvent::CallEnd);
+        assert_eq!(heard.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn a_delegate_gets_the_matching_callback() {
+        struct Recorder(Arc<Mutex<Vec<String>>>);
+        impl CallingDelegate for Recorder {
+            fn on_line_busy(&self, user_id: &UserId) {
+                lock(&self.0).push(format!("busy {user_id}"));
+            }
+            fn on_call_end(&self) {
+                lock(&self.0).push("end".into());
+            }
+        }
+        let calling = TRTCCalling::new(ClientOptions::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        calling.register_delegate(Recorder(Arc::clone(&log)));
+        let bob = UserId::new("bob").unwrap();
+        calling
+            .dispatch
+            .emit(&CallingEvent::LineBusy { user_id: bob });
+        calling.dispatch.emit(&CallingEvent::CallingCancel);
+        calling.dispatch.emit(&CallingEvent::CallEnd);
+        assert_eq!(*lock(&log), ["busy bob", "end"]);
+    }
+
+    #[test]
+    fn mute_and_route_are_kept_before_login() {
+        let calling = TRTCCalling::new(ClientOptions::default());
+        calling.set_mic_mute(true);
+        calling.set_hands_free(true);
+        assert!(calling.is_mic_muted() && calling.is_hands_free());
+    }
+}

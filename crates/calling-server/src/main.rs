@@ -119,6 +119,8 @@ fn serve(args: &[String]) -> Result<(), String> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // Logs to stderr; stdout carries the banner (address, fingerprint).
+        .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|error| format!("cannot start the runtime: {error}"))?;

@@ -54,13 +54,24 @@ pub async fn connect(
     let mut endpoint = quinn::Endpoint::client(bind)
         .map_err(|source| TransportError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config(trust)?);
+    connect_on(&endpoint, addr, server_name).await
+}
+
+/// Connects through an existing client endpoint (whose default client
+/// configuration says how to trust the server): many connections can share
+/// one UDP socket, as a load generator's do.
+pub async fn connect_on(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<ClientConnection, TransportError> {
     let connection = endpoint.connect(addr, server_name)?.await?;
     let (send, recv) = connection.open_bi().await?;
     Ok(ClientConnection {
         connection,
         send: FramedSend::new(send),
         recv: FramedRecv::new(recv),
-        endpoint,
+        endpoint: endpoint.clone(),
     })
 }
 

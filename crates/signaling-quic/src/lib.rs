@@ -28,7 +28,7 @@ mod server;
 mod stream;
 mod tuning;
 
-pub use client::{ClientConnection, ServerTrust, client_config, connect};
+pub use client::{ClientConnection, ServerTrust, client_config, connect, connect_on};
 pub use error::{TransportError, close, close_code_of, close_endpoint};
 pub use identity::InvalidFingerprint;
 pub use identity::{CertFingerprint, ServerIdentity};

@@ -36,6 +36,9 @@ impl Default for ServerLimits {
 
 type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
+/// The UDP socket buffers the server asks for.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
 /// The server's QUIC endpoint with its admission policy.
 #[derive(Debug)]
 pub struct QuicServer {
@@ -80,6 +83,14 @@ impl QuicServer {
         });
         let socket = std::net::UdpSocket::bind(addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
+        // Bursts of handshakes overflow the default receive buffer (~200 KiB)
+        // and a lost handshake packet costs a client a second or more. The
+        // kernel caps the request at net.core.rmem_max; best effort.
+        let udp_state = quinn::udp::UdpSocketState::new((&socket).into())?;
+        if let Err(error) = udp_state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER) {
+            tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+        }
+        let _ = udp_state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
         let runtime = quinn::default_runtime().ok_or_else(|| {
             TransportError::Io(std::io::Error::other("no async runtime for quinn"))
         })?;
