@@ -54,7 +54,8 @@ impl AudioFormat {
 
     /// Interleaved samples in `millis` milliseconds.
     pub fn samples_in_ms(self, millis: u32) -> usize {
-        (u64::from(self.sample_rate) * u64::from(millis) / 1000) as usize * usize::from(self.channels)
+        (u64::from(self.sample_rate) * u64::from(millis) / 1000) as usize
+            * usize::from(self.channels)
     }
 }
 

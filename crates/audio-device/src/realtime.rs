@@ -70,7 +70,9 @@ impl PlaybackWriter {
         let written = self.producer.push_slice(samples);
         let dropped = samples.len() - written;
         if dropped > 0 {
-            self.counters.overrun_samples.fetch_add(dropped as u64, Ordering::Relaxed);
+            self.counters
+                .overrun_samples
+                .fetch_add(dropped as u64, Ordering::Relaxed);
         }
         written
     }

@@ -61,7 +61,10 @@ impl SyntheticSource {
         let rate = self.format.sample_rate as f32;
         match self.signal {
             Signal::Silence => 0.0,
-            Signal::Tone { frequency, amplitude } => {
+            Signal::Tone {
+                frequency,
+                amplitude,
+            } => {
                 let t = (frame % u64::from(self.format.sample_rate)) as f32 / rate;
                 amplitude * (TAU * frequency * t).sin()
             }
@@ -71,7 +74,9 @@ impl SyntheticSource {
                 period_ms,
                 amplitude,
             } => {
-                let period = (u64::from(self.format.sample_rate) * u64::from(period_ms.max(1)) / 1000).max(1);
+                let period = (u64::from(self.format.sample_rate) * u64::from(period_ms.max(1))
+                    / 1000)
+                    .max(1);
                 let t = (frame % period) as f32 / rate;
                 let length = period as f32 / rate;
                 // Phase of a linear sweep: f(t) = from + (to - from) t / length.
@@ -79,7 +84,9 @@ impl SyntheticSource {
                 amplitude * phase.sin()
             }
             Signal::Clicks { interval_ms } => {
-                let interval = (u64::from(self.format.sample_rate) * u64::from(interval_ms.max(1)) / 1000).max(1);
+                let interval = (u64::from(self.format.sample_rate) * u64::from(interval_ms.max(1))
+                    / 1000)
+                    .max(1);
                 let click = u64::from(self.format.sample_rate) / 1000;
                 if frame % interval < click { 1.0 } else { 0.0 }
             }
@@ -159,10 +166,21 @@ mod tests {
 
     #[test]
     fn clicks_mark_their_interval_and_stereo_repeats_channels() {
-        let mut clicks = SyntheticSource::new(AudioFormat { sample_rate: 8_000, channels: 2 }, Signal::Clicks { interval_ms: 100 });
+        let mut clicks = SyntheticSource::new(
+            AudioFormat {
+                sample_rate: 8_000,
+                channels: 2,
+            },
+            Signal::Clicks { interval_ms: 100 },
+        );
         let mut out = vec![0.0; 2 * 1_600];
         clicks.read(&mut out);
-        let loud: Vec<usize> = out.chunks(2).enumerate().filter(|(_, frame)| frame[0] > 0.5).map(|(index, _)| index).collect();
+        let loud: Vec<usize> = out
+            .chunks(2)
+            .enumerate()
+            .filter(|(_, frame)| frame[0] > 0.5)
+            .map(|(index, _)| index)
+            .collect();
         assert_eq!(loud.len(), 16, "1 ms = 8 frames per click, two clicks");
         assert_eq!(loud[0], 0);
         assert_eq!(loud[8], 800);

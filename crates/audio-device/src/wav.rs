@@ -95,7 +95,8 @@ impl AudioSource for WavSource {
                 self.position = 0;
             }
             let take = (out.len() - written).min(self.samples.len() - self.position);
-            out[written..written + take].copy_from_slice(&self.samples[self.position..self.position + take]);
+            out[written..written + take]
+                .copy_from_slice(&self.samples[self.position..self.position + take]);
             written += take;
             self.position += take;
         }
@@ -192,8 +193,17 @@ mod tests {
     #[test]
     fn a_recording_plays_back_the_same() {
         let path = std::env::temp_dir().join(format!("opencalling-wav-{}.wav", std::process::id()));
-        let format = AudioFormat { sample_rate: 16_000, channels: 2 };
-        let mut tone = SyntheticSource::new(format, Signal::Tone { frequency: 440.0, amplitude: 0.5 });
+        let format = AudioFormat {
+            sample_rate: 16_000,
+            channels: 2,
+        };
+        let mut tone = SyntheticSource::new(
+            format,
+            Signal::Tone {
+                frequency: 440.0,
+                amplitude: 0.5,
+            },
+        );
         let mut original = vec![0.0; 3_200];
         tone.read(&mut original);
         let mut sink = WavSink::create(&path, format).unwrap();
@@ -203,7 +213,11 @@ mod tests {
         let mut source = WavSource::open(&path).unwrap();
         assert_eq!(source.format(), format);
         let mut played = vec![0.0; 4_000];
-        assert_eq!(source.read(&mut played), 3_200, "the file ends where the recording did");
+        assert_eq!(
+            source.read(&mut played),
+            3_200,
+            "the file ends where the recording did"
+        );
         for (a, b) in original.iter().zip(&played) {
             assert!((a - b).abs() < 1.0 / 16_000.0, "16-bit quantisation only");
         }

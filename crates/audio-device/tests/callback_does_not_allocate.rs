@@ -78,5 +78,8 @@ fn ring_callbacks_never_allocate() {
     // The check itself can fail: an allocation inside is seen.
     as_callback(|| drop(vec![1_u8; 16]));
     assert_eq!(IN_CALLBACK_ALLOCATIONS.swap(0, Ordering::Relaxed), 2);
-    assert!(writer.counters().underrun_samples() > 0, "the scenario did exercise underruns");
+    assert!(
+        writer.counters().underrun_samples() > 0,
+        "the scenario did exercise underruns"
+    );
 }

@@ -1,7 +1,40 @@
-//! OpenCalling's audio processing: resampling, Opus encode and decode, the
-//! adaptive jitter buffer, the mixer and level meters.
+//! OpenCalling's audio processing, between the devices and the network:
 //!
-//! Status: not built yet; it exports nothing until the pipeline exists.
+//! - [`Resampler`]: any device rate and channel count ↔ 48 kHz mono, with
+//!   buffers allocated once (rubato);
+//! - [`Encoder`] / [`Decoder`]: Opus, VoIP, 48 kHz mono, 20 ms frames, in-band
+//!   FEC driven by the measured loss, DTX, configurable bitrate;
+//! - [`JitterBuffer`]: per remote speaker, an adaptive jitter buffer modelled
+//!   on WebRTC NetEq (FEC with one packet of look-ahead, PLC, reorder and
+//!   duplicate handling, DTX gaps, a target delay that follows the measured
+//!   lateness, time-scaling to move the delay inaudibly, NetEq-like
+//!   [`JitterStats`]);
+//! - [`Mixer`] with soft clipping, and [`level`] meters (0–100 from RMS dBFS);
+//! - [`netem`]: a seeded network emulator (loss, bursts, jitter, reordering,
+//!   duplication, clock drift) for deterministic tests and benchmarks.
 //!
-//! It never touches the network or an audio device, and its jitter buffer
-//! takes time as an argument instead of reading a clock.
+//! Everything here is sans-IO: the jitter buffer takes `now` as an argument
+//! and is tested with a virtual clock. This crate never touches the network
+//! or an audio device.
+
+mod codec;
+pub mod jitter;
+pub mod level;
+mod mixer;
+pub mod netem;
+mod resample;
+mod timescale;
+
+pub use codec::{CodecError, Decoder, Encoder, EncoderConfig, is_dtx_frame};
+pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PullKind};
+pub use mixer::Mixer;
+pub use resample::Resampler;
+
+/// The pipeline's sample rate.
+pub const SAMPLE_RATE: u32 = 48_000;
+
+/// Samples in one 20 ms frame at 48 kHz mono.
+pub const FRAME_SAMPLES: usize = 960;
+
+/// Largest Opus packet the pipeline produces or accepts.
+pub const MAX_PACKET: usize = 1_275;

@@ -1,0 +1,524 @@
+//! An adaptive jitter buffer for one remote speaker, modelled on WebRTC
+//! NetEq and sans-IO: [`JitterBuffer::insert`] takes packets as they arrive
+//! (any order, duplicates, late ones), [`JitterBuffer::pull`] gives one
+//! 20 ms frame of audio per call; both take `now`.
+//!
+//! Per pull it decodes the next frame (*normal*), recovers a lost one from
+//! the next packet's in-band FEC (one packet of look-ahead), conceals with
+//! Opus PLC, or — when the buffered delay strays from its target — removes
+//! (*accelerate*) or adds (*expand*) one pitch period so the delay moves
+//! without an audible jump.
+//!
+//! The target delay follows the 95th percentile of recent packet lateness
+//! (a histogram with a forgetting factor, so it comes back down after a
+//! jittery spell), starting at 80 ms. A sequence gap is loss; a timestamp
+//! gap with contiguous sequence numbers is a DTX pause, never concealed. A
+//! late joiner or a burst that would leave seconds in the buffer is cut back
+//! to the target at once.
+//!
+//! Storage is a fixed table of packet slots allocated once; sequence numbers
+//! are `u32` and not expected to wrap; timestamps (48 kHz ticks) wrap after
+//! 24 hours, which a call is not expected to reach.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::timescale;
+use crate::{CodecError, Decoder, FRAME_SAMPLES, MAX_PACKET};
+
+/// Packets the buffer can hold at once (2.56 s of 20 ms frames).
+const SLOTS: usize = 128;
+
+/// Histogram bin width and count: 10 ms up to 1 s of lateness.
+const BIN_MS: f64 = 10.0;
+const BINS: usize = 100;
+
+/// Ticks of one frame.
+const FRAME_TICKS: u32 = FRAME_SAMPLES as u32;
+
+/// How the buffer behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct JitterConfig {
+    /// Target delay before anything is measured.
+    pub initial_delay: Duration,
+    /// The target never goes below this.
+    pub min_delay: Duration,
+    /// The target never goes above this.
+    pub max_delay: Duration,
+    /// Forgetting factor of the lateness histogram, per packet: 0.997 gives
+    /// a memory of a few seconds at 50 packets per second.
+    pub forgetting: f64,
+    /// Lateness quantile the target covers.
+    pub quantile: f64,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(80),
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(500),
+            forgetting: 0.997,
+            quantile: 0.95,
+        }
+    }
+}
+
+/// What one pull did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullKind {
+    /// Nothing to play yet (no packet, or still filling to the target).
+    Idle,
+    /// Decoded the expected packet.
+    Normal,
+    /// Recovered a lost packet from the next one's FEC.
+    Fec,
+    /// Concealed a lost or late packet (PLC).
+    Conceal,
+    /// A DTX pause or a speaker gone quiet: comfort noise or silence.
+    Quiet,
+}
+
+/// NetEq-like statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct JitterStats {
+    /// Packets accepted.
+    pub packets_received: u64,
+    /// Packets that arrived after their time had passed.
+    pub late_packets: u64,
+    /// Packets received twice.
+    pub duplicate_packets: u64,
+    /// Packets dropped to cut an excessive delay (late joiner, burst) or for
+    /// lack of room.
+    pub discarded_packets: u64,
+    /// Samples produced in all.
+    pub output_samples: u64,
+    /// Samples made up by PLC.
+    pub concealed_samples: u64,
+    /// Runs of concealment (a run of consecutive concealed frames is one).
+    pub concealment_events: u64,
+    /// Frames recovered from FEC.
+    pub fec_recovered: u64,
+    /// Samples removed by accelerate.
+    pub accelerated_samples: u64,
+    /// Samples added by expand.
+    pub expanded_samples: u64,
+    /// Buffered audio now, in milliseconds.
+    pub current_delay_ms: f64,
+    /// What the buffer aims for, in milliseconds.
+    pub target_delay_ms: f64,
+}
+
+impl JitterStats {
+    /// Fraction of output removed by accelerate.
+    pub fn accelerate_rate(&self) -> f64 {
+        self.accelerated_samples as f64 / self.output_samples.max(1) as f64
+    }
+
+    /// Fraction of output added by expand.
+    pub fn expand_rate(&self) -> f64 {
+        self.expanded_samples as f64 / self.output_samples.max(1) as f64
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    seq: u32,
+    timestamp: u32,
+    len: usize,
+    data: [u8; MAX_PACKET],
+}
+
+/// The jitter buffer of one remote speaker. See the [module docs](self).
+pub struct JitterBuffer {
+    config: JitterConfig,
+    decoder: Decoder,
+    slots: Box<[Option<Slot>]>,
+    /// The last sequence number accepted into each slot index: tells a
+    /// duplicate of an already played packet from a late one.
+    seen: Box<[Option<u32>]>,
+    /// Whether the last decoded packet was a DTX (comfort noise) packet:
+    /// then an empty buffer is a pause, not loss.
+    in_dtx: bool,
+    /// Decoded samples waiting to be pulled.
+    sync: VecDeque<f32>,
+    frame: [f32; FRAME_SAMPLES],
+    /// Timestamp of the next frame to decode, once playing.
+    play_ts: Option<u32>,
+    /// Sequence number of the last frame played, decoded or concealed.
+    last_seq: Option<u32>,
+    /// When the first packet arrived: playout starts a target delay later.
+    first_arrival: Option<Instant>,
+    newest_ts: Option<u32>,
+    concealing: bool,
+    quiet_frames: u32,
+    histogram: [f64; BINS],
+    /// Smallest transit (arrival − send time) seen in the current and the
+    /// previous window: lateness is measured above it, and the windows let
+    /// it follow clock drift.
+    min_transit: [f64; 2],
+    window_start_ts: Option<u32>,
+    target_ms: f64,
+    stats: JitterStats,
+    origin: Option<Instant>,
+}
+
+impl std::fmt::Debug for JitterBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JitterBuffer")
+            .field("play_ts", &self.play_ts)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Ticks of `a` after `b` (negative if before), for timestamps that do not wrap.
+fn ticks_after(a: u32, b: u32) -> i64 {
+    i64::from(a) - i64::from(b)
+}
+
+fn ticks_to_ms(ticks: i64) -> f64 {
+    ticks as f64 / 48.0
+}
+
+impl JitterBuffer {
+    /// An empty buffer with its own decoder.
+    pub fn new(config: JitterConfig) -> Result<Self, CodecError> {
+        Ok(Self {
+            decoder: Decoder::new()?,
+            slots: vec![None; SLOTS].into_boxed_slice(),
+            seen: vec![None; SLOTS].into_boxed_slice(),
+            in_dtx: false,
+            sync: VecDeque::with_capacity(4 * FRAME_SAMPLES),
+            frame: [0.0; FRAME_SAMPLES],
+            play_ts: None,
+            last_seq: None,
+            first_arrival: None,
+            newest_ts: None,
+            concealing: false,
+            quiet_frames: 0,
+            histogram: [0.0; BINS],
+            min_transit: [f64::INFINITY; 2],
+            window_start_ts: None,
+            target_ms: config.initial_delay.as_secs_f64() * 1e3,
+            stats: JitterStats::default(),
+            origin: None,
+            config,
+        })
+    }
+
+    /// The statistics so far.
+    pub fn stats(&self) -> JitterStats {
+        let mut stats = self.stats;
+        stats.current_delay_ms = self.current_delay_ms();
+        stats.target_delay_ms = self.target_ms;
+        stats
+    }
+
+    /// Audio buffered now: decoded samples plus everything received from the
+    /// next frame to the newest, in milliseconds.
+    pub fn current_delay_ms(&self) -> f64 {
+        let decoded = self.sync.len() as f64 / 48.0;
+        match (self.play_ts, self.newest_ts) {
+            (Some(play), Some(newest)) => {
+                decoded + ticks_to_ms(ticks_after(newest, play) + i64::from(FRAME_TICKS)).max(0.0)
+            }
+            _ => decoded,
+        }
+    }
+
+    /// Takes a packet that arrived at `now`.
+    pub fn insert(&mut self, now: Instant, seq: u32, timestamp: u32, payload: &[u8]) {
+        if payload.is_empty() || payload.len() > MAX_PACKET {
+            self.stats.discarded_packets += 1;
+            return;
+        }
+        let slot_index = seq as usize % SLOTS;
+        if self.seen[slot_index] == Some(seq) {
+            self.stats.duplicate_packets += 1;
+            return;
+        }
+        let too_late = self.last_seq.is_some_and(|last| seq <= last)
+            || self
+                .play_ts
+                .is_some_and(|play| ticks_after(timestamp, play) < 0);
+        if too_late {
+            self.stats.late_packets += 1;
+            return;
+        }
+        self.measure_lateness(now, timestamp);
+        if let Some(existing) = self.slots[slot_index] {
+            // The table is full up to this slot: keep the older packet, which
+            // plays first; the newer one cannot fit.
+            if existing.seq < seq {
+                self.stats.discarded_packets += 1;
+                return;
+            }
+        }
+        let mut data = [0; MAX_PACKET];
+        data[..payload.len()].copy_from_slice(payload);
+        self.seen[slot_index] = Some(seq);
+        self.slots[slot_index] = Some(Slot {
+            seq,
+            timestamp,
+            len: payload.len(),
+            data,
+        });
+        self.stats.packets_received += 1;
+        self.first_arrival.get_or_insert(now);
+        if self
+            .newest_ts
+            .is_none_or(|newest| ticks_after(timestamp, newest) > 0)
+        {
+            self.newest_ts = Some(timestamp);
+        }
+    }
+
+    fn measure_lateness(&mut self, now: Instant, timestamp: u32) {
+        let origin = *self.origin.get_or_insert(now);
+        let arrival_ms = now.duration_since(origin).as_secs_f64() * 1e3;
+        let transit = arrival_ms - ticks_to_ms(i64::from(timestamp));
+        // Two 2-second windows of minimum transit, so the reference follows
+        // a drifting sender clock without forgetting the floor at once.
+        let window_start = *self.window_start_ts.get_or_insert(timestamp);
+        if ticks_after(timestamp, window_start) > 2 * 48_000 {
+            self.min_transit = [f64::INFINITY, self.min_transit[0]];
+            self.window_start_ts = Some(timestamp);
+        }
+        self.min_transit[0] = self.min_transit[0].min(transit);
+        let floor = self.min_transit[0].min(self.min_transit[1]);
+        let lateness = (transit - floor).max(0.0);
+        let forget = self.config.forgetting;
+        for bin in &mut self.histogram {
+            *bin *= forget;
+        }
+        let bin = ((lateness / BIN_MS) as usize).min(BINS - 1);
+        self.histogram[bin] += 1.0 - forget;
+        // The lateness covering `quantile` of recent packets, plus one frame
+        // (a packet is played a frame after its start).
+        let total: f64 = self.histogram.iter().sum();
+        let mut covered = 0.0;
+        let mut quantile_ms = 0.0;
+        for (index, weight) in self.histogram.iter().enumerate() {
+            covered += weight;
+            if covered >= self.config.quantile * total {
+                quantile_ms = (index + 1) as f64 * BIN_MS;
+                break;
+            }
+        }
+        let min = self.config.min_delay.as_secs_f64() * 1e3;
+        let max = self.config.max_delay.as_secs_f64() * 1e3;
+        // The histogram needs a few dozen packets before it means anything.
+        if self.stats.packets_received >= 25 {
+            self.target_ms = (quantile_ms + 20.0).clamp(min, max);
+        }
+    }
+
+    fn slot_with_ts(&self, timestamp: u32) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| slot.is_some_and(|slot| slot.timestamp == timestamp))
+    }
+
+    /// The earliest buffered packet at or after `timestamp`.
+    fn earliest_from(&self, timestamp: u32) -> Option<Slot> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|slot| ticks_after(slot.timestamp, timestamp) >= 0)
+            .min_by_key(|slot| slot.timestamp)
+            .copied()
+    }
+
+    /// Forgets packets that can no longer play.
+    fn drop_before(&mut self, timestamp: u32) {
+        for slot in self.slots.iter_mut() {
+            if slot.is_some_and(|stored| ticks_after(stored.timestamp, timestamp) < 0) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Fills `out` (one 20 ms frame) with the audio due at `now`.
+    pub fn pull(
+        &mut self,
+        now: Instant,
+        out: &mut [f32; FRAME_SAMPLES],
+    ) -> Result<PullKind, CodecError> {
+        if self.play_ts.is_none() {
+            let ready = self.first_arrival.is_some_and(|first| {
+                now.duration_since(first).as_secs_f64() * 1e3 >= self.target_ms - 20.0
+            });
+            let earliest = self
+                .slots
+                .iter()
+                .flatten()
+                .min_by_key(|slot| slot.timestamp)
+                .copied();
+            match (ready, earliest) {
+                (true, Some(first)) => {
+                    self.play_ts = Some(first.timestamp);
+                    self.last_seq = first.seq.checked_sub(1);
+                }
+                _ => {
+                    out.fill(0.0);
+                    return Ok(PullKind::Idle);
+                }
+            }
+        }
+        self.cut_excess_delay();
+        let mut kind = PullKind::Normal;
+        while self.sync.len() < FRAME_SAMPLES {
+            kind = self.produce_frame()?;
+        }
+        for (sample, decoded) in out.iter_mut().zip(self.sync.drain(..FRAME_SAMPLES)) {
+            *sample = decoded;
+        }
+        self.stats.output_samples += FRAME_SAMPLES as u64;
+        Ok(kind)
+    }
+
+    /// A late joiner or a burst must not leave seconds in the buffer: past
+    /// three times the target (and at least 200 ms more), skip ahead to it.
+    fn cut_excess_delay(&mut self) {
+        let delay = self.current_delay_ms();
+        if delay <= (3.0 * self.target_ms).max(self.target_ms + 200.0) {
+            return;
+        }
+        let (Some(play), Some(newest)) = (self.play_ts, self.newest_ts) else {
+            return;
+        };
+        let keep_ticks = (self.target_ms * 48.0) as i64;
+        let new_play =
+            (i64::from(newest) + i64::from(FRAME_TICKS) - keep_ticks).max(i64::from(play));
+        let new_play = u32::try_from(new_play).unwrap_or(play);
+        let before = self.slots.iter().flatten().count();
+        self.drop_before(new_play);
+        self.stats.discarded_packets += (before - self.slots.iter().flatten().count()) as u64;
+        self.sync.clear();
+        // Land on a packet boundary so decoding resumes cleanly.
+        if let Some(next) = self.earliest_from(new_play) {
+            self.play_ts = Some(next.timestamp);
+            self.last_seq = next.seq.checked_sub(1);
+        } else {
+            self.play_ts = Some(new_play);
+        }
+        tracing::debug!(
+            delay_ms = delay,
+            target_ms = self.target_ms,
+            "jitter buffer cut back to its target"
+        );
+    }
+
+    /// Decodes, recovers or conceals the frame at `play_ts` into `sync`.
+    fn produce_frame(&mut self) -> Result<PullKind, CodecError> {
+        let Some(play) = self.play_ts else {
+            return Ok(PullKind::Idle);
+        };
+        if let Some(index) = self.slot_with_ts(play) {
+            let Some(slot) = self.slots[index].take() else {
+                return Ok(PullKind::Idle);
+            };
+            self.decoder
+                .decode(&slot.data[..slot.len], &mut self.frame)?;
+            self.in_dtx = self.decoder.in_dtx();
+            self.last_seq = Some(slot.seq);
+            self.finish_frame(play, false);
+            return Ok(PullKind::Normal);
+        }
+        match self.earliest_from(play) {
+            // The next packet by sequence starts later: the sender paused
+            // (DTX or silence). Not loss: play silence until it is due, but
+            // never more than the target delay of it.
+            Some(slot)
+                if self
+                    .last_seq
+                    .is_none_or(|last| slot.seq == last.wrapping_add(1)) =>
+            {
+                let gap = ticks_after(slot.timestamp, play);
+                let keep = ((self.target_ms * 48.0) as i64 / i64::from(FRAME_TICKS))
+                    * i64::from(FRAME_TICKS);
+                let resume_from = if gap > keep {
+                    i64::from(slot.timestamp) - keep
+                } else {
+                    i64::from(play)
+                };
+                self.play_ts = Some(
+                    u32::try_from(resume_from)
+                        .unwrap_or(play)
+                        .wrapping_add(FRAME_TICKS),
+                );
+                self.concealing = false;
+                self.quiet_frames = 0;
+                self.sync.extend(std::iter::repeat_n(0.0, FRAME_SAMPLES));
+                Ok(PullKind::Quiet)
+            }
+            // Lost: the packet after it may carry it in its FEC.
+            Some(slot) if slot.timestamp == play.wrapping_add(FRAME_TICKS) => {
+                self.decoder
+                    .decode_fec(&slot.data[..slot.len], &mut self.frame)?;
+                self.stats.fec_recovered += 1;
+                self.last_seq = Some(slot.seq.wrapping_sub(1));
+                self.finish_frame(play, false);
+                Ok(PullKind::Fec)
+            }
+            Some(_) => {
+                self.decoder.conceal(&mut self.frame)?;
+                self.last_seq = self.last_seq.map(|last| last.wrapping_add(1));
+                self.count_concealment();
+                self.finish_frame(play, true);
+                Ok(PullKind::Conceal)
+            }
+            // Nothing buffered during DTX: comfort noise, time passes.
+            None if self.in_dtx => {
+                self.decoder.conceal(&mut self.frame)?;
+                self.play_ts = Some(play.wrapping_add(FRAME_TICKS));
+                self.sync.extend(self.frame.iter().copied());
+                Ok(PullKind::Quiet)
+            }
+            // Nothing buffered: the packet is late. Conceal briefly without
+            // consuming its time slot (the buffer grows; the target adapts),
+            // then go quiet: the speaker may have stopped sending.
+            None => {
+                if self.quiet_frames < 3 {
+                    self.decoder.conceal(&mut self.frame)?;
+                    self.count_concealment();
+                    self.quiet_frames += 1;
+                    self.sync.extend(self.frame.iter().copied());
+                    Ok(PullKind::Conceal)
+                } else {
+                    self.concealing = false;
+                    self.sync.extend(std::iter::repeat_n(0.0, FRAME_SAMPLES));
+                    Ok(PullKind::Quiet)
+                }
+            }
+        }
+    }
+
+    fn count_concealment(&mut self) {
+        self.stats.concealed_samples += FRAME_SAMPLES as u64;
+        if !self.concealing {
+            self.stats.concealment_events += 1;
+            self.concealing = true;
+        }
+    }
+
+    /// Moves past the frame at `play`, time-scaling it when the delay is off
+    /// target.
+    fn finish_frame(&mut self, play: u32, concealed: bool) {
+        self.play_ts = Some(play.wrapping_add(FRAME_TICKS));
+        if !concealed {
+            self.concealing = false;
+        }
+        self.quiet_frames = 0;
+        let delay = self.current_delay_ms();
+        if delay > self.target_ms + 20.0 {
+            self.stats.accelerated_samples +=
+                timescale::accelerate(&self.frame, &mut self.sync) as u64;
+        } else if delay + 20.0 < self.target_ms && !concealed {
+            self.stats.expanded_samples += timescale::expand(&self.frame, &mut self.sync) as u64;
+        } else {
+            self.sync.extend(self.frame.iter().copied());
+        }
+    }
+}
