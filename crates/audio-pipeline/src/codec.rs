@@ -86,6 +86,12 @@ impl Encoder {
         Ok(self.inner.encode_float(frame, out)?)
     }
 
+    /// Whether the encoder is in DTX (sending comfort noise only): the
+    /// voice-activity flag to put in the datagram header is the opposite.
+    pub fn in_dtx(&mut self) -> bool {
+        self.inner.get_in_dtx().unwrap_or(false)
+    }
+
     /// The encoder's look-ahead in samples (part of the mouth-to-ear delay).
     pub fn lookahead(&mut self) -> Result<usize, CodecError> {
         Ok(usize::try_from(self.inner.get_lookahead()?).unwrap_or(0))
@@ -138,12 +144,6 @@ impl Decoder {
         let decoded = self.inner.decode_float(next_packet, out, true)?;
         out[decoded.min(FRAME_SAMPLES)..].fill(0.0);
         Ok(())
-    }
-
-    /// Whether the last decoded frame was comfort noise (the sender is in
-    /// DTX): silence to come is a pause, not loss.
-    pub fn in_dtx(&mut self) -> bool {
-        self.inner.get_in_dtx().unwrap_or(false)
     }
 
     /// Conceals one missing frame (PLC).

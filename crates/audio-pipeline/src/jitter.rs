@@ -125,6 +125,7 @@ impl JitterStats {
 struct Slot {
     seq: u32,
     timestamp: u32,
+    voice: bool,
     len: usize,
     data: [u8; MAX_PACKET],
 }
@@ -137,8 +138,9 @@ pub struct JitterBuffer {
     /// The last sequence number accepted into each slot index: tells a
     /// duplicate of an already played packet from a late one.
     seen: Box<[Option<u32>]>,
-    /// Whether the last decoded packet was a DTX (comfort noise) packet:
-    /// then an empty buffer is a pause, not loss.
+    /// Whether the last decoded packet carried no voice (its sender's voice
+    /// activity flag, RFC 6464): then an empty buffer is a pause (DTX, or a
+    /// talker gone quiet), not loss.
     in_dtx: bool,
     /// Decoded samples waiting to be pulled.
     sync: VecDeque<f32>,
@@ -227,8 +229,9 @@ impl JitterBuffer {
         }
     }
 
-    /// Takes a packet that arrived at `now`.
-    pub fn insert(&mut self, now: Instant, seq: u32, timestamp: u32, payload: &[u8]) {
+    /// Takes a packet that arrived at `now`: its sequence number, timestamp
+    /// (48 kHz ticks), the sender's voice-activity flag, and the Opus payload.
+    pub fn insert(&mut self, now: Instant, seq: u32, timestamp: u32, voice: bool, payload: &[u8]) {
         if payload.is_empty() || payload.len() > MAX_PACKET {
             self.stats.discarded_packets += 1;
             return;
@@ -261,6 +264,7 @@ impl JitterBuffer {
         self.slots[slot_index] = Some(Slot {
             seq,
             timestamp,
+            voice,
             len: payload.len(),
             data,
         });
@@ -421,7 +425,7 @@ impl JitterBuffer {
             };
             self.decoder
                 .decode(&slot.data[..slot.len], &mut self.frame)?;
-            self.in_dtx = self.decoder.in_dtx();
+            self.in_dtx = !slot.voice;
             self.last_seq = Some(slot.seq);
             self.finish_frame(play, false);
             return Ok(PullKind::Normal);

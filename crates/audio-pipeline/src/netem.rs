@@ -88,6 +88,11 @@ impl<P: Clone> Netem<P> {
             .push(Reverse((now + self.config.delay + jitter, id)));
     }
 
+    /// Changes the path from now on (packets in flight keep their times).
+    pub fn set_config(&mut self, config: NetemConfig) {
+        self.config = config;
+    }
+
     /// Sends `packet` at `now`; it may be lost, delayed or duplicated.
     pub fn send(&mut self, now: Instant, packet: P) {
         self.sent += 1;

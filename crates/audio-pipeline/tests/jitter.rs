@@ -1,0 +1,459 @@
+//! The jitter buffer under an emulated network, on a virtual clock: encoder
+//! → netem → jitter buffer → decoder, deterministic for each seed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use audio_pipeline::level;
+use audio_pipeline::netem::{Netem, NetemConfig};
+use audio_pipeline::{
+    Encoder, EncoderConfig, FRAME_SAMPLES, JitterBuffer, JitterConfig, JitterStats, MAX_PACKET,
+    is_dtx_frame,
+};
+
+const FRAME: Duration = Duration::from_millis(20);
+
+/// A deterministic speech-like signal: voiced "syllables" (harmonics of a
+/// gliding pitch under an envelope) separated by short pauses.
+fn speech_like(seconds: usize) -> Vec<f32> {
+    let rate = 48_000.0;
+    let total = seconds * 48_000;
+    let mut out = vec![0.0_f32; total];
+    let mut state = 12_345_u32;
+    let mut random = move || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 8) as f32 / (1 << 24) as f32
+    };
+    let mut at = 0;
+    while at < total {
+        let syllable = (0.12 + 0.15 * random()) * rate;
+        let pause = (0.03 + 0.12 * random()) * rate;
+        let pitch = 100.0 + 120.0 * random();
+        let glide = 0.6 + 0.8 * random();
+        let mut phase = 0.0_f32;
+        for n in 0..syllable as usize {
+            let index = at + n;
+            if index >= total {
+                break;
+            }
+            let t = n as f32 / syllable;
+            let f0 = pitch * (1.0 + 0.2 * (glide - 1.0) * t);
+            phase += std::f32::consts::TAU * f0 / rate;
+            let envelope = (std::f32::consts::PI * t).sin().powf(0.7);
+            let mut sample = 0.0;
+            for harmonic in 1..12 {
+                let weight = 1.0 / harmonic as f32;
+                sample += weight * (phase * harmonic as f32).sin();
+            }
+            out[index] = 0.15 * envelope * sample;
+        }
+        at += (syllable + pause) as usize;
+    }
+    out
+}
+
+#[derive(Clone)]
+struct Packet {
+    seq: u32,
+    timestamp: u32,
+    voice: bool,
+    payload: Vec<u8>,
+}
+
+/// Encodes `signal` frame by frame, as a sender would (DTX frames unsent).
+fn encode(signal: &[f32], loss_hint: f32, dtx: bool) -> Vec<Option<Packet>> {
+    let mut encoder = Encoder::new(EncoderConfig {
+        dtx,
+        ..EncoderConfig::default()
+    })
+    .unwrap();
+    encoder.set_measured_loss(loss_hint).unwrap();
+    let mut packet = [0; MAX_PACKET];
+    let mut seq = 0;
+    signal
+        .chunks_exact(FRAME_SAMPLES)
+        .enumerate()
+        .map(|(index, frame)| {
+            let frame: &[f32; FRAME_SAMPLES] = frame.try_into().unwrap();
+            let len = encoder.encode(frame, &mut packet).unwrap();
+            if dtx && is_dtx_frame(len) {
+                return None;
+            }
+            seq += 1;
+            Some(Packet {
+                seq,
+                timestamp: (index * FRAME_SAMPLES) as u32,
+                voice: level::voice_activity(frame) && !encoder.in_dtx(),
+                payload: packet[..len].to_vec(),
+            })
+        })
+        .collect()
+}
+
+struct Scenario {
+    seconds: usize,
+    /// Path settings from each time (seconds since start) on.
+    network: Vec<(f64, NetemConfig)>,
+    /// Sender clock speed relative to the receiver's (1.001 = 0.1 % fast).
+    sender_speed: f64,
+    /// The receiver starts pulling this late.
+    receiver_starts: Duration,
+    /// The sender is silent (sends nothing) over this span, in seconds.
+    sender_pause: Option<(f64, f64)>,
+    loss_hint: f32,
+    dtx: bool,
+    /// The talker is silent over this span, in seconds (the input is zero).
+    silence: Option<(f64, f64)>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            seconds: 10,
+            network: vec![(0.0, NetemConfig::default())],
+            sender_speed: 1.0,
+            receiver_starts: Duration::ZERO,
+            sender_pause: None,
+            loss_hint: 0.0,
+            dtx: false,
+            silence: None,
+        }
+    }
+}
+
+struct Outcome {
+    seconds: usize,
+    input: Vec<f32>,
+    output: Vec<f32>,
+    stats: JitterStats,
+    /// (seconds, current delay ms, target ms, concealed samples so far) at every pull.
+    trace: Vec<(f64, f64, f64, u64)>,
+}
+
+fn run(scenario: &Scenario) -> Outcome {
+    let mut input = speech_like(scenario.seconds);
+    if let Some((from, to)) = scenario.silence {
+        input[(from * 48_000.0) as usize..(to * 48_000.0) as usize].fill(0.0);
+    }
+    let packets = encode(&input, scenario.loss_hint, scenario.dtx);
+    let start = Instant::now();
+    let mut network: Netem<Packet> = Netem::new(scenario.network[0].1);
+    let mut current_network = 0;
+    let mut buffer = JitterBuffer::new(JitterConfig::default()).unwrap();
+    let mut output = Vec::with_capacity(input.len() + 48_000);
+    let mut trace = Vec::new();
+    let frame_period = FRAME.as_secs_f64() / scenario.sender_speed;
+    let mut next_send = 0;
+    let mut next_pull = scenario.receiver_starts;
+    let end = Duration::from_secs_f64(scenario.seconds as f64 / scenario.sender_speed)
+        + Duration::from_millis(600);
+    let mut out = [0.0; FRAME_SAMPLES];
+    while next_pull < end {
+        let send_at = Duration::from_secs_f64(next_send as f64 * frame_period);
+        if next_send < packets.len() && send_at <= next_pull {
+            let seconds = send_at.as_secs_f64();
+            while current_network + 1 < scenario.network.len()
+                && scenario.network[current_network + 1].0 <= seconds
+            {
+                current_network += 1;
+                network.set_config(scenario.network[current_network].1);
+            }
+            let paused = scenario
+                .sender_pause
+                .is_some_and(|(from, to)| seconds >= from && seconds < to);
+            if let (Some(packet), false) = (&packets[next_send], paused) {
+                network.send(start + send_at, packet.clone());
+            }
+            next_send += 1;
+            continue;
+        }
+        let now = start + next_pull;
+        while let Some(packet) = network.receive(now) {
+            buffer.insert(
+                now,
+                packet.seq,
+                packet.timestamp,
+                packet.voice,
+                &packet.payload,
+            );
+        }
+        buffer.pull(now, &mut out).unwrap();
+        output.extend_from_slice(&out);
+        let stats = buffer.stats();
+        trace.push((
+            next_pull.as_secs_f64(),
+            stats.current_delay_ms,
+            stats.target_delay_ms,
+            stats.concealed_samples,
+        ));
+        next_pull += FRAME;
+    }
+    Outcome {
+        seconds: scenario.seconds,
+        input,
+        output,
+        stats: buffer.stats(),
+        trace,
+    }
+}
+
+/// The lag (in samples) that best aligns `output` with `input`, and the
+/// normalised cross-correlation there, over the middle of the signal.
+fn align(input: &[f32], output: &[f32]) -> (usize, f32) {
+    let window = 48_000 * 3;
+    let from = 48_000;
+    let reference = &input[from..from + window];
+    let score = |lag: usize| -> f32 {
+        let Some(candidate) = output.get(from + lag..from + lag + window) else {
+            return -1.0;
+        };
+        let (mut cross, mut a, mut b) = (0.0_f64, 0.0_f64, 0.0_f64);
+        for (x, y) in reference.iter().zip(candidate) {
+            cross += f64::from(*x) * f64::from(*y);
+            a += f64::from(*x) * f64::from(*x);
+            b += f64::from(*y) * f64::from(*y);
+        }
+        if a * b <= 0.0 {
+            0.0
+        } else {
+            (cross / (a * b).sqrt()) as f32
+        }
+    };
+    // Coarse search every 16 samples over 0–400 ms, then refine.
+    let coarse = (0..19_200)
+        .step_by(16)
+        .max_by(|a, b| score(*a).total_cmp(&score(*b)))
+        .unwrap_or(0);
+    let fine = (coarse.saturating_sub(16)..coarse + 16)
+        .max_by(|a, b| score(*a).total_cmp(&score(*b)))
+        .unwrap_or(coarse);
+    (fine, score(fine))
+}
+
+impl Outcome {
+    /// Samples concealed while the sender was still talking: once its
+    /// stream ends, the buffer conceals its last frames like any underrun.
+    fn concealed_while_sending(&self) -> u64 {
+        let before_end = self.seconds as f64 - 0.2;
+        self.trace
+            .iter()
+            .take_while(|(t, ..)| *t < before_end)
+            .last()
+            .map_or(0, |(.., concealed)| *concealed)
+    }
+}
+
+#[test]
+fn a_clean_link_plays_the_input_back_without_concealment() {
+    let outcome = run(&Scenario::default());
+    let (delay, correlation) = align(&outcome.input, &outcome.output);
+    assert!(correlation > 0.9, "correlation {correlation}");
+    assert_eq!(outcome.concealed_while_sending(), 0, "{:?}", outcome.stats);
+    assert_eq!(outcome.stats.late_packets, 0);
+    // Playout delay: the 80 ms initial target, plus the network's 20 ms.
+    let delay_ms = delay as f64 / 48.0;
+    assert!((60.0..=160.0).contains(&delay_ms), "delay {delay_ms} ms");
+}
+
+#[test]
+fn ten_percent_loss_is_recovered_by_fec_within_a_margin_of_clean() {
+    let clean = run(&Scenario::default());
+    let lossy = run(&Scenario {
+        network: vec![(
+            0.0,
+            NetemConfig {
+                loss: 0.10,
+                seed: 3,
+                ..NetemConfig::default()
+            },
+        )],
+        loss_hint: 10.0,
+        ..Scenario::default()
+    });
+    let (_, clean_correlation) = align(&clean.input, &clean.output);
+    let (_, lossy_correlation) = align(&lossy.input, &lossy.output);
+    assert!(lossy.stats.fec_recovered > 20, "{:?}", lossy.stats);
+    assert!(
+        lossy.stats.concealed_samples > 0,
+        "bursts of two losses still need PLC"
+    );
+    // Stated margin: the correlation with the original stays within 0.15 of
+    // the clean run's.
+    assert!(
+        lossy_correlation > clean_correlation - 0.15,
+        "clean {clean_correlation}, 10 % loss {lossy_correlation}"
+    );
+}
+
+#[test]
+fn jitter_raises_the_target_then_it_comes_back_down() {
+    let jittery = NetemConfig {
+        delay: Duration::from_millis(20),
+        jitter: Duration::from_millis(40),
+        seed: 5,
+        ..NetemConfig::default()
+    };
+    let outcome = run(&Scenario {
+        seconds: 40,
+        network: vec![(0.0, jittery), (20.0, NetemConfig::default())],
+        ..Scenario::default()
+    });
+    let at = |seconds: f64| {
+        outcome
+            .trace
+            .iter()
+            .find(|(t, ..)| *t >= seconds)
+            .copied()
+            .unwrap()
+    };
+    // Adapted after a few seconds: no more concealment while the jitter lasts.
+    let (_, _, target_in_jitter, concealed_at_8) = at(8.0);
+    let (_, _, _, concealed_at_20) = at(20.0);
+    assert!(
+        target_in_jitter >= 50.0,
+        "target {target_in_jitter} ms under 40 ms of jitter"
+    );
+    assert_eq!(concealed_at_20, concealed_at_8, "no underruns once adapted");
+    // Within 10 s of the jitter stopping, the target is below 60 ms.
+    let (_, current, target_after, _) = at(30.0);
+    assert!(
+        target_after < 60.0,
+        "target {target_after} ms 10 s after the jitter stopped"
+    );
+    assert!(
+        current < 100.0,
+        "the buffer followed the target down: {current} ms"
+    );
+    assert!(
+        outcome.stats.accelerated_samples > 0,
+        "delay came down by time-scaling"
+    );
+}
+
+#[test]
+fn clock_drift_keeps_the_delay_bounded_over_ten_minutes() {
+    for speed in [1.001, 0.999] {
+        let outcome = run(&Scenario {
+            seconds: 600,
+            sender_speed: speed,
+            ..Scenario::default()
+        });
+        let settled: Vec<f64> = outcome
+            .trace
+            .iter()
+            .filter(|(t, ..)| *t > 10.0)
+            .map(|(_, current, ..)| *current)
+            .collect();
+        let highest = settled.iter().copied().fold(0.0, f64::max);
+        let lowest = settled.iter().copied().fold(f64::MAX, f64::min);
+        assert!(highest < 150.0, "speed {speed}: delay grew to {highest} ms");
+        assert!(lowest > 0.0, "speed {speed}: the buffer ran dry");
+        let concealed_share =
+            outcome.stats.concealed_samples as f64 / outcome.stats.output_samples as f64;
+        assert!(concealed_share < 0.01, "speed {speed}: {concealed_share}");
+        if speed > 1.0 {
+            assert!(outcome.stats.accelerated_samples > 0);
+        } else {
+            assert!(outcome.stats.expanded_samples > 0);
+        }
+    }
+}
+
+#[test]
+fn a_late_joiner_does_not_hold_seconds_of_audio() {
+    let outcome = run(&Scenario {
+        receiver_starts: Duration::from_secs(3),
+        ..Scenario::default()
+    });
+    let first_pull = outcome.trace.first().unwrap().0;
+    let after_settling = outcome
+        .trace
+        .iter()
+        .find(|(t, ..)| *t >= first_pull + 0.5)
+        .unwrap();
+    assert!(
+        after_settling.1 < after_settling.2 + 60.0,
+        "{after_settling:?}"
+    );
+    assert!(
+        outcome.stats.discarded_packets > 100,
+        "the backlog was dropped, not played: {:?}",
+        outcome.stats
+    );
+}
+
+#[test]
+fn a_speaker_who_pauses_for_seconds_resumes_at_the_target_delay() {
+    let outcome = run(&Scenario {
+        seconds: 12,
+        sender_pause: Some((3.0, 8.0)),
+        ..Scenario::default()
+    });
+    let resumed = outcome.trace.iter().find(|(t, ..)| *t >= 9.0).unwrap();
+    assert!(resumed.1 < resumed.2 + 60.0, "{resumed:?}");
+    // The pause is not loss: only the first frames of it may be concealed.
+    assert!(
+        outcome.concealed_while_sending() <= 3 * FRAME_SAMPLES as u64,
+        "{:?}",
+        outcome.stats
+    );
+}
+
+#[test]
+fn dtx_pauses_are_not_counted_as_loss() {
+    let outcome = run(&Scenario {
+        dtx: true,
+        silence: Some((3.0, 6.0)),
+        ..Scenario::default()
+    });
+    assert!(
+        outcome.stats.packets_received < 400,
+        "DTX left frames unsent: {:?}",
+        outcome.stats
+    );
+    assert_eq!(outcome.concealed_while_sending(), 0, "{:?}", outcome.stats);
+    let (_, correlation) = align(&outcome.input, &outcome.output);
+    assert!(correlation > 0.85, "{correlation}");
+}
+
+#[test]
+fn reordering_and_duplicates_are_absorbed() {
+    let outcome = run(&Scenario {
+        network: vec![(
+            0.0,
+            NetemConfig {
+                jitter: Duration::from_millis(30),
+                duplicate: 0.05,
+                seed: 9,
+                ..NetemConfig::default()
+            },
+        )],
+        ..Scenario::default()
+    });
+    assert!(outcome.stats.duplicate_packets > 10, "{:?}", outcome.stats);
+    let (_, correlation) = align(&outcome.input, &outcome.output);
+    assert!(correlation > 0.8, "{correlation}");
+}
+
+#[test]
+fn hostile_packets_never_panic() {
+    let mut buffer = JitterBuffer::new(JitterConfig::default()).unwrap();
+    let now = Instant::now();
+    let mut out = [0.0; FRAME_SAMPLES];
+    for n in 0..200_u32 {
+        let payload: Vec<u8> = (0..(n % 40) as u8)
+            .map(|byte| byte.wrapping_mul(37))
+            .collect();
+        buffer.insert(
+            now + FRAME * n,
+            n.wrapping_mul(7919) % 300,
+            n.wrapping_mul(104_729),
+            n % 2 == 0,
+            &payload,
+        );
+        let _ = buffer.pull(now + FRAME * n, &mut out);
+        assert!(out.iter().all(|sample| sample.is_finite()));
+    }
+    buffer.insert(now, 1, 0, true, &[0; 5_000]);
+}
