@@ -10,6 +10,8 @@
 //!   lateness, time-scaling to move the delay inaudibly, NetEq-like
 //!   [`JitterStats`]);
 //! - [`Mixer`] with soft clipping, and [`level`] meters (0–100 from RMS dBFS);
+//! - [`path`]: the send path (capture → Opus) and the receive path (packets
+//!   → jitter buffers → mix), joined to the network thread by lock-free rings;
 //! - [`netem`]: a seeded network emulator (loss, bursts, jitter, reordering,
 //!   duplication, clock drift) for deterministic tests and benchmarks.
 //!
@@ -22,13 +24,18 @@ pub mod jitter;
 pub mod level;
 mod mixer;
 pub mod netem;
-mod resample;
+pub mod path;
+pub(crate) mod resample;
 mod timescale;
 
 pub use codec::{CodecError, Decoder, Encoder, EncoderConfig, is_dtx_frame};
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PullKind};
 pub use mixer::Mixer;
-pub use resample::Resampler;
+pub use path::{
+    MediaPacket, OutgoingFrame, PacketReceiver, PacketSender, PathError, ReceivePath, SendPath,
+    packet_ring,
+};
+pub use resample::{Resampler, ResamplerError};
 
 /// The pipeline's sample rate.
 pub const SAMPLE_RATE: u32 = 48_000;

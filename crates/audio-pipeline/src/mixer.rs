@@ -33,7 +33,11 @@ impl Mixer {
     /// Sums `inputs` into `out` with soft clipping; returns the total level
     /// (0–100). Per-speaker levels are in [`Mixer::levels`] afterwards, in
     /// input order.
-    pub fn mix(&mut self, inputs: &[&[f32; FRAME_SAMPLES]], out: &mut [f32; FRAME_SAMPLES]) -> u8 {
+    pub fn mix<'a>(
+        &mut self,
+        inputs: impl IntoIterator<Item = &'a [f32; FRAME_SAMPLES]>,
+        out: &mut [f32; FRAME_SAMPLES],
+    ) -> u8 {
         out.fill(0.0);
         self.levels.clear();
         for input in inputs {
@@ -64,13 +68,13 @@ mod tests {
         let quiet = [0.01; FRAME_SAMPLES];
         let mut mixer = Mixer::new(2);
         let mut out = [0.0; FRAME_SAMPLES];
-        let total = mixer.mix(&[&loud, &loud], &mut out);
+        let total = mixer.mix([&loud, &loud], &mut out);
         assert!(
             out.iter().all(|s| s.abs() < 1.0 && *s > 0.8),
             "soft-clipped, not hard"
         );
         assert!(total > 95);
-        mixer.mix(&[&quiet, &loud], &mut out);
+        mixer.mix([&quiet, &loud], &mut out);
         assert!(
             (out[0] - 0.71).abs() < 1e-6,
             "below the knee the sum is exact"

@@ -1,0 +1,418 @@
+//! The two directions of a call's audio, assembled from the parts:
+//!
+//! - [`SendPath`]: capture at the device's rate and channel count → 48 kHz
+//!   mono → 20 ms frames → level meter → Opus; nothing is sent while muted,
+//!   and DTX frames (the encoder's "nothing to say") are not sent either.
+//! - [`ReceivePath`]: per remote speaker, packets handed over from the
+//!   network thread through a lock-free ring ([`packet_ring`]) into that
+//!   speaker's [`JitterBuffer`]; each 20 ms pull mixes every speaker.
+
+use std::time::Instant;
+
+use ringbuf::traits::{Consumer, Producer, Split};
+use ringbuf::{HeapCons, HeapProd, HeapRb};
+
+use crate::jitter::{JitterBuffer, JitterConfig, JitterStats};
+use crate::{
+    CodecError, Encoder, EncoderConfig, FRAME_SAMPLES, MAX_PACKET, Mixer, Resampler, SAMPLE_RATE,
+    is_dtx_frame, level,
+};
+
+/// One encoded frame ready to go into a datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingFrame<'a> {
+    /// Per-sender packet counter (frames not sent do not count).
+    pub seq: u32,
+    /// 48 kHz ticks of the frame's first sample.
+    pub timestamp: u32,
+    /// Voice activity (RFC 6464's V bit).
+    pub voice: bool,
+    /// Level in −dBov.
+    pub level_dbov: u8,
+    /// The Opus packet.
+    pub payload: &'a [u8],
+}
+
+/// The capture → network direction. See the [module docs](self).
+pub struct SendPath {
+    resampler: Resampler,
+    encoder: Encoder,
+    frame: [f32; FRAME_SAMPLES],
+    packet: [u8; MAX_PACKET],
+    muted: bool,
+    seq: u32,
+    timestamp: u32,
+    volume: u8,
+}
+
+impl std::fmt::Debug for SendPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendPath")
+            .field("muted", &self.muted)
+            .field("seq", &self.seq)
+            .field("timestamp", &self.timestamp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a path could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// The codec failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The resampler cannot convert these rates.
+    #[error(transparent)]
+    Resampler(#[from] crate::resample::ResamplerError),
+}
+
+impl SendPath {
+    /// For capture at `device_rate` Hz with `device_channels` channels.
+    pub fn new(
+        device_rate: u32,
+        device_channels: u16,
+        config: EncoderConfig,
+    ) -> Result<Self, PathError> {
+        Ok(Self {
+            resampler: Resampler::new(
+                device_rate,
+                device_channels,
+                SAMPLE_RATE,
+                1,
+                (device_rate / 100).max(1) as usize,
+            )?,
+            encoder: Encoder::new(config)?,
+            frame: [0.0; FRAME_SAMPLES],
+            packet: [0; MAX_PACKET],
+            muted: false,
+            seq: 0,
+            timestamp: 0,
+            volume: 0,
+        })
+    }
+
+    /// Captured samples, interleaved at the device's format.
+    pub fn push_capture(&mut self, samples: &[f32]) {
+        self.resampler.push(samples);
+    }
+
+    /// Stops (`true`) or resumes sending.
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
+    }
+
+    /// The loss the far end measures, for the encoder's FEC.
+    pub fn set_measured_loss(&mut self, percent: f32) -> Result<(), CodecError> {
+        self.encoder.set_measured_loss(percent)
+    }
+
+    /// The local level (0–100) of the last frame, for `onUserVoiceVolume`
+    /// (0 while muted).
+    pub fn volume(&self) -> u8 {
+        self.volume
+    }
+
+    /// The next 20 ms of capture, encoded, once a whole frame is in. Time
+    /// always advances; a muted or DTX frame yields `Ok(None)` once taken.
+    /// `Err` only for a codec failure.
+    pub fn next_frame(&mut self) -> Result<Option<Option<OutgoingFrame<'_>>>, CodecError> {
+        if !self.resampler.pop(&mut self.frame) {
+            return Ok(None);
+        }
+        let timestamp = self.timestamp;
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        if self.muted {
+            self.volume = 0;
+            return Ok(Some(None));
+        }
+        self.volume = level::volume(&self.frame);
+        let len = self.encoder.encode(&self.frame, &mut self.packet)?;
+        if is_dtx_frame(len) {
+            return Ok(Some(None));
+        }
+        let voice = level::voice_activity(&self.frame) && !self.encoder.in_dtx();
+        self.seq = self.seq.wrapping_add(1);
+        Ok(Some(Some(OutgoingFrame {
+            seq: self.seq,
+            timestamp,
+            voice,
+            level_dbov: level::level_dbov(&self.frame),
+            payload: &self.packet[..len],
+        })))
+    }
+}
+
+/// A received packet, a fixed-size value that crosses threads through a ring.
+#[derive(Clone, Copy)]
+pub struct MediaPacket {
+    /// When it arrived.
+    pub arrived: Instant,
+    /// Sender's packet counter.
+    pub seq: u32,
+    /// 48 kHz ticks.
+    pub timestamp: u32,
+    /// Voice activity.
+    pub voice: bool,
+    len: u16,
+    data: [u8; MAX_PACKET],
+}
+
+impl std::fmt::Debug for MediaPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaPacket")
+            .field("seq", &self.seq)
+            .field("timestamp", &self.timestamp)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MediaPacket {
+    /// A packet; `None` if the payload is larger than an Opus packet can be.
+    pub fn new(
+        arrived: Instant,
+        seq: u32,
+        timestamp: u32,
+        voice: bool,
+        payload: &[u8],
+    ) -> Option<Self> {
+        let len = u16::try_from(payload.len())
+            .ok()
+            .filter(|len| usize::from(*len) <= MAX_PACKET)?;
+        let mut data = [0; MAX_PACKET];
+        data[..payload.len()].copy_from_slice(payload);
+        Some(Self {
+            arrived,
+            seq,
+            timestamp,
+            voice,
+            len,
+            data,
+        })
+    }
+
+    /// The Opus payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.data[..usize::from(self.len)]
+    }
+}
+
+/// A lock-free handoff of packets from the network thread to the playout
+/// thread: `capacity` packets, allocated once.
+pub fn packet_ring(capacity: usize) -> (PacketSender, PacketReceiver) {
+    let (producer, consumer) = HeapRb::<MediaPacket>::new(capacity.max(1)).split();
+    (
+        PacketSender {
+            producer,
+            dropped: 0,
+        },
+        PacketReceiver { consumer },
+    )
+}
+
+/// The network side of a packet ring.
+pub struct PacketSender {
+    producer: HeapProd<MediaPacket>,
+    dropped: u64,
+}
+
+impl std::fmt::Debug for PacketSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketSender")
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PacketSender {
+    /// Hands a packet over; if the playout side has fallen behind and the
+    /// ring is full, the packet is dropped and counted.
+    pub fn send(&mut self, packet: MediaPacket) {
+        if self.producer.try_push(packet).is_err() {
+            self.dropped += 1;
+        }
+    }
+
+    /// Packets dropped for lack of room.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// The playout side of a packet ring.
+pub struct PacketReceiver {
+    consumer: HeapCons<MediaPacket>,
+}
+
+impl std::fmt::Debug for PacketReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketReceiver").finish_non_exhaustive()
+    }
+}
+
+struct Speaker {
+    packets: PacketReceiver,
+    jitter: JitterBuffer,
+    frame: [f32; FRAME_SAMPLES],
+}
+
+/// The network → playout direction for every remote speaker of a call.
+pub struct ReceivePath {
+    speakers: Vec<Speaker>,
+    mixer: Mixer,
+}
+
+impl std::fmt::Debug for ReceivePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceivePath")
+            .field("speakers", &self.speakers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ReceivePath {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReceivePath {
+    /// No speakers yet.
+    pub fn new() -> Self {
+        Self {
+            speakers: Vec::new(),
+            mixer: Mixer::new(16),
+        }
+    }
+
+    /// Adds a speaker; returns the sender half the network thread feeds and
+    /// the speaker's index.
+    pub fn add_speaker(&mut self) -> Result<(PacketSender, usize), CodecError> {
+        let (sender, packets) = packet_ring(64);
+        self.speakers.push(Speaker {
+            packets,
+            jitter: JitterBuffer::new(JitterConfig::default())?,
+            frame: [0.0; FRAME_SAMPLES],
+        });
+        Ok((sender, self.speakers.len() - 1))
+    }
+
+    /// Removes a speaker (indices after it shift down).
+    pub fn remove_speaker(&mut self, index: usize) {
+        if index < self.speakers.len() {
+            self.speakers.remove(index);
+        }
+    }
+
+    /// One 20 ms frame of every speaker, mixed into `out`; returns the total
+    /// level (0–100). Each speaker's level is in [`ReceivePath::levels`].
+    pub fn pull(&mut self, now: Instant, out: &mut [f32; FRAME_SAMPLES]) -> Result<u8, CodecError> {
+        for speaker in &mut self.speakers {
+            while let Some(packet) = speaker.packets.consumer.try_pop() {
+                speaker.jitter.insert(
+                    packet.arrived,
+                    packet.seq,
+                    packet.timestamp,
+                    packet.voice,
+                    packet.payload(),
+                );
+            }
+            speaker.jitter.pull(now, &mut speaker.frame)?;
+        }
+        Ok(self
+            .mixer
+            .mix(self.speakers.iter().map(|speaker| &speaker.frame), out))
+    }
+
+    /// Each speaker's level in the last pull, in speaker order.
+    pub fn levels(&self) -> &[u8] {
+        self.mixer.levels()
+    }
+
+    /// A speaker's jitter statistics.
+    pub fn stats(&self, index: usize) -> Option<JitterStats> {
+        self.speakers
+            .get(index)
+            .map(|speaker| speaker.jitter.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_44k1_stereo_capture_reaches_a_remote_mix() {
+        let mut send = SendPath::new(44_100, 2, EncoderConfig::default()).unwrap();
+        let mut receive = ReceivePath::new();
+        let (mut network, _) = receive.add_speaker().unwrap();
+        let start = Instant::now();
+        let tone: Vec<f32> = (0..44_100 * 2)
+            .flat_map(|n| {
+                std::iter::repeat_n(
+                    0.3 * (std::f32::consts::TAU * 300.0 * n as f32 / 44_100.0).sin(),
+                    2,
+                )
+            })
+            .collect();
+        let mut out = [0.0; FRAME_SAMPLES];
+        let mut loud_frames = 0;
+        let mut sent = 0;
+        for (index, chunk) in tone.chunks(882).enumerate() {
+            send.push_capture(chunk);
+            let now = start + Duration::from_millis(10 * index as u64);
+            while let Some(frame) = send.next_frame().unwrap() {
+                if let Some(frame) = frame {
+                    network.send(
+                        MediaPacket::new(
+                            now,
+                            frame.seq,
+                            frame.timestamp,
+                            frame.voice,
+                            frame.payload,
+                        )
+                        .unwrap(),
+                    );
+                    sent += 1;
+                }
+            }
+            if index % 2 == 1 {
+                let total = receive.pull(now, &mut out).unwrap();
+                if total > 50 {
+                    loud_frames += 1;
+                }
+            }
+        }
+        assert!(sent > 90, "{sent} frames sent for 2 s");
+        assert!(loud_frames > 80, "{loud_frames} loud frames played");
+        assert!(send.volume() > 50);
+        assert_eq!(receive.levels().len(), 1);
+        assert_eq!(receive.stats(0).unwrap().concealed_samples, 0);
+    }
+
+    #[test]
+    fn muted_sends_nothing_and_reads_zero() {
+        let mut send = SendPath::new(48_000, 1, EncoderConfig::default()).unwrap();
+        send.set_muted(true);
+        send.push_capture(&[0.5; 4_800]);
+        let mut frames = 0;
+        while let Some(frame) = send.next_frame().unwrap() {
+            assert!(frame.is_none());
+            frames += 1;
+        }
+        assert_eq!(frames, 5);
+        assert_eq!(send.volume(), 0);
+    }
+
+    #[test]
+    fn a_full_packet_ring_drops_and_counts() {
+        let (mut sender, _receiver) = packet_ring(2);
+        let now = Instant::now();
+        for seq in 0..5 {
+            sender.send(MediaPacket::new(now, seq, 0, true, &[1, 2, 3]).unwrap());
+        }
+        assert_eq!(sender.dropped(), 3);
+        assert!(MediaPacket::new(now, 0, 0, true, &[0; MAX_PACKET + 1]).is_none());
+    }
+}
