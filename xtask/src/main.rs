@@ -195,7 +195,19 @@ fn bench(args: &[String]) -> Result {
             .arg("idle")
             .arg(&server)
             .arg("10000"),
-    )
+    )?;
+    let python = ensure_pesq_python();
+    let out_dir = workspace_root().join("target").join("bench-audio");
+    let fixtures = workspace_root()
+        .join("tests")
+        .join("fixtures")
+        .join("speech");
+    let mut audio = release_example("audio-pipeline", "bench_audio");
+    audio.arg(&fixtures).arg(&out_dir);
+    if let Some(python) = &python {
+        audio.arg(python);
+    }
+    step("bench: audio CPU and PESQ", &mut audio)
 }
 
 /// External tools the build and the checks need, found or installed.
@@ -266,6 +278,38 @@ fn ensure_cmake() -> Result<Option<PathBuf>> {
         )?;
     }
     Ok(Some(cmake))
+}
+
+/// A python with numpy and the `pesq` package (ITU-T P.862), in a venv
+/// under target/ made once; `None` (and the PESQ figures are skipped, saying
+/// so) when PyPI cannot be reached.
+fn ensure_pesq_python() -> Option<PathBuf> {
+    let venv = workspace_root()
+        .join("target")
+        .join("xtask-tools")
+        .join("pesq-venv");
+    let python = venv.join("bin").join("python");
+    let ready = |python: &Path| succeeds(Command::new(python).args(["-c", "import numpy, pesq"]));
+    if ready(&python) {
+        return Some(python);
+    }
+    println!(
+        "==> installing numpy and pesq from PyPI into {}",
+        venv.display()
+    );
+    let installed = succeeds(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        && succeeds(
+            Command::new(venv.join("bin").join("pip"))
+                .args(["install", "--quiet", "numpy", "pesq"]),
+        );
+    if installed && ready(&python) {
+        Some(python)
+    } else {
+        println!(
+            "==> PESQ: SKIPPED: numpy and pesq could not be installed; only the degraded WAV files are written"
+        );
+        None
+    }
 }
 
 /// Installs cargo-deny with cargo when it is missing.

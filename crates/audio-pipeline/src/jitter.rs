@@ -11,7 +11,8 @@
 //!
 //! The target delay follows the 95th percentile of recent packet lateness
 //! (a histogram with a forgetting factor, so it comes back down after a
-//! jittery spell), starting at 80 ms. A sequence gap is loss; a timestamp
+//! jittery spell), starting at 60 ms, plus one packet of look-ahead for FEC
+//! while packets are being lost. A sequence gap is loss; a timestamp
 //! gap with contiguous sequence numbers is a DTX pause, never concealed. A
 //! late joiner or a burst that would leave seconds in the buffer is cut back
 //! to the target at once.
@@ -55,7 +56,7 @@ pub struct JitterConfig {
 impl Default for JitterConfig {
     fn default() -> Self {
         Self {
-            initial_delay: Duration::from_millis(80),
+            initial_delay: Duration::from_millis(60),
             min_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(500),
             forgetting: 0.997,
@@ -161,6 +162,10 @@ pub struct JitterBuffer {
     min_transit: [f64; 2],
     window_start_ts: Option<u32>,
     target_ms: f64,
+    /// Lateness quantile the histogram gives, before the look-ahead.
+    lateness_ms: f64,
+    /// Recent share of frames that needed FEC or PLC (exponential average).
+    recent_loss: f64,
     stats: JitterStats,
     origin: Option<Instant>,
 }
@@ -203,6 +208,8 @@ impl JitterBuffer {
             min_transit: [f64::INFINITY; 2],
             window_start_ts: None,
             target_ms: config.initial_delay.as_secs_f64() * 1e3,
+            lateness_ms: 0.0,
+            recent_loss: 0.0,
             stats: JitterStats::default(),
             origin: None,
             config,
@@ -310,12 +317,26 @@ impl JitterBuffer {
                 break;
             }
         }
-        let min = self.config.min_delay.as_secs_f64() * 1e3;
-        let max = self.config.max_delay.as_secs_f64() * 1e3;
         // The histogram needs a few dozen packets before it means anything.
         if self.stats.packets_received >= 25 {
-            self.target_ms = (quantile_ms + 20.0).clamp(min, max);
+            self.lateness_ms = quantile_ms;
+            self.update_target();
         }
+    }
+
+    /// Target = recent lateness + one frame (a packet plays a frame after
+    /// it starts) + one more frame while packets are being lost, so the
+    /// packet after a lost one is there in time to recover it by FEC.
+    fn update_target(&mut self) {
+        let min = self.config.min_delay.as_secs_f64() * 1e3;
+        let max = self.config.max_delay.as_secs_f64() * 1e3;
+        let look_ahead = if self.recent_loss > 0.005 { 20.0 } else { 0.0 };
+        self.target_ms = (self.lateness_ms + 20.0 + look_ahead).clamp(min, max);
+    }
+
+    /// Feeds the loss estimate with one played frame.
+    fn note_frame(&mut self, lost: bool) {
+        self.recent_loss = 0.99 * self.recent_loss + if lost { 0.01 } else { 0.0 };
     }
 
     fn slot_with_ts(&self, timestamp: u32) -> Option<usize> {
@@ -427,6 +448,7 @@ impl JitterBuffer {
                 .decode(&slot.data[..slot.len], &mut self.frame)?;
             self.in_dtx = !slot.voice;
             self.last_seq = Some(slot.seq);
+            self.note_frame(false);
             self.finish_frame(play, false);
             return Ok(PullKind::Normal);
         }
@@ -462,6 +484,7 @@ impl JitterBuffer {
                 self.decoder
                     .decode_fec(&slot.data[..slot.len], &mut self.frame)?;
                 self.stats.fec_recovered += 1;
+                self.note_frame(true);
                 self.last_seq = Some(slot.seq.wrapping_sub(1));
                 self.finish_frame(play, false);
                 Ok(PullKind::Fec)
@@ -469,6 +492,7 @@ impl JitterBuffer {
             Some(_) => {
                 self.decoder.conceal(&mut self.frame)?;
                 self.last_seq = self.last_seq.map(|last| last.wrapping_add(1));
+                self.note_frame(true);
                 self.count_concealment();
                 self.finish_frame(play, true);
                 Ok(PullKind::Conceal)
@@ -486,6 +510,7 @@ impl JitterBuffer {
             None => {
                 if self.quiet_frames < 3 {
                     self.decoder.conceal(&mut self.frame)?;
+                    self.note_frame(true);
                     self.count_concealment();
                     self.quiet_frames += 1;
                     self.sync.extend(self.frame.iter().copied());
@@ -500,6 +525,7 @@ impl JitterBuffer {
     }
 
     fn count_concealment(&mut self) {
+        self.update_target();
         self.stats.concealed_samples += FRAME_SAMPLES as u64;
         if !self.concealing {
             self.stats.concealment_events += 1;

@@ -1,0 +1,382 @@
+//! Audio benchmarks, run by `cargo xtask bench`:
+//!
+//! - CPU per 20 ms frame of the send path (resample, level, Opus encode) and
+//!   of the receive path (packet ring, jitter buffer, decode, mix), each as a
+//!   ratio to raw libopus encode / decode measured in the same run;
+//! - wideband PESQ of the speech fixtures through encoder → emulated network
+//!   → jitter buffer → decoder at 0, 5, 10, 20 % random loss and one bursty
+//!   pattern, beside plain libopus (FEC from the next packet when it
+//!   arrived, PLC otherwise) with the very same losses.
+//!
+//! usage: bench_audio FIXTURE_DIR OUT_DIR [PYTHON]  (PYTHON: a python with
+//! numpy and pesq; without it the PESQ part only writes the WAV files).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use audio_device::{AudioFormat, AudioSink, AudioSource, WavSink, WavSource};
+use audio_pipeline::netem::{Netem, NetemConfig};
+use audio_pipeline::{
+    EncoderConfig, FRAME_SAMPLES, MAX_PACKET, MediaPacket, ReceivePath, Resampler, SendPath,
+};
+
+fn load_48k(path: &Path) -> (Vec<f32>, Vec<f32>) {
+    let mut source = WavSource::open(path).unwrap();
+    let format = source.format();
+    let mut original = vec![0.0; source.samples().len()];
+    source.read(&mut original);
+    let mut up = Resampler::new(format.sample_rate, format.channels, 48_000, 1, 160).unwrap();
+    up.push(&original);
+    // Flush the resampler's tail with silence.
+    up.push(&vec![0.0; 1_600]);
+    let mut at_48k = vec![0.0; up.available_frames()];
+    up.pop(&mut at_48k);
+    (original, at_48k)
+}
+
+fn per_frame_micros(elapsed: Duration, frames: usize) -> f64 {
+    elapsed.as_secs_f64() * 1e6 / frames as f64
+}
+
+fn cpu(speech: &[f32]) {
+    let frames: Vec<[f32; FRAME_SAMPLES]> = speech
+        .chunks_exact(FRAME_SAMPLES)
+        .map(|chunk| chunk.try_into().unwrap())
+        .collect();
+    let rounds = 3_000 / frames.len().max(1) + 1;
+    let total = frames.len() * rounds;
+    let mut best = [Duration::MAX; 4];
+    for _ in 0..3 {
+        // Raw libopus encode, the same settings.
+        let mut raw =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        raw.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
+        raw.set_complexity(9).unwrap();
+        raw.set_inband_fec(true).unwrap();
+        raw.set_packet_loss_perc(1).unwrap();
+        let mut packet = [0_u8; MAX_PACKET];
+        let mut packets = Vec::with_capacity(total);
+        let started = Instant::now();
+        for frame in frames.iter().cycle().take(total) {
+            let len = raw.encode_float(frame, &mut packet).unwrap();
+            packets.push(packet[..len].to_vec());
+        }
+        best[0] = best[0].min(started.elapsed());
+
+        let mut send = SendPath::new(48_000, 1, EncoderConfig::default()).unwrap();
+        let started = Instant::now();
+        for frame in frames.iter().cycle().take(total) {
+            send.push_capture(frame);
+            while let Some(out) = send.next_frame().unwrap() {
+                black_box(out);
+            }
+        }
+        best[1] = best[1].min(started.elapsed());
+
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+        let mut pcm = [0.0_f32; FRAME_SAMPLES];
+        let started = Instant::now();
+        for packet in &packets {
+            decoder.decode_float(packet, &mut pcm, false).unwrap();
+            black_box(&pcm);
+        }
+        best[2] = best[2].min(started.elapsed());
+
+        let mut receive = ReceivePath::new();
+        let (mut network, _) = receive.add_speaker().unwrap();
+        let origin = Instant::now();
+        let mut out = [0.0; FRAME_SAMPLES];
+        let started = Instant::now();
+        for (index, packet) in packets.iter().enumerate() {
+            let now = origin + Duration::from_millis(20 * index as u64);
+            network.send(
+                MediaPacket::new(
+                    now,
+                    index as u32 + 1,
+                    (index * FRAME_SAMPLES) as u32,
+                    true,
+                    packet,
+                )
+                .unwrap(),
+            );
+            receive.pull(now, &mut out).unwrap();
+            black_box(&out);
+        }
+        best[3] = best[3].min(started.elapsed());
+    }
+    let [encode, send, decode, receive] = best.map(|elapsed| per_frame_micros(elapsed, total));
+    println!("CPU per 20 ms frame, {total} frames of speech, best of 3");
+    println!("  raw libopus encode           {encode:>7.1} µs");
+    println!(
+        "  send path (level+mute+encode){send:>7.1} µs   {:.2}x raw encode (target <= 1.3x)",
+        send / encode
+    );
+    println!("  raw libopus decode           {decode:>7.1} µs");
+    println!(
+        "  receive path (ring+jitter+decode+mix) {receive:>7.1} µs   {:.2}x raw decode (target <= 1.3x)",
+        receive / decode
+    );
+}
+
+struct Condition {
+    name: &'static str,
+    config: NetemConfig,
+}
+
+/// Our pipeline: 16 kHz capture → send path → netem → receive path → 16 kHz.
+fn through_pipeline(original_16k: &[f32], condition: &Condition) -> (Vec<f32>, f64) {
+    let mut send = SendPath::new(16_000, 1, EncoderConfig::default()).unwrap();
+    let expected_loss = condition.config.loss * 100.0
+        + condition.config.burst.map_or(0.0, |(enter, leave, bad)| {
+            100.0 * bad * enter / (enter + leave)
+        });
+    send.set_measured_loss(expected_loss as f32).unwrap();
+    let mut network: Netem<MediaPacket> = Netem::new(condition.config);
+    let mut receive = ReceivePath::new();
+    let (mut ring, _) = receive.add_speaker().unwrap();
+    let mut down = Resampler::new(48_000, 1, 16_000, 1, 480).unwrap();
+    let origin = Instant::now();
+    let mut out = [0.0; FRAME_SAMPLES];
+    let mut padded = original_16k.to_vec();
+    padded.extend(std::iter::repeat_n(0.0, 16_000));
+    let mut degraded = Vec::with_capacity(padded.len());
+    for (index, chunk) in padded.chunks(320).enumerate() {
+        let now = origin + Duration::from_millis(20 * index as u64);
+        send.push_capture(chunk);
+        while let Some(frame) = send.next_frame().unwrap() {
+            if let Some(frame) = frame {
+                network.send(
+                    now,
+                    MediaPacket::new(now, frame.seq, frame.timestamp, frame.voice, frame.payload)
+                        .unwrap(),
+                );
+            }
+        }
+        while let Some(mut packet) = network.receive(now) {
+            packet.arrived = now;
+            ring.send(packet);
+        }
+        receive.pull(now, &mut out).unwrap();
+        down.push(&out);
+        let mut chunk_16k = [0.0; 320];
+        while down.pop(&mut chunk_16k) {
+            degraded.extend_from_slice(&chunk_16k);
+        }
+    }
+    (align_to(original_16k, &degraded), network.loss_percent())
+}
+
+/// Plain libopus with the same losses: no buffer; a lost frame is
+/// recovered from the next packet's FEC when that one arrived, else PLC.
+fn through_plain_libopus(speech_48k: &[f32], condition: &Condition, loss_hint: f64) -> Vec<f32> {
+    let mut encoder =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    encoder.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
+    encoder.set_complexity(9).unwrap();
+    encoder.set_inband_fec(true).unwrap();
+    encoder
+        .set_packet_loss_perc((loss_hint.round() as i32).max(1))
+        .unwrap();
+    let mut network: Netem<(usize, Vec<u8>)> = Netem::new(NetemConfig {
+        jitter: Duration::ZERO,
+        duplicate: 0.0,
+        ..condition.config
+    });
+    let origin = Instant::now();
+    let mut packet = [0_u8; MAX_PACKET];
+    let frames: Vec<&[f32]> = speech_48k.chunks_exact(FRAME_SAMPLES).collect();
+    let mut received: Vec<Option<Vec<u8>>> = vec![None; frames.len()];
+    for (index, frame) in frames.iter().enumerate() {
+        let len = encoder.encode_float(frame, &mut packet).unwrap();
+        let now = origin + Duration::from_millis(20 * index as u64);
+        network.send(now, (index, packet[..len].to_vec()));
+    }
+    while let Some((index, payload)) = network.receive(origin + Duration::from_secs(3_600)) {
+        received[index] = Some(payload);
+    }
+    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let mut pcm = [0.0_f32; FRAME_SAMPLES];
+    let mut out = Vec::with_capacity(speech_48k.len());
+    for index in 0..frames.len() {
+        match (
+            &received[index],
+            received.get(index + 1).and_then(Option::as_ref),
+        ) {
+            (Some(payload), _) => decoder.decode_float(payload, &mut pcm, false).unwrap(),
+            (None, Some(next)) => decoder.decode_float(next, &mut pcm, true).unwrap(),
+            (None, None) => decoder.decode_float(&[], &mut pcm, false).unwrap(),
+        };
+        out.extend_from_slice(&pcm);
+    }
+    let mut down = Resampler::new(48_000, 1, 16_000, 1, 480).unwrap();
+    down.push(&out);
+    let mut degraded = vec![0.0; down.available_frames()];
+    down.pop(&mut degraded);
+    degraded
+}
+
+/// Shifts `degraded` so it lines up with `reference` (our pipeline adds its
+/// playout delay; PESQ aligns too, but within a limited range).
+fn align_to(reference: &[f32], degraded: &[f32]) -> Vec<f32> {
+    let window = reference.len().min(16_000 * 3);
+    let score = |lag: usize| -> f64 {
+        degraded
+            .get(lag..lag + window)
+            .map_or(f64::MIN, |candidate| {
+                reference[..window]
+                    .iter()
+                    .zip(candidate)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum()
+            })
+    };
+    let lag = (0..8_000)
+        .max_by(|a, b| score(*a).total_cmp(&score(*b)))
+        .unwrap_or(0);
+    degraded[lag.min(degraded.len())..].to_vec()
+}
+
+fn write(path: &Path, samples: &[f32]) {
+    let mut sink = WavSink::create(path, AudioFormat::mono(16_000)).unwrap();
+    sink.write(samples);
+    sink.finish().unwrap();
+}
+
+fn pesq(python: Option<&str>, reference: &Path, degraded: &[PathBuf]) -> Vec<Option<f64>> {
+    let Some(python) = python else {
+        return vec![None; degraded.len()];
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join("pesq_score.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(reference)
+        .args(degraded)
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        println!("  pesq failed: {}", String::from_utf8_lossy(&output.stderr));
+        return vec![None; degraded.len()];
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let fixtures = PathBuf::from(
+        args.first()
+            .expect("usage: bench_audio FIXTURE_DIR OUT_DIR [PYTHON]"),
+    );
+    let out_dir = PathBuf::from(
+        args.get(1)
+            .expect("usage: bench_audio FIXTURE_DIR OUT_DIR [PYTHON]"),
+    );
+    let python = args.get(2).map(String::as_str);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut fixture_paths: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wav"))
+        .collect();
+    fixture_paths.sort();
+
+    let (_, first_48k) = load_48k(&fixture_paths[0]);
+    cpu(&first_48k);
+
+    let conditions = [
+        Condition {
+            name: "0% loss",
+            config: NetemConfig {
+                seed: 11,
+                ..NetemConfig::default()
+            },
+        },
+        Condition {
+            name: "5% random",
+            config: NetemConfig {
+                loss: 0.05,
+                seed: 12,
+                ..NetemConfig::default()
+            },
+        },
+        Condition {
+            name: "10% random",
+            config: NetemConfig {
+                loss: 0.10,
+                seed: 13,
+                ..NetemConfig::default()
+            },
+        },
+        Condition {
+            name: "20% random",
+            config: NetemConfig {
+                loss: 0.20,
+                seed: 14,
+                ..NetemConfig::default()
+            },
+        },
+        Condition {
+            name: "bursty (~10%)",
+            config: NetemConfig {
+                burst: Some((0.05, 0.35, 0.8)),
+                seed: 15,
+                ..NetemConfig::default()
+            },
+        },
+    ];
+    println!("\nwideband PESQ (P.862.2) of the speech fixtures, 32 kbps, 20 ms frames");
+    println!(
+        "  {:<15} {:>9} {:>12} {:>12}",
+        "condition", "loss", "ours", "plain opus"
+    );
+    let targets = [Some(4.0), None, Some(3.3), Some(2.8), None];
+    for (condition, target) in conditions.iter().zip(targets) {
+        let mut ours_scores = Vec::new();
+        let mut plain_scores = Vec::new();
+        let mut measured_loss = 0.0;
+        for fixture in &fixture_paths {
+            let (original, speech_48k) = load_48k(fixture);
+            let stem = fixture.file_stem().unwrap().to_string_lossy().to_string();
+            let tag = condition.name.replace(['%', ' ', '(', ')', '~'], "");
+            let (ours, loss) = through_pipeline(&original, condition);
+            measured_loss += loss / fixture_paths.len() as f64;
+            let plain = align_to(
+                &original,
+                &through_plain_libopus(&speech_48k, condition, loss),
+            );
+            let ours_path = out_dir.join(format!("{stem}-{tag}-ours.wav"));
+            let plain_path = out_dir.join(format!("{stem}-{tag}-plain.wav"));
+            write(&ours_path, &ours);
+            write(&plain_path, &plain);
+            let scores = pesq(python, fixture, &[ours_path, plain_path]);
+            ours_scores.push(scores[0]);
+            plain_scores.push(scores[1]);
+        }
+        let mean = |scores: &[Option<f64>]| -> Option<f64> {
+            let values: Option<Vec<f64>> = scores.iter().copied().collect();
+            values.map(|values| values.iter().sum::<f64>() / values.len() as f64)
+        };
+        let show =
+            |score: Option<f64>| score.map_or("n/a".to_owned(), |score| format!("{score:.2}"));
+        let verdict = match (target, mean(&ours_scores)) {
+            (Some(target), Some(score)) if score >= target => format!("target >= {target:.1} met"),
+            (Some(target), Some(_)) => format!("target >= {target:.1} MISSED"),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<15} {:>8.1}% {:>12} {:>12}   {verdict}",
+            condition.name,
+            measured_loss,
+            show(mean(&ours_scores)),
+            show(mean(&plain_scores))
+        );
+    }
+    println!("  degraded files in {}", out_dir.display());
+}
