@@ -7,8 +7,9 @@
 //!   count in, 16-bit PCM out), for bots and tests;
 //! - [`SyntheticSource`]: silence, a tone, a chirp, or clicks for latency
 //!   probes; [`NullSink`]: counts and discards;
-//! - real devices (microphone and speaker) are the next step: their
-//!   callbacks plug into [`realtime`]'s rings.
+//! - real devices (feature `cpal`): `devices::Microphone` and
+//!   `devices::Speaker`, selected by name or the system default, with
+//!   `devices::OutputRoutes` for the hands-free route.
 //!
 //! Time: sources and sinks are pulled and pushed by the caller, who owns the
 //! clock: as fast as possible under a test's virtual clock, or paced to the
@@ -23,8 +24,15 @@
 //! normal thread reads ([`realtime::XrunCounters`]). A test checks that the
 //! callback side does not allocate.
 //!
+//! # Feature flags
+//!
+//! - `cpal`: real devices through cpal. Off by default; on Linux it needs
+//!   the ALSA headers (`libasound2-dev`) to build.
+//!
 //! This crate never touches Opus, resampling or the network.
 
+#[cfg(feature = "cpal")]
+pub mod devices;
 mod pacer;
 pub mod realtime;
 mod synthetic;
