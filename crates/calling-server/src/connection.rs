@@ -60,6 +60,7 @@ pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
         conn,
         user: user.clone(),
         outbox,
+        connection: connection.connection.clone(),
     };
     if shared.hub.send(login).await.is_err() {
         close(
@@ -193,6 +194,11 @@ async fn session(
                         Ended::Broken(error)
                     };
                 }
+            },
+            datagram = connection.connection.read_datagram() => match datagram {
+                Ok(datagram) => shared.routes.relay(conn, &datagram),
+                // The connection is gone; the stream branch says the same.
+                Err(_) => return Ended::ClientLeft,
             },
             outbound = inbox.recv() => match outbound {
                 Some(Outbound::Message(message)) => {

@@ -19,6 +19,7 @@
 pub mod config;
 mod connection;
 mod hub;
+mod relay;
 pub mod usersig;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use tracing::{info, warn};
 
 pub use config::{AppCredentials, SecretKey, ServerConfig, TlsSource, UnixClock};
 pub use hub::HubStats;
+pub use relay::RelayCounts;
 
 use crate::hub::HubInput;
 
@@ -68,6 +70,7 @@ struct Shared {
     hub: mpsc::Sender<HubInput>,
     next_conn: AtomicU64,
     grace: Duration,
+    routes: Arc<relay::MediaRoutes>,
 }
 
 /// The clock, with a `Debug` that does not try to print a closure.
@@ -91,6 +94,7 @@ pub struct RunningServer {
     hub_task: tokio::task::JoinHandle<()>,
     endpoint: signaling_quic::quinn::Endpoint,
     grace: Duration,
+    relay: Arc<relay::MediaRoutes>,
 }
 
 /// Starts a server with `config` on the current tokio runtime.
@@ -129,7 +133,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         ..SwitchboardConfig::default()
     };
     let (hub_tx, hub_rx) = mpsc::channel(4096);
-    let hub_task = tokio::spawn(hub::run(switchboard, hub_rx));
+    let routes = Arc::new(relay::MediaRoutes::default());
+    let hub_task = tokio::spawn(hub::run(switchboard, hub_rx, Arc::clone(&routes)));
     let shared = Arc::new(Shared {
         apps: apps
             .into_iter()
@@ -139,9 +144,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         hub: hub_tx.clone(),
         next_conn: AtomicU64::new(1),
         grace: config.shutdown_grace,
+        routes: Arc::clone(&routes),
     });
     let (stop_accepting, stop_rx) = watch::channel(false);
     let accept_task = tokio::spawn(accept_loop(quic, shared, stop_rx));
+    let relay = routes;
     info!(%local_addr, fingerprint = %identity.fingerprint(), development = development_app.is_some(), "listening");
     Ok(RunningServer {
         local_addr,
@@ -153,6 +160,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         hub_task,
         endpoint,
         grace: config.shutdown_grace,
+        relay,
     })
 }
 
@@ -207,6 +215,11 @@ impl RunningServer {
         let (reply, answer) = oneshot::channel();
         self.hub.send(HubInput::Stats { reply }).await.ok()?;
         answer.await.ok()
+    }
+
+    /// What the audio relay has done so far.
+    pub fn relay_counts(&self) -> RelayCounts {
+        self.relay.counts()
     }
 
     /// Graceful shutdown: every call ends with the server-shutdown reason,

@@ -9,6 +9,7 @@
 mod auth;
 mod calls;
 mod child;
+mod media;
 mod resilience;
 mod support;
 mod tidy;

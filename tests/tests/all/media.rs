@@ -1,0 +1,172 @@
+//! The audio relay, with raw protocol clients: datagrams reach the other
+//! members of the call only, stamped with the sender's own flow id.
+
+use std::time::Duration;
+
+use calling_api::{CallType, UserId};
+use signaling_proto::{
+    ClientMessage, DatagramKind, FlowId, MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage,
+};
+use signaling_quic::{ClientConnection, ServerTrust};
+
+use crate::support::*;
+
+async fn raw_login(server: &TestServer, user: &str) -> ClientConnection {
+    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
+    let mut client = signaling_quic::connect(server.server.local_addr(), "localhost", &trust)
+        .await
+        .unwrap();
+    client
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: PROTOCOL_VERSION,
+            sdk_app_id: server.app.sdk_app_id,
+            user_id: UserId::new(user).unwrap(),
+            user_sig: server.sig(user).into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(client.recv.recv().await.unwrap(), Some(ServerMessage::LoginResult { code, .. }) if code.is_ok())
+    );
+    client
+}
+
+/// Reads messages until one matches; returns it.
+async fn until(
+    client: &mut ClientConnection,
+    want: impl Fn(&ServerMessage) -> bool,
+) -> ServerMessage {
+    tokio::time::timeout(EVENT_WAIT, async {
+        loop {
+            let message = client.recv.recv().await.unwrap().unwrap();
+            if want(&message) {
+                return message;
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn datagram(claimed_flow: u32, sequence: u32, payload: &[u8]) -> Vec<u8> {
+    let header = MediaHeader {
+        kind: DatagramKind::Audio,
+        flow_id: FlowId(claimed_flow),
+        sequence,
+        timestamp: sequence * 960,
+        voice_activity: true,
+        level_dbov: 20,
+    };
+    let mut buffer = vec![0; 64 + payload.len()];
+    let len = header.encode(payload, &mut buffer).unwrap();
+    buffer.truncate(len);
+    buffer
+}
+
+#[tokio::test]
+async fn datagrams_reach_the_other_members_stamped_and_nobody_else() {
+    let server = TestServer::start("relay").await;
+    let mut alice = raw_login(&server, "alice").await;
+    let mut bob = raw_login(&server, "bob").await;
+    let mallory = raw_login(&server, "mallory").await;
+
+    alice
+        .send
+        .send(&ClientMessage::Invite {
+            request_id: RequestId(1),
+            call_id: None,
+            user_ids: vec![UserId::new("bob").unwrap()],
+            call_type: CallType::Audio,
+            timeout_ms: None,
+            user_data: None,
+        })
+        .await
+        .unwrap();
+    let ServerMessage::Invited { call_id, .. } =
+        until(&mut bob, |m| matches!(m, ServerMessage::Invited { .. })).await
+    else {
+        unreachable!()
+    };
+    bob.send
+        .send(&ClientMessage::Accept {
+            request_id: RequestId(1),
+            call_id,
+        })
+        .await
+        .unwrap();
+    let ServerMessage::UserEntered {
+        flow_id: alice_flow,
+        ..
+    } = until(&mut bob, |m| matches!(m, ServerMessage::UserEntered { .. })).await
+    else {
+        unreachable!()
+    };
+    until(&mut alice, |m| {
+        matches!(m, ServerMessage::UserEntered { .. })
+    })
+    .await;
+
+    // Alice claims to be flow 999: bob receives it as alice's flow.
+    alice
+        .connection
+        .send_datagram(datagram(999, 1, b"hello").into())
+        .unwrap();
+    let received = tokio::time::timeout(EVENT_WAIT, bob.connection.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    let (header, payload) = MediaHeader::decode(&received).unwrap();
+    assert_eq!(
+        header.flow_id, alice_flow,
+        "the server stamps the sender's own flow"
+    );
+    assert_eq!((header.sequence, payload), (1, &b"hello"[..]));
+
+    // Mallory, in no call, cannot speak into it; garbage is dropped too.
+    mallory
+        .connection
+        .send_datagram(datagram(alice_flow.0, 2, b"inject").into())
+        .unwrap();
+    mallory
+        .connection
+        .send_datagram(vec![0xff; 10].into())
+        .unwrap();
+    // Bob answers; alice hears him and never herself.
+    bob.connection
+        .send_datagram(datagram(0, 7, b"hi").into())
+        .unwrap();
+    let received = tokio::time::timeout(EVENT_WAIT, alice.connection.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(MediaHeader::decode(&received).unwrap().1, b"hi");
+    let nothing_more =
+        tokio::time::timeout(Duration::from_millis(300), bob.connection.read_datagram()).await;
+    assert!(
+        nothing_more.is_err(),
+        "bob got something else: {nothing_more:?}"
+    );
+    let counts = server.server.relay_counts();
+    assert_eq!(counts.forwarded, 2);
+    assert_eq!(counts.dropped_not_in_call, 1);
+    assert_eq!(counts.dropped_malformed, 1);
+
+    // After bob leaves, alice's audio goes nowhere.
+    bob.send
+        .send(&ClientMessage::Hangup {
+            request_id: RequestId(2),
+        })
+        .await
+        .unwrap();
+    until(&mut alice, |m| matches!(m, ServerMessage::CallEnded { .. })).await;
+    alice
+        .connection
+        .send_datagram(datagram(0, 3, b"anyone?").into())
+        .unwrap();
+    let nothing =
+        tokio::time::timeout(Duration::from_millis(300), bob.connection.read_datagram()).await;
+    assert!(nothing.is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.server.relay_counts().dropped_not_in_call, 2);
+}
