@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
-use signaling_proto::{CallEngine, CallOptions, RequestId};
+use signaling_proto::{CallEngine, CallOptions, EngineStatus, RequestId};
 use signaling_quic::{ClientConnection, TransportError, close};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+use crate::media::{AudioDevices, MediaSession};
 use crate::{ClientOptions, Dispatch};
 
 pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
@@ -36,6 +37,7 @@ pub(crate) enum Command {
         reply: Reply,
     },
     MicMute(bool),
+    HandsFree(bool),
     /// Log out if logged in, then disconnect.
     Shutdown,
 }
@@ -51,6 +53,7 @@ pub(crate) async fn start(
     user_id: &str,
     user_sig: &str,
     mic_muted: bool,
+    hands_free: bool,
     dispatch: Arc<Dispatch>,
 ) -> CallingResult<(
     mpsc::UnboundedSender<Command>,
@@ -85,6 +88,10 @@ pub(crate) async fn start(
         inbox,
         pending,
         dispatch,
+        devices: options.audio.clone(),
+        media: None,
+        mic_muted,
+        hands_free,
     };
     tokio::spawn(session.run());
     Ok((commands, answer))
@@ -96,6 +103,11 @@ struct Session {
     inbox: mpsc::UnboundedReceiver<Command>,
     pending: HashMap<RequestId, Reply>,
     dispatch: Arc<Dispatch>,
+    devices: AudioDevices,
+    /// The call's audio, while in a call.
+    media: Option<MediaSession>,
+    mic_muted: bool,
+    hands_free: bool,
 }
 
 impl Session {
@@ -106,11 +118,24 @@ impl Session {
                 self.engine.handle_disconnect();
                 break;
             }
+            self.sync_media();
             let deadline = self.engine.poll_timeout();
             tokio::select! {
                 command = self.inbox.recv() => match command {
                     Some(Command::Request { request, reply }) => self.apply(request, reply),
-                    Some(Command::MicMute(muted)) => self.engine.set_mic_mute(muted),
+                    Some(Command::MicMute(muted)) => {
+                        self.mic_muted = muted;
+                        self.engine.set_mic_mute(muted);
+                        if let Some(media) = &self.media {
+                            media.set_muted(muted);
+                        }
+                    }
+                    Some(Command::HandsFree(hands_free)) => {
+                        self.hands_free = hands_free;
+                        if let Some(media) = &self.media {
+                            media.set_hands_free(hands_free);
+                        }
+                    }
                     None | Some(Command::Shutdown) => {
                         self.log_out_and_close().await;
                         break;
@@ -129,17 +154,66 @@ impl Session {
                         break;
                     }
                 },
+                datagram = self.connection.connection.read_datagram() => {
+                    if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut()) {
+                        media.on_datagram(&datagram);
+                    }
+                }
                 () = sleep_until(deadline), if deadline.is_some() => {
+                    self.feed_levels();
                     self.engine.handle_timeout(Instant::now());
                 }
             }
         }
         // Deliver the last events and answers; nothing more can be sent.
         let _ = self.flush().await;
+        if let Some(media) = self.media.take() {
+            media.stop();
+        }
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(CallingError::new(ErrorCode::CONNECTION_LOST)));
         }
         close(&self.connection.connection, ErrorCode::OK, "bye");
+    }
+
+    /// Audio runs exactly while the engine is in a call.
+    fn sync_media(&mut self) {
+        let in_call = matches!(self.engine.status(), EngineStatus::InCall { .. });
+        match (in_call, self.media.is_some()) {
+            (true, false) => {
+                self.media = MediaSession::start(
+                    &self.devices,
+                    self.connection.connection.clone(),
+                    self.mic_muted,
+                    self.hands_free,
+                );
+            }
+            (false, true) => {
+                if let Some(media) = self.media.take() {
+                    media.stop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Hands the measured levels to the engine for `onUserVoiceVolume`.
+    fn feed_levels(&mut self) {
+        let Some(media) = &self.media else {
+            return;
+        };
+        if let Some(me) = self.engine.user_id().cloned() {
+            let level = media.take_local_level();
+            self.engine.record_voice_level(&me, level);
+        }
+        if let EngineStatus::InCall { members, .. } = self.engine.status() {
+            for member in members {
+                if let Some(flow) = self.engine.flow_of(&member) {
+                    let level = media.take_level(flow);
+                    self.engine.record_voice_level(&member, level);
+                }
+            }
+        }
     }
 
     fn apply(&mut self, request: Request, reply: Reply) {

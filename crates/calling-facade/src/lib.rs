@@ -28,10 +28,13 @@
 //! The call rules themselves live in `signaling-proto`'s `CallEngine`: this
 //! crate holds none of its own.
 //!
-//! Audio: until the audio crates are wired in, `set_mic_mute` already
-//! travels to peers as audio availability, and `set_hands_free` records the
-//! route; no sound is captured or played yet, and `onUserVoiceVolume` reports
-//! zero levels.
+//! Audio: while in a call, a capture thread encodes the microphone (or a WAV
+//! file, or a synthetic signal: [`AudioDevices`]) and sends it as QUIC
+//! datagrams; a playout thread runs a jitter buffer per remote speaker and
+//! plays the mix. `set_mic_mute` stops sending (peers get
+//! `onUserAudioAvailable`), `set_hands_free` switches the output device, and
+//! `onUserVoiceVolume` reports the measured levels. Real devices need the
+//! `cpal` feature; without it the SDK says so in the log and uses silence.
 //!
 //! ```no_run
 //! use calling_facade::{CallType, CallingEvent, ClientOptions, TRTCCalling};
@@ -49,6 +52,7 @@
 //! ```
 
 mod driver;
+mod media;
 mod options;
 
 use std::fmt;
@@ -56,10 +60,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
+pub use audio_device::Signal;
 pub use calling_api::{
     CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason, ErrorCode, UserId,
     UserVolume,
 };
+pub use media::{AudioDevices, CaptureDevice, PlaybackDevice};
 pub use options::{ClientOptions, ServerTrust};
 pub use signaling_proto::CallOptions;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -335,6 +341,7 @@ impl TRTCCalling {
             user_id,
             user_sig,
             self.mic_muted.load(Ordering::Relaxed),
+            self.hands_free.load(Ordering::Relaxed),
             Arc::clone(&self.dispatch),
         )
         .await?;
@@ -424,10 +431,14 @@ impl TRTCCalling {
         self.mic_muted.load(Ordering::Relaxed)
     }
 
-    /// Speakerphone (`true`) or earpiece/headset (`false`) route. Recorded
-    /// only, until audio playback is wired in.
+    /// Speakerphone (`true`) or earpiece/headset (`false`) route: switches
+    /// between the two playback devices of [`PlaybackDevice::System`] (the
+    /// same device on a machine with one output). Works in any state.
     pub fn set_hands_free(&self, hands_free: bool) {
         self.hands_free.store(hands_free, Ordering::Relaxed);
+        if let Some(session) = self.live_session() {
+            let _ = session.send(Command::HandsFree(hands_free));
+        }
     }
 
     /// The output route in force.

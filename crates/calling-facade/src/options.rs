@@ -3,8 +3,11 @@ use std::time::Duration;
 use signaling_quic::CertFingerprint;
 pub use signaling_quic::ServerTrust;
 
-/// Where the server is and how to trust it, plus the SDK's own timings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::media::AudioDevices;
+
+/// Where the server is and how to trust it, the audio devices, and the
+/// SDK's own timings.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientOptions {
     /// `host:port` of the server's UDP endpoint.
     pub server: String,
@@ -17,6 +20,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How often `onUserVoiceVolume` fires in a call.
     pub voice_volume_interval: Duration,
+    /// Microphone and speaker for calls.
+    pub audio: AudioDevices,
 }
 
 impl Default for ClientOptions {
@@ -29,6 +34,7 @@ impl Default for ClientOptions {
             trust: ServerTrust::SystemRoots,
             request_timeout: Duration::from_secs(10),
             voice_volume_interval: Duration::from_millis(300),
+            audio: AudioDevices::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 // Helpers are shared between modules of this one binary.
 #![allow(unreachable_pub)]
 
+mod audio;
 mod auth;
 mod calls;
 mod child;

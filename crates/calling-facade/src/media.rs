@@ -1,0 +1,451 @@
+//! A call's audio: a capture thread (device → send path → datagrams) and a
+//! playout thread (datagrams → jitter buffers → mix → device), started when
+//! the call is entered and stopped when it ends. The session task hands
+//! received datagrams over through lock-free packet rings.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use audio_device::{
+    AudioFormat, AudioSink, AudioSource, NullSink, Pacer, Signal, SyntheticSource, WavSink,
+    WavSource,
+};
+use audio_pipeline::{
+    EncoderConfig, FRAME_SAMPLES, MediaPacket, PacketSender, ReceivePath, Resampler, SendPath,
+};
+use signaling_proto::datagram::MAX_HEADER_LEN;
+use signaling_proto::{DatagramKind, FlowId, MediaHeader};
+use tracing::warn;
+
+/// Where a user's voice comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaptureDevice {
+    /// Nothing (silence is sent).
+    Silence,
+    /// A WAV file, played once (then silence) or looped.
+    Wav {
+        /// The file.
+        path: PathBuf,
+        /// Start again at the end.
+        looping: bool,
+    },
+    /// A generated signal (48 kHz mono).
+    Synthetic(Signal),
+    /// The system's microphone (the default, or by name). Needs the `cpal`
+    /// feature; without it the call sends silence and says so.
+    System {
+        /// Device name; `None` for the default.
+        name: Option<String>,
+    },
+}
+
+/// Where the call is heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaybackDevice {
+    /// Nowhere.
+    Null,
+    /// Recorded into a 16-bit WAV file (48 kHz mono) — for bots and tests.
+    Wav {
+        /// The file; replaced at each call.
+        path: PathBuf,
+    },
+    /// The system's speaker: the hands-free device or the private one.
+    /// Needs the `cpal` feature; without it nothing is played and it says so.
+    System {
+        /// Device for hands-free mode; `None` for the default.
+        hands_free: Option<String>,
+        /// Device otherwise; `None` for the default.
+        private: Option<String>,
+    },
+}
+
+/// A user's audio devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioDevices {
+    /// Microphone side.
+    pub capture: CaptureDevice,
+    /// Speaker side.
+    pub playback: PlaybackDevice,
+}
+
+impl Default for AudioDevices {
+    /// The system's devices with the `cpal` feature; silence and nowhere
+    /// without it.
+    fn default() -> Self {
+        if cfg!(feature = "cpal") {
+            Self {
+                capture: CaptureDevice::System { name: None },
+                playback: PlaybackDevice::System {
+                    hands_free: None,
+                    private: None,
+                },
+            }
+        } else {
+            Self {
+                capture: CaptureDevice::Silence,
+                playback: PlaybackDevice::Null,
+            }
+        }
+    }
+}
+
+/// Remote speakers one call can hear at once.
+const MAX_SPEAKERS: usize = 15;
+
+/// Shared between the threads and the session task.
+struct Shared {
+    stop: AtomicBool,
+    muted: AtomicBool,
+    hands_free: AtomicBool,
+    /// Loudest local level since the session task last looked.
+    local_level: AtomicU8,
+    /// Loudest level per speaker slot since the session task last looked.
+    speaker_levels: [AtomicU8; MAX_SPEAKERS],
+}
+
+fn raise(level: &AtomicU8, value: u8) {
+    level.fetch_max(value, Ordering::Relaxed);
+}
+
+/// A running call's audio.
+pub(crate) struct MediaSession {
+    shared: Arc<Shared>,
+    /// Flow id → speaker slot and the ring into its jitter buffer.
+    speakers: HashMap<FlowId, (usize, PacketSender)>,
+    free: Vec<(usize, PacketSender)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MediaSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaSession")
+            .field("speakers", &self.speakers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_source(device: &CaptureDevice) -> Box<dyn AudioSource> {
+    let silence = || -> Box<dyn AudioSource> {
+        Box::new(SyntheticSource::new(
+            AudioFormat::mono(48_000),
+            Signal::Silence,
+        ))
+    };
+    match device {
+        CaptureDevice::Silence => silence(),
+        CaptureDevice::Synthetic(signal) => {
+            Box::new(SyntheticSource::new(AudioFormat::mono(48_000), *signal))
+        }
+        CaptureDevice::Wav { path, looping } => match WavSource::open(path) {
+            Ok(source) => Box::new(source.looping(*looping)),
+            Err(error) => {
+                warn!(%error, "capture file unusable: sending silence");
+                silence()
+            }
+        },
+        CaptureDevice::System { name } => {
+            system_microphone(name.as_deref()).unwrap_or_else(silence)
+        }
+    }
+}
+
+#[cfg(feature = "cpal")]
+fn system_microphone(name: Option<&str>) -> Option<Box<dyn AudioSource>> {
+    match audio_device::devices::Microphone::open(name) {
+        Ok(microphone) => Some(Box::new(LiveMicrophone(microphone))),
+        Err(error) => {
+            warn!(%error, "no microphone available: sending silence");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "cpal"))]
+fn system_microphone(_name: Option<&str>) -> Option<Box<dyn AudioSource>> {
+    warn!(
+        "no microphone available: this build has no device support (the `cpal` feature); sending silence"
+    );
+    None
+}
+
+/// A live microphone as a source: it waits for a whole read's worth.
+#[cfg(feature = "cpal")]
+struct LiveMicrophone(audio_device::devices::Microphone);
+
+#[cfg(feature = "cpal")]
+impl AudioSource for LiveMicrophone {
+    fn format(&self) -> AudioFormat {
+        self.0.format()
+    }
+
+    fn read(&mut self, out: &mut [f32]) -> usize {
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while self.0.reader().available() < out.len() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let read = self.0.reader().read(out);
+        // A live device never "ends": pad a short read with silence.
+        out[read..].fill(0.0);
+        out.len()
+    }
+}
+
+fn open_sink(device: &PlaybackDevice, hands_free: bool) -> Box<dyn AudioSink> {
+    let null = || -> Box<dyn AudioSink> { Box::new(NullSink::new(AudioFormat::mono(48_000))) };
+    match device {
+        PlaybackDevice::Null => null(),
+        PlaybackDevice::Wav { path } => match WavSink::create(path, AudioFormat::mono(48_000)) {
+            Ok(sink) => Box::new(sink),
+            Err(error) => {
+                warn!(%error, "playback file unusable: playing nowhere");
+                null()
+            }
+        },
+        PlaybackDevice::System {
+            hands_free: loud,
+            private,
+        } => {
+            let name = if hands_free {
+                loud.as_deref()
+            } else {
+                private.as_deref()
+            };
+            system_speaker(name).unwrap_or_else(null)
+        }
+    }
+}
+
+#[cfg(feature = "cpal")]
+fn system_speaker(name: Option<&str>) -> Option<Box<dyn AudioSink>> {
+    match audio_device::devices::Speaker::open(name) {
+        Ok(speaker) => Some(Box::new(LiveSpeaker(speaker))),
+        Err(error) => {
+            warn!(%error, "no speaker available: playing nowhere");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "cpal"))]
+fn system_speaker(_name: Option<&str>) -> Option<Box<dyn AudioSink>> {
+    warn!(
+        "no speaker available: this build has no device support (the `cpal` feature); playing nowhere"
+    );
+    None
+}
+
+#[cfg(feature = "cpal")]
+struct LiveSpeaker(audio_device::devices::Speaker);
+
+#[cfg(feature = "cpal")]
+impl AudioSink for LiveSpeaker {
+    fn format(&self) -> AudioFormat {
+        self.0.format()
+    }
+
+    fn write(&mut self, samples: &[f32]) {
+        self.0.writer().write(samples);
+    }
+}
+
+impl MediaSession {
+    /// Starts capture and playout for a call on `connection`.
+    pub(crate) fn start(
+        devices: &AudioDevices,
+        connection: signaling_quic::quinn::Connection,
+        muted: bool,
+        hands_free: bool,
+    ) -> Option<Self> {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            muted: AtomicBool::new(muted),
+            hands_free: AtomicBool::new(hands_free),
+            local_level: AtomicU8::new(0),
+            speaker_levels: std::array::from_fn(|_| AtomicU8::new(0)),
+        });
+        let mut receive = ReceivePath::new();
+        let mut free = Vec::with_capacity(MAX_SPEAKERS);
+        for _ in 0..MAX_SPEAKERS {
+            match receive.add_speaker() {
+                Ok(speaker) => free.push((speaker.1, speaker.0)),
+                Err(error) => {
+                    warn!(%error, "cannot start the call's audio");
+                    return None;
+                }
+            }
+        }
+        free.reverse();
+        let capture = {
+            let shared = Arc::clone(&shared);
+            let source = open_source(&devices.capture);
+            std::thread::Builder::new()
+                .name("opencalling-capture".into())
+                .spawn(move || capture_loop(source, connection, &shared))
+                .ok()?
+        };
+        let playout = {
+            let shared = Arc::clone(&shared);
+            let playback = devices.playback.clone();
+            std::thread::Builder::new()
+                .name("opencalling-playout".into())
+                .spawn(move || playout_loop(receive, &playback, &shared))
+                .ok()?
+        };
+        Some(Self {
+            shared,
+            speakers: HashMap::new(),
+            free,
+            threads: vec![capture, playout],
+        })
+    }
+
+    pub(crate) fn set_muted(&self, muted: bool) {
+        self.shared.muted.store(muted, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_hands_free(&self, hands_free: bool) {
+        self.shared.hands_free.store(hands_free, Ordering::Relaxed);
+    }
+
+    /// A datagram from the server.
+    pub(crate) fn on_datagram(&mut self, datagram: &[u8]) {
+        let Ok((header, payload)) = MediaHeader::decode(datagram) else {
+            return;
+        };
+        if header.kind != DatagramKind::Audio {
+            return;
+        }
+        if !self.speakers.contains_key(&header.flow_id) {
+            let Some(slot) = self.free.pop() else {
+                return;
+            };
+            self.speakers.insert(header.flow_id, slot);
+        }
+        if let (Some((_, sender)), Some(packet)) = (
+            self.speakers.get_mut(&header.flow_id),
+            MediaPacket::new(
+                Instant::now(),
+                header.sequence,
+                header.timestamp,
+                header.voice_activity,
+                payload,
+            ),
+        ) {
+            sender.send(packet);
+        }
+    }
+
+    /// The loudest local level since the last call (0–100).
+    pub(crate) fn take_local_level(&self) -> u8 {
+        self.shared.local_level.swap(0, Ordering::Relaxed)
+    }
+
+    /// The loudest level of `flow` since the last call (0–100).
+    pub(crate) fn take_level(&self, flow: FlowId) -> u8 {
+        self.speakers.get(&flow).map_or(0, |(slot, _)| {
+            self.shared.speaker_levels[*slot].swap(0, Ordering::Relaxed)
+        })
+    }
+
+    /// Stops both threads and waits for them (files are finished).
+    pub(crate) fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn capture_loop(
+    mut source: Box<dyn AudioSource>,
+    connection: signaling_quic::quinn::Connection,
+    shared: &Shared,
+) {
+    let format = source.format();
+    let Ok(mut send) = SendPath::new(
+        format.sample_rate,
+        format.channels,
+        EncoderConfig::default(),
+    ) else {
+        warn!("cannot start the encoder: sending nothing");
+        return;
+    };
+    let mut chunk = vec![0.0_f32; format.samples_in_ms(20)];
+    let mut datagram = vec![0_u8; MAX_HEADER_LEN + audio_pipeline::MAX_PACKET];
+    let mut pacer = Pacer::new(Duration::from_millis(20));
+    while !shared.stop.load(Ordering::Relaxed) {
+        pacer.wait();
+        let read = source.read(&mut chunk);
+        chunk[read..].fill(0.0);
+        send.set_muted(shared.muted.load(Ordering::Relaxed));
+        send.push_capture(&chunk);
+        while let Ok(Some(frame)) = send.next_frame() {
+            if let Some(frame) = frame {
+                let header = MediaHeader {
+                    kind: DatagramKind::Audio,
+                    // The server stamps our flow; what we say does not count.
+                    flow_id: FlowId(0),
+                    sequence: frame.seq,
+                    timestamp: frame.timestamp,
+                    voice_activity: frame.voice,
+                    level_dbov: frame.level_dbov,
+                };
+                if let Ok(len) = header.encode(frame.payload, &mut datagram) {
+                    // A full datagram buffer drops the oldest frame; a closed
+                    // connection ends the call on the session task.
+                    let _ =
+                        connection.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+                }
+            }
+            raise(&shared.local_level, send.volume());
+        }
+    }
+}
+
+fn playout_loop(mut receive: ReceivePath, playback: &PlaybackDevice, shared: &Shared) {
+    let mut hands_free = shared.hands_free.load(Ordering::Relaxed);
+    let mut sink = open_sink(playback, hands_free);
+    let mut resampler = output_resampler(sink.format());
+    let mut frame = [0.0_f32; FRAME_SAMPLES];
+    let mut device_chunk = vec![0.0_f32; sink.format().samples_in_ms(20)];
+    let mut pacer = Pacer::new(Duration::from_millis(20));
+    while !shared.stop.load(Ordering::Relaxed) {
+        pacer.wait();
+        let wanted = shared.hands_free.load(Ordering::Relaxed);
+        if wanted != hands_free && matches!(playback, PlaybackDevice::System { .. }) {
+            hands_free = wanted;
+            sink = open_sink(playback, hands_free);
+            resampler = output_resampler(sink.format());
+            device_chunk = vec![0.0; sink.format().samples_in_ms(20)];
+        }
+        if receive.pull(Instant::now(), &mut frame).is_err() {
+            frame.fill(0.0);
+        }
+        for (slot, level) in receive.levels().iter().enumerate() {
+            if let Some(shared_level) = shared.speaker_levels.get(slot) {
+                raise(shared_level, *level);
+            }
+        }
+        match resampler.as_mut() {
+            None => sink.write(&frame),
+            Some(resampler) => {
+                resampler.push(&frame);
+                while resampler.pop(&mut device_chunk) {
+                    sink.write(&device_chunk);
+                }
+            }
+        }
+    }
+}
+
+/// 48 kHz mono → the sink's format, unless it is 48 kHz mono already.
+fn output_resampler(format: AudioFormat) -> Option<Resampler> {
+    if format == AudioFormat::mono(48_000) {
+        return None;
+    }
+    Resampler::new(48_000, 1, format.sample_rate, format.channels, 480).ok()
+}
