@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use audio_pipeline::JitterStats;
+use calling_api::UserId;
 use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
-use signaling_proto::{CallEngine, CallOptions, EngineStatus, RequestId};
+use signaling_proto::{CallEngine, CallOptions, EngineStatus, FlowId, RequestId};
 use signaling_quic::{ClientConnection, TransportError, close};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -38,6 +40,7 @@ pub(crate) enum Command {
     },
     MicMute(bool),
     HandsFree(bool),
+    AudioStats(oneshot::Sender<Vec<(UserId, JitterStats)>>),
     /// Log out if logged in, then disconnect.
     Shutdown,
 }
@@ -92,6 +95,8 @@ pub(crate) async fn start(
         media: None,
         mic_muted,
         hands_free,
+        flow_users: HashMap::new(),
+        last_stats: Vec::new(),
     };
     tokio::spawn(session.run());
     Ok((commands, answer))
@@ -108,6 +113,10 @@ struct Session {
     media: Option<MediaSession>,
     mic_muted: bool,
     hands_free: bool,
+    /// Who each remote flow of the current call is.
+    flow_users: HashMap<FlowId, UserId>,
+    /// The statistics of the last call, kept after it ends.
+    last_stats: Vec<(UserId, JitterStats)>,
 }
 
 impl Session {
@@ -129,6 +138,9 @@ impl Session {
                         if let Some(media) = &self.media {
                             media.set_muted(muted);
                         }
+                    }
+                    Some(Command::AudioStats(reply)) => {
+                        let _ = reply.send(self.audio_stats());
                     }
                     Some(Command::HandsFree(hands_free)) => {
                         self.hands_free = hands_free;
@@ -190,8 +202,10 @@ impl Session {
             }
             (false, true) => {
                 if let Some(media) = self.media.take() {
+                    self.last_stats = self.named_stats(&media);
                     media.stop();
                 }
+                self.flow_users.clear();
             }
             _ => {}
         }
@@ -211,8 +225,36 @@ impl Session {
                 if let Some(flow) = self.engine.flow_of(&member) {
                     let level = media.take_level(flow);
                     self.engine.record_voice_level(&member, level);
+                    self.flow_users.insert(flow, member);
                 }
             }
+        }
+    }
+
+    fn named_stats(&self, media: &MediaSession) -> Vec<(UserId, JitterStats)> {
+        let mut named: Vec<(UserId, JitterStats)> = media
+            .stats()
+            .into_iter()
+            .filter_map(|(flow, stats)| {
+                self.flow_users.get(&flow).map(|user| (user.clone(), stats))
+            })
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+    }
+
+    /// The current call's statistics, or the last call's.
+    fn audio_stats(&mut self) -> Vec<(UserId, JitterStats)> {
+        if let EngineStatus::InCall { members, .. } = self.engine.status() {
+            for member in members {
+                if let Some(flow) = self.engine.flow_of(&member) {
+                    self.flow_users.insert(flow, member);
+                }
+            }
+        }
+        match &self.media {
+            Some(media) => self.named_stats(media),
+            None => self.last_stats.clone(),
         }
     }
 

@@ -61,6 +61,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 pub use audio_device::Signal;
+pub use audio_pipeline::JitterStats;
 pub use calling_api::{
     CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason, ErrorCode, UserId,
     UserVolume,
@@ -424,6 +425,21 @@ impl TRTCCalling {
         if let Some(session) = self.live_session() {
             let _ = session.send(Command::MicMute(muted));
         }
+    }
+
+    /// Audio statistics of each remote speaker of the current call (or of
+    /// the last call, once it ended): delay, concealment, FEC, late packets.
+    pub async fn audio_stats(&self) -> CallingResult<Vec<(UserId, JitterStats)>> {
+        let Some(session) = self.live_session() else {
+            return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
+        };
+        let (reply, answer) = oneshot::channel();
+        if session.send(Command::AudioStats(reply)).is_err() {
+            return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
+        }
+        answer
+            .await
+            .map_err(|_| CallingError::new(ErrorCode::CONNECTION_LOST))
     }
 
     /// Whether the microphone is muted.

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,8 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, FRAME_SAMPLES, MediaPacket, PacketSender, ReceivePath, Resampler, SendPath,
+    EncoderConfig, FRAME_SAMPLES, JitterStats, MediaPacket, PacketSender, ReceivePath, Resampler,
+    SendPath,
 };
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
@@ -105,6 +106,9 @@ struct Shared {
     local_level: AtomicU8,
     /// Loudest level per speaker slot since the session task last looked.
     speaker_levels: [AtomicU8; MAX_SPEAKERS],
+    /// Jitter statistics per speaker slot, published by the playout thread
+    /// about twice a second (it never waits for this lock).
+    stats: Mutex<[JitterStats; MAX_SPEAKERS]>,
 }
 
 fn raise(level: &AtomicU8, value: u8) {
@@ -266,6 +270,7 @@ impl MediaSession {
             hands_free: AtomicBool::new(hands_free),
             local_level: AtomicU8::new(0),
             speaker_levels: std::array::from_fn(|_| AtomicU8::new(0)),
+            stats: Mutex::new([JitterStats::default(); MAX_SPEAKERS]),
         });
         let mut receive = ReceivePath::new();
         let mut free = Vec::with_capacity(MAX_SPEAKERS);
@@ -351,6 +356,19 @@ impl MediaSession {
         })
     }
 
+    /// The latest jitter statistics of each remote flow heard.
+    pub(crate) fn stats(&self) -> Vec<(FlowId, JitterStats)> {
+        let stats = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.speakers
+            .iter()
+            .map(|(flow, (slot, _))| (*flow, stats[*slot]))
+            .collect()
+    }
+
     /// Stops both threads and waits for them (files are finished).
     pub(crate) fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
@@ -413,6 +431,7 @@ fn playout_loop(mut receive: ReceivePath, playback: &PlaybackDevice, shared: &Sh
     let mut frame = [0.0_f32; FRAME_SAMPLES];
     let mut device_chunk = vec![0.0_f32; sink.format().samples_in_ms(20)];
     let mut pacer = Pacer::new(Duration::from_millis(20));
+    let mut frames: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
         let wanted = shared.hands_free.load(Ordering::Relaxed);
@@ -430,6 +449,10 @@ fn playout_loop(mut receive: ReceivePath, playback: &PlaybackDevice, shared: &Sh
                 raise(shared_level, *level);
             }
         }
+        frames += 1;
+        if frames % 25 == 0 {
+            publish_stats(&receive, shared);
+        }
         match resampler.as_mut() {
             None => sink.write(&frame),
             Some(resampler) => {
@@ -437,6 +460,16 @@ fn playout_loop(mut receive: ReceivePath, playback: &PlaybackDevice, shared: &Sh
                 while resampler.pop(&mut device_chunk) {
                     sink.write(&device_chunk);
                 }
+            }
+        }
+    }
+}
+
+fn publish_stats(receive: &ReceivePath, shared: &Shared) {
+    if let Ok(mut stats) = shared.stats.try_lock() {
+        for (slot, published) in stats.iter_mut().enumerate() {
+            if let Some(latest) = receive.stats(slot) {
+                *published = latest;
             }
         }
     }
