@@ -12,6 +12,7 @@
 //! - [`Mixer`] with soft clipping, and [`level`] meters (0–100 from RMS dBFS);
 //! - [`path`]: the send path (capture → Opus) and the receive path (packets
 //!   → jitter buffers → mix), joined to the network thread by lock-free rings;
+//! - [`analysis`]: delay and correlation of a recording against its source;
 //! - [`netem`]: a seeded network emulator (loss, bursts, jitter, reordering,
 //!   duplication, clock drift) for deterministic tests and benchmarks.
 //!
@@ -19,6 +20,7 @@
 //! and is tested with a virtual clock. This crate never touches the network
 //! or an audio device.
 
+pub mod analysis;
 mod codec;
 pub mod jitter;
 pub mod level;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use audio_device::{AudioSource, Signal, WavSource};
-use audio_pipeline::Resampler;
+use audio_pipeline::{Resampler, analysis};
 use calling_api::{CallType, CallingEvent, EndReason};
 use calling_facade::{AudioDevices, CaptureDevice, PlaybackDevice, TRTCCalling};
 
@@ -62,67 +62,6 @@ fn load_16k(path: &Path) -> Vec<f32> {
     let mut samples = vec![0.0; source.samples().len()];
     source.read(&mut samples);
     samples
-}
-
-fn ncc(a: &[f32], b: &[f32]) -> f64 {
-    let (mut cross, mut energy_a, mut energy_b) = (0.0_f64, 0.0_f64, 0.0_f64);
-    for (x, y) in a.iter().zip(b) {
-        cross += f64::from(*x) * f64::from(*y);
-        energy_a += f64::from(*x) * f64::from(*x);
-        energy_b += f64::from(*y) * f64::from(*y);
-    }
-    if energy_a * energy_b <= 0.0 {
-        0.0
-    } else {
-        cross / (energy_a * energy_b).sqrt()
-    }
-}
-
-/// The delay (samples at 16 kHz) at which `recording` best matches the
-/// first two seconds of `original`, and the correlation there.
-fn find(original: &[f32], recording: &[f32]) -> (usize, f64) {
-    let window = 32_000.min(original.len());
-    let reference = &original[..window];
-    // Coarse at 4 kHz (averages of 4), then exact around the best lag.
-    let decimate = |signal: &[f32]| -> Vec<f32> {
-        signal
-            .chunks(4)
-            .map(|c| c.iter().sum::<f32>() / 4.0)
-            .collect()
-    };
-    let (coarse_ref, coarse_rec) = (decimate(reference), decimate(recording));
-    let coarse_lags = coarse_rec.len().saturating_sub(coarse_ref.len());
-    let best = (0..coarse_lags.min(4_000))
-        .max_by(|a, b| {
-            ncc(&coarse_ref, &coarse_rec[*a..]).total_cmp(&ncc(&coarse_ref, &coarse_rec[*b..]))
-        })
-        .unwrap_or(0)
-        * 4;
-    (best.saturating_sub(8)..best + 8)
-        .filter(|lag| lag + window <= recording.len())
-        .map(|lag| (lag, ncc(reference, &recording[lag..])))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .unwrap_or((0, 0.0))
-}
-
-/// Correlation of `original`'s first two seconds with `recording`, robust to
-/// the small time shifts a jitter buffer makes on a loaded machine: each
-/// 250 ms segment is matched on its own within ±50 ms of `delay`; returns
-/// the median.
-fn segment_correlation(original: &[f32], recording: &[f32], delay: usize) -> f64 {
-    let mut scores: Vec<f64> = original[..32_000.min(original.len())]
-        .chunks_exact(4_000)
-        .enumerate()
-        .map(|(index, segment)| {
-            let start = delay + index * 4_000;
-            (start.saturating_sub(800)..start + 800)
-                .filter(|lag| lag + segment.len() <= recording.len())
-                .map(|lag| ncc(segment, &recording[lag..]))
-                .fold(0.0, f64::max)
-        })
-        .collect();
-    scores.sort_by(f64::total_cmp);
-    scores.get(scores.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The audio tests run real-time threads; one at a time keeps them honest
@@ -183,8 +122,10 @@ async fn speech_crosses_the_call_both_ways_at_once() {
     ] {
         let original = load_16k(said);
         let recording = recording_16k(heard);
-        let (delay, _) = find(&original, &recording);
-        let correlation = segment_correlation(&original, &recording, delay);
+        let (delay, _) = analysis::best_lag(&original, &recording, 32_000, 16_000);
+        // 250 ms segments, each within ±50 ms of the overall delay.
+        let correlation =
+            analysis::segment_correlation(&original, &recording, delay, 4_000, 8, 800);
         let delay_ms = delay as f64 / 16.0;
         println!(
             "{who}: correlation {correlation:.2}, delay {delay_ms:.0} ms after the call connected"
