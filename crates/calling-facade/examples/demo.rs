@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use audio_device::{AudioSource, WavSource};
 use audio_pipeline::{Resampler, analysis};
@@ -330,7 +330,7 @@ async fn main() {
 }
 
 /// A WAV file (the 16 kHz fixtures or a 48 kHz recording) at 16 kHz mono.
-fn read_16k(path: &PathBuf) -> Vec<f32> {
+fn read_16k(path: &Path) -> Vec<f32> {
     let Ok(mut source) = WavSource::open(path) else {
         return Vec::new();
     };
