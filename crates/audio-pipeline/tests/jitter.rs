@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use audio_pipeline::level;
 use audio_pipeline::netem::{Netem, NetemConfig};
 use audio_pipeline::{
     Encoder, EncoderConfig, FRAME_SAMPLES, JitterBuffer, JitterConfig, JitterStats, MAX_PACKET,
     is_dtx_frame,
 };
+use audio_pipeline::{analysis, level};
 
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -205,20 +205,9 @@ fn align(input: &[f32], output: &[f32]) -> (usize, f32) {
     let from = 48_000;
     let reference = &input[from..from + window];
     let score = |lag: usize| -> f32 {
-        let Some(candidate) = output.get(from + lag..from + lag + window) else {
-            return -1.0;
-        };
-        let (mut cross, mut a, mut b) = (0.0_f64, 0.0_f64, 0.0_f64);
-        for (x, y) in reference.iter().zip(candidate) {
-            cross += f64::from(*x) * f64::from(*y);
-            a += f64::from(*x) * f64::from(*x);
-            b += f64::from(*y) * f64::from(*y);
-        }
-        if a * b <= 0.0 {
-            0.0
-        } else {
-            (cross / (a * b).sqrt()) as f32
-        }
+        output
+            .get(from + lag..from + lag + window)
+            .map_or(-1.0, |candidate| analysis::ncc(reference, candidate) as f32)
     };
     // Coarse search every 16 samples over 0–400 ms, then refine.
     let coarse = (0..19_200)

@@ -118,3 +118,87 @@ impl CallingEvent {
         })
     }
 }
+
+/// The original's callback with its parameters, as a person reads it:
+/// `onInvited(sponsor: alice, others: [bob], group: true, type: Audio)`,
+/// `onUserAudioAvailable(bob, false)`, `CallEnded(call-2: hung up)`.
+impl std::fmt::Display for CallingEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.original_name().unwrap_or_default();
+        match self {
+            Self::Error { code, msg } => write!(f, "{name}({}, {msg:?})", code.as_i32()),
+            Self::Reject { user_id }
+            | Self::NoResp { user_id }
+            | Self::LineBusy { user_id }
+            | Self::UserEnter { user_id }
+            | Self::UserLeave { user_id } => write!(f, "{name}({user_id})"),
+            Self::Invited {
+                sponsor,
+                user_ids,
+                is_from_group,
+                call_type,
+            } => {
+                let others: Vec<&str> = user_ids.iter().map(UserId::as_str).collect();
+                write!(
+                    f,
+                    "{name}(sponsor: {sponsor}, others: [{}], group: {is_from_group}, type: {call_type:?})",
+                    others.join(", ")
+                )
+            }
+            Self::UserAudioAvailable { user_id, available } => {
+                write!(f, "{name}({user_id}, {available})")
+            }
+            Self::UserVoiceVolume {
+                user_volumes,
+                total_volume,
+            } => {
+                let volumes: Vec<String> = user_volumes
+                    .iter()
+                    .map(|volume| format!("{} {}", volume.user_id, volume.volume))
+                    .collect();
+                write!(f, "{name}({}; total {total_volume})", volumes.join(", "))
+            }
+            Self::CallingCancel | Self::CallingTimeOut | Self::CallEnd => f.write_str(name),
+            Self::CallEnded { call_id, reason } => write!(f, "CallEnded({call_id}: {reason})"),
+            Self::KickedOffline => f.write_str("KickedOffline"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CallId, EndReason};
+
+    #[test]
+    fn events_read_like_the_original_callbacks() {
+        let bob = UserId::new("bob").unwrap();
+        let invited = CallingEvent::Invited {
+            sponsor: UserId::new("alice").unwrap(),
+            user_ids: vec![bob.clone()],
+            is_from_group: true,
+            call_type: CallType::Audio,
+        };
+        assert_eq!(
+            invited.to_string(),
+            "onInvited(sponsor: alice, others: [bob], group: true, type: Audio)"
+        );
+        assert_eq!(
+            CallingEvent::UserAudioAvailable {
+                user_id: bob,
+                available: false
+            }
+            .to_string(),
+            "onUserAudioAvailable(bob, false)"
+        );
+        assert_eq!(
+            CallingEvent::CallEnded {
+                call_id: CallId(2),
+                reason: EndReason::Hangup
+            }
+            .to_string(),
+            "CallEnded(call-2: hung up)"
+        );
+        assert_eq!(CallingEvent::CallEnd.to_string(), "onCallEnd");
+    }
+}

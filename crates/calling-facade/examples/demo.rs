@@ -49,36 +49,6 @@ impl User {
     }
 }
 
-fn describe(event: &CallingEvent) -> String {
-    let name = event.original_name().unwrap_or("extension");
-    match event {
-        CallingEvent::Invited {
-            sponsor,
-            user_ids,
-            is_from_group,
-            call_type,
-        } => {
-            let others: Vec<&str> = user_ids.iter().map(|user| user.as_str()).collect();
-            format!(
-                "{name}(sponsor: {sponsor}, others: [{}], group: {is_from_group}, {call_type:?})",
-                others.join(", ")
-            )
-        }
-        CallingEvent::Error { code, msg } => format!("{name}({}, {msg:?})", code.as_i32()),
-        CallingEvent::Reject { user_id }
-        | CallingEvent::NoResp { user_id }
-        | CallingEvent::LineBusy { user_id }
-        | CallingEvent::UserEnter { user_id }
-        | CallingEvent::UserLeave { user_id } => format!("{name}({user_id})"),
-        CallingEvent::UserAudioAvailable { user_id, available } => {
-            format!("{name}({user_id}, {available})")
-        }
-        CallingEvent::CallEnded { call_id, reason } => format!("  └ ended {call_id}: {reason}"),
-        CallingEvent::KickedOffline => "  └ kicked offline".to_owned(),
-        _ => name.to_owned(),
-    }
-}
-
 #[tokio::main]
 async fn main() {
     // Only warnings and errors: the events are the demo's output.
@@ -139,11 +109,7 @@ async fn main() {
         let (tx, seen) = mpsc::unbounded_channel();
         calling.register_listener(move |event: &CallingEvent| {
             if !matches!(event, CallingEvent::UserVoiceVolume { .. }) {
-                println!(
-                    "[{:>8.1?}]   {name:<6} {}",
-                    started.elapsed(),
-                    describe(event)
-                );
+                println!("[{:>8.1?}]   {name:<6} {}", started.elapsed(), event);
                 let _ = tx.send(event.clone());
             }
         });

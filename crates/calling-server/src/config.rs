@@ -388,27 +388,8 @@ fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    write_private(path, &secret)?;
+    signaling_quic::write_private(path, &secret)?;
     Ok(secret)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)?;
-        file.write_all(bytes)
-    }
-    #[cfg(not(unix))]
-    {
-        fs::write(path, bytes)
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {

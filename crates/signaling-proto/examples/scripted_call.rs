@@ -27,9 +27,7 @@ fn main() {
             if !matches!(logged.event, CallingEvent::UserVoiceVolume { .. }) {
                 println!(
                     "[{:>9.3?}]    {:<6} {}",
-                    logged.at,
-                    logged.client,
-                    describe(&logged.event)
+                    logged.at, logged.client, logged.event
                 );
             }
         }
@@ -124,40 +122,5 @@ fn main() {
 fn report<T: std::fmt::Debug>(result: calling_api::CallingResult<T>) {
     if let Err(error) = result {
         println!("             refused: {error}");
-    }
-}
-
-fn describe(event: &CallingEvent) -> String {
-    let name = event.original_name().unwrap_or("(extension)");
-    match event {
-        CallingEvent::Invited {
-            sponsor,
-            user_ids,
-            is_from_group,
-            call_type,
-        } => {
-            let others: Vec<&str> = user_ids.iter().map(|user| user.as_str()).collect();
-            format!(
-                "{name}(sponsor: {sponsor}, others: [{}], group: {is_from_group}, type: {call_type:?})",
-                others.join(", ")
-            )
-        }
-        CallingEvent::Error { code, msg } => format!("{name}({}, {msg:?})", code.as_i32()),
-        CallingEvent::Reject { user_id }
-        | CallingEvent::NoResp { user_id }
-        | CallingEvent::LineBusy { user_id }
-        | CallingEvent::UserEnter { user_id }
-        | CallingEvent::UserLeave { user_id } => format!("{name}({user_id})"),
-        CallingEvent::UserAudioAvailable { user_id, available } => {
-            format!("{name}({user_id}, {available})")
-        }
-        CallingEvent::CallEnded { call_id, reason } => {
-            format!("CallEnded({call_id}, reason: {reason})")
-        }
-        CallingEvent::KickedOffline => "KickedOffline".to_owned(),
-        CallingEvent::CallingCancel | CallingEvent::CallingTimeOut | CallingEvent::CallEnd => {
-            name.to_owned()
-        }
-        other => format!("{name} {other:?}"),
     }
 }

@@ -31,7 +31,7 @@ mod tuning;
 pub use client::{ClientConnection, ServerTrust, client_config, connect, connect_on};
 pub use error::{TransportError, close, close_code_of, close_endpoint};
 pub use identity::InvalidFingerprint;
-pub use identity::{CertFingerprint, ServerIdentity};
+pub use identity::{CertFingerprint, ServerIdentity, write_private};
 pub use server::{AcceptedConnection, IpSlot, QuicServer, ServerConnection, ServerLimits};
 pub use stream::{FramedRecv, FramedSend};
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
