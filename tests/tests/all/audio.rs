@@ -302,3 +302,71 @@ async fn in_a_three_way_call_each_hears_the_other_two() {
         "400 Hz {low}, 1 kHz {high}, 700 Hz {absent}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_keeps_flowing_over_a_lossy_path() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start("lossy").await;
+    let proxy = crate::lossy::LossyProxy::start(server.server.local_addr(), 0.10, 42).await;
+    let bob_hears = record_path("bob-hears-lossy");
+    let alice_says = fixture("speech-a-16k.wav");
+    // Alice reaches the server through the lossy proxy, bob directly.
+    let mut alice_options = server.options();
+    alice_options.server = proxy.addr.to_string();
+    alice_options.audio = AudioDevices {
+        capture: CaptureDevice::Wav {
+            path: alice_says.clone(),
+            looping: false,
+        },
+        playback: PlaybackDevice::Null,
+    };
+    let calling = TRTCCalling::new(alice_options);
+    let events = calling.events();
+    calling
+        .login(server.app.sdk_app_id, "alice", &server.sig("alice"))
+        .await
+        .unwrap();
+    let mut alice = User {
+        id: uid("alice"),
+        calling,
+        events,
+    };
+    let mut bob = user_with(
+        &server,
+        "bob",
+        CaptureDevice::Silence,
+        PlaybackDevice::Wav {
+            path: bob_hears.clone(),
+        },
+    )
+    .await;
+    connect(&mut alice, &mut bob).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stats = bob.calling.audio_stats().await.unwrap();
+    // Nothing stalls: the call still answers and ends cleanly.
+    end_call(&mut alice, &mut bob).await;
+
+    assert!(
+        proxy.dropped.load(std::sync::atomic::Ordering::Relaxed) > 20,
+        "the path did lose packets"
+    );
+    let (_, alice_stats) = stats
+        .iter()
+        .find(|(user, _)| user.as_str() == "alice")
+        .expect("bob heard alice");
+    assert!(alice_stats.packets_received > 100, "{alice_stats:?}");
+    assert!(
+        alice_stats.fec_recovered + alice_stats.concealment_events > 5,
+        "loss was repaired by FEC or concealed: {alice_stats:?}"
+    );
+    let original = load_16k(&alice_says);
+    let recording = recording_16k(&bob_hears);
+    let (delay, _) = analysis::best_lag(&original, &recording, 32_000, 16_000);
+    let correlation = analysis::segment_correlation(&original, &recording, delay, 4_000, 8, 800);
+    println!(
+        "10 % loss: correlation {correlation:.2}, delay {:.0} ms, {alice_stats:?}",
+        delay as f64 / 16.0
+    );
+    // Stated threshold: with 10 % loss each way the speech is still there.
+    assert!(correlation > 0.5, "correlation {correlation:.2}");
+}
