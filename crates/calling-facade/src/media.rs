@@ -298,7 +298,12 @@ impl MediaSession {
             std::thread::Builder::new()
                 .name("opencalling-playout".into())
                 .spawn(move || playout_loop(receive, &playback, &shared))
-                .ok()?
+        };
+        let Ok(playout) = playout else {
+            warn!("cannot start the playout thread: no audio in this call");
+            shared.stop.store(true, Ordering::Relaxed);
+            let _ = capture.join();
+            return None;
         };
         Some(Self {
             shared,
