@@ -201,6 +201,10 @@ fn bench(args: &[String]) -> Result {
             .arg(&server)
             .arg("10000"),
     )?;
+    step(
+        "bench: mouth-to-ear latency",
+        release_example("calling-facade", "bench").args(["latency", "12"]),
+    )?;
     let python = ensure_pesq_python();
     let out_dir = workspace_root().join("target").join("bench-audio");
     let fixtures = workspace_root()

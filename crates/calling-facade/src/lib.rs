@@ -61,12 +61,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 pub use audio_device::Signal;
+pub use audio_device::{AudioFormat, AudioSink, AudioSource};
 pub use audio_pipeline::JitterStats;
 pub use calling_api::{
     CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason, ErrorCode, UserId,
     UserVolume,
 };
-pub use media::{AudioDevices, CaptureDevice, PlaybackDevice};
+pub use media::{AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
 pub use options::{ClientOptions, ServerTrust};
 pub use signaling_proto::CallOptions;
 use tokio::sync::{broadcast, mpsc, oneshot};

@@ -22,6 +22,34 @@ use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
 use tracing::warn;
 
+/// An application's own capture source (a bot's voice, a probe), shared
+/// with the SDK's capture thread, which reads it every 20 ms.
+#[derive(Clone)]
+pub struct CustomSource(pub Arc<Mutex<dyn AudioSource>>);
+
+/// An application's own playback sink, written every 20 ms by the SDK's
+/// playout thread (48 kHz mono unless its format says otherwise).
+#[derive(Clone)]
+pub struct CustomSink(pub Arc<Mutex<dyn AudioSink>>);
+
+macro_rules! by_identity {
+    ($name:ident) => {
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
+            }
+        }
+    };
+}
+by_identity!(CustomSource);
+by_identity!(CustomSink);
+
 /// Where a user's voice comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CaptureDevice {
@@ -42,10 +70,12 @@ pub enum CaptureDevice {
         /// Device name; `None` for the default.
         name: Option<String>,
     },
+    /// The application's own source.
+    Custom(CustomSource),
 }
 
 /// Where the call is heard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PlaybackDevice {
     /// Nowhere.
     Null,
@@ -62,6 +92,8 @@ pub enum PlaybackDevice {
         /// Device otherwise; `None` for the default.
         private: Option<String>,
     },
+    /// The application's own sink.
+    Custom(CustomSink),
 }
 
 /// A user's audio devices.
@@ -154,6 +186,33 @@ fn open_source(device: &CaptureDevice) -> Box<dyn AudioSource> {
         CaptureDevice::System { name } => {
             system_microphone(name.as_deref()).unwrap_or_else(silence)
         }
+        CaptureDevice::Custom(custom) => Box::new(custom.clone()),
+    }
+}
+
+impl AudioSource for CustomSource {
+    fn format(&self) -> AudioFormat {
+        self.0
+            .lock()
+            .map_or(AudioFormat::mono(48_000), |source| source.format())
+    }
+
+    fn read(&mut self, out: &mut [f32]) -> usize {
+        self.0.lock().map_or(0, |mut source| source.read(out))
+    }
+}
+
+impl AudioSink for CustomSink {
+    fn format(&self) -> AudioFormat {
+        self.0
+            .lock()
+            .map_or(AudioFormat::mono(48_000), |sink| sink.format())
+    }
+
+    fn write(&mut self, samples: &[f32]) {
+        if let Ok(mut sink) = self.0.lock() {
+            sink.write(samples);
+        }
     }
 }
 
@@ -220,6 +279,7 @@ fn open_sink(device: &PlaybackDevice, hands_free: bool) -> Box<dyn AudioSink> {
             };
             system_speaker(name).unwrap_or_else(null)
         }
+        PlaybackDevice::Custom(custom) => Box::new(custom.clone()),
     }
 }
 
