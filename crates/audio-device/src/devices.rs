@@ -122,6 +122,23 @@ impl OutputRoutes {
 /// Largest device buffer a callback converts at once (i16 devices).
 const SCRATCH: usize = 16_384;
 
+fn format_of(config: &cpal::StreamConfig) -> AudioFormat {
+    AudioFormat {
+        sample_rate: config.sample_rate,
+        channels: config.channels,
+    }
+}
+
+/// A counter of stream errors and the error callback that bumps it: the
+/// callback runs on cpal's thread, so it only touches an atomic.
+fn error_counter() -> (Arc<AtomicU64>, impl FnMut(cpal::Error) + Send + 'static) {
+    let errors = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&errors);
+    (errors, move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
 /// A live microphone: its stream and the ring it fills.
 pub struct Microphone {
     _stream: cpal::Stream,
@@ -144,17 +161,10 @@ impl Microphone {
         let device = find(true, name)?;
         let supported = device.default_input_config().map_err(backend)?;
         let config = supported.config();
-        let format = AudioFormat {
-            sample_rate: config.sample_rate,
-            channels: config.channels,
-        };
+        let format = format_of(&config);
         // A second of audio: room for the pipeline thread to be late.
         let (mut callback, reader) = capture_ring(format.samples_in_ms(1_000));
-        let stream_errors = Arc::new(AtomicU64::new(0));
-        let errors = Arc::clone(&stream_errors);
-        let on_error = move |_| {
-            errors.fetch_add(1, Ordering::Relaxed);
-        };
+        let (stream_errors, on_error) = error_counter();
         let stream = match supported.sample_format() {
             cpal::SampleFormat::F32 => device
                 .build_input_stream::<f32, _, _>(
@@ -240,19 +250,12 @@ impl Speaker {
         let device = find(false, name)?;
         let supported = device.default_output_config().map_err(backend)?;
         let config = supported.config();
-        let format = AudioFormat {
-            sample_rate: config.sample_rate,
-            channels: config.channels,
-        };
+        let format = format_of(&config);
         // 200 ms of room, 40 ms of silence first so the first callbacks do
         // not underrun while the pipeline starts.
         let (writer, mut callback) =
             playback_ring(format.samples_in_ms(200), format.samples_in_ms(40));
-        let stream_errors = Arc::new(AtomicU64::new(0));
-        let errors = Arc::clone(&stream_errors);
-        let on_error = move |_| {
-            errors.fetch_add(1, Ordering::Relaxed);
-        };
+        let (stream_errors, on_error) = error_counter();
         let stream = match supported.sample_format() {
             cpal::SampleFormat::F32 => device
                 .build_output_stream::<f32, _, _>(
