@@ -201,6 +201,22 @@ fn bench(args: &[String]) -> Result {
             .arg(&server)
             .arg("10000"),
     )?;
+    // The load generator on CPU 1; it pins the server and the UDP
+    // forwarder to CPU 0 itself.
+    let mut relay = Command::new("taskset");
+    relay
+        .args(["-c", "1"])
+        .arg(
+            workspace_root()
+                .join("target")
+                .join("release")
+                .join("examples")
+                .join("bench"),
+        )
+        .arg("relay")
+        .arg(&server)
+        .arg("3200");
+    step("bench: relay capacity", &mut relay)?;
     step(
         "bench: mouth-to-ear latency",
         release_example("calling-facade", "bench").args(["latency", "12"]),

@@ -12,9 +12,15 @@
 //! - `bench latency [SECONDS]`: mouth-to-ear latency of a click probe through
 //!   the whole stack (capture, encoder, QUIC, server relay, QUIC, jitter
 //!   buffer, playout), p50 and p95 beside its floor.
+//! - `bench relay SERVER_BIN [MAX_CALLS]`: relay capacity: N concurrent 1v1
+//!   calls at 50 datagrams/s each way through a `calling-server` process
+//!   pinned to CPU 0 (this process should run on CPU 1), N raised until
+//!   loss exceeds 0.1 % or the p99 relay delay 5 ms; beside a plain UDP
+//!   forwarder (this binary's `udp-forwarder` mode) measured the same way.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -67,6 +73,15 @@ async fn main() {
             )
             .await;
         }
+        Some("relay") => {
+            let server_bin = args.get(1).expect("bench relay SERVER_BIN [MAX_CALLS]");
+            relay(
+                server_bin,
+                args.get(2).and_then(|n| n.parse().ok()).unwrap_or(3_200),
+            )
+            .await;
+        }
+        Some("udp-forwarder") => udp_forwarder().await,
         Some("latency") => latency(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(12)).await,
         _ => {
             println!("usage: bench calls [N] | bench idle SERVER_BIN [N] | bench latency [SECONDS]")
@@ -244,6 +259,21 @@ async fn calls(count: usize) {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
+/// One client endpoint (one UDP socket) for a load generator's many
+/// connections, with room in its receive buffer for bursts.
+fn load_endpoint() -> signaling_quic::quinn::Endpoint {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_state = signaling_quic::quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
+    let _ = udp_state.set_recv_buffer_size((&socket).into(), 4 * 1024 * 1024);
+    signaling_quic::quinn::Endpoint::new(
+        signaling_quic::quinn::EndpointConfig::default(),
+        None,
+        socket,
+        signaling_quic::quinn::default_runtime().unwrap(),
+    )
+    .unwrap()
+}
+
 /// Resident set size of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -290,17 +320,7 @@ async fn idle(server_bin: &str, count: usize) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib(pid);
 
-    // One UDP socket for every client, with room for bursts.
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let udp_state = signaling_quic::quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
-    let _ = udp_state.set_recv_buffer_size((&socket).into(), 4 * 1024 * 1024);
-    let mut endpoint = signaling_quic::quinn::Endpoint::new(
-        signaling_quic::quinn::EndpointConfig::default(),
-        None,
-        socket,
-        signaling_quic::quinn::default_runtime().unwrap(),
-    )
-    .unwrap();
+    let mut endpoint = load_endpoint();
     endpoint.set_default_client_config(
         signaling_quic::client_config(&ServerTrust::Fingerprint(fingerprint)).unwrap(),
     );
@@ -571,4 +591,453 @@ async fn latency(seconds: u64) {
     bob.destroy();
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// CPU time (user + system) of a process so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name's closing parenthesis; utime and stime
+    // are the 12th and 13th of them, in clock ticks (100 per second here).
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&index| fields.get(index)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Spawns `command` pinned to CPU 0 when `taskset` is there.
+fn pinned(program: &str) -> tokio::process::Command {
+    if std::path::Path::new("/usr/bin/taskset").exists() {
+        let mut command = tokio::process::Command::new("/usr/bin/taskset");
+        command.args(["-c", "0", program]);
+        command
+    } else {
+        tokio::process::Command::new(program)
+    }
+}
+
+/// One measurement round's outcome.
+struct Round {
+    calls: usize,
+    sent: u64,
+    received: u64,
+    p99: Duration,
+    server_cpu: Duration,
+    generator_cpu: Duration,
+    rss_kib: u64,
+    /// Server RSS before any client, to tell the memory per call.
+    base_rss_kib: u64,
+}
+
+impl Round {
+    fn loss_percent(&self) -> f64 {
+        100.0 * (1.0 - self.received as f64 / self.sent.max(1) as f64)
+    }
+
+    fn passes(&self) -> bool {
+        self.loss_percent() <= 0.1 && self.p99 <= Duration::from_millis(5)
+    }
+
+    fn cpu_per_datagram_us(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.received.max(1) as f64
+    }
+}
+
+const ROUND: Duration = Duration::from_secs(3);
+
+/// Sends from every pair both ways at 50 datagrams/s for `ROUND`, through
+/// `send` (one call per datagram, the payload stamped with the send time).
+/// Pairs are spread over the 20 ms period in 1 ms slots, as independent
+/// clients would be: a synchronised burst of every call's frame at once
+/// would measure loopback queue overflows, not the relay.
+async fn drive<F: FnMut(usize, bool, &[u8])>(pairs: usize, origin: Instant, mut send: F) -> u64 {
+    const SLOTS: usize = 20;
+    let mut sent = 0;
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let ticks = ROUND.as_millis() as usize;
+    let mut payload = [0_u8; 88];
+    for tick in 0..ticks {
+        interval.tick().await;
+        let slot = tick % SLOTS;
+        for pair in (slot..pairs).step_by(SLOTS) {
+            for forward in [true, false] {
+                let stamp = origin.elapsed().as_micros() as u64;
+                payload[..8].copy_from_slice(&stamp.to_le_bytes());
+                send(pair, forward, &payload);
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
+
+fn record(
+    delays: &std::sync::Mutex<Vec<u32>>,
+    received: &std::sync::atomic::AtomicU64,
+    origin: Instant,
+    payload: &[u8],
+) {
+    if let Some(stamp) = payload
+        .get(..8)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+    {
+        let sent_at = u64::from_le_bytes(stamp);
+        let now = origin.elapsed().as_micros() as u64;
+        received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        delays
+            .lock()
+            .unwrap()
+            .push(now.saturating_sub(sent_at) as u32);
+    }
+}
+
+fn p99(delays: &mut [u32]) -> Duration {
+    if delays.is_empty() {
+        return Duration::ZERO;
+    }
+    delays.sort_unstable();
+    Duration::from_micros(u64::from(delays[(delays.len() - 1) * 99 / 100]))
+}
+
+async fn relay(server_bin: &str, max_calls: usize) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let origin = Instant::now();
+    let data_dir =
+        std::env::temp_dir().join(format!("opencalling-bench-relay-{}", std::process::id()));
+    let mut child = pinned(server_bin)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .args([
+            "--max-connections",
+            "20000",
+            "--max-connections-per-ip",
+            "20000",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut fingerprint, mut key) = (None, None, None);
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(rest) = line.strip_prefix("OpenCalling server listening on ") {
+            addr = rest.parse::<SocketAddr>().ok();
+        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (sha256): ") {
+            fingerprint = rest.parse().ok();
+        } else if let Some(rest) = line.trim().strip_prefix("secret key: ") {
+            key = Some(rest.to_owned());
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (addr, fingerprint, key) = (addr.unwrap(), fingerprint.unwrap(), key.unwrap());
+    let base_rss_kib = rss_kib(pid);
+    let mut endpoint = load_endpoint();
+    endpoint.set_default_client_config(
+        signaling_quic::client_config(&ServerTrust::Fingerprint(fingerprint)).unwrap(),
+    );
+    let received = Arc::new(AtomicU64::new(0));
+    let delays = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let mut pairs: Vec<(
+        signaling_quic::quinn::Connection,
+        signaling_quic::quinn::Connection,
+    )> = Vec::new();
+    let mut keep = Vec::new();
+    let now = now_unix();
+    let mut quic_rounds = Vec::new();
+    let self_pid = std::process::id();
+    let mut calls = 100;
+    while calls <= max_calls {
+        // Add calls up to `calls`: two logged-in clients that call each other.
+        while pairs.len() < calls {
+            let index = pairs.len();
+            let mut ends = Vec::new();
+            for side in ["a", "b"] {
+                let user = format!("r{index}{side}");
+                let mut client = loop {
+                    if let Ok(client) =
+                        signaling_quic::connect_on(&endpoint, addr, "localhost").await
+                    {
+                        break client;
+                    }
+                };
+                let sig = usersig::generate(1_400_000_000, &key, &user, 3_600, now, None);
+                client
+                    .send
+                    .send(&ClientMessage::Login {
+                        protocol_version: PROTOCOL_VERSION,
+                        sdk_app_id: 1_400_000_000,
+                        user_id: UserId::new(user).unwrap(),
+                        user_sig: sig.into(),
+                    })
+                    .await
+                    .unwrap();
+                let _ = client.recv.recv().await.unwrap();
+                ends.push(client);
+            }
+            let mut callee = ends.pop().unwrap();
+            let mut caller = ends.pop().unwrap();
+            caller
+                .send
+                .send(&ClientMessage::Invite {
+                    request_id: signaling_proto::RequestId(1),
+                    call_id: None,
+                    user_ids: vec![UserId::new(format!("r{index}b")).unwrap()],
+                    call_type: CallType::Audio,
+                    timeout_ms: None,
+                    user_data: None,
+                })
+                .await
+                .unwrap();
+            let call_id = loop {
+                if let Some(ServerMessage::Invited { call_id, .. }) =
+                    callee.recv.recv().await.unwrap()
+                {
+                    break call_id;
+                }
+            };
+            callee
+                .send
+                .send(&ClientMessage::Accept {
+                    request_id: signaling_proto::RequestId(1),
+                    call_id,
+                })
+                .await
+                .unwrap();
+            while !matches!(
+                caller.recv.recv().await.unwrap(),
+                Some(ServerMessage::UserEntered { .. })
+            ) {}
+            for connection in [caller.connection.clone(), callee.connection.clone()] {
+                let (received, delays) = (Arc::clone(&received), Arc::clone(&delays));
+                tokio::spawn(async move {
+                    while let Ok(datagram) = connection.read_datagram().await {
+                        if let Ok((_, payload)) = signaling_proto::MediaHeader::decode(&datagram) {
+                            record(&delays, &received, origin, payload);
+                        }
+                    }
+                });
+            }
+            pairs.push((caller.connection.clone(), callee.connection.clone()));
+            keep.push((caller, callee));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        received.store(0, Ordering::Relaxed);
+        delays.lock().unwrap().clear();
+        let (server_before, self_before) = (cpu_time(pid), cpu_time(self_pid));
+        let mut datagram = vec![0_u8; 128];
+        let sent = drive(calls, origin, |pair, forward, payload| {
+            let header = signaling_proto::MediaHeader {
+                kind: signaling_proto::DatagramKind::Audio,
+                flow_id: signaling_proto::FlowId(0),
+                sequence: 1,
+                timestamp: 0,
+                voice_activity: true,
+                level_dbov: 30,
+            };
+            let len = header.encode(payload, &mut datagram).unwrap();
+            let connection = if forward {
+                &pairs[pair].0
+            } else {
+                &pairs[pair].1
+            };
+            let _ = connection.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let round = Round {
+            calls,
+            sent,
+            received: received.load(Ordering::Relaxed),
+            p99: p99(&mut delays.lock().unwrap()),
+            server_cpu: cpu_time(pid) - server_before,
+            generator_cpu: cpu_time(self_pid) - self_before,
+            rss_kib: rss_kib(pid),
+            base_rss_kib,
+        };
+        let passes = round.passes();
+        quic_rounds.push(round);
+        if !passes {
+            break;
+        }
+        calls *= 2;
+    }
+    drop(keep);
+    drop(child);
+
+    let udp_rounds = udp_baseline(max_calls, origin).await;
+    println!(
+        "relay capacity over loopback, 50 datagrams/s each way per call, server pinned to CPU 0, generator on CPU 1"
+    );
+    for (name, rounds) in [
+        ("calling-server (QUIC)", &quic_rounds),
+        ("plain UDP forwarder", &udp_rounds),
+    ] {
+        println!("  {name}");
+        for round in rounds.iter() {
+            println!(
+                "    {:>5} calls: loss {:>6.3} %, p99 {:>7.2} ms, server CPU {:>5.1} µs/datagram ({:>3.0} % of a core), generator CPU {:>3.0} %, {:>5.1} KiB per call{}",
+                round.calls,
+                round.loss_percent(),
+                round.p99.as_secs_f64() * 1e3,
+                round.cpu_per_datagram_us(),
+                100.0 * round.server_cpu.as_secs_f64() / ROUND.as_secs_f64(),
+                100.0 * round.generator_cpu.as_secs_f64() / ROUND.as_secs_f64(),
+                round.rss_kib.saturating_sub(round.base_rss_kib) as f64 / round.calls as f64,
+                if round.passes() {
+                    ""
+                } else {
+                    "  <- over the limit"
+                }
+            );
+        }
+        let best = rounds
+            .iter()
+            .filter(|round| round.passes())
+            .map(|round| round.calls)
+            .max()
+            .unwrap_or(0);
+        let cpu = rounds
+            .iter()
+            .filter(|round| round.passes())
+            .last()
+            .map_or(0.0, Round::cpu_per_datagram_us);
+        println!(
+            "    most calls within 0.1 % loss and 5 ms p99: {best}; at {cpu:.1} µs per datagram one core's CPU would carry about {:.0} calls",
+            if cpu > 0.0 { 1e6 / (cpu * 100.0) } else { 0.0 }
+        );
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The baseline: a UDP forwarder in its own process (this binary), pinned
+/// to CPU 0, that forwards each packet of a pair to the other side.
+async fn udp_forwarder() {
+    use tokio::net::UdpSocket;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    println!("READY {}", socket.local_addr().unwrap());
+    let mut peers: HashMap<u32, (Option<SocketAddr>, Option<SocketAddr>)> = HashMap::new();
+    let mut route: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+    let mut buffer = vec![0_u8; 2_048];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
+            return;
+        };
+        if let Some(to) = route.get(&from) {
+            let _ = socket.send_to(&buffer[..len], to).await;
+            continue;
+        }
+        // Registration: "pair id (4 bytes), side (1 byte)".
+        if len == 5 {
+            let pair = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
+            let entry = peers.entry(pair).or_default();
+            if buffer[4] == 0 {
+                entry.0 = Some(from)
+            } else {
+                entry.1 = Some(from)
+            }
+            if let (Some(a), Some(b)) = *entry {
+                route.insert(a, b);
+                route.insert(b, a);
+            }
+        }
+    }
+}
+
+async fn udp_baseline(max_calls: usize, origin: Instant) -> Vec<Round> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::UdpSocket;
+    let me = std::env::current_exe().unwrap();
+    let mut child = pinned(me.to_str().unwrap())
+        .arg("udp-forwarder")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let forwarder: SocketAddr = loop {
+        let line = lines.next_line().await.unwrap().unwrap();
+        if let Some(rest) = line.strip_prefix("READY ") {
+            break rest.parse().unwrap();
+        }
+    };
+    let base_rss_kib = rss_kib(pid);
+    let received = Arc::new(AtomicU64::new(0));
+    let delays = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let mut sockets: Vec<(Arc<UdpSocket>, Arc<UdpSocket>)> = Vec::new();
+    let mut rounds = Vec::new();
+    let self_pid = std::process::id();
+    let mut calls = 100;
+    while calls <= max_calls {
+        while sockets.len() < calls {
+            let pair = sockets.len() as u32;
+            let mut ends = Vec::new();
+            for side in 0..2_u8 {
+                let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                socket.connect(forwarder).await.unwrap();
+                let mut registration = pair.to_le_bytes().to_vec();
+                registration.push(side);
+                socket.send(&registration).await.unwrap();
+                let (reader, received, delays) = (
+                    Arc::clone(&socket),
+                    Arc::clone(&received),
+                    Arc::clone(&delays),
+                );
+                tokio::spawn(async move {
+                    let mut buffer = vec![0_u8; 2_048];
+                    while let Ok(len) = reader.recv(&mut buffer).await {
+                        record(&delays, &received, origin, &buffer[..len]);
+                    }
+                });
+                ends.push(socket);
+            }
+            let b = ends.pop().unwrap();
+            let a = ends.pop().unwrap();
+            sockets.push((a, b));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        received.store(0, Ordering::Relaxed);
+        delays.lock().unwrap().clear();
+        let (server_before, self_before) = (cpu_time(pid), cpu_time(self_pid));
+        let sent = drive(calls, origin, |pair, forward, payload| {
+            let socket = if forward {
+                &sockets[pair].0
+            } else {
+                &sockets[pair].1
+            };
+            let _ = socket.try_send(payload);
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let round = Round {
+            calls,
+            sent,
+            received: received.load(Ordering::Relaxed),
+            p99: p99(&mut delays.lock().unwrap()),
+            server_cpu: cpu_time(pid) - server_before,
+            generator_cpu: cpu_time(self_pid) - self_before,
+            rss_kib: rss_kib(pid),
+            base_rss_kib,
+        };
+        let passes = round.passes();
+        rounds.push(round);
+        if !passes {
+            break;
+        }
+        calls *= 2;
+    }
+    drop(child);
+    rounds
 }
