@@ -274,6 +274,57 @@ fn load_endpoint() -> signaling_quic::quinn::Endpoint {
     .unwrap()
 }
 
+/// A `calling-server` child process in development mode, with what its
+/// banner says.
+struct DevServer {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: SocketAddr,
+    fingerprint: signaling_quic::CertFingerprint,
+    key: String,
+}
+
+impl DevServer {
+    /// Runs `command` (the server binary, maybe behind taskset, with its
+    /// limits) listening on loopback with `data_dir`, and reads its banner.
+    async fn spawn(mut command: tokio::process::Command, data_dir: &std::path::Path) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut addr, mut fingerprint, mut key) = (None, None, None);
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("OpenCalling server listening on ") {
+                addr = rest.parse::<SocketAddr>().ok();
+            } else if let Some(rest) = line.strip_prefix("certificate fingerprint (sha256): ") {
+                fingerprint = rest.parse().ok();
+            } else if let Some(rest) = line.trim().strip_prefix("secret key: ") {
+                key = Some(rest.to_owned());
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (addr, fingerprint, key) = (addr.unwrap(), fingerprint.unwrap(), key.unwrap());
+        Self {
+            child,
+            pid,
+            addr,
+            fingerprint,
+            key,
+        }
+    }
+}
+
 /// Resident set size of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -286,37 +337,19 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn idle(server_bin: &str, count: usize) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let data_dir =
         std::env::temp_dir().join(format!("opencalling-bench-idle-{}", std::process::id()));
-    let mut child = tokio::process::Command::new(server_bin)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
+    let mut command = tokio::process::Command::new(server_bin);
+    command
         .args(["--max-connections", &(count + 100).to_string()])
-        .args(["--max-connections-per-ip", &(count + 100).to_string()])
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut fingerprint, mut key) = (None, None, None);
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(rest) = line.strip_prefix("OpenCalling server listening on ") {
-            addr = rest.parse::<SocketAddr>().ok();
-        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (sha256): ") {
-            fingerprint = rest.parse().ok();
-        } else if let Some(rest) = line.trim().strip_prefix("secret key: ") {
-            key = Some(rest.to_owned());
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (addr, fingerprint, key) = (addr.unwrap(), fingerprint.unwrap(), key.unwrap());
+        .args(["--max-connections-per-ip", &(count + 100).to_string()]);
+    let DevServer {
+        mut child,
+        pid,
+        addr,
+        fingerprint,
+        key,
+    } = DevServer::spawn(command, &data_dir).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib(pid);
 
@@ -651,6 +684,53 @@ impl Round {
 
 const ROUND: Duration = Duration::from_secs(3);
 
+/// What the receivers count, and the forwarding process to watch.
+struct Meter {
+    received: Arc<std::sync::atomic::AtomicU64>,
+    delays: Arc<std::sync::Mutex<Vec<u32>>>,
+    pid: u32,
+    base_rss_kib: u64,
+}
+
+impl Meter {
+    fn new(pid: u32) -> Self {
+        Self {
+            received: Arc::default(),
+            delays: Arc::default(),
+            pid,
+            base_rss_kib: rss_kib(pid),
+        }
+    }
+
+    /// One measured round of `calls` calls: quiet, then `ROUND` of traffic
+    /// through `send`, then time for the last datagrams to land.
+    async fn round<F: FnMut(usize, bool, &[u8])>(
+        &self,
+        calls: usize,
+        origin: Instant,
+        send: F,
+    ) -> Round {
+        use std::sync::atomic::Ordering;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.received.store(0, Ordering::Relaxed);
+        self.delays.lock().unwrap().clear();
+        let self_pid = std::process::id();
+        let (server_before, self_before) = (cpu_time(self.pid), cpu_time(self_pid));
+        let sent = drive(calls, origin, send).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Round {
+            calls,
+            sent,
+            received: self.received.load(Ordering::Relaxed),
+            p99: p99(&mut self.delays.lock().unwrap()),
+            server_cpu: cpu_time(self.pid) - server_before,
+            generator_cpu: cpu_time(self_pid) - self_before,
+            rss_kib: rss_kib(self.pid),
+            base_rss_kib: self.base_rss_kib,
+        }
+    }
+}
+
 /// Sends from every pair both ways at 50 datagrams/s for `ROUND`, through
 /// `send` (one call per datagram, the payload stamped with the send time).
 /// Pairs are spread over the 20 ms period in 1 ms slots, as independent
@@ -707,47 +787,29 @@ fn p99(delays: &mut [u32]) -> Duration {
 }
 
 async fn relay(server_bin: &str, max_calls: usize) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let origin = Instant::now();
     let data_dir =
         std::env::temp_dir().join(format!("opencalling-bench-relay-{}", std::process::id()));
-    let mut child = pinned(server_bin)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
-        .args([
-            "--max-connections",
-            "20000",
-            "--max-connections-per-ip",
-            "20000",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut addr, mut fingerprint, mut key) = (None, None, None);
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(rest) = line.strip_prefix("OpenCalling server listening on ") {
-            addr = rest.parse::<SocketAddr>().ok();
-        } else if let Some(rest) = line.strip_prefix("certificate fingerprint (sha256): ") {
-            fingerprint = rest.parse().ok();
-        } else if let Some(rest) = line.trim().strip_prefix("secret key: ") {
-            key = Some(rest.to_owned());
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (addr, fingerprint, key) = (addr.unwrap(), fingerprint.unwrap(), key.unwrap());
-    let base_rss_kib = rss_kib(pid);
+    let mut command = pinned(server_bin);
+    command.args([
+        "--max-connections",
+        "20000",
+        "--max-connections-per-ip",
+        "20000",
+    ]);
+    let DevServer {
+        child,
+        pid,
+        addr,
+        fingerprint,
+        key,
+    } = DevServer::spawn(command, &data_dir).await;
+    let meter = Meter::new(pid);
     let mut endpoint = load_endpoint();
     endpoint.set_default_client_config(
         signaling_quic::client_config(&ServerTrust::Fingerprint(fingerprint)).unwrap(),
     );
-    let received = Arc::new(AtomicU64::new(0));
-    let delays = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let (received, delays) = (Arc::clone(&meter.received), Arc::clone(&meter.delays));
     let mut pairs: Vec<(
         signaling_quic::quinn::Connection,
         signaling_quic::quinn::Connection,
@@ -755,7 +817,6 @@ async fn relay(server_bin: &str, max_calls: usize) {
     let mut keep = Vec::new();
     let now = now_unix();
     let mut quic_rounds = Vec::new();
-    let self_pid = std::process::id();
     let mut calls = 100;
     while calls <= max_calls {
         // Add calls up to `calls`: two logged-in clients that call each other.
@@ -831,40 +892,26 @@ async fn relay(server_bin: &str, max_calls: usize) {
             pairs.push((caller.connection.clone(), callee.connection.clone()));
             keep.push((caller, callee));
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        received.store(0, Ordering::Relaxed);
-        delays.lock().unwrap().clear();
-        let (server_before, self_before) = (cpu_time(pid), cpu_time(self_pid));
         let mut datagram = vec![0_u8; 128];
-        let sent = drive(calls, origin, |pair, forward, payload| {
-            let header = signaling_proto::MediaHeader {
-                kind: signaling_proto::DatagramKind::Audio,
-                flow_id: signaling_proto::FlowId(0),
-                sequence: 1,
-                timestamp: 0,
-                voice_activity: true,
-                level_dbov: 30,
-            };
-            let len = header.encode(payload, &mut datagram).unwrap();
-            let connection = if forward {
-                &pairs[pair].0
-            } else {
-                &pairs[pair].1
-            };
-            let _ = connection.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let round = Round {
-            calls,
-            sent,
-            received: received.load(Ordering::Relaxed),
-            p99: p99(&mut delays.lock().unwrap()),
-            server_cpu: cpu_time(pid) - server_before,
-            generator_cpu: cpu_time(self_pid) - self_before,
-            rss_kib: rss_kib(pid),
-            base_rss_kib,
-        };
+        let round = meter
+            .round(calls, origin, |pair, forward, payload| {
+                let header = signaling_proto::MediaHeader {
+                    kind: signaling_proto::DatagramKind::Audio,
+                    flow_id: signaling_proto::FlowId(0),
+                    sequence: 1,
+                    timestamp: 0,
+                    voice_activity: true,
+                    level_dbov: 30,
+                };
+                let len = header.encode(payload, &mut datagram).unwrap();
+                let connection = if forward {
+                    &pairs[pair].0
+                } else {
+                    &pairs[pair].1
+                };
+                let _ = connection.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+            })
+            .await;
         let passes = round.passes();
         quic_rounds.push(round);
         if !passes {
@@ -954,7 +1001,6 @@ async fn udp_forwarder() {
 }
 
 async fn udp_baseline(max_calls: usize, origin: Instant) -> Vec<Round> {
-    use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::UdpSocket;
     let me = std::env::current_exe().unwrap();
@@ -972,12 +1018,10 @@ async fn udp_baseline(max_calls: usize, origin: Instant) -> Vec<Round> {
             break rest.parse().unwrap();
         }
     };
-    let base_rss_kib = rss_kib(pid);
-    let received = Arc::new(AtomicU64::new(0));
-    let delays = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let meter = Meter::new(pid);
+    let (received, delays) = (Arc::clone(&meter.received), Arc::clone(&meter.delays));
     let mut sockets: Vec<(Arc<UdpSocket>, Arc<UdpSocket>)> = Vec::new();
     let mut rounds = Vec::new();
-    let self_pid = std::process::id();
     let mut calls = 100;
     while calls <= max_calls {
         while sockets.len() < calls {
@@ -1006,30 +1050,16 @@ async fn udp_baseline(max_calls: usize, origin: Instant) -> Vec<Round> {
             let a = ends.pop().unwrap();
             sockets.push((a, b));
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        received.store(0, Ordering::Relaxed);
-        delays.lock().unwrap().clear();
-        let (server_before, self_before) = (cpu_time(pid), cpu_time(self_pid));
-        let sent = drive(calls, origin, |pair, forward, payload| {
-            let socket = if forward {
-                &sockets[pair].0
-            } else {
-                &sockets[pair].1
-            };
-            let _ = socket.try_send(payload);
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let round = Round {
-            calls,
-            sent,
-            received: received.load(Ordering::Relaxed),
-            p99: p99(&mut delays.lock().unwrap()),
-            server_cpu: cpu_time(pid) - server_before,
-            generator_cpu: cpu_time(self_pid) - self_before,
-            rss_kib: rss_kib(pid),
-            base_rss_kib,
-        };
+        let round = meter
+            .round(calls, origin, |pair, forward, payload| {
+                let socket = if forward {
+                    &sockets[pair].0
+                } else {
+                    &sockets[pair].1
+                };
+                let _ = socket.try_send(payload);
+            })
+            .await;
         let passes = round.passes();
         rounds.push(round);
         if !passes {
