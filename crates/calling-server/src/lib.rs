@@ -1,7 +1,7 @@
 //! OpenCalling's server: it authenticates logins with the original's UserSig
 //! scheme, keeps presence, routes calls through `signaling-proto`'s
-//! [`Switchboard`](signaling_proto::Switchboard) on the real clock, and (with
-//! the audio issues) relays audio.
+//! [`Switchboard`](signaling_proto::Switchboard) on the real clock, and relays
+//! each call's audio datagrams between its members.
 //!
 //! Run it as the `calling-server` binary, or start it in-process with
 //! [`start`] (tests, demos, embedding): one task owns the switchboard (the

@@ -4,8 +4,8 @@
 //! - one bidirectional stream of length-prefixed signaling frames
 //!   ([`FramedSend`] / [`FramedRecv`] over `signaling-proto`'s framing), opened
 //!   by the client;
-//! - unreliable DATAGRAM frames for audio (negotiated on every connection;
-//!   the audio issues use them).
+//! - unreliable DATAGRAM frames for audio (negotiated on every connection,
+//!   with `signaling-proto`'s media header in front of each Opus packet).
 //!
 //! The server side ([`QuicServer`]) enforces a connection cap and a per-IP
 //! cap, validates addresses with a Retry once it is busy, and keeps its
