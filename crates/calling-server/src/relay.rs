@@ -31,7 +31,7 @@ pub(crate) struct RelayStats {
     dropped_malformed: AtomicU64,
 }
 
-/// A snapshot of [`RelayStats`].
+/// A snapshot of the relay counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RelayCounts {
     /// Datagrams sent on to a peer (one per peer).
