@@ -136,15 +136,7 @@ async fn bare_round_trips(count: usize) -> Vec<Duration> {
 }
 
 async fn calls(count: usize) {
-    let data_dir = std::env::temp_dir().join(format!("opencalling-bench-{}", std::process::id()));
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.clone(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
-    let app = server.development_app().unwrap().clone();
+    let (server, app, data_dir) = in_process_server("opencalling-bench").await;
     let options = ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
     let login = |name: &'static str| {
         let options = options.clone();
@@ -257,6 +249,27 @@ async fn calls(count: usize) {
     bob.destroy();
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// A development-mode server in this process, on loopback, with its own
+/// data directory (removed by the caller when done).
+async fn in_process_server(
+    tag: &str,
+) -> (
+    calling_server::RunningServer,
+    calling_server::AppCredentials,
+    std::path::PathBuf,
+) {
+    let data_dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    let server = calling_server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.clone(),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let app = server.development_app().unwrap().clone();
+    (server, app, data_dir)
 }
 
 /// One client endpoint (one UDP socket) for a load generator's many
@@ -516,16 +529,7 @@ impl calling_facade::AudioSink for ClickDetector {
 
 async fn latency(seconds: u64) {
     use calling_facade::{AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
-    let data_dir =
-        std::env::temp_dir().join(format!("opencalling-bench-latency-{}", std::process::id()));
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.clone(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
-    let app = server.development_app().unwrap().clone();
+    let (server, app, data_dir) = in_process_server("opencalling-bench-latency").await;
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut options =

@@ -136,10 +136,7 @@ async fn every_usersig_failure_has_its_own_code() {
 #[tokio::test]
 async fn a_client_of_another_protocol_version_is_told_so() {
     let server = TestServer::start("version").await;
-    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
-    let mut client = signaling_quic::connect(server.server.local_addr(), "localhost", &trust)
-        .await
-        .unwrap();
+    let mut client = server.raw_client().await;
     client
         .send
         .send(&ClientMessage::Login {
@@ -171,10 +168,7 @@ async fn a_client_of_another_protocol_version_is_told_so() {
 #[tokio::test]
 async fn a_message_other_than_login_first_is_refused() {
     let server = TestServer::start("not-login").await;
-    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
-    let mut client = signaling_quic::connect(server.server.local_addr(), "localhost", &trust)
-        .await
-        .unwrap();
+    let mut client = server.raw_client().await;
     client
         .send
         .send(&ClientMessage::Ping { nonce: 1 })

@@ -7,15 +7,12 @@ use calling_api::{CallType, UserId};
 use signaling_proto::{
     ClientMessage, DatagramKind, FlowId, MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage,
 };
-use signaling_quic::{ClientConnection, ServerTrust};
+use signaling_quic::ClientConnection;
 
 use crate::support::*;
 
 async fn raw_login(server: &TestServer, user: &str) -> ClientConnection {
-    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
-    let mut client = signaling_quic::connect(server.server.local_addr(), "localhost", &trust)
-        .await
-        .unwrap();
+    let mut client = server.raw_client().await;
     client
         .send
         .send(&ClientMessage::Login {

@@ -61,6 +61,15 @@ impl TestServer {
         )
     }
 
+    /// A bare protocol client connected to the server (no login yet), for
+    /// tests that speak the wire protocol themselves.
+    pub async fn raw_client(&self) -> signaling_quic::ClientConnection {
+        let trust = signaling_quic::ServerTrust::Fingerprint(self.server.fingerprint());
+        signaling_quic::connect(self.server.local_addr(), "localhost", &trust)
+            .await
+            .unwrap()
+    }
+
     /// A valid UserSig for `user`, issued now for a day.
     pub fn sig(&self, user: &str) -> String {
         usersig::generate(
