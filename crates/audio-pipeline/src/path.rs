@@ -289,12 +289,18 @@ impl ReceivePath {
     /// the speaker's index.
     pub fn add_speaker(&mut self) -> Result<(PacketSender, usize), CodecError> {
         let (sender, packets) = packet_ring(64);
+        Ok((sender, self.add_receiver(packets)?))
+    }
+
+    /// Adds a speaker fed through a ring made elsewhere (the network side
+    /// keeps its sender); returns the speaker's index.
+    pub fn add_receiver(&mut self, packets: PacketReceiver) -> Result<usize, CodecError> {
         self.speakers.push(Speaker {
             packets,
             jitter: JitterBuffer::new(JitterConfig::default())?,
             frame: [0.0; FRAME_SAMPLES],
         });
-        Ok((sender, self.speakers.len() - 1))
+        Ok(self.speakers.len() - 1)
     }
 
     /// Removes a speaker (indices after it shift down).

@@ -15,8 +15,8 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, FRAME_SAMPLES, JitterStats, MediaPacket, PacketSender, ReceivePath, Resampler,
-    SendPath,
+    EncoderConfig, FRAME_SAMPLES, JitterStats, MediaPacket, PacketReceiver, PacketSender,
+    ReceivePath, Resampler, SendPath, packet_ring,
 };
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
@@ -152,7 +152,9 @@ pub(crate) struct MediaSession {
     shared: Arc<Shared>,
     /// Flow id → speaker slot and the ring into its jitter buffer.
     speakers: HashMap<FlowId, (usize, PacketSender)>,
-    free: Vec<(usize, PacketSender)>,
+    /// Rings of newly heard flows, for the playout thread to add, in order:
+    /// the n-th ring sent is speaker slot n there.
+    new_speakers: std::sync::mpsc::Sender<PacketReceiver>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -332,24 +334,15 @@ impl MediaSession {
             speaker_levels: std::array::from_fn(|_| AtomicU8::new(0)),
             stats: Mutex::new([JitterStats::default(); MAX_SPEAKERS]),
         });
-        let mut receive = ReceivePath::new();
-        let mut free = Vec::with_capacity(MAX_SPEAKERS);
-        for _ in 0..MAX_SPEAKERS {
-            match receive.add_speaker() {
-                Ok(speaker) => free.push((speaker.1, speaker.0)),
-                Err(error) => {
-                    warn!(%error, "cannot start the call's audio");
-                    return None;
-                }
-            }
-        }
-        free.reverse();
+        let (new_speakers, speaker_inbox) = std::sync::mpsc::channel();
+        // Devices, codecs and jitter buffers are made on the threads, not
+        // on the session task that calls this.
         let capture = {
             let shared = Arc::clone(&shared);
-            let source = open_source(&devices.capture);
+            let device = devices.capture.clone();
             std::thread::Builder::new()
                 .name("opencalling-capture".into())
-                .spawn(move || capture_loop(source, connection, &shared))
+                .spawn(move || capture_loop(open_source(&device), connection, &shared))
                 .ok()?
         };
         let playout = {
@@ -357,7 +350,7 @@ impl MediaSession {
             let playback = devices.playback.clone();
             std::thread::Builder::new()
                 .name("opencalling-playout".into())
-                .spawn(move || playout_loop(receive, &playback, &shared))
+                .spawn(move || playout_loop(&speaker_inbox, &playback, &shared))
         };
         let Ok(playout) = playout else {
             warn!("cannot start the playout thread: no audio in this call");
@@ -368,7 +361,7 @@ impl MediaSession {
         Some(Self {
             shared,
             speakers: HashMap::new(),
-            free,
+            new_speakers,
             threads: vec![capture, playout],
         })
     }
@@ -390,10 +383,15 @@ impl MediaSession {
             return;
         }
         if !self.speakers.contains_key(&header.flow_id) {
-            let Some(slot) = self.free.pop() else {
+            let slot = self.speakers.len();
+            if slot == MAX_SPEAKERS {
                 return;
-            };
-            self.speakers.insert(header.flow_id, slot);
+            }
+            let (sender, receiver) = packet_ring(64);
+            if self.new_speakers.send(receiver).is_err() {
+                return;
+            }
+            self.speakers.insert(header.flow_id, (slot, sender));
         }
         if let (Some((_, sender)), Some(packet)) = (
             self.speakers.get_mut(&header.flow_id),
@@ -434,12 +432,18 @@ impl MediaSession {
             .collect()
     }
 
-    /// Stops both threads and waits for them (files are finished).
+    /// Stops both threads (files are finished as they end).
+    ///
+    /// Called on the session task: the threads notice within one 20 ms
+    /// tick, and are joined on a blocking thread, never on the async one.
     pub(crate) fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        let threads: Vec<JoinHandle<()>> = self.threads.drain(..).collect();
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
     }
 }
 
@@ -489,7 +493,12 @@ fn capture_loop(
     }
 }
 
-fn playout_loop(mut receive: ReceivePath, playback: &PlaybackDevice, shared: &Shared) {
+fn playout_loop(
+    new_speakers: &std::sync::mpsc::Receiver<PacketReceiver>,
+    playback: &PlaybackDevice,
+    shared: &Shared,
+) {
+    let mut receive = ReceivePath::new();
     let mut hands_free = shared.hands_free.load(Ordering::Relaxed);
     let mut sink = open_sink(playback, hands_free);
     let mut resampler = output_resampler(sink.format());
@@ -499,6 +508,11 @@ fn playout_loop(mut receive: ReceivePath, playback: &PlaybackDevice, shared: &Sh
     let mut frames: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
+        while let Ok(packets) = new_speakers.try_recv() {
+            if let Err(error) = receive.add_receiver(packets) {
+                warn!(%error, "cannot decode a new speaker");
+            }
+        }
         let wanted = shared.hands_free.load(Ordering::Relaxed);
         if wanted != hands_free && matches!(playback, PlaybackDevice::System { .. }) {
             hands_free = wanted;
