@@ -9,10 +9,29 @@
 //! [`CallEngine::poll_event`] (the events of the calling API) and
 //! [`CallEngine::poll_completion`] (the server's verdict on each request).
 //!
-//! The engine reads no clock. The server owns every call timeout; the only
-//! timer here is the periodic `onUserVoiceVolume` report while in a call,
-//! driven by [`CallEngine::poll_timeout`] / [`CallEngine::handle_timeout`]
-//! from the levels the audio side feeds to [`CallEngine::record_voice_level`].
+//! The engine reads no clock. The server owns every call timeout; the
+//! engine's own timers (one variant each of a private timer enum in a
+//! [`TimerTable`]) are driven by [`CallEngine::poll_timeout`] /
+//! [`CallEngine::handle_timeout`]. Today there is one: the periodic
+//! `onUserVoiceVolume` report while in a call, from the levels the audio
+//! side feeds to [`CallEngine::record_voice_level`].
+//!
+//! # Driving it
+//!
+//! After every input (an API call, [`CallEngine::handle_message`],
+//! [`CallEngine::handle_timeout`], [`CallEngine::handle_disconnect`]) drain
+//! the three queues in this order: [`CallEngine::poll_transmit`] first (so
+//! the server hears of a request before anything else can happen),
+//! then [`CallEngine::poll_event`], then [`CallEngine::poll_completion`]
+//! (an application awaiting a request sees the events it caused first);
+//! then sleep until the next message or [`CallEngine::poll_timeout`].
+//!
+//! # Bugs and bad input
+//!
+//! No server message can make the engine panic: messages out of place are
+//! logged and ignored. Debug builds check every invariant
+//! ([`CallEngine::check_invariants`]) after every `handle_*` and panic at
+//! the first broken one: that is a bug here, never a reaction to input.
 //!
 //! | API call | idle | dialing | ringing | in a call |
 //! | --- | --- | --- | --- | --- |
@@ -34,9 +53,10 @@ use calling_api::{
 use tracing::{debug, warn};
 
 use crate::message::{
-    ClientMessage, FlowId, MAX_USER_DATA_LEN, MAX_USER_SIG_LEN, PROTOCOL_VERSION, RequestId,
-    ServerMessage,
+    ClientMessage, FlowId, MAX_USER_SIG_LEN, PROTOCOL_VERSION, RequestId, ServerMessage,
+    check_invitation,
 };
+use crate::timer::TimerTable;
 
 /// Per-call options beyond the original's `call(userId, type)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -143,6 +163,13 @@ enum RequestKind {
     Hangup,
 }
 
+/// The engine's timers: one variant per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// The next `onUserVoiceVolume` report; armed exactly while in a call.
+    VoiceVolumeReport,
+}
+
 /// How often `onUserVoiceVolume` fires in a call unless configured: the
 /// original's 300 ms.
 pub const DEFAULT_VOICE_VOLUME_INTERVAL: Duration = Duration::from_millis(300);
@@ -152,7 +179,7 @@ pub const DEFAULT_VOICE_VOLUME_INTERVAL: Duration = Duration::from_millis(300);
 pub struct CallEngine {
     me: Option<UserId>,
     voice_volume_interval: Duration,
-    next_voice_report: Option<Instant>,
+    timers: TimerTable<Timer>,
     /// Loudest level per user since the last report.
     voice_levels: BTreeMap<UserId, u8>,
     session: Session,
@@ -185,7 +212,7 @@ impl CallEngine {
         Self {
             me: None,
             voice_volume_interval: DEFAULT_VOICE_VOLUME_INTERVAL,
-            next_voice_report: None,
+            timers: TimerTable::new(),
             voice_levels: BTreeMap::new(),
             session: Session::LoggedOut,
             state: State::Idle,
@@ -254,24 +281,14 @@ impl CallEngine {
     ) -> CallingResult<RequestId> {
         self.require_login()?;
         let user = UserId::new(user_id)?;
-        if self.me.as_ref() == Some(&user) {
-            return Err(CallingError::new(ErrorCode::CANNOT_CALL_SELF));
-        }
-        if options.timeout_ms == Some(0) {
-            return Err(CallingError::with_desc(
-                ErrorCode::INVALID_PARAMETER,
-                "an invitation timeout must be positive",
-            ));
-        }
-        if options
-            .user_data
-            .as_ref()
-            .is_some_and(|data| data.len() > MAX_USER_DATA_LEN)
-        {
-            return Err(CallingError::with_desc(
-                ErrorCode::INVALID_PARAMETER,
-                format!("user data is at most {MAX_USER_DATA_LEN} bytes"),
-            ));
+        if let Some(me) = &self.me {
+            check_invitation(
+                me,
+                std::slice::from_ref(&user),
+                options.timeout_ms,
+                options.user_data.as_deref(),
+            )
+            .map_err(|(code, why)| CallingError::with_desc(code, why))?;
         }
         match &self.state {
             State::Idle => {}
@@ -443,22 +460,25 @@ impl CallEngine {
     }
 
     /// When [`CallEngine::handle_timeout`] next has work.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_voice_report
+        self.timers.next_deadline()
     }
 
     /// Fires the `onUserVoiceVolume` report when it is due: every member who
     /// entered and the local user, each with its loudest level since the last
     /// report (0 if none was measured), and the loudest of them as the total.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(due) = self.next_voice_report else {
-            return;
-        };
-        if now < due {
-            return;
+        while let Some((timer, due)) = self.timers.expire(now) {
+            match timer {
+                Timer::VoiceVolumeReport => self.report_voice_volume(now, due),
+            }
         }
+        self.debug_check();
+    }
+
+    fn report_voice_volume(&mut self, now: Instant, due: Instant) {
         let State::InCall { members, .. } = &self.state else {
-            self.next_voice_report = None;
             return;
         };
         let mut levels = std::mem::take(&mut self.voice_levels);
@@ -485,7 +505,7 @@ impl CallEngine {
         if next <= now {
             next = now + self.voice_volume_interval;
         }
-        self.next_voice_report = Some(next);
+        self.timers.set(Timer::VoiceVolumeReport, next);
     }
 
     /// Feeds one message from the server, received at `now`.
@@ -593,6 +613,7 @@ impl CallEngine {
             }
             ServerMessage::Pong { .. } => {}
         }
+        self.debug_check();
     }
 
     /// The connection to the server is gone. An expected close after logout
@@ -605,27 +626,102 @@ impl CallEngine {
                 self.end_abandoned_calls();
                 self.fail_all_requests(ErrorCode::CONNECTION_LOST);
                 self.session = Session::LoggedOut;
+                self.held = None;
+                self.state = State::Idle;
             }
             Session::LoggingIn(_) | Session::LoggedIn => {
                 let code = ErrorCode::CONNECTION_LOST;
                 self.end_session(code, code.message().to_owned(), EndReason::ConnectionLost);
             }
         }
+        self.debug_check();
     }
 
     /// The next message to send to the server.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
         self.transmits.pop_front()
     }
 
     /// The next event for the application.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<CallingEvent> {
         self.events.pop_front()
     }
 
     /// The next request the server has answered.
+    #[must_use]
     pub fn poll_completion(&mut self) -> Option<Completion> {
         self.completions.pop_front()
+    }
+
+    /// Checks every internal invariant; `Err` says which one broke.
+    ///
+    /// - a call state other than idle exists only while logged in (or, for
+    ///   an invitation that crossed the logout, while logging out);
+    /// - the voice report timer is armed exactly while in a call;
+    /// - a dial or accept in progress, and a hung-up call waiting for its
+    ///   reply, each wait for a request still outstanding;
+    /// - an invitation is held only while a reply is awaited;
+    /// - in a call, every flow is a member's and nobody is both member and
+    ///   invitee;
+    /// - a session in progress knows its user.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let allowed = match self.state {
+            State::Idle => true,
+            // An invitation the server sent before it read our logout.
+            State::Ringing(_) => matches!(self.session, Session::LoggedIn | Session::LoggingOut),
+            _ => self.session == Session::LoggedIn,
+        };
+        if !allowed {
+            return Err(format!("{:?} while {:?}", self.state, self.session));
+        }
+        let in_call = matches!(self.state, State::InCall { .. });
+        let armed = self.timers.deadline(&Timer::VoiceVolumeReport).is_some();
+        if in_call != armed {
+            return Err(format!("in a call: {in_call}, voice report armed: {armed}"));
+        }
+        if let State::Dialing { request, .. } | State::Accepting { request, .. } = &self.state {
+            if !self.requests.contains_key(request) {
+                return Err(format!("{:?} waits for a forgotten request", self.state));
+            }
+        }
+        for leaving in &self.leaving {
+            if let Leaving::AfterReply(request) = leaving {
+                if !self.requests.contains_key(request) {
+                    return Err(format!("hung up {request:?} waits for a forgotten request"));
+                }
+            }
+        }
+        if self.held.is_some() && !self.awaits_any_reply() {
+            return Err("an invitation is held with no reply awaited".into());
+        }
+        if let State::InCall {
+            members,
+            flows,
+            invited,
+            ..
+        } = &self.state
+        {
+            if let Some(user) = flows.keys().find(|user| !members.contains(*user)) {
+                return Err(format!("{user} has a flow but is no member"));
+            }
+            if let Some(user) = members.intersection(invited).next() {
+                return Err(format!("{user} is both member and invitee"));
+            }
+        }
+        if matches!(self.session, Session::LoggingIn(_) | Session::LoggedIn) && self.me.is_none() {
+            return Err(format!("{:?} without a user", self.session));
+        }
+        Ok(())
+    }
+
+    /// In debug builds, stops at the first broken invariant (a bug here).
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        if let Err(broken) = self.check_invariants() {
+            panic!("call engine invariant broken: {broken}");
+        }
     }
 
     fn register(&mut self, kind: RequestKind) -> RequestId {
@@ -663,7 +759,7 @@ impl CallEngine {
     /// Leaves the current call locally; the server's `CallEnded` for it will
     /// produce `onCallEnd`.
     fn abandon_call(&mut self) {
-        self.next_voice_report = None;
+        self.timers.cancel(&Timer::VoiceVolumeReport);
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Idle | State::Ringing(_) => {}
             State::Dialing { request, .. } | State::Accepting { request, .. } => {
@@ -754,7 +850,8 @@ impl CallEngine {
         }
         if !was_in_call && matches!(self.state, State::InCall { .. }) {
             self.voice_levels.clear();
-            self.next_voice_report = Some(now + self.voice_volume_interval);
+            self.timers
+                .set(Timer::VoiceVolumeReport, now + self.voice_volume_interval);
         }
         self.complete(request, Ok(call_id));
     }
@@ -962,7 +1059,7 @@ impl CallEngine {
         {
             if current == call_id {
                 self.state = State::Idle;
-                self.next_voice_report = None;
+                self.timers.cancel(&Timer::VoiceVolumeReport);
                 self.emit_call_end(call_id, reason);
             }
         }
@@ -988,7 +1085,7 @@ impl CallEngine {
         }
         self.fail_all_requests(code);
         self.session = Session::LoggedOut;
-        self.next_voice_report = None;
+        self.timers.cancel(&Timer::VoiceVolumeReport);
         self.held = None;
         self.me = None;
     }

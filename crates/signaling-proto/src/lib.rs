@@ -2,10 +2,14 @@
 //! machines.
 //!
 //! - [`message`]: every [`ClientMessage`] and [`ServerMessage`];
+//! - [`login`]: the server's login check ([`check_login`]), the same for the
+//!   real server and the simulation;
 //! - [`frame`]: length-prefixed postcard frames with a hard size limit;
 //! - [`datagram`]: the header of audio datagrams;
 //! - [`switchboard`]: the server's call logic ([`Switchboard`]);
 //! - [`engine`]: the client's call logic ([`CallEngine`]);
+//! - [`timer`]: the deadlines of both machines, keyed by each machine's
+//!   own timer enum ([`TimerTable`]);
 //! - [`sim`]: an in-memory network of one switchboard and many engines on a
 //!   virtual clock, for tests and demos.
 //!
@@ -14,6 +18,16 @@
 //! to be woken. Bad input from the network (truncated, oversized or garbage
 //! frames, messages out of place) is a typed error or an error reply, never a
 //! panic. `docs/protocol.md` describes the wire format byte for byte.
+//!
+//! # Panics are bugs
+//!
+//! Nothing a peer sends can make this crate panic: bad input is an error
+//! value or an error reply. Both state machines state their invariants
+//! (`check_invariants`) and check them after every `handle_*` in debug
+//! builds, panicking at the first broken one: a broken invariant is a bug
+//! in this crate, found by the tests, never a reaction to input. Release
+//! builds skip the check; a code path that finds the state inconsistent
+//! logs an `error!` and leaves the state as it is rather than guess.
 //!
 //! # Driving a switchboard
 //!
@@ -39,6 +53,10 @@
 //!         match output {
 //!             Output::Send { conn, message } => send(conn, message),
 //!             Output::Close { conn, .. } => close(conn),
+//!             // Who may hear whom: the audio relay's routes.
+//!             Output::Membership { .. } => {}
+//!             // For a user on another node, if there is a cluster.
+//!             Output::Unrouted { .. } => {}
 //!         }
 //!     }
 //!     // 3. sleep until input arrives or switchboard.poll_timeout() passes
@@ -49,12 +67,16 @@
 pub mod datagram;
 pub mod engine;
 pub mod frame;
+pub mod login;
 pub mod message;
 pub mod sim;
 pub mod switchboard;
+pub mod timer;
 
 pub use datagram::{DatagramError, DatagramKind, MediaHeader};
 pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use login::{AcceptedLogin, Credentials, LoginRefusal, check_login};
 pub use message::{ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, UserSig};
-pub use switchboard::{ConnId, Output, Switchboard, SwitchboardConfig};
+pub use switchboard::{CallMember, ConnId, Output, Switchboard, SwitchboardConfig};
+pub use timer::TimerTable;

@@ -22,6 +22,42 @@ pub const MAX_USER_DATA_LEN: usize = 4096;
 /// The largest UserSig a login may carry, in bytes.
 pub const MAX_USER_SIG_LEN: usize = 2048;
 
+/// Why an invitation is refused before any call state is looked at: the
+/// same rules for the client, which checks before sending, and the server,
+/// which cannot trust it to have checked.
+///
+/// In order: 1 to [`MAX_INVITEES`] users, `user_data` of at most
+/// [`MAX_USER_DATA_LEN`] bytes, a positive timeout, nobody invites themself.
+pub fn check_invitation(
+    inviter: &UserId,
+    user_ids: &[UserId],
+    timeout_ms: Option<u32>,
+    user_data: Option<&str>,
+) -> Result<(), (ErrorCode, &'static str)> {
+    if user_ids.is_empty() || user_ids.len() > MAX_INVITEES {
+        return Err((
+            ErrorCode::INVALID_PARAMETER,
+            "an invite names 1 to 16 users",
+        ));
+    }
+    if user_data.is_some_and(|data| data.len() > MAX_USER_DATA_LEN) {
+        return Err((
+            ErrorCode::INVALID_PARAMETER,
+            "user data is larger than 4096 bytes",
+        ));
+    }
+    if timeout_ms == Some(0) {
+        return Err((
+            ErrorCode::INVALID_PARAMETER,
+            "an invitation timeout must be positive",
+        ));
+    }
+    if user_ids.contains(inviter) {
+        return Err((ErrorCode::CANNOT_CALL_SELF, "cannot call yourself"));
+    }
+    Ok(())
+}
+
 /// A client's number for one of its requests, echoed in the server's reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u32);

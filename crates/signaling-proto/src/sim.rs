@@ -4,9 +4,10 @@
 //! Every message really crosses the wire format (encoded into frames,
 //! streamed through a [`FrameDecoder`], decoded), arrives after a seeded
 //! random latency, and keeps its order per connection as a QUIC stream would.
-//! The simulation plays the server glue too: it checks the protocol version
-//! and a stand-in UserSig ([`Simulation::user_sig`]; the real scheme lives in
-//! the server), then hands authenticated logins to the switchboard.
+//! The simulation plays the server glue too: it runs the server's own login
+//! check ([`check_login`]) with a stand-in UserSig ([`Simulation::user_sig`];
+//! the real scheme lives in the server), then hands authenticated logins to
+//! the switchboard.
 //!
 //! Clients are named by a label, so one user can have several devices
 //! ("alice" and "alice-laptop" both logging in as `alice`).
@@ -15,11 +16,12 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use calling_api::{CallingEvent, ErrorCode};
+use calling_api::{CallingEvent, ErrorCode, UserId};
 
 use crate::engine::{CallEngine, Completion};
-use crate::frame::{FrameDecoder, frame_to_vec, handshake_version};
-use crate::message::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+use crate::frame::{FrameDecoder, frame_to_vec};
+use crate::login::{Credentials, LoginRefusal, check_login};
+use crate::message::{ClientMessage, PROTOCOL_VERSION, ServerMessage, UserSig};
 use crate::switchboard::{ConnId, Output, Switchboard, SwitchboardConfig};
 
 /// One-way delay of the simulated network.
@@ -70,6 +72,27 @@ impl SplitMix64 {
             0
         } else {
             self.next_u64() % bound
+        }
+    }
+}
+
+/// The simulated deployment: one app, stand-in UserSigs.
+#[derive(Debug)]
+struct SimCredentials;
+
+impl Credentials for SimCredentials {
+    fn serves_app(&self, sdk_app_id: u32) -> bool {
+        sdk_app_id == Simulation::SDK_APP_ID
+    }
+
+    fn verify(&self, _: u32, user: &UserId, user_sig: &UserSig) -> Result<(), LoginRefusal> {
+        if user_sig.0 == Simulation::user_sig(user.as_str()) {
+            Ok(())
+        } else {
+            Err(LoginRefusal::new(
+                ErrorCode::USERSIG_BAD_SIGNATURE,
+                "bad UserSig",
+            ))
         }
     }
 }
@@ -337,6 +360,8 @@ impl Simulation {
                         self.schedule(conn, false, Delivery::CloseClient(label, conn));
                     }
                 }
+                // Media is not simulated; every user is on this one server.
+                Output::Membership { .. } | Output::Unrouted { .. } => {}
             }
         }
         for label in labels {
@@ -461,28 +486,13 @@ impl Simulation {
     }
 
     fn authenticate(&mut self, conn: ConnId, payload: &[u8]) {
-        match handshake_version(payload) {
-            Ok(PROTOCOL_VERSION) => {}
-            Ok(_) => return self.refuse(conn, ErrorCode::UNSUPPORTED_PROTOCOL_VERSION, "version"),
-            Err(_) => return self.refuse(conn, ErrorCode::PROTOCOL_ERROR, "expected a login"),
+        match check_login(payload, &SimCredentials) {
+            Ok(login) => {
+                self.authenticated.insert(conn);
+                self.switchboard.handle_login(self.now, conn, login.user);
+            }
+            Err(refusal) => self.refuse(conn, refusal.code, &refusal.message),
         }
-        let Ok(ClientMessage::Login {
-            sdk_app_id,
-            user_id,
-            user_sig,
-            ..
-        }) = crate::frame::decode_payload::<ClientMessage>(payload)
-        else {
-            return self.refuse(conn, ErrorCode::PROTOCOL_ERROR, "expected a login");
-        };
-        if sdk_app_id != Self::SDK_APP_ID {
-            return self.refuse(conn, ErrorCode::UNKNOWN_APP, "unknown sdkAppId");
-        }
-        if user_sig.0 != Self::user_sig(user_id.as_str()) {
-            return self.refuse(conn, ErrorCode::USERSIG_BAD_SIGNATURE, "bad UserSig");
-        }
-        self.authenticated.insert(conn);
-        self.switchboard.handle_login(self.now, conn, user_id);
     }
 
     fn refuse(&mut self, conn: ConnId, code: ErrorCode, why: &str) {

@@ -1,26 +1,38 @@
 //! The server's call logic: presence, invitations, membership and every rule
 //! of the calling API, as a sans-IO state machine.
 //!
-//! The glue feeds it logins (after authenticating them), client messages,
-//! disconnections and the current time, and drains its outputs: messages to
-//! send and connections to close. It never reads a clock: every input carries
-//! `now`, and [`Switchboard::poll_timeout`] says when to call
-//! [`Switchboard::handle_timeout`] next.
+//! The glue feeds it logins (after authenticating them, see
+//! [`crate::login`]), client messages, disconnections and the current time,
+//! and drains its [`Output`]s: messages to send, connections to close, the
+//! membership of each call whose members changed (what the audio relay
+//! routes by), and messages for users who have no session here. It never
+//! reads a clock: every input carries `now`, and [`Switchboard::poll_timeout`]
+//! says when to call [`Switchboard::handle_timeout`] next.
 //!
 //! Replies come before the notifications a request causes: a client that
 //! gets the [`ServerMessage::Ack`] of an invite knows the call id before any
-//! `LineBusy` about that call.
+//! `LineBusy` about that call. A [`Output::Membership`] comes after the
+//! messages of the input that changed it.
+//!
+//! # Bugs and bad input
+//!
+//! No input can make the switchboard panic: a message that breaks a rule is
+//! answered with an error. A broken internal invariant is a bug in this
+//! crate: debug builds check every invariant ([`Switchboard::check_invariants`])
+//! after every `handle_*` and panic at the first broken one, so tests find
+//! it; release builds skip the check, and a path that finds the state
+//! inconsistent logs an `error!` and leaves the state as it is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use calling_api::{CallId, CallType, EndReason, ErrorCode, UserId};
-use tracing::{debug, trace};
+use tracing::{debug, error, trace};
 
 use crate::message::{
-    ClientMessage, FlowId, MAX_INVITEES, MAX_USER_DATA_LEN, PROTOCOL_VERSION, RequestId,
-    ServerMessage,
+    ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, check_invitation,
 };
+use crate::timer::TimerTable;
 
 /// The glue's number for one client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -35,6 +47,10 @@ pub struct SwitchboardConfig {
     pub max_invite_timeout: Duration,
     /// The most members and pending invitees one call may hold.
     pub max_call_size: usize,
+    /// This switchboard's number, the high 32 bits of every [`CallId`] it
+    /// makes, so that call ids of different switchboards (another node, a
+    /// restarted process) never collide. The low 32 bits count from 1.
+    pub node_id: u32,
 }
 
 impl Default for SwitchboardConfig {
@@ -43,12 +59,14 @@ impl Default for SwitchboardConfig {
             default_invite_timeout: Duration::from_secs(30),
             max_invite_timeout: Duration::from_secs(600),
             max_call_size: 16,
+            node_id: 0,
         }
     }
 }
 
 /// What the glue must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub enum Output {
     /// Send `message` on `conn`'s signaling stream.
     Send {
@@ -65,6 +83,42 @@ pub enum Output {
         /// Why.
         code: ErrorCode,
     },
+    /// The members who have entered `call_id` are now exactly `members`
+    /// (sorted by user): the audio relay's routing table. Empty once the
+    /// call is over, or while nobody has entered it.
+    Membership {
+        /// The call.
+        call_id: CallId,
+        /// Everyone in the call now.
+        members: Vec<CallMember>,
+    },
+    /// `message` is for `user`, who has no session on this switchboard. A
+    /// single server has nobody to give it to; a cluster forwards it to the
+    /// node the user is on.
+    Unrouted {
+        /// The addressee.
+        user: UserId,
+        /// The message.
+        message: ServerMessage,
+    },
+}
+
+/// One member of a call, as the relay needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallMember {
+    /// Who.
+    pub user: UserId,
+    /// Their audio's flow id in this call.
+    pub flow: FlowId,
+    /// Their connection.
+    pub conn: ConnId,
+}
+
+/// The switchboard's timers: one variant per kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// `invitee`'s invitation to `call_id` stops ringing.
+    Invitation { call_id: CallId, invitee: UserId },
 }
 
 #[derive(Debug)]
@@ -82,7 +136,6 @@ struct Member {
 #[derive(Debug)]
 struct Invitation {
     inviter: UserId,
-    deadline: Instant,
 }
 
 #[derive(Debug)]
@@ -102,6 +155,31 @@ impl Call {
     }
 }
 
+/// An invite as it arrived, fields by name.
+#[derive(Debug)]
+struct InviteRequest {
+    request_id: RequestId,
+    into_call: Option<CallId>,
+    user_ids: Vec<UserId>,
+    call_type: CallType,
+    timeout_ms: Option<u32>,
+    user_data: Option<String>,
+}
+
+/// Who rings whom, for how long, with what.
+#[derive(Debug)]
+struct Ringing {
+    inviter_conn: ConnId,
+    inviter: UserId,
+    call_id: CallId,
+    invitees: Vec<UserId>,
+    timeout: Duration,
+    user_data: Option<String>,
+}
+
+/// Why a request is refused: its error code and text.
+type Refusal = (ErrorCode, &'static str);
+
 /// How a user leaves a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Departure {
@@ -113,6 +191,14 @@ enum Departure {
     ConnectionLost,
 }
 
+/// A broken invariant: a bug here, never a reaction to input (see the
+/// [module docs](self)).
+#[track_caller]
+fn bug(what: &str) {
+    debug_assert!(false, "switchboard bug: {what}");
+    error!(what, "switchboard bug: inconsistent state left as it is");
+}
+
 /// The server's call logic. See the [module docs](self).
 #[derive(Debug)]
 pub struct Switchboard {
@@ -120,10 +206,11 @@ pub struct Switchboard {
     sessions: HashMap<ConnId, Session>,
     online: HashMap<UserId, ConnId>,
     calls: HashMap<CallId, Call>,
-    /// Invitation deadlines, earliest first.
-    timers: BTreeSet<(Instant, CallId, UserId)>,
+    timers: TimerTable<Timer>,
     outputs: VecDeque<Output>,
-    next_call: u64,
+    /// Calls whose entered members changed during the current input.
+    membership_changed: BTreeSet<CallId>,
+    next_call: u32,
     next_flow: u32,
 }
 
@@ -135,8 +222,9 @@ impl Switchboard {
             sessions: HashMap::new(),
             online: HashMap::new(),
             calls: HashMap::new(),
-            timers: BTreeSet::new(),
+            timers: TimerTable::new(),
             outputs: VecDeque::new(),
+            membership_changed: BTreeSet::new(),
             next_call: 1,
             next_flow: 1,
         }
@@ -149,10 +237,11 @@ impl Switchboard {
 
     /// Registers an authenticated login of `user` on `conn` and answers it.
     ///
-    /// Authentication (UserSig, protocol version) is the glue's job; it calls
-    /// this only for logins that passed. A session of the same user on
-    /// another connection is kicked: its calls end as a leave, it gets
-    /// [`ServerMessage::Kicked`] and is closed.
+    /// Authentication (UserSig, protocol version) is the glue's job
+    /// ([`crate::login::check_login`]); it calls this only for logins that
+    /// passed. A session of the same user on another connection is kicked:
+    /// its calls end as a leave, it gets [`ServerMessage::Kicked`] and is
+    /// closed.
     pub fn handle_login(&mut self, now: Instant, conn: ConnId, user: UserId) {
         let _ = now;
         if self.sessions.contains_key(&conn) {
@@ -162,7 +251,7 @@ impl Switchboard {
                 ErrorCode::ALREADY_LOGGED_IN,
                 "this connection is already logged in",
             );
-            return;
+            return self.finish_input();
         }
         if let Some(old) = self.online.get(&user).copied() {
             debug!(%user, ?old, new = ?conn, "second login kicks the first session");
@@ -190,16 +279,21 @@ impl Switchboard {
                 message: ErrorCode::OK.message().to_owned(),
             },
         );
+        self.finish_input();
     }
 
     /// Handles one message from a connection.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, message: ClientMessage) {
         trace!(?conn, ?message, "client message");
-        if !self.sessions.contains_key(&conn) {
+        self.apply_message(now, conn, message);
+        self.finish_input();
+    }
+
+    fn apply_message(&mut self, now: Instant, conn: ConnId, message: ClientMessage) {
+        let Some(me) = self.user_of(conn).cloned() else {
             let request_id = request_id_of(&message);
-            self.send_error(conn, request_id, ErrorCode::NOT_LOGGED_IN, "log in first");
-            return;
-        }
+            return self.send_error(conn, request_id, ErrorCode::NOT_LOGGED_IN, "log in first");
+        };
         match message {
             ClientMessage::Login { .. } => self.send_error(
                 conn,
@@ -223,42 +317,40 @@ impl Switchboard {
                 timeout_ms,
                 user_data,
             } => {
-                if let Err((code, why)) = self.invite(
-                    now, conn, request_id, call_id, user_ids, call_type, timeout_ms, user_data,
-                ) {
+                let request = InviteRequest {
+                    request_id,
+                    into_call: call_id,
+                    user_ids,
+                    call_type,
+                    timeout_ms,
+                    user_data,
+                };
+                if let Err((code, why)) = self.invite(now, conn, me, request) {
                     self.send_error(conn, Some(request_id), code, why);
                 }
             }
             ClientMessage::Accept {
                 request_id,
                 call_id,
-            } => match self.pending_call_of(conn) {
-                Some(pending) if pending == call_id => {
+            } => {
+                if self.pending_call_of(conn) == Some(call_id) {
                     self.ack(conn, request_id, Some(call_id));
                     self.join(conn, call_id);
+                } else {
+                    self.refuse_no_invitation(conn, request_id);
                 }
-                _ => self.send_error(
-                    conn,
-                    Some(request_id),
-                    ErrorCode::NO_INVITATION,
-                    "no pending invitation for that call",
-                ),
-            },
+            }
             ClientMessage::Reject {
                 request_id,
                 call_id,
-            } => match self.pending_call_of(conn) {
-                Some(pending) if pending == call_id => {
+            } => {
+                if self.pending_call_of(conn) == Some(call_id) {
                     self.ack(conn, request_id, Some(call_id));
                     self.leave(conn, Departure::Hangup);
+                } else {
+                    self.refuse_no_invitation(conn, request_id);
                 }
-                _ => self.send_error(
-                    conn,
-                    Some(request_id),
-                    ErrorCode::NO_INVITATION,
-                    "no pending invitation for that call",
-                ),
-            },
+            }
             ClientMessage::Hangup { request_id } => match self.joined_call_of(conn) {
                 Some((call_id, _)) => {
                     self.ack(conn, request_id, Some(call_id));
@@ -283,50 +375,60 @@ impl Switchboard {
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
         let _ = now;
         self.end_session(conn, Departure::ConnectionLost);
+        self.finish_input();
     }
 
-    /// Expires every invitation whose deadline is at or before `now`: the
-    /// inviter gets `NoResponse`, the invitee `InvitationTimedOut`.
+    /// Fires every timer due at or before `now`: an expired invitation
+    /// tells the inviter `NoResponse` and the invitee `InvitationTimedOut`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(first) = self.timers.first() {
-            if first.0 > now {
-                break;
+        while let Some((timer, _)) = self.timers.expire(now) {
+            match timer {
+                Timer::Invitation { call_id, invitee } => self.expire_invitation(call_id, invitee),
             }
-            let Some((_, call_id, user)) = self.timers.pop_first() else {
-                break;
-            };
-            let Some(invitation) = self
-                .calls
-                .get_mut(&call_id)
-                .and_then(|call| call.pending.remove(&user))
-            else {
-                continue;
-            };
-            debug!(%call_id, %user, "invitation timed out");
-            if let Some(conn) = self.online.get(&user).copied() {
+        }
+        self.finish_input();
+    }
+
+    fn expire_invitation(&mut self, call_id: CallId, invitee: UserId) {
+        let Some(invitation) = self
+            .calls
+            .get_mut(&call_id)
+            .and_then(|call| call.pending.remove(&invitee))
+        else {
+            return bug("an invitation timer outlived its invitation");
+        };
+        debug!(%call_id, %invitee, "invitation timed out");
+        match self.conn_of(&invitee) {
+            Some(conn) => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.call = None;
                 }
                 self.send(conn, ServerMessage::InvitationTimedOut { call_id });
             }
-            self.tell_inviter(
-                call_id,
-                &invitation.inviter,
-                ServerMessage::NoResponse {
-                    call_id,
-                    user_id: user,
-                },
-            );
-            self.end_if_nobody_left(call_id, EndReason::NoResponse);
+            None => self.outputs.push_back(Output::Unrouted {
+                user: invitee.clone(),
+                message: ServerMessage::InvitationTimedOut { call_id },
+            }),
         }
+        self.tell_inviter(
+            call_id,
+            &invitation.inviter,
+            ServerMessage::NoResponse {
+                call_id,
+                user_id: invitee,
+            },
+        );
+        self.end_if_nobody_left(call_id, EndReason::NoResponse);
     }
 
     /// The next time [`Switchboard::handle_timeout`] has work, if any.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|timer| timer.0)
+        self.timers.next_deadline()
     }
 
-    /// The next thing to do, until `None`.
+    /// The next thing to do, until `None`. Drain it after every input.
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
@@ -341,6 +443,7 @@ impl Switchboard {
             let Some(call) = self.calls.remove(&call_id) else {
                 continue;
             };
+            self.membership_changed.insert(call_id);
             for user in call.members.keys() {
                 self.send_to_user(
                     user,
@@ -371,6 +474,7 @@ impl Switchboard {
         }
         self.sessions.clear();
         self.online.clear();
+        self.finish_input();
     }
 
     /// Who is logged in on `conn`.
@@ -392,12 +496,18 @@ impl Switchboard {
         Some((call_id, member.flow))
     }
 
-    /// The members of a call, with their flows and connections.
-    pub fn members_of(&self, call_id: CallId) -> Vec<(UserId, FlowId, Option<ConnId>)> {
+    /// The members who have entered a call, sorted by user.
+    pub fn members_of(&self, call_id: CallId) -> Vec<CallMember> {
         self.calls.get(&call_id).map_or_else(Vec::new, |call| {
             call.members
                 .iter()
-                .map(|(user, member)| (user.clone(), member.flow, self.conn_of(user)))
+                .filter_map(|(user, member)| {
+                    Some(CallMember {
+                        user: user.clone(),
+                        flow: member.flow,
+                        conn: self.conn_of(user)?,
+                    })
+                })
                 .collect()
         })
     }
@@ -420,7 +530,8 @@ impl Switchboard {
     /// - every member and invitee of a call is online with that call;
     /// - every call has a member, and one with a single member has invitees
     ///   (a call with nobody left to answer has ended);
-    /// - invitation timers and pending invitations match one to one.
+    /// - invitation timers and pending invitations match one to one;
+    /// - no membership change is left unpublished between inputs.
     pub fn check_invariants(&self) -> Result<(), String> {
         for (conn, session) in &self.sessions {
             if self.online.get(&session.user) != Some(conn) {
@@ -465,11 +576,12 @@ impl Switchboard {
                     ));
                 }
             }
-            for (user, invitation) in &call.pending {
-                if !self
-                    .timers
-                    .contains(&(invitation.deadline, *call_id, user.clone()))
-                {
+            for user in call.pending.keys() {
+                let timer = Timer::Invitation {
+                    call_id: *call_id,
+                    invitee: user.clone(),
+                };
+                if self.timers.deadline(&timer).is_none() {
                     return Err(format!("{user}'s invitation to {call_id} has no timer"));
                 }
             }
@@ -481,51 +593,49 @@ impl Switchboard {
                 self.timers.len()
             ));
         }
+        if !self.membership_changed.is_empty() {
+            return Err("a membership change was not published".into());
+        }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Publishes what the input changed and, in debug builds, checks every
+    /// invariant (see the [module docs](self)).
+    fn finish_input(&mut self) {
+        for call_id in std::mem::take(&mut self.membership_changed) {
+            let members = self.members_of(call_id);
+            self.outputs
+                .push_back(Output::Membership { call_id, members });
+        }
+        #[cfg(debug_assertions)]
+        if let Err(broken) = self.check_invariants() {
+            panic!("switchboard invariant broken: {broken}");
+        }
+    }
+
     fn invite(
         &mut self,
         now: Instant,
         conn: ConnId,
-        request_id: RequestId,
-        into_call: Option<CallId>,
-        user_ids: Vec<UserId>,
-        call_type: CallType,
-        timeout_ms: Option<u32>,
-        user_data: Option<String>,
-    ) -> Result<(), (ErrorCode, &'static str)> {
-        let Some(session) = self.sessions.get(&conn) else {
-            return Err((ErrorCode::NOT_LOGGED_IN, "log in first"));
-        };
-        let me = session.user.clone();
-        if user_ids.is_empty() || user_ids.len() > MAX_INVITEES {
-            return Err((
-                ErrorCode::INVALID_PARAMETER,
-                "an invite names 1 to 16 users",
-            ));
-        }
-        if user_data
-            .as_ref()
-            .is_some_and(|data| data.len() > MAX_USER_DATA_LEN)
-        {
-            return Err((
-                ErrorCode::INVALID_PARAMETER,
-                "user data is larger than 4096 bytes",
-            ));
-        }
-        if timeout_ms == Some(0) {
-            return Err((
-                ErrorCode::INVALID_PARAMETER,
-                "an invitation timeout must be positive",
-            ));
-        }
+        me: UserId,
+        request: InviteRequest,
+    ) -> Result<(), Refusal> {
+        check_invitation(
+            &me,
+            &request.user_ids,
+            request.timeout_ms,
+            request.user_data.as_deref(),
+        )?;
+        let InviteRequest {
+            request_id,
+            into_call,
+            user_ids,
+            call_type,
+            timeout_ms,
+            user_data,
+        } = request;
         let mut invitees: Vec<UserId> = Vec::with_capacity(user_ids.len());
         for user in user_ids {
-            if user == me {
-                return Err((ErrorCode::CANNOT_CALL_SELF, "cannot call yourself"));
-            }
             if !invitees.contains(&user) {
                 invitees.push(user);
             }
@@ -535,7 +645,6 @@ impl Switchboard {
                 Duration::from_millis(u64::from(ms))
             })
             .min(self.config.max_invite_timeout);
-
         if into_call.is_some() && self.joined_call_of(conn).map(|(call_id, _)| call_id) != into_call
         {
             return Err((
@@ -543,89 +652,122 @@ impl Switchboard {
                 "that call is over, or you are not in it",
             ));
         }
-        let call_id = match session.call {
+        let (call_id, answers_glare) = match self.sessions.get(&conn).and_then(|s| s.call) {
             Some(call_id) => {
-                let call = self
-                    .calls
-                    .get(&call_id)
-                    .ok_or((ErrorCode::INTERNAL, "session points at a missing call"))?;
-                if call.members.contains_key(&me) && into_call.is_none() {
-                    return Err((
-                        ErrorCode::WRONG_CALL_STATE,
-                        "already in a call: name it to invite into it",
-                    ));
-                }
-                if call.pending.contains_key(&me) {
-                    // Glare: inviting someone of the call that rings you is answering it.
-                    if !invitees.iter().any(|user| call.members.contains_key(user)) {
-                        return Err((
-                            ErrorCode::WRONG_CALL_STATE,
-                            "an invitation is ringing: accept or reject it first",
-                        ));
-                    }
-                    debug!(%me, %call_id, "glare: the invite answers the invitation");
-                    invitees.retain(|user| !call.contains(user));
-                    self.ack(conn, request_id, Some(call_id));
-                    self.join(conn, call_id);
-                    self.invite_into(now, conn, call_id, invitees, timeout, user_data);
-                    return Ok(());
-                }
-                if call.call_type != call_type {
-                    return Err((
-                        ErrorCode::CALL_TYPE_MISMATCH,
-                        "the current call has another call type",
-                    ));
-                }
-                if invitees.iter().any(|user| call.contains(user)) {
-                    return Err((ErrorCode::ALREADY_IN_CALL, "a user is already in this call"));
-                }
-                if call.size() + invitees.len() > self.config.max_call_size {
-                    return Err((ErrorCode::CALL_FULL, "the call would exceed its size limit"));
-                }
-                call_id
+                let glare =
+                    self.check_invite_from(call_id, &me, &mut invitees, into_call, call_type)?;
+                (call_id, glare)
             }
-            None => {
-                if 1 + invitees.len() > self.config.max_call_size {
-                    return Err((ErrorCode::CALL_FULL, "the call would exceed its size limit"));
-                }
-                let call_id = CallId(self.next_call);
-                self.next_call += 1;
-                let flow = self.allocate_flow();
-                self.calls.insert(
-                    call_id,
-                    Call {
-                        call_type,
-                        members: BTreeMap::from([(me.clone(), Member { flow })]),
-                        pending: BTreeMap::new(),
-                    },
-                );
-                if let Some(session) = self.sessions.get_mut(&conn) {
-                    session.call = Some(call_id);
-                }
-                debug!(%me, %call_id, "call created");
-                call_id
-            }
+            None => (self.open_call(conn, &me, invitees.len(), call_type)?, false),
         };
         self.ack(conn, request_id, Some(call_id));
-        self.invite_into(now, conn, call_id, invitees, timeout, user_data);
+        if answers_glare {
+            self.join(conn, call_id);
+        }
+        self.ring(
+            now,
+            Ringing {
+                inviter_conn: conn,
+                inviter: me,
+                call_id,
+                invitees,
+                timeout,
+                user_data,
+            },
+        );
         Ok(())
     }
 
-    /// Rings each invitee who is free; answers the others busy or absent.
-    fn invite_into(
-        &mut self,
-        now: Instant,
-        inviter_conn: ConnId,
+    /// Whether `me`, whose session is in `call_id`, may invite `invitees`
+    /// (call type, size, nobody already in it). `Ok(true)` for glare: the
+    /// call rings `me` and an invitee is in it, so the invite answers it;
+    /// `invitees` then keeps only those not in the call yet.
+    fn check_invite_from(
+        &self,
         call_id: CallId,
-        invitees: Vec<UserId>,
-        timeout: Duration,
-        user_data: Option<String>,
-    ) {
-        let Some(inviter) = self.user_of(inviter_conn).cloned() else {
-            return;
+        me: &UserId,
+        invitees: &mut Vec<UserId>,
+        into_call: Option<CallId>,
+        call_type: CallType,
+    ) -> Result<bool, Refusal> {
+        let Some(call) = self.calls.get(&call_id) else {
+            bug("a session points at a missing call");
+            return Err((ErrorCode::INTERNAL, "session points at a missing call"));
         };
+        if call.members.contains_key(me) && into_call.is_none() {
+            return Err((
+                ErrorCode::WRONG_CALL_STATE,
+                "already in a call: name it to invite into it",
+            ));
+        }
+        if call.pending.contains_key(me) {
+            if !invitees.iter().any(|user| call.members.contains_key(user)) {
+                return Err((
+                    ErrorCode::WRONG_CALL_STATE,
+                    "an invitation is ringing: accept or reject it first",
+                ));
+            }
+            debug!(%me, %call_id, "glare: the invite answers the invitation");
+            invitees.retain(|user| !call.contains(user));
+            return Ok(true);
+        }
+        if call.call_type != call_type {
+            return Err((
+                ErrorCode::CALL_TYPE_MISMATCH,
+                "the current call has another call type",
+            ));
+        }
+        if invitees.iter().any(|user| call.contains(user)) {
+            return Err((ErrorCode::ALREADY_IN_CALL, "a user is already in this call"));
+        }
+        if call.size() + invitees.len() > self.config.max_call_size {
+            return Err((ErrorCode::CALL_FULL, "the call would exceed its size limit"));
+        }
+        Ok(false)
+    }
+
+    /// A new call with `me` (on `conn`) as its only member, room permitting.
+    fn open_call(
+        &mut self,
+        conn: ConnId,
+        me: &UserId,
+        invitees: usize,
+        call_type: CallType,
+    ) -> Result<CallId, Refusal> {
+        if 1 + invitees > self.config.max_call_size {
+            return Err((ErrorCode::CALL_FULL, "the call would exceed its size limit"));
+        }
+        let call_id = CallId(u64::from(self.config.node_id) << 32 | u64::from(self.next_call));
+        self.next_call = self.next_call.wrapping_add(1).max(1);
+        let flow = self.allocate_flow();
+        self.calls.insert(
+            call_id,
+            Call {
+                call_type,
+                members: BTreeMap::from([(me.clone(), Member { flow })]),
+                pending: BTreeMap::new(),
+            },
+        );
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.call = Some(call_id);
+        }
+        self.membership_changed.insert(call_id);
+        debug!(%me, %call_id, "call created");
+        Ok(call_id)
+    }
+
+    /// Rings each invitee who is free; answers the others busy or absent.
+    fn ring(&mut self, now: Instant, ringing: Ringing) {
+        let Ringing {
+            inviter_conn,
+            inviter,
+            call_id,
+            invitees,
+            timeout,
+            user_data,
+        } = ringing;
         let deadline = now + timeout;
-        let mut ringing = Vec::new();
+        let mut rung = Vec::new();
         let mut unreachable = Vec::new();
         let mut any_busy = false;
         for user in invitees {
@@ -647,18 +789,24 @@ impl Switchboard {
                 });
                 continue;
             }
+            let Some(call) = self.calls.get_mut(&call_id) else {
+                return bug("ringing into a missing call");
+            };
             session.call = Some(call_id);
-            if let Some(call) = self.calls.get_mut(&call_id) {
-                call.pending.insert(
-                    user.clone(),
-                    Invitation {
-                        inviter: inviter.clone(),
-                        deadline,
-                    },
-                );
-            }
-            self.timers.insert((deadline, call_id, user.clone()));
-            ringing.push(user);
+            call.pending.insert(
+                user.clone(),
+                Invitation {
+                    inviter: inviter.clone(),
+                },
+            );
+            self.timers.set(
+                Timer::Invitation {
+                    call_id,
+                    invitee: user.clone(),
+                },
+                deadline,
+            );
+            rung.push(user);
         }
         if let Some(call) = self.calls.get(&call_id) {
             let call_type = call.call_type;
@@ -669,7 +817,7 @@ impl Switchboard {
                 .chain(call.pending.keys())
                 .cloned()
                 .collect();
-            for user in ringing {
+            for user in rung {
                 let others = everyone
                     .iter()
                     .filter(|other| **other != user && **other != inviter)
@@ -703,16 +851,18 @@ impl Switchboard {
     /// introduces everyone.
     fn join(&mut self, conn: ConnId, call_id: CallId) {
         let Some(session) = self.sessions.get(&conn) else {
-            return;
+            return bug("joining without a session");
         };
         let (me, muted) = (session.user.clone(), session.muted);
         let flow = self.allocate_flow();
         let Some(call) = self.calls.get_mut(&call_id) else {
-            return;
+            return bug("joining a missing call");
         };
-        if let Some(invitation) = call.pending.remove(&me) {
-            self.timers
-                .remove(&(invitation.deadline, call_id, me.clone()));
+        if call.pending.remove(&me).is_some() {
+            self.timers.cancel(&Timer::Invitation {
+                call_id,
+                invitee: me.clone(),
+            });
         }
         let existing: Vec<(UserId, FlowId)> = call
             .members
@@ -720,6 +870,7 @@ impl Switchboard {
             .map(|(user, member)| (user.clone(), member.flow))
             .collect();
         call.members.insert(me.clone(), Member { flow });
+        self.membership_changed.insert(call_id);
         debug!(%me, %call_id, "entered");
         for (user, user_flow) in existing {
             self.send_to_user(
@@ -757,11 +908,13 @@ impl Switchboard {
         };
         let me = session.user.clone();
         let Some(call) = self.calls.get_mut(&call_id) else {
-            return;
+            return bug("a session was in a missing call");
         };
         if let Some(invitation) = call.pending.remove(&me) {
-            self.timers
-                .remove(&(invitation.deadline, call_id, me.clone()));
+            self.timers.cancel(&Timer::Invitation {
+                call_id,
+                invitee: me.clone(),
+            });
             let (answer, reason) = match departure {
                 Departure::Hangup => (
                     ServerMessage::Rejected {
@@ -783,27 +936,26 @@ impl Switchboard {
             return;
         }
         if call.members.remove(&me).is_none() {
-            return;
+            return bug("a session's call holds it neither as member nor invitee");
         }
+        self.membership_changed.insert(call_id);
         debug!(%me, %call_id, ?departure, "left");
+        let nobody_entered = call.members.is_empty();
         let own_reason = match departure {
-            Departure::Hangup if call.members.is_empty() => Some(EndReason::Cancelled),
+            Departure::Hangup if nobody_entered => Some(EndReason::Cancelled),
             Departure::Hangup => Some(EndReason::Hangup),
             Departure::Kicked => Some(EndReason::Kicked),
             Departure::ConnectionLost => None,
         };
+        let others: Vec<UserId> = call.members.keys().cloned().collect();
         if let Some(reason) = own_reason {
             self.send(conn, ServerMessage::CallEnded { call_id, reason });
         }
-        let Some(call) = self.calls.get(&call_id) else {
-            return;
-        };
-        if call.members.is_empty() {
+        if nobody_entered {
             // Nobody answered yet: leaving cancels every invitation.
             self.cancel_invitations(call_id);
             return;
         }
-        let others: Vec<UserId> = call.members.keys().cloned().collect();
         for user in &others {
             self.send_to_user(
                 user,
@@ -818,17 +970,21 @@ impl Switchboard {
 
     fn cancel_invitations(&mut self, call_id: CallId) {
         let Some(call) = self.calls.remove(&call_id) else {
-            return;
+            return bug("cancelling the invitations of a missing call");
         };
-        for (user, invitation) in call.pending {
-            self.timers
-                .remove(&(invitation.deadline, call_id, user.clone()));
-            if let Some(conn) = self.conn_of(&user) {
-                if let Some(session) = self.sessions.get_mut(&conn) {
-                    session.call = None;
-                }
-                self.send(conn, ServerMessage::Cancelled { call_id });
+        self.membership_changed.insert(call_id);
+        for user in call.pending.into_keys() {
+            self.timers.cancel(&Timer::Invitation {
+                call_id,
+                invitee: user.clone(),
+            });
+            if let Some(session) = self
+                .conn_of(&user)
+                .and_then(|conn| self.sessions.get_mut(&conn))
+            {
+                session.call = None;
             }
+            self.send_to_user(&user, ServerMessage::Cancelled { call_id });
         }
     }
 
@@ -842,14 +998,16 @@ impl Switchboard {
         }
         let last = call.members.keys().next().cloned();
         self.calls.remove(&call_id);
+        self.membership_changed.insert(call_id);
         debug!(%call_id, %reason, "call ended");
         if let Some(user) = last {
-            if let Some(conn) = self.conn_of(&user) {
-                if let Some(session) = self.sessions.get_mut(&conn) {
-                    session.call = None;
-                }
-                self.send(conn, ServerMessage::CallEnded { call_id, reason });
+            if let Some(session) = self
+                .conn_of(&user)
+                .and_then(|conn| self.sessions.get_mut(&conn))
+            {
+                session.call = None;
             }
+            self.send_to_user(&user, ServerMessage::CallEnded { call_id, reason });
         }
     }
 
@@ -935,6 +1093,15 @@ impl Switchboard {
         );
     }
 
+    fn refuse_no_invitation(&mut self, conn: ConnId, request_id: RequestId) {
+        self.send_error(
+            conn,
+            Some(request_id),
+            ErrorCode::NO_INVITATION,
+            "no pending invitation for that call",
+        );
+    }
+
     fn send_error(
         &mut self,
         conn: ConnId,
@@ -952,9 +1119,15 @@ impl Switchboard {
         );
     }
 
+    /// To `user` wherever it is: on its connection here, or (no session
+    /// here) as an [`Output::Unrouted`] for the glue.
     fn send_to_user(&mut self, user: &UserId, message: ServerMessage) {
-        if let Some(conn) = self.conn_of(user) {
-            self.send(conn, message);
+        match self.conn_of(user) {
+            Some(conn) => self.send(conn, message),
+            None => self.outputs.push_back(Output::Unrouted {
+                user: user.clone(),
+                message,
+            }),
         }
     }
 

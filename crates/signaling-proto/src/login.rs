@@ -1,0 +1,203 @@
+//! The server's first gate: is the first frame of a connection a login this
+//! server accepts? One sans-IO check, used by the real server and by the
+//! [simulation](crate::sim) alike, so that both test the same rules.
+//!
+//! The checks, in order: the protocol version (readable by any version,
+//! see [`handshake_version`]), that the frame is a
+//! [`ClientMessage::Login`], that the app is served here, the UserSig's
+//! length, then the UserSig itself, which only the deployment can judge
+//! ([`Credentials`]). A refusal carries its code and text and becomes the
+//! [`ServerMessage::LoginResult`] the server answers with before closing.
+
+use calling_api::{ErrorCode, UserId};
+
+use crate::frame::{decode_payload, handshake_version};
+use crate::message::{ClientMessage, MAX_USER_SIG_LEN, PROTOCOL_VERSION, ServerMessage, UserSig};
+
+/// What a deployment knows about its apps and their UserSigs.
+pub trait Credentials {
+    /// Whether app `sdk_app_id` is served here.
+    fn serves_app(&self, sdk_app_id: u32) -> bool;
+
+    /// Whether `user_sig` proves `user` for the served app `sdk_app_id`
+    /// (signature, expiry), or why not.
+    fn verify(
+        &self,
+        sdk_app_id: u32,
+        user: &UserId,
+        user_sig: &UserSig,
+    ) -> Result<(), LoginRefusal>;
+}
+
+/// An accepted login: who, for which app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedLogin {
+    /// The application.
+    pub sdk_app_id: u32,
+    /// The user the UserSig proved.
+    pub user: UserId,
+}
+
+/// Why a login is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("login refused ({code}): {message}")]
+pub struct LoginRefusal {
+    /// Stable error number, sent to the client.
+    pub code: ErrorCode,
+    /// Human description, sent to the client.
+    pub message: String,
+}
+
+impl LoginRefusal {
+    /// A refusal with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The answer the client gets before the server closes.
+    pub fn reply(&self) -> ServerMessage {
+        ServerMessage::LoginResult {
+            protocol_version: PROTOCOL_VERSION,
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Checks the payload of a connection's first frame. See the
+/// [module docs](self).
+pub fn check_login(
+    payload: &[u8],
+    credentials: &impl Credentials,
+) -> Result<AcceptedLogin, LoginRefusal> {
+    let not_a_login =
+        || LoginRefusal::new(ErrorCode::PROTOCOL_ERROR, "the first frame must be a login");
+    match handshake_version(payload) {
+        Ok(PROTOCOL_VERSION) => {}
+        Ok(other) => {
+            return Err(LoginRefusal::new(
+                ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
+                format!(
+                    "protocol version {other} is not supported; this server speaks {PROTOCOL_VERSION}"
+                ),
+            ));
+        }
+        Err(_) => return Err(not_a_login()),
+    }
+    let Ok(ClientMessage::Login {
+        sdk_app_id,
+        user_id,
+        user_sig,
+        ..
+    }) = decode_payload::<ClientMessage>(payload)
+    else {
+        return Err(not_a_login());
+    };
+    if !credentials.serves_app(sdk_app_id) {
+        return Err(LoginRefusal::new(
+            ErrorCode::UNKNOWN_APP,
+            format!("sdkAppId {sdk_app_id} is not served here"),
+        ));
+    }
+    if user_sig.0.len() > MAX_USER_SIG_LEN {
+        return Err(LoginRefusal::new(
+            ErrorCode::USERSIG_MALFORMED,
+            "UserSig too long",
+        ));
+    }
+    credentials.verify(sdk_app_id, &user_id, &user_sig)?;
+    Ok(AcceptedLogin {
+        sdk_app_id,
+        user: user_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::frame_to_vec;
+    use crate::message::RequestId;
+
+    struct OneApp;
+
+    impl Credentials for OneApp {
+        fn serves_app(&self, sdk_app_id: u32) -> bool {
+            sdk_app_id == 7
+        }
+
+        fn verify(&self, _: u32, user: &UserId, sig: &UserSig) -> Result<(), LoginRefusal> {
+            if sig.0 == format!("ok:{user}") {
+                Ok(())
+            } else {
+                Err(LoginRefusal::new(
+                    ErrorCode::USERSIG_BAD_SIGNATURE,
+                    "bad signature",
+                ))
+            }
+        }
+    }
+
+    fn payload(message: &ClientMessage) -> Vec<u8> {
+        frame_to_vec(message).unwrap()[4..].to_vec()
+    }
+
+    fn login(version: u16, app: u32, sig: &str) -> Vec<u8> {
+        payload(&ClientMessage::Login {
+            protocol_version: version,
+            sdk_app_id: app,
+            user_id: UserId::new("alice").unwrap(),
+            user_sig: sig.into(),
+        })
+    }
+
+    #[test]
+    fn each_rule_has_its_code() {
+        let code =
+            |payload: Vec<u8>| check_login(&payload, &OneApp).map_err(|refusal| refusal.code);
+        assert_eq!(
+            check_login(&login(PROTOCOL_VERSION, 7, "ok:alice"), &OneApp)
+                .unwrap()
+                .user
+                .as_str(),
+            "alice"
+        );
+        assert_eq!(
+            code(login(PROTOCOL_VERSION + 1, 7, "ok:alice")),
+            Err(ErrorCode::UNSUPPORTED_PROTOCOL_VERSION)
+        );
+        assert_eq!(
+            code(payload(&ClientMessage::Logout {
+                request_id: RequestId(1)
+            })),
+            Err(ErrorCode::PROTOCOL_ERROR)
+        );
+        assert_eq!(code(vec![]), Err(ErrorCode::PROTOCOL_ERROR));
+        assert_eq!(
+            code(login(PROTOCOL_VERSION, 8, "ok:alice")),
+            Err(ErrorCode::UNKNOWN_APP)
+        );
+        assert_eq!(
+            code(login(
+                PROTOCOL_VERSION,
+                7,
+                &"x".repeat(MAX_USER_SIG_LEN + 1)
+            )),
+            Err(ErrorCode::USERSIG_MALFORMED)
+        );
+        assert_eq!(
+            code(login(PROTOCOL_VERSION, 7, "ok:bob")),
+            Err(ErrorCode::USERSIG_BAD_SIGNATURE)
+        );
+        let refusal = check_login(&login(PROTOCOL_VERSION, 8, "s"), &OneApp).unwrap_err();
+        assert!(matches!(
+            refusal.reply(),
+            ServerMessage::LoginResult {
+                code: ErrorCode::UNKNOWN_APP,
+                ..
+            }
+        ));
+    }
+}
