@@ -1,6 +1,9 @@
 //! The task behind a logged-in instance: it owns the call engine and the
-//! connection, turns API requests into messages, server messages into
-//! events, and answers each request when the server does.
+//! link to the server, turns API requests into messages, server messages
+//! into events, and answers each request when the server does.
+//!
+//! Only [`start`] knows the transport (QUIC): the task itself, [`Driver`],
+//! works on any link of the transport seam.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,8 +12,10 @@ use std::time::{Duration, Instant};
 use audio_pipeline::JitterStats;
 use calling_api::UserId;
 use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
-use signaling_proto::{CallEngine, CallOptions, EngineStatus, FlowId, RequestId};
-use signaling_quic::{ClientConnection, TransportError, close};
+use signaling_link::{DatagramSource, Link, LinkError, MediaLink, Transport};
+use signaling_proto::{
+    CallEngine, CallOptions, ClientMessage, EngineStatus, FlowId, RequestId, ServerMessage,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -48,24 +53,36 @@ pub(crate) enum Command {
 /// How long a destroyed instance waits for the server to confirm its logout.
 const LOGOUT_GRACE: Duration = Duration::from_secs(1);
 
-/// Connects, starts the session task and sends the login; returns the
+/// Who logs in, with what.
+#[derive(Debug)]
+pub(crate) struct LoginRequest<'a> {
+    pub(crate) sdk_app_id: u32,
+    pub(crate) user_id: &'a str,
+    pub(crate) user_sig: &'a str,
+}
+
+/// The instance's device settings when it logs in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeviceState {
+    pub(crate) mic_muted: bool,
+    pub(crate) hands_free: bool,
+}
+
+/// The answer to the login, when the server gives it.
+pub(crate) type LoginAnswer = oneshot::Receiver<CallingResult<Option<CallId>>>;
+
+/// Connects, starts the driver task and sends the login; returns the
 /// command channel and the login's pending answer.
 pub(crate) async fn start(
     options: &ClientOptions,
-    sdk_app_id: u32,
-    user_id: &str,
-    user_sig: &str,
-    mic_muted: bool,
-    hands_free: bool,
+    login: LoginRequest<'_>,
+    devices: DeviceState,
     dispatch: Arc<Dispatch>,
-) -> CallingResult<(
-    mpsc::UnboundedSender<Command>,
-    oneshot::Receiver<CallingResult<Option<CallId>>>,
-)> {
+) -> CallingResult<(mpsc::UnboundedSender<Command>, LoginAnswer)> {
     let mut engine = CallEngine::new();
     engine.set_voice_volume_interval(options.voice_volume_interval);
-    engine.set_mic_mute(mic_muted);
-    let login = engine.login(sdk_app_id, user_id, user_sig)?;
+    engine.set_mic_mute(devices.mic_muted);
+    let login = engine.login(login.sdk_app_id, login.user_id, login.user_sig)?;
     let addr = tokio::net::lookup_host(&options.server)
         .await
         .ok()
@@ -81,37 +98,43 @@ pub(crate) async fn start(
         .map_err(|error| {
             CallingError::with_desc(error.code(), format!("cannot reach {addr}: {error}"))
         })?;
+    // The endpoint (the UDP socket) lives as long as the driver.
+    let (link, endpoint) = connection.into_link();
     let (commands, inbox) = mpsc::unbounded_channel();
     let (reply, answer) = oneshot::channel();
     let mut pending = HashMap::new();
     pending.insert(login, reply);
-    let session = Session {
+    let driver = Driver {
         engine,
-        connection,
+        link,
         inbox,
         pending,
         dispatch,
         devices: options.audio.clone(),
         media: None,
-        mic_muted,
-        hands_free,
+        hands_free: devices.hands_free,
         flow_users: HashMap::new(),
         last_stats: Vec::new(),
     };
-    tokio::spawn(session.run());
+    tokio::spawn(async move {
+        driver.run().await;
+        drop(endpoint);
+    });
     Ok((commands, answer))
 }
 
-struct Session {
+/// The link to the server, as the driver uses it.
+type ClientLink<T> = Link<T, ServerMessage, ClientMessage>;
+
+struct Driver<T: Transport> {
     engine: CallEngine,
-    connection: ClientConnection,
+    link: ClientLink<T>,
     inbox: mpsc::UnboundedReceiver<Command>,
     pending: HashMap<RequestId, Reply>,
     dispatch: Arc<Dispatch>,
     devices: AudioDevices,
     /// The call's audio, while in a call.
     media: Option<MediaSession>,
-    mic_muted: bool,
     hands_free: bool,
     /// Who each remote flow of the current call is.
     flow_users: HashMap<FlowId, UserId>,
@@ -119,7 +142,7 @@ struct Session {
     last_stats: Vec<(UserId, JitterStats)>,
 }
 
-impl Session {
+impl<T: Transport> Driver<T> {
     async fn run(mut self) {
         loop {
             if let Err(error) = self.flush().await {
@@ -133,7 +156,6 @@ impl Session {
                 command = self.inbox.recv() => match command {
                     Some(Command::Request { request, reply }) => self.apply(request, reply),
                     Some(Command::MicMute(muted)) => {
-                        self.mic_muted = muted;
                         self.engine.set_mic_mute(muted);
                         if let Some(media) = &self.media {
                             media.set_muted(muted);
@@ -153,7 +175,7 @@ impl Session {
                         break;
                     }
                 },
-                received = self.connection.recv.recv() => match received {
+                received = self.link.recv.recv() => match received {
                     Ok(Some(message)) => self.engine.handle_message(Instant::now(), message),
                     Ok(None) => {
                         debug!("the server ended the signaling stream");
@@ -166,12 +188,12 @@ impl Session {
                         break;
                     }
                 },
-                datagram = self.connection.connection.read_datagram() => {
+                datagram = self.link.media.recv_datagram() => {
                     if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut()) {
                         media.on_datagram(&datagram);
                     }
                 }
-                () = sleep_until(deadline), if deadline.is_some() => {
+                () = crate::sleep_until(deadline), if deadline.is_some() => {
                     self.feed_levels();
                     self.engine.handle_timeout(Instant::now());
                 }
@@ -185,7 +207,7 @@ impl Session {
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(CallingError::new(ErrorCode::CONNECTION_LOST)));
         }
-        close(&self.connection.connection, ErrorCode::OK, "bye");
+        self.link.media.close(ErrorCode::OK, "bye");
     }
 
     /// Audio runs exactly while the engine is in a call.
@@ -193,10 +215,11 @@ impl Session {
         let in_call = matches!(self.engine.status(), EngineStatus::InCall { .. });
         match (in_call, self.media.is_some()) {
             (true, false) => {
+                let media: Arc<dyn MediaLink> = Arc::new(self.link.media.clone());
                 self.media = MediaSession::start(
                     &self.devices,
-                    self.connection.connection.clone(),
-                    self.mic_muted,
+                    media,
+                    self.engine.is_mic_muted(),
                     self.hands_free,
                 );
             }
@@ -281,9 +304,9 @@ impl Session {
     }
 
     /// Sends what the engine queued, then hands out events and answers.
-    async fn flush(&mut self) -> Result<(), TransportError> {
+    async fn flush(&mut self) -> Result<(), LinkError> {
         while let Some(message) = self.engine.poll_transmit() {
-            self.connection.send.send(&message).await?;
+            self.link.send.send(&message).await?;
         }
         while let Some(event) = self.engine.poll_event() {
             self.dispatch.emit(&event);
@@ -305,17 +328,11 @@ impl Session {
             return;
         }
         let _ = tokio::time::timeout(LOGOUT_GRACE, async {
-            while let Ok(Some(message)) = self.connection.recv.recv().await {
+            while let Ok(Some(message)) = self.link.recv.recv().await {
                 self.engine.handle_message(Instant::now(), message);
             }
         })
         .await;
         self.engine.handle_disconnect();
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
     }
 }

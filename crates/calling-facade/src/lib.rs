@@ -55,6 +55,17 @@ mod driver;
 mod media;
 mod options;
 
+/// Sleeps until `deadline`, or forever when there is none (a `select!`
+/// branch guarded by `deadline.is_some()`).
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(deadline) => {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -339,11 +350,15 @@ impl TRTCCalling {
         let options = self.options();
         let (commands, reply) = driver::start(
             &options,
-            sdk_app_id,
-            user_id,
-            user_sig,
-            self.mic_muted.load(Ordering::Relaxed),
-            self.hands_free.load(Ordering::Relaxed),
+            driver::LoginRequest {
+                sdk_app_id,
+                user_id,
+                user_sig,
+            },
+            driver::DeviceState {
+                mic_muted: self.mic_muted.load(Ordering::Relaxed),
+                hands_free: self.hands_free.load(Ordering::Relaxed),
+            },
             Arc::clone(&self.dispatch),
         )
         .await?;

@@ -18,6 +18,7 @@ use audio_pipeline::{
     EncoderConfig, FRAME_SAMPLES, JitterStats, MediaPacket, PacketReceiver, PacketSender,
     ReceivePath, Resampler, SendPath, packet_ring,
 };
+use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
 use tracing::warn;
@@ -319,10 +320,10 @@ impl AudioSink for LiveSpeaker {
 }
 
 impl MediaSession {
-    /// Starts capture and playout for a call on `connection`.
+    /// Starts capture and playout for a call whose audio goes out on `link`.
     pub(crate) fn start(
         devices: &AudioDevices,
-        connection: signaling_quic::quinn::Connection,
+        link: Arc<dyn MediaLink>,
         muted: bool,
         hands_free: bool,
     ) -> Option<Self> {
@@ -342,7 +343,7 @@ impl MediaSession {
             let device = devices.capture.clone();
             std::thread::Builder::new()
                 .name("opencalling-capture".into())
-                .spawn(move || capture_loop(open_source(&device), connection, &shared))
+                .spawn(move || capture_loop(open_source(&device), &*link, &shared))
                 .ok()?
         };
         let playout = {
@@ -447,11 +448,7 @@ impl MediaSession {
     }
 }
 
-fn capture_loop(
-    mut source: Box<dyn AudioSource>,
-    connection: signaling_quic::quinn::Connection,
-    shared: &Shared,
-) {
+fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: &Shared) {
     let format = source.format();
     let Ok(mut send) = SendPath::new(
         format.sample_rate,
@@ -484,8 +481,7 @@ fn capture_loop(
                 if let Ok(len) = header.encode(frame.payload, &mut datagram) {
                     // A full datagram buffer drops the oldest frame; a closed
                     // connection ends the call on the session task.
-                    let _ =
-                        connection.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+                    let _ = link.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
                 }
             }
             raise(&shared.local_level, send.volume());

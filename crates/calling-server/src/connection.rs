@@ -1,15 +1,20 @@
-//! One task per connection: handshake, authentication, then frames in to the
-//! hub and the hub's messages out, until either side ends.
+//! One task per connection: handshake, the login check, then frames in to
+//! the hub and the hub's messages out, until either side ends. Everything
+//! after the handshake goes through the transport seam ([`Link`]), so any
+//! transport's connections are served by the same code.
 
+use std::fmt::Display;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use calling_api::{ErrorCode, UserId};
-use signaling_proto::frame::{decode_payload, handshake_version};
-use signaling_proto::message::MAX_USER_SIG_LEN;
-use signaling_proto::{ClientMessage, ConnId, PROTOCOL_VERSION, ServerMessage};
-use signaling_quic::{AcceptedConnection, ServerConnection, TransportError, close};
+use calling_api::ErrorCode;
+use signaling_link::{DatagramSource, Link, LinkError, MediaLink, Transport};
+use signaling_proto::{
+    AcceptedLogin, ClientMessage, ConnId, Credentials, LoginRefusal, ServerMessage, UserSig,
+    check_login,
+};
+use signaling_quic::AcceptedConnection;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -20,37 +25,43 @@ use crate::usersig;
 /// How long a new connection has to send its login.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The link a connection task serves: client messages in, server messages out.
+type ServerLink<T> = Link<T, ClientMessage, ServerMessage>;
+
+/// Serves a QUIC connection attempt the admission policy let through.
 pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
     let remote = accepted.remote_address();
-    let mut connection = match accepted.establish().await {
-        Ok(connection) => connection,
+    let established = match accepted.establish().await {
+        Ok(established) => established,
         Err(error) => {
             debug!(%remote, %error, "handshake failed");
             return;
         }
     };
-    let user = match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut connection, &shared)).await {
-        Ok(Ok(user)) => user,
-        Ok(Err((code, why))) => {
-            info!(%remote, ?code, why, "login refused");
-            let refusal = ServerMessage::LoginResult {
-                protocol_version: PROTOCOL_VERSION,
-                code,
-                message: why,
-            };
-            if connection.send.send(&refusal).await.is_ok() {
-                connection.send.finish_and_flush(shared.grace).await;
+    // The IP slot is held as long as the connection is served.
+    let (link, _slot) = established.into_link();
+    serve_link(link, remote, shared).await;
+}
+
+/// Serves one established link, whatever its transport.
+pub(crate) async fn serve_link<T: Transport>(
+    mut link: ServerLink<T>,
+    remote: impl Display,
+    shared: Arc<Shared>,
+) {
+    let user = match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut link, &shared)).await {
+        Ok(Ok(login)) => login.user,
+        Ok(Err(refusal)) => {
+            info!(%remote, code = ?refusal.code, why = refusal.message, "login refused");
+            if link.send.send(&refusal.reply()).await.is_ok() {
+                link.send.finish_and_flush(shared.grace).await;
             }
-            close(&connection.connection, code, code.message());
+            link.media.close(refusal.code, refusal.code.message());
             return;
         }
         Err(_) => {
             debug!(%remote, "no login in time");
-            close(
-                &connection.connection,
-                ErrorCode::TIMEOUT,
-                "no login in time",
-            );
+            link.media.close(ErrorCode::TIMEOUT, "no login in time");
             return;
         }
     };
@@ -60,96 +71,76 @@ pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
         conn,
         user: user.clone(),
         outbox,
-        connection: connection.connection.clone(),
+        media: Arc::new(link.media.clone()),
     };
     if shared.hub.send(login).await.is_err() {
-        close(
-            &connection.connection,
-            ErrorCode::SERVER_SHUTDOWN,
-            "server stopping",
-        );
+        link.media
+            .close(ErrorCode::SERVER_SHUTDOWN, "server stopping");
         return;
     }
     info!(%user, %remote, ?conn, "logged in");
-    let ended = session(&mut connection, &shared, conn, &mut inbox).await;
+    let ended = session(&mut link, &shared, conn, &mut inbox).await;
     let _ = shared.hub.send(HubInput::Disconnect { conn }).await;
     match ended {
         Ended::ClientLeft => {}
         Ended::Closed(code) => {
-            connection.send.finish_and_flush(shared.grace).await;
-            close(&connection.connection, code, code.message());
+            link.send.finish_and_flush(shared.grace).await;
+            link.media.close(code, code.message());
         }
         Ended::Broken(error) => {
             debug!(%user, %error, "connection ended");
-            close(&connection.connection, error.code(), error.code().message());
+            link.media.close(error.code(), error.code().message());
         }
     }
     info!(%user, ?conn, "disconnected");
 }
 
-/// Reads and checks the login frame; the user it proves, or why not.
-async fn login(
-    connection: &mut ServerConnection,
+/// The server's apps, for the login check.
+impl Credentials for Shared {
+    fn serves_app(&self, sdk_app_id: u32) -> bool {
+        self.apps.contains_key(&sdk_app_id)
+    }
+
+    fn verify(
+        &self,
+        sdk_app_id: u32,
+        user: &calling_api::UserId,
+        user_sig: &UserSig,
+    ) -> Result<(), LoginRefusal> {
+        let Some(secret_key) = self.apps.get(&sdk_app_id) else {
+            return Err(LoginRefusal::new(
+                ErrorCode::UNKNOWN_APP,
+                format!("sdkAppId {sdk_app_id} is not served here"),
+            ));
+        };
+        let now = (self.clock.0)();
+        usersig::verify(
+            &user_sig.0,
+            u64::from(sdk_app_id),
+            secret_key.expose(),
+            user.as_str(),
+            now,
+        )
+        .map(|_| ())
+        .map_err(|error| LoginRefusal::new(error.code(), error.to_string()))
+    }
+}
+
+/// Reads the login frame and checks it.
+async fn login<T: Transport>(
+    link: &mut ServerLink<T>,
     shared: &Shared,
-) -> Result<UserId, (ErrorCode, String)> {
-    let payload = match connection.recv.recv_payload().await {
-        Ok(Some(payload)) => payload,
-        Ok(None) => {
-            return Err((
-                ErrorCode::PROTOCOL_ERROR,
-                "the stream ended before a login".into(),
-            ));
-        }
-        Err(error) => return Err((ErrorCode::PROTOCOL_ERROR, error.to_string())),
-    };
-    match handshake_version(&payload) {
-        Ok(PROTOCOL_VERSION) => {}
-        Ok(other) => {
-            return Err((
-                ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
-                format!(
-                    "protocol version {other} is not supported; this server speaks {PROTOCOL_VERSION}"
-                ),
-            ));
-        }
-        Err(_) => {
-            return Err((
-                ErrorCode::PROTOCOL_ERROR,
-                "the first frame must be a login".into(),
-            ));
-        }
-    }
-    let Ok(ClientMessage::Login {
-        sdk_app_id,
-        user_id,
-        user_sig,
-        ..
-    }) = decode_payload::<ClientMessage>(&payload)
-    else {
-        return Err((
+) -> Result<AcceptedLogin, LoginRefusal> {
+    match link.recv.recv_payload().await {
+        Ok(Some(payload)) => check_login(&payload, shared),
+        Ok(None) => Err(LoginRefusal::new(
             ErrorCode::PROTOCOL_ERROR,
-            "the first frame must be a login".into(),
-        ));
-    };
-    let Some(secret_key) = shared.apps.get(&sdk_app_id) else {
-        return Err((
-            ErrorCode::UNKNOWN_APP,
-            format!("sdkAppId {sdk_app_id} is not served here"),
-        ));
-    };
-    if user_sig.0.len() > MAX_USER_SIG_LEN {
-        return Err((ErrorCode::USERSIG_MALFORMED, "UserSig too long".into()));
-    }
-    let now = (shared.clock.0)();
-    match usersig::verify(
-        &user_sig.0,
-        u64::from(sdk_app_id),
-        secret_key.expose(),
-        user_id.as_str(),
-        now,
-    ) {
-        Ok(_) => Ok(user_id),
-        Err(error) => Err((error.code(), error.to_string())),
+            "the stream ended before a login",
+        )),
+        Err(error) => Err(LoginRefusal::new(
+            ErrorCode::PROTOCOL_ERROR,
+            error.to_string(),
+        )),
     }
 }
 
@@ -159,50 +150,45 @@ enum Ended {
     /// The hub closed the session with this code (logout, kick, shutdown, slow client).
     Closed(ErrorCode),
     /// The connection or the client's bytes failed.
-    Broken(TransportError),
+    Broken(LinkError),
 }
 
-async fn session(
-    connection: &mut ServerConnection,
+async fn session<T: Transport>(
+    link: &mut ServerLink<T>,
     shared: &Shared,
     conn: ConnId,
     inbox: &mut mpsc::Receiver<Outbound>,
 ) -> Ended {
     loop {
         tokio::select! {
-            received = connection.recv.recv() => match received {
+            received = link.recv.recv() => match received {
                 Ok(Some(message)) => {
                     if shared.hub.send(HubInput::Message { conn, message }).await.is_err() {
                         return Ended::Closed(ErrorCode::SERVER_SHUTDOWN);
                     }
                 }
                 Ok(None) => return Ended::ClientLeft,
-                Err(TransportError::Protocol(error)) => {
+                Err(LinkError::Protocol(error)) => {
                     warn!(?conn, %error, "malformed frame: closing");
                     let notice = ServerMessage::Error {
                         request_id: None,
                         code: ErrorCode::PROTOCOL_ERROR,
                         message: error.to_string(),
                     };
-                    let _ = connection.send.send(&notice).await;
+                    let _ = link.send.send(&notice).await;
                     return Ended::Closed(ErrorCode::PROTOCOL_ERROR);
                 }
-                Err(error) => {
-                    return if matches!(&error, TransportError::Connection(_) | TransportError::Read(_)) {
-                        Ended::ClientLeft
-                    } else {
-                        Ended::Broken(error)
-                    };
-                }
+                // The link failed under the stream: the client is gone.
+                Err(_) => return Ended::ClientLeft,
             },
-            datagram = connection.connection.read_datagram() => match datagram {
+            datagram = link.media.recv_datagram() => match datagram {
                 Ok(datagram) => shared.routes.relay(conn, &datagram),
                 // The connection is gone; the stream branch says the same.
                 Err(_) => return Ended::ClientLeft,
             },
             outbound = inbox.recv() => match outbound {
                 Some(Outbound::Message(message)) => {
-                    if let Err(error) = connection.send.send(&message).await {
+                    if let Err(error) = link.send.send(&message).await {
                         return Ended::Broken(error);
                     }
                 }

@@ -1,14 +1,20 @@
 //! The hub: the one task that owns the switchboard and drives it with the
 //! real clock. Connection tasks talk to it over channels; it never awaits a
 //! client, so a slow client cannot hold up the others.
+//!
+//! It publishes the audio relay's routes from the switchboard's
+//! [`Output::Membership`]: each member of a call with someone to hear it
+//! gets a [`Route`] to the others' media links. It knows connections only
+//! by their [`MediaLink`], whatever the transport.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use calling_api::{ErrorCode, UserId};
+use calling_api::{CallId, ErrorCode, UserId};
+use signaling_link::MediaLink;
 use signaling_proto::{
-    ClientMessage, ConnId, Output, ServerMessage, Switchboard, SwitchboardConfig,
+    CallMember, ClientMessage, ConnId, Output, ServerMessage, Switchboard, SwitchboardConfig,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -37,7 +43,7 @@ pub(crate) enum HubInput {
         user: UserId,
         outbox: mpsc::Sender<Outbound>,
         /// Where the relay sends this member's peers' audio.
-        connection: signaling_quic::quinn::Connection,
+        media: Arc<dyn MediaLink>,
     },
     Message {
         conn: ConnId,
@@ -63,24 +69,31 @@ pub struct HubStats {
     pub calls: usize,
 }
 
+/// What the hub knows besides the switchboard: how to reach each
+/// connection, and who was routed to whom.
+#[derive(Debug, Default)]
+struct Links {
+    outboxes: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    media: HashMap<ConnId, Arc<dyn MediaLink>>,
+    /// The connections each call's routes were last published for.
+    routed: HashMap<CallId, Vec<ConnId>>,
+}
+
 pub(crate) async fn run(
     config: SwitchboardConfig,
     mut inputs: mpsc::Receiver<HubInput>,
     routes: Arc<MediaRoutes>,
 ) {
     let mut switchboard = Switchboard::new(config);
-    let mut outboxes: HashMap<ConnId, mpsc::Sender<Outbound>> = HashMap::new();
-    let mut connections: HashMap<ConnId, signaling_quic::quinn::Connection> = HashMap::new();
-    let mut touched: HashSet<ConnId> = HashSet::new();
+    let mut links = Links::default();
     let mut shutting_down = false;
     loop {
         let deadline = switchboard.poll_timeout();
         let input = tokio::select! {
             input = inputs.recv() => input,
-            () = sleep_until(deadline), if deadline.is_some() => {
+            () = crate::sleep_until(deadline), if deadline.is_some() => {
                 switchboard.handle_timeout(Instant::now());
-                dispatch(&mut switchboard, &mut outboxes, &mut touched);
-                refresh_routes(&switchboard, &connections, &routes, &mut touched);
+                dispatch(&mut switchboard, &mut links, &routes);
                 continue;
             }
         };
@@ -93,31 +106,28 @@ pub(crate) async fn run(
                 conn,
                 user,
                 outbox,
-                connection,
+                media,
             } => {
                 if shutting_down {
                     let _ = outbox.try_send(Outbound::Close(ErrorCode::SERVER_SHUTDOWN));
                     continue;
                 }
-                outboxes.insert(conn, outbox);
-                connections.insert(conn, connection);
+                links.outboxes.insert(conn, outbox);
+                links.media.insert(conn, media);
                 switchboard.handle_login(now, conn, user);
             }
             HubInput::Message { conn, message } => switchboard.handle_message(now, conn, message),
             HubInput::Disconnect { conn } => {
-                connections.remove(&conn);
-                touched.insert(conn);
-                if outboxes.remove(&conn).is_some() {
+                links.media.remove(&conn);
+                routes.set(conn, None);
+                if links.outboxes.remove(&conn).is_some() {
                     switchboard.handle_disconnect(now, conn);
                 }
             }
             HubInput::Shutdown { done } => {
                 shutting_down = true;
                 switchboard.shutdown(now);
-                dispatch(&mut switchboard, &mut outboxes, &mut touched);
-                for conn in connections.keys() {
-                    routes.set(*conn, None);
-                }
+                dispatch(&mut switchboard, &mut links, &routes);
                 let _ = done.send(());
                 continue;
             }
@@ -128,63 +138,56 @@ pub(crate) async fn run(
                 });
             }
         }
-        dispatch(&mut switchboard, &mut outboxes, &mut touched);
-        refresh_routes(&switchboard, &connections, &routes, &mut touched);
+        dispatch(&mut switchboard, &mut links, &routes);
     }
 }
 
-/// Republishes the media route of every connection whose call changed (each
-/// member of a changed call got a notification, so it is in `touched`).
-fn refresh_routes(
-    switchboard: &Switchboard,
-    connections: &HashMap<ConnId, signaling_quic::quinn::Connection>,
+/// Republishes the routes of a call whose members changed: each member
+/// hears every other one; a member alone in it, or gone from it, has none.
+fn publish_routes(
+    call_id: CallId,
+    members: &[CallMember],
+    links: &mut Links,
     routes: &MediaRoutes,
-    touched: &mut HashSet<ConnId>,
 ) {
-    for conn in touched.drain() {
-        let route = switchboard
-            .joined_call_of(conn)
-            .map(|(call_id, flow)| Route {
-                flow,
-                peers: switchboard
-                    .members_of(call_id)
-                    .into_iter()
-                    .filter_map(|(_, _, member)| member.filter(|member| *member != conn))
-                    .filter_map(|member| connections.get(&member).cloned())
-                    .collect(),
-            });
-        routes.set(conn, route);
+    let now_routed: Vec<ConnId> = members.iter().map(|member| member.conn).collect();
+    for gone in links
+        .routed
+        .remove(&call_id)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|conn| !now_routed.contains(conn))
+    {
+        routes.set(gone, None);
+    }
+    for member in members {
+        let peers: Vec<Arc<dyn MediaLink>> = members
+            .iter()
+            .filter(|other| other.conn != member.conn)
+            .filter_map(|other| links.media.get(&other.conn).cloned())
+            .collect();
+        let route = (!peers.is_empty()).then_some(Route {
+            flow: member.flow,
+            peers,
+        });
+        routes.set(member.conn, route);
+    }
+    if !now_routed.is_empty() {
+        links.routed.insert(call_id, now_routed);
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
-    }
-}
-
-/// Hands every switchboard output to its connection task, without waiting.
-/// A client whose outbox is full is disconnected, which may produce more
+/// Carries out every switchboard output without waiting: messages go to
+/// their connection task's outbox, membership to the relay's routes. A
+/// client whose outbox is full is disconnected, which may produce more
 /// output for the others: repeat until nothing is left.
-fn dispatch(
-    switchboard: &mut Switchboard,
-    outboxes: &mut HashMap<ConnId, mpsc::Sender<Outbound>>,
-    touched: &mut HashSet<ConnId>,
-) {
+fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRoutes) {
     loop {
         let mut stuck = Vec::new();
         while let Some(output) = switchboard.poll_output() {
             match output {
                 Output::Send { conn, message } => {
-                    if matches!(
-                        message,
-                        ServerMessage::UserEntered { .. }
-                            | ServerMessage::UserLeft { .. }
-                            | ServerMessage::CallEnded { .. }
-                    ) {
-                        touched.insert(conn);
-                    }
-                    let Some(outbox) = outboxes.get(&conn) else {
+                    let Some(outbox) = links.outboxes.get(&conn) else {
                         continue;
                     };
                     match outbox.try_send(Outbound::Message(message)) {
@@ -203,12 +206,19 @@ fn dispatch(
                     }
                 }
                 Output::Close { conn, code } => {
-                    touched.insert(conn);
-                    if let Some(outbox) = outboxes.remove(&conn) {
+                    routes.set(conn, None);
+                    if let Some(outbox) = links.outboxes.remove(&conn) {
                         // If the outbox is full the close is lost too; the
                         // task then sees its channel closed and closes anyway.
                         let _ = outbox.try_send(Outbound::Close(code));
                     }
+                }
+                Output::Membership { call_id, members } => {
+                    publish_routes(call_id, &members, links, routes);
+                }
+                Output::Unrouted { user, message } => {
+                    // One server: a user without a session here is offline.
+                    debug!(%user, ?message, "message for a user not on this server: dropped");
                 }
             }
         }
@@ -217,7 +227,7 @@ fn dispatch(
         }
         for conn in stuck {
             // Dropping the sender tells the connection task to close.
-            if outboxes.remove(&conn).is_some() {
+            if links.outboxes.remove(&conn).is_some() {
                 switchboard.handle_disconnect(Instant::now(), conn);
             }
         }

@@ -2,15 +2,18 @@
 //! call and nowhere else, stamped with the sender's own flow id.
 //!
 //! The hub, which owns membership, publishes a [`Route`] per connection
-//! whenever a call changes; connection tasks read their own route for every
-//! datagram (a read lock, never held across an await). The relay never
-//! decodes or mixes audio.
+//! whenever a call's members change (the switchboard's membership output);
+//! connection tasks read their own route for every datagram (a read lock,
+//! never held across an await). A connection with no route (in no call, or
+//! alone in one) sends nowhere. The relay never decodes or mixes audio, and
+//! sees peers only as [`MediaLink`]s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
+use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{ConnId, FlowId, MediaHeader};
 
@@ -19,8 +22,8 @@ use signaling_proto::{ConnId, FlowId, MediaHeader};
 pub(crate) struct Route {
     /// The member's own flow, stamped on everything it sends.
     pub(crate) flow: FlowId,
-    /// The other members' connections.
-    pub(crate) peers: Vec<signaling_quic::quinn::Connection>,
+    /// The other members' media links.
+    pub(crate) peers: Vec<Arc<dyn MediaLink>>,
 }
 
 /// Relay counters.

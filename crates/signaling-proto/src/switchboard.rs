@@ -53,20 +53,25 @@ pub struct SwitchboardConfig {
     pub node_id: u32,
 }
 
+impl SwitchboardConfig {
+    /// The rules unless a deployment says otherwise: invitations ring 30 s
+    /// by default and at most 600 s; 16 members and invitees per call.
+    pub const DEFAULT: Self = Self {
+        default_invite_timeout: Duration::from_secs(30),
+        max_invite_timeout: Duration::from_secs(600),
+        max_call_size: 16,
+        node_id: 0,
+    };
+}
+
 impl Default for SwitchboardConfig {
     fn default() -> Self {
-        Self {
-            default_invite_timeout: Duration::from_secs(30),
-            max_invite_timeout: Duration::from_secs(600),
-            max_call_size: 16,
-            node_id: 0,
-        }
+        Self::DEFAULT
     }
 }
 
 /// What the glue must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
 pub enum Output {
     /// Send `message` on `conn`'s signaling stream.
     Send {

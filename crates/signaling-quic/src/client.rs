@@ -10,7 +10,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use signaling_proto::{ClientMessage, ServerMessage};
 
-use crate::{CertFingerprint, FramedRecv, FramedSend, TransportError, transport_config};
+use signaling_link::{FramedRecv, FramedSend, Link};
+
+use crate::{CertFingerprint, Quic, QuicMedia, QuicSend, TransportError, transport_config};
 
 /// How a client decides to trust the server's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +34,24 @@ pub struct ClientConnection {
     /// The QUIC connection (datagrams, stats, close).
     pub connection: quinn::Connection,
     /// Frames to the server.
-    pub send: FramedSend<ClientMessage>,
+    pub send: FramedSend<QuicSend, ClientMessage>,
     /// Frames from the server.
-    pub recv: FramedRecv<ServerMessage>,
+    pub recv: FramedRecv<quinn::RecvStream, ServerMessage>,
     /// Keeps the client's UDP socket alive as long as the connection.
     pub endpoint: quinn::Endpoint,
+}
+
+impl ClientConnection {
+    /// The connection as the transport seam sees it, and the endpoint to
+    /// keep as long as it is open.
+    pub fn into_link(self) -> (Link<Quic, ServerMessage, ClientMessage>, quinn::Endpoint) {
+        let link = Link {
+            media: QuicMedia(self.connection),
+            send: self.send,
+            recv: self.recv,
+        };
+        (link, self.endpoint)
+    }
 }
 
 /// Connects to the server at `addr`, presenting `server_name` for TLS, and
@@ -69,7 +84,7 @@ pub async fn connect_on(
     let (send, recv) = connection.open_bi().await?;
     Ok(ClientConnection {
         connection,
-        send: FramedSend::new(send),
+        send: FramedSend::new(QuicSend(send)),
         recv: FramedRecv::new(recv),
         endpoint: endpoint.clone(),
     })

@@ -34,6 +34,9 @@ pub enum TransportError {
     /// The peer sent bytes that are not valid frames or messages.
     #[error("protocol: {0}")]
     Protocol(#[from] signaling_proto::FrameError),
+    /// The signaling stream failed.
+    #[error(transparent)]
+    Link(#[from] signaling_link::LinkError),
     /// The peer ended the signaling stream.
     #[error("the peer closed the signaling stream")]
     StreamClosed,
@@ -51,6 +54,7 @@ impl TransportError {
         match self {
             Self::Connection(error) => close_code_of(error).unwrap_or(ErrorCode::CONNECTION_LOST),
             Self::Protocol(_) => ErrorCode::PROTOCOL_ERROR,
+            Self::Link(error) => error.code(),
             Self::TimedOut(_) => ErrorCode::TIMEOUT,
             Self::Tls(_) | Self::Certificate(_) | Self::Bind { .. } | Self::Io(_) => {
                 ErrorCode::INTERNAL

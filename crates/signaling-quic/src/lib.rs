@@ -2,8 +2,7 @@
 //!
 //! One connection per logged-in client carries:
 //! - one bidirectional stream of length-prefixed signaling frames
-//!   ([`FramedSend`] / [`FramedRecv`] over `signaling-proto`'s framing), opened
-//!   by the client;
+//!   (`signaling-link`'s framing over quinn's streams), opened by the client;
 //! - unreliable DATAGRAM frames for audio (negotiated on every connection,
 //!   with `signaling-proto`'s media header in front of each Opus packet).
 //!
@@ -15,6 +14,10 @@
 //! Connections close with an application code that is an [`ErrorCode`]
 //! number, so both ends can say why.
 //!
+//! Both are the transport seam of `signaling-link` ([`Quic`] implements
+//! its `Transport`; a connection is a `MediaLink`), so the server and the
+//! SDK above it never name quinn.
+//!
 //! This crate holds no call logic (that is `signaling-proto`) and never
 //! touches audio devices or codecs. Transport settings follow the design
 //! brief: see [`transport_config`].
@@ -24,16 +27,16 @@
 mod client;
 mod error;
 mod identity;
+mod link;
 mod server;
-mod stream;
 mod tuning;
 
 pub use client::{ClientConnection, ServerTrust, client_config, connect, connect_on};
 pub use error::{TransportError, close, close_code_of, close_endpoint};
 pub use identity::InvalidFingerprint;
 pub use identity::{CertFingerprint, ServerIdentity, write_private};
+pub use link::{Quic, QuicMedia, QuicSend};
 pub use server::{AcceptedConnection, IpSlot, QuicServer, ServerConnection, ServerLimits};
-pub use stream::{FramedRecv, FramedSend};
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
 
 /// Re-exported so users of this crate name quinn's types without depending

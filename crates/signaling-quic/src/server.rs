@@ -7,7 +7,9 @@ use quinn::crypto::rustls::QuicServerConfig;
 use signaling_proto::{ClientMessage, ServerMessage};
 use tracing::debug;
 
-use crate::{FramedRecv, FramedSend, ServerIdentity, TransportError, transport_config};
+use signaling_link::{FramedRecv, FramedSend, Link};
+
+use crate::{Quic, QuicMedia, QuicSend, ServerIdentity, TransportError, transport_config};
 
 /// What one server endpoint admits.
 #[derive(Debug, Clone)]
@@ -23,14 +25,19 @@ pub struct ServerLimits {
     pub handshake_timeout: Duration,
 }
 
+impl ServerLimits {
+    /// The limits a server runs with unless configured otherwise.
+    pub const DEFAULT: Self = Self {
+        max_connections: 20_000,
+        max_connections_per_ip: 64,
+        validate_addresses_above: 2_000,
+        handshake_timeout: Duration::from_secs(10),
+    };
+}
+
 impl Default for ServerLimits {
     fn default() -> Self {
-        Self {
-            max_connections: 20_000,
-            max_connections_per_ip: 64,
-            validate_addresses_above: 2_000,
-            handshake_timeout: Duration::from_secs(10),
-        }
+        Self::DEFAULT
     }
 }
 
@@ -210,11 +217,24 @@ pub struct ServerConnection {
     /// The QUIC connection (datagrams, close).
     pub connection: quinn::Connection,
     /// Frames to the client.
-    pub send: FramedSend<ServerMessage>,
+    pub send: FramedSend<QuicSend, ServerMessage>,
     /// Frames from the client.
-    pub recv: FramedRecv<ClientMessage>,
+    pub recv: FramedRecv<quinn::RecvStream, ClientMessage>,
     /// The IP slot, released when this is dropped.
     pub slot: IpSlot,
+}
+
+impl ServerConnection {
+    /// The connection as the transport seam sees it, and the IP slot to
+    /// keep as long as it is open.
+    pub fn into_link(self) -> (Link<Quic, ClientMessage, ServerMessage>, IpSlot) {
+        let link = Link {
+            media: QuicMedia(self.connection),
+            send: self.send,
+            recv: self.recv,
+        };
+        (link, self.slot)
+    }
 }
 
 impl AcceptedConnection {
@@ -241,7 +261,7 @@ impl AcceptedConnection {
             .map_err(|_| TransportError::TimedOut("handshake and signaling stream"))??;
         Ok(ServerConnection {
             connection,
-            send: FramedSend::new(send),
+            send: FramedSend::new(QuicSend(send)),
             recv: FramedRecv::new(recv),
             slot,
         })
