@@ -1,3 +1,6 @@
+//! Wall-clock pacing for loops that must run in real time (file playback,
+//! synthetic capture): a tick per period, no drift.
+
 use std::time::{Duration, Instant};
 
 /// Paces a loop to the wall clock: one tick per period, without drift

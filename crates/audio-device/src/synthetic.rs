@@ -1,3 +1,6 @@
+//! Generated audio: silence, tones, chirps and clicks as capture sources,
+//! and a sink that discards — for tests, probes and machines with no device.
+
 use std::f32::consts::TAU;
 
 use crate::{AudioFormat, AudioSink, AudioSource};

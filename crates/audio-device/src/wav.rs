@@ -1,3 +1,6 @@
+//! WAV files as devices: a file plays as a capture source, and what is heard
+//! is recorded into a file (hound).
+
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::Path;

@@ -146,8 +146,8 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition) -> (Vec<f32>, f
     for (index, chunk) in padded.chunks(320).enumerate() {
         let now = origin + Duration::from_millis(20 * index as u64);
         send.push_capture(chunk);
-        while let Some(frame) = send.next_frame().unwrap() {
-            if let Some(frame) = frame {
+        while let Some(captured) = send.next_frame().unwrap() {
+            if let Some(frame) = captured.frame() {
                 network.send(
                     now,
                     MediaPacket::new(now, frame.seq, frame.timestamp, frame.voice, frame.payload)

@@ -1,3 +1,6 @@
+//! Mixing remote speakers into one frame, with soft clipping and a level per
+//! speaker.
+
 use crate::FRAME_SAMPLES;
 use crate::level;
 

@@ -112,10 +112,10 @@ impl SendPath {
         self.volume
     }
 
-    /// The next 20 ms of capture, encoded, once a whole frame is in. Time
-    /// always advances; a muted or DTX frame yields `Ok(None)` once taken.
-    /// `Err` only for a codec failure.
-    pub fn next_frame(&mut self) -> Result<Option<Option<OutgoingFrame<'_>>>, CodecError> {
+    /// The next 20 ms of capture, once a whole frame is in: `None` until
+    /// then. Time always advances, so a muted or DTX frame is
+    /// [`Captured::Nothing`]. `Err` only for a codec failure.
+    pub fn next_frame(&mut self) -> Result<Option<Captured<'_>>, CodecError> {
         if !self.resampler.pop(&mut self.frame) {
             return Ok(None);
         }
@@ -123,22 +123,41 @@ impl SendPath {
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
         if self.muted {
             self.volume = 0;
-            return Ok(Some(None));
+            return Ok(Some(Captured::Nothing));
         }
         self.volume = level::volume(&self.frame);
         let len = self.encoder.encode(&self.frame, &mut self.packet)?;
         if is_dtx_frame(len) {
-            return Ok(Some(None));
+            return Ok(Some(Captured::Nothing));
         }
         let voice = level::voice_activity(&self.frame) && !self.encoder.in_dtx();
         self.seq = self.seq.wrapping_add(1);
-        Ok(Some(Some(OutgoingFrame {
+        Ok(Some(Captured::Frame(OutgoingFrame {
             seq: self.seq,
             timestamp,
             voice,
             level_dbov: level::level_dbov(&self.frame),
             payload: &self.packet[..len],
         })))
+    }
+}
+
+/// What 20 ms of capture became.
+#[derive(Debug, Clone, Copy)]
+pub enum Captured<'a> {
+    /// A frame to send.
+    Frame(OutgoingFrame<'a>),
+    /// Nothing to send: muted, or silence the encoder left out (DTX).
+    Nothing,
+}
+
+impl<'a> Captured<'a> {
+    /// The frame to send, if there is one.
+    pub fn frame(self) -> Option<OutgoingFrame<'a>> {
+        match self {
+            Self::Frame(frame) => Some(frame),
+            Self::Nothing => None,
+        }
     }
 }
 
@@ -368,8 +387,8 @@ mod tests {
         for (index, chunk) in tone.chunks(882).enumerate() {
             send.push_capture(chunk);
             let now = start + Duration::from_millis(10 * index as u64);
-            while let Some(frame) = send.next_frame().unwrap() {
-                if let Some(frame) = frame {
+            while let Some(captured) = send.next_frame().unwrap() {
+                if let Some(frame) = captured.frame() {
                     network.send(
                         MediaPacket::new(
                             now,
@@ -403,8 +422,8 @@ mod tests {
         send.set_muted(true);
         send.push_capture(&[0.5; 4_800]);
         let mut frames = 0;
-        while let Some(frame) = send.next_frame().unwrap() {
-            assert!(frame.is_none());
+        while let Some(captured) = send.next_frame().unwrap() {
+            assert!(captured.frame().is_none());
             frames += 1;
         }
         assert_eq!(frames, 5);

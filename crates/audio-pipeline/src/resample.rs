@@ -1,3 +1,6 @@
+//! Rate and channel conversion (rubato) between devices and the pipeline's
+//! 48 kHz mono, with every buffer allocated once.
+
 use std::collections::VecDeque;
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;

@@ -1,3 +1,5 @@
+//! Call vocabulary: the call type, the call id, and why a call ended.
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

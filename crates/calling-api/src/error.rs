@@ -1,3 +1,5 @@
+//! Stable error codes and the error every API call returns.
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

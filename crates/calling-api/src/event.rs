@@ -1,3 +1,6 @@
+//! The events an application receives: one per callback of the original
+//! listener, plus our extensions.
+
 use serde::{Deserialize, Serialize};
 
 use crate::{CallId, CallType, EndReason, ErrorCode, UserId};

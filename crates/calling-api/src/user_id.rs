@@ -1,3 +1,5 @@
+//! The validated user id.
+
 use std::fmt;
 use std::str::FromStr;
 

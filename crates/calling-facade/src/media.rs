@@ -461,14 +461,27 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
     let mut chunk = vec![0.0_f32; format.samples_in_ms(20)];
     let mut datagram = vec![0_u8; MAX_HEADER_LEN + audio_pipeline::MAX_PACKET];
     let mut pacer = Pacer::new(Duration::from_millis(20));
+    let mut encoder_failed = false;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
         let read = source.read(&mut chunk);
         chunk[read..].fill(0.0);
         send.set_muted(shared.muted.load(Ordering::Relaxed));
         send.push_capture(&chunk);
-        while let Ok(Some(frame)) = send.next_frame() {
-            if let Some(frame) = frame {
+        loop {
+            let captured = match send.next_frame() {
+                Ok(Some(captured)) => captured,
+                Ok(None) => break,
+                Err(error) => {
+                    // The frame is lost; the next one is tried afresh.
+                    if !encoder_failed {
+                        warn!(%error, "the encoder failed: its frames are not sent");
+                        encoder_failed = true;
+                    }
+                    continue;
+                }
+            };
+            if let Some(frame) = captured.frame() {
                 let header = MediaHeader {
                     kind: DatagramKind::Audio,
                     // The server stamps our flow; what we say does not count.

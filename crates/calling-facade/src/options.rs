@@ -1,3 +1,6 @@
+//! The SDK's options: where the server is, how to trust it, the audio
+//! devices, timings; from code or from the environment.
+
 use std::time::Duration;
 
 use signaling_quic::CertFingerprint;

@@ -1,6 +1,9 @@
 //! The server's configuration: defaults, then an optional TOML file, then
 //! environment variables, then command-line flags, each overriding the one
-//! before. With nothing configured the server runs in development mode.
+//! before. Every setting is defined once, in [`Settings`] (clap's derive
+//! for flags and environment, serde for the file), with the [`Bound`] that
+//! gives a numeric one its default and range. With no app configured the
+//! server runs in development mode.
 
 use std::fmt;
 use std::fs;
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
+use signaling_proto::SwitchboardConfig;
 use signaling_quic::ServerLimits;
 
 /// An app's secret key. Never printed by `Debug` or `Display`.
@@ -71,7 +75,8 @@ pub fn system_clock() -> UnixClock {
     })
 }
 
-/// Everything the server needs to run.
+/// Everything the server needs to run, resolved from [`Settings`] (or
+/// built directly by an embedding program or a test).
 #[derive(Clone)]
 pub struct ServerConfig {
     /// UDP address to listen on.
@@ -80,10 +85,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The apps served; empty means development mode (one app, made once).
     pub apps: Vec<AppCredentials>,
-    /// How long invitations ring unless a call says otherwise.
-    pub invite_timeout: Duration,
-    /// The longest a call may ask invitations to ring.
-    pub max_invite_timeout: Duration,
+    /// The call rules: invitation timeouts, call size, node id.
+    pub switchboard: SwitchboardConfig,
     /// Connection limits.
     pub limits: ServerLimits,
     /// Certificate source.
@@ -100,8 +103,7 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("apps", &self.apps)
-            .field("invite_timeout", &self.invite_timeout)
-            .field("max_invite_timeout", &self.max_invite_timeout)
+            .field("switchboard", &self.switchboard)
             .field("limits", &self.limits)
             .field("tls", &self.tls)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -112,18 +114,26 @@ impl fmt::Debug for ServerConfig {
 /// The port the server listens on by default.
 pub const DEFAULT_PORT: u16 = 4433;
 
+/// The address the server listens on by default.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    DEFAULT_PORT,
+);
+
+/// The data directory by default, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "opencalling-data";
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
-            data_dir: PathBuf::from("opencalling-data"),
+            listen: DEFAULT_LISTEN,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             apps: Vec::new(),
-            invite_timeout: Duration::from_secs(30),
-            max_invite_timeout: Duration::from_secs(600),
-            limits: ServerLimits::default(),
+            switchboard: SwitchboardConfig::DEFAULT,
+            limits: ServerLimits::DEFAULT,
             tls: TlsSource::SelfSigned,
             clock: system_clock(),
-            shutdown_grace: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(SHUTDOWN_GRACE_SECS.default),
         }
     }
 }
@@ -148,45 +158,246 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A flag or variable has a bad value or is unknown.
+    /// A setting has a value outside its range, or settings contradict.
     #[error("{0}")]
     Invalid(String),
 }
 
-/// The optional TOML file, all fields optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    invite_timeout_secs: Option<u64>,
-    max_invite_timeout_secs: Option<u64>,
-    tls: Option<FileTls>,
-    limits: Option<FileLimits>,
-    #[serde(default)]
-    apps: Vec<FileApp>,
+/// A numeric setting's default and allowed range: the command line, the
+/// environment and the file are all checked against it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The setting's key in the file (and, in kebab case, its flag).
+    pub key: &'static str,
+    /// The value when no source sets it.
+    pub default: u64,
+    /// The least allowed value.
+    pub min: u64,
+    /// The largest allowed value.
+    pub max: u64,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileTls {
-    cert: PathBuf,
-    key: PathBuf,
+impl Bound {
+    /// `value`, or why it is out of range.
+    pub fn check(&self, value: u64) -> Result<u64, String> {
+        if (self.min..=self.max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!(
+                "{}: {value} is outside {}..={}",
+                self.key, self.min, self.max
+            ))
+        }
+    }
+
+    /// The value of a flag or variable, checked.
+    fn parse(&self, text: &str) -> Result<u64, String> {
+        let value = text
+            .parse()
+            .map_err(|_| format!("{}: {text:?} is not a number", self.key))?;
+        self.check(value)
+    }
+
+    /// The setting from whichever source set it, checked, or the default.
+    fn resolve(&self, value: Option<u64>) -> Result<u64, ConfigError> {
+        value
+            .map_or(Ok(self.default), |value| self.check(value))
+            .map_err(ConfigError::Invalid)
+    }
+
+    fn resolve_usize(&self, value: Option<u64>) -> Result<usize, ConfigError> {
+        usize::try_from(self.resolve(value)?)
+            .map_err(|_| ConfigError::Invalid(format!("{}: too large", self.key)))
+    }
+
+    fn resolve_secs(&self, value: Option<u64>) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(self.resolve(value)?))
+    }
+
+    /// A clap value parser enforcing the range.
+    fn parser(self) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+        move |text: &str| self.parse(text)
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    validate_addresses_above: Option<usize>,
+/// How long invitations ring unless a call says otherwise, in seconds.
+pub const INVITE_TIMEOUT_SECS: Bound = Bound {
+    key: "invite_timeout_secs",
+    default: SwitchboardConfig::DEFAULT.default_invite_timeout.as_secs(),
+    min: 1,
+    max: 3_600,
+};
+/// The longest a call may ask invitations to ring, in seconds.
+pub const MAX_INVITE_TIMEOUT_SECS: Bound = Bound {
+    key: "max_invite_timeout_secs",
+    default: SwitchboardConfig::DEFAULT.max_invite_timeout.as_secs(),
+    min: 1,
+    max: 3_600,
+};
+/// The most members and invitees of one call.
+pub const MAX_CALL_SIZE: Bound = Bound {
+    key: "max_call_size",
+    default: SwitchboardConfig::DEFAULT.max_call_size as u64,
+    min: 2,
+    max: 64,
+};
+/// How long a graceful shutdown waits for clients to get the notice, in seconds.
+pub const SHUTDOWN_GRACE_SECS: Bound = Bound {
+    key: "shutdown_grace_secs",
+    default: 2,
+    min: 0,
+    max: 60,
+};
+/// Connections open at once.
+pub const MAX_CONNECTIONS: Bound = Bound {
+    key: "max_connections",
+    default: ServerLimits::DEFAULT.max_connections as u64,
+    min: 1,
+    max: 10_000_000,
+};
+/// Connections open at once from one IP address.
+pub const MAX_CONNECTIONS_PER_IP: Bound = Bound {
+    key: "max_connections_per_ip",
+    default: ServerLimits::DEFAULT.max_connections_per_ip as u64,
+    min: 1,
+    max: 10_000_000,
+};
+/// Open connections above which clients must prove their address first.
+pub const VALIDATE_ADDRESSES_ABOVE: Bound = Bound {
+    key: "validate_addresses_above",
+    default: ServerLimits::DEFAULT.validate_addresses_above as u64,
+    min: 0,
+    max: 10_000_000,
+};
+/// How long a client has for its handshake, in seconds.
+pub const HANDSHAKE_TIMEOUT_SECS: Bound = Bound {
+    key: "handshake_timeout_secs",
+    default: ServerLimits::DEFAULT.handshake_timeout.as_secs(),
+    min: 1,
+    max: 60,
+};
+
+/// Every setting of the server, once. Each field is one setting: its doc
+/// is its help text, its name its key in the TOML file, its `arg` its flag
+/// and environment variable; a numeric setting's default and range are
+/// the [`Bound`] its parser names. Flags win over the environment (clap
+/// reads both), which wins over the file ([`Settings::over`]).
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// UDP address to listen on [default: 0.0.0.0:4433]
+    #[arg(long, env = "OPENCALLING_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Where development certificate, app and keys are kept [default: ./opencalling-data]
+    #[arg(long, env = "OPENCALLING_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds an invitation rings unless the call says [default: 30, 1..=3600]
+    #[arg(long = "invite-timeout", env = "OPENCALLING_INVITE_TIMEOUT_SECS", value_name = "SECS",
+          value_parser = INVITE_TIMEOUT_SECS.parser())]
+    pub invite_timeout_secs: Option<u64>,
+    /// The longest a call may ask an invitation to ring, in seconds [default: 600, 1..=3600]
+    #[arg(long = "max-invite-timeout", env = "OPENCALLING_MAX_INVITE_TIMEOUT_SECS",
+          value_name = "SECS", value_parser = MAX_INVITE_TIMEOUT_SECS.parser())]
+    pub max_invite_timeout_secs: Option<u64>,
+    /// Members and invitees one call may hold [default: 16, 2..=64]
+    #[arg(long, env = "OPENCALLING_MAX_CALL_SIZE", value_name = "N",
+          value_parser = MAX_CALL_SIZE.parser())]
+    pub max_call_size: Option<u64>,
+    /// This node's number, the high half of its call ids [default: random at each start]
+    #[arg(long, env = "OPENCALLING_NODE_ID", value_name = "N")]
+    pub node_id: Option<u32>,
+    /// Seconds a graceful shutdown waits for clients to get the notice [default: 2, 0..=60]
+    #[arg(long = "shutdown-grace", env = "OPENCALLING_SHUTDOWN_GRACE_SECS", value_name = "SECS",
+          value_parser = SHUTDOWN_GRACE_SECS.parser())]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Connection limits.
+    #[command(flatten)]
+    pub limits: LimitSettings,
+    /// Certificate chain, leaf first (PEM) [default: self-signed, made once in the data directory]
+    #[arg(
+        long = "cert",
+        env = "OPENCALLING_CERT",
+        value_name = "PEM",
+        requires = "key"
+    )]
+    #[serde(skip)]
+    pub cert: Option<PathBuf>,
+    /// Private key of the certificate (PEM)
+    #[arg(
+        long = "key",
+        env = "OPENCALLING_KEY",
+        value_name = "PEM",
+        requires = "cert"
+    )]
+    #[serde(skip)]
+    pub key: Option<PathBuf>,
+    /// Certificate and key, in the file.
+    #[arg(skip)]
+    pub tls: Option<FileTls>,
+    /// An app's sdkAppId (with --secret-key); the file lists apps as [[apps]]
+    #[arg(
+        long,
+        env = "OPENCALLING_SDK_APP_ID",
+        value_name = "ID",
+        requires = "secret_key"
+    )]
+    #[serde(skip)]
+    pub sdk_app_id: Option<u32>,
+    /// That app's secret key
+    #[arg(
+        long,
+        env = "OPENCALLING_SECRET_KEY",
+        value_name = "KEY",
+        hide_env_values = true,
+        requires = "sdk_app_id"
+    )]
+    #[serde(skip)]
+    pub secret_key: Option<String>,
+    /// The apps, in the file.
+    #[arg(skip)]
+    pub apps: Vec<FileApp>,
 }
 
-#[derive(Deserialize)]
+/// The connection limits, the `[limits]` table of the file.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Connections open at once [default: 20000, 1..=10000000]
+    #[arg(long, env = "OPENCALLING_MAX_CONNECTIONS", value_name = "N",
+          value_parser = MAX_CONNECTIONS.parser())]
+    pub max_connections: Option<u64>,
+    /// Connections open at once from one IP address [default: 64, 1..=10000000]
+    #[arg(long, env = "OPENCALLING_MAX_CONNECTIONS_PER_IP", value_name = "N",
+          value_parser = MAX_CONNECTIONS_PER_IP.parser())]
+    pub max_connections_per_ip: Option<u64>,
+    /// Open connections above which a client proves its address first [default: 2000, 0..=10000000]
+    #[arg(long, env = "OPENCALLING_VALIDATE_ADDRESSES_ABOVE", value_name = "N",
+          value_parser = VALIDATE_ADDRESSES_ABOVE.parser())]
+    pub validate_addresses_above: Option<u64>,
+    /// Seconds a client has to finish its handshake [default: 10, 1..=60]
+    #[arg(long = "handshake-timeout", env = "OPENCALLING_HANDSHAKE_TIMEOUT_SECS",
+          value_name = "SECS", value_parser = HANDSHAKE_TIMEOUT_SECS.parser())]
+    pub handshake_timeout_secs: Option<u64>,
+}
+
+/// The `[tls]` table of the file.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileApp {
-    sdk_app_id: u32,
-    secret_key: String,
+pub struct FileTls {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// One `[[apps]]` entry of the file.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApp {
+    /// The app's sdkAppId.
+    pub sdk_app_id: u32,
+    /// Its secret key.
+    pub secret_key: String,
 }
 
 impl fmt::Debug for FileApp {
@@ -197,90 +408,133 @@ impl fmt::Debug for FileApp {
     }
 }
 
-fn parse_addr(what: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| {
-        ConfigError::Invalid(format!(
-            "{what}: {value:?} is not an address like 0.0.0.0:4433"
-        ))
-    })
+/// The settings alone as a command line, for [`Settings::parse_from`].
+#[derive(Debug, clap::Parser)]
+struct SettingsOnly {
+    #[command(flatten)]
+    settings: Settings,
 }
 
-fn parse_number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::Invalid(format!("{what}: {value:?} is not a number")))
-}
+impl Settings {
+    /// The settings of command-line `args` (the program's name first) and
+    /// of the environment, flags winning, as the binary reads them.
+    pub fn parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <SettingsOnly as clap::Parser>::try_parse_from(args).map(|only| only.settings)
+    }
 
-impl ServerConfig {
-    /// Applies a TOML file.
-    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+    /// The settings of a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let file: FileConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
             message: error.message().to_owned(),
-        })?;
-        if let Some(listen) = &file.listen {
-            self.listen = parse_addr("listen", listen)?;
-        }
-        if let Some(dir) = file.data_dir {
-            self.data_dir = dir;
-        }
-        if let Some(secs) = file.invite_timeout_secs {
-            self.invite_timeout = Duration::from_secs(secs);
-        }
-        if let Some(secs) = file.max_invite_timeout_secs {
-            self.max_invite_timeout = Duration::from_secs(secs);
-        }
-        if let Some(tls) = file.tls {
-            self.tls = TlsSource::PemFiles {
-                cert: tls.cert,
-                key: tls.key,
-            };
-        }
-        if let Some(limits) = file.limits {
-            if let Some(value) = limits.max_connections {
-                self.limits.max_connections = value;
-            }
-            if let Some(value) = limits.max_connections_per_ip {
-                self.limits.max_connections_per_ip = value;
-            }
-            if let Some(value) = limits.validate_addresses_above {
-                self.limits.validate_addresses_above = value;
-            }
-        }
-        for app in file.apps {
-            self.add_app(app.sdk_app_id, SecretKey::new(app.secret_key))?;
-        }
-        Ok(())
+        })
     }
 
-    /// Applies the `OPENCALLING_*` environment variables found by `lookup`
-    /// (`std::env::var` in the binary).
-    pub fn apply_env(
-        &mut self,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
-        if let Some(listen) = lookup("OPENCALLING_LISTEN") {
-            self.listen = parse_addr("OPENCALLING_LISTEN", &listen)?;
+    /// These settings where set, `lower`'s elsewhere (flags and
+    /// environment over the file). Apps add up, a key of `self` replacing
+    /// the same app's key in `lower`.
+    pub fn over(self, lower: Self) -> Self {
+        let mut apps = lower.apps;
+        apps.extend(self.apps);
+        Self {
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            invite_timeout_secs: self.invite_timeout_secs.or(lower.invite_timeout_secs),
+            max_invite_timeout_secs: self
+                .max_invite_timeout_secs
+                .or(lower.max_invite_timeout_secs),
+            max_call_size: self.max_call_size.or(lower.max_call_size),
+            node_id: self.node_id.or(lower.node_id),
+            shutdown_grace_secs: self.shutdown_grace_secs.or(lower.shutdown_grace_secs),
+            limits: LimitSettings {
+                max_connections: self.limits.max_connections.or(lower.limits.max_connections),
+                max_connections_per_ip: self
+                    .limits
+                    .max_connections_per_ip
+                    .or(lower.limits.max_connections_per_ip),
+                validate_addresses_above: self
+                    .limits
+                    .validate_addresses_above
+                    .or(lower.limits.validate_addresses_above),
+                handshake_timeout_secs: self
+                    .limits
+                    .handshake_timeout_secs
+                    .or(lower.limits.handshake_timeout_secs),
+            },
+            cert: self.cert.or(lower.cert),
+            key: self.key.or(lower.key),
+            tls: self.tls.or(lower.tls),
+            sdk_app_id: self.sdk_app_id.or(lower.sdk_app_id),
+            secret_key: self.secret_key.or(lower.secret_key),
+            apps,
         }
-        if let Some(dir) = lookup("OPENCALLING_DATA_DIR") {
-            self.data_dir = PathBuf::from(dir);
+    }
+
+    /// The configuration these settings describe, every value checked
+    /// against its range; unset ones take their defaults. `node_id`, when
+    /// unset, is drawn at random.
+    pub fn resolve(self) -> Result<ServerConfig, ConfigError> {
+        let default_invite_timeout = INVITE_TIMEOUT_SECS.resolve_secs(self.invite_timeout_secs)?;
+        let max_invite_timeout =
+            MAX_INVITE_TIMEOUT_SECS.resolve_secs(self.max_invite_timeout_secs)?;
+        if default_invite_timeout > max_invite_timeout {
+            return Err(ConfigError::Invalid(format!(
+                "invite_timeout_secs ({}) exceeds max_invite_timeout_secs ({})",
+                default_invite_timeout.as_secs(),
+                max_invite_timeout.as_secs()
+            )));
         }
-        if let Some(secs) = lookup("OPENCALLING_INVITE_TIMEOUT_SECS") {
-            self.invite_timeout =
-                Duration::from_secs(parse_number("OPENCALLING_INVITE_TIMEOUT_SECS", &secs)?);
+        let node_id = match self.node_id {
+            Some(node_id) => node_id,
+            None => random_node_id()?,
+        };
+        let tls = match (self.cert, self.key, self.tls) {
+            (Some(cert), Some(key), _) => TlsSource::PemFiles { cert, key },
+            (None, None, Some(file)) => TlsSource::PemFiles {
+                cert: file.cert,
+                key: file.key,
+            },
+            (None, None, None) => TlsSource::SelfSigned,
+            _ => return Err(ConfigError::Invalid("--cert and --key go together".into())),
+        };
+        let mut config = ServerConfig {
+            listen: self.listen.unwrap_or(DEFAULT_LISTEN),
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            apps: Vec::new(),
+            switchboard: SwitchboardConfig {
+                default_invite_timeout,
+                max_invite_timeout,
+                max_call_size: MAX_CALL_SIZE.resolve_usize(self.max_call_size)?,
+                node_id,
+            },
+            limits: ServerLimits {
+                max_connections: MAX_CONNECTIONS.resolve_usize(self.limits.max_connections)?,
+                max_connections_per_ip: MAX_CONNECTIONS_PER_IP
+                    .resolve_usize(self.limits.max_connections_per_ip)?,
+                validate_addresses_above: VALIDATE_ADDRESSES_ABOVE
+                    .resolve_usize(self.limits.validate_addresses_above)?,
+                handshake_timeout: HANDSHAKE_TIMEOUT_SECS
+                    .resolve_secs(self.limits.handshake_timeout_secs)?,
+            },
+            tls,
+            clock: system_clock(),
+            shutdown_grace: SHUTDOWN_GRACE_SECS.resolve_secs(self.shutdown_grace_secs)?,
+        };
+        for app in self.apps {
+            config.add_app(app.sdk_app_id, SecretKey::new(app.secret_key))?;
         }
-        match (
-            lookup("OPENCALLING_SDK_APP_ID"),
-            lookup("OPENCALLING_SECRET_KEY"),
-        ) {
-            (Some(id), Some(key)) => self.add_app(
-                parse_number("OPENCALLING_SDK_APP_ID", &id)?,
-                SecretKey::new(key),
-            )?,
+        match (self.sdk_app_id, self.secret_key) {
+            (Some(id), Some(key)) => config.add_app(id, SecretKey::new(key))?,
             (None, None) => {}
             _ => {
                 return Err(ConfigError::Invalid(
@@ -288,38 +542,19 @@ impl ServerConfig {
                 ));
             }
         }
-        Ok(())
+        config.validate()?;
+        Ok(config)
     }
+}
 
-    /// Applies one `--flag value` pair of the `serve` command.
-    pub fn apply_flag(&mut self, flag: &str, value: &str) -> Result<(), ConfigError> {
-        match flag {
-            "--listen" => self.listen = parse_addr(flag, value)?,
-            "--data-dir" => self.data_dir = PathBuf::from(value),
-            "--invite-timeout" => {
-                self.invite_timeout = Duration::from_secs(parse_number(flag, value)?)
-            }
-            "--max-connections" => self.limits.max_connections = parse_number(flag, value)?,
-            "--max-connections-per-ip" => {
-                self.limits.max_connections_per_ip = parse_number(flag, value)?
-            }
-            "--cert" | "--key" => {
-                let (mut cert, mut key) = match &self.tls {
-                    TlsSource::PemFiles { cert, key } => (cert.clone(), key.clone()),
-                    TlsSource::SelfSigned => (PathBuf::new(), PathBuf::new()),
-                };
-                if flag == "--cert" {
-                    cert = PathBuf::from(value);
-                } else {
-                    key = PathBuf::from(value);
-                }
-                self.tls = TlsSource::PemFiles { cert, key };
-            }
-            other => return Err(ConfigError::Invalid(format!("unknown flag {other}"))),
-        }
-        Ok(())
-    }
+fn random_node_id() -> Result<u32, ConfigError> {
+    let mut bytes = [0; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| ConfigError::Invalid("the system random generator failed".into()))?;
+    Ok(u32::from_le_bytes(bytes))
+}
 
+impl ServerConfig {
     fn add_app(&mut self, sdk_app_id: u32, secret_key: SecretKey) -> Result<(), ConfigError> {
         if secret_key.expose().is_empty() {
             return Err(ConfigError::Invalid(format!(
@@ -334,14 +569,14 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// Checks what can only be checked once every source is in.
+    /// Checks what a configuration built in code may get wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let TlsSource::PemFiles { cert, key } = &self.tls {
             if cert.as_os_str().is_empty() || key.as_os_str().is_empty() {
                 return Err(ConfigError::Invalid("--cert and --key go together".into()));
             }
         }
-        if self.invite_timeout.is_zero() {
+        if self.switchboard.default_invite_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "the invitation timeout must be positive".into(),
             ));
@@ -400,6 +635,10 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn flags(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::parse_from(std::iter::once("calling-server").chain(args.iter().copied()))
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("opencalling-config-{name}-{}", std::process::id()));
@@ -425,26 +664,41 @@ mod tests {
             "#,
         )
         .unwrap();
-        let mut config = ServerConfig::default();
-        config.apply_file(&file).unwrap();
+        let from_file = Settings::from_file(&file).unwrap();
+        let config = from_file.clone().resolve().unwrap();
         assert_eq!(config.listen, "127.0.0.1:5000".parse().unwrap());
-        assert_eq!(config.invite_timeout, Duration::from_secs(20));
+        assert_eq!(
+            config.switchboard.default_invite_timeout,
+            Duration::from_secs(20)
+        );
         assert_eq!(config.limits.max_connections, 100);
-        config
-            .apply_env(|name| match name {
-                "OPENCALLING_INVITE_TIMEOUT_SECS" => Some("15".into()),
-                "OPENCALLING_SDK_APP_ID" => Some("7".into()),
-                "OPENCALLING_SECRET_KEY" => Some("env-key".into()),
-                _ => None,
-            })
-            .unwrap();
-        assert_eq!(config.invite_timeout, Duration::from_secs(15));
+        // What clap reads from OPENCALLING_INVITE_TIMEOUT_SECS and the app
+        // variables (the binary's own test sets them for real).
+        let from_env = Settings {
+            invite_timeout_secs: Some(15),
+            sdk_app_id: Some(7),
+            secret_key: Some("env-key".into()),
+            ..Settings::default()
+        };
+        let env_over_file = from_env.over(from_file);
+        let config = env_over_file.clone().resolve().unwrap();
+        assert_eq!(
+            config.switchboard.default_invite_timeout,
+            Duration::from_secs(15)
+        );
         assert_eq!(config.apps.len(), 1, "the same app is replaced, not added");
         assert_eq!(config.apps[0].secret_key.expose(), "env-key");
-        config.apply_flag("--invite-timeout", "10").unwrap();
-        config.apply_flag("--listen", "127.0.0.1:6000").unwrap();
-        assert_eq!(config.invite_timeout, Duration::from_secs(10));
+        let config = flags(&["--invite-timeout", "10", "--listen", "127.0.0.1:6000"])
+            .unwrap()
+            .over(env_over_file)
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            config.switchboard.default_invite_timeout,
+            Duration::from_secs(10)
+        );
         assert_eq!(config.listen.port(), 6000);
+        assert_eq!(config.limits.max_connections, 100, "the file still counts");
         config.validate().unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -454,28 +708,104 @@ mod tests {
         let dir = temp_dir("bad");
         let file = dir.join("server.toml");
         fs::write(&file, "lisen = \"x\"").unwrap();
-        let error = ServerConfig::default()
-            .apply_file(&file)
-            .unwrap_err()
-            .to_string();
+        let error = Settings::from_file(&file).unwrap_err().to_string();
         assert!(error.contains("lisen"), "{error}");
-        let mut config = ServerConfig::default();
         assert!(
-            config
-                .apply_flag("--listen", "nowhere")
+            flags(&["--listen", "nowhere"])
                 .unwrap_err()
                 .to_string()
                 .contains("nowhere")
         );
-        assert!(config.apply_flag("--bogus", "1").is_err());
+        assert!(flags(&["--bogus", "1"]).is_err());
+        let only_id = Settings {
+            sdk_app_id: Some(1),
+            ..Settings::default()
+        };
+        assert!(only_id.resolve().is_err());
         assert!(
-            config
-                .apply_env(|name| (name == "OPENCALLING_SDK_APP_ID").then(|| "1".into()))
-                .is_err()
+            flags(&["--cert", "only-cert.pem"]).is_err(),
+            "--cert without --key"
         );
-        config.apply_flag("--cert", "only-cert.pem").unwrap();
-        assert!(config.validate().is_err(), "--cert without --key");
+        let only_cert = Settings {
+            cert: Some("only-cert.pem".into()),
+            ..Settings::default()
+        };
+        assert!(only_cert.resolve().is_err(), "--cert without --key");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_layer_checks_the_same_range() {
+        let dir = temp_dir("ranges");
+        let file = dir.join("server.toml");
+        fs::write(&file, "invite_timeout_secs = 9223372036854775807").unwrap();
+        let error = Settings::from_file(&file)
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "invite_timeout_secs: 9223372036854775807 is outside 1..=3600"
+        );
+        let error = flags(&["--invite-timeout", "0"]).unwrap_err().to_string();
+        assert!(
+            error.contains("invite_timeout_secs: 0 is outside 1..=3600"),
+            "{error}"
+        );
+        let error = flags(&["--max-connections", "0"]).unwrap_err().to_string();
+        assert!(error.contains("max_connections"), "{error}");
+        let inverted = Settings {
+            invite_timeout_secs: Some(60),
+            max_invite_timeout_secs: Some(30),
+            ..Settings::default()
+        };
+        assert!(inverted.resolve().is_err());
+        let defaults = Settings::default().resolve().unwrap();
+        assert_eq!(
+            defaults.switchboard.default_invite_timeout,
+            SwitchboardConfig::DEFAULT.default_invite_timeout
+        );
+        assert_eq!(
+            defaults.limits.max_connections,
+            ServerLimits::DEFAULT.max_connections
+        );
+        assert_eq!(defaults.listen, DEFAULT_LISTEN);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The help text of every numeric setting states its bound's default
+    /// and range, so `--help` cannot drift from the values in force.
+    #[test]
+    fn help_states_each_bound() {
+        use clap::CommandFactory;
+        let command = SettingsOnly::command();
+        let bounds = [
+            INVITE_TIMEOUT_SECS,
+            MAX_INVITE_TIMEOUT_SECS,
+            MAX_CALL_SIZE,
+            SHUTDOWN_GRACE_SECS,
+            MAX_CONNECTIONS,
+            MAX_CONNECTIONS_PER_IP,
+            VALIDATE_ADDRESSES_ABOVE,
+            HANDSHAKE_TIMEOUT_SECS,
+        ];
+        for bound in bounds {
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_id() == bound.key)
+                .unwrap_or_else(|| panic!("no setting named {}", bound.key));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let stated = format!(
+                "[default: {}, {}..={}]",
+                bound.default, bound.min, bound.max
+            );
+            assert!(
+                help.ends_with(&stated),
+                "{}: {help:?} lacks {stated}",
+                bound.key
+            );
+        }
     }
 
     #[test]
@@ -485,6 +815,15 @@ mod tests {
             .add_app(1, SecretKey::new("super-secret-value"))
             .unwrap();
         let printed = format!("{config:?}");
+        assert!(!printed.contains("super-secret-value"), "{printed}");
+        let settings = Settings {
+            apps: vec![FileApp {
+                sdk_app_id: 1,
+                secret_key: "super-secret-value".into(),
+            }],
+            ..Settings::default()
+        };
+        let printed = format!("{settings:?}");
         assert!(!printed.contains("super-secret-value"), "{printed}");
     }
 

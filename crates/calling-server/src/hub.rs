@@ -233,3 +233,162 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRout
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The hub and the relay on in-memory links: no sockets, no QUIC.
+
+    use super::*;
+    use calling_api::CallType;
+    use signaling_link::memory::{MemoryMedia, pair};
+    use signaling_link::{DatagramSource, Link};
+    use signaling_proto::message::RequestId;
+    use signaling_proto::{DatagramKind, FlowId, MediaHeader};
+
+    struct Client {
+        conn: ConnId,
+        outbox: mpsc::Receiver<Outbound>,
+        /// The client's end of its media link.
+        media: MemoryMedia,
+    }
+
+    async fn log_in(hub: &mpsc::Sender<HubInput>, conn: u64, user: &str) -> Client {
+        let (client, server): (
+            Link<signaling_link::memory::Memory, ServerMessage, ClientMessage>,
+            _,
+        ) = pair();
+        let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
+        let conn = ConnId(conn);
+        hub.send(HubInput::Login {
+            conn,
+            user: UserId::new(user).unwrap(),
+            outbox: outbox_tx,
+            media: Arc::new(server.media),
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            outbox.recv().await,
+            Some(Outbound::Message(ServerMessage::LoginResult { .. }))
+        ));
+        Client {
+            conn,
+            outbox,
+            media: client.media,
+        }
+    }
+
+    async fn next(client: &mut Client) -> ServerMessage {
+        match client.outbox.recv().await {
+            Some(Outbound::Message(message)) => message,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Returns once the hub has carried out every earlier input: it takes
+    /// one input at a time and publishes routes before the next.
+    async fn barrier(hub: &mpsc::Sender<HubInput>, client: &mut Client) {
+        hub.send(HubInput::Message {
+            conn: client.conn,
+            message: ClientMessage::Ping { nonce: 1 },
+        })
+        .await
+        .unwrap();
+        while !matches!(next(client).await, ServerMessage::Pong { .. }) {}
+    }
+
+    fn audio(claimed_flow: u32) -> Vec<u8> {
+        let header = MediaHeader {
+            kind: DatagramKind::Audio,
+            flow_id: FlowId(claimed_flow),
+            sequence: 1,
+            timestamp: 960,
+            voice_activity: true,
+            level_dbov: 20,
+        };
+        let mut buffer = vec![0; 64];
+        let len = header.encode(b"opus", &mut buffer).unwrap();
+        buffer.truncate(len);
+        buffer
+    }
+
+    #[tokio::test]
+    async fn membership_routes_audio_between_members_only() {
+        let routes = Arc::new(MediaRoutes::default());
+        let (hub, inputs) = mpsc::channel(64);
+        tokio::spawn(run(SwitchboardConfig::DEFAULT, inputs, Arc::clone(&routes)));
+        let mut alice = log_in(&hub, 1, "alice").await;
+        let mut bob = log_in(&hub, 2, "bob").await;
+        let message = |conn: &Client, message| HubInput::Message {
+            conn: conn.conn,
+            message,
+        };
+        hub.send(message(
+            &alice,
+            ClientMessage::Invite {
+                request_id: RequestId(1),
+                call_id: None,
+                user_ids: vec![UserId::new("bob").unwrap()],
+                call_type: CallType::Audio,
+                timeout_ms: None,
+                user_data: None,
+            },
+        ))
+        .await
+        .unwrap();
+        let ServerMessage::Ack {
+            call_id: Some(call_id),
+            ..
+        } = next(&mut alice).await
+        else {
+            panic!("no call id");
+        };
+        assert!(matches!(
+            next(&mut bob).await,
+            ServerMessage::Invited { .. }
+        ));
+        // Ringing: alice is alone in the call, her audio goes nowhere.
+        routes.relay(alice.conn, &audio(0));
+        assert_eq!(routes.counts().dropped_not_in_call, 1);
+
+        hub.send(message(
+            &bob,
+            ClientMessage::Accept {
+                request_id: RequestId(1),
+                call_id,
+            },
+        ))
+        .await
+        .unwrap();
+        assert!(matches!(next(&mut bob).await, ServerMessage::Ack { .. }));
+        let ServerMessage::UserEntered {
+            flow_id: bob_flow, ..
+        } = next(&mut alice).await
+        else {
+            panic!("bob did not enter");
+        };
+        barrier(&hub, &mut alice).await;
+
+        routes.relay(bob.conn, &audio(999));
+        let heard = alice.media.recv_datagram().await.unwrap();
+        let (header, payload) = MediaHeader::decode(&heard).unwrap();
+        assert_eq!((header.flow_id, payload), (bob_flow, &b"opus"[..]));
+        assert_eq!(routes.counts().forwarded, 1);
+
+        hub.send(message(
+            &bob,
+            ClientMessage::Hangup {
+                request_id: RequestId(2),
+            },
+        ))
+        .await
+        .unwrap();
+        while !matches!(next(&mut alice).await, ServerMessage::CallEnded { .. }) {}
+        barrier(&hub, &mut alice).await;
+        routes.relay(alice.conn, &audio(0));
+        routes.relay(bob.conn, &audio(0));
+        assert_eq!(routes.counts().dropped_not_in_call, 3);
+        assert_eq!(routes.counts().forwarded, 1);
+        drop(bob.media);
+    }
+}

@@ -29,13 +29,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use calling_api::ErrorCode;
-use signaling_proto::SwitchboardConfig;
 use signaling_quic::{CertFingerprint, QuicServer, ServerIdentity};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-pub use config::{AppCredentials, SecretKey, ServerConfig, TlsSource, UnixClock};
+pub use config::{AppCredentials, SecretKey, ServerConfig, Settings, TlsSource, UnixClock};
 pub use hub::HubStats;
 pub use relay::RelayCounts;
 
@@ -127,14 +126,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let local_addr = quic.local_addr()?;
     let endpoint = quic.endpoint().clone();
 
-    let switchboard = SwitchboardConfig {
-        default_invite_timeout: config.invite_timeout,
-        max_invite_timeout: config.max_invite_timeout,
-        ..SwitchboardConfig::default()
-    };
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let routes = Arc::new(relay::MediaRoutes::default());
-    let hub_task = tokio::spawn(hub::run(switchboard, hub_rx, Arc::clone(&routes)));
+    let hub_task = tokio::spawn(hub::run(
+        config.switchboard.clone(),
+        hub_rx,
+        Arc::clone(&routes),
+    ));
     let shared = Arc::new(Shared {
         apps: apps
             .into_iter()

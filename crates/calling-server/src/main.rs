@@ -1,5 +1,6 @@
 //! The `calling-server` binary: runs the server, or issues a development
-//! UserSig. `calling-server help` lists the commands and flags.
+//! UserSig. `calling-server help` lists the commands and every setting
+//! (`calling_server::Settings`, with its flag, variable and default).
 
 // The terminal is this binary's user interface; logs go through tracing.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -7,49 +8,87 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use calling_server::Settings;
 use calling_server::config::{ServerConfig, development_app};
 use calling_server::usersig;
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-const HELP: &str = "\
-calling-server — OpenCalling's server
+/// OpenCalling's server: UserSig auth, presence, call routing and audio relay.
+///
+/// Settings come from flags, then the environment, then a TOML file
+/// (--config), then defaults. With no app configured the server runs in
+/// development mode and prints its app and key. Logging: RUST_LOG (default
+/// info).
+#[derive(Debug, Parser)]
+#[command(
+    name = "calling-server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Configured,
+}
 
-usage:
-  calling-server [serve] [flags]         run the server (Ctrl-C or SIGTERM stops it gracefully)
-  calling-server usersig --user ID [--expire SECS] [--app ID] [flags]
-                                         print a UserSig for ID, signed with the app's key
-                                         (default: the development app)
-  calling-server help
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default); Ctrl-C or SIGTERM stops it gracefully.
+    Serve(Configured),
+    /// Print a UserSig for a user, signed with an app's key (by default the
+    /// first configured app, or the development app).
+    Usersig {
+        /// The user the UserSig is for.
+        #[arg(long = "user", value_name = "ID")]
+        user: String,
+        /// Its lifetime in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 180 * 86_400)]
+        expire: u64,
+        /// The sdkAppId of a configured app.
+        #[arg(long = "app", value_name = "ID")]
+        app: Option<u32>,
+        #[command(flatten)]
+        configured: Configured,
+    },
+}
 
-flags (each overrides the environment, which overrides the file):
-  --config FILE               TOML configuration (env OPENCALLING_CONFIG)
-  --listen ADDR               UDP address, default 0.0.0.0:4433 (env OPENCALLING_LISTEN)
-  --data-dir DIR              default ./opencalling-data (env OPENCALLING_DATA_DIR)
-  --invite-timeout SECS       default 30 (env OPENCALLING_INVITE_TIMEOUT_SECS)
-  --max-connections N         default 20000
-  --max-connections-per-ip N  default 64
-  --cert PEM --key PEM        certificate chain and key; default: a self-signed
-                              certificate made once in the data directory
-  apps: [[apps]] sdk_app_id/secret_key in the file, or OPENCALLING_SDK_APP_ID and
-  OPENCALLING_SECRET_KEY; with none, a development app is made once and printed.
+/// The settings, and the file they may come from.
+#[derive(Debug, Clone, clap::Args)]
+struct Configured {
+    /// TOML configuration file
+    #[arg(long = "config", env = "OPENCALLING_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
 
-logging: RUST_LOG (default info)
-";
+impl Configured {
+    /// Flags and environment over the file, resolved and checked.
+    fn resolve(self) -> Result<ServerConfig, String> {
+        let file = match &self.config {
+            Some(path) => Settings::from_file(path).map_err(|error| error.to_string())?,
+            None => Settings::default(),
+        };
+        self.settings
+            .over(file)
+            .resolve()
+            .map_err(|error| error.to_string())
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (command, rest) = match args.first().map(String::as_str) {
-        Some("serve") => ("serve", &args[1..]),
-        Some("usersig") => ("usersig", &args[1..]),
-        Some("help" | "--help" | "-h") => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        _ => ("serve", &args[..]),
-    };
-    let outcome = match command {
-        "usersig" => issue_usersig(rest),
-        _ => serve(rest),
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(configured)) => serve(configured),
+        Some(Command::Usersig {
+            user,
+            expire,
+            app,
+            configured,
+        }) => issue_usersig(&user, expire, app, configured),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,61 +99,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Splits `--flag value` pairs, taking out the command's own flags.
-fn flag_pairs(args: &[String]) -> Result<Vec<(String, String)>, String> {
-    let mut pairs = Vec::new();
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        if !flag.starts_with("--") {
-            return Err(format!(
-                "unexpected argument {flag:?}; see `calling-server help`"
-            ));
-        }
-        let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        pairs.push((flag.clone(), value.clone()));
-    }
-    Ok(pairs)
-}
-
-/// Builds the configuration from file, environment and `flags`; returns the
-/// flags the server configuration does not know, for the command to use.
-fn configure(
-    flags: Vec<(String, String)>,
-    own: &[&str],
-) -> Result<(ServerConfig, Vec<(String, String)>), String> {
-    let mut config = ServerConfig::default();
-    let file = flags
-        .iter()
-        .find(|(flag, _)| flag == "--config")
-        .map(|(_, value)| value.clone())
-        .or_else(|| std::env::var("OPENCALLING_CONFIG").ok());
-    if let Some(file) = file {
-        config
-            .apply_file(file.as_ref())
-            .map_err(|error| error.to_string())?;
-    }
-    config
-        .apply_env(|name| std::env::var(name).ok())
-        .map_err(|error| error.to_string())?;
-    let mut unused = Vec::new();
-    for (flag, value) in flags {
-        if flag == "--config" {
-            continue;
-        }
-        if own.contains(&flag.as_str()) {
-            unused.push((flag, value));
-        } else {
-            config
-                .apply_flag(&flag, &value)
-                .map_err(|error| error.to_string())?;
-        }
-    }
-    config.validate().map_err(|error| error.to_string())?;
-    Ok((config, unused))
-}
-
-fn serve(args: &[String]) -> Result<(), String> {
-    let (config, _) = configure(flag_pairs(args)?, &[])?;
+fn serve(configured: Configured) -> Result<(), String> {
+    let config = configured.resolve()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -167,28 +153,21 @@ async fn wait_for_stop_signal() {
     }
 }
 
-fn issue_usersig(args: &[String]) -> Result<(), String> {
-    let (config, own) = configure(flag_pairs(args)?, &["--user", "--expire", "--app"])?;
-    let value = |name: &str| {
-        own.iter()
-            .find(|(flag, _)| flag == name)
-            .map(|(_, value)| value.as_str())
-    };
-    let user = value("--user").ok_or("usersig needs --user ID")?;
+fn issue_usersig(
+    user: &str,
+    expire: u64,
+    app: Option<u32>,
+    configured: Configured,
+) -> Result<(), String> {
+    let config = configured.resolve()?;
     calling_api::UserId::new(user).map_err(|error| error.to_string())?;
-    let expire: u64 = value("--expire")
-        .map_or(Ok(180 * 86_400), str::parse)
-        .map_err(|_| "--expire takes seconds")?;
-    let app = match value("--app") {
-        Some(id) => {
-            let id: u32 = id.parse().map_err(|_| "--app takes an sdkAppId")?;
-            config
-                .apps
-                .iter()
-                .find(|app| app.sdk_app_id == id)
-                .cloned()
-                .ok_or_else(|| format!("app {id} is not configured"))?
-        }
+    let app = match app {
+        Some(id) => config
+            .apps
+            .iter()
+            .find(|app| app.sdk_app_id == id)
+            .cloned()
+            .ok_or_else(|| format!("app {id} is not configured"))?,
         None => match config.apps.first() {
             Some(app) => app.clone(),
             None => development_app(&config.data_dir)

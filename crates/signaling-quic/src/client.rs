@@ -1,3 +1,6 @@
+//! The client side: connecting to a server and deciding to trust its
+//! certificate (fingerprint, CA file or system roots).
+
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;

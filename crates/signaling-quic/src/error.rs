@@ -1,3 +1,6 @@
+//! Transport errors, and closing connections with an error code both ends
+//! understand.
+
 use calling_api::ErrorCode;
 
 /// Why a transport operation failed.

@@ -1,3 +1,6 @@
+//! The server's certificate: self-signed for development (made once, kept in
+//! the data directory) or from PEM files; fingerprints to pin it.
+
 use std::fmt;
 use std::fs;
 use std::path::Path;

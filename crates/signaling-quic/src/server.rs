@@ -1,3 +1,6 @@
+//! The server endpoint and its admission policy: connection caps, per-IP
+//! caps, address validation with Retry, stable reset keys.
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -98,8 +98,11 @@ async fn run_server() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let mut config = calling_server::config::ServerConfig::default();
-    config.apply_env(|name| std::env::var(name).ok()).unwrap();
+    // The server's own settings, read from this process's environment.
+    let config = calling_server::Settings::parse_from(["server"])
+        .unwrap()
+        .resolve()
+        .unwrap();
     let server = calling_server::start(config).await.unwrap();
     let app = server.development_app().unwrap();
     println!(

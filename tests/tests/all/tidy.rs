@@ -73,6 +73,46 @@ fn every_crate_root_opens_with_a_module_doc() {
     }
 }
 
+/// Every Rust file of the workspace's members, examples and tests included.
+fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.expect("readable entry").path();
+        if path.file_name().is_some_and(|name| name == "target") {
+            continue;
+        }
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_rust_file_opens_with_a_module_doc() {
+    let mut files = Vec::new();
+    for dir in member_dirs() {
+        rust_files(&dir, &mut files);
+    }
+    assert!(files.len() > 50, "found only {} files", files.len());
+    let undocumented: Vec<String> = files
+        .iter()
+        .filter(|path| {
+            !fs::read_to_string(path)
+                .expect("readable source")
+                .starts_with("//!")
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "files without a `//!` module doc: {undocumented:#?}"
+    );
+}
+
 /// The names of every package `crate_name` builds with (normal
 /// dependencies only: dev-dependencies such as proptest do not count).
 fn normal_dependencies(crate_name: &str) -> BTreeSet<String> {
