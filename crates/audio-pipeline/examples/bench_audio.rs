@@ -268,6 +268,10 @@ fn pesq(python: Option<&str>, reference: &Path, degraded: &[PathBuf]) -> Vec<Opt
         .collect()
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark round by round, with its baseline beside it"
+)]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let fixtures = PathBuf::from(

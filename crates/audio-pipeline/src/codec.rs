@@ -1,7 +1,7 @@
 //! Opus for calls: 48 kHz mono, 20 ms frames, VoIP mode, in-band FEC and
 //! DTX on the encoder; decode, FEC recovery and concealment on the decoder.
 //! The encoder's loss hint is whatever [`Encoder::set_measured_loss`] is
-//! told (at least 1 %); nothing in the SDK feeds it a measurement yet.
+//! told, never below 1 % (the SDK feeds it its receivers' loss reports).
 
 use crate::{FRAME_SAMPLES, MAX_PACKET, SAMPLE_RATE};
 

@@ -9,6 +9,8 @@
 //!   duplicate handling, DTX gaps, a target delay that follows the measured
 //!   lateness, time-scaling to move the delay inaudibly, NetEq-like
 //!   [`JitterStats`]);
+//! - [`LossMeter`]: what a receiver loses of one sender, for the loss
+//!   report that drives the sender's FEC;
 //! - [`Mixer`] with soft clipping, and [`level`] meters (0–100 from RMS dBFS);
 //! - [`path`]: the send path (capture → Opus) and the receive path (packets
 //!   → jitter buffers → mix), joined to the network thread by lock-free rings;
@@ -24,6 +26,7 @@ pub mod analysis;
 mod codec;
 pub mod jitter;
 pub mod level;
+pub mod loss;
 mod mixer;
 pub mod netem;
 pub mod path;
@@ -32,10 +35,11 @@ mod timescale;
 
 pub use codec::{CodecError, Decoder, Encoder, EncoderConfig, is_dtx_frame};
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PullKind};
+pub use loss::LossMeter;
 pub use mixer::Mixer;
 pub use path::{
-    MediaPacket, OutgoingFrame, PacketReceiver, PacketSender, PathError, ReceivePath, SendPath,
-    packet_ring,
+    Captured, MediaPacket, OutgoingFrame, PacketReceiver, PacketSender, PathError, ReceivePath,
+    SendPath, packet_ring,
 };
 pub use resample::{Resampler, ResamplerError};
 

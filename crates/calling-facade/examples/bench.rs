@@ -135,6 +135,10 @@ async fn bare_round_trips(count: usize) -> Vec<Duration> {
     samples
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark round by round, with its baseline beside it"
+)]
 async fn calls(count: usize) {
     let (server, app, data_dir) = in_process_server("opencalling-bench").await;
     let options = ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
@@ -349,6 +353,10 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark round by round, with its baseline beside it"
+)]
 async fn idle(server_bin: &str, count: usize) {
     let data_dir =
         std::env::temp_dir().join(format!("opencalling-bench-idle-{}", std::process::id()));
@@ -790,6 +798,10 @@ fn p99(delays: &mut [u32]) -> Duration {
     Duration::from_micros(u64::from(delays[(delays.len() - 1) * 99 / 100]))
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark round by round, with its baseline beside it"
+)]
 async fn relay(server_bin: &str, max_calls: usize) {
     let origin = Instant::now();
     let data_dir =

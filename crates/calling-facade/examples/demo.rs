@@ -49,6 +49,10 @@ impl User {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a scripted scenario reads best as one story, top to bottom"
+)]
 #[tokio::main]
 async fn main() {
     // Only warnings and errors: the events are the demo's output.

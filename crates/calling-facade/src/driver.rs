@@ -46,9 +46,14 @@ pub(crate) enum Command {
     MicMute(bool),
     HandsFree(bool),
     AudioStats(oneshot::Sender<Vec<(UserId, JitterStats)>>),
+    /// The loss the receivers of our audio report.
+    ReportedLoss(oneshot::Sender<Option<u8>>),
     /// Log out if logged in, then disconnect.
     Shutdown,
 }
+
+/// How often each remote speaker is told what we lose of its audio.
+const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a destroyed instance waits for the server to confirm its logout.
 const LOGOUT_GRACE: Duration = Duration::from_secs(1);
@@ -144,6 +149,8 @@ struct Driver<T: Transport> {
 
 impl<T: Transport> Driver<T> {
     async fn run(mut self) {
+        let mut loss_reports = tokio::time::interval(LOSS_REPORT_INTERVAL);
+        loss_reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(error) = self.flush().await {
                 debug!(%error, "sending failed");
@@ -163,6 +170,9 @@ impl<T: Transport> Driver<T> {
                     }
                     Some(Command::AudioStats(reply)) => {
                         let _ = reply.send(self.audio_stats());
+                    }
+                    Some(Command::ReportedLoss(reply)) => {
+                        let _ = reply.send(self.media.as_ref().and_then(MediaSession::reported_loss));
                     }
                     Some(Command::HandsFree(hands_free)) => {
                         self.hands_free = hands_free;
@@ -193,7 +203,8 @@ impl<T: Transport> Driver<T> {
                         media.on_datagram(&datagram);
                     }
                 }
-                () = crate::sleep_until(deadline), if deadline.is_some() => {
+                _ = loss_reports.tick(), if self.media.is_some() => self.send_loss_reports(),
+                () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
                     self.feed_levels();
                     self.engine.handle_timeout(Instant::now());
                 }
@@ -231,6 +242,17 @@ impl<T: Transport> Driver<T> {
                 self.flow_users.clear();
             }
             _ => {}
+        }
+    }
+
+    /// Tells each remote speaker what we lose of its audio.
+    fn send_loss_reports(&mut self) {
+        let Some(media) = self.media.as_mut() else {
+            return;
+        };
+        for report in media.loss_reports() {
+            // A closed link ends the call through the signaling stream.
+            let _ = self.link.media.send_datagram(report);
         }
     }
 

@@ -55,17 +55,6 @@ mod driver;
 mod media;
 mod options;
 
-/// Sleeps until `deadline`, or forever when there is none (a `select!`
-/// branch guarded by `deadline.is_some()`).
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(deadline) => {
-            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -234,7 +223,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct TRTCCalling {
     options: Mutex<ClientOptions>,
     dispatch: Arc<Dispatch>,
-    session: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    /// The command channel of the driver task while logged in.
+    driver: Mutex<Option<mpsc::UnboundedSender<Command>>>,
     mic_muted: AtomicBool,
     hands_free: AtomicBool,
 }
@@ -243,7 +233,7 @@ impl fmt::Debug for TRTCCalling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TRTCCalling")
             .field("options", &*lock(&self.options))
-            .field("logged_in", &self.live_session().is_some())
+            .field("logged_in", &self.live_driver().is_some())
             .field("mic_muted", &self.mic_muted.load(Ordering::Relaxed))
             .field("hands_free", &self.hands_free.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -264,7 +254,7 @@ impl TRTCCalling {
                 stream,
                 next_listener: AtomicU64::new(1),
             }),
-            session: Mutex::new(None),
+            driver: Mutex::new(None),
             mic_muted: AtomicBool::new(false),
             hands_free: AtomicBool::new(false),
         })
@@ -333,7 +323,7 @@ impl TRTCCalling {
     /// Releases everything: logs out (best effort, without waiting),
     /// disconnects and forgets every listener.
     pub fn destroy(&self) {
-        if let Some(session) = lock(&self.session).take() {
+        if let Some(session) = lock(&self.driver).take() {
             let _ = session.send(Command::Shutdown);
         }
         lock(&self.dispatch.listeners).clear();
@@ -344,7 +334,7 @@ impl TRTCCalling {
     /// UserSig scheme, unchanged).
     pub async fn login(&self, sdk_app_id: u32, user_id: &str, user_sig: &str) -> CallingResult<()> {
         UserId::new(user_id)?;
-        if self.live_session().is_some() {
+        if self.live_driver().is_some() {
             return Err(CallingError::new(ErrorCode::ALREADY_LOGGED_IN));
         }
         let options = self.options();
@@ -363,7 +353,7 @@ impl TRTCCalling {
         )
         .await?;
         {
-            let mut session = lock(&self.session);
+            let mut session = lock(&self.driver);
             if session
                 .as_ref()
                 .is_some_and(|existing| !existing.is_closed())
@@ -377,7 +367,7 @@ impl TRTCCalling {
             .await
             .map(|_| ());
         if result.is_err() {
-            lock(&self.session).take();
+            lock(&self.driver).take();
         }
         result
     }
@@ -386,7 +376,7 @@ impl TRTCCalling {
     /// as a hangup.
     pub async fn logout(&self) -> CallingResult<()> {
         let result = self.request(Request::Logout).await.map(|_| ());
-        lock(&self.session).take();
+        lock(&self.driver).take();
         result
     }
 
@@ -438,7 +428,7 @@ impl TRTCCalling {
     /// get `onUserAudioAvailable`. Works in any state, before login too.
     pub fn set_mic_mute(&self, muted: bool) {
         self.mic_muted.store(muted, Ordering::Relaxed);
-        if let Some(session) = self.live_session() {
+        if let Some(session) = self.live_driver() {
             let _ = session.send(Command::MicMute(muted));
         }
     }
@@ -446,11 +436,28 @@ impl TRTCCalling {
     /// Audio statistics of each remote speaker of the current call (or of
     /// the last call, once it ended): delay, concealment, FEC, late packets.
     pub async fn audio_stats(&self) -> CallingResult<Vec<(UserId, JitterStats)>> {
-        let Some(session) = self.live_session() else {
+        let Some(session) = self.live_driver() else {
             return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
         };
         let (reply, answer) = oneshot::channel();
         if session.send(Command::AudioStats(reply)).is_err() {
+            return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
+        }
+        answer
+            .await
+            .map_err(|_| CallingError::new(ErrorCode::CONNECTION_LOST))
+    }
+
+    /// The share of our audio its receivers lose, in percent, as they last
+    /// reported it (the worst of them, about once a second): the encoder's
+    /// forward error correction follows it. `None` outside a call or before
+    /// the first report.
+    pub async fn reported_loss(&self) -> CallingResult<Option<u8>> {
+        let Some(session) = self.live_driver() else {
+            return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
+        };
+        let (reply, answer) = oneshot::channel();
+        if session.send(Command::ReportedLoss(reply)).is_err() {
             return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
         }
         answer
@@ -468,7 +475,7 @@ impl TRTCCalling {
     /// same device on a machine with one output). Works in any state.
     pub fn set_hands_free(&self, hands_free: bool) {
         self.hands_free.store(hands_free, Ordering::Relaxed);
-        if let Some(session) = self.live_session() {
+        if let Some(session) = self.live_driver() {
             let _ = session.send(Command::HandsFree(hands_free));
         }
     }
@@ -478,9 +485,9 @@ impl TRTCCalling {
         self.hands_free.load(Ordering::Relaxed)
     }
 
-    /// The session's command channel, if a session is alive.
-    fn live_session(&self) -> Option<mpsc::UnboundedSender<Command>> {
-        let mut session = lock(&self.session);
+    /// The driver's command channel, if a login is alive.
+    fn live_driver(&self) -> Option<mpsc::UnboundedSender<Command>> {
+        let mut session = lock(&self.driver);
         if session
             .as_ref()
             .is_some_and(mpsc::UnboundedSender::is_closed)
@@ -491,7 +498,7 @@ impl TRTCCalling {
     }
 
     async fn request(&self, request: Request) -> CallingResult<Option<CallId>> {
-        let Some(session) = self.live_session() else {
+        let Some(session) = self.live_driver() else {
             return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
         };
         let (reply, answer) = oneshot::channel();

@@ -1,7 +1,12 @@
 //! A call's audio: a capture thread (device → send path → datagrams) and a
 //! playout thread (datagrams → jitter buffers → mix → device), started when
-//! the call is entered and stopped when it ends. The session task hands
+//! the call is entered and stopped when it ends. The driver task hands
 //! received datagrams over through lock-free packet rings.
+//!
+//! Loss feedback: the driver measures what it loses of each remote speaker
+//! ([`LossMeter`]) and sends each one a loss report about once a second;
+//! reports about our own audio arrive the same way, and the capture thread
+//! tells the encoder the worst of them, so in-band FEC follows the path.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,12 +20,12 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, FRAME_SAMPLES, JitterStats, MediaPacket, PacketReceiver, PacketSender,
-    ReceivePath, Resampler, SendPath, packet_ring,
+    EncoderConfig, FRAME_SAMPLES, JitterStats, LossMeter, MediaPacket, PacketReceiver,
+    PacketSender, ReceivePath, Resampler, SendPath, packet_ring,
 };
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
-use signaling_proto::{DatagramKind, FlowId, MediaHeader};
+use signaling_proto::{DatagramKind, FlowId, LossReport, MediaHeader};
 use tracing::warn;
 
 /// An application's own capture source (a bot's voice, a probe), shared
@@ -142,17 +147,39 @@ struct Shared {
     /// Jitter statistics per speaker slot, published by the playout thread
     /// about twice a second (it never waits for this lock).
     stats: Mutex<[JitterStats; MAX_SPEAKERS]>,
+    /// The worst loss the receivers reported since the capture thread last
+    /// looked ([`NO_REPORT`] if none).
+    reported_loss: AtomicU8,
+    /// The loss the encoder was last told ([`NO_REPORT`] if never).
+    applied_loss: AtomicU8,
 }
+
+/// No loss report: a value a report (0–100) never takes.
+const NO_REPORT: u8 = u8::MAX;
+
+/// How often the capture thread applies the receivers' loss reports, in
+/// 20 ms frames: once a second, as often as they come.
+const LOSS_UPDATE_FRAMES: u32 = 50;
 
 fn raise(level: &AtomicU8, value: u8) {
     level.fetch_max(value, Ordering::Relaxed);
 }
 
+/// One remote speaker as the session task sees it.
+struct RemoteSpeaker {
+    /// Its slot in the playout thread and the shared arrays.
+    slot: usize,
+    /// The ring into its jitter buffer.
+    packets: PacketSender,
+    /// What we lose of its packets, for our reports to it.
+    loss: LossMeter,
+}
+
 /// A running call's audio.
 pub(crate) struct MediaSession {
     shared: Arc<Shared>,
-    /// Flow id → speaker slot and the ring into its jitter buffer.
-    speakers: HashMap<FlowId, (usize, PacketSender)>,
+    /// Flow id → the speaker.
+    speakers: HashMap<FlowId, RemoteSpeaker>,
     /// Rings of newly heard flows, for the playout thread to add, in order:
     /// the n-th ring sent is speaker slot n there.
     new_speakers: std::sync::mpsc::Sender<PacketReceiver>,
@@ -334,6 +361,8 @@ impl MediaSession {
             local_level: AtomicU8::new(0),
             speaker_levels: std::array::from_fn(|_| AtomicU8::new(0)),
             stats: Mutex::new([JitterStats::default(); MAX_SPEAKERS]),
+            reported_loss: AtomicU8::new(NO_REPORT),
+            applied_loss: AtomicU8::new(NO_REPORT),
         });
         let (new_speakers, speaker_inbox) = std::sync::mpsc::channel();
         // Devices, codecs and jitter buffers are made on the threads, not
@@ -375,14 +404,34 @@ impl MediaSession {
         self.shared.hands_free.store(hands_free, Ordering::Relaxed);
     }
 
-    /// A datagram from the server.
+    /// A datagram from the server: a remote speaker's audio, or a loss
+    /// report about our own.
     pub(crate) fn on_datagram(&mut self, datagram: &[u8]) {
         let Ok((header, payload)) = MediaHeader::decode(datagram) else {
             return;
         };
-        if header.kind != DatagramKind::Audio {
-            return;
+        match header.kind {
+            DatagramKind::Audio => self.on_audio(&header, payload),
+            DatagramKind::Report => {
+                if let Some(report) = LossReport::from_payload(payload) {
+                    let _ = self.shared.reported_loss.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |worst| {
+                            Some(if worst == NO_REPORT {
+                                report.loss_percent
+                            } else {
+                                worst.max(report.loss_percent)
+                            })
+                        },
+                    );
+                }
+            }
+            DatagramKind::Probe | DatagramKind::KeepAlive => {}
         }
+    }
+
+    fn on_audio(&mut self, header: &MediaHeader, payload: &[u8]) {
         if !self.speakers.contains_key(&header.flow_id) {
             let slot = self.speakers.len();
             if slot == MAX_SPEAKERS {
@@ -392,20 +441,60 @@ impl MediaSession {
             if self.new_speakers.send(receiver).is_err() {
                 return;
             }
-            self.speakers.insert(header.flow_id, (slot, sender));
+            self.speakers.insert(
+                header.flow_id,
+                RemoteSpeaker {
+                    slot,
+                    packets: sender,
+                    loss: LossMeter::new(),
+                },
+            );
         }
-        if let (Some((_, sender)), Some(packet)) = (
-            self.speakers.get_mut(&header.flow_id),
-            MediaPacket::new(
-                Instant::now(),
-                header.sequence,
-                header.timestamp,
-                header.voice_activity,
-                payload,
-            ),
+        let Some(speaker) = self.speakers.get_mut(&header.flow_id) else {
+            return;
+        };
+        speaker.loss.on_packet(header.sequence);
+        if let Some(packet) = MediaPacket::new(
+            Instant::now(),
+            header.sequence,
+            header.timestamp,
+            header.voice_activity,
+            payload,
         ) {
-            sender.send(packet);
+            speaker.packets.send(packet);
         }
+    }
+
+    /// A loss report for each remote speaker with enough packets due since
+    /// the last one, as datagrams to send (the server delivers each to the
+    /// speaker it names).
+    pub(crate) fn loss_reports(&mut self) -> Vec<bytes::Bytes> {
+        let mut reports = Vec::new();
+        for (flow, speaker) in &mut self.speakers {
+            let Some(loss_percent) = speaker.loss.report() else {
+                continue;
+            };
+            let header = MediaHeader {
+                kind: DatagramKind::Report,
+                flow_id: *flow,
+                sequence: 0,
+                timestamp: 0,
+                voice_activity: false,
+                level_dbov: 127,
+            };
+            let payload = LossReport { loss_percent }.to_payload();
+            let mut datagram = [0; MAX_HEADER_LEN + 1];
+            if let Ok(len) = header.encode(&payload, &mut datagram) {
+                reports.push(bytes::Bytes::copy_from_slice(&datagram[..len]));
+            }
+        }
+        reports
+    }
+
+    /// The loss our receivers last reported, as the encoder was told it.
+    pub(crate) fn reported_loss(&self) -> Option<u8> {
+        let applied = self.shared.applied_loss.load(Ordering::Relaxed);
+        (applied != NO_REPORT).then_some(applied)
     }
 
     /// The loudest local level since the last call (0–100).
@@ -415,8 +504,8 @@ impl MediaSession {
 
     /// The loudest level of `flow` since the last call (0–100).
     pub(crate) fn take_level(&self, flow: FlowId) -> u8 {
-        self.speakers.get(&flow).map_or(0, |(slot, _)| {
-            self.shared.speaker_levels[*slot].swap(0, Ordering::Relaxed)
+        self.speakers.get(&flow).map_or(0, |speaker| {
+            self.shared.speaker_levels[speaker.slot].swap(0, Ordering::Relaxed)
         })
     }
 
@@ -429,7 +518,7 @@ impl MediaSession {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.speakers
             .iter()
-            .map(|(flow, (slot, _))| (*flow, stats[*slot]))
+            .map(|(flow, speaker)| (*flow, stats[speaker.slot]))
             .collect()
     }
 
@@ -462,8 +551,13 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
     let mut datagram = vec![0_u8; MAX_HEADER_LEN + audio_pipeline::MAX_PACKET];
     let mut pacer = Pacer::new(Duration::from_millis(20));
     let mut encoder_failed = false;
+    let mut frames: u32 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
+        frames = frames.wrapping_add(1);
+        if frames % LOSS_UPDATE_FRAMES == 0 {
+            apply_loss_reports(&mut send, shared);
+        }
         let read = source.read(&mut chunk);
         chunk[read..].fill(0.0);
         send.set_muted(shared.muted.load(Ordering::Relaxed));
@@ -499,6 +593,19 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
             }
             raise(&shared.local_level, send.volume());
         }
+    }
+}
+
+/// Tells the encoder the worst loss the receivers reported since the last
+/// look, so in-band FEC protects as much as the path needs.
+fn apply_loss_reports(send: &mut SendPath, shared: &Shared) {
+    let reported = shared.reported_loss.swap(NO_REPORT, Ordering::Relaxed);
+    if reported == NO_REPORT {
+        return;
+    }
+    match send.set_measured_loss(f32::from(reported)) {
+        Ok(()) => shared.applied_loss.store(reported, Ordering::Relaxed),
+        Err(error) => warn!(%error, "the encoder refused the loss hint"),
     }
 }
 

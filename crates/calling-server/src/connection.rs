@@ -79,7 +79,7 @@ pub(crate) async fn serve_link<T: Transport>(
         return;
     }
     info!(%user, %remote, ?conn, "logged in");
-    let ended = session(&mut link, &shared, conn, &mut inbox).await;
+    let ended = exchange(&mut link, &shared, conn, &mut inbox).await;
     let _ = shared.hub.send(HubInput::Disconnect { conn }).await;
     match ended {
         Ended::ClientLeft => {}
@@ -153,7 +153,8 @@ enum Ended {
     Broken(LinkError),
 }
 
-async fn session<T: Transport>(
+/// Frames and datagrams in, the hub's messages out, until either side ends.
+async fn exchange<T: Transport>(
     link: &mut ServerLink<T>,
     shared: &Shared,
     conn: ConnId,

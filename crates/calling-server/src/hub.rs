@@ -14,7 +14,8 @@ use std::time::Instant;
 use calling_api::{CallId, ErrorCode, UserId};
 use signaling_link::MediaLink;
 use signaling_proto::{
-    CallMember, ClientMessage, ConnId, Output, ServerMessage, Switchboard, SwitchboardConfig,
+    CallMember, ClientMessage, ConnId, FlowId, Output, ServerMessage, Switchboard,
+    SwitchboardConfig,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -91,7 +92,7 @@ pub(crate) async fn run(
         let deadline = switchboard.poll_timeout();
         let input = tokio::select! {
             input = inputs.recv() => input,
-            () = crate::sleep_until(deadline), if deadline.is_some() => {
+            () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
                 switchboard.handle_timeout(Instant::now());
                 dispatch(&mut switchboard, &mut links, &routes);
                 continue;
@@ -161,10 +162,10 @@ fn publish_routes(
         routes.set(gone, None);
     }
     for member in members {
-        let peers: Vec<Arc<dyn MediaLink>> = members
+        let peers: Vec<(FlowId, Arc<dyn MediaLink>)> = members
             .iter()
             .filter(|other| other.conn != member.conn)
-            .filter_map(|other| links.media.get(&other.conn).cloned())
+            .filter_map(|other| Some((other.flow, links.media.get(&other.conn)?.clone())))
             .collect();
         let route = (!peers.is_empty()).then_some(Route {
             flow: member.flow,
@@ -243,7 +244,7 @@ mod tests {
     use signaling_link::memory::{MemoryMedia, pair};
     use signaling_link::{DatagramSource, Link};
     use signaling_proto::message::RequestId;
-    use signaling_proto::{DatagramKind, FlowId, MediaHeader};
+    use signaling_proto::{DatagramKind, LossReport, MediaHeader};
 
     struct Client {
         conn: ConnId,
@@ -297,19 +298,23 @@ mod tests {
         while !matches!(next(client).await, ServerMessage::Pong { .. }) {}
     }
 
-    fn audio(claimed_flow: u32) -> Vec<u8> {
+    fn datagram(kind: DatagramKind, flow: u32, payload: &[u8]) -> Vec<u8> {
         let header = MediaHeader {
-            kind: DatagramKind::Audio,
-            flow_id: FlowId(claimed_flow),
+            kind,
+            flow_id: FlowId(flow),
             sequence: 1,
             timestamp: 960,
             voice_activity: true,
             level_dbov: 20,
         };
         let mut buffer = vec![0; 64];
-        let len = header.encode(b"opus", &mut buffer).unwrap();
+        let len = header.encode(payload, &mut buffer).unwrap();
         buffer.truncate(len);
         buffer
+    }
+
+    fn audio(claimed_flow: u32) -> Vec<u8> {
+        datagram(DatagramKind::Audio, claimed_flow, b"opus")
     }
 
     #[tokio::test]
@@ -362,6 +367,13 @@ mod tests {
         .unwrap();
         assert!(matches!(next(&mut bob).await, ServerMessage::Ack { .. }));
         let ServerMessage::UserEntered {
+            flow_id: alice_flow,
+            ..
+        } = next(&mut bob).await
+        else {
+            panic!("bob did not meet alice");
+        };
+        let ServerMessage::UserEntered {
             flow_id: bob_flow, ..
         } = next(&mut alice).await
         else {
@@ -374,6 +386,25 @@ mod tests {
         let (header, payload) = MediaHeader::decode(&heard).unwrap();
         assert_eq!((header.flow_id, payload), (bob_flow, &b"opus"[..]));
         assert_eq!(routes.counts().forwarded, 1);
+
+        // A loss report reaches only the sender it names, restamped with
+        // the reporter's flow.
+        let report = LossReport { loss_percent: 7 }.to_payload();
+        routes.relay(bob.conn, &datagram(DatagramKind::Report, 12_345, &report));
+        assert_eq!(routes.counts().forwarded, 1, "nobody has flow 12345");
+        routes.relay(
+            bob.conn,
+            &datagram(DatagramKind::Report, alice_flow.0, &report),
+        );
+        let heard = alice.media.recv_datagram().await.unwrap();
+        let (header, payload) = MediaHeader::decode(&heard).unwrap();
+        assert_eq!(header.kind, DatagramKind::Report);
+        assert_eq!(header.flow_id, bob_flow);
+        assert_eq!(
+            LossReport::from_payload(payload),
+            Some(LossReport { loss_percent: 7 })
+        );
+        assert_eq!(routes.counts().forwarded, 2);
 
         hub.send(message(
             &bob,
@@ -388,7 +419,7 @@ mod tests {
         routes.relay(alice.conn, &audio(0));
         routes.relay(bob.conn, &audio(0));
         assert_eq!(routes.counts().dropped_not_in_call, 3);
-        assert_eq!(routes.counts().forwarded, 1);
+        assert_eq!(routes.counts().forwarded, 2);
         drop(bob.media);
     }
 }

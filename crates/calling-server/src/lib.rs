@@ -192,17 +192,6 @@ async fn accept_loop(quic: QuicServer, shared: Arc<Shared>, mut stop: watch::Rec
     }
 }
 
-/// Sleeps until `deadline`, or forever when there is none (a `select!`
-/// branch guarded by `deadline.is_some()`).
-pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(deadline) => {
-            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 impl RunningServer {
     /// The address the server listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {

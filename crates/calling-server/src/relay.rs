@@ -1,5 +1,6 @@
 //! The audio relay: each member's datagrams go to every other member of its
-//! call and nowhere else, stamped with the sender's own flow id.
+//! call and nowhere else, stamped with the sender's own flow id; a loss
+//! report goes only to the member whose flow it names.
 //!
 //! The hub, which owns membership, publishes a [`Route`] per connection
 //! whenever a call's members change (the switchboard's membership output);
@@ -15,15 +16,15 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
-use signaling_proto::{ConnId, FlowId, MediaHeader};
+use signaling_proto::{ConnId, DatagramKind, FlowId, MediaHeader};
 
 /// Where one member's audio goes.
 #[derive(Debug)]
 pub(crate) struct Route {
     /// The member's own flow, stamped on everything it sends.
     pub(crate) flow: FlowId,
-    /// The other members' media links.
-    pub(crate) peers: Vec<Arc<dyn MediaLink>>,
+    /// The other members' flows and media links.
+    pub(crate) peers: Vec<(FlowId, Arc<dyn MediaLink>)>,
 }
 
 /// Relay counters.
@@ -109,7 +110,12 @@ impl MediaRoutes {
         };
         buffer.truncate(len);
         let bytes = Bytes::from(buffer);
-        for peer in &route.peers {
+        // A loss report is for the sender it names, nobody else.
+        let about = (header.kind == DatagramKind::Report).then_some(header.flow_id);
+        for (flow, peer) in &route.peers {
+            if about.is_some_and(|about| about != *flow) {
+                continue;
+            }
             // A peer whose connection just closed, or whose datagram buffer
             // is full (quinn then drops its oldest), is not our problem here.
             if peer.send_datagram(bytes.clone()).is_ok() {

@@ -13,7 +13,8 @@
 //! - [`Transport`] and [`Link`]: the three parts of one established link, as
 //!   the server's connection task and the SDK's session task own it, generic
 //!   over the transport;
-//! - [`memory`]: an in-memory transport for tests of the glue.
+//! - [`memory`]: an in-memory transport for tests of the glue;
+//! - [`sleep_until`]: the timer branch of a glue loop.
 //!
 //! `signaling-quic` implements the seam for QUIC (one bidirectional stream,
 //! DATAGRAM frames). This crate never opens a socket, never spawns a task,
@@ -26,3 +27,14 @@ mod link;
 
 pub use framed::{FramedRecv, FramedSend, LinkError};
 pub use link::{DatagramSource, Link, LinkClosed, MediaLink, SignalWrite, Transport};
+
+/// Sleeps until a state machine's next deadline (its `poll_timeout`), or
+/// forever when it has none: the timer branch of a glue loop's `select!`.
+pub async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(deadline) => {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+        }
+        None => std::future::pending().await,
+    }
+}

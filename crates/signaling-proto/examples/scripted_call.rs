@@ -10,6 +10,10 @@ use calling_api::{CallType, CallingEvent};
 use signaling_proto::sim::{NetworkConfig, Simulation};
 use signaling_proto::{CallOptions, SwitchboardConfig};
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a scripted scenario reads best as one story, top to bottom"
+)]
 fn main() {
     let network = NetworkConfig {
         latency: Duration::from_millis(20),

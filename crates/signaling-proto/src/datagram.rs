@@ -6,7 +6,7 @@
 //! 4 bytes     sequence, big-endian
 //! 4 bytes     timestamp in 48 kHz ticks, big-endian
 //! 1 byte      voice activity (bit 7) | level in -dBov, 0–127 (bits 0–6), as RFC 6464
-//! rest        payload (an Opus packet for audio)
+//! rest        payload (an Opus packet for audio, a [`LossReport`] byte)
 //! ```
 //!
 //! Encoding and decoding never allocate: the audio path calls them per frame.
@@ -29,6 +29,36 @@ pub enum DatagramKind {
     Probe = 1,
     /// Keeps a media path open while nothing is sent (e.g. while muted).
     KeepAlive = 2,
+    /// A receiver's loss report about one sender: the header's flow id
+    /// names the sender the report is about, the payload is one byte, the
+    /// share of that sender's packets lost since the previous report in
+    /// percent (0–100). The server delivers it to that sender only,
+    /// restamped with the reporter's flow ([`LossReport`]).
+    Report = 3,
+}
+
+/// The payload of a [`DatagramKind::Report`] datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossReport {
+    /// Packets lost since the previous report, in percent (0–100).
+    pub loss_percent: u8,
+}
+
+impl LossReport {
+    /// The payload bytes.
+    pub fn to_payload(self) -> [u8; 1] {
+        [self.loss_percent.min(100)]
+    }
+
+    /// Reads a payload; `None` unless it is one byte of at most 100.
+    pub fn from_payload(payload: &[u8]) -> Option<Self> {
+        match payload {
+            [percent] if *percent <= 100 => Some(Self {
+                loss_percent: *percent,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl DatagramKind {
@@ -37,6 +67,7 @@ impl DatagramKind {
             0 => Some(Self::Audio),
             1 => Some(Self::Probe),
             2 => Some(Self::KeepAlive),
+            3 => Some(Self::Report),
             _ => None,
         }
     }
@@ -260,6 +291,42 @@ mod tests {
                 0x40,
                 0x80 | 42
             ]
+        );
+    }
+
+    #[test]
+    fn loss_reports_are_one_byte_of_at_most_100() {
+        let report = LossReport { loss_percent: 12 };
+        assert_eq!(report.to_payload(), [12]);
+        assert_eq!(LossReport::from_payload(&[12]), Some(report));
+        assert_eq!(LossReport::from_payload(&[101]), None);
+        assert_eq!(LossReport::from_payload(&[]), None);
+        assert_eq!(LossReport::from_payload(&[1, 2]), None);
+        let mut buf = [0; MAX_HEADER_LEN + 1];
+        let header = MediaHeader {
+            kind: DatagramKind::Report,
+            ..header(7)
+        };
+        let len = header.encode(&report.to_payload(), &mut buf).unwrap();
+        assert_eq!(buf[0], 0x13);
+        let (decoded, payload) = MediaHeader::decode(&buf[..len]).unwrap();
+        assert_eq!(decoded.kind, DatagramKind::Report);
+        assert_eq!(LossReport::from_payload(payload), Some(report));
+        // The example in docs/protocol.md.
+        let documented = MediaHeader {
+            kind: DatagramKind::Report,
+            flow_id: FlowId(5),
+            sequence: 0,
+            timestamp: 0,
+            voice_activity: false,
+            level_dbov: 127,
+        };
+        let len = documented
+            .encode(&LossReport { loss_percent: 12 }.to_payload(), &mut buf)
+            .unwrap();
+        assert_eq!(
+            &buf[..len],
+            [0x13, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 0x0c]
         );
     }
 

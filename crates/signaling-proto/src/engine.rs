@@ -116,8 +116,9 @@ pub enum EngineStatus {
     },
 }
 
+/// Where the login stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Session {
+enum LoginState {
     LoggedOut,
     LoggingIn(RequestId),
     LoggedIn,
@@ -182,7 +183,7 @@ pub struct CallEngine {
     timers: TimerTable<Timer>,
     /// Loudest level per user since the last report.
     voice_levels: BTreeMap<UserId, u8>,
-    session: Session,
+    login: LoginState,
     state: State,
     /// Calls hung up locally whose end the server has not confirmed yet;
     /// several when the user dials and hangs up faster than the network.
@@ -214,7 +215,7 @@ impl CallEngine {
             voice_volume_interval: DEFAULT_VOICE_VOLUME_INTERVAL,
             timers: TimerTable::new(),
             voice_levels: BTreeMap::new(),
-            session: Session::LoggedOut,
+            login: LoginState::LoggedOut,
             state: State::Idle,
             leaving: Vec::new(),
             held: None,
@@ -234,7 +235,7 @@ impl CallEngine {
         user_id: &str,
         user_sig: &str,
     ) -> CallingResult<RequestId> {
-        if self.session != Session::LoggedOut {
+        if self.login != LoginState::LoggedOut {
             return Err(CallingError::new(ErrorCode::ALREADY_LOGGED_IN));
         }
         let user_id = UserId::new(user_id)?;
@@ -245,7 +246,7 @@ impl CallEngine {
             ));
         }
         let request = self.register(RequestKind::Login);
-        self.session = Session::LoggingIn(request);
+        self.login = LoginState::LoggingIn(request);
         self.me = Some(user_id.clone());
         self.state = State::Idle;
         self.leaving.clear();
@@ -264,7 +265,7 @@ impl CallEngine {
         self.require_login()?;
         self.abandon_call();
         let request = self.register(RequestKind::Logout);
-        self.session = Session::LoggingOut;
+        self.login = LoginState::LoggingOut;
         self.transmits.push_back(ClientMessage::Logout {
             request_id: request,
         });
@@ -391,7 +392,7 @@ impl CallEngine {
             return;
         }
         self.muted = muted;
-        if self.session == Session::LoggedIn {
+        if self.login == LoginState::LoggedIn {
             self.transmits
                 .push_back(ClientMessage::Microphone { muted });
         }
@@ -409,19 +410,19 @@ impl CallEngine {
 
     /// Where the engine stands.
     pub fn status(&self) -> EngineStatus {
-        match (self.session, &self.state) {
-            (Session::LoggedOut | Session::LoggingOut, _) => EngineStatus::LoggedOut,
-            (Session::LoggingIn(_), _) => EngineStatus::LoggingIn,
-            (Session::LoggedIn, State::Idle) => EngineStatus::Idle,
-            (Session::LoggedIn, State::Dialing { .. }) => EngineStatus::Dialing,
-            (Session::LoggedIn, State::Ringing(invitation)) => {
+        match (self.login, &self.state) {
+            (LoginState::LoggedOut | LoginState::LoggingOut, _) => EngineStatus::LoggedOut,
+            (LoginState::LoggingIn(_), _) => EngineStatus::LoggingIn,
+            (LoginState::LoggedIn, State::Idle) => EngineStatus::Idle,
+            (LoginState::LoggedIn, State::Dialing { .. }) => EngineStatus::Dialing,
+            (LoginState::LoggedIn, State::Ringing(invitation)) => {
                 EngineStatus::Ringing(invitation.clone())
             }
-            (Session::LoggedIn, State::Accepting { invitation, .. }) => {
+            (LoginState::LoggedIn, State::Accepting { invitation, .. }) => {
                 EngineStatus::Accepting(invitation.call_id)
             }
             (
-                Session::LoggedIn,
+                LoginState::LoggedIn,
                 State::InCall {
                     call_id, members, ..
                 },
@@ -574,37 +575,12 @@ impl CallEngine {
                 flow_id,
                 audio_available,
             } => self.on_user_entered(call_id, user_id, flow_id, audio_available),
-            ServerMessage::UserLeft { call_id, user_id } => {
-                if let State::InCall {
-                    call_id: current,
-                    members,
-                    flows,
-                    ..
-                } = &mut self.state
-                {
-                    if *current == call_id && members.remove(&user_id) {
-                        flows.remove(&user_id);
-                        self.events.push_back(CallingEvent::UserLeave { user_id });
-                    }
-                }
-            }
+            ServerMessage::UserLeft { call_id, user_id } => self.on_user_left(call_id, user_id),
             ServerMessage::AudioAvailability {
                 call_id,
                 user_id,
                 available,
-            } => {
-                if let State::InCall {
-                    call_id: current,
-                    members,
-                    ..
-                } = &self.state
-                {
-                    if *current == call_id && members.contains(&user_id) {
-                        self.events
-                            .push_back(CallingEvent::UserAudioAvailable { user_id, available });
-                    }
-                }
-            }
+            } => self.on_audio_availability(call_id, user_id, available),
             ServerMessage::CallEnded { call_id, reason } => self.on_call_ended(call_id, reason),
             ServerMessage::Kicked => {
                 let code = ErrorCode::KICKED_OFFLINE;
@@ -620,16 +596,16 @@ impl CallEngine {
     /// is quiet; anything else is an `onError`, and a call in progress ends
     /// with [`EndReason::ConnectionLost`].
     pub fn handle_disconnect(&mut self) {
-        match self.session {
-            Session::LoggedOut => {}
-            Session::LoggingOut => {
+        match self.login {
+            LoginState::LoggedOut => {}
+            LoginState::LoggingOut => {
                 self.end_abandoned_calls();
                 self.fail_all_requests(ErrorCode::CONNECTION_LOST);
-                self.session = Session::LoggedOut;
+                self.login = LoginState::LoggedOut;
                 self.held = None;
                 self.state = State::Idle;
             }
-            Session::LoggingIn(_) | Session::LoggedIn => {
+            LoginState::LoggingIn(_) | LoginState::LoggedIn => {
                 let code = ErrorCode::CONNECTION_LOST;
                 self.end_session(code, code.message().to_owned(), EndReason::ConnectionLost);
             }
@@ -670,11 +646,13 @@ impl CallEngine {
         let allowed = match self.state {
             State::Idle => true,
             // An invitation the server sent before it read our logout.
-            State::Ringing(_) => matches!(self.session, Session::LoggedIn | Session::LoggingOut),
-            _ => self.session == Session::LoggedIn,
+            State::Ringing(_) => {
+                matches!(self.login, LoginState::LoggedIn | LoginState::LoggingOut)
+            }
+            _ => self.login == LoginState::LoggedIn,
         };
         if !allowed {
-            return Err(format!("{:?} while {:?}", self.state, self.session));
+            return Err(format!("{:?} while {:?}", self.state, self.login));
         }
         let in_call = matches!(self.state, State::InCall { .. });
         let armed = self.timers.deadline(&Timer::VoiceVolumeReport).is_some();
@@ -710,8 +688,10 @@ impl CallEngine {
                 return Err(format!("{user} is both member and invitee"));
             }
         }
-        if matches!(self.session, Session::LoggingIn(_) | Session::LoggedIn) && self.me.is_none() {
-            return Err(format!("{:?} without a user", self.session));
+        if matches!(self.login, LoginState::LoggingIn(_) | LoginState::LoggedIn)
+            && self.me.is_none()
+        {
+            return Err(format!("{:?} without a user", self.login));
         }
         Ok(())
     }
@@ -732,13 +712,13 @@ impl CallEngine {
     }
 
     fn require_login(&self) -> CallingResult<()> {
-        match self.session {
-            Session::LoggedIn => Ok(()),
-            Session::LoggingIn(_) => Err(CallingError::with_desc(
+        match self.login {
+            LoginState::LoggedIn => Ok(()),
+            LoginState::LoggingIn(_) => Err(CallingError::with_desc(
                 ErrorCode::NOT_LOGGED_IN,
                 "login has not completed yet",
             )),
-            Session::LoggedOut | Session::LoggingOut => {
+            LoginState::LoggedOut | LoginState::LoggingOut => {
                 Err(CallingError::new(ErrorCode::NOT_LOGGED_IN))
             }
         }
@@ -774,20 +754,20 @@ impl CallEngine {
     }
 
     fn on_login_result(&mut self, code: ErrorCode, message: String) {
-        let Session::LoggingIn(request) = self.session else {
+        let LoginState::LoggingIn(request) = self.login else {
             warn!(?code, "login result without a login");
             return;
         };
         self.requests.remove(&request);
         if code.is_ok() {
-            self.session = Session::LoggedIn;
+            self.login = LoginState::LoggedIn;
             if self.muted {
                 self.transmits
                     .push_back(ClientMessage::Microphone { muted: true });
             }
             self.complete(request, Ok(None));
         } else {
-            self.session = Session::LoggedOut;
+            self.login = LoginState::LoggedOut;
             self.me = None;
             self.complete(request, Err(CallingError::with_desc(code, message)));
         }
@@ -1043,6 +1023,35 @@ impl CallEngine {
         });
     }
 
+    fn on_user_left(&mut self, call_id: CallId, user_id: UserId) {
+        if let State::InCall {
+            call_id: current,
+            members,
+            flows,
+            ..
+        } = &mut self.state
+        {
+            if *current == call_id && members.remove(&user_id) {
+                flows.remove(&user_id);
+                self.events.push_back(CallingEvent::UserLeave { user_id });
+            }
+        }
+    }
+
+    fn on_audio_availability(&mut self, call_id: CallId, user_id: UserId, available: bool) {
+        if let State::InCall {
+            call_id: current,
+            members,
+            ..
+        } = &self.state
+        {
+            if *current == call_id && members.contains(&user_id) {
+                self.events
+                    .push_back(CallingEvent::UserAudioAvailable { user_id, available });
+            }
+        }
+    }
+
     fn on_call_ended(&mut self, call_id: CallId, reason: EndReason) {
         if let Some(index) = self
             .leaving
@@ -1079,12 +1088,12 @@ impl CallEngine {
         if let State::InCall { call_id, .. } = std::mem::replace(&mut self.state, State::Idle) {
             self.emit_call_end(call_id, reason);
         }
-        if let Session::LoggingIn(request) = self.session {
+        if let LoginState::LoggingIn(request) = self.login {
             self.requests.remove(&request);
             self.complete(request, Err(CallingError::new(code)));
         }
         self.fail_all_requests(code);
-        self.session = Session::LoggedOut;
+        self.login = LoginState::LoggedOut;
         self.timers.cancel(&Timer::VoiceVolumeReport);
         self.held = None;
         self.me = None;

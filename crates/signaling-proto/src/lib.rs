@@ -73,7 +73,7 @@ pub mod sim;
 pub mod switchboard;
 pub mod timer;
 
-pub use datagram::{DatagramError, DatagramKind, MediaHeader};
+pub use datagram::{DatagramError, DatagramKind, LossReport, MediaHeader};
 pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use login::{AcceptedLogin, Credentials, LoginRefusal, check_login};

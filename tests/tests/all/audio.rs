@@ -341,10 +341,23 @@ async fn audio_keeps_flowing_over_a_lossy_path() {
     )
     .await;
     connect(&mut alice, &mut bob).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Bob tells alice what he loses of her audio, about once a second.
+    let mut worst_reported = None;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reported = alice.calling.reported_loss().await.unwrap();
+        worst_reported = worst_reported.max(reported);
+    }
     let stats = bob.calling.audio_stats().await.unwrap();
     // Nothing stalls: the call still answers and ends cleanly.
     end_call(&mut alice, &mut bob).await;
+    // 10 % of alice's packets are lost on the way: bob's reports say so,
+    // and alice's encoder is told (windows of ~50 packets: 5 to 40 %).
+    let worst_reported = worst_reported.expect("bob reported alice's loss");
+    assert!(
+        (5..=40).contains(&worst_reported),
+        "bob reports {worst_reported} % of alice's audio lost"
+    );
 
     assert!(
         proxy.dropped.load(std::sync::atomic::Ordering::Relaxed) > 20,

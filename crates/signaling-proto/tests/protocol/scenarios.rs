@@ -8,6 +8,10 @@ use calling_api::{ErrorCode, UserVolume};
 use signaling_proto::EngineStatus;
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "a scripted scenario reads best as one story, top to bottom"
+)]
 fn every_event_of_the_api_in_one_story() {
     let mut sim = world(&["alice", "bob", "carol", "dave", "erin"]);
     let mut seen = BTreeSet::new();
