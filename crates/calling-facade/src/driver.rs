@@ -19,7 +19,7 @@ use signaling_proto::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::media::{AudioDevices, MediaSession};
+use crate::media::{AudioDevices, CallAudio};
 use crate::{ClientOptions, Dispatch};
 
 pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
@@ -139,7 +139,7 @@ struct Driver<T: Transport> {
     dispatch: Arc<Dispatch>,
     devices: AudioDevices,
     /// The call's audio, while in a call.
-    media: Option<MediaSession>,
+    media: Option<CallAudio>,
     hands_free: bool,
     /// Who each remote flow of the current call is.
     flow_users: HashMap<FlowId, UserId>,
@@ -172,7 +172,7 @@ impl<T: Transport> Driver<T> {
                         let _ = reply.send(self.audio_stats());
                     }
                     Some(Command::ReportedLoss(reply)) => {
-                        let _ = reply.send(self.media.as_ref().and_then(MediaSession::reported_loss));
+                        let _ = reply.send(self.media.as_ref().and_then(CallAudio::reported_loss));
                     }
                     Some(Command::HandsFree(hands_free)) => {
                         self.hands_free = hands_free;
@@ -227,7 +227,7 @@ impl<T: Transport> Driver<T> {
         match (in_call, self.media.is_some()) {
             (true, false) => {
                 let media: Arc<dyn MediaLink> = Arc::new(self.link.media.clone());
-                self.media = MediaSession::start(
+                self.media = CallAudio::start(
                     &self.devices,
                     media,
                     self.engine.is_mic_muted(),
@@ -276,7 +276,7 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    fn named_stats(&self, media: &MediaSession) -> Vec<(UserId, JitterStats)> {
+    fn named_stats(&self, media: &CallAudio) -> Vec<(UserId, JitterStats)> {
         let mut named: Vec<(UserId, JitterStats)> = media
             .stats()
             .into_iter()

@@ -436,16 +436,7 @@ impl TRTCCalling {
     /// Audio statistics of each remote speaker of the current call (or of
     /// the last call, once it ended): delay, concealment, FEC, late packets.
     pub async fn audio_stats(&self) -> CallingResult<Vec<(UserId, JitterStats)>> {
-        let Some(session) = self.live_driver() else {
-            return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
-        };
-        let (reply, answer) = oneshot::channel();
-        if session.send(Command::AudioStats(reply)).is_err() {
-            return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
-        }
-        answer
-            .await
-            .map_err(|_| CallingError::new(ErrorCode::CONNECTION_LOST))
+        self.ask(Command::AudioStats).await
     }
 
     /// The share of our audio its receivers lose, in percent, as they last
@@ -453,11 +444,19 @@ impl TRTCCalling {
     /// forward error correction follows it. `None` outside a call or before
     /// the first report.
     pub async fn reported_loss(&self) -> CallingResult<Option<u8>> {
-        let Some(session) = self.live_driver() else {
+        self.ask(Command::ReportedLoss).await
+    }
+
+    /// Asks the driver something and waits for the answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> CallingResult<T> {
+        let Some(driver) = self.live_driver() else {
             return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
         };
         let (reply, answer) = oneshot::channel();
-        if session.send(Command::ReportedLoss(reply)).is_err() {
+        if driver.send(command(reply)).is_err() {
             return Err(CallingError::new(ErrorCode::NOT_LOGGED_IN));
         }
         answer

@@ -176,7 +176,7 @@ struct RemoteSpeaker {
 }
 
 /// A running call's audio.
-pub(crate) struct MediaSession {
+pub(crate) struct CallAudio {
     shared: Arc<Shared>,
     /// Flow id → the speaker.
     speakers: HashMap<FlowId, RemoteSpeaker>,
@@ -186,9 +186,9 @@ pub(crate) struct MediaSession {
     threads: Vec<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for MediaSession {
+impl std::fmt::Debug for CallAudio {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MediaSession")
+        f.debug_struct("CallAudio")
             .field("speakers", &self.speakers.len())
             .finish_non_exhaustive()
     }
@@ -346,7 +346,7 @@ impl AudioSink for LiveSpeaker {
     }
 }
 
-impl MediaSession {
+impl CallAudio {
     /// Starts capture and playout for a call whose audio goes out on `link`.
     pub(crate) fn start(
         devices: &AudioDevices,

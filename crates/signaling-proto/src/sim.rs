@@ -382,21 +382,29 @@ impl Simulation {
         }
     }
 
+    /// Opens a new connection for device `label`, as its transport does
+    /// before its first frame.
+    fn open_conn(&mut self, label: &str) -> Option<ConnId> {
+        let client = self.clients.get_mut(label)?;
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        client.conn = Some(conn);
+        client.decoder = FrameDecoder::new();
+        self.conn_owner.insert(conn, label.to_owned());
+        self.server_decoders.insert(conn, FrameDecoder::new());
+        Some(conn)
+    }
+
     fn client_send(&mut self, label: &str, message: &ClientMessage) {
-        let Some(client) = self.clients.get_mut(label) else {
+        let Some(client) = self.clients.get(label) else {
             return;
         };
         let conn = match (client.conn, message) {
             (Some(conn), _) => conn,
-            (None, ClientMessage::Login { .. }) => {
-                let conn = ConnId(self.next_conn);
-                self.next_conn += 1;
-                client.conn = Some(conn);
-                client.decoder = FrameDecoder::new();
-                self.conn_owner.insert(conn, label.to_owned());
-                self.server_decoders.insert(conn, FrameDecoder::new());
-                conn
-            }
+            (None, ClientMessage::Login { .. }) => match self.open_conn(label) {
+                Some(conn) => conn,
+                None => return,
+            },
             // Not connected: the message goes nowhere, as on a dead socket.
             (None, _) => return,
         };
@@ -530,19 +538,15 @@ impl Simulation {
     /// Sends raw bytes from device `label` as if its transport wrote them:
     /// for tests of hostile input. Opens a connection if there is none.
     pub fn send_raw(&mut self, label: &str, bytes: Vec<u8>) {
-        let Some(client) = self.clients.get_mut(label) else {
+        let Some(client) = self.clients.get(label) else {
             return;
         };
         let conn = match client.conn {
             Some(conn) => conn,
-            None => {
-                let conn = ConnId(self.next_conn);
-                self.next_conn += 1;
-                client.conn = Some(conn);
-                self.conn_owner.insert(conn, label.to_owned());
-                self.server_decoders.insert(conn, FrameDecoder::new());
-                conn
-            }
+            None => match self.open_conn(label) {
+                Some(conn) => conn,
+                None => return,
+            },
         };
         self.schedule(conn, true, Delivery::ToServer(conn, bytes));
     }
