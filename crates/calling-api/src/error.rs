@@ -16,7 +16,11 @@ pub struct ErrorCode(pub i32);
 macro_rules! error_codes {
     ($( $(#[$doc:meta])* $name:ident = $value:literal, $message:literal; )*) => {
         impl ErrorCode {
-            $( $(#[$doc])* pub const $name: ErrorCode = ErrorCode($value); )*
+            $(
+                $(#[$doc])*
+                #[doc = concat!("\n\nCode `", stringify!($value), "`: \"", $message, "\".")]
+                pub const $name: ErrorCode = ErrorCode($value);
+            )*
 
             /// Every code this build knows, in numeric order.
             pub const ALL: &'static [ErrorCode] = &[$(Self::$name),*];
@@ -97,6 +101,15 @@ error_codes! {
     SERVER_BUSY = 4005, "server busy";
     /// A request got no answer in time.
     TIMEOUT = 4006, "request timed out";
+    /// No server answered at the address within the connect timeout (wrong
+    /// address or port, server down, UDP blocked).
+    SERVER_UNREACHABLE = 4007, "server unreachable";
+    /// A server answered but its certificate is not the one trusted
+    /// (fingerprint mismatch, unknown issuer, wrong name, expired).
+    CERTIFICATE_UNTRUSTED = 4008, "server certificate not trusted";
+    /// A server answered but speaks another protocol (ALPN or QUIC version
+    /// mismatch: not an OpenCalling server, or an incompatible one).
+    PROTOCOL_MISMATCH = 4009, "server speaks another protocol";
 
     /// An internal error; the details are in the server's log.
     INTERNAL = 5000, "internal error";

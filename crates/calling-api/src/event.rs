@@ -81,7 +81,8 @@ pub enum CallingEvent {
     UserVoiceVolume {
         /// Each speaking user's level, the local user included.
         user_volumes: Vec<UserVolume>,
-        /// Level of everything together, 0 to 100.
+        /// The remote participants' level (the loudest of them), 0 to 100:
+        /// as in the original, the local user's own voice is not part of it.
         total_volume: u8,
     },
     /// `onCallEnd`: the call is over for you.

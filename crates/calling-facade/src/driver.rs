@@ -94,14 +94,27 @@ pub(crate) async fn start(
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| {
             CallingError::with_desc(
-                ErrorCode::CONNECTION_LOST,
+                ErrorCode::SERVER_UNREACHABLE,
                 format!("cannot resolve server {:?}", options.server),
             )
         })?;
-    let connection = signaling_quic::connect(addr, &options.server_name, &options.trust)
+    let connecting = signaling_quic::connect(addr, &options.server_name, &options.trust);
+    let connection = tokio::time::timeout(options.connect_timeout, connecting)
         .await
+        .map_err(|_| {
+            CallingError::with_desc(
+                ErrorCode::SERVER_UNREACHABLE,
+                format!(
+                    "no server answered at {addr} within {:?}",
+                    options.connect_timeout
+                ),
+            )
+        })?
         .map_err(|error| {
-            CallingError::with_desc(error.code(), format!("cannot reach {addr}: {error}"))
+            CallingError::with_desc(
+                error.connect_code(),
+                format!("cannot connect to {addr}: {error}"),
+            )
         })?;
     // The endpoint (the UDP socket) lives as long as the driver.
     let (link, endpoint) = connection.into_link();

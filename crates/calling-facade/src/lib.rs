@@ -68,8 +68,9 @@ pub use calling_api::{
     UserVolume,
 };
 pub use media::{AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
-pub use options::{ClientOptions, ServerTrust};
+pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, ServerTrust};
 pub use signaling_proto::CallOptions;
+pub use signaling_quic::{CertFingerprint, InvalidFingerprint};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::driver::{Command, Request};

@@ -8,6 +8,10 @@ pub use signaling_quic::ServerTrust;
 
 use crate::media::AudioDevices;
 
+/// How long connecting may take unless [`ClientOptions::connect_timeout`]
+/// says otherwise: 5 s, several handshake retransmissions on a lossy path.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where the server is and how to trust it, the audio devices, and the
 /// SDK's own timings.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +23,10 @@ pub struct ClientOptions {
     pub server_name: String,
     /// How to trust the server's certificate.
     pub trust: ServerTrust,
+    /// How long connecting may take (reaching the server and the QUIC and
+    /// TLS handshakes) before `login` fails with `SERVER_UNREACHABLE`:
+    /// [`DEFAULT_CONNECT_TIMEOUT`] unless set.
+    pub connect_timeout: Duration,
     /// How long a request (login, call, accept…) may wait for the server.
     pub request_timeout: Duration,
     /// How often `onUserVoiceVolume` fires in a call.
@@ -35,6 +43,7 @@ impl Default for ClientOptions {
             server: "127.0.0.1:4433".into(),
             server_name: "localhost".into(),
             trust: ServerTrust::SystemRoots,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Duration::from_secs(10),
             voice_volume_interval: Duration::from_millis(300),
             audio: AudioDevices::default(),

@@ -468,7 +468,8 @@ impl CallEngine {
 
     /// Fires the `onUserVoiceVolume` report when it is due: every member who
     /// entered and the local user, each with its loudest level since the last
-    /// report (0 if none was measured), and the loudest of them as the total.
+    /// report (0 if none was measured), and as the total the loudest of the
+    /// remote members (the local user's level is not part of it).
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((timer, due)) = self.timers.expire(now) {
             match timer {
@@ -492,8 +493,11 @@ impl CallEngine {
                 volume: levels.remove(user).unwrap_or(0),
             })
             .collect();
+        // The original's total is the remote participants' volume: your
+        // own voice must not light a "someone is speaking" indicator.
         let total_volume = user_volumes
             .iter()
+            .filter(|user| self.me.as_ref() != Some(&user.user_id))
             .map(|user| user.volume)
             .max()
             .unwrap_or(0);

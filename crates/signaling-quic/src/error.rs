@@ -51,7 +51,70 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
 }
 
+/// TLS alerts (RFC 8446) that say the certificate was not trusted, as
+/// QUIC carries them: crypto error 0x100 + alert.
+const CERTIFICATE_ALERTS: [u8; 7] = [
+    42, // bad_certificate (the name does not match)
+    43, // unsupported_certificate
+    44, // certificate_revoked
+    45, // certificate_expired
+    46, // certificate_unknown
+    48, // unknown_ca
+    49, // access_denied (our fingerprint check)
+];
+
+/// The TLS alert no_application_protocol: the peer speaks no ALPN we offer.
+const NO_APPLICATION_PROTOCOL: u8 = 120;
+
+/// QUIC's CONNECTION_REFUSED: the server would not take the connection.
+const CONNECTION_REFUSED: u64 = 0x2;
+
+/// What a QUIC transport error code says, for someone connecting.
+fn connect_code_of(code: quinn::TransportErrorCode) -> ErrorCode {
+    let code = u64::from(code);
+    if code == CONNECTION_REFUSED {
+        return ErrorCode::SERVER_BUSY;
+    }
+    match code
+        .checked_sub(0x100)
+        .and_then(|alert| u8::try_from(alert).ok())
+    {
+        Some(NO_APPLICATION_PROTOCOL) => ErrorCode::PROTOCOL_MISMATCH,
+        Some(alert) if CERTIFICATE_ALERTS.contains(&alert) => ErrorCode::CERTIFICATE_UNTRUSTED,
+        _ => ErrorCode::SERVER_UNREACHABLE,
+    }
+}
+
 impl TransportError {
+    /// The error code an application should see when connecting failed
+    /// with this error: the server could not be reached, was not trusted,
+    /// speaks another protocol, refused, or closed with a code of ours.
+    pub fn connect_code(&self) -> ErrorCode {
+        match self {
+            Self::Connection(quinn::ConnectionError::ApplicationClosed(_)) => self.code(),
+            Self::Connection(quinn::ConnectionError::TransportError(error)) => {
+                connect_code_of(error.code)
+            }
+            Self::Connection(quinn::ConnectionError::ConnectionClosed(close)) => {
+                connect_code_of(close.error_code)
+            }
+            Self::Connection(quinn::ConnectionError::VersionMismatch) => {
+                ErrorCode::PROTOCOL_MISMATCH
+            }
+            // The local trust configuration is unusable (unreadable CA file…).
+            Self::Tls(_) | Self::Certificate(_) => self.code(),
+            Self::Protocol(_) | Self::Link(_) => ErrorCode::PROTOCOL_MISMATCH,
+            Self::Connection(_)
+            | Self::Connect(_)
+            | Self::Bind { .. }
+            | Self::Io(_)
+            | Self::TimedOut(_)
+            | Self::Write(_)
+            | Self::Read(_)
+            | Self::StreamClosed => ErrorCode::SERVER_UNREACHABLE,
+        }
+    }
+
     /// The error code an application should see for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {

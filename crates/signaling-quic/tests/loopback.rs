@@ -99,6 +99,7 @@ async fn a_wrong_fingerprint_is_refused() {
     });
     let error = connect(addr, "localhost", &wrong).await.unwrap_err();
     assert!(matches!(error, TransportError::Connection(_)), "{error:?}");
+    assert_eq!(error.connect_code(), ErrorCode::CERTIFICATE_UNTRUSTED);
     server_side.abort();
 }
 

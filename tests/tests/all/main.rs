@@ -10,6 +10,7 @@ mod audio;
 mod auth;
 mod calls;
 mod child;
+mod connecting;
 mod lossy;
 mod media;
 mod resilience;

@@ -179,3 +179,15 @@ fn protocol_crates_depend_on_no_async_runtime() {
         "signaling-proto depends only on calling-api"
     );
 }
+
+/// docs/protocol.md is a contract: its error table lists every code this
+/// build knows, by number and name.
+#[test]
+fn protocol_md_lists_every_error_code() {
+    let protocol =
+        fs::read_to_string(root().join("docs").join("protocol.md")).expect("protocol.md");
+    for code in calling_api::ErrorCode::ALL {
+        let row = format!("| {} | {} |", code.0, code.name().expect("a known code"));
+        assert!(protocol.contains(&row), "docs/protocol.md lacks `{row}`");
+    }
+}

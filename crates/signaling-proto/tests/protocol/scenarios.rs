@@ -82,6 +82,31 @@ fn every_event_of_the_api_in_one_story() {
             total_volume: 70
         })
     );
+    // The total is the remote participants' volume: alice's own voice,
+    // however loud, is not in it.
+    sim.engine("alice").record_voice_level(&alice, 90);
+    sim.engine("alice").record_voice_level(&bob, 30);
+    sim.advance(Duration::from_millis(300));
+    let report = sim
+        .take_events("alice")
+        .into_iter()
+        .find(|event| matches!(event, CallingEvent::UserVoiceVolume { .. }));
+    assert_eq!(
+        report,
+        Some(CallingEvent::UserVoiceVolume {
+            user_volumes: vec![
+                UserVolume {
+                    user_id: alice.clone(),
+                    volume: 90
+                },
+                UserVolume {
+                    user_id: bob.clone(),
+                    volume: 30
+                }
+            ],
+            total_volume: 30
+        })
+    );
     sim.take_events("bob");
 
     // onLineBusy: dave is in a call with erin; alice invites dave into hers
