@@ -48,15 +48,16 @@ pub(crate) enum Command {
     AudioStats(oneshot::Sender<Vec<(UserId, JitterStats)>>),
     /// The loss the receivers of our audio report.
     ReportedLoss(oneshot::Sender<Option<u8>>),
-    /// Log out if logged in, then disconnect.
-    Shutdown,
+    /// Log out if logged in, then disconnect; tell the sender, if any, once
+    /// done.
+    Shutdown(Option<oneshot::Sender<()>>),
 }
 
 /// How often each remote speaker is told what we lose of its audio.
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a destroyed instance waits for the server to confirm its logout.
-const LOGOUT_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const LOGOUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Who logs in, with what.
 #[derive(Debug)]
@@ -135,8 +136,11 @@ pub(crate) async fn start(
         last_stats: Vec::new(),
     };
     tokio::spawn(async move {
-        driver.run().await;
+        let finished = driver.run().await;
         drop(endpoint);
+        if let Some(finished) = finished {
+            let _ = finished.send(());
+        }
     });
     Ok((commands, answer))
 }
@@ -161,7 +165,10 @@ struct Driver<T: Transport> {
 }
 
 impl<T: Transport> Driver<T> {
-    async fn run(mut self) {
+    /// Drives the login until it ends; returns whoever waits for a
+    /// shutdown to finish.
+    async fn run(mut self) -> Option<oneshot::Sender<()>> {
+        let mut finished = None;
         let mut loss_reports = tokio::time::interval(LOSS_REPORT_INTERVAL);
         loss_reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -193,8 +200,13 @@ impl<T: Transport> Driver<T> {
                             media.set_hands_free(hands_free);
                         }
                     }
-                    None | Some(Command::Shutdown) => {
+                    None => {
                         self.log_out_and_close().await;
+                        break;
+                    }
+                    Some(Command::Shutdown(done)) => {
+                        self.log_out_and_close().await;
+                        finished = done;
                         break;
                     }
                 },
@@ -232,6 +244,7 @@ impl<T: Transport> Driver<T> {
             let _ = reply.send(Err(CallingError::new(ErrorCode::CONNECTION_LOST)));
         }
         self.link.media.close(ErrorCode::OK, "bye");
+        finished
     }
 
     /// Audio runs exactly while the engine is in a call.

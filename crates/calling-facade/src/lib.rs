@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `sharedInstance` / `destroySharedInstance` | [`TRTCCalling::shared_instance`] / [`TRTCCalling::destroy_shared_instance`] |
 //! | `registerListener` / `unRegisterListener` | [`TRTCCalling::register_listener`] (closures or [`CallingListener`]s), [`TRTCCalling::register_delegate`] (one method per callback), [`TRTCCalling::unregister_listener`]; also [`TRTCCalling::events`] for tokio users |
-//! | `destroy` | [`TRTCCalling::destroy`] |
+//! | `destroy` | [`TRTCCalling::destroy`], and [`TRTCCalling::shutdown`] to wait until the logout is through (call it before the application exits) |
 //! | `login` / `logout` | [`TRTCCalling::login`] / [`TRTCCalling::logout`] |
 //! | `call` / `accept` / `reject` / `hangup` | [`TRTCCalling::call`] (and [`TRTCCalling::call_with`] for per-call options), [`TRTCCalling::accept`], [`TRTCCalling::reject`], [`TRTCCalling::hangup`] |
 //! | `setMicMute` / `setHandsFree` | [`TRTCCalling::set_mic_mute`] / [`TRTCCalling::set_hands_free`] |
@@ -323,9 +323,33 @@ impl TRTCCalling {
 
     /// Releases everything: logs out (best effort, without waiting),
     /// disconnects and forgets every listener.
+    ///
+    /// An application about to exit should `shutdown().await` instead:
+    /// without waiting, the logout may never leave the process, and the
+    /// peers of a call learn of the hang-up only when the connection times
+    /// out (about 12 s).
     pub fn destroy(&self) {
-        if let Some(session) = lock(&self.driver).take() {
-            let _ = session.send(Command::Shutdown);
+        if let Some(driver) = lock(&self.driver).take() {
+            let _ = driver.send(Command::Shutdown(None));
+        }
+        lock(&self.dispatch.listeners).clear();
+    }
+
+    /// The graceful [`TRTCCalling::destroy`]: logs out (a call in progress
+    /// ends as a hangup), waits until the server has confirmed and the
+    /// last events (`onCallEnd`…) went to the listeners, then forgets every
+    /// listener. Bounded: it returns within about 2 s even if the server
+    /// does not answer. Call it before the application exits. Dropping the
+    /// last handle to an instance logs out too, as a best effort that
+    /// nobody waits for.
+    pub async fn shutdown(&self) {
+        let driver = lock(&self.driver).take();
+        if let Some(driver) = driver {
+            let (done, finished) = oneshot::channel();
+            if driver.send(Command::Shutdown(Some(done))).is_ok() {
+                let limit = driver::LOGOUT_GRACE + Duration::from_secs(1);
+                let _ = tokio::time::timeout(limit, finished).await;
+            }
         }
         lock(&self.dispatch.listeners).clear();
     }
@@ -359,7 +383,7 @@ impl TRTCCalling {
                 .as_ref()
                 .is_some_and(|existing| !existing.is_closed())
             {
-                let _ = commands.send(Command::Shutdown);
+                let _ = commands.send(Command::Shutdown(None));
                 return Err(CallingError::new(ErrorCode::ALREADY_LOGGED_IN));
             }
             *session = Some(commands);

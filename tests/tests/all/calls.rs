@@ -450,3 +450,59 @@ async fn logout_ends_the_call_and_listeners_hear_everything() {
     alice.calling.call("bob", CallType::Audio).await.unwrap();
     bob.expect(&[invited("alice", &[])]).await;
 }
+
+/// An application that shuts down and exits right away: the peer hears of
+/// the hang-up at once, not after the connection's idle timeout. Alice runs
+/// on a runtime of her own, dropped right after `shutdown` returns, as a
+/// process exiting would (with `destroy` alone the logout dies with it).
+#[tokio::test]
+async fn shutdown_hangs_up_before_the_application_exits() {
+    let server = TestServer::start("shutdown").await;
+    let mut bob = server.user("bob").await;
+    let (options, sig, app) = (server.options(), server.sig("alice"), server.app.sdk_app_id);
+    let alice_app = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let took = runtime.block_on(async move {
+            let alice = calling_facade::TRTCCalling::new(options);
+            let mut events = alice.events();
+            alice.login(app, "alice", &sig).await.unwrap();
+            alice.call("bob", CallType::Audio).await.unwrap();
+            while !matches!(events.recv().await, Some(CallingEvent::UserEnter { .. })) {}
+            let started = std::time::Instant::now();
+            alice.shutdown().await;
+            started.elapsed()
+        });
+        // The process exits: every task of alice's runtime stops here.
+        drop(runtime);
+        took
+    });
+    bob.expect(&[invited("alice", &[])]).await;
+    bob.calling.accept().await.unwrap();
+    bob.expect(&enter("alice")).await;
+    let took = tokio::task::spawn_blocking(move || alice_app.join().unwrap())
+        .await
+        .unwrap();
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    let leave = tokio::time::timeout(Duration::from_millis(500), bob.next())
+        .await
+        .expect("bob hears of the hang-up at once");
+    assert_eq!(
+        leave,
+        CallingEvent::UserLeave {
+            user_id: uid("alice")
+        }
+    );
+    bob.expect_end(EndReason::Hangup).await;
+    let carol = server.client("carol");
+    carol.calling.shutdown().await;
+    assert_eq!(
+        carol
+            .calling
+            .call("bob", CallType::Audio)
+            .await
+            .unwrap_err()
+            .code,
+        ErrorCode::NOT_LOGGED_IN,
+        "shutting down a logged-out instance is harmless"
+    );
+}
