@@ -99,6 +99,34 @@ pub enum CallingEvent {
     /// Extension: the same user logged in elsewhere and this session is over.
     /// Sent after the [`CallingEvent::CallEnd`] of a call it ended, if any.
     KickedOffline,
+    /// Extension: a call's microphone or speaker could not be opened (no
+    /// such device, a build without device support, an unusable file): the
+    /// call goes on, sending silence or playing nowhere. Once per device per
+    /// call.
+    AudioDeviceUnavailable {
+        /// Which side.
+        device: AudioDeviceKind,
+        /// Why, for a person.
+        reason: String,
+    },
+}
+
+/// The two sides of a call's audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AudioDeviceKind {
+    /// Where the local voice comes from.
+    Microphone,
+    /// Where the call is heard.
+    Speaker,
+}
+
+impl std::fmt::Display for AudioDeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Microphone => "microphone",
+            Self::Speaker => "speaker",
+        })
+    }
 }
 
 impl CallingEvent {
@@ -118,7 +146,9 @@ impl CallingEvent {
             Self::UserAudioAvailable { .. } => "onUserAudioAvailable",
             Self::UserVoiceVolume { .. } => "onUserVoiceVolume",
             Self::CallEnd => "onCallEnd",
-            Self::CallEnded { .. } | Self::KickedOffline => return None,
+            Self::CallEnded { .. } | Self::KickedOffline | Self::AudioDeviceUnavailable { .. } => {
+                return None;
+            }
         })
     }
 }
@@ -165,6 +195,9 @@ impl std::fmt::Display for CallingEvent {
             Self::CallingCancel | Self::CallingTimeOut | Self::CallEnd => f.write_str(name),
             Self::CallEnded { call_id, reason } => write!(f, "CallEnded({call_id}: {reason})"),
             Self::KickedOffline => f.write_str("KickedOffline"),
+            Self::AudioDeviceUnavailable { device, reason } => {
+                write!(f, "AudioDeviceUnavailable({device}: {reason})")
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use calling_api::UserId;
-use calling_facade::{CallType, CallingEvent, ClientOptions, TRTCCalling};
+use calling_facade::{AudioDevices, CallType, CallingEvent, ClientOptions, TRTCCalling};
 use calling_server::config::ServerConfig;
 use calling_server::usersig;
 use signaling_proto::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
@@ -141,7 +141,10 @@ async fn bare_round_trips(count: usize) -> Vec<Duration> {
 )]
 async fn calls(count: usize) {
     let (server, app, data_dir) = in_process_server("opencalling-bench").await;
-    let options = ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
+    let mut options =
+        ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
+    // Call setup only: no devices to open for each call.
+    options.audio = AudioDevices::none();
     let login = |name: &'static str| {
         let options = options.clone();
         let app = app.clone();
@@ -536,7 +539,7 @@ impl calling_facade::AudioSink for ClickDetector {
 }
 
 async fn latency(seconds: u64) {
-    use calling_facade::{AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
+    use calling_facade::{CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
     let (server, app, data_dir) = in_process_server("opencalling-bench-latency").await;
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -104,10 +104,7 @@ async fn main() {
                 },
                 playback: PlaybackDevice::Wav { path: hears(name) },
             },
-            None => AudioDevices {
-                capture: CaptureDevice::Silence,
-                playback: PlaybackDevice::Null,
-            },
+            None => AudioDevices::none(),
         };
         let calling = TRTCCalling::new(user_options);
         let (tx, seen) = mpsc::unbounded_channel();

@@ -19,7 +19,7 @@ use signaling_proto::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::media::{AudioDevices, CallAudio};
+use crate::media::{AudioDevices, CallAudio, DeviceNotices};
 use crate::{ClientOptions, Dispatch};
 
 pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
@@ -120,6 +120,7 @@ pub(crate) async fn start(
     // The endpoint (the UDP socket) lives as long as the driver.
     let (link, endpoint) = connection.into_link();
     let (commands, inbox) = mpsc::unbounded_channel();
+    let (notices, device_notices) = mpsc::unbounded_channel();
     let (reply, answer) = oneshot::channel();
     let mut pending = HashMap::new();
     pending.insert(login, reply);
@@ -131,6 +132,8 @@ pub(crate) async fn start(
         dispatch,
         devices: options.audio.clone(),
         media: None,
+        notices: DeviceNotices(notices),
+        device_notices,
         hands_free: devices.hands_free,
         flow_users: HashMap::new(),
         last_stats: Vec::new(),
@@ -157,6 +160,10 @@ struct Driver<T: Transport> {
     devices: AudioDevices,
     /// The call's audio, while in a call.
     media: Option<CallAudio>,
+    /// Where the audio threads say a device is unavailable…
+    notices: DeviceNotices,
+    /// …and where the driver hears it, to tell the application.
+    device_notices: mpsc::UnboundedReceiver<calling_api::CallingEvent>,
     hands_free: bool,
     /// Who each remote flow of the current call is.
     flow_users: HashMap<FlowId, UserId>,
@@ -229,6 +236,7 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 _ = loss_reports.tick(), if self.media.is_some() => self.send_loss_reports(),
+                Some(notice) = self.device_notices.recv() => self.dispatch.emit(&notice),
                 () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
                     self.feed_levels();
                     self.engine.handle_timeout(Instant::now());
@@ -258,6 +266,7 @@ impl<T: Transport> Driver<T> {
                     media,
                     self.engine.is_mic_muted(),
                     self.hands_free,
+                    &self.notices,
                 );
             }
             (false, true) => {

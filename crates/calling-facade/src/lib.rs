@@ -34,7 +34,9 @@
 //! plays the mix. `set_mic_mute` stops sending (peers get
 //! `onUserAudioAvailable`), `set_hands_free` switches the output device, and
 //! `onUserVoiceVolume` reports the measured levels. Real devices need the
-//! `cpal` feature; without it the SDK says so in the log and uses silence.
+//! `cpal` feature; without it (or without a device) a call sends silence
+//! and plays nowhere, and the SDK says so with
+//! [`CallingEvent::AudioDeviceUnavailable`].
 //!
 //! ```no_run
 //! use calling_facade::{CallType, CallingEvent, ClientOptions, TRTCCalling};
@@ -64,8 +66,8 @@ pub use audio_device::Signal;
 pub use audio_device::{AudioFormat, AudioSink, AudioSource};
 pub use audio_pipeline::JitterStats;
 pub use calling_api::{
-    CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason, ErrorCode, UserId,
-    UserVolume,
+    AudioDeviceKind, CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason,
+    ErrorCode, UserId, UserVolume,
 };
 pub use media::{AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, ServerTrust};
@@ -126,6 +128,9 @@ pub trait CallingDelegate: Send + Sync + 'static {
     fn on_call_ended(&self, call_id: CallId, reason: EndReason) {}
     /// Extension: this session was kicked by a login elsewhere.
     fn on_kicked_offline(&self) {}
+    /// Extension: a call's microphone or speaker could not be opened; the
+    /// call goes on without it.
+    fn on_audio_device_unavailable(&self, device: AudioDeviceKind, reason: &str) {}
 }
 
 struct DelegateListener<D>(D);
@@ -160,6 +165,9 @@ impl<D: CallingDelegate> CallingListener for DelegateListener<D> {
                 delegate.on_call_ended(*call_id, *reason)
             }
             CallingEvent::KickedOffline => delegate.on_kicked_offline(),
+            CallingEvent::AudioDeviceUnavailable { device, reason } => {
+                delegate.on_audio_device_unavailable(*device, reason);
+            }
             // A newer calling-api may add events this delegate predates.
             _ => {}
         }

@@ -23,6 +23,7 @@ use audio_pipeline::{
     EncoderConfig, FRAME_SAMPLES, JitterStats, LossMeter, MediaPacket, PacketReceiver,
     PacketSender, ReceivePath, Resampler, SendPath, packet_ring,
 };
+use calling_api::{AudioDeviceKind, CallingEvent};
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, LossReport, MediaHeader};
@@ -112,22 +113,28 @@ pub struct AudioDevices {
 }
 
 impl Default for AudioDevices {
-    /// The system's devices with the `cpal` feature; silence and nowhere
-    /// without it.
+    /// The system's microphone and speaker. In a build without the `cpal`
+    /// feature, or on a machine without them, a call sends silence and
+    /// plays nowhere, and says so with
+    /// [`CallingEvent::AudioDeviceUnavailable`].
     fn default() -> Self {
-        if cfg!(feature = "cpal") {
-            Self {
-                capture: CaptureDevice::System { name: None },
-                playback: PlaybackDevice::System {
-                    hands_free: None,
-                    private: None,
-                },
-            }
-        } else {
-            Self {
-                capture: CaptureDevice::Silence,
-                playback: PlaybackDevice::Null,
-            }
+        Self {
+            capture: CaptureDevice::System { name: None },
+            playback: PlaybackDevice::System {
+                hands_free: None,
+                private: None,
+            },
+        }
+    }
+}
+
+impl AudioDevices {
+    /// No devices at all: silence is sent, nothing is played (servers,
+    /// tests, signaling-only bots).
+    pub fn none() -> Self {
+        Self {
+            capture: CaptureDevice::Silence,
+            playback: PlaybackDevice::Null,
         }
     }
 }
@@ -194,30 +201,44 @@ impl std::fmt::Debug for CallAudio {
     }
 }
 
-fn open_source(device: &CaptureDevice) -> Box<dyn AudioSource> {
+/// Where the audio threads say that a device could not be opened: the log,
+/// and the application as [`CallingEvent::AudioDeviceUnavailable`] (the
+/// driver task delivers it to the listeners).
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceNotices(pub(crate) tokio::sync::mpsc::UnboundedSender<CallingEvent>);
+
+impl DeviceNotices {
+    fn unavailable(&self, device: AudioDeviceKind, reason: String) {
+        warn!(%device, reason, "audio device unavailable: the call goes on without it");
+        let _ = self
+            .0
+            .send(CallingEvent::AudioDeviceUnavailable { device, reason });
+    }
+}
+
+fn open_source(device: &CaptureDevice, notices: &DeviceNotices) -> Box<dyn AudioSource> {
     let silence = || -> Box<dyn AudioSource> {
         Box::new(SyntheticSource::new(
             AudioFormat::mono(48_000),
             Signal::Silence,
         ))
     };
-    match device {
-        CaptureDevice::Silence => silence(),
-        CaptureDevice::Synthetic(signal) => {
-            Box::new(SyntheticSource::new(AudioFormat::mono(48_000), *signal))
-        }
-        CaptureDevice::Wav { path, looping } => match WavSource::open(path) {
-            Ok(source) => Box::new(source.looping(*looping)),
-            Err(error) => {
-                warn!(%error, "capture file unusable: sending silence");
-                silence()
-            }
-        },
-        CaptureDevice::System { name } => {
-            system_microphone(name.as_deref()).unwrap_or_else(silence)
-        }
-        CaptureDevice::Custom(custom) => Box::new(custom.clone()),
-    }
+    let opened = match device {
+        CaptureDevice::Silence => Ok(silence()),
+        CaptureDevice::Synthetic(signal) => Ok(Box::new(SyntheticSource::new(
+            AudioFormat::mono(48_000),
+            *signal,
+        )) as Box<dyn AudioSource>),
+        CaptureDevice::Wav { path, looping } => WavSource::open(path)
+            .map(|source| Box::new(source.looping(*looping)) as Box<dyn AudioSource>)
+            .map_err(|error| error.to_string()),
+        CaptureDevice::System { name } => system_microphone(name.as_deref()),
+        CaptureDevice::Custom(custom) => Ok(Box::new(custom.clone()) as Box<dyn AudioSource>),
+    };
+    opened.unwrap_or_else(|reason| {
+        notices.unavailable(AudioDeviceKind::Microphone, reason);
+        silence()
+    })
 }
 
 impl AudioSource for CustomSource {
@@ -246,23 +267,21 @@ impl AudioSink for CustomSink {
     }
 }
 
+/// Without device support there is no system device to open.
+#[cfg(not(feature = "cpal"))]
+const NO_DEVICE_SUPPORT: &str =
+    "this build has no audio device support (calling-facade's `cpal` feature)";
+
 #[cfg(feature = "cpal")]
-fn system_microphone(name: Option<&str>) -> Option<Box<dyn AudioSource>> {
-    match audio_device::devices::Microphone::open(name) {
-        Ok(microphone) => Some(Box::new(LiveMicrophone(microphone))),
-        Err(error) => {
-            warn!(%error, "no microphone available: sending silence");
-            None
-        }
-    }
+fn system_microphone(name: Option<&str>) -> Result<Box<dyn AudioSource>, String> {
+    audio_device::devices::Microphone::open(name)
+        .map(|microphone| Box::new(LiveMicrophone(microphone)) as Box<dyn AudioSource>)
+        .map_err(|error| error.to_string())
 }
 
 #[cfg(not(feature = "cpal"))]
-fn system_microphone(_name: Option<&str>) -> Option<Box<dyn AudioSource>> {
-    warn!(
-        "no microphone available: this build has no device support (the `cpal` feature); sending silence"
-    );
-    None
+fn system_microphone(_name: Option<&str>) -> Result<Box<dyn AudioSource>, String> {
+    Err(NO_DEVICE_SUPPORT.into())
 }
 
 /// A live microphone as a source: it waits for a whole read's worth.
@@ -287,49 +306,43 @@ impl AudioSource for LiveMicrophone {
     }
 }
 
-fn open_sink(device: &PlaybackDevice, hands_free: bool) -> Box<dyn AudioSink> {
+fn open_sink(
+    device: &PlaybackDevice,
+    hands_free: bool,
+    notices: &DeviceNotices,
+) -> Box<dyn AudioSink> {
     let null = || -> Box<dyn AudioSink> { Box::new(NullSink::new(AudioFormat::mono(48_000))) };
-    match device {
-        PlaybackDevice::Null => null(),
-        PlaybackDevice::Wav { path } => match WavSink::create(path, AudioFormat::mono(48_000)) {
-            Ok(sink) => Box::new(sink),
-            Err(error) => {
-                warn!(%error, "playback file unusable: playing nowhere");
-                null()
-            }
-        },
+    let opened = match device {
+        PlaybackDevice::Null => Ok(null()),
+        PlaybackDevice::Wav { path } => WavSink::create(path, AudioFormat::mono(48_000))
+            .map(|sink| Box::new(sink) as Box<dyn AudioSink>)
+            .map_err(|error| error.to_string()),
         PlaybackDevice::System {
             hands_free: loud,
             private,
-        } => {
-            let name = if hands_free {
-                loud.as_deref()
-            } else {
-                private.as_deref()
-            };
-            system_speaker(name).unwrap_or_else(null)
-        }
-        PlaybackDevice::Custom(custom) => Box::new(custom.clone()),
-    }
+        } => system_speaker(if hands_free {
+            loud.as_deref()
+        } else {
+            private.as_deref()
+        }),
+        PlaybackDevice::Custom(custom) => Ok(Box::new(custom.clone()) as Box<dyn AudioSink>),
+    };
+    opened.unwrap_or_else(|reason| {
+        notices.unavailable(AudioDeviceKind::Speaker, reason);
+        null()
+    })
 }
 
 #[cfg(feature = "cpal")]
-fn system_speaker(name: Option<&str>) -> Option<Box<dyn AudioSink>> {
-    match audio_device::devices::Speaker::open(name) {
-        Ok(speaker) => Some(Box::new(LiveSpeaker(speaker))),
-        Err(error) => {
-            warn!(%error, "no speaker available: playing nowhere");
-            None
-        }
-    }
+fn system_speaker(name: Option<&str>) -> Result<Box<dyn AudioSink>, String> {
+    audio_device::devices::Speaker::open(name)
+        .map(|speaker| Box::new(LiveSpeaker(speaker)) as Box<dyn AudioSink>)
+        .map_err(|error| error.to_string())
 }
 
 #[cfg(not(feature = "cpal"))]
-fn system_speaker(_name: Option<&str>) -> Option<Box<dyn AudioSink>> {
-    warn!(
-        "no speaker available: this build has no device support (the `cpal` feature); playing nowhere"
-    );
-    None
+fn system_speaker(_name: Option<&str>) -> Result<Box<dyn AudioSink>, String> {
+    Err(NO_DEVICE_SUPPORT.into())
 }
 
 #[cfg(feature = "cpal")]
@@ -353,6 +366,7 @@ impl CallAudio {
         link: Arc<dyn MediaLink>,
         muted: bool,
         hands_free: bool,
+        notices: &DeviceNotices,
     ) -> Option<Self> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -370,17 +384,19 @@ impl CallAudio {
         let capture = {
             let shared = Arc::clone(&shared);
             let device = devices.capture.clone();
+            let notices = notices.clone();
             std::thread::Builder::new()
                 .name("opencalling-capture".into())
-                .spawn(move || capture_loop(open_source(&device), &*link, &shared))
+                .spawn(move || capture_loop(open_source(&device, &notices), &*link, &shared))
                 .ok()?
         };
         let playout = {
             let shared = Arc::clone(&shared);
             let playback = devices.playback.clone();
+            let notices = notices.clone();
             std::thread::Builder::new()
                 .name("opencalling-playout".into())
-                .spawn(move || playout_loop(&speaker_inbox, &playback, &shared))
+                .spawn(move || playout_loop(&speaker_inbox, &playback, &shared, &notices))
         };
         let Ok(playout) = playout else {
             warn!("cannot start the playout thread: no audio in this call");
@@ -613,10 +629,11 @@ fn playout_loop(
     new_speakers: &std::sync::mpsc::Receiver<PacketReceiver>,
     playback: &PlaybackDevice,
     shared: &Shared,
+    notices: &DeviceNotices,
 ) {
     let mut receive = ReceivePath::new();
     let mut hands_free = shared.hands_free.load(Ordering::Relaxed);
-    let mut sink = open_sink(playback, hands_free);
+    let mut sink = open_sink(playback, hands_free, notices);
     let mut resampler = output_resampler(sink.format());
     let mut frame = [0.0_f32; FRAME_SAMPLES];
     let mut device_chunk = vec![0.0_f32; sink.format().samples_in_ms(20)];
@@ -632,7 +649,7 @@ fn playout_loop(
         let wanted = shared.hands_free.load(Ordering::Relaxed);
         if wanted != hands_free && matches!(playback, PlaybackDevice::System { .. }) {
             hands_free = wanted;
-            sink = open_sink(playback, hands_free);
+            sink = open_sink(playback, hands_free, notices);
             resampler = output_resampler(sink.format());
             device_chunk = vec![0.0; sink.format().samples_in_ms(20)];
         }

@@ -383,3 +383,49 @@ async fn audio_keeps_flowing_over_a_lossy_path() {
     // Stated threshold: with 10 % loss each way the speech is still there.
     assert!(correlation > 0.5, "correlation {correlation:.2}");
 }
+
+/// A device that cannot be opened is the application's to know, not only
+/// the log's: the call goes on, and the event says which side and why.
+#[tokio::test]
+async fn an_unusable_device_is_reported_and_the_call_goes_on() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start("no-device").await;
+    let missing = temp_dir("no-device-files").join("missing.wav");
+    let unwritable = temp_dir("no-device-files")
+        .join("no-such-dir")
+        .join("heard.wav");
+    let mut alice = user_with(
+        &server,
+        "alice",
+        CaptureDevice::Wav {
+            path: missing.clone(),
+            looping: false,
+        },
+        PlaybackDevice::Wav {
+            path: unwritable.clone(),
+        },
+    )
+    .await;
+    let mut bob = server.user("bob").await;
+    alice.calling.call("bob", CallType::Audio).await.unwrap();
+    bob.expect(&[invited("alice", &[])]).await;
+    bob.calling.accept().await.unwrap();
+    bob.expect(&enter("alice")).await;
+    // The audio threads start as alice enters: their news and bob's
+    // entrance come in either order.
+    let mut reasons = std::collections::BTreeMap::new();
+    let mut others = Vec::new();
+    while reasons.len() < 2 || others.len() < 2 {
+        match alice.next().await {
+            CallingEvent::AudioDeviceUnavailable { device, reason } => {
+                reasons.insert(device.to_string(), reason);
+            }
+            other => others.push(other),
+        }
+    }
+    assert_eq!(others, enter("bob"));
+    assert!(reasons["microphone"].contains("missing.wav"), "{reasons:?}");
+    assert!(reasons["speaker"].contains("heard.wav"), "{reasons:?}");
+    // The call itself is unharmed.
+    end_call(&mut alice, &mut bob).await;
+}

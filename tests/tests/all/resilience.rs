@@ -53,7 +53,8 @@ async fn a_killed_server_ends_calls_and_its_restart_resets_them_fast() {
         server.ready[2].parse::<u32>().unwrap(),
         server.ready[3].clone(),
     );
-    let options = ClientOptions::development(addr.clone(), fingerprint);
+    let mut options = ClientOptions::development(addr.clone(), fingerprint);
+    options.audio = calling_facade::AudioDevices::none();
     let sig = |user: &str| usersig::generate(u64::from(app), &key, user, 3_600, now(), None);
     let new_user = |id: &str| {
         let calling = TRTCCalling::new(options.clone());

@@ -54,11 +54,15 @@ impl TestServer {
         Self { server, app }
     }
 
+    /// Options for this server, with no audio devices (the audio tests
+    /// choose their own).
     pub fn options(&self) -> ClientOptions {
-        ClientOptions::development(
+        let mut options = ClientOptions::development(
             self.server.local_addr().to_string(),
             self.server.fingerprint(),
-        )
+        );
+        options.audio = calling_facade::AudioDevices::none();
+        options
     }
 
     /// A bare protocol client connected to the server (no login yet), for
