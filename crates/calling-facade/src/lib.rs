@@ -53,6 +53,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "dev")]
+pub mod dev;
 mod driver;
 mod media;
 mod options;

@@ -627,6 +627,63 @@ fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
     Ok(secret)
 }
 
+/// The file in the data directory that says, for scripts and development
+/// clients, where the running server is and how to trust it.
+pub const BANNER_FILE: &str = "server.json";
+
+/// What [`BANNER_FILE`] holds.
+#[derive(Debug)]
+pub struct Banner<'a> {
+    /// The address the server listens on.
+    pub listen: SocketAddr,
+    /// Its certificate's fingerprint.
+    pub fingerprint: signaling_quic::CertFingerprint,
+    /// The development app's sdkAppId, or the first configured app's.
+    pub sdk_app_id: Option<u32>,
+    /// The development app, whose key a development client signs with;
+    /// `None` outside development mode (a real app's key is never written).
+    pub development_app: Option<&'a AppCredentials>,
+}
+
+/// Writes [`BANNER_FILE`] (readable by the owner only: in development mode
+/// it holds the development app's key, as the key file beside it does).
+///
+/// `address` is where a client on this machine connects: the listening
+/// address, with an unspecified IP replaced by loopback.
+pub fn write_banner(data_dir: &Path, banner: &Banner<'_>) -> std::io::Result<()> {
+    let mut address = banner.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        });
+    }
+    let mut json = serde_json::json!({
+        "listen": banner.listen.to_string(),
+        "address": address.to_string(),
+        "fingerprint": banner.fingerprint.to_string(),
+        "sdk_app_id": banner.sdk_app_id,
+        "development": banner.development_app.is_some(),
+    });
+    if let Some(app) = banner.development_app {
+        json["secret_key"] = app.secret_key.expose().into();
+    }
+    let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
+    signaling_quic::write_private(&data_dir.join(BANNER_FILE), text.as_bytes())
+}
+
+/// The development app already kept in `data_dir`, if a server made one
+/// there; unlike [`development_app`], never makes a new one.
+pub fn existing_development_app(data_dir: &Path) -> Option<AppCredentials> {
+    let bytes = fs::read(data_dir.join(DEV_APP_FILE)).ok()?;
+    let secret = <[u8; 32]>::try_from(bytes.as_slice()).ok()?;
+    Some(AppCredentials {
+        sdk_app_id: DEVELOPMENT_SDK_APP_ID,
+        secret_key: SecretKey::new(hex(&secret)),
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

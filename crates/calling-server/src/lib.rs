@@ -20,7 +20,6 @@ pub mod config;
 mod connection;
 mod hub;
 mod relay;
-pub mod usersig;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +33,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+/// The UserSig scheme (the `calling-usersig` crate).
+pub use calling_usersig as usersig;
 pub use config::{AppCredentials, SecretKey, ServerConfig, Settings, TlsSource, UnixClock};
 pub use hub::HubStats;
 pub use relay::RelayCounts;
@@ -147,6 +148,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (stop_accepting, stop_rx) = watch::channel(false);
     let accept_task = tokio::spawn(accept_loop(quic, shared, stop_rx));
     let relay = routes;
+    config::write_banner(
+        &config.data_dir,
+        &config::Banner {
+            listen: local_addr,
+            fingerprint: identity.fingerprint(),
+            sdk_app_id: development_app
+                .as_ref()
+                .or(config.apps.first())
+                .map(|app| app.sdk_app_id),
+            development_app: development_app.as_ref(),
+        },
+    )
+    .map_err(data_dir_error)?;
     info!(%local_addr, fingerprint = %identity.fingerprint(), development = development_app.is_some(), "listening");
     Ok(RunningServer {
         local_addr,

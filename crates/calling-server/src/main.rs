@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use calling_server::Settings;
-use calling_server::config::{ServerConfig, development_app};
+use calling_server::config::{ServerConfig, existing_development_app};
 use calling_server::usersig;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -101,6 +101,7 @@ fn main() -> ExitCode {
 
 fn serve(configured: Configured) -> Result<(), String> {
     let config = configured.resolve()?;
+    let config_data_dir = config.data_dir.clone();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -123,6 +124,12 @@ fn serve(configured: Configured) -> Result<(), String> {
             println!("  sdkAppId:   {}", app.sdk_app_id);
             println!("  secret key: {}", app.secret_key.expose());
             println!("  issue a UserSig with: calling-server usersig --user alice");
+            println!(
+                "  (for scripts: {} holds the address, fingerprint and app as JSON)",
+                config_data_dir
+                    .join(calling_server::config::BANNER_FILE)
+                    .display()
+            );
         }
         wait_for_stop_signal().await;
         println!("stopping: telling every client");
@@ -170,8 +177,15 @@ fn issue_usersig(
             .ok_or_else(|| format!("app {id} is not configured"))?,
         None => match config.apps.first() {
             Some(app) => app.clone(),
-            None => development_app(&config.data_dir)
-                .map_err(|error| format!("data directory: {error}"))?,
+            // A key made here would be one no server checks against.
+            None => existing_development_app(&config.data_dir).ok_or_else(|| {
+                format!(
+                    "no development app in {}: start the server with this data directory \
+                     first (or name the running server's with --data-dir); a UserSig for \
+                     a new app would be refused by it",
+                    config.data_dir.display()
+                )
+            })?,
         },
     };
     let now = SystemTime::now()

@@ -506,3 +506,57 @@ async fn shutdown_hangs_up_before_the_application_exits() {
         "shutting down a logged-out instance is harmless"
     );
 }
+
+/// A development client needs nothing but the server's data directory: its
+/// `server.json` says where the server is, how to trust it, and (in
+/// development mode) the app to sign test UserSigs with.
+#[tokio::test]
+async fn a_development_server_is_found_by_its_data_directory() {
+    let config = test_config("dev-helper");
+    let data_dir = config.data_dir.clone();
+    let server = TestServer::start_with(config).await;
+    let dev = calling_facade::dev::DevServer::from_data_dir(&data_dir).unwrap();
+    assert_eq!(dev.address, server.server.local_addr().to_string());
+    assert_eq!(dev.fingerprint, server.server.fingerprint());
+    assert_eq!(dev.sdk_app_id, server.app.sdk_app_id);
+    let printed = format!("{dev:?}");
+    assert!(
+        !printed.contains(server.app.secret_key.expose()),
+        "{printed}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data_dir.join("server.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "server.json holds a key: owner only");
+    }
+    let mut users = Vec::new();
+    for name in ["alice", "bob"] {
+        let mut options = dev.options();
+        options.audio = calling_facade::AudioDevices::none();
+        let calling = calling_facade::TRTCCalling::new(options);
+        let events = calling.events();
+        calling
+            .login(dev.sdk_app_id, name, &dev.user_sig(name).unwrap())
+            .await
+            .unwrap();
+        users.push(User {
+            id: uid(name),
+            calling,
+            events,
+        });
+    }
+    let (alice, bob) = users.split_at_mut(1);
+    connect(&mut alice[0], &mut bob[0]).await;
+    assert_eq!(
+        calling_facade::dev::generate_test_user_sig(1, "", "alice", Duration::from_secs(60))
+            .unwrap_err()
+            .code,
+        ErrorCode::INVALID_PARAMETER
+    );
+    let elsewhere = temp_dir("no-server-here");
+    assert!(calling_facade::dev::DevServer::from_data_dir(&elsewhere).is_err());
+}

@@ -9,6 +9,10 @@
 //! over the lines `TLS.identifier:…\nTLS.sdkappid:…\nTLS.time:…\nTLS.expire:…\n`
 //! (and `TLS.userbuf:…\n` when present). Generators differ in key order,
 //! spacing and number-or-string fields, so verification parses the JSON.
+//!
+//! A crate of its own so that the server (which verifies) and the SDK's
+//! development helper (which signs, behind its `dev` feature) share one
+//! implementation. Pure functions: no I/O, no clock (`now` comes in).
 
 use std::io::{Read, Write};
 
