@@ -1,6 +1,7 @@
 //! OpenCalling's developer commands, run as `cargo xtask <command>`.
 //!
-//! - `ci`: formatting, clippy with warnings denied, every test, cargo-deny.
+//! - `ci`: formatting, clippy and rustdoc with warnings denied, every test,
+//!   cargo-deny.
 //! - `demo`: the README's main job.
 //! - `bench`: the benchmarks, figures printed beside their baselines.
 //!
@@ -20,7 +21,7 @@ const HELP: &str = "\
 cargo xtask <command>
 
 commands:
-  ci      rustfmt --check, clippy -D warnings, every test, cargo-deny
+  ci      rustfmt --check, clippy -D warnings, rustdoc -D warnings, every test, cargo-deny
   demo    a real server and five users over QUIC, printing each user's events
   bench   the benchmarks, each figure beside its baseline
   help    this text
@@ -97,6 +98,39 @@ fn ci() -> Result {
             "warnings",
         ]),
     )?;
+    step(
+        "clippy (the SDK's dev feature and its examples)",
+        tools.apply(&mut cargo()).args([
+            "clippy",
+            "-p",
+            "calling-facade",
+            "--features",
+            "dev",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    for (name, features) in [
+        ("rustdoc, warnings denied", None),
+        (
+            "rustdoc of the SDK's dev feature",
+            Some(["-p", "calling-facade", "--features", "dev"]),
+        ),
+    ] {
+        let mut doc = cargo();
+        tools
+            .apply(&mut doc)
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--no-deps", "--locked"]);
+        match features {
+            None => doc.arg("--workspace"),
+            Some(args) => doc.args(args),
+        };
+        step(name, &mut doc)?;
+    }
     let tests = run_tests(
         tools
             .apply(&mut cargo())

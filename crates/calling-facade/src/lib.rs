@@ -11,6 +11,14 @@
 //! | `setMicMute` / `setHandsFree` | [`TRTCCalling::set_mic_mute`] / [`TRTCCalling::set_hands_free`] |
 //! | `onError`, `onInvited`, … | [`CallingEvent`] variants, delivered to every listener |
 //!
+//! # Feature flags
+//!
+//! - `cpal`: the system's microphone and speaker. Without it the default
+//!   devices are unavailable: calls send silence, play nowhere, and
+//!   [`CallingEvent::AudioDeviceUnavailable`] says so.
+//! - `dev`: development helpers (the `dev` module: test UserSigs, a development
+//!   server found by its data directory). Never for production.
+//!
 //! Results are `Result`s instead of callback structs: `Ok(())` is the
 //! original's code 0, an error carries its stable [`ErrorCode`] and a
 //! description. Nothing panics on a call in the wrong state: calling before
@@ -52,6 +60,11 @@
 //! calling.call("bob", CallType::Audio).await?;
 //! # Ok(()) }
 //! ```
+
+/// The README's SDK snippet, compiled as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeSnippets;
 
 #[cfg(feature = "dev")]
 pub mod dev;

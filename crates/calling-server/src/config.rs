@@ -334,7 +334,7 @@ pub struct Settings {
     /// Certificate and key, in the file.
     #[arg(skip)]
     pub tls: Option<FileTls>,
-    /// An app's sdkAppId (with --secret-key); the file lists apps as [[apps]]
+    /// An app's sdkAppId (with --secret-key); the file lists apps as `[[apps]]`
     #[arg(
         long,
         env = "OPENCALLING_SDK_APP_ID",
