@@ -314,6 +314,30 @@ impl TRTCCalling {
     }
 
     /// Adds a listener; every event goes to every listener.
+    ///
+    /// Listeners run on the SDK's task and must not block or await: to act
+    /// on an event (accept an invitation), hand the work to a task. Hold
+    /// the instance weakly there, or the listener, which the instance
+    /// keeps, keeps the instance alive forever (the `events()` stream needs
+    /// neither):
+    ///
+    /// ```no_run
+    /// use std::sync::{Arc, Weak};
+    /// use calling_facade::{CallingEvent, ClientOptions, TRTCCalling};
+    ///
+    /// let calling: Arc<TRTCCalling> = TRTCCalling::new(ClientOptions::from_env());
+    /// let weak: Weak<TRTCCalling> = Arc::downgrade(&calling);
+    /// calling.register_listener(move |event: &CallingEvent| {
+    ///     if let CallingEvent::Invited { .. } = event {
+    ///         let weak = weak.clone();
+    ///         tokio::spawn(async move {
+    ///             if let Some(calling) = weak.upgrade() {
+    ///                 let _ = calling.accept().await;
+    ///             }
+    ///         });
+    ///     }
+    /// });
+    /// ```
     pub fn register_listener(&self, listener: impl CallingListener) -> ListenerId {
         self.register_arc(Arc::new(listener))
     }

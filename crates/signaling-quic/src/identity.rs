@@ -13,6 +13,18 @@ use crate::TransportError;
 
 /// SHA-256 of a certificate's DER encoding: how a development client pins a
 /// self-signed server.
+///
+/// It prints and parses as 64 hex digits (colons between bytes are allowed
+/// when parsing, either case), as a development server prints it:
+///
+/// ```
+/// use signaling_quic::CertFingerprint;
+///
+/// let printed = "269d258e535fd5c0797cb0489077810908ab9139c3f2d661234e2c2f38f26472";
+/// let fingerprint: CertFingerprint = printed.parse().unwrap();
+/// assert_eq!(fingerprint.to_string(), printed);
+/// assert!("not hex".parse::<CertFingerprint>().is_err());
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CertFingerprint(pub [u8; 32]);
 
