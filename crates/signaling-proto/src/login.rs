@@ -2,11 +2,12 @@
 //! server accepts? One sans-IO check, used by the real server and by the
 //! [simulation](crate::sim) alike, so that both test the same rules.
 //!
-//! The checks, in order: the protocol version (readable by any version,
-//! see [`handshake_version`]), that the frame is a
-//! [`ClientMessage::Login`], that the app is served here, the UserSig's
-//! length, then the UserSig itself, which only the deployment can judge
-//! ([`Credentials`]). A refusal carries its code and text and becomes the
+//! The checks, in order: another request before the login
+//! (`NOT_LOGGED_IN`), the protocol version (readable by any version, see
+//! [`handshake_version`]), that the frame is a [`ClientMessage::Login`]
+//! (`PROTOCOL_ERROR`) with a valid user id (`INVALID_USER_ID`), that the app
+//! is served here, the UserSig's length, then the UserSig itself, which only
+//! the deployment can judge ([`Credentials`]). A refusal carries its code and text and becomes the
 //! [`ServerMessage::LoginResult`] the server answers with before closing.
 
 use calling_api::{ErrorCode, UserId};
@@ -75,6 +76,12 @@ pub fn check_login(
 ) -> Result<AcceptedLogin, LoginRefusal> {
     let not_a_login =
         || LoginRefusal::new(ErrorCode::PROTOCOL_ERROR, "the first frame must be a login");
+    // A well-formed message that is not a login: the client skipped it.
+    if decode_payload::<ClientMessage>(payload)
+        .is_ok_and(|message| !matches!(message, ClientMessage::Login { .. }))
+    {
+        return Err(LoginRefusal::new(ErrorCode::NOT_LOGGED_IN, "log in first"));
+    }
     match handshake_version(payload) {
         Ok(PROTOCOL_VERSION) => {}
         Ok(other) => {
@@ -87,14 +94,23 @@ pub fn check_login(
         }
         Err(_) => return Err(not_a_login()),
     }
-    let Ok(ClientMessage::Login {
-        sdk_app_id,
-        user_id,
-        user_sig,
-        ..
-    }) = decode_payload::<ClientMessage>(payload)
-    else {
-        return Err(not_a_login());
+    let (sdk_app_id, user_id, user_sig) = match decode_payload::<ClientMessage>(payload) {
+        Ok(ClientMessage::Login {
+            sdk_app_id,
+            user_id,
+            user_sig,
+            ..
+        }) => (sdk_app_id, user_id, user_sig),
+        _ => {
+            return Err(match decode_payload::<RawLogin>(payload) {
+                // A login in every respect but its user id.
+                Ok(RawLogin::Login { user_id, .. }) => match UserId::new(user_id) {
+                    Err(error) => LoginRefusal::new(ErrorCode::INVALID_USER_ID, error.to_string()),
+                    Ok(_) => not_a_login(),
+                },
+                Err(_) => not_a_login(),
+            });
+        }
     };
     if !credentials.serves_app(sdk_app_id) {
         return Err(LoginRefusal::new(
@@ -113,6 +129,21 @@ pub fn check_login(
         sdk_app_id,
         user: user_id,
     })
+}
+
+/// `ClientMessage::Login` with its user id unchecked, to tell a bad user id
+/// from a bad frame.
+#[derive(serde::Deserialize)]
+enum RawLogin {
+    Login {
+        #[allow(dead_code)]
+        protocol_version: u16,
+        #[allow(dead_code)]
+        sdk_app_id: u32,
+        user_id: String,
+        #[allow(dead_code)]
+        user_sig: UserSig,
+    },
 }
 
 #[cfg(test)]
@@ -172,6 +203,17 @@ mod tests {
             code(payload(&ClientMessage::Logout {
                 request_id: RequestId(1)
             })),
+            Err(ErrorCode::NOT_LOGGED_IN),
+            "a request before the login"
+        );
+        // The same login with a 33-character user id (postcard: a string is
+        // its length, then its bytes).
+        let mut long_id = login(PROTOCOL_VERSION, 7, "ok:alice");
+        let at = long_id.iter().position(|byte| *byte == 5).unwrap();
+        long_id.splice(at..at + 6, std::iter::once(33).chain([b'a'; 33]));
+        assert_eq!(code(long_id), Err(ErrorCode::INVALID_USER_ID));
+        assert_eq!(
+            code(vec![0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
             Err(ErrorCode::PROTOCOL_ERROR)
         );
         assert_eq!(code(vec![]), Err(ErrorCode::PROTOCOL_ERROR));

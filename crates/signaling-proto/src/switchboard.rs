@@ -188,8 +188,10 @@ type Refusal = (ErrorCode, &'static str);
 /// How a user leaves a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Departure {
-    /// hangup() or logout(): the user is told its call ended.
+    /// hangup() or reject(): the user is told its call ended.
     Hangup,
+    /// logout(): as a hangup, but a ringing invitation was never answered.
+    Logout,
     /// A second login took over: the old session is told why.
     Kicked,
     /// The connection is gone: nothing can be told.
@@ -308,7 +310,7 @@ impl Switchboard {
             ),
             ClientMessage::Logout { request_id } => {
                 self.ack(conn, request_id, None);
-                self.end_session(conn, Departure::Hangup);
+                self.end_session(conn, Departure::Logout);
                 self.outputs.push_back(Output::Close {
                     conn,
                     code: ErrorCode::OK,
@@ -928,7 +930,7 @@ impl Switchboard {
                     },
                     EndReason::Rejected,
                 ),
-                Departure::Kicked | Departure::ConnectionLost => (
+                Departure::Logout | Departure::Kicked | Departure::ConnectionLost => (
                     ServerMessage::NoResponse {
                         call_id,
                         user_id: me,
@@ -947,8 +949,8 @@ impl Switchboard {
         debug!(%me, %call_id, ?departure, "left");
         let nobody_entered = call.members.is_empty();
         let own_reason = match departure {
-            Departure::Hangup if nobody_entered => Some(EndReason::Cancelled),
-            Departure::Hangup => Some(EndReason::Hangup),
+            Departure::Hangup | Departure::Logout if nobody_entered => Some(EndReason::Cancelled),
+            Departure::Hangup | Departure::Logout => Some(EndReason::Hangup),
             Departure::Kicked => Some(EndReason::Kicked),
             Departure::ConnectionLost => None,
         };

@@ -165,6 +165,8 @@ async fn a_client_of_another_protocol_version_is_told_so() {
     );
 }
 
+/// docs/protocol.md: any other message before a successful login is
+/// answered `NOT_LOGGED_IN` and the connection closed.
 #[tokio::test]
 async fn a_message_other_than_login_first_is_refused() {
     let server = TestServer::start("not-login").await;
@@ -174,8 +176,51 @@ async fn a_message_other_than_login_first_is_refused() {
         .send(&ClientMessage::Ping { nonce: 1 })
         .await
         .unwrap();
+    match client.recv.recv().await.unwrap() {
+        Some(ServerMessage::LoginResult { code, .. }) => {
+            assert_eq!(code, ErrorCode::NOT_LOGGED_IN);
+        }
+        other => panic!("{other:?}"),
+    }
     let closed = client.connection.closed().await;
-    assert_eq!(close_code_of(&closed), Some(ErrorCode::PROTOCOL_ERROR));
+    assert_eq!(close_code_of(&closed), Some(ErrorCode::NOT_LOGGED_IN));
+}
+
+/// A login whose user id breaks the rule (33 characters) is refused with
+/// `INVALID_USER_ID`, not as a malformed frame.
+#[tokio::test]
+async fn a_login_with_an_invalid_user_id_says_so() {
+    use tokio::io::AsyncWriteExt;
+    fn varint(mut value: u64, out: &mut Vec<u8>) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+    let server = TestServer::start("long-user-id").await;
+    let mut client = server.raw_client().await;
+    let long_id = "a".repeat(33);
+    let sig = server.sig("alice");
+    // Login: variant 0, version, sdkAppId, user id, UserSig (docs/protocol.md).
+    let mut payload = vec![0];
+    varint(u64::from(PROTOCOL_VERSION), &mut payload);
+    varint(u64::from(server.app.sdk_app_id), &mut payload);
+    varint(long_id.len() as u64, &mut payload);
+    payload.extend_from_slice(long_id.as_bytes());
+    varint(sig.len() as u64, &mut payload);
+    payload.extend_from_slice(sig.as_bytes());
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    client.send.get_mut().write_all(&frame).await.unwrap();
+    match client.recv.recv().await.unwrap() {
+        Some(ServerMessage::LoginResult { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::INVALID_USER_ID, "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let closed = client.connection.closed().await;
+    assert_eq!(close_code_of(&closed), Some(ErrorCode::INVALID_USER_ID));
 }
 
 #[tokio::test]

@@ -621,6 +621,23 @@ fn logout_ends_the_call_as_a_leave() {
     assert_eq!(error.code, ErrorCode::NOT_LOGGED_IN);
 }
 
+/// docs/protocol.md: a ringing invitation of a user who logs out counts as
+/// no response, as for one who vanishes, not as a rejection.
+#[test]
+fn logging_out_while_ringing_is_no_response() {
+    let mut sim = world(&["alice", "bob"]);
+    let call = dial(&mut sim, "alice", "bob");
+    assert_eq!(events(&mut sim, "bob"), [invited("alice", &[])]);
+    sim.engine("bob").logout().unwrap();
+    sim.settle();
+    let mut expected = vec![CallingEvent::NoResp {
+        user_id: user("bob"),
+    }];
+    expected.extend(call_end(call, EndReason::NoResponse));
+    assert_eq!(events(&mut sim, "alice"), expected);
+    assert_eq!(sim.switchboard().call_count(), 0);
+}
+
 #[test]
 fn a_lost_connection_ends_the_call_for_everyone() {
     let mut sim = world(&["alice", "bob"]);
