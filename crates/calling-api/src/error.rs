@@ -73,6 +73,12 @@ error_codes! {
     USERSIG_WRONG_APP = 2013, "UserSig issued for another sdkAppId";
     /// The UserSig was issued for another user.
     USERSIG_WRONG_USER = 2014, "UserSig issued for another user";
+    /// The UserSig was issued further in the future than clocks may differ
+    /// (5 minutes unless the server says otherwise).
+    USERSIG_NOT_YET_VALID = 2015, "UserSig issued in the future";
+    /// The UserSig is valid for longer than the server allows (180 days
+    /// unless it says otherwise).
+    USERSIG_LIFETIME_TOO_LONG = 2016, "UserSig lifetime too long";
 
     /// accept() or reject() with no invitation pending (never invited, or it already ended).
     NO_INVITATION = 3001, "no pending invitation";

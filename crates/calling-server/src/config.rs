@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub clock: UnixClock,
     /// How long a graceful shutdown waits for clients to receive the notice.
     pub shutdown_grace: Duration,
+    /// The bounds on a UserSig's times (clock skew, lifetime).
+    pub usersig_bounds: calling_usersig::TimeBounds,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -107,6 +109,7 @@ impl fmt::Debug for ServerConfig {
             .field("limits", &self.limits)
             .field("tls", &self.tls)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("usersig_bounds", &self.usersig_bounds)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +137,7 @@ impl Default for ServerConfig {
             tls: TlsSource::SelfSigned,
             clock: system_clock(),
             shutdown_grace: Duration::from_secs(SHUTDOWN_GRACE_SECS.default),
+            usersig_bounds: calling_usersig::TimeBounds::DEFAULT,
         }
     }
 }
@@ -248,6 +252,20 @@ pub const SHUTDOWN_GRACE_SECS: Bound = Bound {
     min: 0,
     max: 60,
 };
+/// How far in the future a UserSig's `TLS.time` may be, in seconds.
+pub const USERSIG_MAX_SKEW_SECS: Bound = Bound {
+    key: "usersig_max_skew_secs",
+    default: calling_usersig::TimeBounds::DEFAULT.max_skew,
+    min: 0,
+    max: 86_400,
+};
+/// The longest UserSig lifetime (`TLS.expire`) accepted, in seconds.
+pub const USERSIG_MAX_LIFETIME_SECS: Bound = Bound {
+    key: "usersig_max_lifetime_secs",
+    default: calling_usersig::TimeBounds::DEFAULT.max_lifetime,
+    min: 60,
+    max: 3_650 * 86_400,
+};
 /// Connections open at once.
 pub const MAX_CONNECTIONS: Bound = Bound {
     key: "max_connections",
@@ -310,6 +328,14 @@ pub struct Settings {
     #[arg(long = "shutdown-grace", env = "OPENCALLING_SHUTDOWN_GRACE_SECS", value_name = "SECS",
           value_parser = SHUTDOWN_GRACE_SECS.parser())]
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds a UserSig's issue time may lie in the future (clock skew) [default: 300, 0..=86400]
+    #[arg(long, env = "OPENCALLING_USERSIG_MAX_SKEW_SECS", value_name = "SECS",
+          value_parser = USERSIG_MAX_SKEW_SECS.parser())]
+    pub usersig_max_skew_secs: Option<u64>,
+    /// The longest UserSig lifetime accepted, in seconds [default: 15552000, 60..=315360000]
+    #[arg(long, env = "OPENCALLING_USERSIG_MAX_LIFETIME_SECS", value_name = "SECS",
+          value_parser = USERSIG_MAX_LIFETIME_SECS.parser())]
+    pub usersig_max_lifetime_secs: Option<u64>,
     /// Connection limits.
     #[command(flatten)]
     pub limits: LimitSettings,
@@ -454,6 +480,10 @@ impl Settings {
             max_call_size: self.max_call_size.or(lower.max_call_size),
             node_id: self.node_id.or(lower.node_id),
             shutdown_grace_secs: self.shutdown_grace_secs.or(lower.shutdown_grace_secs),
+            usersig_max_skew_secs: self.usersig_max_skew_secs.or(lower.usersig_max_skew_secs),
+            usersig_max_lifetime_secs: self
+                .usersig_max_lifetime_secs
+                .or(lower.usersig_max_lifetime_secs),
             limits: LimitSettings {
                 max_connections: self.limits.max_connections.or(lower.limits.max_connections),
                 max_connections_per_ip: self
@@ -529,6 +559,10 @@ impl Settings {
             tls,
             clock: system_clock(),
             shutdown_grace: SHUTDOWN_GRACE_SECS.resolve_secs(self.shutdown_grace_secs)?,
+            usersig_bounds: calling_usersig::TimeBounds {
+                max_skew: USERSIG_MAX_SKEW_SECS.resolve(self.usersig_max_skew_secs)?,
+                max_lifetime: USERSIG_MAX_LIFETIME_SECS.resolve(self.usersig_max_lifetime_secs)?,
+            },
         };
         for app in self.apps {
             config.add_app(app.sdk_app_id, SecretKey::new(app.secret_key))?;
@@ -842,6 +876,8 @@ mod tests {
             MAX_INVITE_TIMEOUT_SECS,
             MAX_CALL_SIZE,
             SHUTDOWN_GRACE_SECS,
+            USERSIG_MAX_SKEW_SECS,
+            USERSIG_MAX_LIFETIME_SECS,
             MAX_CONNECTIONS,
             MAX_CONNECTIONS_PER_IP,
             VALIDATE_ADDRESSES_ABOVE,

@@ -121,7 +121,7 @@ impl Credentials for Shared {
             user.as_str(),
             now,
         )
-        .map(|_| ())
+        .and_then(|claims| self.usersig_bounds.check(&claims, now))
         .map_err(|error| LoginRefusal::new(error.code(), error.to_string()))
     }
 }

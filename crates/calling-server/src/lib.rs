@@ -67,6 +67,7 @@ pub enum ServerError {
 struct Shared {
     apps: HashMap<u32, SecretKey>,
     clock: UnixClockDebug,
+    usersig_bounds: calling_usersig::TimeBounds,
     hub: mpsc::Sender<HubInput>,
     next_conn: AtomicU64,
     grace: Duration,
@@ -140,6 +141,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .map(|app| (app.sdk_app_id, app.secret_key))
             .collect(),
         clock: UnixClockDebug(Arc::clone(&config.clock)),
+        usersig_bounds: config.usersig_bounds,
         hub: hub_tx.clone(),
         next_conn: AtomicU64::new(1),
         grace: config.shutdown_grace,

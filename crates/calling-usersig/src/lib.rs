@@ -68,6 +68,69 @@ pub enum UserSigError {
         /// The verifier's clock.
         now: u64,
     },
+    /// Issued further in the future than the verifier's clock may be off.
+    #[error("UserSig issued at {time}, more than {max_skew} s after now ({now})")]
+    IssuedInTheFuture {
+        /// `TLS.time`.
+        time: u64,
+        /// The verifier's clock.
+        now: u64,
+        /// The skew allowed.
+        max_skew: u64,
+    },
+    /// Valid for longer than the verifier allows.
+    #[error("UserSig valid for {expire} s, longer than the {max_lifetime} s allowed")]
+    LifetimeTooLong {
+        /// `TLS.expire`.
+        expire: u64,
+        /// The longest lifetime allowed.
+        max_lifetime: u64,
+    },
+}
+
+/// The bounds a verifier puts on a UserSig's times, beyond expiry: a
+/// signature from the far future, or one that never expires, is a leaked
+/// key's favourite; refuse it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBounds {
+    /// How far in the future `TLS.time` may be (clocks differ), seconds.
+    pub max_skew: u64,
+    /// The longest `TLS.expire`, seconds.
+    pub max_lifetime: u64,
+}
+
+impl TimeBounds {
+    /// 5 minutes of skew, 180 days of lifetime (the original's typical
+    /// UserSigs are issued for 180 days).
+    pub const DEFAULT: Self = Self {
+        max_skew: 300,
+        max_lifetime: 180 * 86_400,
+    };
+
+    /// Whether `claims` (already verified) keep within the bounds at
+    /// `now_unix`.
+    pub fn check(&self, claims: &UserSigClaims, now_unix: u64) -> Result<(), UserSigError> {
+        if claims.time > now_unix.saturating_add(self.max_skew) {
+            return Err(UserSigError::IssuedInTheFuture {
+                time: claims.time,
+                now: now_unix,
+                max_skew: self.max_skew,
+            });
+        }
+        if claims.expire > self.max_lifetime {
+            return Err(UserSigError::LifetimeTooLong {
+                expire: claims.expire,
+                max_lifetime: self.max_lifetime,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for TimeBounds {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl UserSigError {
@@ -79,6 +142,8 @@ impl UserSigError {
             Self::WrongUser => ErrorCode::USERSIG_WRONG_USER,
             Self::BadSignature => ErrorCode::USERSIG_BAD_SIGNATURE,
             Self::Expired { .. } => ErrorCode::USERSIG_EXPIRED,
+            Self::IssuedInTheFuture { .. } => ErrorCode::USERSIG_NOT_YET_VALID,
+            Self::LifetimeTooLong { .. } => ErrorCode::USERSIG_LIFETIME_TOO_LONG,
         }
     }
 }
@@ -413,5 +478,32 @@ mod tests {
             verify(&bomb, APP, KEY, "alice", ISSUED),
             Err(UserSigError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn time_bounds_refuse_the_far_future_and_the_never_expiring() {
+        let bounds = TimeBounds::DEFAULT;
+        let now = ISSUED;
+        let claims = |time: u64, expire: u64| {
+            let sig = generate(APP, KEY, "alice", expire, time, None);
+            verify(&sig, APP, KEY, "alice", now).unwrap()
+        };
+        assert_eq!(bounds.check(&claims(now, 180 * 86_400), now), Ok(()));
+        assert_eq!(
+            bounds.check(&claims(now + 300, 86_400), now),
+            Ok(()),
+            "clock skew"
+        );
+        let future = bounds.check(&claims(now + 10 * 365 * 86_400, 86_400), now);
+        assert!(
+            matches!(future, Err(UserSigError::IssuedInTheFuture { .. })),
+            "{future:?}"
+        );
+        assert_eq!(future.unwrap_err().code(), ErrorCode::USERSIG_NOT_YET_VALID);
+        let forever = bounds.check(&claims(now, u64::MAX), now);
+        assert_eq!(
+            forever.unwrap_err().code(),
+            ErrorCode::USERSIG_LIFETIME_TOO_LONG
+        );
     }
 }

@@ -100,6 +100,25 @@ async fn every_usersig_failure_has_its_own_code() {
             ErrorCode::USERSIG_MALFORMED,
         ),
         (
+            "issued ten years from now",
+            app,
+            usersig::generate(
+                u64::from(app),
+                &key,
+                "bob",
+                600,
+                now + 10 * 365 * 86_400,
+                None,
+            ),
+            ErrorCode::USERSIG_NOT_YET_VALID,
+        ),
+        (
+            "never expires",
+            app,
+            usersig::generate(u64::from(app), &key, "bob", u64::MAX, now, None),
+            ErrorCode::USERSIG_LIFETIME_TOO_LONG,
+        ),
+        (
             "unknown app",
             app + 5,
             server.sig("bob"),
