@@ -3,10 +3,10 @@
 //! after the handshake goes through the transport seam ([`Link`]), so any
 //! transport's connections are served by the same code.
 
-use std::fmt::Display;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use calling_api::ErrorCode;
 use signaling_link::{DatagramSource, Link, LinkError, MediaLink, Transport};
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::hub::{HubInput, OUTBOX_CAPACITY, Outbound};
+use crate::throttle::AddressKey;
 use crate::usersig;
 
 /// How long a new connection has to send its login.
@@ -46,10 +47,25 @@ pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
 /// Serves one established link, whatever its transport.
 pub(crate) async fn serve_link<T: Transport>(
     mut link: ServerLink<T>,
-    remote: impl Display,
+    remote: SocketAddr,
     shared: Arc<Shared>,
 ) {
-    let user = match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut link, &shared)).await {
+    let address = AddressKey::of(remote.ip());
+    let checked = async {
+        // An address that keeps failing waits, before its bytes are read.
+        let delay = shared.throttle.delay(address, Instant::now());
+        if !delay.is_zero() {
+            debug!(%remote, ?delay, "failed logins from this address: slowed down");
+            tokio::time::sleep(delay).await;
+        }
+        let checked = login(&mut link, &shared).await;
+        match &checked {
+            Ok(_) => shared.throttle.succeeded(address),
+            Err(_) => shared.throttle.failed(address, Instant::now()),
+        }
+        checked
+    };
+    let user = match tokio::time::timeout(LOGIN_TIMEOUT, checked).await {
         Ok(Ok(login)) => login.user,
         Ok(Err(refusal)) => {
             info!(%remote, code = ?refusal.code, why = refusal.message, "login refused");

@@ -20,6 +20,7 @@ pub mod config;
 mod connection;
 mod hub;
 mod relay;
+mod throttle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -68,6 +69,7 @@ struct Shared {
     apps: HashMap<u32, SecretKey>,
     clock: UnixClockDebug,
     usersig_bounds: calling_usersig::TimeBounds,
+    throttle: throttle::LoginThrottle,
     hub: mpsc::Sender<HubInput>,
     next_conn: AtomicU64,
     grace: Duration,
@@ -142,6 +144,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .collect(),
         clock: UnixClockDebug(Arc::clone(&config.clock)),
         usersig_bounds: config.usersig_bounds,
+        throttle: throttle::LoginThrottle::default(),
         hub: hub_tx.clone(),
         next_conn: AtomicU64::new(1),
         grace: config.shutdown_grace,

@@ -272,3 +272,68 @@ async fn garbage_bytes_are_refused_and_the_server_carries_on() {
     let mut bob = server.user("bob").await;
     connect(&mut alice, &mut bob).await;
 }
+
+/// Failed logins slow down their own address, never another one, and a
+/// success from the address forgets its failures.
+#[tokio::test]
+async fn failed_logins_slow_down_only_their_address() {
+    use std::time::Duration;
+    let server = TestServer::start("throttle").await;
+    let app = server.app.sdk_app_id;
+    let attempt = |sig: String| {
+        let bob = server.client("bob");
+        async move {
+            let started = std::time::Instant::now();
+            let result = bob.calling.login(app, "bob", &sig).await;
+            bob.calling.shutdown().await;
+            (result.map_err(|error| error.code), started.elapsed())
+        }
+    };
+    let mut took = Vec::new();
+    for _ in 0..7 {
+        let (result, elapsed) = attempt("not a usersig".into()).await;
+        assert_eq!(result, Err(ErrorCode::USERSIG_MALFORMED));
+        took.push(elapsed);
+    }
+    assert!(took[0] < Duration::from_millis(500), "{took:?}");
+    // Three free failures, then 100, 200, 400, 800 ms before each answer.
+    assert!(took[6] >= Duration::from_millis(700), "{took:?}");
+
+    // Another address (127.0.0.2) logs in at full speed meanwhile.
+    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
+    let mut endpoint =
+        signaling_quic::quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(signaling_quic::client_config(&trust).unwrap());
+    let started = std::time::Instant::now();
+    let mut carol = signaling_quic::connect_on(&endpoint, server.server.local_addr(), "localhost")
+        .await
+        .unwrap();
+    carol
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: PROTOCOL_VERSION,
+            sdk_app_id: app,
+            user_id: UserId::new("carol").unwrap(),
+            user_sig: server.sig("carol").into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        carol.recv.recv().await.unwrap(),
+        Some(ServerMessage::LoginResult {
+            code: ErrorCode::OK,
+            ..
+        })
+    ));
+    let carol_took = started.elapsed();
+    assert!(carol_took < Duration::from_millis(500), "{carol_took:?}");
+
+    // The honest user at the throttled address still gets in (slowly), and
+    // that success clears the slate.
+    let (result, elapsed) = attempt(server.sig("bob")).await;
+    assert_eq!(result, Ok(()));
+    assert!(elapsed >= Duration::from_millis(1_500), "{elapsed:?}");
+    let (result, elapsed) = attempt("not a usersig".into()).await;
+    assert_eq!(result, Err(ErrorCode::USERSIG_MALFORMED));
+    assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
+}
