@@ -86,32 +86,10 @@ fn ci() -> Result {
     let tools = Tools::provision()?;
     ensure_cargo_deny()?;
     step("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
-    step(
-        "clippy",
-        tools.apply(&mut cargo()).args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
+    step("clippy", &mut tools.clippy(&["--workspace"]))?;
     step(
         "clippy (the SDK's dev feature and its examples)",
-        tools.apply(&mut cargo()).args([
-            "clippy",
-            "-p",
-            "calling-facade",
-            "--features",
-            "dev",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ]),
+        &mut tools.clippy(&["-p", "calling-facade", "--features", "dev"]),
     )?;
     for (name, features) in [
         ("rustdoc, warnings denied", None),
@@ -289,6 +267,19 @@ impl Tools {
         command
     }
 
+    /// clippy over `what`, every target, warnings denied.
+    fn clippy(&self, what: &[&str]) -> Command {
+        let mut command = cargo();
+        self.apply(&mut command).arg("clippy").args(what).args([
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        command
+    }
+
     fn cargo_deny<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
@@ -406,18 +397,7 @@ fn real_device_checks(tools: &Tools) -> Result<TestCounts> {
     }
     step(
         "clippy (audio-device with cpal)",
-        tools.apply(&mut cargo()).args([
-            "clippy",
-            "-p",
-            "audio-device",
-            "--features",
-            "cpal",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ]),
+        &mut tools.clippy(&["-p", "audio-device", "--features", "cpal"]),
     )?;
     run_tests(tools.apply(&mut cargo()).args([
         "test",
