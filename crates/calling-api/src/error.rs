@@ -116,6 +116,9 @@ error_codes! {
     /// A server answered but speaks another protocol (ALPN or QUIC version
     /// mismatch: not an OpenCalling server, or an incompatible one).
     PROTOCOL_MISMATCH = 4009, "server speaks another protocol";
+    /// Over a rate limit (requests, invitations): slow down. Going on
+    /// regardless gets the connection closed with this code.
+    RATE_LIMITED = 4010, "rate limit exceeded";
 
     /// An internal error; the details are in the server's log.
     INTERNAL = 5000, "internal error";

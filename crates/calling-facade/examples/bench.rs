@@ -271,6 +271,11 @@ async fn in_process_server(
     let server = calling_server::start(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.clone(),
+        // The benchmark's two users call each other thousands of times.
+        switchboard: signaling_proto::SwitchboardConfig {
+            invitations_per_minute: u32::MAX,
+            ..signaling_proto::SwitchboardConfig::DEFAULT
+        },
         ..ServerConfig::default()
     })
     .await

@@ -245,6 +245,20 @@ pub const MAX_CALL_SIZE: Bound = Bound {
     min: 2,
     max: 64,
 };
+/// Invitations one session may send a minute.
+pub const INVITATIONS_PER_MINUTE: Bound = Bound {
+    key: "invitations_per_minute",
+    default: SwitchboardConfig::DEFAULT.invitations_per_minute as u64,
+    min: 1,
+    max: 100_000,
+};
+/// Invitations of one session that may ring at once.
+pub const MAX_RINGING_PER_SESSION: Bound = Bound {
+    key: "max_ringing_per_session",
+    default: SwitchboardConfig::DEFAULT.max_ringing_per_session as u64,
+    min: 1,
+    max: 100_000,
+};
 /// How long a graceful shutdown waits for clients to get the notice, in seconds.
 pub const SHUTDOWN_GRACE_SECS: Bound = Bound {
     key: "shutdown_grace_secs",
@@ -321,6 +335,14 @@ pub struct Settings {
     #[arg(long, env = "OPENCALLING_MAX_CALL_SIZE", value_name = "N",
           value_parser = MAX_CALL_SIZE.parser())]
     pub max_call_size: Option<u64>,
+    /// Invitations one session may send a minute (each invitee counts) [default: 60, 1..=100000]
+    #[arg(long, env = "OPENCALLING_INVITATIONS_PER_MINUTE", value_name = "N",
+          value_parser = INVITATIONS_PER_MINUTE.parser())]
+    pub invitations_per_minute: Option<u64>,
+    /// Invitations of one session that may ring at once [default: 32, 1..=100000]
+    #[arg(long, env = "OPENCALLING_MAX_RINGING_PER_SESSION", value_name = "N",
+          value_parser = MAX_RINGING_PER_SESSION.parser())]
+    pub max_ringing_per_session: Option<u64>,
     /// This node's number, the high half of its call ids [default: random at each start]
     #[arg(long, env = "OPENCALLING_NODE_ID", value_name = "N")]
     pub node_id: Option<u32>,
@@ -478,6 +500,10 @@ impl Settings {
                 .max_invite_timeout_secs
                 .or(lower.max_invite_timeout_secs),
             max_call_size: self.max_call_size.or(lower.max_call_size),
+            invitations_per_minute: self.invitations_per_minute.or(lower.invitations_per_minute),
+            max_ringing_per_session: self
+                .max_ringing_per_session
+                .or(lower.max_ringing_per_session),
             node_id: self.node_id.or(lower.node_id),
             shutdown_grace_secs: self.shutdown_grace_secs.or(lower.shutdown_grace_secs),
             usersig_max_skew_secs: self.usersig_max_skew_secs.or(lower.usersig_max_skew_secs),
@@ -546,6 +572,12 @@ impl Settings {
                 max_invite_timeout,
                 max_call_size: MAX_CALL_SIZE.resolve_usize(self.max_call_size)?,
                 node_id,
+                invitations_per_minute: u32::try_from(
+                    INVITATIONS_PER_MINUTE.resolve(self.invitations_per_minute)?,
+                )
+                .map_err(|_| ConfigError::Invalid("invitations_per_minute: too large".into()))?,
+                max_ringing_per_session: MAX_RINGING_PER_SESSION
+                    .resolve_usize(self.max_ringing_per_session)?,
             },
             limits: ServerLimits {
                 max_connections: MAX_CONNECTIONS.resolve_usize(self.limits.max_connections)?,
@@ -875,6 +907,8 @@ mod tests {
             INVITE_TIMEOUT_SECS,
             MAX_INVITE_TIMEOUT_SECS,
             MAX_CALL_SIZE,
+            INVITATIONS_PER_MINUTE,
+            MAX_RINGING_PER_SESSION,
             SHUTDOWN_GRACE_SECS,
             USERSIG_MAX_SKEW_SECS,
             USERSIG_MAX_LIFETIME_SECS,

@@ -8,6 +8,7 @@
 //! - [`datagram`]: the header of audio datagrams;
 //! - [`switchboard`]: the server's call logic ([`Switchboard`]);
 //! - [`engine`]: the client's call logic ([`CallEngine`]);
+//! - [`limit`]: a token bucket ([`TokenBucket`]) for rate limits;
 //! - [`timer`]: the deadlines of both machines, keyed by each machine's
 //!   own timer enum ([`TimerTable`]);
 //! - [`sim`]: an in-memory network of one switchboard and many engines on a
@@ -67,6 +68,7 @@
 pub mod datagram;
 pub mod engine;
 pub mod frame;
+pub mod limit;
 pub mod login;
 pub mod message;
 pub mod sim;
@@ -76,6 +78,7 @@ pub mod timer;
 pub use datagram::{DatagramError, DatagramKind, LossReport, MediaHeader};
 pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use limit::TokenBucket;
 pub use login::{AcceptedLogin, Credentials, LoginRefusal, check_login};
 pub use message::{ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, UserSig};
 pub use switchboard::{CallMember, ConnId, Output, Switchboard, SwitchboardConfig};

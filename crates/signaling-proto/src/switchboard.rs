@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use calling_api::{CallId, CallType, EndReason, ErrorCode, UserId};
 use tracing::{debug, error, trace};
 
+use crate::limit::TokenBucket;
 use crate::message::{
     ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, check_invitation,
 };
@@ -51,16 +52,26 @@ pub struct SwitchboardConfig {
     /// makes, so that call ids of different switchboards (another node, a
     /// restarted process) never collide. The low 32 bits count from 1.
     pub node_id: u32,
+    /// Invitations one session may send a minute (each invitee counts;
+    /// up to this many at once, then one every `60 / n` seconds); more are
+    /// refused with `RATE_LIMITED`.
+    pub invitations_per_minute: u32,
+    /// Invitations of one session that may ring at once; more are refused
+    /// with `RATE_LIMITED`.
+    pub max_ringing_per_session: usize,
 }
 
 impl SwitchboardConfig {
     /// The rules unless a deployment says otherwise: invitations ring 30 s
-    /// by default and at most 600 s; 16 members and invitees per call.
+    /// by default and at most 600 s; 16 members and invitees per call; 60
+    /// invitations a minute and 32 ringing at once per session.
     pub const DEFAULT: Self = Self {
         default_invite_timeout: Duration::from_secs(30),
         max_invite_timeout: Duration::from_secs(600),
         max_call_size: 16,
         node_id: 0,
+        invitations_per_minute: 60,
+        max_ringing_per_session: 32,
     };
 }
 
@@ -131,6 +142,11 @@ struct Session {
     user: UserId,
     muted: bool,
     call: Option<CallId>,
+    /// Invitations this session may still send now.
+    invitation_budget: TokenBucket,
+    /// Invitations this session sent that ring now (never more than that
+    /// count; one sent by an earlier session of the user is not here).
+    ringing_out: usize,
 }
 
 #[derive(Debug)]
@@ -270,12 +286,15 @@ impl Switchboard {
             });
         }
         self.online.insert(user.clone(), conn);
+        let per_minute = f64::from(self.config.invitations_per_minute);
         self.sessions.insert(
             conn,
             Session {
                 user,
                 muted: false,
                 call: None,
+                invitation_budget: TokenBucket::new(per_minute / 60.0, per_minute),
+                ringing_out: 0,
             },
         );
         self.send(
@@ -404,6 +423,7 @@ impl Switchboard {
         else {
             return bug("an invitation timer outlived its invitation");
         };
+        self.invitation_over(&invitation.inviter);
         debug!(%call_id, %invitee, "invitation timed out");
         match self.conn_of(&invitee) {
             Some(conn) => {
@@ -538,6 +558,7 @@ impl Switchboard {
     /// - every call has a member, and one with a single member has invitees
     ///   (a call with nobody left to answer has ended);
     /// - invitation timers and pending invitations match one to one;
+    /// - no session counts more ringing invitations than it has ringing;
     /// - no membership change is left unpublished between inputs.
     pub fn check_invariants(&self) -> Result<(), String> {
         for (conn, session) in &self.sessions {
@@ -600,6 +621,20 @@ impl Switchboard {
                 self.timers.len()
             ));
         }
+        for session in self.sessions.values() {
+            let sent = self
+                .calls
+                .values()
+                .flat_map(|call| call.pending.values())
+                .filter(|invitation| invitation.inviter == session.user)
+                .count();
+            if session.ringing_out > sent {
+                return Err(format!(
+                    "{} counts {} ringing invitations, {sent} ring",
+                    session.user, session.ringing_out
+                ));
+            }
+        }
         if !self.membership_changed.is_empty() {
             return Err("a membership change was not published".into());
         }
@@ -652,6 +687,7 @@ impl Switchboard {
                 Duration::from_millis(u64::from(ms))
             })
             .min(self.config.max_invite_timeout);
+        self.check_invitation_limits(now, conn, invitees.len())?;
         if into_call.is_some() && self.joined_call_of(conn).map(|(call_id, _)| call_id) != into_call
         {
             return Err((
@@ -683,6 +719,44 @@ impl Switchboard {
             },
         );
         Ok(())
+    }
+
+    /// Whether `conn`'s session may ring `count` more invitees now: its
+    /// ringing invitations and its invitations a minute are limited. Takes
+    /// the invitations from the budget when it may.
+    fn check_invitation_limits(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        count: usize,
+    ) -> Result<(), Refusal> {
+        let max_ringing = self.config.max_ringing_per_session;
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return Err((ErrorCode::NOT_LOGGED_IN, "log in first"));
+        };
+        if session.ringing_out + count > max_ringing {
+            return Err((
+                ErrorCode::RATE_LIMITED,
+                "too many of your invitations are ringing",
+            ));
+        }
+        // Counts are at most 16: exact in f64.
+        if !session.invitation_budget.admit(now, count as f64) {
+            return Err((ErrorCode::RATE_LIMITED, "too many invitations a minute"));
+        }
+        Ok(())
+    }
+
+    /// An invitation `inviter` sent stopped ringing (answered, timed out,
+    /// cancelled, or its invitee gone).
+    fn invitation_over(&mut self, inviter: &UserId) {
+        if let Some(session) = self
+            .online
+            .get(inviter)
+            .and_then(|conn| self.sessions.get_mut(conn))
+        {
+            session.ringing_out = session.ringing_out.saturating_sub(1);
+        }
     }
 
     /// Whether `me`, whose session is in `call_id`, may invite `invitees`
@@ -806,6 +880,9 @@ impl Switchboard {
                     inviter: inviter.clone(),
                 },
             );
+            if let Some(inviter_session) = self.sessions.get_mut(&inviter_conn) {
+                inviter_session.ringing_out += 1;
+            }
             self.timers.set(
                 Timer::Invitation {
                     call_id,
@@ -865,7 +942,8 @@ impl Switchboard {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return bug("joining a missing call");
         };
-        if call.pending.remove(&me).is_some() {
+        let answered = call.pending.remove(&me);
+        if answered.is_some() {
             self.timers.cancel(&Timer::Invitation {
                 call_id,
                 invitee: me.clone(),
@@ -878,6 +956,9 @@ impl Switchboard {
             .collect();
         call.members.insert(me.clone(), Member { flow });
         self.membership_changed.insert(call_id);
+        if let Some(invitation) = answered {
+            self.invitation_over(&invitation.inviter);
+        }
         debug!(%me, %call_id, "entered");
         for (user, user_flow) in existing {
             self.send_to_user(
@@ -922,6 +1003,7 @@ impl Switchboard {
                 call_id,
                 invitee: me.clone(),
             });
+            self.invitation_over(&invitation.inviter);
             let (answer, reason) = match departure {
                 Departure::Hangup => (
                     ServerMessage::Rejected {
@@ -980,11 +1062,12 @@ impl Switchboard {
             return bug("cancelling the invitations of a missing call");
         };
         self.membership_changed.insert(call_id);
-        for user in call.pending.into_keys() {
+        for (user, invitation) in call.pending {
             self.timers.cancel(&Timer::Invitation {
                 call_id,
                 invitee: user.clone(),
             });
+            self.invitation_over(&invitation.inviter);
             if let Some(session) = self
                 .conn_of(&user)
                 .and_then(|conn| self.sessions.get_mut(&conn))

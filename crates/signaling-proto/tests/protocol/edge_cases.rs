@@ -496,3 +496,84 @@ fn hanging_up_in_the_middle_of_glare_leaves_nothing_ringing() {
     }
     assert_eq!(sim.switchboard().call_count(), 0);
 }
+
+/// A world like `world`, with other rules.
+fn world_with(config: SwitchboardConfig, users: &[&str]) -> Simulation {
+    let mut sim = Simulation::new(Instant::now(), config, NetworkConfig::default());
+    for user in users {
+        sim.add_logged_in(user, user);
+    }
+    sim
+}
+
+/// The one completion of `label`'s last request.
+fn last_result(sim: &mut Simulation, label: &str) -> calling_api::CallingResult<Option<CallId>> {
+    let completions = sim.take_completions(label);
+    assert_eq!(completions.len(), 1, "{completions:?}");
+    completions.into_iter().next().unwrap().result
+}
+
+#[test]
+fn invitations_a_minute_are_limited_per_session() {
+    let config = SwitchboardConfig {
+        invitations_per_minute: 3,
+        ..SwitchboardConfig::default()
+    };
+    let mut sim = world_with(config, &["alice", "bob"]);
+    for _ in 0..3 {
+        dial(&mut sim, "alice", "bob");
+        sim.engine("bob").reject().unwrap();
+        sim.settle();
+        sim.take_events("alice");
+        sim.take_events("bob");
+    }
+    sim.engine("alice")
+        .call("bob", CallType::Audio, CallOptions::default())
+        .unwrap();
+    sim.settle();
+    assert_eq!(
+        last_result(&mut sim, "alice").unwrap_err().code,
+        ErrorCode::RATE_LIMITED
+    );
+    assert_eq!(events(&mut sim, "bob"), [], "bob is not rung");
+    // One invitation a 20 s later.
+    sim.advance(Duration::from_secs(20));
+    dial(&mut sim, "alice", "bob");
+    assert_eq!(events(&mut sim, "bob"), [invited("alice", &[])]);
+}
+
+#[test]
+fn ringing_invitations_are_limited_per_session() {
+    let config = SwitchboardConfig {
+        max_ringing_per_session: 2,
+        ..SwitchboardConfig::default()
+    };
+    let mut sim = world_with(config, &["alice", "bob", "carol", "dave"]);
+    let call = dial(&mut sim, "alice", "bob");
+    sim.engine("alice")
+        .call("carol", CallType::Audio, CallOptions::default())
+        .unwrap();
+    sim.settle();
+    assert_eq!(last_result(&mut sim, "alice"), Ok(Some(call)));
+    sim.engine("alice")
+        .call("dave", CallType::Audio, CallOptions::default())
+        .unwrap();
+    sim.settle();
+    assert_eq!(
+        last_result(&mut sim, "alice").unwrap_err().code,
+        ErrorCode::RATE_LIMITED
+    );
+    assert_eq!(events(&mut sim, "dave"), []);
+    // Once bob answers, one rings less: dave can be invited.
+    sim.engine("bob").accept().unwrap();
+    sim.settle();
+    sim.engine("alice")
+        .call("dave", CallType::Audio, CallOptions::default())
+        .unwrap();
+    sim.settle();
+    assert_eq!(last_result(&mut sim, "alice"), Ok(Some(call)));
+    assert!(matches!(
+        events(&mut sim, "dave").as_slice(),
+        [CallingEvent::Invited { .. }]
+    ));
+}
