@@ -75,6 +75,36 @@ pub fn system_clock() -> UnixClock {
     })
 }
 
+/// What one client connection may do: audio datagrams and requests per
+/// second (token buckets holding a second's worth, or `request_burst`
+/// requests), and how long a write to it may block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Audio datagrams per second one sender may have relayed.
+    pub media_packets_per_sec: u32,
+    /// Audio bytes per second one sender may have relayed.
+    pub media_bytes_per_sec: u32,
+    /// Signaling messages per second, once the burst is spent.
+    pub requests_per_sec: u32,
+    /// Signaling messages a client may send at once (honest pipelining).
+    pub request_burst: u32,
+    /// How long a write to a client may block before it counts as not
+    /// reading and is closed.
+    pub write_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// A little above a real call: 50 Opus frames a second of at most a
+    /// few hundred bytes, plus a loss report per remote speaker.
+    pub const DEFAULT: Self = Self {
+        media_packets_per_sec: 100,
+        media_bytes_per_sec: 32_000,
+        requests_per_sec: 20,
+        request_burst: 300,
+        write_timeout: Duration::from_secs(5),
+    };
+}
+
 /// Everything the server needs to run, resolved from [`Settings`] (or
 /// built directly by an embedding program or a test).
 #[derive(Clone)]
@@ -89,6 +119,8 @@ pub struct ServerConfig {
     pub switchboard: SwitchboardConfig,
     /// Connection limits.
     pub limits: ServerLimits,
+    /// What one connection may do.
+    pub connection_limits: ConnectionLimits,
     /// Certificate source.
     pub tls: TlsSource,
     /// Clock for UserSig expiry.
@@ -107,6 +139,7 @@ impl fmt::Debug for ServerConfig {
             .field("apps", &self.apps)
             .field("switchboard", &self.switchboard)
             .field("limits", &self.limits)
+            .field("connection_limits", &self.connection_limits)
             .field("tls", &self.tls)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("usersig_bounds", &self.usersig_bounds)
@@ -134,6 +167,7 @@ impl Default for ServerConfig {
             apps: Vec::new(),
             switchboard: SwitchboardConfig::DEFAULT,
             limits: ServerLimits::DEFAULT,
+            connection_limits: ConnectionLimits::DEFAULT,
             tls: TlsSource::SelfSigned,
             clock: system_clock(),
             shutdown_grace: Duration::from_secs(SHUTDOWN_GRACE_SECS.default),
@@ -280,6 +314,41 @@ pub const USERSIG_MAX_LIFETIME_SECS: Bound = Bound {
     min: 60,
     max: 3_650 * 86_400,
 };
+/// Audio datagrams a second one sender may have relayed.
+pub const MEDIA_PACKETS_PER_SEC: Bound = Bound {
+    key: "media_packets_per_sec",
+    default: ConnectionLimits::DEFAULT.media_packets_per_sec as u64,
+    min: 50,
+    max: 100_000,
+};
+/// Audio bytes a second one sender may have relayed.
+pub const MEDIA_BYTES_PER_SEC: Bound = Bound {
+    key: "media_bytes_per_sec",
+    default: ConnectionLimits::DEFAULT.media_bytes_per_sec as u64,
+    min: 4_000,
+    max: 100_000_000,
+};
+/// Signaling messages a second one connection may send after its burst.
+pub const REQUESTS_PER_SEC: Bound = Bound {
+    key: "requests_per_sec",
+    default: ConnectionLimits::DEFAULT.requests_per_sec as u64,
+    min: 1,
+    max: 1_000_000,
+};
+/// Signaling messages one connection may send at once.
+pub const REQUEST_BURST: Bound = Bound {
+    key: "request_burst",
+    default: ConnectionLimits::DEFAULT.request_burst as u64,
+    min: 1,
+    max: 1_000_000,
+};
+/// How long a write to a client may block, in seconds.
+pub const WRITE_TIMEOUT_SECS: Bound = Bound {
+    key: "write_timeout_secs",
+    default: ConnectionLimits::DEFAULT.write_timeout.as_secs(),
+    min: 1,
+    max: 60,
+};
 /// Connections open at once.
 pub const MAX_CONNECTIONS: Bound = Bound {
     key: "max_connections",
@@ -422,6 +491,26 @@ pub struct LimitSettings {
     #[arg(long, env = "OPENCALLING_VALIDATE_ADDRESSES_ABOVE", value_name = "N",
           value_parser = VALIDATE_ADDRESSES_ABOVE.parser())]
     pub validate_addresses_above: Option<u64>,
+    /// Audio datagrams a second one sender may have relayed [default: 100, 50..=100000]
+    #[arg(long, env = "OPENCALLING_MEDIA_PACKETS_PER_SEC", value_name = "N",
+          value_parser = MEDIA_PACKETS_PER_SEC.parser())]
+    pub media_packets_per_sec: Option<u64>,
+    /// Audio bytes a second one sender may have relayed [default: 32000, 4000..=100000000]
+    #[arg(long, env = "OPENCALLING_MEDIA_BYTES_PER_SEC", value_name = "N",
+          value_parser = MEDIA_BYTES_PER_SEC.parser())]
+    pub media_bytes_per_sec: Option<u64>,
+    /// Signaling messages a second one connection may send after its burst [default: 20, 1..=1000000]
+    #[arg(long, env = "OPENCALLING_REQUESTS_PER_SEC", value_name = "N",
+          value_parser = REQUESTS_PER_SEC.parser())]
+    pub requests_per_sec: Option<u64>,
+    /// Signaling messages one connection may send at once [default: 300, 1..=1000000]
+    #[arg(long, env = "OPENCALLING_REQUEST_BURST", value_name = "N",
+          value_parser = REQUEST_BURST.parser())]
+    pub request_burst: Option<u64>,
+    /// Seconds a write to a client may block before it is closed as not reading [default: 5, 1..=60]
+    #[arg(long = "write-timeout", env = "OPENCALLING_WRITE_TIMEOUT_SECS", value_name = "SECS",
+          value_parser = WRITE_TIMEOUT_SECS.parser())]
+    pub write_timeout_secs: Option<u64>,
     /// Seconds a client has to finish its handshake [default: 10, 1..=60]
     #[arg(long = "handshake-timeout", env = "OPENCALLING_HANDSHAKE_TIMEOUT_SECS",
           value_name = "SECS", value_parser = HANDSHAKE_TIMEOUT_SECS.parser())]
@@ -524,6 +613,23 @@ impl Settings {
                     .limits
                     .handshake_timeout_secs
                     .or(lower.limits.handshake_timeout_secs),
+                media_packets_per_sec: self
+                    .limits
+                    .media_packets_per_sec
+                    .or(lower.limits.media_packets_per_sec),
+                media_bytes_per_sec: self
+                    .limits
+                    .media_bytes_per_sec
+                    .or(lower.limits.media_bytes_per_sec),
+                requests_per_sec: self
+                    .limits
+                    .requests_per_sec
+                    .or(lower.limits.requests_per_sec),
+                request_burst: self.limits.request_burst.or(lower.limits.request_burst),
+                write_timeout_secs: self
+                    .limits
+                    .write_timeout_secs
+                    .or(lower.limits.write_timeout_secs),
             },
             cert: self.cert.or(lower.cert),
             key: self.key.or(lower.key),
@@ -572,10 +678,10 @@ impl Settings {
                 max_invite_timeout,
                 max_call_size: MAX_CALL_SIZE.resolve_usize(self.max_call_size)?,
                 node_id,
-                invitations_per_minute: u32::try_from(
-                    INVITATIONS_PER_MINUTE.resolve(self.invitations_per_minute)?,
-                )
-                .map_err(|_| ConfigError::Invalid("invitations_per_minute: too large".into()))?,
+                invitations_per_minute: resolve_u32(
+                    INVITATIONS_PER_MINUTE,
+                    self.invitations_per_minute,
+                )?,
                 max_ringing_per_session: MAX_RINGING_PER_SESSION
                     .resolve_usize(self.max_ringing_per_session)?,
             },
@@ -587,6 +693,19 @@ impl Settings {
                     .resolve_usize(self.limits.validate_addresses_above)?,
                 handshake_timeout: HANDSHAKE_TIMEOUT_SECS
                     .resolve_secs(self.limits.handshake_timeout_secs)?,
+            },
+            connection_limits: ConnectionLimits {
+                media_packets_per_sec: resolve_u32(
+                    MEDIA_PACKETS_PER_SEC,
+                    self.limits.media_packets_per_sec,
+                )?,
+                media_bytes_per_sec: resolve_u32(
+                    MEDIA_BYTES_PER_SEC,
+                    self.limits.media_bytes_per_sec,
+                )?,
+                requests_per_sec: resolve_u32(REQUESTS_PER_SEC, self.limits.requests_per_sec)?,
+                request_burst: resolve_u32(REQUEST_BURST, self.limits.request_burst)?,
+                write_timeout: WRITE_TIMEOUT_SECS.resolve_secs(self.limits.write_timeout_secs)?,
             },
             tls,
             clock: system_clock(),
@@ -611,6 +730,12 @@ impl Settings {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// A bound whose range fits a `u32`, resolved.
+fn resolve_u32(bound: Bound, value: Option<u64>) -> Result<u32, ConfigError> {
+    u32::try_from(bound.resolve(value)?)
+        .map_err(|_| ConfigError::Invalid(format!("{}: too large", bound.key)))
 }
 
 fn random_node_id() -> Result<u32, ConfigError> {
@@ -916,6 +1041,11 @@ mod tests {
             MAX_CONNECTIONS_PER_IP,
             VALIDATE_ADDRESSES_ABOVE,
             HANDSHAKE_TIMEOUT_SECS,
+            MEDIA_PACKETS_PER_SEC,
+            MEDIA_BYTES_PER_SEC,
+            REQUESTS_PER_SEC,
+            REQUEST_BURST,
+            WRITE_TIMEOUT_SECS,
         ];
         for bound in bounds {
             let arg = command

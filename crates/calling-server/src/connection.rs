@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::hub::{HubInput, OUTBOX_CAPACITY, Outbound};
+use crate::limits::{ConnectionBudget, LimitCounters, MAX_REQUESTS_IN_FLIGHT, Verdict};
 use crate::throttle::AddressKey;
 use crate::usersig;
 
@@ -107,6 +108,10 @@ pub(crate) async fn serve_link<T: Transport>(
             debug!(%user, %error, "connection ended");
             link.media.close(error.code(), error.code().message());
         }
+        Ended::Stalled => {
+            warn!(%user, ?conn, "the client stopped reading: closed");
+            link.media.close(ErrorCode::SERVER_BUSY, "not reading");
+        }
     }
     info!(%user, ?conn, "disconnected");
 }
@@ -167,23 +172,50 @@ enum Ended {
     Closed(ErrorCode),
     /// The connection or the client's bytes failed.
     Broken(LinkError),
+    /// A write blocked past the write timeout: the client does not read.
+    Stalled,
 }
 
-/// Frames and datagrams in, the hub's messages out, until either side ends.
+/// Frames and datagrams in, the hub's messages out, until either side ends;
+/// the connection's limits on the way (see `limits.rs`).
 async fn exchange<T: Transport>(
     link: &mut ServerLink<T>,
     shared: &Shared,
     conn: ConnId,
     inbox: &mut mpsc::Receiver<Outbound>,
 ) -> Ended {
+    let limits = &shared.connection_limits;
+    let counters = &shared.limit_counters;
+    let mut budget = ConnectionBudget::new(conn, limits);
+    // Requests passed to the hub whose reply has not gone out yet.
+    let mut in_flight = 0_usize;
     loop {
+        // A client's own requests wait while their replies pile up: it is
+        // paced, never disconnected for pipelining.
+        let may_read = in_flight < MAX_REQUESTS_IN_FLIGHT && inbox.len() < OUTBOX_CAPACITY / 2;
         tokio::select! {
-            received = link.recv.recv() => match received {
-                Ok(Some(message)) => {
-                    if shared.hub.send(HubInput::Message { conn, message }).await.is_err() {
-                        return Ended::Closed(ErrorCode::SERVER_SHUTDOWN);
+            received = link.recv.recv(), if may_read => match received {
+                Ok(Some(message)) => match budget.admit_message(Instant::now(), counters) {
+                    Verdict::Admit => {
+                        in_flight += usize::from(message.request_id().is_some());
+                        if shared.hub.send(HubInput::Message { conn, message }).await.is_err() {
+                            return Ended::Closed(ErrorCode::SERVER_SHUTDOWN);
+                        }
                     }
-                }
+                    Verdict::Refuse => {
+                        if let Some(request_id) = message.request_id() {
+                            let refusal = ServerMessage::Error {
+                                request_id: Some(request_id),
+                                code: ErrorCode::RATE_LIMITED,
+                                message: "too many requests: slow down".into(),
+                            };
+                            if let Some(ended) = write(link, &refusal, limits.write_timeout, counters).await {
+                                return ended;
+                            }
+                        }
+                    }
+                    Verdict::Close => return Ended::Closed(ErrorCode::RATE_LIMITED),
+                },
                 Ok(None) => return Ended::ClientLeft,
                 Err(LinkError::Protocol(error)) => {
                     warn!(?conn, %error, "malformed frame: closing");
@@ -192,27 +224,52 @@ async fn exchange<T: Transport>(
                         code: ErrorCode::PROTOCOL_ERROR,
                         message: error.to_string(),
                     };
-                    let _ = link.send.send(&notice).await;
+                    let _ = write(link, &notice, limits.write_timeout, counters).await;
                     return Ended::Closed(ErrorCode::PROTOCOL_ERROR);
                 }
                 // The link failed under the stream: the client is gone.
                 Err(_) => return Ended::ClientLeft,
             },
             datagram = link.media.recv_datagram() => match datagram {
-                Ok(datagram) => shared.routes.relay(conn, &datagram),
+                Ok(datagram) => {
+                    if budget.admit_datagram(Instant::now(), datagram.len(), counters) {
+                        shared.routes.relay(conn, &datagram);
+                    }
+                }
                 // The connection is gone; the stream branch says the same.
                 Err(_) => return Ended::ClientLeft,
             },
             outbound = inbox.recv() => match outbound {
                 Some(Outbound::Message(message)) => {
-                    if let Err(error) = link.send.send(&message).await {
-                        return Ended::Broken(error);
+                    if message.is_reply() {
+                        in_flight = in_flight.saturating_sub(1);
+                    }
+                    if let Some(ended) = write(link, &message, limits.write_timeout, counters).await {
+                        return ended;
                     }
                 }
                 Some(Outbound::Close(code)) => return Ended::Closed(code),
                 // The hub dropped us: a stuck client, or the hub is gone.
                 None => return Ended::Closed(ErrorCode::SERVER_BUSY),
             },
+        }
+    }
+}
+
+/// Sends one message within the write timeout; how the exchange ends if
+/// it could not.
+async fn write<T: Transport>(
+    link: &mut ServerLink<T>,
+    message: &ServerMessage,
+    timeout: Duration,
+    counters: &LimitCounters,
+) -> Option<Ended> {
+    match tokio::time::timeout(timeout, link.send.send(message)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(Ended::Broken(error)),
+        Err(_) => {
+            counters.write_timed_out();
+            Some(Ended::Stalled)
         }
     }
 }

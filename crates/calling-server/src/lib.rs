@@ -19,6 +19,7 @@
 pub mod config;
 mod connection;
 mod hub;
+mod limits;
 mod relay;
 mod throttle;
 
@@ -38,6 +39,7 @@ use tracing::{info, warn};
 pub use calling_usersig as usersig;
 pub use config::{AppCredentials, SecretKey, ServerConfig, Settings, TlsSource, UnixClock};
 pub use hub::HubStats;
+pub use limits::LimitCounts;
 pub use relay::RelayCounts;
 
 use crate::hub::HubInput;
@@ -70,6 +72,8 @@ struct Shared {
     clock: UnixClockDebug,
     usersig_bounds: calling_usersig::TimeBounds,
     throttle: throttle::LoginThrottle,
+    connection_limits: config::ConnectionLimits,
+    limit_counters: limits::LimitCounters,
     hub: mpsc::Sender<HubInput>,
     next_conn: AtomicU64,
     grace: Duration,
@@ -98,6 +102,7 @@ pub struct RunningServer {
     endpoint: signaling_quic::quinn::Endpoint,
     grace: Duration,
     relay: Arc<relay::MediaRoutes>,
+    shared: Arc<Shared>,
 }
 
 /// Starts a server with `config` on the current tokio runtime.
@@ -145,13 +150,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         clock: UnixClockDebug(Arc::clone(&config.clock)),
         usersig_bounds: config.usersig_bounds,
         throttle: throttle::LoginThrottle::default(),
+        connection_limits: config.connection_limits,
+        limit_counters: limits::LimitCounters::default(),
         hub: hub_tx.clone(),
         next_conn: AtomicU64::new(1),
         grace: config.shutdown_grace,
         routes: Arc::clone(&routes),
     });
     let (stop_accepting, stop_rx) = watch::channel(false);
-    let accept_task = tokio::spawn(accept_loop(quic, shared, stop_rx));
+    let accept_task = tokio::spawn(accept_loop(quic, Arc::clone(&shared), stop_rx));
     let relay = routes;
     config::write_banner(
         &config.data_dir,
@@ -178,6 +185,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         endpoint,
         grace: config.shutdown_grace,
         relay,
+        shared,
     })
 }
 
@@ -237,6 +245,11 @@ impl RunningServer {
     /// What the audio relay has done so far.
     pub fn relay_counts(&self) -> RelayCounts {
         self.relay.counts()
+    }
+
+    /// What the per-connection limits have refused so far.
+    pub fn limit_counts(&self) -> LimitCounts {
+        self.shared.limit_counters.counts()
     }
 
     /// Graceful shutdown: every call ends with the server-shutdown reason,

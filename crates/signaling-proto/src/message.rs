@@ -164,6 +164,21 @@ pub enum ClientMessage {
     },
 }
 
+impl ClientMessage {
+    /// The request's id, for the requests the server answers with an
+    /// `Ack` or `Error`; `None` for the login, microphone and ping.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Self::Logout { request_id }
+            | Self::Invite { request_id, .. }
+            | Self::Accept { request_id, .. }
+            | Self::Reject { request_id, .. }
+            | Self::Hangup { request_id } => Some(*request_id),
+            Self::Login { .. } | Self::Microphone { .. } | Self::Ping { .. } => None,
+        }
+    }
+}
+
 /// Server → client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMessage {
@@ -284,6 +299,19 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
+    /// Whether this answers a request (its `Ack` or `Error`): each request
+    /// gets exactly one.
+    pub fn is_reply(&self) -> bool {
+        matches!(
+            self,
+            Self::Ack { .. }
+                | Self::Error {
+                    request_id: Some(_),
+                    ..
+                }
+        )
+    }
+
     /// The call a notification is about, if it is about one.
     pub fn call_id(&self) -> Option<CallId> {
         match self {

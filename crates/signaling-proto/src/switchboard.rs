@@ -317,7 +317,7 @@ impl Switchboard {
 
     fn apply_message(&mut self, now: Instant, conn: ConnId, message: ClientMessage) {
         let Some(me) = self.user_of(conn).cloned() else {
-            let request_id = request_id_of(&message);
+            let request_id = message.request_id();
             return self.send_error(conn, request_id, ErrorCode::NOT_LOGGED_IN, "log in first");
         };
         match message {
@@ -1223,18 +1223,5 @@ impl Switchboard {
 
     fn send(&mut self, conn: ConnId, message: ServerMessage) {
         self.outputs.push_back(Output::Send { conn, message });
-    }
-}
-
-fn request_id_of(message: &ClientMessage) -> Option<RequestId> {
-    match message {
-        ClientMessage::Logout { request_id }
-        | ClientMessage::Invite { request_id, .. }
-        | ClientMessage::Accept { request_id, .. }
-        | ClientMessage::Reject { request_id, .. }
-        | ClientMessage::Hangup { request_id } => Some(*request_id),
-        ClientMessage::Login { .. }
-        | ClientMessage::Microphone { .. }
-        | ClientMessage::Ping { .. } => None,
     }
 }

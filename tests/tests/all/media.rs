@@ -11,7 +11,7 @@ use signaling_quic::ClientConnection;
 
 use crate::support::*;
 
-async fn raw_login(server: &TestServer, user: &str) -> ClientConnection {
+pub async fn raw_login(server: &TestServer, user: &str) -> ClientConnection {
     let mut client = server.raw_client().await;
     client
         .send
@@ -30,7 +30,7 @@ async fn raw_login(server: &TestServer, user: &str) -> ClientConnection {
 }
 
 /// Reads messages until one matches; returns it.
-async fn until(
+pub async fn until(
     client: &mut ClientConnection,
     want: impl Fn(&ServerMessage) -> bool,
 ) -> ServerMessage {
@@ -46,7 +46,7 @@ async fn until(
     .unwrap()
 }
 
-fn datagram(claimed_flow: u32, sequence: u32, payload: &[u8]) -> Vec<u8> {
+pub fn datagram(claimed_flow: u32, sequence: u32, payload: &[u8]) -> Vec<u8> {
     let header = MediaHeader {
         kind: DatagramKind::Audio,
         flow_id: FlowId(claimed_flow),

@@ -1,0 +1,222 @@
+//! One client cannot hurt another: each attack of the hardening issue
+//! against a real server, with the limit holding and bystanders unharmed.
+
+use std::time::{Duration, Instant};
+
+use calling_api::{CallType, ErrorCode, UserId};
+use calling_server::config::ConnectionLimits;
+use signaling_proto::{ClientMessage, RequestId, ServerMessage, SwitchboardConfig};
+use signaling_quic::close_code_of;
+
+use crate::media::{datagram, raw_login, until};
+use crate::support::*;
+
+fn invite(request: u32, call_id: Option<calling_api::CallId>, user: &str) -> ClientMessage {
+    ClientMessage::Invite {
+        request_id: RequestId(request),
+        call_id,
+        user_ids: vec![UserId::new(user).unwrap()],
+        call_type: CallType::Audio,
+        timeout_ms: None,
+        user_data: None,
+    }
+}
+
+/// A member flooding a call with audio gets no more than its rate relayed.
+#[tokio::test]
+async fn an_audio_flood_is_capped_at_the_senders_rate() {
+    let server = TestServer::start("media-flood").await;
+    let mut alice = raw_login(&server, "alice").await;
+    let mut bob = raw_login(&server, "bob").await;
+    alice.send.send(&invite(1, None, "bob")).await.unwrap();
+    let ServerMessage::Ack {
+        call_id: Some(call_id),
+        ..
+    } = until(&mut alice, |m| matches!(m, ServerMessage::Ack { .. })).await
+    else {
+        unreachable!()
+    };
+    until(&mut bob, |m| matches!(m, ServerMessage::Invited { .. })).await;
+    bob.send
+        .send(&ClientMessage::Accept {
+            request_id: RequestId(1),
+            call_id,
+        })
+        .await
+        .unwrap();
+    until(&mut alice, |m| {
+        matches!(m, ServerMessage::UserEntered { .. })
+    })
+    .await;
+    until(&mut bob, |m| matches!(m, ServerMessage::UserEntered { .. })).await;
+
+    let started = Instant::now();
+    let payload = [0_u8; 160];
+    for sequence in 0..5_000 {
+        alice
+            .connection
+            .send_datagram(datagram(0, sequence, &payload).into())
+            .unwrap();
+        if sequence % 500 == 499 {
+            // Let quinn put them on the wire rather than drop its oldest.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut heard = 0_u64;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(500), bob.connection.read_datagram()).await
+    {
+        heard += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let limits = ConnectionLimits::DEFAULT;
+    let allowed = f64::from(limits.media_packets_per_sec) * (1.0 + seconds);
+    let forwarded = server.server.relay_counts().forwarded;
+    assert!(
+        (forwarded as f64) <= allowed,
+        "forwarded {forwarded} in {seconds:.1} s, allowed {allowed:.0}"
+    );
+    assert!(heard >= 50, "bob still hears alice: {heard}");
+    // What reached the server (quinn's small send buffer drops some of the
+    // flood at alice's end already) was relayed only up to the rate.
+    let dropped = server.server.limit_counts().media_dropped;
+    assert!(dropped > 0, "the limiter dropped part of the flood");
+    assert!(
+        forwarded + dropped > allowed as u64,
+        "the flood exceeded the rate at the server: {forwarded} + {dropped}"
+    );
+}
+
+/// A client that sends 150 requests without waiting (reading its replies)
+/// gets every reply and stays connected: it is paced, not punished.
+#[tokio::test]
+async fn honest_pipelining_gets_every_reply() {
+    let server = TestServer::start("pipelining").await;
+    let alice = raw_login(&server, "alice").await;
+    let (mut send, mut recv) = (alice.send, alice.recv);
+    let writer = tokio::spawn(async move {
+        for request in 0..150 {
+            // Offline users: each answers ack, no response, call ended.
+            send.send(&invite(request, None, &format!("offline{request}")))
+                .await
+                .unwrap();
+        }
+        send
+    });
+    let mut replies = 0;
+    let mut limited = 0;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while replies < 150 {
+            match recv.recv().await.unwrap().unwrap() {
+                ServerMessage::Ack { .. } => replies += 1,
+                ServerMessage::Error {
+                    request_id: Some(_),
+                    code,
+                    ..
+                } => {
+                    assert_eq!(code, ErrorCode::RATE_LIMITED);
+                    replies += 1;
+                    limited += 1;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("every request answered");
+    let _send = writer.await.unwrap();
+    // 60 invitations a minute: the rest are refused, each with its reply.
+    assert_eq!(limited, 90);
+    let counts = server.server.limit_counts();
+    assert_eq!(counts.closed_for_flooding, 0, "{counts:?}");
+    assert_eq!(server.server.stats().await.unwrap().online, 1);
+}
+
+/// A client flooding requests far past its burst is refused, then closed
+/// with `RATE_LIMITED`; others are not slowed.
+#[tokio::test]
+async fn a_request_flood_is_refused_then_closed() {
+    let mut config = test_config("request-flood");
+    config.connection_limits = ConnectionLimits {
+        requests_per_sec: 5,
+        request_burst: 20,
+        ..ConnectionLimits::DEFAULT
+    };
+    let server = TestServer::start_with(config).await;
+    let mut mallory = raw_login(&server, "mallory").await;
+    for nonce in 0..200 {
+        if mallory
+            .send
+            .send(&ClientMessage::Ping { nonce })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), mallory.connection.closed())
+        .await
+        .expect("closed");
+    assert_eq!(close_code_of(&closed), Some(ErrorCode::RATE_LIMITED));
+    let counts = server.server.limit_counts();
+    assert_eq!(counts.closed_for_flooding, 1, "{counts:?}");
+    assert!(counts.requests_refused >= 20, "{counts:?}");
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    connect(&mut alice, &mut bob).await;
+}
+
+/// A client that stops reading is closed within the write timeout and no
+/// longer holds its place; its inviter is unharmed.
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_within_the_write_timeout() {
+    let mut config = test_config("not-reading");
+    config.connection_limits.write_timeout = Duration::from_secs(1);
+    config.switchboard = SwitchboardConfig {
+        invitations_per_minute: 100_000,
+        ..SwitchboardConfig::DEFAULT
+    };
+    let server = TestServer::start_with(config).await;
+    let mallory = raw_login(&server, "mallory").await;
+    let mut alice = raw_login(&server, "alice").await;
+    let user_data = "x".repeat(4_096);
+    let started = Instant::now();
+    let mut closed = None;
+    for round in 0..400_u32 {
+        alice
+            .send
+            .send(&ClientMessage::Invite {
+                request_id: RequestId(2 * round),
+                call_id: None,
+                user_ids: vec![UserId::new("mallory").unwrap()],
+                call_type: CallType::Audio,
+                timeout_ms: None,
+                user_data: Some(user_data.clone()),
+            })
+            .await
+            .unwrap();
+        until(&mut alice, |m| m.is_reply()).await;
+        alice
+            .send
+            .send(&ClientMessage::Hangup {
+                request_id: RequestId(2 * round + 1),
+            })
+            .await
+            .unwrap();
+        until(&mut alice, |m| m.is_reply()).await;
+        if let Some(reason) = mallory.connection.close_reason() {
+            closed = Some(reason);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closed = closed.expect("mallory, who never reads, was closed");
+    assert_eq!(close_code_of(&closed), Some(ErrorCode::SERVER_BUSY));
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.server.limit_counts().write_timeouts, 1);
+    assert_eq!(server.server.stats().await.unwrap().online, 1, "alice only");
+}
