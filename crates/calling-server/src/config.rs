@@ -314,6 +314,13 @@ pub const USERSIG_MAX_LIFETIME_SECS: Bound = Bound {
     min: 60,
     max: 3_650 * 86_400,
 };
+/// Connections open at once that have not logged in yet.
+pub const MAX_BEFORE_LOGIN: Bound = Bound {
+    key: "max_before_login",
+    default: ServerLimits::DEFAULT.max_before_login as u64,
+    min: 1,
+    max: 10_000_000,
+};
 /// Audio datagrams a second one sender may have relayed.
 pub const MEDIA_PACKETS_PER_SEC: Bound = Bound {
     key: "media_packets_per_sec",
@@ -491,6 +498,10 @@ pub struct LimitSettings {
     #[arg(long, env = "OPENCALLING_VALIDATE_ADDRESSES_ABOVE", value_name = "N",
           value_parser = VALIDATE_ADDRESSES_ABOVE.parser())]
     pub validate_addresses_above: Option<u64>,
+    /// Connections open at once that have not logged in yet [default: 1000, 1..=10000000]
+    #[arg(long, env = "OPENCALLING_MAX_BEFORE_LOGIN", value_name = "N",
+          value_parser = MAX_BEFORE_LOGIN.parser())]
+    pub max_before_login: Option<u64>,
     /// Audio datagrams a second one sender may have relayed [default: 100, 50..=100000]
     #[arg(long, env = "OPENCALLING_MEDIA_PACKETS_PER_SEC", value_name = "N",
           value_parser = MEDIA_PACKETS_PER_SEC.parser())]
@@ -613,6 +624,10 @@ impl Settings {
                     .limits
                     .handshake_timeout_secs
                     .or(lower.limits.handshake_timeout_secs),
+                max_before_login: self
+                    .limits
+                    .max_before_login
+                    .or(lower.limits.max_before_login),
                 media_packets_per_sec: self
                     .limits
                     .media_packets_per_sec
@@ -693,6 +708,7 @@ impl Settings {
                     .resolve_usize(self.limits.validate_addresses_above)?,
                 handshake_timeout: HANDSHAKE_TIMEOUT_SECS
                     .resolve_secs(self.limits.handshake_timeout_secs)?,
+                max_before_login: MAX_BEFORE_LOGIN.resolve_usize(self.limits.max_before_login)?,
             },
             connection_limits: ConnectionLimits {
                 media_packets_per_sec: resolve_u32(
@@ -1041,6 +1057,7 @@ mod tests {
             MAX_CONNECTIONS_PER_IP,
             VALIDATE_ADDRESSES_ABOVE,
             HANDSHAKE_TIMEOUT_SECS,
+            MAX_BEFORE_LOGIN,
             MEDIA_PACKETS_PER_SEC,
             MEDIA_BYTES_PER_SEC,
             REQUESTS_PER_SEC,

@@ -14,14 +14,13 @@ use signaling_proto::{
     AcceptedLogin, ClientMessage, ConnId, Credentials, LoginRefusal, ServerMessage, UserSig,
     check_login,
 };
-use signaling_quic::AcceptedConnection;
+use signaling_quic::{AcceptedConnection, AddressBlock, PreLoginSlot};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::hub::{HubInput, OUTBOX_CAPACITY, Outbound};
 use crate::limits::{ConnectionBudget, LimitCounters, MAX_REQUESTS_IN_FLIGHT, Verdict};
-use crate::throttle::AddressKey;
 use crate::usersig;
 
 /// How long a new connection has to send its login.
@@ -40,18 +39,20 @@ pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
             return;
         }
     };
-    // The IP slot is held as long as the connection is served.
-    let (link, _slot) = established.into_link();
-    serve_link(link, remote, shared).await;
+    // The IP slot is held as long as the connection is served; the
+    // pre-login slot until the login succeeds.
+    let (link, _slot, pre_login) = established.into_link();
+    serve_link(link, remote, pre_login, shared).await;
 }
 
 /// Serves one established link, whatever its transport.
 pub(crate) async fn serve_link<T: Transport>(
     mut link: ServerLink<T>,
     remote: SocketAddr,
+    mut pre_login: PreLoginSlot,
     shared: Arc<Shared>,
 ) {
-    let address = AddressKey::of(remote.ip());
+    let address = AddressBlock::of(remote.ip());
     let checked = async {
         // An address that keeps failing waits, before its bytes are read.
         let delay = shared.throttle.delay(address, Instant::now());
@@ -82,6 +83,7 @@ pub(crate) async fn serve_link<T: Transport>(
             return;
         }
     };
+    pre_login.release();
     let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let (outbox, mut inbox) = mpsc::channel(OUTBOX_CAPACITY);
     let login = HubInput::Login {

@@ -5,9 +5,10 @@
 //! block one subscriber usually holds.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use signaling_quic::AddressBlock;
 
 /// Failures an address may have before its logins are delayed.
 const FREE_FAILURES: u32 = 3;
@@ -20,24 +21,6 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// Addresses remembered at most; the oldest are forgotten first.
 const MAX_ADDRESSES: usize = 100_000;
 
-/// An address as the throttle counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct AddressKey(u128);
-
-impl AddressKey {
-    /// IPv4 whole, IPv6 by its /64.
-    pub(crate) fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(u128::from(u32::from(v4))),
-                // The /64 prefix, and a mark no IPv4 key (< 2^32) carries.
-                None => Self((u128::from(v6) & !u128::from(u64::MAX)) | (1 << 63)),
-            },
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
@@ -47,12 +30,12 @@ struct Failures {
 /// Failed logins per address. Sans-IO: every call takes `now`.
 #[derive(Debug, Default)]
 pub(crate) struct LoginThrottle {
-    failures: Mutex<HashMap<AddressKey, Failures>>,
+    failures: Mutex<HashMap<AddressBlock, Failures>>,
 }
 
 impl LoginThrottle {
     /// How long a login from `address` must wait before it is checked.
-    pub(crate) fn delay(&self, address: AddressKey, now: Instant) -> Duration {
+    pub(crate) fn delay(&self, address: AddressBlock, now: Instant) -> Duration {
         let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(record) = failures.get(&address) else {
             return Duration::ZERO;
@@ -66,7 +49,7 @@ impl LoginThrottle {
     }
 
     /// A login from `address` failed at `now`.
-    pub(crate) fn failed(&self, address: AddressKey, now: Instant) {
+    pub(crate) fn failed(&self, address: AddressBlock, now: Instant) {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         if failures.len() >= MAX_ADDRESSES && !failures.contains_key(&address) {
             failures.retain(|_, record| now.duration_since(record.last) <= FORGET_AFTER);
@@ -92,7 +75,7 @@ impl LoginThrottle {
     }
 
     /// A login from `address` succeeded: it starts afresh.
-    pub(crate) fn succeeded(&self, address: AddressKey) {
+    pub(crate) fn succeeded(&self, address: AddressBlock) {
         self.failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -108,8 +91,8 @@ mod tests {
     fn delays_double_per_failure_for_that_address_only() {
         let throttle = LoginThrottle::default();
         let start = Instant::now();
-        let mallory = AddressKey::of("192.0.2.1".parse().unwrap());
-        let alice = AddressKey::of("192.0.2.2".parse().unwrap());
+        let mallory = AddressBlock::of("192.0.2.1".parse().unwrap());
+        let alice = AddressBlock::of("192.0.2.2".parse().unwrap());
         for _ in 0..FREE_FAILURES {
             assert_eq!(throttle.delay(mallory, start), Duration::ZERO);
             throttle.failed(mallory, start);
@@ -132,23 +115,5 @@ mod tests {
         );
         throttle.succeeded(mallory);
         assert_eq!(throttle.delay(mallory, start), Duration::ZERO);
-    }
-
-    #[test]
-    fn ipv6_counts_by_its_slash_64() {
-        let a = AddressKey::of("2001:db8:1:2:aaaa::1".parse().unwrap());
-        let b = AddressKey::of("2001:db8:1:2:bbbb::2".parse().unwrap());
-        let other = AddressKey::of("2001:db8:1:3::1".parse().unwrap());
-        assert_eq!(a, b);
-        assert_ne!(a, other);
-        assert_eq!(
-            AddressKey::of("::ffff:192.0.2.1".parse().unwrap()),
-            AddressKey::of("192.0.2.1".parse().unwrap())
-        );
-        assert_ne!(
-            AddressKey::of("::c000:201".parse().unwrap()),
-            AddressKey::of("192.0.2.1".parse().unwrap()),
-            "an IPv6 /64 never collides with an IPv4 address"
-        );
     }
 }

@@ -24,6 +24,7 @@
 //!
 //! [`ErrorCode`]: calling_api::ErrorCode
 
+mod address;
 mod client;
 mod error;
 mod identity;
@@ -31,12 +32,15 @@ mod link;
 mod server;
 mod tuning;
 
+pub use address::AddressBlock;
 pub use client::{ClientConnection, ServerTrust, client_config, connect, connect_on};
 pub use error::{TransportError, close, close_code_of, close_endpoint};
 pub use identity::InvalidFingerprint;
 pub use identity::{CertFingerprint, ServerIdentity, write_private};
 pub use link::{Quic, QuicMedia, QuicSend};
-pub use server::{AcceptedConnection, IpSlot, QuicServer, ServerConnection, ServerLimits};
+pub use server::{
+    AcceptedConnection, IpSlot, PreLoginSlot, QuicServer, ServerConnection, ServerLimits,
+};
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
 
 /// Re-exported so users of this crate name quinn's types without depending

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,20 +13,27 @@ use tracing::debug;
 
 use signaling_link::{FramedRecv, FramedSend, Link};
 
-use crate::{Quic, QuicMedia, QuicSend, ServerIdentity, TransportError, transport_config};
+use crate::{
+    AddressBlock, Quic, QuicMedia, QuicSend, ServerIdentity, TransportError, transport_config,
+};
 
 /// What one server endpoint admits.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// Connections open at once (handshaking included); more are refused.
     pub max_connections: usize,
-    /// Connections open at once from one IP address; more are refused.
+    /// Connections open at once from one IP address (an IPv6 address
+    /// counts by its /64, see [`AddressBlock`]); more are refused.
     pub max_connections_per_ip: usize,
     /// Above this many open connections, a client must prove its address
     /// with a Retry round trip before the server spends a handshake on it.
     pub validate_addresses_above: usize,
     /// How long a client has to finish the handshake and open its stream.
     pub handshake_timeout: Duration,
+    /// Connections open at once that have not logged in yet (their
+    /// [`PreLoginSlot`] not yet released); more are refused, so that
+    /// connections that never log in cannot crowd out the users.
+    pub max_before_login: usize,
 }
 
 impl ServerLimits {
@@ -35,6 +43,7 @@ impl ServerLimits {
         max_connections_per_ip: 64,
         validate_addresses_above: 2_000,
         handshake_timeout: Duration::from_secs(10),
+        max_before_login: 1_000,
     };
 }
 
@@ -44,7 +53,7 @@ impl Default for ServerLimits {
     }
 }
 
-type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
+type PerIp = Arc<Mutex<HashMap<AddressBlock, usize>>>;
 
 /// The UDP socket buffers the server asks for.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -55,6 +64,7 @@ pub struct QuicServer {
     endpoint: quinn::Endpoint,
     limits: ServerLimits,
     per_ip: PerIp,
+    before_login: Arc<AtomicUsize>,
 }
 
 impl QuicServer {
@@ -109,6 +119,7 @@ impl QuicServer {
             endpoint,
             limits,
             per_ip: Arc::default(),
+            before_login: Arc::default(),
         })
     }
 
@@ -144,6 +155,13 @@ impl QuicServer {
                 }
                 continue;
             }
+            let Some(pre_login) =
+                PreLoginSlot::take(&self.before_login, self.limits.max_before_login)
+            else {
+                debug!(%remote, "too many connections not logged in yet: refused");
+                incoming.refuse();
+                continue;
+            };
             let Some(slot) = IpSlot::take(
                 &self.per_ip,
                 remote.ip(),
@@ -156,31 +174,67 @@ impl QuicServer {
             return Some(AcceptedConnection {
                 incoming,
                 slot,
+                pre_login,
                 timeout: self.limits.handshake_timeout,
             });
         }
     }
 
-    /// Connections open now, from one address.
+    /// Connections open now from `ip`'s address block (the address, or
+    /// its IPv6 /64).
     pub fn connections_from(&self, ip: IpAddr) -> usize {
         self.per_ip
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&ip)
+            .get(&AddressBlock::of(ip))
             .copied()
             .unwrap_or(0)
     }
 }
 
-/// Holds one of an IP address's connection slots until dropped.
+/// Counts a connection that has not logged in yet, until released or
+/// dropped (see [`ServerLimits::max_before_login`]).
+#[derive(Debug)]
+pub struct PreLoginSlot {
+    count: Option<Arc<AtomicUsize>>,
+}
+
+impl PreLoginSlot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now < max).then_some(now + 1)
+            })
+            .ok()?;
+        Some(Self {
+            count: Some(Arc::clone(count)),
+        })
+    }
+
+    /// The connection logged in: it no longer counts as one that has not.
+    pub fn release(&mut self) {
+        if let Some(count) = self.count.take() {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for PreLoginSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Holds one of an address block's connection slots until dropped.
 #[derive(Debug)]
 pub struct IpSlot {
     per_ip: PerIp,
-    ip: IpAddr,
+    ip: AddressBlock,
 }
 
 impl IpSlot {
     fn take(per_ip: &PerIp, ip: IpAddr, max: usize) -> Option<Self> {
+        let ip = AddressBlock::of(ip);
         let mut counts = per_ip.lock().unwrap_or_else(PoisonError::into_inner);
         let count = counts.entry(ip).or_insert(0);
         if *count >= max {
@@ -211,6 +265,7 @@ impl Drop for IpSlot {
 pub struct AcceptedConnection {
     incoming: quinn::Incoming,
     slot: IpSlot,
+    pre_login: PreLoginSlot,
     timeout: Duration,
 }
 
@@ -225,18 +280,26 @@ pub struct ServerConnection {
     pub recv: FramedRecv<quinn::RecvStream, ClientMessage>,
     /// The IP slot, released when this is dropped.
     pub slot: IpSlot,
+    /// Counts this connection as not logged in yet until released.
+    pub pre_login: PreLoginSlot,
 }
 
 impl ServerConnection {
-    /// The connection as the transport seam sees it, and the IP slot to
-    /// keep as long as it is open.
-    pub fn into_link(self) -> (Link<Quic, ClientMessage, ServerMessage>, IpSlot) {
+    /// The connection as the transport seam sees it, the IP slot to keep
+    /// as long as it is open, and the slot to release once it logged in.
+    pub fn into_link(
+        self,
+    ) -> (
+        Link<Quic, ClientMessage, ServerMessage>,
+        IpSlot,
+        PreLoginSlot,
+    ) {
         let link = Link {
             media: QuicMedia(self.connection),
             send: self.send,
             recv: self.recv,
         };
-        (link, self.slot)
+        (link, self.slot, self.pre_login)
     }
 }
 
@@ -252,6 +315,7 @@ impl AcceptedConnection {
         let Self {
             incoming,
             slot,
+            pre_login,
             timeout,
         } = self;
         let setup = async {
@@ -267,6 +331,7 @@ impl AcceptedConnection {
             send: FramedSend::new(QuicSend(send)),
             recv: FramedRecv::new(recv),
             slot,
+            pre_login,
         })
     }
 }

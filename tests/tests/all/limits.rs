@@ -220,3 +220,37 @@ async fn a_client_that_does_not_read_is_closed_within_the_write_timeout() {
     assert_eq!(server.server.limit_counts().write_timeouts, 1);
     assert_eq!(server.server.stats().await.unwrap().online, 1, "alice only");
 }
+
+/// Connections that never log in have a cap of their own: they cannot
+/// crowd out users, and a login frees its place at once.
+#[tokio::test]
+async fn connections_not_logged_in_have_their_own_cap() {
+    let mut config = test_config("before-login");
+    config.limits.max_before_login = 2;
+    let server = TestServer::start_with(config).await;
+    let idle_one = server.raw_client().await;
+    let mut idle_two = server.raw_client().await;
+    let trust = signaling_quic::ServerTrust::Fingerprint(server.server.fingerprint());
+    let refused = signaling_quic::connect(server.server.local_addr(), "localhost", &trust).await;
+    assert!(
+        refused.is_err(),
+        "a third connection before login is refused"
+    );
+    // One of them logs in: its place is free for the next newcomer.
+    idle_two
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: signaling_proto::PROTOCOL_VERSION,
+            sdk_app_id: server.app.sdk_app_id,
+            user_id: UserId::new("bob").unwrap(),
+            user_sig: server.sig("bob").into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        idle_two.recv.recv().await.unwrap(),
+        Some(ServerMessage::LoginResult { code, .. }) if code.is_ok()
+    ));
+    let alice = raw_login(&server, "alice").await;
+    drop((idle_one, idle_two, alice));
+}

@@ -1,0 +1,43 @@
+//! Where a connection comes from, as the admission limits count it: an
+//! IPv4 address whole, an IPv6 address by its /64 (the block one subscriber
+//! usually holds, so a single user cannot dodge a per-address limit by
+//! walking its own prefix).
+
+use std::net::IpAddr;
+
+/// An IPv4 address, or an IPv6 /64. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressBlock(u128);
+
+impl AddressBlock {
+    /// The block `ip` belongs to.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(u128::from(u32::from(v4))),
+                // The /64 prefix, and a mark no IPv4 block (< 2^32) carries.
+                None => Self((u128::from(v6) & !u128::from(u64::MAX)) | (1 << 63)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_by_its_slash_64() {
+        let block = |text: &str| AddressBlock::of(text.parse().unwrap());
+        assert_eq!(block("2001:db8:1:2:aaaa::1"), block("2001:db8:1:2:bbbb::2"));
+        assert_ne!(block("2001:db8:1:2::1"), block("2001:db8:1:3::1"));
+        assert_eq!(block("::ffff:192.0.2.1"), block("192.0.2.1"));
+        assert_ne!(block("192.0.2.1"), block("192.0.2.2"));
+        assert_ne!(
+            block("::c000:201"),
+            block("192.0.2.1"),
+            "an IPv6 /64 never collides with an IPv4 address"
+        );
+    }
+}
