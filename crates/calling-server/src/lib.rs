@@ -99,6 +99,8 @@ pub struct RunningServer {
     stop_accepting: watch::Sender<bool>,
     accept_task: tokio::task::JoinHandle<()>,
     hub_task: tokio::task::JoinHandle<()>,
+    /// A critical task ended on its own: nothing left to wait for.
+    failed: bool,
     endpoint: signaling_quic::quinn::Endpoint,
     grace: Duration,
     relay: Arc<relay::MediaRoutes>,
@@ -182,6 +184,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         stop_accepting,
         accept_task,
         hub_task,
+        failed: false,
         endpoint,
         grace: config.shutdown_grace,
         relay,
@@ -219,6 +222,23 @@ async fn accept_loop(quic: QuicServer, shared: Arc<Shared>, mut stop: watch::Rec
     }
 }
 
+/// Says how a critical task ended.
+fn why_ended(task: &str, ended: Result<(), tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(()) => format!("{task} ended"),
+        Err(error) if error.is_panic() => {
+            let panic = error.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            format!("{task} panicked: {message}")
+        }
+        Err(_) => format!("{task} was cancelled"),
+    }
+}
+
 impl RunningServer {
     /// The address the server listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
@@ -252,9 +272,33 @@ impl RunningServer {
         self.shared.limit_counters.counts()
     }
 
+    /// Resolves, with why, when a task the server cannot live without (the
+    /// hub, or the accept loop) has ended although nobody asked it to: the
+    /// process still answers QUIC then, but serves nobody. The binary logs
+    /// it and exits non-zero, so that a supervisor restarts it; an
+    /// embedding program should do the same. Never resolves otherwise.
+    pub async fn failure(&mut self) -> String {
+        if self.failed {
+            return "a critical task had already ended".into();
+        }
+        let why = tokio::select! {
+            ended = &mut self.hub_task => why_ended("the hub", ended),
+            ended = &mut self.accept_task => why_ended("the accept loop", ended),
+        };
+        self.failed = true;
+        why
+    }
+
     /// Graceful shutdown: every call ends with the server-shutdown reason,
     /// every client is told and its connection closed, then the endpoint.
     pub async fn shutdown(self) {
+        if self.failed {
+            // The hub or the accept loop is gone: close what is left.
+            self.accept_task.abort();
+            self.hub_task.abort();
+            signaling_quic::close_endpoint(&self.endpoint, ErrorCode::SERVER_SHUTDOWN);
+            return;
+        }
         let (done, finished) = oneshot::channel();
         if self.hub.send(HubInput::Shutdown { done }).await.is_ok() {
             let _ = finished.await;
@@ -265,5 +309,40 @@ impl RunningServer {
         let _ = tokio::time::timeout(self.grace, self.endpoint.wait_idle()).await;
         self.hub_task.abort();
         info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dead_hub_is_a_failure_that_says_why() {
+        let dir =
+            std::env::temp_dir().join(format!("opencalling-supervision-{}", std::process::id()));
+        let mut server = start(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap_or(config::DEFAULT_LISTEN),
+            data_dir: dir.clone(),
+            ..ServerConfig::default()
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+        // Nothing has died: no failure yet.
+        let early = tokio::time::timeout(Duration::from_millis(100), server.failure()).await;
+        assert!(early.is_err(), "a healthy server reports no failure");
+        server.hub_task.abort();
+        let why = tokio::time::timeout(Duration::from_secs(5), server.failure())
+            .await
+            .unwrap_or_else(|_| panic!("the dead hub was not noticed"));
+        assert_eq!(why, "the hub was cancelled");
+        server.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_reported_with_its_message() {
+        let task = tokio::spawn(async { panic!("switchboard bug: test") });
+        let why = why_ended("the hub", task.await);
+        assert_eq!(why, "the hub panicked: switchboard bug: test");
     }
 }

@@ -131,7 +131,18 @@ fn serve(configured: Configured) -> Result<(), String> {
                     .display()
             );
         }
-        wait_for_stop_signal().await;
+        let mut server = server;
+        let failure = tokio::select! {
+            () = wait_for_stop_signal() => None,
+            why = server.failure() => Some(why),
+        };
+        if let Some(why) = failure {
+            // Serving nobody while looking alive helps nobody: exit, and
+            // let the supervisor start a fresh process.
+            tracing::error!(why, "a critical task died: exiting");
+            server.shutdown().await;
+            return Err(format!("a critical task died: {why}"));
+        }
         println!("stopping: telling every client");
         server.shutdown().await;
         Ok(())
