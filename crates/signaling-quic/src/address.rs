@@ -5,7 +5,9 @@
 
 use std::net::IpAddr;
 
-/// An IPv4 address, or an IPv6 /64. See the [module docs](self).
+/// Where a connection comes from, as the admission limits count it: an
+/// IPv4 address whole, an IPv6 address by its /64 (the block one
+/// subscriber usually holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AddressBlock(u128);
 
