@@ -4,6 +4,8 @@
 //!   cargo-deny.
 //! - `demo`: the README's main job.
 //! - `bench`: the benchmarks, figures printed beside their baselines.
+//! - `fuzz`: the stable-Rust fuzzing harness (`crates/calling-fuzz`) for
+//!   longer than `ci` runs it.
 //!
 //! It installs what a fresh machine lacks (cargo-deny; cmake for libopus's
 //! build, from PyPI into a venv under `target/`), and never touches anything
@@ -24,6 +26,7 @@ commands:
   ci      rustfmt --check, clippy -D warnings, rustdoc -D warnings, every test, cargo-deny
   demo    a real server and five users over QUIC, printing each user's events
   bench   the benchmarks, each figure beside its baseline
+  fuzz    the fuzzing harness for longer: fuzz [SECONDS] [SEED] (default 300 s)
   help    this text
 ";
 
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
     match outcome {
@@ -114,6 +118,13 @@ fn ci() -> Result {
             .apply(&mut cargo())
             .args(["test", "--workspace", "--locked"]),
     )?;
+    step(
+        "fuzz: every decoder and the switchboard, 12 s",
+        tools
+            .apply(&mut cargo())
+            .args(["run", "--quiet", "--locked", "-p", "calling-fuzz", "--"])
+            .args(["--seconds", "12"]),
+    )?;
     let device_tests = real_device_checks(&tools)?;
     step(
         "cargo-deny (bans, licenses, sources)",
@@ -150,6 +161,22 @@ fn advisories(tools: &Tools) -> Result {
         );
         Ok(())
     }
+}
+
+/// The fuzzing harness in a release build for `SECONDS` (default 300),
+/// from `SEED` if given (to reproduce a failure).
+fn fuzz(args: &[String]) -> Result {
+    let tools = Tools::provision()?;
+    let seconds = args.first().map_or("300", String::as_str);
+    let mut command = cargo();
+    tools
+        .apply(&mut command)
+        .args(["run", "--quiet", "--release", "-p", "calling-fuzz", "--"])
+        .args(["--seconds", seconds]);
+    if let Some(seed) = args.get(1) {
+        command.args(["--seed", seed]);
+    }
+    step("fuzz", &mut command)
 }
 
 fn demo(args: &[String]) -> Result {
