@@ -7,7 +7,7 @@
 //! gets a [`Route`] to the others' media links. It knows connections only
 //! by their [`MediaLink`], whatever the transport.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -78,7 +78,17 @@ struct Links {
     media: HashMap<ConnId, Arc<dyn MediaLink>>,
     /// The connections each call's routes were last published for.
     routed: HashMap<CallId, Vec<ConnId>>,
+    /// Connections given messages by the last dispatch, or still congested:
+    /// the ones whose outbox fill is checked after it.
+    to_check: HashSet<ConnId>,
+    /// Connections whose outbox is nearly full.
+    congested: HashSet<ConnId>,
 }
+
+/// Queued messages above which a connection counts as congested…
+const CONGESTED_ABOVE: usize = OUTBOX_CAPACITY * 3 / 4;
+/// …and below which it no longer does.
+const RELIEVED_BELOW: usize = OUTBOX_CAPACITY / 2;
 
 pub(crate) async fn run(
     config: SwitchboardConfig,
@@ -143,6 +153,34 @@ pub(crate) async fn run(
     }
 }
 
+/// Tells the switchboard which connections' outboxes are nearly full (so
+/// invitations to them are answered busy) and which have drained again.
+fn update_congestion(switchboard: &mut Switchboard, links: &mut Links) {
+    let mut to_check = std::mem::take(&mut links.to_check);
+    to_check.extend(links.congested.iter().copied());
+    for conn in to_check {
+        let queued = links
+            .outboxes
+            .get(&conn)
+            .map_or(0, |outbox| OUTBOX_CAPACITY - outbox.capacity());
+        let was = links.congested.contains(&conn);
+        let now = if was {
+            queued >= RELIEVED_BELOW
+        } else {
+            queued > CONGESTED_ABOVE
+        };
+        if now != was {
+            debug!(?conn, queued, congested = now, "outbox fill");
+            switchboard.set_congested(conn, now);
+            if now {
+                links.congested.insert(conn);
+            } else {
+                links.congested.remove(&conn);
+            }
+        }
+    }
+}
+
 /// Republishes the routes of a call whose members changed: each member
 /// hears every other one; a member alone in it, or gone from it, has none.
 fn publish_routes(
@@ -191,6 +229,7 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRout
                     let Some(outbox) = links.outboxes.get(&conn) else {
                         continue;
                     };
+                    links.to_check.insert(conn);
                     match outbox.try_send(Outbound::Message(message)) {
                         Ok(()) => {}
                         Err(TrySendError::Full(_)) => {
@@ -224,6 +263,7 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRout
             }
         }
         if stuck.is_empty() {
+            update_congestion(switchboard, links);
             return;
         }
         for conn in stuck {

@@ -147,6 +147,9 @@ struct Session {
     /// Invitations this session sent that ring now (never more than that
     /// count; one sent by an earlier session of the user is not here).
     ringing_out: usize,
+    /// The glue says messages pile up for it: invitations to it are
+    /// answered busy rather than queued.
+    congested: bool,
 }
 
 #[derive(Debug)]
@@ -295,6 +298,7 @@ impl Switchboard {
                 call: None,
                 invitation_budget: TokenBucket::new(per_minute / 60.0, per_minute),
                 ringing_out: 0,
+                congested: false,
             },
         );
         self.send(
@@ -502,6 +506,16 @@ impl Switchboard {
         self.sessions.clear();
         self.online.clear();
         self.finish_input();
+    }
+
+    /// Tells whether messages pile up for `conn` (its glue's queue is
+    /// nearly full): while they do, invitations to its user are answered
+    /// `LineBusy` at the sender instead of adding to the pile, so nobody
+    /// can get a user disconnected by inviting it faster than it reads.
+    pub fn set_congested(&mut self, conn: ConnId, congested: bool) {
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.congested = congested;
+        }
     }
 
     /// Who is logged in on `conn`.
@@ -862,7 +876,8 @@ impl Switchboard {
                 });
                 continue;
             };
-            if session.call.is_some() {
+            // In a call, ringing, or not keeping up with its messages.
+            if session.call.is_some() || session.congested {
                 any_busy = true;
                 unreachable.push(ServerMessage::LineBusy {
                     call_id,

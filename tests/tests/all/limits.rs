@@ -254,3 +254,93 @@ async fn connections_not_logged_in_have_their_own_cap() {
     let alice = raw_login(&server, "alice").await;
     drop((idle_one, idle_two, alice));
 }
+
+/// Someone inviting a user faster than it reads cannot get it
+/// disconnected: once its messages pile up, further invitations are
+/// answered busy at the sender.
+#[tokio::test]
+async fn an_invite_flood_cannot_disconnect_its_victim() {
+    let mut config = test_config("invite-flood");
+    config.connection_limits.write_timeout = Duration::from_secs(60);
+    config.connection_limits.requests_per_sec = 100_000;
+    config.switchboard = SwitchboardConfig {
+        invitations_per_minute: 100_000,
+        ..SwitchboardConfig::DEFAULT
+    };
+    let server = TestServer::start_with(config).await;
+    // The victim reads nothing for now.
+    let mut victim = raw_login(&server, "victim").await;
+    let mut spammer = raw_login(&server, "spammer").await;
+    let user_data = "x".repeat(4_096);
+    let mut busy = 0;
+    for round in 0..300_u32 {
+        spammer
+            .send
+            .send(&ClientMessage::Invite {
+                request_id: RequestId(2 * round),
+                call_id: None,
+                user_ids: vec![UserId::new("victim").unwrap()],
+                call_type: CallType::Audio,
+                timeout_ms: None,
+                user_data: Some(user_data.clone()),
+            })
+            .await
+            .unwrap();
+        let reply = until(&mut spammer, ServerMessage::is_reply).await;
+        assert!(matches!(reply, ServerMessage::Ack { .. }), "{reply:?}");
+        // Rung or answered busy: hang up (or find the call already over).
+        spammer
+            .send
+            .send(&ClientMessage::Hangup {
+                request_id: RequestId(2 * round + 1),
+            })
+            .await
+            .unwrap();
+        // Until both the call's end and the hang-up's reply are in.
+        let (mut ended, mut replied) = (false, false);
+        while !(ended && replied) {
+            match until(&mut spammer, |m| {
+                m.is_reply()
+                    || matches!(
+                        m,
+                        ServerMessage::LineBusy { .. } | ServerMessage::CallEnded { .. }
+                    )
+            })
+            .await
+            {
+                ServerMessage::LineBusy { .. } => busy += 1,
+                ServerMessage::CallEnded { .. } => ended = true,
+                _ => replied = true,
+            }
+        }
+    }
+    assert!(
+        busy > 0,
+        "the flood was answered busy once the victim lagged"
+    );
+    assert_eq!(
+        server.server.stats().await.unwrap().online,
+        2,
+        "the victim is still logged in"
+    );
+    // The victim reads its backlog and is fine.
+    let mut invited = 0;
+    while let Ok(Ok(Some(message))) =
+        tokio::time::timeout(Duration::from_millis(500), victim.recv.recv()).await
+    {
+        invited += usize::from(matches!(message, ServerMessage::Invited { .. }));
+    }
+    assert!(
+        invited > 0 && invited < 300,
+        "{invited} invitations reached it"
+    );
+    victim
+        .send
+        .send(&ClientMessage::Ping { nonce: 7 })
+        .await
+        .unwrap();
+    until(&mut victim, |m| {
+        matches!(m, ServerMessage::Pong { nonce: 7 })
+    })
+    .await;
+}
