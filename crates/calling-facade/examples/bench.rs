@@ -315,6 +315,8 @@ impl DevServer {
     async fn spawn(mut command: tokio::process::Command, data_dir: &std::path::Path) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = command
+            // Capacity is measured here, not the flood protection.
+            .args(["--handshakes-per-sec", "10000000"])
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env(

@@ -321,6 +321,13 @@ pub const MAX_BEFORE_LOGIN: Bound = Bound {
     min: 1,
     max: 10_000_000,
 };
+/// Handshakes a second the server starts.
+pub const HANDSHAKES_PER_SEC: Bound = Bound {
+    key: "handshakes_per_sec",
+    default: ServerLimits::DEFAULT.handshakes_per_sec as u64,
+    min: 1,
+    max: 10_000_000,
+};
 /// Audio datagrams a second one sender may have relayed.
 pub const MEDIA_PACKETS_PER_SEC: Bound = Bound {
     key: "media_packets_per_sec",
@@ -502,6 +509,10 @@ pub struct LimitSettings {
     #[arg(long, env = "OPENCALLING_MAX_BEFORE_LOGIN", value_name = "N",
           value_parser = MAX_BEFORE_LOGIN.parser())]
     pub max_before_login: Option<u64>,
+    /// Handshakes a second the server starts; past it Retry, then refusal [default: 1000, 1..=10000000]
+    #[arg(long, env = "OPENCALLING_HANDSHAKES_PER_SEC", value_name = "N",
+          value_parser = HANDSHAKES_PER_SEC.parser())]
+    pub handshakes_per_sec: Option<u64>,
     /// Audio datagrams a second one sender may have relayed [default: 100, 50..=100000]
     #[arg(long, env = "OPENCALLING_MEDIA_PACKETS_PER_SEC", value_name = "N",
           value_parser = MEDIA_PACKETS_PER_SEC.parser())]
@@ -628,6 +639,10 @@ impl Settings {
                     .limits
                     .max_before_login
                     .or(lower.limits.max_before_login),
+                handshakes_per_sec: self
+                    .limits
+                    .handshakes_per_sec
+                    .or(lower.limits.handshakes_per_sec),
                 media_packets_per_sec: self
                     .limits
                     .media_packets_per_sec
@@ -709,6 +724,8 @@ impl Settings {
                 handshake_timeout: HANDSHAKE_TIMEOUT_SECS
                     .resolve_secs(self.limits.handshake_timeout_secs)?,
                 max_before_login: MAX_BEFORE_LOGIN.resolve_usize(self.limits.max_before_login)?,
+                handshakes_per_sec: HANDSHAKES_PER_SEC
+                    .resolve_usize(self.limits.handshakes_per_sec)?,
             },
             connection_limits: ConnectionLimits {
                 media_packets_per_sec: resolve_u32(
@@ -1058,6 +1075,7 @@ mod tests {
             VALIDATE_ADDRESSES_ABOVE,
             HANDSHAKE_TIMEOUT_SECS,
             MAX_BEFORE_LOGIN,
+            HANDSHAKES_PER_SEC,
             MEDIA_PACKETS_PER_SEC,
             MEDIA_BYTES_PER_SEC,
             REQUESTS_PER_SEC,

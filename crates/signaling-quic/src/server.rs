@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::QuicServerConfig;
 use signaling_proto::{ClientMessage, ServerMessage};
 use tracing::debug;
 
 use signaling_link::{FramedRecv, FramedSend, Link};
+use signaling_proto::TokenBucket;
 
 use crate::{
     AddressBlock, Quic, QuicMedia, QuicSend, ServerIdentity, TransportError, transport_config,
@@ -34,6 +35,11 @@ pub struct ServerLimits {
     /// [`PreLoginSlot`] not yet released); more are refused, so that
     /// connections that never log in cannot crowd out the users.
     pub max_before_login: usize,
+    /// Handshakes a second the server starts (as many at once). Past it, a
+    /// client that has not proved its address is sent a Retry (a round
+    /// trip that costs the server nothing), and one that has is refused:
+    /// a handshake flood cannot take the CPU the logged-in users need.
+    pub handshakes_per_sec: usize,
 }
 
 impl ServerLimits {
@@ -44,6 +50,7 @@ impl ServerLimits {
         validate_addresses_above: 2_000,
         handshake_timeout: Duration::from_secs(10),
         max_before_login: 1_000,
+        handshakes_per_sec: 1_000,
     };
 }
 
@@ -65,6 +72,7 @@ pub struct QuicServer {
     limits: ServerLimits,
     per_ip: PerIp,
     before_login: Arc<AtomicUsize>,
+    handshakes: Mutex<TokenBucket>,
 }
 
 impl QuicServer {
@@ -115,11 +123,14 @@ impl QuicServer {
             TransportError::Io(std::io::Error::other("no async runtime for quinn"))
         })?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?;
+        // A handshake budget is a count well within f64's exact range.
+        let per_sec = limits.handshakes_per_sec as f64;
         Ok(Self {
             endpoint,
             limits,
             per_ip: Arc::default(),
             before_login: Arc::default(),
+            handshakes: Mutex::new(TokenBucket::new(per_sec, per_sec)),
         })
     }
 
@@ -151,6 +162,20 @@ impl QuicServer {
                     // Only a client that receives at its claimed address comes back.
                     let _ = incoming.retry();
                 } else {
+                    incoming.refuse();
+                }
+                continue;
+            }
+            let within_budget = self
+                .handshakes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .admit(Instant::now(), 1.0);
+            if !within_budget {
+                if !incoming.remote_address_validated() && incoming.may_retry() {
+                    let _ = incoming.retry();
+                } else {
+                    debug!(%remote, "handshake budget spent: refused");
                     incoming.refuse();
                 }
                 continue;

@@ -199,3 +199,44 @@ async fn the_per_ip_cap_refuses_the_extra_connection() {
     drop((first, second, fourth));
     acceptor.abort();
 }
+
+#[tokio::test]
+async fn handshakes_past_the_budget_are_retried_then_refused() {
+    let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
+    let limits = ServerLimits {
+        handshakes_per_sec: 2,
+        ..ServerLimits::default()
+    };
+    let server = std::sync::Arc::new(server(&identity, limits));
+    let addr = server.local_addr().unwrap();
+    let acceptor = {
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move {
+            let mut keep = Vec::new();
+            while let Some(accepted) = server.accept().await {
+                keep.push(tokio::spawn(async move {
+                    if let Ok(mut connection) = accepted.establish().await {
+                        let _ = connection.recv.recv().await;
+                        connection.connection.closed().await;
+                    }
+                }));
+            }
+        })
+    };
+    let trust = ServerTrust::Fingerprint(identity.fingerprint());
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut client = connect(addr, "localhost", &trust).await.unwrap();
+        client.send.send(&login()).await.unwrap();
+        kept.push(client);
+    }
+    // The budget is spent: the next newcomer proves its address through a
+    // Retry and is still refused.
+    assert!(connect(addr, "localhost", &trust).await.is_err());
+    // A second later the budget has refilled.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut late = connect(addr, "localhost", &trust).await.unwrap();
+    late.send.send(&login()).await.unwrap();
+    drop((kept, late));
+    acceptor.abort();
+}
