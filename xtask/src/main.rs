@@ -220,6 +220,10 @@ fn bench(args: &[String]) -> Result {
         release_example("signaling-proto", "bench_switchboard").args(args),
     )?;
     step(
+        "bench: the per-datagram rate limit",
+        &mut release_example("signaling-proto", "bench_limits"),
+    )?;
+    step(
         "bench: call setup over loopback QUIC",
         release_example("calling-facade", "bench").args(["calls", "1000"]),
     )?;
