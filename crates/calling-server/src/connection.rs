@@ -57,6 +57,7 @@ pub(crate) async fn serve_link<T: Transport>(
         // An address that keeps failing waits, before its bytes are read.
         let delay = shared.throttle.delay(address, Instant::now());
         if !delay.is_zero() {
+            shared.limit_counters.login_delayed();
             debug!(%remote, ?delay, "failed logins from this address: slowed down");
             tokio::time::sleep(delay).await;
         }

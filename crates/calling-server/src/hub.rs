@@ -68,6 +68,10 @@ pub struct HubStats {
     pub online: usize,
     /// Calls ringing or connected.
     pub calls: usize,
+    /// Invites refused over a session's invitation limits.
+    pub invitations_rate_limited: u64,
+    /// Invitees answered busy because their messages piled up.
+    pub invitees_congested: u64,
 }
 
 /// What the hub knows besides the switchboard: how to reach each
@@ -143,9 +147,12 @@ pub(crate) async fn run(
                 continue;
             }
             HubInput::Stats { reply } => {
+                let counters = switchboard.counters();
                 let _ = reply.send(HubStats {
                     online: switchboard.online_count(),
                     calls: switchboard.call_count(),
+                    invitations_rate_limited: counters.invitations_rate_limited,
+                    invitees_congested: counters.invitees_congested,
                 });
             }
         }

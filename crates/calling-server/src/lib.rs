@@ -105,6 +105,7 @@ pub struct RunningServer {
     grace: Duration,
     relay: Arc<relay::MediaRoutes>,
     shared: Arc<Shared>,
+    admission: signaling_quic::AdmissionStats,
 }
 
 /// Starts a server with `config` on the current tokio runtime.
@@ -136,6 +137,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let quic = QuicServer::bind(config.listen, &identity, config.limits.clone(), &reset_key)?;
     let local_addr = quic.local_addr()?;
     let endpoint = quic.endpoint().clone();
+    let admission = quic.admission_stats();
 
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let routes = Arc::new(relay::MediaRoutes::default());
@@ -189,6 +191,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         grace: config.shutdown_grace,
         relay,
         shared,
+        admission,
     })
 }
 
@@ -270,6 +273,11 @@ impl RunningServer {
     /// What the per-connection limits have refused so far.
     pub fn limit_counts(&self) -> LimitCounts {
         self.shared.limit_counters.counts()
+    }
+
+    /// What the admission policy has turned away so far.
+    pub fn admission_counts(&self) -> signaling_quic::AdmissionCounts {
+        self.admission.counts()
     }
 
     /// Resolves, with why, when a task the server cannot live without (the

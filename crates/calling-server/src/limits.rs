@@ -27,6 +27,7 @@ pub(crate) struct LimitCounters {
     requests_refused: AtomicU64,
     closed_for_flooding: AtomicU64,
     write_timeouts: AtomicU64,
+    logins_delayed: AtomicU64,
 }
 
 /// A snapshot of the limits' counters.
@@ -40,6 +41,8 @@ pub struct LimitCounts {
     pub closed_for_flooding: u64,
     /// Connections closed because writes to them blocked (not reading).
     pub write_timeouts: u64,
+    /// Logins answered late because their address kept failing.
+    pub logins_delayed: u64,
 }
 
 impl LimitCounters {
@@ -49,7 +52,12 @@ impl LimitCounters {
             requests_refused: self.requests_refused.load(Ordering::Relaxed),
             closed_for_flooding: self.closed_for_flooding.load(Ordering::Relaxed),
             write_timeouts: self.write_timeouts.load(Ordering::Relaxed),
+            logins_delayed: self.logins_delayed.load(Ordering::Relaxed),
         }
+    }
+
+    pub(crate) fn login_delayed(&self) {
+        self.logins_delayed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn write_timed_out(&self) {

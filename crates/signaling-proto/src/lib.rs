@@ -81,5 +81,7 @@ pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use limit::TokenBucket;
 pub use login::{AcceptedLogin, Credentials, LoginRefusal, check_login};
 pub use message::{ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, UserSig};
-pub use switchboard::{CallMember, ConnId, Output, Switchboard, SwitchboardConfig};
+pub use switchboard::{
+    CallMember, ConnId, Output, Switchboard, SwitchboardConfig, SwitchboardCounters,
+};
 pub use timer::TimerTable;

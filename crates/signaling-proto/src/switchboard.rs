@@ -119,6 +119,16 @@ pub enum Output {
     },
 }
 
+/// What the switchboard's limits refused so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwitchboardCounters {
+    /// Invites refused `RATE_LIMITED` (invitations a minute, or ringing at
+    /// once).
+    pub invitations_rate_limited: u64,
+    /// Invitees answered `LineBusy` because their messages piled up.
+    pub invitees_congested: u64,
+}
+
 /// One member of a call, as the relay needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallMember {
@@ -236,6 +246,7 @@ pub struct Switchboard {
     outputs: VecDeque<Output>,
     /// Calls whose entered members changed during the current input.
     membership_changed: BTreeSet<CallId>,
+    counters: SwitchboardCounters,
     next_call: u32,
     next_flow: u32,
 }
@@ -251,6 +262,7 @@ impl Switchboard {
             timers: TimerTable::new(),
             outputs: VecDeque::new(),
             membership_changed: BTreeSet::new(),
+            counters: SwitchboardCounters::default(),
             next_call: 1,
             next_flow: 1,
         }
@@ -563,6 +575,11 @@ impl Switchboard {
         self.online.len()
     }
 
+    /// What the limits refused so far.
+    pub fn counters(&self) -> SwitchboardCounters {
+        self.counters
+    }
+
     /// Checks every internal invariant; `Err` says which one broke. Cheap
     /// enough for tests and debug assertions, not for every message in
     /// production.
@@ -748,17 +765,17 @@ impl Switchboard {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return Err((ErrorCode::NOT_LOGGED_IN, "log in first"));
         };
-        if session.ringing_out + count > max_ringing {
-            return Err((
-                ErrorCode::RATE_LIMITED,
-                "too many of your invitations are ringing",
-            ));
-        }
         // Counts are at most 16: exact in f64.
-        if !session.invitation_budget.admit(now, count as f64) {
-            return Err((ErrorCode::RATE_LIMITED, "too many invitations a minute"));
-        }
-        Ok(())
+        let refusal = if session.ringing_out + count > max_ringing {
+            "too many of your invitations are ringing"
+        } else if !session.invitation_budget.admit(now, count as f64) {
+            "too many invitations a minute"
+        } else {
+            return Ok(());
+        };
+        debug!(user = %session.user, refusal, "invitation limit");
+        self.counters.invitations_rate_limited += 1;
+        Err((ErrorCode::RATE_LIMITED, refusal))
     }
 
     /// An invitation `inviter` sent stopped ringing (answered, timed out,
@@ -877,6 +894,9 @@ impl Switchboard {
                 continue;
             };
             // In a call, ringing, or not keeping up with its messages.
+            if session.call.is_none() && session.congested {
+                self.counters.invitees_congested += 1;
+            }
             if session.call.is_some() || session.congested {
                 any_busy = true;
                 unreachable.push(ServerMessage::LineBusy {

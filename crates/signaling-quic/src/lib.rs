@@ -39,7 +39,8 @@ pub use identity::InvalidFingerprint;
 pub use identity::{CertFingerprint, ServerIdentity, write_private};
 pub use link::{Quic, QuicMedia, QuicSend};
 pub use server::{
-    AcceptedConnection, IpSlot, PreLoginSlot, QuicServer, ServerConnection, ServerLimits,
+    AcceptedConnection, AdmissionCounts, AdmissionStats, IpSlot, PreLoginSlot, QuicServer,
+    ServerConnection, ServerLimits,
 };
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
 

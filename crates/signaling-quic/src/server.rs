@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,53 @@ type PerIp = Arc<Mutex<HashMap<AddressBlock, usize>>>;
 /// The UDP socket buffers the server asks for.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
+/// What the admission policy turned away so far (a snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmissionCounts {
+    /// Refused: the connection cap was reached.
+    pub refused_full: u64,
+    /// Refused: the address (or /64) has its connections already.
+    pub refused_per_address: u64,
+    /// Refused: too many connections have not logged in yet.
+    pub refused_before_login: u64,
+    /// Refused: over the handshake budget, address already proved.
+    pub refused_handshake_budget: u64,
+    /// Sent a Retry to prove their address first.
+    pub retried: u64,
+}
+
+#[derive(Debug, Default)]
+struct AdmissionCounters {
+    refused_full: AtomicU64,
+    refused_per_address: AtomicU64,
+    refused_before_login: AtomicU64,
+    refused_handshake_budget: AtomicU64,
+    retried: AtomicU64,
+}
+
+/// A handle on an endpoint's admission counters that outlives borrowing
+/// the endpoint (the accept loop owns it).
+#[derive(Debug, Clone)]
+pub struct AdmissionStats(Arc<AdmissionCounters>);
+
+impl AdmissionStats {
+    /// What was turned away so far.
+    pub fn counts(&self) -> AdmissionCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        AdmissionCounts {
+            refused_full: load(&self.0.refused_full),
+            refused_per_address: load(&self.0.refused_per_address),
+            refused_before_login: load(&self.0.refused_before_login),
+            refused_handshake_budget: load(&self.0.refused_handshake_budget),
+            retried: load(&self.0.retried),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The server's QUIC endpoint with its admission policy.
 #[derive(Debug)]
 pub struct QuicServer {
@@ -73,6 +120,7 @@ pub struct QuicServer {
     per_ip: PerIp,
     before_login: Arc<AtomicUsize>,
     handshakes: Mutex<TokenBucket>,
+    counters: Arc<AdmissionCounters>,
 }
 
 impl QuicServer {
@@ -131,12 +179,18 @@ impl QuicServer {
             per_ip: Arc::default(),
             before_login: Arc::default(),
             handshakes: Mutex::new(TokenBucket::new(per_sec, per_sec)),
+            counters: Arc::default(),
         })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
         Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Its admission counters, as a handle to keep.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        AdmissionStats(Arc::clone(&self.counters))
     }
 
     /// The underlying endpoint (stats, close, wait_idle).
@@ -154,14 +208,17 @@ impl QuicServer {
             let open = self.endpoint.open_connections();
             if open > self.limits.max_connections {
                 debug!(%remote, open, "connection cap reached: refused");
+                bump(&self.counters.refused_full);
                 incoming.refuse();
                 continue;
             }
             if open > self.limits.validate_addresses_above && !incoming.remote_address_validated() {
                 if incoming.may_retry() {
                     // Only a client that receives at its claimed address comes back.
+                    bump(&self.counters.retried);
                     let _ = incoming.retry();
                 } else {
+                    bump(&self.counters.refused_full);
                     incoming.refuse();
                 }
                 continue;
@@ -173,9 +230,11 @@ impl QuicServer {
                 .admit(Instant::now(), 1.0);
             if !within_budget {
                 if !incoming.remote_address_validated() && incoming.may_retry() {
+                    bump(&self.counters.retried);
                     let _ = incoming.retry();
                 } else {
                     debug!(%remote, "handshake budget spent: refused");
+                    bump(&self.counters.refused_handshake_budget);
                     incoming.refuse();
                 }
                 continue;
@@ -184,6 +243,7 @@ impl QuicServer {
                 PreLoginSlot::take(&self.before_login, self.limits.max_before_login)
             else {
                 debug!(%remote, "too many connections not logged in yet: refused");
+                bump(&self.counters.refused_before_login);
                 incoming.refuse();
                 continue;
             };
@@ -193,6 +253,7 @@ impl QuicServer {
                 self.limits.max_connections_per_ip,
             ) else {
                 debug!(%remote, "per-IP cap reached: refused");
+                bump(&self.counters.refused_per_address);
                 incoming.refuse();
                 continue;
             };

@@ -233,6 +233,9 @@ async fn handshakes_past_the_budget_are_retried_then_refused() {
     // The budget is spent: the next newcomer proves its address through a
     // Retry and is still refused.
     assert!(connect(addr, "localhost", &trust).await.is_err());
+    let counts = server.admission_stats().counts();
+    assert!(counts.retried >= 1, "{counts:?}");
+    assert!(counts.refused_handshake_budget >= 1, "{counts:?}");
     // A second later the budget has refilled.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let mut late = connect(addr, "localhost", &trust).await.unwrap();

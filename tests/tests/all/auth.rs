@@ -298,6 +298,7 @@ async fn failed_logins_slow_down_only_their_address() {
     assert!(took[0] < Duration::from_millis(500), "{took:?}");
     // Three free failures, then 100, 200, 400, 800 ms before each answer.
     assert!(took[6] >= Duration::from_millis(700), "{took:?}");
+    assert_eq!(server.server.limit_counts().logins_delayed, 4, "counted");
 
     // Another address (127.0.0.2) logs in at full speed meanwhile.
     let trust = ServerTrust::Fingerprint(server.server.fingerprint());

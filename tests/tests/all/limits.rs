@@ -129,7 +129,9 @@ async fn honest_pipelining_gets_every_reply() {
     assert_eq!(limited, 90);
     let counts = server.server.limit_counts();
     assert_eq!(counts.closed_for_flooding, 0, "{counts:?}");
-    assert_eq!(server.server.stats().await.unwrap().online, 1);
+    let stats = server.server.stats().await.unwrap();
+    assert_eq!(stats.online, 1);
+    assert_eq!(stats.invitations_rate_limited, 90, "counted");
 }
 
 /// A client flooding requests far past its burst is refused, then closed
@@ -236,6 +238,7 @@ async fn connections_not_logged_in_have_their_own_cap() {
         refused.is_err(),
         "a third connection before login is refused"
     );
+    assert_eq!(server.server.admission_counts().refused_before_login, 1);
     // One of them logs in: its place is free for the next newcomer.
     idle_two
         .send
@@ -317,6 +320,11 @@ async fn an_invite_flood_cannot_disconnect_its_victim() {
     assert!(
         busy > 0,
         "the flood was answered busy once the victim lagged"
+    );
+    assert_eq!(
+        server.server.stats().await.unwrap().invitees_congested,
+        busy,
+        "every busy answer counted"
     );
     assert_eq!(
         server.server.stats().await.unwrap().online,
