@@ -410,7 +410,7 @@ pub struct Settings {
     #[arg(long = "invite-timeout", env = "OPENCALLING_INVITE_TIMEOUT_SECS", value_name = "SECS",
           value_parser = INVITE_TIMEOUT_SECS.parser())]
     pub invite_timeout_secs: Option<u64>,
-    /// The longest a call may ask an invitation to ring, in seconds [default: 600, 1..=3600]
+    /// The longest a call may ask an invitation to ring, in seconds [default: 120, 1..=3600]
     #[arg(long = "max-invite-timeout", env = "OPENCALLING_MAX_INVITE_TIMEOUT_SECS",
           value_name = "SECS", value_parser = MAX_INVITE_TIMEOUT_SECS.parser())]
     pub max_invite_timeout_secs: Option<u64>,

@@ -23,9 +23,6 @@ use crate::hub::{HubInput, OUTBOX_CAPACITY, Outbound};
 use crate::limits::{ConnectionBudget, LimitCounters, MAX_REQUESTS_IN_FLIGHT, Verdict};
 use crate::usersig;
 
-/// How long a new connection has to send its login.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The link a connection task serves: client messages in, server messages out.
 type ServerLink<T> = Link<T, ClientMessage, ServerMessage>;
 
@@ -68,7 +65,9 @@ pub(crate) async fn serve_link<T: Transport>(
         }
         checked
     };
-    let user = match tokio::time::timeout(LOGIN_TIMEOUT, checked).await {
+    // As long for the login as for the handshake before it.
+    let login_timeout = shared.login_timeout;
+    let user = match tokio::time::timeout(login_timeout, checked).await {
         Ok(Ok(login)) => login.user,
         Ok(Err(refusal)) => {
             info!(%remote, code = ?refusal.code, why = refusal.message, "login refused");

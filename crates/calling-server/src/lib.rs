@@ -74,6 +74,8 @@ struct Shared {
     throttle: throttle::LoginThrottle,
     connection_limits: config::ConnectionLimits,
     limit_counters: limits::LimitCounters,
+    /// How long a connection has to send its login.
+    login_timeout: Duration,
     hub: mpsc::Sender<HubInput>,
     next_conn: AtomicU64,
     grace: Duration,
@@ -156,6 +158,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         throttle: throttle::LoginThrottle::default(),
         connection_limits: config.connection_limits,
         limit_counters: limits::LimitCounters::default(),
+        login_timeout: config.limits.handshake_timeout,
         hub: hub_tx.clone(),
         next_conn: AtomicU64::new(1),
         grace: config.shutdown_grace,

@@ -63,11 +63,12 @@ pub struct SwitchboardConfig {
 
 impl SwitchboardConfig {
     /// The rules unless a deployment says otherwise: invitations ring 30 s
-    /// by default and at most 600 s; 16 members and invitees per call; 60
+    /// by default and at most 120 s (longer, and a caller could keep a
+    /// callee busy for minutes); 16 members and invitees per call; 60
     /// invitations a minute and 32 ringing at once per session.
     pub const DEFAULT: Self = Self {
         default_invite_timeout: Duration::from_secs(30),
-        max_invite_timeout: Duration::from_secs(600),
+        max_invite_timeout: Duration::from_secs(120),
         max_call_size: 16,
         node_id: 0,
         invitations_per_minute: 60,

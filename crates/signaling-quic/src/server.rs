@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use calling_api::ErrorCode;
 use quinn::crypto::rustls::QuicServerConfig;
 use signaling_proto::{ClientMessage, ServerMessage};
 use tracing::debug;
@@ -29,7 +30,9 @@ pub struct ServerLimits {
     /// Above this many open connections, a client must prove its address
     /// with a Retry round trip before the server spends a handshake on it.
     pub validate_addresses_above: usize,
-    /// How long a client has to finish the handshake and open its stream.
+    /// How long a client has to finish the handshake and open its stream
+    /// (closed with `TIMEOUT` past it); the server gives it as long again
+    /// to send its login.
     pub handshake_timeout: Duration,
     /// Connections open at once that have not logged in yet (their
     /// [`PreLoginSlot`] not yet released); more are refused, so that
@@ -404,14 +407,22 @@ impl AcceptedConnection {
             pre_login,
             timeout,
         } = self;
-        let setup = async {
-            let connection = incoming.await?;
-            let (send, recv) = connection.accept_bi().await?;
-            Ok::<_, TransportError>((connection, send, recv))
-        };
-        let (connection, send, recv) = tokio::time::timeout(timeout, setup)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let connection = tokio::time::timeout_at(deadline, incoming)
             .await
-            .map_err(|_| TransportError::TimedOut("handshake and signaling stream"))??;
+            .map_err(|_| TransportError::TimedOut("handshake"))??;
+        let (send, recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await {
+            Ok(stream) => stream?,
+            Err(_) => {
+                // Say why, rather than vanish with code 0.
+                crate::close(
+                    &connection,
+                    ErrorCode::TIMEOUT,
+                    "no signaling stream in time",
+                );
+                return Err(TransportError::TimedOut("signaling stream"));
+            }
+        };
         Ok(ServerConnection {
             connection,
             send: FramedSend::new(QuicSend(send)),

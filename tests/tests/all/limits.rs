@@ -352,3 +352,30 @@ async fn an_invite_flood_cannot_disconnect_its_victim() {
     })
     .await;
 }
+
+/// A connection that opens no signaling stream, or sends no whole login,
+/// is closed with `TIMEOUT` (not silently) when its time is up.
+#[tokio::test]
+async fn the_handshake_and_login_deadlines_close_with_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = test_config("deadlines");
+    config.limits.handshake_timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(config).await;
+    // Connected, but no frame yet: the stream is never seen.
+    let silent = server.raw_client().await;
+    // A stream with half a frame on it: no login.
+    let mut halting = server.raw_client().await;
+    halting.send.get_mut().write_all(&[0, 0]).await.unwrap();
+    let started = Instant::now();
+    for client in [silent, halting] {
+        let closed = tokio::time::timeout(Duration::from_secs(5), client.connection.closed())
+            .await
+            .expect("closed");
+        assert_eq!(close_code_of(&closed), Some(ErrorCode::TIMEOUT));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -577,3 +577,24 @@ fn ringing_invitations_are_limited_per_session() {
         [CallingEvent::Invited { .. }]
     ));
 }
+
+/// No caller can keep a callee busy for long: an invitation asking to ring
+/// 10 minutes rings the server's maximum (120 s by default).
+#[test]
+fn a_long_invitation_is_cut_to_the_maximum() {
+    let mut sim = world(&["alice", "bob"]);
+    dial_with(
+        &mut sim,
+        "alice",
+        "bob",
+        CallOptions {
+            timeout_ms: Some(600_000),
+            ..CallOptions::default()
+        },
+    );
+    assert_eq!(events(&mut sim, "bob"), [invited("alice", &[])]);
+    sim.advance(Duration::from_secs(119));
+    assert_eq!(events(&mut sim, "bob"), []);
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(events(&mut sim, "bob"), [CallingEvent::CallingTimeOut]);
+}
