@@ -8,8 +8,20 @@ use calling_server::config::ConnectionLimits;
 use signaling_proto::{ClientMessage, RequestId, ServerMessage, SwitchboardConfig};
 use signaling_quic::close_code_of;
 
-use crate::media::{datagram, raw_login, until};
+use crate::media::{datagram, raw_call, raw_login, until};
 use crate::support::*;
+
+/// An invite carrying `user_data`: 4 KiB of it fill a client's window fast.
+fn invite_with_data(request: u32, user: &str, user_data: &str) -> ClientMessage {
+    ClientMessage::Invite {
+        request_id: RequestId(request),
+        call_id: None,
+        user_ids: vec![UserId::new(user).unwrap()],
+        call_type: CallType::Audio,
+        timeout_ms: None,
+        user_data: Some(user_data.to_owned()),
+    }
+}
 
 fn invite(request: u32, call_id: Option<calling_api::CallId>, user: &str) -> ClientMessage {
     ClientMessage::Invite {
@@ -28,27 +40,7 @@ async fn an_audio_flood_is_capped_at_the_senders_rate() {
     let server = TestServer::start("media-flood").await;
     let mut alice = raw_login(&server, "alice").await;
     let mut bob = raw_login(&server, "bob").await;
-    alice.send.send(&invite(1, None, "bob")).await.unwrap();
-    let ServerMessage::Ack {
-        call_id: Some(call_id),
-        ..
-    } = until(&mut alice, |m| matches!(m, ServerMessage::Ack { .. })).await
-    else {
-        unreachable!()
-    };
-    until(&mut bob, |m| matches!(m, ServerMessage::Invited { .. })).await;
-    bob.send
-        .send(&ClientMessage::Accept {
-            request_id: RequestId(1),
-            call_id,
-        })
-        .await
-        .unwrap();
-    until(&mut alice, |m| {
-        matches!(m, ServerMessage::UserEntered { .. })
-    })
-    .await;
-    until(&mut bob, |m| matches!(m, ServerMessage::UserEntered { .. })).await;
+    raw_call(&mut alice, &mut bob, "bob").await;
 
     let started = Instant::now();
     let payload = [0_u8; 160];
@@ -187,14 +179,7 @@ async fn a_client_that_does_not_read_is_closed_within_the_write_timeout() {
     for round in 0..400_u32 {
         alice
             .send
-            .send(&ClientMessage::Invite {
-                request_id: RequestId(2 * round),
-                call_id: None,
-                user_ids: vec![UserId::new("mallory").unwrap()],
-                call_type: CallType::Audio,
-                timeout_ms: None,
-                user_data: Some(user_data.clone()),
-            })
+            .send(&invite_with_data(2 * round, "mallory", &user_data))
             .await
             .unwrap();
         until(&mut alice, |m| m.is_reply()).await;
@@ -279,14 +264,7 @@ async fn an_invite_flood_cannot_disconnect_its_victim() {
     for round in 0..300_u32 {
         spammer
             .send
-            .send(&ClientMessage::Invite {
-                request_id: RequestId(2 * round),
-                call_id: None,
-                user_ids: vec![UserId::new("victim").unwrap()],
-                call_type: CallType::Audio,
-                timeout_ms: None,
-                user_data: Some(user_data.clone()),
-            })
+            .send(&invite_with_data(2 * round, "victim", &user_data))
             .await
             .unwrap();
         let reply = until(&mut spammer, ServerMessage::is_reply).await;

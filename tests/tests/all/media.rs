@@ -61,19 +61,19 @@ pub fn datagram(claimed_flow: u32, sequence: u32, payload: &[u8]) -> Vec<u8> {
     buffer
 }
 
-#[tokio::test]
-async fn datagrams_reach_the_other_members_stamped_and_nobody_else() {
-    let server = TestServer::start("relay").await;
-    let mut alice = raw_login(&server, "alice").await;
-    let mut bob = raw_login(&server, "bob").await;
-    let mallory = raw_login(&server, "mallory").await;
-
-    alice
+/// `caller` calls `callee` (logged in as `callee_name`), who accepts; both
+/// see each other enter. Returns the caller's flow, as the callee got it.
+pub async fn raw_call(
+    caller: &mut ClientConnection,
+    callee: &mut ClientConnection,
+    callee_name: &str,
+) -> FlowId {
+    caller
         .send
         .send(&ClientMessage::Invite {
             request_id: RequestId(1),
             call_id: None,
-            user_ids: vec![UserId::new("bob").unwrap()],
+            user_ids: vec![UserId::new(callee_name).unwrap()],
             call_type: CallType::Audio,
             timeout_ms: None,
             user_data: None,
@@ -81,11 +81,12 @@ async fn datagrams_reach_the_other_members_stamped_and_nobody_else() {
         .await
         .unwrap();
     let ServerMessage::Invited { call_id, .. } =
-        until(&mut bob, |m| matches!(m, ServerMessage::Invited { .. })).await
+        until(callee, |m| matches!(m, ServerMessage::Invited { .. })).await
     else {
         unreachable!()
     };
-    bob.send
+    callee
+        .send
         .send(&ClientMessage::Accept {
             request_id: RequestId(1),
             call_id,
@@ -93,16 +94,24 @@ async fn datagrams_reach_the_other_members_stamped_and_nobody_else() {
         .await
         .unwrap();
     let ServerMessage::UserEntered {
-        flow_id: alice_flow,
+        flow_id: caller_flow,
         ..
-    } = until(&mut bob, |m| matches!(m, ServerMessage::UserEntered { .. })).await
+    } = until(callee, |m| matches!(m, ServerMessage::UserEntered { .. })).await
     else {
         unreachable!()
     };
-    until(&mut alice, |m| {
-        matches!(m, ServerMessage::UserEntered { .. })
-    })
-    .await;
+    until(caller, |m| matches!(m, ServerMessage::UserEntered { .. })).await;
+    caller_flow
+}
+
+#[tokio::test]
+async fn datagrams_reach_the_other_members_stamped_and_nobody_else() {
+    let server = TestServer::start("relay").await;
+    let mut alice = raw_login(&server, "alice").await;
+    let mut bob = raw_login(&server, "bob").await;
+    let mallory = raw_login(&server, "mallory").await;
+
+    let alice_flow = raw_call(&mut alice, &mut bob, "bob").await;
 
     // Alice claims to be flow 999: bob receives it as alice's flow.
     alice
