@@ -79,6 +79,10 @@ error_codes! {
     /// The UserSig is valid for longer than the server allows (180 days
     /// unless it says otherwise).
     USERSIG_LIFETIME_TOO_LONG = 2016, "UserSig lifetime too long";
+    /// A resume named a session the server no longer has (its grace ran
+    /// out, the server restarted) or a token that is not the session's: log
+    /// in afresh.
+    SESSION_EXPIRED = 2017, "session expired: log in again";
 
     /// accept() or reject() with no invitation pending (never invited, or it already ended).
     NO_INVITATION = 3001, "no pending invitation";

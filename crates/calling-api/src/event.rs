@@ -109,6 +109,28 @@ pub enum CallingEvent {
         /// Why, for a person.
         reason: String,
     },
+    /// Extension: the connection to the server broke and the SDK is
+    /// reconnecting by itself; the call, if any, waits. Followed by
+    /// [`CallingEvent::Reconnected`] once the session goes on, or by the end
+    /// of what could not be kept (`onCallEnd` with
+    /// [`EndReason::ConnectionLost`]) and then `Reconnected`, or by `onError`
+    /// if the SDK cannot log in again.
+    Reconnecting,
+    /// Extension: the SDK is connected and logged in again after
+    /// [`CallingEvent::Reconnecting`].
+    Reconnected,
+    /// Extension: a member of your call lost its connection and is
+    /// reconnecting; its audio pauses. It comes back
+    /// ([`CallingEvent::UserReconnected`]) or leaves (`onUserLeave`).
+    UserReconnecting {
+        /// The member.
+        user_id: UserId,
+    },
+    /// Extension: a member that was reconnecting is back.
+    UserReconnected {
+        /// The member.
+        user_id: UserId,
+    },
 }
 
 /// The two sides of a call's audio.
@@ -146,7 +168,13 @@ impl CallingEvent {
             Self::UserAudioAvailable { .. } => "onUserAudioAvailable",
             Self::UserVoiceVolume { .. } => "onUserVoiceVolume",
             Self::CallEnd => "onCallEnd",
-            Self::CallEnded { .. } | Self::KickedOffline | Self::AudioDeviceUnavailable { .. } => {
+            Self::CallEnded { .. }
+            | Self::KickedOffline
+            | Self::AudioDeviceUnavailable { .. }
+            | Self::Reconnecting
+            | Self::Reconnected
+            | Self::UserReconnecting { .. }
+            | Self::UserReconnected { .. } => {
                 return None;
             }
         })
@@ -198,6 +226,10 @@ impl std::fmt::Display for CallingEvent {
             Self::AudioDeviceUnavailable { device, reason } => {
                 write!(f, "AudioDeviceUnavailable({device}: {reason})")
             }
+            Self::Reconnecting => f.write_str("Reconnecting"),
+            Self::Reconnected => f.write_str("Reconnected"),
+            Self::UserReconnecting { user_id } => write!(f, "UserReconnecting({user_id})"),
+            Self::UserReconnected { user_id } => write!(f, "UserReconnected({user_id})"),
         }
     }
 }

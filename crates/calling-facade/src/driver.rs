@@ -2,25 +2,35 @@
 //! link to the server, turns API requests into messages, server messages
 //! into events, and answers each request when the server does.
 //!
-//! Only [`start`] knows the transport (QUIC): the task itself, [`Driver`],
-//! works on any link of the transport seam.
+//! When the engine says the connection is dead (it broke, or the server
+//! went quiet), the driver drops it and opens new ones, with exponential
+//! backoff and jitter, several attempts overlapping so that a network that
+//! comes back is used at once; the engine resumes the session over the
+//! first that connects. Only [`start`] and the connector know the
+//! transport (QUIC): the task itself, [`Driver`], works on any link of the
+//! transport seam.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use audio_pipeline::JitterStats;
+use bytes::Bytes;
 use calling_api::UserId;
 use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
-use signaling_link::{DatagramSource, Link, LinkError, MediaLink, Transport};
+use signaling_link::{DatagramSource, Link, LinkClosed, LinkError, MediaLink, Transport};
+use signaling_proto::sim::SplitMix64;
 use signaling_proto::{
     CallEngine, CallOptions, ClientMessage, EngineStatus, FlowId, RequestId, ServerMessage,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
 
 use crate::media::{AudioDevices, CallAudio, DeviceNotices};
-use crate::{ClientOptions, Dispatch};
+use crate::{ClientOptions, Dispatch, ReconnectPolicy};
 
 pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
 
@@ -51,6 +61,8 @@ pub(crate) enum Command {
     /// Log out if logged in, then disconnect; tell the sender, if any, once
     /// done.
     Shutdown(Option<oneshot::Sender<()>>),
+    /// The device's network changed: move the connection to a new socket.
+    NetworkChanged,
 }
 
 /// How often each remote speaker is told what we lose of its audio.
@@ -77,6 +89,75 @@ pub(crate) struct DeviceState {
 /// The answer to the login, when the server gives it.
 pub(crate) type LoginAnswer = oneshot::Receiver<CallingResult<Option<CallId>>>;
 
+/// The link to the server, as the driver uses it.
+type ClientLink<T> = Link<T, ServerMessage, ClientMessage>;
+
+/// A new connection: its link, and what moves it to a new local socket
+/// (and keeps the socket alive).
+pub(crate) struct Connected<T: Transport> {
+    link: ClientLink<T>,
+    rebind: Box<dyn Fn() -> std::io::Result<()> + Send + Sync>,
+}
+
+type Connecting<T> = Pin<Box<dyn Future<Output = CallingResult<Connected<T>>> + Send>>;
+
+/// Opens connections to the server, as often as asked.
+type Connector<T> = Arc<dyn Fn() -> Connecting<T> + Send + Sync>;
+
+/// The QUIC connector for `options`' server: resolves its name at every
+/// attempt (an address may change while a session waits).
+fn quic_connector(options: &ClientOptions) -> Connector<signaling_quic::Quic> {
+    let (server, server_name, trust, timeout) = (
+        options.server.clone(),
+        options.server_name.clone(),
+        options.trust.clone(),
+        options.connect_timeout,
+    );
+    Arc::new(move || {
+        let (server, server_name, trust) = (server.clone(), server_name.clone(), trust.clone());
+        Box::pin(async move {
+            let addr = tokio::net::lookup_host(&server)
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| {
+                    CallingError::with_desc(
+                        ErrorCode::SERVER_UNREACHABLE,
+                        format!("cannot resolve server {server:?}"),
+                    )
+                })?;
+            let connecting = signaling_quic::connect(addr, &server_name, &trust);
+            let connection = tokio::time::timeout(timeout, connecting)
+                .await
+                .map_err(|_| {
+                    CallingError::with_desc(
+                        ErrorCode::SERVER_UNREACHABLE,
+                        format!("no server answered at {addr} within {timeout:?}"),
+                    )
+                })?
+                .map_err(|error| {
+                    CallingError::with_desc(
+                        error.connect_code(),
+                        format!("cannot connect to {addr}: {error}"),
+                    )
+                })?;
+            let (link, endpoint) = connection.into_link();
+            let rebind = move || {
+                let bind: std::net::SocketAddr = if addr.is_ipv6() {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                endpoint.rebind(std::net::UdpSocket::bind(bind)?)
+            };
+            Ok(Connected {
+                link,
+                rebind: Box::new(rebind),
+            })
+        }) as Connecting<signaling_quic::Quic>
+    })
+}
+
 /// Connects, starts the driver task and sends the login; returns the
 /// command channel and the login's pending answer.
 pub(crate) async fn start(
@@ -88,45 +169,33 @@ pub(crate) async fn start(
     let mut engine = CallEngine::new();
     engine.set_voice_volume_interval(options.voice_volume_interval);
     engine.set_mic_mute(devices.mic_muted);
+    engine.set_reconnect(options.reconnect.map(|policy| policy.timings()));
     let login = engine.login(login.sdk_app_id, login.user_id, login.user_sig)?;
-    let addr = tokio::net::lookup_host(&options.server)
-        .await
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| {
-            CallingError::with_desc(
-                ErrorCode::SERVER_UNREACHABLE,
-                format!("cannot resolve server {:?}", options.server),
-            )
-        })?;
-    let connecting = signaling_quic::connect(addr, &options.server_name, &options.trust);
-    let connection = tokio::time::timeout(options.connect_timeout, connecting)
-        .await
-        .map_err(|_| {
-            CallingError::with_desc(
-                ErrorCode::SERVER_UNREACHABLE,
-                format!(
-                    "no server answered at {addr} within {:?}",
-                    options.connect_timeout
-                ),
-            )
-        })?
-        .map_err(|error| {
-            CallingError::with_desc(
-                error.connect_code(),
-                format!("cannot connect to {addr}: {error}"),
-            )
-        })?;
-    // The endpoint (the UDP socket) lives as long as the driver.
-    let (link, endpoint) = connection.into_link();
+    let connector = quic_connector(options);
+    let connected = connector().await?;
     let (commands, inbox) = mpsc::unbounded_channel();
     let (notices, device_notices) = mpsc::unbounded_channel();
     let (reply, answer) = oneshot::channel();
     let mut pending = HashMap::new();
     pending.insert(login, reply);
+    let media_link = Arc::new(SwitchableMedia::default());
+    media_link.switch_to(Some(Arc::new(connected.link.media.clone())));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| since.as_nanos() as u64);
     let driver = Driver {
         engine,
-        link,
+        link: Some(connected.link),
+        rebind: Some(connected.rebind),
+        connector,
+        reconnect: Reconnect {
+            policy: options.reconnect.unwrap_or_default(),
+            attempts: JoinSet::new(),
+            failures: 0,
+            next_attempt: None,
+            jitter: SplitMix64::new(seed),
+        },
+        media_link,
         inbox,
         pending,
         dispatch,
@@ -139,21 +208,131 @@ pub(crate) async fn start(
         last_stats: Vec::new(),
     };
     tokio::spawn(async move {
-        let finished = driver.run().await;
-        drop(endpoint);
-        if let Some(finished) = finished {
+        if let Some(finished) = driver.run().await {
             let _ = finished.send(());
         }
     });
     Ok((commands, answer))
 }
 
-/// The link to the server, as the driver uses it.
-type ClientLink<T> = Link<T, ServerMessage, ClientMessage>;
+/// The media link the audio threads send on: the current connection's,
+/// switched when the driver reconnects. A lock the capture thread takes
+/// once per 20 ms frame, never the device callback.
+#[derive(Debug, Default)]
+struct SwitchableMedia {
+    current: Mutex<Option<Arc<dyn MediaLink>>>,
+}
+
+impl SwitchableMedia {
+    fn switch_to(&self, link: Option<Arc<dyn MediaLink>>) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = link;
+    }
+
+    fn current(&self) -> Option<Arc<dyn MediaLink>> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl MediaLink for SwitchableMedia {
+    fn send_datagram(&self, datagram: Bytes) -> Result<(), LinkClosed> {
+        match self.current() {
+            Some(link) => link.send_datagram(datagram),
+            // Reconnecting: the audio of the gap is stale by the time a
+            // new connection is up.
+            None => Err(LinkClosed),
+        }
+    }
+
+    fn close(&self, code: ErrorCode, reason: &str) {
+        if let Some(link) = self.current() {
+            link.close(code, reason);
+        }
+    }
+}
+
+/// Reconnection attempts: several may overlap, each started after a
+/// backoff that grows with the failures before it.
+struct Reconnect<T: Transport> {
+    policy: ReconnectPolicy,
+    attempts: JoinSet<CallingResult<Connected<T>>>,
+    /// Attempts that failed since the last connection.
+    failures: u32,
+    /// When the next attempt starts, while the engine wants a connection.
+    next_attempt: Option<Instant>,
+    jitter: SplitMix64,
+}
+
+impl<T: Transport> Reconnect<T> {
+    /// The wait before the attempt after `failures` failed ones: 0 for the
+    /// first, then the policy's first backoff doubling up to its most, each
+    /// drawn from its upper half at random so that clients cut off together
+    /// do not come back together.
+    fn backoff(&mut self) -> Duration {
+        if self.failures == 0 && self.attempts.is_empty() {
+            return Duration::ZERO;
+        }
+        let exponent = self.failures.min(16);
+        let full = self
+            .policy
+            .first_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.policy.max_backoff);
+        let half = full / 2;
+        let jitter = self.jitter.below(half.as_micros().max(1) as u64);
+        half + Duration::from_micros(jitter)
+    }
+
+    fn stop(&mut self) {
+        self.attempts.abort_all();
+        self.next_attempt = None;
+        self.failures = 0;
+    }
+}
+
+/// Waits for the first attempt to finish; never, while none runs.
+async fn next_attempt_result<T: Transport>(
+    attempts: &mut JoinSet<CallingResult<Connected<T>>>,
+) -> CallingResult<Connected<T>> {
+    loop {
+        match attempts.join_next().await {
+            Some(Ok(result)) => return result,
+            // Aborted or panicked: look at the next one.
+            Some(Err(_)) => {}
+            None => std::future::pending().await,
+        }
+    }
+}
+
+async fn recv_frame<R: tokio::io::AsyncRead + Unpin>(
+    recv: Option<&mut signaling_link::FramedRecv<R, ServerMessage>>,
+) -> Result<Option<ServerMessage>, LinkError> {
+    match recv {
+        Some(recv) => recv.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_datagram<T: Transport>(
+    media: Option<&T::Media>,
+) -> Result<Bytes, LinkClosed> {
+    match media {
+        Some(media) => media.recv_datagram().await,
+        None => std::future::pending().await,
+    }
+}
 
 struct Driver<T: Transport> {
     engine: CallEngine,
-    link: ClientLink<T>,
+    /// The connection, while one is up.
+    link: Option<ClientLink<T>>,
+    rebind: Option<Box<dyn Fn() -> std::io::Result<()> + Send + Sync>>,
+    connector: Connector<T>,
+    reconnect: Reconnect<T>,
+    /// What the audio threads send on.
+    media_link: Arc<SwitchableMedia>,
     inbox: mpsc::UnboundedReceiver<Command>,
     pending: HashMap<RequestId, Reply>,
     dispatch: Arc<Dispatch>,
@@ -181,11 +360,19 @@ impl<T: Transport> Driver<T> {
         loop {
             if let Err(error) = self.flush().await {
                 debug!(%error, "sending failed");
-                self.engine.handle_disconnect();
+                self.connection_lost();
+            }
+            if !self.keeps_going() {
                 break;
             }
+            self.follow_connection();
             self.sync_media();
             let deadline = self.engine.poll_timeout();
+            let next_attempt = self.reconnect.next_attempt;
+            let (recv, media) = match self.link.as_mut() {
+                Some(Link { recv, media, .. }) => (Some(recv), Some(&*media)),
+                None => (None, None),
+            };
             tokio::select! {
                 command = self.inbox.recv() => match command {
                     Some(Command::Request { request, reply }) => self.apply(request, reply),
@@ -207,6 +394,7 @@ impl<T: Transport> Driver<T> {
                             media.set_hands_free(hands_free);
                         }
                     }
+                    Some(Command::NetworkChanged) => self.network_changed(),
                     None => {
                         self.log_out_and_close().await;
                         break;
@@ -217,23 +405,27 @@ impl<T: Transport> Driver<T> {
                         break;
                     }
                 },
-                received = self.link.recv.recv() => match received {
+                received = recv_frame(recv) => match received {
                     Ok(Some(message)) => self.engine.handle_message(Instant::now(), message),
                     Ok(None) => {
                         debug!("the server ended the signaling stream");
-                        self.engine.handle_disconnect();
-                        break;
+                        self.connection_lost();
                     }
                     Err(error) => {
                         debug!(%error, "connection lost");
-                        self.engine.handle_disconnect();
-                        break;
+                        self.connection_lost();
                     }
                 },
-                datagram = self.link.media.recv_datagram() => {
+                datagram = recv_datagram::<T>(media) => {
                     if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut()) {
                         media.on_datagram(&datagram);
                     }
+                }
+                () = signaling_link::sleep_until(next_attempt), if next_attempt.is_some() => {
+                    self.start_attempt();
+                }
+                connected = next_attempt_result(&mut self.reconnect.attempts) => {
+                    self.on_attempt(connected);
                 }
                 _ = loss_reports.tick(), if self.media.is_some() => self.send_loss_reports(),
                 Some(notice) = self.device_notices.recv() => self.dispatch.emit(&notice),
@@ -245,14 +437,107 @@ impl<T: Transport> Driver<T> {
         }
         // Deliver the last events and answers; nothing more can be sent.
         let _ = self.flush().await;
+        self.reconnect.stop();
         if let Some(media) = self.media.take() {
             media.stop();
         }
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(CallingError::new(ErrorCode::CONNECTION_LOST)));
         }
-        self.link.media.close(ErrorCode::OK, "bye");
+        if let Some(link) = self.link.take() {
+            link.media.close(ErrorCode::OK, "bye");
+        }
+        self.media_link.switch_to(None);
         finished
+    }
+
+    /// Whether the session goes on: logged in (or logging in), connected
+    /// or waiting for a connection.
+    fn keeps_going(&self) -> bool {
+        self.link.is_some() || self.engine.wants_connection()
+    }
+
+    /// The connection broke under the engine.
+    fn connection_lost(&mut self) {
+        self.drop_link();
+        self.engine.handle_disconnect();
+    }
+
+    fn drop_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.media.close(ErrorCode::CONNECTION_LOST, "connection lost");
+        }
+        self.rebind = None;
+        self.media_link.switch_to(None);
+    }
+
+    /// Keeps the connection in step with the engine: drops one it declared
+    /// dead, schedules attempts while it wants one, stops them once it has
+    /// one.
+    fn follow_connection(&mut self) {
+        if self.engine.wants_connection() {
+            if self.link.is_some() {
+                debug!("the engine gave up on the connection: reconnecting");
+                self.drop_link();
+            }
+            if self.reconnect.next_attempt.is_none() {
+                let wait = self.reconnect.backoff();
+                self.reconnect.next_attempt = Some(Instant::now() + wait);
+            }
+        } else if self.link.is_some() && self.reconnect.next_attempt.is_some() {
+            self.reconnect.stop();
+        }
+    }
+
+    fn start_attempt(&mut self) {
+        self.reconnect.next_attempt = None;
+        if !self.engine.wants_connection() {
+            return;
+        }
+        debug!(
+            failures = self.reconnect.failures,
+            running = self.reconnect.attempts.len(),
+            "reconnection attempt"
+        );
+        self.reconnect.attempts.spawn((self.connector)());
+        // The next one overlaps this one unless it succeeds first.
+        let wait = self.reconnect.backoff();
+        self.reconnect.next_attempt = Some(Instant::now() + wait);
+    }
+
+    fn on_attempt(&mut self, connected: CallingResult<Connected<T>>) {
+        match connected {
+            Ok(connected) if self.engine.wants_connection() => {
+                debug!("reconnected");
+                self.reconnect.stop();
+                self.media_link
+                    .switch_to(Some(Arc::new(connected.link.media.clone())));
+                self.link = Some(connected.link);
+                self.rebind = Some(connected.rebind);
+                self.engine.handle_connected(Instant::now());
+            }
+            // A slower attempt after another one won: dropped, it closes.
+            Ok(_) => {}
+            Err(error) => {
+                debug!(%error, "reconnection attempt failed");
+                self.reconnect.failures = self.reconnect.failures.saturating_add(1);
+            }
+        }
+    }
+
+    /// The application says the network changed: move the connection to a
+    /// new local socket now (QUIC migrates it) rather than wait for the old
+    /// path to fail.
+    fn network_changed(&mut self) {
+        match &self.rebind {
+            Some(rebind) => {
+                if let Err(error) = rebind() {
+                    warn!(%error, "cannot move to a new socket: reconnecting instead");
+                    self.connection_lost();
+                }
+            }
+            None => debug!("network changed while reconnecting: the next attempt uses it"),
+        }
     }
 
     /// Audio runs exactly while the engine is in a call.
@@ -260,7 +545,7 @@ impl<T: Transport> Driver<T> {
         let in_call = matches!(self.engine.status(), EngineStatus::InCall { .. });
         match (in_call, self.media.is_some()) {
             (true, false) => {
-                let media: Arc<dyn MediaLink> = Arc::new(self.link.media.clone());
+                let media: Arc<dyn MediaLink> = self.media_link.clone();
                 self.media = CallAudio::start(
                     &self.devices,
                     media,
@@ -287,7 +572,7 @@ impl<T: Transport> Driver<T> {
         };
         for report in media.loss_reports() {
             // A closed link ends the call through the signaling stream.
-            let _ = self.link.media.send_datagram(report);
+            let _ = self.media_link.send_datagram(report);
         }
     }
 
@@ -361,9 +646,16 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Sends what the engine queued, then hands out events and answers.
+    /// Without a connection the engine holds its messages.
     async fn flush(&mut self) -> Result<(), LinkError> {
-        while let Some(message) = self.engine.poll_transmit() {
-            self.link.send.send(&message).await?;
+        let mut result = Ok(());
+        if let Some(link) = self.link.as_mut() {
+            while let Some(message) = self.engine.poll_transmit() {
+                if let Err(error) = link.send.send(&message).await {
+                    result = Err(error);
+                    break;
+                }
+            }
         }
         while let Some(event) = self.engine.poll_event() {
             self.dispatch.emit(&event);
@@ -373,20 +665,26 @@ impl<T: Transport> Driver<T> {
                 let _ = reply.send(completion.result);
             }
         }
-        Ok(())
+        result
     }
 
     /// For destroy(): a polite logout, waiting briefly for the server.
     async fn log_out_and_close(&mut self) {
+        self.reconnect.stop();
         if self.engine.logout().is_err() {
             return;
         }
         if self.flush().await.is_err() {
             return;
         }
+        let Some(link) = self.link.as_mut() else {
+            // Reconnecting: the engine ended the session locally.
+            return;
+        };
+        let engine = &mut self.engine;
         let _ = tokio::time::timeout(LOGOUT_GRACE, async {
-            while let Ok(Some(message)) = self.link.recv.recv().await {
-                self.engine.handle_message(Instant::now(), message);
+            while let Ok(Some(message)) = link.recv.recv().await {
+                engine.handle_message(Instant::now(), message);
             }
         })
         .await;

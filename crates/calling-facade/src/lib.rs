@@ -85,7 +85,7 @@ pub use calling_api::{
     ErrorCode, UserId, UserVolume,
 };
 pub use media::{AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
-pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, ServerTrust};
+pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy, ServerTrust};
 pub use signaling_proto::CallOptions;
 pub use signaling_quic::{CertFingerprint, InvalidFingerprint};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -146,6 +146,14 @@ pub trait CallingDelegate: Send + Sync + 'static {
     /// Extension: a call's microphone or speaker could not be opened; the
     /// call goes on without it.
     fn on_audio_device_unavailable(&self, device: AudioDeviceKind, reason: &str) {}
+    /// Extension: the connection broke; the SDK reconnects by itself.
+    fn on_reconnecting(&self) {}
+    /// Extension: connected and logged in again.
+    fn on_reconnected(&self) {}
+    /// Extension: a member of the call is reconnecting.
+    fn on_user_reconnecting(&self, user_id: &UserId) {}
+    /// Extension: a member of the call that was reconnecting is back.
+    fn on_user_reconnected(&self, user_id: &UserId) {}
 }
 
 struct DelegateListener<D>(D);
@@ -183,6 +191,10 @@ impl<D: CallingDelegate> CallingListener for DelegateListener<D> {
             CallingEvent::AudioDeviceUnavailable { device, reason } => {
                 delegate.on_audio_device_unavailable(*device, reason);
             }
+            CallingEvent::Reconnecting => delegate.on_reconnecting(),
+            CallingEvent::Reconnected => delegate.on_reconnected(),
+            CallingEvent::UserReconnecting { user_id } => delegate.on_user_reconnecting(user_id),
+            CallingEvent::UserReconnected { user_id } => delegate.on_user_reconnected(user_id),
             // A newer calling-api may add events this delegate predates.
             _ => {}
         }
@@ -442,6 +454,17 @@ impl TRTCCalling {
             lock(&self.driver).take();
         }
         result
+    }
+
+    /// Tells the SDK that the device's network changed (Wi-Fi to cellular,
+    /// a new address): it moves its connection to a new local socket at
+    /// once, and QUIC migrates the call there without a reconnect. Without
+    /// this call the SDK notices by itself, only later. Does nothing while
+    /// logged out.
+    pub fn network_changed(&self) {
+        if let Some(driver) = self.live_driver() {
+            let _ = driver.send(Command::NetworkChanged);
+        }
     }
 
     /// Logs out; calling is impossible afterwards. A call in progress ends

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use signaling_proto::ReconnectTimings;
 use signaling_quic::CertFingerprint;
 pub use signaling_quic::ServerTrust;
 
@@ -33,6 +34,50 @@ pub struct ClientOptions {
     pub voice_volume_interval: Duration,
     /// Microphone and speaker for calls.
     pub audio: AudioDevices,
+    /// How a broken connection is repaired without the application:
+    /// [`ReconnectPolicy::default`] unless set; `None` ends the session
+    /// with the connection (`onError`, then logged out), as before
+    /// reconnection existed.
+    pub reconnect: Option<ReconnectPolicy>,
+}
+
+/// When the SDK declares its connection dead and how fast it tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// Nothing heard from the server for this long (a heartbeat is
+    /// answered every [`ReconnectPolicy::heartbeat_interval`]) and the
+    /// connection counts as dead: 3 s.
+    pub dead_after: Duration,
+    /// How often the SDK asks the server for a sign of life: 1 s.
+    pub heartbeat_interval: Duration,
+    /// The wait before the second attempt (the first starts at once); it
+    /// doubles with each failure: 100 ms.
+    pub first_backoff: Duration,
+    /// The longest wait between the starts of two attempts, which overlap:
+    /// 400 ms, so that a network that comes back is used within about
+    /// half a second. Each attempt lives at most
+    /// [`ClientOptions::connect_timeout`].
+    pub max_backoff: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            dead_after: ReconnectTimings::DEFAULT.dead_after,
+            heartbeat_interval: ReconnectTimings::DEFAULT.heartbeat_interval,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(400),
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    pub(crate) fn timings(self) -> ReconnectTimings {
+        ReconnectTimings {
+            heartbeat_interval: self.heartbeat_interval,
+            dead_after: self.dead_after,
+        }
+    }
 }
 
 impl Default for ClientOptions {
@@ -47,6 +92,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             voice_volume_interval: Duration::from_millis(300),
             audio: AudioDevices::default(),
+            reconnect: Some(ReconnectPolicy::default()),
         }
     }
 }

@@ -316,10 +316,10 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
         let pick = |rng: &mut SplitMix64| user(users[rng.below(users.len() as u64) as usize]);
         let request_id = RequestId(rng.below(4) as u32);
         let call_id = known_calls[rng.below(known_calls.len() as u64) as usize];
-        let action = rng.below(12);
+        let action = rng.below(14);
         trace.push(action as u8);
         match action {
-            0 => switchboard.handle_login(now, conn, pick(rng)),
+            0 => switchboard.handle_login(now, conn, pick(rng), 1 + rng.below(2) as u16),
             1 => switchboard.handle_disconnect(now, conn),
             2 => now += Duration::from_millis(rng.below(40_000)),
             3 => switchboard.handle_timeout(now),
@@ -366,6 +366,10 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
                 },
             ),
             10 => switchboard.shutdown(now),
+            11 => {
+                let _ = switchboard.handle_resume(now, conn);
+            }
+            12 => switchboard.handle_expelled(now, conn),
             _ => switchboard.handle_message(
                 now,
                 conn,

@@ -272,6 +272,14 @@ pub const MAX_INVITE_TIMEOUT_SECS: Bound = Bound {
     min: 1,
     max: 3_600,
 };
+/// How long a broken connection's session waits for its client to resume,
+/// in seconds (0: sessions end with their connection).
+pub const RESUME_GRACE_SECS: Bound = Bound {
+    key: "resume_grace_secs",
+    default: SwitchboardConfig::DEFAULT.resume_grace.as_secs(),
+    min: 0,
+    max: 600,
+};
 /// The most members and invitees of one call.
 pub const MAX_CALL_SIZE: Bound = Bound {
     key: "max_call_size",
@@ -414,6 +422,10 @@ pub struct Settings {
     #[arg(long = "max-invite-timeout", env = "OPENCALLING_MAX_INVITE_TIMEOUT_SECS",
           value_name = "SECS", value_parser = MAX_INVITE_TIMEOUT_SECS.parser())]
     pub max_invite_timeout_secs: Option<u64>,
+    /// Seconds a session whose connection broke waits for its client to resume [default: 20, 0..=600]
+    #[arg(long = "resume-grace", env = "OPENCALLING_RESUME_GRACE_SECS", value_name = "SECS",
+          value_parser = RESUME_GRACE_SECS.parser())]
+    pub resume_grace_secs: Option<u64>,
     /// Members and invitees one call may hold [default: 16, 2..=64]
     #[arg(long, env = "OPENCALLING_MAX_CALL_SIZE", value_name = "N",
           value_parser = MAX_CALL_SIZE.parser())]
@@ -610,6 +622,7 @@ impl Settings {
             max_invite_timeout_secs: self
                 .max_invite_timeout_secs
                 .or(lower.max_invite_timeout_secs),
+            resume_grace_secs: self.resume_grace_secs.or(lower.resume_grace_secs),
             max_call_size: self.max_call_size.or(lower.max_call_size),
             invitations_per_minute: self.invitations_per_minute.or(lower.invitations_per_minute),
             max_ringing_per_session: self
@@ -714,6 +727,7 @@ impl Settings {
                 )?,
                 max_ringing_per_session: MAX_RINGING_PER_SESSION
                     .resolve_usize(self.max_ringing_per_session)?,
+                resume_grace: RESUME_GRACE_SECS.resolve_secs(self.resume_grace_secs)?,
             },
             limits: ServerLimits {
                 max_connections: MAX_CONNECTIONS.resolve_usize(self.limits.max_connections)?,

@@ -15,7 +15,7 @@ use signaling_proto::{
     check_login,
 };
 use signaling_quic::{AcceptedConnection, AddressBlock, PreLoginSlot};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::Shared;
@@ -67,8 +67,8 @@ pub(crate) async fn serve_link<T: Transport>(
     };
     // As long for the login as for the handshake before it.
     let login_timeout = shared.login_timeout;
-    let user = match tokio::time::timeout(login_timeout, checked).await {
-        Ok(Ok(login)) => login.user,
+    let login = match tokio::time::timeout(login_timeout, checked).await {
+        Ok(Ok(login)) => login,
         Ok(Err(refusal)) => {
             info!(%remote, code = ?refusal.code, why = refusal.message, "login refused");
             if link.send.send(&refusal.reply()).await.is_ok() {
@@ -84,22 +84,50 @@ pub(crate) async fn serve_link<T: Transport>(
         }
     };
     pre_login.release();
-    let conn = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
+    let user = login.user;
+    let resuming = login.resume.is_some();
+    let link_id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let (outbox, mut inbox) = mpsc::channel(OUTBOX_CAPACITY);
+    let (session_tx, session_rx) = oneshot::channel();
     let login = HubInput::Login {
-        conn,
+        link: link_id,
         user: user.clone(),
+        protocol_version: login.protocol_version,
+        resume: login.resume,
         outbox,
         media: Arc::new(link.media.clone()),
+        session: session_tx,
     };
-    if shared.hub.send(login).await.is_err() {
-        link.media
-            .close(ErrorCode::SERVER_SHUTDOWN, "server stopping");
-        return;
-    }
-    info!(%user, %remote, ?conn, "logged in");
-    let ended = exchange(&mut link, &shared, conn, &mut inbox).await;
-    let _ = shared.hub.send(HubInput::Disconnect { conn }).await;
+    let session = match shared.hub.send(login).await {
+        Ok(()) => session_rx.await.ok().flatten(),
+        Err(_) => None,
+    };
+    let ended = match session {
+        Some(conn) => {
+            info!(%user, %remote, ?conn, resumed = resuming, "logged in");
+            let ended = exchange(&mut link, &shared, (link_id, conn), &mut inbox).await;
+            let expelled = ended.expels();
+            let _ = shared
+                .hub
+                .send(HubInput::Disconnect {
+                    link: link_id,
+                    expelled,
+                })
+                .await;
+            ended
+        }
+        // Refused (the hub queued why) or the server is stopping.
+        None => match inbox.recv().await {
+            Some(Outbound::Message(refusal)) => {
+                info!(%user, %remote, ?refusal, "resume refused");
+                if link.send.send(&refusal).await.is_ok() {
+                    link.send.finish_and_flush(shared.grace).await;
+                }
+                Ended::Closed(ErrorCode::SESSION_EXPIRED)
+            }
+            _ => Ended::Closed(ErrorCode::SERVER_SHUTDOWN),
+        },
+    };
     match ended {
         Ended::ClientLeft => {}
         Ended::Closed(code) => {
@@ -111,11 +139,11 @@ pub(crate) async fn serve_link<T: Transport>(
             link.media.close(error.code(), error.code().message());
         }
         Ended::Stalled => {
-            warn!(%user, ?conn, "the client stopped reading: closed");
+            warn!(%user, ?link_id, "the client stopped reading: closed");
             link.media.close(ErrorCode::SERVER_BUSY, "not reading");
         }
     }
-    info!(%user, ?conn, "disconnected");
+    info!(%user, ?link_id, "disconnected");
 }
 
 /// The server's apps, for the login check.
@@ -168,7 +196,8 @@ async fn login<T: Transport>(
 }
 
 enum Ended {
-    /// The client finished its stream or closed the connection.
+    /// The client finished its stream or closed the connection, or the
+    /// network under it broke.
     ClientLeft,
     /// The hub closed the session with this code (logout, kick, shutdown, slow client).
     Closed(ErrorCode),
@@ -178,12 +207,24 @@ enum Ended {
     Stalled,
 }
 
+impl Ended {
+    /// Whether the server ended the connection for the client's fault:
+    /// its session is not kept for a resume.
+    fn expels(&self) -> bool {
+        match self {
+            Self::ClientLeft | Self::Broken(_) => false,
+            Self::Stalled => true,
+            Self::Closed(code) => *code == ErrorCode::PROTOCOL_ERROR || *code == ErrorCode::RATE_LIMITED,
+        }
+    }
+}
+
 /// Frames and datagrams in, the hub's messages out, until either side ends;
 /// the connection's limits on the way (see `limits.rs`).
 async fn exchange<T: Transport>(
     link: &mut ServerLink<T>,
     shared: &Shared,
-    conn: ConnId,
+    (link_id, conn): (ConnId, ConnId),
     inbox: &mut mpsc::Receiver<Outbound>,
 ) -> Ended {
     let limits = &shared.connection_limits;
@@ -200,7 +241,7 @@ async fn exchange<T: Transport>(
                 Ok(Some(message)) => match budget.admit_message(Instant::now(), counters) {
                     Verdict::Admit => {
                         in_flight += usize::from(message.request_id().is_some());
-                        if shared.hub.send(HubInput::Message { conn, message }).await.is_err() {
+                        if shared.hub.send(HubInput::Message { link: link_id, message }).await.is_err() {
                             return Ended::Closed(ErrorCode::SERVER_SHUTDOWN);
                         }
                     }

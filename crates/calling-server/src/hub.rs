@@ -6,6 +6,12 @@
 //! [`Output::Membership`]: each member of a call with someone to hear it
 //! gets a [`Route`] to the others' media links. It knows connections only
 //! by their [`MediaLink`], whatever the transport.
+//!
+//! It also keeps each resumable session's books ([`Replay`]): the messages
+//! the client has not acknowledged, resent after a resume; the session's
+//! token; which connection (link) carries the session now. A session is
+//! named by the [`ConnId`] of the connection that logged it in; a
+//! connection that resumes it carries that name from then on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,8 +20,8 @@ use std::time::Instant;
 use calling_api::{CallId, ErrorCode, UserId};
 use signaling_link::MediaLink;
 use signaling_proto::{
-    CallMember, ClientMessage, ConnId, FlowId, Output, ServerMessage, Switchboard,
-    SwitchboardConfig,
+    CallMember, ClientMessage, ConnId, FlowId, Output, PROTOCOL_VERSION, Replay, ResumeClaim,
+    ServerMessage, SessionToken, Switchboard, SwitchboardConfig,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +32,11 @@ use crate::relay::{MediaRoutes, Route};
 /// How many messages may wait for one client before it counts as stuck and
 /// is disconnected.
 pub(crate) const OUTBOX_CAPACITY: usize = 256;
+
+/// How many messages a resumable session keeps unacknowledged (sent or
+/// waiting for the resume) before it counts as stuck: less than an outbox,
+/// so that a resume's resend always fits in the new one.
+const REPLAY_CAPACITY: usize = OUTBOX_CAPACITY - 16;
 
 /// What the hub tells a connection task.
 #[derive(Debug)]
@@ -38,20 +49,29 @@ pub(crate) enum Outbound {
 
 #[derive(Debug)]
 pub(crate) enum HubInput {
-    /// An authenticated login.
+    /// An authenticated login or resume on connection `link`.
     Login {
-        conn: ConnId,
+        link: ConnId,
         user: UserId,
+        protocol_version: u16,
+        /// For a resume: the session it claims.
+        resume: Option<ResumeClaim>,
         outbox: mpsc::Sender<Outbound>,
         /// Where the relay sends this member's peers' audio.
         media: Arc<dyn MediaLink>,
+        /// The session the connection now carries; `None` when the resume
+        /// was refused (the refusal and a close are in the outbox).
+        session: oneshot::Sender<Option<ConnId>>,
     },
     Message {
-        conn: ConnId,
+        link: ConnId,
         message: ClientMessage,
     },
+    /// Connection `link` is gone: its network broke, or (`expelled`) the
+    /// server closed it for breaking the protocol or a limit.
     Disconnect {
-        conn: ConnId,
+        link: ConnId,
+        expelled: bool,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -74,12 +94,27 @@ pub struct HubStats {
     pub invitees_congested: u64,
 }
 
+/// A session's books beyond the switchboard.
+#[derive(Debug)]
+struct SessionBook {
+    /// The connection that carries it now (or last did).
+    link: ConnId,
+    /// Version 2: kept for a resume, with its numbered messages.
+    resumable: bool,
+    token: SessionToken,
+    replay: Replay<ServerMessage>,
+}
+
 /// What the hub knows besides the switchboard: how to reach each
-/// connection, and who was routed to whom.
+/// session, and who was routed to whom.
 #[derive(Debug, Default)]
 struct Links {
+    /// Per session, while a connection carries it.
     outboxes: HashMap<ConnId, mpsc::Sender<Outbound>>,
     media: HashMap<ConnId, Arc<dyn MediaLink>>,
+    sessions: HashMap<ConnId, SessionBook>,
+    /// The session each live connection carries.
+    by_link: HashMap<ConnId, ConnId>,
     /// The connections each call's routes were last published for.
     routed: HashMap<CallId, Vec<ConnId>>,
     /// Connections given messages by the last dispatch, or still congested:
@@ -118,25 +153,74 @@ pub(crate) async fn run(
         let now = Instant::now();
         match input {
             HubInput::Login {
-                conn,
+                link,
                 user,
+                protocol_version,
+                resume,
                 outbox,
                 media,
+                session,
             } => {
                 if shutting_down {
                     let _ = outbox.try_send(Outbound::Close(ErrorCode::SERVER_SHUTDOWN));
+                    let _ = session.send(None);
                     continue;
                 }
-                links.outboxes.insert(conn, outbox);
-                links.media.insert(conn, media);
-                switchboard.handle_login(now, conn, user);
+                let attached = match resume {
+                    None => {
+                        log_in(&mut switchboard, &mut links, now, link, user, protocol_version);
+                        links.outboxes.insert(link, outbox);
+                        links.media.insert(link, media);
+                        Some(link)
+                    }
+                    Some(claim) => resume_session(
+                        &mut switchboard,
+                        &mut links,
+                        now,
+                        (link, &user, claim),
+                        outbox,
+                        media,
+                    ),
+                };
+                let _ = session.send(attached);
+                dispatch(&mut switchboard, &mut links, &routes);
+                if let Some(conn) = attached.filter(|_| resume.is_none()) {
+                    introduce_session(&switchboard, &mut links, conn);
+                }
+                continue;
             }
-            HubInput::Message { conn, message } => switchboard.handle_message(now, conn, message),
-            HubInput::Disconnect { conn } => {
+            HubInput::Message { link, message } => {
+                let Some(conn) = links.by_link.get(&link).copied() else {
+                    // A connection a resume replaced: its client moved on.
+                    continue;
+                };
+                if let ClientMessage::Heartbeat { received } = message {
+                    heartbeat(&mut links, conn, received);
+                    continue;
+                }
+                if message.is_numbered() {
+                    if let Some(book) = links.sessions.get_mut(&conn) {
+                        book.replay.record_received();
+                    }
+                }
+                switchboard.handle_message(now, conn, message);
+            }
+            HubInput::Disconnect { link, expelled } => {
+                let Some(conn) = links.by_link.remove(&link) else {
+                    continue;
+                };
                 links.media.remove(&conn);
                 routes.set(conn, None);
                 if links.outboxes.remove(&conn).is_some() {
-                    switchboard.handle_disconnect(now, conn);
+                    if expelled {
+                        links.sessions.remove(&conn);
+                        switchboard.handle_expelled(now, conn);
+                    } else {
+                        switchboard.handle_disconnect(now, conn);
+                        if !switchboard.is_detached(conn) {
+                            links.sessions.remove(&conn);
+                        }
+                    }
                 }
             }
             HubInput::Shutdown { done } => {
@@ -160,16 +244,173 @@ pub(crate) async fn run(
     }
 }
 
+/// A fresh session token from the system's random generator.
+fn new_token() -> SessionToken {
+    let mut bytes = [0_u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // Without randomness a token could be guessed: make resumes fail
+        // instead (no token is all zeros but by this path, and a session
+        // with it refuses every resume, see `tokens_match`).
+        warn!("the system random generator failed: this session cannot be resumed");
+    }
+    SessionToken(bytes)
+}
+
+/// Compares tokens in constant time; the all-zero token matches nothing.
+fn tokens_match(kept: &SessionToken, claimed: &SessionToken) -> bool {
+    let difference = kept
+        .0
+        .iter()
+        .zip(claimed.0.iter())
+        .fold(0_u8, |acc, (a, b)| acc | (a ^ b));
+    let unset = kept.0.iter().fold(0_u8, |acc, byte| acc | byte) == 0;
+    std::hint::black_box(difference) == 0 && !unset
+}
+
+/// A new session on connection `link`.
+fn log_in(
+    switchboard: &mut Switchboard,
+    links: &mut Links,
+    now: Instant,
+    link: ConnId,
+    user: UserId,
+    protocol_version: u16,
+) {
+    links.by_link.insert(link, link);
+    links.sessions.insert(
+        link,
+        SessionBook {
+            link,
+            resumable: protocol_version >= 2 && !switchboard.config().resume_grace.is_zero(),
+            token: new_token(),
+            replay: Replay::new(REPLAY_CAPACITY),
+        },
+    );
+    switchboard.handle_login(now, link, user, protocol_version);
+}
+
+/// After the login's answer: what a version-2 client needs to resume.
+fn introduce_session(switchboard: &Switchboard, links: &mut Links, conn: ConnId) {
+    let Some(book) = links.sessions.get(&conn) else {
+        return;
+    };
+    if !book.resumable {
+        return;
+    }
+    let grace_ms = u32::try_from(switchboard.config().resume_grace.as_millis()).unwrap_or(u32::MAX);
+    let session = ServerMessage::Session {
+        token: book.token,
+        grace_ms,
+    };
+    if let Some(outbox) = links.outboxes.get(&conn) {
+        let _ = outbox.try_send(Outbound::Message(session));
+    }
+}
+
+/// Connection `link` claims `user`'s session: if the token is the
+/// session's and the client's count fits the books, the connection takes
+/// the session over (from a broken connection, or one the server has not
+/// yet seen break), gets a new token and every message it missed. Returns
+/// the session, or `None` after queueing the refusal.
+fn resume_session(
+    switchboard: &mut Switchboard,
+    links: &mut Links,
+    now: Instant,
+    (link, user, claim): (ConnId, &UserId, ResumeClaim),
+    outbox: mpsc::Sender<Outbound>,
+    media: Arc<dyn MediaLink>,
+) -> Option<ConnId> {
+    let conn = switchboard.conn_of(user);
+    let book = conn.and_then(|conn| links.sessions.get_mut(&conn));
+    let refusal = match book {
+        None => Some("no such session: it expired, or the server restarted"),
+        Some(book) if !book.resumable || !tokens_match(&book.token, &claim.token) => {
+            Some("not this session's token")
+        }
+        Some(book) => book
+            .replay
+            .acknowledge(claim.received)
+            .err()
+            .map(|_| "the client's count does not fit this session"),
+    };
+    let (Some(conn), None) = (conn, refusal) else {
+        let why = refusal.unwrap_or("no such session");
+        debug!(%user, why, "resume refused");
+        let code = ErrorCode::SESSION_EXPIRED;
+        let _ = outbox.try_send(Outbound::Message(ServerMessage::LoginResult {
+            protocol_version: PROTOCOL_VERSION,
+            code,
+            message: why.to_owned(),
+        }));
+        let _ = outbox.try_send(Outbound::Close(code));
+        return None;
+    };
+    let book = links.sessions.get_mut(&conn)?;
+    // The connection it replaces, if the server still has it, is closed.
+    if let Some(old) = links.outboxes.remove(&conn) {
+        let _ = old.try_send(Outbound::Close(ErrorCode::OK));
+    }
+    links.by_link.remove(&book.link);
+    links.by_link.insert(link, conn);
+    book.link = link;
+    book.token = new_token();
+    let resumed = ServerMessage::Resumed {
+        token: book.token,
+        received: book.replay.received(),
+    };
+    let _ = outbox.try_send(Outbound::Message(resumed));
+    for missed in book.replay.unacknowledged() {
+        // Fits: the books keep fewer messages than an outbox holds.
+        let _ = outbox.try_send(Outbound::Message(missed.clone()));
+    }
+    links.outboxes.insert(conn, outbox);
+    links.media.insert(conn, media);
+    links.to_check.insert(conn);
+    if !switchboard.handle_resume(now, conn) {
+        return None;
+    }
+    Some(conn)
+}
+
+/// A heartbeat: forget what the client has, answer with what we have.
+fn heartbeat(links: &mut Links, conn: ConnId, received: u64) {
+    let Some(book) = links.sessions.get_mut(&conn) else {
+        return;
+    };
+    if let Err(error) = book.replay.acknowledge(received) {
+        warn!(?conn, %error, "heartbeat with an impossible count");
+    }
+    let ack = ServerMessage::HeartbeatAck {
+        received: book.replay.received(),
+    };
+    if let Some(outbox) = links.outboxes.get(&conn) {
+        let _ = outbox.try_send(Outbound::Message(ack));
+    }
+    links.to_check.insert(conn);
+}
+
+/// Messages waiting for `conn`'s client: in its outbox, or, for a
+/// resumable session, not yet acknowledged.
+fn queued(links: &Links, conn: ConnId) -> usize {
+    let in_outbox = links
+        .outboxes
+        .get(&conn)
+        .map_or(0, |outbox| OUTBOX_CAPACITY - outbox.capacity());
+    let unacknowledged = links
+        .sessions
+        .get(&conn)
+        .filter(|book| book.resumable)
+        .map_or(0, |book| book.replay.unacknowledged_len());
+    in_outbox.max(unacknowledged)
+}
+
 /// Tells the switchboard which connections' outboxes are nearly full (so
 /// invitations to them are answered busy) and which have drained again.
 fn update_congestion(switchboard: &mut Switchboard, links: &mut Links) {
     let mut to_check = std::mem::take(&mut links.to_check);
     to_check.extend(links.congested.iter().copied());
     for conn in to_check {
-        let queued = links
-            .outboxes
-            .get(&conn)
-            .map_or(0, |outbox| OUTBOX_CAPACITY - outbox.capacity());
+        let queued = queued(links, conn);
         let was = links.congested.contains(&conn);
         let now = if was {
             queued >= RELIEVED_BELOW
@@ -224,19 +465,33 @@ fn publish_routes(
 }
 
 /// Carries out every switchboard output without waiting: messages go to
-/// their connection task's outbox, membership to the relay's routes. A
-/// client whose outbox is full is disconnected, which may produce more
-/// output for the others: repeat until nothing is left.
+/// their connection task's outbox (and a resumable session's books),
+/// membership to the relay's routes. A client whose messages pile up is
+/// disconnected, which may produce more output for the others: repeat
+/// until nothing is left.
 fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRoutes) {
     loop {
+        // Sessions to end now, and connections found gone.
         let mut stuck = Vec::new();
+        let mut gone = Vec::new();
         while let Some(output) = switchboard.poll_output() {
             match output {
                 Output::Send { conn, message } => {
+                    links.to_check.insert(conn);
+                    if let Some(book) = links.sessions.get_mut(&conn) {
+                        if book.resumable
+                            && message.is_numbered()
+                            && book.replay.record_sent(&message).is_err()
+                        {
+                            warn!(?conn, "client acknowledges nothing: disconnecting it");
+                            stuck.push(conn);
+                            continue;
+                        }
+                    }
                     let Some(outbox) = links.outboxes.get(&conn) else {
+                        // Detached: the books keep it for the resume.
                         continue;
                     };
-                    links.to_check.insert(conn);
                     match outbox.try_send(Outbound::Message(message)) {
                         Ok(()) => {}
                         Err(TrySendError::Full(_)) => {
@@ -248,12 +503,14 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRout
                         }
                         Err(TrySendError::Closed(_)) => {
                             debug!(?conn, "connection task already gone");
-                            stuck.push(conn);
+                            gone.push(conn);
                         }
                     }
                 }
                 Output::Close { conn, code } => {
                     routes.set(conn, None);
+                    links.sessions.remove(&conn);
+                    links.media.remove(&conn);
                     if let Some(outbox) = links.outboxes.remove(&conn) {
                         // If the outbox is full the close is lost too; the
                         // task then sees its channel closed and closes anyway.
@@ -269,14 +526,28 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRout
                 }
             }
         }
-        if stuck.is_empty() {
+        if stuck.is_empty() && gone.is_empty() {
             update_congestion(switchboard, links);
             return;
         }
+        let now = Instant::now();
         for conn in stuck {
             // Dropping the sender tells the connection task to close.
+            links.outboxes.remove(&conn);
+            links.media.remove(&conn);
+            routes.set(conn, None);
+            if links.sessions.remove(&conn).is_some() || switchboard.user_of(conn).is_some() {
+                switchboard.handle_expelled(now, conn);
+            }
+        }
+        for conn in gone {
             if links.outboxes.remove(&conn).is_some() {
-                switchboard.handle_disconnect(Instant::now(), conn);
+                links.media.remove(&conn);
+                routes.set(conn, None);
+                switchboard.handle_disconnect(now, conn);
+                if !switchboard.is_detached(conn) {
+                    links.sessions.remove(&conn);
+                }
             }
         }
     }
@@ -307,14 +578,19 @@ mod tests {
         ) = pair();
         let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
         let conn = ConnId(conn);
+        let (session, attached) = oneshot::channel();
         hub.send(HubInput::Login {
-            conn,
+            link: conn,
             user: UserId::new(user).unwrap(),
+            protocol_version: PROTOCOL_VERSION,
+            resume: None,
             outbox: outbox_tx,
             media: Arc::new(server.media),
+            session,
         })
         .await
         .unwrap();
+        assert_eq!(attached.await.unwrap(), Some(conn));
         assert!(matches!(
             outbox.recv().await,
             Some(Outbound::Message(ServerMessage::LoginResult { .. }))
@@ -337,7 +613,7 @@ mod tests {
     /// one input at a time and publishes routes before the next.
     async fn barrier(hub: &mpsc::Sender<HubInput>, client: &mut Client) {
         hub.send(HubInput::Message {
-            conn: client.conn,
+            link: client.conn,
             message: ClientMessage::Ping { nonce: 1 },
         })
         .await
@@ -372,7 +648,7 @@ mod tests {
         let mut alice = log_in(&hub, 1, "alice").await;
         let mut bob = log_in(&hub, 2, "bob").await;
         let message = |conn: &Client, message| HubInput::Message {
-            conn: conn.conn,
+            link: conn.conn,
             message,
         };
         hub.send(message(

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use calling_api::{CallType, UserId};
 use signaling_proto::frame::{decode_payload, encode_frame};
 use signaling_proto::{
-    ClientMessage, ConnId, Output, RequestId, ServerMessage, Switchboard, SwitchboardConfig,
+    ClientMessage, ConnId, Output, PROTOCOL_VERSION, RequestId, ServerMessage, Switchboard,
+    SwitchboardConfig,
 };
 
 fn main() {
@@ -27,7 +28,7 @@ fn main() {
     let origin = Instant::now();
     let mut switchboard = Switchboard::new(SwitchboardConfig::default());
     for (n, id) in ids.iter().enumerate() {
-        switchboard.handle_login(origin, ConnId(n as u64), id.clone());
+        switchboard.handle_login(origin, ConnId(n as u64), id.clone(), PROTOCOL_VERSION);
     }
     while switchboard.poll_output().is_some() {}
 

@@ -12,9 +12,24 @@
 //! The engine reads no clock. The server owns every call timeout; the
 //! engine's own timers (one variant each of a private timer enum in a
 //! [`TimerTable`]) are driven by [`CallEngine::poll_timeout`] /
-//! [`CallEngine::handle_timeout`]. Today there is one: the periodic
-//! `onUserVoiceVolume` report while in a call, from the levels the audio
-//! side feeds to [`CallEngine::record_voice_level`].
+//! [`CallEngine::handle_timeout`]: the periodic `onUserVoiceVolume` report
+//! while in a call, from the levels the audio side feeds to
+//! [`CallEngine::record_voice_level`], and, with reconnection on, the
+//! heartbeat and the deadline by which the server must have said something.
+//!
+//! # Reconnection
+//!
+//! With [`CallEngine::set_reconnect`] on, a logged-in session outlives its
+//! connection: [`CallEngine::handle_disconnect`] (or the liveness deadline:
+//! nothing heard from the server for [`ReconnectTimings::dead_after`]) emits
+//! [`CallingEvent::Reconnecting`] and keeps the call state; requests made
+//! meanwhile wait. [`CallEngine::wants_connection`] tells the driver to open
+//! a new connection and report it with [`CallEngine::handle_connected`]; the
+//! engine then resumes the session ([`ClientMessage::Resume`], resending the
+//! numbered messages the server missed, see [`crate::resume`]) or, when the
+//! server no longer has it, ends what was lost (`onCallEnd` with
+//! [`EndReason::ConnectionLost`]) and logs in again with the same
+//! credentials. [`CallingEvent::Reconnected`] says it is done.
 //!
 //! # Driving it
 //!
@@ -54,9 +69,51 @@ use tracing::{debug, warn};
 
 use crate::message::{
     ClientMessage, FlowId, MAX_USER_SIG_LEN, PROTOCOL_VERSION, RequestId, ServerMessage,
-    check_invitation,
+    SessionToken, UserSig, check_invitation,
 };
+use crate::resume::Replay;
 use crate::timer::TimerTable;
+
+/// How the engine watches its connection, with reconnection on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectTimings {
+    /// How often a heartbeat goes to the server (it answers each).
+    pub heartbeat_interval: Duration,
+    /// Nothing from the server for this long, while an answer is due,
+    /// and the connection counts as dead.
+    pub dead_after: Duration,
+}
+
+impl ReconnectTimings {
+    /// A heartbeat a second; dead after 3 s of silence.
+    pub const DEFAULT: Self = Self {
+        heartbeat_interval: Duration::from_secs(1),
+        dead_after: Duration::from_secs(3),
+    };
+}
+
+impl Default for ReconnectTimings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The most of our numbered messages kept for the server to acknowledge;
+/// past it the session cannot be resumed and a reconnect logs in afresh.
+const REPLAY_CAPACITY: usize = 1024;
+
+/// Where the connection under a logged-in session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// Messages flow.
+    Up,
+    /// Broken; waiting for the driver's next connection.
+    Down,
+    /// [`ClientMessage::Resume`] sent, no answer yet.
+    Resuming,
+    /// The session was lost; a new [`ClientMessage::Login`] is sent.
+    LoggingInAgain,
+}
 
 /// Per-call options beyond the original's `call(userId, type)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -169,6 +226,12 @@ enum RequestKind {
 enum Timer {
     /// The next `onUserVoiceVolume` report; armed exactly while in a call.
     VoiceVolumeReport,
+    /// The next heartbeat; armed while the connection is up, with
+    /// reconnection on.
+    Heartbeat,
+    /// The server must have said something by then, or the connection is
+    /// dead; armed while a connection is expected to work.
+    Liveness,
 }
 
 /// How often `onUserVoiceVolume` fires in a call unless configured: the
@@ -196,6 +259,18 @@ pub struct CallEngine {
     muted: bool,
     next_request: u32,
     requests: HashMap<RequestId, RequestKind>,
+    /// Whether a broken connection is repaired rather than the end.
+    reconnect: Option<ReconnectTimings>,
+    /// The login's credentials, for a resume or a new login.
+    credentials: Option<(u32, UserSig)>,
+    connection: Connection,
+    /// The latest token of a resumable session.
+    token: Option<SessionToken>,
+    replay: Replay<ClientMessage>,
+    /// What goes out first on a new connection: the resume or login.
+    handshake: Option<ClientMessage>,
+    /// Numbered messages the server missed, to resend after a resume.
+    resend: VecDeque<ClientMessage>,
     transmits: VecDeque<ClientMessage>,
     events: VecDeque<CallingEvent>,
     completions: VecDeque<Completion>,
@@ -222,6 +297,13 @@ impl CallEngine {
             muted: false,
             next_request: 1,
             requests: HashMap::new(),
+            reconnect: None,
+            credentials: None,
+            connection: Connection::Up,
+            token: None,
+            replay: Replay::new(REPLAY_CAPACITY),
+            handshake: None,
+            resend: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             completions: VecDeque::new(),
@@ -251,6 +333,12 @@ impl CallEngine {
         self.state = State::Idle;
         self.leaving.clear();
         self.held = None;
+        self.credentials = Some((sdk_app_id, user_sig.into()));
+        self.connection = Connection::Up;
+        self.token = None;
+        self.replay = Replay::new(REPLAY_CAPACITY);
+        self.resend.clear();
+        self.handshake = None;
         self.transmits.push_back(ClientMessage::Login {
             protocol_version: PROTOCOL_VERSION,
             sdk_app_id,
@@ -266,10 +354,81 @@ impl CallEngine {
         self.abandon_call();
         let request = self.register(RequestKind::Logout);
         self.login = LoginState::LoggingOut;
+        self.timers.cancel(&Timer::Heartbeat);
+        self.timers.cancel(&Timer::Liveness);
+        if self.connection != Connection::Up {
+            // Nobody to tell: the server ends the session when its grace
+            // runs out.
+            self.requests.remove(&request);
+            self.finish_logout();
+            self.complete(request, Ok(None));
+            return Ok(request);
+        }
         self.transmits.push_back(ClientMessage::Logout {
             request_id: request,
         });
         Ok(request)
+    }
+
+    /// Turns reconnection on (with these timings) or off. Off, the default,
+    /// a broken connection ends the session as it always did; on, see the
+    /// [module docs](self).
+    pub fn set_reconnect(&mut self, timings: Option<ReconnectTimings>) {
+        self.reconnect = timings;
+    }
+
+    /// Whether the session waits for a new connection: the driver opens
+    /// one and reports it with [`CallEngine::handle_connected`].
+    pub fn wants_connection(&self) -> bool {
+        self.reconnect.is_some()
+            && self.login == LoginState::LoggedIn
+            && self.connection == Connection::Down
+    }
+
+    /// Whether the session is between [`CallingEvent::Reconnecting`] and
+    /// [`CallingEvent::Reconnected`].
+    pub fn is_reconnecting(&self) -> bool {
+        self.login == LoginState::LoggedIn && self.connection != Connection::Up
+    }
+
+    /// A new connection is open (after [`CallEngine::wants_connection`]):
+    /// the engine queues the resume of its session, or a new login when the
+    /// session cannot be resumed, as the connection's first message.
+    pub fn handle_connected(&mut self, now: Instant) {
+        if !self.wants_connection() {
+            return;
+        }
+        let (Some((sdk_app_id, user_sig)), Some(user_id)) =
+            (self.credentials.clone(), self.me.clone())
+        else {
+            return;
+        };
+        let handshake = match self.token {
+            Some(token) => {
+                self.connection = Connection::Resuming;
+                ClientMessage::Resume {
+                    protocol_version: PROTOCOL_VERSION,
+                    sdk_app_id,
+                    user_id,
+                    user_sig,
+                    token,
+                    received: self.replay.received(),
+                }
+            }
+            None => {
+                self.connection = Connection::LoggingInAgain;
+                ClientMessage::Login {
+                    protocol_version: PROTOCOL_VERSION,
+                    sdk_app_id,
+                    user_id,
+                    user_sig,
+                }
+            }
+        };
+        debug!(connection = ?self.connection, "new connection");
+        self.handshake = Some(handshake);
+        self.heard_from_server(now);
+        self.debug_check();
     }
 
     /// Invites `user_id`: into a new call when idle, into the current call
@@ -474,6 +633,19 @@ impl CallEngine {
         while let Some((timer, due)) = self.timers.expire(now) {
             match timer {
                 Timer::VoiceVolumeReport => self.report_voice_volume(now, due),
+                Timer::Heartbeat => {
+                    if let Some(timings) = self.reconnect {
+                        self.transmits.push_back(ClientMessage::Heartbeat {
+                            received: self.replay.received(),
+                        });
+                        self.timers
+                            .set(Timer::Heartbeat, now + timings.heartbeat_interval);
+                    }
+                }
+                Timer::Liveness => {
+                    debug!("nothing from the server in time: the connection is dead");
+                    self.connection_broke();
+                }
             }
         }
         self.debug_check();
@@ -516,8 +688,30 @@ impl CallEngine {
     /// Feeds one message from the server, received at `now`.
     pub fn handle_message(&mut self, now: Instant, message: ServerMessage) {
         debug!(?message, "server message");
+        if message.is_numbered() && self.login != LoginState::LoggedOut {
+            self.replay.record_received();
+        }
+        self.heard_from_server(now);
         match message {
-            ServerMessage::LoginResult { code, message, .. } => self.on_login_result(code, message),
+            ServerMessage::LoginResult { code, message, .. } => {
+                self.on_login_result(now, code, message);
+            }
+            ServerMessage::Session { token, .. } => {
+                if self.login == LoginState::LoggedIn {
+                    self.token = Some(token);
+                }
+            }
+            ServerMessage::Resumed { token, received } => self.on_resumed(now, token, received),
+            ServerMessage::HeartbeatAck { received } => {
+                if let Err(error) = self.replay.acknowledge(received) {
+                    warn!(%error, "the server acknowledged what it cannot have");
+                }
+            }
+            ServerMessage::MemberConnection {
+                call_id,
+                user_id,
+                connected,
+            } => self.on_member_connection(call_id, user_id, connected),
             ServerMessage::Ack {
                 request_id,
                 call_id,
@@ -597,18 +791,15 @@ impl CallEngine {
     }
 
     /// The connection to the server is gone. An expected close after logout
-    /// is quiet; anything else is an `onError`, and a call in progress ends
-    /// with [`EndReason::ConnectionLost`].
+    /// is quiet. With reconnection on, a logged-in session waits for a new
+    /// connection (see the [module docs](self)). Anything else is an
+    /// `onError`, and a call in progress ends with
+    /// [`EndReason::ConnectionLost`].
     pub fn handle_disconnect(&mut self) {
         match self.login {
             LoginState::LoggedOut => {}
-            LoginState::LoggingOut => {
-                self.end_abandoned_calls();
-                self.fail_all_requests(ErrorCode::CONNECTION_LOST);
-                self.login = LoginState::LoggedOut;
-                self.held = None;
-                self.state = State::Idle;
-            }
+            LoginState::LoggingOut => self.finish_logout(),
+            LoginState::LoggedIn if self.reconnect.is_some() => self.connection_broke(),
             LoginState::LoggingIn(_) | LoginState::LoggedIn => {
                 let code = ErrorCode::CONNECTION_LOST;
                 self.end_session(code, code.message().to_owned(), EndReason::ConnectionLost);
@@ -620,7 +811,23 @@ impl CallEngine {
     /// The next message to send to the server.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
-        self.transmits.pop_front()
+        if let Some(handshake) = self.handshake.take() {
+            return Some(handshake);
+        }
+        if self.connection != Connection::Up {
+            // Held until the session is resumed (or lost).
+            return None;
+        }
+        if let Some(message) = self.resend.pop_front() {
+            return Some(message);
+        }
+        let message = self.transmits.pop_front()?;
+        let in_session = matches!(self.login, LoginState::LoggedIn | LoginState::LoggingOut);
+        if in_session && message.is_numbered() && self.replay.record_sent(&message).is_err() {
+            warn!("too many messages unacknowledged: the session can no longer be resumed");
+            self.token = None;
+        }
+        Some(message)
     }
 
     /// The next event for the application.
@@ -757,7 +964,144 @@ impl CallEngine {
         self.completions.push_back(Completion { request, result });
     }
 
-    fn on_login_result(&mut self, code: ErrorCode, message: String) {
+    /// The logout is over: calls abandoned by it end, nothing is pending.
+    fn finish_logout(&mut self) {
+        self.end_abandoned_calls();
+        self.fail_all_requests(ErrorCode::CONNECTION_LOST);
+        self.login = LoginState::LoggedOut;
+        self.held = None;
+        self.state = State::Idle;
+        self.forget_connection();
+    }
+
+    /// Forgets everything about the connection and the session's resume.
+    fn forget_connection(&mut self) {
+        self.connection = Connection::Up;
+        self.token = None;
+        self.replay = Replay::new(REPLAY_CAPACITY);
+        self.handshake = None;
+        self.resend.clear();
+        self.timers.cancel(&Timer::Heartbeat);
+        self.timers.cancel(&Timer::Liveness);
+    }
+
+    /// The connection under a logged-in session broke (reconnection on):
+    /// wait for the next one, keeping the session.
+    fn connection_broke(&mut self) {
+        if self.connection == Connection::Up {
+            debug!("connection broke: reconnecting");
+            self.events.push_back(CallingEvent::Reconnecting);
+        }
+        self.connection = Connection::Down;
+        self.handshake = None;
+        // Recomputed from the book when the server says what it has.
+        self.resend.clear();
+        self.timers.cancel(&Timer::Heartbeat);
+        self.timers.cancel(&Timer::Liveness);
+    }
+
+    /// Something came from the server: the connection lives a while longer.
+    fn heard_from_server(&mut self, now: Instant) {
+        if let Some(timings) = self.reconnect {
+            if self.login == LoginState::LoggedIn && self.connection != Connection::Down {
+                self.timers.set(Timer::Liveness, now + timings.dead_after);
+            }
+        }
+    }
+
+    fn start_heartbeat(&mut self, now: Instant) {
+        if let Some(timings) = self.reconnect {
+            self.timers
+                .set(Timer::Heartbeat, now + timings.heartbeat_interval);
+            self.heard_from_server(now);
+        }
+    }
+
+    fn on_resumed(&mut self, now: Instant, token: SessionToken, received: u64) {
+        if self.connection != Connection::Resuming {
+            warn!("a resume answer without a resume");
+            return;
+        }
+        if let Err(error) = self.replay.acknowledge(received) {
+            warn!(%error, "the resumed session does not match ours: logging in afresh");
+            self.lose_session();
+            self.connection_broke();
+            return;
+        }
+        self.token = Some(token);
+        self.resend = self.replay.unacknowledged().cloned().collect();
+        self.connection = Connection::Up;
+        debug!(resent = self.resend.len(), "session resumed");
+        self.start_heartbeat(now);
+        self.events.push_back(CallingEvent::Reconnected);
+    }
+
+    /// The server no longer has the session (restarted, grace over): what
+    /// it held is over for the application, once; the login is repeated on
+    /// the next connection.
+    fn lose_session(&mut self) {
+        debug!("session lost: ending its calls, logging in again");
+        self.end_abandoned_calls();
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::InCall { call_id, .. } => {
+                self.emit_call_end(call_id, EndReason::ConnectionLost);
+            }
+            State::Ringing(_) | State::Accepting { .. } => {
+                self.events.push_back(CallingEvent::CallingCancel);
+            }
+            State::Idle | State::Dialing { .. } => {}
+        }
+        self.timers.cancel(&Timer::VoiceVolumeReport);
+        self.held = None;
+        self.fail_all_requests(ErrorCode::CONNECTION_LOST);
+        self.token = None;
+        self.replay = Replay::new(REPLAY_CAPACITY);
+        self.resend.clear();
+        self.transmits.clear();
+    }
+
+    fn on_member_connection(&mut self, call_id: CallId, user_id: UserId, connected: bool) {
+        if let State::InCall {
+            call_id: current,
+            members,
+            ..
+        } = &self.state
+        {
+            if *current == call_id && members.contains(&user_id) {
+                self.events.push_back(if connected {
+                    CallingEvent::UserReconnected { user_id }
+                } else {
+                    CallingEvent::UserReconnecting { user_id }
+                });
+            }
+        }
+    }
+
+    fn on_login_result(&mut self, now: Instant, code: ErrorCode, message: String) {
+        match self.connection {
+            Connection::Resuming => {
+                // Refused: the server closes; the next connection logs in.
+                debug!(?code, "resume refused");
+                self.lose_session();
+                self.connection_broke();
+                return;
+            }
+            Connection::LoggingInAgain => {
+                if code.is_ok() {
+                    self.connection = Connection::Up;
+                    if self.muted {
+                        self.transmits
+                            .push_back(ClientMessage::Microphone { muted: true });
+                    }
+                    self.start_heartbeat(now);
+                    self.events.push_back(CallingEvent::Reconnected);
+                } else {
+                    self.end_session(code, message, EndReason::ConnectionLost);
+                }
+                return;
+            }
+            Connection::Up | Connection::Down => {}
+        }
         let LoginState::LoggingIn(request) = self.login else {
             warn!(?code, "login result without a login");
             return;
@@ -769,6 +1113,7 @@ impl CallEngine {
                 self.transmits
                     .push_back(ClientMessage::Microphone { muted: true });
             }
+            self.start_heartbeat(now);
             self.complete(request, Ok(None));
         } else {
             self.login = LoginState::LoggedOut;
@@ -1101,6 +1446,7 @@ impl CallEngine {
         self.timers.cancel(&Timer::VoiceVolumeReport);
         self.held = None;
         self.me = None;
+        self.forget_connection();
     }
 
     fn fail_all_requests(&mut self, code: ErrorCode) {

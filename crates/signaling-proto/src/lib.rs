@@ -71,16 +71,21 @@ pub mod frame;
 pub mod limit;
 pub mod login;
 pub mod message;
+pub mod resume;
 pub mod sim;
 pub mod switchboard;
 pub mod timer;
 
 pub use datagram::{DatagramError, DatagramKind, LossReport, MediaHeader};
-pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation};
+pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation, ReconnectTimings};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use limit::TokenBucket;
-pub use login::{AcceptedLogin, Credentials, LoginRefusal, check_login};
-pub use message::{ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, UserSig};
+pub use login::{AcceptedLogin, Credentials, LoginRefusal, ResumeClaim, check_login};
+pub use message::{
+    ClientMessage, FlowId, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, RequestId, ServerMessage,
+    SessionToken, UserSig,
+};
+pub use resume::{Replay, ReplayError};
 pub use switchboard::{
     CallMember, ConnId, Output, Switchboard, SwitchboardConfig, SwitchboardCounters,
 };

@@ -4,7 +4,9 @@
 //!
 //! The checks, in order: another request before the login
 //! (`NOT_LOGGED_IN`), the protocol version (readable by any version, see
-//! [`handshake_version`]), that the frame is a [`ClientMessage::Login`]
+//! [`handshake_version`]; [`OLDEST_PROTOCOL_VERSION`] to
+//! [`PROTOCOL_VERSION`] are served), that the frame is a
+//! [`ClientMessage::Login`] or, from version 2, a [`ClientMessage::Resume`]
 //! (`PROTOCOL_ERROR`) with a valid user id (`INVALID_USER_ID`), that the app
 //! is served here, the UserSig's length, then the UserSig itself, which only
 //! the deployment can judge ([`Credentials`]). A refusal carries its code and text and becomes the
@@ -13,7 +15,10 @@
 use calling_api::{ErrorCode, UserId};
 
 use crate::frame::{decode_payload, handshake_version};
-use crate::message::{ClientMessage, MAX_USER_SIG_LEN, PROTOCOL_VERSION, ServerMessage, UserSig};
+use crate::message::{
+    ClientMessage, MAX_USER_SIG_LEN, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage,
+    SessionToken, UserSig,
+};
 
 /// What a deployment knows about its apps and their UserSigs.
 pub trait Credentials {
@@ -37,6 +42,21 @@ pub struct AcceptedLogin {
     pub sdk_app_id: u32,
     /// The user the UserSig proved.
     pub user: UserId,
+    /// The protocol version the session speaks: the client's.
+    pub protocol_version: u16,
+    /// For a [`ClientMessage::Resume`]: the session it claims. Whether that
+    /// session exists and the token is its own is for whoever keeps
+    /// sessions to judge.
+    pub resume: Option<ResumeClaim>,
+}
+
+/// What a [`ClientMessage::Resume`] claims besides its credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeClaim {
+    /// The session's token, as the client last got it.
+    pub token: SessionToken,
+    /// The server's numbered messages the client has received.
+    pub received: u64,
 }
 
 /// Why a login is refused.
@@ -74,33 +94,64 @@ pub fn check_login(
     payload: &[u8],
     credentials: &impl Credentials,
 ) -> Result<AcceptedLogin, LoginRefusal> {
-    let not_a_login =
-        || LoginRefusal::new(ErrorCode::PROTOCOL_ERROR, "the first frame must be a login");
-    // A well-formed message that is not a login: the client skipped it.
-    if decode_payload::<ClientMessage>(payload)
-        .is_ok_and(|message| !matches!(message, ClientMessage::Login { .. }))
-    {
+    let not_a_login = || {
+        LoginRefusal::new(
+            ErrorCode::PROTOCOL_ERROR,
+            "the first frame must be a login or a resume",
+        )
+    };
+    let decoded = decode_payload::<ClientMessage>(payload);
+    // A well-formed message that is neither: the client skipped the login.
+    if decoded.as_ref().is_ok_and(|message| {
+        !matches!(
+            message,
+            ClientMessage::Login { .. } | ClientMessage::Resume { .. }
+        )
+    }) {
         return Err(LoginRefusal::new(ErrorCode::NOT_LOGGED_IN, "log in first"));
     }
-    match handshake_version(payload) {
-        Ok(PROTOCOL_VERSION) => {}
+    let version = match &decoded {
+        Ok(ClientMessage::Resume {
+            protocol_version, ..
+        }) => Ok(*protocol_version),
+        _ => handshake_version(payload),
+    };
+    match version {
+        Ok(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION) => {}
         Ok(other) => {
             return Err(LoginRefusal::new(
                 ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
                 format!(
-                    "protocol version {other} is not supported; this server speaks {PROTOCOL_VERSION}"
+                    "protocol version {other} is not supported; this server speaks {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
                 ),
             ));
         }
         Err(_) => return Err(not_a_login()),
     }
-    let (sdk_app_id, user_id, user_sig) = match decode_payload::<ClientMessage>(payload) {
+    let (protocol_version, sdk_app_id, user_id, user_sig, resume) = match decoded {
         Ok(ClientMessage::Login {
+            protocol_version,
             sdk_app_id,
             user_id,
             user_sig,
-            ..
-        }) => (sdk_app_id, user_id, user_sig),
+        }) => (protocol_version, sdk_app_id, user_id, user_sig, None),
+        Ok(ClientMessage::Resume {
+            protocol_version,
+            sdk_app_id,
+            user_id,
+            user_sig,
+            token,
+            received,
+        }) => {
+            if protocol_version < 2 {
+                return Err(LoginRefusal::new(
+                    ErrorCode::PROTOCOL_ERROR,
+                    "resume needs protocol version 2",
+                ));
+            }
+            let claim = ResumeClaim { token, received };
+            (protocol_version, sdk_app_id, user_id, user_sig, Some(claim))
+        }
         _ => {
             return Err(match decode_payload::<RawLogin>(payload) {
                 // A login in every respect but its user id.
@@ -128,6 +179,8 @@ pub fn check_login(
     Ok(AcceptedLogin {
         sdk_app_id,
         user: user_id,
+        protocol_version,
+        resume,
     })
 }
 
@@ -198,6 +251,39 @@ mod tests {
         assert_eq!(
             code(login(PROTOCOL_VERSION + 1, 7, "ok:alice")),
             Err(ErrorCode::UNSUPPORTED_PROTOCOL_VERSION)
+        );
+        assert_eq!(
+            code(login(0, 7, "ok:alice")),
+            Err(ErrorCode::UNSUPPORTED_PROTOCOL_VERSION)
+        );
+        let version_1 = check_login(&login(1, 7, "ok:alice"), &OneApp).unwrap();
+        assert_eq!((version_1.protocol_version, version_1.resume), (1, None));
+        let resume = |version: u16, sig: &str| {
+            payload(&ClientMessage::Resume {
+                protocol_version: version,
+                sdk_app_id: 7,
+                user_id: UserId::new("alice").unwrap(),
+                user_sig: sig.into(),
+                token: SessionToken([9; 16]),
+                received: 3,
+            })
+        };
+        assert_eq!(
+            check_login(&resume(2, "ok:alice"), &OneApp).unwrap().resume,
+            Some(ResumeClaim {
+                token: SessionToken([9; 16]),
+                received: 3
+            })
+        );
+        assert_eq!(
+            code(resume(1, "ok:alice")),
+            Err(ErrorCode::PROTOCOL_ERROR),
+            "version 1 has no resume"
+        );
+        assert_eq!(
+            code(resume(2, "ok:bob")),
+            Err(ErrorCode::USERSIG_BAD_SIGNATURE),
+            "a token does not replace the UserSig"
         );
         assert_eq!(
             code(payload(&ClientMessage::Logout {

@@ -10,8 +10,14 @@
 use calling_api::{CallId, CallType, EndReason, ErrorCode, UserId};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks: 2 adds session resume
+/// ([`ClientMessage::Resume`], [`ServerMessage::Session`]), heartbeats and
+/// [`ServerMessage::MemberConnection`].
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version a server still serves: a version-1 session
+/// gets none of version 2's messages and cannot be resumed.
+pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 
 /// The most users one [`ClientMessage::Invite`] may name.
 pub const MAX_INVITEES: usize = 16;
@@ -91,6 +97,18 @@ impl From<String> for UserSig {
     }
 }
 
+/// A server-made secret that proves a session, so that a client whose
+/// connection broke can resume it ([`ClientMessage::Resume`]). Its `Debug`
+/// shows nothing of it. On the wire: 16 bytes, no length.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionToken(pub [u8; 16]);
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionToken(<redacted>)")
+    }
+}
+
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMessage {
@@ -162,6 +180,32 @@ pub enum ClientMessage {
         /// Echoed in the pong.
         nonce: u64,
     },
+    /// Version 2: instead of a login, the first frame of a new connection
+    /// that takes over a session whose connection broke. Answered by
+    /// [`ServerMessage::Resumed`], or refused with a `LoginResult` (and a
+    /// close) when the session is gone: the client then logs in afresh.
+    Resume {
+        /// [`PROTOCOL_VERSION`] of the client (2 or later).
+        protocol_version: u16,
+        /// The application.
+        sdk_app_id: u32,
+        /// Whose session.
+        user_id: UserId,
+        /// A UserSig for `user_id`, checked as for a login: a token alone
+        /// does not prove who sends it.
+        user_sig: UserSig,
+        /// The session's latest token.
+        token: SessionToken,
+        /// How many of the session's numbered messages the client has
+        /// received: the server resends the ones after.
+        received: u64,
+    },
+    /// Version 2: "I am here, and have received this many numbered
+    /// messages". Answered by [`ServerMessage::HeartbeatAck`]; not numbered.
+    Heartbeat {
+        /// The session's numbered messages received so far.
+        received: u64,
+    },
 }
 
 impl ClientMessage {
@@ -174,8 +218,22 @@ impl ClientMessage {
             | Self::Accept { request_id, .. }
             | Self::Reject { request_id, .. }
             | Self::Hangup { request_id } => Some(*request_id),
-            Self::Login { .. } | Self::Microphone { .. } | Self::Ping { .. } => None,
+            Self::Login { .. }
+            | Self::Microphone { .. }
+            | Self::Ping { .. }
+            | Self::Resume { .. }
+            | Self::Heartbeat { .. } => None,
         }
+    }
+
+    /// Whether this message counts in the session's numbering (see
+    /// `docs/protocol.md`, "Resume"): everything after the login but the
+    /// heartbeat.
+    pub fn is_numbered(&self) -> bool {
+        !matches!(
+            self,
+            Self::Login { .. } | Self::Resume { .. } | Self::Heartbeat { .. }
+        )
     }
 }
 
@@ -296,6 +354,42 @@ pub enum ServerMessage {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// Version 2: right after a successful `LoginResult`, what a client
+    /// needs to resume this session if its connection breaks. Not numbered.
+    Session {
+        /// The token to present in [`ClientMessage::Resume`].
+        token: SessionToken,
+        /// How long the server keeps the session after its connection
+        /// breaks, in milliseconds.
+        grace_ms: u32,
+    },
+    /// Version 2: the answer to a successful [`ClientMessage::Resume`]. The
+    /// server then resends its numbered messages after the client's
+    /// `received`, in order. Not numbered.
+    Resumed {
+        /// The session's new token; the old one is void.
+        token: SessionToken,
+        /// How many of the client's numbered messages the server has
+        /// received: the client resends the ones after.
+        received: u64,
+    },
+    /// Version 2: the answer to [`ClientMessage::Heartbeat`]. Not numbered.
+    HeartbeatAck {
+        /// How many of the client's numbered messages the server has
+        /// received.
+        received: u64,
+    },
+    /// Version 2: a member of your call lost its connection and may come
+    /// back (`connected: false`), or came back (`true`). A member that does
+    /// not come back in time leaves with [`ServerMessage::UserLeft`].
+    MemberConnection {
+        /// The call.
+        call_id: CallId,
+        /// The member.
+        user_id: UserId,
+        /// Whether its connection is up.
+        connected: bool,
+    },
 }
 
 impl ServerMessage {
@@ -324,12 +418,41 @@ impl ServerMessage {
             | Self::UserEntered { call_id, .. }
             | Self::UserLeft { call_id, .. }
             | Self::AudioAvailability { call_id, .. }
+            | Self::MemberConnection { call_id, .. }
             | Self::CallEnded { call_id, .. } => Some(*call_id),
             Self::Ack { call_id, .. } => *call_id,
-            Self::LoginResult { .. } | Self::Error { .. } | Self::Kicked | Self::Pong { .. } => {
-                None
-            }
+            Self::LoginResult { .. }
+            | Self::Error { .. }
+            | Self::Kicked
+            | Self::Pong { .. }
+            | Self::Session { .. }
+            | Self::Resumed { .. }
+            | Self::HeartbeatAck { .. } => None,
         }
+    }
+
+    /// Whether this message counts in the session's numbering (see
+    /// `docs/protocol.md`, "Resume"): everything after the login result but
+    /// the session, resume and heartbeat answers.
+    pub fn is_numbered(&self) -> bool {
+        !matches!(
+            self,
+            Self::LoginResult { .. }
+                | Self::Session { .. }
+                | Self::Resumed { .. }
+                | Self::HeartbeatAck { .. }
+        )
+    }
+
+    /// Whether a version-1 client can read this message.
+    pub fn in_version_1(&self) -> bool {
+        !matches!(
+            self,
+            Self::Session { .. }
+                | Self::Resumed { .. }
+                | Self::HeartbeatAck { .. }
+                | Self::MemberConnection { .. }
+        )
     }
 }
 

@@ -497,7 +497,8 @@ impl Simulation {
         match check_login(payload, &SimCredentials) {
             Ok(login) => {
                 self.authenticated.insert(conn);
-                self.switchboard.handle_login(self.now, conn, login.user);
+                self.switchboard
+                    .handle_login(self.now, conn, login.user, login.protocol_version);
             }
             Err(refusal) => self.refuse(conn, refusal.code, &refusal.message),
         }
@@ -519,7 +520,7 @@ impl Simulation {
         };
         self.server_send(conn, &reply);
         if self.authenticated.remove(&conn) {
-            self.switchboard.handle_disconnect(self.now, conn);
+            self.switchboard.handle_expelled(self.now, conn);
         }
         self.server_decoders.remove(&conn);
         if let Some(label) = self.conn_owner.get(&conn).cloned() {

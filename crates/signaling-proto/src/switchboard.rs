@@ -59,13 +59,19 @@ pub struct SwitchboardConfig {
     /// Invitations of one session that may ring at once; more are refused
     /// with `RATE_LIMITED`.
     pub max_ringing_per_session: usize,
+    /// How long a resumable session (protocol version 2) outlives its
+    /// connection: its presence, calls, mute state and invitations wait
+    /// this long for the client to resume. Zero: sessions end with their
+    /// connection.
+    pub resume_grace: Duration,
 }
 
 impl SwitchboardConfig {
     /// The rules unless a deployment says otherwise: invitations ring 30 s
     /// by default and at most 120 s (longer, and a caller could keep a
     /// callee busy for minutes); 16 members and invitees per call; 60
-    /// invitations a minute and 32 ringing at once per session.
+    /// invitations a minute and 32 ringing at once per session; a broken
+    /// connection's session waits 20 s for its client.
     pub const DEFAULT: Self = Self {
         default_invite_timeout: Duration::from_secs(30),
         max_invite_timeout: Duration::from_secs(120),
@@ -73,6 +79,7 @@ impl SwitchboardConfig {
         node_id: 0,
         invitations_per_minute: 60,
         max_ringing_per_session: 32,
+        resume_grace: Duration::from_secs(20),
     };
 }
 
@@ -93,7 +100,8 @@ pub enum Output {
         message: ServerMessage,
     },
     /// Close `conn` once what was sent before is flushed. The switchboard has
-    /// already forgotten it.
+    /// already forgotten it: the session is over (for a session waiting for
+    /// its client to resume, the wait is over).
     Close {
         /// The connection.
         conn: ConnId,
@@ -146,11 +154,19 @@ pub struct CallMember {
 enum Timer {
     /// `invitee`'s invitation to `call_id` stops ringing.
     Invitation { call_id: CallId, invitee: UserId },
+    /// The session on `conn`, whose connection broke, stops waiting for
+    /// its client to resume.
+    ResumeGrace { conn: ConnId },
 }
 
 #[derive(Debug)]
 struct Session {
     user: UserId,
+    /// The protocol version the client speaks: version 1 clients get no
+    /// version 2 message and cannot resume.
+    protocol_version: u16,
+    /// The connection broke; the session waits for a resume.
+    detached: bool,
     muted: bool,
     call: Option<CallId>,
     /// Invitations this session may still send now.
@@ -274,14 +290,21 @@ impl Switchboard {
         &self.config
     }
 
-    /// Registers an authenticated login of `user` on `conn` and answers it.
+    /// Registers an authenticated login of `user` on `conn`, speaking
+    /// `protocol_version`, and answers it.
     ///
     /// Authentication (UserSig, protocol version) is the glue's job
     /// ([`crate::login::check_login`]); it calls this only for logins that
     /// passed. A session of the same user on another connection is kicked:
     /// its calls end as a leave, it gets [`ServerMessage::Kicked`] and is
     /// closed.
-    pub fn handle_login(&mut self, now: Instant, conn: ConnId, user: UserId) {
+    pub fn handle_login(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        user: UserId,
+        protocol_version: u16,
+    ) {
         let _ = now;
         if self.sessions.contains_key(&conn) {
             self.send_error(
@@ -307,6 +330,8 @@ impl Switchboard {
             conn,
             Session {
                 user,
+                protocol_version,
+                detached: false,
                 muted: false,
                 call: None,
                 invitation_budget: TokenBucket::new(per_minute / 60.0, per_minute),
@@ -317,7 +342,7 @@ impl Switchboard {
         self.send(
             conn,
             ServerMessage::LoginResult {
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version: protocol_version.min(PROTOCOL_VERSION),
                 code: ErrorCode::OK,
                 message: ErrorCode::OK.message().to_owned(),
             },
@@ -338,7 +363,7 @@ impl Switchboard {
             return self.send_error(conn, request_id, ErrorCode::NOT_LOGGED_IN, "log in first");
         };
         match message {
-            ClientMessage::Login { .. } => self.send_error(
+            ClientMessage::Login { .. } | ClientMessage::Resume { .. } => self.send_error(
                 conn,
                 None,
                 ErrorCode::ALREADY_LOGGED_IN,
@@ -410,23 +435,128 @@ impl Switchboard {
             },
             ClientMessage::Microphone { muted } => self.set_microphone(conn, muted),
             ClientMessage::Ping { nonce } => self.send(conn, ServerMessage::Pong { nonce }),
+            // Heartbeats count messages, which is the glue's bookkeeping
+            // (see `crate::resume`); it answers them itself.
+            ClientMessage::Heartbeat { .. } => {}
         }
     }
 
-    /// The connection is gone (closed, timed out, reset): the user's calls
-    /// end as a leave and the user goes offline.
+    /// The connection is gone (closed, timed out, reset). A resumable
+    /// session waits [`SwitchboardConfig::resume_grace`] for its client:
+    /// it stays online, in its call and rung by its invitations, its call's
+    /// other members hear it is reconnecting, and its messages wait for the
+    /// glue to deliver them after the resume. Any other session ends: its
+    /// calls end as a leave with [`EndReason::ConnectionLost`] and the user
+    /// goes offline.
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        let grace = self.config.resume_grace;
+        match self.sessions.get_mut(&conn) {
+            Some(session) if session.protocol_version >= 2 && !grace.is_zero() => {
+                if !session.detached {
+                    session.detached = true;
+                    debug!(user = %session.user, ?conn, "connection lost: waiting for a resume");
+                    self.timers.set(Timer::ResumeGrace { conn }, now + grace);
+                    self.tell_connection(conn, false);
+                }
+            }
+            _ => self.end_session(conn, Departure::ConnectionLost),
+        }
+        self.finish_input();
+    }
+
+    /// The glue closed `conn` because its client broke the protocol or a
+    /// limit: unlike a broken network, that is no reason to wait for a
+    /// resume, and the session ends now as a lost connection.
+    pub fn handle_expelled(&mut self, now: Instant, conn: ConnId) {
         let _ = now;
         self.end_session(conn, Departure::ConnectionLost);
         self.finish_input();
     }
 
+    /// The client of the session on `conn` came back on a new connection
+    /// (the glue checked its credentials and token): the session goes on as
+    /// if nothing happened, its call's members hear it is back, and its
+    /// call's membership is published again so the relay uses the new
+    /// connection. Also for a session whose broken connection the glue has
+    /// not noticed yet. `false` if there is no such session (it ended).
+    pub fn handle_resume(&mut self, now: Instant, conn: ConnId) -> bool {
+        let _ = now;
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        let was_detached = std::mem::replace(&mut session.detached, false);
+        debug!(user = %session.user, ?conn, was_detached, "session resumed");
+        if was_detached {
+            self.timers.cancel(&Timer::ResumeGrace { conn });
+            self.tell_connection(conn, true);
+        }
+        if let Some((call_id, _)) = self.joined_call_of(conn) {
+            self.membership_changed.insert(call_id);
+        }
+        self.finish_input();
+        true
+    }
+
+    /// Tells the other members of `conn`'s call that its connection went
+    /// down or came back: those that understand it (version 2).
+    fn tell_connection(&mut self, conn: ConnId, connected: bool) {
+        let Some((call_id, _)) = self.joined_call_of(conn) else {
+            return;
+        };
+        let Some(me) = self.user_of(conn).cloned() else {
+            return;
+        };
+        let others: Vec<ConnId> = self
+            .calls
+            .get(&call_id)
+            .map(|call| {
+                call.members
+                    .keys()
+                    .filter(|user| **user != me)
+                    .filter_map(|user| self.conn_of(user))
+                    .filter(|other| {
+                        self.sessions
+                            .get(other)
+                            .is_some_and(|session| session.protocol_version >= 2)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for other in others {
+            self.send(
+                other,
+                ServerMessage::MemberConnection {
+                    call_id,
+                    user_id: me.clone(),
+                    connected,
+                },
+            );
+        }
+    }
+
+    /// Whether the session on `conn` waits for its client to resume.
+    pub fn is_detached(&self, conn: ConnId) -> bool {
+        self.sessions
+            .get(&conn)
+            .is_some_and(|session| session.detached)
+    }
+
     /// Fires every timer due at or before `now`: an expired invitation
-    /// tells the inviter `NoResponse` and the invitee `InvitationTimedOut`.
+    /// tells the inviter `NoResponse` and the invitee `InvitationTimedOut`;
+    /// a session whose client did not resume in time ends as a lost
+    /// connection.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((timer, _)) = self.timers.expire(now) {
             match timer {
                 Timer::Invitation { call_id, invitee } => self.expire_invitation(call_id, invitee),
+                Timer::ResumeGrace { conn } => {
+                    debug!(?conn, "no resume in time: session over");
+                    self.end_session(conn, Departure::ConnectionLost);
+                    self.outputs.push_back(Output::Close {
+                        conn,
+                        code: ErrorCode::CONNECTION_LOST,
+                    });
+                }
             }
         }
         self.finish_input();
@@ -589,7 +719,8 @@ impl Switchboard {
     /// - every member and invitee of a call is online with that call;
     /// - every call has a member, and one with a single member has invitees
     ///   (a call with nobody left to answer has ended);
-    /// - invitation timers and pending invitations match one to one;
+    /// - invitation timers and pending invitations match one to one, and
+    ///   grace timers and detached sessions;
     /// - no session counts more ringing invitations than it has ringing;
     /// - no membership change is left unpublished between inputs.
     pub fn check_invariants(&self) -> Result<(), String> {
@@ -647,10 +778,26 @@ impl Switchboard {
             }
             pending_total += call.pending.len();
         }
-        if pending_total != self.timers.len() {
+        let detached: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.detached)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in &detached {
+            if self
+                .timers
+                .deadline(&Timer::ResumeGrace { conn: *conn })
+                .is_none()
+            {
+                return Err(format!("detached {conn:?} has no grace timer"));
+            }
+        }
+        if pending_total + detached.len() != self.timers.len() {
             return Err(format!(
-                "{} timers for {pending_total} invitations",
-                self.timers.len()
+                "{} timers for {pending_total} invitations and {} detached sessions",
+                self.timers.len(),
+                detached.len()
             ));
         }
         for session in self.sessions.values() {
@@ -1076,6 +1223,11 @@ impl Switchboard {
         if let Some(reason) = own_reason {
             self.send(conn, ServerMessage::CallEnded { call_id, reason });
         }
+        let reason_for_the_last = if departure == Departure::ConnectionLost {
+            EndReason::ConnectionLost
+        } else {
+            EndReason::Hangup
+        };
         if nobody_entered {
             // Nobody answered yet: leaving cancels every invitation.
             self.cancel_invitations(call_id);
@@ -1090,7 +1242,7 @@ impl Switchboard {
                 },
             );
         }
-        self.end_if_nobody_left(call_id, EndReason::Hangup);
+        self.end_if_nobody_left(call_id, reason_for_the_last);
     }
 
     fn cancel_invitations(&mut self, call_id: CallId) {
@@ -1138,6 +1290,7 @@ impl Switchboard {
     }
 
     fn end_session(&mut self, conn: ConnId, departure: Departure) {
+        self.timers.cancel(&Timer::ResumeGrace { conn });
         self.leave(conn, departure);
         if let Some(session) = self.sessions.remove(&conn) {
             if self.online.get(&session.user) == Some(&conn) {

@@ -638,10 +638,14 @@ fn logging_out_while_ringing_is_no_response() {
     assert_eq!(sim.switchboard().call_count(), 0);
 }
 
+/// A version-2 session outlives its connection for the resume grace: its
+/// peers hear it is reconnecting; once the grace is over it leaves, and
+/// the call ends for everyone as a lost connection.
 #[test]
-fn a_lost_connection_ends_the_call_for_everyone() {
+fn a_lost_connection_ends_the_call_for_everyone_after_the_grace() {
     let mut sim = world(&["alice", "bob"]);
     let call = connect(&mut sim, "alice", "bob");
+    let dropped_at = sim.now();
     sim.drop_connection("bob");
     sim.settle();
     let mut expected = vec![CallingEvent::Error {
@@ -650,24 +654,64 @@ fn a_lost_connection_ends_the_call_for_everyone() {
     }];
     expected.extend(call_end(call, EndReason::ConnectionLost));
     assert_eq!(events(&mut sim, "bob"), expected);
+    assert_eq!(
+        events(&mut sim, "alice"),
+        [CallingEvent::UserReconnecting {
+            user_id: user("bob")
+        }]
+    );
+    let grace_over = dropped_at + SwitchboardConfig::DEFAULT.resume_grace;
+    sim.advance(grace_over - sim.now() - Duration::from_millis(1));
+    assert_eq!(events(&mut sim, "alice"), []);
+    assert_eq!(sim.switchboard().online_count(), 2, "bob's session waits");
+    sim.advance(Duration::from_millis(1));
+    sim.settle();
     let mut expected = vec![CallingEvent::UserLeave {
         user_id: user("bob"),
     }];
-    expected.extend(call_end(call, EndReason::Hangup));
+    expected.extend(call_end(call, EndReason::ConnectionLost));
     assert_eq!(events(&mut sim, "alice"), expected);
+    assert_eq!(sim.switchboard().online_count(), 1);
     assert_consistent(&sim);
 }
 
+/// An invitation keeps ringing a user whose connection broke, until the
+/// grace is over: then it counts as no response.
 #[test]
-fn a_ringing_invitee_who_disconnects_counts_as_no_response() {
+fn a_ringing_invitee_who_disconnects_counts_as_no_response_after_the_grace() {
     let mut sim = world(&["alice", "bob"]);
     let call = dial(&mut sim, "alice", "bob");
     sim.drop_connection("bob");
+    sim.settle();
+    assert_eq!(events(&mut sim, "alice"), []);
+    sim.advance(SwitchboardConfig::DEFAULT.resume_grace);
     sim.settle();
     let mut expected = vec![CallingEvent::NoResp {
         user_id: user("bob"),
     }];
     expected.extend(call_end(call, EndReason::NoResponse));
+    assert_eq!(events(&mut sim, "alice"), expected);
+}
+
+/// Without a grace (a deployment that turns resume off) a lost connection
+/// ends the session at once, as in protocol version 1.
+#[test]
+fn without_a_grace_a_lost_connection_ends_the_call_at_once() {
+    let config = SwitchboardConfig {
+        resume_grace: Duration::ZERO,
+        ..SwitchboardConfig::DEFAULT
+    };
+    let mut sim = Simulation::new(Instant::now(), config, NetworkConfig::default());
+    for name in ["alice", "bob"] {
+        sim.add_logged_in(name, name);
+    }
+    let call = connect(&mut sim, "alice", "bob");
+    sim.drop_connection("bob");
+    sim.settle();
+    let mut expected = vec![CallingEvent::UserLeave {
+        user_id: user("bob"),
+    }];
+    expected.extend(call_end(call, EndReason::ConnectionLost));
     assert_eq!(events(&mut sim, "alice"), expected);
 }
 
