@@ -315,9 +315,7 @@ async fn recv_frame<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-async fn recv_datagram<T: Transport>(
-    media: Option<&T::Media>,
-) -> Result<Bytes, LinkClosed> {
+async fn recv_datagram<T: Transport>(media: Option<&T::Media>) -> Result<Bytes, LinkClosed> {
     match media {
         Some(media) => media.recv_datagram().await,
         None => std::future::pending().await,
@@ -465,7 +463,8 @@ impl<T: Transport> Driver<T> {
 
     fn drop_link(&mut self) {
         if let Some(link) = self.link.take() {
-            link.media.close(ErrorCode::CONNECTION_LOST, "connection lost");
+            link.media
+                .close(ErrorCode::CONNECTION_LOST, "connection lost");
         }
         self.rebind = None;
         self.media_link.switch_to(None);

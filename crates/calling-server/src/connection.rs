@@ -23,6 +23,11 @@ use crate::hub::{HubInput, OUTBOX_CAPACITY, Outbound};
 use crate::limits::{ConnectionBudget, LimitCounters, MAX_REQUESTS_IN_FLIGHT, Verdict};
 use crate::usersig;
 
+/// How long a resumable session's connection may send nothing (its client
+/// sends a heartbeat a second) before the server counts it as broken and
+/// the session waits for a resume.
+pub(crate) const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The link a connection task serves: client messages in, server messages out.
 type ServerLink<T> = Link<T, ClientMessage, ServerMessage>;
 
@@ -103,9 +108,10 @@ pub(crate) async fn serve_link<T: Transport>(
         Err(_) => None,
     };
     let ended = match session {
-        Some(conn) => {
+        Some((conn, resumable)) => {
             info!(%user, %remote, ?conn, resumed = resuming, "logged in");
-            let ended = exchange(&mut link, &shared, (link_id, conn), &mut inbox).await;
+            let ids = (link_id, conn);
+            let ended = exchange(&mut link, &shared, ids, resumable, &mut inbox).await;
             let expelled = ended.expels();
             let _ = shared
                 .hub
@@ -214,7 +220,9 @@ impl Ended {
         match self {
             Self::ClientLeft | Self::Broken(_) => false,
             Self::Stalled => true,
-            Self::Closed(code) => *code == ErrorCode::PROTOCOL_ERROR || *code == ErrorCode::RATE_LIMITED,
+            Self::Closed(code) => {
+                *code == ErrorCode::PROTOCOL_ERROR || *code == ErrorCode::RATE_LIMITED
+            }
         }
     }
 }
@@ -225,6 +233,7 @@ async fn exchange<T: Transport>(
     link: &mut ServerLink<T>,
     shared: &Shared,
     (link_id, conn): (ConnId, ConnId),
+    resumable: bool,
     inbox: &mut mpsc::Receiver<Outbound>,
 ) -> Ended {
     let limits = &shared.connection_limits;
@@ -232,13 +241,27 @@ async fn exchange<T: Transport>(
     let mut budget = ConnectionBudget::new(conn, limits);
     // Requests passed to the hub whose reply has not gone out yet.
     let mut in_flight = 0_usize;
+    // A resumable session's client sends a heartbeat a second: silence
+    // means its network is gone, long before the transport's idle timeout.
+    let mut heard = Instant::now();
     loop {
+        let silent_until = resumable.then(|| heard + SILENCE_TIMEOUT);
         // A client's own requests wait while their replies pile up: it is
         // paced, never disconnected for pipelining.
         let may_read = in_flight < MAX_REQUESTS_IN_FLIGHT && inbox.len() < OUTBOX_CAPACITY / 2;
+        if !may_read {
+            // Paced: the client's silence is ours, not its network's.
+            heard = Instant::now();
+        }
         tokio::select! {
+            () = signaling_link::sleep_until(silent_until), if silent_until.is_some() => {
+                debug!(?conn, "no heartbeat in time: the client's network is gone");
+                return Ended::ClientLeft;
+            }
             received = link.recv.recv(), if may_read => match received {
-                Ok(Some(message)) => match budget.admit_message(Instant::now(), counters) {
+                Ok(Some(message)) => {
+                    heard = Instant::now();
+                    match budget.admit_message(heard, counters) {
                     Verdict::Admit => {
                         in_flight += usize::from(message.request_id().is_some());
                         if shared.hub.send(HubInput::Message { link: link_id, message }).await.is_err() {
@@ -258,7 +281,8 @@ async fn exchange<T: Transport>(
                         }
                     }
                     Verdict::Close => return Ended::Closed(ErrorCode::RATE_LIMITED),
-                },
+                    }
+                }
                 Ok(None) => return Ended::ClientLeft,
                 Err(LinkError::Protocol(error)) => {
                     warn!(?conn, %error, "malformed frame: closing");

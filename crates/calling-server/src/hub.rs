@@ -59,9 +59,10 @@ pub(crate) enum HubInput {
         outbox: mpsc::Sender<Outbound>,
         /// Where the relay sends this member's peers' audio.
         media: Arc<dyn MediaLink>,
-        /// The session the connection now carries; `None` when the resume
-        /// was refused (the refusal and a close are in the outbox).
-        session: oneshot::Sender<Option<ConnId>>,
+        /// The session the connection now carries, and whether it is
+        /// resumable (its client then owes heartbeats); `None` when the
+        /// resume was refused (the refusal and a close are in the outbox).
+        session: oneshot::Sender<Option<(ConnId, bool)>>,
     },
     Message {
         link: ConnId,
@@ -168,7 +169,14 @@ pub(crate) async fn run(
                 }
                 let attached = match resume {
                     None => {
-                        log_in(&mut switchboard, &mut links, now, link, user, protocol_version);
+                        log_in(
+                            &mut switchboard,
+                            &mut links,
+                            now,
+                            link,
+                            user,
+                            protocol_version,
+                        );
                         links.outboxes.insert(link, outbox);
                         links.media.insert(link, media);
                         Some(link)
@@ -182,7 +190,10 @@ pub(crate) async fn run(
                         media,
                     ),
                 };
-                let _ = session.send(attached);
+                let resumable = attached
+                    .and_then(|conn| links.sessions.get(&conn))
+                    .is_some_and(|book| book.resumable);
+                let _ = session.send(attached.map(|conn| (conn, resumable)));
                 dispatch(&mut switchboard, &mut links, &routes);
                 if let Some(conn) = attached.filter(|_| resume.is_none()) {
                     introduce_session(&switchboard, &mut links, conn);
@@ -569,37 +580,59 @@ mod tests {
         outbox: mpsc::Receiver<Outbound>,
         /// The client's end of its media link.
         media: MemoryMedia,
+        token: Option<SessionToken>,
     }
 
-    async fn log_in(hub: &mpsc::Sender<HubInput>, conn: u64, user: &str) -> Client {
+    /// Connection `link` logs in as `user`, or resumes its session.
+    async fn connect(
+        hub: &mpsc::Sender<HubInput>,
+        link: u64,
+        user: &str,
+        resume: Option<ResumeClaim>,
+    ) -> (Option<ConnId>, Client) {
         let (client, server): (
             Link<signaling_link::memory::Memory, ServerMessage, ClientMessage>,
             _,
         ) = pair();
-        let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
-        let conn = ConnId(conn);
+        let (outbox_tx, outbox) = mpsc::channel(OUTBOX_CAPACITY);
         let (session, attached) = oneshot::channel();
         hub.send(HubInput::Login {
-            link: conn,
+            link: ConnId(link),
             user: UserId::new(user).unwrap(),
             protocol_version: PROTOCOL_VERSION,
-            resume: None,
+            resume,
             outbox: outbox_tx,
             media: Arc::new(server.media),
             session,
         })
         .await
         .unwrap();
-        assert_eq!(attached.await.unwrap(), Some(conn));
-        assert!(matches!(
-            outbox.recv().await,
-            Some(Outbound::Message(ServerMessage::LoginResult { .. }))
-        ));
-        Client {
-            conn,
+        let attached = attached.await.unwrap().map(|(conn, resumable)| {
+            assert!(resumable, "version 2 sessions are resumable by default");
+            conn
+        });
+        let client = Client {
+            conn: attached.unwrap_or(ConnId(link)),
             outbox,
             media: client.media,
-        }
+            token: None,
+        };
+        (attached, client)
+    }
+
+    async fn log_in(hub: &mpsc::Sender<HubInput>, conn: u64, user: &str) -> Client {
+        let (attached, mut client) = connect(hub, conn, user, None).await;
+        assert_eq!(attached, Some(ConnId(conn)));
+        assert!(matches!(
+            next(&mut client).await,
+            ServerMessage::LoginResult { .. }
+        ));
+        let ServerMessage::Session { token, grace_ms } = next(&mut client).await else {
+            panic!("a version 2 login is told its session");
+        };
+        assert_eq!(grace_ms, 20_000);
+        client.token = Some(token);
+        client
     }
 
     async fn next(client: &mut Client) -> ServerMessage {
@@ -743,6 +776,148 @@ mod tests {
         routes.relay(bob.conn, &audio(0));
         assert_eq!(routes.counts().dropped_not_in_call, 3);
         assert_eq!(routes.counts().forwarded, 2);
+        drop(bob.media);
+    }
+
+    /// Bob's connection breaks mid-call: alice hears he is reconnecting;
+    /// what she does meanwhile reaches bob after his resume, once, in
+    /// order; his audio flows over the new link; a wrong token or a count
+    /// the books cannot match is refused.
+    #[tokio::test]
+    async fn a_resumed_session_gets_what_it_missed_and_its_audio_back() {
+        let routes = Arc::new(MediaRoutes::default());
+        let (hub, inputs) = mpsc::channel(64);
+        tokio::spawn(run(SwitchboardConfig::DEFAULT, inputs, Arc::clone(&routes)));
+        let mut alice = log_in(&hub, 1, "alice").await;
+        let mut bob = log_in(&hub, 2, "bob").await;
+        let message = |conn: &Client, message| HubInput::Message {
+            link: conn.conn,
+            message,
+        };
+        hub.send(message(
+            &alice,
+            ClientMessage::Invite {
+                request_id: RequestId(1),
+                call_id: None,
+                user_ids: vec![UserId::new("bob").unwrap()],
+                call_type: CallType::Audio,
+                timeout_ms: None,
+                user_data: None,
+            },
+        ))
+        .await
+        .unwrap();
+        let ServerMessage::Ack {
+            call_id: Some(call_id),
+            ..
+        } = next(&mut alice).await
+        else {
+            panic!("no call id");
+        };
+        assert!(matches!(
+            next(&mut bob).await,
+            ServerMessage::Invited { .. }
+        ));
+        hub.send(message(
+            &bob,
+            ClientMessage::Accept {
+                request_id: RequestId(1),
+                call_id,
+            },
+        ))
+        .await
+        .unwrap();
+        // Bob's numbered messages: the ack and alice entering.
+        assert!(matches!(next(&mut bob).await, ServerMessage::Ack { .. }));
+        assert!(matches!(
+            next(&mut bob).await,
+            ServerMessage::UserEntered { .. }
+        ));
+        assert!(matches!(
+            next(&mut alice).await,
+            ServerMessage::UserEntered { .. }
+        ));
+        // Bob acknowledges the invitation only, then his network breaks.
+        hub.send(message(&bob, ClientMessage::Heartbeat { received: 1 }))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut bob).await,
+            ServerMessage::HeartbeatAck { received: 1 },
+            "the accept counted"
+        );
+        hub.send(HubInput::Disconnect {
+            link: bob.conn,
+            expelled: false,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            next(&mut alice).await,
+            ServerMessage::MemberConnection {
+                call_id,
+                user_id: UserId::new("bob").unwrap(),
+                connected: false
+            }
+        );
+        hub.send(message(&alice, ClientMessage::Microphone { muted: true }))
+            .await
+            .unwrap();
+        barrier(&hub, &mut alice).await;
+
+        let stolen = ResumeClaim {
+            token: SessionToken([7; 16]),
+            received: 3,
+        };
+        let (refused, mut thief) = connect(&hub, 10, "bob", Some(stolen)).await;
+        assert_eq!(refused, None);
+        assert!(matches!(
+            next(&mut thief).await,
+            ServerMessage::LoginResult {
+                code: ErrorCode::SESSION_EXPIRED,
+                ..
+            }
+        ));
+        let token = bob.token.unwrap();
+        let (refused, _) = connect(&hub, 11, "bob", Some(ResumeClaim { token, received: 9 })).await;
+        assert_eq!(refused, None, "bob cannot have received 9 messages");
+
+        let claim = ResumeClaim { token, received: 3 };
+        let (attached, mut bob_again) = connect(&hub, 12, "bob", Some(claim)).await;
+        assert_eq!(attached, Some(bob.conn), "the same session");
+        let ServerMessage::Resumed {
+            token: new_token,
+            received,
+        } = next(&mut bob_again).await
+        else {
+            panic!("not resumed");
+        };
+        assert_ne!(new_token, token, "a resume changes the token");
+        assert_eq!(received, 1, "the server got bob's accept");
+        assert_eq!(
+            next(&mut bob_again).await,
+            ServerMessage::AudioAvailability {
+                call_id,
+                user_id: UserId::new("alice").unwrap(),
+                available: false
+            },
+            "what bob missed, once"
+        );
+        assert_eq!(
+            next(&mut alice).await,
+            ServerMessage::MemberConnection {
+                call_id,
+                user_id: UserId::new("bob").unwrap(),
+                connected: true
+            }
+        );
+        barrier(&hub, &mut alice).await;
+        routes.relay(alice.conn, &audio(0));
+        let heard = bob_again.media.recv_datagram().await.unwrap();
+        assert!(MediaHeader::decode(&heard).is_ok());
+        // The old token is void now.
+        let (refused, _) = connect(&hub, 13, "bob", Some(ResumeClaim { token, received: 4 })).await;
+        assert_eq!(refused, None);
         drop(bob.media);
     }
 }

@@ -102,6 +102,12 @@ impl Default for ReconnectTimings {
 /// past it the session cannot be resumed and a reconnect logs in afresh.
 const REPLAY_CAPACITY: usize = 1024;
 
+/// A resumable session acknowledges at least every this many numbered
+/// messages, besides every heartbeat: the server keeps what it sent until
+/// then, and closes a session that leaves too much unacknowledged
+/// (docs/protocol.md, "Resume").
+pub const ACKNOWLEDGE_EVERY: u64 = 64;
+
 /// Where the connection under a logged-in session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Connection {
@@ -271,6 +277,8 @@ pub struct CallEngine {
     handshake: Option<ClientMessage>,
     /// Numbered messages the server missed, to resend after a resume.
     resend: VecDeque<ClientMessage>,
+    /// The count of received messages the server last heard from us.
+    acknowledged: u64,
     transmits: VecDeque<ClientMessage>,
     events: VecDeque<CallingEvent>,
     completions: VecDeque<Completion>,
@@ -304,6 +312,7 @@ impl CallEngine {
             replay: Replay::new(REPLAY_CAPACITY),
             handshake: None,
             resend: VecDeque::new(),
+            acknowledged: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             completions: VecDeque::new(),
@@ -634,13 +643,8 @@ impl CallEngine {
             match timer {
                 Timer::VoiceVolumeReport => self.report_voice_volume(now, due),
                 Timer::Heartbeat => {
-                    if let Some(timings) = self.reconnect {
-                        self.transmits.push_back(ClientMessage::Heartbeat {
-                            received: self.replay.received(),
-                        });
-                        self.timers
-                            .set(Timer::Heartbeat, now + timings.heartbeat_interval);
-                    }
+                    self.send_heartbeat();
+                    self.schedule_heartbeat(now);
                 }
                 Timer::Liveness => {
                     debug!("nothing from the server in time: the connection is dead");
@@ -690,15 +694,21 @@ impl CallEngine {
         debug!(?message, "server message");
         if message.is_numbered() && self.login != LoginState::LoggedOut {
             self.replay.record_received();
+            if self.token.is_some()
+                && self.replay.received() - self.acknowledged >= ACKNOWLEDGE_EVERY
+            {
+                self.send_heartbeat();
+            }
         }
         self.heard_from_server(now);
         match message {
             ServerMessage::LoginResult { code, message, .. } => {
-                self.on_login_result(now, code, message);
+                self.on_login_result(code, message);
             }
             ServerMessage::Session { token, .. } => {
                 if self.login == LoginState::LoggedIn {
                     self.token = Some(token);
+                    self.start_heartbeat(now);
                 }
             }
             ServerMessage::Resumed { token, received } => self.on_resumed(now, token, received),
@@ -981,6 +991,7 @@ impl CallEngine {
         self.replay = Replay::new(REPLAY_CAPACITY);
         self.handshake = None;
         self.resend.clear();
+        self.acknowledged = 0;
         self.timers.cancel(&Timer::Heartbeat);
         self.timers.cancel(&Timer::Liveness);
     }
@@ -1001,20 +1012,41 @@ impl CallEngine {
     }
 
     /// Something came from the server: the connection lives a while longer.
+    /// The deadline holds while the server owes an answer: heartbeats run
+    /// (a resumable session), or a resume or login is under way.
     fn heard_from_server(&mut self, now: Instant) {
-        if let Some(timings) = self.reconnect {
-            if self.login == LoginState::LoggedIn && self.connection != Connection::Down {
-                self.timers.set(Timer::Liveness, now + timings.dead_after);
-            }
+        let Some(timings) = self.reconnect else {
+            return;
+        };
+        let expecting = match self.connection {
+            Connection::Up => self.token.is_some(),
+            Connection::Resuming | Connection::LoggingInAgain => true,
+            Connection::Down => false,
+        };
+        if self.login == LoginState::LoggedIn && expecting {
+            self.timers.set(Timer::Liveness, now + timings.dead_after);
         }
     }
 
+    /// A resumable session acknowledges what it received once an interval.
     fn start_heartbeat(&mut self, now: Instant) {
-        if let Some(timings) = self.reconnect {
-            self.timers
-                .set(Timer::Heartbeat, now + timings.heartbeat_interval);
-            self.heard_from_server(now);
-        }
+        self.schedule_heartbeat(now);
+        self.heard_from_server(now);
+    }
+
+    fn schedule_heartbeat(&mut self, now: Instant) {
+        let interval = self
+            .reconnect
+            .unwrap_or(ReconnectTimings::DEFAULT)
+            .heartbeat_interval;
+        self.timers.set(Timer::Heartbeat, now + interval);
+    }
+
+    fn send_heartbeat(&mut self) {
+        self.acknowledged = self.replay.received();
+        self.transmits.push_back(ClientMessage::Heartbeat {
+            received: self.acknowledged,
+        });
     }
 
     fn on_resumed(&mut self, now: Instant, token: SessionToken, received: u64) {
@@ -1056,6 +1088,7 @@ impl CallEngine {
         self.fail_all_requests(ErrorCode::CONNECTION_LOST);
         self.token = None;
         self.replay = Replay::new(REPLAY_CAPACITY);
+        self.acknowledged = 0;
         self.resend.clear();
         self.transmits.clear();
     }
@@ -1077,7 +1110,7 @@ impl CallEngine {
         }
     }
 
-    fn on_login_result(&mut self, now: Instant, code: ErrorCode, message: String) {
+    fn on_login_result(&mut self, code: ErrorCode, message: String) {
         match self.connection {
             Connection::Resuming => {
                 // Refused: the server closes; the next connection logs in.
@@ -1093,7 +1126,7 @@ impl CallEngine {
                         self.transmits
                             .push_back(ClientMessage::Microphone { muted: true });
                     }
-                    self.start_heartbeat(now);
+                    // Heartbeats start with the session's token, next.
                     self.events.push_back(CallingEvent::Reconnected);
                 } else {
                     self.end_session(code, message, EndReason::ConnectionLost);
@@ -1113,7 +1146,6 @@ impl CallEngine {
                 self.transmits
                     .push_back(ClientMessage::Microphone { muted: true });
             }
-            self.start_heartbeat(now);
             self.complete(request, Ok(None));
         } else {
             self.login = LoginState::LoggedOut;

@@ -14,6 +14,8 @@ mod connecting;
 mod limits;
 mod lossy;
 mod media;
+mod proxy;
+mod reconnect;
 mod resilience;
 mod support;
 mod tidy;

@@ -4,19 +4,20 @@
 use std::time::Duration;
 
 use calling_api::{CallType, UserId};
-use signaling_proto::{
-    ClientMessage, DatagramKind, FlowId, MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage,
-};
+use signaling_proto::{ClientMessage, DatagramKind, FlowId, MediaHeader, RequestId, ServerMessage};
 use signaling_quic::ClientConnection;
 
 use crate::support::*;
 
+/// A raw client logged in with protocol version 1: it owes the server no
+/// heartbeats (a version-2 session must acknowledge what it receives, see
+/// docs/protocol.md, "Resume").
 pub async fn raw_login(server: &TestServer, user: &str) -> ClientConnection {
     let mut client = server.raw_client().await;
     client
         .send
         .send(&ClientMessage::Login {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: 1,
             sdk_app_id: server.app.sdk_app_id,
             user_id: UserId::new(user).unwrap(),
             user_sig: server.sig(user).into(),

@@ -1,0 +1,119 @@
+//! A UDP proxy on loopback between clients and the server whose faults the
+//! test controls: a blackhole (nothing passes either way: a network outage,
+//! a lift, a tunnel) and a change of the source port the server sees (NAT
+//! rebinding, a new network). One upstream socket per client address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::UdpSocket;
+
+#[derive(Debug, Default)]
+struct Faults {
+    blackhole: AtomicBool,
+    /// Bumped by each source-port change: upstreams of older generations
+    /// are replaced at their client's next packet.
+    generation: AtomicU64,
+    dropped: AtomicU64,
+}
+
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    faults: Arc<Faults>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    pub async fn start(server: SocketAddr) -> Self {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = front.local_addr().unwrap();
+        let faults = Arc::new(Faults::default());
+        let task = tokio::spawn(forward(front, server, Arc::clone(&faults)));
+        Self { addr, faults, task }
+    }
+
+    /// Starts (`true`) or ends an outage: every packet either way is lost.
+    pub fn blackhole(&self, on: bool) {
+        self.faults.blackhole.store(on, Ordering::SeqCst);
+    }
+
+    /// From the next packet on, the server sees each client from a new
+    /// source port.
+    pub fn change_source_port(&self) {
+        self.faults.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Packets lost to the blackhole so far.
+    pub fn dropped(&self) -> u64 {
+        self.faults.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn forward(front: Arc<UdpSocket>, server: SocketAddr, faults: Arc<Faults>) {
+    let upstreams: Mutex<HashMap<SocketAddr, (u64, Arc<UdpSocket>)>> = Mutex::default();
+    let mut buffer = vec![0_u8; 65_536];
+    loop {
+        let Ok((len, client)) = front.recv_from(&mut buffer).await else {
+            return;
+        };
+        if faults.blackhole.load(Ordering::SeqCst) {
+            faults.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let generation = faults.generation.load(Ordering::SeqCst);
+        let current = upstreams
+            .lock()
+            .unwrap()
+            .get(&client)
+            .filter(|(made, _)| *made == generation)
+            .map(|(_, upstream)| Arc::clone(upstream));
+        let upstream = match current {
+            Some(upstream) => upstream,
+            None => {
+                let upstream = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                upstream.connect(server).await.unwrap();
+                tokio::spawn(back(
+                    Arc::clone(&upstream),
+                    Arc::clone(&front),
+                    client,
+                    Arc::clone(&faults),
+                ));
+                upstreams
+                    .lock()
+                    .unwrap()
+                    .insert(client, (generation, Arc::clone(&upstream)));
+                upstream
+            }
+        };
+        let _ = upstream.send(&buffer[..len]).await;
+    }
+}
+
+/// The server's packets to `client`, through one upstream socket (an old
+/// one keeps forwarding what the server still sends to its port).
+async fn back(
+    upstream: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+    faults: Arc<Faults>,
+) {
+    let mut buffer = vec![0_u8; 65_536];
+    loop {
+        let Ok(len) = upstream.recv(&mut buffer).await else {
+            return;
+        };
+        if faults.blackhole.load(Ordering::SeqCst) {
+            faults.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let _ = front.send_to(&buffer[..len], client).await;
+    }
+}
