@@ -529,5 +529,22 @@ mod tests {
             reason: EndReason::Cancelled,
         };
         assert_eq!(frame_to_vec(&ended).unwrap(), [0, 0, 0, 3, 12, 7, 4]);
+        let heartbeat = ClientMessage::Heartbeat { received: 300 };
+        assert_eq!(
+            frame_to_vec(&heartbeat).unwrap(),
+            [0, 0, 0, 3, 9, 0xac, 0x02]
+        );
+        let resumed = ServerMessage::Resumed {
+            token: SessionToken([0x11; 16]),
+            received: 5,
+        };
+        let mut expected = vec![0, 0, 0, 18, 16];
+        expected.extend([0x11; 16]);
+        expected.push(5);
+        assert_eq!(frame_to_vec(&resumed).unwrap(), expected);
+        assert!(
+            !format!("{resumed:?}").contains("17"),
+            "the token is redacted"
+        );
     }
 }

@@ -7,6 +7,7 @@
 mod edge_cases;
 mod hostile_input;
 mod properties;
+mod reconnect;
 mod scenarios;
 
 use std::time::{Duration, Instant};
