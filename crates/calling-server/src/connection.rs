@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::Shared;
-use crate::hub::{HubInput, OUTBOX_CAPACITY, Outbound};
+use crate::hub::{Attach, HubInput, OUTBOX_CAPACITY, Outbound};
 use crate::limits::{ConnectionBudget, LimitCounters, MAX_REQUESTS_IN_FLIGHT, Verdict};
 use crate::usersig;
 
@@ -94,7 +94,7 @@ pub(crate) async fn serve_link<T: Transport>(
     let link_id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let (outbox, mut inbox) = mpsc::channel(OUTBOX_CAPACITY);
     let (session_tx, session_rx) = oneshot::channel();
-    let login = HubInput::Login {
+    let login = HubInput::Login(Attach {
         link: link_id,
         user: user.clone(),
         protocol_version: login.protocol_version,
@@ -102,7 +102,7 @@ pub(crate) async fn serve_link<T: Transport>(
         outbox,
         media: Arc::new(link.media.clone()),
         session: session_tx,
-    };
+    });
     let session = match shared.hub.send(login).await {
         Ok(()) => session_rx.await.ok().flatten(),
         Err(_) => None,

@@ -49,21 +49,8 @@ pub(crate) enum Outbound {
 
 #[derive(Debug)]
 pub(crate) enum HubInput {
-    /// An authenticated login or resume on connection `link`.
-    Login {
-        link: ConnId,
-        user: UserId,
-        protocol_version: u16,
-        /// For a resume: the session it claims.
-        resume: Option<ResumeClaim>,
-        outbox: mpsc::Sender<Outbound>,
-        /// Where the relay sends this member's peers' audio.
-        media: Arc<dyn MediaLink>,
-        /// The session the connection now carries, and whether it is
-        /// resumable (its client then owes heartbeats); `None` when the
-        /// resume was refused (the refusal and a close are in the outbox).
-        session: oneshot::Sender<Option<(ConnId, bool)>>,
-    },
+    /// An authenticated login or resume.
+    Login(Attach),
     Message {
         link: ConnId,
         message: ClientMessage,
@@ -93,6 +80,23 @@ pub struct HubStats {
     pub invitations_rate_limited: u64,
     /// Invitees answered busy because their messages piled up.
     pub invitees_congested: u64,
+}
+
+/// An authenticated login or resume on connection `link`.
+#[derive(Debug)]
+pub(crate) struct Attach {
+    pub(crate) link: ConnId,
+    pub(crate) user: UserId,
+    pub(crate) protocol_version: u16,
+    /// For a resume: the session it claims.
+    pub(crate) resume: Option<ResumeClaim>,
+    pub(crate) outbox: mpsc::Sender<Outbound>,
+    /// Where the relay sends this member's peers' audio.
+    pub(crate) media: Arc<dyn MediaLink>,
+    /// The session the connection now carries, and whether it is
+    /// resumable (its client then owes heartbeats); `None` when the resume
+    /// was refused (the refusal and a close are in the outbox).
+    pub(crate) session: oneshot::Sender<Option<(ConnId, bool)>>,
 }
 
 /// A session's books beyond the switchboard.
@@ -153,51 +157,15 @@ pub(crate) async fn run(
         };
         let now = Instant::now();
         match input {
-            HubInput::Login {
-                link,
-                user,
-                protocol_version,
-                resume,
-                outbox,
-                media,
-                session,
-            } => {
+            HubInput::Login(attach) => {
                 if shutting_down {
-                    let _ = outbox.try_send(Outbound::Close(ErrorCode::SERVER_SHUTDOWN));
-                    let _ = session.send(None);
+                    let _ = attach
+                        .outbox
+                        .try_send(Outbound::Close(ErrorCode::SERVER_SHUTDOWN));
+                    let _ = attach.session.send(None);
                     continue;
                 }
-                let attached = match resume {
-                    None => {
-                        log_in(
-                            &mut switchboard,
-                            &mut links,
-                            now,
-                            link,
-                            user,
-                            protocol_version,
-                        );
-                        links.outboxes.insert(link, outbox);
-                        links.media.insert(link, media);
-                        Some(link)
-                    }
-                    Some(claim) => resume_session(
-                        &mut switchboard,
-                        &mut links,
-                        now,
-                        (link, &user, claim),
-                        outbox,
-                        media,
-                    ),
-                };
-                let resumable = attached
-                    .and_then(|conn| links.sessions.get(&conn))
-                    .is_some_and(|book| book.resumable);
-                let _ = session.send(attached.map(|conn| (conn, resumable)));
-                dispatch(&mut switchboard, &mut links, &routes);
-                if let Some(conn) = attached.filter(|_| resume.is_none()) {
-                    introduce_session(&switchboard, &mut links, conn);
-                }
+                on_login(&mut switchboard, &mut links, &routes, now, attach);
                 continue;
             }
             HubInput::Message { link, message } => {
@@ -252,6 +220,43 @@ pub(crate) async fn run(
             }
         }
         dispatch(&mut switchboard, &mut links, &routes);
+    }
+}
+
+/// Attaches a connection to a new session or, for a resume, to the one it
+/// claims, and tells its task which.
+fn on_login(
+    switchboard: &mut Switchboard,
+    links: &mut Links,
+    routes: &MediaRoutes,
+    now: Instant,
+    attach: Attach,
+) {
+    let Attach {
+        link,
+        user,
+        protocol_version,
+        resume,
+        outbox,
+        media,
+        session,
+    } = attach;
+    let attached = match resume {
+        None => {
+            log_in(switchboard, links, now, link, user, protocol_version);
+            links.outboxes.insert(link, outbox);
+            links.media.insert(link, media);
+            Some(link)
+        }
+        Some(claim) => resume_session(switchboard, links, now, (link, &user, claim), outbox, media),
+    };
+    let resumable = attached
+        .and_then(|conn| links.sessions.get(&conn))
+        .is_some_and(|book| book.resumable);
+    let _ = session.send(attached.map(|conn| (conn, resumable)));
+    dispatch(switchboard, links, routes);
+    if let Some(conn) = attached.filter(|_| resume.is_none()) {
+        introduce_session(switchboard, links, conn);
     }
 }
 
@@ -596,7 +601,7 @@ mod tests {
         ) = pair();
         let (outbox_tx, outbox) = mpsc::channel(OUTBOX_CAPACITY);
         let (session, attached) = oneshot::channel();
-        hub.send(HubInput::Login {
+        hub.send(HubInput::Login(Attach {
             link: ConnId(link),
             user: UserId::new(user).unwrap(),
             protocol_version: PROTOCOL_VERSION,
@@ -604,7 +609,7 @@ mod tests {
             outbox: outbox_tx,
             media: Arc::new(server.media),
             session,
-        })
+        }))
         .await
         .unwrap();
         let attached = attached.await.unwrap().map(|(conn, resumable)| {
@@ -784,6 +789,10 @@ mod tests {
     /// order; his audio flows over the new link; a wrong token or a count
     /// the books cannot match is refused.
     #[tokio::test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one outage and resume, told in order, reads best as one story"
+    )]
     async fn a_resumed_session_gets_what_it_missed_and_its_audio_back() {
         let routes = Arc::new(MediaRoutes::default());
         let (hub, inputs) = mpsc::channel(64);

@@ -705,23 +705,10 @@ impl CallEngine {
             ServerMessage::LoginResult { code, message, .. } => {
                 self.on_login_result(code, message);
             }
-            ServerMessage::Session { token, .. } => {
-                if self.login == LoginState::LoggedIn {
-                    self.token = Some(token);
-                    self.start_heartbeat(now);
-                }
-            }
-            ServerMessage::Resumed { token, received } => self.on_resumed(now, token, received),
-            ServerMessage::HeartbeatAck { received } => {
-                if let Err(error) = self.replay.acknowledge(received) {
-                    warn!(%error, "the server acknowledged what it cannot have");
-                }
-            }
-            ServerMessage::MemberConnection {
-                call_id,
-                user_id,
-                connected,
-            } => self.on_member_connection(call_id, user_id, connected),
+            message @ (ServerMessage::Session { .. }
+            | ServerMessage::Resumed { .. }
+            | ServerMessage::HeartbeatAck { .. }
+            | ServerMessage::MemberConnection { .. }) => self.on_resume_message(now, message),
             ServerMessage::Ack {
                 request_id,
                 call_id,
@@ -1047,6 +1034,28 @@ impl CallEngine {
         self.transmits.push_back(ClientMessage::Heartbeat {
             received: self.acknowledged,
         });
+    }
+
+    /// The messages of protocol version 2's resume.
+    fn on_resume_message(&mut self, now: Instant, message: ServerMessage) {
+        match message {
+            ServerMessage::Session { token, .. } if self.login == LoginState::LoggedIn => {
+                self.token = Some(token);
+                self.start_heartbeat(now);
+            }
+            ServerMessage::Resumed { token, received } => self.on_resumed(now, token, received),
+            ServerMessage::HeartbeatAck { received } => {
+                if let Err(error) = self.replay.acknowledge(received) {
+                    warn!(%error, "the server acknowledged what it cannot have");
+                }
+            }
+            ServerMessage::MemberConnection {
+                call_id,
+                user_id,
+                connected,
+            } => self.on_member_connection(call_id, user_id, connected),
+            _ => {}
+        }
     }
 
     fn on_resumed(&mut self, now: Instant, token: SessionToken, received: u64) {
