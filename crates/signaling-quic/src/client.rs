@@ -99,9 +99,23 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The client's QUIC configuration for `trust`.
 pub fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, TransportError> {
+    let mut tls = tls_client_config(trust)?;
+    tls.alpn_protocols = vec![crate::ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|error| {
+        TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
+    })?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// The TLS 1.3 client configuration that trusts the server as `trust`
+/// says, without ALPN: for QUIC ([`client_config`]) and for the fallback
+/// transport over TCP.
+pub fn tls_client_config(trust: &ServerTrust) -> Result<rustls::ClientConfig, TransportError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let mut tls = match trust {
+    let tls = match trust {
         ServerTrust::Fingerprint(fingerprint) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
@@ -139,13 +153,7 @@ pub fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, Transpo
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    tls.alpn_protocols = vec![crate::ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|error| {
-        TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
-    })?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config());
-    Ok(config)
+    Ok(tls)
 }
 
 /// Trusts exactly one certificate, by its SHA-256. Signatures are still

@@ -162,7 +162,7 @@ impl ServerIdentity {
     }
 
     /// A copy for building a TLS configuration.
-    pub(crate) fn clone_parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    pub fn clone_parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (self.cert_chain.clone(), self.key.clone_key())
     }
 }

@@ -33,7 +33,9 @@ mod server;
 mod tuning;
 
 pub use address::AddressBlock;
-pub use client::{ClientConnection, ServerTrust, client_config, connect, connect_on};
+pub use client::{
+    ClientConnection, ServerTrust, client_config, connect, connect_on, tls_client_config,
+};
 pub use error::{TransportError, close, close_code_of, close_endpoint};
 pub use identity::InvalidFingerprint;
 pub use identity::{CertFingerprint, ServerIdentity, write_private};

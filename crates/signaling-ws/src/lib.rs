@@ -1,0 +1,510 @@
+//! The fallback transport for networks that block UDP: the protocol's
+//! signaling stream and its audio datagrams over one WebSocket (RFC 6455)
+//! over TLS 1.3 over TCP, behind the same transport seam as QUIC
+//! (`signaling-link`), so the server's connection code and the SDK's driver
+//! serve it unchanged.
+//!
+//! On the wire (docs/protocol.md, "Fallback transport"): the client opens a
+//! TLS connection (ALPN `http/1.1`, the server's QUIC certificate), then a
+//! WebSocket to [`PATH`]. Every WebSocket message is binary; its first byte
+//! says what the rest is: [`KIND_SIGNALING`], a piece of the signaling
+//! byte stream (the same length-prefixed frames as the QUIC stream, split
+//! anywhere), or [`KIND_DATAGRAM`], one audio datagram.
+//!
+//! TCP delivers every byte, in order, however late: audio that waited
+//! behind a stalled socket is worse than none, so a sender keeps at most
+//! [`DATAGRAM_QUEUE`] datagrams (dropping the oldest) and drops any that
+//! waited longer than [`STALE_AFTER`]. It never decodes the frames it
+//! carries, and never retries: a broken connection is the SDK's to repair.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use calling_api::ErrorCode;
+use futures_util::{SinkExt, StreamExt};
+use signaling_link::{
+    DatagramSource, FramedRecv, FramedSend, Link, LinkClosed, MediaLink, SignalWrite, Transport,
+};
+use signaling_quic::{ServerIdentity, ServerTrust, TransportError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, SimplexStream};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+use tracing::debug;
+
+/// The WebSocket's request path.
+pub const PATH: &str = "/opencalling";
+/// First byte of a message carrying signaling bytes.
+pub const KIND_SIGNALING: u8 = 0;
+/// First byte of a message carrying one audio datagram.
+pub const KIND_DATAGRAM: u8 = 1;
+/// Datagrams a sender keeps while the socket is busy; more drop the oldest.
+pub const DATAGRAM_QUEUE: usize = 8;
+/// A datagram that waited this long to be written is dropped instead.
+pub const STALE_AFTER: Duration = Duration::from_millis(100);
+/// The largest WebSocket message either side accepts: a signaling frame
+/// (16 KiB) with its length and kind, with room to spare.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// How far the signaling stream may run ahead of the socket.
+const STREAM_BUFFER: usize = 64 * 1024;
+/// Received datagrams waiting for the reader; more are dropped.
+const RECEIVED_DATAGRAMS: usize = 64;
+
+/// Why a fallback connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WsError {
+    /// TCP or TLS failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The WebSocket handshake failed.
+    #[error("WebSocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The TLS configuration could not be built (certificate, trust).
+    #[error("{0}")]
+    Tls(#[from] TransportError),
+    /// The server name is not a valid TLS name.
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+}
+
+impl WsError {
+    /// The error code an SDK reports for a failed connection.
+    pub fn connect_code(&self) -> ErrorCode {
+        match self {
+            Self::Io(error)
+                if error
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_))) =>
+            {
+                ErrorCode::CERTIFICATE_UNTRUSTED
+            }
+            Self::Tls(error) => error.connect_code(),
+            Self::WebSocket(_) => ErrorCode::PROTOCOL_MISMATCH,
+            Self::Io(_) | Self::ServerName(_) => ErrorCode::SERVER_UNREACHABLE,
+        }
+    }
+}
+
+/// The WebSocket fallback transport.
+#[derive(Debug)]
+pub struct Ws;
+
+impl Transport for Ws {
+    type Media = WsMedia;
+    type Write = WsWrite;
+    type Read = ReadHalf<SimplexStream>;
+}
+
+/// What the two pump tasks of one connection share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Datagrams to send, oldest first, with when they were queued.
+    outgoing: Mutex<VecDeque<(Instant, Bytes)>>,
+    wake_writer: Notify,
+    /// Why the link closes, once it does; the writer sends it.
+    close: Mutex<Option<(ErrorCode, String)>>,
+    closed: AtomicBool,
+    /// Signaling bytes written by the application, and sent on the socket.
+    written: AtomicU64,
+    sent: AtomicU64,
+    sent_changed: Notify,
+    dropped_stale: AtomicU64,
+}
+
+impl Shared {
+    fn lock_outgoing(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Bytes)>> {
+        self.outgoing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn shut(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake_writer.notify_one();
+        self.sent_changed.notify_waiters();
+    }
+}
+
+/// A fallback connection's datagrams, and closing it.
+#[derive(Debug, Clone)]
+pub struct WsMedia {
+    shared: Arc<Shared>,
+    received: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+}
+
+impl WsMedia {
+    /// Datagrams dropped because they waited too long to be written.
+    pub fn dropped_stale(&self) -> u64 {
+        self.shared.dropped_stale.load(Ordering::Relaxed)
+    }
+}
+
+impl MediaLink for WsMedia {
+    fn send_datagram(&self, datagram: Bytes) -> Result<(), LinkClosed> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(LinkClosed);
+        }
+        {
+            let mut outgoing = self.shared.lock_outgoing();
+            if outgoing.len() >= DATAGRAM_QUEUE {
+                outgoing.pop_front();
+                self.shared.dropped_stale.fetch_add(1, Ordering::Relaxed);
+            }
+            outgoing.push_back((Instant::now(), datagram));
+        }
+        self.shared.wake_writer.notify_one();
+        Ok(())
+    }
+
+    fn close(&self, code: ErrorCode, reason: &str) {
+        let mut close = self
+            .shared
+            .close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if close.is_none() {
+            *close = Some((code, reason.to_owned()));
+        }
+        drop(close);
+        self.shared.wake_writer.notify_one();
+    }
+}
+
+impl DatagramSource for WsMedia {
+    async fn recv_datagram(&self) -> Result<Bytes, LinkClosed> {
+        self.received.lock().await.recv().await.ok_or(LinkClosed)
+    }
+}
+
+/// The signaling stream's writing half: bytes go to the writer task.
+#[derive(Debug)]
+pub struct WsWrite {
+    inner: tokio::io::WriteHalf<SimplexStream>,
+    shared: Arc<Shared>,
+}
+
+impl AsyncWrite for WsWrite {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.shared.closed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.shared
+            .written
+            .fetch_add(written as u64, Ordering::AcqRel);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl SignalWrite for WsWrite {
+    async fn delivered(&mut self) {
+        loop {
+            let changed = self.shared.sent_changed.notified();
+            let all_sent = self.shared.sent.load(Ordering::Acquire)
+                >= self.shared.written.load(Ordering::Acquire);
+            if all_sent || self.shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// Starts the two pump tasks of a WebSocket and returns it as a link.
+fn into_link<S, In, Out>(socket: WebSocketStream<S>) -> Link<Ws, In, Out>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    In: serde::de::DeserializeOwned,
+    Out: serde::Serialize,
+{
+    let (mut sink, mut stream) = socket.split();
+    let shared = Arc::new(Shared::default());
+    let (signal_out_read, signal_out_write) = tokio::io::simplex(STREAM_BUFFER);
+    let (signal_in_read, mut signal_in_write) = tokio::io::simplex(STREAM_BUFFER);
+    let (datagrams_in, received) = mpsc::channel(RECEIVED_DATAGRAMS);
+    // Reader: messages from the peer to the signaling stream and datagrams.
+    let reader_shared = Arc::clone(&shared);
+    tokio::spawn(async move {
+        while let Some(message) = stream.next().await {
+            let data = match message {
+                Ok(Message::Binary(data)) => data,
+                Ok(Message::Close(_)) | Err(_) => break,
+                // Pings are answered by the library; nothing else is used.
+                Ok(_) => continue,
+            };
+            match data.first() {
+                Some(&KIND_SIGNALING) => {
+                    if signal_in_write.write_all(&data[1..]).await.is_err() {
+                        break;
+                    }
+                }
+                Some(&KIND_DATAGRAM) => {
+                    // A reader that falls behind loses audio, not the link.
+                    let _ = datagrams_in.try_send(data.slice(1..));
+                }
+                _ => {
+                    debug!("a WebSocket message of no known kind: closing");
+                    let mut close = reader_shared
+                        .close
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    close.get_or_insert((ErrorCode::PROTOCOL_ERROR, "unknown kind".into()));
+                    break;
+                }
+            }
+        }
+        // The end of the signaling stream, for its reader (a split
+        // simplex ends only by a shutdown).
+        let _ = signal_in_write.shutdown().await;
+        reader_shared.shut();
+    });
+    // Writer: the signaling stream, datagrams and the close to the peer.
+    let writer_shared = Arc::clone(&shared);
+    tokio::spawn(async move {
+        let shared = writer_shared;
+        let mut signal_out = signal_out_read;
+        let mut buffer = vec![0_u8; 16 * 1024 + 1];
+        let mut stream_open = true;
+        loop {
+            let close = shared
+                .close
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some((code, reason)) = close {
+                let frame = CloseFrame {
+                    code: close_code(code),
+                    reason: format!("{} {reason}", code.as_i32()).into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                break;
+            }
+            if shared.closed.load(Ordering::Acquire) {
+                break;
+            }
+            let datagrams: Vec<(Instant, Bytes)> = shared.lock_outgoing().drain(..).collect();
+            for (queued, datagram) in datagrams {
+                if queued.elapsed() > STALE_AFTER {
+                    shared.dropped_stale.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let mut message = Vec::with_capacity(1 + datagram.len());
+                message.push(KIND_DATAGRAM);
+                message.extend_from_slice(&datagram);
+                if sink.send(Message::Binary(message.into())).await.is_err() {
+                    shared.shut();
+                    return;
+                }
+            }
+            let wake = shared.wake_writer.notified();
+            tokio::select! {
+                read = signal_out.read(&mut buffer[1..]), if stream_open => match read {
+                    Ok(0) | Err(_) => stream_open = false,
+                    Ok(len) => {
+                        buffer[0] = KIND_SIGNALING;
+                        let message = Message::Binary(Bytes::copy_from_slice(&buffer[..=len]));
+                        if sink.send(message).await.is_err() {
+                            break;
+                        }
+                        shared.sent.fetch_add(len as u64, Ordering::AcqRel);
+                        shared.sent_changed.notify_waiters();
+                    }
+                },
+                () = wake => {}
+            }
+        }
+        shared.shut();
+    });
+    let media = WsMedia {
+        shared: Arc::clone(&shared),
+        received: Arc::new(tokio::sync::Mutex::new(received)),
+    };
+    Link {
+        media,
+        send: FramedSend::new(WsWrite {
+            inner: signal_out_write,
+            shared,
+        }),
+        recv: FramedRecv::new(signal_in_read),
+    }
+}
+
+/// A WebSocket close code for an error code: 1000 for success, 4000 plus
+/// the last three digits otherwise (the full code is in the reason).
+fn close_code(
+    code: ErrorCode,
+) -> tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    if code.is_ok() {
+        CloseCode::Normal
+    } else {
+        CloseCode::Library(4000 + (code.as_i32().unsigned_abs() % 1000) as u16)
+    }
+}
+
+/// The server's side: TLS with the server's identity (the QUIC
+/// certificate) for any fallback connection.
+pub fn server_tls(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>, WsError> {
+    let (chain, key) = identity.clone_parts();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(TransportError::from)?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(TransportError::from)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// Completes the TLS and WebSocket handshakes of an accepted TCP
+/// connection.
+pub async fn accept<In: serde::de::DeserializeOwned, Out: serde::Serialize>(
+    tcp: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<Link<Ws, In, Out>, WsError> {
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await?;
+    let socket = tokio_tungstenite::accept_async_with_config(tls, Some(websocket_config())).await?;
+    Ok(into_link(socket))
+}
+
+/// Connects to a server's fallback listener at `addr`, trusting it as
+/// `trust` says, presenting `server_name` for TLS.
+pub async fn connect<In: serde::de::DeserializeOwned, Out: serde::Serialize>(
+    addr: SocketAddr,
+    server_name: &str,
+    trust: &ServerTrust,
+) -> Result<Link<Ws, In, Out>, WsError> {
+    let mut tls = signaling_quic::tls_client_config(trust)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|_| WsError::ServerName(server_name.to_owned()))?;
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await?;
+    let request = format!("wss://{server_name}{PATH}").into_client_request()?;
+    let (socket, _) =
+        tokio_tungstenite::client_async_with_config(request, tls, Some(websocket_config())).await?;
+    Ok(into_link(socket))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use signaling_proto::{ClientMessage, ServerMessage};
+
+    /// A server and a client over loopback TCP: frames both ways, datagrams
+    /// both ways, and a close the other side sees.
+    #[tokio::test]
+    async fn frames_and_datagrams_cross_a_real_socket() {
+        let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
+        let trust = ServerTrust::Fingerprint(identity.fingerprint());
+        let tls = server_tls(&identity).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept::<ClientMessage, ServerMessage>(tcp, tls)
+                .await
+                .unwrap()
+        });
+        let mut client: Link<Ws, ServerMessage, ClientMessage> =
+            connect(addr, "localhost", &trust).await.unwrap();
+        let mut server = server.await.unwrap();
+
+        client
+            .send
+            .send(&ClientMessage::Ping { nonce: 7 })
+            .await
+            .unwrap();
+        assert_eq!(
+            server.recv.recv().await.unwrap(),
+            Some(ClientMessage::Ping { nonce: 7 })
+        );
+        server
+            .send
+            .send(&ServerMessage::Pong { nonce: 7 })
+            .await
+            .unwrap();
+        assert_eq!(
+            client.recv.recv().await.unwrap(),
+            Some(ServerMessage::Pong { nonce: 7 })
+        );
+        client
+            .media
+            .send_datagram(Bytes::from_static(b"audio"))
+            .unwrap();
+        assert_eq!(&server.media.recv_datagram().await.unwrap()[..], b"audio");
+        server
+            .media
+            .send_datagram(Bytes::from_static(b"back"))
+            .unwrap();
+        assert_eq!(&client.media.recv_datagram().await.unwrap()[..], b"back");
+
+        server.media.close(ErrorCode::SERVER_SHUTDOWN, "bye");
+        assert!(client.media.recv_datagram().await.is_err());
+        assert!(client.recv.recv().await.unwrap().is_none());
+        assert!(
+            client
+                .media
+                .send_datagram(Bytes::from_static(b"late"))
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_refused() {
+        let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
+        let other = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
+        let tls = server_tls(&identity).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ = accept::<ClientMessage, ServerMessage>(tcp, tls).await;
+        });
+        let trust = ServerTrust::Fingerprint(other.fingerprint());
+        let error = connect::<ServerMessage, ClientMessage>(addr, "localhost", &trust)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.connect_code(),
+            ErrorCode::CERTIFICATE_UNTRUSTED,
+            "{error}"
+        );
+    }
+}
