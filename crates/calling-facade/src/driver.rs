@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,17 +22,20 @@ use audio_pipeline::JitterStats;
 use bytes::Bytes;
 use calling_api::UserId;
 use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
+use signaling_link::either::Either;
 use signaling_link::{DatagramSource, Link, LinkClosed, LinkError, MediaLink, Transport};
 use signaling_proto::sim::SplitMix64;
 use signaling_proto::{
     CallEngine, CallOptions, ClientMessage, EngineStatus, FlowId, RequestId, ServerMessage,
 };
+use signaling_quic::{Quic, ServerTrust};
+use signaling_ws::Ws;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::media::{AudioDevices, CallAudio, DeviceNotices};
-use crate::{ClientOptions, Dispatch, ReconnectPolicy};
+use crate::{ClientOptions, Dispatch, Fallback, ReconnectPolicy};
 
 pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
 
@@ -104,58 +109,170 @@ type Connecting<T> = Pin<Box<dyn Future<Output = CallingResult<Connected<T>>> + 
 /// Opens connections to the server, as often as asked.
 type Connector<T> = Arc<dyn Fn() -> Connecting<T> + Send + Sync>;
 
-/// The QUIC connector for `options`' server: resolves its name at every
-/// attempt (an address may change while a session waits).
-fn quic_connector(options: &ClientOptions) -> Connector<signaling_quic::Quic> {
-    let (server, server_name, trust, timeout) = (
-        options.server.clone(),
-        options.server_name.clone(),
-        options.trust.clone(),
-        options.connect_timeout,
-    );
-    Arc::new(move || {
-        let (server, server_name, trust) = (server.clone(), server_name.clone(), trust.clone());
-        Box::pin(async move {
-            let addr = tokio::net::lookup_host(&server)
-                .await
-                .ok()
-                .and_then(|mut addrs| addrs.next())
-                .ok_or_else(|| {
-                    CallingError::with_desc(
-                        ErrorCode::SERVER_UNREACHABLE,
-                        format!("cannot resolve server {server:?}"),
-                    )
-                })?;
-            let connecting = signaling_quic::connect(addr, &server_name, &trust);
-            let connection = tokio::time::timeout(timeout, connecting)
-                .await
-                .map_err(|_| {
-                    CallingError::with_desc(
-                        ErrorCode::SERVER_UNREACHABLE,
-                        format!("no server answered at {addr} within {timeout:?}"),
-                    )
-                })?
-                .map_err(|error| {
-                    CallingError::with_desc(
-                        error.connect_code(),
-                        format!("cannot connect to {addr}: {error}"),
-                    )
-                })?;
-            let (link, endpoint) = connection.into_link();
-            let rebind = move || {
-                let bind: std::net::SocketAddr = if addr.is_ipv6() {
-                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-                } else {
-                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-                };
-                endpoint.rebind(std::net::UdpSocket::bind(bind)?)
+/// The transports a client connects with: QUIC, or the fallback over TCP.
+pub(crate) type Transports = Either<Quic, Ws>;
+
+/// Resolves `server` (`host:port`).
+async fn resolve(server: &str) -> CallingResult<SocketAddr> {
+    tokio::net::lookup_host(server)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            CallingError::with_desc(
+                ErrorCode::SERVER_UNREACHABLE,
+                format!("cannot resolve server {server:?}"),
+            )
+        })
+}
+
+fn too_slow(addr: SocketAddr, timeout: Duration) -> CallingError {
+    CallingError::with_desc(
+        ErrorCode::SERVER_UNREACHABLE,
+        format!("no server answered at {addr} within {timeout:?}"),
+    )
+}
+
+/// What a connector needs to know, cloned into every attempt.
+#[derive(Debug, Clone)]
+struct Target {
+    server: String,
+    server_name: String,
+    trust: ServerTrust,
+    timeout: Duration,
+    fallback: Fallback,
+    fallback_delay: Duration,
+    /// The fallback won the last race: it starts first.
+    prefer_fallback: Arc<AtomicBool>,
+}
+
+impl Target {
+    async fn quic(&self) -> CallingResult<Connected<Transports>> {
+        let addr = resolve(&self.server).await?;
+        let connecting = signaling_quic::connect(addr, &self.server_name, &self.trust);
+        let connection = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| too_slow(addr, self.timeout))?
+            .map_err(|error| {
+                CallingError::with_desc(
+                    error.connect_code(),
+                    format!("cannot connect to {addr}: {error}"),
+                )
+            })?;
+        let (link, endpoint) = connection.into_link();
+        let rebind = move || {
+            let bind: SocketAddr = if addr.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
             };
-            Ok(Connected {
-                link,
-                rebind: Box::new(rebind),
-            })
-        }) as Connecting<signaling_quic::Quic>
-    })
+            endpoint.rebind(std::net::UdpSocket::bind(bind)?)
+        };
+        Ok(Connected {
+            link: Link::first(link),
+            rebind: Box::new(rebind),
+        })
+    }
+
+    async fn fallback(&self) -> CallingResult<Connected<Transports>> {
+        let server = match &self.fallback {
+            Fallback::Off => {
+                return Err(CallingError::with_desc(
+                    ErrorCode::SERVER_UNREACHABLE,
+                    "no fallback transport",
+                ));
+            }
+            Fallback::SameAddress => &self.server,
+            Fallback::At(server) => server,
+        };
+        let addr = resolve(server).await?;
+        let connecting = signaling_ws::connect(addr, &self.server_name, &self.trust);
+        let link = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| too_slow(addr, self.timeout))?
+            .map_err(|error| {
+                CallingError::with_desc(
+                    error.connect_code(),
+                    format!("cannot connect to {addr} over TCP: {error}"),
+                )
+            })?;
+        // TCP cannot migrate: a new network takes a new connection.
+        let rebind = || Err(std::io::Error::other("a TCP connection cannot move"));
+        Ok(Connected {
+            link: Link::second(link),
+            rebind: Box::new(rebind),
+        })
+    }
+
+    /// Happy eyeballs: the preferred transport at once, the other after
+    /// the fallback delay or the first one's failure; the first connected
+    /// wins, and is preferred next time.
+    async fn connect(self) -> CallingResult<Connected<Transports>> {
+        if self.fallback == Fallback::Off {
+            return self.quic().await;
+        }
+        let fallback_first = self.prefer_fallback.load(Ordering::Relaxed);
+        let (quic, fallback) = (self.quic(), self.fallback());
+        tokio::pin!(quic, fallback);
+        let delay = tokio::time::sleep(self.fallback_delay);
+        tokio::pin!(delay);
+        let (mut quic_failed, mut fallback_failed) = (None, None);
+        let (mut quic_started, mut fallback_started) = (!fallback_first, fallback_first);
+        loop {
+            tokio::select! {
+                connected = &mut quic, if quic_started && quic_failed.is_none() => match connected {
+                    Ok(connected) => {
+                        self.prefer_fallback.store(false, Ordering::Relaxed);
+                        return Ok(connected);
+                    }
+                    Err(error) => {
+                        quic_failed = Some(error);
+                        fallback_started = true;
+                    }
+                },
+                connected = &mut fallback, if fallback_started && fallback_failed.is_none() => match connected {
+                    Ok(connected) => {
+                        debug!("connected over the fallback transport");
+                        self.prefer_fallback.store(true, Ordering::Relaxed);
+                        return Ok(connected);
+                    }
+                    Err(error) => {
+                        fallback_failed = Some(error);
+                        quic_started = true;
+                    }
+                },
+                () = &mut delay, if !(quic_started && fallback_started) => {
+                    quic_started = true;
+                    fallback_started = true;
+                }
+            }
+            if let (Some(quic), Some(fallback)) = (&quic_failed, &fallback_failed) {
+                // The more telling of the two: "unreachable" says least.
+                let error = if quic.code == ErrorCode::SERVER_UNREACHABLE {
+                    fallback
+                } else {
+                    quic
+                };
+                return Err(error.clone());
+            }
+        }
+    }
+}
+
+/// The connector for `options`' server: QUIC raced against the fallback,
+/// the name resolved at every attempt (an address may change while a
+/// session waits).
+fn connector(options: &ClientOptions, prefer_fallback: Arc<AtomicBool>) -> Connector<Transports> {
+    let target = Target {
+        server: options.server.clone(),
+        server_name: options.server_name.clone(),
+        trust: options.trust.clone(),
+        timeout: options.connect_timeout,
+        fallback: options.fallback.clone(),
+        fallback_delay: options.fallback_delay,
+        prefer_fallback,
+    };
+    Arc::new(move || Box::pin(target.clone().connect()) as Connecting<Transports>)
 }
 
 /// Connects, starts the driver task and sends the login; returns the
@@ -165,13 +282,14 @@ pub(crate) async fn start(
     login: LoginRequest<'_>,
     devices: DeviceState,
     dispatch: Arc<Dispatch>,
+    prefer_fallback: Arc<AtomicBool>,
 ) -> CallingResult<(mpsc::UnboundedSender<Command>, LoginAnswer)> {
     let mut engine = CallEngine::new();
     engine.set_voice_volume_interval(options.voice_volume_interval);
     engine.set_mic_mute(devices.mic_muted);
     engine.set_reconnect(options.reconnect.map(|policy| policy.timings()));
     let login = engine.login(login.sdk_app_id, login.user_id, login.user_sig)?;
-    let connector = quic_connector(options);
+    let connector = connector(options, prefer_fallback);
     let connected = connector().await?;
     let (commands, inbox) = mpsc::unbounded_channel();
     let (notices, device_notices) = mpsc::unbounded_channel();

@@ -85,7 +85,7 @@ pub use calling_api::{
     ErrorCode, UserId, UserVolume,
 };
 pub use media::{AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
-pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, ReconnectPolicy, ServerTrust};
+pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
 pub use signaling_proto::CallOptions;
 pub use signaling_quic::{CertFingerprint, InvalidFingerprint};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -263,6 +263,8 @@ pub struct TRTCCalling {
     driver: Mutex<Option<mpsc::UnboundedSender<Command>>>,
     mic_muted: AtomicBool,
     hands_free: AtomicBool,
+    /// The fallback transport won the last connection race.
+    prefer_fallback: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for TRTCCalling {
@@ -293,6 +295,7 @@ impl TRTCCalling {
             driver: Mutex::new(None),
             mic_muted: AtomicBool::new(false),
             hands_free: AtomicBool::new(false),
+            prefer_fallback: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -434,6 +437,7 @@ impl TRTCCalling {
                 hands_free: self.hands_free.load(Ordering::Relaxed),
             },
             Arc::clone(&self.dispatch),
+            Arc::clone(&self.prefer_fallback),
         )
         .await?;
         {

@@ -34,11 +34,30 @@ pub struct ClientOptions {
     pub voice_volume_interval: Duration,
     /// Microphone and speaker for calls.
     pub audio: AudioDevices,
+    /// The fallback transport for networks that block UDP (WebSocket over
+    /// TLS over TCP), raced against QUIC when QUIC does not answer within
+    /// [`ClientOptions::fallback_delay`]: [`Fallback::SameAddress`] unless
+    /// set.
+    pub fallback: Fallback,
+    /// How long QUIC has alone before the fallback starts too: 300 ms.
+    /// Once the fallback has won, it starts first next time.
+    pub fallback_delay: Duration,
     /// How a broken connection is repaired without the application:
     /// [`ReconnectPolicy::default`] unless set; `None` ends the session
     /// with the connection (`onError`, then logged out), as before
     /// reconnection existed.
     pub reconnect: Option<ReconnectPolicy>,
+}
+
+/// Where the server's fallback transport (TCP) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fallback {
+    /// TCP at the same `host:port` as QUIC (the server's default).
+    SameAddress,
+    /// TCP at this `host:port` (443 in production).
+    At(String),
+    /// QUIC only.
+    Off,
 }
 
 /// When the SDK declares its connection dead and how fast it tries again.
@@ -92,6 +111,8 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             voice_volume_interval: Duration::from_millis(300),
             audio: AudioDevices::default(),
+            fallback: Fallback::SameAddress,
+            fallback_delay: Duration::from_millis(300),
             reconnect: Some(ReconnectPolicy::default()),
         }
     }
@@ -110,8 +131,9 @@ impl ClientOptions {
 
     /// The defaults, overridden by `OPENCALLING_SERVER` (`host:port`),
     /// `OPENCALLING_SERVER_NAME`, and one of `OPENCALLING_SERVER_FINGERPRINT`
-    /// (hex SHA-256) or `OPENCALLING_CA_FILE` (PEM). This is what the shared
-    /// instance uses.
+    /// (hex SHA-256) or `OPENCALLING_CA_FILE` (PEM), and
+    /// `OPENCALLING_FALLBACK` (`host:port` of the TCP fallback, `same` or
+    /// `off`). This is what the shared instance uses.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -132,6 +154,11 @@ impl ClientOptions {
             }
         } else if let Some(file) = lookup("OPENCALLING_CA_FILE") {
             options.trust = ServerTrust::CaFile(file.into());
+        }
+        match lookup("OPENCALLING_FALLBACK").as_deref() {
+            None | Some("same") => {}
+            Some("off") => options.fallback = Fallback::Off,
+            Some(address) => options.fallback = Fallback::At(address.to_owned()),
         }
         options
     }

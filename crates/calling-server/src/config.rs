@@ -111,6 +111,9 @@ impl ConnectionLimits {
 pub struct ServerConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
+    /// Where the fallback transport (WebSocket over TLS over TCP, for
+    /// networks that block UDP) listens.
+    pub fallback: Fallback,
     /// Where the development certificate, app and reset key are kept.
     pub data_dir: PathBuf,
     /// The apps served; empty means development mode (one app, made once).
@@ -135,6 +138,7 @@ impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
+            .field("fallback", &self.fallback)
             .field("data_dir", &self.data_dir)
             .field("apps", &self.apps)
             .field("switchboard", &self.switchboard)
@@ -156,6 +160,42 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
     DEFAULT_PORT,
 );
 
+/// Where the fallback transport listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// TCP on the QUIC address and port (the default): a client needs to
+    /// know one address.
+    SameAddress,
+    /// TCP on this address (443 in production, where firewalls let TLS
+    /// through).
+    At(SocketAddr),
+    /// No fallback: clients behind UDP-blocking networks cannot connect.
+    Off,
+}
+
+impl std::str::FromStr for Fallback {
+    type Err = String;
+
+    /// `off`, `same` or an address.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "off" => Ok(Self::Off),
+            "same" => Ok(Self::SameAddress),
+            _ => text
+                .parse()
+                .map(Self::At)
+                .map_err(|_| format!("{text:?} is not an address, `same` or `off`")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Fallback {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The data directory by default, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "opencalling-data";
 
@@ -163,6 +203,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
+            fallback: Fallback::SameAddress,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             apps: Vec::new(),
             switchboard: SwitchboardConfig::DEFAULT,
@@ -411,6 +452,13 @@ pub struct Settings {
     /// UDP address to listen on [default: 0.0.0.0:4433]
     #[arg(long, env = "OPENCALLING_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// TCP address of the fallback transport for UDP-blocked networks, `same` (the UDP address) or `off` [default: same]
+    #[arg(
+        long = "fallback-listen",
+        env = "OPENCALLING_FALLBACK_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub fallback_listen: Option<Fallback>,
     /// Where development certificate, app and keys are kept [default: ./opencalling-data]
     #[arg(long, env = "OPENCALLING_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -617,6 +665,7 @@ impl Settings {
         apps.extend(self.apps);
         Self {
             listen: self.listen.or(lower.listen),
+            fallback_listen: self.fallback_listen.or(lower.fallback_listen),
             data_dir: self.data_dir.or(lower.data_dir),
             invite_timeout_secs: self.invite_timeout_secs.or(lower.invite_timeout_secs),
             max_invite_timeout_secs: self
@@ -712,6 +761,7 @@ impl Settings {
         };
         let mut config = ServerConfig {
             listen: self.listen.unwrap_or(DEFAULT_LISTEN),
+            fallback: self.fallback_listen.unwrap_or(Fallback::SameAddress),
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

@@ -14,7 +14,7 @@ use signaling_proto::{
     AcceptedLogin, ClientMessage, ConnId, Credentials, LoginRefusal, ServerMessage, UserSig,
     check_login,
 };
-use signaling_quic::{AcceptedConnection, AddressBlock, PreLoginSlot};
+use signaling_quic::{AcceptedConnection, AddressBlock, IpSlot, PreLoginSlot};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -44,6 +44,31 @@ pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
     // The IP slot is held as long as the connection is served; the
     // pre-login slot until the login succeeds.
     let (link, _slot, pre_login) = established.into_link();
+    serve_link(link, remote, pre_login, shared).await;
+}
+
+/// Serves a fallback connection (WebSocket over TLS over TCP) the
+/// admission policy let through: its handshakes within the handshake
+/// timeout, then the same as any link.
+pub(crate) async fn serve_fallback(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    (_slot, pre_login): (IpSlot, PreLoginSlot),
+    shared: Arc<Shared>,
+) {
+    let handshake = signaling_ws::accept::<ClientMessage, ServerMessage>(tcp, tls);
+    let link = match tokio::time::timeout(shared.login_timeout, handshake).await {
+        Ok(Ok(link)) => link,
+        Ok(Err(error)) => {
+            debug!(%remote, %error, "fallback handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "fallback handshake too slow");
+            return;
+        }
+    };
     serve_link(link, remote, pre_login, shared).await;
 }
 

@@ -33,7 +33,7 @@ use calling_api::ErrorCode;
 use signaling_quic::{CertFingerprint, QuicServer, ServerIdentity};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The UserSig scheme (the `calling-usersig` crate).
 pub use calling_usersig as usersig;
@@ -63,6 +63,20 @@ pub enum ServerError {
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Transport(#[from] signaling_quic::TransportError),
+    /// The fallback transport's TCP listener could not start.
+    #[error(
+        "fallback transport on TCP {addr}: {source} (choose another with --fallback-listen, or `off`)"
+    )]
+    FallbackBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The fallback transport's TLS configuration could not be built.
+    #[error("fallback transport: {0}")]
+    Fallback(signaling_ws::WsError),
 }
 
 /// What every connection task shares.
@@ -95,6 +109,7 @@ impl std::fmt::Debug for UnixClockDebug {
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
+    fallback_addr: Option<SocketAddr>,
     fingerprint: CertFingerprint,
     development_app: Option<AppCredentials>,
     hub: mpsc::Sender<HubInput>,
@@ -138,6 +153,34 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let reset_key = config::reset_key(&config.data_dir).map_err(data_dir_error)?;
     let quic = QuicServer::bind(config.listen, &identity, config.limits.clone(), &reset_key)?;
     let local_addr = quic.local_addr()?;
+    let fallback = match config.fallback {
+        config::Fallback::Off => None,
+        config::Fallback::SameAddress => Some(local_addr),
+        config::Fallback::At(addr) => Some(addr),
+    };
+    let fallback = match fallback {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::FallbackBind { addr, source })?;
+            let tls = signaling_ws::server_tls(&identity).map_err(ServerError::Fallback)?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
+    let fallback_addr = match &fallback {
+        Some((listener, _)) => {
+            Some(
+                listener
+                    .local_addr()
+                    .map_err(|source| ServerError::FallbackBind {
+                        addr: local_addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let endpoint = quic.endpoint().clone();
     let admission = quic.admission_stats();
 
@@ -165,7 +208,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         routes: Arc::clone(&routes),
     });
     let (stop_accepting, stop_rx) = watch::channel(false);
-    let accept_task = tokio::spawn(accept_loop(quic, Arc::clone(&shared), stop_rx));
+    let accept_task = tokio::spawn(accept_loop(quic, fallback, Arc::clone(&shared), stop_rx));
     let relay = routes;
     config::write_banner(
         &config.data_dir,
@@ -180,9 +223,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         },
     )
     .map_err(data_dir_error)?;
-    info!(%local_addr, fingerprint = %identity.fingerprint(), development = development_app.is_some(), "listening");
+    info!(%local_addr, ?fallback_addr, fingerprint = %identity.fingerprint(), development = development_app.is_some(), "listening");
     Ok(RunningServer {
         local_addr,
+        fallback_addr,
         fingerprint: identity.fingerprint(),
         development_app,
         hub: hub_tx,
@@ -198,7 +242,24 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     })
 }
 
-async fn accept_loop(quic: QuicServer, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// The fallback transport's listener and its TLS configuration.
+type FallbackListener = (tokio::net::TcpListener, Arc<rustls::ServerConfig>);
+
+async fn accept_fallback(
+    fallback: Option<&FallbackListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match fallback {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_loop(
+    quic: QuicServer,
+    fallback: Option<FallbackListener>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -207,6 +268,20 @@ async fn accept_loop(quic: QuicServer, shared: Arc<Shared>, mut stop: watch::Rec
                     connections.spawn(connection::serve(accepted, Arc::clone(&shared)));
                 }
                 None => break,
+            },
+            accepted = accept_fallback(fallback.as_ref()) => match accepted {
+                Ok((tcp, remote)) => {
+                    // The same admission policy as QUIC's, slots shared.
+                    let Some(slots) = quic.admit_other_transport(remote) else {
+                        debug!(%remote, "fallback connection refused by the admission policy");
+                        continue;
+                    };
+                    if let Some((_, tls)) = &fallback {
+                        let serve = connection::serve_fallback(tcp, remote, Arc::clone(tls), slots, Arc::clone(&shared));
+                        connections.spawn(serve);
+                    }
+                }
+                Err(error) => debug!(%error, "fallback accept failed"),
             },
             // Reap finished connection tasks as they end.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -249,6 +324,11 @@ impl RunningServer {
     /// The address the server listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TCP address of the fallback transport, if it listens.
+    pub fn fallback_addr(&self) -> Option<SocketAddr> {
+        self.fallback_addr
     }
 
     /// The certificate's fingerprint, for clients that trust it that way.

@@ -52,6 +52,16 @@ impl<W: SignalWrite, M: Serialize> FramedSend<W, M> {
         }
     }
 
+    /// The same sender over `map(writer)`: for wrapping the writer in
+    /// another type (see [`crate::either`]).
+    pub fn map_writer<V: SignalWrite>(self, map: impl FnOnce(W) -> V) -> FramedSend<V, M> {
+        FramedSend {
+            writer: map(self.writer),
+            buffer: self.buffer,
+            _message: PhantomData,
+        }
+    }
+
     /// Writes one message as one frame.
     pub async fn send(&mut self, message: &M) -> Result<(), LinkError> {
         self.buffer.clear();
@@ -101,6 +111,17 @@ impl<R: AsyncRead + Unpin, M: DeserializeOwned> FramedRecv<R, M> {
             reader,
             decoder: FrameDecoder::new(),
             chunk: vec![0; 4096].into_boxed_slice(),
+            _message: PhantomData,
+        }
+    }
+
+    /// The same receiver, what it has buffered included, over
+    /// `map(reader)` (see [`crate::either`]).
+    pub fn map_reader<Q: AsyncRead + Unpin>(self, map: impl FnOnce(R) -> Q) -> FramedRecv<Q, M> {
+        FramedRecv {
+            reader: map(self.reader),
+            decoder: self.decoder,
+            chunk: self.chunk,
             _message: PhantomData,
         }
     }

@@ -14,12 +14,14 @@
 //!   the server's connection task and the SDK's session task own it, generic
 //!   over the transport;
 //! - [`memory`]: an in-memory transport for tests of the glue;
+//! - [`either`]: one of two transports, for a client that races them;
 //! - [`sleep_until`]: the timer branch of a glue loop.
 //!
 //! `signaling-quic` implements the seam for QUIC (one bidirectional stream,
-//! DATAGRAM frames). This crate never opens a socket, never spawns a task,
+//! DATAGRAM frames), `signaling-ws` for the fallback over TCP. This crate never opens a socket, never spawns a task,
 //! and holds no call logic.
 
+pub mod either;
 pub mod memory;
 
 mod framed;

@@ -269,6 +269,38 @@ impl QuicServer {
         }
     }
 
+    /// The admission policy for a connection of another transport (the
+    /// fallback over TCP) from `remote`: the same handshake budget, the
+    /// same cap on connections not logged in yet and per address block,
+    /// shared with QUIC's. The slots are held as long as the connection
+    /// (and, for the pre-login one, until its login). `None`: refused,
+    /// and counted as QUIC's refusals are.
+    pub fn admit_other_transport(&self, remote: SocketAddr) -> Option<(IpSlot, PreLoginSlot)> {
+        let within_budget = self
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(Instant::now(), 1.0);
+        if !within_budget {
+            bump(&self.counters.refused_handshake_budget);
+            return None;
+        }
+        let Some(pre_login) = PreLoginSlot::take(&self.before_login, self.limits.max_before_login)
+        else {
+            bump(&self.counters.refused_before_login);
+            return None;
+        };
+        let Some(slot) = IpSlot::take(
+            &self.per_ip,
+            remote.ip(),
+            self.limits.max_connections_per_ip,
+        ) else {
+            bump(&self.counters.refused_per_address);
+            return None;
+        };
+        Some((slot, pre_login))
+    }
+
     /// Connections open now from `ip`'s address block (the address, or
     /// its IPv6 /64).
     pub fn connections_from(&self, ip: IpAddr) -> usize {

@@ -25,8 +25,20 @@ async fn user_with(
     capture: CaptureDevice,
     playback: PlaybackDevice,
 ) -> User {
+    user_with_options(server, name, capture, playback, |_| {}).await
+}
+
+/// [`user_with`], its options changed by `tweak` (another transport…).
+async fn user_with_options(
+    server: &TestServer,
+    name: &str,
+    capture: CaptureDevice,
+    playback: PlaybackDevice,
+    tweak: impl FnOnce(&mut calling_facade::ClientOptions),
+) -> User {
     let mut options = server.options();
     options.audio = AudioDevices { capture, playback };
+    tweak(&mut options);
     let calling = TRTCCalling::new(options);
     let events = calling.events();
     calling
@@ -83,13 +95,24 @@ async fn end_call(caller: &mut User, callee: &mut User) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_crosses_the_call_both_ways_at_once() {
-    let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start("speech").await;
+    speech_both_ways(&server, |_| {}, |_| {}).await;
+}
+
+/// Alice and bob, their options changed by `alice_options` and
+/// `bob_options`, talk at once for 4 s: each hears the other's speech,
+/// correlated with what was said and within the mouth-to-ear budget.
+pub async fn speech_both_ways(
+    server: &TestServer,
+    alice_options: impl FnOnce(&mut calling_facade::ClientOptions),
+    bob_options: impl FnOnce(&mut calling_facade::ClientOptions),
+) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (alice_hears, bob_hears) = (record_path("alice-hears"), record_path("bob-hears"));
     let alice_says = fixture("speech-a-16k.wav");
     let bob_says = fixture("speech-b-16k.wav");
-    let mut alice = user_with(
-        &server,
+    let mut alice = user_with_options(
+        server,
         "alice",
         CaptureDevice::Wav {
             path: alice_says.clone(),
@@ -98,10 +121,11 @@ async fn speech_crosses_the_call_both_ways_at_once() {
         PlaybackDevice::Wav {
             path: alice_hears.clone(),
         },
+        alice_options,
     )
     .await;
-    let mut bob = user_with(
-        &server,
+    let mut bob = user_with_options(
+        server,
         "bob",
         CaptureDevice::Wav {
             path: bob_says.clone(),
@@ -110,6 +134,7 @@ async fn speech_crosses_the_call_both_ways_at_once() {
         PlaybackDevice::Wav {
             path: bob_hears.clone(),
         },
+        bob_options,
     )
     .await;
     connect(&mut alice, &mut bob).await;

@@ -11,6 +11,7 @@ mod auth;
 mod calls;
 mod child;
 mod connecting;
+mod fallback;
 mod limits;
 mod lossy;
 mod media;
