@@ -153,34 +153,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let reset_key = config::reset_key(&config.data_dir).map_err(data_dir_error)?;
     let quic = QuicServer::bind(config.listen, &identity, config.limits.clone(), &reset_key)?;
     let local_addr = quic.local_addr()?;
-    let fallback = match config.fallback {
-        config::Fallback::Off => None,
-        config::Fallback::SameAddress => Some(local_addr),
-        config::Fallback::At(addr) => Some(addr),
-    };
-    let fallback = match fallback {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::FallbackBind { addr, source })?;
-            let tls = signaling_ws::server_tls(&identity).map_err(ServerError::Fallback)?;
-            Some((listener, tls))
-        }
-        None => None,
-    };
-    let fallback_addr = match &fallback {
-        Some((listener, _)) => {
-            Some(
-                listener
-                    .local_addr()
-                    .map_err(|source| ServerError::FallbackBind {
-                        addr: local_addr,
-                        source,
-                    })?,
-            )
-        }
-        None => None,
-    };
+    let (fallback, fallback_addr) = bind_fallback(config.fallback, local_addr, &identity).await?;
     let endpoint = quic.endpoint().clone();
     let admission = quic.admission_stats();
 
@@ -244,6 +217,27 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
 /// The fallback transport's listener and its TLS configuration.
 type FallbackListener = (tokio::net::TcpListener, Arc<rustls::ServerConfig>);
+
+/// Binds the fallback transport's TCP listener where `fallback` says (the
+/// QUIC address `quic` by default); returns it and its address.
+async fn bind_fallback(
+    fallback: config::Fallback,
+    quic: SocketAddr,
+    identity: &ServerIdentity,
+) -> Result<(Option<FallbackListener>, Option<SocketAddr>), ServerError> {
+    let addr = match fallback {
+        config::Fallback::Off => return Ok((None, None)),
+        config::Fallback::SameAddress => quic,
+        config::Fallback::At(addr) => addr,
+    };
+    let bind_error = |source| ServerError::FallbackBind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    let tls = signaling_ws::server_tls(identity).map_err(ServerError::Fallback)?;
+    Ok((Some((listener, tls)), Some(bound)))
+}
 
 async fn accept_fallback(
     fallback: Option<&FallbackListener>,

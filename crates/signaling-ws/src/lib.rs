@@ -245,104 +245,18 @@ where
     In: serde::de::DeserializeOwned,
     Out: serde::Serialize,
 {
-    let (mut sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
     let shared = Arc::new(Shared::default());
     let (signal_out_read, signal_out_write) = tokio::io::simplex(STREAM_BUFFER);
-    let (signal_in_read, mut signal_in_write) = tokio::io::simplex(STREAM_BUFFER);
+    let (signal_in_read, signal_in_write) = tokio::io::simplex(STREAM_BUFFER);
     let (datagrams_in, received) = mpsc::channel(RECEIVED_DATAGRAMS);
-    // Reader: messages from the peer to the signaling stream and datagrams.
-    let reader_shared = Arc::clone(&shared);
-    tokio::spawn(async move {
-        while let Some(message) = stream.next().await {
-            let data = match message {
-                Ok(Message::Binary(data)) => data,
-                Ok(Message::Close(_)) | Err(_) => break,
-                // Pings are answered by the library; nothing else is used.
-                Ok(_) => continue,
-            };
-            match data.first() {
-                Some(&KIND_SIGNALING) => {
-                    if signal_in_write.write_all(&data[1..]).await.is_err() {
-                        break;
-                    }
-                }
-                Some(&KIND_DATAGRAM) => {
-                    // A reader that falls behind loses audio, not the link.
-                    let _ = datagrams_in.try_send(data.slice(1..));
-                }
-                _ => {
-                    debug!("a WebSocket message of no known kind: closing");
-                    let mut close = reader_shared
-                        .close
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    close.get_or_insert((ErrorCode::PROTOCOL_ERROR, "unknown kind".into()));
-                    break;
-                }
-            }
-        }
-        // The end of the signaling stream, for its reader (a split
-        // simplex ends only by a shutdown).
-        let _ = signal_in_write.shutdown().await;
-        reader_shared.shut();
-    });
-    // Writer: the signaling stream, datagrams and the close to the peer.
-    let writer_shared = Arc::clone(&shared);
-    tokio::spawn(async move {
-        let shared = writer_shared;
-        let mut signal_out = signal_out_read;
-        let mut buffer = vec![0_u8; 16 * 1024 + 1];
-        let mut stream_open = true;
-        loop {
-            let close = shared
-                .close
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some((code, reason)) = close {
-                let frame = CloseFrame {
-                    code: close_code(code),
-                    reason: format!("{} {reason}", code.as_i32()).into(),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                break;
-            }
-            if shared.closed.load(Ordering::Acquire) {
-                break;
-            }
-            let datagrams: Vec<(Instant, Bytes)> = shared.lock_outgoing().drain(..).collect();
-            for (queued, datagram) in datagrams {
-                if queued.elapsed() > STALE_AFTER {
-                    shared.dropped_stale.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let mut message = Vec::with_capacity(1 + datagram.len());
-                message.push(KIND_DATAGRAM);
-                message.extend_from_slice(&datagram);
-                if sink.send(Message::Binary(message.into())).await.is_err() {
-                    shared.shut();
-                    return;
-                }
-            }
-            let wake = shared.wake_writer.notified();
-            tokio::select! {
-                read = signal_out.read(&mut buffer[1..]), if stream_open => match read {
-                    Ok(0) | Err(_) => stream_open = false,
-                    Ok(len) => {
-                        buffer[0] = KIND_SIGNALING;
-                        let message = Message::Binary(Bytes::copy_from_slice(&buffer[..=len]));
-                        if sink.send(message).await.is_err() {
-                            break;
-                        }
-                        shared.sent.fetch_add(len as u64, Ordering::AcqRel);
-                        shared.sent_changed.notify_waiters();
-                    }
-                },
-                () = wake => {}
-            }
-        }
-        shared.shut();
-    });
+    tokio::spawn(read_pump(
+        stream,
+        signal_in_write,
+        datagrams_in,
+        Arc::clone(&shared),
+    ));
+    tokio::spawn(write_pump(sink, signal_out_read, Arc::clone(&shared)));
     let media = WsMedia {
         shared: Arc::clone(&shared),
         received: Arc::new(tokio::sync::Mutex::new(received)),
@@ -355,6 +269,103 @@ where
         }),
         recv: FramedRecv::new(signal_in_read),
     }
+}
+
+/// Messages from the peer into the signaling stream and the datagrams.
+async fn read_pump<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    mut signal_in: tokio::io::WriteHalf<SimplexStream>,
+    datagrams_in: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+) {
+    while let Some(message) = stream.next().await {
+        let data = match message {
+            Ok(Message::Binary(data)) => data,
+            Ok(Message::Close(_)) | Err(_) => break,
+            // Pings are answered by the library; nothing else is used.
+            Ok(_) => continue,
+        };
+        match data.first() {
+            Some(&KIND_SIGNALING) => {
+                if signal_in.write_all(&data[1..]).await.is_err() {
+                    break;
+                }
+            }
+            Some(&KIND_DATAGRAM) => {
+                // A reader that falls behind loses audio, not the link.
+                let _ = datagrams_in.try_send(data.slice(1..));
+            }
+            _ => {
+                debug!("a WebSocket message of no known kind: closing");
+                let mut close = shared.close.lock().unwrap_or_else(PoisonError::into_inner);
+                close.get_or_insert((ErrorCode::PROTOCOL_ERROR, "unknown kind".into()));
+                break;
+            }
+        }
+    }
+    // The end of the signaling stream, for its reader (a split simplex
+    // ends only by a shutdown).
+    let _ = signal_in.shutdown().await;
+    shared.shut();
+}
+
+/// The signaling stream, the datagrams and the close to the peer.
+async fn write_pump<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut signal_out: ReadHalf<SimplexStream>,
+    shared: Arc<Shared>,
+) {
+    let mut buffer = vec![0_u8; 16 * 1024 + 1];
+    let mut stream_open = true;
+    loop {
+        let close = shared
+            .close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code: close_code(code),
+                reason: format!("{} {reason}", code.as_i32()).into(),
+            };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            break;
+        }
+        if shared.closed.load(Ordering::Acquire) {
+            break;
+        }
+        let datagrams: Vec<(Instant, Bytes)> = shared.lock_outgoing().drain(..).collect();
+        for (queued, datagram) in datagrams {
+            if queued.elapsed() > STALE_AFTER {
+                shared.dropped_stale.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let mut message = Vec::with_capacity(1 + datagram.len());
+            message.push(KIND_DATAGRAM);
+            message.extend_from_slice(&datagram);
+            if sink.send(Message::Binary(message.into())).await.is_err() {
+                shared.shut();
+                return;
+            }
+        }
+        let wake = shared.wake_writer.notified();
+        tokio::select! {
+            read = signal_out.read(&mut buffer[1..]), if stream_open => match read {
+                Ok(0) | Err(_) => stream_open = false,
+                Ok(len) => {
+                    buffer[0] = KIND_SIGNALING;
+                    let message = Message::Binary(Bytes::copy_from_slice(&buffer[..=len]));
+                    if sink.send(message).await.is_err() {
+                        break;
+                    }
+                    shared.sent.fetch_add(len as u64, Ordering::AcqRel);
+                    shared.sent_changed.notify_waiters();
+                }
+            },
+            () = wake => {}
+        }
+    }
+    shared.shut();
 }
 
 /// A WebSocket close code for an error code: 1000 for success, 4000 plus

@@ -102,6 +102,10 @@ async fn speech_crosses_the_call_both_ways_at_once() {
 /// Alice and bob, their options changed by `alice_options` and
 /// `bob_options`, talk at once for 4 s: each hears the other's speech,
 /// correlated with what was said and within the mouth-to-ear budget.
+#[allow(
+    clippy::print_stdout,
+    reason = "the measured figures, for the log of a test run"
+)]
 pub async fn speech_both_ways(
     server: &TestServer,
     alice_options: impl FnOnce(&mut calling_facade::ClientOptions),
