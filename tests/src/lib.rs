@@ -1,5 +1,10 @@
 //! Workspace-level tests of OpenCalling, in one test binary (`tests/all`):
-//! repository-wide rules ("tidy") now, end-to-end tests against a real
-//! server on loopback as the server and SDK land.
+//! repository-wide rules ("tidy") and end-to-end tests against a real
+//! server on loopback; and the tools they share with the network
+//! benchmark (`examples/bench_network.rs`): a fault proxy and a probe that
+//! notes when audio is heard.
 //!
-//! This crate exports nothing and is never published.
+//! This crate is never published.
+
+pub mod heard;
+pub mod proxy;

@@ -261,8 +261,12 @@ fn bench(args: &[String]) -> Result {
         .arg("3200");
     step("bench: relay capacity", &mut relay)?;
     step(
-        "bench: mouth-to-ear latency",
+        "bench: mouth-to-ear latency, QUIC and the fallback",
         release_example("calling-facade", "bench").args(["latency", "12"]),
+    )?;
+    step(
+        "bench: speech back after outages, logins over the fallback",
+        release_example("opencalling-tests", "bench_network").args(["20", "1"]),
     )?;
     let python = ensure_pesq_python();
     let out_dir = workspace_root().join("target").join("bench-audio");

@@ -82,7 +82,11 @@ async fn main() {
             .await;
         }
         Some("udp-forwarder") => udp_forwarder().await,
-        Some("latency") => latency(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(12)).await,
+        Some("latency") => {
+            let seconds = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(12);
+            latency(seconds, false).await;
+            latency(seconds, true).await;
+        }
         _ => {
             println!("usage: bench calls [N] | bench idle SERVER_BIN [N] | bench latency [SECONDS]")
         }
@@ -545,13 +549,26 @@ impl calling_facade::AudioSink for ClickDetector {
     }
 }
 
-async fn latency(seconds: u64) {
-    use calling_facade::{CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
+/// Clicks from alice to bob for `seconds`, over QUIC or (`over_fallback`,
+/// UDP to the server lost) over the fallback transport.
+async fn latency(seconds: u64, over_fallback: bool) {
+    use calling_facade::{CaptureDevice, CustomSink, CustomSource, Fallback, PlaybackDevice};
     let (server, app, data_dir) = in_process_server("opencalling-bench-latency").await;
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut options =
         ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
+    // A UDP socket that never answers stands for a network that drops UDP.
+    let udp_black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    if over_fallback {
+        options.server = udp_black_hole.local_addr().unwrap().to_string();
+        options.fallback = Fallback::At(server.fallback_addr().unwrap().to_string());
+    }
+    let transport = if over_fallback {
+        "the fallback (WebSocket over TLS over TCP)"
+    } else {
+        "QUIC"
+    };
     options.audio = AudioDevices {
         capture: CaptureDevice::Custom(CustomSource(Arc::new(std::sync::Mutex::new(ClickProbe {
             position: 0,
@@ -595,6 +612,16 @@ async fn latency(seconds: u64) {
 
     let sent = sent.lock().unwrap().clone();
     let received = received.lock().unwrap().clone();
+    print_latency(transport, &sent, &received);
+    alice.destroy();
+    bob.destroy();
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Matches each click heard with the latest sent before it; prints the
+/// mouth-to-ear latency over `transport`.
+fn print_latency(transport: &str, sent: &[Instant], received: &[Instant]) {
     // Each click heard is matched with the latest click sent before it.
     let mut latencies: Vec<Duration> = received
         .iter()
@@ -622,7 +649,7 @@ async fn latency(seconds: u64) {
     let lookahead_ms = 6.5;
     let floor = 20.0 + lookahead_ms + 20.0;
     println!(
-        "mouth-to-ear latency over loopback, {} clicks (capture → Opus → QUIC → relay → QUIC → jitter buffer → playout)",
+        "mouth-to-ear latency over loopback and {transport}, {} clicks (capture → Opus → transport → relay → transport → jitter buffer → playout)",
         latencies.len()
     );
     println!(
@@ -642,10 +669,6 @@ async fn latency(seconds: u64) {
             "MISSED (the floor itself is above it with 20 ms playout ticks)"
         }
     );
-    alice.destroy();
-    bob.destroy();
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 /// CPU time (user + system) of a process so far.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use calling_facade::{ClientOptions, Fallback};
 
 use crate::audio::speech_both_ways;
-use crate::proxy::FaultProxy;
 use crate::support::*;
+use opencalling_tests::proxy::FaultProxy;
 
 /// Options whose QUIC goes into `blocked` (every UDP packet lost) and whose
 /// fallback reaches the server.

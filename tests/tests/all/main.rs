@@ -15,7 +15,6 @@ mod fallback;
 mod limits;
 mod lossy;
 mod media;
-mod proxy;
 mod reconnect;
 mod resilience;
 mod support;

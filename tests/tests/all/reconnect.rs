@@ -3,62 +3,18 @@
 //! server refuses, invitations during an outage. The SDK repairs the
 //! connection by itself; the application sees only the extension events.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use audio_device::{AudioFormat, AudioSink, Signal};
+use audio_device::Signal;
 use calling_api::{CallType, CallingEvent, EndReason, ErrorCode};
 use calling_facade::{AudioDevices, CaptureDevice, CustomSink, PlaybackDevice, TRTCCalling};
 use signaling_proto::{ClientMessage, PROTOCOL_VERSION, ServerMessage, SessionToken};
 
-use crate::proxy::FaultProxy;
+use opencalling_tests::heard::{ClockSink, HeardClock};
+use opencalling_tests::proxy::FaultProxy;
+
 use crate::support::*;
-
-/// A playback sink that notes when it last played something audible.
-#[derive(Default)]
-struct HeardClock {
-    loud: Mutex<Vec<Instant>>,
-}
-
-impl HeardClock {
-    /// Whether nothing audible played between `from` and `to`.
-    fn silent_between(&self, from: Instant, to: Instant) -> bool {
-        !self
-            .loud
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|at| *at >= from && *at < to)
-    }
-
-    /// The first audible block played at or after `since`.
-    fn first_heard_after(&self, since: Instant) -> Option<Instant> {
-        self.loud
-            .lock()
-            .unwrap()
-            .iter()
-            .copied()
-            .find(|at| *at >= since)
-    }
-}
-
-struct ClockSink(Arc<HeardClock>);
-
-impl AudioSink for ClockSink {
-    fn format(&self) -> AudioFormat {
-        AudioFormat {
-            sample_rate: 48_000,
-            channels: 1,
-        }
-    }
-
-    fn write(&mut self, samples: &[f32]) {
-        let power = samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32;
-        if power.sqrt() > 0.05 {
-            self.0.loud.lock().unwrap().push(Instant::now());
-        }
-    }
-}
 
 /// A user talking (a tone) and listening through a [`HeardClock`], logged
 /// in to `server` at `address` (the server's or a proxy's).

@@ -19,7 +19,10 @@ struct Faults {
     dropped: AtomicU64,
 }
 
+/// The proxy: clients connect to [`FaultProxy::addr`] instead of the server.
+#[derive(Debug)]
 pub struct FaultProxy {
+    /// Where clients send.
     pub addr: SocketAddr,
     faults: Arc<Faults>,
     task: tokio::task::JoinHandle<()>,
@@ -32,9 +35,18 @@ impl Drop for FaultProxy {
 }
 
 impl FaultProxy {
+    /// A proxy to `server` on a free loopback port, letting everything
+    /// through until told otherwise.
+    ///
+    /// # Panics
+    /// If no loopback UDP socket can be bound: a test or benchmark tool.
     pub async fn start(server: SocketAddr) -> Self {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let addr = front.local_addr().unwrap();
+        let front = Arc::new(
+            UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("a loopback UDP socket"),
+        );
+        let addr = front.local_addr().expect("a bound socket's address");
         let faults = Arc::new(Faults::default());
         let task = tokio::spawn(forward(front, server, Arc::clone(&faults)));
         Self { addr, faults, task }
@@ -71,15 +83,20 @@ async fn forward(front: Arc<UdpSocket>, server: SocketAddr, faults: Arc<Faults>)
         let generation = faults.generation.load(Ordering::SeqCst);
         let current = upstreams
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&client)
             .filter(|(made, _)| *made == generation)
             .map(|(_, upstream)| Arc::clone(upstream));
         let upstream = match current {
             Some(upstream) => upstream,
             None => {
-                let upstream = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-                upstream.connect(server).await.unwrap();
+                let Ok(upstream) = UdpSocket::bind("127.0.0.1:0").await else {
+                    continue;
+                };
+                if upstream.connect(server).await.is_err() {
+                    continue;
+                }
+                let upstream = Arc::new(upstream);
                 tokio::spawn(back(
                     Arc::clone(&upstream),
                     Arc::clone(&front),
@@ -88,7 +105,7 @@ async fn forward(front: Arc<UdpSocket>, server: SocketAddr, faults: Arc<Faults>)
                 ));
                 upstreams
                     .lock()
-                    .unwrap()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(client, (generation, Arc::clone(&upstream)));
                 upstream
             }

@@ -1,0 +1,48 @@
+//! A playback sink that notes when it plays something audible: how the
+//! tests and the network benchmark tell when speech is heard again after
+//! an outage.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use audio_device::{AudioFormat, AudioSink};
+
+/// When audible blocks were played.
+#[derive(Debug, Default)]
+pub struct HeardClock {
+    loud: Mutex<Vec<Instant>>,
+}
+
+impl HeardClock {
+    fn loud(&self) -> std::sync::MutexGuard<'_, Vec<Instant>> {
+        self.loud.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether nothing audible played between `from` and `to`.
+    pub fn silent_between(&self, from: Instant, to: Instant) -> bool {
+        !self.loud().iter().any(|at| *at >= from && *at < to)
+    }
+
+    /// The first audible block played at or after `since`.
+    pub fn first_heard_after(&self, since: Instant) -> Option<Instant> {
+        self.loud().iter().copied().find(|at| *at >= since)
+    }
+}
+
+/// The sink to give the SDK (48 kHz mono): a block whose RMS is above
+/// 0.05 counts as audible.
+#[derive(Debug)]
+pub struct ClockSink(pub Arc<HeardClock>);
+
+impl AudioSink for ClockSink {
+    fn format(&self) -> AudioFormat {
+        AudioFormat::mono(48_000)
+    }
+
+    fn write(&mut self, samples: &[f32]) {
+        let power = samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32;
+        if power.sqrt() > 0.05 {
+            self.0.loud().push(Instant::now());
+        }
+    }
+}
