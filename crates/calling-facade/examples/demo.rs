@@ -93,9 +93,14 @@ async fn main() {
         _ => None,
     };
     let hears = |name: &str| out_dir.join(format!("{name}-hears.wav"));
+    // Dave's network goes through a proxy the demo can cut.
+    let daves_network = opencalling_tests::proxy::FaultProxy::start(server.local_addr()).await;
     let mut users = Vec::new();
     for name in ["alice", "bob", "carol", "dave", "erin"] {
         let mut user_options = options.clone();
+        if name == "dave" {
+            user_options.server = daves_network.addr.to_string();
+        }
         user_options.audio = match says(name) {
             Some(path) => AudioDevices {
                 capture: CaptureDevice::Wav {
@@ -146,6 +151,15 @@ async fn main() {
     erin.calling.accept().await.unwrap();
     dave.wait_for(is_enter).await;
     dave.wait_for(|event| matches!(event, CallingEvent::UserAudioAvailable { .. }))
+        .await;
+
+    step("dave's network drops for 5 s: his SDK notices, reconnects and resumes; the call goes on");
+    daves_network.blackhole(true);
+    dave.wait_for(|event| matches!(event, CallingEvent::Reconnecting))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daves_network.blackhole(false);
+    dave.wait_for(|event| matches!(event, CallingEvent::Reconnected))
         .await;
 
     step("alice calls bob");

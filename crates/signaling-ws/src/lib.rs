@@ -497,6 +497,59 @@ mod tests {
         );
     }
 
+    /// docs/protocol.md's example, from a client written from it: raw
+    /// WebSocket messages in, our link's messages out.
+    #[tokio::test]
+    async fn documented_message_layout() {
+        let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
+        let trust = ServerTrust::Fingerprint(identity.fingerprint());
+        let tls = server_tls(&identity).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept::<ClientMessage, ServerMessage>(tcp, tls).await.unwrap()
+        });
+        let mut config = signaling_quic::tls_client_config(&trust).unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut raw, _) = tokio_tungstenite::client_async("wss://localhost/opencalling", tls)
+            .await
+            .unwrap();
+        let mut server = server.await.unwrap();
+        // The frame split across two messages, as the stream allows.
+        raw.send(Message::Binary(Bytes::from_static(&[0, 0, 0, 0])))
+            .await
+            .unwrap();
+        raw.send(Message::Binary(Bytes::from_static(&[0, 2, 7, 1])))
+            .await
+            .unwrap();
+        assert_eq!(
+            server.recv.recv().await.unwrap(),
+            Some(ClientMessage::Ping { nonce: 1 })
+        );
+        raw.send(Message::Binary(Bytes::from_static(&[1, 0xaa])))
+            .await
+            .unwrap();
+        assert_eq!(&server.media.recv_datagram().await.unwrap()[..], [0xaa]);
+        server
+            .send
+            .send(&ServerMessage::Pong { nonce: 1 })
+            .await
+            .unwrap();
+        let Some(Ok(Message::Binary(pong))) = raw.next().await else {
+            panic!("no binary message");
+        };
+        assert_eq!(&pong[..], [0, 0, 0, 0, 2, 14, 1]);
+        // An unknown kind closes the link.
+        raw.send(Message::Binary(Bytes::from_static(&[9]))).await.unwrap();
+        assert!(server.recv.recv().await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn an_untrusted_certificate_is_refused() {
         let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
