@@ -10,7 +10,7 @@
 //! transport (QUIC): the task itself, [`Driver`], works on any link of the
 //! transport seam.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,7 +31,7 @@ use signaling_proto::{
 use signaling_quic::{Quic, ServerTrust};
 use signaling_ws::Ws;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
 use crate::media::{AudioDevices, CallAudio, DeviceNotices};
@@ -309,6 +309,8 @@ pub(crate) async fn start(
         reconnect: Reconnect {
             policy: options.reconnect.unwrap_or_default(),
             attempts: JoinSet::new(),
+            running: VecDeque::new(),
+            started: 0,
             failures: 0,
             next_attempt: None,
             jitter: SplitMix64::new(seed),
@@ -371,11 +373,18 @@ impl MediaLink for SwitchableMedia {
     }
 }
 
-/// Reconnection attempts: several may overlap, each started after a
-/// backoff that grows with the failures before it.
+/// Attempts that may run at once; starting another aborts the oldest.
+const OVERLAPPING_ATTEMPTS: usize = 4;
+
+/// Reconnection attempts: up to [`OVERLAPPING_ATTEMPTS`] overlap, each
+/// started after a backoff that grows with the attempts before it.
 struct Reconnect<T: Transport> {
     policy: ReconnectPolicy,
     attempts: JoinSet<CallingResult<Connected<T>>>,
+    /// The running attempts, oldest first.
+    running: VecDeque<AbortHandle>,
+    /// Attempts started since the last connection.
+    started: u32,
     /// Attempts that failed since the last connection.
     failures: u32,
     /// When the next attempt starts, while the engine wants a connection.
@@ -384,15 +393,15 @@ struct Reconnect<T: Transport> {
 }
 
 impl<T: Transport> Reconnect<T> {
-    /// The wait before the attempt after `failures` failed ones: 0 for the
-    /// first, then the policy's first backoff doubling up to its most, each
-    /// drawn from its upper half at random so that clients cut off together
-    /// do not come back together.
+    /// The wait before the next attempt: 0 for the first, then the
+    /// policy's first backoff doubling with each attempt started up to its
+    /// most, each drawn from its upper half at random so that clients cut
+    /// off together do not come back together.
     fn backoff(&mut self) -> Duration {
-        if self.failures == 0 && self.attempts.is_empty() {
+        if self.started == 0 {
             return Duration::ZERO;
         }
-        let exponent = self.failures.min(16);
+        let exponent = (self.started - 1).min(16);
         let full = self
             .policy
             .first_backoff
@@ -403,9 +412,22 @@ impl<T: Transport> Reconnect<T> {
         half + Duration::from_micros(jitter)
     }
 
+    fn start(&mut self, attempt: Connecting<T>) {
+        if self.running.len() >= OVERLAPPING_ATTEMPTS {
+            if let Some(oldest) = self.running.pop_front() {
+                oldest.abort();
+            }
+        }
+        self.running.retain(|handle| !handle.is_finished());
+        self.running.push_back(self.attempts.spawn(attempt));
+        self.started = self.started.saturating_add(1);
+    }
+
     fn stop(&mut self) {
         self.attempts.abort_all();
+        self.running.clear();
         self.next_attempt = None;
+        self.started = 0;
         self.failures = 0;
     }
 }
@@ -616,7 +638,7 @@ impl<T: Transport> Driver<T> {
             running = self.reconnect.attempts.len(),
             "reconnection attempt"
         );
-        self.reconnect.attempts.spawn((self.connector)());
+        self.reconnect.start((self.connector)());
         // The next one overlaps this one unless it succeeds first.
         let wait = self.reconnect.backoff();
         self.reconnect.next_attempt = Some(Instant::now() + wait);

@@ -72,10 +72,10 @@ pub struct ReconnectPolicy {
     /// The wait before the second attempt (the first starts at once); it
     /// doubles with each failure: 100 ms.
     pub first_backoff: Duration,
-    /// The longest wait between the starts of two attempts, which overlap:
-    /// 400 ms, so that a network that comes back is used within about
-    /// half a second. Each attempt lives at most
-    /// [`ClientOptions::connect_timeout`].
+    /// The longest wait between the starts of two attempts, which overlap
+    /// (at most 4 at once; a fifth aborts the oldest): 400 ms, so that a
+    /// network that comes back is used within about half a second. Each
+    /// attempt lives at most [`ClientOptions::connect_timeout`].
     pub max_backoff: Duration,
 }
 

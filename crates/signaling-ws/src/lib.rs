@@ -508,7 +508,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept::<ClientMessage, ServerMessage>(tcp, tls).await.unwrap()
+            accept::<ClientMessage, ServerMessage>(tcp, tls)
+                .await
+                .unwrap()
         });
         let mut config = signaling_quic::tls_client_config(&trust).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -546,7 +548,9 @@ mod tests {
         };
         assert_eq!(&pong[..], [0, 0, 0, 0, 2, 14, 1]);
         // An unknown kind closes the link.
-        raw.send(Message::Binary(Bytes::from_static(&[9]))).await.unwrap();
+        raw.send(Message::Binary(Bytes::from_static(&[9])))
+            .await
+            .unwrap();
         assert!(server.recv.recv().await.unwrap().is_none());
     }
 
