@@ -73,9 +73,11 @@ pub struct ReconnectPolicy {
     /// doubles with each failure: 100 ms.
     pub first_backoff: Duration,
     /// The longest wait between the starts of two attempts, which overlap
-    /// (at most 4 at once; a fifth aborts the oldest): 400 ms, so that a
-    /// network that comes back is used within about half a second. Each
-    /// attempt lives at most [`ClientOptions::connect_timeout`].
+    /// (at most 4 at once; a fifth aborts the oldest): 250 ms, so that a
+    /// network that comes back is used within a quarter of a second (an
+    /// attempt started during the outage would wait for its handshake's
+    /// retransmission, a second or more). Each attempt lives at most
+    /// [`ClientOptions::connect_timeout`].
     pub max_backoff: Duration,
 }
 
@@ -85,7 +87,7 @@ impl Default for ReconnectPolicy {
             dead_after: ReconnectTimings::DEFAULT.dead_after,
             heartbeat_interval: ReconnectTimings::DEFAULT.heartbeat_interval,
             first_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(400),
+            max_backoff: Duration::from_millis(250),
         }
     }
 }

@@ -678,30 +678,26 @@ mod tests {
         datagram(DatagramKind::Audio, claimed_flow, b"opus")
     }
 
-    #[tokio::test]
-    async fn membership_routes_audio_between_members_only() {
-        let routes = Arc::new(MediaRoutes::default());
-        let (hub, inputs) = mpsc::channel(64);
-        tokio::spawn(run(SwitchboardConfig::DEFAULT, inputs, Arc::clone(&routes)));
-        let mut alice = log_in(&hub, 1, "alice").await;
-        let mut bob = log_in(&hub, 2, "bob").await;
-        let message = |conn: &Client, message| HubInput::Message {
-            link: conn.conn,
+    fn message(client: &Client, message: ClientMessage) -> HubInput {
+        HubInput::Message {
+            link: client.conn,
             message,
+        }
+    }
+
+    /// Alice (link 1) and bob (link 2) log in; alice invites bob.
+    async fn alice_invites_bob(hub: &mpsc::Sender<HubInput>) -> (Client, Client, CallId) {
+        let mut alice = log_in(hub, 1, "alice").await;
+        let bob = log_in(hub, 2, "bob").await;
+        let invite = ClientMessage::Invite {
+            request_id: RequestId(1),
+            call_id: None,
+            user_ids: vec![UserId::new("bob").unwrap()],
+            call_type: CallType::Audio,
+            timeout_ms: None,
+            user_data: None,
         };
-        hub.send(message(
-            &alice,
-            ClientMessage::Invite {
-                request_id: RequestId(1),
-                call_id: None,
-                user_ids: vec![UserId::new("bob").unwrap()],
-                call_type: CallType::Audio,
-                timeout_ms: None,
-                user_data: None,
-            },
-        ))
-        .await
-        .unwrap();
+        hub.send(message(&alice, invite)).await.unwrap();
         let ServerMessage::Ack {
             call_id: Some(call_id),
             ..
@@ -709,6 +705,15 @@ mod tests {
         else {
             panic!("no call id");
         };
+        (alice, bob, call_id)
+    }
+
+    #[tokio::test]
+    async fn membership_routes_audio_between_members_only() {
+        let routes = Arc::new(MediaRoutes::default());
+        let (hub, inputs) = mpsc::channel(64);
+        tokio::spawn(run(SwitchboardConfig::DEFAULT, inputs, Arc::clone(&routes)));
+        let (mut alice, mut bob, call_id) = alice_invites_bob(&hub).await;
         assert!(matches!(
             next(&mut bob).await,
             ServerMessage::Invited { .. }
@@ -797,32 +802,7 @@ mod tests {
         let routes = Arc::new(MediaRoutes::default());
         let (hub, inputs) = mpsc::channel(64);
         tokio::spawn(run(SwitchboardConfig::DEFAULT, inputs, Arc::clone(&routes)));
-        let mut alice = log_in(&hub, 1, "alice").await;
-        let mut bob = log_in(&hub, 2, "bob").await;
-        let message = |conn: &Client, message| HubInput::Message {
-            link: conn.conn,
-            message,
-        };
-        hub.send(message(
-            &alice,
-            ClientMessage::Invite {
-                request_id: RequestId(1),
-                call_id: None,
-                user_ids: vec![UserId::new("bob").unwrap()],
-                call_type: CallType::Audio,
-                timeout_ms: None,
-                user_data: None,
-            },
-        ))
-        .await
-        .unwrap();
-        let ServerMessage::Ack {
-            call_id: Some(call_id),
-            ..
-        } = next(&mut alice).await
-        else {
-            panic!("no call id");
-        };
+        let (mut alice, mut bob, call_id) = alice_invites_bob(&hub).await;
         assert!(matches!(
             next(&mut bob).await,
             ServerMessage::Invited { .. }

@@ -507,21 +507,15 @@ impl Switchboard {
             return;
         };
         let others: Vec<ConnId> = self
-            .calls
-            .get(&call_id)
-            .map(|call| {
-                call.members
-                    .keys()
-                    .filter(|user| **user != me)
-                    .filter_map(|user| self.conn_of(user))
-                    .filter(|other| {
-                        self.sessions
-                            .get(other)
-                            .is_some_and(|session| session.protocol_version >= 2)
-                    })
-                    .collect()
+            .other_members(call_id, &me)
+            .iter()
+            .filter_map(|user| self.conn_of(user))
+            .filter(|other| {
+                self.sessions
+                    .get(other)
+                    .is_some_and(|session| session.protocol_version >= 2)
             })
-            .unwrap_or_default();
+            .collect();
         for other in others {
             self.send(
                 other,
@@ -1311,18 +1305,7 @@ impl Switchboard {
         let Some((call_id, _)) = self.joined_call_of(conn) else {
             return;
         };
-        let others: Vec<UserId> = self
-            .calls
-            .get(&call_id)
-            .map(|call| {
-                call.members
-                    .keys()
-                    .filter(|user| **user != me)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        for user in others {
+        for user in self.other_members(call_id, &me) {
             self.send_to_user(
                 &user,
                 ServerMessage::AudioAvailability {
@@ -1332,6 +1315,17 @@ impl Switchboard {
                 },
             );
         }
+    }
+
+    /// The members of `call_id` who entered it, but `me`.
+    fn other_members(&self, call_id: CallId, me: &UserId) -> Vec<UserId> {
+        self.calls.get(&call_id).map_or_else(Vec::new, |call| {
+            call.members
+                .keys()
+                .filter(|user| *user != me)
+                .cloned()
+                .collect()
+        })
     }
 
     /// The call that rings `conn`'s user, if one does.

@@ -438,24 +438,32 @@ mod tests {
     use super::*;
     use signaling_proto::{ClientMessage, ServerMessage};
 
-    /// A server and a client over loopback TCP: frames both ways, datagrams
-    /// both ways, and a close the other side sees.
-    #[tokio::test]
-    async fn frames_and_datagrams_cross_a_real_socket() {
+    type ServerSide =
+        tokio::task::JoinHandle<Result<Link<Ws, ClientMessage, ServerMessage>, WsError>>;
+
+    /// A fallback listener on loopback with a fresh certificate: its
+    /// address, how to trust it, and its first connection once accepted.
+    async fn listening_server() -> (SocketAddr, ServerTrust, ServerSide) {
         let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
         let trust = ServerTrust::Fingerprint(identity.fingerprint());
         let tls = server_tls(&identity).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            accept::<ClientMessage, ServerMessage>(tcp, tls)
-                .await
-                .unwrap()
+            let (tcp, _) = listener.accept().await?;
+            accept::<ClientMessage, ServerMessage>(tcp, tls).await
         });
+        (addr, trust, server)
+    }
+
+    /// A server and a client over loopback TCP: frames both ways, datagrams
+    /// both ways, and a close the other side sees.
+    #[tokio::test]
+    async fn frames_and_datagrams_cross_a_real_socket() {
+        let (addr, trust, server) = listening_server().await;
         let mut client: Link<Ws, ServerMessage, ClientMessage> =
             connect(addr, "localhost", &trust).await.unwrap();
-        let mut server = server.await.unwrap();
+        let mut server = server.await.unwrap().unwrap();
 
         client
             .send
@@ -501,17 +509,7 @@ mod tests {
     /// WebSocket messages in, our link's messages out.
     #[tokio::test]
     async fn documented_message_layout() {
-        let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
-        let trust = ServerTrust::Fingerprint(identity.fingerprint());
-        let tls = server_tls(&identity).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            accept::<ClientMessage, ServerMessage>(tcp, tls)
-                .await
-                .unwrap()
-        });
+        let (addr, trust, server) = listening_server().await;
         let mut config = signaling_quic::tls_client_config(&trust).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tcp = TcpStream::connect(addr).await.unwrap();
@@ -522,7 +520,7 @@ mod tests {
         let (mut raw, _) = tokio_tungstenite::client_async("wss://localhost/opencalling", tls)
             .await
             .unwrap();
-        let mut server = server.await.unwrap();
+        let mut server = server.await.unwrap().unwrap();
         // The frame split across two messages, as the stream allows.
         raw.send(Message::Binary(Bytes::from_static(&[0, 0, 0, 0])))
             .await
@@ -556,15 +554,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_untrusted_certificate_is_refused() {
-        let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
+        let (addr, _, _server) = listening_server().await;
         let other = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
-        let tls = server_tls(&identity).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let _ = accept::<ClientMessage, ServerMessage>(tcp, tls).await;
-        });
         let trust = ServerTrust::Fingerprint(other.fingerprint());
         let error = connect::<ServerMessage, ClientMessage>(addr, "localhost", &trust)
             .await
