@@ -14,8 +14,9 @@
 //! [`TimerTable`]) are driven by [`CallEngine::poll_timeout`] /
 //! [`CallEngine::handle_timeout`]: the periodic `onUserVoiceVolume` report
 //! while in a call, from the levels the audio side feeds to
-//! [`CallEngine::record_voice_level`], and, with reconnection on, the
-//! heartbeat and the deadline by which the server must have said something.
+//! [`CallEngine::record_voice_level`]; the heartbeat of a resumable session
+//! (it acknowledges what arrived); and, with reconnection on, the deadline
+//! by which the server must have said something.
 //!
 //! # Reconnection
 //!
@@ -232,8 +233,8 @@ enum RequestKind {
 enum Timer {
     /// The next `onUserVoiceVolume` report; armed exactly while in a call.
     VoiceVolumeReport,
-    /// The next heartbeat; armed while the connection is up, with
-    /// reconnection on.
+    /// The next heartbeat; armed while a resumable session's connection
+    /// is up.
     Heartbeat,
     /// The server must have said something by then, or the connection is
     /// dead; armed while a connection is expected to work.
