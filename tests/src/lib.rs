@@ -2,9 +2,11 @@
 //! repository-wide rules ("tidy") and end-to-end tests against a real
 //! server on loopback; and the tools they share with the network
 //! benchmark (`examples/bench_network.rs`): a fault proxy and a probe that
-//! notes when audio is heard.
+//! notes when audio is heard, the speech fixtures and how a recording is
+//! judged.
 //!
 //! This crate is never published.
 
 pub mod heard;
 pub mod proxy;
+pub mod speech;

@@ -84,7 +84,10 @@ pub use calling_api::{
     AudioDeviceKind, CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason,
     ErrorCode, UserId, UserVolume,
 };
-pub use media::{AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
+pub use media::{
+    AudioDeviceInfo, AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice,
+    list_audio_devices,
+};
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
 pub use signaling_proto::CallOptions;
 pub use signaling_quic::{CertFingerprint, InvalidFingerprint};

@@ -128,6 +128,49 @@ impl Default for AudioDevices {
     }
 }
 
+/// One of the system's audio devices, as [`list_audio_devices`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioDeviceInfo {
+    /// Its name, for [`CaptureDevice::System`] / [`PlaybackDevice::System`].
+    pub name: String,
+    /// Whether it captures (a microphone).
+    pub input: bool,
+    /// Whether it plays (a speaker).
+    pub output: bool,
+}
+
+/// The system's microphones and speakers. An error in a build without the
+/// `cpal` feature, or when the system's audio cannot be asked.
+pub fn list_audio_devices() -> calling_api::CallingResult<Vec<AudioDeviceInfo>> {
+    #[cfg(feature = "cpal")]
+    {
+        audio_device::devices::list_devices()
+            .map(|devices| {
+                devices
+                    .into_iter()
+                    .map(|device| AudioDeviceInfo {
+                        name: device.name,
+                        input: device.input,
+                        output: device.output,
+                    })
+                    .collect()
+            })
+            .map_err(|error| {
+                calling_api::CallingError::with_desc(
+                    calling_api::ErrorCode::INVALID_PARAMETER,
+                    format!("cannot list the audio devices: {error}"),
+                )
+            })
+    }
+    #[cfg(not(feature = "cpal"))]
+    {
+        Err(calling_api::CallingError::with_desc(
+            calling_api::ErrorCode::INVALID_PARAMETER,
+            "this build has no system audio devices (the `cpal` feature is off)",
+        ))
+    }
+}
+
 impl AudioDevices {
     /// No devices at all: silence is sent, nothing is played (servers,
     /// tests, signaling-only bots).

@@ -1,22 +1,15 @@
 //! Real calls with real audio over loopback: SDK instances with WAV and
 //! synthetic devices, the server relaying their datagrams.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use audio_device::{AudioSource, Signal, WavSource};
-use audio_pipeline::{Resampler, analysis};
+use audio_device::Signal;
 use calling_api::{CallType, CallingEvent, EndReason};
 use calling_facade::{AudioDevices, CaptureDevice, PlaybackDevice, TRTCCalling};
+use opencalling_tests::speech::{fixture, match_speech, recording_16k};
 
 use crate::support::*;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("speech")
-        .join(name)
-}
 
 /// A user with the given devices, logged in.
 async fn user_with(
@@ -54,26 +47,6 @@ async fn user_with_options(
 
 fn record_path(tag: &str) -> PathBuf {
     temp_dir(tag).with_extension("wav")
-}
-
-/// A recording (48 kHz mono) brought to 16 kHz.
-fn recording_16k(path: &Path) -> Vec<f32> {
-    let mut source = WavSource::open(path).unwrap();
-    let mut samples = vec![0.0; source.samples().len()];
-    source.read(&mut samples);
-    let mut down = Resampler::new(48_000, 1, 16_000, 1, 480).unwrap();
-    down.push(&samples);
-    let mut out = vec![0.0; down.available_frames()];
-    down.pop(&mut out);
-    out
-}
-
-fn load_16k(path: &Path) -> Vec<f32> {
-    let mut source = WavSource::open(path).unwrap();
-    assert_eq!(source.format().sample_rate, 16_000);
-    let mut samples = vec![0.0; source.samples().len()];
-    source.read(&mut samples);
-    samples
 }
 
 /// The audio tests run real-time threads; one at a time keeps them honest
@@ -149,13 +122,8 @@ pub async fn speech_both_ways(
         (&alice_says, &bob_hears, "bob hears alice"),
         (&bob_says, &alice_hears, "alice hears bob"),
     ] {
-        let original = load_16k(said);
-        let recording = recording_16k(heard);
-        let (delay, _) = analysis::best_lag(&original, &recording, 32_000, 16_000);
         // 250 ms segments, each within ±50 ms of the overall delay.
-        let correlation =
-            analysis::segment_correlation(&original, &recording, delay, 4_000, 8, 800);
-        let delay_ms = delay as f64 / 16.0;
+        let (correlation, delay_ms) = match_speech(said, heard);
         println!(
             "{who}: correlation {correlation:.2}, delay {delay_ms:.0} ms after the call connected"
         );
@@ -401,14 +369,8 @@ async fn audio_keeps_flowing_over_a_lossy_path() {
         alice_stats.fec_recovered + alice_stats.concealment_events > 5,
         "loss was repaired by FEC or concealed: {alice_stats:?}"
     );
-    let original = load_16k(&alice_says);
-    let recording = recording_16k(&bob_hears);
-    let (delay, _) = analysis::best_lag(&original, &recording, 32_000, 16_000);
-    let correlation = analysis::segment_correlation(&original, &recording, delay, 4_000, 8, 800);
-    println!(
-        "10 % loss: correlation {correlation:.2}, delay {:.0} ms, {alice_stats:?}",
-        delay as f64 / 16.0
-    );
+    let (correlation, delay_ms) = match_speech(&alice_says, &bob_hears);
+    println!("10 % loss: correlation {correlation:.2}, delay {delay_ms:.0} ms, {alice_stats:?}");
     // Stated threshold: with 10 % loss each way the speech is still there.
     assert!(correlation > 0.5, "correlation {correlation:.2}");
 }

@@ -1,0 +1,358 @@
+//! The `opencalling` binary as a script runs it, against a real server in
+//! this process: `answer` and `call` with WAV files (the recordings judged
+//! against what was said, as the audio tests do), the JSON event lines,
+//! the exit codes, and bad input as a one-line error.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use calling_facade::dev::DevServer;
+use calling_facade::{
+    AudioDevices, CallType, CallingEvent, CaptureDevice, PlaybackDevice, TRTCCalling,
+};
+use calling_server::config::ServerConfig;
+use opencalling_tests::speech::{fixture, match_speech};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn temp_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("opencalling-cli-{tag}-{}", std::process::id()))
+}
+
+async fn server(tag: &str) -> (calling_server::RunningServer, PathBuf) {
+    let data_dir = temp_path(tag);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let server = calling_server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.clone(),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    (server, data_dir)
+}
+
+fn opencalling(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_opencalling"));
+    // Nothing from the calling environment leaks into these runs.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OPENCALLING_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits for `events` to ring.
+async fn next_invitation(events: &mut calling_facade::EventStream) {
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap() {
+            Some(CallingEvent::Invited { .. }) => return,
+            Some(_) => {}
+            None => panic!("the events ended"),
+        }
+    }
+}
+
+/// The child's stdout lines, each a JSON object, read until one matches.
+struct JsonLines {
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl JsonLines {
+    fn of(child: &mut Child) -> Self {
+        Self {
+            lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+            seen: Vec::new(),
+        }
+    }
+
+    async fn until(&mut self, want: impl Fn(&serde_json::Value) -> bool) {
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                let value: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|error| panic!("not JSON: {line:?}: {error}"));
+                assert!(value.is_object(), "not an object: {line}");
+                let done = want(&value);
+                self.seen.push(value);
+                if done {
+                    return;
+                }
+            }
+            panic!("stdout ended first: {:?}", self.seen);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Every line until the child closes its stdout.
+    async fn rest(&mut self) {
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                let value: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|error| panic!("not JSON: {line:?}: {error}"));
+                assert!(value.is_object(), "not an object: {line}");
+                self.seen.push(value);
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    fn callbacks(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter_map(|value| value["callback"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// An SDK user of the development server in `data_dir` saying `says` and
+/// recording into `hears`, logged in.
+async fn sdk_user(data_dir: &Path, name: &str, says: &Path, hears: &Path) -> Arc<TRTCCalling> {
+    let dev = DevServer::from_data_dir(data_dir).unwrap();
+    let mut options = dev.options();
+    options.audio = AudioDevices {
+        capture: CaptureDevice::Wav {
+            path: says.to_owned(),
+            looping: false,
+        },
+        playback: PlaybackDevice::Wav {
+            path: hears.to_owned(),
+        },
+    };
+    let calling = TRTCCalling::new(options);
+    calling
+        .login(dev.sdk_app_id, name, &dev.user_sig(name).unwrap())
+        .await
+        .unwrap();
+    calling
+}
+
+async fn exit_code(child: Child) -> (i32, String) {
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+fn assert_heard(said: &Path, heard: &Path, who: &str) {
+    let (correlation, delay_ms) = match_speech(said, heard);
+    assert!(
+        correlation > 0.8,
+        "{who}: correlation {correlation:.2} at {delay_ms:.0} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_plays_a_file_records_the_caller_and_hangs_up() {
+    let (server, data_dir) = server("answer").await;
+    let (bot_hears, alice_hears) = (temp_path("bot-hears.wav"), temp_path("alice-hears.wav"));
+    let (bot_says, alice_says) = (fixture("speech-a-16k.wav"), fixture("speech-b-16k.wav"));
+    let mut bot = opencalling(&[
+        "--dev",
+        data_dir.to_str().unwrap(),
+        "--user",
+        "bot",
+        "--input",
+        bot_says.to_str().unwrap(),
+        "--output",
+        bot_hears.to_str().unwrap(),
+        "--json",
+        "answer",
+        "--hang-up-after",
+        "4",
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = JsonLines::of(&mut bot);
+    lines
+        .until(|line| line["status"] == "waiting for calls")
+        .await;
+
+    let alice = sdk_user(&data_dir, "alice", &alice_says, &alice_hears).await;
+    let mut events = alice.events();
+    alice.call("bot", CallType::Audio).await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap() {
+            Some(CallingEvent::CallEnd) => break,
+            Some(_) => {}
+            None => panic!("alice's events ended"),
+        }
+    }
+    lines.rest().await;
+    let (code, stderr) = exit_code(bot).await;
+    assert_eq!(code, 0, "hung up: {stderr}");
+    let callbacks = lines.callbacks();
+    for expected in ["onInvited", "onUserEnter", "onUserVoiceVolume", "onCallEnd"] {
+        assert!(
+            callbacks.iter().any(|name| name == expected),
+            "{expected} missing: {callbacks:?}"
+        );
+    }
+    let ended = lines
+        .seen
+        .iter()
+        .find(|line| line["event"]["CallEnded"].is_object())
+        .expect("the call's end and reason");
+    assert_eq!(ended["event"]["CallEnded"]["reason"], "Hangup");
+    alice.shutdown().await;
+    assert_heard(&alice_says, &bot_hears, "the bot hears alice");
+    assert_heard(&bot_says, &alice_hears, "alice hears the bot");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_plays_a_file_and_its_exit_code_says_how_the_call_ended() {
+    let (server, data_dir) = server("call").await;
+    let (bob_hears, caller_hears) = (temp_path("bob-hears.wav"), temp_path("caller-hears.wav"));
+    let (caller_says, bob_says) = (fixture("speech-a-16k.wav"), fixture("speech-b-16k.wav"));
+    let bob = sdk_user(&data_dir, "bob", &bob_says, &bob_hears).await;
+    let mut bob_events = bob.events();
+    let dir = data_dir.to_str().unwrap().to_owned();
+    let call = |extra: &[&str]| {
+        let mut args = vec![
+            "--dev",
+            &dir,
+            "--user",
+            "caller",
+            "--input",
+            caller_says.to_str().unwrap(),
+            "--output",
+            caller_hears.to_str().unwrap(),
+            "--json",
+            "call",
+            "bob",
+        ];
+        args.extend_from_slice(extra);
+        opencalling(&args).spawn().unwrap()
+    };
+    // Bob rejects: exit code 10.
+    let mut caller = call(&[]);
+    let mut lines = JsonLines::of(&mut caller);
+    next_invitation(&mut bob_events).await;
+    bob.reject().await.unwrap();
+    lines.rest().await;
+    let (code, stderr) = exit_code(caller).await;
+    assert_eq!(code, 10, "rejected: {stderr}");
+    assert!(lines.callbacks().contains(&"onReject".to_owned()));
+
+    // Bob answers; the caller hangs up after 4 s: exit code 0.
+    let mut caller = call(&["--hang-up-after", "4"]);
+    let mut lines = JsonLines::of(&mut caller);
+    next_invitation(&mut bob_events).await;
+    bob.accept().await.unwrap();
+    lines.rest().await;
+    let (code, stderr) = exit_code(caller).await;
+    assert_eq!(code, 0, "hung up: {stderr}");
+    bob.shutdown().await;
+    assert_heard(&caller_says, &bob_hears, "bob hears the caller");
+    assert_heard(&bob_says, &caller_hears, "the caller hears bob");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Each mistake is one line on stderr and exit code 1, never a hang.
+#[tokio::test]
+async fn bad_input_is_a_one_line_error() {
+    let (server, data_dir) = server("bad-input").await;
+    let dir = data_dir.to_str().unwrap();
+    let address = server.local_addr().to_string();
+    let fingerprint = server.fingerprint().to_string();
+    let stranger = "00".repeat(32);
+    let cases: [(&str, Vec<&str>, &str); 5] = [
+        (
+            "unreachable server",
+            vec![
+                "--server",
+                "127.0.0.1:1",
+                "--fingerprint",
+                &fingerprint,
+                "--app",
+                "1",
+                "--usersig",
+                "x",
+                "--user",
+                "a",
+                "--connect-timeout",
+                "1",
+                "call",
+                "b",
+            ],
+            "cannot log in",
+        ),
+        (
+            "wrong fingerprint",
+            vec![
+                "--dev",
+                dir,
+                "--server",
+                &address,
+                "--fingerprint",
+                &stranger,
+                "--user",
+                "a",
+                "call",
+                "b",
+            ],
+            "certificate",
+        ),
+        (
+            "bad UserSig",
+            vec![
+                "--dev",
+                dir,
+                "--user",
+                "a",
+                "--usersig",
+                "garbage",
+                "call",
+                "b",
+            ],
+            "UserSig",
+        ),
+        (
+            "unknown device",
+            vec![
+                "--dev",
+                dir,
+                "--user",
+                "a",
+                "--input-device",
+                "no such microphone",
+                "call",
+                "b",
+            ],
+            "unknown audio device",
+        ),
+        (
+            "no server",
+            vec!["--user", "a", "call", "b"],
+            "which server",
+        ),
+    ];
+    for (what, args, says) in cases {
+        let (code, stderr) = exit_code(opencalling(&args).spawn().unwrap()).await;
+        assert_eq!(code, 1, "{what}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
