@@ -307,6 +307,9 @@ async fn main() {
             );
         }
     }
+    println!(
+        "\nCall someone yourself: start a server (`cargo run --release -p calling-server`) and two `opencalling` bots or phones against it; README.md, \"Call someone\"."
+    );
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
