@@ -113,6 +113,7 @@ fn ci() -> Result {
         };
         step(name, &mut doc)?;
     }
+    ensure_tmux()?;
     let tests = run_tests(
         tools
             .apply(&mut cargo())
@@ -394,6 +395,24 @@ fn ensure_pesq_python() -> Option<PathBuf> {
             "==> PESQ: SKIPPED: numpy and pesq could not be installed; only the degraded WAV files are written"
         );
         None
+    }
+}
+
+/// The softphone's test drives it in a real terminal: tmux, from the
+/// distribution's packages when missing (root with apt), as CI runs.
+fn ensure_tmux() -> Result {
+    if succeeds(Command::new("tmux").arg("-V")) {
+        return Ok(());
+    }
+    if succeeds(Command::new("apt-get").arg("--version")) {
+        println!("\n==> installing tmux for the softphone's terminal test (apt-get)");
+        let _ = succeeds(Command::new("apt-get").args(["update", "-qq"]));
+        let _ = succeeds(Command::new("apt-get").args(["install", "-y", "-qq", "tmux"]));
+    }
+    if succeeds(Command::new("tmux").arg("-V")) {
+        Ok(())
+    } else {
+        Err("tmux is missing and cannot be installed here: the softphone's test needs it".into())
     }
 }
 

@@ -308,7 +308,7 @@ async fn main() {
         }
     }
     println!(
-        "\nCall someone yourself: start a server (`cargo run --release -p calling-server`) and two `opencalling` bots or phones against it; README.md, \"Call someone\"."
+        "\nCall someone yourself: a server (`cargo run --release -p calling-server`) and two `opencalling` softphones in terminals; README.md, \"Call someone\"."
     );
     let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -1,5 +1,6 @@
-//! `opencalling`: calls from a terminal, for scripts and bots, on the SDK
-//! (`calling-facade`) only. `answer` waits for calls and answers them by
+//! `opencalling`: calls from a terminal, on the SDK (`calling-facade`)
+//! only. Without a command it is an interactive softphone (a terminal UI,
+//! `phone.rs`). For scripts and bots, `answer` waits for calls and answers them by
 //! rule, `call` places one; both play a WAV file, a tone or the system
 //! microphone, record what they hear into a WAV file (or play it), print
 //! every event (as text, or as one JSON object per line with `--json`),
@@ -7,8 +8,7 @@
 //! the system's microphones and speakers.
 //!
 //! It never keeps state between runs and never works around the SDK: what
-//! it cannot do through the SDK's API, it does not do. The interactive
-//! softphone (a terminal UI) is not part of it yet.
+//! it cannot do through the SDK's API, it does not do.
 
 #![allow(
     clippy::print_stdout,
@@ -16,8 +16,11 @@
     reason = "a command line: its output is its job"
 )]
 
+mod phone;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calling_facade::dev::{DevServer, generate_test_user_sig};
@@ -39,8 +42,9 @@ struct Cli {
     /// Print every event as one JSON object per line
     #[arg(long, global = true)]
     json: bool,
+    /// Without a command: the interactive softphone
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 /// Where the server is and who logs in.
@@ -190,7 +194,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<Outcome, String> {
-    if matches!(cli.command, Command::Devices) {
+    if matches!(cli.command, Some(Command::Devices)) {
         return devices();
     }
     let devices = audio_devices(&cli.audio)?;
@@ -205,8 +209,14 @@ async fn run(cli: Cli) -> Result<Outcome, String> {
         .login(app, &user, &user_sig)
         .await
         .map_err(|error| format!("cannot log in as {user}: {}", describe(&error)))?;
+    let Some(command) = cli.command else {
+        let server = calling.options().server;
+        let outcome = phone::run(Arc::clone(&calling), printer.events, user, server).await;
+        calling.shutdown().await;
+        return outcome.map(|()| Outcome::Done);
+    };
     printer.status(&format!("logged in as {user}"));
-    let outcome = match cli.command {
+    let outcome = match command {
         Command::Answer {
             reject_from,
             reject_all,

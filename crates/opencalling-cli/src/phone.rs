@@ -1,0 +1,379 @@
+//! The interactive softphone: a terminal UI over the SDK. It shows who you
+//! are, the connection (reconnecting included), the call, each member with
+//! a live level bar from `onUserVoiceVolume`, mute and hands-free, and a
+//! scrolling event log; keys call, accept, reject, hang up, mute, switch
+//! hands-free and quit. An incoming call rings the terminal bell.
+//!
+//! The screen is redrawn from [`Phone`], a plain model that only events and
+//! keys change, so what it shows is what the SDK said.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use calling_facade::{CallType, CallingEvent, EventStream, TRTCCalling};
+use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Borders, Paragraph};
+
+/// The log keeps this many lines.
+const LOG_LINES: usize = 200;
+
+/// A member of the call as the screen shows it.
+#[derive(Debug, Default)]
+struct Member {
+    level: u8,
+    audio: bool,
+    reconnecting: bool,
+}
+
+#[derive(Debug)]
+enum CallView {
+    Idle,
+    Incoming { from: String, others: Vec<String> },
+    Calling(Vec<String>),
+    InCall,
+}
+
+/// What the screen shows.
+struct Phone {
+    me: String,
+    server: String,
+    reconnecting: bool,
+    call: CallView,
+    members: BTreeMap<String, Member>,
+    my_level: u8,
+    muted: bool,
+    hands_free: bool,
+    log: VecDeque<String>,
+    /// The user ids being typed after `c`.
+    typing: Option<String>,
+    quit: bool,
+}
+
+impl Phone {
+    fn note(&mut self, line: String) {
+        if self.log.len() == LOG_LINES {
+            self.log.pop_front();
+        }
+        self.log.push_back(line);
+    }
+
+    /// Takes an event in; `true` when it should ring the bell.
+    fn on_event(&mut self, event: &CallingEvent) -> bool {
+        let mut ring = false;
+        match event {
+            CallingEvent::Invited {
+                sponsor, user_ids, ..
+            } => {
+                self.call = CallView::Incoming {
+                    from: sponsor.to_string(),
+                    others: user_ids.iter().map(ToString::to_string).collect(),
+                };
+                ring = true;
+            }
+            CallingEvent::UserEnter { user_id } => {
+                self.call = CallView::InCall;
+                self.members.insert(
+                    user_id.to_string(),
+                    Member {
+                        audio: true,
+                        ..Member::default()
+                    },
+                );
+            }
+            CallingEvent::UserLeave { user_id } => {
+                self.members.remove(user_id.as_str());
+            }
+            CallingEvent::UserAudioAvailable { user_id, available } => {
+                if let Some(member) = self.members.get_mut(user_id.as_str()) {
+                    member.audio = *available;
+                }
+            }
+            CallingEvent::UserVoiceVolume { user_volumes, .. } => {
+                for volume in user_volumes {
+                    if volume.user_id.as_str() == self.me {
+                        self.my_level = volume.volume;
+                    } else if let Some(member) = self.members.get_mut(volume.user_id.as_str()) {
+                        member.level = volume.volume;
+                    }
+                }
+                // Too frequent for the log.
+                return false;
+            }
+            CallingEvent::CallEnd | CallingEvent::CallingCancel | CallingEvent::CallingTimeOut => {
+                self.call = CallView::Idle;
+                self.members.clear();
+                self.my_level = 0;
+            }
+            CallingEvent::Reconnecting => self.reconnecting = true,
+            CallingEvent::Reconnected => self.reconnecting = false,
+            CallingEvent::UserReconnecting { user_id }
+            | CallingEvent::UserReconnected { user_id } => {
+                let back = matches!(event, CallingEvent::UserReconnected { .. });
+                if let Some(member) = self.members.get_mut(user_id.as_str()) {
+                    member.reconnecting = !back;
+                }
+            }
+            _ => {}
+        }
+        self.note(event.to_string());
+        ring
+    }
+
+    fn call_line(&self) -> String {
+        match &self.call {
+            CallView::Idle => "idle — c: call someone".into(),
+            CallView::Incoming { from, others } if others.is_empty() => {
+                format!(">>> incoming call from {from} — a: accept, r: reject <<<")
+            }
+            CallView::Incoming { from, others } => format!(
+                ">>> incoming call from {from} (with {}) — a: accept, r: reject <<<",
+                others.join(", ")
+            ),
+            CallView::Calling(users) => format!("calling {}…", users.join(", ")),
+            CallView::InCall => "in a call — h: hang up, c: invite".into(),
+        }
+    }
+
+    fn member_lines(&self) -> Vec<Line<'static>> {
+        let mut lines = vec![Line::from(format!(
+            "{:<16} {} {:>3}  {}  {}",
+            format!("{} (you)", self.me),
+            bar(self.my_level),
+            self.my_level,
+            if self.muted { "MUTED" } else { "mic on" },
+            if self.hands_free {
+                "hands-free"
+            } else {
+                "private"
+            }
+        ))];
+        for (user, member) in &self.members {
+            let mut state = Vec::new();
+            if !member.audio {
+                state.push("muted");
+            }
+            if member.reconnecting {
+                state.push("reconnecting");
+            }
+            lines.push(Line::from(format!(
+                "{user:<16} {} {:>3}  {}",
+                bar(member.level),
+                member.level,
+                state.join(", ")
+            )));
+        }
+        lines
+    }
+
+    fn draw(&self, frame: &mut ratatui::Frame<'_>) {
+        let [header, call, members, log, footer] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Length(1),
+            Constraint::Length(u16::try_from(self.members.len()).unwrap_or(16) + 3),
+            Constraint::Min(3),
+            Constraint::Length(1),
+        ])
+        .areas(frame.area());
+        let connection = if self.reconnecting {
+            "RECONNECTING"
+        } else {
+            "connected"
+        };
+        frame.render_widget(
+            Paragraph::new(format!(
+                "OpenCalling — {} @ {} — {connection}",
+                self.me, self.server
+            ))
+            .style(Style::default().add_modifier(Modifier::BOLD)),
+            header,
+        );
+        frame.render_widget(Paragraph::new(self.call_line()), call);
+        frame.render_widget(
+            Paragraph::new(self.member_lines())
+                .block(Block::default().borders(Borders::ALL).title("call")),
+            members,
+        );
+        let shown = usize::from(log.height.saturating_sub(2));
+        let lines: Vec<Line<'_>> = self
+            .log
+            .iter()
+            .skip(self.log.len().saturating_sub(shown))
+            .map(|line| Line::from(line.as_str()))
+            .collect();
+        frame.render_widget(
+            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title("events")),
+            log,
+        );
+        let help = match &self.typing {
+            Some(text) => format!("call (user ids, Enter to dial, Esc to cancel): {text}_"),
+            None => {
+                "c call · a accept · r reject · h hang up · m mute · f hands-free · q quit".into()
+            }
+        };
+        frame.render_widget(Paragraph::new(help), footer);
+    }
+}
+
+/// A level (0–100) as a 10-cell bar.
+fn bar(level: u8) -> String {
+    let full = usize::from(level.min(100)).div_ceil(10);
+    format!("[{}{}]", "█".repeat(full), " ".repeat(10 - full))
+}
+
+/// What a key asks of the SDK.
+enum Action {
+    Call(Vec<String>),
+    Accept,
+    Reject,
+    Hangup,
+}
+
+impl Phone {
+    fn on_key(&mut self, code: KeyCode, modifiers: KeyModifiers) -> Option<Action> {
+        if let Some(text) = &mut self.typing {
+            match code {
+                KeyCode::Enter => {
+                    let users: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+                    self.typing = None;
+                    if !users.is_empty() {
+                        if matches!(self.call, CallView::Idle) {
+                            self.call = CallView::Calling(users.clone());
+                        }
+                        return Some(Action::Call(users));
+                    }
+                }
+                KeyCode::Esc => self.typing = None,
+                KeyCode::Backspace => {
+                    text.pop();
+                }
+                KeyCode::Char(c) => text.push(c),
+                _ => {}
+            }
+            return None;
+        }
+        match code {
+            KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => self.quit = true,
+            KeyCode::Char('q') => self.quit = true,
+            KeyCode::Char('c') => self.typing = Some(String::new()),
+            KeyCode::Char('a') => return Some(Action::Accept),
+            KeyCode::Char('r') => return Some(Action::Reject),
+            KeyCode::Char('h') => return Some(Action::Hangup),
+            KeyCode::Char('m') => self.muted = !self.muted,
+            KeyCode::Char('f') => self.hands_free = !self.hands_free,
+            _ => {}
+        }
+        None
+    }
+}
+
+/// Carries out an action on the SDK; says how it went, for the log.
+async fn perform(calling: Arc<TRTCCalling>, action: Action) -> String {
+    let result = match &action {
+        Action::Call(users) => {
+            let mut outcome = Ok(());
+            for user in users {
+                outcome = calling.call(user, CallType::Audio).await;
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            outcome
+        }
+        Action::Accept => calling.accept().await,
+        Action::Reject => calling.reject().await,
+        Action::Hangup => calling.hangup().await,
+    };
+    let what = match &action {
+        Action::Call(users) => format!("call {}", users.join(" ")),
+        Action::Accept => "accept".into(),
+        Action::Reject => "reject".into(),
+        Action::Hangup => "hang up".into(),
+    };
+    match result {
+        Ok(()) => format!("{what}: ok"),
+        Err(error) => format!("{what}: {} ({})", error.desc, error.code.as_i32()),
+    }
+}
+
+/// Runs the softphone until `q`; the terminal is restored on the way out.
+pub(crate) async fn run(
+    calling: Arc<TRTCCalling>,
+    mut events: EventStream,
+    me: String,
+    server: String,
+) -> Result<(), String> {
+    let mut terminal = ratatui::try_init().map_err(|error| format!("no terminal: {error}"))?;
+    let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
+    // crossterm's reads block: a thread of their own, for the whole run.
+    std::thread::spawn(move || {
+        while let Ok(event) = crossterm::event::read() {
+            if keys_tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let mut phone = Phone {
+        me,
+        server,
+        reconnecting: false,
+        call: CallView::Idle,
+        members: BTreeMap::new(),
+        my_level: 0,
+        muted: calling.is_mic_muted(),
+        hands_free: calling.is_hands_free(),
+        log: VecDeque::new(),
+        typing: None,
+        quit: false,
+    };
+    phone.note("logged in".into());
+    let mut redraw = tokio::time::interval(Duration::from_millis(100));
+    let outcome = loop {
+        if let Err(error) = terminal.draw(|frame| phone.draw(frame)) {
+            break Err(format!("cannot draw: {error}"));
+        }
+        if phone.quit {
+            break Ok(());
+        }
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => {
+                    if phone.on_event(&event) {
+                        // The terminal bell: an incoming call is hard to miss.
+                        let _ = std::io::stdout().write_all(b"\x07");
+                        let _ = std::io::stdout().flush();
+                    }
+                }
+                None => break Err("the SDK stopped".into()),
+            },
+            key = keys.recv() => match key {
+                Some(Event::Key(key)) if key.kind == KeyEventKind::Press => {
+                    let (muted, hands_free) = (phone.muted, phone.hands_free);
+                    if let Some(action) = phone.on_key(key.code, key.modifiers) {
+                        let (calling, done_tx) = (Arc::clone(&calling), done_tx.clone());
+                        tokio::spawn(async move {
+                            let _ = done_tx.send(perform(calling, action).await);
+                        });
+                    }
+                    if phone.muted != muted {
+                        calling.set_mic_mute(phone.muted);
+                    }
+                    if phone.hands_free != hands_free {
+                        calling.set_hands_free(phone.hands_free);
+                    }
+                }
+                Some(_) => {}
+                None => break Ok(()),
+            },
+            Some(result) = done.recv() => phone.note(result),
+            _ = redraw.tick() => {}
+        }
+    };
+    ratatui::restore();
+    outcome
+}
