@@ -50,6 +50,9 @@ struct Cli {
 /// Where the server is and who logs in.
 #[derive(Debug, Args)]
 struct Account {
+    /// A TOML file with any of: dev, server, fingerprint, app, user, usersig, secret_key (flags and the environment win)
+    #[arg(long, env = "OPENCALLING_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     /// A development server's data directory: its address, certificate and app
     #[arg(long, env = "OPENCALLING_DEV", value_name = "DATA_DIR", global = true)]
     dev: Option<PathBuf>,
@@ -84,6 +87,47 @@ struct Account {
     /// Seconds to wait for the server when connecting
     #[arg(long, value_name = "SECS", default_value_t = 5, global = true)]
     connect_timeout: u64,
+}
+
+/// The account settings a `--config` file may hold.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountFile {
+    dev: Option<PathBuf>,
+    server: Option<String>,
+    fingerprint: Option<String>,
+    app: Option<u32>,
+    user: Option<String>,
+    usersig: Option<String>,
+    secret_key: Option<String>,
+}
+
+impl Account {
+    /// These settings, with the `--config` file's where none was given.
+    fn with_file(mut self) -> Result<Self, String> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        let file: AccountFile = toml::from_str(&text)
+            .map_err(|error| format!("{}: {}", path.display(), error.message()))?;
+        let fingerprint = match file.fingerprint {
+            Some(hex) => Some(
+                hex.parse::<CertFingerprint>()
+                    .map_err(|error| format!("{}: fingerprint: {error}", path.display()))?,
+            ),
+            None => None,
+        };
+        self.dev = self.dev.or(file.dev);
+        self.server = self.server.or(file.server);
+        self.fingerprint = self.fingerprint.or(fingerprint);
+        self.app = self.app.or(file.app);
+        self.user = self.user.or(file.user);
+        self.usersig = self.usersig.or(file.usersig);
+        self.secret_key = self.secret_key.or(file.secret_key);
+        Ok(self)
+    }
 }
 
 /// What is said and what is heard.
@@ -198,7 +242,8 @@ async fn run(cli: Cli) -> Result<Outcome, String> {
         return devices();
     }
     let devices = audio_devices(&cli.audio)?;
-    let (options, app, user, user_sig) = account(&cli.account, devices)?;
+    let account_settings = cli.account.with_file()?;
+    let (options, app, user, user_sig) = account(&account_settings, devices)?;
     let calling = TRTCCalling::new(options);
     let mut printer = Printer {
         json: cli.json,

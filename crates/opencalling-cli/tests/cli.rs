@@ -242,8 +242,27 @@ async fn call_plays_a_file_and_its_exit_code_says_how_the_call_ended() {
         args.extend_from_slice(extra);
         opencalling(&args).spawn().unwrap()
     };
-    // Bob rejects: exit code 10.
-    let mut caller = call(&[]);
+    // Bob rejects: exit code 10. The account comes from a config file.
+    let config = temp_path("caller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "dev = {:?}\nuser = \"caller\"\n",
+            data_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut caller = opencalling(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        caller_says.to_str().unwrap(),
+        "--json",
+        "call",
+        "bob",
+    ])
+    .spawn()
+    .unwrap();
     let mut lines = JsonLines::of(&mut caller);
     next_invitation(&mut bob_events).await;
     bob.reject().await.unwrap();
@@ -275,7 +294,9 @@ async fn bad_input_is_a_one_line_error() {
     let address = server.local_addr().to_string();
     let fingerprint = server.fingerprint().to_string();
     let stranger = "00".repeat(32);
-    let cases: [(&str, Vec<&str>, &str); 5] = [
+    let bad_config = temp_path("bad.toml");
+    std::fs::write(&bad_config, "usr = \"a\"\n").unwrap();
+    let cases: [(&str, Vec<&str>, &str); 6] = [
         (
             "unreachable server",
             vec![
@@ -344,6 +365,11 @@ async fn bad_input_is_a_one_line_error() {
             "no server",
             vec!["--user", "a", "call", "b"],
             "which server",
+        ),
+        (
+            "a config file with a typo",
+            vec!["--config", bad_config.to_str().unwrap(), "call", "b"],
+            "unknown field",
         ),
     ];
     for (what, args, says) in cases {
