@@ -16,10 +16,10 @@ use calling_api::{CallType, CallingEvent};
 use calling_facade::{
     AudioDevices, CaptureDevice, ClientOptions, CustomSink, Fallback, PlaybackDevice, TRTCCalling,
 };
-use calling_server::config::ServerConfig;
 use calling_server::{AppCredentials, RunningServer, usersig};
 use opencalling_tests::heard::{ClockSink, HeardClock};
 use opencalling_tests::proxy::FaultProxy;
+use opencalling_tests::server::development_server;
 use signaling_proto::sim::SplitMix64;
 
 fn sig(app: &AppCredentials, user: &str) -> String {
@@ -205,15 +205,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = args.first().and_then(|n| n.parse().ok()).unwrap_or(20);
     let seed = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1);
-    let data_dir =
-        std::env::temp_dir().join(format!("opencalling-bench-network-{}", std::process::id()));
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.clone(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let (server, data_dir) = development_server("bench-network").await;
     let app = server.development_app().unwrap().clone();
     logins(&server, &app, count).await;
     outages(&server, &app, count, seed).await;

@@ -9,4 +9,5 @@
 
 pub mod heard;
 pub mod proxy;
+pub mod server;
 pub mod speech;

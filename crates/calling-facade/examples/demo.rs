@@ -18,7 +18,6 @@ use calling_facade::{
     AudioDevices, CallOptions, CallType, CallingEvent, CaptureDevice, ClientOptions,
     PlaybackDevice, TRTCCalling,
 };
-use calling_server::config::ServerConfig;
 use calling_server::usersig;
 use tokio::sync::mpsc;
 
@@ -61,14 +60,7 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let data_dir = std::env::temp_dir().join(format!("opencalling-demo-{}", std::process::id()));
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.clone(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let (server, data_dir) = opencalling_tests::server::development_server("demo").await;
     let app = server.development_app().unwrap().clone();
     println!(
         "server: {} (development mode), certificate {}",

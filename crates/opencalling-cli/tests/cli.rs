@@ -14,7 +14,6 @@ use calling_facade::dev::DevServer;
 use calling_facade::{
     AudioDevices, CallType, CallingEvent, CaptureDevice, PlaybackDevice, TRTCCalling,
 };
-use calling_server::config::ServerConfig;
 use opencalling_tests::speech::{fixture, match_speech};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -26,16 +25,7 @@ fn temp_path(tag: &str) -> PathBuf {
 }
 
 async fn server(tag: &str) -> (calling_server::RunningServer, PathBuf) {
-    let data_dir = temp_path(tag);
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.clone(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
-    (server, data_dir)
+    opencalling_tests::server::development_server(&format!("cli-{tag}")).await
 }
 
 fn opencalling(args: &[&str]) -> Command {

@@ -6,11 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-use calling_server::config::ServerConfig;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -81,16 +78,7 @@ fn level_of(screen: &str, user: &str) -> Option<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_softphones_call_each_other_in_real_terminals() {
-    let data_dir: PathBuf =
-        std::env::temp_dir().join(format!("opencalling-softphone-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.clone(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let (server, data_dir) = opencalling_tests::server::development_server("softphone").await;
     let tmux = Tmux {
         socket: format!("opencalling-test-{}", std::process::id()),
     };

@@ -1,0 +1,25 @@
+//! A development-mode server on loopback with a private data directory,
+//! for the tests, the demo and the benchmarks.
+
+use std::path::PathBuf;
+
+use calling_server::RunningServer;
+use calling_server::config::ServerConfig;
+
+/// A development server on 127.0.0.1 (any port) with a fresh data
+/// directory named after `tag`; remove the directory when done.
+///
+/// # Panics
+/// If the server cannot start: a test tool.
+pub async fn development_server(tag: &str) -> (RunningServer, PathBuf) {
+    let data_dir = std::env::temp_dir().join(format!("opencalling-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let server = calling_server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("a loopback address"),
+        data_dir: data_dir.clone(),
+        ..ServerConfig::default()
+    })
+    .await
+    .expect("a development server starts");
+    (server, data_dir)
+}
