@@ -3,7 +3,7 @@
 //! an outage.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use audio_device::{AudioFormat, AudioSink};
 
@@ -26,6 +26,22 @@ impl HeardClock {
     /// The first audible block played at or after `since`.
     pub fn first_heard_after(&self, since: Instant) -> Option<Instant> {
         self.loud().iter().copied().find(|at| *at >= since)
+    }
+
+    /// Waits until something audible plays at or after `since`, for at
+    /// most `limit` after it: how long after `since` it played (the sink's
+    /// own time stamp, so the polling does not blur it), or `None`.
+    pub async fn heard_within(&self, since: Instant, limit: Duration) -> Option<Duration> {
+        let deadline = since + limit;
+        loop {
+            if let Some(at) = self.first_heard_after(since) {
+                return Some(at - since);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 

@@ -708,6 +708,36 @@ mod tests {
         (alice, bob, call_id)
     }
 
+    /// Bob accepts: he gets the ack and meets alice, alice meets him.
+    /// Their flows, alice's first.
+    async fn bob_accepts(
+        hub: &mpsc::Sender<HubInput>,
+        alice: &mut Client,
+        bob: &mut Client,
+        call_id: CallId,
+    ) -> (FlowId, FlowId) {
+        let accept = ClientMessage::Accept {
+            request_id: RequestId(1),
+            call_id,
+        };
+        hub.send(message(bob, accept)).await.unwrap();
+        assert!(matches!(next(bob).await, ServerMessage::Ack { .. }));
+        let ServerMessage::UserEntered {
+            flow_id: alice_flow,
+            ..
+        } = next(bob).await
+        else {
+            panic!("bob did not meet alice");
+        };
+        let ServerMessage::UserEntered {
+            flow_id: bob_flow, ..
+        } = next(alice).await
+        else {
+            panic!("bob did not enter");
+        };
+        (alice_flow, bob_flow)
+    }
+
     #[tokio::test]
     async fn membership_routes_audio_between_members_only() {
         let routes = Arc::new(MediaRoutes::default());
@@ -722,29 +752,7 @@ mod tests {
         routes.relay(alice.conn, &audio(0));
         assert_eq!(routes.counts().dropped_not_in_call, 1);
 
-        hub.send(message(
-            &bob,
-            ClientMessage::Accept {
-                request_id: RequestId(1),
-                call_id,
-            },
-        ))
-        .await
-        .unwrap();
-        assert!(matches!(next(&mut bob).await, ServerMessage::Ack { .. }));
-        let ServerMessage::UserEntered {
-            flow_id: alice_flow,
-            ..
-        } = next(&mut bob).await
-        else {
-            panic!("bob did not meet alice");
-        };
-        let ServerMessage::UserEntered {
-            flow_id: bob_flow, ..
-        } = next(&mut alice).await
-        else {
-            panic!("bob did not enter");
-        };
+        let (alice_flow, bob_flow) = bob_accepts(&hub, &mut alice, &mut bob, call_id).await;
         barrier(&hub, &mut alice).await;
 
         routes.relay(bob.conn, &audio(999));
@@ -807,25 +815,8 @@ mod tests {
             next(&mut bob).await,
             ServerMessage::Invited { .. }
         ));
-        hub.send(message(
-            &bob,
-            ClientMessage::Accept {
-                request_id: RequestId(1),
-                call_id,
-            },
-        ))
-        .await
-        .unwrap();
         // Bob's numbered messages: the ack and alice entering.
-        assert!(matches!(next(&mut bob).await, ServerMessage::Ack { .. }));
-        assert!(matches!(
-            next(&mut bob).await,
-            ServerMessage::UserEntered { .. }
-        ));
-        assert!(matches!(
-            next(&mut alice).await,
-            ServerMessage::UserEntered { .. }
-        ));
+        bob_accepts(&hub, &mut alice, &mut bob, call_id).await;
         // Bob acknowledges the invitation only, then his network breaks.
         hub.send(message(&bob, ClientMessage::Heartbeat { received: 1 }))
             .await

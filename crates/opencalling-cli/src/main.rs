@@ -192,6 +192,15 @@ enum Outcome {
     Ended(EndReason),
 }
 
+impl From<EndReason> for Outcome {
+    fn from(reason: EndReason) -> Self {
+        match reason {
+            EndReason::Hangup => Self::Done,
+            reason => Self::Ended(reason),
+        }
+    }
+}
+
 impl Outcome {
     /// 0 hung up; 10 rejected, 11 no response, 12 line busy, 13 cancelled,
     /// 14 timed out, 15 kicked, 16 server shutdown, 17 connection lost,
@@ -535,10 +544,7 @@ async fn answer(
         let hang_up_at = rule
             .hang_up_after
             .map(|after| tokio::time::Instant::now() + after);
-        outcome = match printer.until_call_ends(calling, hang_up_at).await? {
-            EndReason::Hangup => Outcome::Done,
-            reason => Outcome::Ended(reason),
-        };
+        outcome = printer.until_call_ends(calling, hang_up_at).await?.into();
     }
     Ok(outcome)
 }
@@ -575,21 +581,12 @@ async fn call(
                 Some(CallingEvent::UserEnter { .. }) if hang_up_at.is_none() => {
                     hang_up_at = hang_up_after.map(|after| tokio::time::Instant::now() + after);
                 }
-                Some(CallingEvent::CallEnded { reason, .. }) => {
-                    return Ok(match reason {
-                        EndReason::Hangup => Outcome::Done,
-                        reason => Outcome::Ended(reason),
-                    });
-                }
+                Some(CallingEvent::CallEnded { reason, .. }) => return Ok(reason.into()),
                 Some(_) => {}
                 None => return Err("the SDK stopped".into()),
             },
             () = hang_up => {
-                let reason = printer.until_call_ends(calling, hang_up_at).await?;
-                return Ok(match reason {
-                    EndReason::Hangup => Outcome::Done,
-                    reason => Outcome::Ended(reason),
-                });
+                return Ok(printer.until_call_ends(calling, hang_up_at).await?.into());
             }
         }
     }

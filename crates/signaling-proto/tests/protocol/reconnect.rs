@@ -12,6 +12,14 @@ use super::*;
 const T1: SessionToken = SessionToken([1; 16]);
 const T2: SessionToken = SessionToken([2; 16]);
 
+fn login_result(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::LoginResult {
+        protocol_version: PROTOCOL_VERSION,
+        code,
+        message: message.into(),
+    }
+}
+
 fn transmits(engine: &mut CallEngine) -> Vec<ClientMessage> {
     std::iter::from_fn(|| engine.poll_transmit()).collect()
 }
@@ -31,14 +39,7 @@ fn ringing_bob(now: Instant) -> CallEngine {
         transmits(&mut engine)[..],
         [ClientMessage::Login { .. }]
     ));
-    engine.handle_message(
-        now,
-        ServerMessage::LoginResult {
-            protocol_version: PROTOCOL_VERSION,
-            code: ErrorCode::OK,
-            message: String::new(),
-        },
-    );
+    engine.handle_message(now, login_result(ErrorCode::OK, ""));
     engine.handle_message(
         now,
         ServerMessage::Session {
@@ -187,11 +188,7 @@ fn a_lost_session_ends_its_call_once_and_logs_in_again() {
     // A restarted server: the session is gone.
     bob.handle_message(
         now,
-        ServerMessage::LoginResult {
-            protocol_version: PROTOCOL_VERSION,
-            code: ErrorCode::SESSION_EXPIRED,
-            message: "no such session".into(),
-        },
+        login_result(ErrorCode::SESSION_EXPIRED, "no such session"),
     );
     let mut expected = vec![CallingEvent::Reconnecting];
     expected.extend([
@@ -208,28 +205,14 @@ fn a_lost_session_ends_its_call_once_and_logs_in_again() {
         transmits(&mut bob)[..],
         [ClientMessage::Login { .. }]
     ));
-    bob.handle_message(
-        now,
-        ServerMessage::LoginResult {
-            protocol_version: PROTOCOL_VERSION,
-            code: ErrorCode::OK,
-            message: String::new(),
-        },
-    );
+    bob.handle_message(now, login_result(ErrorCode::OK, ""));
     assert_eq!(engine_events(&mut bob), [CallingEvent::Reconnected]);
     assert_eq!(bob.status(), EngineStatus::Idle);
     // A login that fails (the UserSig expired meanwhile) ends the session.
     bob.handle_disconnect();
     bob.handle_connected(now);
     let _ = transmits(&mut bob);
-    bob.handle_message(
-        now,
-        ServerMessage::LoginResult {
-            protocol_version: PROTOCOL_VERSION,
-            code: ErrorCode::USERSIG_EXPIRED,
-            message: "expired".into(),
-        },
-    );
+    bob.handle_message(now, login_result(ErrorCode::USERSIG_EXPIRED, "expired"));
     assert!(!bob.wants_connection());
     assert_eq!(bob.status(), EngineStatus::LoggedOut);
     assert!(matches!(
