@@ -106,6 +106,9 @@ pub enum EndReason {
     ServerShutdown,
     /// The connection to the server was lost.
     ConnectionLost,
+    /// The server's operator ended the call (admin API). Protocol version
+    /// 3; an older client is told [`EndReason::Hangup`].
+    EndedByOperator,
 }
 
 impl fmt::Display for EndReason {
@@ -122,6 +125,7 @@ impl fmt::Display for EndReason {
             Self::Kicked => "logged in elsewhere",
             Self::ServerShutdown => "server shutting down",
             Self::ConnectionLost => "connection lost",
+            Self::EndedByOperator => "ended by the operator",
         })
     }
 }

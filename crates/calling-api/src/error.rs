@@ -123,6 +123,9 @@ error_codes! {
     /// Over a rate limit (requests, invitations): slow down. Going on
     /// regardless gets the connection closed with this code.
     RATE_LIMITED = 4010, "rate limit exceeded";
+    /// The server is draining (its operator is taking it down): it
+    /// takes no new login and no new call; calls in progress go on.
+    SERVER_DRAINING = 4011, "server draining: no new logins or calls";
 
     /// An internal error; the details are in the server's log.
     INTERNAL = 5000, "internal error";

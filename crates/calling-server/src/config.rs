@@ -16,6 +16,8 @@ use serde::Deserialize;
 use signaling_proto::SwitchboardConfig;
 use signaling_quic::ServerLimits;
 
+use crate::webhooks::WebhookUrl;
+
 /// An app's secret key. Never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretKey(String);
@@ -29,6 +31,37 @@ impl SecretKey {
     /// The key itself, for signing and verifying only.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `presented` is this key, compared in constant time (for
+    /// keys of the same length).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let kept = self.0.as_bytes();
+        let difference = kept
+            .iter()
+            .zip(presented)
+            .fold(0_u8, |acc, (a, b)| acc | (a ^ b));
+        kept.len() == presented.len() && std::hint::black_box(difference) == 0
+    }
+}
+
+impl std::str::FromStr for SecretKey {
+    type Err = String;
+
+    /// Any non-empty text.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() {
+            Err("a key or token may not be empty".into())
+        } else {
+            Ok(Self::new(text))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -132,6 +165,39 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The bounds on a UserSig's times (clock skew, lifetime).
     pub usersig_bounds: calling_usersig::TimeBounds,
+    /// Metrics, health, admin API, webhooks, call records, drains.
+    pub operations: OperationsConfig,
+}
+
+/// What the server offers its operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationsConfig {
+    /// Where the HTTP listener for `/metrics`, `/healthz`, `/readyz` and
+    /// `/admin/` listens; `None`: nowhere.
+    pub http_listen: Option<SocketAddr>,
+    /// The admin API's bearer token; `None`: the admin API refuses all.
+    pub admin_token: Option<SecretKey>,
+    /// Where call events are POSTed.
+    pub webhook_urls: Vec<WebhookUrl>,
+    /// The key webhooks are signed with (required with URLs).
+    pub webhook_key: Option<SecretKey>,
+    /// The file call records are appended to.
+    pub call_records: Option<PathBuf>,
+    /// How long a drain waits for calls to end before the server stops.
+    pub drain_limit: Duration,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self {
+            http_listen: None,
+            admin_token: None,
+            webhook_urls: Vec::new(),
+            webhook_key: None,
+            call_records: None,
+            drain_limit: Duration::from_secs(DRAIN_LIMIT_SECS.default),
+        }
+    }
 }
 
 impl fmt::Debug for ServerConfig {
@@ -147,6 +213,7 @@ impl fmt::Debug for ServerConfig {
             .field("tls", &self.tls)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("usersig_bounds", &self.usersig_bounds)
+            .field("operations", &self.operations)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +280,7 @@ impl Default for ServerConfig {
             clock: system_clock(),
             shutdown_grace: Duration::from_secs(SHUTDOWN_GRACE_SECS.default),
             usersig_bounds: calling_usersig::TimeBounds::DEFAULT,
+            operations: OperationsConfig::default(),
         }
     }
 }
@@ -341,6 +409,13 @@ pub const MAX_RINGING_PER_SESSION: Bound = Bound {
     default: SwitchboardConfig::DEFAULT.max_ringing_per_session as u64,
     min: 1,
     max: 100_000,
+};
+/// How long a drain waits for the server's calls to end, in seconds.
+pub const DRAIN_LIMIT_SECS: Bound = Bound {
+    key: "drain_limit_secs",
+    default: 600,
+    min: 0,
+    max: 86_400,
 };
 /// How long a graceful shutdown waits for clients to get the notice, in seconds.
 pub const SHUTDOWN_GRACE_SECS: Bound = Bound {
@@ -501,6 +576,51 @@ pub struct Settings {
     #[arg(long, env = "OPENCALLING_USERSIG_MAX_LIFETIME_SECS", value_name = "SECS",
           value_parser = USERSIG_MAX_LIFETIME_SECS.parser())]
     pub usersig_max_lifetime_secs: Option<u64>,
+    /// Invitations to offline users ring for their timeout (push wake-up); false: answered no response at once [default: true]
+    #[arg(long, env = "OPENCALLING_RING_OFFLINE_INVITEES", value_name = "BOOL")]
+    pub ring_offline_invitees: Option<bool>,
+    /// TCP address of the HTTP listener for /metrics, /healthz, /readyz and /admin/ [default: off]
+    #[arg(
+        long = "http-listen",
+        env = "OPENCALLING_HTTP_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub http_listen: Option<SocketAddr>,
+    /// Bearer token of the admin API; without one the admin API refuses every request
+    #[arg(
+        long,
+        env = "OPENCALLING_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<SecretKey>,
+    /// URL call events are POSTed to (repeat the flag; comma-separated in the environment)
+    #[arg(
+        long = "webhook-url",
+        env = "OPENCALLING_WEBHOOK_URLS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub webhook_urls: Vec<WebhookUrl>,
+    /// Key the webhooks are signed with (HMAC-SHA256); required with webhook URLs
+    #[arg(
+        long,
+        env = "OPENCALLING_WEBHOOK_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub webhook_key: Option<SecretKey>,
+    /// File to append one JSON line per ended call to; reopened on SIGHUP [default: none]
+    #[arg(
+        long = "call-records",
+        env = "OPENCALLING_CALL_RECORDS",
+        value_name = "FILE"
+    )]
+    pub call_records: Option<PathBuf>,
+    /// Seconds a drain waits for calls to end before the server stops [default: 600, 0..=86400]
+    #[arg(long = "drain-limit", env = "OPENCALLING_DRAIN_LIMIT_SECS", value_name = "SECS",
+          value_parser = DRAIN_LIMIT_SECS.parser())]
+    pub drain_limit_secs: Option<u64>,
     /// Connection limits.
     #[command(flatten)]
     pub limits: LimitSettings,
@@ -663,7 +783,19 @@ impl Settings {
     pub fn over(self, lower: Self) -> Self {
         let mut apps = lower.apps;
         apps.extend(self.apps);
+        let webhook_urls = if self.webhook_urls.is_empty() {
+            lower.webhook_urls
+        } else {
+            self.webhook_urls
+        };
         Self {
+            ring_offline_invitees: self.ring_offline_invitees.or(lower.ring_offline_invitees),
+            http_listen: self.http_listen.or(lower.http_listen),
+            admin_token: self.admin_token.or(lower.admin_token),
+            webhook_urls,
+            webhook_key: self.webhook_key.or(lower.webhook_key),
+            call_records: self.call_records.or(lower.call_records),
+            drain_limit_secs: self.drain_limit_secs.or(lower.drain_limit_secs),
             listen: self.listen.or(lower.listen),
             fallback_listen: self.fallback_listen.or(lower.fallback_listen),
             data_dir: self.data_dir.or(lower.data_dir),
@@ -778,6 +910,7 @@ impl Settings {
                 max_ringing_per_session: MAX_RINGING_PER_SESSION
                     .resolve_usize(self.max_ringing_per_session)?,
                 resume_grace: RESUME_GRACE_SECS.resolve_secs(self.resume_grace_secs)?,
+                ring_offline_invitees: self.ring_offline_invitees.unwrap_or(true),
             },
             limits: ServerLimits {
                 max_connections: MAX_CONNECTIONS.resolve_usize(self.limits.max_connections)?,
@@ -810,6 +943,14 @@ impl Settings {
             usersig_bounds: calling_usersig::TimeBounds {
                 max_skew: USERSIG_MAX_SKEW_SECS.resolve(self.usersig_max_skew_secs)?,
                 max_lifetime: USERSIG_MAX_LIFETIME_SECS.resolve(self.usersig_max_lifetime_secs)?,
+            },
+            operations: OperationsConfig {
+                http_listen: self.http_listen,
+                admin_token: self.admin_token,
+                webhook_urls: self.webhook_urls,
+                webhook_key: self.webhook_key,
+                call_records: self.call_records,
+                drain_limit: DRAIN_LIMIT_SECS.resolve_secs(self.drain_limit_secs)?,
             },
         };
         for app in self.apps {
@@ -867,6 +1008,11 @@ impl ServerConfig {
         if self.switchboard.default_invite_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "the invitation timeout must be positive".into(),
+            ));
+        }
+        if !self.operations.webhook_urls.is_empty() && self.operations.webhook_key.is_none() {
+            return Err(ConfigError::Invalid(
+                "webhook_urls need a webhook_key to sign them with".into(),
             ));
         }
         if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
@@ -1132,6 +1278,8 @@ mod tests {
             INVITATIONS_PER_MINUTE,
             MAX_RINGING_PER_SESSION,
             SHUTDOWN_GRACE_SECS,
+            DRAIN_LIMIT_SECS,
+            RESUME_GRACE_SECS,
             USERSIG_MAX_SKEW_SECS,
             USERSIG_MAX_LIFETIME_SECS,
             MAX_CONNECTIONS,

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::Shared;
 use crate::hub::{Attach, HubInput, OUTBOX_CAPACITY, Outbound};
 use crate::limits::{ConnectionBudget, LimitCounters, MAX_REQUESTS_IN_FLIGHT, Verdict};
+use crate::metrics::{ConnectionState, ConnectionStateGuard};
 use crate::usersig;
 
 /// How long a resumable session's connection may send nothing (its client
@@ -28,12 +29,19 @@ use crate::usersig;
 /// the session waits for a resume.
 pub(crate) const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a connection's path (RTT, loss) is sampled for the metrics.
+const PATH_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
 /// The link a connection task serves: client messages in, server messages out.
 type ServerLink<T> = Link<T, ClientMessage, ServerMessage>;
 
 /// Serves a QUIC connection attempt the admission policy let through.
 pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
     let remote = accepted.remote_address();
+    let state = shared
+        .metrics
+        .connections
+        .enter(ConnectionState::Handshaking);
     let established = match accepted.establish().await {
         Ok(established) => established,
         Err(error) => {
@@ -44,7 +52,7 @@ pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
     // The IP slot is held as long as the connection is served; the
     // pre-login slot until the login succeeds.
     let (link, _slot, pre_login) = established.into_link();
-    serve_link(link, remote, pre_login, shared).await;
+    serve_link(link, remote, (pre_login, state), shared).await;
 }
 
 /// Serves a fallback connection (WebSocket over TLS over TCP) the
@@ -57,6 +65,10 @@ pub(crate) async fn serve_fallback(
     (_slot, pre_login): (IpSlot, PreLoginSlot),
     shared: Arc<Shared>,
 ) {
+    let state = shared
+        .metrics
+        .connections
+        .enter(ConnectionState::Handshaking);
     let handshake = signaling_ws::accept::<ClientMessage, ServerMessage>(tcp, tls);
     let link = match tokio::time::timeout(shared.login_timeout, handshake).await {
         Ok(Ok(link)) => link,
@@ -69,16 +81,17 @@ pub(crate) async fn serve_fallback(
             return;
         }
     };
-    serve_link(link, remote, pre_login, shared).await;
+    serve_link(link, remote, (pre_login, state), shared).await;
 }
 
 /// Serves one established link, whatever its transport.
 pub(crate) async fn serve_link<T: Transport>(
     mut link: ServerLink<T>,
     remote: SocketAddr,
-    mut pre_login: PreLoginSlot,
+    (mut pre_login, mut state): (PreLoginSlot, ConnectionStateGuard),
     shared: Arc<Shared>,
 ) {
+    state.set(ConnectionState::LoggingIn);
     let address = AddressBlock::of(remote.ip());
     let checked = async {
         // An address that keeps failing waits, before its bytes are read.
@@ -101,6 +114,7 @@ pub(crate) async fn serve_link<T: Transport>(
         Ok(Ok(login)) => login,
         Ok(Err(refusal)) => {
             info!(%remote, code = ?refusal.code, why = refusal.message, "login refused");
+            shared.metrics.login(refusal.code);
             if link.send.send(&refusal.reply()).await.is_ok() {
                 link.send.finish_and_flush(shared.grace).await;
             }
@@ -132,8 +146,15 @@ pub(crate) async fn serve_link<T: Transport>(
         Ok(()) => session_rx.await.ok().flatten(),
         Err(_) => None,
     };
+    match (resuming, session.is_some()) {
+        (true, resumed) => shared.metrics.resume(resumed),
+        (false, true) => shared.metrics.login(ErrorCode::OK),
+        // Refused by the hub: counted below with its code.
+        (false, false) => {}
+    }
     let ended = match session {
         Some((conn, resumable)) => {
+            state.set(ConnectionState::LoggedIn);
             info!(%user, %remote, ?conn, resumed = resuming, "logged in");
             let ids = (link_id, conn);
             let ended = exchange(&mut link, &shared, ids, resumable, &mut inbox).await;
@@ -148,16 +169,7 @@ pub(crate) async fn serve_link<T: Transport>(
             ended
         }
         // Refused (the hub queued why) or the server is stopping.
-        None => match inbox.recv().await {
-            Some(Outbound::Message(refusal)) => {
-                info!(%user, %remote, ?refusal, "resume refused");
-                if link.send.send(&refusal).await.is_ok() {
-                    link.send.finish_and_flush(shared.grace).await;
-                }
-                Ended::Closed(ErrorCode::SESSION_EXPIRED)
-            }
-            _ => Ended::Closed(ErrorCode::SERVER_SHUTDOWN),
-        },
+        None => deliver_refusal(&mut link, &mut inbox, &shared, resuming).await,
     };
     match ended {
         Ended::ClientLeft => {}
@@ -175,6 +187,31 @@ pub(crate) async fn serve_link<T: Transport>(
         }
     }
     info!(%user, ?link_id, "disconnected");
+}
+
+/// Sends the refusal the hub queued for a login or resume; how the
+/// connection ends.
+async fn deliver_refusal<T: Transport>(
+    link: &mut ServerLink<T>,
+    inbox: &mut mpsc::Receiver<Outbound>,
+    shared: &Shared,
+    resuming: bool,
+) -> Ended {
+    let Some(Outbound::Message(refusal)) = inbox.recv().await else {
+        return Ended::Closed(ErrorCode::SERVER_SHUTDOWN);
+    };
+    let code = match &refusal {
+        ServerMessage::LoginResult { code, .. } => *code,
+        _ => ErrorCode::SESSION_EXPIRED,
+    };
+    info!(?code, resuming, "refused by the hub");
+    if !resuming {
+        shared.metrics.login(code);
+    }
+    if link.send.send(&refusal).await.is_ok() {
+        link.send.finish_and_flush(shared.grace).await;
+    }
+    Ended::Closed(code)
 }
 
 /// The server's apps, for the login check.
@@ -269,6 +306,11 @@ async fn exchange<T: Transport>(
     // A resumable session's client sends a heartbeat a second: silence
     // means its network is gone, long before the transport's idle timeout.
     let mut heard = Instant::now();
+    let mut path_sample = tokio::time::interval_at(
+        tokio::time::Instant::now() + PATH_SAMPLE_EVERY,
+        PATH_SAMPLE_EVERY,
+    );
+    let mut last_path = link.media.path_stats();
     loop {
         let silent_until = resumable.then(|| heard + SILENCE_TIMEOUT);
         // A client's own requests wait while their replies pile up: it is
@@ -279,6 +321,19 @@ async fn exchange<T: Transport>(
             heard = Instant::now();
         }
         tokio::select! {
+            _ = path_sample.tick() => {
+                let now_path = link.media.path_stats();
+                if let Some(path) = now_path {
+                    let loss = last_path.and_then(|last| {
+                        let sent = path.sent_packets.checked_sub(last.sent_packets)?;
+                        let lost = path.lost_packets.checked_sub(last.lost_packets)?;
+                        // Counts well within f64's exact range.
+                        (sent > 0).then(|| lost as f64 / sent as f64)
+                    });
+                    shared.metrics.path_sample(path.rtt, loss);
+                }
+                last_path = now_path;
+            }
             () = signaling_link::sleep_until(silent_until), if silent_until.is_some() => {
                 debug!(?conn, "no heartbeat in time: the client's network is gone");
                 return Ended::ClientLeft;

@@ -15,18 +15,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use calling_api::{CallId, ErrorCode, UserId};
 use signaling_link::MediaLink;
 use signaling_proto::{
-    CallMember, ClientMessage, ConnId, FlowId, Output, PROTOCOL_VERSION, Replay, ResumeClaim,
-    ServerMessage, SessionToken, Switchboard, SwitchboardConfig,
+    CallEvent, CallMember, CallSummary, ClientMessage, ConnId, FlowId, Output, PROTOCOL_VERSION,
+    Replay, ResumeClaim, ServerMessage, SessionSummary, SessionToken, Switchboard,
+    SwitchboardConfig,
 };
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
 
+use crate::metrics::{CallsByMembers, Metrics};
 use crate::relay::{MediaRoutes, Route};
 
 /// How many messages may wait for one client before it counts as stuck and
@@ -67,15 +69,106 @@ pub(crate) enum HubInput {
     Stats {
         reply: oneshot::Sender<HubStats>,
     },
+    /// The operator's request (admin API).
+    Admin {
+        request: AdminRequest,
+        reply: oneshot::Sender<AdminReply>,
+    },
+}
+
+/// What the operator may ask the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Every session.
+    Sessions,
+    /// Every call.
+    Calls,
+    /// Log a user out (it gets `KickedOffline`).
+    Kick(UserId),
+    /// End a call for everyone.
+    EndCall(CallId),
+    /// Stop taking new logins and calls; the server stops once its calls
+    /// are over (or the drain limit passes).
+    Drain,
+}
+
+/// The hub's answer to an [`AdminRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminReply {
+    /// Every session, sorted by user.
+    Sessions(Vec<SessionSummary>),
+    /// Every call with its age, sorted by id.
+    Calls(Vec<(CallSummary, Duration)>),
+    /// Whether the user or call existed (a drain: whether it started now).
+    Done(bool),
+}
+
+/// Whether the server drains, and how many calls it still carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainState {
+    /// A drain was asked: no new login or call.
+    pub draining: bool,
+    /// Calls ringing or connected.
+    pub calls: usize,
+}
+
+/// A call event with the wall-clock time it happened, and for an `Ended`
+/// how long the call lasted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StampedEvent {
+    /// When.
+    pub at: SystemTime,
+    /// What.
+    pub event: CallEvent,
+    /// For [`CallEvent::Ended`]: from `Started` to the end.
+    pub duration: Option<Duration>,
+}
+
+/// Where the hub's call events go besides the metrics: bounded queues it
+/// never waits on; what does not fit is counted and dropped.
+#[derive(Debug)]
+pub(crate) struct EventSink {
+    pub(crate) queue: mpsc::Sender<Arc<StampedEvent>>,
+    /// Counts a dropped event.
+    pub(crate) dropped: fn(&Metrics),
+}
+
+/// What the hub reports to, beyond its connections.
+#[derive(Debug)]
+pub(crate) struct HubOps {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) sinks: Vec<EventSink>,
+    pub(crate) drain: watch::Sender<DrainState>,
+}
+
+impl HubOps {
+    /// Reports to `metrics` and `sinks`; the drain state is published on
+    /// the receiver.
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        sinks: Vec<EventSink>,
+    ) -> (Self, watch::Receiver<DrainState>) {
+        let (drain, state) = watch::channel(DrainState::default());
+        let ops = Self {
+            metrics,
+            sinks,
+            drain,
+        };
+        (ops, state)
+    }
 }
 
 /// Live figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubStats {
     /// Users logged in.
     pub online: usize,
+    /// Sessions whose connection broke, waiting for a resume (among `online`).
+    pub reconnecting: usize,
     /// Calls ringing or connected.
     pub calls: usize,
+    /// Calls by how many members have entered them.
+    pub calls_by_members: CallsByMembers,
     /// Invites refused over a session's invitation limits.
     pub invitations_rate_limited: u64,
     /// Invitees answered busy because their messages piled up.
@@ -127,6 +220,8 @@ struct Links {
     to_check: HashSet<ConnId>,
     /// Connections whose outbox is nearly full.
     congested: HashSet<ConnId>,
+    /// When each call started.
+    started: HashMap<CallId, Instant>,
 }
 
 /// Queued messages above which a connection counts as congested…
@@ -134,21 +229,32 @@ const CONGESTED_ABOVE: usize = OUTBOX_CAPACITY * 3 / 4;
 /// …and below which it no longer does.
 const RELIEVED_BELOW: usize = OUTBOX_CAPACITY / 2;
 
+/// What the hub's helpers share besides the switchboard and its links.
+#[derive(Debug)]
+struct Env {
+    routes: Arc<MediaRoutes>,
+    ops: HubOps,
+}
+
 pub(crate) async fn run(
     config: SwitchboardConfig,
     mut inputs: mpsc::Receiver<HubInput>,
     routes: Arc<MediaRoutes>,
+    ops: HubOps,
 ) {
     let mut switchboard = Switchboard::new(config);
     let mut links = Links::default();
+    let env = Env { routes, ops };
     let mut shutting_down = false;
+    let mut draining = false;
     loop {
         let deadline = switchboard.poll_timeout();
         let input = tokio::select! {
             input = inputs.recv() => input,
             () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
                 switchboard.handle_timeout(Instant::now());
-                dispatch(&mut switchboard, &mut links, &routes);
+                dispatch(&mut switchboard, &mut links, &env);
+                report_drain(&switchboard, &env, draining);
                 continue;
             }
         };
@@ -158,14 +264,19 @@ pub(crate) async fn run(
         let now = Instant::now();
         match input {
             HubInput::Login(attach) => {
-                if shutting_down {
-                    let _ = attach
-                        .outbox
-                        .try_send(Outbound::Close(ErrorCode::SERVER_SHUTDOWN));
-                    let _ = attach.session.send(None);
+                let refusal = if shutting_down {
+                    Some(ErrorCode::SERVER_SHUTDOWN)
+                } else if draining && attach.resume.is_none() {
+                    // A resume goes on: its session may be in a call.
+                    Some(ErrorCode::SERVER_DRAINING)
+                } else {
+                    None
+                };
+                if let Some(code) = refusal {
+                    refuse_login(attach, code);
                     continue;
                 }
-                on_login(&mut switchboard, &mut links, &routes, now, attach);
+                on_login(&mut switchboard, &mut links, &env, now, attach);
                 continue;
             }
             HubInput::Message { link, message } => {
@@ -189,14 +300,16 @@ pub(crate) async fn run(
                     continue;
                 };
                 links.media.remove(&conn);
-                routes.set(conn, None);
+                env.routes.set(conn, None);
                 if links.outboxes.remove(&conn).is_some() {
                     if expelled {
                         links.sessions.remove(&conn);
                         switchboard.handle_expelled(now, conn);
                     } else {
                         switchboard.handle_disconnect(now, conn);
-                        if !switchboard.is_detached(conn) {
+                        if switchboard.is_detached(conn) {
+                            env.ops.metrics.session_detached();
+                        } else {
                             links.sessions.remove(&conn);
                         }
                     }
@@ -205,22 +318,97 @@ pub(crate) async fn run(
             HubInput::Shutdown { done } => {
                 shutting_down = true;
                 switchboard.shutdown(now);
-                dispatch(&mut switchboard, &mut links, &routes);
+                dispatch(&mut switchboard, &mut links, &env);
                 let _ = done.send(());
                 continue;
             }
             HubInput::Stats { reply } => {
-                let counters = switchboard.counters();
-                let _ = reply.send(HubStats {
-                    online: switchboard.online_count(),
-                    calls: switchboard.call_count(),
-                    invitations_rate_limited: counters.invitations_rate_limited,
-                    invitees_congested: counters.invitees_congested,
-                });
+                let _ = reply.send(stats(&switchboard));
+            }
+            HubInput::Admin { request, reply } => {
+                if request == AdminRequest::Drain && !draining {
+                    info!(
+                        calls = switchboard.call_count(),
+                        "draining: no new logins or calls"
+                    );
+                    draining = true;
+                    switchboard.set_accepting_calls(false);
+                    let _ = reply.send(AdminReply::Done(true));
+                } else {
+                    let _ = reply.send(admin(&mut switchboard, &links, now, request));
+                }
             }
         }
-        dispatch(&mut switchboard, &mut links, &routes);
+        dispatch(&mut switchboard, &mut links, &env);
+        report_drain(&switchboard, &env, draining);
     }
+}
+
+/// Answers the operator (a drain already under way: `Done(false)`).
+fn admin(
+    switchboard: &mut Switchboard,
+    links: &Links,
+    now: Instant,
+    request: AdminRequest,
+) -> AdminReply {
+    match request {
+        AdminRequest::Sessions => AdminReply::Sessions(switchboard.session_summaries()),
+        AdminRequest::Calls => AdminReply::Calls(
+            switchboard
+                .call_summaries()
+                .into_iter()
+                .map(|call| {
+                    let age = links
+                        .started
+                        .get(&call.call_id)
+                        .map_or(Duration::ZERO, |started| now - *started);
+                    (call, age)
+                })
+                .collect(),
+        ),
+        AdminRequest::Kick(user) => AdminReply::Done(switchboard.kick(now, &user)),
+        AdminRequest::EndCall(call_id) => AdminReply::Done(switchboard.end_call(now, call_id)),
+        AdminRequest::Drain => AdminReply::Done(false),
+    }
+}
+
+/// The switchboard's live figures.
+fn stats(switchboard: &Switchboard) -> HubStats {
+    let counters = switchboard.counters();
+    HubStats {
+        online: switchboard.online_count(),
+        reconnecting: switchboard.detached_count(),
+        calls: switchboard.call_count(),
+        calls_by_members: switchboard.call_sizes(),
+        invitations_rate_limited: counters.invitations_rate_limited,
+        invitees_congested: counters.invitees_congested,
+    }
+}
+
+/// Publishes the drain state when it changed.
+fn report_drain(switchboard: &Switchboard, env: &Env, draining: bool) {
+    let state = DrainState {
+        draining,
+        calls: switchboard.call_count(),
+    };
+    env.ops.drain.send_if_modified(|kept| {
+        let changed = *kept != state;
+        *kept = state;
+        changed
+    });
+}
+
+/// Refuses a login or resume the server takes no more of.
+fn refuse_login(attach: Attach, code: ErrorCode) {
+    let _ = attach
+        .outbox
+        .try_send(Outbound::Message(ServerMessage::LoginResult {
+            protocol_version: attach.protocol_version.min(PROTOCOL_VERSION),
+            code,
+            message: code.message().to_owned(),
+        }));
+    let _ = attach.outbox.try_send(Outbound::Close(code));
+    let _ = attach.session.send(None);
 }
 
 /// Attaches a connection to a new session or, for a resume, to the one it
@@ -228,7 +416,7 @@ pub(crate) async fn run(
 fn on_login(
     switchboard: &mut Switchboard,
     links: &mut Links,
-    routes: &MediaRoutes,
+    env: &Env,
     now: Instant,
     attach: Attach,
 ) {
@@ -254,7 +442,7 @@ fn on_login(
         .and_then(|conn| links.sessions.get(&conn))
         .is_some_and(|book| book.resumable);
     let _ = session.send(attached.map(|conn| (conn, resumable)));
-    dispatch(switchboard, links, routes);
+    dispatch(switchboard, links, env);
     if let Some(conn) = attached.filter(|_| resume.is_none()) {
         introduce_session(switchboard, links, conn);
     }
@@ -445,6 +633,36 @@ fn update_congestion(switchboard: &mut Switchboard, links: &mut Links) {
     }
 }
 
+/// Counts a call event and hands it to the sinks (webhooks, records),
+/// never waiting for them.
+fn report_event(links: &mut Links, env: &Env, event: CallEvent) {
+    let now = Instant::now();
+    let duration = match &event {
+        CallEvent::Started { call_id, .. } => {
+            links.started.insert(*call_id, now);
+            None
+        }
+        CallEvent::Ended { call_id, .. } => {
+            links.started.remove(call_id).map(|started| now - started)
+        }
+        _ => None,
+    };
+    env.ops.metrics.observe_event(&event, duration);
+    if env.ops.sinks.is_empty() {
+        return;
+    }
+    let stamped = Arc::new(StampedEvent {
+        at: SystemTime::now(),
+        event,
+        duration,
+    });
+    for sink in &env.ops.sinks {
+        if sink.queue.try_send(Arc::clone(&stamped)).is_err() {
+            (sink.dropped)(&env.ops.metrics);
+        }
+    }
+}
+
 /// Republishes the routes of a call whose members changed: each member
 /// hears every other one; a member alone in it, or gone from it, has none.
 fn publish_routes(
@@ -485,7 +703,8 @@ fn publish_routes(
 /// membership to the relay's routes. A client whose messages pile up is
 /// disconnected, which may produce more output for the others: repeat
 /// until nothing is left.
-fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRoutes) {
+fn dispatch(switchboard: &mut Switchboard, links: &mut Links, env: &Env) {
+    let routes = &*env.routes;
     loop {
         // Sessions to end now, and connections found gone.
         let mut stuck = Vec::new();
@@ -540,6 +759,7 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, routes: &MediaRout
                     // One server: a user without a session here is offline.
                     debug!(%user, ?message, "message for a user not on this server: dropped");
                 }
+                Output::Event(event) => report_event(links, env, event),
             }
         }
         if stuck.is_empty() && gone.is_empty() {
@@ -579,6 +799,11 @@ mod tests {
     use signaling_link::{DatagramSource, Link};
     use signaling_proto::message::RequestId;
     use signaling_proto::{DatagramKind, LossReport, MediaHeader};
+
+    /// Metrics only, no sinks.
+    fn quiet_ops() -> HubOps {
+        HubOps::new(Arc::new(Metrics::new()), Vec::new()).0
+    }
 
     struct Client {
         conn: ConnId,
@@ -742,7 +967,12 @@ mod tests {
     async fn membership_routes_audio_between_members_only() {
         let routes = Arc::new(MediaRoutes::default());
         let (hub, inputs) = mpsc::channel(64);
-        tokio::spawn(run(SwitchboardConfig::DEFAULT, inputs, Arc::clone(&routes)));
+        tokio::spawn(run(
+            SwitchboardConfig::DEFAULT,
+            inputs,
+            Arc::clone(&routes),
+            quiet_ops(),
+        ));
         let (mut alice, mut bob, call_id) = alice_invites_bob(&hub).await;
         assert!(matches!(
             next(&mut bob).await,
@@ -809,7 +1039,12 @@ mod tests {
     async fn a_resumed_session_gets_what_it_missed_and_its_audio_back() {
         let routes = Arc::new(MediaRoutes::default());
         let (hub, inputs) = mpsc::channel(64);
-        tokio::spawn(run(SwitchboardConfig::DEFAULT, inputs, Arc::clone(&routes)));
+        tokio::spawn(run(
+            SwitchboardConfig::DEFAULT,
+            inputs,
+            Arc::clone(&routes),
+            quiet_ops(),
+        ));
         let (mut alice, mut bob, call_id) = alice_invites_bob(&hub).await;
         assert!(matches!(
             next(&mut bob).await,

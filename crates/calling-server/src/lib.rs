@@ -13,15 +13,27 @@
 //! made once in the data directory and reused; clients trust the certificate
 //! by the fingerprint [`RunningServer::fingerprint`] reports.
 //!
+//! For its operator it offers (all off by default, see [`OperationsConfig`]):
+//! Prometheus metrics, health and readiness probes and an admin API on an
+//! HTTP listener of its own; signed webhooks of every call event; one JSON
+//! call record per ended call; and drains (no new logins or calls, stop
+//! once the calls are over).
+//!
 //! It never decodes or mixes audio, never logs a secret key or a UserSig, and
 //! never trusts a client's word about who it is: the login's UserSig decides.
+//! Its operator's side (metrics, webhooks, records) never holds up a call:
+//! the hub hands it events through bounded queues and moves on.
 
 pub mod config;
 mod connection;
 mod hub;
 mod limits;
+mod metrics;
+mod ops;
+pub mod records;
 mod relay;
 mod throttle;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,8 +49,10 @@ use tracing::{debug, info, warn};
 
 /// The UserSig scheme (the `calling-usersig` crate).
 pub use calling_usersig as usersig;
-pub use config::{AppCredentials, SecretKey, ServerConfig, Settings, TlsSource, UnixClock};
-pub use hub::HubStats;
+pub use config::{
+    AppCredentials, OperationsConfig, SecretKey, ServerConfig, Settings, TlsSource, UnixClock,
+};
+pub use hub::{AdminReply, AdminRequest, DrainState, HubStats, StampedEvent};
 pub use limits::LimitCounts;
 pub use relay::RelayCounts;
 
@@ -77,6 +91,18 @@ pub enum ServerError {
     /// The fallback transport's TLS configuration could not be built.
     #[error("fallback transport: {0}")]
     Fallback(signaling_ws::WsError),
+    /// The operations listener could not start.
+    #[error("HTTP listener on {addr}: {source} (choose another with --http-listen)")]
+    HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The webhooks' TLS configuration could not be built.
+    #[error("webhooks: {0}")]
+    WebhookTls(rustls::Error),
 }
 
 /// What every connection task shares.
@@ -94,6 +120,35 @@ struct Shared {
     next_conn: AtomicU64,
     grace: Duration,
     routes: Arc<relay::MediaRoutes>,
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl Shared {
+    fn new(
+        config: &ServerConfig,
+        apps: Vec<AppCredentials>,
+        hub: mpsc::Sender<HubInput>,
+        routes: Arc<relay::MediaRoutes>,
+        metrics: Arc<metrics::Metrics>,
+    ) -> Self {
+        Self {
+            apps: apps
+                .into_iter()
+                .map(|app| (app.sdk_app_id, app.secret_key))
+                .collect(),
+            clock: UnixClockDebug(Arc::clone(&config.clock)),
+            usersig_bounds: config.usersig_bounds,
+            throttle: throttle::LoginThrottle::default(),
+            connection_limits: config.connection_limits,
+            limit_counters: limits::LimitCounters::default(),
+            login_timeout: config.limits.handshake_timeout,
+            hub,
+            next_conn: AtomicU64::new(1),
+            grace: config.shutdown_grace,
+            routes,
+            metrics,
+        }
+    }
 }
 
 /// The clock, with a `Debug` that does not try to print a closure.
@@ -102,6 +157,17 @@ struct UnixClockDebug(UnixClock);
 impl std::fmt::Debug for UnixClockDebug {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("UnixClock")
+    }
+}
+
+/// Reopens the server's call records file.
+#[derive(Debug, Clone)]
+pub struct CallRecordsReopener(Arc<tokio::sync::Notify>);
+
+impl CallRecordsReopener {
+    /// Reopens the file (the records go on in a new file at the same path).
+    pub fn reopen(&self) {
+        self.0.notify_one();
     }
 }
 
@@ -123,6 +189,13 @@ pub struct RunningServer {
     relay: Arc<relay::MediaRoutes>,
     shared: Arc<Shared>,
     admission: signaling_quic::AdmissionStats,
+    http_addr: Option<SocketAddr>,
+    drain: watch::Receiver<DrainState>,
+    drain_limit: Duration,
+    reopen_records: Option<Arc<tokio::sync::Notify>>,
+    liveness: Arc<ops::Liveness>,
+    /// The operations listener, webhook and record tasks: stopped last.
+    ops_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts a server with `config` on the current tokio runtime.
@@ -139,17 +212,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     } else {
         (config.apps.clone(), None)
     };
-    let identity = match &config.tls {
-        TlsSource::SelfSigned => ServerIdentity::load_or_create_self_signed(
-            &config.data_dir,
-            &[
-                "localhost".to_owned(),
-                "127.0.0.1".to_owned(),
-                "::1".to_owned(),
-            ],
-        )?,
-        TlsSource::PemFiles { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
-    };
+    let identity = load_identity(&config)?;
     let reset_key = config::reset_key(&config.data_dir).map_err(data_dir_error)?;
     let quic = QuicServer::bind(config.listen, &identity, config.limits.clone(), &reset_key)?;
     let local_addr = quic.local_addr()?;
@@ -159,44 +222,59 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let routes = Arc::new(relay::MediaRoutes::default());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let operations = &config.operations;
+    let EventSinks {
+        sinks,
+        webhook_queue,
+        reopen_records,
+        mut ops_tasks,
+    } = start_event_sinks(operations, &metrics)?;
+    let (hub_ops, drain) = hub::HubOps::new(Arc::clone(&metrics), sinks);
     let hub_task = tokio::spawn(hub::run(
         config.switchboard.clone(),
         hub_rx,
         Arc::clone(&routes),
+        hub_ops,
     ));
-    let shared = Arc::new(Shared {
-        apps: apps
-            .into_iter()
-            .map(|app| (app.sdk_app_id, app.secret_key))
-            .collect(),
-        clock: UnixClockDebug(Arc::clone(&config.clock)),
-        usersig_bounds: config.usersig_bounds,
-        throttle: throttle::LoginThrottle::default(),
-        connection_limits: config.connection_limits,
-        limit_counters: limits::LimitCounters::default(),
-        login_timeout: config.limits.handshake_timeout,
-        hub: hub_tx.clone(),
-        next_conn: AtomicU64::new(1),
-        grace: config.shutdown_grace,
-        routes: Arc::clone(&routes),
-    });
+    let shared = Arc::new(Shared::new(
+        &config,
+        apps,
+        hub_tx.clone(),
+        Arc::clone(&routes),
+        Arc::clone(&metrics),
+    ));
+    let liveness = Arc::new(ops::Liveness::default());
     let (stop_accepting, stop_rx) = watch::channel(false);
-    let accept_task = tokio::spawn(accept_loop(quic, fallback, Arc::clone(&shared), stop_rx));
+    let accept_alive = liveness.accept_loop_guard();
+    let accept_task = tokio::spawn(accept_loop(
+        quic,
+        fallback,
+        Arc::clone(&shared),
+        (stop_rx, accept_alive),
+    ));
+    let http_addr = match operations.http_listen {
+        Some(addr) => {
+            let state = ops::OpsState {
+                metrics: Arc::clone(&metrics),
+                hub: hub_tx.clone(),
+                shared: Arc::clone(&shared),
+                admission: admission.clone(),
+                admin_token: operations.admin_token.clone(),
+                drain: drain.clone(),
+                liveness: Arc::clone(&liveness),
+                webhook_queue,
+            };
+            let (task, bound) = start_ops_listener(addr, state).await?;
+            ops_tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
     let relay = routes;
-    config::write_banner(
-        &config.data_dir,
-        &config::Banner {
-            listen: local_addr,
-            fingerprint: identity.fingerprint(),
-            sdk_app_id: development_app
-                .as_ref()
-                .or(config.apps.first())
-                .map(|app| app.sdk_app_id),
-            development_app: development_app.as_ref(),
-        },
-    )
-    .map_err(data_dir_error)?;
-    info!(%local_addr, ?fallback_addr, fingerprint = %identity.fingerprint(), development = development_app.is_some(), "listening");
+    write_banner(&config, local_addr, &identity, development_app.as_ref())
+        .map_err(data_dir_error)?;
+    info!(%local_addr, ?fallback_addr, ?http_addr, fingerprint = %identity.fingerprint(), development = development_app.is_some(), "listening");
     Ok(RunningServer {
         local_addr,
         fallback_addr,
@@ -212,7 +290,117 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         relay,
         shared,
         admission,
+        http_addr,
+        drain,
+        drain_limit: config.operations.drain_limit,
+        reopen_records,
+        liveness,
+        ops_tasks,
     })
+}
+
+/// Writes where the server listens and how to trust it (see
+/// [`config::BANNER_FILE`]).
+fn write_banner(
+    config: &ServerConfig,
+    listen: SocketAddr,
+    identity: &ServerIdentity,
+    development_app: Option<&AppCredentials>,
+) -> std::io::Result<()> {
+    config::write_banner(
+        &config.data_dir,
+        &config::Banner {
+            listen,
+            fingerprint: identity.fingerprint(),
+            sdk_app_id: development_app
+                .or(config.apps.first())
+                .map(|app| app.sdk_app_id),
+            development_app,
+        },
+    )
+}
+
+/// The certificate and key the configuration names, or the development
+/// certificate (made once in the data directory).
+fn load_identity(config: &ServerConfig) -> Result<ServerIdentity, ServerError> {
+    let identity = match &config.tls {
+        TlsSource::SelfSigned => ServerIdentity::load_or_create_self_signed(
+            &config.data_dir,
+            &[
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ],
+        )?,
+        TlsSource::PemFiles { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
+    };
+    Ok(identity)
+}
+
+/// The tasks that take the hub's call events, and their queues.
+struct EventSinks {
+    sinks: Vec<hub::EventSink>,
+    webhook_queue: Option<mpsc::Sender<Arc<StampedEvent>>>,
+    reopen_records: Option<Arc<tokio::sync::Notify>>,
+    ops_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the webhook sender and the call records writer, if configured.
+fn start_event_sinks(
+    operations: &OperationsConfig,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<EventSinks, ServerError> {
+    let mut started = EventSinks {
+        sinks: Vec::new(),
+        webhook_queue: None,
+        reopen_records: None,
+        ops_tasks: Vec::new(),
+    };
+    if let (false, Some(key)) = (operations.webhook_urls.is_empty(), &operations.webhook_key) {
+        let (queue, events) = mpsc::channel(webhooks::QUEUE_PER_URL);
+        let tls = webhooks::system_trust().map_err(ServerError::WebhookTls)?;
+        started.ops_tasks.push(tokio::spawn(webhooks::run(
+            events,
+            operations.webhook_urls.clone(),
+            key.clone(),
+            tls,
+            Arc::clone(metrics),
+        )));
+        started.webhook_queue = Some(queue.clone());
+        started.sinks.push(hub::EventSink {
+            queue,
+            dropped: |metrics| metrics.webhook("dropped"),
+        });
+    }
+    if let Some(path) = &operations.call_records {
+        let (queue, events) = mpsc::channel(records::QUEUE);
+        let reopen = Arc::new(tokio::sync::Notify::new());
+        started.ops_tasks.push(tokio::spawn(records::run(
+            events,
+            path.clone(),
+            Arc::clone(&reopen),
+            Arc::clone(metrics),
+        )));
+        started.sinks.push(hub::EventSink {
+            queue,
+            dropped: |metrics| metrics.call_record("dropped"),
+        });
+        started.reopen_records = Some(reopen);
+    }
+    Ok(started)
+}
+
+/// Binds the operations listener and serves it.
+async fn start_ops_listener(
+    addr: SocketAddr,
+    state: ops::OpsState,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::HttpBind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((tokio::spawn(ops::serve(listener, Arc::new(state))), bound))
 }
 
 /// The fallback transport's listener and its TLS configuration.
@@ -248,11 +436,13 @@ async fn accept_fallback(
     }
 }
 
+/// Accepts connections until told to stop; `_alive` marks it dead
+/// (`/healthz`) when this ends, even by a panic.
 async fn accept_loop(
     quic: QuicServer,
     fallback: Option<FallbackListener>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    (mut stop, _alive): (watch::Receiver<bool>, ops::AcceptLoopAlive),
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -325,6 +515,52 @@ impl RunningServer {
         self.fallback_addr
     }
 
+    /// The operations listener's address (`/metrics`, `/healthz`,
+    /// `/readyz`, `/admin/`), if it listens.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Asks the hub what the admin API asks; `None` if the hub is gone.
+    pub async fn admin(&self, request: AdminRequest) -> Option<AdminReply> {
+        let (reply, answer) = oneshot::channel();
+        self.hub
+            .send(HubInput::Admin { request, reply })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// Starts a drain: no new login or call; [`RunningServer::drained`]
+    /// resolves once the calls are over or the drain limit passed.
+    pub async fn drain(&self) {
+        let _ = self.admin(AdminRequest::Drain).await;
+    }
+
+    /// Resolves once a drain (asked here or through the admin API) is
+    /// done: no call left, or the drain limit passed since it started.
+    /// Never resolves without a drain.
+    pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let mut drain = self.drain.clone();
+        let limit = self.drain_limit;
+        async move {
+            if drain.wait_for(|state| state.draining).await.is_err() {
+                return std::future::pending().await;
+            }
+            let over = drain.wait_for(|state| state.calls == 0);
+            if tokio::time::timeout(limit, over).await.is_err() {
+                let calls = drain.borrow().calls;
+                warn!(calls, "drain limit reached with calls left: they end now");
+            }
+        }
+    }
+
+    /// What reopens the call records file (after a log rotation moved
+    /// it); `None` without one.
+    pub fn call_records_reopener(&self) -> Option<CallRecordsReopener> {
+        self.reopen_records.clone().map(CallRecordsReopener)
+    }
+
     /// The certificate's fingerprint, for clients that trust it that way.
     pub fn fingerprint(&self) -> CertFingerprint {
         self.fingerprint
@@ -377,6 +613,7 @@ impl RunningServer {
     /// Graceful shutdown: every call ends with the server-shutdown reason,
     /// every client is told and its connection closed, then the endpoint.
     pub async fn shutdown(self) {
+        self.liveness.stopping();
         if self.failed {
             // The hub or the accept loop is gone: close what is left.
             self.accept_task.abort();
@@ -393,6 +630,11 @@ impl RunningServer {
         signaling_quic::close_endpoint(&self.endpoint, ErrorCode::SERVER_SHUTDOWN);
         let _ = tokio::time::timeout(self.grace, self.endpoint.wait_idle()).await;
         self.hub_task.abort();
+        // The last events (the shutdown's call ends) reach the records
+        // and webhook queues before this; what is still queued is lost.
+        for task in &self.ops_tasks {
+            task.abort();
+        }
         info!("stopped");
     }
 }

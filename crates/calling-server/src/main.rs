@@ -35,7 +35,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (the default); Ctrl-C or SIGTERM stops it gracefully.
+    /// Run the server (the default); Ctrl-C or SIGTERM stops it gracefully, SIGHUP
+    /// reopens the call records file, and it exits by itself once a drain
+    /// (admin API) is over.
     Serve(Configured),
     /// Print a UserSig for a user, signed with an app's key (by default the
     /// first configured app, or the development app).
@@ -131,9 +133,19 @@ fn serve(configured: Configured) -> Result<(), String> {
                     .display()
             );
         }
+        if let Some(http) = server.http_addr() {
+            println!("operations (metrics, health, admin) on http://{http}");
+        }
         let mut server = server;
+        let drained = server.drained();
+        let reopener = server.call_records_reopener();
         let failure = tokio::select! {
             () = wait_for_stop_signal() => None,
+            () = reopen_records_on_hangup(reopener) => None,
+            () = drained => {
+                println!("drained: stopping");
+                None
+            }
             why = server.failure() => Some(why),
         };
         if let Some(why) = failure {
@@ -147,6 +159,23 @@ fn serve(configured: Configured) -> Result<(), String> {
         server.shutdown().await;
         Ok(())
     })
+}
+
+/// Reopens the call records file at each SIGHUP (log rotation); never
+/// returns.
+async fn reopen_records_on_hangup(reopener: Option<calling_server::CallRecordsReopener>) {
+    #[cfg(unix)]
+    if let Some(reopener) = reopener {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            while hangup.recv().await.is_some() {
+                reopener.reopen();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reopener;
+    std::future::pending().await
 }
 
 async fn wait_for_stop_signal() {

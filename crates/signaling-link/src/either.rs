@@ -68,6 +68,13 @@ impl<A: MediaLink, B: MediaLink> MediaLink for EitherPart<A, B> {
             Self::Second(media) => media.close(code, reason),
         }
     }
+
+    fn path_stats(&self) -> Option<crate::PathStats> {
+        match self {
+            Self::First(media) => media.path_stats(),
+            Self::Second(media) => media.path_stats(),
+        }
+    }
 }
 
 impl<A: DatagramSource, B: DatagramSource> DatagramSource for EitherPart<A, B> {

@@ -28,7 +28,7 @@ mod framed;
 mod link;
 
 pub use framed::{FramedRecv, FramedSend, LinkError};
-pub use link::{DatagramSource, Link, LinkClosed, MediaLink, SignalWrite, Transport};
+pub use link::{DatagramSource, Link, LinkClosed, MediaLink, PathStats, SignalWrite, Transport};
 
 /// Sleeps until a state machine's next deadline (its `poll_timeout`), or
 /// forever when it has none: the timer branch of a glue loop's `select!`.

@@ -26,6 +26,23 @@ pub trait MediaLink: Send + Sync + fmt::Debug + 'static {
     /// Closes the whole link, telling the peer `code` (an [`ErrorCode`]
     /// number) and `reason`.
     fn close(&self, code: ErrorCode, reason: &str);
+
+    /// What the transport measured of its path so far, if it measures:
+    /// the server's metrics sample it.
+    fn path_stats(&self) -> Option<PathStats> {
+        None
+    }
+}
+
+/// A link's path as its transport measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStats {
+    /// The smoothed round-trip time.
+    pub rtt: std::time::Duration,
+    /// Packets sent so far.
+    pub sent_packets: u64,
+    /// Of those, packets declared lost.
+    pub lost_packets: u64,
 }
 
 /// The receiving side of a link's datagrams.

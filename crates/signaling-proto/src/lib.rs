@@ -58,6 +58,7 @@
 //!             Output::Membership { .. } => {}
 //!             // For a user on another node, if there is a cluster.
 //!             Output::Unrouted { .. } => {}
+//!             Output::Event(_) => {}
 //!         }
 //!     }
 //!     // 3. sleep until input arrives or switchboard.poll_timeout() passes
@@ -65,6 +66,7 @@
 //! }
 //! ```
 
+pub mod call_event;
 pub mod datagram;
 pub mod engine;
 pub mod frame;
@@ -76,6 +78,7 @@ pub mod sim;
 pub mod switchboard;
 pub mod timer;
 
+pub use call_event::{CallEvent, InvitationOutcome};
 pub use datagram::{DatagramError, DatagramKind, LossReport, MediaHeader};
 pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation, ReconnectTimings};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
@@ -87,6 +90,7 @@ pub use message::{
 };
 pub use resume::{Replay, ReplayError};
 pub use switchboard::{
-    CallMember, ConnId, Output, Switchboard, SwitchboardConfig, SwitchboardCounters,
+    CallMember, CallSummary, ConnId, Output, SessionSummary, Switchboard, SwitchboardConfig,
+    SwitchboardCounters,
 };
 pub use timer::TimerTable;

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks: 2 adds session resume
 /// ([`ClientMessage::Resume`], [`ServerMessage::Session`]), heartbeats and
-/// [`ServerMessage::MemberConnection`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// [`ServerMessage::MemberConnection`]; 3 adds the end reason
+/// [`EndReason::EndedByOperator`] (an older session is told `Hangup`).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version a server still serves: a version-1 session
 /// gets none of version 2's messages and cannot be resumed.

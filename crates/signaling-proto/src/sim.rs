@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use calling_api::{CallingEvent, ErrorCode, UserId};
 
+use crate::call_event::CallEvent;
 use crate::engine::{CallEngine, Completion};
 use crate::frame::{FrameDecoder, frame_to_vec};
 use crate::login::{Credentials, LoginRefusal, check_login};
@@ -147,6 +148,8 @@ pub struct Simulation {
     conn_owner: HashMap<ConnId, String>,
     next_conn: u64,
     log: Vec<LoggedEvent>,
+    /// The switchboard's call events, with when.
+    call_events: Vec<(Duration, CallEvent)>,
 }
 
 impl Simulation {
@@ -169,6 +172,7 @@ impl Simulation {
             conn_owner: HashMap::new(),
             next_conn: 1,
             log: Vec::new(),
+            call_events: Vec::new(),
         }
     }
 
@@ -283,6 +287,20 @@ impl Simulation {
         self.collect();
     }
 
+    /// The switchboard's call events so far (for the operator's side), with
+    /// when they happened.
+    pub fn call_events(&self) -> &[(Duration, CallEvent)] {
+        &self.call_events
+    }
+
+    /// The operator acts on the switchboard now (kick, end a call, drain);
+    /// what it answers, after its outputs went out.
+    pub fn operate<R>(&mut self, act: impl FnOnce(&mut Switchboard, Instant) -> R) -> R {
+        let answer = act(&mut self.switchboard, self.now);
+        self.collect();
+        answer
+    }
+
     /// The server shuts down gracefully.
     pub fn shutdown_server(&mut self) {
         self.switchboard.shutdown(self.now);
@@ -360,6 +378,7 @@ impl Simulation {
                         self.schedule(conn, false, Delivery::CloseClient(label, conn));
                     }
                 }
+                Output::Event(event) => self.call_events.push((self.now - self.start, event)),
                 // Media is not simulated; every user is on this one server.
                 Output::Membership { .. } | Output::Unrouted { .. } => {}
             }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use calling_api::{CallId, CallType, EndReason, ErrorCode, UserId};
 use tracing::{debug, error, trace};
 
+use crate::call_event::{CallEvent, InvitationOutcome};
 use crate::limit::TokenBucket;
 use crate::message::{
     ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, check_invitation,
@@ -64,6 +65,11 @@ pub struct SwitchboardConfig {
     /// this long for the client to resume. Zero: sessions end with their
     /// connection.
     pub resume_grace: Duration,
+    /// Whether an invitation to a user who is not logged in rings for its
+    /// timeout (delivered if the user logs in before it expires, the
+    /// operator's cue for a push notification), as the original does;
+    /// `false`: the inviter gets `NoResponse` at once.
+    pub ring_offline_invitees: bool,
 }
 
 impl SwitchboardConfig {
@@ -71,7 +77,8 @@ impl SwitchboardConfig {
     /// by default and at most 120 s (longer, and a caller could keep a
     /// callee busy for minutes); 16 members and invitees per call; 60
     /// invitations a minute and 32 ringing at once per session; a broken
-    /// connection's session waits 20 s for its client.
+    /// connection's session waits 20 s for its client; invitations to
+    /// offline users ring.
     pub const DEFAULT: Self = Self {
         default_invite_timeout: Duration::from_secs(30),
         max_invite_timeout: Duration::from_secs(120),
@@ -80,6 +87,7 @@ impl SwitchboardConfig {
         invitations_per_minute: 60,
         max_ringing_per_session: 32,
         resume_grace: Duration::from_secs(20),
+        ring_offline_invitees: true,
     };
 }
 
@@ -126,6 +134,9 @@ pub enum Output {
         /// The message.
         message: ServerMessage,
     },
+    /// Something happened to a call, for the operator's side (metrics,
+    /// webhooks, records); see [`crate::call_event`].
+    Event(CallEvent),
 }
 
 /// What the switchboard's limits refused so far.
@@ -187,6 +198,36 @@ struct Member {
 #[derive(Debug)]
 struct Invitation {
     inviter: UserId,
+    /// The invite's user data, for an offline invitee told when it logs in.
+    user_data: Option<String>,
+    /// The invitee was not logged in when invited.
+    offline: bool,
+}
+
+/// A call as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSummary {
+    /// The call.
+    pub call_id: CallId,
+    /// Audio or video.
+    pub call_type: CallType,
+    /// Who entered it, sorted.
+    pub members: Vec<UserId>,
+    /// Whose invitation rings, sorted.
+    pub invitees: Vec<UserId>,
+}
+
+/// A session as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Who.
+    pub user: UserId,
+    /// The protocol version it speaks.
+    pub protocol_version: u16,
+    /// Its connection broke and it waits for a resume.
+    pub reconnecting: bool,
+    /// The call it is in or rung by.
+    pub call: Option<CallId>,
 }
 
 #[derive(Debug)]
@@ -238,7 +279,7 @@ enum Departure {
     Hangup,
     /// logout(): as a hangup, but a ringing invitation was never answered.
     Logout,
-    /// A second login took over: the old session is told why.
+    /// A second login, or the operator, took over: the session is told why.
     Kicked,
     /// The connection is gone: nothing can be told.
     ConnectionLost,
@@ -261,6 +302,10 @@ pub struct Switchboard {
     calls: HashMap<CallId, Call>,
     timers: TimerTable<Timer>,
     outputs: VecDeque<Output>,
+    /// Users not logged in whom an invitation rings, and its call.
+    offline_invited: HashMap<UserId, CallId>,
+    /// False while draining: no new call may start.
+    accepting_calls: bool,
     /// Calls whose entered members changed during the current input.
     membership_changed: BTreeSet<CallId>,
     counters: SwitchboardCounters,
@@ -278,6 +323,8 @@ impl Switchboard {
             calls: HashMap::new(),
             timers: TimerTable::new(),
             outputs: VecDeque::new(),
+            offline_invited: HashMap::new(),
+            accepting_calls: true,
             membership_changed: BTreeSet::new(),
             counters: SwitchboardCounters::default(),
             next_call: 1,
@@ -317,12 +364,7 @@ impl Switchboard {
         }
         if let Some(old) = self.online.get(&user).copied() {
             debug!(%user, ?old, new = ?conn, "second login kicks the first session");
-            self.end_session(old, Departure::Kicked);
-            self.send(old, ServerMessage::Kicked);
-            self.outputs.push_back(Output::Close {
-                conn: old,
-                code: ErrorCode::KICKED_OFFLINE,
-            });
+            self.kick_session(old);
         }
         self.online.insert(user.clone(), conn);
         let per_minute = f64::from(self.config.invitations_per_minute);
@@ -347,7 +389,65 @@ impl Switchboard {
                 message: ErrorCode::OK.message().to_owned(),
             },
         );
+        self.deliver_waiting_invitation(now, conn);
         self.finish_input();
+    }
+
+    /// Ends the session on `conn` as kicked: its calls end as a leave, it
+    /// gets [`ServerMessage::Kicked`] and is closed.
+    fn kick_session(&mut self, conn: ConnId) {
+        self.end_session(conn, Departure::Kicked);
+        self.send(conn, ServerMessage::Kicked);
+        self.outputs.push_back(Output::Close {
+            conn,
+            code: ErrorCode::KICKED_OFFLINE,
+        });
+    }
+
+    /// An invitation that rang `conn`'s user while it was offline rings
+    /// its new session, for what is left of its timeout.
+    fn deliver_waiting_invitation(&mut self, now: Instant, conn: ConnId) {
+        let Some(user) = self.user_of(conn).cloned() else {
+            return;
+        };
+        let Some(call_id) = self.offline_invited.remove(&user) else {
+            return;
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return bug("an offline invitation outlived its call");
+        };
+        let Some(invitation) = call.pending.get(&user) else {
+            return bug("an offline invitation is not pending in its call");
+        };
+        let left = self
+            .timers
+            .deadline(&Timer::Invitation {
+                call_id,
+                invitee: user.clone(),
+            })
+            .map_or(Duration::ZERO, |deadline| {
+                deadline.saturating_duration_since(now)
+            });
+        let others = call
+            .members
+            .keys()
+            .chain(call.pending.keys())
+            .filter(|other| **other != user && **other != invitation.inviter)
+            .cloned()
+            .collect();
+        let invited = ServerMessage::Invited {
+            call_id,
+            sponsor: invitation.inviter.clone(),
+            user_ids: others,
+            call_type: call.call_type,
+            user_data: invitation.user_data.clone(),
+            timeout_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+        };
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.call = Some(call_id);
+        }
+        debug!(%user, %call_id, ?left, "invited while offline: rings now");
+        self.send(conn, invited);
     }
 
     /// Handles one message from a connection.
@@ -565,6 +665,14 @@ impl Switchboard {
             return bug("an invitation timer outlived its invitation");
         };
         self.invitation_over(&invitation.inviter);
+        self.forget_offline_invitation(&invitee, call_id);
+        self.event(CallEvent::InvitationEnded {
+            call_id,
+            inviter: invitation.inviter.clone(),
+            invitee: invitee.clone(),
+            outcome: InvitationOutcome::TimedOut,
+            offline: invitation.offline,
+        });
         debug!(%call_id, %invitee, "invitation timed out");
         match self.conn_of(&invitee) {
             Some(conn) => {
@@ -608,22 +716,7 @@ impl Switchboard {
         let mut calls: Vec<CallId> = self.calls.keys().copied().collect();
         calls.sort();
         for call_id in calls {
-            let Some(call) = self.calls.remove(&call_id) else {
-                continue;
-            };
-            self.membership_changed.insert(call_id);
-            for user in call.members.keys() {
-                self.send_to_user(
-                    user,
-                    ServerMessage::CallEnded {
-                        call_id,
-                        reason: EndReason::ServerShutdown,
-                    },
-                );
-            }
-            for user in call.pending.keys() {
-                self.send_to_user(user, ServerMessage::Cancelled { call_id });
-            }
+            self.end_call_now(call_id, EndReason::ServerShutdown);
         }
         self.timers.clear();
         let mut conns: Vec<ConnId> = self.sessions.keys().copied().collect();
@@ -643,6 +736,84 @@ impl Switchboard {
         self.sessions.clear();
         self.online.clear();
         self.finish_input();
+    }
+
+    /// The operator ends `call_id`: its members get `CallEnded` with
+    /// [`EndReason::EndedByOperator`] (a client older than protocol
+    /// version 3, [`EndReason::Hangup`]), its ringing invitees
+    /// `Cancelled`. `false` if there is no such call.
+    pub fn end_call(&mut self, now: Instant, call_id: CallId) -> bool {
+        let _ = now;
+        let ended = self.end_call_now(call_id, EndReason::EndedByOperator);
+        self.finish_input();
+        ended
+    }
+
+    /// The operator logs `user` out: as if it had logged in elsewhere (it
+    /// gets `Kicked`, its call goes on without it, its connection closes,
+    /// a waiting session too). `false` if it is not logged in.
+    pub fn kick(&mut self, now: Instant, user: &UserId) -> bool {
+        let _ = now;
+        let Some(conn) = self.conn_of(user) else {
+            return false;
+        };
+        debug!(%user, ?conn, "kicked by the operator");
+        self.kick_session(conn);
+        self.finish_input();
+        true
+    }
+
+    /// While `false` (a drain), an invite that would start a call is
+    /// refused with `SERVER_DRAINING`; calls in progress go on, and may
+    /// still invite.
+    pub fn set_accepting_calls(&mut self, accepting: bool) {
+        self.accepting_calls = accepting;
+    }
+
+    /// Every call, for the operator: members and ringing invitees.
+    pub fn call_summaries(&self) -> Vec<CallSummary> {
+        let mut calls: Vec<CallSummary> = self
+            .calls
+            .iter()
+            .map(|(call_id, call)| CallSummary {
+                call_id: *call_id,
+                call_type: call.call_type,
+                members: call.members.keys().cloned().collect(),
+                invitees: call.pending.keys().cloned().collect(),
+            })
+            .collect();
+        calls.sort_by_key(|call| call.call_id);
+        calls
+    }
+
+    /// Every session, for the operator, sorted by user.
+    pub fn session_summaries(&self) -> Vec<SessionSummary> {
+        let mut sessions: Vec<SessionSummary> = self
+            .sessions
+            .values()
+            .map(|session| SessionSummary {
+                user: session.user.clone(),
+                protocol_version: session.protocol_version,
+                reconnecting: session.detached,
+                call: session.call,
+            })
+            .collect();
+        sessions.sort_by(|a, b| a.user.cmp(&b.user));
+        sessions
+    }
+
+    /// Sessions whose connection broke and that wait for a resume.
+    pub fn detached_count(&self) -> usize {
+        self.sessions.values().filter(|s| s.detached).count()
+    }
+
+    /// How many calls have each number of entered members.
+    pub fn call_sizes(&self) -> BTreeMap<usize, usize> {
+        let mut sizes = BTreeMap::new();
+        for call in self.calls.values() {
+            *sizes.entry(call.members.len()).or_insert(0) += 1;
+        }
+        sizes
     }
 
     /// Tells whether messages pile up for `conn` (its glue's queue is
@@ -741,6 +912,7 @@ impl Switchboard {
         if self.online.len() != self.sessions.len() {
             return Err("online map and sessions disagree".into());
         }
+        self.check_offline_invitations()?;
         let mut pending_total = 0;
         for (call_id, call) in &self.calls {
             if call.members.is_empty() {
@@ -750,10 +922,15 @@ impl Switchboard {
                 return Err(format!("{call_id} has one member and nobody to answer"));
             }
             for user in call.members.keys().chain(call.pending.keys()) {
-                let session = self
-                    .conn_of(user)
-                    .and_then(|conn| self.sessions.get(&conn))
-                    .ok_or_else(|| format!("{user} in {call_id} is offline"))?;
+                let session = self.conn_of(user).and_then(|conn| self.sessions.get(&conn));
+                let Some(session) = session else {
+                    if call.pending.contains_key(user)
+                        && self.offline_invited.get(user) == Some(call_id)
+                    {
+                        continue;
+                    }
+                    return Err(format!("{user} in {call_id} is offline"));
+                };
                 if session.call != Some(*call_id) {
                     return Err(format!(
                         "{user} in {call_id} thinks it is in {:?}",
@@ -810,6 +987,26 @@ impl Switchboard {
         }
         if !self.membership_changed.is_empty() {
             return Err("a membership change was not published".into());
+        }
+        Ok(())
+    }
+
+    /// Every offline invitation is pending in its call, for a user who is
+    /// not online.
+    fn check_offline_invitations(&self) -> Result<(), String> {
+        for (user, call_id) in &self.offline_invited {
+            if self.online.contains_key(user) {
+                return Err(format!("{user} is online with an offline invitation"));
+            }
+            if !self
+                .calls
+                .get(call_id)
+                .is_some_and(|call| call.pending.contains_key(user))
+            {
+                return Err(format!(
+                    "{user}'s offline invitation to {call_id} is not pending"
+                ));
+            }
         }
         Ok(())
     }
@@ -988,6 +1185,12 @@ impl Switchboard {
         invitees: usize,
         call_type: CallType,
     ) -> Result<CallId, Refusal> {
+        if !self.accepting_calls {
+            return Err((
+                ErrorCode::SERVER_DRAINING,
+                "this server is draining: no new calls",
+            ));
+        }
         if 1 + invitees > self.config.max_call_size {
             return Err((ErrorCode::CALL_FULL, "the call would exceed its size limit"));
         }
@@ -1007,10 +1210,20 @@ impl Switchboard {
         }
         self.membership_changed.insert(call_id);
         debug!(%me, %call_id, "call created");
+        self.event(CallEvent::Started {
+            call_id,
+            call_type,
+            caller: me.clone(),
+        });
+        self.event(CallEvent::Joined {
+            call_id,
+            user: me.clone(),
+        });
         Ok(call_id)
     }
 
-    /// Rings each invitee who is free; answers the others busy or absent.
+    /// Rings each invitee who is free (or offline, when offline invitees
+    /// ring); answers the others busy or absent.
     fn ring(&mut self, now: Instant, ringing: Ringing) {
         let Ringing {
             inviter_conn,
@@ -1025,38 +1238,51 @@ impl Switchboard {
         let mut unreachable = Vec::new();
         let mut any_busy = false;
         for user in invitees {
-            let Some(session) = self
-                .conn_of(&user)
-                .and_then(|conn| self.sessions.get_mut(&conn))
-            else {
-                unreachable.push(ServerMessage::NoResponse {
-                    call_id,
-                    user_id: user,
-                });
-                continue;
+            let online = self.conn_of(&user);
+            let offline = match self.availability(&user) {
+                Ok(offline) => offline,
+                Err(outcome) => {
+                    let answer = if outcome == InvitationOutcome::Busy {
+                        any_busy = true;
+                        ServerMessage::LineBusy {
+                            call_id,
+                            user_id: user.clone(),
+                        }
+                    } else {
+                        ServerMessage::NoResponse {
+                            call_id,
+                            user_id: user.clone(),
+                        }
+                    };
+                    unreachable.push(answer);
+                    self.event(CallEvent::InvitationEnded {
+                        call_id,
+                        inviter: inviter.clone(),
+                        invitee: user,
+                        outcome,
+                        offline: online.is_none(),
+                    });
+                    continue;
+                }
             };
-            // In a call, ringing, or not keeping up with its messages.
-            if session.call.is_none() && session.congested {
-                self.counters.invitees_congested += 1;
-            }
-            if session.call.is_some() || session.congested {
-                any_busy = true;
-                unreachable.push(ServerMessage::LineBusy {
-                    call_id,
-                    user_id: user,
-                });
-                continue;
-            }
             let Some(call) = self.calls.get_mut(&call_id) else {
                 return bug("ringing into a missing call");
             };
-            session.call = Some(call_id);
             call.pending.insert(
                 user.clone(),
                 Invitation {
                     inviter: inviter.clone(),
+                    user_data: user_data.clone(),
+                    offline,
                 },
             );
+            match online.and_then(|conn| self.sessions.get_mut(&conn)) {
+                Some(session) => session.call = Some(call_id),
+                None => {
+                    debug!(%user, %call_id, "invitee offline: the invitation waits for it");
+                    self.offline_invited.insert(user.clone(), call_id);
+                }
+            }
             if let Some(inviter_session) = self.sessions.get_mut(&inviter_conn) {
                 inviter_session.ringing_out += 1;
             }
@@ -1067,36 +1293,19 @@ impl Switchboard {
                 },
                 deadline,
             );
-            rung.push(user);
-        }
-        if let Some(call) = self.calls.get(&call_id) {
-            let call_type = call.call_type;
-            let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-            let everyone: Vec<UserId> = call
-                .members
-                .keys()
-                .chain(call.pending.keys())
-                .cloned()
-                .collect();
-            for user in rung {
-                let others = everyone
-                    .iter()
-                    .filter(|other| **other != user && **other != inviter)
-                    .cloned()
-                    .collect();
-                self.send_to_user(
-                    &user,
-                    ServerMessage::Invited {
-                        call_id,
-                        sponsor: inviter.clone(),
-                        user_ids: others,
-                        call_type,
-                        user_data: user_data.clone(),
-                        timeout_ms,
-                    },
-                );
+            self.event(CallEvent::Invited {
+                call_id,
+                inviter: inviter.clone(),
+                invitee: user.clone(),
+                timeout,
+                offline,
+            });
+            // An offline invitee is told when it logs in.
+            if !offline {
+                rung.push(user);
             }
         }
+        self.send_invitations(call_id, &inviter, rung, timeout, user_data.as_ref());
         for message in unreachable {
             self.send(inviter_conn, message);
         }
@@ -1106,6 +1315,62 @@ impl Switchboard {
             EndReason::NoResponse
         };
         self.end_if_nobody_left(call_id, reason);
+    }
+
+    /// Tells each of `rung` that `inviter` invites it into `call_id`.
+    fn send_invitations(
+        &mut self,
+        call_id: CallId,
+        inviter: &UserId,
+        rung: Vec<UserId>,
+        timeout: Duration,
+        user_data: Option<&String>,
+    ) {
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let call_type = call.call_type;
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let everyone: Vec<UserId> = call
+            .members
+            .keys()
+            .chain(call.pending.keys())
+            .cloned()
+            .collect();
+        for user in rung {
+            let others = everyone
+                .iter()
+                .filter(|other| **other != user && *other != inviter)
+                .cloned()
+                .collect();
+            self.send_to_user(
+                &user,
+                ServerMessage::Invited {
+                    call_id,
+                    sponsor: inviter.clone(),
+                    user_ids: others,
+                    call_type,
+                    user_data: user_data.cloned(),
+                    timeout_ms,
+                },
+            );
+        }
+    }
+
+    /// Whether `user` may ring now: `Ok(offline)`, or why not.
+    fn availability(&mut self, user: &UserId) -> Result<bool, InvitationOutcome> {
+        match self.conn_of(user).and_then(|conn| self.sessions.get(&conn)) {
+            // In a call, ringing, or not keeping up with its messages.
+            Some(session) if session.call.is_some() => Err(InvitationOutcome::Busy),
+            Some(session) if session.congested => {
+                self.counters.invitees_congested += 1;
+                Err(InvitationOutcome::Busy)
+            }
+            Some(_) => Ok(false),
+            None if self.offline_invited.contains_key(user) => Err(InvitationOutcome::Busy),
+            None if self.config.ring_offline_invitees => Ok(true),
+            None => Err(InvitationOutcome::NoResponse),
+        }
     }
 
     /// Moves `conn`'s user from the invitees of `call_id` to its members and
@@ -1135,7 +1400,18 @@ impl Switchboard {
         self.membership_changed.insert(call_id);
         if let Some(invitation) = answered {
             self.invitation_over(&invitation.inviter);
+            self.event(CallEvent::InvitationEnded {
+                call_id,
+                inviter: invitation.inviter,
+                invitee: me.clone(),
+                outcome: InvitationOutcome::Answered,
+                offline: invitation.offline,
+            });
         }
+        self.event(CallEvent::Joined {
+            call_id,
+            user: me.clone(),
+        });
         debug!(%me, %call_id, "entered");
         for (user, user_flow) in existing {
             self.send_to_user(
@@ -1181,21 +1457,35 @@ impl Switchboard {
                 invitee: me.clone(),
             });
             self.invitation_over(&invitation.inviter);
-            let (answer, reason) = match departure {
-                Departure::Hangup => (
+            let outcome = match departure {
+                Departure::Hangup => InvitationOutcome::Rejected,
+                Departure::Logout | Departure::Kicked | Departure::ConnectionLost => {
+                    InvitationOutcome::NoResponse
+                }
+            };
+            self.event(CallEvent::InvitationEnded {
+                call_id,
+                inviter: invitation.inviter.clone(),
+                invitee: me.clone(),
+                outcome,
+                offline: invitation.offline,
+            });
+            let (answer, reason) = if outcome == InvitationOutcome::Rejected {
+                (
                     ServerMessage::Rejected {
                         call_id,
                         user_id: me,
                     },
                     EndReason::Rejected,
-                ),
-                Departure::Logout | Departure::Kicked | Departure::ConnectionLost => (
+                )
+            } else {
+                (
                     ServerMessage::NoResponse {
                         call_id,
                         user_id: me,
                     },
                     EndReason::NoResponse,
-                ),
+                )
             };
             self.tell_inviter(call_id, &invitation.inviter, answer);
             self.end_if_nobody_left(call_id, reason);
@@ -1222,9 +1512,14 @@ impl Switchboard {
         } else {
             EndReason::Hangup
         };
+        self.event(CallEvent::Left {
+            call_id,
+            user: me.clone(),
+            reason: own_reason.unwrap_or(EndReason::ConnectionLost),
+        });
         if nobody_entered {
             // Nobody answered yet: leaving cancels every invitation.
-            self.cancel_invitations(call_id);
+            self.cancel_invitations(call_id, own_reason.unwrap_or(EndReason::ConnectionLost));
             return;
         }
         for user in &others {
@@ -1239,17 +1534,25 @@ impl Switchboard {
         self.end_if_nobody_left(call_id, reason_for_the_last);
     }
 
-    fn cancel_invitations(&mut self, call_id: CallId) {
+    /// Ends a call nobody answered yet: its invitations are cancelled.
+    fn cancel_invitations(&mut self, call_id: CallId, reason: EndReason) {
         let Some(call) = self.calls.remove(&call_id) else {
             return bug("cancelling the invitations of a missing call");
         };
         self.membership_changed.insert(call_id);
-        for (user, invitation) in call.pending {
+        self.cancel_pending(call_id, call.pending);
+        self.event(CallEvent::Ended { call_id, reason });
+    }
+
+    /// Stops every invitation of an ended call: its invitees get `Cancelled`.
+    fn cancel_pending(&mut self, call_id: CallId, pending: BTreeMap<UserId, Invitation>) {
+        for (user, invitation) in pending {
             self.timers.cancel(&Timer::Invitation {
                 call_id,
                 invitee: user.clone(),
             });
             self.invitation_over(&invitation.inviter);
+            self.forget_offline_invitation(&user, call_id);
             if let Some(session) = self
                 .conn_of(&user)
                 .and_then(|conn| self.sessions.get_mut(&conn))
@@ -1257,7 +1560,67 @@ impl Switchboard {
                 session.call = None;
             }
             self.send_to_user(&user, ServerMessage::Cancelled { call_id });
+            self.event(CallEvent::InvitationEnded {
+                call_id,
+                inviter: invitation.inviter,
+                invitee: user,
+                outcome: InvitationOutcome::Cancelled,
+                offline: invitation.offline,
+            });
         }
+    }
+
+    /// Ends `call_id` for everyone at once, with `reason` (shutdown, the
+    /// operator). `false` if there is no such call.
+    fn end_call_now(&mut self, call_id: CallId, reason: EndReason) -> bool {
+        let Some(call) = self.calls.remove(&call_id) else {
+            return false;
+        };
+        self.membership_changed.insert(call_id);
+        debug!(%call_id, %reason, "call ended at once");
+        self.cancel_pending(call_id, call.pending);
+        for user in call.members.into_keys() {
+            let conn = self.conn_of(&user);
+            let session = conn.and_then(|conn| self.sessions.get_mut(&conn));
+            let told = match session {
+                Some(session) => {
+                    session.call = None;
+                    // Older clients cannot read the reasons added since.
+                    if reason == EndReason::EndedByOperator && session.protocol_version < 3 {
+                        EndReason::Hangup
+                    } else {
+                        reason
+                    }
+                }
+                None => reason,
+            };
+            self.send_to_user(
+                &user,
+                ServerMessage::CallEnded {
+                    call_id,
+                    reason: told,
+                },
+            );
+            self.event(CallEvent::Left {
+                call_id,
+                user,
+                reason,
+            });
+        }
+        self.event(CallEvent::Ended { call_id, reason });
+        true
+    }
+
+    /// `user` logged in, or the invitation to `call_id` ended: it no
+    /// longer waits for `user` offline.
+    fn forget_offline_invitation(&mut self, user: &UserId, call_id: CallId) {
+        if self.offline_invited.get(user) == Some(&call_id) {
+            self.offline_invited.remove(user);
+        }
+    }
+
+    fn event(&mut self, event: CallEvent) {
+        self.outputs.push_back(Output::Event(event));
     }
 
     /// A call with one member and nobody left to answer is over for that member.
@@ -1279,8 +1642,14 @@ impl Switchboard {
             {
                 session.call = None;
             }
+            self.event(CallEvent::Left {
+                call_id,
+                user: user.clone(),
+                reason,
+            });
             self.send_to_user(&user, ServerMessage::CallEnded { call_id, reason });
         }
+        self.event(CallEvent::Ended { call_id, reason });
     }
 
     fn end_session(&mut self, conn: ConnId, departure: Departure) {

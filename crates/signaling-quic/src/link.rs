@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use calling_api::ErrorCode;
-use signaling_link::{DatagramSource, LinkClosed, MediaLink, SignalWrite, Transport};
+use signaling_link::{DatagramSource, LinkClosed, MediaLink, PathStats, SignalWrite, Transport};
 use tokio::io::AsyncWrite;
 
 /// The QUIC transport: a connection's datagrams and one stream.
@@ -33,6 +33,15 @@ impl MediaLink for QuicMedia {
 
     fn close(&self, code: ErrorCode, reason: &str) {
         crate::close(&self.0, code, reason);
+    }
+
+    fn path_stats(&self) -> Option<PathStats> {
+        let path = self.0.stats().path;
+        Some(PathStats {
+            rtt: self.0.rtt(),
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+        })
     }
 }
 

@@ -376,8 +376,30 @@ async fn the_api_in_the_wrong_state_is_an_error_not_a_panic() {
 }
 
 #[tokio::test]
-async fn an_offline_user_is_an_immediate_no_response() {
+async fn an_offline_user_rings_until_it_logs_in_and_answers() {
     let server = TestServer::start("offline").await;
+    let mut alice = server.user("alice").await;
+    alice.calling.call("bob", CallType::Audio).await.unwrap();
+    // Bob's phone wakes (a push, in production) and his app logs in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bob = server.user("bob").await;
+    bob.expect(&[invited("alice", &[])]).await;
+    bob.calling.accept().await.unwrap();
+    alice.expect(&enter("bob")).await;
+    bob.expect(&enter("alice")).await;
+    alice.calling.hangup().await.unwrap();
+    bob.expect(&[CallingEvent::UserLeave {
+        user_id: uid("alice"),
+    }])
+    .await;
+    bob.expect_end(EndReason::Hangup).await;
+}
+
+#[tokio::test]
+async fn an_offline_user_may_be_answered_at_once_instead() {
+    let mut config = test_config("offline-at-once");
+    config.switchboard.ring_offline_invitees = false;
+    let server = TestServer::start_with(config).await;
     let mut alice = server.user("alice").await;
     alice
         .calling

@@ -15,6 +15,7 @@ mod fallback;
 mod limits;
 mod lossy;
 mod media;
+mod operations;
 mod reconnect;
 mod resilience;
 mod support;

@@ -194,21 +194,6 @@ fn inviting_yourself_is_refused() {
 }
 
 #[test]
-fn inviting_an_offline_or_unknown_user_is_an_immediate_no_response() {
-    // Users exist only through their UserSig, so the server cannot tell an
-    // unknown user from an offline one; it keeps no invitation for either.
-    let mut sim = world(&["alice"]);
-    let call = dial(&mut sim, "alice", "nobody_here");
-    let mut expected = vec![CallingEvent::NoResp {
-        user_id: user("nobody_here"),
-    }];
-    expected.extend(call_end(call, EndReason::NoResponse));
-    assert_eq!(events(&mut sim, "alice"), expected);
-    assert!(sim.elapsed() < SECOND, "no 30 s wait for an offline user");
-    assert_eq!(sim.switchboard().call_count(), 0);
-}
-
-#[test]
 fn invalid_user_ids_never_leave_the_client() {
     let mut sim = world(&["alice"]);
     for bad in ["", "bob smith", "bob@example", &"x".repeat(33)] {

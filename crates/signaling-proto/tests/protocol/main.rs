@@ -6,6 +6,7 @@
 
 mod edge_cases;
 mod hostile_input;
+mod operator;
 mod properties;
 mod reconnect;
 mod scenarios;
