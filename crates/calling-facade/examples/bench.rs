@@ -81,6 +81,17 @@ async fn main() {
             )
             .await;
         }
+        Some("relay-ops") => {
+            let server_bin = args
+                .get(1)
+                .expect("bench relay-ops SERVER_BIN [CALLS] [REPEATS]");
+            relay_operations(
+                server_bin,
+                args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200),
+                args.get(3).and_then(|n| n.parse().ok()).unwrap_or(2),
+            )
+            .await;
+        }
         Some("udp-forwarder") => udp_forwarder().await,
         Some("latency") => {
             let seconds = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(12);
@@ -835,8 +846,15 @@ fn p99(delays: &mut [u32]) -> Duration {
     clippy::too_many_lines,
     reason = "one benchmark round by round, with its baseline beside it"
 )]
-async fn relay(server_bin: &str, max_calls: usize) {
-    let origin = Instant::now();
+/// Rounds of the relay benchmark against a `calling-server` started with
+/// `extra` arguments: one round per size of `sizes` (calls added as they
+/// grow), stopping after the first round over the limits.
+async fn quic_relay_rounds(
+    server_bin: &str,
+    extra: &[String],
+    origin: Instant,
+    sizes: &[usize],
+) -> Vec<Round> {
     let data_dir =
         std::env::temp_dir().join(format!("opencalling-bench-relay-{}", std::process::id()));
     let mut command = pinned(server_bin);
@@ -846,6 +864,7 @@ async fn relay(server_bin: &str, max_calls: usize) {
         "--max-connections-per-ip",
         "20000",
     ]);
+    command.args(extra);
     let DevServer {
         child,
         pid,
@@ -866,8 +885,7 @@ async fn relay(server_bin: &str, max_calls: usize) {
     let mut keep = Vec::new();
     let now = now_unix();
     let mut quic_rounds = Vec::new();
-    let mut calls = 100;
-    while calls <= max_calls {
+    for &calls in sizes {
         // Add calls up to `calls`: two logged-in clients that call each other.
         while pairs.len() < calls {
             let index = pairs.len();
@@ -966,11 +984,19 @@ async fn relay(server_bin: &str, max_calls: usize) {
         if !passes {
             break;
         }
-        calls *= 2;
     }
     drop(keep);
     drop(child);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    quic_rounds
+}
 
+async fn relay(server_bin: &str, max_calls: usize) {
+    let origin = Instant::now();
+    let sizes: Vec<usize> = std::iter::successors(Some(100), |calls| Some(calls * 2))
+        .take_while(|calls| *calls <= max_calls)
+        .collect();
+    let quic_rounds = quic_relay_rounds(server_bin, &[], origin, &sizes).await;
     let udp_rounds = udp_baseline(max_calls, origin).await;
     println!(
         "relay capacity over loopback, 50 datagrams/s each way per call, server pinned to CPU 0, generator on CPU 1"
@@ -1012,7 +1038,101 @@ async fn relay(server_bin: &str, max_calls: usize) {
             if cpu > 0.0 { 1e6 / (cpu * 100.0) } else { 0.0 }
         );
     }
-    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The relay's cost with the operations side on (a metrics scrape every
+/// second, webhooks to a local receiver, call records to a file) beside
+/// off, alternating, `repeats` times each, at `calls` calls.
+async fn relay_operations(server_bin: &str, calls: usize, repeats: usize) {
+    let origin = Instant::now();
+    let records =
+        std::env::temp_dir().join(format!("opencalling-bench-records-{}", std::process::id()));
+    let webhooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook_url = format!("http://{}/hooks", webhooks.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = webhooks.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0_u8; 8192];
+                // One request per connection (the server's client sends one).
+                if stream.read(&mut buffer).await.unwrap_or(0) > 0 {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let on: Vec<String> = [
+        "--http-listen",
+        &http.to_string(),
+        "--webhook-url",
+        &webhook_url,
+        "--webhook-key",
+        "bench-key",
+        "--call-records",
+        &records.display().to_string(),
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let answered = Arc::clone(&scrapes);
+    let scraper = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Ok(mut stream) = tokio::net::TcpStream::connect(http).await else {
+                continue;
+            };
+            let request = b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+            if stream.write_all(request).await.is_ok() {
+                let mut scrape = Vec::new();
+                let _ = stream.read_to_end(&mut scrape).await;
+                if scrape.starts_with(b"HTTP/1.1 200") {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    let mut off = Vec::new();
+    let mut with = Vec::new();
+    for _ in 0..repeats {
+        off.extend(quic_relay_rounds(server_bin, &[], origin, &[calls]).await);
+        with.extend(quic_relay_rounds(server_bin, &on, origin, &[calls]).await);
+    }
+    scraper.abort();
+    let _ = std::fs::remove_file(&records);
+    println!(
+        "relay with the operations side on (metrics scraped every second, webhooks, call records) beside off, {calls} calls, server pinned to CPU 0"
+    );
+    let mean = |rounds: &[Round]| {
+        rounds.iter().map(Round::cpu_per_datagram_us).sum::<f64>() / rounds.len().max(1) as f64
+    };
+    for (name, rounds) in [("off", &off), ("on", &with)] {
+        let each: Vec<String> = rounds
+            .iter()
+            .map(|round| format!("{:.1}", round.cpu_per_datagram_us()))
+            .collect();
+        println!(
+            "  {name:>3}: server CPU per forwarded datagram {} µs (mean {:.1}); loss {}",
+            each.join(" / "),
+            mean(rounds),
+            rounds
+                .iter()
+                .map(|round| format!("{:.3} %", round.loss_percent()))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+    }
+    println!(
+        "  on / off: {:.3} (target: under 1.03)",
+        mean(&with) / mean(&off).max(f64::MIN_POSITIVE)
+    );
 }
 
 /// The baseline: a UDP forwarder in its own process (this binary), pinned
