@@ -261,6 +261,23 @@ fn bench(args: &[String]) -> Result {
         .arg(&server)
         .arg("3200");
     step("bench: relay capacity", &mut relay)?;
+    let mut relay_operations = Command::new("taskset");
+    relay_operations
+        .args(["-c", "1"])
+        .arg(
+            workspace_root()
+                .join("target")
+                .join("release")
+                .join("examples")
+                .join("bench"),
+        )
+        .arg("relay-ops")
+        .arg(&server)
+        .args(["200", "3"]);
+    step(
+        "bench: relay with metrics, webhooks and call records on, beside off",
+        &mut relay_operations,
+    )?;
     step(
         "bench: mouth-to-ear latency, QUIC and the fallback",
         release_example("calling-facade", "bench").args(["latency", "12"]),

@@ -1108,7 +1108,8 @@ async fn relay_operations(server_bin: &str, calls: usize, repeats: usize) {
     scraper.abort();
     let _ = std::fs::remove_file(&records);
     println!(
-        "relay with the operations side on (metrics scraped every second, webhooks, call records) beside off, {calls} calls, server pinned to CPU 0"
+        "relay with the operations side on (metrics scraped every second: {} scrapes answered; webhooks; call records) beside off, {calls} calls, server pinned to CPU 0",
+        scrapes.load(std::sync::atomic::Ordering::Relaxed)
     );
     let mean = |rounds: &[Round]| {
         rounds.iter().map(Round::cpu_per_datagram_us).sum::<f64>() / rounds.len().max(1) as f64
