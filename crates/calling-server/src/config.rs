@@ -1329,6 +1329,42 @@ mod tests {
         };
         let printed = format!("{settings:?}");
         assert!(!printed.contains("super-secret-value"), "{printed}");
+        let operations = flags(&[
+            "--admin-token",
+            "super-secret-token",
+            "--webhook-key",
+            "super-secret-webhook-key",
+            "--webhook-url",
+            "http://127.0.0.1:9/hooks",
+        ])
+        .unwrap_or_else(|error| panic!("{error}"));
+        let config = operations
+            .clone()
+            .resolve()
+            .unwrap_or_else(|error| panic!("{error}"));
+        for printed in [format!("{operations:?}"), format!("{config:?}")] {
+            assert!(!printed.contains("super-secret"), "{printed}");
+        }
+    }
+
+    #[test]
+    fn webhooks_need_a_key_and_a_real_url() {
+        let without_key = flags(&["--webhook-url", "http://127.0.0.1:9/hooks"]).unwrap();
+        assert!(without_key.resolve().is_err());
+        assert!(flags(&["--webhook-url", "ftp://example.com"]).is_err());
+        assert!(flags(&["--admin-token", ""]).is_err(), "an empty token");
+        let several = flags(&[
+            "--webhook-url",
+            "http://127.0.0.1:9/a",
+            "--webhook-url",
+            "http://127.0.0.1:9/b",
+            "--webhook-key",
+            "k",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(several.operations.webhook_urls.len(), 2);
     }
 
     #[test]
@@ -1340,5 +1376,68 @@ mod tests {
         assert_eq!(first.secret_key.expose().len(), 64);
         assert_eq!(reset_key(&dir).unwrap(), reset_key(&dir).unwrap());
         fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod reference {
+    //! docs/operations.md's configuration reference is this code's: the
+    //! table there must be the one built here from the settings' flags,
+    //! variables, file keys and help texts.
+
+    use super::*;
+    use clap::{Args, CommandFactory};
+
+    /// The file key of a setting: a field of `Settings`, of its `[limits]`
+    /// table, or of the `[tls]` and `[[apps]]` tables.
+    fn file_key(id: &str, limits: &[String]) -> String {
+        match id {
+            "cert" | "key" => format!("[tls] {id}"),
+            "sdk_app_id" | "secret_key" => format!("[[apps]] {id}"),
+            _ if limits.iter().any(|limit| limit == id) => format!("[limits] {id}"),
+            _ => id.to_owned(),
+        }
+    }
+
+    fn table() -> String {
+        let limits: Vec<String> = LimitSettings::augment_args(clap::Command::new("limits"))
+            .get_arguments()
+            .map(|arg| arg.get_id().to_string())
+            .collect();
+        let mut rows = vec![
+            "| flag | environment | file key | meaning |".to_owned(),
+            "| --- | --- | --- | --- |".to_owned(),
+        ];
+        for arg in SettingsOnly::command().get_arguments() {
+            let Some(long) = arg.get_long() else {
+                continue;
+            };
+            let env = arg
+                .get_env()
+                .map(|env| env.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            rows.push(format!(
+                "| `--{long}` | `{env}` | `{}` | {help} |",
+                file_key(arg.get_id().as_str(), &limits)
+            ));
+        }
+        rows.join("\n")
+    }
+
+    #[test]
+    fn the_configuration_reference_matches_the_code() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md");
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        let documented = text
+            .split_once("<!-- settings: begin -->\n")
+            .and_then(|(_, rest)| rest.split_once("\n<!-- settings: end -->"))
+            .map(|(table, _)| table.trim());
+        let table = table();
+        assert_eq!(
+            documented,
+            Some(table.as_str()),
+            "docs/operations.md's settings table differs from the code; it should read:\n\n{table}\n"
+        );
     }
 }

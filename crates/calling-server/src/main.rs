@@ -54,6 +54,13 @@ enum Command {
         #[command(flatten)]
         configured: Configured,
     },
+    /// Exit 0 when a running server's HTTP listener answers 200 at URL
+    /// (a container's health check); 1 otherwise, saying why.
+    Probe {
+        /// The URL to GET (http only).
+        #[arg(default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
 }
 
 /// The settings, and the file they may come from.
@@ -91,6 +98,7 @@ fn main() -> ExitCode {
             app,
             configured,
         }) => issue_usersig(&user, expire, app, configured),
+        Some(Command::Probe { url }) => probe(&url),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -197,6 +205,43 @@ async fn wait_for_stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One GET over HTTP/1.1 with a 5 s limit; `Ok` for a 200.
+fn probe(url: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let uri: hyper::Uri = url.parse().map_err(|error| format!("{url}: {error}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url}: only http:// is probed"));
+    }
+    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    let limit = Duration::from_secs(5);
+    let address = std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_matches(['[', ']']), port))
+        .map_err(|error| format!("{url}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, limit)
+        .map_err(|error| format!("{url}: {error}"))?;
+    let _ = stream.set_read_timeout(Some(limit));
+    let _ = stream.set_write_timeout(Some(limit));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|error| format!("{url}: {error}"))?;
+    let mut head = [0_u8; 12];
+    stream
+        .read_exact(&mut head)
+        .map_err(|error| format!("{url}: {error}"))?;
+    match &head[9..12] {
+        b"200" => Ok(()),
+        status => Err(format!(
+            "{url}: answered {}",
+            String::from_utf8_lossy(status)
+        )),
     }
 }
 

@@ -235,10 +235,9 @@ impl Metrics {
             rtt.clone(),
         );
         let loss = Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]);
-        registry.register_with_unit(
-            "connection_loss",
+        registry.register(
+            "connection_loss_ratio",
             "Share of a QUIC connection's packets lost in the last 10 s, sampled every 10 s",
-            Unit::Ratios,
             loss.clone(),
         );
         let webhooks = Family::<Label, Counter>::default();
@@ -601,3 +600,42 @@ fn counter_f64(
 
 /// Calls by entered members, for [`HubStats`].
 pub(crate) type CallsByMembers = BTreeMap<usize, usize>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series the server exports is listed in docs/operations.md.
+    #[test]
+    fn docs_list_every_metric() {
+        let metrics = Metrics::new();
+        let snapshot = Snapshot {
+            hub: Some(HubStats {
+                online: 2,
+                reconnecting: 0,
+                calls: 1,
+                calls_by_members: BTreeMap::from([(2, 1)]),
+                invitations_rate_limited: 0,
+                invitees_congested: 0,
+            }),
+            process: ProcessStats::read(),
+            ..Snapshot::default()
+        };
+        assert!(snapshot.process.is_some(), "this test runs on Linux");
+        let text = metrics.encode(snapshot).unwrap_or_default();
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md");
+        let docs = std::fs::read_to_string(path).unwrap_or_default();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE ")?.split_whitespace().next())
+            .collect();
+        assert!(names.len() > 20, "{text}");
+        for name in names {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "docs/operations.md lacks `{name}`"
+            );
+        }
+    }
+}

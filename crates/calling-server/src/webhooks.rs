@@ -335,3 +335,97 @@ pub(crate) fn system_trust() -> Result<Arc<rustls::ClientConfig>, rustls::Error>
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calling_api::{CallId, UserId};
+
+    fn user(id: &str) -> UserId {
+        UserId::new(id).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    #[test]
+    fn a_signature_verifies_only_for_its_body_key_and_time() {
+        let key = SecretKey::new("k");
+        let body = br#"{"type":"call.started"}"#;
+        let signature = sign(&key, 1_000, body);
+        assert!(signature.starts_with("v1=") && signature.len() == 3 + 64);
+        let tolerance = Duration::from_secs(300);
+        assert!(verify_signature(
+            &key, 1_000, body, &signature, 1_100, tolerance
+        ));
+        assert!(!verify_signature(
+            &key, 1_000, b"{}", &signature, 1_100, tolerance
+        ));
+        assert!(!verify_signature(
+            &SecretKey::new("other"),
+            1_000,
+            body,
+            &signature,
+            1_100,
+            tolerance
+        ));
+        assert!(
+            !verify_signature(&key, 1_001, body, &signature, 1_100, tolerance),
+            "the timestamp is signed"
+        );
+        assert!(
+            !verify_signature(&key, 1_000, body, &signature, 2_000, tolerance),
+            "a replay"
+        );
+    }
+
+    #[test]
+    fn only_http_urls_with_a_host() {
+        assert!("http://127.0.0.1:8080/hooks".parse::<WebhookUrl>().is_ok());
+        assert!(
+            "https://backend.example.com/x"
+                .parse::<WebhookUrl>()
+                .is_ok()
+        );
+        for bad in [
+            "ftp://example.com/",
+            "example.com/hooks",
+            "http:///x",
+            "not a url",
+        ] {
+            assert!(bad.parse::<WebhookUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_offline_invitation_says_when_it_expires() {
+        let at = UNIX_EPOCH + Duration::from_secs(10);
+        let stamped = StampedEvent {
+            at,
+            event: CallEvent::Invited {
+                call_id: CallId(u64::MAX),
+                inviter: user("alice"),
+                invitee: user("bob"),
+                timeout: Duration::from_secs(30),
+                offline: true,
+            },
+            duration: None,
+        };
+        let body = payload("run-1", &stamped);
+        assert_eq!(body["type"], "invitation.offline");
+        assert_eq!(body["call_id"], u64::MAX.to_string());
+        assert_eq!(body["timestamp_ms"], 10_000);
+        assert_eq!(body["expires_at_ms"], 40_000);
+        assert_eq!(body["id"], "run-1");
+    }
+
+    #[test]
+    fn docs_list_every_webhook_type() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md");
+        let docs = std::fs::read_to_string(path).unwrap_or_default();
+        for kind in event_types() {
+            assert!(
+                docs.contains(&format!("| `{kind}` |")),
+                "docs/operations.md lacks `{kind}`"
+            );
+        }
+    }
+}

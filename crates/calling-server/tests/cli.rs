@@ -114,3 +114,67 @@ fn usersig_signs_only_for_a_development_app_a_server_made() {
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `probe` as a container health check would run it.
+fn probe(url: &str) -> Output {
+    server().args(["probe", url]).output().unwrap()
+}
+
+#[test]
+fn probe_follows_health_and_a_drained_server_exits_by_itself() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("drain");
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = server()
+        .args(["--listen", "127.0.0.1:0", "--fallback-listen", "off"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--http-listen", &http.to_string(), "--admin-token", "t0ken"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let healthz = format!("http://{http}/healthz");
+    let started = Instant::now();
+    while !probe(&healthz).status.success() {
+        assert!(started.elapsed() < Duration::from_secs(20), "never healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(probe(&format!("http://{http}/readyz")).status.success());
+    let missing = probe(&format!("http://{http}/nothing"));
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("answered 404"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let mut admin = std::net::TcpStream::connect(http).unwrap();
+    write!(
+        admin,
+        "POST /admin/drain HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    admin.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    // No call runs: the drain is over at once, and the process exits 0.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        !probe(&healthz).status.success(),
+        "nothing answers any more"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -191,3 +191,70 @@ fn protocol_md_lists_every_error_code() {
         assert!(protocol.contains(&row), "docs/protocol.md lacks `{row}`");
     }
 }
+
+/// The Dockerfile and the systemd unit name a package, a binary, paths and
+/// a subcommand that exist (the image itself is built where a container
+/// builder is; this machine has none).
+#[test]
+fn the_dockerfile_and_the_systemd_unit_name_what_exists() {
+    let root = root();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let build = dockerfile
+        .lines()
+        .find(|line| line.starts_with("RUN cargo build"))
+        .expect("the Dockerfile runs cargo build");
+    let package = build
+        .split_whitespace()
+        .skip_while(|word| *word != "-p")
+        .nth(1)
+        .expect("the build names one package with -p");
+    let manifest = root.join("crates").join(package).join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|_| panic!("the Dockerfile builds {package}, which is no crate"));
+    assert!(manifest.contains(&format!("name = \"{package}\"")));
+    assert!(
+        root.join("crates")
+            .join(package)
+            .join("src/main.rs")
+            .exists(),
+        "{package} has a binary of its name"
+    );
+    let built = format!("/src/target/release/{package}");
+    assert!(dockerfile.contains(&format!(
+        "COPY --from=build {built} /usr/local/bin/{package}"
+    )));
+    assert!(dockerfile.contains(&format!("ENTRYPOINT [\"{package}\"]")));
+    // Every COPY from the build context names something that exists.
+    for line in dockerfile
+        .lines()
+        .filter(|line| line.starts_with("COPY ") && !line.contains("--from"))
+    {
+        let source = line.split_whitespace().nth(1).unwrap();
+        assert!(root.join(source).exists(), "{line}");
+    }
+    // The health check's subcommand and the settings' variables exist.
+    let main =
+        std::fs::read_to_string(root.join("crates").join(package).join("src/main.rs")).unwrap();
+    assert!(
+        dockerfile.contains("\"probe\"") && main.contains("Probe {"),
+        "the probe subcommand"
+    );
+    let config =
+        std::fs::read_to_string(root.join("crates").join(package).join("src/config.rs")).unwrap();
+    for variable in [
+        "OPENCALLING_DATA_DIR",
+        "OPENCALLING_LISTEN",
+        "OPENCALLING_HTTP_LISTEN",
+    ] {
+        assert!(dockerfile.contains(variable));
+        assert!(
+            config.contains(&format!("\"{variable}\"")),
+            "{variable} is a setting"
+        );
+    }
+    assert!(dockerfile.contains("EXPOSE 4433/udp 4433/tcp 9090/tcp"));
+    assert!(dockerfile.contains("USER ") && dockerfile.contains("VOLUME /var/lib/opencalling"));
+    let unit = std::fs::read_to_string(root.join("deploy/calling-server.service")).unwrap();
+    assert!(unit.contains(&format!("ExecStart=/usr/local/bin/{package} --config ")));
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+}
