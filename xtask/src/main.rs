@@ -247,36 +247,25 @@ fn bench(args: &[String]) -> Result {
     )?;
     // The load generator on CPU 1; it pins the server and the UDP
     // forwarder to CPU 0 itself.
-    let mut relay = Command::new("taskset");
-    relay
-        .args(["-c", "1"])
-        .arg(
-            workspace_root()
-                .join("target")
-                .join("release")
-                .join("examples")
-                .join("bench"),
-        )
-        .arg("relay")
-        .arg(&server)
-        .arg("3200");
-    step("bench: relay capacity", &mut relay)?;
-    let mut relay_operations = Command::new("taskset");
-    relay_operations
-        .args(["-c", "1"])
-        .arg(
-            workspace_root()
-                .join("target")
-                .join("release")
-                .join("examples")
-                .join("bench"),
-        )
-        .arg("relay-ops")
-        .arg(&server)
-        .args(["200", "3"]);
+    let pinned_bench = |mode: &str| {
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", "1"])
+            .arg(
+                workspace_root()
+                    .join("target")
+                    .join("release")
+                    .join("examples")
+                    .join("bench"),
+            )
+            .arg(mode)
+            .arg(&server);
+        command
+    };
+    step("bench: relay capacity", pinned_bench("relay").arg("3200"))?;
     step(
         "bench: relay with metrics, webhooks and call records on, beside off",
-        &mut relay_operations,
+        pinned_bench("relay-ops").args(["200", "3"]),
     )?;
     step(
         "bench: mouth-to-ear latency, QUIC and the fallback",

@@ -117,7 +117,10 @@ fn usersig_signs_only_for_a_development_app_a_server_made() {
 
 /// `probe` as a container health check would run it.
 fn probe(url: &str) -> Output {
-    server().args(["probe", url]).output().unwrap_or_else(|error| panic!("{error}"))
+    server()
+        .args(["probe", url])
+        .output()
+        .unwrap_or_else(|error| panic!("{error}"))
 }
 
 #[test]

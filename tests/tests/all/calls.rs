@@ -49,12 +49,7 @@ async fn on_no_resp_and_on_calling_time_out_with_a_per_call_timeout() {
         .unwrap();
     bob.expect(&[invited("alice", &[]), CallingEvent::CallingTimeOut])
         .await;
-    alice
-        .expect(&[CallingEvent::NoResp {
-            user_id: uid("bob"),
-        }])
-        .await;
-    alice.expect_end(EndReason::NoResponse).await;
+    alice.expect_no_response("bob").await;
     // The timeout ended it: accepting now is refused.
     assert_eq!(
         bob.calling.accept().await.unwrap_err().code,
@@ -100,12 +95,7 @@ async fn on_user_leave_and_on_call_end() {
     connect(&mut alice, &mut bob).await;
     bob.calling.hangup().await.unwrap();
     bob.expect_end(EndReason::Hangup).await;
-    alice
-        .expect(&[CallingEvent::UserLeave {
-            user_id: uid("bob"),
-        }])
-        .await;
-    alice.expect_end(EndReason::Hangup).await;
+    alice.expect_leave_then_end("bob", EndReason::Hangup).await;
 }
 
 #[tokio::test]
@@ -406,12 +396,7 @@ async fn an_offline_user_may_be_answered_at_once_instead() {
         .call("nobody_home", CallType::Audio)
         .await
         .unwrap();
-    alice
-        .expect(&[CallingEvent::NoResp {
-            user_id: uid("nobody_home"),
-        }])
-        .await;
-    alice.expect_end(EndReason::NoResponse).await;
+    alice.expect_no_response("nobody_home").await;
 }
 
 #[tokio::test]

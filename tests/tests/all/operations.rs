@@ -202,12 +202,7 @@ async fn play_scripted_calls(server: &TestServer) -> [User; 3] {
         .call_with("dave", CallType::Audio, short)
         .await
         .unwrap();
-    alice
-        .expect(&[CallingEvent::NoResp {
-            user_id: uid("dave"),
-        }])
-        .await;
-    alice.expect_end(EndReason::NoResponse).await;
+    alice.expect_no_response("dave").await;
     // Cancelled by the caller.
     alice.calling.call("bob", CallType::Audio).await.unwrap();
     bob.expect(&[invited("alice", &[])]).await;
@@ -495,12 +490,7 @@ async fn call_records_match_the_calls_and_follow_a_rotation() {
     connect(&mut alice, &mut bob).await;
     bob.calling.hangup().await.unwrap();
     bob.expect_end(EndReason::Hangup).await;
-    alice
-        .expect(&[CallingEvent::UserLeave {
-            user_id: uid("bob"),
-        }])
-        .await;
-    alice.expect_end(EndReason::Hangup).await;
+    alice.expect_leave_then_end("bob", EndReason::Hangup).await;
     let records = wait_for_lines(&path, 1).await;
     let record: serde_json::Value = serde_json::from_str(&records[0]).unwrap();
     assert_eq!(record["caller"], "alice");
@@ -531,12 +521,7 @@ async fn call_records_match_the_calls_and_follow_a_rotation() {
         .call_with("carol", CallType::Audio, short)
         .await
         .unwrap();
-    alice
-        .expect(&[CallingEvent::NoResp {
-            user_id: uid("carol"),
-        }])
-        .await;
-    alice.expect_end(EndReason::NoResponse).await;
+    alice.expect_no_response("carol").await;
     let fresh = wait_for_lines(&path, 1).await;
     let record: serde_json::Value = serde_json::from_str(&fresh[0]).unwrap();
     assert_eq!(record["outcome"], "not_connected");

@@ -156,6 +156,20 @@ impl User {
         }
     }
 
+    /// Asserts `onUserLeave(who)`, then `onCallEnd` with `reason`.
+    pub async fn expect_leave_then_end(&mut self, who: &str, reason: EndReason) {
+        self.expect(&[CallingEvent::UserLeave { user_id: uid(who) }])
+            .await;
+        self.expect_end(reason).await;
+    }
+
+    /// Asserts `onNoResp(who)`, then `onCallEnd` for no response.
+    pub async fn expect_no_response(&mut self, who: &str) {
+        self.expect(&[CallingEvent::NoResp { user_id: uid(who) }])
+            .await;
+        self.expect_end(EndReason::NoResponse).await;
+    }
+
     /// Asserts no event other than volume reports arrives within `quiet`.
     pub async fn expect_quiet(&mut self, quiet: Duration) {
         let deadline = tokio::time::Instant::now() + quiet;
