@@ -146,11 +146,9 @@ pub(crate) async fn serve_link<T: Transport>(
         Ok(()) => session_rx.await.ok().flatten(),
         Err(_) => None,
     };
-    match (resuming, session.is_some()) {
-        (true, resumed) => shared.metrics.resume(resumed),
-        (false, true) => shared.metrics.login(ErrorCode::OK),
-        // Refused by the hub: counted below with its code.
-        (false, false) => {}
+    // Resumes are counted by the hub; a login it refused, below with its code.
+    if !resuming && session.is_some() {
+        shared.metrics.login(ErrorCode::OK);
     }
     let ended = match session {
         Some((conn, resumable)) => {

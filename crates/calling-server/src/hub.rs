@@ -436,7 +436,12 @@ fn on_login(
             links.media.insert(link, media);
             Some(link)
         }
-        Some(claim) => resume_session(switchboard, links, now, (link, &user, claim), outbox, media),
+        Some(claim) => {
+            let resumed =
+                resume_session(switchboard, links, now, (link, &user, claim), outbox, media);
+            env.ops.metrics.resume(resumed.is_some());
+            resumed
+        }
     };
     let resumable = attached
         .and_then(|conn| links.sessions.get(&conn))
@@ -1039,11 +1044,13 @@ mod tests {
     async fn a_resumed_session_gets_what_it_missed_and_its_audio_back() {
         let routes = Arc::new(MediaRoutes::default());
         let (hub, inputs) = mpsc::channel(64);
+        let metrics = Arc::new(Metrics::new());
+        let (ops, _drain) = HubOps::new(Arc::clone(&metrics), Vec::new());
         tokio::spawn(run(
             SwitchboardConfig::DEFAULT,
             inputs,
             Arc::clone(&routes),
-            quiet_ops(),
+            ops,
         ));
         let (mut alice, mut bob, call_id) = alice_invites_bob(&hub).await;
         assert!(matches!(
@@ -1108,6 +1115,16 @@ mod tests {
             panic!("not resumed");
         };
         assert_ne!(new_token, token, "a resume changes the token");
+        let scrape = metrics
+            .encode(crate::metrics::Snapshot::default())
+            .unwrap_or_default();
+        for counted in [
+            "opencalling_sessions_detached_total 1\n",
+            "opencalling_resumes_total{result=\"refused\"} 2\n",
+            "opencalling_resumes_total{result=\"resumed\"} 1\n",
+        ] {
+            assert!(scrape.contains(counted), "{counted} in {scrape}");
+        }
         assert_eq!(received, 1, "the server got bob's accept");
         assert_eq!(
             next(&mut bob_again).await,
