@@ -29,8 +29,10 @@ use crate::usersig;
 /// the session waits for a resume.
 pub(crate) const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often a connection's path (RTT, loss) is sampled for the metrics.
+/// How often a connection's path (RTT, loss) is sampled for the metrics…
 const PATH_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// …the first time a second after the login, so that short calls count.
+const PATH_FIRST_SAMPLE: Duration = Duration::from_secs(1);
 
 /// The link a connection task serves: client messages in, server messages out.
 type ServerLink<T> = Link<T, ClientMessage, ServerMessage>;
@@ -305,7 +307,7 @@ async fn exchange<T: Transport>(
     // means its network is gone, long before the transport's idle timeout.
     let mut heard = Instant::now();
     let mut path_sample = tokio::time::interval_at(
-        tokio::time::Instant::now() + PATH_SAMPLE_EVERY,
+        tokio::time::Instant::now() + PATH_FIRST_SAMPLE,
         PATH_SAMPLE_EVERY,
     );
     let mut last_path = link.media.path_stats();

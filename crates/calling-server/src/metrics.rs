@@ -230,14 +230,14 @@ impl Metrics {
         let rtt = Histogram::new(exponential_buckets(0.001, 2.0, 13));
         registry.register_with_unit(
             "connection_rtt",
-            "Round-trip time of QUIC connections, sampled every 10 s",
+            "Round-trip time of QUIC connections, sampled a second after the login, then every 10 s",
             Unit::Seconds,
             rtt.clone(),
         );
         let loss = Histogram::new([0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]);
         registry.register(
             "connection_loss_ratio",
-            "Share of a QUIC connection's packets lost in the last 10 s, sampled every 10 s",
+            "Share of a QUIC connection's packets lost since its previous sample",
             loss.clone(),
         );
         let webhooks = Family::<Label, Counter>::default();

@@ -281,6 +281,26 @@ async fn metrics_count_exactly_what_the_calls_did() {
     assert_eq!(series(&text, "opencalling_ready"), 1.0);
     assert!(series(&text, "opencalling_process_resident_memory_bytes") > 1e6);
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    // Each QUIC connection's path is sampled a second after its login.
+    let started = std::time::Instant::now();
+    loop {
+        let text = scrape(&server).await;
+        let samples = series(&text, "opencalling_connection_rtt_seconds_count");
+        if samples >= 3.0 {
+            let under_a_second = series(
+                &text,
+                "opencalling_connection_rtt_seconds_bucket{le=\"1.024\"}",
+            );
+            assert_eq!(under_a_second, samples, "loopback round trips are short");
+            assert!(series(&text, "opencalling_connection_loss_ratio_count") >= 3.0);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no path samples: {samples}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
