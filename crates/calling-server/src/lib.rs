@@ -650,10 +650,19 @@ mod tests {
         let mut server = start(ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap_or(config::DEFAULT_LISTEN),
             data_dir: dir.clone(),
+            operations: OperationsConfig {
+                http_listen: "127.0.0.1:0".parse().ok(),
+                ..OperationsConfig::default()
+            },
             ..ServerConfig::default()
         })
         .await
         .unwrap_or_else(|error| panic!("{error}"));
+        let http = server
+            .http_addr()
+            .unwrap_or_else(|| panic!("no HTTP listener"));
+        assert_eq!(status(http, "/healthz").await, "200");
+        assert_eq!(status(http, "/readyz").await, "200");
         // Nothing has died: no failure yet.
         let early = tokio::time::timeout(Duration::from_millis(100), server.failure()).await;
         assert!(early.is_err(), "a healthy server reports no failure");
@@ -662,8 +671,29 @@ mod tests {
             .await
             .unwrap_or_else(|_| panic!("the dead hub was not noticed"));
         assert_eq!(why, "the hub was cancelled");
+        assert_eq!(status(http, "/healthz").await, "503");
+        assert_eq!(status(http, "/readyz").await, "503");
         server.shutdown().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The status code of a GET.
+    async fn status(http: SocketAddr, path: &'static str) -> String {
+        use std::io::{Read, Write};
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(http)?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok::<_, std::io::Error>(answer)
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+        .unwrap_or_else(|error| panic!("{error}"));
+        answer.get(9..12).unwrap_or_default().to_owned()
     }
 
     #[tokio::test]
