@@ -204,7 +204,8 @@ impl From<EndReason> for Outcome {
 impl Outcome {
     /// 0 hung up; 10 rejected, 11 no response, 12 line busy, 13 cancelled,
     /// 14 timed out, 15 kicked, 16 server shutdown, 17 connection lost,
-    /// 18 answered or rejected elsewhere; 1 an error; 2 a usage error.
+    /// 18 answered or rejected elsewhere, 19 ended by the operator; 1 an
+    /// error; 2 a usage error.
     fn exit_code(self) -> u8 {
         match self {
             Self::Done | Self::Ended(EndReason::Hangup) => 0,
@@ -216,6 +217,7 @@ impl Outcome {
             Self::Ended(EndReason::Kicked) => 15,
             Self::Ended(EndReason::ServerShutdown) => 16,
             Self::Ended(EndReason::ConnectionLost) => 17,
+            Self::Ended(EndReason::EndedByOperator) => 19,
             Self::Ended(_) => 18,
         }
     }
@@ -589,5 +591,32 @@ async fn call(
                 return Ok(printer.until_call_ends(calling, hang_up_at).await?.into());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each way a call ends has its own exit code, as documented.
+    #[test]
+    fn every_end_reason_has_its_exit_code() {
+        let codes: Vec<u8> = [
+            EndReason::Rejected,
+            EndReason::NoResponse,
+            EndReason::LineBusy,
+            EndReason::Cancelled,
+            EndReason::TimedOut,
+            EndReason::Kicked,
+            EndReason::ServerShutdown,
+            EndReason::ConnectionLost,
+            EndReason::AnsweredElsewhere,
+            EndReason::EndedByOperator,
+        ]
+        .into_iter()
+        .map(|reason| Outcome::Ended(reason).exit_code())
+        .collect();
+        assert_eq!(codes, [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+        assert_eq!(Outcome::Ended(EndReason::Hangup).exit_code(), 0);
     }
 }
