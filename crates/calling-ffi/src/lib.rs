@@ -1,0 +1,709 @@
+//! OpenCalling's SDK through a C ABI (`include/opencalling.h`, generated
+//! by cbindgen from this file): the whole calling API for C, C++, Swift,
+//! Kotlin (JNI), Dart (`dart:ffi`) and anything else that calls C.
+//!
+//! # The model
+//!
+//! - **Handles.** An instance is an [`OcHandle`], a number from a registry:
+//!   a handle that was destroyed (or never existed) is refused with
+//!   [`OC_ERR_INVALID_HANDLE`], never a crash. `0` is never a handle.
+//! - **Requests return at once.** `login`, `logout`, `call`, `accept`,
+//!   `reject` and `hangup` start the request, write its request id and
+//!   return; the outcome arrives later through the callback as a
+//!   `completion` carrying that id.
+//! - **One callback per instance**, given every event and completion as one
+//!   JSON object (schema in docs/bindings.md and in the header). It runs
+//!   on one thread per instance that this library owns: never the caller's
+//!   thread, never an audio thread; events arrive in order, one at a time.
+//!   The callback may call any function of this API, including destroying
+//!   its own instance; it must not block for long (events wait behind it).
+//! - **Strings** passed in are UTF-8, NUL-terminated, borrowed for the call
+//!   only. The JSON passed to the callback is valid during the callback only:
+//!   copy what you keep. Nothing returned needs freeing.
+//! - **No panic crosses the boundary**: one becomes [`OC_ERR_PANIC`].
+//!
+//! It never reimplements the SDK: every call goes to `calling-facade`.
+
+// A C ABI is unsafe by nature: raw pointers in, a C function pointer out.
+// Every unsafe block says what it relies on.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
+
+use calling_api::{CallId, CallType, CallingResult};
+use calling_facade::{
+    AudioDevices, CallOptions, CaptureDevice, ClientOptions, Fallback, PlaybackDevice,
+    ServerTrust, Signal, TRTCCalling,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+/// An instance of the SDK (one user). Never 0.
+pub type OcHandle = u64;
+
+/// The callback: `user_data` as registered, and one event or completion as
+/// a NUL-terminated JSON object, valid until the callback returns.
+pub type OcEventCallback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event_json: *const c_char)>;
+
+/// Success.
+pub const OC_OK: i32 = 0;
+/// A pointer argument that must not be null was null.
+pub const OC_ERR_NULL_POINTER: i32 = -1;
+/// No such instance: never created, or destroyed.
+pub const OC_ERR_INVALID_HANDLE: i32 = -2;
+/// An argument is unusable: not UTF-8, bad JSON, a value out of range. The
+/// SDK's own argument errors (a bad user id…) arrive as completions with
+/// their `calling_api` error code instead.
+pub const OC_ERR_INVALID_ARGUMENT: i32 = -3;
+/// A bug inside the library was caught at the boundary.
+pub const OC_ERR_PANIC: i32 = -4;
+/// The library could not start what an instance needs (threads).
+pub const OC_ERR_RESOURCES: i32 = -5;
+
+/// How long a destroy waits for the logout to reach the server.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+
+/// What the instance's callback thread delivers.
+enum Delivery {
+    Json(CString),
+    Stop,
+}
+
+/// The registered callback, as plain data.
+#[derive(Clone, Copy)]
+struct Callback {
+    function: unsafe extern "C" fn(*mut c_void, *const c_char),
+    user_data: usize,
+}
+
+struct Instance {
+    calling: Arc<TRTCCalling>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    deliveries: mpsc::Sender<Delivery>,
+    callback: Arc<Mutex<Option<Callback>>>,
+    next_request: AtomicU64,
+    callback_thread: Mutex<Option<JoinHandle<()>>>,
+    callback_thread_id: ThreadId,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every live instance, by handle.
+fn registry() -> &'static Mutex<HashMap<OcHandle, Arc<Instance>>> {
+    static REGISTRY: std::sync::OnceLock<Mutex<HashMap<OcHandle, Arc<Instance>>>> =
+        std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
+static SHARED: Mutex<Option<OcHandle>> = Mutex::new(None);
+
+fn instance(handle: OcHandle) -> Result<Arc<Instance>, i32> {
+    lock(registry())
+        .get(&handle)
+        .cloned()
+        .ok_or(OC_ERR_INVALID_HANDLE)
+}
+
+/// Runs `body`, turning a panic into [`OC_ERR_PANIC`].
+fn guarded(body: impl FnOnce() -> Result<(), i32>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => OC_OK,
+        Ok(Err(code)) => code,
+        Err(_) => OC_ERR_PANIC,
+    }
+}
+
+/// A borrowed C string as UTF-8.
+///
+/// # Safety
+/// `text` is null or a NUL-terminated string valid for the call.
+unsafe fn text<'a>(text: *const c_char) -> Result<&'a str, i32> {
+    if text.is_null() {
+        return Err(OC_ERR_NULL_POINTER);
+    }
+    // SAFETY: non-null and NUL-terminated, as the caller promises.
+    unsafe { CStr::from_ptr(text) }
+        .to_str()
+        .map_err(|_| OC_ERR_INVALID_ARGUMENT)
+}
+
+/// The options as JSON (docs/bindings.md): every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct OptionsJson {
+    server: Option<String>,
+    server_name: Option<String>,
+    fingerprint: Option<String>,
+    ca_file: Option<PathBuf>,
+    fallback: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    voice_volume_interval_ms: Option<u64>,
+    reconnect: Option<bool>,
+    input: Option<String>,
+    output: Option<String>,
+}
+
+fn capture(spec: &str) -> Result<CaptureDevice, i32> {
+    Ok(match spec.split_once(':') {
+        None if spec == "system" => CaptureDevice::System { name: None },
+        None if spec == "silence" => CaptureDevice::Silence,
+        Some(("system", name)) => CaptureDevice::System {
+            name: Some(name.to_owned()),
+        },
+        Some(("tone", hz)) => CaptureDevice::Synthetic(Signal::Tone {
+            frequency: hz.parse().map_err(|_| OC_ERR_INVALID_ARGUMENT)?,
+            amplitude: 0.5,
+        }),
+        Some(("wav", path)) => CaptureDevice::Wav {
+            path: path.into(),
+            looping: false,
+        },
+        Some(("wav-loop", path)) => CaptureDevice::Wav {
+            path: path.into(),
+            looping: true,
+        },
+        _ => return Err(OC_ERR_INVALID_ARGUMENT),
+    })
+}
+
+fn playback(spec: &str) -> Result<PlaybackDevice, i32> {
+    Ok(match spec.split_once(':') {
+        None if spec == "system" => PlaybackDevice::System {
+            hands_free: None,
+            private: None,
+        },
+        None if spec == "null" => PlaybackDevice::Null,
+        Some(("wav", path)) => PlaybackDevice::Wav { path: path.into() },
+        _ => return Err(OC_ERR_INVALID_ARGUMENT),
+    })
+}
+
+fn options(json: &str) -> Result<ClientOptions, i32> {
+    let parsed: OptionsJson = if json.trim().is_empty() {
+        OptionsJson::default()
+    } else {
+        serde_json::from_str(json).map_err(|_| OC_ERR_INVALID_ARGUMENT)?
+    };
+    let mut options = ClientOptions::default();
+    if let Some(server) = parsed.server {
+        options.server = server;
+    }
+    if let Some(name) = parsed.server_name {
+        options.server_name = name;
+    }
+    match (parsed.fingerprint, parsed.ca_file) {
+        (Some(fingerprint), None) => {
+            let fingerprint = fingerprint.parse().map_err(|_| OC_ERR_INVALID_ARGUMENT)?;
+            options.trust = ServerTrust::Fingerprint(fingerprint);
+        }
+        (None, Some(file)) => options.trust = ServerTrust::CaFile(file),
+        (None, None) => options.trust = ServerTrust::SystemRoots,
+        (Some(_), Some(_)) => return Err(OC_ERR_INVALID_ARGUMENT),
+    }
+    match parsed.fallback.as_deref() {
+        None | Some("same") => {}
+        Some("off") => options.fallback = Fallback::Off,
+        Some(address) => options.fallback = Fallback::At(address.to_owned()),
+    }
+    let millis = Duration::from_millis;
+    if let Some(ms) = parsed.connect_timeout_ms {
+        options.connect_timeout = millis(ms);
+    }
+    if let Some(ms) = parsed.request_timeout_ms {
+        options.request_timeout = millis(ms);
+    }
+    if let Some(ms) = parsed.voice_volume_interval_ms {
+        options.voice_volume_interval = millis(ms);
+    }
+    if parsed.reconnect == Some(false) {
+        options.reconnect = None;
+    }
+    options.audio = AudioDevices {
+        capture: capture(parsed.input.as_deref().unwrap_or("system"))?,
+        playback: playback(parsed.output.as_deref().unwrap_or("system"))?,
+    };
+    Ok(options)
+}
+
+/// Delivers to the callback, one at a time, until told to stop.
+fn callback_loop(deliveries: &mpsc::Receiver<Delivery>, callback: &Mutex<Option<Callback>>) {
+    while let Ok(Delivery::Json(json)) = deliveries.recv() {
+        // Copied out: the callback may replace the callback, or destroy
+        // the instance, without a lock held.
+        let registered = *lock(callback);
+        if let Some(Callback {
+            function,
+            user_data,
+        }) = registered
+        {
+            // SAFETY: the application registered this function for this
+            // signature; the JSON lives until the call returns.
+            unsafe { function(user_data as *mut c_void, json.as_ptr()) };
+        }
+    }
+}
+
+fn deliver(deliveries: &mpsc::Sender<Delivery>, value: &serde_json::Value) {
+    // JSON text never holds a NUL byte (serde_json escapes control
+    // characters), so this never fails.
+    if let Ok(json) = CString::new(value.to_string()) {
+        let _ = deliveries.send(Delivery::Json(json));
+    }
+}
+
+fn create(options: ClientOptions) -> Result<OcHandle, i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("opencalling-ffi")
+        .enable_all()
+        .build()
+        .map_err(|_| OC_ERR_RESOURCES)?;
+    let calling = TRTCCalling::new(options);
+    let (deliveries, received) = mpsc::channel();
+    let callback: Arc<Mutex<Option<Callback>>> = Arc::default();
+    let thread_callback = Arc::clone(&callback);
+    let callback_thread = std::thread::Builder::new()
+        .name("opencalling-callback".into())
+        .spawn(move || callback_loop(&received, &thread_callback))
+        .map_err(|_| OC_ERR_RESOURCES)?;
+    let mut events = calling.events();
+    let forward = deliveries.clone();
+    runtime.spawn(async move {
+        while let Some(event) = events.recv().await {
+            let value = json!({
+                "type": "event",
+                "callback": event.original_name(),
+                "event": event,
+            });
+            deliver(&forward, &value);
+        }
+    });
+    let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
+    let instance = Instance {
+        calling,
+        callback_thread_id: callback_thread.thread().id(),
+        runtime: Mutex::new(Some(runtime)),
+        deliveries,
+        callback,
+        next_request: AtomicU64::new(1),
+        callback_thread: Mutex::new(Some(callback_thread)),
+    };
+    lock(registry()).insert(handle, Arc::new(instance));
+    Ok(handle)
+}
+
+fn destroy(handle: OcHandle) -> Result<(), i32> {
+    let instance = lock(registry())
+        .remove(&handle)
+        .ok_or(OC_ERR_INVALID_HANDLE)?;
+    let runtime = lock(&instance.runtime).take();
+    if let Some(runtime) = runtime {
+        // Logs out (a call ends as a hang-up) within a bounded time.
+        let calling = Arc::clone(&instance.calling);
+        let _ = runtime.block_on(async move {
+            tokio::time::timeout(SHUTDOWN_WAIT, calling.shutdown()).await
+        });
+        runtime.shutdown_timeout(Duration::from_millis(500));
+    }
+    let _ = instance.deliveries.send(Delivery::Stop);
+    let thread = lock(&instance.callback_thread).take();
+    // From inside the callback, the thread ends when the callback returns.
+    if std::thread::current().id() != instance.callback_thread_id {
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+    Ok(())
+}
+
+/// The name of a request, for its completion.
+#[derive(Clone, Copy)]
+enum Request {
+    Login,
+    Logout,
+    Call,
+    Accept,
+    Reject,
+    Hangup,
+}
+
+impl Request {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Logout => "logout",
+            Self::Call => "call",
+            Self::Accept => "accept",
+            Self::Reject => "reject",
+            Self::Hangup => "hangup",
+        }
+    }
+}
+
+/// Starts `request` on `handle`'s runtime; its id goes to `out_request`.
+///
+/// # Safety
+/// `out_request` is null or points to writable memory for a `u64`.
+unsafe fn start<F>(
+    handle: OcHandle,
+    out_request: *mut u64,
+    request: Request,
+    work: impl FnOnce(Arc<TRTCCalling>) -> F,
+) -> Result<(), i32>
+where
+    F: Future<Output = CallingResult<Option<CallId>>> + Send + 'static,
+{
+    if out_request.is_null() {
+        return Err(OC_ERR_NULL_POINTER);
+    }
+    let instance = instance(handle)?;
+    let id = instance.next_request.fetch_add(1, Ordering::Relaxed);
+    let future = work(Arc::clone(&instance.calling));
+    let deliveries = instance.deliveries.clone();
+    let runtime = lock(&instance.runtime);
+    let runtime = runtime.as_ref().ok_or(OC_ERR_INVALID_HANDLE)?;
+    runtime.spawn(async move {
+        let result = future.await;
+        let (code, message, call_id) = match &result {
+            Ok(call_id) => (0, String::new(), *call_id),
+            Err(error) => (error.code.0, error.desc.clone(), None),
+        };
+        let mut value = json!({
+            "type": "completion",
+            "request_id": id,
+            "request": request.name(),
+            "code": code,
+            "message": message,
+        });
+        if let Some(call_id) = call_id {
+            value["call_id"] = call_id.0.to_string().into();
+        }
+        deliver(&deliveries, &value);
+    });
+    // SAFETY: non-null, and writable as the caller promises.
+    unsafe { out_request.write(id) };
+    Ok(())
+}
+
+/// Creates an instance with `options_json` (docs/bindings.md; null or ""
+/// for the defaults) and writes its handle to `out_handle`. Destroy it
+/// with [`oc_calling_destroy`].
+///
+/// # Safety
+/// `options_json` is null or a NUL-terminated string; `out_handle` points
+/// to writable memory for an [`OcHandle`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_create(
+    options_json: *const c_char,
+    out_handle: *mut OcHandle,
+) -> i32 {
+    guarded(|| {
+        if out_handle.is_null() {
+            return Err(OC_ERR_NULL_POINTER);
+        }
+        let json = if options_json.is_null() {
+            ""
+        } else {
+            // SAFETY: as the caller promises.
+            unsafe { text(options_json) }?
+        };
+        let handle = create(options(json)?)?;
+        // SAFETY: non-null and writable, as the caller promises.
+        unsafe { out_handle.write(handle) };
+        Ok(())
+    })
+}
+
+/// The process-wide instance (the original's `sharedInstance`): made with
+/// `options_json` on first use, the same handle afterwards (the options
+/// of later calls are ignored; change them with
+/// [`oc_calling_set_options`]).
+///
+/// # Safety
+/// As [`oc_calling_create`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_shared_instance(
+    options_json: *const c_char,
+    out_handle: *mut OcHandle,
+) -> i32 {
+    guarded(|| {
+        if out_handle.is_null() {
+            return Err(OC_ERR_NULL_POINTER);
+        }
+        let mut shared = lock(&SHARED);
+        let live = shared.filter(|handle| lock(registry()).contains_key(handle));
+        let handle = match live {
+            Some(handle) => handle,
+            None => {
+                let json = if options_json.is_null() {
+                    ""
+                } else {
+                    // SAFETY: as the caller promises.
+                    unsafe { text(options_json) }?
+                };
+                create(options(json)?)?
+            }
+        };
+        *shared = Some(handle);
+        // SAFETY: non-null and writable, as the caller promises.
+        unsafe { out_handle.write(handle) };
+        Ok(())
+    })
+}
+
+/// Destroys the process-wide instance, if there is one; the next
+/// [`oc_calling_shared_instance`] makes a fresh one.
+#[unsafe(no_mangle)]
+pub extern "C" fn oc_calling_destroy_shared_instance() -> i32 {
+    guarded(|| {
+        let handle = lock(&SHARED).take();
+        match handle {
+            Some(handle) => destroy(handle).or(Ok(())),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Destroys an instance: logs out (a call in progress ends as a hang-up,
+/// waiting at most 3 s for the server), stops its threads, forgets its
+/// callback. The handle is invalid afterwards. Allowed from inside the
+/// instance's own callback.
+#[unsafe(no_mangle)]
+pub extern "C" fn oc_calling_destroy(handle: OcHandle) -> i32 {
+    guarded(|| destroy(handle))
+}
+
+/// Registers the callback that gets every event and completion of this
+/// instance (replacing any earlier one; null: none). `user_data` is passed
+/// back as it is.
+#[unsafe(no_mangle)]
+pub extern "C" fn oc_calling_set_callback(
+    handle: OcHandle,
+    callback: OcEventCallback,
+    user_data: *mut c_void,
+) -> i32 {
+    guarded(|| {
+        let instance = instance(handle)?;
+        *lock(&instance.callback) = callback.map(|function| Callback {
+            function,
+            user_data: user_data as usize,
+        });
+        Ok(())
+    })
+}
+
+/// Changes the options (JSON as for [`oc_calling_create`]); they take
+/// effect at the next login.
+///
+/// # Safety
+/// `options_json` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_set_options(
+    handle: OcHandle,
+    options_json: *const c_char,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: as the caller promises.
+        let options = options(unsafe { text(options_json) }?)?;
+        instance(handle)?.calling.set_options(options);
+        Ok(())
+    })
+}
+
+/// Logs in (`login(sdkAppId, userId, userSig)`); completion `"login"`.
+///
+/// # Safety
+/// `user_id` and `user_sig` are NUL-terminated strings; `out_request`
+/// points to writable memory for a `u64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_login(
+    handle: OcHandle,
+    sdk_app_id: u32,
+    user_id: *const c_char,
+    user_sig: *const c_char,
+    out_request: *mut u64,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: as the caller promises.
+        let user_id = unsafe { text(user_id) }?.to_owned();
+        // SAFETY: as the caller promises.
+        let user_sig = unsafe { text(user_sig) }?.to_owned();
+        // SAFETY: as the caller promises.
+        unsafe {
+            start(handle, out_request, Request::Login, move |calling| async move {
+                calling.login(sdk_app_id, &user_id, &user_sig).await.map(|()| None)
+            })
+        }
+    })
+}
+
+/// Logs out; completion `"logout"`.
+///
+/// # Safety
+/// `out_request` points to writable memory for a `u64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_logout(handle: OcHandle, out_request: *mut u64) -> i32 {
+    guarded(|| {
+        // SAFETY: as the caller promises.
+        unsafe {
+            start(handle, out_request, Request::Logout, |calling| async move {
+                calling.logout().await.map(|()| None)
+            })
+        }
+    })
+}
+
+/// Invites `user_id` (`call(userId, type)`: `call_type` 1 audio, 2 video;
+/// into the current call when in one); `timeout_ms` ≤ 0 for the server's
+/// default. Completion `"call"`.
+///
+/// # Safety
+/// `user_id` is a NUL-terminated string; `out_request` points to writable
+/// memory for a `u64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_call(
+    handle: OcHandle,
+    user_id: *const c_char,
+    call_type: i32,
+    timeout_ms: i32,
+    out_request: *mut u64,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: as the caller promises.
+        let user_id = unsafe { text(user_id) }?.to_owned();
+        let call_type = match call_type {
+            1 => CallType::Audio,
+            2 => CallType::Video,
+            _ => return Err(OC_ERR_INVALID_ARGUMENT),
+        };
+        let options = CallOptions {
+            timeout_ms: u32::try_from(timeout_ms).ok().filter(|ms| *ms > 0),
+            user_data: None,
+        };
+        // SAFETY: as the caller promises.
+        unsafe {
+            start(handle, out_request, Request::Call, move |calling| async move {
+                calling.call_with(&user_id, call_type, options).await.map(Some)
+            })
+        }
+    })
+}
+
+/// Accepts the ringing invitation; completion `"accept"`.
+///
+/// # Safety
+/// `out_request` points to writable memory for a `u64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_accept(handle: OcHandle, out_request: *mut u64) -> i32 {
+    guarded(|| {
+        // SAFETY: as the caller promises.
+        unsafe {
+            start(handle, out_request, Request::Accept, |calling| async move {
+                calling.accept().await.map(|()| None)
+            })
+        }
+    })
+}
+
+/// Rejects the ringing invitation; completion `"reject"`.
+///
+/// # Safety
+/// `out_request` points to writable memory for a `u64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_reject(handle: OcHandle, out_request: *mut u64) -> i32 {
+    guarded(|| {
+        // SAFETY: as the caller promises.
+        unsafe {
+            start(handle, out_request, Request::Reject, |calling| async move {
+                calling.reject().await.map(|()| None)
+            })
+        }
+    })
+}
+
+/// Hangs up (cancels the invitations before anyone answered; leaves the
+/// call otherwise); completion `"hangup"`.
+///
+/// # Safety
+/// `out_request` points to writable memory for a `u64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_hangup(handle: OcHandle, out_request: *mut u64) -> i32 {
+    guarded(|| {
+        // SAFETY: as the caller promises.
+        unsafe {
+            start(handle, out_request, Request::Hangup, |calling| async move {
+                calling.hangup().await.map(|()| None)
+            })
+        }
+    })
+}
+
+/// Stops (`true`) or resumes sending the microphone (`setMicMute`).
+#[unsafe(no_mangle)]
+pub extern "C" fn oc_calling_set_mic_mute(handle: OcHandle, muted: bool) -> i32 {
+    guarded(|| {
+        instance(handle)?.calling.set_mic_mute(muted);
+        Ok(())
+    })
+}
+
+/// Hands-free (speakerphone) on or off (`setHandsFree`).
+#[unsafe(no_mangle)]
+pub extern "C" fn oc_calling_set_hands_free(handle: OcHandle, hands_free: bool) -> i32 {
+    guarded(|| {
+        instance(handle)?.calling.set_hands_free(hands_free);
+        Ok(())
+    })
+}
+
+/// A static, NUL-terminated description of a result code of this API (the
+/// `OC_ERR_*` codes) or of a `calling_api` error code from a completion.
+/// Never null; never free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn oc_result_description(code: i32) -> *const c_char {
+    let text: &'static CStr = match code {
+        OC_OK => c"success",
+        OC_ERR_NULL_POINTER => c"a required pointer was null",
+        OC_ERR_INVALID_HANDLE => c"no such instance (never created, or destroyed)",
+        OC_ERR_INVALID_ARGUMENT => c"an argument is not UTF-8, not valid JSON, or out of range",
+        OC_ERR_PANIC => c"internal error (a bug in the library was caught)",
+        OC_ERR_RESOURCES => c"the library could not start its threads",
+        _ => return calling_api_description(code),
+    };
+    text.as_ptr()
+}
+
+/// The text of a `calling_api` error code, kept for the process's life.
+fn calling_api_description(code: i32) -> *const c_char {
+    static TEXTS: Mutex<Vec<(i32, CString)>> = Mutex::new(Vec::new());
+    let mut texts = lock(&TEXTS);
+    if let Some((_, text)) = texts.iter().find(|(known, _)| *known == code) {
+        return text.as_ptr();
+    }
+    let message = calling_api::ErrorCode(code).message();
+    let text = CString::new(message).unwrap_or_else(|_| CString::from(c"unknown error"));
+    let pointer = text.as_ptr();
+    // Kept forever: the set of codes is small and fixed.
+    texts.push((code, text));
+    pointer
+}
+
+/// The library's version, static and NUL-terminated.
+#[unsafe(no_mangle)]
+pub extern "C" fn oc_version() -> *const c_char {
+    const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    VERSION.as_ptr().cast()
+}
