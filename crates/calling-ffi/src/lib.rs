@@ -40,8 +40,8 @@ use std::time::Duration;
 
 use calling_api::{CallId, CallType, CallingResult};
 use calling_facade::{
-    AudioDevices, CallOptions, CaptureDevice, ClientOptions, Fallback, PlaybackDevice,
-    ServerTrust, Signal, TRTCCalling,
+    AudioDevices, CallOptions, CaptureDevice, ClientOptions, Fallback, PlaybackDevice, ServerTrust,
+    Signal, TRTCCalling,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -313,9 +313,8 @@ fn destroy(handle: OcHandle) -> Result<(), i32> {
     if let Some(runtime) = runtime {
         // Logs out (a call ends as a hang-up) within a bounded time.
         let calling = Arc::clone(&instance.calling);
-        let _ = runtime.block_on(async move {
-            tokio::time::timeout(SHUTDOWN_WAIT, calling.shutdown()).await
-        });
+        let _ = runtime
+            .block_on(async move { tokio::time::timeout(SHUTDOWN_WAIT, calling.shutdown()).await });
         runtime.shutdown_timeout(Duration::from_millis(500));
     }
     let _ = instance.deliveries.send(Delivery::Stop);
@@ -543,9 +542,17 @@ pub unsafe extern "C" fn oc_calling_login(
         let user_sig = unsafe { text(user_sig) }?.to_owned();
         // SAFETY: as the caller promises.
         unsafe {
-            start(handle, out_request, Request::Login, move |calling| async move {
-                calling.login(sdk_app_id, &user_id, &user_sig).await.map(|()| None)
-            })
+            start(
+                handle,
+                out_request,
+                Request::Login,
+                move |calling| async move {
+                    calling
+                        .login(sdk_app_id, &user_id, &user_sig)
+                        .await
+                        .map(|()| None)
+                },
+            )
         }
     })
 }
@@ -595,9 +602,17 @@ pub unsafe extern "C" fn oc_calling_call(
         };
         // SAFETY: as the caller promises.
         unsafe {
-            start(handle, out_request, Request::Call, move |calling| async move {
-                calling.call_with(&user_id, call_type, options).await.map(Some)
-            })
+            start(
+                handle,
+                out_request,
+                Request::Call,
+                move |calling| async move {
+                    calling
+                        .call_with(&user_id, call_type, options)
+                        .await
+                        .map(Some)
+                },
+            )
         }
     })
 }
