@@ -86,7 +86,7 @@ pub use calling_api::{
 };
 pub use media::{
     AudioDeviceInfo, AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice,
-    list_audio_devices,
+    UnknownDevice, list_audio_devices,
 };
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
 pub use signaling_proto::CallOptions;

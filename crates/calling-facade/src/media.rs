@@ -103,6 +103,65 @@ pub enum PlaybackDevice {
     Custom(CustomSink),
 }
 
+/// A device named by a short text (bindings, configuration): not one of
+/// the forms the device's `FromStr` documents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a device: see CaptureDevice's and PlaybackDevice's FromStr")]
+pub struct UnknownDevice(pub String);
+
+impl std::str::FromStr for CaptureDevice {
+    type Err = UnknownDevice;
+
+    /// `system`, `system:NAME`, `silence`, `tone:HZ`, `wav:PATH` (played
+    /// once) or `wav-loop:PATH`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let unknown = || UnknownDevice(text.to_owned());
+        Ok(match text.split_once(':') {
+            None if text == "system" => Self::System { name: None },
+            None if text == "silence" => Self::Silence,
+            Some(("system", name)) => Self::System {
+                name: Some(name.to_owned()),
+            },
+            Some(("tone", hz)) => {
+                let frequency: f32 = hz.parse().map_err(|_| unknown())?;
+                if !(frequency > 0.0 && frequency < 24_000.0) {
+                    return Err(unknown());
+                }
+                Self::Synthetic(Signal::Tone {
+                    frequency,
+                    amplitude: 0.5,
+                })
+            }
+            Some(("wav", path)) => Self::Wav {
+                path: path.into(),
+                looping: false,
+            },
+            Some(("wav-loop", path)) => Self::Wav {
+                path: path.into(),
+                looping: true,
+            },
+            _ => return Err(unknown()),
+        })
+    }
+}
+
+impl std::str::FromStr for PlaybackDevice {
+    type Err = UnknownDevice;
+
+    /// `system`, `null` or `wav:PATH` (recorded, 48 kHz mono).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text.split_once(':') {
+            None if text == "system" => Self::System {
+                hands_free: None,
+                private: None,
+            },
+            None if text == "null" => Self::Null,
+            Some(("wav", path)) => Self::Wav { path: path.into() },
+            _ => return Err(UnknownDevice(text.to_owned())),
+        })
+    }
+}
+
 /// A user's audio devices.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AudioDevices {
@@ -736,4 +795,36 @@ fn output_resampler(format: AudioFormat) -> Option<Resampler> {
         return None;
     }
     Resampler::new(48_000, 1, format.sample_rate, format.channels, 480).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_by_name() {
+        assert_eq!("silence".parse(), Ok(CaptureDevice::Silence));
+        assert_eq!(
+            "wav-loop:/tmp/a.wav".parse(),
+            Ok(CaptureDevice::Wav {
+                path: "/tmp/a.wav".into(),
+                looping: true
+            })
+        );
+        assert!(matches!(
+            "tone:440".parse(),
+            Ok(CaptureDevice::Synthetic(Signal::Tone { frequency, .. })) if frequency == 440.0
+        ));
+        assert_eq!("null".parse(), Ok(PlaybackDevice::Null));
+        assert_eq!(
+            "wav:out.wav".parse(),
+            Ok(PlaybackDevice::Wav {
+                path: "out.wav".into()
+            })
+        );
+        for bad in ["tone:-3", "tone:loud", "speaker", "", "wav-loop"] {
+            assert!(bad.parse::<CaptureDevice>().is_err(), "{bad}");
+        }
+        assert!("silence".parse::<PlaybackDevice>().is_err());
+    }
 }

@@ -40,8 +40,7 @@ use std::time::Duration;
 
 use calling_api::{CallId, CallType, CallingResult};
 use calling_facade::{
-    AudioDevices, CallOptions, CaptureDevice, ClientOptions, Fallback, PlaybackDevice, ServerTrust,
-    Signal, TRTCCalling,
+    AudioDevices, CallOptions, ClientOptions, Fallback, ServerTrust, TRTCCalling,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -156,41 +155,6 @@ struct OptionsJson {
     output: Option<String>,
 }
 
-fn capture(spec: &str) -> Result<CaptureDevice, i32> {
-    Ok(match spec.split_once(':') {
-        None if spec == "system" => CaptureDevice::System { name: None },
-        None if spec == "silence" => CaptureDevice::Silence,
-        Some(("system", name)) => CaptureDevice::System {
-            name: Some(name.to_owned()),
-        },
-        Some(("tone", hz)) => CaptureDevice::Synthetic(Signal::Tone {
-            frequency: hz.parse().map_err(|_| OC_ERR_INVALID_ARGUMENT)?,
-            amplitude: 0.5,
-        }),
-        Some(("wav", path)) => CaptureDevice::Wav {
-            path: path.into(),
-            looping: false,
-        },
-        Some(("wav-loop", path)) => CaptureDevice::Wav {
-            path: path.into(),
-            looping: true,
-        },
-        _ => return Err(OC_ERR_INVALID_ARGUMENT),
-    })
-}
-
-fn playback(spec: &str) -> Result<PlaybackDevice, i32> {
-    Ok(match spec.split_once(':') {
-        None if spec == "system" => PlaybackDevice::System {
-            hands_free: None,
-            private: None,
-        },
-        None if spec == "null" => PlaybackDevice::Null,
-        Some(("wav", path)) => PlaybackDevice::Wav { path: path.into() },
-        _ => return Err(OC_ERR_INVALID_ARGUMENT),
-    })
-}
-
 fn options(json: &str) -> Result<ClientOptions, i32> {
     let parsed: OptionsJson = if json.trim().is_empty() {
         OptionsJson::default()
@@ -231,9 +195,14 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
     if parsed.reconnect == Some(false) {
         options.reconnect = None;
     }
+    let device = |spec: Option<String>| spec.unwrap_or_else(|| "system".into());
     options.audio = AudioDevices {
-        capture: capture(parsed.input.as_deref().unwrap_or("system"))?,
-        playback: playback(parsed.output.as_deref().unwrap_or("system"))?,
+        capture: device(parsed.input)
+            .parse()
+            .map_err(|_| OC_ERR_INVALID_ARGUMENT)?,
+        playback: device(parsed.output)
+            .parse()
+            .map_err(|_| OC_ERR_INVALID_ARGUMENT)?,
     };
     Ok(options)
 }
