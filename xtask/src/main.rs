@@ -114,6 +114,7 @@ fn ci() -> Result {
         step(name, &mut doc)?;
     }
     ensure_tmux()?;
+    ensure_address_sanitizer()?;
     let tests = run_tests(
         tools
             .apply(&mut cargo())
@@ -127,6 +128,7 @@ fn ci() -> Result {
             .args(["--seconds", "12"]),
     )?;
     let device_tests = real_device_checks(&tools)?;
+    python_package(&tools)?;
     step(
         "cargo-deny (bans, licenses, sources)",
         &mut tools.cargo_deny(["check", "bans", "licenses", "sources"]),
@@ -287,6 +289,118 @@ fn bench(args: &[String]) -> Result {
         audio.arg(python);
     }
     step("bench: audio CPU and PESQ", &mut audio)
+}
+
+/// The C ABI's test compiles a C program with gcc's AddressSanitizer (leak
+/// checks included); its runtime comes with gcc on Debian, and is installed
+/// when missing.
+fn ensure_address_sanitizer() -> Result {
+    let dir = workspace_root().join("target").join("xtask-tools");
+    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    let source = dir.join("asan-probe.c");
+    std::fs::write(&source, "int main(void) { return 0; }\n")
+        .map_err(|error| format!("{}: {error}", source.display()))?;
+    let probe = || {
+        succeeds(
+            Command::new("gcc")
+                .arg("-fsanitize=address")
+                .arg(&source)
+                .arg("-o")
+                .arg(dir.join("asan-probe")),
+        )
+    };
+    if probe() {
+        return Ok(());
+    }
+    println!("==> gcc's AddressSanitizer runtime not found: installing it (Debian packages)");
+    step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    step(
+        "apt-get install libasan8",
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "libasan8"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    if probe() {
+        Ok(())
+    } else {
+        Err("gcc cannot build with -fsanitize=address".into())
+    }
+}
+
+/// Builds the Python package (maturin, from PyPI into a venv under
+/// target/), installs the wheel into a fresh test venv, and runs its test
+/// against a development server.
+fn python_package(tools: &Tools) -> Result {
+    let target = workspace_root().join("target");
+    let tools_venv = target.join("xtask-tools").join("maturin-venv");
+    let maturin = tools_venv.join("bin").join("maturin");
+    if !succeeds(Command::new(&maturin).arg("--version")) {
+        step(
+            "python venv for maturin",
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&tools_venv),
+        )?;
+        step(
+            "pip install maturin",
+            Command::new(tools_venv.join("bin").join("pip")).args([
+                "install",
+                "--quiet",
+                "maturin>=1.7,<2",
+            ]),
+        )?;
+    }
+    let wheels = target.join("wheels");
+    let _ = std::fs::remove_dir_all(&wheels);
+    let mut build = Command::new(&maturin);
+    tools.apply(&mut build);
+    step(
+        "python: build the opencalling wheel (maturin, abi3)",
+        build
+            .args(["build", "--quiet", "-m"])
+            .arg(workspace_root().join("crates/calling-py/Cargo.toml"))
+            .arg("-o")
+            .arg(&wheels),
+    )?;
+    let wheel = std::fs::read_dir(&wheels)
+        .map_err(|error| format!("{}: {error}", wheels.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| path.extension().is_some_and(|extension| extension == "whl"))
+        .ok_or("maturin made no wheel")?;
+    let test_venv = target.join("python-tests");
+    let _ = std::fs::remove_dir_all(&test_venv);
+    step(
+        "python: a fresh venv for the tests",
+        Command::new("python3").args(["-m", "venv"]).arg(&test_venv),
+    )?;
+    step(
+        "python: install the wheel",
+        Command::new(test_venv.join("bin").join("pip"))
+            .args(["install", "--quiet"])
+            .arg(&wheel),
+    )?;
+    step(
+        "build calling-server (for the Python test)",
+        tools
+            .apply(&mut cargo())
+            .args(["build", "--quiet", "--locked", "-p", "calling-server"]),
+    )?;
+    step(
+        "python: two users, a bot that plays and records, refusals",
+        Command::new(test_venv.join("bin").join("python"))
+            .arg(workspace_root().join("crates/calling-py/tests/test_calls.py"))
+            .env(
+                "OPENCALLING_SERVER_BIN",
+                target.join("debug").join("calling-server"),
+            )
+            .env(
+                "OPENCALLING_SPEECH_WAV",
+                workspace_root().join("tests/fixtures/speech/speech-a-16k.wav"),
+            ),
+    )
 }
 
 /// External tools the build and the checks need, found or installed.
