@@ -1,35 +1,4 @@
-//! OpenCalling's audio capture and playback, behind two small traits:
-//! [`AudioSource`] (capture: something that produces samples) and
-//! [`AudioSink`] (playback: something that consumes them).
-//!
-//! Backends:
-//! - [`WavSource`] / [`WavSink`]: WAV files (any sample rate and channel
-//!   count in, 16-bit PCM out), for bots and tests;
-//! - [`SyntheticSource`]: silence, a tone, a chirp, or clicks for latency
-//!   probes; [`NullSink`]: counts and discards;
-//! - real devices (feature `cpal`): `devices::Microphone` and
-//!   `devices::Speaker`, selected by name or the system default, with
-//!   `devices::OutputRoutes` for the hands-free route.
-//!
-//! Time: sources and sinks are pulled and pushed by the caller, who owns the
-//! clock: as fast as possible under a test's virtual clock, or paced to the
-//! wall clock with [`Pacer`].
-//!
-//! # The real-time contract
-//!
-//! A device callback never allocates, locks, logs or blocks. PCM crosses
-//! between the callback thread and the pipeline thread through the
-//! pre-allocated lock-free SPSC rings of [`realtime`]; an underrun plays
-//! silence and an overrun drops samples, each counted in an atomic that a
-//! normal thread reads ([`realtime::XrunCounters`]). A test checks that the
-//! callback side does not allocate.
-//!
-//! # Feature flags
-//!
-//! - `cpal`: real devices through cpal. Off by default; on Linux it needs
-//!   the ALSA headers (`libasound2-dev`) to build.
-//!
-//! This crate never touches Opus, resampling or the network.
+#![doc = include_str!("../README.md")]
 
 #[cfg(feature = "cpal")]
 pub mod devices;

@@ -1,14 +1,4 @@
-//! The public vocabulary of OpenCalling: the words an application uses to talk
-//! about calls, shared by the SDK, the wire protocol and the server.
-//!
-//! It holds [`UserId`] (validated on construction), [`CallType`], [`CallId`],
-//! [`EndReason`], the event enum [`CallingEvent`] with one variant per event of
-//! the calling API plus our extensions, and the stable numeric [`ErrorCode`]s
-//! behind [`CallingError`] and [`CallingResult`].
-//!
-//! This crate never does I/O, never spawns, never reads a clock and depends on
-//! no other crate of ours: it is plain data, so any client or server, sync or
-//! async, can share it.
+#![doc = include_str!("../README.md")]
 
 mod call;
 mod error;

@@ -1,29 +1,4 @@
-//! OpenCalling's SDK through a C ABI (`include/opencalling.h`, generated
-//! by cbindgen from this file): the whole calling API for C, C++, Swift,
-//! Kotlin (JNI), Dart (`dart:ffi`) and anything else that calls C.
-//!
-//! # The model
-//!
-//! - **Handles.** An instance is an [`OcHandle`], a number from a registry:
-//!   a handle that was destroyed (or never existed) is refused with
-//!   [`OC_ERR_INVALID_HANDLE`], never a crash. `0` is never a handle.
-//! - **Requests return at once.** `login`, `logout`, `call`, `accept`,
-//!   `reject` and `hangup` start the request, write its request id and
-//!   return; the outcome arrives later through the callback as a
-//!   `completion` carrying that id.
-//! - **One callback per instance**, given every event and completion as one
-//!   JSON object (schema in docs/bindings.md and in the header). It runs
-//!   on one thread per instance that this library owns: never the caller's
-//!   thread, never an audio thread; events arrive in order, one at a time.
-//!   The callback may call any function of this API, including destroying
-//!   its own instance; it must not block for long (events wait behind it).
-//! - **Strings** passed in are UTF-8, NUL-terminated, borrowed for the call
-//!   only. The JSON passed to the callback is valid during the callback only:
-//!   copy what you keep. Nothing returned needs freeing.
-//! - **No panic crosses the boundary**: one becomes [`OC_ERR_PANIC`].
-//!
-//! It never reimplements the SDK: every call goes to `calling-facade`.
-
+#![doc = include_str!("../README.md")]
 // A C ABI is unsafe by nature: raw pointers in, a C function pointer out.
 // Every unsafe block says what it relies on.
 #![allow(unsafe_code)]

@@ -1,28 +1,4 @@
-//! OpenCalling's server: it authenticates logins with the original's UserSig
-//! scheme, keeps presence, routes calls through `signaling-proto`'s
-//! [`Switchboard`](signaling_proto::Switchboard) on the real clock, and relays
-//! each call's audio datagrams between its members.
-//!
-//! Run it as the `calling-server` binary, or start it in-process with
-//! [`start`] (tests, demos, embedding): one task owns the switchboard (the
-//! "hub"), one task serves each connection, so a slow client never holds up
-//! another; a client whose outgoing queue overflows is disconnected.
-//!
-//! With no app configured it runs in development mode: a self-signed
-//! certificate and a development app (sdkAppId 1400000000, random key) are
-//! made once in the data directory and reused; clients trust the certificate
-//! by the fingerprint [`RunningServer::fingerprint`] reports.
-//!
-//! For its operator it offers (all off by default, see [`OperationsConfig`]):
-//! Prometheus metrics, health and readiness probes and an admin API on an
-//! HTTP listener of its own; signed webhooks of every call event; one JSON
-//! call record per ended call; and drains (no new logins or calls, stop
-//! once the calls are over).
-//!
-//! It never decodes or mixes audio, never logs a secret key or a UserSig, and
-//! never trusts a client's word about who it is: the login's UserSig decides.
-//! Its operator's side (metrics, webhooks, records) never holds up a call:
-//! the hub hands it events through bounded queues and moves on.
+#![doc = include_str!("../README.md")]
 
 pub mod config;
 mod connection;

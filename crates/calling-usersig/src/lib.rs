@@ -1,18 +1,4 @@
-//! The original's UserSig scheme ("TLS sig API v2"), generation and
-//! verification, exactly as the official generators write it, so an
-//! application's existing backend keeps issuing the signatures.
-//!
-//! A UserSig is zlib-compressed JSON, base64-encoded with `+ / =` replaced
-//! by `* - _`. The JSON carries `TLS.ver` ("2.0"), `TLS.identifier`,
-//! `TLS.sdkappid`, `TLS.time`, `TLS.expire`, optionally `TLS.userbuf`, and
-//! `TLS.sig`: base64 of HMAC-SHA256 (key: the app's secret key as UTF-8)
-//! over the lines `TLS.identifier:…\nTLS.sdkappid:…\nTLS.time:…\nTLS.expire:…\n`
-//! (and `TLS.userbuf:…\n` when present). Generators differ in key order,
-//! spacing and number-or-string fields, so verification parses the JSON.
-//!
-//! A crate of its own so that the server (which verifies) and the SDK's
-//! development helper (which signs, behind its `dev` feature) share one
-//! implementation. Pure functions: no I/O, no clock (`now` comes in).
+#![doc = include_str!("../README.md")]
 
 use std::io::{Read, Write};
 

@@ -1,28 +1,4 @@
-//! OpenCalling's QUIC transport: quinn + rustls (ring provider only).
-//!
-//! One connection per logged-in client carries:
-//! - one bidirectional stream of length-prefixed signaling frames
-//!   (`signaling-link`'s framing over quinn's streams), opened by the client;
-//! - unreliable DATAGRAM frames for audio (negotiated on every connection,
-//!   with `signaling-proto`'s media header in front of each Opus packet).
-//!
-//! The server side ([`QuicServer`]) enforces a connection cap and a per-IP
-//! cap, validates addresses with a Retry once it is busy, and keeps its
-//! stateless-reset key stable across restarts (the caller persists the seed).
-//! The client side ([`connect`]) trusts a server by certificate fingerprint
-//! (development), by a CA file, or by the system roots ([`ServerTrust`]).
-//! Connections close with an application code that is an [`ErrorCode`]
-//! number, so both ends can say why.
-//!
-//! Both are the transport seam of `signaling-link` ([`Quic`] implements
-//! its `Transport`; a connection is a `MediaLink`), so the server and the
-//! SDK above it never name quinn.
-//!
-//! This crate holds no call logic (that is `signaling-proto`) and never
-//! touches audio devices or codecs. Transport settings follow the design
-//! brief: see [`transport_config`].
-//!
-//! [`ErrorCode`]: calling_api::ErrorCode
+#![doc = include_str!("../README.md")]
 
 mod address;
 mod client;

@@ -1,21 +1,4 @@
-//! The fallback transport for networks that block UDP: the protocol's
-//! signaling stream and its audio datagrams over one WebSocket (RFC 6455)
-//! over TLS 1.3 over TCP, behind the same transport seam as QUIC
-//! (`signaling-link`), so the server's connection code and the SDK's driver
-//! serve it unchanged.
-//!
-//! On the wire (docs/protocol.md, "Fallback transport"): the client opens a
-//! TLS connection (ALPN `http/1.1`, the server's QUIC certificate), then a
-//! WebSocket to [`PATH`]. Every WebSocket message is binary; its first byte
-//! says what the rest is: [`KIND_SIGNALING`], a piece of the signaling
-//! byte stream (the same length-prefixed frames as the QUIC stream, split
-//! anywhere), or [`KIND_DATAGRAM`], one audio datagram.
-//!
-//! TCP delivers every byte, in order, however late: audio that waited
-//! behind a stalled socket is worse than none, so a sender keeps at most
-//! [`DATAGRAM_QUEUE`] datagrams (dropping the oldest) and drops any that
-//! waited longer than [`STALE_AFTER`]. It never decodes the frames it
-//! carries, and never retries: a broken connection is the SDK's to repair.
+#![doc = include_str!("../README.md")]
 
 use std::collections::VecDeque;
 use std::io;

@@ -64,9 +64,10 @@ fn every_crate_root_opens_with_a_module_doc() {
             let Ok(text) = fs::read_to_string(&path) else {
                 continue;
             };
+            let readme = text.starts_with("#![doc = include_str!(\"../README.md\")]");
             assert!(
-                text.starts_with("//!"),
-                "{} does not open with a `//!` doc",
+                text.starts_with("//!") || readme,
+                "{} does not open with a `//!` doc or its README",
                 path.display()
             );
         }
@@ -101,9 +102,9 @@ fn every_rust_file_opens_with_a_module_doc() {
     let undocumented: Vec<String> = files
         .iter()
         .filter(|path| {
-            !fs::read_to_string(path)
-                .expect("readable source")
-                .starts_with("//!")
+            let text = fs::read_to_string(path).expect("readable source");
+            !(text.starts_with("//!")
+                || text.starts_with("#![doc = include_str!(\"../README.md\")]"))
         })
         .map(|path| path.display().to_string())
         .collect();
@@ -257,4 +258,54 @@ fn the_dockerfile_and_the_systemd_unit_name_what_exists() {
     let unit = std::fs::read_to_string(root.join("deploy/calling-server.service")).unwrap();
     assert!(unit.contains(&format!("ExecStart=/usr/local/bin/{package} --config ")));
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+}
+
+/// Every crate that is published stands alone: a README with an example
+/// and its feature flags, the package fields crates.io and docs.rs use,
+/// and versioned dependencies on the workspace's crates.
+#[test]
+fn every_published_crate_stands_alone() {
+    let workspace = fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    for line in workspace
+        .lines()
+        .filter(|line| line.contains("path = \"crates/"))
+    {
+        assert!(line.contains("version = "), "unversioned: {line}");
+    }
+    for dir in member_dirs() {
+        let manifest = fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        if manifest.contains("publish = false") {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for field in [
+            "readme = \"README.md\"",
+            "keywords = [",
+            "categories = [",
+            "[package.metadata.docs.rs]",
+        ] {
+            assert!(manifest.contains(field), "{name}: Cargo.toml lacks {field}");
+        }
+        let readme = fs::read_to_string(dir.join("README.md"))
+            .unwrap_or_else(|_| panic!("{name} has no README.md"));
+        assert!(
+            readme.starts_with(&format!("# {name}\n")),
+            "{name}: README title"
+        );
+        assert!(
+            readme.contains("## Feature flags"),
+            "{name}: README lacks its feature flags"
+        );
+        if dir.join("src/lib.rs").exists() {
+            let lib = fs::read_to_string(dir.join("src/lib.rs")).unwrap();
+            assert!(
+                lib.starts_with("#![doc = include_str!(\"../README.md\")]"),
+                "{name}: the crate docs are its README"
+            );
+            assert!(
+                readme.contains("```rust") || readme.contains("```no_run"),
+                "{name}: README has no example (a doctest)"
+            );
+        }
+    }
 }
