@@ -23,7 +23,10 @@ const HELP: &str = "\
 cargo xtask <command>
 
 commands:
-  ci      rustfmt --check, clippy -D warnings, rustdoc -D warnings, every test, cargo-deny
+  ci      rustfmt --check, clippy -D warnings, rustdoc -D warnings, every test (the C and
+          Python bindings' included), the packaging checks, cargo-deny
+  package every published crate packaged and verified (cargo package), each built and
+          unit- and doc-tested on its own with its default features and with none
   demo    a real server and five users over QUIC, printing each user's events
   bench   the benchmarks, each figure beside its baseline
   fuzz    the fuzzing harness for longer: fuzz [SECONDS] [SEED] (default 300 s)
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("package") => Tools::provision().and_then(|tools| package(&tools)),
         Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
     match outcome {
@@ -129,6 +133,7 @@ fn ci() -> Result {
     )?;
     let device_tests = real_device_checks(&tools)?;
     python_package(&tools)?;
+    package(&tools)?;
     step(
         "cargo-deny (bans, licenses, sources)",
         &mut tools.cargo_deny(["check", "bans", "licenses", "sources"]),
@@ -289,6 +294,66 @@ fn bench(args: &[String]) -> Result {
         audio.arg(python);
     }
     step("bench: audio CPU and PESQ", &mut audio)
+}
+
+/// The crates published on crates.io: every member but the tests, the
+/// fuzzing harness, the xtask and the Python module (a PyPI wheel).
+const UNPUBLISHED: [&str; 4] = ["opencalling-tests", "calling-fuzz", "xtask", "calling-py"];
+
+/// Each published crate packaged and verified from its tarball (`cargo
+/// package` builds it alone, its workspace dependencies from the packages
+/// beside it), then built and unit- and doc-tested on its own (`-p`, no
+/// feature unification with the others) with its default features and
+/// with none. Integration tests run in the workspace's `cargo test`.
+fn package(tools: &Tools) -> Result {
+    let mut packaging = cargo();
+    tools
+        .apply(&mut packaging)
+        .args(["package", "--workspace", "--locked"]);
+    for crate_name in UNPUBLISHED {
+        packaging.args(["--exclude", crate_name]);
+    }
+    step("package: every published crate, verified", &mut packaging)?;
+    let metadata = std::fs::read_dir(workspace_root().join("crates"))
+        .map_err(|error| format!("crates/: {error}"))?;
+    let mut crates: Vec<String> = metadata
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| !UNPUBLISHED.contains(&name.as_str()))
+        .collect();
+    crates.sort();
+    for crate_name in &crates {
+        let has_lib = workspace_root()
+            .join("crates")
+            .join(crate_name)
+            .join("src/lib.rs")
+            .exists();
+        // A library: its unit tests and doctests; a binary: its build.
+        let runs: &[&[&str]] = if has_lib {
+            &[&["test", "--lib"], &["test", "--doc"]]
+        } else {
+            &[&["build"]]
+        };
+        for features in [None, Some("--no-default-features")] {
+            for run in runs {
+                let mut command = cargo();
+                tools
+                    .apply(&mut command)
+                    .args(*run)
+                    .args(["--quiet", "--locked", "-p", crate_name]);
+                command.args(features);
+                let label = features.unwrap_or("default features");
+                step(
+                    &format!(
+                        "package: {crate_name} on its own ({}), {label}",
+                        run.join(" ")
+                    ),
+                    &mut command,
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The C ABI's test compiles a C program with gcc's AddressSanitizer (leak
