@@ -78,6 +78,19 @@ static void expect(User *user, const int *from, const char *first, const char *s
     }
 }
 
+/* Asserts that the step since *from brought exactly `count` events (volume
+ * reports aside): the ones expected, and nothing else. */
+static void exactly(User *user, const int *from, int count) {
+    pthread_mutex_lock(&user->lock);
+    int seen = user->count - *from;
+    if (seen != count) {
+        fprintf(stderr, "%s: %d events in this step, %d expected:\n", user->name, seen, count);
+        for (int i = *from; i < user->count; i++) fprintf(stderr, "  %s\n", user->events[i]);
+        exit(1);
+    }
+    pthread_mutex_unlock(&user->lock);
+}
+
 static void step(User *user, int *from) {
     pthread_mutex_lock(&user->lock);
     *from = user->count;
@@ -196,6 +209,8 @@ int main(int argc, char **argv) {
     expect(&alice, &seen_a, completion_of(request), "\"code\":0,");
     CHECK(oc_calling_login(b, app, "bob", argv[5], &request) == OC_OK);
     expect(&bob, &seen_b, completion_of(request), "\"code\":0,");
+    exactly(&alice, &seen_a, 1);
+    exactly(&bob, &seen_b, 1);
 
     step(&alice, &seen_a);
     step(&bob, &seen_b);
@@ -206,6 +221,12 @@ int main(int argc, char **argv) {
     expect(&bob, &seen_b, completion_of(request), "\"code\":0,");
     expect(&alice, &seen_a, "\"callback\":\"onUserEnter\"", "\"bob\"");
     expect(&bob, &seen_b, "\"callback\":\"onUserEnter\"", "\"alice\"");
+    expect(&alice, &seen_a, "\"callback\":\"onUserAudioAvailable\"", "\"available\":true,\"user_id\":\"bob\"");
+    expect(&bob, &seen_b, "\"callback\":\"onUserAudioAvailable\"", "\"available\":true,\"user_id\":\"alice\"");
+    /* alice: the call's completion, bob entering, his audio;
+     * bob: the invitation, the accept's completion, alice entering, her audio. */
+    exactly(&alice, &seen_a, 3);
+    exactly(&bob, &seen_b, 4);
 
     /* Two seconds of tones both ways. */
     struct timespec two_seconds = {2, 0};
@@ -225,8 +246,12 @@ int main(int argc, char **argv) {
     CHECK(oc_calling_hangup(a, &request) == OC_OK);
     expect(&alice, &seen_a, completion_of(request), "\"code\":0,");
     expect(&alice, &seen_a, "\"callback\":\"onCallEnd\"", NULL);
+    expect(&alice, &seen_a, "\"CallEnded\"", "\"reason\":\"Hangup\"");
     expect(&bob, &seen_b, "\"callback\":\"onUserLeave\"", "\"alice\"");
     expect(&bob, &seen_b, "\"callback\":\"onCallEnd\"", NULL);
+    expect(&bob, &seen_b, "\"CallEnded\"", "\"reason\":\"Hangup\"");
+    exactly(&alice, &seen_a, 3);
+    exactly(&bob, &seen_b, 3);
 
     /* Re-entrancy: carol's callback calls in and destroys its instance. */
     Carol carol = {0};
