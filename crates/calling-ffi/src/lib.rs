@@ -341,6 +341,41 @@ where
     Ok(())
 }
 
+/// The requests without arguments.
+#[derive(Clone, Copy)]
+enum Plain {
+    Logout,
+    Accept,
+    Reject,
+    Hangup,
+}
+
+/// Starts a request without arguments, guarded.
+///
+/// # Safety
+/// As [`start`].
+unsafe fn plain_request(handle: OcHandle, out_request: *mut u64, plain: Plain) -> i32 {
+    let request = match plain {
+        Plain::Logout => Request::Logout,
+        Plain::Accept => Request::Accept,
+        Plain::Reject => Request::Reject,
+        Plain::Hangup => Request::Hangup,
+    };
+    guarded(|| {
+        let work = move |calling: Arc<TRTCCalling>| async move {
+            match plain {
+                Plain::Logout => calling.logout().await,
+                Plain::Accept => calling.accept().await,
+                Plain::Reject => calling.reject().await,
+                Plain::Hangup => calling.hangup().await,
+            }
+            .map(|()| None)
+        };
+        // SAFETY: as the caller promises.
+        unsafe { start(handle, out_request, request, work) }
+    })
+}
+
 /// Creates an instance with `options_json` (docs/bindings.md; null or ""
 /// for the defaults) and writes its handle to `out_handle`. Destroy it
 /// with [`oc_calling_destroy`].
@@ -507,14 +542,8 @@ pub unsafe extern "C" fn oc_calling_login(
 /// `out_request` points to writable memory for a `u64`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oc_calling_logout(handle: OcHandle, out_request: *mut u64) -> i32 {
-    guarded(|| {
-        // SAFETY: as the caller promises.
-        unsafe {
-            start(handle, out_request, Request::Logout, |calling| async move {
-                calling.logout().await.map(|()| None)
-            })
-        }
-    })
+    // SAFETY: as the caller promises.
+    unsafe { plain_request(handle, out_request, Plain::Logout) }
 }
 
 /// Invites `user_id` (`call(userId, type)`: `call_type` 1 audio, 2 video;
@@ -567,14 +596,8 @@ pub unsafe extern "C" fn oc_calling_call(
 /// `out_request` points to writable memory for a `u64`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oc_calling_accept(handle: OcHandle, out_request: *mut u64) -> i32 {
-    guarded(|| {
-        // SAFETY: as the caller promises.
-        unsafe {
-            start(handle, out_request, Request::Accept, |calling| async move {
-                calling.accept().await.map(|()| None)
-            })
-        }
-    })
+    // SAFETY: as the caller promises.
+    unsafe { plain_request(handle, out_request, Plain::Accept) }
 }
 
 /// Rejects the ringing invitation; completion `"reject"`.
@@ -583,14 +606,8 @@ pub unsafe extern "C" fn oc_calling_accept(handle: OcHandle, out_request: *mut u
 /// `out_request` points to writable memory for a `u64`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oc_calling_reject(handle: OcHandle, out_request: *mut u64) -> i32 {
-    guarded(|| {
-        // SAFETY: as the caller promises.
-        unsafe {
-            start(handle, out_request, Request::Reject, |calling| async move {
-                calling.reject().await.map(|()| None)
-            })
-        }
-    })
+    // SAFETY: as the caller promises.
+    unsafe { plain_request(handle, out_request, Plain::Reject) }
 }
 
 /// Hangs up (cancels the invitations before anyone answered; leaves the
@@ -600,14 +617,8 @@ pub unsafe extern "C" fn oc_calling_reject(handle: OcHandle, out_request: *mut u
 /// `out_request` points to writable memory for a `u64`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn oc_calling_hangup(handle: OcHandle, out_request: *mut u64) -> i32 {
-    guarded(|| {
-        // SAFETY: as the caller promises.
-        unsafe {
-            start(handle, out_request, Request::Hangup, |calling| async move {
-                calling.hangup().await.map(|()| None)
-            })
-        }
-    })
+    // SAFETY: as the caller promises.
+    unsafe { plain_request(handle, out_request, Plain::Hangup) }
 }
 
 /// Stops (`true`) or resumes sending the microphone (`setMicMute`).
