@@ -92,6 +92,15 @@ async fn main() {
             )
             .await;
         }
+        Some("relay-compare") => {
+            let usage = "bench relay-compare BEFORE_BIN AFTER_BIN [CALLS] [REPEATS]";
+            relay_compare(
+                [args.get(1).expect(usage), args.get(2).expect(usage)],
+                args.get(3).and_then(|n| n.parse().ok()).unwrap_or(400),
+                args.get(4).and_then(|n| n.parse().ok()).unwrap_or(3),
+            )
+            .await;
+        }
         Some("udp-forwarder") => udp_forwarder().await,
         Some("latency") => {
             let seconds = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(12);
@@ -1133,6 +1142,44 @@ async fn relay_operations(server_bin: &str, calls: usize, repeats: usize) {
     println!(
         "  on / off: {:.3} (target: under 1.03)",
         mean(&with) / mean(&off).max(f64::MIN_POSITIVE)
+    );
+}
+
+/// Two server builds (before and after a change), alternating, `repeats`
+/// rounds each at `calls` calls: server CPU per forwarded datagram.
+async fn relay_compare(binaries: [&String; 2], calls: usize, repeats: usize) {
+    let origin = Instant::now();
+    let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..repeats {
+        for (binary, kept) in binaries.iter().zip(rounds.iter_mut()) {
+            kept.extend(quic_relay_rounds(binary, &[], origin, &[calls]).await);
+        }
+    }
+    println!("relay, two builds alternating, {calls} calls, server pinned to CPU 0");
+    let mean = |rounds: &[Round]| {
+        rounds.iter().map(Round::cpu_per_datagram_us).sum::<f64>() / rounds.len().max(1) as f64
+    };
+    for (name, kept) in ["before", "after"].iter().zip(&rounds) {
+        let each: Vec<String> = kept
+            .iter()
+            .map(|round| {
+                format!(
+                    "{:.1} (loss {:.3} %, p99 {:.1} ms)",
+                    round.cpu_per_datagram_us(),
+                    round.loss_percent(),
+                    round.p99.as_secs_f64() * 1e3
+                )
+            })
+            .collect();
+        println!(
+            "  {name:>6}: µs per forwarded datagram {} — mean {:.2}",
+            each.join(" / "),
+            mean(kept)
+        );
+    }
+    println!(
+        "  after / before: {:.3}",
+        mean(&rounds[1]) / mean(&rounds[0]).max(f64::MIN_POSITIVE)
     );
 }
 

@@ -380,7 +380,7 @@ async fn exchange<T: Transport>(
             datagram = link.media.recv_datagram() => match datagram {
                 Ok(datagram) => {
                     if budget.admit_datagram(Instant::now(), datagram.len(), counters) {
-                        shared.routes.relay(conn, &datagram);
+                        shared.routes.relay(conn, datagram);
                     }
                 }
                 // The connection is gone; the stream branch says the same.

@@ -889,7 +889,7 @@ mod tests {
         while !matches!(next(client).await, ServerMessage::Pong { .. }) {}
     }
 
-    fn datagram(kind: DatagramKind, flow: u32, payload: &[u8]) -> Vec<u8> {
+    fn datagram(kind: DatagramKind, flow: u32, payload: &[u8]) -> bytes::Bytes {
         let header = MediaHeader {
             kind,
             flow_id: FlowId(flow),
@@ -901,10 +901,10 @@ mod tests {
         let mut buffer = vec![0; 64];
         let len = header.encode(payload, &mut buffer).unwrap();
         buffer.truncate(len);
-        buffer
+        buffer.into()
     }
 
-    fn audio(claimed_flow: u32) -> Vec<u8> {
+    fn audio(claimed_flow: u32) -> bytes::Bytes {
         datagram(DatagramKind::Audio, claimed_flow, b"opus")
     }
 
@@ -984,13 +984,13 @@ mod tests {
             ServerMessage::Invited { .. }
         ));
         // Ringing: alice is alone in the call, her audio goes nowhere.
-        routes.relay(alice.conn, &audio(0));
+        routes.relay(alice.conn, audio(0));
         assert_eq!(routes.counts().dropped_not_in_call, 1);
 
         let (alice_flow, bob_flow) = bob_accepts(&hub, &mut alice, &mut bob, call_id).await;
         barrier(&hub, &mut alice).await;
 
-        routes.relay(bob.conn, &audio(999));
+        routes.relay(bob.conn, audio(999));
         let heard = alice.media.recv_datagram().await.unwrap();
         let (header, payload) = MediaHeader::decode(&heard).unwrap();
         assert_eq!((header.flow_id, payload), (bob_flow, &b"opus"[..]));
@@ -999,11 +999,11 @@ mod tests {
         // A loss report reaches only the sender it names, restamped with
         // the reporter's flow.
         let report = LossReport { loss_percent: 7 }.to_payload();
-        routes.relay(bob.conn, &datagram(DatagramKind::Report, 12_345, &report));
+        routes.relay(bob.conn, datagram(DatagramKind::Report, 12_345, &report));
         assert_eq!(routes.counts().forwarded, 1, "nobody has flow 12345");
         routes.relay(
             bob.conn,
-            &datagram(DatagramKind::Report, alice_flow.0, &report),
+            datagram(DatagramKind::Report, alice_flow.0, &report),
         );
         let heard = alice.media.recv_datagram().await.unwrap();
         let (header, payload) = MediaHeader::decode(&heard).unwrap();
@@ -1025,8 +1025,8 @@ mod tests {
         .unwrap();
         while !matches!(next(&mut alice).await, ServerMessage::CallEnded { .. }) {}
         barrier(&hub, &mut alice).await;
-        routes.relay(alice.conn, &audio(0));
-        routes.relay(bob.conn, &audio(0));
+        routes.relay(alice.conn, audio(0));
+        routes.relay(bob.conn, audio(0));
         assert_eq!(routes.counts().dropped_not_in_call, 3);
         assert_eq!(routes.counts().forwarded, 2);
         drop(bob.media);
@@ -1144,7 +1144,7 @@ mod tests {
             }
         );
         barrier(&hub, &mut alice).await;
-        routes.relay(alice.conn, &audio(0));
+        routes.relay(alice.conn, audio(0));
         let heard = bob_again.media.recv_datagram().await.unwrap();
         assert!(MediaHeader::decode(&heard).is_ok());
         // The old token is void now.

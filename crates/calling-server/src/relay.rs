@@ -83,12 +83,16 @@ impl MediaRoutes {
         }
     }
 
-    /// Forwards one datagram `conn` sent.
-    pub(crate) fn relay(&self, conn: ConnId, datagram: &[u8]) {
-        let Ok((header, payload)) = MediaHeader::decode(datagram) else {
+    /// Forwards one datagram `conn` sent. The sender's flow id is stamped
+    /// in place when the datagram's buffer is ours alone and the stamp
+    /// fits (the usual case: then nothing is allocated per datagram, the
+    /// peers share one buffer); otherwise into a copy.
+    pub(crate) fn relay(&self, conn: ConnId, datagram: Bytes) {
+        let Ok((header, payload)) = MediaHeader::decode(&datagram) else {
             self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        let payload_start = datagram.len() - payload.len();
         let Some(route) = self.route(conn) else {
             self.stats
                 .dropped_not_in_call
@@ -99,17 +103,20 @@ impl MediaRoutes {
             return;
         }
         // The sender's word about who it is does not count: stamp its flow.
-        let stamped = MediaHeader {
-            flow_id: route.flow,
-            ..header
+        let stamped = match datagram.try_into_mut() {
+            Ok(mut owned) => {
+                if MediaHeader::restamp_flow(&mut owned, route.flow) {
+                    Some(owned.freeze())
+                } else {
+                    copy_stamped(header, route.flow, &owned[payload_start..])
+                }
+            }
+            Err(shared) => copy_stamped(header, route.flow, &shared[payload_start..]),
         };
-        let mut buffer = vec![0; MAX_HEADER_LEN + payload.len()];
-        let Ok(len) = stamped.encode(payload, &mut buffer) else {
+        let Some(bytes) = stamped else {
             self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        buffer.truncate(len);
-        let bytes = Bytes::from(buffer);
         // A loss report is for the sender it names, nobody else.
         let about = (header.kind == DatagramKind::Report).then_some(header.flow_id);
         for (flow, peer) in &route.peers {
@@ -122,5 +129,164 @@ impl MediaRoutes {
                 self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// A new datagram: `header` stamped with `flow`, then `payload`.
+fn copy_stamped(header: MediaHeader, flow: FlowId, payload: &[u8]) -> Option<Bytes> {
+    let stamped = MediaHeader {
+        flow_id: flow,
+        ..header
+    };
+    let mut buffer = vec![0; MAX_HEADER_LEN + payload.len()];
+    let len = stamped.encode(payload, &mut buffer).ok()?;
+    buffer.truncate(len);
+    Some(Bytes::from(buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The relay path's allocations, counted: a global allocator that
+    //! counts what the current thread allocates while it is marked.
+
+    // A global allocator is an unsafe trait; this one wraps the system's.
+    #![allow(unsafe_code)]
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::sync::Mutex;
+
+    use bytes::BytesMut;
+    use calling_api::ErrorCode;
+    use signaling_link::LinkClosed;
+
+    use super::*;
+
+    struct Counting;
+
+    thread_local! {
+        static COUNTING: Cell<bool> = const { Cell::new(false) };
+        static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn count() {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|count| count.set(count.get() + 1));
+        }
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: same contract as ours.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            count();
+            // SAFETY: same contract as ours.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: same contract as ours.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// Allocations (and frees) `work` made on this thread.
+    fn allocations(work: impl FnOnce()) -> usize {
+        ALLOCATIONS.with(|count| count.set(0));
+        COUNTING.with(|flag| flag.set(true));
+        work();
+        COUNTING.with(|flag| flag.set(false));
+        ALLOCATIONS.with(Cell::get)
+    }
+
+    /// A peer that keeps what it gets, in room reserved beforehand.
+    #[derive(Debug)]
+    struct Peer(Mutex<Vec<Bytes>>);
+
+    impl MediaLink for Peer {
+        fn send_datagram(&self, datagram: Bytes) -> Result<(), LinkClosed> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(datagram);
+            Ok(())
+        }
+
+        fn close(&self, _: ErrorCode, _: &str) {}
+    }
+
+    /// A datagram as quinn hands one over: split out of the buffer of the
+    /// packet that carried it, which is then dropped.
+    fn received(claimed_flow: u32, sequence: u32) -> Bytes {
+        let header = MediaHeader {
+            kind: DatagramKind::Audio,
+            flow_id: FlowId(claimed_flow),
+            sequence,
+            timestamp: sequence * 960,
+            voice_activity: true,
+            level_dbov: 25,
+        };
+        let mut packet = BytesMut::zeroed(1_500);
+        let len = header
+            .encode(&[0x55; 80], &mut packet)
+            .unwrap_or_else(|error| panic!("{error}"));
+        packet.split_to(len).freeze()
+    }
+
+    #[test]
+    fn relaying_a_datagram_allocates_nothing() {
+        let routes = MediaRoutes::default();
+        let peers: Vec<Arc<Peer>> = (0..3)
+            .map(|_| Arc::new(Peer(Mutex::new(Vec::with_capacity(200)))))
+            .collect();
+        let route = Route {
+            flow: FlowId(7),
+            peers: peers
+                .iter()
+                .zip(8..)
+                .map(|(peer, flow)| (FlowId(flow), Arc::clone(peer) as Arc<dyn MediaLink>))
+                .collect(),
+        };
+        routes.set(ConnId(1), Some(route));
+        let datagrams: Vec<Bytes> = (0..100).map(|sequence| received(3, sequence)).collect();
+        let mut datagrams = datagrams.into_iter();
+        // The first one may set up what later ones reuse.
+        routes.relay(ConnId(1), datagrams.next().unwrap_or_default());
+        let made = allocations(|| {
+            for datagram in datagrams.by_ref() {
+                routes.relay(ConnId(1), datagram);
+            }
+        });
+        assert_eq!(
+            made, 0,
+            "allocations while relaying 99 datagrams to 3 peers"
+        );
+        for peer in &peers {
+            let got = peer.0.lock().unwrap_or_else(PoisonError::into_inner);
+            assert_eq!(got.len(), 100);
+            let (header, payload) =
+                MediaHeader::decode(&got[99]).unwrap_or_else(|error| panic!("{error}"));
+            assert_eq!(
+                (header.flow_id, header.sequence),
+                (FlowId(7), 99),
+                "stamped"
+            );
+            assert_eq!(payload, [0x55; 80]);
+        }
+        assert_eq!(routes.counts().forwarded, 300);
+        // A claimed flow id of another length cannot be stamped in place:
+        // that datagram is copied (which the count sees).
+        let longer = received(300, 100);
+        let made = allocations(|| routes.relay(ConnId(1), longer));
+        assert!(made > 0, "the copy path allocates, and is counted");
     }
 }

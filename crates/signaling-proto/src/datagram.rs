@@ -154,6 +154,23 @@ impl MediaHeader {
         Ok(needed)
     }
 
+    /// Overwrites the flow id of the encoded media datagram `datagram` in
+    /// place, when `flow` takes as many bytes as the flow id there (the
+    /// relay's stamp without a copy); `false`, with nothing written, when it
+    /// does not, or when `datagram` is no media datagram.
+    pub fn restamp_flow(datagram: &mut [u8], flow: FlowId) -> bool {
+        let Ok((_, payload)) = Self::decode(datagram) else {
+            return false;
+        };
+        // Kind byte, flow id, sequence, timestamp, level, payload.
+        let flow_len = datagram.len() - payload.len() - 10;
+        if varint_len(flow.0) != flow_len {
+            return false;
+        }
+        write_varint(flow.0, &mut datagram[1..]);
+        true
+    }
+
     /// Reads a header; returns it with the payload behind it.
     pub fn decode(datagram: &[u8]) -> Result<(Self, &[u8]), DatagramError> {
         let truncated = DatagramError::Truncated {
@@ -374,6 +391,38 @@ mod tests {
         assert_eq!(
             loud.encode(&[], &mut buf),
             Err(DatagramError::InvalidLevel(128))
+        );
+    }
+
+    #[test]
+    fn restamping_in_place_keeps_everything_else() {
+        let header = MediaHeader {
+            kind: DatagramKind::Audio,
+            flow_id: FlowId(5),
+            sequence: 77,
+            timestamp: 960,
+            voice_activity: true,
+            level_dbov: 30,
+        };
+        let mut datagram = [0_u8; MAX_HEADER_LEN + 3];
+        let len = header.encode(b"opu", &mut datagram).unwrap();
+        let datagram = &mut datagram[..len];
+        assert!(MediaHeader::restamp_flow(datagram, FlowId(9)));
+        let (stamped, payload) = MediaHeader::decode(datagram).unwrap();
+        assert_eq!(
+            stamped,
+            MediaHeader {
+                flow_id: FlowId(9),
+                ..header
+            }
+        );
+        assert_eq!(payload, b"opu");
+        // A flow id of another length needs a new datagram: nothing written.
+        assert!(!MediaHeader::restamp_flow(datagram, FlowId(300)));
+        assert_eq!(MediaHeader::decode(datagram).unwrap().0.flow_id, FlowId(9));
+        assert!(
+            !MediaHeader::restamp_flow(&mut [0xff, 1, 2], FlowId(1)),
+            "not a datagram"
         );
     }
 }
