@@ -994,6 +994,20 @@ async fn quic_relay_rounds(
             break;
         }
     }
+    // ACK frames both ways on the generator's connections: what the ACK
+    // frequency settings change.
+    let (mut acks_sent, mut acks_received, mut datagrams_sent) = (0, 0, 0);
+    for (caller, callee) in &pairs {
+        for connection in [caller, callee] {
+            let stats = connection.stats();
+            acks_sent += stats.frame_tx.acks;
+            acks_received += stats.frame_rx.acks;
+            datagrams_sent += stats.frame_tx.datagram;
+        }
+    }
+    println!(
+        "    generator connections: {datagrams_sent} datagrams sent, {acks_sent} ACK frames sent, {acks_received} received"
+    );
     drop(keep);
     drop(child);
     let _ = std::fs::remove_dir_all(&data_dir);
