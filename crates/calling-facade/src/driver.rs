@@ -321,6 +321,7 @@ pub(crate) async fn start(
         dispatch,
         devices: options.audio.clone(),
         media: None,
+        media_stopping: Vec::new(),
         notices: DeviceNotices(notices),
         device_notices,
         hands_free: devices.hands_free,
@@ -477,6 +478,9 @@ struct Driver<T: Transport> {
     devices: AudioDevices,
     /// The call's audio, while in a call.
     media: Option<CallAudio>,
+    /// Audio threads told to stop, not yet joined: the session's end waits
+    /// for them, so that recordings are finished when `shutdown` returns.
+    media_stopping: Vec<tokio::task::JoinHandle<()>>,
     /// Where the audio threads say a device is unavailable…
     notices: DeviceNotices,
     /// …and where the driver hears it, to tell the application.
@@ -577,7 +581,10 @@ impl<T: Transport> Driver<T> {
         let _ = self.flush().await;
         self.reconnect.stop();
         if let Some(media) = self.media.take() {
-            media.stop();
+            self.media_stopping.push(media.stop());
+        }
+        for stopping in self.media_stopping.drain(..) {
+            let _ = stopping.await;
         }
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(CallingError::new(ErrorCode::CONNECTION_LOST)));
@@ -696,7 +703,9 @@ impl<T: Transport> Driver<T> {
             (false, true) => {
                 if let Some(media) = self.media.take() {
                     self.last_stats = self.named_stats(&media);
-                    media.stop();
+                    self.media_stopping
+                        .retain(|stopping| !stopping.is_finished());
+                    self.media_stopping.push(media.stop());
                 }
                 self.flow_users.clear();
             }

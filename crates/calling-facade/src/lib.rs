@@ -340,9 +340,10 @@ impl TRTCCalling {
     }
 
     /// The graceful [`TRTCCalling::destroy`]: logs out (a call in progress
-    /// ends as a hangup), waits until the server has confirmed and the
-    /// last events (`onCallEnd`…) went to the listeners, then forgets every
-    /// listener. Bounded: it returns within about 2 s even if the server
+    /// ends as a hangup), waits until the server has confirmed, the last
+    /// events (`onCallEnd`…) went to the listeners and the audio threads
+    /// have ended (a WAV recording is complete when it returns), then
+    /// forgets every listener. Bounded: it returns within about 2 s even if the server
     /// does not answer. Call it before the application exits. Dropping the
     /// last handle to an instance logs out too, as a best effort that
     /// nobody waits for.

@@ -640,18 +640,19 @@ impl CallAudio {
             .collect()
     }
 
-    /// Stops both threads (files are finished as they end).
+    /// Stops both threads (files are finished as they end); the handle
+    /// resolves once they have.
     ///
     /// Called on the session task: the threads notice within one 20 ms
     /// tick, and are joined on a blocking thread, never on the async one.
-    pub(crate) fn stop(mut self) {
+    pub(crate) fn stop(mut self) -> tokio::task::JoinHandle<()> {
         self.shared.stop.store(true, Ordering::Relaxed);
         let threads: Vec<JoinHandle<()>> = self.threads.drain(..).collect();
         tokio::task::spawn_blocking(move || {
             for thread in threads {
                 let _ = thread.join();
             }
-        });
+        })
     }
 }
 
