@@ -580,12 +580,9 @@ impl<T: Transport> Driver<T> {
         // Deliver the last events and answers; nothing more can be sent.
         let _ = self.flush().await;
         self.reconnect.stop();
-        if let Some(media) = self.media.take() {
-            self.media_stopping.push(media.stop());
-        }
-        for stopping in self.media_stopping.drain(..) {
-            let _ = stopping.await;
-        }
+        // From here the instance is logged out: new requests are refused as
+        // such, not queued behind the last audio.
+        self.inbox.close();
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(CallingError::new(ErrorCode::CONNECTION_LOST)));
         }
@@ -593,6 +590,12 @@ impl<T: Transport> Driver<T> {
             link.media.close(ErrorCode::OK, "bye");
         }
         self.media_link.switch_to(None);
+        if let Some(media) = self.media.take() {
+            self.media_stopping.push(media.stop());
+        }
+        for stopping in self.media_stopping.drain(..) {
+            let _ = stopping.await;
+        }
         finished
     }
 

@@ -115,7 +115,9 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Arc<OpsState
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
+                // Out of descriptors, most likely: wait rather than spin.
                 debug!(%error, "operations listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
