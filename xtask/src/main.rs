@@ -306,6 +306,10 @@ const UNPUBLISHED: [&str; 4] = ["opencalling-tests", "calling-fuzz", "xtask", "c
 /// feature unification with the others) with its default features and
 /// with none. Integration tests run in the workspace's `cargo test`.
 fn package(tools: &Tools) -> Result {
+    // Packaged crates keep their version between runs, and cargo takes a
+    // registry crate of a known version as unchanged: a verification build
+    // left from an earlier run would build against stale copies.
+    let _ = std::fs::remove_dir_all(workspace_root().join("target").join("package"));
     let mut packaging = cargo();
     tools
         .apply(&mut packaging)
