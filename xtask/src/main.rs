@@ -308,12 +308,15 @@ const UNPUBLISHED: [&str; 4] = ["opencalling-tests", "calling-fuzz", "xtask", "c
 fn package(tools: &Tools) -> Result {
     // Packaged crates keep their version between runs, and cargo takes a
     // registry crate of a known version as unchanged: a verification build
-    // left from an earlier run would build against stale copies.
-    let _ = std::fs::remove_dir_all(workspace_root().join("target").join("package"));
+    // reusing an earlier run's would compile against stale copies. So it
+    // builds in a directory of its own, made afresh.
+    let verify_dir = workspace_root().join("target").join("package-verify");
+    let _ = std::fs::remove_dir_all(&verify_dir);
     let mut packaging = cargo();
     tools
         .apply(&mut packaging)
-        .args(["package", "--workspace", "--locked"]);
+        .args(["package", "--workspace", "--locked", "--target-dir"])
+        .arg(&verify_dir);
     for crate_name in UNPUBLISHED {
         packaging.args(["--exclude", crate_name]);
     }
