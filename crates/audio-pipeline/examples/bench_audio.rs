@@ -177,8 +177,9 @@ fn through_plain_libopus(speech_48k: &[f32], condition: &Condition, loss_hint: f
     encoder.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
     encoder.set_complexity(9).unwrap();
     encoder.set_inband_fec(true).unwrap();
+    // The same hint as our sender: the expected loss, 0 on a clean link.
     encoder
-        .set_packet_loss_perc((loss_hint.round() as i32).max(1))
+        .set_packet_loss_perc((loss_hint.round() as i32).clamp(0, 100))
         .unwrap();
     let mut network: Netem<(usize, Vec<u8>)> = Netem::new(NetemConfig {
         jitter: Duration::ZERO,

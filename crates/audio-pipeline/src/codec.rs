@@ -55,12 +55,13 @@ impl Encoder {
         inner.set_complexity(config.complexity)?;
         inner.set_inband_fec(true)?;
         inner.set_dtx(config.dtx)?;
-        // FEC only carries data once the encoder expects loss; start at a
-        // low guess and follow the receiver's measurement.
-        inner.set_packet_loss_perc(1)?;
+        // In-band FEC only carries data once the encoder expects loss, and
+        // costs quality when there is none: start at none and follow what
+        // the receivers measure.
+        inner.set_packet_loss_perc(0)?;
         Ok(Self {
             inner,
-            loss_percent: 1,
+            loss_percent: 0,
         })
     }
 
@@ -69,8 +70,9 @@ impl Encoder {
     pub fn set_measured_loss(&mut self, percent: f32) -> Result<(), CodecError> {
         let percent = (percent.round() as i32).clamp(0, 100);
         if percent != self.loss_percent {
-            // Opus only protects with FEC when it expects some loss.
-            self.inner.set_packet_loss_perc(percent.max(1))?;
+            // At 0 Opus sends no FEC: on a clean link its bits go to the
+            // audio itself.
+            self.inner.set_packet_loss_perc(percent)?;
             self.loss_percent = percent;
         }
         Ok(())
