@@ -36,13 +36,15 @@ impl SecretKey {
     /// Whether `presented` is this key, compared in constant time (for
     /// keys of the same length).
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let kept = self.0.as_bytes();
-        let difference = kept
-            .iter()
-            .zip(presented)
-            .fold(0_u8, |acc, (a, b)| acc | (a ^ b));
-        kept.len() == presented.len() && std::hint::black_box(difference) == 0
+        same_bytes(self.0.as_bytes(), presented)
     }
+}
+
+/// Whether `a` and `b` are equal, comparing every byte whatever the first
+/// difference (for secrets; their lengths are not secret).
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let difference = a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && std::hint::black_box(difference) == 0
 }
 
 impl std::str::FromStr for SecretKey {
@@ -1118,7 +1120,8 @@ pub fn existing_development_app(data_dir: &Path) -> Option<AppCredentials> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hexadecimal.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 

@@ -400,15 +400,23 @@ fn report_drain(switchboard: &Switchboard, env: &Env, draining: bool) {
 
 /// Refuses a login or resume the server takes no more of.
 fn refuse_login(attach: Attach, code: ErrorCode) {
-    let _ = attach
-        .outbox
-        .try_send(Outbound::Message(ServerMessage::LoginResult {
-            protocol_version: attach.protocol_version.min(PROTOCOL_VERSION),
-            code,
-            message: code.message().to_owned(),
-        }));
-    let _ = attach.outbox.try_send(Outbound::Close(code));
+    let version = attach.protocol_version.min(PROTOCOL_VERSION);
+    send_refusal(&attach.outbox, (version, code, code.message()));
     let _ = attach.session.send(None);
+}
+
+/// Queues a failed `LoginResult` (`protocol_version`, `code`, `message`)
+/// and the close that follows it.
+fn send_refusal(
+    outbox: &mpsc::Sender<Outbound>,
+    (protocol_version, code, message): (u16, ErrorCode, &str),
+) {
+    let _ = outbox.try_send(Outbound::Message(ServerMessage::LoginResult {
+        protocol_version,
+        code,
+        message: message.to_owned(),
+    }));
+    let _ = outbox.try_send(Outbound::Close(code));
 }
 
 /// Attaches a connection to a new session or, for a resume, to the one it
@@ -467,13 +475,8 @@ fn new_token() -> SessionToken {
 
 /// Compares tokens in constant time; the all-zero token matches nothing.
 fn tokens_match(kept: &SessionToken, claimed: &SessionToken) -> bool {
-    let difference = kept
-        .0
-        .iter()
-        .zip(claimed.0.iter())
-        .fold(0_u8, |acc, (a, b)| acc | (a ^ b));
     let unset = kept.0.iter().fold(0_u8, |acc, byte| acc | byte) == 0;
-    std::hint::black_box(difference) == 0 && !unset
+    crate::config::same_bytes(&kept.0, &claimed.0) && !unset
 }
 
 /// A new session on connection `link`.
@@ -545,13 +548,8 @@ fn resume_session(
     let (Some(conn), None) = (conn, refusal) else {
         let why = refusal.unwrap_or("no such session");
         debug!(%user, why, "resume refused");
-        let code = ErrorCode::SESSION_EXPIRED;
-        let _ = outbox.try_send(Outbound::Message(ServerMessage::LoginResult {
-            protocol_version: PROTOCOL_VERSION,
-            code,
-            message: why.to_owned(),
-        }));
-        let _ = outbox.try_send(Outbound::Close(code));
+        let refusal = (PROTOCOL_VERSION, ErrorCode::SESSION_EXPIRED, why);
+        send_refusal(&outbox, refusal);
         return None;
     };
     let book = links.sessions.get_mut(&conn)?;

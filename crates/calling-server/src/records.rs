@@ -34,7 +34,8 @@ pub(crate) fn call_type_name(call_type: CallType) -> &'static str {
     }
 }
 
-fn unix_millis(at: SystemTime) -> u64 {
+/// `at` in unix milliseconds (0 before 1970).
+pub(crate) fn unix_millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |since| {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     })

@@ -20,9 +20,10 @@ use signaling_proto::{CallEvent, InvitationOutcome};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::config::SecretKey;
+use crate::config::{SecretKey, hex};
 use crate::hub::StampedEvent;
 use crate::metrics::{Metrics, reason_label};
+use crate::records::unix_millis;
 
 /// Deliveries one URL may have waiting; more are dropped and counted.
 pub const QUEUE_PER_URL: usize = 1024;
@@ -76,13 +77,7 @@ pub fn sign(key: &SecretKey, timestamp: u64, body: &[u8]) -> String {
     context.update(timestamp.to_string().as_bytes());
     context.update(b".");
     context.update(body);
-    let tag = context.sign();
-    let hex: String = tag
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("v1={hex}")
+    format!("v1={}", hex(context.sign().as_ref()))
 }
 
 /// A receiver's check: `signature` is `body`'s at `timestamp` under `key`
@@ -99,12 +94,6 @@ pub fn verify_signature(
     let fresh = now.abs_diff(timestamp) <= tolerance.as_secs();
     let expected = SecretKey::new(sign(key, timestamp, body));
     expected.matches(signature.as_bytes()) && fresh
-}
-
-fn unix_millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-    })
 }
 
 /// The webhook's JSON for one event: `type`, `id` (unique per server
@@ -221,7 +210,7 @@ pub(crate) async fn run(
 fn run_id() -> String {
     let mut bytes = [0_u8; 6];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    hex(&bytes)
 }
 
 /// Deliveries to one URL, in order.
