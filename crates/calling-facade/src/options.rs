@@ -101,6 +101,19 @@ impl ReconnectPolicy {
     }
 }
 
+impl std::str::FromStr for Fallback {
+    type Err = std::convert::Infallible;
+
+    /// `same`, `off`, or the `host:port` of the fallback.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "same" => Self::SameAddress,
+            "off" => Self::Off,
+            address => Self::At(address.to_owned()),
+        })
+    }
+}
+
 impl Default for ClientOptions {
     /// A server on this machine at the default port, trusted through the
     /// system roots.
@@ -157,10 +170,8 @@ impl ClientOptions {
         } else if let Some(file) = lookup("OPENCALLING_CA_FILE") {
             options.trust = ServerTrust::CaFile(file.into());
         }
-        match lookup("OPENCALLING_FALLBACK").as_deref() {
-            None | Some("same") => {}
-            Some("off") => options.fallback = Fallback::Off,
-            Some(address) => options.fallback = Fallback::At(address.to_owned()),
+        if let Some(fallback) = lookup("OPENCALLING_FALLBACK") {
+            options.fallback = fallback.parse().unwrap_or(Fallback::SameAddress);
         }
         options
     }

@@ -152,10 +152,8 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
         (None, None) => options.trust = ServerTrust::SystemRoots,
         (Some(_), Some(_)) => return Err(OC_ERR_INVALID_ARGUMENT),
     }
-    match parsed.fallback.as_deref() {
-        None | Some("same") => {}
-        Some("off") => options.fallback = Fallback::Off,
-        Some(address) => options.fallback = Fallback::At(address.to_owned()),
+    if let Some(fallback) = parsed.fallback {
+        options.fallback = fallback.parse().unwrap_or(Fallback::SameAddress);
     }
     let millis = Duration::from_millis;
     if let Some(ms) = parsed.connect_timeout_ms {
@@ -180,6 +178,18 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
             .map_err(|_| OC_ERR_INVALID_ARGUMENT)?,
     };
     Ok(options)
+}
+
+/// The options of `options_json`, the defaults for null.
+///
+/// # Safety
+/// `options_json` is null or a NUL-terminated string valid for the call.
+unsafe fn options_or_defaults(options_json: *const c_char) -> Result<ClientOptions, i32> {
+    if options_json.is_null() {
+        return options("");
+    }
+    // SAFETY: as the caller promises.
+    options(unsafe { text(options_json) }?)
 }
 
 /// Delivers to the callback, one at a time, until told to stop.
@@ -392,13 +402,8 @@ pub unsafe extern "C" fn oc_calling_create(
         if out_handle.is_null() {
             return Err(OC_ERR_NULL_POINTER);
         }
-        let json = if options_json.is_null() {
-            ""
-        } else {
-            // SAFETY: as the caller promises.
-            unsafe { text(options_json) }?
-        };
-        let handle = create(options(json)?)?;
+        // SAFETY: as the caller promises.
+        let handle = create(unsafe { options_or_defaults(options_json) }?)?;
         // SAFETY: non-null and writable, as the caller promises.
         unsafe { out_handle.write(handle) };
         Ok(())
@@ -426,13 +431,8 @@ pub unsafe extern "C" fn oc_calling_shared_instance(
         let handle = match live {
             Some(handle) => handle,
             None => {
-                let json = if options_json.is_null() {
-                    ""
-                } else {
-                    // SAFETY: as the caller promises.
-                    unsafe { text(options_json) }?
-                };
-                create(options(json)?)?
+                // SAFETY: as the caller promises.
+                create(unsafe { options_or_defaults(options_json) }?)?
             }
         };
         *shared = Some(handle);

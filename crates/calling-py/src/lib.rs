@@ -117,11 +117,7 @@ impl Calling {
         if !reconnect {
             options.reconnect = None;
         }
-        options.fallback = match fallback {
-            "same" => Fallback::SameAddress,
-            "off" => Fallback::Off,
-            address => Fallback::At(address.to_owned()),
-        };
+        options.fallback = fallback.parse().unwrap_or(Fallback::SameAddress);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("opencalling-py")
