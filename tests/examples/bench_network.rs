@@ -16,26 +16,11 @@ use calling_api::{CallType, CallingEvent};
 use calling_facade::{
     AudioDevices, CaptureDevice, ClientOptions, CustomSink, Fallback, PlaybackDevice, TRTCCalling,
 };
-use calling_server::{AppCredentials, RunningServer, usersig};
+use calling_server::{AppCredentials, RunningServer};
 use opencalling_tests::heard::{ClockSink, HeardClock};
 use opencalling_tests::proxy::FaultProxy;
-use opencalling_tests::server::development_server;
+use opencalling_tests::server::{development_server, user_sig};
 use signaling_proto::sim::SplitMix64;
-
-fn sig(app: &AppCredentials, user: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    usersig::generate(
-        u64::from(app.sdk_app_id),
-        app.secret_key.expose(),
-        user,
-        3_600,
-        now,
-        None,
-    )
-}
 
 fn options(server: &RunningServer) -> ClientOptions {
     let mut options =
@@ -86,7 +71,7 @@ async fn talker(
     };
     let calling = TRTCCalling::new(options);
     calling
-        .login(app.sdk_app_id, name, &sig(app, name))
+        .login(app.sdk_app_id, name, &user_sig(app, name))
         .await
         .unwrap();
     (calling, clock)
@@ -167,7 +152,7 @@ async fn logins(server: &RunningServer, app: &AppCredentials, count: usize) {
             let calling = TRTCCalling::new(options);
             let started = Instant::now();
             calling
-                .login(app.sdk_app_id, &user, &sig(app, &user))
+                .login(app.sdk_app_id, &user, &user_sig(app, &user))
                 .await
                 .unwrap();
             let took = started.elapsed();

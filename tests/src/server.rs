@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
-use calling_server::RunningServer;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use calling_server::config::ServerConfig;
+use calling_server::{AppCredentials, RunningServer, usersig};
 
 /// A development server on 127.0.0.1 (any port) with a fresh data
 /// directory named after `tag`; remove the directory when done.
@@ -22,4 +24,19 @@ pub async fn development_server(tag: &str) -> (RunningServer, PathBuf) {
     .await
     .expect("a development server starts");
     (server, data_dir)
+}
+
+/// A UserSig for `user` of `app`, issued now for an hour.
+pub fn user_sig(app: &AppCredentials, user: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    usersig::generate(
+        u64::from(app.sdk_app_id),
+        app.secret_key.expose(),
+        user,
+        3_600,
+        now,
+        None,
+    )
 }

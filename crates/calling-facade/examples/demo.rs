@@ -8,7 +8,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use std::path::Path;
 
@@ -18,7 +18,6 @@ use calling_facade::{
     AudioDevices, CallOptions, CallType, CallingEvent, CaptureDevice, ClientOptions,
     PlaybackDevice, TRTCCalling,
 };
-use calling_server::usersig;
 use tokio::sync::mpsc;
 
 struct User {
@@ -69,10 +68,6 @@ async fn main() {
     );
     let options = ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
     let started = Instant::now();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
     let root = root.canonicalize().unwrap_or(root);
@@ -111,14 +106,7 @@ async fn main() {
                 let _ = tx.send(event.clone());
             }
         });
-        let sig = usersig::generate(
-            u64::from(app.sdk_app_id),
-            app.secret_key.expose(),
-            name,
-            3_600,
-            now,
-            None,
-        );
+        let sig = opencalling_tests::server::user_sig(&app, name);
         calling.login(app.sdk_app_id, name, &sig).await.unwrap();
         users.push(User {
             name,
@@ -243,14 +231,7 @@ async fn main() {
         server.local_addr().to_string(),
         server.fingerprint(),
     ));
-    let sig = usersig::generate(
-        u64::from(app.sdk_app_id),
-        app.secret_key.expose(),
-        "erin",
-        3_600,
-        now,
-        None,
-    );
+    let sig = opencalling_tests::server::user_sig(&app, "erin");
     erin_tablet
         .login(app.sdk_app_id, "erin", &sig)
         .await

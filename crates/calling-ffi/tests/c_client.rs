@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use calling_server::config::ServerConfig;
+use opencalling_tests::server::{development_server, user_sig};
 
 fn deps_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|error| panic!("{error}"));
@@ -55,32 +54,12 @@ async fn a_c_program_calls_through_the_abi_without_a_leak_or_a_crash() {
     let program = dir.join("two_users");
     compile(crate_dir, &program);
 
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0"
-            .parse()
-            .unwrap_or_else(|error| panic!("{error}")),
-        data_dir: dir.join("server"),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap_or_else(|error| panic!("{error}"));
+    let (server, server_dir) = development_server("ffi-c-server").await;
     let app = server
         .development_app()
         .cloned()
         .unwrap_or_else(|| panic!("a development server"));
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let sig = |user: &str| {
-        calling_server::usersig::generate(
-            u64::from(app.sdk_app_id),
-            app.secret_key.expose(),
-            user,
-            3_600,
-            now,
-            None,
-        )
-    };
+    let sig = |user: &str| user_sig(&app, user);
     let output = tokio::process::Command::new(&program)
         .arg(server.local_addr().to_string())
         .arg(server.fingerprint().to_string())
@@ -101,4 +80,5 @@ async fn a_c_program_calls_through_the_abi_without_a_leak_or_a_crash() {
     assert!(stderr.contains("every check held"), "{stderr}");
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&server_dir);
 }

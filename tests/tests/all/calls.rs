@@ -169,11 +169,7 @@ async fn on_error_when_kicked_by_a_second_login() {
             CallingEvent::KickedOffline,
         ])
         .await;
-    bob.expect(&[CallingEvent::UserLeave {
-        user_id: uid("alice"),
-    }])
-    .await;
-    bob.expect_end(EndReason::Hangup).await;
+    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
     // The kicked instance can do nothing more; the new one is reachable.
     assert_eq!(
         alice
@@ -226,11 +222,7 @@ async fn a_three_way_call() {
     .await;
     alice.expect_quiet(Duration::from_millis(200)).await;
     alice.calling.hangup().await.unwrap();
-    bob.expect(&[CallingEvent::UserLeave {
-        user_id: uid("alice"),
-    }])
-    .await;
-    bob.expect_end(EndReason::Hangup).await;
+    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
 }
 
 #[tokio::test]
@@ -378,11 +370,7 @@ async fn an_offline_user_rings_until_it_logs_in_and_answers() {
     alice.expect(&enter("bob")).await;
     bob.expect(&enter("alice")).await;
     alice.calling.hangup().await.unwrap();
-    bob.expect(&[CallingEvent::UserLeave {
-        user_id: uid("alice"),
-    }])
-    .await;
-    bob.expect_end(EndReason::Hangup).await;
+    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
 }
 
 #[tokio::test]
@@ -422,11 +410,7 @@ async fn logout_ends_the_call_and_listeners_hear_everything() {
     connect(&mut alice, &mut bob).await;
     alice.calling.logout().await.unwrap();
     alice.expect_end(EndReason::Hangup).await;
-    bob.expect(&[CallingEvent::UserLeave {
-        user_id: uid("alice"),
-    }])
-    .await;
-    bob.expect_end(EndReason::Hangup).await;
+    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
     assert_eq!(
         *heard.lock().unwrap(),
         [

@@ -177,11 +177,7 @@ async fn play_scripted_calls(server: &TestServer) -> [User; 3] {
     connect(&mut alice, &mut bob).await;
     alice.calling.hangup().await.unwrap();
     alice.expect_end(EndReason::Hangup).await;
-    bob.expect(&[CallingEvent::UserLeave {
-        user_id: uid("alice"),
-    }])
-    .await;
-    bob.expect_end(EndReason::Hangup).await;
+    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
     // Rejected.
     alice.calling.call("carol", CallType::Audio).await.unwrap();
     carol.expect(&[invited("alice", &[])]).await;

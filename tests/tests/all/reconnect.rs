@@ -130,11 +130,7 @@ async fn survive_outage(tag: &str, outage: Duration) {
     // Still one call: a hangup ends it for both.
     alice.calling.hangup().await.unwrap();
     alice.expect_end(EndReason::Hangup).await;
-    bob.expect(&[CallingEvent::UserLeave {
-        user_id: uid("alice"),
-    }])
-    .await;
-    bob.expect_end(EndReason::Hangup).await;
+    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
 }
 
 #[tokio::test]
@@ -179,11 +175,8 @@ async fn an_outage_longer_than_the_grace_ends_the_call_and_logs_in_again() {
         user_id: uid("alice"),
     }])
     .await;
-    bob.expect(&[CallingEvent::UserLeave {
-        user_id: uid("alice"),
-    }])
-    .await;
-    bob.expect_end(EndReason::ConnectionLost).await;
+    bob.expect_leave_then_end("alice", EndReason::ConnectionLost)
+        .await;
     proxy.blackhole(false);
     alice.expect(&[CallingEvent::Reconnecting]).await;
     alice.expect_end(EndReason::ConnectionLost).await;
@@ -216,12 +209,7 @@ async fn invitations_during_an_outage_ring_after_the_resume() {
         .call_with("bob", CallType::Audio, short)
         .await
         .unwrap();
-    carol
-        .expect(&[CallingEvent::NoResp {
-            user_id: uid("bob"),
-        }])
-        .await;
-    carol.expect_end(EndReason::NoResponse).await;
+    carol.expect_no_response("bob").await;
     // Alice's rings on.
     alice.calling.call("bob", CallType::Audio).await.unwrap();
     proxy.blackhole(false);

@@ -131,11 +131,8 @@ async fn a_client_that_dies_mid_call_leaves_nobody_busy() {
         }])
         .await;
     alice
-        .expect(&[CallingEvent::UserLeave {
-            user_id: uid("bob"),
-        }])
+        .expect_leave_then_end("bob", EndReason::ConnectionLost)
         .await;
-    alice.expect_end(EndReason::ConnectionLost).await;
     assert!(
         killed.elapsed() < signaling_quic::IDLE_TIMEOUT,
         "took {:?}: the silence went unnoticed until the idle timeout",
