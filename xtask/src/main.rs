@@ -312,6 +312,7 @@ fn package(tools: &Tools) -> Result {
     // builds in a directory of its own, made afresh.
     let verify_dir = workspace_root().join("target").join("package-verify");
     let _ = std::fs::remove_dir_all(&verify_dir);
+    forget_unpacked_packages()?;
     let mut packaging = cargo();
     tools
         .apply(&mut packaging)
@@ -357,6 +358,42 @@ fn package(tools: &Tools) -> Result {
                     ),
                     &mut command,
                 )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cargo unpacks the packages it verifies against into its registry
+/// sources (`$CARGO_HOME/registry/src/-<hash>/<crate>-<version>`) and reuses
+/// an unpacked copy of the same version: after a change it would verify
+/// against the old source. Removes our crates' unpacked copies there (the
+/// crates.io sources are left alone).
+fn forget_unpacked_packages() -> Result {
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    let Ok(registries) = std::fs::read_dir(cargo_home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    let ours: Vec<String> = std::fs::read_dir(workspace_root().join("crates"))
+        .map_err(|error| format!("crates/: {error}"))?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| format!("{}-", entry.file_name().to_string_lossy()))
+        .collect();
+    for registry in registries.filter_map(|entry| entry.ok()) {
+        // Local overlays are named `-<hash>`; crates.io's `index.crates.io-…`.
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(unpacked) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for package in unpacked.filter_map(|entry| entry.ok()) {
+            let name = package.file_name().to_string_lossy().into_owned();
+            if ours.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+                let _ = std::fs::remove_dir_all(package.path());
             }
         }
     }
