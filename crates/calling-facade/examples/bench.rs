@@ -121,6 +121,7 @@ async fn bare_round_trips(count: usize) -> Vec<Duration> {
         &identity,
         ServerLimits::default(),
         &[1; 32],
+        1,
     )
     .unwrap();
     let addr = server.local_addr().unwrap();

@@ -146,6 +146,9 @@ impl ConnectionLimits {
 pub struct ServerConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
+    /// QUIC endpoints on that address, each with its own socket and
+    /// receive task (0: one per core the process may run on).
+    pub quic_endpoints: usize,
     /// Where the fallback transport (WebSocket over TLS over TCP, for
     /// networks that block UDP) listens.
     pub fallback: Fallback,
@@ -272,6 +275,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
+            quic_endpoints: QUIC_ENDPOINTS.default as usize,
             fallback: Fallback::SameAddress,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             apps: Vec::new(),
@@ -412,6 +416,13 @@ pub const MAX_RINGING_PER_SESSION: Bound = Bound {
     min: 1,
     max: 100_000,
 };
+/// QUIC endpoints on the listening port (0: one per core).
+pub const QUIC_ENDPOINTS: Bound = Bound {
+    key: "quic_endpoints",
+    default: 0,
+    min: 0,
+    max: signaling_quic::MAX_ENDPOINTS as u64,
+};
 /// How long a drain waits for the server's calls to end, in seconds.
 pub const DRAIN_LIMIT_SECS: Bound = Bound {
     key: "drain_limit_secs",
@@ -529,6 +540,10 @@ pub struct Settings {
     /// UDP address to listen on [default: 0.0.0.0:4433]
     #[arg(long, env = "OPENCALLING_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// QUIC endpoints sharing that port, each receiving on its own socket; 0: one per core [default: 0, 0..=128]
+    #[arg(long = "quic-endpoints", env = "OPENCALLING_QUIC_ENDPOINTS", value_name = "N",
+          value_parser = QUIC_ENDPOINTS.parser())]
+    pub quic_endpoints: Option<u64>,
     /// TCP address of the fallback transport for UDP-blocked networks, `same` (the UDP address) or `off` [default: same]
     #[arg(
         long = "fallback-listen",
@@ -799,6 +814,7 @@ impl Settings {
             call_records: self.call_records.or(lower.call_records),
             drain_limit_secs: self.drain_limit_secs.or(lower.drain_limit_secs),
             listen: self.listen.or(lower.listen),
+            quic_endpoints: self.quic_endpoints.or(lower.quic_endpoints),
             fallback_listen: self.fallback_listen.or(lower.fallback_listen),
             data_dir: self.data_dir.or(lower.data_dir),
             invite_timeout_secs: self.invite_timeout_secs.or(lower.invite_timeout_secs),
@@ -895,6 +911,7 @@ impl Settings {
         };
         let mut config = ServerConfig {
             listen: self.listen.unwrap_or(DEFAULT_LISTEN),
+            quic_endpoints: QUIC_ENDPOINTS.resolve_usize(self.quic_endpoints)?,
             fallback: self.fallback_listen.unwrap_or(Fallback::SameAddress),
             data_dir: self
                 .data_dir
@@ -1282,6 +1299,7 @@ mod tests {
             MAX_RINGING_PER_SESSION,
             SHUTDOWN_GRACE_SECS,
             DRAIN_LIMIT_SECS,
+            QUIC_ENDPOINTS,
             RESUME_GRACE_SECS,
             USERSIG_MAX_SKEW_SECS,
             USERSIG_MAX_LIFETIME_SECS,

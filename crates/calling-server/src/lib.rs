@@ -160,7 +160,7 @@ pub struct RunningServer {
     hub_task: tokio::task::JoinHandle<()>,
     /// A critical task ended on its own: nothing left to wait for.
     failed: bool,
-    endpoint: signaling_quic::quinn::Endpoint,
+    endpoints: Vec<signaling_quic::quinn::Endpoint>,
     grace: Duration,
     relay: Arc<relay::MediaRoutes>,
     shared: Arc<Shared>,
@@ -172,6 +172,23 @@ pub struct RunningServer {
     liveness: Arc<ops::Liveness>,
     /// The operations listener, webhook and record tasks: stopped last.
     ops_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The QUIC endpoints of `config`, on one port.
+fn bind_quic(
+    config: &ServerConfig,
+    identity: &ServerIdentity,
+    reset_key: &[u8; 32],
+) -> Result<QuicServer, ServerError> {
+    let quic = QuicServer::bind(
+        config.listen,
+        identity,
+        config.limits.clone(),
+        reset_key,
+        config.quic_endpoints,
+    )?;
+    debug!(endpoints = quic.endpoints().len(), "QUIC endpoints bound");
+    Ok(quic)
 }
 
 /// Starts a server with `config` on the current tokio runtime.
@@ -190,10 +207,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let identity = load_identity(&config)?;
     let reset_key = config::reset_key(&config.data_dir).map_err(data_dir_error)?;
-    let quic = QuicServer::bind(config.listen, &identity, config.limits.clone(), &reset_key)?;
+    let quic = bind_quic(&config, &identity, &reset_key)?;
     let local_addr = quic.local_addr()?;
     let (fallback, fallback_addr) = bind_fallback(config.fallback, local_addr, &identity).await?;
-    let endpoint = quic.endpoint().clone();
+    let endpoints = quic.endpoints().to_vec();
     let admission = quic.admission_stats();
 
     let (hub_tx, hub_rx) = mpsc::channel(4096);
@@ -261,7 +278,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         accept_task,
         hub_task,
         failed: false,
-        endpoint,
+        endpoints,
         grace: config.shutdown_grace,
         relay,
         shared,
@@ -586,6 +603,15 @@ impl RunningServer {
         why
     }
 
+    /// Connections open on each QUIC endpoint, in steering order (see
+    /// [`config::ServerConfig::quic_endpoints`]).
+    pub fn connections_per_endpoint(&self) -> Vec<usize> {
+        self.endpoints
+            .iter()
+            .map(signaling_quic::quinn::Endpoint::open_connections)
+            .collect()
+    }
+
     /// Graceful shutdown: every call ends with the server-shutdown reason,
     /// every client is told and its connection closed, then the endpoint.
     pub async fn shutdown(self) {
@@ -594,7 +620,9 @@ impl RunningServer {
             // The hub or the accept loop is gone: close what is left.
             self.accept_task.abort();
             self.hub_task.abort();
-            signaling_quic::close_endpoint(&self.endpoint, ErrorCode::SERVER_SHUTDOWN);
+            for endpoint in &self.endpoints {
+                signaling_quic::close_endpoint(endpoint, ErrorCode::SERVER_SHUTDOWN);
+            }
             return;
         }
         let (done, finished) = oneshot::channel();
@@ -603,8 +631,15 @@ impl RunningServer {
         }
         let _ = self.stop_accepting.send(true);
         let _ = self.accept_task.await;
-        signaling_quic::close_endpoint(&self.endpoint, ErrorCode::SERVER_SHUTDOWN);
-        let _ = tokio::time::timeout(self.grace, self.endpoint.wait_idle()).await;
+        for endpoint in &self.endpoints {
+            signaling_quic::close_endpoint(endpoint, ErrorCode::SERVER_SHUTDOWN);
+        }
+        let idle = async {
+            for endpoint in &self.endpoints {
+                endpoint.wait_idle().await;
+            }
+        };
+        let _ = tokio::time::timeout(self.grace, idle).await;
         self.hub_task.abort();
         // The last events (the shutdown's call ends) reach the records
         // and webhook queues before this; what is still queued is lost.

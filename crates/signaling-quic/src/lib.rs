@@ -6,6 +6,7 @@ mod error;
 mod identity;
 mod link;
 mod server;
+mod steering;
 mod tuning;
 
 pub use address::AddressBlock;
@@ -20,6 +21,7 @@ pub use server::{
     AcceptedConnection, AdmissionCounts, AdmissionStats, IpSlot, PreLoginSlot, QuicServer,
     ServerConnection, ServerLimits,
 };
+pub use steering::MAX_ENDPOINTS;
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
 
 /// Re-exported so users of this crate name quinn's types without depending

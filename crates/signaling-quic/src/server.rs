@@ -118,7 +118,8 @@ fn bump(counter: &AtomicU64) {
 /// The server's QUIC endpoint with its admission policy.
 #[derive(Debug)]
 pub struct QuicServer {
-    endpoint: quinn::Endpoint,
+    /// One or more endpoints sharing one port (see [`QuicServer::bind`]).
+    endpoints: Vec<quinn::Endpoint>,
     limits: ServerLimits,
     per_ip: PerIp,
     before_login: Arc<AtomicUsize>,
@@ -127,16 +128,24 @@ pub struct QuicServer {
 }
 
 impl QuicServer {
-    /// Binds `addr` with `identity`. `reset_key` seeds the stateless-reset
-    /// key and the connection-ID key: keep it stable across restarts so that
-    /// a restarted server recognises its predecessor's connection IDs and
-    /// resets them, and their clients learn at once that the connection is
-    /// gone instead of waiting out the idle timeout.
+    /// Binds `addr` with `identity`, with `endpoints` QUIC endpoints on
+    /// that one port (0: one per core this process may run on). Each
+    /// endpoint receives on a socket of its own, so receiving and
+    /// demultiplexing spread over the cores; the kernel steers each packet
+    /// to the endpoint that owns its connection (see `steering.rs`), so
+    /// a client that changes address keeps its connection. The admission
+    /// policy counts over all of them. `reset_key` seeds the
+    /// stateless-reset key and the connection-ID key: keep it stable
+    /// across restarts so that a restarted server — with any number of
+    /// endpoints — recognises its predecessor's connection IDs and resets
+    /// them, and their clients learn at once that the connection is gone
+    /// instead of waiting out the idle timeout.
     pub fn bind(
         addr: SocketAddr,
         identity: &ServerIdentity,
         limits: ServerLimits,
         reset_key: &[u8; 32],
+        endpoints: usize,
     ) -> Result<Self, TransportError> {
         let (chain, key) = identity.clone_parts();
         let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -149,35 +158,51 @@ impl QuicServer {
         let quic = QuicServerConfig::try_from(tls).map_err(|error| {
             TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
         })?;
+        // One configuration for all endpoints: one token key, so a Retry or
+        // NEW_TOKEN token from any endpoint is good at every other.
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(transport_config());
         let reset_hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
         // Connection IDs must validate after a restart too, or the restarted
         // server drops the old clients' packets instead of resetting them.
         let cid_key = ring::hmac::sign(&reset_hmac, b"opencalling connection id key");
-        let cid_key = u64::from_le_bytes(cid_key.as_ref()[..8].try_into().unwrap_or([0; 8]));
-        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_hmac));
-        endpoint_config.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        });
-        let socket = std::net::UdpSocket::bind(addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
-        // Bursts of handshakes overflow the default receive buffer (~200 KiB)
-        // and a lost handshake packet costs a client a second or more. The
-        // kernel caps the request at net.core.rmem_max; best effort.
-        let udp_state = quinn::udp::UdpSocketState::new((&socket).into())?;
-        if let Err(error) = udp_state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER) {
-            tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+        let cid_key = cid_key.as_ref().to_vec();
+        let count = match endpoints {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            count => count,
         }
-        let _ = udp_state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+        .min(crate::steering::MAX_ENDPOINTS);
+        let sockets = crate::steering::bind_group(addr, count)?;
         let runtime = quinn::default_runtime().ok_or_else(|| {
             TransportError::Io(std::io::Error::other("no async runtime for quinn"))
         })?;
-        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)?;
+        let mut bound = Vec::with_capacity(sockets.len());
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_hmac.clone()));
+            let cid_key = cid_key.clone();
+            endpoint_config.cid_generator(move || {
+                Box::new(crate::steering::SteeredCids::new(&cid_key, index, count))
+            });
+            // Bursts of handshakes overflow the default receive buffer (~200
+            // KiB) and a lost handshake packet costs a client a second or
+            // more. The kernel caps the request at net.core.rmem_max; best
+            // effort.
+            let udp_state = quinn::udp::UdpSocketState::new((&socket).into())?;
+            if let Err(error) = udp_state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER) {
+                tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+            }
+            let _ = udp_state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+            bound.push(quinn::Endpoint::new(
+                endpoint_config,
+                Some(server_config.clone()),
+                socket,
+                Arc::clone(&runtime),
+            )?);
+        }
         // A handshake budget is a count well within f64's exact range.
         let per_sec = limits.handshakes_per_sec as f64;
         Ok(Self {
-            endpoint,
+            endpoints: bound,
             limits,
             per_ip: Arc::default(),
             before_login: Arc::default(),
@@ -188,7 +213,10 @@ impl QuicServer {
 
     /// The address it listens on.
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
-        Ok(self.endpoint.local_addr()?)
+        let first = self.endpoints.first().ok_or_else(|| {
+            TransportError::Io(std::io::Error::other("a server with no endpoint"))
+        })?;
+        Ok(first.local_addr()?)
     }
 
     /// Its admission counters, as a handle to keep.
@@ -196,9 +224,30 @@ impl QuicServer {
         AdmissionStats(Arc::clone(&self.counters))
     }
 
-    /// The underlying endpoint (stats, close, wait_idle).
-    pub fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
+    /// The endpoints (stats, close, wait_idle), in steering order.
+    pub fn endpoints(&self) -> &[quinn::Endpoint] {
+        &self.endpoints
+    }
+
+    /// Connections open over all endpoints.
+    pub fn open_connections(&self) -> usize {
+        self.endpoints
+            .iter()
+            .map(quinn::Endpoint::open_connections)
+            .sum()
+    }
+
+    /// The next attempt on any endpoint; `None` once they are closed.
+    async fn next_incoming(&self) -> Option<quinn::Incoming> {
+        if let [only] = self.endpoints.as_slice() {
+            return only.accept().await;
+        }
+        let accepts = self
+            .endpoints
+            .iter()
+            .map(|endpoint| Box::pin(endpoint.accept()));
+        // Accept futures are cancel-safe: the ones not chosen lose nothing.
+        futures_util::future::select_all(accepts).await.0
     }
 
     /// The next connection attempt that passes the admission policy; `None`
@@ -206,9 +255,9 @@ impl QuicServer {
     /// here and never returned.
     pub async fn accept(&self) -> Option<AcceptedConnection> {
         loop {
-            let incoming = self.endpoint.accept().await?;
+            let incoming = self.next_incoming().await?;
             let remote = incoming.remote_address();
-            let open = self.endpoint.open_connections();
+            let open = self.open_connections();
             if open > self.limits.max_connections {
                 debug!(%remote, open, "connection cap reached: refused");
                 bump(&self.counters.refused_full);

@@ -16,7 +16,7 @@ use signaling_quic::{
 const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 fn server(identity: &ServerIdentity, limits: ServerLimits) -> QuicServer {
-    QuicServer::bind(LOOPBACK, identity, limits, &[7; 32]).unwrap()
+    QuicServer::bind(LOOPBACK, identity, limits, &[7; 32], 1).unwrap()
 }
 
 fn login() -> ClientMessage {

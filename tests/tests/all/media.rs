@@ -177,3 +177,66 @@ async fn datagrams_reach_the_other_members_stamped_and_nobody_else() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(server.server.relay_counts().dropped_not_in_call, 2);
 }
+
+/// Logs users in until two sit on different QUIC endpoints of `server`
+/// (told apart by which endpoint's count grew); returns them and their
+/// names.
+async fn users_on_two_endpoints(server: &TestServer) -> [(ClientConnection, String, usize); 2] {
+    let mut first: Option<(ClientConnection, String, usize)> = None;
+    // Each login lands on a random endpoint; 40 tries fail to find a
+    // second one with probability 4^-39.
+    for n in 0..40 {
+        let before = server.server.connections_per_endpoint();
+        let name = format!("spread{n}");
+        let client = raw_login(server, &name).await;
+        let after = server.server.connections_per_endpoint();
+        let endpoint = (0..after.len())
+            .find(|&index| after[index] > before[index])
+            .expect("the login's connection is counted on its endpoint");
+        match first.take() {
+            None => first = Some((client, name, endpoint)),
+            Some(found) if found.2 != endpoint => return [found, (client, name, endpoint)],
+            Some(found) => first = Some(found),
+        }
+    }
+    panic!("every connection landed on one endpoint");
+}
+
+/// A server with four QUIC endpoints on one port: two users whose
+/// connections sit on different endpoints call each other and each hears
+/// the other (the relay sends through any endpoint's connection).
+#[tokio::test]
+async fn members_on_different_endpoints_hear_each_other() {
+    let mut config = test_config("endpoints");
+    config.quic_endpoints = 4;
+    let server = TestServer::start_with(config).await;
+    assert_eq!(server.server.connections_per_endpoint().len(), 4);
+    let [
+        (mut alice, _, alice_endpoint),
+        (mut bob, bob_name, bob_endpoint),
+    ] = users_on_two_endpoints(&server).await;
+    assert_ne!(alice_endpoint, bob_endpoint);
+    let alice_flow = raw_call(&mut alice, &mut bob, &bob_name).await;
+    for sequence in 1..=5 {
+        alice
+            .connection
+            .send_datagram(datagram(0, sequence, b"from alice").into())
+            .unwrap();
+        let received = tokio::time::timeout(EVENT_WAIT, bob.connection.read_datagram())
+            .await
+            .unwrap()
+            .unwrap();
+        let (header, payload) = MediaHeader::decode(&received).unwrap();
+        assert_eq!((header.flow_id, header.sequence), (alice_flow, sequence));
+        assert_eq!(payload, b"from alice");
+        bob.connection
+            .send_datagram(datagram(0, sequence, b"from bob").into())
+            .unwrap();
+        let received = tokio::time::timeout(EVENT_WAIT, alice.connection.read_datagram())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(MediaHeader::decode(&received).unwrap().1, b"from bob");
+    }
+    assert_eq!(server.server.relay_counts().forwarded, 10);
+}

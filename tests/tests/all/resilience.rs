@@ -32,11 +32,16 @@ async fn graceful_shutdown_ends_calls_with_its_reason() {
     carol.expect(&[CallingEvent::CallingCancel, notice]).await;
 }
 
-async fn spawn_server(data_dir: &std::path::Path, listen: &str) -> ChildProcess {
+async fn spawn_server(
+    data_dir: &std::path::Path,
+    listen: &str,
+    quic_endpoints: usize,
+) -> ChildProcess {
     ChildProcess::spawn(
         "server",
         &[
             ("OPENCALLING_LISTEN", listen.to_owned()),
+            ("OPENCALLING_QUIC_ENDPOINTS", quic_endpoints.to_string()),
             ("OPENCALLING_DATA_DIR", data_dir.display().to_string()),
         ],
     )
@@ -46,7 +51,7 @@ async fn spawn_server(data_dir: &std::path::Path, listen: &str) -> ChildProcess 
 #[tokio::test]
 async fn a_killed_server_ends_calls_once_and_its_clients_log_in_again_by_themselves() {
     let data_dir = temp_dir("killed-server");
-    let mut server = spawn_server(&data_dir, "127.0.0.1:0").await;
+    let mut server = spawn_server(&data_dir, "127.0.0.1:0", 3).await;
     let (addr, fingerprint, app, key) = (
         server.ready[0].clone(),
         server.ready[1].parse().unwrap(),
@@ -74,19 +79,49 @@ async fn a_killed_server_ends_calls_once_and_its_clients_log_in_again_by_themsel
         .unwrap();
     bob.calling.login(app, "bob", &sig("bob")).await.unwrap();
     connect(&mut alice, &mut bob).await;
+    // Bare connections too, on whichever of the three endpoints they land.
+    let trust = signaling_quic::ServerTrust::Fingerprint(fingerprint);
+    let mut bare = Vec::new();
+    for _ in 0..6 {
+        let client = signaling_quic::connect(addr.parse().unwrap(), "localhost", &trust)
+            .await
+            .unwrap();
+        bare.push(client);
+    }
 
-    // Crash, then come back on the same address with the same data: the
-    // restarted server answers the clients' next packets with a stateless
-    // reset (same reset key), so they learn at once; the new server has
+    // Crash, then come back on the same address with the same data (and
+    // another number of endpoints): the restarted server answers the
+    // clients' next packets with a stateless reset (same reset key; any
+    // endpoint knows the old connection IDs), so they learn at once; the new server has
     // no session to resume, so each logs in again by itself and learns,
     // once, that its call was lost.
     server.kill();
-    let restarted = spawn_server(&data_dir, &addr).await;
+    let restarted = spawn_server(&data_dir, &addr, 2).await;
     assert_eq!(
         restarted.ready[1],
         fingerprint.to_string(),
         "same certificate"
     );
+    // Each bare connection's next packet is answered with a reset, well
+    // before the 12 s idle timeout. (quinn sends an endpoint's resets at
+    // least 20 ms apart, so the packets are spaced; a packet that still
+    // meets the limit is reset at its probe's turn.)
+    for client in &bare {
+        client
+            .connection
+            .send_datagram(b"anyone?".to_vec().into())
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for client in bare {
+        let closed = tokio::time::timeout(Duration::from_secs(6), client.connection.closed())
+            .await
+            .expect("a stateless reset, not the idle timeout");
+        assert!(
+            matches!(closed, signaling_quic::quinn::ConnectionError::Reset),
+            "{closed:?}"
+        );
+    }
     for user in [&mut alice, &mut bob] {
         user.expect(&[CallingEvent::Reconnecting]).await;
         user.expect_end(EndReason::ConnectionLost).await;
