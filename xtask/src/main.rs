@@ -236,15 +236,19 @@ fn bench(args: &[String]) -> Result {
         release_example("calling-facade", "bench").args(["calls", "1000"]),
     )?;
     step(
-        "build calling-server (release)",
-        tools
-            .apply(&mut cargo())
-            .args(["build", "--quiet", "--release", "-p", "calling-server"]),
+        "build calling-server and calling-load (release)",
+        tools.apply(&mut cargo()).args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "calling-server",
+            "-p",
+            "calling-load",
+        ]),
     )?;
-    let server = workspace_root()
-        .join("target")
-        .join("release")
-        .join("calling-server");
+    let release = workspace_root().join("target").join("release");
+    let server = release.join("calling-server");
     step(
         "bench: idle clients held by one server",
         release_example("calling-facade", "bench")
@@ -269,7 +273,36 @@ fn bench(args: &[String]) -> Result {
             .arg(&server);
         command
     };
-    step("bench: relay capacity", pinned_bench("relay").arg("3200"))?;
+    // The relay under calling-load: the server on CPU 0, the generator on
+    // CPU 1, beside a plain UDP forwarder; then a 16-member group call
+    // (one speaker at a time); then both cores for the server, shared
+    // with the generator (all this machine has).
+    let load = |cpus: [&str; 2], calls: &str, json: &str| {
+        let mut command = Command::new(release.join("calling-load"));
+        command
+            .arg("--spawn-server")
+            .arg(&server)
+            .args(["--server-cpus", cpus[0], "--generator-cpus", cpus[1]])
+            .args(["--calls", calls, "--json"])
+            .arg(workspace_root().join("target").join(json));
+        command
+    };
+    step(
+        "bench: relay capacity, 1v1 calls, server on one core",
+        load(["0", "1"], "100,200,400,800,1600,3200", "load-1v1.json").arg("--udp-baseline"),
+    )?;
+    step(
+        "bench: relay capacity, 16-member calls, one speaker at a time",
+        load(["0", "1"], "5,10,20,40,80,160", "load-group.json").args(["--members", "16"]),
+    )?;
+    step(
+        "bench: relay capacity, 1v1 calls with churn (20 calls a second hung up and set up again)",
+        load(["0", "1"], "200,400", "load-churn.json").args(["--churn-per-sec", "20"]),
+    )?;
+    step(
+        "bench: relay capacity, 1v1 calls, server on both cores (shared with the generator)",
+        load(["0-1", "0-1"], "200,400,800,1600,3200", "load-2-cores.json"),
+    )?;
     step(
         "bench: relay with metrics, webhooks and call records on, beside off",
         pinned_bench("relay-ops").args(["200", "3"]),

@@ -12,15 +12,14 @@
 //! - `bench latency [SECONDS]`: mouth-to-ear latency of a click probe through
 //!   the whole stack (capture, encoder, QUIC, server relay, QUIC, jitter
 //!   buffer, playout), p50 and p95 beside its floor.
-//! - `bench relay SERVER_BIN [MAX_CALLS]`: relay capacity: N concurrent 1v1
-//!   calls at 50 datagrams/s each way through a `calling-server` process
-//!   pinned to CPU 0 (this process should run on CPU 1), N raised until
-//!   loss exceeds 0.1 % or the p99 relay delay 5 ms; beside a plain UDP
-//!   forwarder (this binary's `udp-forwarder` mode) measured the same way.
+//! - `bench relay-ops SERVER_BIN [CALLS] [REPEATS]` and `bench relay-compare
+//!   BEFORE_BIN AFTER_BIN [CALLS] [REPEATS]`: the relay's CPU per datagram
+//!   with the operations side on beside off, and of two builds, in
+//!   alternating server processes pinned to CPU 0 (this process should run
+//!   on CPU 1). Relay capacity itself is measured by `calling-load`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +28,7 @@ use calling_api::UserId;
 use calling_facade::{AudioDevices, CallType, CallingEvent, ClientOptions, TRTCCalling};
 use calling_server::config::ServerConfig;
 use calling_server::usersig;
-use signaling_proto::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+use signaling_proto::{ClientMessage, ServerMessage};
 use signaling_quic::{QuicServer, ServerIdentity, ServerLimits, ServerTrust};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -73,14 +72,6 @@ async fn main() {
             )
             .await;
         }
-        Some("relay") => {
-            let server_bin = args.get(1).expect("bench relay SERVER_BIN [MAX_CALLS]");
-            relay(
-                server_bin,
-                args.get(2).and_then(|n| n.parse().ok()).unwrap_or(3_200),
-            )
-            .await;
-        }
         Some("relay-ops") => {
             let server_bin = args
                 .get(1)
@@ -101,7 +92,6 @@ async fn main() {
             )
             .await;
         }
-        Some("udp-forwarder") => udp_forwarder().await,
         Some("latency") => {
             let seconds = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(12);
             latency(seconds, false).await;
@@ -441,8 +431,11 @@ async fn idle(server_bin: &str, count: usize) {
                 }
             };
             let sig = usersig::generate(1_400_000_000, &key, &user, 3_600, now, None);
+            // Version 1: a later session owes a heartbeat a second and is
+            // dropped after 5 s without one, which these bare clients do
+            // not send (calling-load's clients do).
             let login = ClientMessage::Login {
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version: 1,
                 sdk_app_id: 1_400_000_000,
                 user_id: UserId::new(user).unwrap(),
                 user_sig: sig.into(),
@@ -475,8 +468,12 @@ async fn idle(server_bin: &str, count: usize) {
         .send(&ClientMessage::Ping { nonce: 1 })
         .await
         .unwrap();
-    let _ = probe.recv.recv().await.unwrap();
+    let pong = probe.recv.recv().await;
     let ping = ping_started.elapsed();
+    assert!(
+        matches!(pong, Ok(Some(ServerMessage::Pong { nonce: 1 }))),
+        "the idle clients must still be logged in: {pong:?}"
+    );
     let per_connection = (rss_after.saturating_sub(rss_before)) as f64 / count as f64;
     println!("idle clients held by one calling-server process");
     println!(
@@ -723,15 +720,10 @@ fn pinned(program: &str) -> tokio::process::Command {
 
 /// One measurement round's outcome.
 struct Round {
-    calls: usize,
     sent: u64,
     received: u64,
     p99: Duration,
     server_cpu: Duration,
-    generator_cpu: Duration,
-    rss_kib: u64,
-    /// Server RSS before any client, to tell the memory per call.
-    base_rss_kib: u64,
 }
 
 impl Round {
@@ -755,7 +747,6 @@ struct Meter {
     received: Arc<std::sync::atomic::AtomicU64>,
     delays: Arc<std::sync::Mutex<Vec<u32>>>,
     pid: u32,
-    base_rss_kib: u64,
 }
 
 impl Meter {
@@ -764,7 +755,6 @@ impl Meter {
             received: Arc::default(),
             delays: Arc::default(),
             pid,
-            base_rss_kib: rss_kib(pid),
         }
     }
 
@@ -780,19 +770,14 @@ impl Meter {
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.received.store(0, Ordering::Relaxed);
         self.delays.lock().unwrap().clear();
-        let self_pid = std::process::id();
-        let (server_before, self_before) = (cpu_time(self.pid), cpu_time(self_pid));
+        let server_before = cpu_time(self.pid);
         let sent = drive(calls, origin, send).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         Round {
-            calls,
             sent,
             received: self.received.load(Ordering::Relaxed),
             p99: p99(&mut self.delays.lock().unwrap()),
             server_cpu: cpu_time(self.pid) - server_before,
-            generator_cpu: cpu_time(self_pid) - self_before,
-            rss_kib: rss_kib(self.pid),
-            base_rss_kib: self.base_rss_kib,
         }
     }
 }
@@ -913,7 +898,8 @@ async fn quic_relay_rounds(
                 client
                     .send
                     .send(&ClientMessage::Login {
-                        protocol_version: PROTOCOL_VERSION,
+                        // Version 1: no heartbeats owed (see `idle`).
+                        protocol_version: 1,
                         sdk_app_id: 1_400_000_000,
                         user_id: UserId::new(user).unwrap(),
                         user_sig: sig.into(),
@@ -1013,55 +999,6 @@ async fn quic_relay_rounds(
     drop(child);
     let _ = std::fs::remove_dir_all(&data_dir);
     quic_rounds
-}
-
-async fn relay(server_bin: &str, max_calls: usize) {
-    let origin = Instant::now();
-    let sizes: Vec<usize> = std::iter::successors(Some(100), |calls| Some(calls * 2))
-        .take_while(|calls| *calls <= max_calls)
-        .collect();
-    let quic_rounds = quic_relay_rounds(server_bin, &[], origin, &sizes).await;
-    let udp_rounds = udp_baseline(max_calls, origin).await;
-    println!(
-        "relay capacity over loopback, 50 datagrams/s each way per call, server pinned to CPU 0, generator on CPU 1"
-    );
-    for (name, rounds) in [
-        ("calling-server (QUIC)", &quic_rounds),
-        ("plain UDP forwarder", &udp_rounds),
-    ] {
-        println!("  {name}");
-        for round in rounds.iter() {
-            println!(
-                "    {:>5} calls: loss {:>6.3} %, p99 {:>7.2} ms, server CPU {:>5.1} µs/datagram ({:>3.0} % of a core), generator CPU {:>3.0} %, {:>5.1} KiB per call{}",
-                round.calls,
-                round.loss_percent(),
-                round.p99.as_secs_f64() * 1e3,
-                round.cpu_per_datagram_us(),
-                100.0 * round.server_cpu.as_secs_f64() / ROUND.as_secs_f64(),
-                100.0 * round.generator_cpu.as_secs_f64() / ROUND.as_secs_f64(),
-                round.rss_kib.saturating_sub(round.base_rss_kib) as f64 / round.calls as f64,
-                if round.passes() {
-                    ""
-                } else {
-                    "  <- over the limit"
-                }
-            );
-        }
-        let best = rounds
-            .iter()
-            .filter(|round| round.passes())
-            .map(|round| round.calls)
-            .max()
-            .unwrap_or(0);
-        let cpu = rounds
-            .iter()
-            .rfind(|round| round.passes())
-            .map_or(0.0, Round::cpu_per_datagram_us);
-        println!(
-            "    most calls within 0.1 % loss and 5 ms p99: {best}; at {cpu:.1} µs per datagram one core's CPU would carry about {:.0} calls",
-            if cpu > 0.0 { 1e6 / (cpu * 100.0) } else { 0.0 }
-        );
-    }
 }
 
 /// The relay's cost with the operations side on (a metrics scrape every
@@ -1196,109 +1133,4 @@ async fn relay_compare(binaries: [&String; 2], calls: usize, repeats: usize) {
         "  after / before: {:.3}",
         mean(&rounds[1]) / mean(&rounds[0]).max(f64::MIN_POSITIVE)
     );
-}
-
-/// The baseline: a UDP forwarder in its own process (this binary), pinned
-/// to CPU 0, that forwards each packet of a pair to the other side.
-async fn udp_forwarder() {
-    use tokio::net::UdpSocket;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    println!("READY {}", socket.local_addr().unwrap());
-    let mut peers: HashMap<u32, (Option<SocketAddr>, Option<SocketAddr>)> = HashMap::new();
-    let mut route: HashMap<SocketAddr, SocketAddr> = HashMap::new();
-    let mut buffer = vec![0_u8; 2_048];
-    loop {
-        let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
-            return;
-        };
-        if let Some(to) = route.get(&from) {
-            let _ = socket.send_to(&buffer[..len], to).await;
-            continue;
-        }
-        // Registration: "pair id (4 bytes), side (1 byte)".
-        if len == 5 {
-            let pair = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
-            let entry = peers.entry(pair).or_default();
-            if buffer[4] == 0 {
-                entry.0 = Some(from)
-            } else {
-                entry.1 = Some(from)
-            }
-            if let (Some(a), Some(b)) = *entry {
-                route.insert(a, b);
-                route.insert(b, a);
-            }
-        }
-    }
-}
-
-async fn udp_baseline(max_calls: usize, origin: Instant) -> Vec<Round> {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    use tokio::net::UdpSocket;
-    let me = std::env::current_exe().unwrap();
-    let mut child = pinned(me.to_str().unwrap())
-        .arg("udp-forwarder")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let forwarder: SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().unwrap();
-        if let Some(rest) = line.strip_prefix("READY ") {
-            break rest.parse().unwrap();
-        }
-    };
-    let meter = Meter::new(pid);
-    let (received, delays) = (Arc::clone(&meter.received), Arc::clone(&meter.delays));
-    let mut sockets: Vec<(Arc<UdpSocket>, Arc<UdpSocket>)> = Vec::new();
-    let mut rounds = Vec::new();
-    let mut calls = 100;
-    while calls <= max_calls {
-        while sockets.len() < calls {
-            let pair = sockets.len() as u32;
-            let mut ends = Vec::new();
-            for side in 0..2_u8 {
-                let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-                socket.connect(forwarder).await.unwrap();
-                let mut registration = pair.to_le_bytes().to_vec();
-                registration.push(side);
-                socket.send(&registration).await.unwrap();
-                let (reader, received, delays) = (
-                    Arc::clone(&socket),
-                    Arc::clone(&received),
-                    Arc::clone(&delays),
-                );
-                tokio::spawn(async move {
-                    let mut buffer = vec![0_u8; 2_048];
-                    while let Ok(len) = reader.recv(&mut buffer).await {
-                        record(&delays, &received, origin, &buffer[..len]);
-                    }
-                });
-                ends.push(socket);
-            }
-            let b = ends.pop().unwrap();
-            let a = ends.pop().unwrap();
-            sockets.push((a, b));
-        }
-        let round = meter
-            .round(calls, origin, |pair, forward, payload| {
-                let socket = if forward {
-                    &sockets[pair].0
-                } else {
-                    &sockets[pair].1
-                };
-                let _ = socket.try_send(payload);
-            })
-            .await;
-        let passes = round.passes();
-        rounds.push(round);
-        if !passes {
-            break;
-        }
-        calls *= 2;
-    }
-    drop(child);
-    rounds
 }

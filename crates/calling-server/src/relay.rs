@@ -8,6 +8,12 @@
 //! never held across an await). A connection with no route (in no call, or
 //! alone in one) sends nowhere. The relay never decodes or mixes audio, and
 //! sees peers only as [`MediaLink`]s.
+//!
+//! Connection tasks run on every core at once: the routes and the counters
+//! are split into shards by connection, each on cache lines of its own, so
+//! two cores relaying for different connections seldom touch the same
+//! lock or counter (one shared read lock and counter cost more per
+//! datagram with every core added).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,17 +52,48 @@ pub struct RelayCounts {
     pub dropped_malformed: u64,
 }
 
-/// Routes of every connection in a call, shared by the hub and the
-/// connection tasks.
+/// Shards of the routes and counters: well above the cores of a big
+/// machine, so that cores seldom meet on one.
+const SHARDS: usize = 64;
+
+/// One shard, alone on its cache lines (128 bytes: two lines, as adjacent
+/// lines are fetched in pairs).
 #[derive(Debug, Default)]
-pub(crate) struct MediaRoutes {
+#[repr(align(128))]
+struct Shard {
     routes: RwLock<HashMap<ConnId, Arc<Route>>>,
     stats: RelayStats,
 }
 
+/// Routes of every connection in a call, shared by the hub and the
+/// connection tasks.
+#[derive(Debug)]
+pub(crate) struct MediaRoutes {
+    shards: Box<[Shard]>,
+}
+
+impl Default for MediaRoutes {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
+}
+
 impl MediaRoutes {
+    /// `conn`'s shard. Connection ids are handed out in sequence, so
+    /// connections spread evenly.
+    fn shard(&self, conn: ConnId) -> &Shard {
+        // The remainder is below SHARDS: it fits any usize.
+        &self.shards[(conn.0 % SHARDS as u64) as usize]
+    }
+
     pub(crate) fn set(&self, conn: ConnId, route: Option<Route>) {
-        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut routes = self
+            .shard(conn)
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         match route {
             Some(route) => {
                 routes.insert(conn, Arc::new(route));
@@ -67,19 +104,17 @@ impl MediaRoutes {
         }
     }
 
-    fn route(&self, conn: ConnId) -> Option<Arc<Route>> {
-        self.routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&conn)
-            .cloned()
-    }
-
     pub(crate) fn counts(&self) -> RelayCounts {
+        let sum = |counter: fn(&RelayStats) -> &AtomicU64| {
+            self.shards
+                .iter()
+                .map(|shard| counter(&shard.stats).load(Ordering::Relaxed))
+                .sum()
+        };
         RelayCounts {
-            forwarded: self.stats.forwarded.load(Ordering::Relaxed),
-            dropped_not_in_call: self.stats.dropped_not_in_call.load(Ordering::Relaxed),
-            dropped_malformed: self.stats.dropped_malformed.load(Ordering::Relaxed),
+            forwarded: sum(|stats| &stats.forwarded),
+            dropped_not_in_call: sum(|stats| &stats.dropped_not_in_call),
+            dropped_malformed: sum(|stats| &stats.dropped_malformed),
         }
     }
 
@@ -88,15 +123,21 @@ impl MediaRoutes {
     /// fits (the usual case: then nothing is allocated per datagram, the
     /// peers share one buffer); otherwise into a copy.
     pub(crate) fn relay(&self, conn: ConnId, datagram: Bytes) {
+        let shard = self.shard(conn);
+        let stats = &shard.stats;
         let Ok((header, payload)) = MediaHeader::decode(&datagram) else {
-            self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let payload_start = datagram.len() - payload.len();
-        let Some(route) = self.route(conn) else {
-            self.stats
-                .dropped_not_in_call
-                .fetch_add(1, Ordering::Relaxed);
+        let route = shard
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&conn)
+            .cloned();
+        let Some(route) = route else {
+            stats.dropped_not_in_call.fetch_add(1, Ordering::Relaxed);
             return;
         };
         if route.peers.is_empty() {
@@ -114,7 +155,7 @@ impl MediaRoutes {
             Err(shared) => copy_stamped(header, route.flow, &shared[payload_start..]),
         };
         let Some(bytes) = stamped else {
-            self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
         // A loss report is for the sender it names, nobody else.
@@ -126,7 +167,7 @@ impl MediaRoutes {
             // A peer whose connection just closed, or whose datagram buffer
             // is full (quinn then drops its oldest), is not our problem here.
             if peer.send_datagram(bytes.clone()).is_ok() {
-                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                stats.forwarded.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
