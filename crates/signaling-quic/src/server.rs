@@ -191,6 +191,15 @@ impl QuicServer {
             if let Err(error) = udp_state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER) {
                 tracing::debug!(%error, "could not enlarge the UDP receive buffer");
             }
+            let granted = udp_state.recv_buffer_size((&socket).into()).unwrap_or(0);
+            if index == 0 && granted < SOCKET_BUFFER {
+                tracing::warn!(
+                    granted_kib = granted / 1024,
+                    wanted_kib = SOCKET_BUFFER / 1024,
+                    "the UDP receive buffer is smaller than asked: raise net.core.rmem_max, \
+                     or bursts of handshakes lose packets"
+                );
+            }
             let _ = udp_state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
             bound.push(quinn::Endpoint::new(
                 endpoint_config,
