@@ -301,7 +301,7 @@ fn bench(args: &[String]) -> Result {
     )?;
     step(
         "bench: relay capacity, 1v1 calls, server on both cores (shared with the generator)",
-        load(["0-1", "0-1"], "200,400,800,1600,3200", "load-2-cores.json"),
+        &mut load(["0-1", "0-1"], "200,400,800,1600,3200", "load-2-cores.json"),
     )?;
     step(
         "bench: relay with metrics, webhooks and call records on, beside off",
