@@ -273,36 +273,7 @@ fn bench(args: &[String]) -> Result {
             .arg(&server);
         command
     };
-    // The relay under calling-load: the server on CPU 0, the generator on
-    // CPU 1, beside a plain UDP forwarder; then a 16-member group call
-    // (one speaker at a time); then both cores for the server, shared
-    // with the generator (all this machine has).
-    let load = |cpus: [&str; 2], calls: &str, json: &str| {
-        let mut command = Command::new(release.join("calling-load"));
-        command
-            .arg("--spawn-server")
-            .arg(&server)
-            .args(["--server-cpus", cpus[0], "--generator-cpus", cpus[1]])
-            .args(["--calls", calls, "--json"])
-            .arg(workspace_root().join("target").join(json));
-        command
-    };
-    step(
-        "bench: relay capacity, 1v1 calls, server on one core",
-        load(["0", "1"], "100,200,400,800,1600,3200", "load-1v1.json").arg("--udp-baseline"),
-    )?;
-    step(
-        "bench: relay capacity, 16-member calls, one speaker at a time",
-        load(["0", "1"], "5,10,20,40,80,160", "load-group.json").args(["--members", "16"]),
-    )?;
-    step(
-        "bench: relay capacity, 1v1 calls with churn (20 calls a second hung up and set up again)",
-        load(["0", "1"], "200,400", "load-churn.json").args(["--churn-per-sec", "20"]),
-    )?;
-    step(
-        "bench: relay capacity, 1v1 calls, server on both cores (shared with the generator)",
-        &mut load(["0-1", "0-1"], "200,400,800,1600,3200", "load-2-cores.json"),
-    )?;
+    bench_relay(&release, &server)?;
     step(
         "bench: relay with metrics, webhooks and call records on, beside off",
         pinned_bench("relay-ops").args(["200", "3"]),
@@ -777,4 +748,37 @@ fn count_before(line: &str, label: &str) -> u64 {
         .filter_map(|rest| rest.trim().rsplit(' ').next())
         .find_map(|number| number.parse().ok())
         .unwrap_or(0)
+}
+
+/// The relay under calling-load: the server on CPU 0, the generator on
+/// CPU 1, beside a plain UDP forwarder; then a 16-member group call (one
+/// speaker at a time); then calls churning; then both cores for the
+/// server, shared with the generator (all this machine has).
+fn bench_relay(release: &Path, server: &Path) -> Result {
+    let load = |cpus: [&str; 2], calls: &str, json: &str| {
+        let mut command = Command::new(release.join("calling-load"));
+        command
+            .arg("--spawn-server")
+            .arg(server)
+            .args(["--server-cpus", cpus[0], "--generator-cpus", cpus[1]])
+            .args(["--calls", calls, "--json"])
+            .arg(workspace_root().join("target").join(json));
+        command
+    };
+    step(
+        "bench: relay capacity, 1v1 calls, server on one core",
+        load(["0", "1"], "100,200,400,800,1600,3200", "load-1v1.json").arg("--udp-baseline"),
+    )?;
+    step(
+        "bench: relay capacity, 16-member calls, one speaker at a time",
+        load(["0", "1"], "5,10,20,40,80,160", "load-group.json").args(["--members", "16"]),
+    )?;
+    step(
+        "bench: relay capacity, 1v1 calls with churn (20 calls a second hung up and set up again)",
+        load(["0", "1"], "200,400", "load-churn.json").args(["--churn-per-sec", "20"]),
+    )?;
+    step(
+        "bench: relay capacity, 1v1 calls, server on both cores (shared with the generator)",
+        &mut load(["0-1", "0-1"], "200,400,800,1600,3200", "load-2-cores.json"),
+    )
 }
