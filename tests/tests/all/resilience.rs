@@ -105,12 +105,11 @@ async fn a_killed_server_ends_calls_once_and_its_clients_log_in_again_by_themsel
     // Each bare connection's next packet is answered with a reset, well
     // before the 12 s idle timeout. (quinn sends an endpoint's resets at
     // least 20 ms apart, so the packets are spaced; a packet that still
-    // meets the limit is reset at its probe's turn.)
+    // meets the limit is reset at its probe's turn. A connection whose own
+    // keep-alive or acknowledgement went first is reset already: the send
+    // then fails, and `closed` below says why.)
     for client in &bare {
-        client
-            .connection
-            .send_datagram(b"anyone?".to_vec().into())
-            .unwrap();
+        let _ = client.connection.send_datagram(b"anyone?".to_vec().into());
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     for client in bare {
