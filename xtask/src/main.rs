@@ -301,8 +301,15 @@ fn bench(args: &[String]) -> Result {
 }
 
 /// The crates published on crates.io: every member but the tests, the
-/// fuzzing harness, the xtask and the Python module (a PyPI wheel).
-const UNPUBLISHED: [&str; 4] = ["opencalling-tests", "calling-fuzz", "xtask", "calling-py"];
+/// fuzzing harness, the load generator, the xtask and the Python module (a
+/// PyPI wheel).
+const UNPUBLISHED: [&str; 5] = [
+    "opencalling-tests",
+    "calling-fuzz",
+    "calling-load",
+    "xtask",
+    "calling-py",
+];
 
 /// Each published crate packaged and verified from its tarball (`cargo
 /// package` builds it alone, its workspace dependencies from the packages
