@@ -248,6 +248,9 @@ impl JitterBuffer {
             self.stats.duplicate_packets += 1;
             return;
         }
+        // Late packets count most: a histogram without them would aim
+        // for the packets that came in time and make more of them late.
+        self.measure_lateness(now, timestamp);
         let too_late = self.last_seq.is_some_and(|last| seq <= last)
             || self
                 .play_ts
@@ -256,7 +259,6 @@ impl JitterBuffer {
             self.stats.late_packets += 1;
             return;
         }
-        self.measure_lateness(now, timestamp);
         if let Some(existing) = self.slots[slot_index] {
             // The table is full up to this slot: keep the older packet, which
             // plays first; the newer one cannot fit.

@@ -118,12 +118,18 @@ impl<P: Clone> Netem<P> {
 
     /// The next packet that has arrived by `now`, earliest first.
     pub fn receive(&mut self, now: Instant) -> Option<P> {
+        self.receive_timed(now).map(|(_, packet)| packet)
+    }
+
+    /// The next packet that has arrived by `now`, earliest first, with the
+    /// moment it arrived (a receiver reading late still knows when).
+    pub fn receive_timed(&mut self, now: Instant) -> Option<(Instant, P)> {
         let Reverse((at, id)) = *self.in_flight.peek()?;
         if at > now {
             return None;
         }
         self.in_flight.pop();
-        self.packets.remove(&id)
+        self.packets.remove(&id).map(|packet| (at, packet))
     }
 
     /// The loss actually applied so far, in percent.

@@ -169,9 +169,11 @@ fn run(scenario: &Scenario) -> Outcome {
             continue;
         }
         let now = start + next_pull;
-        while let Some(packet) = network.receive(now) {
+        // Packets are read at the pull, stamped with when they arrived (as
+        // the network thread stamps them).
+        while let Some((arrived, packet)) = network.receive_timed(now) {
             buffer.insert(
-                now,
+                arrived,
                 packet.seq,
                 packet.timestamp,
                 packet.voice,
@@ -445,4 +447,31 @@ fn hostile_packets_never_panic() {
         assert!(out.iter().all(|sample| sample.is_finite()));
     }
     buffer.insert(now, 1, 0, true, &[0; 5_000]);
+}
+
+#[test]
+fn a_delay_step_raises_the_target_within_a_second() {
+    let slower = NetemConfig {
+        delay: Duration::from_millis(100),
+        ..NetemConfig::default()
+    };
+    let outcome = run(&Scenario {
+        network: vec![(0.0, NetemConfig::default()), (4.0, slower)],
+        ..Scenario::default()
+    });
+    let target_at = |seconds: f64| {
+        outcome
+            .trace
+            .iter()
+            .find(|(t, ..)| *t >= seconds)
+            .map_or(0.0, |(_, _, target, _)| *target)
+    };
+    // Packets now come 80 ms later than before: late ones included, the
+    // lateness histogram sees it at once.
+    assert!(target_at(3.9) < 60.0, "{}", target_at(3.9));
+    assert!(
+        target_at(5.0) >= 90.0,
+        "target {} ms a second after",
+        target_at(5.0)
+    );
 }
