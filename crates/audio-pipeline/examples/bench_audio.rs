@@ -6,7 +6,9 @@
 //! - wideband PESQ of the speech fixtures through encoder → emulated network
 //!   → jitter buffer → decoder at 0, 5, 10, 20 % random loss and one bursty
 //!   pattern, beside plain libopus (FEC from the next packet when it
-//!   arrived, PLC otherwise) with the very same losses.
+//!   arrived, PLC otherwise) with the very same losses; each output aligned
+//!   to the original utterance by utterance (a jitter buffer may move its
+//!   delay in a pause), the baseline the same way.
 //!
 //! usage: bench_audio FIXTURE_DIR OUT_DIR [PYTHON]  (PYTHON: a python with
 //! numpy and pesq; without it the PESQ part only writes the WAV files).
@@ -221,7 +223,9 @@ fn through_plain_libopus(speech_48k: &[f32], condition: &Condition, loss_hint: f
 
 /// Shifts `degraded` so it lines up with `reference` (our pipeline adds its
 /// playout delay; PESQ aligns too, but within a limited range).
-fn align_to(reference: &[f32], degraded: &[f32]) -> Vec<f32> {
+/// The lag of `degraded` behind `reference` (0–500 ms at 16 kHz) that
+/// best matches the first 3 s.
+fn global_lag(reference: &[f32], degraded: &[f32]) -> usize {
     let window = reference.len().min(16_000 * 3);
     let score = |lag: usize| -> f64 {
         degraded
@@ -234,10 +238,76 @@ fn align_to(reference: &[f32], degraded: &[f32]) -> Vec<f32> {
                     .sum()
             })
     };
-    let lag = (0..8_000)
+    (0..8_000)
         .max_by(|a, b| score(*a).total_cmp(&score(*b)))
-        .unwrap_or(0);
-    degraded[lag.min(degraded.len())..].to_vec()
+        .unwrap_or(0)
+}
+
+/// The reference cut into utterances: boundaries in the middle of each
+/// pause of 100 ms or more (10 ms frames 30 dB under the loudest).
+fn utterances(reference: &[f32]) -> Vec<(usize, usize)> {
+    const FRAME: usize = 160;
+    let energies: Vec<f64> = reference
+        .chunks(FRAME)
+        .map(|frame| frame.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>())
+        .collect();
+    let loudest = energies.iter().copied().fold(0.0, f64::max);
+    let mut cuts = vec![0];
+    let mut pause_from = None;
+    for (index, energy) in energies.iter().chain([&f64::MAX]).enumerate() {
+        let quiet = *energy < loudest * 1e-3;
+        match (quiet, pause_from) {
+            (true, None) => pause_from = Some(index),
+            (false, Some(from)) => {
+                if index - from >= 10 && from > 0 {
+                    cuts.push((from + index) / 2 * FRAME);
+                }
+                pause_from = None;
+            }
+            _ => {}
+        }
+    }
+    cuts.push(reference.len());
+    cuts.dedup();
+    cuts.windows(2).map(|pair| (pair[0], pair[1])).collect()
+}
+
+/// `degraded` aligned to `reference` utterance by utterance: each shifted
+/// by the lag (within ±80 ms of the first 3 s's) that matches it best, so
+/// a delay that moves in a pause (a jitter buffer adapting) is not scored
+/// as distortion; whatever moves inside an utterance still is. The
+/// baseline is aligned the same way.
+fn align_to(reference: &[f32], degraded: &[f32]) -> Vec<f32> {
+    const SEARCH: usize = 1_280;
+    let global = global_lag(reference, degraded);
+    let mut aligned = vec![0.0; reference.len()];
+    for (from, to) in utterances(reference) {
+        let segment = &reference[from..to];
+        let score = |lag: usize| -> f64 {
+            let candidate = degraded.get(from + lag..(to + lag).min(degraded.len()));
+            candidate.map_or(f64::MIN, |candidate| {
+                let dot: f64 = segment
+                    .iter()
+                    .zip(candidate)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                let norm: f64 = candidate.iter().map(|b| f64::from(*b).powi(2)).sum();
+                dot / norm.sqrt().max(1e-9)
+            })
+        };
+        let lags = global.saturating_sub(SEARCH)..global + SEARCH;
+        let coarse = lags
+            .step_by(8)
+            .max_by(|a, b| score(*a).total_cmp(&score(*b)))
+            .unwrap_or(global);
+        let lag = (coarse.saturating_sub(8)..coarse + 8)
+            .max_by(|a, b| score(*a).total_cmp(&score(*b)))
+            .unwrap_or(coarse);
+        for (index, sample) in aligned[from..to].iter_mut().enumerate() {
+            *sample = degraded.get(from + lag + index).copied().unwrap_or(0.0);
+        }
+    }
+    aligned
 }
 
 fn write(path: &Path, samples: &[f32]) {

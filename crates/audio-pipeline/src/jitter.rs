@@ -1,7 +1,8 @@
 //! An adaptive jitter buffer for one remote speaker, modelled on WebRTC
 //! NetEq and sans-IO: [`JitterBuffer::insert`] takes packets as they arrive
-//! (any order, duplicates, late ones), [`JitterBuffer::pull`] gives one
-//! 20 ms frame of audio per call; both take `now`.
+//! (any order, duplicates, late ones), [`JitterBuffer::pull`] gives the next
+//! samples of audio, 10 ms per call in playout (any length up to a frame;
+//! packets are decoded 20 ms at a time); both take `now`.
 //!
 //! Per pull it decodes the next frame (*normal*), recovers a lost one from
 //! the next packet's in-band FEC (one packet of look-ahead), conceals with
@@ -9,10 +10,15 @@
 //! (*accelerate*) or adds (*expand*) one pitch period so the delay moves
 //! without an audible jump.
 //!
-//! The target delay follows the 95th percentile of recent packet lateness
-//! (a histogram with a forgetting factor, so it comes back down after a
-//! jittery spell), starting at 60 ms, plus one packet of look-ahead for FEC
-//! while packets are being lost. A sequence gap is loss; a timestamp
+//! The target delay follows the 95th percentile of recent packet lateness,
+//! late packets included (a histogram of 2 ms bins with a forgetting
+//! factor, so it comes back down after a jittery spell), plus one frame,
+//! starting at 60 ms, plus one packet of look-ahead for FEC while packets
+//! are being lost. While someone speaks, the buffer time-scales only when
+//! it is a packet off its target; on a clean path it also cuts audio it
+//! holds over the target in pauses (three frames without voice), where
+//! nobody hears it, so it converges to the target within a second and
+//! holds no frame a pull longer than it must. A sequence gap is loss; a timestamp
 //! gap with contiguous sequence numbers is a DTX pause, never concealed. A
 //! late joiner or a burst that would leave seconds in the buffer is cut back
 //! to the target at once.
@@ -30,9 +36,23 @@ use crate::{CodecError, Decoder, FRAME_SAMPLES, MAX_PACKET};
 /// Packets the buffer can hold at once (2.56 s of 20 ms frames).
 const SLOTS: usize = 128;
 
-/// Histogram bin width and count: 10 ms up to 1 s of lateness.
-const BIN_MS: f64 = 10.0;
-const BINS: usize = 100;
+/// Histogram bin width and count: 2 ms up to 1 s of lateness. Bins much
+/// wider than a clean link's jitter would hold their width as delay.
+const BIN_MS: f64 = 2.0;
+const BINS: usize = 500;
+
+/// How far over its target the buffer may hold audio in a pause before it
+/// drops the excess: half a packet.
+const PAUSE_MARGIN_MS: f64 = 10.0;
+
+/// Recent loss (share of frames recovered or concealed, averaged) under
+/// which a path counts as clean: a loss or two of the last few seconds
+/// already counts.
+const CLEAN_PATH_LOSS: f64 = 0.001;
+
+/// Frames without voice in a row that make a pause (60 ms): quieter
+/// stretches inside a word (a stop's closure) are shorter.
+const PAUSE_FRAMES: u32 = 3;
 
 /// Ticks of one frame.
 const FRAME_TICKS: u32 = FRAME_SAMPLES as u32;
@@ -124,6 +144,7 @@ impl JitterStats {
 
 #[derive(Clone, Copy)]
 struct Slot {
+    arrived: Instant,
     seq: u32,
     timestamp: u32,
     voice: bool,
@@ -155,6 +176,10 @@ pub struct JitterBuffer {
     newest_ts: Option<u32>,
     concealing: bool,
     quiet_frames: u32,
+    /// What the frame now playing out was.
+    last_kind: PullKind,
+    /// Decoded frames without voice in a row, up to the last one.
+    frames_without_voice: u32,
     histogram: [f64; BINS],
     /// Smallest transit (arrival − send time) seen in the current and the
     /// previous window: lateness is measured above it, and the windows let
@@ -204,6 +229,8 @@ impl JitterBuffer {
             newest_ts: None,
             concealing: false,
             quiet_frames: 0,
+            last_kind: PullKind::Idle,
+            frames_without_voice: 0,
             histogram: [0.0; BINS],
             min_transit: [f64::INFINITY; 2],
             window_start_ts: None,
@@ -271,6 +298,7 @@ impl JitterBuffer {
         data[..payload.len()].copy_from_slice(payload);
         self.seen[slot_index] = Some(seq);
         self.slots[slot_index] = Some(Slot {
+            arrived: now,
             seq,
             timestamp,
             voice,
@@ -366,12 +394,10 @@ impl JitterBuffer {
         }
     }
 
-    /// Fills `out` (one 20 ms frame) with the audio due at `now`.
-    pub fn pull(
-        &mut self,
-        now: Instant,
-        out: &mut [f32; FRAME_SAMPLES],
-    ) -> Result<PullKind, CodecError> {
+    /// Fills `out` with the audio due at `now`: the next `out.len()`
+    /// samples. What the pull did is the kind of the last frame it decoded,
+    /// or of the frame it is still playing out.
+    pub fn pull(&mut self, now: Instant, out: &mut [f32]) -> Result<PullKind, CodecError> {
         if self.play_ts.is_none() {
             let ready = self.first_arrival.is_some_and(|first| {
                 now.duration_since(first).as_secs_f64() * 1e3 >= self.target_ms - 20.0
@@ -394,15 +420,15 @@ impl JitterBuffer {
             }
         }
         self.cut_excess_delay();
-        let mut kind = PullKind::Normal;
-        while self.sync.len() < FRAME_SAMPLES {
-            kind = self.produce_frame()?;
+        let wanted = out.len();
+        while self.sync.len() < wanted {
+            self.last_kind = self.produce_frame(now)?;
         }
-        for (sample, decoded) in out.iter_mut().zip(self.sync.drain(..FRAME_SAMPLES)) {
+        for (sample, decoded) in out.iter_mut().zip(self.sync.drain(..wanted)) {
             *sample = decoded;
         }
-        self.stats.output_samples += FRAME_SAMPLES as u64;
-        Ok(kind)
+        self.stats.output_samples += wanted as u64;
+        Ok(self.last_kind)
     }
 
     /// A late joiner or a burst must not leave seconds in the buffer: past
@@ -438,7 +464,7 @@ impl JitterBuffer {
     }
 
     /// Decodes, recovers or conceals the frame at `play_ts` into `sync`.
-    fn produce_frame(&mut self) -> Result<PullKind, CodecError> {
+    fn produce_frame(&mut self, now: Instant) -> Result<PullKind, CodecError> {
         let Some(play) = self.play_ts else {
             return Ok(PullKind::Idle);
         };
@@ -451,7 +477,8 @@ impl JitterBuffer {
             self.in_dtx = !slot.voice;
             self.last_seq = Some(slot.seq);
             self.note_frame(false);
-            self.finish_frame(play, false);
+            let waited = now.saturating_duration_since(slot.arrived);
+            self.finish_frame(play, false, waited);
             return Ok(PullKind::Normal);
         }
         match self.earliest_from(play) {
@@ -488,7 +515,7 @@ impl JitterBuffer {
                 self.stats.fec_recovered += 1;
                 self.note_frame(true);
                 self.last_seq = Some(slot.seq.wrapping_sub(1));
-                self.finish_frame(play, false);
+                self.finish_frame(play, false, Duration::ZERO);
                 Ok(PullKind::Fec)
             }
             Some(_) => {
@@ -496,7 +523,7 @@ impl JitterBuffer {
                 self.last_seq = self.last_seq.map(|last| last.wrapping_add(1));
                 self.note_frame(true);
                 self.count_concealment();
-                self.finish_frame(play, true);
+                self.finish_frame(play, true, Duration::ZERO);
                 Ok(PullKind::Conceal)
             }
             // Nothing buffered during DTX: comfort noise, time passes.
@@ -536,15 +563,43 @@ impl JitterBuffer {
     }
 
     /// Moves past the frame at `play`, time-scaling it when the delay is off
-    /// target.
-    fn finish_frame(&mut self, play: u32, concealed: bool) {
+    /// target. Delay `target ± 20 ms` is left alone while someone speaks
+    /// (time-scaling speech costs quality); in a pause — a frame without
+    /// voice — audio over the target by more than half a packet is cut
+    /// outright, which nobody hears, so the delay comes down to the target
+    /// at the first pause.
+    fn finish_frame(&mut self, play: u32, concealed: bool, waited: Duration) {
         self.play_ts = Some(play.wrapping_add(FRAME_TICKS));
         if !concealed {
             self.concealing = false;
         }
         self.quiet_frames = 0;
+        // Counted from the next frame on: this frame's own 20 ms are part
+        // of the target.
         let delay = self.current_delay_ms();
-        if delay > self.target_ms + 20.0 {
+        self.frames_without_voice = if crate::level::voice_activity(&self.frame) {
+            0
+        } else {
+            self.frames_without_voice.saturating_add(1)
+        };
+        // Over the target: audio buffered beyond what the target holds, or
+        // time the frame just decoded waited beyond its lateness margin
+        // (it could have started a pull sooner: frames start on pulls, so
+        // a buffer level right on target can still hold a frame back).
+        let waited_ms = waited.as_secs_f64() * 1e3;
+        let over_in_pause =
+            (delay - (self.target_ms - 20.0)).max(waited_ms - (self.target_ms - 20.0));
+        // Only on a clean path: under loss, audio held over the target is
+        // the margin that lets the next packet's FEC arrive in time.
+        let clean_path = self.recent_loss < CLEAN_PATH_LOSS;
+        if clean_path
+            && over_in_pause > PAUSE_MARGIN_MS
+            && self.frames_without_voice >= PAUSE_FRAMES
+        {
+            let cut = ((over_in_pause * 48.0) as usize).min(FRAME_SAMPLES);
+            self.sync.extend(self.frame[cut..].iter().copied());
+            self.stats.accelerated_samples += cut as u64;
+        } else if delay > self.target_ms + 20.0 {
             self.stats.accelerated_samples +=
                 timescale::accelerate(&self.frame, &mut self.sync) as u64;
         } else if delay + 20.0 < self.target_ms && !concealed {

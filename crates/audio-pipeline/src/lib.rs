@@ -27,5 +27,9 @@ pub const SAMPLE_RATE: u32 = 48_000;
 /// Samples in one 20 ms frame at 48 kHz mono.
 pub const FRAME_SAMPLES: usize = 960;
 
+/// Samples of one 10 ms playout pull (as NetEq): playout takes audio at
+/// half the frame size, so a frame starts playing up to 10 ms sooner.
+pub const PULL_SAMPLES: usize = 480;
+
 /// Largest Opus packet the pipeline produces or accepts.
 pub const MAX_PACKET: usize = 1_275;

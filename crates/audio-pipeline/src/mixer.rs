@@ -1,7 +1,6 @@
 //! Mixing remote speakers into one frame, with soft clipping and a level per
 //! speaker.
 
-use crate::FRAME_SAMPLES;
 use crate::level;
 
 /// Mixes remote speakers' frames into one, with soft clipping, and reports
@@ -35,16 +34,13 @@ impl Mixer {
 
     /// Sums `inputs` into `out` with soft clipping; returns the total level
     /// (0–100). Per-speaker levels are in [`Mixer::levels`] afterwards, in
-    /// input order.
-    pub fn mix<'a>(
-        &mut self,
-        inputs: impl IntoIterator<Item = &'a [f32; FRAME_SAMPLES]>,
-        out: &mut [f32; FRAME_SAMPLES],
-    ) -> u8 {
+    /// input order. Inputs longer than `out` count as far as `out` goes.
+    pub fn mix<'a>(&mut self, inputs: impl IntoIterator<Item = &'a [f32]>, out: &mut [f32]) -> u8 {
         out.fill(0.0);
         self.levels.clear();
         for input in inputs {
-            self.levels.push(level::volume(&input[..]));
+            let input = &input[..input.len().min(out.len())];
+            self.levels.push(level::volume(input));
             for (mixed, sample) in out.iter_mut().zip(input.iter()) {
                 *mixed += sample;
             }
@@ -64,6 +60,7 @@ impl Mixer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FRAME_SAMPLES;
 
     #[test]
     fn mixes_and_never_exceeds_full_scale() {
@@ -71,13 +68,13 @@ mod tests {
         let quiet = [0.01; FRAME_SAMPLES];
         let mut mixer = Mixer::new(2);
         let mut out = [0.0; FRAME_SAMPLES];
-        let total = mixer.mix([&loud, &loud], &mut out);
+        let total = mixer.mix([&loud[..], &loud[..]], &mut out);
         assert!(
             out.iter().all(|s| s.abs() < 1.0 && *s > 0.8),
             "soft-clipped, not hard"
         );
         assert!(total > 95);
-        mixer.mix([&quiet, &loud], &mut out);
+        mixer.mix([&quiet[..], &loud[..]], &mut out);
         assert!(
             (out[0] - 0.71).abs() < 1e-6,
             "below the knee the sum is exact"

@@ -5,7 +5,8 @@
 //!   and DTX frames (the encoder's "nothing to say") are not sent either.
 //! - [`ReceivePath`]: per remote speaker, packets handed over from the
 //!   network thread through a lock-free ring ([`packet_ring`]) into that
-//!   speaker's [`JitterBuffer`]; each 20 ms pull mixes every speaker.
+//!   speaker's [`JitterBuffer`]; each pull (10 ms in playout) mixes every
+//!   speaker.
 
 use std::time::Instant;
 
@@ -329,9 +330,12 @@ impl ReceivePath {
         }
     }
 
-    /// One 20 ms frame of every speaker, mixed into `out`; returns the total
-    /// level (0–100). Each speaker's level is in [`ReceivePath::levels`].
-    pub fn pull(&mut self, now: Instant, out: &mut [f32; FRAME_SAMPLES]) -> Result<u8, CodecError> {
+    /// The next `out.len()` samples of every speaker (at most a frame;
+    /// playout pulls [`PULL_SAMPLES`](crate::PULL_SAMPLES) every 10 ms),
+    /// mixed into `out`; returns the total level (0–100). Each speaker's
+    /// level is in [`ReceivePath::levels`].
+    pub fn pull(&mut self, now: Instant, out: &mut [f32]) -> Result<u8, CodecError> {
+        let len = out.len().min(FRAME_SAMPLES);
         for speaker in &mut self.speakers {
             while let Some(packet) = speaker.packets.consumer.try_pop() {
                 speaker.jitter.insert(
@@ -342,11 +346,12 @@ impl ReceivePath {
                     packet.payload(),
                 );
             }
-            speaker.jitter.pull(now, &mut speaker.frame)?;
+            speaker.jitter.pull(now, &mut speaker.frame[..len])?;
         }
-        Ok(self
-            .mixer
-            .mix(self.speakers.iter().map(|speaker| &speaker.frame), out))
+        Ok(self.mixer.mix(
+            self.speakers.iter().map(|speaker| &speaker.frame[..len]),
+            &mut out[..len],
+        ))
     }
 
     /// Each speaker's level in the last pull, in speaker order.

@@ -20,8 +20,8 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, FRAME_SAMPLES, JitterStats, LossMeter, MediaPacket, PacketReceiver,
-    PacketSender, ReceivePath, Resampler, SendPath, packet_ring,
+    EncoderConfig, JitterStats, LossMeter, MediaPacket, PULL_SAMPLES, PacketReceiver, PacketSender,
+    ReceivePath, Resampler, SendPath, packet_ring,
 };
 use calling_api::{AudioDeviceKind, CallingEvent};
 use signaling_link::MediaLink;
@@ -738,10 +738,11 @@ fn playout_loop(
     let mut hands_free = shared.hands_free.load(Ordering::Relaxed);
     let mut sink = open_sink(playback, hands_free, notices);
     let mut resampler = output_resampler(sink.format());
-    let mut frame = [0.0_f32; FRAME_SAMPLES];
-    let mut device_chunk = vec![0.0_f32; sink.format().samples_in_ms(20)];
-    let mut pacer = Pacer::new(Duration::from_millis(20));
-    let mut frames: u64 = 0;
+    // 10 ms pulls: a frame starts playing as soon as half of it is due.
+    let mut frame = [0.0_f32; PULL_SAMPLES];
+    let mut device_chunk = vec![0.0_f32; sink.format().samples_in_ms(PULL_MS)];
+    let mut pacer = Pacer::new(Duration::from_millis(PULL_MS as u64));
+    let mut pulls: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
         while let Ok(packets) = new_speakers.try_recv() {
@@ -754,7 +755,7 @@ fn playout_loop(
             hands_free = wanted;
             sink = open_sink(playback, hands_free, notices);
             resampler = output_resampler(sink.format());
-            device_chunk = vec![0.0; sink.format().samples_in_ms(20)];
+            device_chunk = vec![0.0; sink.format().samples_in_ms(PULL_MS)];
         }
         if receive.pull(Instant::now(), &mut frame).is_err() {
             frame.fill(0.0);
@@ -764,8 +765,8 @@ fn playout_loop(
                 raise(shared_level, *level);
             }
         }
-        frames += 1;
-        if frames % 25 == 0 {
+        pulls += 1;
+        if pulls % 50 == 0 {
             publish_stats(&receive, shared);
         }
         match resampler.as_mut() {
@@ -779,6 +780,9 @@ fn playout_loop(
         }
     }
 }
+
+/// Milliseconds of one playout pull ([`PULL_SAMPLES`] at 48 kHz).
+const PULL_MS: u32 = 10;
 
 fn publish_stats(receive: &ReceivePath, shared: &Shared) {
     if let Ok(mut stats) = shared.stats.try_lock() {
