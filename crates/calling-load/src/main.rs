@@ -36,13 +36,17 @@ use clap::{Parser, Subcommand};
 /// --server-cpus 0 --generator-cpus 1 --udp-baseline`.
 ///
 /// On a big machine, give the server some cores and the generators the rest
-/// (a generator needs about as much CPU per call as the server):
+/// (a generator needs about as much CPU per call as the server; a server
+/// core carries a few hundred 1v1 calls):
 ///
 ///   16 cores, server on 4: --spawn-server calling-server --server-cpus 0-3
-///   --generator-cpus 4-15 --calls 2000,4000,6000,8000
+///   --generator-cpus 4-15 --calls 500,1000,1500,2000,2500
 ///
 ///   64 cores, server on 16: --server-cpus 0-15 --generator-cpus 16-63
-///   --calls 8000,16000,24000,32000
+///   --calls 2000,4000,6000,8000,10000
+///
+/// crates/calling-load/scaling.sh runs the whole series (1, 2, 4, 8… server
+/// cores, one endpoint beside several, 16-member calls).
 ///
 /// The spawned server runs one QUIC endpoint per core it is given. Against
 /// a server elsewhere: --server ADDR --fingerprint HEX --app ID and the
