@@ -1,5 +1,7 @@
 //! Opus for calls: 48 kHz mono, 20 ms frames, VoIP mode, in-band FEC and
-//! DTX on the encoder; decode, FEC recovery and concealment on the decoder.
+//! DTX on the encoder; decode, FEC recovery and concealment on the decoder,
+//! which runs libopus directly (`opusic-sys`, built with its neural
+//! concealment and enhancement) at a chosen complexity.
 //! The encoder's loss hint is whatever [`Encoder::set_measured_loss`] is
 //! told, never below 1 % (the SDK feeds it its receivers' loss reports).
 
@@ -7,8 +9,19 @@ use crate::{FRAME_SAMPLES, MAX_PACKET, SAMPLE_RATE};
 
 /// An Opus call that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("opus: {0}")]
-pub struct CodecError(#[from] opus::Error);
+pub enum CodecError {
+    /// An encoder call (through the `opus` crate).
+    #[error("opus: {0}")]
+    Opus(#[from] opus::Error),
+    /// A decoder call (libopus directly), with libopus's error code.
+    #[error("opus decoder: {what} failed (libopus error {code})")]
+    Decoder {
+        /// What was asked.
+        what: &'static str,
+        /// libopus's code (negative).
+        code: i32,
+    },
+}
 
 /// How the encoder runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,23 +124,155 @@ pub fn is_dtx_frame(len: usize) -> bool {
     len <= 2
 }
 
-/// Opus decoder: 48 kHz mono.
+/// How hard the decoder works on what was lost or degraded: libopus's
+/// decoder complexity. Below 5 classic concealment; 5 adds Deep PLC (a
+/// neural network conceals lost frames), 6 LACE and 7 NoLACE (neural
+/// enhancement of every decoded frame, NoLACE the stronger). Only the
+/// receiving side changes: any sender's packets decode. The default is
+/// NoLACE, the best of the four on the project's speech at every loss but
+/// bursty (docs/benchmarks.md), at ~0.5 % of a core per remote speaker;
+/// 5 keeps Deep PLC without the per-frame cost.
+pub const DEFAULT_DECODER_COMPLEXITY: u8 = 7;
+
+/// Opus decoder: 48 kHz mono, libopus through `opusic-sys` (the `opus`
+/// crate does not expose the decoder's complexity, which turns on the
+/// neural concealment and enhancement).
 pub struct Decoder {
-    inner: opus::Decoder,
+    state: std::ptr::NonNull<opusic_sys::OpusDecoder>,
+    complexity: u8,
 }
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoder").finish_non_exhaustive()
+        f.debug_struct("Decoder")
+            .field("complexity", &self.complexity)
+            .finish_non_exhaustive()
+    }
+}
+
+// The FFI calls of this type are its only unsafe code.
+#[allow(unsafe_code)]
+mod ffi {
+    use super::{CodecError, FRAME_SAMPLES, SAMPLE_RATE};
+    use std::ptr::NonNull;
+
+    pub(super) fn create() -> Result<NonNull<opusic_sys::OpusDecoder>, CodecError> {
+        let mut code = 0;
+        let rate = i32::try_from(SAMPLE_RATE).unwrap_or(48_000);
+        // SAFETY: `code` is a valid out-pointer for the call's duration.
+        let state = unsafe { opusic_sys::opus_decoder_create(rate, 1, &raw mut code) };
+        match NonNull::new(state) {
+            Some(state) if code == opusic_sys::OPUS_OK => Ok(state),
+            Some(state) => {
+                destroy(state);
+                Err(CodecError::Decoder {
+                    what: "create",
+                    code,
+                })
+            }
+            None => Err(CodecError::Decoder {
+                what: "create",
+                code,
+            }),
+        }
+    }
+
+    pub(super) fn destroy(state: NonNull<opusic_sys::OpusDecoder>) {
+        // SAFETY: `state` came from `opus_decoder_create` and is destroyed
+        // once, by its only owner.
+        unsafe { opusic_sys::opus_decoder_destroy(state.as_ptr()) }
+    }
+
+    pub(super) fn set_complexity(
+        state: NonNull<opusic_sys::OpusDecoder>,
+        complexity: i32,
+    ) -> Result<(), CodecError> {
+        // SAFETY: a live decoder; this request takes one `opus_int32`.
+        let code = unsafe {
+            opusic_sys::opus_decoder_ctl(
+                state.as_ptr(),
+                opusic_sys::OPUS_SET_COMPLEXITY_REQUEST,
+                complexity,
+            )
+        };
+        if code == opusic_sys::OPUS_OK {
+            Ok(())
+        } else {
+            Err(CodecError::Decoder {
+                what: "set complexity",
+                code,
+            })
+        }
+    }
+
+    /// One frame from `packet` (`None`: conceal), or from its FEC.
+    pub(super) fn decode(
+        state: NonNull<opusic_sys::OpusDecoder>,
+        packet: Option<&[u8]>,
+        fec: bool,
+        out: &mut [f32; FRAME_SAMPLES],
+    ) -> Result<usize, CodecError> {
+        let (data, len) = match packet {
+            Some(packet) => (
+                packet.as_ptr(),
+                i32::try_from(packet.len()).map_err(|_| CodecError::Decoder {
+                    what: "decode",
+                    code: opusic_sys::OPUS_BAD_ARG,
+                })?,
+            ),
+            None => (std::ptr::null(), 0),
+        };
+        let frame = i32::try_from(FRAME_SAMPLES).unwrap_or(960);
+        // SAFETY: a live decoder; `data` is null (conceal) or `len` readable
+        // bytes; `out` has room for `frame` mono samples.
+        let decoded = unsafe {
+            opusic_sys::opus_decode_float(
+                state.as_ptr(),
+                data,
+                len,
+                out.as_mut_ptr(),
+                frame,
+                i32::from(fec),
+            )
+        };
+        usize::try_from(decoded).map_err(|_| CodecError::Decoder {
+            what: "decode",
+            code: decoded,
+        })
+    }
+}
+
+// SAFETY: a libopus decoder is plain memory with no tie to a thread; it is
+// only reached through `&mut self`, so one thread at a time.
+#[allow(unsafe_code)]
+unsafe impl Send for Decoder {}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        ffi::destroy(self.state);
     }
 }
 
 impl Decoder {
-    /// A new decoder.
+    /// A new decoder at [`DEFAULT_DECODER_COMPLEXITY`].
     pub fn new() -> Result<Self, CodecError> {
-        Ok(Self {
-            inner: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?,
-        })
+        Self::with_complexity(DEFAULT_DECODER_COMPLEXITY)
+    }
+
+    /// A new decoder at `complexity` (0–10; see
+    /// [`DEFAULT_DECODER_COMPLEXITY`]).
+    pub fn with_complexity(complexity: u8) -> Result<Self, CodecError> {
+        let decoder = Self {
+            state: ffi::create()?,
+            complexity,
+        };
+        ffi::set_complexity(decoder.state, i32::from(complexity.min(10)))?;
+        Ok(decoder)
+    }
+
+    /// Its complexity.
+    pub fn complexity(&self) -> u8 {
+        self.complexity
     }
 
     /// Decodes a packet into exactly one 20 ms frame.
@@ -136,7 +281,7 @@ impl Decoder {
         packet: &[u8],
         out: &mut [f32; FRAME_SAMPLES],
     ) -> Result<(), CodecError> {
-        let decoded = self.inner.decode_float(packet, out, false)?;
+        let decoded = ffi::decode(self.state, Some(packet), false, out)?;
         out[decoded.min(FRAME_SAMPLES)..].fill(0.0);
         Ok(())
     }
@@ -148,14 +293,14 @@ impl Decoder {
         next_packet: &[u8],
         out: &mut [f32; FRAME_SAMPLES],
     ) -> Result<(), CodecError> {
-        let decoded = self.inner.decode_float(next_packet, out, true)?;
+        let decoded = ffi::decode(self.state, Some(next_packet), true, out)?;
         out[decoded.min(FRAME_SAMPLES)..].fill(0.0);
         Ok(())
     }
 
-    /// Conceals one missing frame (PLC).
+    /// Conceals one missing frame (PLC; Deep PLC from complexity 5).
     pub fn conceal(&mut self, out: &mut [f32; FRAME_SAMPLES]) -> Result<(), CodecError> {
-        let decoded = self.inner.decode_float(&[], out, false)?;
+        let decoded = ffi::decode(self.state, None, false, out)?;
         out[decoded.min(FRAME_SAMPLES)..].fill(0.0);
         Ok(())
     }
@@ -196,6 +341,47 @@ mod tests {
             energy_out / energy_in
         );
         assert!(encoder.lookahead().unwrap() > 0);
+    }
+
+    #[test]
+    fn every_decoder_complexity_decodes_the_same_stream() {
+        // Only the receiver chooses: one sender's packets, four receivers.
+        let mut encoder = Encoder::new(EncoderConfig::default()).unwrap();
+        encoder.set_measured_loss(10.0).unwrap();
+        let mut packet = [0; MAX_PACKET];
+        let packets: Vec<Vec<u8>> = (0..60)
+            .map(|frame| {
+                let len = encoder.encode(&tone(frame), &mut packet).unwrap();
+                packet[..len].to_vec()
+            })
+            .collect();
+        for complexity in [0, 5, 6, 7, 10] {
+            let mut decoder = Decoder::with_complexity(complexity).unwrap();
+            assert_eq!(decoder.complexity(), complexity);
+            let mut out = [0.0; FRAME_SAMPLES];
+            let (mut energy_in, mut energy_out) = (0.0, 0.0);
+            for (frame, packet) in packets.iter().enumerate() {
+                if frame % 10 == 9 {
+                    decoder.conceal(&mut out).unwrap();
+                    assert!(out.iter().all(|s| s.is_finite()));
+                    assert!(
+                        out.iter().any(|s| s.abs() > 0.01),
+                        "complexity {complexity}: concealment continues the tone"
+                    );
+                    continue;
+                }
+                decoder.decode(packet, &mut out).unwrap();
+                if frame > 5 && frame % 10 != 0 {
+                    energy_in += tone(frame).iter().map(|s| s * s).sum::<f32>();
+                    energy_out += out.iter().map(|s| s * s).sum::<f32>();
+                }
+            }
+            assert!(
+                (energy_out / energy_in - 1.0).abs() < 0.25,
+                "complexity {complexity}: {}",
+                energy_out / energy_in
+            );
+        }
     }
 
     #[test]

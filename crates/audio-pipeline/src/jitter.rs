@@ -71,6 +71,10 @@ pub struct JitterConfig {
     pub forgetting: f64,
     /// Lateness quantile the target covers.
     pub quantile: f64,
+    /// The decoder's complexity: 5 and up conceal with Deep PLC, 6 and 7
+    /// enhance every frame (LACE, NoLACE); see
+    /// [`DEFAULT_DECODER_COMPLEXITY`](crate::DEFAULT_DECODER_COMPLEXITY).
+    pub decoder_complexity: u8,
 }
 
 impl Default for JitterConfig {
@@ -81,6 +85,7 @@ impl Default for JitterConfig {
             max_delay: Duration::from_millis(500),
             forgetting: 0.997,
             quantile: 0.95,
+            decoder_complexity: crate::DEFAULT_DECODER_COMPLEXITY,
         }
     }
 }
@@ -217,7 +222,7 @@ impl JitterBuffer {
     /// An empty buffer with its own decoder.
     pub fn new(config: JitterConfig) -> Result<Self, CodecError> {
         Ok(Self {
-            decoder: Decoder::new()?,
+            decoder: Decoder::with_complexity(config.decoder_complexity)?,
             slots: vec![None; SLOTS].into_boxed_slice(),
             seen: vec![None; SLOTS].into_boxed_slice(),
             in_dtx: false,

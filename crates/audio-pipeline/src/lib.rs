@@ -11,7 +11,9 @@ pub mod path;
 pub(crate) mod resample;
 mod timescale;
 
-pub use codec::{CodecError, Decoder, Encoder, EncoderConfig, is_dtx_frame};
+pub use codec::{
+    CodecError, DEFAULT_DECODER_COMPLEXITY, Decoder, Encoder, EncoderConfig, is_dtx_frame,
+};
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PullKind};
 pub use loss::LossMeter;
 pub use mixer::Mixer;

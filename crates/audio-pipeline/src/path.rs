@@ -280,6 +280,7 @@ struct Speaker {
 pub struct ReceivePath {
     speakers: Vec<Speaker>,
     mixer: Mixer,
+    jitter: JitterConfig,
 }
 
 impl std::fmt::Debug for ReceivePath {
@@ -299,9 +300,16 @@ impl Default for ReceivePath {
 impl ReceivePath {
     /// No speakers yet.
     pub fn new() -> Self {
+        Self::with_jitter_config(JitterConfig::default())
+    }
+
+    /// No speakers yet; each one's jitter buffer (and decoder) runs with
+    /// `jitter`.
+    pub fn with_jitter_config(jitter: JitterConfig) -> Self {
         Self {
             speakers: Vec::new(),
             mixer: Mixer::new(16),
+            jitter,
         }
     }
 
@@ -317,7 +325,7 @@ impl ReceivePath {
     pub fn add_receiver(&mut self, packets: PacketReceiver) -> Result<usize, CodecError> {
         self.speakers.push(Speaker {
             packets,
-            jitter: JitterBuffer::new(JitterConfig::default())?,
+            jitter: JitterBuffer::new(self.jitter)?,
             frame: [0.0; FRAME_SAMPLES],
         });
         Ok(self.speakers.len() - 1)
