@@ -320,6 +320,7 @@ pub(crate) async fn start(
         pending,
         dispatch,
         devices: options.audio.clone(),
+        decoder_complexity: options.decoder_complexity,
         media: None,
         media_stopping: Vec::new(),
         notices: DeviceNotices(notices),
@@ -476,6 +477,8 @@ struct Driver<T: Transport> {
     pending: HashMap<RequestId, Reply>,
     dispatch: Arc<Dispatch>,
     devices: AudioDevices,
+    /// The decoder complexity of the call's receive path.
+    decoder_complexity: u8,
     /// The call's audio, while in a call.
     media: Option<CallAudio>,
     /// Audio threads told to stop, not yet joined: the session's end waits
@@ -697,6 +700,7 @@ impl<T: Transport> Driver<T> {
                 let media: Arc<dyn MediaLink> = self.media_link.clone();
                 self.media = CallAudio::start(
                     &self.devices,
+                    self.decoder_complexity,
                     media,
                     self.engine.is_mic_muted(),
                     self.hands_free,

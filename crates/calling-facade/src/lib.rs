@@ -27,6 +27,7 @@ pub use media::{
     AudioDeviceInfo, AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice,
     UnknownDevice, list_audio_devices,
 };
+pub use options::DEFAULT_DECODER_COMPLEXITY;
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
 pub use signaling_proto::CallOptions;
 pub use signaling_quic::{CertFingerprint, InvalidFingerprint};

@@ -20,8 +20,8 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, JitterStats, LossMeter, MediaPacket, PULL_SAMPLES, PacketReceiver, PacketSender,
-    ReceivePath, Resampler, SendPath, packet_ring,
+    EncoderConfig, JitterConfig, JitterStats, LossMeter, MediaPacket, PULL_SAMPLES, PacketReceiver,
+    PacketSender, ReceivePath, Resampler, SendPath, packet_ring,
 };
 use calling_api::{AudioDeviceKind, CallingEvent};
 use signaling_link::MediaLink;
@@ -465,6 +465,7 @@ impl CallAudio {
     /// Starts capture and playout for a call whose audio goes out on `link`.
     pub(crate) fn start(
         devices: &AudioDevices,
+        decoder_complexity: u8,
         link: Arc<dyn MediaLink>,
         muted: bool,
         hands_free: bool,
@@ -498,7 +499,13 @@ impl CallAudio {
             let notices = notices.clone();
             std::thread::Builder::new()
                 .name("opencalling-playout".into())
-                .spawn(move || playout_loop(&speaker_inbox, &playback, &shared, &notices))
+                .spawn(move || {
+                    let jitter = JitterConfig {
+                        decoder_complexity,
+                        ..JitterConfig::default()
+                    };
+                    playout_loop(&speaker_inbox, &playback, jitter, &shared, &notices);
+                })
         };
         let Ok(playout) = playout else {
             warn!("cannot start the playout thread: no audio in this call");
@@ -731,10 +738,11 @@ fn apply_loss_reports(send: &mut SendPath, shared: &Shared) {
 fn playout_loop(
     new_speakers: &std::sync::mpsc::Receiver<PacketReceiver>,
     playback: &PlaybackDevice,
+    jitter: JitterConfig,
     shared: &Shared,
     notices: &DeviceNotices,
 ) {
-    let mut receive = ReceivePath::new();
+    let mut receive = ReceivePath::with_jitter_config(jitter);
     let mut hands_free = shared.hands_free.load(Ordering::Relaxed);
     let mut sink = open_sink(playback, hands_free, notices);
     let mut resampler = output_resampler(sink.format());

@@ -8,6 +8,7 @@ use signaling_quic::CertFingerprint;
 pub use signaling_quic::ServerTrust;
 
 use crate::media::AudioDevices;
+pub use audio_pipeline::DEFAULT_DECODER_COMPLEXITY;
 
 /// How long connecting may take unless [`ClientOptions::connect_timeout`]
 /// says otherwise: 5 s, several handshake retransmissions on a lossy path.
@@ -47,6 +48,12 @@ pub struct ClientOptions {
     /// with the connection (`onError`, then logged out), as before
     /// reconnection existed.
     pub reconnect: Option<ReconnectPolicy>,
+    /// How the receiving side decodes (libopus's decoder complexity): 5 and
+    /// up conceal lost frames with Deep PLC, 6 and 7 enhance every frame
+    /// (LACE, NoLACE; 7 costs ~0.1 ms a frame per remote speaker).
+    /// [`DEFAULT_DECODER_COMPLEXITY`] unless set; the other side needs
+    /// nothing for it.
+    pub decoder_complexity: u8,
 }
 
 /// Where the server's fallback transport (TCP) is.
@@ -129,6 +136,7 @@ impl Default for ClientOptions {
             fallback: Fallback::SameAddress,
             fallback_delay: Duration::from_millis(300),
             reconnect: Some(ReconnectPolicy::default()),
+            decoder_complexity: DEFAULT_DECODER_COMPLEXITY,
         }
     }
 }
@@ -148,7 +156,8 @@ impl ClientOptions {
     /// `OPENCALLING_SERVER_NAME`, and one of `OPENCALLING_SERVER_FINGERPRINT`
     /// (hex SHA-256) or `OPENCALLING_CA_FILE` (PEM), and
     /// `OPENCALLING_FALLBACK` (`host:port` of the TCP fallback, `same` or
-    /// `off`). This is what the shared instance uses.
+    /// `off`), and `OPENCALLING_DECODER_COMPLEXITY` (0–10). This is what the
+    /// shared instance uses.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -173,6 +182,15 @@ impl ClientOptions {
         if let Some(fallback) = lookup("OPENCALLING_FALLBACK") {
             options.fallback = fallback.parse().unwrap_or(Fallback::SameAddress);
         }
+        if let Some(complexity) = lookup("OPENCALLING_DECODER_COMPLEXITY") {
+            match complexity.parse::<u8>() {
+                Ok(complexity) if complexity <= 10 => options.decoder_complexity = complexity,
+                _ => tracing::warn!(
+                    complexity,
+                    "OPENCALLING_DECODER_COMPLEXITY ignored: not 0–10"
+                ),
+            }
+        }
         options
     }
 }
@@ -191,6 +209,15 @@ mod tests {
         });
         assert_eq!(options.server, "calls.example:4433");
         assert_eq!(options.trust, ServerTrust::Fingerprint(fingerprint));
+        assert_eq!(options.decoder_complexity, DEFAULT_DECODER_COMPLEXITY);
+        let classic = ClientOptions::from_lookup(|name| {
+            (name == "OPENCALLING_DECODER_COMPLEXITY").then(|| "0".into())
+        });
+        assert_eq!(classic.decoder_complexity, 0);
+        let wrong = ClientOptions::from_lookup(|name| {
+            (name == "OPENCALLING_DECODER_COMPLEXITY").then(|| "11".into())
+        });
+        assert_eq!(wrong.decoder_complexity, DEFAULT_DECODER_COMPLEXITY);
         let bad = ClientOptions::from_lookup(|name| {
             (name == "OPENCALLING_SERVER_FINGERPRINT").then(|| "nope".into())
         });

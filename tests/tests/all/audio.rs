@@ -72,6 +72,25 @@ async fn speech_crosses_the_call_both_ways_at_once() {
     speech_both_ways(&server, |_| {}, |_| {}).await;
 }
 
+/// One side decodes with the neural concealment and enhancement off
+/// (classic libopus), the other at the default (NoLACE): the choice is each
+/// receiver's own, and both hear clean speech.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_and_a_neural_receiver_both_hear_clean_speech() {
+    let server = TestServer::start("speech-decoders").await;
+    speech_both_ways(
+        &server,
+        |options| options.decoder_complexity = 0,
+        |options| {
+            assert_eq!(
+                options.decoder_complexity,
+                calling_facade::DEFAULT_DECODER_COMPLEXITY
+            );
+        },
+    )
+    .await;
+}
+
 /// Alice and bob, their options changed by `alice_options` and
 /// `bob_options`, talk at once for 4 s: each hears the other's speech,
 /// correlated with what was said and within the mouth-to-ear budget.
