@@ -71,6 +71,10 @@ pub struct JitterConfig {
     pub forgetting: f64,
     /// Lateness quantile the target covers.
     pub quantile: f64,
+    /// How the delay moves while someone speaks: by a pitch period at a
+    /// time (accelerate / expand, as NetEq), or, when false, by dropping
+    /// or inserting (concealing) a whole frame. Pauses are cut either way.
+    pub time_scaling: bool,
     /// The decoder's complexity: 5 and up conceal with Deep PLC, 6 and 7
     /// enhance every frame (LACE, NoLACE); see
     /// [`DEFAULT_DECODER_COMPLEXITY`](crate::DEFAULT_DECODER_COMPLEXITY).
@@ -85,6 +89,7 @@ impl Default for JitterConfig {
             max_delay: Duration::from_millis(500),
             forgetting: 0.997,
             quantile: 0.95,
+            time_scaling: true,
             decoder_complexity: crate::DEFAULT_DECODER_COMPLEXITY,
         }
     }
@@ -569,10 +574,10 @@ impl JitterBuffer {
 
     /// Moves past the frame at `play`, time-scaling it when the delay is off
     /// target. Delay `target ± 20 ms` is left alone while someone speaks
-    /// (time-scaling speech costs quality); in a pause — a frame without
-    /// voice — audio over the target by more than half a packet is cut
-    /// outright, which nobody hears, so the delay comes down to the target
-    /// at the first pause.
+    /// (time-scaling speech costs quality); on a clean path, in a pause
+    /// (three frames without voice), audio over the target by more than
+    /// half a packet is cut outright, which nobody hears, so the delay
+    /// comes down to the target at the first pause.
     fn finish_frame(&mut self, play: u32, concealed: bool, waited: Duration) {
         self.play_ts = Some(play.wrapping_add(FRAME_TICKS));
         if !concealed {
@@ -605,10 +610,25 @@ impl JitterBuffer {
             self.sync.extend(self.frame[cut..].iter().copied());
             self.stats.accelerated_samples += cut as u64;
         } else if delay > self.target_ms + 20.0 {
-            self.stats.accelerated_samples +=
-                timescale::accelerate(&self.frame, &mut self.sync) as u64;
+            if self.config.time_scaling {
+                self.stats.accelerated_samples +=
+                    timescale::accelerate(&self.frame, &mut self.sync) as u64;
+            } else {
+                // Drop the frame.
+                self.stats.accelerated_samples += FRAME_SAMPLES as u64;
+            }
         } else if delay + 20.0 < self.target_ms && !concealed {
-            self.stats.expanded_samples += timescale::expand(&self.frame, &mut self.sync) as u64;
+            if self.config.time_scaling {
+                self.stats.expanded_samples +=
+                    timescale::expand(&self.frame, &mut self.sync) as u64;
+            } else {
+                // Insert a concealed frame after this one.
+                self.sync.extend(self.frame.iter().copied());
+                if self.decoder.conceal(&mut self.frame).is_ok() {
+                    self.sync.extend(self.frame.iter().copied());
+                    self.stats.expanded_samples += FRAME_SAMPLES as u64;
+                }
+            }
         } else {
             self.sync.extend(self.frame.iter().copied());
         }
