@@ -107,6 +107,8 @@ struct Scenario {
     silence: Option<(f64, f64)>,
     /// Pull 10 ms at a time, as playout does (else a frame a pull).
     ten_ms_pulls: bool,
+    /// The buffer's settings.
+    config: JitterConfig,
 }
 
 impl Default for Scenario {
@@ -121,6 +123,7 @@ impl Default for Scenario {
             dtx: false,
             silence: None,
             ten_ms_pulls: false,
+            config: JitterConfig::default(),
         }
     }
 }
@@ -143,7 +146,7 @@ fn run(scenario: &Scenario) -> Outcome {
     let start = Instant::now();
     let mut network: Netem<Packet> = Netem::new(scenario.network[0].1);
     let mut current_network = 0;
-    let mut buffer = JitterBuffer::new(JitterConfig::default()).unwrap();
+    let mut buffer = JitterBuffer::new(scenario.config).unwrap();
     let mut output = Vec::with_capacity(input.len() + 48_000);
     let mut trace = Vec::new();
     let frame_period = FRAME.as_secs_f64() / scenario.sender_speed;
@@ -333,6 +336,42 @@ fn ten_ms_pulls_play_the_same_audio_no_later() {
         "{pull_delay} > {frame_delay} samples"
     );
     assert_eq!(pulls.stats.output_samples, frames.stats.output_samples);
+}
+
+#[test]
+fn without_time_scaling_the_delay_moves_by_whole_frames() {
+    // A lossy path (no pause is cut there): the look-ahead frame is added
+    // by inserting concealed frames, not by stretching speech.
+    let outcome = run(&Scenario {
+        network: vec![(
+            0.0,
+            NetemConfig {
+                loss: 0.10,
+                seed: 3,
+                ..NetemConfig::default()
+            },
+        )],
+        loss_hint: 10.0,
+        config: JitterConfig {
+            time_scaling: false,
+            ..JitterConfig::default()
+        },
+        ..Scenario::default()
+    });
+    let stats = outcome.stats;
+    assert!(stats.expanded_samples > 0, "{stats:?}");
+    assert_eq!(
+        stats.expanded_samples % FRAME_SAMPLES as u64,
+        0,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.accelerated_samples % FRAME_SAMPLES as u64,
+        0,
+        "{stats:?}"
+    );
+    let correlation = segment_correlation(&outcome.input, &outcome.output);
+    assert!(correlation > 0.7, "{correlation}");
 }
 
 #[test]
