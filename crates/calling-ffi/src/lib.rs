@@ -126,6 +126,7 @@ struct OptionsJson {
     request_timeout_ms: Option<u64>,
     voice_volume_interval_ms: Option<u64>,
     reconnect: Option<bool>,
+    decoder_complexity: Option<u8>,
     input: Option<String>,
     output: Option<String>,
 }
@@ -167,6 +168,11 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
     }
     if parsed.reconnect == Some(false) {
         options.reconnect = None;
+    }
+    match parsed.decoder_complexity {
+        Some(complexity) if complexity <= 10 => options.decoder_complexity = complexity,
+        Some(_) => return Err(OC_ERR_INVALID_ARGUMENT),
+        None => {}
     }
     let device = |spec: Option<String>| spec.unwrap_or_else(|| "system".into());
     options.audio = AudioDevices {
@@ -676,4 +682,25 @@ fn calling_api_description(code: i32) -> *const c_char {
 pub extern "C" fn oc_version() -> *const c_char {
     const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
     VERSION.as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_take_the_decoder_complexity_within_its_range() {
+        let defaults = options("").unwrap_or_else(|code| panic!("{code}"));
+        assert_eq!(
+            defaults.decoder_complexity,
+            calling_facade::DEFAULT_DECODER_COMPLEXITY
+        );
+        let classic =
+            options(r#"{"decoder_complexity": 0}"#).unwrap_or_else(|code| panic!("{code}"));
+        assert_eq!(classic.decoder_complexity, 0);
+        assert_eq!(
+            options(r#"{"decoder_complexity": 11}"#).err(),
+            Some(OC_ERR_INVALID_ARGUMENT)
+        );
+    }
 }

@@ -74,6 +74,7 @@ impl Calling {
         voice_volume_interval_ms = 300,
         reconnect = true,
         fallback = "same",
+        decoder_complexity = calling_facade::DEFAULT_DECODER_COMPLEXITY,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -86,6 +87,7 @@ impl Calling {
         voice_volume_interval_ms: u64,
         reconnect: bool,
         fallback: &str,
+        decoder_complexity: u8,
     ) -> PyResult<Self> {
         let invalid = |error: String| PyValueError::new_err(error);
         let mut options = ClientOptions {
@@ -118,6 +120,12 @@ impl Calling {
             options.reconnect = None;
         }
         options.fallback = fallback.parse().unwrap_or(Fallback::SameAddress);
+        if decoder_complexity > 10 {
+            return Err(invalid(format!(
+                "decoder_complexity {decoder_complexity}: 0 to 10"
+            )));
+        }
+        options.decoder_complexity = decoder_complexity;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("opencalling-py")

@@ -111,6 +111,7 @@ class Calling:
         voice_volume_interval_ms: int = 300,
         reconnect: bool = True,
         fallback: str = "same",
+        decoder_complexity: int = 7,
     ) -> None:
         self._native = _native.Calling(
             server,
@@ -122,6 +123,7 @@ class Calling:
             voice_volume_interval_ms=voice_volume_interval_ms,
             reconnect=reconnect,
             fallback=fallback,
+            decoder_complexity=decoder_complexity,
         )
         self._closed = False
 
