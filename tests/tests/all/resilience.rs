@@ -102,15 +102,18 @@ async fn a_killed_server_ends_calls_once_and_its_clients_log_in_again_by_themsel
         fingerprint.to_string(),
         "same certificate"
     );
-    // Each bare connection's next packet is answered with a reset, well
-    // before the 12 s idle timeout. (quinn sends an endpoint's resets at
-    // least 20 ms apart, so the packets are spaced; a packet that still
-    // meets the limit is reset at its probe's turn. A connection whose own
-    // keep-alive or acknowledgement went first is reset already: the send
-    // then fails, and `closed` below says why.)
+    // Each bare connection's packets are answered with a reset, well
+    // before the 12 s idle timeout. quinn sends an endpoint's resets at
+    // least 20 ms apart (the SDK users' packets take their share), so each
+    // bare connection keeps sending a datagram every 100 ms until it is
+    // reset; one that was reset already has its send refused.
     for client in &bare {
-        let _ = client.connection.send_datagram(b"anyone?".to_vec().into());
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        let connection = client.connection.clone();
+        tokio::spawn(async move {
+            while connection.send_datagram(b"anyone?".to_vec().into()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     }
     for client in bare {
         let closed = tokio::time::timeout(Duration::from_secs(6), client.connection.closed())
