@@ -199,13 +199,42 @@ struct Call {
 #[derive(Debug)]
 struct Worker {
     spec: WorkerSpec,
-    origin: Instant,
     endpoint: Option<quinn::Endpoint>,
     calls: Mutex<Vec<Arc<Call>>>,
-    measuring: Arc<AtomicBool>,
-    received: Arc<std::sync::atomic::AtomicU64>,
-    delays: Arc<DelayHistogram>,
+    meter: Arc<Meter>,
     pending: std::sync::Mutex<Report>,
+}
+
+/// What the receiving tasks count while a round measures: datagrams and
+/// their delays, against the send times the worker's own clock stamped.
+#[derive(Debug)]
+struct Meter {
+    origin: Instant,
+    measuring: AtomicBool,
+    received: std::sync::atomic::AtomicU64,
+    delays: DelayHistogram,
+}
+
+impl Meter {
+    /// Microseconds since the worker's origin: the stamp a payload carries.
+    fn stamp(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn count(&self, payload: &[u8]) {
+        if !self.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(stamp) = payload
+            .get(..8)
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        else {
+            return;
+        };
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.delays
+            .record(self.stamp().saturating_sub(u64::from_le_bytes(stamp)));
+    }
 }
 
 impl Worker {
@@ -243,12 +272,14 @@ impl Worker {
         };
         Ok(Self {
             spec,
-            origin: Instant::now(),
             endpoint,
             calls: Mutex::new(Vec::new()),
-            measuring: Arc::default(),
-            received: Arc::default(),
-            delays: Arc::new(DelayHistogram::new()),
+            meter: Arc::new(Meter {
+                origin: Instant::now(),
+                measuring: AtomicBool::new(false),
+                received: std::sync::atomic::AtomicU64::new(0),
+                delays: DelayHistogram::new(),
+            }),
             pending: std::sync::Mutex::default(),
         })
     }
@@ -284,12 +315,11 @@ impl Worker {
         }
         let mut made = Vec::new();
         while let Some(done) = setups.join_next().await {
-            match done {
-                Ok(Ok(call)) => made.push(call),
-                Ok(Err(error)) => {
-                    eprintln!("calling-load worker {}: {error}", self.spec.index);
-                    self.note(|report| report.setup_failures += 1);
-                }
+            match done
+                .map_err(|error| error.to_string())
+                .and_then(|made| made)
+            {
+                Ok(call) => made.push(call),
                 Err(error) => {
                     eprintln!("calling-load worker {}: {error}", self.spec.index);
                     self.note(|report| report.setup_failures += 1);
@@ -413,30 +443,14 @@ impl Worker {
 
     /// Counts the datagrams `connection` receives while a round measures.
     fn listen_quic(&self, connection: quinn::Connection) {
-        let (measuring, received, delays, origin) = self.meters();
+        let meter = Arc::clone(&self.meter);
         tokio::spawn(async move {
             while let Ok(datagram) = connection.read_datagram().await {
                 if let Ok((_, payload)) = MediaHeader::decode(&datagram) {
-                    count(&measuring, &received, &delays, origin, payload);
+                    meter.count(payload);
                 }
             }
         });
-    }
-
-    fn meters(
-        &self,
-    ) -> (
-        Arc<AtomicBool>,
-        Arc<std::sync::atomic::AtomicU64>,
-        Arc<DelayHistogram>,
-        Instant,
-    ) {
-        (
-            Arc::clone(&self.measuring),
-            Arc::clone(&self.received),
-            Arc::clone(&self.delays),
-            self.origin,
-        )
     }
 
     /// A group of sockets registered with the forwarder as one call.
@@ -471,11 +485,11 @@ impl Worker {
             }
             let socket = Arc::new(socket);
             let reader = Arc::clone(&socket);
-            let (measuring, received, delays, origin) = self.meters();
+            let meter = Arc::clone(&self.meter);
             tokio::spawn(async move {
                 let mut buffer = vec![0_u8; 2_048];
                 while let Ok(len) = reader.recv(&mut buffer).await {
-                    count(&measuring, &received, &delays, origin, &buffer[..len]);
+                    meter.count(&buffer[..len]);
                 }
             });
             media.push(MediaOut::Udp(socket));
@@ -494,9 +508,9 @@ impl Worker {
     async fn round(self: Arc<Self>, length: Duration, churn_per_sec: f64) -> Report {
         let calls: Vec<Arc<Call>> = self.calls.lock().await.clone();
         let cpu_before = cpu_time(std::process::id());
-        self.delays.take();
-        self.received.store(0, Ordering::Relaxed);
-        self.measuring.store(true, Ordering::Relaxed);
+        self.meter.delays.take();
+        self.meter.received.store(0, Ordering::Relaxed);
+        self.meter.measuring.store(true, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let churn = (churn_per_sec > 0.0 && matches!(self.spec.target, Target::Server { .. }))
             .then(|| {
@@ -509,13 +523,13 @@ impl Worker {
             let _ = churn.await;
         }
         tokio::time::sleep(TAIL).await;
-        self.measuring.store(false, Ordering::Relaxed);
+        self.meter.measuring.store(false, Ordering::Relaxed);
         let mut report = self.take_report();
         report.held = calls.len();
         report.sent = sent;
         report.expected = expected;
-        report.received = self.received.swap(0, Ordering::Relaxed);
-        report.delays = self.delays.take();
+        report.received = self.meter.received.swap(0, Ordering::Relaxed);
+        report.delays = self.meter.delays.take();
         report.cpu_secs = (cpu_time(std::process::id()) - cpu_before).as_secs_f64();
         report
     }
@@ -549,7 +563,7 @@ impl Worker {
                     if members > 2 && member != (speaker_now + index) % members {
                         continue;
                     }
-                    let stamp = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(0);
+                    let stamp = self.meter.stamp();
                     payload[..8].copy_from_slice(&stamp.to_le_bytes());
                     if forwarder {
                         out.send(&payload);
@@ -727,25 +741,4 @@ async fn signaling(
             },
         }
     }
-}
-
-fn count(
-    measuring: &AtomicBool,
-    received: &std::sync::atomic::AtomicU64,
-    delays: &DelayHistogram,
-    origin: Instant,
-    payload: &[u8],
-) {
-    if !measuring.load(Ordering::Relaxed) {
-        return;
-    }
-    let Some(stamp) = payload
-        .get(..8)
-        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
-    else {
-        return;
-    };
-    let now = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
-    received.fetch_add(1, Ordering::Relaxed);
-    delays.record(now.saturating_sub(u64::from_le_bytes(stamp)));
 }
