@@ -292,6 +292,22 @@ impl Outcome {
     }
 }
 
+/// 10 % random loss (seed 3), the sender told to expect it (FEC on).
+fn ten_percent_loss() -> Scenario {
+    Scenario {
+        network: vec![(
+            0.0,
+            NetemConfig {
+                loss: 0.10,
+                seed: 3,
+                ..NetemConfig::default()
+            },
+        )],
+        loss_hint: 10.0,
+        ..Scenario::default()
+    }
+}
+
 #[test]
 fn a_clean_link_plays_the_input_back_without_concealment() {
     let outcome = run(&Scenario::default());
@@ -343,20 +359,11 @@ fn without_time_scaling_the_delay_moves_by_whole_frames() {
     // A lossy path (no pause is cut there): the look-ahead frame is added
     // by inserting concealed frames, not by stretching speech.
     let outcome = run(&Scenario {
-        network: vec![(
-            0.0,
-            NetemConfig {
-                loss: 0.10,
-                seed: 3,
-                ..NetemConfig::default()
-            },
-        )],
-        loss_hint: 10.0,
         config: JitterConfig {
             time_scaling: false,
             ..JitterConfig::default()
         },
-        ..Scenario::default()
+        ..ten_percent_loss()
     });
     let stats = outcome.stats;
     assert!(stats.expanded_samples > 0, "{stats:?}");
@@ -378,18 +385,7 @@ fn without_time_scaling_the_delay_moves_by_whole_frames() {
 fn a_lossy_path_keeps_its_margin_in_pauses() {
     // Under loss, audio held over the target is what lets the next
     // packet's FEC arrive in time: pauses are not trimmed.
-    let outcome = run(&Scenario {
-        network: vec![(
-            0.0,
-            NetemConfig {
-                loss: 0.10,
-                seed: 3,
-                ..NetemConfig::default()
-            },
-        )],
-        loss_hint: 10.0,
-        ..Scenario::default()
-    });
+    let outcome = run(&ten_percent_loss());
     let clean = run(&Scenario::default());
     let (lossy_delay, _) = align(&outcome.input, &outcome.output);
     let (clean_delay, _) = align(&clean.input, &clean.output);
@@ -411,18 +407,7 @@ fn a_lossy_path_keeps_its_margin_in_pauses() {
 #[test]
 fn ten_percent_loss_is_recovered_by_fec_within_a_margin_of_clean() {
     let clean = run(&Scenario::default());
-    let lossy = run(&Scenario {
-        network: vec![(
-            0.0,
-            NetemConfig {
-                loss: 0.10,
-                seed: 3,
-                ..NetemConfig::default()
-            },
-        )],
-        loss_hint: 10.0,
-        ..Scenario::default()
-    });
+    let lossy = run(&ten_percent_loss());
     let (_, clean_correlation) = align(&clean.input, &clean.output);
     let (_, lossy_correlation) = align(&lossy.input, &lossy.output);
     assert!(lossy.stats.fec_recovered > 20, "{:?}", lossy.stats);
