@@ -68,6 +68,11 @@ fn workspace_root() -> PathBuf {
 fn cargo() -> Command {
     let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(workspace_root());
+    // A CI run builds once on a clean clone: incremental state would only
+    // double the target directory's size on a disk of unknown free space.
+    if env::var_os("CI").is_some() {
+        command.env("CARGO_INCREMENTAL", "0");
+    }
     command
 }
 

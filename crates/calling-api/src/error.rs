@@ -126,6 +126,9 @@ error_codes! {
     /// The server is draining (its operator is taking it down): it
     /// takes no new login and no new call; calls in progress go on.
     SERVER_DRAINING = 4011, "server draining: no new logins or calls";
+    /// The server runs in a cluster whose shared store (Redis) it cannot
+    /// reach now: calls in progress go on, no new call starts.
+    CLUSTER_UNAVAILABLE = 4012, "cluster store unreachable: no new calls for now";
 
     /// An internal error; the details are in the server's log.
     INTERNAL = 5000, "internal error";

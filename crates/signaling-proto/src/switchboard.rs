@@ -306,6 +306,8 @@ pub struct Switchboard {
     offline_invited: HashMap<UserId, CallId>,
     /// False while draining: no new call may start.
     accepting_calls: bool,
+    /// Set while new calls are held for another reason than a drain.
+    new_calls_held: Option<Refusal>,
     /// Calls whose entered members changed during the current input.
     membership_changed: BTreeSet<CallId>,
     counters: SwitchboardCounters,
@@ -325,6 +327,7 @@ impl Switchboard {
             outputs: VecDeque::new(),
             offline_invited: HashMap::new(),
             accepting_calls: true,
+            new_calls_held: None,
             membership_changed: BTreeSet::new(),
             counters: SwitchboardCounters::default(),
             next_call: 1,
@@ -770,6 +773,13 @@ impl Switchboard {
         self.accepting_calls = accepting;
     }
 
+    /// While set, an invite that would start a call is refused with this
+    /// code and text (a cluster whose store is unreachable); calls in
+    /// progress go on, and may still invite. A drain's refusal comes first.
+    pub fn hold_new_calls(&mut self, refusal: Option<(ErrorCode, &'static str)>) {
+        self.new_calls_held = refusal;
+    }
+
     /// Every call, for the operator: members and ringing invitees.
     pub fn call_summaries(&self) -> Vec<CallSummary> {
         let mut calls: Vec<CallSummary> = self
@@ -1190,6 +1200,9 @@ impl Switchboard {
                 ErrorCode::SERVER_DRAINING,
                 "this server is draining: no new calls",
             ));
+        }
+        if let Some(refusal) = self.new_calls_held {
+            return Err(refusal);
         }
         if 1 + invitees > self.config.max_call_size {
             return Err((ErrorCode::CALL_FULL, "the call would exceed its size limit"));

@@ -1,0 +1,414 @@
+//! The cluster's rules on a virtual clock: users on different nodes, nodes
+//! killed, links broken, the store away.
+
+#![allow(clippy::unwrap_used)]
+
+mod sim;
+
+use std::time::Duration;
+
+use calling_api::{EndReason, ErrorCode};
+use signaling_proto::{ClientMessage, RequestId, ServerMessage};
+use sim::Cluster;
+
+fn entered(cluster: &Cluster, client: (calling_cluster::NodeId, u64), who: &str) -> bool {
+    cluster.inbox(client).iter().any(|message| {
+        matches!(message, ServerMessage::UserEntered { user_id, .. } if user_id.as_str() == who)
+    })
+}
+
+#[test]
+fn users_on_different_nodes_call_each_other_and_the_rules_hold_across_nodes() {
+    let mut cluster = Cluster::new(3, 1);
+    cluster.settle();
+    let control = cluster.control();
+    let (a, b) = (cluster.follower(0), cluster.follower(1));
+    let alice = cluster.login(a, "alice");
+    let bob = cluster.login(b, "bob");
+    let carol = cluster.login(control, "carol");
+    cluster.run_for(Duration::from_millis(100));
+    for client in [alice, bob, carol] {
+        assert!(matches!(
+            cluster.inbox(client).first(),
+            Some(ServerMessage::LoginResult {
+                code: ErrorCode::OK,
+                ..
+            })
+        ));
+    }
+
+    let invite = cluster.invite(alice, &["bob"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.reply(alice, invite), [ErrorCode::OK]);
+    assert!(
+        cluster.invited_to(bob).is_some(),
+        "bob, on another node, is rung"
+    );
+    cluster.accept(bob).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert!(entered(&cluster, alice, "bob"));
+    // Both nodes route the call between the two.
+    assert!(cluster.routed_together(a, "alice", "bob"));
+    assert!(cluster.routed_together(b, "alice", "bob"));
+    assert!(
+        !cluster.routed_together(control, "alice", "bob"),
+        "no member there"
+    );
+
+    // Busy across nodes: carol, on the control's node, gets a busy line.
+    let busy = cluster.invite(carol, &["bob"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.reply(carol, busy), [ErrorCode::OK]);
+    assert!(cluster.inbox(carol).iter().any(|message| matches!(
+        message,
+        ServerMessage::LineBusy { user_id, .. } if user_id.as_str() == "bob"
+    )));
+
+    // A second login of bob on the control's node kicks the first: the
+    // call ends for alice once, the old session is told and closed.
+    let bob_again = cluster.login(control, "bob");
+    cluster.run_for(Duration::from_millis(100));
+    assert!(cluster.inbox(bob).contains(&ServerMessage::Kicked));
+    assert_eq!(cluster.closed(bob), Some(ErrorCode::KICKED_OFFLINE));
+    assert_eq!(cluster.call_ends(alice).len(), 1);
+    assert!(!cluster.routed_together(a, "alice", "bob"));
+    assert!(
+        !cluster.routed_together(b, "alice", "bob"),
+        "the old node forgot the call"
+    );
+    assert!(matches!(
+        cluster.inbox(bob_again).first(),
+        Some(ServerMessage::LoginResult {
+            code: ErrorCode::OK,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn glare_between_users_on_different_nodes_makes_one_call() {
+    let mut cluster = Cluster::new(3, 2);
+    cluster.settle();
+    let (a, b) = (cluster.follower(0), cluster.follower(1));
+    let alice = cluster.login(a, "alice");
+    let bob = cluster.login(b, "bob");
+    cluster.run_for(Duration::from_millis(100));
+    // Both invite each other in the same instant, from two nodes.
+    let from_alice = cluster.invite(alice, &["bob"]).unwrap();
+    let from_bob = cluster.invite(bob, &["alice"]).unwrap();
+    cluster.run_for(Duration::from_millis(200));
+    // As on one node: the second invite to reach the control answers the
+    // first, and both end in one call.
+    assert_eq!(cluster.reply(alice, from_alice), [ErrorCode::OK]);
+    assert_eq!(cluster.reply(bob, from_bob), [ErrorCode::OK]);
+    let acked = |client, request| {
+        cluster
+            .inbox(client)
+            .iter()
+            .find_map(|message| match message {
+                ServerMessage::Ack {
+                    request_id,
+                    call_id,
+                } if *request_id == request => *call_id,
+                _ => None,
+            })
+    };
+    assert_eq!(
+        acked(alice, from_alice),
+        acked(bob, from_bob),
+        "one call, not two"
+    );
+    assert!(entered(&cluster, alice, "bob") && entered(&cluster, bob, "alice"));
+    assert!(cluster.routed_together(a, "alice", "bob"));
+    assert!(cluster.routed_together(b, "alice", "bob"));
+}
+
+#[test]
+fn a_killed_node_ends_its_calls_for_the_others_once_and_nobody_stays_busy() {
+    let mut cluster = Cluster::new(3, 3);
+    cluster.settle();
+    let control = cluster.control();
+    let (a, b) = (cluster.follower(0), cluster.follower(1));
+    let alice = cluster.login(a, "alice");
+    let bob = cluster.login(b, "bob");
+    let carol = cluster.login(control, "carol");
+    cluster.run_for(Duration::from_millis(100));
+    cluster.invite(alice, &["bob", "carol"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    cluster.accept(bob).unwrap();
+    cluster.accept(carol).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert!(entered(&cluster, carol, "bob"));
+
+    cluster.kill(b);
+    let gone = cluster.run_until(Duration::from_secs(6), |cluster| {
+        cluster.inbox(carol).iter().any(|message| {
+            matches!(
+                message,
+                ServerMessage::UserLeft { user_id, .. } if user_id.as_str() == "bob"
+            )
+        })
+    });
+    assert!(
+        gone,
+        "bob leaves the call within a few seconds of his node's death"
+    );
+    assert!(cluster.now - cluster.start < Duration::from_secs(7));
+    // alice and carol talk on; then alice hangs up: the call ends once.
+    cluster.hangup(alice).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.call_ends(alice).len(), 1);
+    assert_eq!(cluster.call_ends(carol).len(), 1);
+    // bob logs in on another node and can be called: nobody stays busy.
+    let bob = cluster.login(control, "bob");
+    cluster.run_for(Duration::from_millis(100));
+    let invite = cluster.invite(alice, &["bob"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.reply(alice, invite), [ErrorCode::OK]);
+    assert!(cluster.invited_to(bob).is_some());
+    let proc = &cluster.procs[&control];
+    assert_eq!(proc.sessions_lost, 0, "the other nodes' sessions live on");
+}
+
+#[test]
+fn a_call_between_two_nodes_ends_with_connection_lost_when_one_dies() {
+    let mut cluster = Cluster::new(3, 4);
+    cluster.settle();
+    let (a, b) = (cluster.follower(0), cluster.follower(1));
+    let alice = cluster.login(a, "alice");
+    let bob = cluster.login(b, "bob");
+    cluster.run_for(Duration::from_millis(100));
+    cluster.invite(alice, &["bob"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    cluster.accept(bob).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    cluster.kill(b);
+    let ended = cluster.run_until(Duration::from_secs(6), |cluster| {
+        !cluster.call_ends(alice).is_empty()
+    });
+    assert!(ended);
+    cluster.run_for(Duration::from_secs(5));
+    assert_eq!(cluster.call_ends(alice), [EndReason::ConnectionLost]);
+    assert!(!cluster.routed_together(a, "alice", "bob"));
+}
+
+#[test]
+fn a_killed_control_hands_over_and_users_log_in_again() {
+    let mut cluster = Cluster::new(3, 5);
+    cluster.settle();
+    let old = cluster.control();
+    let (a, b) = (cluster.follower(0), cluster.follower(1));
+    let alice = cluster.login(a, "alice");
+    let bob = cluster.login(b, "bob");
+    cluster.run_for(Duration::from_millis(100));
+    cluster.invite(alice, &["bob"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    cluster.accept(bob).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+
+    cluster.kill(old);
+    let handed_over = cluster.run_until(Duration::from_secs(8), |cluster| {
+        cluster.settled()
+            && cluster
+                .holders()
+                .values()
+                .all(|holder| holder.is_some_and(|(node, _)| node != old))
+    });
+    assert!(handed_over, "{:?}", cluster.holders());
+    // The old control's sessions are over: their clients are closed as
+    // after a lost connection, and log in again.
+    assert_eq!(cluster.closed(alice), Some(ErrorCode::CONNECTION_LOST));
+    assert_eq!(cluster.closed(bob), Some(ErrorCode::CONNECTION_LOST));
+    let terms: Vec<u64> = cluster
+        .holders()
+        .values()
+        .map(|holder| holder.unwrap().1)
+        .collect();
+    assert!(terms.iter().all(|term| *term == 2), "a new term: {terms:?}");
+    let alice = cluster.login(a, "alice");
+    let bob = cluster.login(b, "bob");
+    cluster.run_for(Duration::from_millis(100));
+    let invite = cluster.invite(alice, &["bob"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.reply(alice, invite), [ErrorCode::OK]);
+    cluster.accept(bob).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert!(entered(&cluster, alice, "bob"));
+    // Call ids of the new term differ from the old term's.
+    let call_ids: Vec<u64> = cluster
+        .inbox(bob)
+        .iter()
+        .filter_map(|message| match message {
+            ServerMessage::Invited { call_id, .. } => Some(call_id.0 >> 32),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(call_ids, [2]);
+}
+
+#[test]
+fn with_the_store_away_calls_go_on_new_calls_fail_clearly_and_all_recovers() {
+    let mut cluster = Cluster::new(3, 6);
+    cluster.settle();
+    let control = cluster.control();
+    let (a, b) = (cluster.follower(0), cluster.follower(1));
+    let alice = cluster.login(a, "alice");
+    let bob = cluster.login(b, "bob");
+    let carol = cluster.login(control, "carol");
+    let dave = cluster.login(b, "dave");
+    cluster.run_for(Duration::from_millis(100));
+    cluster.invite(alice, &["bob"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    cluster.accept(bob).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    let holders = cluster.holders();
+
+    cluster.store.set_reachable(false);
+    cluster.run_for(Duration::from_secs(4));
+    // The call goes on: muting is heard across nodes.
+    cluster.send(alice, ClientMessage::Microphone { muted: true });
+    cluster.run_for(Duration::from_millis(100));
+    assert!(cluster.inbox(bob).iter().any(|message| matches!(
+        message,
+        ServerMessage::AudioAvailability {
+            available: false,
+            ..
+        }
+    )));
+    // A new call fails with a clear error.
+    let refused = cluster.invite(carol, &["dave"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(
+        cluster.reply(carol, refused),
+        [ErrorCode::CLUSTER_UNAVAILABLE]
+    );
+    cluster.run_for(Duration::from_secs(6));
+
+    cluster.store.set_reachable(true);
+    cluster.run_for(Duration::from_secs(2));
+    // Back by itself: same control, same term, nobody's session lost.
+    assert_eq!(cluster.holders(), holders);
+    assert!(cluster.procs.values().all(|proc| proc.sessions_lost == 0));
+    let invite = cluster.invite(carol, &["dave"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.reply(carol, invite), [ErrorCode::OK]);
+    // And the first call is intact: bob hangs up, alice hears it once.
+    cluster.hangup(bob).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.call_ends(alice), [EndReason::Hangup]);
+    // A store restart does not make the control give the nodes up either:
+    // a registry read right after the store is back is not trusted.
+    cluster.run_for(Duration::from_secs(5));
+    assert!(cluster.closed(alice).is_none() && cluster.closed(dave).is_none());
+}
+
+#[test]
+fn a_link_down_past_its_grace_ends_that_nodes_sessions_and_it_starts_afresh() {
+    let mut cluster = Cluster::new(2, 7);
+    cluster.settle();
+    let control = cluster.control();
+    let a = cluster.follower(0);
+    let alice = cluster.login(a, "alice");
+    let carol = cluster.login(control, "carol");
+    cluster.run_for(Duration::from_millis(100));
+    cluster.invite(carol, &["alice"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    cluster.accept(alice).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    // A short break: nothing is lost, nothing repeated.
+    cluster.break_link(a);
+    cluster.send(alice, ClientMessage::Microphone { muted: true });
+    cluster.run_for(Duration::from_millis(500));
+    assert_eq!(
+        cluster
+            .inbox(carol)
+            .iter()
+            .filter(|message| matches!(message, ServerMessage::AudioAvailability { .. }))
+            .count(),
+        1
+    );
+    assert_eq!(cluster.procs[&a].sessions_lost, 0);
+    // A long one (the node cannot reconnect): given up on both sides.
+    let holder = cluster.procs[&a].node.control_holder().cloned();
+    cluster.cut_off.insert(a);
+    cluster.break_link(a);
+    cluster.run_for(Duration::from_secs(4));
+    cluster.cut_off.clear();
+    assert_eq!(cluster.procs[&a].sessions_lost, 1);
+    assert_eq!(cluster.closed(alice), Some(ErrorCode::CONNECTION_LOST));
+    assert_eq!(cluster.call_ends(carol), [EndReason::ConnectionLost]);
+    // It reconnects as a new incarnation and takes logins again.
+    cluster.run_for(Duration::from_millis(500));
+    assert_eq!(cluster.procs[&a].node.control_holder().cloned(), holder);
+    let alice = cluster.login(a, "alice");
+    cluster.run_for(Duration::from_millis(100));
+    let invite = cluster.invite(alice, &["carol"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.reply(alice, invite), [ErrorCode::OK]);
+}
+
+#[test]
+fn requests_are_answered_exactly_once_through_random_link_breaks() {
+    for seed in 1..=8 {
+        let mut cluster = Cluster::new(3, 100 + seed);
+        cluster.jitter = Duration::from_millis(20);
+        cluster.settle();
+        let nodes: Vec<_> = cluster.procs.keys().copied().collect();
+        let users = ["u0", "u1", "u2", "u3", "u4", "u5"];
+        let clients: Vec<_> = users
+            .iter()
+            .enumerate()
+            .map(|(index, user)| cluster.login(nodes[index % nodes.len()], user))
+            .collect();
+        cluster.run_for(Duration::from_millis(200));
+        let mut sent: Vec<((calling_cluster::NodeId, u64), RequestId)> = Vec::new();
+        for _ in 0..400 {
+            let who = clients[usize::try_from(cluster.rng.below(6)).unwrap()];
+            let request = match cluster.rng.below(4) {
+                0 => {
+                    let other = users[usize::try_from(cluster.rng.below(6)).unwrap()];
+                    cluster.invite(who, &[other])
+                }
+                1 => cluster.accept(who),
+                2 => cluster.hangup(who),
+                _ => cluster.send(
+                    who,
+                    ClientMessage::Reject {
+                        request_id: RequestId(0),
+                        call_id: cluster.invited_to(who).unwrap_or(calling_api::CallId(1)),
+                    },
+                ),
+            };
+            sent.extend(request.map(|request| (who, request)));
+            if cluster.rng.below(10) == 0 {
+                let dialer = nodes[usize::try_from(cluster.rng.below(3)).unwrap()];
+                cluster.break_link(dialer);
+            }
+            let pause = cluster.rng.below(30);
+            cluster.run_for(Duration::from_millis(pause));
+        }
+        cluster.run_for(Duration::from_secs(1));
+        assert!(
+            cluster.procs.values().all(|proc| proc.sessions_lost == 0),
+            "seed {seed}: breaks shorter than the grace lose no session"
+        );
+        for (client, request) in sent {
+            assert_eq!(
+                cluster.reply(client, request).len(),
+                1,
+                "seed {seed}: {client:?} request {request:?} answered exactly once"
+            );
+        }
+        // Each user is in at most one call, per every node's routes.
+        for proc in cluster.procs.values() {
+            for user in users {
+                let calls = proc
+                    .routes
+                    .values()
+                    .filter(|members| members.iter().any(|m| m.user.as_str() == user))
+                    .count();
+                assert!(calls <= 1, "seed {seed}: {user} routed in {calls} calls");
+            }
+        }
+    }
+}
