@@ -123,6 +123,7 @@ fn ci() -> Result {
         step(name, &mut doc)?;
     }
     ensure_tmux()?;
+    ensure_redis()?;
     ensure_address_sanitizer()?;
     let tests = run_tests(
         tools
@@ -646,18 +647,42 @@ fn ensure_pesq_python() -> Option<PathBuf> {
 /// The softphone's test drives it in a real terminal: tmux, from the
 /// distribution's packages when missing (root with apt), as CI runs.
 fn ensure_tmux() -> Result {
-    if succeeds(Command::new("tmux").arg("-V")) {
+    ensure_debian_program(
+        "tmux",
+        "-V",
+        "tmux",
+        "the softphone's terminal test drives it in tmux",
+    )
+}
+
+/// The cluster's tests and demo start a real Redis.
+fn ensure_redis() -> Result {
+    ensure_debian_program(
+        "redis-server",
+        "--version",
+        "redis-server",
+        "the cluster's tests and demo run a real Redis",
+    )
+}
+
+/// Installs `package` from Debian (apt-get, as root) when `program` does
+/// not answer `version_flag`.
+fn ensure_debian_program(program: &str, version_flag: &str, package: &str, why: &str) -> Result {
+    let present = || succeeds(Command::new(program).arg(version_flag));
+    if present() {
         return Ok(());
     }
     if succeeds(Command::new("apt-get").arg("--version")) {
-        println!("\n==> installing tmux for the softphone's terminal test (apt-get)");
+        println!("\n==> installing {package} (apt-get): {why}");
         let _ = succeeds(Command::new("apt-get").args(["update", "-qq"]));
-        let _ = succeeds(Command::new("apt-get").args(["install", "-y", "-qq", "tmux"]));
+        let _ = succeeds(Command::new("apt-get").args(["install", "-y", "-qq", package]));
     }
-    if succeeds(Command::new("tmux").arg("-V")) {
+    if present() {
         Ok(())
     } else {
-        Err("tmux is missing and cannot be installed here: the softphone's test needs it".into())
+        Err(format!(
+            "{program} is missing and cannot be installed here: {why}"
+        ))
     }
 }
 

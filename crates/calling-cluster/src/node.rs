@@ -195,6 +195,8 @@ pub struct ClusterNode {
     claim: Lease,
     /// The term this node last held the role in.
     last_term: Option<u64>,
+    /// The highest term this node has heard of.
+    highest_seen: u64,
     pending: HashMap<u64, Pending>,
     next_request: u64,
     following: Option<Following>,
@@ -211,6 +213,7 @@ impl ClusterNode {
             claim: Lease::new(config.lease, now),
             config,
             last_term: None,
+            highest_seen: 0,
             pending: HashMap::new(),
             next_request: 1,
             following: None,
@@ -405,7 +408,12 @@ impl ClusterNode {
                 self.registration.handle_reply(now, LeaseReply::Unreachable);
             }
             (Pending::Register, _) => self.registration.handle_reply(now, LeaseReply::Granted),
-            (Pending::Claim, StoreReply::Control(holder)) => self.claimed(now, holder),
+            (Pending::Claim, StoreReply::Control(Some(holder))) => self.claimed(now, holder),
+            (Pending::Claim, StoreReply::Control(None)) => {
+                // Nobody holds the role, and this node only asked: the
+                // control it follows is alive and will take it back.
+                self.claim.handle_reply(now, LeaseReply::Refused);
+            }
             (Pending::Claim, _) => {
                 self.claim.handle_reply(now, LeaseReply::Unreachable);
                 self.store_unreachable(now);
@@ -444,6 +452,8 @@ impl ClusterNode {
                     node: self.config.node,
                     addr: self.config.addr.clone(),
                     term: self.last_term,
+                    highest_seen: self.highest_seen,
+                    take: self.would_take(now),
                     lease: self.config.lease.duration,
                 },
             );
@@ -532,9 +542,28 @@ impl ClusterNode {
         self.outputs.push_back(NodeOutput::Store { id, request });
     }
 
+    /// Whether a claim takes the role if it is free: always for the holder
+    /// and a node that follows nobody; for a follower only once its link to
+    /// the control has been down for a renewal period. A store that
+    /// restarted without its data then gets its old holder back, not a
+    /// race that would end every session.
+    fn would_take(&self, now: Instant) -> bool {
+        match &self.following {
+            None => true,
+            Some(following) => {
+                self.hosting.is_some()
+                    || following.holder.node == self.config.node
+                    || following
+                        .down_since
+                        .is_some_and(|since| now >= since + self.config.lease.renew_every)
+            }
+        }
+    }
+
     /// The store named the control's holder after our claim.
     fn claimed(&mut self, now: Instant, holder: ControlHolder) {
         let me = self.config.node;
+        self.highest_seen = self.highest_seen.max(holder.term);
         if holder.node == me {
             self.claim.handle_reply(now, LeaseReply::Granted);
             self.last_term = Some(holder.term);
@@ -552,7 +581,7 @@ impl ClusterNode {
             following.holder.node == holder.node && following.holder.term == holder.term
         });
         if !same {
-            self.follow(holder);
+            self.follow(now, holder);
         }
     }
 
@@ -586,7 +615,7 @@ impl ClusterNode {
         }
     }
 
-    fn follow(&mut self, holder: ControlHolder) {
+    fn follow(&mut self, now: Instant, holder: ControlHolder) {
         let me = self.config.node;
         info!(control = %holder.node, term = holder.term, "following the cluster's control");
         if self.following.is_some() {
@@ -600,11 +629,13 @@ impl ClusterNode {
             NodeOutput::Dial(holder.clone())
         });
         let books = LinkBooks::new(me, holder.term, 0, self.config.books_capacity);
+        // Down until it connects (unless the control is this node).
+        let down_since = (holder.node != me).then_some(now);
         self.following = Some(Following {
             holder,
             incarnation: 0,
             books,
-            down_since: None,
+            down_since,
         });
     }
 

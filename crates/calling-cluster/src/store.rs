@@ -41,9 +41,12 @@ pub enum StoreRequest {
         node: NodeId,
     },
     /// Claims the control role: if `node` holds it in `term`, extends it;
-    /// if nobody holds it, `node` takes it, in `term` again if no one took
-    /// the role since (`term` is the one it last held), else in a new term.
-    /// Answered with whoever holds the role afterwards.
+    /// if nobody holds it and `take` is set, `node` takes it, in `term`
+    /// again if no one took the role since (`term` is the one it last
+    /// held), else in a new term. Terms count up from the highest the store
+    /// or the claimant has seen, so a store that lost its data (restarted
+    /// without persistence) never hands out an old term again. Answered
+    /// with whoever holds the role afterwards.
     ClaimControl {
         /// The claimant.
         node: NodeId,
@@ -51,6 +54,11 @@ pub enum StoreRequest {
         addr: String,
         /// The term the claimant held last, if any.
         term: Option<u64>,
+        /// The highest term the claimant has seen.
+        highest_seen: u64,
+        /// Whether to take the role if it is free; `false`: only ask who
+        /// holds it.
+        take: bool,
         /// How long the role lasts unless claimed again.
         lease: Duration,
     },
@@ -70,8 +78,9 @@ pub enum StoreRequest {
 pub enum StoreReply {
     /// Done (register, deregister, release).
     Done,
-    /// The holder of the control role after a claim.
-    Control(ControlHolder),
+    /// The holder of the control role after a claim; `None` if nobody
+    /// holds it (and the claim did not take it).
+    Control(Option<ControlHolder>),
     /// The live nodes and their addresses, sorted.
     Nodes(Vec<(NodeId, String)>),
     /// The store could not be reached, or failed: nothing is known.
@@ -102,6 +111,14 @@ impl MemoryStore {
     /// on.
     pub fn set_reachable(&mut self, reachable: bool) {
         self.unreachable = !reachable;
+    }
+
+    /// A restart that loses everything (no persistence): registrations,
+    /// the role and the term count.
+    pub fn restart(&mut self) {
+        self.nodes.clear();
+        self.control = None;
+        self.terms = 0;
     }
 
     /// Requests answered so far (unreachable ones not counted).
@@ -136,14 +153,18 @@ impl MemoryStore {
                 node,
                 addr,
                 term,
+                highest_seen,
+                take,
                 lease,
             } => {
+                self.terms = self.terms.max(*highest_seen);
                 match &mut self.control {
                     Some((holder, expires)) => {
                         if holder.node == *node && Some(holder.term) == *term {
                             *expires = now + *lease;
                         }
                     }
+                    None if !take => {}
                     None => {
                         let term = match term {
                             Some(term) if *term == self.terms => *term,
@@ -160,10 +181,7 @@ impl MemoryStore {
                         self.control = Some((holder, now + *lease));
                     }
                 }
-                match &self.control {
-                    Some((holder, _)) => StoreReply::Control(holder.clone()),
-                    None => StoreReply::Unreachable,
-                }
+                StoreReply::Control(self.control.as_ref().map(|(holder, _)| holder.clone()))
             }
             StoreRequest::ReleaseControl { node, term } => {
                 if self
@@ -196,13 +214,15 @@ mod tests {
             node: NodeId(node),
             addr: format!("n{node}"),
             term,
+            highest_seen: term.unwrap_or(0),
+            take: true,
             lease: LEASE,
         }
     }
 
     fn holder(reply: StoreReply) -> (NodeId, u64) {
         match reply {
-            StoreReply::Control(holder) => (holder.node, holder.term),
+            StoreReply::Control(Some(holder)) => (holder.node, holder.term),
             other => panic!("not a holder: {other:?}"),
         }
     }
@@ -238,6 +258,47 @@ mod tests {
         assert_eq!(
             holder(store.apply(later, &claim(1, Some(1)))),
             (NodeId(1), 3)
+        );
+        // Lost everything: the holder takes its term back, and a node that
+        // only asks takes nothing.
+        store.restart();
+        let ask = StoreRequest::ClaimControl {
+            node: NodeId(2),
+            addr: "n2".into(),
+            term: None,
+            highest_seen: 3,
+            take: false,
+            lease: LEASE,
+        };
+        assert_eq!(store.apply(later, &ask), StoreReply::Control(None));
+        assert_eq!(
+            holder(store.apply(later, &claim(1, Some(3)))),
+            (NodeId(1), 3)
+        );
+        store.restart();
+        let StoreRequest::ClaimControl {
+            node,
+            addr,
+            term,
+            highest_seen,
+            lease,
+            ..
+        } = ask
+        else {
+            unreachable!()
+        };
+        let take = StoreRequest::ClaimControl {
+            node,
+            addr,
+            term,
+            highest_seen,
+            take: true,
+            lease,
+        };
+        assert_eq!(
+            holder(store.apply(later, &take)),
+            (NodeId(2), 4),
+            "never an old term"
         );
     }
 

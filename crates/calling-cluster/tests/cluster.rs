@@ -412,3 +412,42 @@ fn requests_are_answered_exactly_once_through_random_link_breaks() {
         }
     }
 }
+
+#[test]
+fn a_store_that_restarts_without_its_data_keeps_the_control_and_every_session() {
+    for seed in 0..6 {
+        let mut cluster = Cluster::new(3, 200 + seed);
+        cluster.settle();
+        let holders = cluster.holders();
+        let (a, b) = (cluster.follower(0), cluster.follower(1));
+        let alice = cluster.login(a, "alice");
+        let bob = cluster.login(b, "bob");
+        cluster.run_for(Duration::from_millis(100));
+        cluster.invite(alice, &["bob"]).unwrap();
+        cluster.run_for(Duration::from_millis(100));
+        cluster.accept(bob).unwrap();
+        // Restarts at different instants of the renewal cycle.
+        cluster.run_for(Duration::from_millis(150 * seed));
+        cluster.store.restart();
+        cluster.run_for(Duration::from_secs(5));
+        assert_eq!(cluster.holders(), holders, "seed {seed}");
+        assert!(
+            cluster.procs.values().all(|proc| proc.sessions_lost == 0),
+            "seed {seed}"
+        );
+        assert!(cluster.routed_together(a, "alice", "bob"), "seed {seed}");
+        // Later terms still count up from the old one.
+        let control = cluster.control();
+        cluster.kill(control);
+        let handed_over = cluster.run_until(Duration::from_secs(8), |cluster| {
+            cluster.settled()
+                && cluster
+                    .holders()
+                    .values()
+                    .all(|holder| holder.is_some_and(|(node, _)| node != control))
+        });
+        assert!(handed_over, "seed {seed}");
+        let term = cluster.holders().values().next().unwrap().unwrap().1;
+        assert_eq!(term, 2, "seed {seed}: a new term, never an old one");
+    }
+}

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cluster_store;
 pub mod config;
 mod connection;
 mod hub;
