@@ -28,6 +28,12 @@ use tracing::{debug, warn};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 
 const CLAIM_CONTROL: &str = r"
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local seen = tonumber(ARGV[5])
+if seen > last then
+  redis.call('SET', KEYS[2], seen)
+  last = seen
+end
 local current = redis.call('GET', KEYS[1])
 if current then
   local node, term = string.match(current, '^(%d+) (%d+) ')
@@ -36,7 +42,9 @@ if current then
   end
   return current
 end
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ARGV[6] ~= '1' then
+  return false
+end
 local term
 if ARGV[3] ~= '' and tonumber(ARGV[3]) == last then
   term = last
@@ -116,7 +124,7 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store at `url` (`redis://…`), its keys under `prefix`. Connects
     /// lazily and reconnects by itself: a Redis that is down now is no
-    /// error here, only in the answers.
+    /// error here, only in the answers. Call it within a tokio runtime.
     pub fn new(url: &str, prefix: &str) -> Result<Self, StoreSetupError> {
         let client = Client::open(url).map_err(|_| StoreSetupError::Url)?;
         let config = ConnectionManagerConfig::new()
@@ -187,9 +195,11 @@ impl RedisStore {
                 node,
                 addr,
                 term,
+                highest_seen,
+                take,
                 lease,
             } => {
-                let value: String = self
+                let value: Option<String> = self
                     .claim
                     .key(&control)
                     .key(format!("{}:term", self.prefix))
@@ -197,11 +207,14 @@ impl RedisStore {
                     .arg(addr)
                     .arg(term.map(|term| term.to_string()).unwrap_or_default())
                     .arg(millis(*lease))
+                    .arg(highest_seen)
+                    .arg(if *take { "1" } else { "0" })
                     .invoke_async(&mut connection)
                     .await?;
-                match parse_holder(&value) {
-                    Some(holder) => StoreReply::Control(holder),
-                    None => {
+                match value.as_deref().map(parse_holder) {
+                    None => StoreReply::Control(None),
+                    Some(Some(holder)) => StoreReply::Control(Some(holder)),
+                    Some(None) => {
                         warn!("the control key holds something else than a holder: unreachable");
                         StoreReply::Unreachable
                     }
