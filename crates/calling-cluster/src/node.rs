@@ -235,6 +235,15 @@ impl ClusterNode {
         self.following.is_some()
     }
 
+    /// Whether the control is reachable now: this node hosts it, or its
+    /// link to it is up and greeted.
+    pub fn is_linked(&self) -> bool {
+        self.following.as_ref().is_some_and(|following| {
+            (following.holder.node == self.config.node && self.hosting.is_some())
+                || following.books.is_ready()
+        })
+    }
+
     /// The control this node follows.
     pub fn control_holder(&self) -> Option<&ControlHolder> {
         self.following.as_ref().map(|following| &following.holder)

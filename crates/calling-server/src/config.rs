@@ -172,6 +172,28 @@ pub struct ServerConfig {
     pub usersig_bounds: calling_usersig::TimeBounds,
     /// Metrics, health, admin API, webhooks, call records, drains.
     pub operations: OperationsConfig,
+    /// Cluster mode: several nodes sharing one address book through Redis;
+    /// `None`: a single server, the zero-configuration default.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a node joins its cluster (see `calling-cluster` and
+/// docs/decisions/0007).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The Redis URL (`redis://[:password@]host:port/[db]`); it may hold
+    /// a password, so it is kept as a secret and never printed.
+    pub redis_url: SecretKey,
+    /// The prefix of the cluster's Redis keys: clusters sharing one Redis
+    /// differ in it.
+    pub prefix: String,
+    /// UDP address of the node links (QUIC between nodes).
+    pub listen: SocketAddr,
+    /// The address other nodes reach this node's links at.
+    pub advertise: SocketAddr,
+    /// The key every node of the cluster shares: node links are
+    /// authenticated with it (HMAC-SHA256 bound to the TLS session).
+    pub key: SecretKey,
 }
 
 /// What the server offers its operator.
@@ -287,6 +309,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(SHUTDOWN_GRACE_SECS.default),
             usersig_bounds: calling_usersig::TimeBounds::DEFAULT,
             operations: OperationsConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -638,6 +661,26 @@ pub struct Settings {
     #[arg(long = "drain-limit", env = "OPENCALLING_DRAIN_LIMIT_SECS", value_name = "SECS",
           value_parser = DRAIN_LIMIT_SECS.parser())]
     pub drain_limit_secs: Option<u64>,
+    /// Redis URL of the cluster's shared store: this server becomes one node of a cluster [default: none, a single server]
+    #[arg(long, env = "OPENCALLING_REDIS", value_name = "URL", hide_env_values = true)]
+    pub redis: Option<SecretKey>,
+    /// Prefix of the cluster's Redis keys (clusters sharing one Redis differ in it) [default: opencalling]
+    #[arg(long = "redis-prefix", env = "OPENCALLING_REDIS_PREFIX", value_name = "TEXT")]
+    pub redis_prefix: Option<String>,
+    /// UDP address of the links between nodes (cluster mode) [default: 0.0.0.0:4434]
+    #[arg(long = "cluster-listen", env = "OPENCALLING_CLUSTER_LISTEN", value_name = "ADDR")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Address the other nodes reach this node's links at [default: --cluster-listen, which must then name an IP]
+    #[arg(long = "cluster-advertise", env = "OPENCALLING_CLUSTER_ADVERTISE", value_name = "ADDR")]
+    pub cluster_advertise: Option<SocketAddr>,
+    /// Key every node of the cluster shares, authenticating the links between nodes; required with --redis
+    #[arg(
+        long = "cluster-key",
+        env = "OPENCALLING_CLUSTER_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub cluster_key: Option<SecretKey>,
     /// Connection limits.
     #[command(flatten)]
     pub limits: LimitSettings,
@@ -813,6 +856,11 @@ impl Settings {
             webhook_key: self.webhook_key.or(lower.webhook_key),
             call_records: self.call_records.or(lower.call_records),
             drain_limit_secs: self.drain_limit_secs.or(lower.drain_limit_secs),
+            redis: self.redis.or(lower.redis),
+            redis_prefix: self.redis_prefix.or(lower.redis_prefix),
+            cluster_listen: self.cluster_listen.or(lower.cluster_listen),
+            cluster_advertise: self.cluster_advertise.or(lower.cluster_advertise),
+            cluster_key: self.cluster_key.or(lower.cluster_key),
             listen: self.listen.or(lower.listen),
             quic_endpoints: self.quic_endpoints.or(lower.quic_endpoints),
             fallback_listen: self.fallback_listen.or(lower.fallback_listen),
@@ -900,16 +948,15 @@ impl Settings {
             Some(node_id) => node_id,
             None => random_node_id()?,
         };
-        let tls = match (self.cert, self.key, self.tls) {
-            (Some(cert), Some(key), _) => TlsSource::PemFiles { cert, key },
-            (None, None, Some(file)) => TlsSource::PemFiles {
-                cert: file.cert,
-                key: file.key,
-            },
-            (None, None, None) => TlsSource::SelfSigned,
-            _ => return Err(ConfigError::Invalid("--cert and --key go together".into())),
-        };
+        let tls = tls_source(self.cert, self.key, self.tls)?;
+        let cluster = resolve_cluster(
+            self.redis,
+            self.redis_prefix,
+            (self.cluster_listen, self.cluster_advertise),
+            self.cluster_key,
+        )?;
         let mut config = ServerConfig {
+            cluster,
             listen: self.listen.unwrap_or(DEFAULT_LISTEN),
             quic_endpoints: QUIC_ENDPOINTS.resolve_usize(self.quic_endpoints)?,
             fallback: self.fallback_listen.unwrap_or(Fallback::SameAddress),
@@ -989,13 +1036,77 @@ impl Settings {
     }
 }
 
+/// The certificate: files named by flags, else by the file, else made.
+fn tls_source(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    file: Option<FileTls>,
+) -> Result<TlsSource, ConfigError> {
+    Ok(match (cert, key, file) {
+        (Some(cert), Some(key), _) => TlsSource::PemFiles { cert, key },
+        (None, None, Some(file)) => TlsSource::PemFiles {
+            cert: file.cert,
+            key: file.key,
+        },
+        (None, None, None) => TlsSource::SelfSigned,
+        _ => return Err(ConfigError::Invalid("--cert and --key go together".into())),
+    })
+}
+
+/// The default UDP address of the links between nodes.
+pub const DEFAULT_CLUSTER_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    4434,
+);
+
+/// Cluster mode, when a Redis URL is given: the key is required, and the
+/// advertised address must be one another node can dial.
+fn resolve_cluster(
+    redis: Option<SecretKey>,
+    prefix: Option<String>,
+    (listen, advertise): (Option<SocketAddr>, Option<SocketAddr>),
+    key: Option<SecretKey>,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(redis_url) = redis else {
+        if key.is_some() || listen.is_some() || advertise.is_some() {
+            return Err(ConfigError::Invalid(
+                "the cluster settings need --redis (cluster mode)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let key = key.ok_or_else(|| {
+        ConfigError::Invalid("--redis needs --cluster-key, shared by every node".into())
+    })?;
+    let listen = listen.unwrap_or(DEFAULT_CLUSTER_LISTEN);
+    let advertise = advertise.unwrap_or(listen);
+    if advertise.ip().is_unspecified() || advertise.port() == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "other nodes cannot dial {advertise}: set --cluster-advertise to this node's address"
+        )));
+    }
+    let prefix = prefix.unwrap_or_else(|| "opencalling".into());
+    if prefix.is_empty() || prefix.contains(['{', '}', ' ']) {
+        return Err(ConfigError::Invalid(
+            "--redis-prefix must be non-empty, without braces or spaces".into(),
+        ));
+    }
+    Ok(Some(ClusterConfig {
+        redis_url,
+        prefix,
+        listen,
+        advertise,
+        key,
+    }))
+}
+
 /// A bound whose range fits a `u32`, resolved.
 fn resolve_u32(bound: Bound, value: Option<u64>) -> Result<u32, ConfigError> {
     u32::try_from(bound.resolve(value)?)
         .map_err(|_| ConfigError::Invalid(format!("{}: too large", bound.key)))
 }
 
-fn random_node_id() -> Result<u32, ConfigError> {
+pub(crate) fn random_node_id() -> Result<u32, ConfigError> {
     let mut bytes = [0; 4];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| ConfigError::Invalid("the system random generator failed".into()))?;

@@ -20,14 +20,15 @@ use std::time::{Duration, Instant, SystemTime};
 use calling_api::{CallId, ErrorCode, UserId};
 use signaling_link::MediaLink;
 use signaling_proto::{
-    CallEvent, CallMember, CallSummary, ClientMessage, ConnId, FlowId, Output, PROTOCOL_VERSION,
-    Replay, ResumeClaim, ServerMessage, SessionSummary, SessionToken, Switchboard,
-    SwitchboardConfig,
+    CallEvent, CallSummary, ClientMessage, ConnId, FlowId, PROTOCOL_VERSION, Replay, ResumeClaim,
+    ServerMessage, SessionSummary, SessionToken,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::board::{Board, MemberAt, RoutedMember, Step};
+use crate::cluster::{IoInput, Mesh};
 use crate::metrics::{CallsByMembers, Metrics};
 use crate::relay::{MediaRoutes, Route};
 
@@ -74,6 +75,8 @@ pub(crate) enum HubInput {
         request: AdminRequest,
         reply: oneshot::Sender<AdminReply>,
     },
+    /// What the cluster's IO brought (store answers, node links).
+    Cluster(IoInput),
 }
 
 /// What the operator may ask the hub.
@@ -173,6 +176,23 @@ pub struct HubStats {
     pub invitations_rate_limited: u64,
     /// Invitees answered busy because their messages piled up.
     pub invitees_congested: u64,
+    /// In cluster mode: this node's place in its cluster.
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A node's place in its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node's id (random at each start).
+    pub node: u32,
+    /// The node holding the control role, as this node knows it, and its
+    /// term.
+    pub control: Option<(u32, u64)>,
+    /// Whether this node hosts the control.
+    pub hosting: bool,
+    /// Whether this node takes logins: it follows a control, and its link
+    /// to it is up (or the control is this node).
+    pub ready: bool,
 }
 
 /// An authenticated login or resume on connection `link`.
@@ -234,17 +254,22 @@ const RELIEVED_BELOW: usize = OUTBOX_CAPACITY / 2;
 struct Env {
     routes: Arc<MediaRoutes>,
     ops: HubOps,
+    /// In a cluster: the links to the other nodes' members.
+    mesh: Option<Arc<Mesh>>,
 }
 
 pub(crate) async fn run(
-    config: SwitchboardConfig,
+    mut switchboard: Board,
     mut inputs: mpsc::Receiver<HubInput>,
     routes: Arc<MediaRoutes>,
     ops: HubOps,
 ) {
-    let mut switchboard = Switchboard::new(config);
     let mut links = Links::default();
-    let env = Env { routes, ops };
+    let mesh = match &switchboard {
+        Board::Cluster(cluster) => Some(cluster.io.mesh()),
+        Board::Local(_) => None,
+    };
+    let env = Env { routes, ops, mesh };
     let mut shutting_down = false;
     let mut draining = false;
     loop {
@@ -296,24 +321,7 @@ pub(crate) async fn run(
                 switchboard.handle_message(now, conn, message);
             }
             HubInput::Disconnect { link, expelled } => {
-                let Some(conn) = links.by_link.remove(&link) else {
-                    continue;
-                };
-                links.media.remove(&conn);
-                env.routes.set(conn, None);
-                if links.outboxes.remove(&conn).is_some() {
-                    if expelled {
-                        links.sessions.remove(&conn);
-                        switchboard.handle_expelled(now, conn);
-                    } else {
-                        switchboard.handle_disconnect(now, conn);
-                        if switchboard.is_detached(conn) {
-                            env.ops.metrics.session_detached();
-                        } else {
-                            links.sessions.remove(&conn);
-                        }
-                    }
-                }
+                on_disconnect(&mut switchboard, &mut links, &env, now, (link, expelled));
             }
             HubInput::Shutdown { done } => {
                 shutting_down = true;
@@ -324,6 +332,11 @@ pub(crate) async fn run(
             }
             HubInput::Stats { reply } => {
                 let _ = reply.send(stats(&switchboard));
+            }
+            HubInput::Cluster(input) => {
+                if let Board::Cluster(cluster) = &mut switchboard {
+                    cluster.handle_io(now, input);
+                }
             }
             HubInput::Admin { request, reply } => {
                 if request == AdminRequest::Drain && !draining {
@@ -344,9 +357,39 @@ pub(crate) async fn run(
     }
 }
 
+/// Connection `link` is gone: its session waits for a resume (a broken
+/// network, version 2) or ends.
+fn on_disconnect(
+    switchboard: &mut Board,
+    links: &mut Links,
+    env: &Env,
+    now: Instant,
+    (link, expelled): (ConnId, bool),
+) {
+    let Some(conn) = links.by_link.remove(&link) else {
+        return;
+    };
+    links.media.remove(&conn);
+    env.routes.set(conn, None);
+    if links.outboxes.remove(&conn).is_none() {
+        return;
+    }
+    if expelled {
+        links.sessions.remove(&conn);
+        switchboard.handle_expelled(now, conn);
+    } else {
+        switchboard.handle_disconnect(now, conn);
+        if switchboard.is_detached(conn) {
+            env.ops.metrics.session_detached();
+        } else {
+            links.sessions.remove(&conn);
+        }
+    }
+}
+
 /// Answers the operator (a drain already under way: `Done(false)`).
 fn admin(
-    switchboard: &mut Switchboard,
+    switchboard: &mut Board,
     links: &Links,
     now: Instant,
     request: AdminRequest,
@@ -373,7 +416,7 @@ fn admin(
 }
 
 /// The switchboard's live figures.
-fn stats(switchboard: &Switchboard) -> HubStats {
+fn stats(switchboard: &Board) -> HubStats {
     let counters = switchboard.counters();
     HubStats {
         online: switchboard.online_count(),
@@ -382,11 +425,12 @@ fn stats(switchboard: &Switchboard) -> HubStats {
         calls_by_members: switchboard.call_sizes(),
         invitations_rate_limited: counters.invitations_rate_limited,
         invitees_congested: counters.invitees_congested,
+        cluster: switchboard.cluster_status(),
     }
 }
 
 /// Publishes the drain state when it changed.
-fn report_drain(switchboard: &Switchboard, env: &Env, draining: bool) {
+fn report_drain(switchboard: &Board, env: &Env, draining: bool) {
     let state = DrainState {
         draining,
         calls: switchboard.call_count(),
@@ -421,13 +465,7 @@ fn send_refusal(
 
 /// Attaches a connection to a new session or, for a resume, to the one it
 /// claims, and tells its task which.
-fn on_login(
-    switchboard: &mut Switchboard,
-    links: &mut Links,
-    env: &Env,
-    now: Instant,
-    attach: Attach,
-) {
+fn on_login(switchboard: &mut Board, links: &mut Links, env: &Env, now: Instant, attach: Attach) {
     let Attach {
         link,
         user,
@@ -439,7 +477,13 @@ fn on_login(
     } = attach;
     let attached = match resume {
         None => {
-            log_in(switchboard, links, now, link, user, protocol_version);
+            if let Err(error) = log_in(switchboard, links, now, link, user, protocol_version) {
+                debug!(%error, "login refused by the cluster");
+                let version = protocol_version.min(PROTOCOL_VERSION);
+                send_refusal(&outbox, (version, error.code(), &error.to_string()));
+                let _ = session.send(None);
+                return;
+            }
             links.outboxes.insert(link, outbox);
             links.media.insert(link, media);
             Some(link)
@@ -481,35 +525,36 @@ fn tokens_match(kept: &SessionToken, claimed: &SessionToken) -> bool {
 
 /// A new session on connection `link`.
 fn log_in(
-    switchboard: &mut Switchboard,
+    switchboard: &mut Board,
     links: &mut Links,
     now: Instant,
     link: ConnId,
     user: UserId,
     protocol_version: u16,
-) {
+) -> Result<(), calling_cluster::NodeError> {
+    switchboard.handle_login(now, link, user, protocol_version)?;
     links.by_link.insert(link, link);
     links.sessions.insert(
         link,
         SessionBook {
             link,
-            resumable: protocol_version >= 2 && !switchboard.config().resume_grace.is_zero(),
+            resumable: protocol_version >= 2 && !switchboard.resume_grace().is_zero(),
             token: new_token(),
             replay: Replay::new(REPLAY_CAPACITY),
         },
     );
-    switchboard.handle_login(now, link, user, protocol_version);
+    Ok(())
 }
 
 /// After the login's answer: what a version-2 client needs to resume.
-fn introduce_session(switchboard: &Switchboard, links: &mut Links, conn: ConnId) {
+fn introduce_session(switchboard: &Board, links: &mut Links, conn: ConnId) {
     let Some(book) = links.sessions.get(&conn) else {
         return;
     };
     if !book.resumable {
         return;
     }
-    let grace_ms = u32::try_from(switchboard.config().resume_grace.as_millis()).unwrap_or(u32::MAX);
+    let grace_ms = u32::try_from(switchboard.resume_grace().as_millis()).unwrap_or(u32::MAX);
     let session = ServerMessage::Session {
         token: book.token,
         grace_ms,
@@ -525,7 +570,7 @@ fn introduce_session(switchboard: &Switchboard, links: &mut Links, conn: ConnId)
 /// yet seen break), gets a new token and every message it missed. Returns
 /// the session, or `None` after queueing the refusal.
 fn resume_session(
-    switchboard: &mut Switchboard,
+    switchboard: &mut Board,
     links: &mut Links,
     now: Instant,
     (link, user, claim): (ConnId, &UserId, ResumeClaim),
@@ -613,7 +658,7 @@ fn queued(links: &Links, conn: ConnId) -> usize {
 
 /// Tells the switchboard which connections' outboxes are nearly full (so
 /// invitations to them are answered busy) and which have drained again.
-fn update_congestion(switchboard: &mut Switchboard, links: &mut Links) {
+fn update_congestion(switchboard: &mut Board, links: &mut Links) {
     let mut to_check = std::mem::take(&mut links.to_check);
     to_check.extend(links.congested.iter().copied());
     for conn in to_check {
@@ -668,13 +713,13 @@ fn report_event(links: &mut Links, env: &Env, event: CallEvent) {
 
 /// Republishes the routes of a call whose members changed: each member
 /// hears every other one; a member alone in it, or gone from it, has none.
-fn publish_routes(
-    call_id: CallId,
-    members: &[CallMember],
-    links: &mut Links,
-    routes: &MediaRoutes,
-) {
-    let now_routed: Vec<ConnId> = members.iter().map(|member| member.conn).collect();
+fn publish_routes(call_id: CallId, members: &[RoutedMember], links: &mut Links, env: &Env) {
+    let routes = &*env.routes;
+    let here = |member: &RoutedMember| match member.at {
+        MemberAt::Here(conn) => Some(conn),
+        MemberAt::There(_) => None,
+    };
+    let now_routed: Vec<ConnId> = members.iter().filter_map(here).collect();
     for gone in links
         .routed
         .remove(&call_id)
@@ -685,16 +730,29 @@ fn publish_routes(
         routes.set(gone, None);
     }
     for member in members {
+        let Some(conn) = here(member) else {
+            continue;
+        };
         let peers: Vec<(FlowId, Arc<dyn MediaLink>)> = members
             .iter()
-            .filter(|other| other.conn != member.conn)
-            .filter_map(|other| Some((other.flow, links.media.get(&other.conn)?.clone())))
+            .filter(|other| other.at != member.at)
+            .filter_map(|other| {
+                let link = match other.at {
+                    MemberAt::Here(other) => links.media.get(&other)?.clone(),
+                    MemberAt::There(at) => env.mesh.as_ref()?.link_to(at),
+                };
+                Some((other.flow, link))
+            })
             .collect();
-        let route = (!peers.is_empty()).then_some(Route {
-            flow: member.flow,
-            peers,
-        });
-        routes.set(member.conn, route);
+        let route = match links.media.get(&conn) {
+            Some(own) if !peers.is_empty() => Some(Route {
+                flow: member.flow,
+                peers,
+                own: Arc::clone(own),
+            }),
+            _ => None,
+        };
+        routes.set(conn, route);
     }
     if !now_routed.is_empty() {
         links.routed.insert(call_id, now_routed);
@@ -706,7 +764,7 @@ fn publish_routes(
 /// membership to the relay's routes. A client whose messages pile up is
 /// disconnected, which may produce more output for the others: repeat
 /// until nothing is left.
-fn dispatch(switchboard: &mut Switchboard, links: &mut Links, env: &Env) {
+fn dispatch(switchboard: &mut Board, links: &mut Links, env: &Env) {
     let routes = &*env.routes;
     loop {
         // Sessions to end now, and connections found gone.
@@ -714,7 +772,7 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, env: &Env) {
         let mut gone = Vec::new();
         while let Some(output) = switchboard.poll_output() {
             match output {
-                Output::Send { conn, message } => {
+                Step::Send { conn, message } => {
                     links.to_check.insert(conn);
                     if let Some(book) = links.sessions.get_mut(&conn) {
                         if book.resumable
@@ -745,7 +803,7 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, env: &Env) {
                         }
                     }
                 }
-                Output::Close { conn, code } => {
+                Step::Close { conn, code } => {
                     routes.set(conn, None);
                     links.sessions.remove(&conn);
                     links.media.remove(&conn);
@@ -755,14 +813,11 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, env: &Env) {
                         let _ = outbox.try_send(Outbound::Close(code));
                     }
                 }
-                Output::Membership { call_id, members } => {
-                    publish_routes(call_id, &members, links, routes);
+                Step::Membership { call_id, members } => {
+                    publish_routes(call_id, &members, links, env);
                 }
-                Output::Unrouted { user, message } => {
-                    // One server: a user without a session here is offline.
-                    debug!(%user, ?message, "message for a user not on this server: dropped");
-                }
-                Output::Event(event) => report_event(links, env, event),
+                Step::Event(event) => report_event(links, env, event),
+                Step::AllSessionsLost(code) => end_every_session(links, routes, code),
             }
         }
         if stuck.is_empty() && gone.is_empty() {
@@ -775,7 +830,7 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, env: &Env) {
             links.outboxes.remove(&conn);
             links.media.remove(&conn);
             routes.set(conn, None);
-            if links.sessions.remove(&conn).is_some() || switchboard.user_of(conn).is_some() {
+            if links.sessions.remove(&conn).is_some() || switchboard.has_session(conn) {
                 switchboard.handle_expelled(now, conn);
             }
         }
@@ -790,6 +845,31 @@ fn dispatch(switchboard: &mut Switchboard, links: &mut Links, env: &Env) {
             }
         }
     }
+}
+
+/// The cluster gave every session of this server up: each connection is
+/// closed with `code` (its client logs in again), and nothing is routed.
+fn end_every_session(links: &mut Links, routes: &MediaRoutes, code: ErrorCode) {
+    warn!(
+        sessions = links.sessions.len(),
+        "the cluster's control lost this node's sessions: closing them"
+    );
+    for (conn, outbox) in links.outboxes.drain() {
+        routes.set(conn, None);
+        let _ = outbox.try_send(Outbound::Close(code));
+    }
+    for conns in links.routed.values() {
+        for conn in conns {
+            routes.set(*conn, None);
+        }
+    }
+    links.routed.clear();
+    links.sessions.clear();
+    links.media.clear();
+    links.by_link.clear();
+    links.congested.clear();
+    links.to_check.clear();
+    links.started.clear();
 }
 
 #[cfg(test)]
@@ -971,7 +1051,9 @@ mod tests {
         let routes = Arc::new(MediaRoutes::default());
         let (hub, inputs) = mpsc::channel(64);
         tokio::spawn(run(
-            SwitchboardConfig::DEFAULT,
+            Board::Local(Box::new(signaling_proto::Switchboard::new(
+                signaling_proto::SwitchboardConfig::DEFAULT,
+            ))),
             inputs,
             Arc::clone(&routes),
             quiet_ops(),
@@ -1045,7 +1127,9 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (ops, _drain) = HubOps::new(Arc::clone(&metrics), Vec::new());
         tokio::spawn(run(
-            SwitchboardConfig::DEFAULT,
+            Board::Local(Box::new(signaling_proto::Switchboard::new(
+                signaling_proto::SwitchboardConfig::DEFAULT,
+            ))),
             inputs,
             Arc::clone(&routes),
             ops,

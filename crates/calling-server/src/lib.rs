@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod board;
+mod cluster;
 pub mod cluster_store;
 pub mod config;
 mod connection;
@@ -29,11 +31,35 @@ pub use calling_usersig as usersig;
 pub use config::{
     AppCredentials, OperationsConfig, SecretKey, ServerConfig, Settings, TlsSource, UnixClock,
 };
-pub use hub::{AdminReply, AdminRequest, DrainState, HubStats, StampedEvent};
+pub use hub::{AdminReply, AdminRequest, ClusterStatus, DrainState, HubStats, StampedEvent};
 pub use limits::LimitCounts;
 pub use relay::RelayCounts;
 
 use crate::hub::HubInput;
+
+/// What the hub drives: a switchboard of its own, or this server as one
+/// node of a cluster: a node id of its own for this process's life (a
+/// restarted process is a new node), its links, its place in the store.
+fn board(
+    config: &ServerConfig,
+    hub: &mpsc::Sender<HubInput>,
+    routes: &Arc<relay::MediaRoutes>,
+) -> Result<board::Board, ServerError> {
+    let Some(cluster_config) = &config.cluster else {
+        let switchboard = signaling_proto::Switchboard::new(config.switchboard.clone());
+        return Ok(board::Board::Local(Box::new(switchboard)));
+    };
+    let node = calling_cluster::NodeId(config::random_node_id()?);
+    let (published, io) = cluster::start(cluster_config, node, hub, Arc::clone(routes))?;
+    let mut node_config = calling_cluster::NodeConfig::new(node, published);
+    node_config.switchboard = config.switchboard.clone();
+    let node = calling_cluster::ClusterNode::new(node_config, std::time::Instant::now());
+    Ok(board::Board::Cluster(Box::new(board::ClusterBoard::new(
+        node,
+        io,
+        config.switchboard.resume_grace,
+    ))))
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +80,9 @@ pub enum ServerError {
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Transport(#[from] signaling_quic::TransportError),
+    /// Cluster mode could not start.
+    #[error("cluster mode: {0}")]
+    Cluster(#[from] cluster::ClusterError),
     /// The fallback transport's TCP listener could not start.
     #[error(
         "fallback transport on TCP {addr}: {source} (choose another with --fallback-listen, or `off`)"
@@ -226,7 +255,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     } = start_event_sinks(operations, &metrics)?;
     let (hub_ops, drain) = hub::HubOps::new(Arc::clone(&metrics), sinks);
     let hub_task = tokio::spawn(hub::run(
-        config.switchboard.clone(),
+        board(&config, &hub_tx, &routes)?,
         hub_rx,
         Arc::clone(&routes),
         hub_ops,

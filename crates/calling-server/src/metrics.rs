@@ -617,6 +617,7 @@ mod tests {
                 calls_by_members: BTreeMap::from([(2, 1)]),
                 invitations_rate_limited: 0,
                 invitees_congested: 0,
+                cluster: None,
             }),
             process: ProcessStats::read(),
             ..Snapshot::default()

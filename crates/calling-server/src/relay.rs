@@ -29,8 +29,12 @@ use signaling_proto::{ConnId, DatagramKind, FlowId, MediaHeader};
 pub(crate) struct Route {
     /// The member's own flow, stamped on everything it sends.
     pub(crate) flow: FlowId,
-    /// The other members' flows and media links.
+    /// The other members' flows and media links (a member on another node
+    /// of a cluster: a link that forwards to that node).
     pub(crate) peers: Vec<(FlowId, Arc<dyn MediaLink>)>,
+    /// The member's own link: where audio relayed by another node for it
+    /// goes.
+    pub(crate) own: Arc<dyn MediaLink>,
 }
 
 /// Relay counters.
@@ -39,6 +43,8 @@ pub(crate) struct RelayStats {
     forwarded: AtomicU64,
     dropped_not_in_call: AtomicU64,
     dropped_malformed: AtomicU64,
+    from_nodes: AtomicU64,
+    dropped_from_nodes: AtomicU64,
 }
 
 /// A snapshot of the relay counters.
@@ -50,6 +56,11 @@ pub struct RelayCounts {
     pub dropped_not_in_call: u64,
     /// Datagrams that are not media datagrams.
     pub dropped_malformed: u64,
+    /// Datagrams another node relayed for a member here, delivered.
+    pub from_nodes: u64,
+    /// Datagrams another node relayed that were not for a member of the
+    /// sender's call here (or not media): dropped.
+    pub dropped_from_nodes: u64,
 }
 
 /// Shards of the routes and counters: well above the cores of a big
@@ -115,6 +126,8 @@ impl MediaRoutes {
             forwarded: sum(|stats| &stats.forwarded),
             dropped_not_in_call: sum(|stats| &stats.dropped_not_in_call),
             dropped_malformed: sum(|stats| &stats.dropped_malformed),
+            from_nodes: sum(|stats| &stats.from_nodes),
+            dropped_from_nodes: sum(|stats| &stats.dropped_from_nodes),
         }
     }
 
@@ -168,6 +181,38 @@ impl MediaRoutes {
             // is full (quinn then drops its oldest), is not our problem here.
             if peer.send_datagram(bytes.clone()).is_ok() {
                 stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl MediaRoutes {
+    /// A datagram another node relayed for `conn`, already stamped there
+    /// with its sender's flow: delivered only if that flow is one of the
+    /// members `conn` hears (only members hear a call, across nodes too).
+    pub(crate) fn deliver_from_node(&self, conn: ConnId, datagram: Bytes) {
+        let shard = self.shard(conn);
+        let stats = &shard.stats;
+        let Ok((header, _)) = MediaHeader::decode(&datagram) else {
+            stats.dropped_from_nodes.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let route = shard
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&conn)
+            .cloned();
+        // Audio and loss reports alike carry their sender's stamp.
+        let member =
+            route.filter(|route| route.peers.iter().any(|(flow, _)| *flow == header.flow_id));
+        match member {
+            Some(route) if route.own.send_datagram(datagram).is_ok() => {
+                stats.from_nodes.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => {}
+            None => {
+                stats.dropped_from_nodes.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -296,6 +341,7 @@ mod tests {
                 .zip(8..)
                 .map(|(peer, flow)| (FlowId(flow), Arc::clone(peer) as Arc<dyn MediaLink>))
                 .collect(),
+            own: Arc::new(Peer(Mutex::new(Vec::new()))),
         };
         routes.set(ConnId(1), Some(route));
         let datagrams: Vec<Bytes> = (0..100).map(|sequence| received(3, sequence)).collect();

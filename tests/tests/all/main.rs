@@ -10,6 +10,7 @@ mod audio;
 mod auth;
 mod calls;
 mod child;
+mod cluster;
 mod cluster_store;
 mod connecting;
 mod fallback;
