@@ -205,18 +205,18 @@ impl Board {
     pub(crate) fn kick(&mut self, now: Instant, user: &UserId) -> bool {
         match self {
             Self::Local(switchboard) => switchboard.kick(now, user),
-            Self::Cluster(cluster) => cluster.on_control(now, |switchboard| {
-                switchboard.kick(now, user)
-            }),
+            Self::Cluster(cluster) => {
+                cluster.on_control(now, |switchboard| switchboard.kick(now, user))
+            }
         }
     }
 
     pub(crate) fn end_call(&mut self, now: Instant, call_id: CallId) -> bool {
         match self {
             Self::Local(switchboard) => switchboard.end_call(now, call_id),
-            Self::Cluster(cluster) => cluster.on_control(now, |switchboard| {
-                switchboard.end_call(now, call_id)
-            }),
+            Self::Cluster(cluster) => {
+                cluster.on_control(now, |switchboard| switchboard.end_call(now, call_id))
+            }
         }
     }
 

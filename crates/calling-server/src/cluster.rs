@@ -145,12 +145,7 @@ fn proof(
     Some(proof)
 }
 
-fn proof_holds(
-    key: &SecretKey,
-    connection: &quinn::Connection,
-    role: u8,
-    auth: &NodeAuth,
-) -> bool {
+fn proof_holds(key: &SecretKey, connection: &quinn::Connection, role: u8, auth: &NodeAuth) -> bool {
     proof(key, connection, role, auth.node)
         .is_some_and(|expected| crate::config::same_bytes(&expected, &auth.proof))
 }
@@ -360,7 +355,11 @@ pub(crate) struct ClusterIo {
     store: RedisStore,
     mesh: Arc<Mesh>,
     /// The control link's dialer: its generation, task and frame queue.
-    control: Option<(u64, JoinHandle<()>, mpsc::UnboundedSender<LinkFrame<ToControl>>)>,
+    control: Option<(
+        u64,
+        JoinHandle<()>,
+        mpsc::UnboundedSender<LinkFrame<ToControl>>,
+    )>,
     generation: u64,
     /// Links from other nodes to this node's control, by node.
     nodes: HashMap<NodeId, (u64, mpsc::UnboundedSender<LinkFrame<FromControl>>)>,
@@ -399,8 +398,8 @@ pub(crate) fn start(
     .with_single_cert(chain, key)
     .map_err(|error| ClusterError::Links(error.to_string()))?;
     tls.alpn_protocols = vec![NODE_ALPN.to_vec()];
-    let quic = QuicServerConfig::try_from(tls)
-        .map_err(|error| ClusterError::Links(error.to_string()))?;
+    let quic =
+        QuicServerConfig::try_from(tls).map_err(|error| ClusterError::Links(error.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(node_transport());
     let endpoint = quinn::Endpoint::server(server, config.listen)
@@ -489,7 +488,9 @@ async fn serve_link(
     let mut send: FramedSend<QuicSend, NodeWire<FromControl>> = FramedSend::new(QuicSend(send));
     let mut recv: FramedRecv<quinn::RecvStream, NodeWire<ToControl>> = FramedRecv::new(recv);
     let auth = match tokio::time::timeout(NODE_IDLE_TIMEOUT, recv.recv()).await {
-        Ok(Ok(Some(NodeWire::Auth(auth)))) if proof_holds(&mesh.key, &connection, DIALER, &auth) => {
+        Ok(Ok(Some(NodeWire::Auth(auth))))
+            if proof_holds(&mesh.key, &connection, DIALER, &auth) =>
+        {
             auth
         }
         _ => {
@@ -666,7 +667,11 @@ impl ClusterIo {
             IoInput::ControlUp { .. }
             | IoInput::ControlDown { .. }
             | IoInput::ControlFrame { .. } => {}
-            IoInput::NodeUp { node: from, link, frames } => {
+            IoInput::NodeUp {
+                node: from,
+                link,
+                frames,
+            } => {
                 self.nodes.insert(from, (link, frames));
             }
             IoInput::NodeFrame {

@@ -662,16 +662,33 @@ pub struct Settings {
           value_parser = DRAIN_LIMIT_SECS.parser())]
     pub drain_limit_secs: Option<u64>,
     /// Redis URL of the cluster's shared store: this server becomes one node of a cluster [default: none, a single server]
-    #[arg(long, env = "OPENCALLING_REDIS", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OPENCALLING_REDIS",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis: Option<SecretKey>,
     /// Prefix of the cluster's Redis keys (clusters sharing one Redis differ in it) [default: opencalling]
-    #[arg(long = "redis-prefix", env = "OPENCALLING_REDIS_PREFIX", value_name = "TEXT")]
+    #[arg(
+        long = "redis-prefix",
+        env = "OPENCALLING_REDIS_PREFIX",
+        value_name = "TEXT"
+    )]
     pub redis_prefix: Option<String>,
     /// UDP address of the links between nodes (cluster mode) [default: 0.0.0.0:4434]
-    #[arg(long = "cluster-listen", env = "OPENCALLING_CLUSTER_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long = "cluster-listen",
+        env = "OPENCALLING_CLUSTER_LISTEN",
+        value_name = "ADDR"
+    )]
     pub cluster_listen: Option<SocketAddr>,
     /// Address the other nodes reach this node's links at [default: --cluster-listen, which must then name an IP]
-    #[arg(long = "cluster-advertise", env = "OPENCALLING_CLUSTER_ADVERTISE", value_name = "ADDR")]
+    #[arg(
+        long = "cluster-advertise",
+        env = "OPENCALLING_CLUSTER_ADVERTISE",
+        value_name = "ADDR"
+    )]
     pub cluster_advertise: Option<SocketAddr>,
     /// Key every node of the cluster shares, authenticating the links between nodes; required with --redis
     #[arg(
@@ -1054,10 +1071,8 @@ fn tls_source(
 }
 
 /// The default UDP address of the links between nodes.
-pub const DEFAULT_CLUSTER_LISTEN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-    4434,
-);
+pub const DEFAULT_CLUSTER_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4434);
 
 /// Cluster mode, when a Redis URL is given: the key is required, and the
 /// advertised address must be one another node can dial.
@@ -1080,7 +1095,8 @@ fn resolve_cluster(
     })?;
     let listen = listen.unwrap_or(DEFAULT_CLUSTER_LISTEN);
     let advertise = advertise.unwrap_or(listen);
-    if advertise.ip().is_unspecified() || advertise.port() == 0 {
+    // Port 0 is for tests: the port bound is advertised.
+    if advertise.ip().is_unspecified() || (advertise.port() == 0 && listen.port() != 0) {
         return Err(ConfigError::Invalid(format!(
             "other nodes cannot dial {advertise}: set --cluster-advertise to this node's address"
         )));

@@ -103,8 +103,11 @@ async fn run_server() {
         .unwrap()
         .resolve()
         .unwrap();
+    let configured_app = config.apps.first().cloned();
     let server = calling_server::start(config).await.unwrap();
-    let app = server.development_app().unwrap();
+    let app = configured_app
+        .or_else(|| server.development_app().cloned())
+        .unwrap();
     println!(
         "READY {} {} {} {}",
         server.local_addr(),

@@ -68,7 +68,10 @@ impl TestCluster {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "no settled cluster: {statuses:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no settled cluster: {statuses:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -76,10 +79,7 @@ impl TestCluster {
     /// The indexes of the node hosting the control and of the others.
     pub async fn roles(&self) -> (usize, Vec<usize>) {
         let statuses = self.statuses().await;
-        let control = statuses
-            .iter()
-            .position(|status| status.hosting)
-            .unwrap();
+        let control = statuses.iter().position(|status| status.hosting).unwrap();
         let others = (0..self.nodes.len()).filter(|i| *i != control).collect();
         (control, others)
     }
@@ -146,7 +146,10 @@ async fn users_on_different_nodes_call_and_hear_each_other_and_only_members_do()
         "a non-member hears nothing"
     );
     let from_nodes = cluster.nodes[others[1]].server.relay_counts().from_nodes;
-    assert!(from_nodes >= 1, "bob's node delivered what alice's node relayed");
+    assert!(
+        from_nodes >= 1,
+        "bob's node delivered what alice's node relayed"
+    );
 
     // bob hangs up: alice, on another node, hears the call end.
     bob.send
@@ -178,8 +181,15 @@ async fn sdk_users_on_three_nodes_hold_a_three_way_call() {
     alice.expect(&enter("carol")).await;
     bob.expect(&enter("carol")).await;
     carol.calling.hangup().await.unwrap();
-    alice.expect(&[calling_api::CallingEvent::UserLeave { user_id: uid("carol") }]).await;
-    bob.expect(&[calling_api::CallingEvent::UserLeave { user_id: uid("carol") }]).await;
+    alice
+        .expect(&[calling_api::CallingEvent::UserLeave {
+            user_id: uid("carol"),
+        }])
+        .await;
+    bob.expect(&[calling_api::CallingEvent::UserLeave {
+        user_id: uid("carol"),
+    }])
+    .await;
     alice.calling.hangup().await.unwrap();
     bob.expect_leave_then_end("alice", calling_api::EndReason::Hangup)
         .await;
@@ -197,4 +207,420 @@ async fn a_second_login_on_another_node_kicks_the_first() {
     }
     let stats = cluster.nodes[0].server.stats().await.unwrap();
     assert_eq!(stats.online, 0, "the first node forgot its session");
+}
+
+/// A raw client logged in at a node, version 1 (no heartbeats owed),
+/// retried while the node is not ready yet (`CLUSTER_UNAVAILABLE`).
+async fn login_at(
+    addr: std::net::SocketAddr,
+    fingerprint: signaling_quic::CertFingerprint,
+    app: &AppCredentials,
+    user: &str,
+) -> ClientConnection {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let trust = signaling_quic::ServerTrust::Fingerprint(fingerprint);
+        if let Ok(mut client) = signaling_quic::connect(addr, "localhost", &trust).await {
+            let sig = calling_server::usersig::generate(
+                u64::from(app.sdk_app_id),
+                app.secret_key.expose(),
+                user,
+                86_400,
+                now(),
+                None,
+            );
+            client
+                .send
+                .send(&ClientMessage::Login {
+                    protocol_version: 1,
+                    sdk_app_id: app.sdk_app_id,
+                    user_id: uid(user),
+                    user_sig: sig.into(),
+                })
+                .await
+                .unwrap();
+            if let Ok(Some(ServerMessage::LoginResult { code, .. })) = client.recv.recv().await {
+                if code.is_ok() {
+                    return client;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "{user} cannot log in at {addr}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn app() -> AppCredentials {
+    AppCredentials {
+        sdk_app_id: 1_400_000_001,
+        secret_key: SecretKey::new("cluster-test-app-key"),
+    }
+}
+
+/// A node in a child process (to be SIGKILLed): its client address and
+/// certificate.
+async fn child_node(
+    redis: &RedisServer,
+    tag: &str,
+) -> (
+    crate::child::ChildProcess,
+    std::net::SocketAddr,
+    signaling_quic::CertFingerprint,
+) {
+    let app = app();
+    let child = crate::child::ChildProcess::spawn(
+        "server",
+        &[
+            ("OPENCALLING_LISTEN", "127.0.0.1:0".into()),
+            ("OPENCALLING_FALLBACK_LISTEN", "off".into()),
+            (
+                "OPENCALLING_DATA_DIR",
+                temp_dir(tag).to_string_lossy().into_owned(),
+            ),
+            ("OPENCALLING_SDK_APP_ID", app.sdk_app_id.to_string()),
+            ("OPENCALLING_SECRET_KEY", app.secret_key.expose().to_owned()),
+            ("OPENCALLING_REDIS", redis.url()),
+            (
+                "OPENCALLING_REDIS_PREFIX",
+                format!("test-{tag}-{}", std::process::id()),
+            ),
+            ("OPENCALLING_CLUSTER_LISTEN", "127.0.0.1:0".into()),
+            ("OPENCALLING_CLUSTER_KEY", "cluster-test-key".into()),
+        ],
+    )
+    .await;
+    let addr = child.ready[0].parse().unwrap();
+    let fingerprint = child.ready[1].parse().unwrap();
+    (child, addr, fingerprint)
+}
+
+/// An in-process node of the cluster `tag` on `redis`.
+async fn node(redis: &RedisServer, tag: &str, index: usize) -> TestServer {
+    let mut config = test_config(&format!("{tag}-{index}"));
+    config.apps = vec![app()];
+    config.cluster = Some(ClusterConfig {
+        redis_url: SecretKey::new(redis.url()),
+        prefix: format!("test-{tag}-{}", std::process::id()),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: "127.0.0.1:0".parse().unwrap(),
+        key: SecretKey::new("cluster-test-key"),
+    });
+    TestServer::start_with(config).await
+}
+
+async fn status(server: &TestServer) -> ClusterStatus {
+    server.server.stats().await.unwrap().cluster.unwrap()
+}
+
+async fn invite(client: &mut ClientConnection, request: u32, users: &[&str]) {
+    client
+        .send
+        .send(&ClientMessage::Invite {
+            request_id: RequestId(request),
+            call_id: None,
+            user_ids: users.iter().map(|user| uid(user)).collect(),
+            call_type: calling_api::CallType::Audio,
+            timeout_ms: None,
+            user_data: None,
+        })
+        .await
+        .unwrap();
+}
+
+async fn accept_invitation(client: &mut ClientConnection, request: u32) {
+    let ServerMessage::Invited { call_id, .. } = until(client, |message| {
+        matches!(message, ServerMessage::Invited { .. })
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    client
+        .send
+        .send(&ClientMessage::Accept {
+            request_id: RequestId(request),
+            call_id,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_ends_its_users_part_in_calls_within_seconds_and_nobody_stays_busy() {
+    let redis = RedisServer::start().unwrap();
+    let tag = "node-kill";
+    let first = node(&redis, tag, 0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status(&first).await.hosting {
+        assert!(
+            Instant::now() < deadline,
+            "the first node takes the control"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut doomed, doomed_addr, doomed_fingerprint) = child_node(&redis, tag).await;
+    let third = node(&redis, tag, 2).await;
+    let app = app();
+    let mut alice = login_at(
+        first.server.local_addr(),
+        first.server.fingerprint(),
+        &app,
+        "alice",
+    )
+    .await;
+    let mut bob = login_at(doomed_addr, doomed_fingerprint, &app, "bob").await;
+    let mut carol = login_at(
+        third.server.local_addr(),
+        third.server.fingerprint(),
+        &app,
+        "carol",
+    )
+    .await;
+    invite(&mut alice, 1, &["bob", "carol"]).await;
+    accept_invitation(&mut bob, 1).await;
+    accept_invitation(&mut carol, 1).await;
+    // Both enter, in either order.
+    let mut entered = std::collections::BTreeSet::new();
+    while entered.len() < 2 {
+        if let ServerMessage::UserEntered { user_id, .. } = until(&mut alice, |message| {
+            matches!(message, ServerMessage::UserEntered { .. })
+        })
+        .await
+        {
+            entered.insert(user_id);
+        }
+    }
+
+    doomed.kill();
+    let killed = Instant::now();
+    for client in [&mut alice, &mut carol] {
+        until(client, |message| {
+            matches!(message, ServerMessage::UserLeft { user_id, .. } if user_id.as_str() == "bob")
+        })
+        .await;
+    }
+    let noticed = killed.elapsed();
+    assert!(
+        noticed < Duration::from_secs(6),
+        "bob left after {noticed:?}"
+    );
+    // alice and carol talk on, across their nodes.
+    let mut heard = false;
+    for sequence in 0..50 {
+        carol
+            .connection
+            .send_datagram(datagram(1, sequence, b"still here").into())
+            .unwrap();
+        if next_datagram(&alice).await.is_some() {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "the call goes on for the others");
+    // carol hangs up: alice, alone, hears the call end, once.
+    carol
+        .send
+        .send(&ClientMessage::Hangup {
+            request_id: RequestId(3),
+        })
+        .await
+        .unwrap();
+    until(&mut alice, |message| {
+        matches!(message, ServerMessage::CallEnded { .. })
+    })
+    .await;
+    // bob moves to a live node and is not busy.
+    let mut bob = login_at(
+        third.server.local_addr(),
+        third.server.fingerprint(),
+        &app,
+        "bob",
+    )
+    .await;
+    invite(&mut alice, 5, &["bob"]).await;
+    accept_invitation(&mut bob, 6).await;
+    until(&mut alice, |message| {
+        matches!(message, ServerMessage::UserEntered { user_id, .. } if user_id.as_str() == "bob")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_for_ten_seconds_calls_go_on_new_calls_fail_clearly_and_all_recovers() {
+    let mut cluster = TestCluster::start("redis-gone", 2).await;
+    let before = cluster.statuses().await;
+    let (left, right) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut alice = raw_login(left, "alice").await;
+    let mut bob = raw_login(right, "bob").await;
+    let mut carol = raw_login(left, "carol").await;
+    let mut dave = raw_login(right, "dave").await;
+    raw_call(&mut alice, &mut bob, "bob").await;
+
+    cluster.redis.kill();
+    let gone = Instant::now();
+    // Past the control's lease: new calls are refused, with the reason.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    invite(&mut carol, 7, &["dave"]).await;
+    let refused = until(&mut carol, |message| {
+        matches!(
+            message,
+            ServerMessage::Error {
+                request_id: Some(RequestId(7)),
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(matches!(
+        refused,
+        ServerMessage::Error {
+            code: calling_api::ErrorCode::CLUSTER_UNAVAILABLE,
+            ..
+        }
+    ));
+    // The call in progress goes on: signaling and audio across nodes.
+    alice
+        .send
+        .send(&ClientMessage::Microphone { muted: true })
+        .await
+        .unwrap();
+    until(&mut bob, |message| {
+        matches!(
+            message,
+            ServerMessage::AudioAvailability {
+                available: false,
+                ..
+            }
+        )
+    })
+    .await;
+    let mut heard = false;
+    for sequence in 0..50 {
+        alice
+            .connection
+            .send_datagram(datagram(1, sequence, b"no redis").into())
+            .unwrap();
+        if next_datagram(&bob).await.is_some() {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "media never waits for Redis");
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(gone.elapsed())).await;
+
+    // Back (empty: no persistence), and everything recovers by itself:
+    // the same control, in the same term, nobody's session lost.
+    cluster.redis.resume().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut request = 10;
+    loop {
+        request += 1;
+        invite(&mut carol, request, &["dave"]).await;
+        let answer = until(&mut carol, |message| {
+            matches!(message, ServerMessage::Ack { request_id, .. } | ServerMessage::Error { request_id: Some(request_id), .. } if *request_id == RequestId(request))
+        })
+        .await;
+        if matches!(answer, ServerMessage::Ack { .. }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new calls work again: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until(&mut dave, |message| {
+        matches!(message, ServerMessage::Invited { .. })
+    })
+    .await;
+    assert_eq!(cluster.statuses().await, before);
+    bob.send
+        .send(&ClientMessage::Hangup {
+            request_id: RequestId(2),
+        })
+        .await
+        .unwrap();
+    until(&mut alice, |message| {
+        matches!(message, ServerMessage::CallEnded { .. })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_control_hands_over_and_users_log_in_again() {
+    let redis = RedisServer::start().unwrap();
+    let tag = "control-kill";
+    let (mut control, _, _) = child_node(&redis, tag).await;
+    // The child takes the role before the others start.
+    let store = calling_server::cluster_store::RedisStore::new(
+        &redis.url(),
+        &format!("test-{tag}-{}", std::process::id()),
+    )
+    .unwrap();
+    let ask = calling_cluster::StoreRequest::ClaimControl {
+        node: calling_cluster::NodeId(0),
+        addr: String::new(),
+        term: None,
+        highest_seen: 0,
+        take: false,
+        lease: Duration::from_secs(1),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.run(&ask).await == calling_cluster::StoreReply::Control(None) {
+        assert!(Instant::now() < deadline, "the child takes the control");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = node(&redis, tag, 1).await;
+    let right = node(&redis, tag, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a, b) = (status(&left).await, status(&right).await);
+        if a.ready && b.ready && a.control == b.control && !a.hosting && !b.hosting {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child holds the control: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old_term = status(&left).await.control.unwrap().1;
+    let mut alice = raw_login(&left, "alice").await;
+    let mut bob = raw_login(&right, "bob").await;
+    raw_call(&mut alice, &mut bob, "bob").await;
+
+    control.kill();
+    let killed = Instant::now();
+    // The sessions the dead control held are over: the clients are closed.
+    for client in [&alice, &bob] {
+        tokio::time::timeout(Duration::from_secs(10), client.connection.closed())
+            .await
+            .expect("closed once the control is gone");
+    }
+    // A new control in a new term; users log in again and call.
+    let app = app();
+    let mut alice = login_at(
+        left.server.local_addr(),
+        left.server.fingerprint(),
+        &app,
+        "alice",
+    )
+    .await;
+    let mut bob = login_at(
+        right.server.local_addr(),
+        right.server.fingerprint(),
+        &app,
+        "bob",
+    )
+    .await;
+    let recovered = killed.elapsed();
+    assert!(
+        recovered < Duration::from_secs(10),
+        "recovered after {recovered:?}"
+    );
+    let (a, b) = (status(&left).await, status(&right).await);
+    assert_eq!(a.control, b.control);
+    assert!(a.control.is_some_and(|(_, term)| term > old_term));
+    assert!(a.hosting != b.hosting, "one of the two hosts it now");
+    raw_call(&mut alice, &mut bob, "bob").await;
 }
