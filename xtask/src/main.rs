@@ -28,6 +28,9 @@ commands:
   package every published crate packaged and verified (cargo package), each built and
           unit- and doc-tested on its own with its default features and with none
   demo    a real server and five users over QUIC, printing each user's events
+  cluster-demo
+          Redis and three server processes as one cluster on loopback; a call
+          whose members sit on different nodes, then one node killed
   bench   the benchmarks, each figure beside its baseline
   fuzz    the fuzzing harness for longer: fuzz [SECONDS] [SEED] (default 300 s)
   help    this text
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         }
         Some("ci") => ci(),
         Some("demo") => demo(&args[1..]),
+        Some("cluster-demo") => cluster_demo(),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("package") => Tools::provision().and_then(|tools| package(&tools)),
@@ -210,6 +214,38 @@ fn demo(args: &[String]) -> Result {
                 "--",
             ])
             .args(args),
+    )
+}
+
+/// Redis and three `calling-server` processes forming a cluster on
+/// loopback, and a call whose members sit on different nodes.
+fn cluster_demo() -> Result {
+    let tools = Tools::provision()?;
+    ensure_redis()?;
+    step(
+        "cluster demo: build the server",
+        tools
+            .apply(&mut cargo())
+            .args(["build", "--quiet", "--release", "-p", "calling-server"]),
+    )?;
+    let server = workspace_root()
+        .join("target")
+        .join("release")
+        .join("calling-server");
+    step(
+        "cluster demo: Redis, three nodes, three users on different nodes",
+        tools
+            .apply(&mut cargo())
+            .env("OPENCALLING_SERVER_BIN", server)
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "calling-facade",
+                "--example",
+                "cluster_demo",
+            ]),
     )
 }
 

@@ -500,9 +500,6 @@ fn on_login(switchboard: &mut Board, links: &mut Links, env: &Env, now: Instant,
         .is_some_and(|book| book.resumable);
     let _ = session.send(attached.map(|conn| (conn, resumable)));
     dispatch(switchboard, links, env);
-    if let Some(conn) = attached.filter(|_| resume.is_none()) {
-        introduce_session(switchboard, links, conn);
-    }
 }
 
 /// A fresh session token from the system's random generator.
@@ -788,7 +785,14 @@ fn dispatch(switchboard: &mut Board, links: &mut Links, env: &Env) {
                         // Detached: the books keep it for the resume.
                         continue;
                     };
+                    // A login's answer, in a cluster, comes later than the
+                    // login: what the client needs to resume follows it.
+                    let logged_in = matches!(
+                        message,
+                        ServerMessage::LoginResult { code, .. } if code.is_ok()
+                    );
                     match outbox.try_send(Outbound::Message(message)) {
+                        Ok(()) if logged_in => introduce_session(switchboard, links, conn),
                         Ok(()) => {}
                         Err(TrySendError::Full(_)) => {
                             warn!(

@@ -624,3 +624,34 @@ async fn a_killed_control_hands_over_and_users_log_in_again() {
     assert!(a.hosting != b.hosting, "one of the two hosts it now");
     raw_call(&mut alice, &mut bob, "bob").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_login_on_a_node_learns_its_session_after_the_answer() {
+    // The answer comes from the control, later than on a single server:
+    // the session's token must still follow it, or the client never sends
+    // heartbeats and its node takes its silence for a broken network.
+    let cluster = TestCluster::start("session", 2).await;
+    let (_, others) = cluster.roles().await;
+    let node = &cluster.nodes[others[0]];
+    let mut client = node.raw_client().await;
+    client
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: 2,
+            sdk_app_id: node.app.sdk_app_id,
+            user_id: uid("erin"),
+            user_sig: node.sig("erin").into(),
+        })
+        .await
+        .unwrap();
+    let first = client.recv.recv().await.unwrap().unwrap();
+    assert!(
+        matches!(first, ServerMessage::LoginResult { code, .. } if code.is_ok()),
+        "{first:?}"
+    );
+    let second = client.recv.recv().await.unwrap().unwrap();
+    assert!(
+        matches!(second, ServerMessage::Session { .. }),
+        "{second:?}"
+    );
+}
