@@ -155,6 +155,8 @@ enum Pending {
     Register,
     Claim,
     LiveNodes,
+    /// Deregistering, giving the role up: nothing to do with the answer.
+    Leave,
 }
 
 #[derive(Debug)]
@@ -202,6 +204,8 @@ pub struct ClusterNode {
     following: Option<Following>,
     hosting: Option<Hosting>,
     next_ack: Instant,
+    /// Stopping: no more registrations or claims.
+    leaving: bool,
     outputs: VecDeque<NodeOutput>,
 }
 
@@ -219,6 +223,7 @@ impl ClusterNode {
             following: None,
             hosting: None,
             next_ack: now,
+            leaving: false,
             outputs: VecDeque::new(),
         };
         node.handle_timeout(now);
@@ -258,6 +263,21 @@ impl ClusterNode {
     /// call [`ClusterNode::drain_control`] afterwards.
     pub fn control_mut(&mut self) -> Option<&mut Control> {
         self.hosting.as_mut().map(|hosting| &mut hosting.control)
+    }
+
+    /// The node is stopping: it leaves the registry and, if it holds the
+    /// control role, gives it up, so that another node takes it at once
+    /// rather than when its lease lapses.
+    pub fn leave(&mut self, now: Instant) {
+        let node = self.config.node;
+        self.leaving = true;
+        self.request(Pending::Leave, StoreRequest::Deregister { node });
+        if let Some(hosting) = &self.hosting {
+            let term = hosting.term;
+            self.request(Pending::Leave, StoreRequest::ReleaseControl { node, term });
+        }
+        self.claim.release(now);
+        self.registration.release(now);
     }
 
     /// Routes what the control produced after an operator's action.
@@ -432,6 +452,7 @@ impl ClusterNode {
                 self.registry_read(now, &live);
             }
             (Pending::LiveNodes, _) => self.store_unreachable(now),
+            (Pending::Leave, _) => {}
         }
         self.check_hold(now);
     }
@@ -444,6 +465,9 @@ impl ClusterNode {
     /// Does what is due: store requests, given-up links, acknowledgements,
     /// the control's timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.leaving {
+            return;
+        }
         if self.registration.poll_request(now).is_some() {
             self.request(
                 Pending::Register,
@@ -513,6 +537,9 @@ impl ClusterNode {
 
     /// When to call [`ClusterNode::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.leaving {
+            return None;
+        }
         let grace = self.config.link_grace;
         let control_link = self
             .following

@@ -451,3 +451,33 @@ fn a_store_that_restarts_without_its_data_keeps_the_control_and_every_session() 
         assert_eq!(term, 2, "seed {seed}: a new term, never an old one");
     }
 }
+
+#[test]
+fn a_control_that_stops_gracefully_is_replaced_sooner_than_a_dead_one() {
+    let handover = |graceful: bool| {
+        let mut cluster = Cluster::new(3, 300);
+        cluster.settle();
+        let old = cluster.control();
+        if graceful {
+            cluster.stop(old);
+        } else {
+            cluster.kill(old);
+        }
+        let stopped = cluster.now;
+        let handed_over = cluster.run_until(Duration::from_secs(8), |cluster| {
+            cluster.settled()
+                && cluster
+                    .holders()
+                    .values()
+                    .all(|holder| holder.is_some_and(|(node, _)| node != old))
+        });
+        assert!(handed_over);
+        cluster.now - stopped
+    };
+    let (graceful, dead) = (handover(true), handover(false));
+    assert!(
+        graceful + Duration::from_secs(1) < dead,
+        "graceful {graceful:?}, dead {dead:?}"
+    );
+    assert!(graceful < Duration::from_millis(2_500), "{graceful:?}");
+}

@@ -423,6 +423,8 @@ impl ClusterBoard {
         self.pump();
     }
 
+    /// An error for `conn`'s client: a refused request, or (no request) a
+    /// notice.
     fn refuse(
         &mut self,
         conn: ConnId,
@@ -482,11 +484,15 @@ impl ClusterBoard {
                 .node
                 .handle_client(now, ToControl::Expelled { conn: conn.0 });
             self.sessions.remove(&conn);
+            // As a single server tells its clients (their calls end for
+            // them with "server"; the others hear them leave).
+            self.refuse(conn, None, ErrorCode::SERVER_SHUTDOWN);
             self.steps.push_back(Step::Close {
                 conn,
                 code: ErrorCode::SERVER_SHUTDOWN,
             });
         }
+        self.node.leave(now);
         self.pump();
     }
 

@@ -361,6 +361,18 @@ impl Cluster {
         self.store_replies.retain(|(_, node, ..)| *node != id);
     }
 
+    /// A graceful stop: the node leaves the store (its requests applied
+    /// at once) and its links close now.
+    pub fn stop(&mut self, id: NodeId) {
+        if let Some(proc) = self.procs.get_mut(&id) {
+            proc.node.leave(self.now);
+        }
+        self.drain(id);
+        self.procs.remove(&id);
+        self.store_replies.retain(|(_, node, ..)| *node != id);
+        self.break_links_of(id);
+    }
+
     fn delay(&mut self) -> Duration {
         let jitter = u64::try_from(self.jitter.as_micros()).unwrap();
         self.latency + Duration::from_micros(self.rng.below(jitter + 1))
