@@ -9,119 +9,6 @@ use calling_facade::CallOptions;
 use crate::support::*;
 
 #[tokio::test]
-async fn on_invited_on_user_enter_and_audio_available() {
-    let server = TestServer::start("invited").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    connect(&mut alice, &mut bob).await;
-}
-
-#[tokio::test]
-async fn on_reject_ends_the_callers_call() {
-    let server = TestServer::start("reject").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    alice.calling.call("bob", CallType::Audio).await.unwrap();
-    bob.expect(&[invited("alice", &[])]).await;
-    bob.calling.reject().await.unwrap();
-    alice
-        .expect(&[CallingEvent::Reject {
-            user_id: uid("bob"),
-        }])
-        .await;
-    alice.expect_end(EndReason::Rejected).await;
-    bob.expect_quiet(Duration::from_millis(200)).await;
-}
-
-#[tokio::test]
-async fn on_no_resp_and_on_calling_time_out_with_a_per_call_timeout() {
-    let server = TestServer::start("timeout").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    let options = CallOptions {
-        timeout_ms: Some(400),
-        user_data: None,
-    };
-    alice
-        .calling
-        .call_with("bob", CallType::Audio, options)
-        .await
-        .unwrap();
-    bob.expect(&[invited("alice", &[]), CallingEvent::CallingTimeOut])
-        .await;
-    alice.expect_no_response("bob").await;
-    // The timeout ended it: accepting now is refused.
-    assert_eq!(
-        bob.calling.accept().await.unwrap_err().code,
-        ErrorCode::NO_INVITATION
-    );
-}
-
-#[tokio::test]
-async fn on_line_busy_leaves_the_busy_call_alone() {
-    let server = TestServer::start("busy").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    let mut carol = server.user("carol").await;
-    connect(&mut alice, &mut bob).await;
-    carol.calling.call("bob", CallType::Audio).await.unwrap();
-    carol
-        .expect(&[CallingEvent::LineBusy {
-            user_id: uid("bob"),
-        }])
-        .await;
-    carol.expect_end(EndReason::LineBusy).await;
-    bob.expect_quiet(Duration::from_millis(200)).await;
-    alice.expect_quiet(Duration::from_millis(10)).await;
-}
-
-#[tokio::test]
-async fn on_calling_cancel_when_the_caller_hangs_up_first() {
-    let server = TestServer::start("cancel").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    alice.calling.call("bob", CallType::Audio).await.unwrap();
-    bob.expect(&[invited("alice", &[])]).await;
-    alice.calling.hangup().await.unwrap();
-    bob.expect(&[CallingEvent::CallingCancel]).await;
-    alice.expect_end(EndReason::Cancelled).await;
-}
-
-#[tokio::test]
-async fn on_user_leave_and_on_call_end() {
-    let server = TestServer::start("leave").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    connect(&mut alice, &mut bob).await;
-    bob.calling.hangup().await.unwrap();
-    bob.expect_end(EndReason::Hangup).await;
-    alice.expect_leave_then_end("bob", EndReason::Hangup).await;
-}
-
-#[tokio::test]
-async fn on_user_audio_available_follows_mute() {
-    let server = TestServer::start("mute").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    connect(&mut alice, &mut bob).await;
-    bob.calling.set_mic_mute(true);
-    assert!(bob.calling.is_mic_muted());
-    alice
-        .expect(&[CallingEvent::UserAudioAvailable {
-            user_id: uid("bob"),
-            available: false,
-        }])
-        .await;
-    bob.calling.set_mic_mute(false);
-    alice
-        .expect(&[CallingEvent::UserAudioAvailable {
-            user_id: uid("bob"),
-            available: true,
-        }])
-        .await;
-}
-
-#[tokio::test]
 async fn on_user_voice_volume_reports_periodically_in_a_call() {
     let server = TestServer::start("volume").await;
     let mut options = server.options();
@@ -150,119 +37,6 @@ async fn on_user_voice_volume_reports_periodically_in_a_call() {
             reports += 1;
         }
     }
-}
-
-#[tokio::test]
-async fn on_error_when_kicked_by_a_second_login() {
-    let server = TestServer::start("kick").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    connect(&mut alice, &mut bob).await;
-    let mut alice_again = server.user("alice").await;
-    alice.expect_end(EndReason::Kicked).await;
-    alice
-        .expect(&[
-            CallingEvent::Error {
-                code: ErrorCode::KICKED_OFFLINE,
-                msg: ErrorCode::KICKED_OFFLINE.message().into(),
-            },
-            CallingEvent::KickedOffline,
-        ])
-        .await;
-    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
-    // The kicked instance can do nothing more; the new one is reachable.
-    assert_eq!(
-        alice
-            .calling
-            .call("bob", CallType::Audio)
-            .await
-            .unwrap_err()
-            .code,
-        ErrorCode::NOT_LOGGED_IN
-    );
-    bob.calling.call("alice", CallType::Audio).await.unwrap();
-    alice_again.expect(&[invited("bob", &[])]).await;
-}
-
-#[tokio::test]
-async fn a_three_way_call() {
-    let server = TestServer::start("three").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    let mut carol = server.user("carol").await;
-    connect(&mut alice, &mut bob).await;
-    alice.calling.call("carol", CallType::Audio).await.unwrap();
-    carol.expect(&[invited("alice", &["bob"])]).await;
-    carol.calling.accept().await.unwrap();
-    alice.expect(&enter("carol")).await;
-    bob.expect(&enter("carol")).await;
-    let mut carol_saw = Vec::new();
-    for _ in 0..4 {
-        carol_saw.push(carol.next().await);
-    }
-    for other in ["alice", "bob"] {
-        for event in enter(other) {
-            assert!(
-                carol_saw.contains(&event),
-                "carol missed {event:?}: {carol_saw:?}"
-            );
-        }
-    }
-    // One leaves: the call goes on for the other two.
-    carol.calling.hangup().await.unwrap();
-    carol.expect_end(EndReason::Hangup).await;
-    alice
-        .expect(&[CallingEvent::UserLeave {
-            user_id: uid("carol"),
-        }])
-        .await;
-    bob.expect(&[CallingEvent::UserLeave {
-        user_id: uid("carol"),
-    }])
-    .await;
-    alice.expect_quiet(Duration::from_millis(200)).await;
-    alice.calling.hangup().await.unwrap();
-    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
-}
-
-#[tokio::test]
-async fn glare_ends_in_one_call() {
-    let server = TestServer::start("glare").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    // Both dial at once; whichever way the race goes, they end up together.
-    let (from_alice, from_bob) = tokio::join!(
-        alice
-            .calling
-            .call_with("bob", CallType::Audio, CallOptions::default()),
-        bob.calling
-            .call_with("alice", CallType::Audio, CallOptions::default())
-    );
-    match (from_alice, from_bob) {
-        (Ok(a), Ok(b)) => {
-            assert_eq!(a, b, "one call, not two");
-            alice.expect(&enter("bob")).await;
-            bob.expect(&enter("alice")).await;
-        }
-        // Bob's invitation rang before his own call left: he is told to
-        // answer it, and does.
-        (Ok(_), Err(error)) => {
-            assert_eq!(error.code, ErrorCode::WRONG_CALL_STATE);
-            bob.expect(&[invited("alice", &[])]).await;
-            bob.calling.accept().await.unwrap();
-            alice.expect(&enter("bob")).await;
-            bob.expect(&enter("alice")).await;
-        }
-        (Err(error), Ok(_)) => {
-            assert_eq!(error.code, ErrorCode::WRONG_CALL_STATE);
-            alice.expect(&[invited("bob", &[])]).await;
-            alice.calling.accept().await.unwrap();
-            alice.expect(&enter("bob")).await;
-            bob.expect(&enter("alice")).await;
-        }
-        (Err(a), Err(b)) => panic!("both calls failed: {a}, {b}"),
-    }
-    assert_eq!(server.server.stats().await.unwrap().calls, 1);
 }
 
 #[tokio::test]
@@ -358,22 +132,6 @@ async fn the_api_in_the_wrong_state_is_an_error_not_a_panic() {
 }
 
 #[tokio::test]
-async fn an_offline_user_rings_until_it_logs_in_and_answers() {
-    let server = TestServer::start("offline").await;
-    let mut alice = server.user("alice").await;
-    alice.calling.call("bob", CallType::Audio).await.unwrap();
-    // Bob's phone wakes (a push, in production) and his app logs in.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut bob = server.user("bob").await;
-    bob.expect(&[invited("alice", &[])]).await;
-    bob.calling.accept().await.unwrap();
-    alice.expect(&enter("bob")).await;
-    bob.expect(&enter("alice")).await;
-    alice.calling.hangup().await.unwrap();
-    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
-}
-
-#[tokio::test]
 async fn an_offline_user_may_be_answered_at_once_instead() {
     let mut config = test_config("offline-at-once");
     config.switchboard.ring_offline_invitees = false;
@@ -385,61 +143,6 @@ async fn an_offline_user_may_be_answered_at_once_instead() {
         .await
         .unwrap();
     alice.expect_no_response("nobody_home").await;
-}
-
-#[tokio::test]
-async fn logout_ends_the_call_and_listeners_hear_everything() {
-    use std::sync::{Arc, Mutex};
-    let server = TestServer::start("logout").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    let heard = Arc::new(Mutex::new(Vec::new()));
-    let listener = {
-        let heard = Arc::clone(&heard);
-        bob.calling.register_listener(move |event: &CallingEvent| {
-            if event.original_name().is_some()
-                && !matches!(event, CallingEvent::UserVoiceVolume { .. })
-            {
-                heard
-                    .lock()
-                    .unwrap()
-                    .push(event.original_name().unwrap_or_default());
-            }
-        })
-    };
-    connect(&mut alice, &mut bob).await;
-    alice.calling.logout().await.unwrap();
-    alice.expect_end(EndReason::Hangup).await;
-    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
-    assert_eq!(
-        *heard.lock().unwrap(),
-        [
-            "onInvited",
-            "onUserEnter",
-            "onUserAudioAvailable",
-            "onUserLeave",
-            "onCallEnd"
-        ]
-    );
-    assert!(bob.calling.unregister_listener(listener));
-    assert!(!bob.calling.unregister_listener(listener));
-    // Logged out: calling is impossible; logging in again works.
-    assert_eq!(
-        alice
-            .calling
-            .call("bob", CallType::Audio)
-            .await
-            .unwrap_err()
-            .code,
-        ErrorCode::NOT_LOGGED_IN
-    );
-    alice
-        .calling
-        .login(server.app.sdk_app_id, "alice", &server.sig("alice"))
-        .await
-        .unwrap();
-    alice.calling.call("bob", CallType::Audio).await.unwrap();
-    bob.expect(&[invited("alice", &[])]).await;
 }
 
 /// An application that shuts down and exits right away: the peer hears of
@@ -550,4 +253,305 @@ async fn a_development_server_is_found_by_its_data_directory() {
     );
     let elsewhere = temp_dir("no-server-here");
     assert!(calling_facade::dev::DevServer::from_data_dir(&elsewhere).is_err());
+}
+
+/// Each scenario runs twice: on one server, and with its users placed in
+/// turn on three cluster nodes sharing one Redis (every message between
+/// them then crosses the cluster's control, see docs/decisions/0007).
+macro_rules! on_one_server_and_on_three_nodes {
+    ($( $(#[$meta:meta])* async fn $name:ident($world:ident) $body:block )*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                use super::*;
+
+                async fn scenario($world: World) $body
+
+                #[tokio::test]
+                async fn on_one_server() {
+                    scenario(World::one_server(stringify!($name)).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_three_nodes() {
+                    scenario(World::three_nodes(stringify!($name)).await).await;
+                }
+            }
+        )*
+    };
+}
+
+on_one_server_and_on_three_nodes! {
+    async fn on_invited_on_user_enter_and_audio_available(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        connect(&mut alice, &mut bob).await;
+    }
+
+    async fn on_reject_ends_the_callers_call(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        alice.calling.call("bob", CallType::Audio).await.unwrap();
+        bob.expect(&[invited("alice", &[])]).await;
+        bob.calling.reject().await.unwrap();
+        alice
+            .expect(&[CallingEvent::Reject {
+                user_id: uid("bob"),
+            }])
+            .await;
+        alice.expect_end(EndReason::Rejected).await;
+        bob.expect_quiet(Duration::from_millis(200)).await;
+    }
+
+    async fn on_no_resp_and_on_calling_time_out_with_a_per_call_timeout(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        let options = CallOptions {
+            timeout_ms: Some(400),
+            user_data: None,
+        };
+        alice
+            .calling
+            .call_with("bob", CallType::Audio, options)
+            .await
+            .unwrap();
+        bob.expect(&[invited("alice", &[]), CallingEvent::CallingTimeOut])
+            .await;
+        alice.expect_no_response("bob").await;
+        // The timeout ended it: accepting now is refused.
+        assert_eq!(
+            bob.calling.accept().await.unwrap_err().code,
+            ErrorCode::NO_INVITATION
+        );
+    }
+
+    async fn on_line_busy_leaves_the_busy_call_alone(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        let mut carol = server.user("carol").await;
+        connect(&mut alice, &mut bob).await;
+        carol.calling.call("bob", CallType::Audio).await.unwrap();
+        carol
+            .expect(&[CallingEvent::LineBusy {
+                user_id: uid("bob"),
+            }])
+            .await;
+        carol.expect_end(EndReason::LineBusy).await;
+        bob.expect_quiet(Duration::from_millis(200)).await;
+        alice.expect_quiet(Duration::from_millis(10)).await;
+    }
+
+    async fn on_calling_cancel_when_the_caller_hangs_up_first(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        alice.calling.call("bob", CallType::Audio).await.unwrap();
+        bob.expect(&[invited("alice", &[])]).await;
+        alice.calling.hangup().await.unwrap();
+        bob.expect(&[CallingEvent::CallingCancel]).await;
+        alice.expect_end(EndReason::Cancelled).await;
+    }
+
+    async fn on_user_leave_and_on_call_end(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        connect(&mut alice, &mut bob).await;
+        bob.calling.hangup().await.unwrap();
+        bob.expect_end(EndReason::Hangup).await;
+        alice.expect_leave_then_end("bob", EndReason::Hangup).await;
+    }
+
+    async fn on_user_audio_available_follows_mute(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        connect(&mut alice, &mut bob).await;
+        bob.calling.set_mic_mute(true);
+        assert!(bob.calling.is_mic_muted());
+        alice
+            .expect(&[CallingEvent::UserAudioAvailable {
+                user_id: uid("bob"),
+                available: false,
+            }])
+            .await;
+        bob.calling.set_mic_mute(false);
+        alice
+            .expect(&[CallingEvent::UserAudioAvailable {
+                user_id: uid("bob"),
+                available: true,
+            }])
+            .await;
+    }
+
+    async fn on_error_when_kicked_by_a_second_login(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        connect(&mut alice, &mut bob).await;
+        let mut alice_again = server.user("alice").await;
+        alice.expect_end(EndReason::Kicked).await;
+        alice
+            .expect(&[
+                CallingEvent::Error {
+                    code: ErrorCode::KICKED_OFFLINE,
+                    msg: ErrorCode::KICKED_OFFLINE.message().into(),
+                },
+                CallingEvent::KickedOffline,
+            ])
+            .await;
+        bob.expect_leave_then_end("alice", EndReason::Hangup).await;
+        // The kicked instance can do nothing more; the new one is reachable.
+        assert_eq!(
+            alice
+                .calling
+                .call("bob", CallType::Audio)
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::NOT_LOGGED_IN
+        );
+        bob.calling.call("alice", CallType::Audio).await.unwrap();
+        alice_again.expect(&[invited("bob", &[])]).await;
+    }
+
+    async fn a_three_way_call(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        let mut carol = server.user("carol").await;
+        connect(&mut alice, &mut bob).await;
+        alice.calling.call("carol", CallType::Audio).await.unwrap();
+        carol.expect(&[invited("alice", &["bob"])]).await;
+        carol.calling.accept().await.unwrap();
+        alice.expect(&enter("carol")).await;
+        bob.expect(&enter("carol")).await;
+        let mut carol_saw = Vec::new();
+        for _ in 0..4 {
+            carol_saw.push(carol.next().await);
+        }
+        for other in ["alice", "bob"] {
+            for event in enter(other) {
+                assert!(
+                    carol_saw.contains(&event),
+                    "carol missed {event:?}: {carol_saw:?}"
+                );
+            }
+        }
+        // One leaves: the call goes on for the other two.
+        carol.calling.hangup().await.unwrap();
+        carol.expect_end(EndReason::Hangup).await;
+        alice
+            .expect(&[CallingEvent::UserLeave {
+                user_id: uid("carol"),
+            }])
+            .await;
+        bob.expect(&[CallingEvent::UserLeave {
+            user_id: uid("carol"),
+        }])
+        .await;
+        alice.expect_quiet(Duration::from_millis(200)).await;
+        alice.calling.hangup().await.unwrap();
+        bob.expect_leave_then_end("alice", EndReason::Hangup).await;
+    }
+
+    async fn glare_ends_in_one_call(server) {
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        // Both dial at once; whichever way the race goes, they end up together.
+        let (from_alice, from_bob) = tokio::join!(
+            alice
+                .calling
+                .call_with("bob", CallType::Audio, CallOptions::default()),
+            bob.calling
+                .call_with("alice", CallType::Audio, CallOptions::default())
+        );
+        match (from_alice, from_bob) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "one call, not two");
+                alice.expect(&enter("bob")).await;
+                bob.expect(&enter("alice")).await;
+            }
+            // Bob's invitation rang before his own call left: he is told to
+            // answer it, and does.
+            (Ok(_), Err(error)) => {
+                assert_eq!(error.code, ErrorCode::WRONG_CALL_STATE);
+                bob.expect(&[invited("alice", &[])]).await;
+                bob.calling.accept().await.unwrap();
+                alice.expect(&enter("bob")).await;
+                bob.expect(&enter("alice")).await;
+            }
+            (Err(error), Ok(_)) => {
+                assert_eq!(error.code, ErrorCode::WRONG_CALL_STATE);
+                alice.expect(&[invited("bob", &[])]).await;
+                alice.calling.accept().await.unwrap();
+                alice.expect(&enter("bob")).await;
+                bob.expect(&enter("alice")).await;
+            }
+            (Err(a), Err(b)) => panic!("both calls failed: {a}, {b}"),
+        }
+        assert_eq!(server.calls().await, 1);
+    }
+
+    async fn an_offline_user_rings_until_it_logs_in_and_answers(server) {
+        let mut alice = server.user("alice").await;
+        alice.calling.call("bob", CallType::Audio).await.unwrap();
+        // Bob's phone wakes (a push, in production) and his app logs in.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut bob = server.user("bob").await;
+        bob.expect(&[invited("alice", &[])]).await;
+        bob.calling.accept().await.unwrap();
+        alice.expect(&enter("bob")).await;
+        bob.expect(&enter("alice")).await;
+        alice.calling.hangup().await.unwrap();
+        bob.expect_leave_then_end("alice", EndReason::Hangup).await;
+    }
+
+    async fn logout_ends_the_call_and_listeners_hear_everything(server) {
+        use std::sync::{Arc, Mutex};
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let listener = {
+            let heard = Arc::clone(&heard);
+            bob.calling.register_listener(move |event: &CallingEvent| {
+                if event.original_name().is_some()
+                    && !matches!(event, CallingEvent::UserVoiceVolume { .. })
+                {
+                    heard
+                        .lock()
+                        .unwrap()
+                        .push(event.original_name().unwrap_or_default());
+                }
+            })
+        };
+        connect(&mut alice, &mut bob).await;
+        alice.calling.logout().await.unwrap();
+        alice.expect_end(EndReason::Hangup).await;
+        bob.expect_leave_then_end("alice", EndReason::Hangup).await;
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [
+                "onInvited",
+                "onUserEnter",
+                "onUserAudioAvailable",
+                "onUserLeave",
+                "onCallEnd"
+            ]
+        );
+        assert!(bob.calling.unregister_listener(listener));
+        assert!(!bob.calling.unregister_listener(listener));
+        // Logged out: calling is impossible; logging in again works.
+        assert_eq!(
+            alice
+                .calling
+                .call("bob", CallType::Audio)
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::NOT_LOGGED_IN
+        );
+        alice
+            .calling
+            .login(server.app.sdk_app_id, "alice", &server.sig("alice"))
+            .await
+            .unwrap();
+        alice.calling.call("bob", CallType::Audio).await.unwrap();
+        bob.expect(&[invited("alice", &[])]).await;
+    }
 }

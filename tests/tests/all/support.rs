@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use calling_api::{CallingEvent, EndReason, UserId};
@@ -217,4 +217,76 @@ pub async fn connect(caller: &mut User, callee: &mut User) {
     callee.calling.accept().await.unwrap();
     caller.expect(&enter(callee.id.as_str())).await;
     callee.expect(&enter(caller.id.as_str())).await;
+}
+
+/// Where a scenario runs: one server, or three cluster nodes on one Redis
+/// with users placed on them in turn (a user's second login lands on
+/// another node than its first).
+pub struct World {
+    pub nodes: Vec<TestServer>,
+    /// The cluster's Redis, kept running as long as the world.
+    _redis: Option<opencalling_tests::redis::RedisServer>,
+    pub app: AppCredentials,
+    placed: AtomicUsize,
+}
+
+impl World {
+    pub async fn one_server(tag: &str) -> Self {
+        let server = TestServer::start(tag).await;
+        let app = server.app.clone();
+        Self {
+            nodes: vec![server],
+            _redis: None,
+            app,
+            placed: AtomicUsize::new(0),
+        }
+    }
+
+    pub async fn three_nodes(tag: &str) -> Self {
+        let cluster = crate::cluster::TestCluster::start(tag, 3).await;
+        let app = cluster.nodes[0].app.clone();
+        Self {
+            nodes: cluster.nodes,
+            _redis: Some(cluster.redis),
+            app,
+            placed: AtomicUsize::new(0),
+        }
+    }
+
+    /// The node the next user goes to.
+    fn next_node(&self) -> &TestServer {
+        let turn = self.placed.fetch_add(1, Ordering::Relaxed);
+        &self.nodes[turn % self.nodes.len()]
+    }
+
+    /// A new SDK instance logged in as `user`, on the next node.
+    pub async fn user(&self, user: &str) -> User {
+        self.next_node().user(user).await
+    }
+
+    /// A valid UserSig for `user` (every node serves the same app).
+    pub fn sig(&self, user: &str) -> String {
+        self.nodes[0].sig(user)
+    }
+
+    /// Calls ringing or connected, as the switchboard of record counts
+    /// them (in a cluster: the control's).
+    pub async fn calls(&self) -> usize {
+        for node in &self.nodes {
+            if let Some(calling_server::AdminReply::Calls(calls)) =
+                node.server.admin(calling_server::AdminRequest::Calls).await
+            {
+                let hosts = node
+                    .server
+                    .stats()
+                    .await
+                    .and_then(|stats| stats.cluster)
+                    .is_none_or(|cluster| cluster.hosting);
+                if hosts {
+                    return calls.len();
+                }
+            }
+        }
+        panic!("no node answers for the switchboard of record")
+    }
 }
