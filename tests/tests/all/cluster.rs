@@ -655,3 +655,142 @@ async fn a_resumable_login_on_a_node_learns_its_session_after_the_answer() {
         "{second:?}"
     );
 }
+
+/// Reads what arrives for `client` within `quiet` of the last message.
+async fn drain_messages(client: &mut ClientConnection, quiet: Duration) -> Vec<ServerMessage> {
+    let mut messages = Vec::new();
+    while let Ok(Ok(Some(message))) = tokio::time::timeout(quiet, client.recv.recv()).await {
+        messages.push(message);
+    }
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_invitations_across_nodes_never_double_book() {
+    let cluster = TestCluster::start("race", 3).await;
+    let names: Vec<String> = (0..9).map(|index| format!("racer{index}")).collect();
+    let mut clients = Vec::new();
+    for (index, name) in names.iter().enumerate() {
+        clients.push(raw_login(&cluster.nodes[index % 3], name).await);
+    }
+    // Each invites the next one round the ring (on another node), and
+    // racer0 and racer4 also dial each other: glare across nodes. All at
+    // once.
+    let targets: Vec<Vec<String>> = (0..9)
+        .map(|index| {
+            let mut targets = vec![names[(index + 1) % 9].clone()];
+            if index == 4 {
+                targets = vec![names[0].clone()];
+            }
+            targets
+        })
+        .collect();
+    let sends = clients.iter_mut().zip(&targets).map(|(client, targets)| {
+        let invite = ClientMessage::Invite {
+            request_id: RequestId(1),
+            call_id: None,
+            user_ids: targets.iter().map(|target| uid(target)).collect(),
+            call_type: calling_api::CallType::Audio,
+            timeout_ms: None,
+            user_data: None,
+        };
+        async move { client.send.send(&invite).await.unwrap() }
+    });
+    futures_util::future::join_all(sends).await;
+    let mut seen: Vec<Vec<ServerMessage>> = Vec::new();
+    for client in &mut clients {
+        seen.push(drain_messages(client, Duration::from_millis(300)).await);
+    }
+    // Everyone rung accepts.
+    for (client, messages) in clients.iter_mut().zip(&seen) {
+        for message in messages {
+            if let ServerMessage::Invited { call_id, .. } = message {
+                let accept = ClientMessage::Accept {
+                    request_id: RequestId(2),
+                    call_id: *call_id,
+                };
+                client.send.send(&accept).await.unwrap();
+            }
+        }
+    }
+    for (index, client) in clients.iter_mut().enumerate() {
+        seen[index].extend(drain_messages(client, Duration::from_millis(300)).await);
+    }
+    // Every request answered exactly once.
+    for (index, messages) in seen.iter().enumerate() {
+        let answers = |request: RequestId| {
+            messages
+                .iter()
+                .filter(|message| match message {
+                    ServerMessage::Ack { request_id, .. } => *request_id == request,
+                    ServerMessage::Error {
+                        request_id: Some(request_id),
+                        ..
+                    } => *request_id == request,
+                    _ => false,
+                })
+                .count()
+        };
+        assert_eq!(answers(RequestId(1)), 1, "{}: {messages:?}", names[index]);
+        let accepts = messages
+            .iter()
+            .filter(|message| matches!(message, ServerMessage::Invited { .. }))
+            .count();
+        assert_eq!(answers(RequestId(2)), accepts, "{}", names[index]);
+    }
+    // Nobody is in two calls, per the switchboard of record.
+    let Some(calling_server::AdminReply::Calls(calls)) =
+        control_admin(&cluster, calling_server::AdminRequest::Calls).await
+    else {
+        panic!("the control answers");
+    };
+    let mut booked = std::collections::BTreeMap::new();
+    for (call, _) in &calls {
+        for user in call.members.iter().chain(&call.invitees) {
+            assert!(
+                booked.insert(user.clone(), call.call_id).is_none(),
+                "{user} double-booked: {calls:?}"
+            );
+        }
+    }
+    // Everyone hangs up: every call ends, and each member hears its end once.
+    for client in &mut clients {
+        client
+            .send
+            .send(&ClientMessage::Hangup {
+                request_id: RequestId(3),
+            })
+            .await
+            .unwrap();
+    }
+    for (index, client) in clients.iter_mut().enumerate() {
+        let entered = seen[index]
+            .iter()
+            .any(|message| matches!(message, ServerMessage::UserEntered { .. }));
+        let messages = drain_messages(client, Duration::from_millis(300)).await;
+        let mut all = seen[index].clone();
+        all.extend(messages);
+        let ends = all
+            .iter()
+            .filter(|message| matches!(message, ServerMessage::CallEnded { .. }))
+            .count();
+        if entered {
+            assert_eq!(ends, 1, "{}: {all:?}", names[index]);
+        }
+    }
+    let Some(calling_server::AdminReply::Calls(calls)) =
+        control_admin(&cluster, calling_server::AdminRequest::Calls).await
+    else {
+        panic!("the control answers");
+    };
+    assert!(calls.is_empty(), "{calls:?}");
+}
+
+/// An admin request to the node that hosts the control.
+async fn control_admin(
+    cluster: &TestCluster,
+    request: calling_server::AdminRequest,
+) -> Option<calling_server::AdminReply> {
+    let (control, _) = cluster.roles().await;
+    cluster.nodes[control].server.admin(request).await
+}
