@@ -1,7 +1,8 @@
 //! A UDP proxy on loopback between clients and the server whose faults the
 //! test controls: a blackhole (nothing passes either way: a network outage,
-//! a lift, a tunnel) and a change of the source port the server sees (NAT
-//! rebinding, a new network). One upstream socket per client address.
+//! a lift, a tunnel), a change of the source port the server sees (NAT
+//! rebinding, a new network), and a new backend for new clients (a load
+//! balancer taking a node out). One upstream socket per client address.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,8 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Faults {
+    /// Where new clients' packets go (a load balancer's backend).
+    server: Mutex<SocketAddr>,
     blackhole: AtomicBool,
     /// Bumped by each source-port change: upstreams of older generations
     /// are replaced at their client's next packet.
@@ -47,8 +50,13 @@ impl FaultProxy {
                 .expect("a loopback UDP socket"),
         );
         let addr = front.local_addr().expect("a bound socket's address");
-        let faults = Arc::new(Faults::default());
-        let task = tokio::spawn(forward(front, server, Arc::clone(&faults)));
+        let faults = Arc::new(Faults {
+            server: Mutex::new(server),
+            blackhole: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(forward(front, Arc::clone(&faults)));
         Self { addr, faults, task }
     }
 
@@ -63,13 +71,24 @@ impl FaultProxy {
         self.faults.generation.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// From now on, clients not seen before go to `server` (as a load
+    /// balancer sends new flows to another backend); those seen before
+    /// stay with theirs.
+    pub fn retarget(&self, server: SocketAddr) {
+        *self
+            .faults
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = server;
+    }
+
     /// Packets lost to the blackhole so far.
     pub fn dropped(&self) -> u64 {
         self.faults.dropped.load(Ordering::Relaxed)
     }
 }
 
-async fn forward(front: Arc<UdpSocket>, server: SocketAddr, faults: Arc<Faults>) {
+async fn forward(front: Arc<UdpSocket>, faults: Arc<Faults>) {
     let upstreams: Mutex<HashMap<SocketAddr, (u64, Arc<UdpSocket>)>> = Mutex::default();
     let mut buffer = vec![0_u8; 65_536];
     loop {
@@ -93,6 +112,10 @@ async fn forward(front: Arc<UdpSocket>, server: SocketAddr, faults: Arc<Faults>)
                 let Ok(upstream) = UdpSocket::bind("127.0.0.1:0").await else {
                     continue;
                 };
+                let server = *faults
+                    .server
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if upstream.connect(server).await.is_err() {
                     continue;
                 }

@@ -184,6 +184,14 @@ impl Board {
         }
     }
 
+    /// A drain's step, after every input: in a cluster, idle sessions move
+    /// to other nodes; a single server keeps them to the end.
+    pub(crate) fn move_idle_sessions(&mut self, now: Instant) {
+        if let Self::Cluster(cluster) = self {
+            cluster.move_idle_sessions(now);
+        }
+    }
+
     pub(crate) fn set_accepting_calls(&mut self, accepting: bool) {
         match self {
             Self::Local(switchboard) => switchboard.set_accepting_calls(accepting),
@@ -274,7 +282,7 @@ impl Board {
             Self::Local(switchboard) => switchboard.call_sizes(),
             Self::Cluster(cluster) => {
                 let mut sizes = BTreeMap::new();
-                for members in cluster.calls_here.values() {
+                for (members, _) in cluster.calls_here.values() {
                     *sizes.entry(*members).or_insert(0) += 1;
                 }
                 sizes
@@ -345,8 +353,11 @@ pub(crate) struct ClusterBoard {
     pub(crate) io: ClusterIo,
     resume_grace: Duration,
     sessions: HashMap<ConnId, LocalSession>,
-    /// Calls with a member on this node, and their entered members.
-    calls_here: HashMap<CallId, usize>,
+    /// Calls with a member on this node: how many members entered them,
+    /// and which of those are here.
+    calls_here: HashMap<CallId, (usize, Vec<ConnId>)>,
+    /// Sessions here rung by an invitation, and its call.
+    ringing: HashMap<ConnId, CallId>,
     accepting_calls: bool,
     steps: std::collections::VecDeque<Step>,
 }
@@ -359,6 +370,7 @@ impl ClusterBoard {
             resume_grace,
             sessions: HashMap::new(),
             calls_here: HashMap::new(),
+            ringing: HashMap::new(),
             accepting_calls: true,
             steps: std::collections::VecDeque::new(),
         };
@@ -496,6 +508,40 @@ impl ClusterBoard {
         self.pump();
     }
 
+    /// While this node drains: its sessions in no call and rung by none
+    /// end (at the control, as if they had left) and their connections
+    /// close with `SERVER_DRAINING`; their clients log in again, which the
+    /// address they dial leads to another node. Sessions in calls stay
+    /// until their calls end.
+    fn move_idle_sessions(&mut self, now: Instant) {
+        let engaged = |conn: &ConnId| {
+            self.ringing.contains_key(conn)
+                || self
+                    .calls_here
+                    .values()
+                    .any(|(_, here)| here.contains(conn))
+        };
+        let mut idle: Vec<ConnId> = self
+            .sessions
+            .keys()
+            .filter(|conn| !engaged(conn))
+            .copied()
+            .collect();
+        idle.sort();
+        for conn in idle {
+            debug!(?conn, "draining: an idle session moves to another node");
+            let _ = self
+                .node
+                .handle_client(now, ToControl::Expelled { conn: conn.0 });
+            self.sessions.remove(&conn);
+            self.steps.push_back(Step::Close {
+                conn,
+                code: ErrorCode::SERVER_DRAINING,
+            });
+        }
+        self.pump();
+    }
+
     fn on_control(&mut self, now: Instant, act: impl FnOnce(&mut Switchboard) -> bool) -> bool {
         let Some(control) = self.node.control_mut() else {
             return false;
@@ -541,6 +587,7 @@ impl ClusterBoard {
                 NodeOutput::SessionsLost { code } => {
                     self.sessions.clear();
                     self.calls_here.clear();
+                    self.ringing.clear();
                     self.steps.push_back(Step::AllSessionsLost(code));
                 }
                 NodeOutput::Event(event) => self.steps.push_back(Step::Event(event)),
@@ -552,12 +599,26 @@ impl ClusterBoard {
     fn deliver(&mut self, message: FromControl) {
         let me = self.node.id();
         match message {
-            FromControl::Send { conn, message } => self.steps.push_back(Step::Send {
-                conn: ConnId(conn),
-                message,
-            }),
+            FromControl::Send { conn, message } => {
+                let conn = ConnId(conn);
+                match &message {
+                    ServerMessage::Invited { call_id, .. } => {
+                        self.ringing.insert(conn, *call_id);
+                    }
+                    ServerMessage::InvitationTimedOut { call_id }
+                    | ServerMessage::Cancelled { call_id }
+                    | ServerMessage::CallEnded { call_id, .. }
+                        if self.ringing.get(&conn) == Some(call_id) =>
+                    {
+                        self.ringing.remove(&conn);
+                    }
+                    _ => {}
+                }
+                self.steps.push_back(Step::Send { conn, message });
+            }
             FromControl::Close { conn, code } => {
                 self.sessions.remove(&ConnId(conn));
+                self.ringing.remove(&ConnId(conn));
                 self.steps.push_back(Step::Close {
                     conn: ConnId(conn),
                     code,
@@ -569,11 +630,18 @@ impl ClusterBoard {
                 }
             }
             FromControl::Membership { call_id, members } => {
-                let here = members.iter().filter(|m| m.at.node == me).count();
-                if here == 0 {
+                let here: Vec<ConnId> = members
+                    .iter()
+                    .filter(|member| member.at.node == me)
+                    .map(|member| ConnId(member.at.conn))
+                    .collect();
+                for conn in &here {
+                    self.ringing.remove(conn);
+                }
+                if here.is_empty() {
                     self.calls_here.remove(&call_id);
                 } else {
-                    self.calls_here.insert(call_id, members.len());
+                    self.calls_here.insert(call_id, (members.len(), here));
                 }
                 let members = members
                     .into_iter()

@@ -277,7 +277,11 @@ pub(crate) async fn run(
         let input = tokio::select! {
             input = inputs.recv() => input,
             () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
-                switchboard.handle_timeout(Instant::now());
+                let now = Instant::now();
+                switchboard.handle_timeout(now);
+                if draining {
+                    switchboard.move_idle_sessions(now);
+                }
                 dispatch(&mut switchboard, &mut links, &env);
                 report_drain(&switchboard, &env, draining);
                 continue;
@@ -351,6 +355,9 @@ pub(crate) async fn run(
                     let _ = reply.send(admin(&mut switchboard, &links, now, request));
                 }
             }
+        }
+        if draining {
+            switchboard.move_idle_sessions(now);
         }
         dispatch(&mut switchboard, &mut links, &env);
         report_drain(&switchboard, &env, draining);

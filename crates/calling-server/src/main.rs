@@ -112,6 +112,7 @@ fn main() -> ExitCode {
 fn serve(configured: Configured) -> Result<(), String> {
     let config = configured.resolve()?;
     let config_data_dir = config.data_dir.clone();
+    let in_cluster = config.cluster.is_some();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -147,14 +148,35 @@ fn serve(configured: Configured) -> Result<(), String> {
         let mut server = server;
         let drained = server.drained();
         let reopener = server.call_records_reopener();
-        let failure = tokio::select! {
-            () = wait_for_stop_signal() => None,
-            () = reopen_records_on_hangup(reopener) => None,
-            () = drained => {
+        let reopen = reopen_records_on_hangup(reopener);
+        tokio::pin!(drained, reopen);
+        let mut outcome = tokio::select! {
+            () = wait_for_stop_signal() => Stop::Signal,
+            () = &mut reopen => Stop::Signal,
+            () = &mut drained => Stop::Drained,
+            why = server.failure() => Stop::Failed(why),
+        };
+        if in_cluster && outcome == Stop::Signal {
+            // A node of a cluster drains first: its idle users move to the
+            // other nodes, its calls finish (up to the drain limit). A
+            // second signal stops it at once.
+            println!(
+                "draining: idle users move to other nodes, calls finish (signal again to stop now)"
+            );
+            server.drain().await;
+            outcome = tokio::select! {
+                () = wait_for_stop_signal() => Stop::Signal,
+                () = &mut drained => Stop::Drained,
+                why = server.failure() => Stop::Failed(why),
+            };
+        }
+        let failure = match outcome {
+            Stop::Signal => None,
+            Stop::Drained => {
                 println!("drained: stopping");
                 None
             }
-            why = server.failure() => Some(why),
+            Stop::Failed(why) => Some(why),
         };
         if let Some(why) = failure {
             // Serving nobody while looking alive helps nobody: exit, and
@@ -167,6 +189,17 @@ fn serve(configured: Configured) -> Result<(), String> {
         server.shutdown().await;
         Ok(())
     })
+}
+
+/// Why the server stops.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C or SIGTERM.
+    Signal,
+    /// A drain is over.
+    Drained,
+    /// A critical task died, saying why.
+    Failed(String),
 }
 
 /// Reopens the call records file at each SIGHUP (log rotation); never

@@ -1130,6 +1130,14 @@ impl CallEngine {
                 return;
             }
             Connection::LoggingInAgain => {
+                if code == ErrorCode::SERVER_DRAINING || code == ErrorCode::CLUSTER_UNAVAILABLE {
+                    // "Connect again later, or elsewhere": the next
+                    // connection (the address may lead to another node of
+                    // a cluster) logs in again.
+                    debug!(?code, "login refused for now: trying again");
+                    self.connection_broke();
+                    return;
+                }
                 if code.is_ok() {
                     self.connection = Connection::Up;
                     if self.muted {

@@ -294,8 +294,12 @@ async fn child_node(
     (child, addr, fingerprint)
 }
 
-/// An in-process node of the cluster `tag` on `redis`.
-async fn node(redis: &RedisServer, tag: &str, index: usize) -> TestServer {
+/// The configuration of node `index` of the cluster `tag` on `redis`.
+fn node_config(
+    redis: &RedisServer,
+    tag: &str,
+    index: usize,
+) -> calling_server::config::ServerConfig {
     let mut config = test_config(&format!("{tag}-{index}"));
     config.apps = vec![app()];
     config.cluster = Some(ClusterConfig {
@@ -305,7 +309,12 @@ async fn node(redis: &RedisServer, tag: &str, index: usize) -> TestServer {
         advertise: "127.0.0.1:0".parse().unwrap(),
         key: SecretKey::new("cluster-test-key"),
     });
-    TestServer::start_with(config).await
+    config
+}
+
+/// An in-process node of the cluster `tag` on `redis`.
+async fn node(redis: &RedisServer, tag: &str, index: usize) -> TestServer {
+    TestServer::start_with(node_config(redis, tag, index)).await
 }
 
 async fn status(server: &TestServer) -> ClusterStatus {
@@ -793,4 +802,130 @@ async fn control_admin(
 ) -> Option<calling_server::AdminReply> {
     let (control, _) = cluster.roles().await;
     cluster.nodes[control].server.admin(request).await
+}
+
+/// A node whose certificate is copied from the data directory `like`:
+/// nodes behind one address present one certificate.
+async fn node_like(
+    redis: &RedisServer,
+    tag: &str,
+    index: usize,
+    like: &std::path::Path,
+) -> TestServer {
+    let config = node_config(redis, tag, index);
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    for file in ["cert.der", "key.der"] {
+        std::fs::copy(like.join(file), config.data_dir.join(file)).unwrap();
+    }
+    TestServer::start_with(config).await
+}
+
+/// An SDK user logged in through `server` (a proxy's address).
+async fn sdk_user(
+    server: std::net::SocketAddr,
+    fingerprint: signaling_quic::CertFingerprint,
+    name: &str,
+) -> User {
+    let mut options = calling_facade::ClientOptions::development(server.to_string(), fingerprint);
+    options.audio = calling_facade::AudioDevices::none();
+    let calling = calling_facade::TRTCCalling::new(options);
+    let events = calling.events();
+    let app = app();
+    let sig = calling_server::usersig::generate(
+        u64::from(app.sdk_app_id),
+        app.secret_key.expose(),
+        name,
+        86_400,
+        now(),
+        None,
+    );
+    calling.login(app.sdk_app_id, name, &sig).await.unwrap();
+    User {
+        id: uid(name),
+        calling,
+        events,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_moves_its_idle_users_and_lets_its_calls_finish() {
+    let redis = RedisServer::start().unwrap();
+    let tag = "drain";
+    // The control on the node that stays.
+    let staying_config = node_config(&redis, tag, 0);
+    let staying_dir = staying_config.data_dir.clone();
+    let staying = TestServer::start_with(staying_config).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status(&staying).await.hosting {
+        assert!(
+            Instant::now() < deadline,
+            "the first node takes the control"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let draining = node_like(&redis, tag, 1, &staying_dir).await;
+    let settle = Instant::now() + Duration::from_secs(10);
+    while !status(&draining).await.ready {
+        assert!(Instant::now() < settle, "the second node joins");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One address, as a load balancer gives, leading to the draining node.
+    let balancer = opencalling_tests::proxy::FaultProxy::start(draining.server.local_addr()).await;
+    let fingerprint = staying.server.fingerprint();
+    assert_eq!(fingerprint, draining.server.fingerprint());
+    let mut alice = sdk_user(balancer.addr, fingerprint, "alice").await;
+    let mut carol = sdk_user(balancer.addr, fingerprint, "carol").await;
+    let mut bob = sdk_user(staying.server.local_addr(), fingerprint, "bob").await;
+    assert_eq!(draining.server.stats().await.unwrap().online, 2);
+    connect(&mut carol, &mut bob).await;
+
+    // The operator takes the node out of the balancer, then drains it.
+    balancer.retarget(staying.server.local_addr());
+    draining.server.drain().await;
+    // alice, idle, is moved: her SDK logs in again, now on the other node.
+    alice
+        .expect(&[calling_api::CallingEvent::Reconnecting])
+        .await;
+    alice
+        .expect(&[calling_api::CallingEvent::Reconnected])
+        .await;
+    bob.expect_quiet(Duration::from_millis(300)).await;
+    // carol's call goes on across the nodes until it ends.
+    let drained = draining.server.drained();
+    tokio::pin!(drained);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut drained)
+            .await
+            .is_err(),
+        "a call still runs on the draining node"
+    );
+    carol.calling.set_mic_mute(true);
+    bob.expect(&[calling_api::CallingEvent::UserAudioAvailable {
+        user_id: uid("carol"),
+        available: false,
+    }])
+    .await;
+    bob.calling.hangup().await.unwrap();
+    bob.expect_end(calling_api::EndReason::Hangup).await;
+    carol
+        .expect_leave_then_end("bob", calling_api::EndReason::Hangup)
+        .await;
+    tokio::time::timeout(Duration::from_secs(5), &mut drained)
+        .await
+        .expect("drained once its last call ended");
+    // carol, idle now, moves too; both are reachable on the other node.
+    carol
+        .expect(&[calling_api::CallingEvent::Reconnecting])
+        .await;
+    carol
+        .expect(&[calling_api::CallingEvent::Reconnected])
+        .await;
+    assert_eq!(draining.server.stats().await.unwrap().online, 0);
+    bob.calling
+        .call("alice", calling_api::CallType::Audio)
+        .await
+        .unwrap();
+    alice.expect(&[invited("bob", &[])]).await;
+    alice.calling.accept().await.unwrap();
+    bob.expect(&enter("alice")).await;
 }
