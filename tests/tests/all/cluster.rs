@@ -726,26 +726,8 @@ async fn simultaneous_invitations_across_nodes_never_double_book() {
         seen[index].extend(drain_messages(client, Duration::from_millis(300)).await);
     }
     // Every request answered exactly once.
-    for (index, messages) in seen.iter().enumerate() {
-        let answers = |request: RequestId| {
-            messages
-                .iter()
-                .filter(|message| match message {
-                    ServerMessage::Ack { request_id, .. } => *request_id == request,
-                    ServerMessage::Error {
-                        request_id: Some(request_id),
-                        ..
-                    } => *request_id == request,
-                    _ => false,
-                })
-                .count()
-        };
-        assert_eq!(answers(RequestId(1)), 1, "{}: {messages:?}", names[index]);
-        let accepts = messages
-            .iter()
-            .filter(|message| matches!(message, ServerMessage::Invited { .. }))
-            .count();
-        assert_eq!(answers(RequestId(2)), accepts, "{}", names[index]);
+    for (name, messages) in names.iter().zip(&seen) {
+        assert_answered_once(name, messages);
     }
     // Nobody is in two calls, per the switchboard of record.
     let Some(calling_server::AdminReply::Calls(calls)) =
@@ -793,6 +775,30 @@ async fn simultaneous_invitations_across_nodes_never_double_book() {
         panic!("the control answers");
     };
     assert!(calls.is_empty(), "{calls:?}");
+}
+
+/// Each of `name`'s requests (an invite, one accept per invitation) got
+/// exactly one answer among `messages`.
+fn assert_answered_once(name: &str, messages: &[ServerMessage]) {
+    let answers = |request: RequestId| {
+        messages
+            .iter()
+            .filter(|message| match message {
+                ServerMessage::Ack { request_id, .. } => *request_id == request,
+                ServerMessage::Error {
+                    request_id: Some(request_id),
+                    ..
+                } => *request_id == request,
+                _ => false,
+            })
+            .count()
+    };
+    assert_eq!(answers(RequestId(1)), 1, "{name}: {messages:?}");
+    let invitations = messages
+        .iter()
+        .filter(|message| matches!(message, ServerMessage::Invited { .. }))
+        .count();
+    assert_eq!(answers(RequestId(2)), invitations, "{name}");
 }
 
 /// An admin request to the node that hosts the control.
