@@ -12,17 +12,25 @@
 //! [`EndReason::ConnectionLost`](calling_api::EndReason::ConnectionLost),
 //! and nobody stays busy.
 //!
+//! A control that takes over from another ([`Control::taking_over`])
+//! first gathers, for a short window, the nodes' reports of the sessions
+//! and calls they had with the old one, holding every other input, then
+//! rebuilds them at once ([`Switchboard::handle_restore`]) and goes on with
+//! what it held: calls between users on the surviving nodes go on.
+//!
 //! Sans-IO, like the switchboard: inputs carry `now`, outputs are drained
 //! with [`Control::poll_output`] after every input.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
-use calling_api::{CallId, UserId};
-use signaling_proto::{CallEvent, ConnId, Output, Switchboard, SwitchboardConfig};
+use calling_api::{CallId, CallType, UserId};
+use signaling_proto::{
+    CallEvent, ConnId, Output, RestoredCall, RestoredSession, Switchboard, SwitchboardConfig,
+};
 use tracing::{debug, warn};
 
-use crate::wire::{ClusterMember, FromControl, NodeConn, NodeId, ToControl};
+use crate::wire::{ClusterMember, FromControl, NodeConn, NodeId, RestoreReport, ToControl};
 
 /// What the glue must do for the control.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +57,16 @@ pub struct Control {
     told_membership: HashMap<CallId, BTreeSet<NodeId>>,
     next_conn: u64,
     outputs: VecDeque<ControlOutput>,
+    /// While taking over: the reports gathered and the inputs held.
+    restoring: Option<Restoring>,
+}
+
+/// A takeover's window.
+#[derive(Debug)]
+struct Restoring {
+    until: Instant,
+    reports: Vec<(NodeId, RestoreReport)>,
+    held: Vec<(NodeId, ToControl)>,
 }
 
 impl Control {
@@ -62,7 +80,26 @@ impl Control {
             told_membership: HashMap::new(),
             next_conn: 1,
             outputs: VecDeque::new(),
+            restoring: None,
         }
+    }
+
+    /// A control taking over from another: until `until` it gathers the
+    /// nodes' reports and holds every other input (see the [module
+    /// docs](self)).
+    pub fn taking_over(config: SwitchboardConfig, until: Instant) -> Self {
+        let mut control = Self::new(config);
+        control.restoring = Some(Restoring {
+            until,
+            reports: Vec::new(),
+            held: Vec::new(),
+        });
+        control
+    }
+
+    /// Whether the takeover window is still open.
+    pub fn is_restoring(&self) -> bool {
+        self.restoring.is_some()
     }
 
     /// The switchboard, for the operator's read-only views.
@@ -78,6 +115,19 @@ impl Control {
 
     /// One message from `node`.
     pub fn handle_from_node(&mut self, now: Instant, node: NodeId, message: ToControl) {
+        if let Some(restoring) = &mut self.restoring {
+            match message {
+                ToControl::Restore(report) => restoring.reports.push((node, report)),
+                ToControl::RestoreDone => {}
+                other => restoring.held.push((node, other)),
+            }
+            return;
+        }
+        self.apply(now, node, message);
+        self.route_outputs();
+    }
+
+    fn apply(&mut self, now: Instant, node: NodeId, message: ToControl) {
         match message {
             ToControl::Login {
                 conn,
@@ -133,14 +183,63 @@ impl Control {
                     self.switchboard.set_congested(ours, congested);
                 }
             }
+            // After the window: a late node's sessions, one by one (their
+            // calls ended for them when the window closed).
+            ToControl::Restore(report) => self.restore(now, vec![(node, report)]),
+            ToControl::RestoreDone => {}
         }
-        self.route_outputs();
+    }
+
+    /// Rebuilds reported sessions and calls on the switchboard.
+    fn restore(&mut self, now: Instant, reports: Vec<(NodeId, RestoreReport)>) {
+        let mut sessions = Vec::with_capacity(reports.len());
+        for (node, report) in reports {
+            let at = NodeConn {
+                node,
+                conn: report.conn,
+            };
+            if self.by_node.contains_key(&at) {
+                continue;
+            }
+            let ours = ConnId(self.next_conn);
+            self.next_conn += 1;
+            self.by_node.insert(at, ours);
+            self.by_switchboard.insert(ours, at);
+            if let Some(call) = &report.call {
+                self.told_membership
+                    .entry(call.call_id)
+                    .or_default()
+                    .insert(node);
+            }
+            sessions.push(RestoredSession {
+                conn: ours,
+                user: report.user,
+                protocol_version: report.protocol_version,
+                muted: report.muted,
+                detached: report.detached,
+                call: report.call.map(|call| RestoredCall {
+                    call_id: call.call_id,
+                    call_type: call.call_type,
+                    flow: call.flow,
+                    members: call.members,
+                }),
+            });
+        }
+        debug!(
+            sessions = sessions.len(),
+            "restoring sessions reported by the nodes"
+        );
+        self.switchboard.handle_restore(now, sessions);
     }
 
     /// `node` is gone: its link is lost for good or its lease lapsed. Its
     /// sessions end now, as lost connections (no resume: the node that
     /// kept their books is gone).
     pub fn handle_node_lost(&mut self, now: Instant, node: NodeId) {
+        if let Some(restoring) = &mut self.restoring {
+            restoring.reports.retain(|(from, _)| *from != node);
+            restoring.held.retain(|(from, _)| *from != node);
+        }
         let mut lost: Vec<(NodeConn, ConnId)> = self
             .by_node
             .iter()
@@ -166,8 +265,23 @@ impl Control {
         }
     }
 
-    /// Fires the switchboard's due timers.
+    /// Fires the switchboard's due timers, and closes a takeover's window
+    /// when its time has come.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self
+            .restoring
+            .as_ref()
+            .is_some_and(|restoring| now >= restoring.until)
+        {
+            if let Some(restoring) = self.restoring.take() {
+                self.restore(now, restoring.reports);
+                self.route_outputs();
+                for (node, message) in restoring.held {
+                    self.apply(now, node, message);
+                    self.route_outputs();
+                }
+            }
+        }
         self.switchboard.handle_timeout(now);
         self.route_outputs();
     }
@@ -175,7 +289,11 @@ impl Control {
     /// When to call [`Control::handle_timeout`] next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.switchboard.poll_timeout()
+        let window = self.restoring.as_ref().map(|restoring| restoring.until);
+        match (window, self.switchboard.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next thing to do, until `None`. Drain it after every input.
@@ -253,6 +371,14 @@ impl Control {
         if self.switchboard.user_of(ours).is_none() {
             if let Some(at) = self.by_switchboard.remove(&ours) {
                 self.by_node.remove(&at);
+                // The node forgets it too (its connection is gone already).
+                self.send_to_node(
+                    at.node,
+                    FromControl::Close {
+                        conn: at.conn,
+                        code: calling_api::ErrorCode::CONNECTION_LOST,
+                    },
+                );
             }
         }
     }
@@ -270,6 +396,11 @@ impl Control {
             }
         }
         let now_on: BTreeSet<NodeId> = cluster_members.iter().map(|m| m.at.node).collect();
+        // An empty membership (the call is over) needs no type.
+        let call_type = self
+            .switchboard
+            .call_type(call_id)
+            .unwrap_or(CallType::Audio);
         let before = if cluster_members.is_empty() {
             self.told_membership.remove(&call_id).unwrap_or_default()
         } else {
@@ -282,6 +413,7 @@ impl Control {
                 *node,
                 FromControl::Membership {
                     call_id,
+                    call_type,
                     members: cluster_members.clone(),
                 },
             );

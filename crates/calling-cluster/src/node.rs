@@ -30,22 +30,28 @@
 //!   store came back (the nodes need that long to renew).
 //! - **The control role changes hands** (a crashed holder's lease lapsed
 //!   and another node took it, in a new term): every node follows the new
-//!   holder and the sessions it had on the old one are over
-//!   ([`NodeOutput::SessionsLost`]); their clients log in again. Calls do
-//!   not survive the control's node: the new control starts empty.
+//!   holder and reports its sessions to it (who, muted, waiting for a
+//!   resume, the call entered and its members as last published); the new
+//!   control gathers the reports for two renewal periods, holding every
+//!   other input, then rebuilds sessions and calls at once. Calls between
+//!   users of the surviving nodes go on; members lost with the old
+//!   control's node leave them (`UserLeft`), and a call left alone ends
+//!   with "connection lost". Invitations that rang are cancelled for their
+//!   clients, and requests the old control had not answered stay
+//!   unanswered (the clients' requests time out).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use calling_api::ErrorCode;
-use signaling_proto::{CallEvent, SwitchboardConfig};
+use calling_api::{CallId, ErrorCode, UserId};
+use signaling_proto::{CallEvent, ClientMessage, ServerMessage, SwitchboardConfig};
 use tracing::{debug, info, warn};
 
 use crate::control::{Control, ControlOutput};
 use crate::lease::{Lease, LeaseReply, LeaseTiming};
 use crate::link::{LinkBooks, LinkError};
 use crate::store::{ControlHolder, StoreReply, StoreRequest};
-use crate::wire::{FromControl, LinkFrame, NodeId, ToControl};
+use crate::wire::{FromControl, LinkFrame, NodeId, ReportedCall, RestoreReport, ToControl};
 
 /// How a node behaves.
 #[derive(Debug, Clone)]
@@ -159,6 +165,19 @@ enum Pending {
     Leave,
 }
 
+/// One of this node's sessions, as a new control would need it.
+#[derive(Debug, Clone)]
+struct LocalSession {
+    user: UserId,
+    protocol_version: u16,
+    muted: bool,
+    detached: bool,
+    /// The call whose invitation rings it.
+    ringing: Option<CallId>,
+    /// The call it entered, as last published.
+    call: Option<ReportedCall>,
+}
+
 #[derive(Debug)]
 struct Following {
     holder: ControlHolder,
@@ -206,6 +225,8 @@ pub struct ClusterNode {
     next_ack: Instant,
     /// Stopping: no more registrations or claims.
     leaving: bool,
+    /// This node's sessions, by connection: reported to a new control.
+    sessions: BTreeMap<u64, LocalSession>,
     outputs: VecDeque<NodeOutput>,
 }
 
@@ -224,6 +245,7 @@ impl ClusterNode {
             hosting: None,
             next_ack: now,
             leaving: false,
+            sessions: BTreeMap::new(),
             outputs: VecDeque::new(),
         };
         node.handle_timeout(now);
@@ -288,6 +310,10 @@ impl ClusterNode {
     /// What one of this node's clients did.
     pub fn handle_client(&mut self, now: Instant, message: ToControl) -> Result<(), NodeError> {
         let me = self.config.node;
+        if self.following.is_none() {
+            return Err(NodeError::NotReady);
+        }
+        self.note_input(&message);
         let Some(following) = &mut self.following else {
             return Err(NodeError::NotReady);
         };
@@ -345,10 +371,131 @@ impl ClusterNode {
             return Ok(());
         }
         if let Some(message) = following.books.handle_frame(frame)? {
-            self.outputs.push_back(NodeOutput::Deliver(message));
+            self.deliver(message);
         }
         self.pump_control_link();
         Ok(())
+    }
+
+    /// Keeps the books of this node's sessions from what its clients do.
+    fn note_input(&mut self, message: &ToControl) {
+        match message {
+            ToControl::Login {
+                conn,
+                user,
+                protocol_version,
+            } => {
+                self.sessions.insert(
+                    *conn,
+                    LocalSession {
+                        user: user.clone(),
+                        protocol_version: *protocol_version,
+                        muted: false,
+                        detached: false,
+                        ringing: None,
+                        call: None,
+                    },
+                );
+            }
+            ToControl::Message {
+                conn,
+                message: ClientMessage::Microphone { muted },
+            } => {
+                if let Some(session) = self.sessions.get_mut(conn) {
+                    session.muted = *muted;
+                }
+            }
+            ToControl::Disconnected { conn } => {
+                // A session that does not wait is closed by the control.
+                if let Some(session) = self.sessions.get_mut(conn) {
+                    session.detached = true;
+                }
+            }
+            ToControl::Resume { conn } => {
+                if let Some(session) = self.sessions.get_mut(conn) {
+                    session.detached = false;
+                }
+            }
+            ToControl::Expelled { conn } => {
+                self.sessions.remove(conn);
+            }
+            ToControl::Message { .. }
+            | ToControl::Congested { .. }
+            | ToControl::Restore(_)
+            | ToControl::RestoreDone => {}
+        }
+    }
+
+    /// Hands a message from the control to this node's clients, keeping
+    /// the books of their sessions.
+    fn deliver(&mut self, message: FromControl) {
+        let me = self.config.node;
+        match &message {
+            FromControl::Send { conn, message } => {
+                let Some(session) = self.sessions.get_mut(conn) else {
+                    self.outputs
+                        .push_back(NodeOutput::Deliver(FromControl::Send {
+                            conn: *conn,
+                            message: message.clone(),
+                        }));
+                    return;
+                };
+                match message {
+                    ServerMessage::Invited { call_id, .. } => session.ringing = Some(*call_id),
+                    ServerMessage::InvitationTimedOut { call_id }
+                    | ServerMessage::Cancelled { call_id }
+                        if session.ringing == Some(*call_id) =>
+                    {
+                        session.ringing = None;
+                    }
+                    ServerMessage::CallEnded { call_id, .. } => {
+                        if session.ringing == Some(*call_id) {
+                            session.ringing = None;
+                        }
+                        if session
+                            .call
+                            .as_ref()
+                            .is_some_and(|call| call.call_id == *call_id)
+                        {
+                            session.call = None;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            FromControl::Close { conn, .. } => {
+                self.sessions.remove(conn);
+            }
+            FromControl::Resumed { .. } => {}
+            FromControl::Membership {
+                call_id,
+                call_type,
+                members,
+            } => {
+                let users: Vec<UserId> = members.iter().map(|member| member.user.clone()).collect();
+                for session in self.sessions.values_mut() {
+                    if session
+                        .call
+                        .as_ref()
+                        .is_some_and(|call| call.call_id == *call_id)
+                    {
+                        session.call = None;
+                    }
+                }
+                for member in members.iter().filter(|member| member.at.node == me) {
+                    if let Some(session) = self.sessions.get_mut(&member.at.conn) {
+                        session.ringing = None;
+                        session.call = Some(ReportedCall {
+                            call_id: *call_id,
+                            call_type: *call_type,
+                            flow: member.flow,
+                            members: users.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        self.outputs.push_back(NodeOutput::Deliver(message));
     }
 
     /// A node's link connected to this node's listener, or broke: see
@@ -630,9 +777,16 @@ impl ClusterNode {
         // Terms are never reused, so call ids of different terms never
         // collide (the low 32 bits count calls within a term).
         switchboard.node_id = u32::try_from(term % (1 << 32)).unwrap_or(u32::MAX);
+        // A control after another gathers the nodes' sessions first; the
+        // first control of a cluster has nobody to take over from.
+        let control = if term > 1 {
+            Control::taking_over(switchboard, now + self.config.lease.renew_every * 2)
+        } else {
+            Control::new(switchboard)
+        };
         self.hosting = Some(Hosting {
             term,
-            control: Control::new(switchboard),
+            control,
             peers: HashMap::new(),
             given_up: HashMap::new(),
             registry_trusted_from: now + self.config.lease.duration,
@@ -654,25 +808,72 @@ impl ClusterNode {
     fn follow(&mut self, now: Instant, holder: ControlHolder) {
         let me = self.config.node;
         info!(control = %holder.node, term = holder.term, "following the cluster's control");
-        if self.following.is_some() {
-            self.outputs.push_back(NodeOutput::SessionsLost {
-                code: ErrorCode::CONNECTION_LOST,
-            });
+        // A new control: this node's sessions are reported to it, and the
+        // invitations that rang them are over (a new control does not know
+        // them).
+        let taking_over = self.following.is_some();
+        let mut reports = Vec::new();
+        if taking_over {
+            let mut cancelled = Vec::new();
+            for (conn, session) in &mut self.sessions {
+                if let Some(call_id) = session.ringing.take() {
+                    cancelled.push((*conn, call_id));
+                }
+                reports.push(RestoreReport {
+                    conn: *conn,
+                    user: session.user.clone(),
+                    protocol_version: session.protocol_version,
+                    muted: session.muted,
+                    detached: session.detached,
+                    call: session.call.clone(),
+                });
+            }
+            for (conn, call_id) in cancelled {
+                self.outputs
+                    .push_back(NodeOutput::Deliver(FromControl::Send {
+                        conn,
+                        message: ServerMessage::Cancelled { call_id },
+                    }));
+            }
         }
         self.outputs.push_back(if holder.node == me {
             NodeOutput::Hang
         } else {
             NodeOutput::Dial(holder.clone())
         });
-        let books = LinkBooks::new(me, holder.term, 0, self.config.books_capacity);
+        let mut books = LinkBooks::new(me, holder.term, 0, self.config.books_capacity);
         // Down until it connects (unless the control is this node).
         let down_since = (holder.node != me).then_some(now);
+        let local = holder.node == me;
+        if taking_over {
+            let messages = reports
+                .into_iter()
+                .map(ToControl::Restore)
+                .chain([ToControl::RestoreDone]);
+            if local {
+                if let Some(hosting) = &mut self.hosting {
+                    for message in messages {
+                        hosting.control.handle_from_node(now, me, message);
+                    }
+                }
+            } else {
+                for message in messages {
+                    if books.send(message).is_err() {
+                        warn!("too many sessions to report to the new control");
+                        break;
+                    }
+                }
+            }
+        }
         self.following = Some(Following {
             holder,
             incarnation: 0,
             books,
             down_since,
         });
+        if local {
+            self.route_control(now);
+        }
     }
 
     /// This node's sessions are over on the control: tell the clients and
@@ -685,6 +886,7 @@ impl ClusterNode {
             following.books =
                 LinkBooks::new(me, following.holder.term, following.incarnation, capacity);
             following.down_since = following.down_since.map(|_| now);
+            self.sessions.clear();
             self.outputs.push_back(NodeOutput::SessionsLost {
                 code: ErrorCode::CONNECTION_LOST,
             });
@@ -771,11 +973,12 @@ impl ClusterNode {
             return;
         };
         let mut overloaded = Vec::new();
+        let mut local = Vec::new();
         while let Some(output) = hosting.control.poll_output() {
             match output {
                 ControlOutput::Event(event) => self.outputs.push_back(NodeOutput::Event(event)),
                 ControlOutput::ToNode { node, message } if node == me => {
-                    self.outputs.push_back(NodeOutput::Deliver(message));
+                    local.push(message);
                 }
                 ControlOutput::ToNode { node, message } => match hosting.peers.get_mut(&node) {
                     Some(peer) => {
@@ -786,6 +989,9 @@ impl ClusterNode {
                     None => debug!(%node, "a message for a node without a link: dropped"),
                 },
             }
+        }
+        for message in local {
+            self.deliver(message);
         }
         self.pump_node_links();
         for node in overloaded {

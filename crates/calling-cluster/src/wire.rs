@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use calling_api::{CallId, ErrorCode, UserId};
+use calling_api::{CallId, CallType, ErrorCode, UserId};
 use serde::{Deserialize, Serialize};
 use signaling_proto::{ClientMessage, FlowId, ServerMessage};
 
@@ -79,6 +79,41 @@ pub enum ToControl {
         /// Whether they pile up now.
         congested: bool,
     },
+    /// To a new control: a session the node's clients had with the old
+    /// one, to be rebuilt (see `Switchboard::handle_restore`).
+    Restore(RestoreReport),
+    /// To a new control: every session of this node has been reported.
+    RestoreDone,
+}
+
+/// A session as its node knows it, for a new control to rebuild.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReport {
+    /// The node's number for the connection that carries the session.
+    pub conn: u64,
+    /// Who.
+    pub user: UserId,
+    /// The protocol version it speaks.
+    pub protocol_version: u16,
+    /// Its microphone is off.
+    pub muted: bool,
+    /// Its connection broke and it waits for a resume.
+    pub detached: bool,
+    /// The call it had entered, as the node last heard of it.
+    pub call: Option<ReportedCall>,
+}
+
+/// A call a reported session had entered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedCall {
+    /// The call.
+    pub call_id: CallId,
+    /// Audio or video.
+    pub call_type: CallType,
+    /// The session's own flow in it.
+    pub flow: FlowId,
+    /// Everyone in it, as the node last heard.
+    pub members: Vec<UserId>,
 }
 
 /// What the control tells a node: the single-node switchboard's outputs
@@ -115,6 +150,8 @@ pub enum FromControl {
     Membership {
         /// The call.
         call_id: CallId,
+        /// Its type (what a new control needs to rebuild it).
+        call_type: CallType,
         /// Everyone in the call now, sorted by user.
         members: Vec<ClusterMember>,
     },

@@ -193,18 +193,25 @@ fn a_call_between_two_nodes_ends_with_connection_lost_when_one_dies() {
 }
 
 #[test]
-fn a_killed_control_hands_over_and_users_log_in_again() {
+fn a_killed_control_hands_over_and_calls_between_the_survivors_go_on() {
     let mut cluster = Cluster::new(3, 5);
     cluster.settle();
     let old = cluster.control();
     let (a, b) = (cluster.follower(0), cluster.follower(1));
     let alice = cluster.login(a, "alice");
     let bob = cluster.login(b, "bob");
+    let carol = cluster.login(old, "carol");
+    let dave = cluster.login(a, "dave");
+    let erin = cluster.login(b, "erin");
     cluster.run_for(Duration::from_millis(100));
     cluster.invite(alice, &["bob"]).unwrap();
+    cluster.invite(carol, &["dave"]).unwrap();
+    cluster.invite(erin, &["frank"]).unwrap(); // frank is offline: it rings
     cluster.run_for(Duration::from_millis(100));
     cluster.accept(bob).unwrap();
+    cluster.accept(dave).unwrap();
     cluster.run_for(Duration::from_millis(100));
+    assert!(entered(&cluster, alice, "bob") && entered(&cluster, dave, "carol"));
 
     cluster.kill(old);
     let handed_over = cluster.run_until(Duration::from_secs(8), |cluster| {
@@ -215,35 +222,53 @@ fn a_killed_control_hands_over_and_users_log_in_again() {
                 .all(|holder| holder.is_some_and(|(node, _)| node != old))
     });
     assert!(handed_over, "{:?}", cluster.holders());
-    // The old control's sessions are over: their clients are closed as
-    // after a lost connection, and log in again.
-    assert_eq!(cluster.closed(alice), Some(ErrorCode::CONNECTION_LOST));
-    assert_eq!(cluster.closed(bob), Some(ErrorCode::CONNECTION_LOST));
+    // Past the new control's window.
+    cluster.run_for(Duration::from_secs(3));
     let terms: Vec<u64> = cluster
         .holders()
         .values()
         .map(|holder| holder.unwrap().1)
         .collect();
     assert!(terms.iter().all(|term| *term == 2), "a new term: {terms:?}");
-    let alice = cluster.login(a, "alice");
-    let bob = cluster.login(b, "bob");
+    // Sessions on the surviving nodes live on, and so does their call.
+    for client in [alice, bob, dave, erin] {
+        assert_eq!(cluster.closed(client), None);
+    }
+    assert!(cluster.procs.values().all(|proc| proc.sessions_lost == 0));
+    assert!(cluster.routed_together(a, "alice", "bob"));
+    assert!(cluster.routed_together(b, "alice", "bob"));
+    cluster.send(alice, ClientMessage::Microphone { muted: true });
     cluster.run_for(Duration::from_millis(100));
-    let invite = cluster.invite(alice, &["bob"]).unwrap();
+    assert!(cluster.inbox(bob).iter().any(|message| matches!(
+        message,
+        ServerMessage::AudioAvailability {
+            available: false,
+            ..
+        }
+    )));
+    // dave's call partner was on the dead node: his call ends, once.
+    assert_eq!(cluster.call_ends(dave), [EndReason::ConnectionLost]);
+    // erin's invitation to an offline user was the old control's.
+    assert_eq!(cluster.call_ends(erin).len() + cancelled(&cluster, erin), 1);
+    // Nobody stays busy: dave calls erin, in a call id of the new term.
+    let invite = cluster.invite(dave, &["erin"]).unwrap();
     cluster.run_for(Duration::from_millis(100));
-    assert_eq!(cluster.reply(alice, invite), [ErrorCode::OK]);
-    cluster.accept(bob).unwrap();
+    assert_eq!(cluster.reply(dave, invite), [ErrorCode::OK]);
+    let call_id = cluster.invited_to(erin).unwrap();
+    assert_eq!(call_id.0 >> 32, 2);
+    // The restored call ends normally.
+    cluster.hangup(bob).unwrap();
     cluster.run_for(Duration::from_millis(100));
-    assert!(entered(&cluster, alice, "bob"));
-    // Call ids of the new term differ from the old term's.
-    let call_ids: Vec<u64> = cluster
-        .inbox(bob)
+    assert_eq!(cluster.call_ends(alice), [EndReason::Hangup]);
+}
+
+/// The `Cancelled` messages `client` got.
+fn cancelled(cluster: &Cluster, client: (calling_cluster::NodeId, u64)) -> usize {
+    cluster
+        .inbox(client)
         .iter()
-        .filter_map(|message| match message {
-            ServerMessage::Invited { call_id, .. } => Some(call_id.0 >> 32),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(call_ids, [2]);
+        .filter(|message| matches!(message, ServerMessage::Cancelled { .. }))
+        .count()
 }
 
 #[test]
@@ -480,4 +505,99 @@ fn a_control_that_stops_gracefully_is_replaced_sooner_than_a_dead_one() {
         "graceful {graceful:?}, dead {dead:?}"
     );
     assert!(graceful < Duration::from_millis(2_500), "{graceful:?}");
+}
+
+#[test]
+fn random_crashes_and_delays_leave_no_call_behind_and_nobody_busy() {
+    for seed in 1..=6 {
+        let mut cluster = Cluster::new(3, 400 + seed);
+        cluster.jitter = Duration::from_millis(15);
+        cluster.settle();
+        let users = ["v0", "v1", "v2", "v3", "v4", "v5"];
+        let mut clients: Vec<(calling_cluster::NodeId, u64)> = Vec::new();
+        let nodes: Vec<_> = cluster.procs.keys().copied().collect();
+        for (index, user) in users.iter().enumerate() {
+            clients.push(cluster.login(nodes[index % 3], user));
+        }
+        cluster.run_for(Duration::from_millis(200));
+        let mut sent = Vec::new();
+        let mut next_node = 10;
+        for round in 0..300 {
+            let pick = usize::try_from(cluster.rng.below(6)).unwrap();
+            let who = clients[pick];
+            let request = match cluster.rng.below(3) {
+                0 => {
+                    let other = users[usize::try_from(cluster.rng.below(6)).unwrap()];
+                    cluster.invite(who, &[other])
+                }
+                1 => cluster.accept(who),
+                _ => cluster.hangup(who),
+            };
+            sent.extend(request.map(|request| (who, request)));
+            if round == 120 {
+                // A node dies (the control for odd seeds, another for even
+                // ones); a fresh one starts; the dead node's users log in
+                // there.
+                let dead = if seed % 2 == 1 {
+                    cluster.control()
+                } else {
+                    cluster.follower(0)
+                };
+                cluster.kill(dead);
+                let fresh = calling_cluster::NodeId(next_node);
+                next_node += 1;
+                cluster.start_node(fresh);
+                cluster.run_for(Duration::from_secs(6));
+                for (index, client) in clients.iter_mut().enumerate() {
+                    if client.0 == dead || cluster.closed(*client).is_some() {
+                        *client = cluster.login(fresh, users[index]);
+                    }
+                }
+                cluster.run_for(Duration::from_secs(3));
+            }
+            let pause = cluster.rng.below(25);
+            cluster.run_for(Duration::from_millis(pause));
+        }
+        cluster.run_for(Duration::from_secs(2));
+        // No request answered twice (those in flight to a dead control
+        // may go unanswered).
+        for (client, request) in &sent {
+            assert!(cluster.reply(*client, *request).len() <= 1, "seed {seed}");
+        }
+        // Everyone hangs up (or rejects): no call is left, nobody busy.
+        for client in clients.clone() {
+            cluster.hangup(client);
+            if let Some(call_id) = cluster.invited_to(client) {
+                cluster.send(
+                    client,
+                    ClientMessage::Reject {
+                        request_id: RequestId(0),
+                        call_id,
+                    },
+                );
+            }
+        }
+        cluster.run_for(Duration::from_secs(2));
+        let control = cluster.control();
+        let switchboard = cluster.procs[&control]
+            .node
+            .control()
+            .unwrap()
+            .switchboard();
+        assert_eq!(
+            switchboard.call_count(),
+            0,
+            "seed {seed}: {:?}",
+            switchboard.call_summaries()
+        );
+        for proc in cluster.procs.values() {
+            assert!(proc.routes.is_empty(), "seed {seed}: {:?}", proc.routes);
+        }
+        // And anyone can call anyone again.
+        let (first, second) = (clients[0], clients[3]);
+        let invite = cluster.invite(first, &[users[3]]).unwrap();
+        cluster.run_for(Duration::from_millis(200));
+        assert_eq!(cluster.reply(first, invite), [ErrorCode::OK], "seed {seed}");
+        assert!(cluster.invited_to(second).is_some(), "seed {seed}");
+    }
 }

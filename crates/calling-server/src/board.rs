@@ -629,7 +629,9 @@ impl ClusterBoard {
                     debug!(conn, "the control had ended the resumed session already");
                 }
             }
-            FromControl::Membership { call_id, members } => {
+            FromControl::Membership {
+                call_id, members, ..
+            } => {
                 let here: Vec<ConnId> = members
                     .iter()
                     .filter(|member| member.at.node == me)

@@ -24,7 +24,7 @@ pub use message::{
 };
 pub use resume::{Replay, ReplayError};
 pub use switchboard::{
-    CallMember, CallSummary, ConnId, Output, SessionSummary, Switchboard, SwitchboardConfig,
-    SwitchboardCounters,
+    CallMember, CallSummary, ConnId, Output, RestoredCall, RestoredSession, SessionSummary,
+    Switchboard, SwitchboardConfig, SwitchboardCounters,
 };
 pub use timer::TimerTable;

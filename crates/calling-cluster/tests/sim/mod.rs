@@ -476,7 +476,9 @@ impl Cluster {
                 }
             }
             FromControl::Resumed { .. } => {}
-            FromControl::Membership { call_id, members } => {
+            FromControl::Membership {
+                call_id, members, ..
+            } => {
                 if members.is_empty() {
                     proc.routes.remove(&call_id);
                 } else {
