@@ -960,3 +960,107 @@ async fn a_draining_node_moves_its_idle_users_and_lets_its_calls_finish() {
     alice.calling.accept().await.unwrap();
     bob.expect(&enter("alice")).await;
 }
+
+/// `client` mutes; `other` hears it: their call is alive.
+async fn call_is_alive(client: &mut ClientConnection, other: &mut ClientConnection, muted: bool) {
+    client
+        .send
+        .send(&ClientMessage::Microphone { muted })
+        .await
+        .unwrap();
+    until(other, |message| {
+        matches!(message, ServerMessage::AudioAvailability { available, .. } if *available == !muted)
+    })
+    .await;
+}
+
+/// Hangs `client` up; `other` hears the call end.
+async fn hang_up(client: &mut ClientConnection, other: &mut ClientConnection) {
+    client
+        .send
+        .send(&ClientMessage::Hangup {
+            request_id: RequestId(90),
+        })
+        .await
+        .unwrap();
+    until(other, |message| {
+        matches!(message, ServerMessage::CallEnded { .. })
+    })
+    .await;
+}
+
+/// Drains `node` while `during` runs, then stops it: the drain must have
+/// ended by itself (its calls over) well within the limit.
+async fn drain_and_stop(node: TestServer, during: impl std::future::Future<Output = ()>) {
+    let drained = node.server.drained();
+    node.server.drain().await;
+    during.await;
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .expect("drained once its calls ended");
+    node.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_no_call_shorter_than_the_drain() {
+    let redis = RedisServer::start().unwrap();
+    let tag = "rolling";
+    let first = node(&redis, tag, 0).await;
+    wait_for_a_control(&redis, tag).await;
+    let second = node(&redis, tag, 1).await;
+    let third = node(&redis, tag, 2).await;
+    for node in [&first, &second, &third] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !status(node).await.ready {
+            assert!(Instant::now() < deadline, "a node joins");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(status(&first).await.hosting);
+    // A long call between the first and the third node, and a short one
+    // on the second.
+    let mut alice = raw_login(&first, "alice").await;
+    let mut bob = raw_login(&third, "bob").await;
+    raw_call(&mut alice, &mut bob, "bob").await;
+    let mut carol = raw_login(&second, "carol").await;
+    let mut dave = raw_login(&third, "dave").await;
+    raw_call(&mut carol, &mut dave, "dave").await;
+
+    // The second node restarts: its call ends within the drain; the long
+    // call, elsewhere, goes on.
+    drain_and_stop(second, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hang_up(&mut carol, &mut dave).await;
+    })
+    .await;
+    let second = node(&redis, tag, 3).await;
+    call_is_alive(&mut alice, &mut bob, true).await;
+
+    // The first node, which hosts the control, restarts: a call between
+    // the new second node and the third goes on through the handover,
+    // and alice's call, on the node going, ends within its drain.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status(&second).await.ready {
+        assert!(Instant::now() < deadline, "the new node joins");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut erin = raw_login(&second, "erin").await;
+    let mut frank = raw_login(&third, "frank").await;
+    raw_call(&mut erin, &mut frank, "frank").await;
+    drain_and_stop(first, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hang_up(&mut alice, &mut bob).await;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a, b) = (status(&second).await, status(&third).await);
+        if a.ready && b.ready && a.control == b.control && (a.hosting || b.hosting) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a new control: {a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    call_is_alive(&mut erin, &mut frank, true).await;
+    hang_up(&mut frank, &mut erin).await;
+}
