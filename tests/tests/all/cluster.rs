@@ -969,7 +969,7 @@ async fn call_is_alive(client: &mut ClientConnection, other: &mut ClientConnecti
         .await
         .unwrap();
     until(other, |message| {
-        matches!(message, ServerMessage::AudioAvailability { available, .. } if *available == !muted)
+        matches!(message, ServerMessage::AudioAvailability { available, .. } if *available != muted)
     })
     .await;
 }
