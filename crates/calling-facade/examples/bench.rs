@@ -12,6 +12,11 @@
 //! - `bench latency [SECONDS]`: mouth-to-ear latency of a click probe through
 //!   the whole stack (capture, encoder, QUIC, server relay, QUIC, jitter
 //!   buffer, playout), p50 and p95 beside its floor.
+//! - `bench cluster [CALLS] [SECONDS]`: a Redis and three cluster nodes in
+//!   this process beside a single server: call setup with both users on one
+//!   node and on two (every message through the control on a third), the
+//!   click probe's mouth-to-ear latency across nodes, and the Redis
+//!   commands the cluster runs per call beside its idle rate.
 //! - `bench relay-ops SERVER_BIN [CALLS] [REPEATS]` and `bench relay-compare
 //!   BEFORE_BIN AFTER_BIN [CALLS] [REPEATS]`: the relay's CPU per datagram
 //!   with the operations side on beside off, and of two builds, in
@@ -92,6 +97,13 @@ async fn main() {
             )
             .await;
         }
+        Some("cluster") => {
+            cluster(
+                args.get(1).and_then(|n| n.parse().ok()).unwrap_or(500),
+                args.get(2).and_then(|n| n.parse().ok()).unwrap_or(8),
+            )
+            .await;
+        }
         Some("latency") => {
             let seconds = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(12);
             latency(seconds, false).await;
@@ -156,73 +168,9 @@ async fn bare_round_trips(count: usize) -> Vec<Duration> {
 )]
 async fn calls(count: usize) {
     let (server, app, data_dir) = in_process_server("opencalling-bench").await;
-    let mut options =
-        ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
-    // Call setup only: no devices to open for each call.
-    options.audio = AudioDevices::none();
-    let login = |name: &'static str| {
-        let options = options.clone();
-        let app = app.clone();
-        async move {
-            let calling = TRTCCalling::new(options);
-            let (tx, rx) = mpsc::unbounded_channel();
-            calling.register_listener(move |event: &CallingEvent| {
-                let _ = tx.send((Instant::now(), event.clone()));
-            });
-            let sig = usersig::generate(
-                u64::from(app.sdk_app_id),
-                app.secret_key.expose(),
-                name,
-                3_600,
-                now_unix(),
-                None,
-            );
-            calling.login(app.sdk_app_id, name, &sig).await.unwrap();
-            (calling, rx)
-        }
-    };
-    let (alice, mut alice_events) = login("alice").await;
-    let (bob, mut bob_events) = login("bob").await;
-    async fn wait(
-        events: &mut mpsc::UnboundedReceiver<(Instant, CallingEvent)>,
-        want: fn(&CallingEvent) -> bool,
-    ) -> Instant {
-        loop {
-            let (at, event) = events.recv().await.unwrap();
-            if want(&event) {
-                return at;
-            }
-        }
-    }
-    let mut invite_to_ring = Vec::with_capacity(count);
-    let mut accept_to_enter = Vec::with_capacity(count);
-    for round in 0..count + 50 {
-        let dialed = Instant::now();
-        alice.call("bob", CallType::Audio).await.unwrap();
-        let rang = wait(&mut bob_events, |event| {
-            matches!(event, CallingEvent::Invited { .. })
-        })
-        .await;
-        let accepted = Instant::now();
-        bob.accept().await.unwrap();
-        let entered = wait(&mut alice_events, |event| {
-            matches!(event, CallingEvent::UserEnter { .. })
-        })
-        .await;
-        alice.hangup().await.unwrap();
-        wait(&mut alice_events, |event| {
-            matches!(event, CallingEvent::CallEnded { .. })
-        })
-        .await;
-        wait(&mut bob_events, |event| {
-            matches!(event, CallingEvent::CallEnded { .. })
-        })
-        .await;
-        if round >= 50 {
-            invite_to_ring.push(rang - dialed);
-            accept_to_enter.push(entered - accepted);
-        }
-    }
+    let options = call_options(&server);
+    let (mut invite_to_ring, mut accept_to_enter) =
+        call_setup(count, [&options, &options], &app).await;
     let mut bare = bare_round_trips(count).await;
     let (bare_p50, bare_p99) = summary(&mut bare);
     let (ring_p50, ring_p99) = summary(&mut invite_to_ring);
@@ -267,10 +215,294 @@ async fn calls(count: usize) {
             "MISSED"
         }
     );
-    alice.destroy();
-    bob.destroy();
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// SDK options for `server`, without audio devices (call setup only).
+fn call_options(server: &calling_server::RunningServer) -> ClientOptions {
+    let mut options =
+        ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
+    options.audio = AudioDevices::none();
+    options
+}
+
+/// Alice (with the first options) calls Bob (the second) `count` times
+/// after 50 warm-up calls: invite sent → `onInvited`, accept →
+/// `onUserEnter`.
+async fn call_setup(
+    count: usize,
+    [alice_options, bob_options]: [&ClientOptions; 2],
+    app: &calling_server::AppCredentials,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let login = |name: &'static str, options: &ClientOptions| {
+        let options = options.clone();
+        let app = app.clone();
+        async move {
+            let calling = TRTCCalling::new(options);
+            let (tx, rx) = mpsc::unbounded_channel();
+            calling.register_listener(move |event: &CallingEvent| {
+                let _ = tx.send((Instant::now(), event.clone()));
+            });
+            let sig = usersig::generate(
+                u64::from(app.sdk_app_id),
+                app.secret_key.expose(),
+                name,
+                3_600,
+                now_unix(),
+                None,
+            );
+            calling.login(app.sdk_app_id, name, &sig).await.unwrap();
+            (calling, rx)
+        }
+    };
+    let (alice, mut alice_events) = login("alice", alice_options).await;
+    let (bob, mut bob_events) = login("bob", bob_options).await;
+    async fn wait(
+        events: &mut mpsc::UnboundedReceiver<(Instant, CallingEvent)>,
+        want: fn(&CallingEvent) -> bool,
+    ) -> Instant {
+        loop {
+            let (at, event) = events.recv().await.unwrap();
+            if want(&event) {
+                return at;
+            }
+        }
+    }
+    let mut invite_to_ring = Vec::with_capacity(count);
+    let mut accept_to_enter = Vec::with_capacity(count);
+    for round in 0..count + 50 {
+        let dialed = Instant::now();
+        alice.call("bob", CallType::Audio).await.unwrap();
+        let rang = wait(&mut bob_events, |event| {
+            matches!(event, CallingEvent::Invited { .. })
+        })
+        .await;
+        let accepted = Instant::now();
+        bob.accept().await.unwrap();
+        let entered = wait(&mut alice_events, |event| {
+            matches!(event, CallingEvent::UserEnter { .. })
+        })
+        .await;
+        alice.hangup().await.unwrap();
+        wait(&mut alice_events, |event| {
+            matches!(event, CallingEvent::CallEnded { .. })
+        })
+        .await;
+        wait(&mut bob_events, |event| {
+            matches!(event, CallingEvent::CallEnded { .. })
+        })
+        .await;
+        if round >= 50 {
+            invite_to_ring.push(rang - dialed);
+            accept_to_enter.push(entered - accepted);
+        }
+    }
+    alice.destroy();
+    bob.destroy();
+    (invite_to_ring, accept_to_enter)
+}
+
+/// Three cluster nodes in this process on a real Redis, beside a single
+/// server: see the [module docs](self).
+async fn cluster(count: usize, seconds: u64) {
+    use calling_server::config::{ClusterConfig, SecretKey};
+    let redis = opencalling_tests::redis::RedisServer::start().unwrap();
+    let app = calling_server::AppCredentials {
+        sdk_app_id: 1_400_000_000,
+        secret_key: SecretKey::new("bench-cluster-app-key"),
+    };
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for index in 0..3 {
+        let data_dir = std::env::temp_dir().join(format!(
+            "opencalling-bench-node{index}-{}",
+            std::process::id()
+        ));
+        dirs.push(data_dir.clone());
+        let node = calling_server::start(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir,
+            apps: vec![app.clone()],
+            switchboard: signaling_proto::SwitchboardConfig {
+                invitations_per_minute: u32::MAX,
+                ..signaling_proto::SwitchboardConfig::DEFAULT
+            },
+            connection_limits: unlimited_requests(),
+            cluster: Some(ClusterConfig {
+                redis_url: SecretKey::new(redis.url()),
+                prefix: "bench".into(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                advertise: "127.0.0.1:0".parse().unwrap(),
+                key: SecretKey::new("bench-cluster-key"),
+            }),
+            ..ServerConfig::default()
+        })
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    let mut hosting = None;
+    while hosting.is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut statuses = Vec::new();
+        for node in &nodes {
+            statuses.push(node.stats().await.unwrap().cluster.unwrap());
+        }
+        if statuses.iter().all(|status| status.ready) {
+            hosting = statuses.iter().position(|status| status.hosting);
+        }
+    }
+    let control = hosting.unwrap();
+    let followers: Vec<usize> = (0..3).filter(|index| *index != control).collect();
+    let (a, b) = (&nodes[followers[0]], &nodes[followers[1]]);
+    let (single, single_app, single_dir) = in_process_server("opencalling-bench-single").await;
+
+    let mut rows = Vec::new();
+    let one = call_options(&single);
+    rows.push((
+        "one server",
+        call_setup(count, [&one, &one], &single_app).await,
+    ));
+    let on_a = call_options(a);
+    rows.push((
+        "cluster, both on one node",
+        call_setup(count, [&on_a, &on_a], &app).await,
+    ));
+    let on_b = call_options(b);
+    let commands_before = redis_commands(&redis);
+    let started = Instant::now();
+    rows.push((
+        "cluster, on two nodes",
+        call_setup(count, [&on_a, &on_b], &app).await,
+    ));
+    let busy = started.elapsed();
+    let commands_in_calls = redis_commands(&redis) - commands_before;
+    // The cluster's own rate (leases, registry, address books) over 5 s.
+    let idle_before = redis_commands(&redis);
+    let idle_window = Duration::from_secs(5);
+    tokio::time::sleep(idle_window).await;
+    let idle_rate = (redis_commands(&redis) - idle_before) as f64 / idle_window.as_secs_f64();
+
+    println!(
+        "cluster call setup, {count} calls each (after 50 warm-up), three nodes and the single server in one process, 2 worker threads"
+    );
+    println!(
+        "  {:<28} {:>12} {:>12} {:>12} {:>12}",
+        "", "ring p50 µs", "ring p99 µs", "enter p50 µs", "enter p99 µs"
+    );
+    let mut base = None;
+    for (label, (mut ring, mut enter)) in rows {
+        let (ring_p50, ring_p99) = summary(&mut ring);
+        let (enter_p50, enter_p99) = summary(&mut enter);
+        println!(
+            "  {label:<28} {:>12.0} {:>12.0} {:>12.0} {:>12.0}",
+            micros(ring_p50),
+            micros(ring_p99),
+            micros(enter_p50),
+            micros(enter_p99)
+        );
+        let base = *base.get_or_insert((ring_p50, ring_p99));
+        println!(
+            "  {:<28} ring p50 {:.2}x, p99 {:.2}x the single server",
+            "",
+            micros(ring_p50) / micros(base.0),
+            micros(ring_p99) / micros(base.1)
+        );
+    }
+    let calls = (count + 50) as f64;
+    let beyond_idle = commands_in_calls as f64 - idle_rate * busy.as_secs_f64();
+    println!(
+        "  Redis commands: {commands_in_calls} during {calls} calls over {:.1} s; idle, the cluster runs {idle_rate:.1} a second (leases, registry, address books): {:.3} per call beyond that",
+        busy.as_secs_f64(),
+        beyond_idle.max(0.0) / calls
+    );
+
+    // Each call settles on one delay (its playout's phase against the
+    // frames), so the comparison takes several calls, alternating.
+    let (one, here, there) = (
+        single_options(&single),
+        single_options(a),
+        single_options(b),
+    );
+    let mut same = Vec::new();
+    let mut across = Vec::new();
+    for _ in 0..4 {
+        let (sent, received) = click_latency(seconds, [&one, &one], &single_app).await;
+        same.extend(click_percentiles(&sent, &received).map(|(p50, ..)| p50));
+        let (sent, received) = click_latency(seconds, [&here, &there], &app).await;
+        across.extend(click_percentiles(&sent, &received).map(|(p50, ..)| p50));
+    }
+    println!(
+        "mouth-to-ear latency of the click probe: four {seconds} s calls each, alternating; each call's p50"
+    );
+    for (label, figures) in [
+        ("one server", &mut same),
+        ("cluster, on two nodes", &mut across),
+    ] {
+        figures.sort();
+        let shown: Vec<String> = figures
+            .iter()
+            .map(|p50| format!("{:.1}", p50.as_secs_f64() * 1e3))
+            .collect();
+        println!("  {label:<28} {} ms", shown.join(", "));
+    }
+    if !same.is_empty() && !across.is_empty() {
+        let (same, across) = (same[same.len() / 2], across[across.len() / 2]);
+        println!(
+            "  median: one server {:.1} ms, across nodes {:.1} ms ({:+.1} ms, {:.2}x)",
+            same.as_secs_f64() * 1e3,
+            across.as_secs_f64() * 1e3,
+            (across.as_secs_f64() - same.as_secs_f64()) * 1e3,
+            across.as_secs_f64() / same.as_secs_f64()
+        );
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+    single.shutdown().await;
+    for dir in dirs.into_iter().chain([single_dir]) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The benchmark's two users make thousands of requests a second, far past
+/// a client's signaling budget (docs/security.md): the budget is lifted.
+fn unlimited_requests() -> calling_server::config::ConnectionLimits {
+    calling_server::config::ConnectionLimits {
+        requests_per_sec: 1_000_000,
+        request_burst: 1_000_000,
+        ..calling_server::config::ConnectionLimits::DEFAULT
+    }
+}
+
+/// Plain options for `server` (the click probe sets the devices).
+fn single_options(server: &calling_server::RunningServer) -> ClientOptions {
+    ClientOptions::development(server.local_addr().to_string(), server.fingerprint())
+}
+
+/// Commands Redis has processed so far (`INFO stats`).
+fn redis_commands(redis: &opencalling_tests::redis::RedisServer) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(redis.addr()) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"INFO stats\r\n").is_err() {
+        return 0;
+    }
+    let mut text = String::new();
+    let mut buffer = [0_u8; 8192];
+    while !text.contains("total_commands_processed:") || !text.ends_with("\r\n") {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => text.push_str(&String::from_utf8_lossy(&buffer[..read])),
+        }
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix("total_commands_processed:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A development-mode server in this process, on loopback, with its own
@@ -291,6 +523,7 @@ async fn in_process_server(
             invitations_per_minute: u32::MAX,
             ..signaling_proto::SwitchboardConfig::DEFAULT
         },
+        connection_limits: unlimited_requests(),
         ..ServerConfig::default()
     })
     .await
@@ -570,10 +803,8 @@ impl calling_facade::AudioSink for ClickDetector {
 /// Clicks from alice to bob for `seconds`, over QUIC or (`over_fallback`,
 /// UDP to the server lost) over the fallback transport.
 async fn latency(seconds: u64, over_fallback: bool) {
-    use calling_facade::{CaptureDevice, CustomSink, CustomSource, Fallback, PlaybackDevice};
+    use calling_facade::Fallback;
     let (server, app, data_dir) = in_process_server("opencalling-bench-latency").await;
-    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut options =
         ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
     // A UDP socket that never answers stands for a network that drops UDP.
@@ -587,6 +818,23 @@ async fn latency(seconds: u64, over_fallback: bool) {
     } else {
         "QUIC"
     };
+    let (sent, received) = click_latency(seconds, [&options, &options], &app).await;
+    print_latency(transport, &sent, &received);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Alice (first options) sends a click probe to Bob (second) for
+/// `seconds`: when each click was said and heard.
+async fn click_latency(
+    seconds: u64,
+    [alice_options, bob_options]: [&ClientOptions; 2],
+    app: &calling_server::AppCredentials,
+) -> (Vec<Instant>, Vec<Instant>) {
+    use calling_facade::{CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut options = alice_options.clone();
     options.audio = AudioDevices {
         capture: CaptureDevice::Custom(CustomSource(Arc::new(std::sync::Mutex::new(ClickProbe {
             position: 0,
@@ -594,7 +842,8 @@ async fn latency(seconds: u64, over_fallback: bool) {
         })))),
         playback: PlaybackDevice::Null,
     };
-    let alice = TRTCCalling::new(options.clone());
+    let alice = TRTCCalling::new(options);
+    let mut options = bob_options.clone();
     options.audio = AudioDevices {
         capture: CaptureDevice::Silence,
         playback: PlaybackDevice::Custom(CustomSink(Arc::new(std::sync::Mutex::new(
@@ -627,50 +876,30 @@ async fn latency(seconds: u64, over_fallback: bool) {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     alice.hangup().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let sent = sent.lock().unwrap().clone();
-    let received = received.lock().unwrap().clone();
-    print_latency(transport, &sent, &received);
     alice.destroy();
     bob.destroy();
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&data_dir);
+    let sent = sent.lock().unwrap().clone();
+    let received = received.lock().unwrap().clone();
+    (sent, received)
 }
 
 /// Matches each click heard with the latest sent before it; prints the
 /// mouth-to-ear latency over `transport`.
 fn print_latency(transport: &str, sent: &[Instant], received: &[Instant]) {
-    // Each click heard is matched with the latest click sent before it.
-    let mut latencies: Vec<Duration> = received
-        .iter()
-        .filter_map(|heard| {
-            sent.iter()
-                .rev()
-                .find(|said| *said < heard)
-                .map(|said| *heard - *said)
-        })
-        .filter(|latency| *latency < Duration::from_millis(240))
-        .skip(2)
-        .collect();
-    if latencies.is_empty() {
+    let Some((p50, p95, clicks)) = click_percentiles(sent, received) else {
         println!(
             "mouth-to-ear latency: no click was heard ({} sent, {} detected)",
             sent.len(),
             received.len()
         );
         return;
-    }
-    let (p50, p95) = {
-        latencies.sort();
-        (percentile(&latencies, 0.5), percentile(&latencies, 0.95))
     };
     let lookahead_ms = 6.5;
     // The pull is the playout's granularity: a click waits up to one.
     let pull_ms = 1e3 * audio_pipeline::PULL_SAMPLES as f64 / 48_000.0;
     let floor = 20.0 + lookahead_ms + pull_ms;
     println!(
-        "mouth-to-ear latency over loopback and {transport}, {} clicks (capture → Opus → transport → relay → transport → jitter buffer → playout)",
-        latencies.len()
+        "mouth-to-ear latency over loopback and {transport}, {clicks} clicks (capture → Opus → transport → relay → transport → jitter buffer → playout)"
     );
     println!(
         "  p50 {:.1} ms, p95 {:.1} ms",
@@ -689,6 +918,35 @@ fn print_latency(transport: &str, sent: &[Instant], received: &[Instant]) {
             "MISSED"
         }
     );
+}
+
+/// Each click heard matched with the latest said before it: p50, p95 and
+/// how many (the first two skipped: the jitter buffer settles).
+fn click_percentiles(
+    sent: &[Instant],
+    received: &[Instant],
+) -> Option<(Duration, Duration, usize)> {
+    // Each click heard is matched with the latest click sent before it.
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .filter_map(|heard| {
+            sent.iter()
+                .rev()
+                .find(|said| *said < heard)
+                .map(|said| *heard - *said)
+        })
+        .filter(|latency| *latency < Duration::from_millis(240))
+        .skip(2)
+        .collect();
+    if latencies.is_empty() {
+        return None;
+    }
+    latencies.sort();
+    Some((
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        latencies.len(),
+    ))
 }
 
 /// CPU time (user + system) of a process so far.
