@@ -277,6 +277,11 @@ fn bench(args: &[String]) -> Result {
         "bench: call setup over loopback QUIC",
         release_example("calling-facade", "bench").args(["calls", "1000"]),
     )?;
+    ensure_redis()?;
+    step(
+        "bench: a cluster of three nodes (call setup, Redis per call, latency across nodes)",
+        release_example("calling-facade", "bench").args(["cluster", "1000", "6"]),
+    )?;
     step(
         "build calling-server and calling-load (release)",
         tools.apply(&mut cargo()).args([

@@ -418,6 +418,26 @@ async fn cluster(count: usize, seconds: u64) {
         beyond_idle.max(0.0) / calls
     );
 
+    let mut one_hop = relay_delays(&single, &single, &single_app, 2_000).await;
+    let mut two_hops = relay_delays(a, b, &app, 2_000).await;
+    let (one_p50, one_p99) = summary(&mut one_hop);
+    let (two_p50, two_p99) = summary(&mut two_hops);
+    println!("relay delay, client to client, 2,000 audio datagrams 2 ms apart");
+    println!(
+        "  {:<28} p50 {:>6.0} µs, p99 {:>6.0} µs",
+        "one server",
+        micros(one_p50),
+        micros(one_p99)
+    );
+    println!(
+        "  {:<28} p50 {:>6.0} µs, p99 {:>6.0} µs ({:.2}x, {:.2}x)",
+        "cluster, on two nodes",
+        micros(two_p50),
+        micros(two_p99),
+        micros(two_p50) / micros(one_p50),
+        micros(two_p99) / micros(one_p99)
+    );
+
     // Each call settles on one delay (its playout's phase against the
     // frames), so the comparison takes several calls, alternating.
     let (one, here, there) = (
@@ -474,6 +494,121 @@ fn unlimited_requests() -> calling_server::config::ConnectionLimits {
         request_burst: 1_000_000,
         ..calling_server::config::ConnectionLimits::DEFAULT
     }
+}
+
+/// A raw client logged in (version 1: no heartbeats owed) at `server`.
+async fn raw_client(
+    server: &calling_server::RunningServer,
+    app: &calling_server::AppCredentials,
+    user: &str,
+) -> signaling_quic::ClientConnection {
+    let trust = ServerTrust::Fingerprint(server.fingerprint());
+    let mut client = signaling_quic::connect(server.local_addr(), "localhost", &trust)
+        .await
+        .unwrap();
+    let sig = usersig::generate(
+        u64::from(app.sdk_app_id),
+        app.secret_key.expose(),
+        user,
+        3_600,
+        now_unix(),
+        None,
+    );
+    client
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: 1,
+            sdk_app_id: app.sdk_app_id,
+            user_id: UserId::new(user).unwrap(),
+            user_sig: sig.into(),
+        })
+        .await
+        .unwrap();
+    let _ = client.recv.recv().await.unwrap();
+    client
+}
+
+/// One-way delays of `count` audio datagrams from a client at `from` to
+/// one at `to`, in a call between them (sent 2 ms apart, the send time
+/// inside).
+async fn relay_delays(
+    from: &calling_server::RunningServer,
+    to: &calling_server::RunningServer,
+    app: &calling_server::AppCredentials,
+    count: u32,
+) -> Vec<Duration> {
+    use signaling_proto::{DatagramKind, FlowId, MediaHeader, RequestId};
+    let mut caller = raw_client(from, app, "delay-a").await;
+    let mut callee = raw_client(to, app, "delay-b").await;
+    caller
+        .send
+        .send(&ClientMessage::Invite {
+            request_id: RequestId(1),
+            call_id: None,
+            user_ids: vec![UserId::new("delay-b").unwrap()],
+            call_type: CallType::Audio,
+            timeout_ms: None,
+            user_data: None,
+        })
+        .await
+        .unwrap();
+    let call_id = loop {
+        if let Some(ServerMessage::Invited { call_id, .. }) = callee.recv.recv().await.unwrap() {
+            break call_id;
+        }
+    };
+    callee
+        .send
+        .send(&ClientMessage::Accept {
+            request_id: RequestId(1),
+            call_id,
+        })
+        .await
+        .unwrap();
+    while !matches!(
+        caller.recv.recv().await.unwrap(),
+        Some(ServerMessage::UserEntered { .. })
+    ) {}
+    let origin = Instant::now();
+    let receiver = callee.connection.clone();
+    let listen = tokio::spawn(async move {
+        let mut delays = Vec::new();
+        while let Ok(Ok(datagram)) =
+            tokio::time::timeout(Duration::from_millis(500), receiver.read_datagram()).await
+        {
+            let arrived = origin.elapsed();
+            if let Ok((_, payload)) = MediaHeader::decode(&datagram) {
+                if let Ok(sent) = <[u8; 8]>::try_from(&payload[..8.min(payload.len())]) {
+                    let sent = Duration::from_nanos(u64::from_le_bytes(sent));
+                    delays.push(arrived.saturating_sub(sent));
+                }
+            }
+        }
+        delays
+    });
+    let mut buffer = vec![0_u8; 128];
+    for sequence in 0..count {
+        let sent = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut payload = sent.to_le_bytes().to_vec();
+        payload.resize(80, 0);
+        let header = MediaHeader {
+            kind: DatagramKind::Audio,
+            flow_id: FlowId(0),
+            sequence,
+            timestamp: sequence * 960,
+            voice_activity: true,
+            level_dbov: 20,
+        };
+        let len = header.encode(&payload, &mut buffer).unwrap();
+        let _ = caller
+            .connection
+            .send_datagram(bytes::Bytes::copy_from_slice(&buffer[..len]));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let delays = listen.await.unwrap();
+    caller.connection.close(0_u32.into(), b"");
+    callee.connection.close(0_u32.into(), b"");
+    delays
 }
 
 /// Plain options for `server` (the click probe sets the devices).
