@@ -306,54 +306,13 @@ async fn call_setup(
 /// Three cluster nodes in this process on a real Redis, beside a single
 /// server: see the [module docs](self).
 async fn cluster(count: usize, seconds: u64) {
-    use calling_server::config::{ClusterConfig, SecretKey};
+    use calling_server::config::SecretKey;
     let redis = opencalling_tests::redis::RedisServer::start().unwrap();
     let app = calling_server::AppCredentials {
         sdk_app_id: 1_400_000_000,
         secret_key: SecretKey::new("bench-cluster-app-key"),
     };
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for index in 0..3 {
-        let data_dir = std::env::temp_dir().join(format!(
-            "opencalling-bench-node{index}-{}",
-            std::process::id()
-        ));
-        dirs.push(data_dir.clone());
-        let node = calling_server::start(ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir,
-            apps: vec![app.clone()],
-            switchboard: signaling_proto::SwitchboardConfig {
-                invitations_per_minute: u32::MAX,
-                ..signaling_proto::SwitchboardConfig::DEFAULT
-            },
-            connection_limits: unlimited_requests(),
-            cluster: Some(ClusterConfig {
-                redis_url: SecretKey::new(redis.url()),
-                prefix: "bench".into(),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                advertise: "127.0.0.1:0".parse().unwrap(),
-                key: SecretKey::new("bench-cluster-key"),
-            }),
-            ..ServerConfig::default()
-        })
-        .await
-        .unwrap();
-        nodes.push(node);
-    }
-    let mut hosting = None;
-    while hosting.is_none() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut statuses = Vec::new();
-        for node in &nodes {
-            statuses.push(node.stats().await.unwrap().cluster.unwrap());
-        }
-        if statuses.iter().all(|status| status.ready) {
-            hosting = statuses.iter().position(|status| status.hosting);
-        }
-    }
-    let control = hosting.unwrap();
+    let (nodes, dirs, control) = start_cluster(&redis, &app).await;
     let followers: Vec<usize> = (0..3).filter(|index| *index != control).collect();
     let (a, b) = (&nodes[followers[0]], &nodes[followers[1]]);
     let (single, single_app, single_dir) = in_process_server("opencalling-bench-single").await;
@@ -418,8 +377,89 @@ async fn cluster(count: usize, seconds: u64) {
         beyond_idle.max(0.0) / calls
     );
 
-    let mut one_hop = relay_delays(&single, &single, &single_app, 2_000).await;
-    let mut two_hops = relay_delays(a, b, &app, 2_000).await;
+    compare_relay_delays([&single, a, b], [&single_app, &app]).await;
+    compare_click_latency(
+        seconds,
+        [
+            &single_options(&single),
+            &single_options(a),
+            &single_options(b),
+        ],
+        [&single_app, &app],
+    )
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+    single.shutdown().await;
+    for dir in dirs.into_iter().chain([single_dir]) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Three cluster nodes in this process on `redis`, serving `app`: the
+/// nodes, their data directories, and which hosts the control.
+async fn start_cluster(
+    redis: &opencalling_tests::redis::RedisServer,
+    app: &calling_server::AppCredentials,
+) -> (
+    Vec<calling_server::RunningServer>,
+    Vec<std::path::PathBuf>,
+    usize,
+) {
+    use calling_server::config::{ClusterConfig, SecretKey};
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for index in 0..3 {
+        let data_dir = std::env::temp_dir().join(format!(
+            "opencalling-bench-node{index}-{}",
+            std::process::id()
+        ));
+        dirs.push(data_dir.clone());
+        let node = calling_server::start(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir,
+            apps: vec![app.clone()],
+            switchboard: signaling_proto::SwitchboardConfig {
+                invitations_per_minute: u32::MAX,
+                ..signaling_proto::SwitchboardConfig::DEFAULT
+            },
+            connection_limits: unlimited_requests(),
+            cluster: Some(ClusterConfig {
+                redis_url: SecretKey::new(redis.url()),
+                prefix: "bench".into(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                advertise: "127.0.0.1:0".parse().unwrap(),
+                key: SecretKey::new("bench-cluster-key"),
+            }),
+            ..ServerConfig::default()
+        })
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    let mut hosting = None;
+    while hosting.is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut statuses = Vec::new();
+        for node in &nodes {
+            statuses.push(node.stats().await.unwrap().cluster.unwrap());
+        }
+        if statuses.iter().all(|status| status.ready) {
+            hosting = statuses.iter().position(|status| status.hosting);
+        }
+    }
+    (nodes, dirs, hosting.unwrap())
+}
+
+/// Client-to-client relay delay on one server (the first) and across two
+/// nodes (the second and third).
+async fn compare_relay_delays(
+    [single, a, b]: [&calling_server::RunningServer; 3],
+    [single_app, app]: [&calling_server::AppCredentials; 2],
+) {
+    let mut one_hop = relay_delays(single, single, single_app, 2_000).await;
+    let mut two_hops = relay_delays(a, b, app, 2_000).await;
     let (one_p50, one_p99) = summary(&mut one_hop);
     let (two_p50, two_p99) = summary(&mut two_hops);
     println!("relay delay, client to client, 2,000 audio datagrams 2 ms apart");
@@ -437,20 +477,23 @@ async fn cluster(count: usize, seconds: u64) {
         micros(two_p50) / micros(one_p50),
         micros(two_p99) / micros(one_p99)
     );
+}
 
+/// The click probe's latency on one server (first options) and across two
+/// nodes (second and third), over alternating calls.
+async fn compare_click_latency(
+    seconds: u64,
+    [one, here, there]: [&ClientOptions; 3],
+    [single_app, app]: [&calling_server::AppCredentials; 2],
+) {
     // Each call settles on one delay (its playout's phase against the
     // frames), so the comparison takes several calls, alternating.
-    let (one, here, there) = (
-        single_options(&single),
-        single_options(a),
-        single_options(b),
-    );
     let mut same = Vec::new();
     let mut across = Vec::new();
     for _ in 0..4 {
-        let (sent, received) = click_latency(seconds, [&one, &one], &single_app).await;
+        let (sent, received) = click_latency(seconds, [one, one], single_app).await;
         same.extend(click_percentiles(&sent, &received).map(|(p50, ..)| p50));
-        let (sent, received) = click_latency(seconds, [&here, &there], &app).await;
+        let (sent, received) = click_latency(seconds, [here, there], app).await;
         across.extend(click_percentiles(&sent, &received).map(|(p50, ..)| p50));
     }
     println!(
@@ -476,13 +519,6 @@ async fn cluster(count: usize, seconds: u64) {
             (across.as_secs_f64() - same.as_secs_f64()) * 1e3,
             across.as_secs_f64() / same.as_secs_f64()
         );
-    }
-    for node in nodes {
-        node.shutdown().await;
-    }
-    single.shutdown().await;
-    for dir in dirs.into_iter().chain([single_dir]) {
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
