@@ -326,6 +326,10 @@ fn bench(args: &[String]) -> Result {
         pinned_bench("relay-ops").args(["200", "3"]),
     )?;
     step(
+        "bench: relay across two cluster nodes beside one server",
+        pinned_bench("relay-cluster").args(["200", "2"]),
+    )?;
+    step(
         "bench: mouth-to-ear latency, QUIC and the fallback",
         release_example("calling-facade", "bench").args(["latency", "12"]),
     )?;

@@ -17,6 +17,10 @@
 //!   node and on two (every message through the control on a third), the
 //!   click probe's mouth-to-ear latency across nodes, and the Redis
 //!   commands the cluster runs per call beside its idle rate.
+//! - `bench relay-cluster SERVER_BIN [CALLS] [REPEATS]`: the relay's CPU
+//!   per delivered datagram on one server beside two cluster nodes with
+//!   every call's members on different nodes (both nodes' CPU summed, all
+//!   pinned to CPU 0), alternating.
 //! - `bench relay-ops SERVER_BIN [CALLS] [REPEATS]` and `bench relay-compare
 //!   BEFORE_BIN AFTER_BIN [CALLS] [REPEATS]`: the relay's CPU per datagram
 //!   with the operations side on beside off, and of two builds, in
@@ -82,6 +86,17 @@ async fn main() {
                 .get(1)
                 .expect("bench relay-ops SERVER_BIN [CALLS] [REPEATS]");
             relay_operations(
+                server_bin,
+                args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200),
+                args.get(3).and_then(|n| n.parse().ok()).unwrap_or(2),
+            )
+            .await;
+        }
+        Some("relay-cluster") => {
+            let server_bin = args
+                .get(1)
+                .expect("bench relay-cluster SERVER_BIN [CALLS] [REPEATS]");
+            relay_cluster(
                 server_bin,
                 args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200),
                 args.get(3).and_then(|n| n.parse().ok()).unwrap_or(2),
@@ -731,7 +746,14 @@ struct DevServer {
 impl DevServer {
     /// Runs `command` (the server binary, maybe behind taskset, with its
     /// limits) listening on loopback with `data_dir`, and reads its banner.
-    async fn spawn(mut command: tokio::process::Command, data_dir: &std::path::Path) -> Self {
+    ///
+    /// `app_key`: the key of the app the command configures (a cluster
+    /// node); `None`: a development server, which prints its own.
+    async fn spawn(
+        mut command: tokio::process::Command,
+        data_dir: &std::path::Path,
+        app_key: Option<&str>,
+    ) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = command
             // Capacity is measured here, not the flood protection.
@@ -748,12 +770,15 @@ impl DevServer {
             .unwrap();
         let pid = child.id().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut addr, mut fingerprint, mut key) = (None, None, None);
+        let (mut addr, mut fingerprint, mut key) = (None, None, app_key.map(str::to_owned));
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(rest) = line.strip_prefix("OpenCalling server listening on ") {
                 addr = rest.parse::<SocketAddr>().ok();
             } else if let Some(rest) = line.strip_prefix("certificate fingerprint (sha256): ") {
                 fingerprint = rest.parse().ok();
+                if key.is_some() {
+                    break;
+                }
             } else if let Some(rest) = line.trim().strip_prefix("secret key: ") {
                 key = Some(rest.to_owned());
                 break;
@@ -799,7 +824,7 @@ async fn idle(server_bin: &str, count: usize) {
         addr,
         fingerprint,
         key,
-    } = DevServer::spawn(command, &data_dir).await;
+    } = DevServer::spawn(command, &data_dir, None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib(pid);
 
@@ -1177,16 +1202,21 @@ const ROUND: Duration = Duration::from_secs(3);
 struct Meter {
     received: Arc<std::sync::atomic::AtomicU64>,
     delays: Arc<std::sync::Mutex<Vec<u32>>>,
-    pid: u32,
+    /// The forwarding processes (a cluster's nodes: their CPU adds up).
+    pids: Vec<u32>,
 }
 
 impl Meter {
-    fn new(pid: u32) -> Self {
+    fn new(pids: Vec<u32>) -> Self {
         Self {
             received: Arc::default(),
             delays: Arc::default(),
-            pid,
+            pids,
         }
+    }
+
+    fn cpu(&self) -> Duration {
+        self.pids.iter().map(|pid| cpu_time(*pid)).sum()
     }
 
     /// One measured round of `calls` calls: quiet, then `ROUND` of traffic
@@ -1201,14 +1231,14 @@ impl Meter {
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.received.store(0, Ordering::Relaxed);
         self.delays.lock().unwrap().clear();
-        let server_before = cpu_time(self.pid);
+        let server_before = self.cpu();
         let sent = drive(calls, origin, send).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         Round {
             sent,
             received: self.received.load(Ordering::Relaxed),
             p99: p99(&mut self.delays.lock().unwrap()),
-            server_cpu: cpu_time(self.pid) - server_before,
+            server_cpu: self.cpu() - server_before,
         }
     }
 }
@@ -1281,24 +1311,61 @@ async fn quic_relay_rounds(
     origin: Instant,
     sizes: &[usize],
 ) -> Vec<Round> {
+    quic_relay_rounds_on(server_bin, extra, origin, sizes, None).await
+}
+
+/// The relay rounds against one server, or (`cluster`: its Redis) two
+/// cluster nodes with every call's members on different nodes, both nodes
+/// pinned to the same CPU as a single server would be.
+async fn quic_relay_rounds_on(
+    server_bin: &str,
+    extra: &[String],
+    origin: Instant,
+    sizes: &[usize],
+    cluster: Option<&opencalling_tests::redis::RedisServer>,
+) -> Vec<Round> {
+    const CLUSTER_APP_KEY: &str = "bench-relay-cluster-app-key";
     let data_dir =
         std::env::temp_dir().join(format!("opencalling-bench-relay-{}", std::process::id()));
-    let mut command = pinned(server_bin);
-    command.args([
-        "--max-connections",
-        "20000",
-        "--max-connections-per-ip",
-        "20000",
-    ]);
-    command.args(extra);
-    let DevServer {
-        child,
-        pid,
-        addr,
-        fingerprint,
-        key,
-    } = DevServer::spawn(command, &data_dir).await;
-    let meter = Meter::new(pid);
+    let node_count = if cluster.is_some() { 2 } else { 1 };
+    let mut servers = Vec::new();
+    for node in 0..node_count {
+        let mut command = pinned(server_bin);
+        command.args([
+            "--max-connections",
+            "20000",
+            "--max-connections-per-ip",
+            "20000",
+        ]);
+        command.args(extra);
+        let node_dir = data_dir.join(format!("node{node}"));
+        if let Some(redis) = cluster {
+            command
+                .args([
+                    "--sdk-app-id",
+                    "1400000000",
+                    "--secret-key",
+                    CLUSTER_APP_KEY,
+                ])
+                .args(["--redis", &redis.url(), "--redis-prefix"])
+                .arg(format!("bench-relay-{}", std::process::id()))
+                .args(["--cluster-listen", "127.0.0.1:0", "--cluster-advertise"])
+                .args(["127.0.0.1:0", "--cluster-key", "bench-relay-cluster-key"])
+                .args(["--fallback-listen", "off"]);
+            // One certificate for both nodes: one client configuration.
+            if node > 0 {
+                std::fs::create_dir_all(&node_dir).unwrap();
+                for file in ["cert.der", "key.der"] {
+                    std::fs::copy(data_dir.join("node0").join(file), node_dir.join(file)).unwrap();
+                }
+            }
+        }
+        let app_key = cluster.map(|_| CLUSTER_APP_KEY);
+        servers.push(DevServer::spawn(command, &node_dir, app_key).await);
+    }
+    let meter = Meter::new(servers.iter().map(|server| server.pid).collect());
+    let (fingerprint, key) = (servers[0].fingerprint, servers[0].key.clone());
+    let addrs: Vec<SocketAddr> = servers.iter().map(|server| server.addr).collect();
     let mut endpoint = load_endpoint();
     endpoint.set_default_client_config(
         signaling_quic::client_config(&ServerTrust::Fingerprint(fingerprint)).unwrap(),
@@ -1316,28 +1383,36 @@ async fn quic_relay_rounds(
         while pairs.len() < calls {
             let index = pairs.len();
             let mut ends = Vec::new();
-            for side in ["a", "b"] {
+            for (side, addr) in ["a", "b"].into_iter().zip(addrs.iter().cycle()) {
                 let user = format!("r{index}{side}");
-                let mut client = loop {
-                    if let Ok(client) =
-                        signaling_quic::connect_on(&endpoint, addr, "localhost").await
+                // A cluster node takes logins once it has found its control.
+                let client = loop {
+                    let Ok(mut client) =
+                        signaling_quic::connect_on(&endpoint, *addr, "localhost").await
+                    else {
+                        continue;
+                    };
+                    let sig = usersig::generate(1_400_000_000, &key, &user, 3_600, now, None);
+                    client
+                        .send
+                        .send(&ClientMessage::Login {
+                            // Version 1: no heartbeats owed (see `idle`).
+                            protocol_version: 1,
+                            sdk_app_id: 1_400_000_000,
+                            user_id: UserId::new(user.clone()).unwrap(),
+                            user_sig: sig.into(),
+                        })
+                        .await
+                        .unwrap();
+                    if let Ok(Some(ServerMessage::LoginResult { code, .. })) =
+                        client.recv.recv().await
                     {
-                        break client;
+                        if code.is_ok() {
+                            break client;
+                        }
                     }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 };
-                let sig = usersig::generate(1_400_000_000, &key, &user, 3_600, now, None);
-                client
-                    .send
-                    .send(&ClientMessage::Login {
-                        // Version 1: no heartbeats owed (see `idle`).
-                        protocol_version: 1,
-                        sdk_app_id: 1_400_000_000,
-                        user_id: UserId::new(user).unwrap(),
-                        user_sig: sig.into(),
-                    })
-                    .await
-                    .unwrap();
-                let _ = client.recv.recv().await.unwrap();
                 ends.push(client);
             }
             let mut callee = ends.pop().unwrap();
@@ -1427,7 +1502,7 @@ async fn quic_relay_rounds(
         "    generator connections: {datagrams_sent} datagrams sent, {acks_sent} ACK frames sent, {acks_received} received"
     );
     drop(keep);
-    drop(child);
+    drop(servers);
     let _ = std::fs::remove_dir_all(&data_dir);
     quic_rounds
 }
@@ -1563,5 +1638,51 @@ async fn relay_compare(binaries: [&String; 2], calls: usize, repeats: usize) {
     println!(
         "  after / before: {:.3}",
         mean(&rounds[1]) / mean(&rounds[0]).max(f64::MIN_POSITIVE)
+    );
+}
+
+/// One server, then two cluster nodes with every call's members on
+/// different nodes, alternating; all server processes on CPU 0: the
+/// server CPU each delivered datagram costs, both nodes' CPU summed.
+async fn relay_cluster(server_bin: &str, calls: usize, repeats: usize) {
+    let redis = opencalling_tests::redis::RedisServer::start().unwrap();
+    let origin = Instant::now();
+    let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..repeats {
+        rounds[0].extend(quic_relay_rounds_on(server_bin, &[], origin, &[calls], None).await);
+        rounds[1]
+            .extend(quic_relay_rounds_on(server_bin, &[], origin, &[calls], Some(&redis)).await);
+    }
+    println!(
+        "relay across cluster nodes, {calls} 1v1 calls, alternating; every server process on CPU 0"
+    );
+    let mean = |rounds: &[Round]| {
+        rounds.iter().map(Round::cpu_per_datagram_us).sum::<f64>() / rounds.len().max(1) as f64
+    };
+    for (name, kept) in ["one server", "two nodes, members apart"]
+        .iter()
+        .zip(&rounds)
+    {
+        let each: Vec<String> = kept
+            .iter()
+            .map(|round| {
+                format!(
+                    "{:.1} (loss {:.3} %, p99 {:.1} ms)",
+                    round.cpu_per_datagram_us(),
+                    round.loss_percent(),
+                    round.p99.as_secs_f64() * 1e3
+                )
+            })
+            .collect();
+        println!(
+            "  {name:>24}: µs of server CPU per delivered datagram {} — mean {:.2}",
+            each.join(" / "),
+            mean(kept)
+        );
+    }
+    let ratio = mean(&rounds[1]) / mean(&rounds[0]).max(f64::MIN_POSITIVE);
+    println!(
+        "  across nodes / one server: {ratio:.2}x the CPU per datagram: two nodes with a core each would carry {:.2}x one server's calls if every call spanned them (2x if none did)",
+        2.0 / ratio
     );
 }
