@@ -1298,10 +1298,6 @@ fn p99(delays: &mut [u32]) -> Duration {
     Duration::from_micros(u64::from(delays[(delays.len() - 1) * 99 / 100]))
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one benchmark round by round, with its baseline beside it"
-)]
 /// Rounds of the relay benchmark against a `calling-server` started with
 /// `extra` arguments: one round per size of `sizes` (calls added as they
 /// grow), stopping after the first round over the limits.
@@ -1317,6 +1313,10 @@ async fn quic_relay_rounds(
 /// The relay rounds against one server, or (`cluster`: its Redis) two
 /// cluster nodes with every call's members on different nodes, both nodes
 /// pinned to the same CPU as a single server would be.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark round by round, with its baseline beside it"
+)]
 async fn quic_relay_rounds_on(
     server_bin: &str,
     extra: &[String],
