@@ -214,13 +214,7 @@ fn a_killed_control_hands_over_and_calls_between_the_survivors_go_on() {
     assert!(entered(&cluster, alice, "bob") && entered(&cluster, dave, "carol"));
 
     cluster.kill(old);
-    let handed_over = cluster.run_until(Duration::from_secs(8), |cluster| {
-        cluster.settled()
-            && cluster
-                .holders()
-                .values()
-                .all(|holder| holder.is_some_and(|(node, _)| node != old))
-    });
+    let handed_over = cluster.wait_for_handover(old, Duration::from_secs(8));
     assert!(handed_over, "{:?}", cluster.holders());
     // Past the new control's window.
     cluster.run_for(Duration::from_secs(3));
@@ -464,13 +458,7 @@ fn a_store_that_restarts_without_its_data_keeps_the_control_and_every_session() 
         // Later terms still count up from the old one.
         let control = cluster.control();
         cluster.kill(control);
-        let handed_over = cluster.run_until(Duration::from_secs(8), |cluster| {
-            cluster.settled()
-                && cluster
-                    .holders()
-                    .values()
-                    .all(|holder| holder.is_some_and(|(node, _)| node != control))
-        });
+        let handed_over = cluster.wait_for_handover(control, Duration::from_secs(8));
         assert!(handed_over, "seed {seed}");
         let term = cluster.holders().values().next().unwrap().unwrap().1;
         assert_eq!(term, 2, "seed {seed}: a new term, never an old one");
@@ -489,13 +477,7 @@ fn a_control_that_stops_gracefully_is_replaced_sooner_than_a_dead_one() {
             cluster.kill(old);
         }
         let stopped = cluster.now;
-        let handed_over = cluster.run_until(Duration::from_secs(8), |cluster| {
-            cluster.settled()
-                && cluster
-                    .holders()
-                    .values()
-                    .all(|holder| holder.is_some_and(|(node, _)| node != old))
-        });
+        let handed_over = cluster.wait_for_handover(old, Duration::from_secs(8));
         assert!(handed_over);
         cluster.now - stopped
     };

@@ -331,6 +331,15 @@ async fn status(server: &TestServer) -> ClusterStatus {
     server.server.stats().await.unwrap().cluster.unwrap()
 }
 
+/// Waits until `node`'s cluster status satisfies `wanted` (10 s at most).
+async fn wait_for_status(node: &TestServer, wanted: impl Fn(&ClusterStatus) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wanted(&status(node).await) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn invite(client: &mut ClientConnection, request: u32, users: &[&str]) {
     client
         .send
@@ -369,14 +378,12 @@ async fn a_killed_node_ends_its_users_part_in_calls_within_seconds_and_nobody_st
     let redis = RedisServer::start().unwrap();
     let tag = "node-kill";
     let first = node(&redis, tag, 0).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !status(&first).await.hosting {
-        assert!(
-            Instant::now() < deadline,
-            "the first node takes the control"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(
+        &first,
+        |status| status.hosting,
+        "the first node takes the control",
+    )
+    .await;
     let (mut doomed, doomed_addr, doomed_fingerprint) = child_node(&redis, tag).await;
     let third = node(&redis, tag, 2).await;
     let app = app();
@@ -490,21 +497,7 @@ async fn with_redis_gone_for_ten_seconds_calls_go_on_new_calls_fail_clearly_and_
         }
     ));
     // The call in progress goes on: signaling and audio across nodes.
-    alice
-        .send
-        .send(&ClientMessage::Microphone { muted: true })
-        .await
-        .unwrap();
-    until(&mut bob, |message| {
-        matches!(
-            message,
-            ServerMessage::AudioAvailability {
-                available: false,
-                ..
-            }
-        )
-    })
-    .await;
+    call_is_alive(&mut alice, &mut bob, true).await;
     assert!(
         hears(&alice, &bob, 1, b"no redis").await.is_some(),
         "media never waits for Redis"
@@ -616,21 +609,7 @@ async fn a_killed_control_hands_over_and_the_call_between_the_survivors_goes_on(
         assert!(Instant::now() < deadline, "no new control: {a:?} {b:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    alice
-        .send
-        .send(&ClientMessage::Microphone { muted: true })
-        .await
-        .unwrap();
-    until(&mut bob, |message| {
-        matches!(
-            message,
-            ServerMessage::AudioAvailability {
-                available: false,
-                ..
-            }
-        )
-    })
-    .await;
+    call_is_alive(&mut alice, &mut bob, true).await;
     let recovered = killed.elapsed();
     assert!(
         recovered < Duration::from_secs(8),
@@ -886,20 +865,14 @@ async fn a_draining_node_moves_its_idle_users_and_lets_its_calls_finish() {
     let staying_config = node_config(&redis, tag, 0);
     let staying_dir = staying_config.data_dir.clone();
     let staying = TestServer::start_with(staying_config).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !status(&staying).await.hosting {
-        assert!(
-            Instant::now() < deadline,
-            "the first node takes the control"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(
+        &staying,
+        |status| status.hosting,
+        "the first node takes the control",
+    )
+    .await;
     let draining = node_like(&redis, tag, 1, &staying_dir).await;
-    let settle = Instant::now() + Duration::from_secs(10);
-    while !status(&draining).await.ready {
-        assert!(Instant::now() < settle, "the second node joins");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(&draining, |status| status.ready, "the second node joins").await;
     // One address, as a load balancer gives, leading to the draining node.
     let balancer = opencalling_tests::proxy::FaultProxy::start(draining.server.local_addr()).await;
     let fingerprint = staying.server.fingerprint();
@@ -1010,11 +983,7 @@ async fn a_rolling_restart_loses_no_call_shorter_than_the_drain() {
     let second = node(&redis, tag, 1).await;
     let third = node(&redis, tag, 2).await;
     for node in [&first, &second, &third] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !status(node).await.ready {
-            assert!(Instant::now() < deadline, "a node joins");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_status(node, |status| status.ready, "a node joins").await;
     }
     assert!(status(&first).await.hosting);
     // A long call between the first and the third node, and a short one
@@ -1039,11 +1008,7 @@ async fn a_rolling_restart_loses_no_call_shorter_than_the_drain() {
     // The first node, which hosts the control, restarts: a call between
     // the new second node and the third goes on through the handover,
     // and alice's call, on the node going, ends within its drain.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !status(&second).await.ready {
-        assert!(Instant::now() < deadline, "the new node joins");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(&second, |status| status.ready, "the new node joins").await;
     let mut erin = raw_login(&second, "erin").await;
     let mut frank = raw_login(&third, "frank").await;
     raw_call(&mut erin, &mut frank, "frank").await;

@@ -161,6 +161,18 @@ impl Cluster {
         panic!("the cluster did not settle: {:#?}", self.holders());
     }
 
+    /// Runs until every node follows one control other than `old` (at
+    /// most `limit`); whether that happened.
+    pub fn wait_for_handover(&mut self, old: NodeId, limit: Duration) -> bool {
+        self.run_until(limit, |cluster| {
+            cluster.settled()
+                && cluster
+                    .holders()
+                    .values()
+                    .all(|holder| holder.is_some_and(|(node, _)| node != old))
+        })
+    }
+
     pub fn settled(&self) -> bool {
         let holders = self.holders();
         let first = holders.values().next().cloned().flatten();
