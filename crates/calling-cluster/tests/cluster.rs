@@ -178,10 +178,7 @@ fn a_call_between_two_nodes_ends_with_connection_lost_when_one_dies() {
     let alice = cluster.login(a, "alice");
     let bob = cluster.login(b, "bob");
     cluster.run_for(Duration::from_millis(100));
-    cluster.invite(alice, &["bob"]).unwrap();
-    cluster.run_for(Duration::from_millis(100));
-    cluster.accept(bob).unwrap();
-    cluster.run_for(Duration::from_millis(100));
+    cluster.call(alice, bob, "bob");
     cluster.kill(b);
     let ended = cluster.run_until(Duration::from_secs(6), |cluster| {
         !cluster.call_ends(alice).is_empty()
@@ -276,10 +273,7 @@ fn with_the_store_away_calls_go_on_new_calls_fail_clearly_and_all_recovers() {
     let carol = cluster.login(control, "carol");
     let dave = cluster.login(b, "dave");
     cluster.run_for(Duration::from_millis(100));
-    cluster.invite(alice, &["bob"]).unwrap();
-    cluster.run_for(Duration::from_millis(100));
-    cluster.accept(bob).unwrap();
-    cluster.run_for(Duration::from_millis(100));
+    cluster.call(alice, bob, "bob");
     let holders = cluster.holders();
 
     cluster.store.set_reachable(false);
@@ -330,10 +324,7 @@ fn a_link_down_past_its_grace_ends_that_nodes_sessions_and_it_starts_afresh() {
     let alice = cluster.login(a, "alice");
     let carol = cluster.login(control, "carol");
     cluster.run_for(Duration::from_millis(100));
-    cluster.invite(carol, &["alice"]).unwrap();
-    cluster.run_for(Duration::from_millis(100));
-    cluster.accept(alice).unwrap();
-    cluster.run_for(Duration::from_millis(100));
+    cluster.call(carol, alice, "alice");
     // A short break: nothing is lost, nothing repeated.
     cluster.break_link(a);
     cluster.send(alice, ClientMessage::Microphone { muted: true });

@@ -587,6 +587,15 @@ impl Cluster {
         )
     }
 
+    /// `caller` invites `callee_name` (logged in as `callee`), who
+    /// accepts; 100 ms pass after each.
+    pub fn call(&mut self, caller: (NodeId, u64), callee: (NodeId, u64), callee_name: &str) {
+        self.invite(caller, &[callee_name]).unwrap();
+        self.run_for(Duration::from_millis(100));
+        self.accept(callee).unwrap();
+        self.run_for(Duration::from_millis(100));
+    }
+
     pub fn hangup(&mut self, client: (NodeId, u64)) -> Option<RequestId> {
         self.send(
             client,
