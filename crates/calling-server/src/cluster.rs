@@ -513,7 +513,7 @@ async fn serve_link(
         return Ok(());
     }
     let (frames, mut outgoing) = mpsc::unbounded_channel();
-    post(&hub, IoInput::NodeUp { node, link, frames });
+    post(&hub, IoInput::NodeUp { node, link, frames }).await;
     loop {
         tokio::select! {
             frame = outgoing.recv() => {
@@ -523,20 +523,23 @@ async fn serve_link(
                 }
             }
             received = recv.recv() => match received {
-                Ok(Some(NodeWire::Frame(frame))) => post(&hub, IoInput::NodeFrame { node, link, frame }),
+                Ok(Some(NodeWire::Frame(frame))) => post(&hub, IoInput::NodeFrame { node, link, frame }).await,
                 _ => break,
             },
         }
     }
-    post(&hub, IoInput::NodeDown { node, link });
+    post(&hub, IoInput::NodeDown { node, link }).await;
     connection.close(0_u32.into(), b"");
     Ok(())
 }
 
-fn post(hub: &mpsc::WeakSender<HubInput>, input: IoInput) {
+/// Hands `input` to the hub, waiting for room: a link frame dropped here
+/// would be counted by neither side's books, so nothing is dropped (the
+/// link's reader waits instead, and so does its peer).
+async fn post(hub: &mpsc::WeakSender<HubInput>, input: IoInput) {
     if let Some(hub) = hub.upgrade() {
-        // The hub reads without pause; a full queue means it is stopping.
-        let _ = hub.try_send(HubInput::Cluster(input));
+        // An error: the hub is gone, the server stopping.
+        let _ = hub.send(HubInput::Cluster(input)).await;
     }
 }
 
@@ -558,7 +561,7 @@ async fn keep_control_link(
                 // Frames queued for an earlier connection are stale: the
                 // books resend after the new hello.
                 while outgoing.try_recv().is_ok() {}
-                post(&hub, IoInput::ControlUp { generation });
+                post(&hub, IoInput::ControlUp { generation }).await;
                 loop {
                     tokio::select! {
                         frame = outgoing.recv() => {
@@ -569,14 +572,14 @@ async fn keep_control_link(
                         }
                         received = recv.recv() => match received {
                             Ok(Some(NodeWire::Frame(frame))) => {
-                                post(&hub, IoInput::ControlFrame { generation, frame });
+                                post(&hub, IoInput::ControlFrame { generation, frame }).await;
                             }
                             _ => break,
                         },
                     }
                 }
                 connection.close(0_u32.into(), b"");
-                post(&hub, IoInput::ControlDown { generation });
+                post(&hub, IoInput::ControlDown { generation }).await;
             }
             Ok((connection, peer, ..)) => {
                 warn!(expected = %holder.node, %peer, "the control's address answered as another node");
@@ -603,7 +606,7 @@ impl ClusterIo {
                 let hub = self.hub.clone();
                 tokio::spawn(async move {
                     let reply = store.run(&request).await;
-                    post(&hub, IoInput::Store { id, reply });
+                    post(&hub, IoInput::Store { id, reply }).await;
                 });
             }
             NodeOutput::Dial(holder) => {
