@@ -126,9 +126,9 @@ pub enum NodeOutput {
     },
     /// For one of this node's clients.
     Deliver(FromControl),
-    /// Every session of this node's clients is over (the control that held
-    /// them is gone or gave them up): close them with `code`, as after a
-    /// lost connection; the clients log in again.
+    /// Every session of this node's clients is over (the control gave this
+    /// node up: its link stayed down past the grace): close them with
+    /// `code`, as after a lost connection; the clients log in again.
     SessionsLost {
         /// What to close them with.
         code: ErrorCode,
