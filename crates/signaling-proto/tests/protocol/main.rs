@@ -9,6 +9,7 @@ mod hostile_input;
 mod operator;
 mod properties;
 mod reconnect;
+mod restore;
 mod scenarios;
 
 use std::time::{Duration, Instant};
