@@ -34,12 +34,10 @@ fn drain(switchboard: &mut Switchboard) -> Vec<Output> {
     std::iter::from_fn(|| switchboard.poll_output()).collect()
 }
 
-#[test]
-fn calls_come_back_with_their_members_and_lose_the_lost_ones() {
-    let now = Instant::now();
+/// Call 7: alice, bob and dave, dave on the node that died. Call 9: carol
+/// (detached) and erin, erin lost. frank is in no call.
+fn restored(now: Instant) -> (Switchboard, Vec<Output>) {
     let mut switchboard = Switchboard::new(SwitchboardConfig::default());
-    // Call 7: alice, bob and dave, dave on the node that died. Call 9:
-    // carol (detached) and erin, erin lost. frank is in no call.
     let everyone: &[&str] = &["alice", "bob", "dave"];
     switchboard.handle_restore(
         now,
@@ -51,6 +49,12 @@ fn calls_come_back_with_their_members_and_lose_the_lost_ones() {
         ],
     );
     let outputs = drain(&mut switchboard);
+    (switchboard, outputs)
+}
+
+#[test]
+fn calls_come_back_with_their_members_and_lose_the_lost_ones() {
+    let (switchboard, outputs) = restored(Instant::now());
     // Call 7 goes on with alice and bob, who hear dave left.
     let membership = outputs.iter().find_map(|output| match output {
         Output::Membership { call_id, members } if *call_id == CallId(7) => Some(members),
@@ -113,8 +117,13 @@ fn calls_come_back_with_their_members_and_lose_the_lost_ones() {
     assert_eq!(switchboard.call_count(), 1);
     assert!(switchboard.is_detached(ConnId(3)));
     assert_eq!(switchboard.check_invariants(), Ok(()));
+}
 
-    // The rebuilt call works as any: bob hangs up, alice hears it once.
+#[test]
+fn a_rebuilt_call_works_as_any_and_new_flows_pass_the_restored_ones() {
+    let now = Instant::now();
+    let (mut switchboard, _) = restored(now);
+    // bob hangs up: alice hears the end once.
     switchboard.handle_message(
         now,
         ConnId(2),
