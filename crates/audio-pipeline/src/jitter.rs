@@ -545,11 +545,14 @@ impl JitterBuffer {
             }
             // Nothing buffered: the packet is late. Conceal briefly without
             // consuming its time slot (the buffer grows; the target adapts),
-            // then go quiet: the speaker may have stopped sending.
+            // then go quiet: the speaker may have stopped sending. Late is
+            // not lost (the packet still plays when it comes): the loss
+            // estimate is left alone, so one late packet does not keep the
+            // path "lossy" (no trimming in pauses, the delay held a frame
+            // high) for seconds.
             None => {
                 if self.quiet_frames < 3 {
                     self.decoder.conceal(&mut self.frame)?;
-                    self.note_frame(true);
                     self.count_concealment();
                     self.quiet_frames += 1;
                     self.sync.extend(self.frame.iter().copied());

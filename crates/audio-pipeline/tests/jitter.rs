@@ -621,3 +621,62 @@ fn a_delay_step_raises_the_target_within_a_second() {
         target_at(5.0)
     );
 }
+
+#[test]
+fn a_stall_does_not_hold_the_delay_high_for_seconds() {
+    // Packets arrive 20 ms after they are sent, but at about 2 s, while
+    // the talker speaks, the path stalls: two packets come 60 and 40 ms
+    // late, together with the next one. The buffer runs dry, conceals
+    // without giving up their slots, and so grows; then the link is clean
+    // again. Late is not lost (both still play): a second later the buffer
+    // is back at its target, instead of holding the extra for seconds as
+    // on a lossy path.
+    let input = speech_like(10);
+    let packets = encode(&input, 0.0, false);
+    let voiced = |index: usize| packets[index].as_ref().is_some_and(|packet| packet.voice);
+    let stall = (100..400)
+        .find(|index| (index - 3..index + 2).all(voiced))
+        .expect("speech at some point");
+    let start = Instant::now();
+    let mut buffer = JitterBuffer::new(JitterConfig::default()).unwrap();
+    let arrival = |index: usize| {
+        let index = if index == stall || index == stall + 1 {
+            stall + 2
+        } else {
+            index
+        };
+        FRAME * u32::try_from(index + 1).unwrap()
+    };
+    let mut out = [0.0; FRAME_SAMPLES];
+    let mut over = Vec::new();
+    for pull in 1..500_u32 {
+        let at = FRAME * pull;
+        // Delivered in order of arrival: the late ones with the next.
+        for (index, packet) in packets.iter().enumerate() {
+            if let (Some(packet), true) = (packet, arrival(index) == at) {
+                buffer.insert(
+                    start + at,
+                    packet.seq,
+                    packet.timestamp,
+                    packet.voice,
+                    &packet.payload,
+                );
+            }
+        }
+        buffer.pull(start + at, &mut out).unwrap();
+        let stats = buffer.stats();
+        if at >= FRAME * u32::try_from(stall + 60).unwrap() {
+            over.push(stats.current_delay_ms - stats.target_delay_ms);
+        }
+    }
+    let stats = buffer.stats();
+    assert!(
+        stats.concealment_events >= 1,
+        "the stall ran the buffer dry: {stats:?}"
+    );
+    let worst = over.iter().copied().fold(f64::MIN, f64::max);
+    assert!(
+        worst <= 10.0,
+        "1.2 s after the stall, up to {worst} ms held over the target"
+    );
+}
