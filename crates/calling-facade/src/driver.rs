@@ -496,6 +496,24 @@ struct Driver<T: Transport> {
 }
 
 impl<T: Transport> Driver<T> {
+    /// Takes no more commands; those that came in while the session ended
+    /// find it over: a request is refused as from a logged-out instance
+    /// (not as a lost connection), a shutdown is told it is done.
+    fn close_inbox(&mut self) {
+        self.inbox.close();
+        while let Ok(command) = self.inbox.try_recv() {
+            match command {
+                Command::Request { reply, .. } => {
+                    let _ = reply.send(Err(CallingError::new(ErrorCode::NOT_LOGGED_IN)));
+                }
+                Command::Shutdown(Some(done)) => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Drives the login until it ends; returns whoever waits for a
     /// shutdown to finish.
     async fn run(mut self) -> Option<oneshot::Sender<()>> {
@@ -585,7 +603,7 @@ impl<T: Transport> Driver<T> {
         self.reconnect.stop();
         // From here the instance is logged out: new requests are refused as
         // such, not queued behind the last audio.
-        self.inbox.close();
+        self.close_inbox();
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(CallingError::new(ErrorCode::CONNECTION_LOST)));
         }

@@ -237,9 +237,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     };
     let identity = load_identity(&config)?;
     let reset_key = config::reset_key(&config.data_dir).map_err(data_dir_error)?;
-    let quic = bind_quic(&config, &identity, &reset_key)?;
-    let local_addr = quic.local_addr()?;
-    let (fallback, fallback_addr) = bind_fallback(config.fallback, local_addr, &identity).await?;
+    let (quic, local_addr, (fallback, fallback_addr)) =
+        bind_both(&config, &identity, &reset_key).await?;
     let endpoints = quic.endpoints().to_vec();
     let admission = quic.admission_stats();
 
@@ -431,6 +430,41 @@ type FallbackListener = (tokio::net::TcpListener, Arc<rustls::ServerConfig>);
 
 /// Binds the fallback transport's TCP listener where `fallback` says (the
 /// QUIC address `quic` by default); returns it and its address.
+/// Binds the QUIC endpoints and the fallback listener. On any port (port
+/// 0, as tests ask) with the fallback on the same port, the port the UDP
+/// socket got may be taken on TCP by some other socket: then both are
+/// bound again, on another port (a few tries).
+async fn bind_both(
+    config: &ServerConfig,
+    identity: &ServerIdentity,
+    reset_key: &[u8; 32],
+) -> Result<
+    (
+        QuicServer,
+        SocketAddr,
+        (Option<FallbackListener>, Option<SocketAddr>),
+    ),
+    ServerError,
+> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let quic = bind_quic(config, identity, reset_key)?;
+        let local_addr = quic.local_addr()?;
+        match bind_fallback(config.fallback, local_addr, identity).await {
+            Err(ServerError::FallbackBind { source, .. })
+                if config.listen.port() == 0
+                    && config.fallback == config::Fallback::SameAddress
+                    && source.kind() == std::io::ErrorKind::AddrInUse
+                    && tries < 5 =>
+            {
+                debug!(%local_addr, "the fallback's TCP port is taken: binding both again");
+            }
+            fallback => return Ok((quic, local_addr, fallback?)),
+        }
+    }
+}
+
 async fn bind_fallback(
     fallback: config::Fallback,
     quic: SocketAddr,
