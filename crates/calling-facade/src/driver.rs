@@ -844,7 +844,10 @@ impl<T: Transport> Driver<T> {
     /// For destroy(): a polite logout, waiting briefly for the server.
     async fn log_out_and_close(&mut self) {
         self.reconnect.stop();
-        if self.engine.logout().is_err() {
+        // A logout already answered (the application's `logout`, after
+        // which it let go of the instance) still waits for the server's
+        // close: that is when the engine ends the call it left.
+        if self.engine.logout().is_err() && !self.engine.is_logging_out() {
             return;
         }
         if self.flush().await.is_err() {

@@ -358,6 +358,12 @@ impl CallEngine {
         Ok(request)
     }
 
+    /// Whether a logout is under way: sent, and the server's close not yet
+    /// seen.
+    pub fn is_logging_out(&self) -> bool {
+        self.login == LoginState::LoggingOut
+    }
+
     /// Logs out; a call in progress ends as a hangup.
     pub fn logout(&mut self) -> CallingResult<RequestId> {
         self.require_login()?;

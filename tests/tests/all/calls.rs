@@ -501,63 +501,57 @@ on_one_server_and_on_three_nodes! {
         alice.calling.hangup().await.unwrap();
         bob.expect_leave_then_end("alice", EndReason::Hangup).await;
     }
-}
 
-/// On one server only: on three nodes this scenario fails about one run in
-/// ten — after the logout's answer the client sometimes does not see the
-/// server close its connection, so `onCallEnd` never comes (an open bug,
-/// written down in the cluster issue's note).
-#[tokio::test]
-async fn logout_ends_the_call_and_listeners_hear_everything() {
-    let server = World::one_server("logout").await;
-    use std::sync::{Arc, Mutex};
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    let heard = Arc::new(Mutex::new(Vec::new()));
-    let listener = {
-        let heard = Arc::clone(&heard);
-        bob.calling.register_listener(move |event: &CallingEvent| {
-            if event.original_name().is_some()
-                && !matches!(event, CallingEvent::UserVoiceVolume { .. })
-            {
-                heard
-                    .lock()
-                    .unwrap()
-                    .push(event.original_name().unwrap_or_default());
-            }
-        })
-    };
-    connect(&mut alice, &mut bob).await;
-    alice.calling.logout().await.unwrap();
-    alice.expect_end(EndReason::Hangup).await;
-    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
-    assert_eq!(
-        *heard.lock().unwrap(),
-        [
-            "onInvited",
-            "onUserEnter",
-            "onUserAudioAvailable",
-            "onUserLeave",
-            "onCallEnd"
-        ]
-    );
-    assert!(bob.calling.unregister_listener(listener));
-    assert!(!bob.calling.unregister_listener(listener));
-    // Logged out: calling is impossible; logging in again works.
-    assert_eq!(
+    async fn logout_ends_the_call_and_listeners_hear_everything(server) {
+        use std::sync::{Arc, Mutex};
+        let mut alice = server.user("alice").await;
+        let mut bob = server.user("bob").await;
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let listener = {
+            let heard = Arc::clone(&heard);
+            bob.calling.register_listener(move |event: &CallingEvent| {
+                if event.original_name().is_some()
+                    && !matches!(event, CallingEvent::UserVoiceVolume { .. })
+                {
+                    heard
+                        .lock()
+                        .unwrap()
+                        .push(event.original_name().unwrap_or_default());
+                }
+            })
+        };
+        connect(&mut alice, &mut bob).await;
+        alice.calling.logout().await.unwrap();
+        alice.expect_end(EndReason::Hangup).await;
+        bob.expect_leave_then_end("alice", EndReason::Hangup).await;
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [
+                "onInvited",
+                "onUserEnter",
+                "onUserAudioAvailable",
+                "onUserLeave",
+                "onCallEnd"
+            ]
+        );
+        assert!(bob.calling.unregister_listener(listener));
+        assert!(!bob.calling.unregister_listener(listener));
+        // Logged out: calling is impossible; logging in again works.
+        assert_eq!(
+            alice
+                .calling
+                .call("bob", CallType::Audio)
+                .await
+                .unwrap_err()
+                .code,
+            ErrorCode::NOT_LOGGED_IN
+        );
         alice
             .calling
-            .call("bob", CallType::Audio)
+            .login(server.app.sdk_app_id, "alice", &server.sig("alice"))
             .await
-            .unwrap_err()
-            .code,
-        ErrorCode::NOT_LOGGED_IN
-    );
-    alice
-        .calling
-        .login(server.app.sdk_app_id, "alice", &server.sig("alice"))
-        .await
-        .unwrap();
-    alice.calling.call("bob", CallType::Audio).await.unwrap();
-    bob.expect(&[invited("alice", &[])]).await;
+            .unwrap();
+        alice.calling.call("bob", CallType::Audio).await.unwrap();
+        bob.expect(&[invited("alice", &[])]).await;
+    }
 }
