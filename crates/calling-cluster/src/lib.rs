@@ -10,6 +10,6 @@ pub mod wire;
 pub use control::{Control, ControlOutput};
 pub use lease::{Lease, LeaseReply, LeaseRequest, LeaseTiming};
 pub use link::{ACK_EVERY, LinkBooks, LinkError};
-pub use node::{ClusterNode, NodeConfig, NodeError, NodeOutput};
+pub use node::{ClusterNode, LocalSession, NodeConfig, NodeError, NodeOutput};
 pub use store::{ControlHolder, MemoryStore, StoreReply, StoreRequest};
 pub use wire::{ClusterMember, FromControl, LinkFrame, NodeConn, NodeId, ToControl};

@@ -165,17 +165,29 @@ enum Pending {
     Leave,
 }
 
-/// One of this node's sessions, as a new control would need it.
+/// One of this node's sessions, as the node keeps it: what a new control
+/// would need, and what the glue asks about its own clients.
 #[derive(Debug, Clone)]
-struct LocalSession {
-    user: UserId,
-    protocol_version: u16,
-    muted: bool,
-    detached: bool,
+pub struct LocalSession {
+    /// Who.
+    pub user: UserId,
+    /// The protocol version it speaks.
+    pub protocol_version: u16,
+    /// Its microphone is off.
+    pub muted: bool,
+    /// Its connection broke and it waits for a resume.
+    pub detached: bool,
     /// The call whose invitation rings it.
-    ringing: Option<CallId>,
+    pub ringing: Option<CallId>,
     /// The call it entered, as last published.
-    call: Option<ReportedCall>,
+    pub call: Option<ReportedCall>,
+}
+
+impl LocalSession {
+    /// In a call or rung by one.
+    pub fn is_engaged(&self) -> bool {
+        self.ringing.is_some() || self.call.is_some()
+    }
 }
 
 #[derive(Debug)]
@@ -271,6 +283,16 @@ impl ClusterNode {
         })
     }
 
+    /// This node's sessions, by the node's number for their connection.
+    pub fn sessions(&self) -> impl Iterator<Item = (u64, &LocalSession)> {
+        self.sessions.iter().map(|(conn, session)| (*conn, session))
+    }
+
+    /// One of this node's sessions.
+    pub fn session(&self, conn: u64) -> Option<&LocalSession> {
+        self.sessions.get(&conn)
+    }
+
     /// The control this node follows.
     pub fn control_holder(&self) -> Option<&ControlHolder> {
         self.following.as_ref().map(|following| &following.holder)
@@ -313,6 +335,10 @@ impl ClusterNode {
         if self.following.is_none() {
             return Err(NodeError::NotReady);
         }
+        let login = match &message {
+            ToControl::Login { conn, .. } => Some(*conn),
+            _ => None,
+        };
         self.note_input(&message);
         let Some(following) = &mut self.following else {
             return Err(NodeError::NotReady);
@@ -325,10 +351,13 @@ impl ClusterNode {
             self.route_control(now);
             return Ok(());
         }
-        following
-            .books
-            .send(message)
-            .map_err(|_| NodeError::Overloaded)?;
+        if following.books.send(message).is_err() {
+            // A refused login is no session.
+            if let Some(conn) = login {
+                self.sessions.remove(&conn);
+            }
+            return Err(NodeError::Overloaded);
+        }
         self.pump_control_link();
         Ok(())
     }
@@ -406,9 +435,16 @@ impl ClusterNode {
                 }
             }
             ToControl::Disconnected { conn } => {
-                // A session that does not wait is closed by the control.
-                if let Some(session) = self.sessions.get_mut(conn) {
-                    session.detached = true;
+                // A version-2 session waits for a resume (unless the rules
+                // keep none); any other ends with its connection.
+                let grace = !self.config.switchboard.resume_grace.is_zero();
+                match self.sessions.get_mut(conn) {
+                    Some(session) if session.protocol_version >= 2 && grace => {
+                        session.detached = true;
+                    }
+                    _ => {
+                        self.sessions.remove(conn);
+                    }
                 }
             }
             ToControl::Resume { conn } => {

@@ -126,8 +126,8 @@ impl Board {
         match self {
             Self::Local(switchboard) => switchboard.is_detached(conn),
             Self::Cluster(cluster) => cluster
-                .sessions
-                .get(&conn)
+                .node
+                .session(conn.0)
                 .is_some_and(|session| session.detached),
         }
     }
@@ -253,14 +253,14 @@ impl Board {
     pub(crate) fn call_count(&self) -> usize {
         match self {
             Self::Local(switchboard) => switchboard.call_count(),
-            Self::Cluster(cluster) => cluster.calls_here.len(),
+            Self::Cluster(cluster) => cluster.calls_here().len(),
         }
     }
 
     pub(crate) fn online_count(&self) -> usize {
         match self {
             Self::Local(switchboard) => switchboard.online_count(),
-            Self::Cluster(cluster) => cluster.sessions.len(),
+            Self::Cluster(cluster) => cluster.node.sessions().count(),
         }
     }
 
@@ -268,9 +268,9 @@ impl Board {
         match self {
             Self::Local(switchboard) => switchboard.detached_count(),
             Self::Cluster(cluster) => cluster
-                .sessions
-                .values()
-                .filter(|session| session.detached)
+                .node
+                .sessions()
+                .filter(|(_, session)| session.detached)
                 .count(),
         }
     }
@@ -282,7 +282,7 @@ impl Board {
             Self::Local(switchboard) => switchboard.call_sizes(),
             Self::Cluster(cluster) => {
                 let mut sizes = BTreeMap::new();
-                for (members, _) in cluster.calls_here.values() {
+                for members in cluster.calls_here().values() {
                     *sizes.entry(*members).or_insert(0) += 1;
                 }
                 sizes
@@ -321,7 +321,7 @@ impl Board {
     pub(crate) fn has_session(&self, conn: ConnId) -> bool {
         match self {
             Self::Local(switchboard) => switchboard.user_of(conn).is_some(),
-            Self::Cluster(cluster) => cluster.sessions.contains_key(&conn),
+            Self::Cluster(cluster) => cluster.node.session(conn.0).is_some(),
         }
     }
 
@@ -329,35 +329,22 @@ impl Board {
         match self {
             Self::Local(switchboard) => switchboard.conn_of(user),
             Self::Cluster(cluster) => cluster
-                .sessions
-                .iter()
+                .node
+                .sessions()
                 .find(|(_, session)| session.user == *user)
-                .map(|(conn, _)| *conn),
+                .map(|(conn, _)| ConnId(conn)),
         }
     }
 }
 
-/// A session of this node, as the cluster board keeps it.
-#[derive(Debug)]
-pub(crate) struct LocalSession {
-    user: UserId,
-    protocol_version: u16,
-    detached: bool,
-}
-
-/// This node's place in a cluster: the sans-IO [`ClusterNode`], its IO
-/// ([`ClusterIo`]), and what the hub asks about its own sessions.
+/// This node's place in a cluster: the sans-IO [`ClusterNode`] (which also
+/// keeps the books of this node's sessions the hub asks about) and its IO
+/// ([`ClusterIo`]).
 #[derive(Debug)]
 pub(crate) struct ClusterBoard {
     pub(crate) node: ClusterNode,
     pub(crate) io: ClusterIo,
     resume_grace: Duration,
-    sessions: HashMap<ConnId, LocalSession>,
-    /// Calls with a member on this node: how many members entered them,
-    /// and which of those are here.
-    calls_here: HashMap<CallId, (usize, Vec<ConnId>)>,
-    /// Sessions here rung by an invitation, and its call.
-    ringing: HashMap<ConnId, CallId>,
     accepting_calls: bool,
     steps: std::collections::VecDeque<Step>,
 }
@@ -368,9 +355,6 @@ impl ClusterBoard {
             node,
             io,
             resume_grace,
-            sessions: HashMap::new(),
-            calls_here: HashMap::new(),
-            ringing: HashMap::new(),
             accepting_calls: true,
             steps: std::collections::VecDeque::new(),
         };
@@ -387,20 +371,22 @@ impl ClusterBoard {
     ) -> Result<(), NodeError> {
         let login = ToControl::Login {
             conn: conn.0,
-            user: user.clone(),
+            user,
             protocol_version,
         };
         self.node.handle_client(now, login)?;
-        self.sessions.insert(
-            conn,
-            LocalSession {
-                user,
-                protocol_version,
-                detached: false,
-            },
-        );
         self.pump();
         Ok(())
+    }
+
+    /// Calls with a member on this node, and how many members entered
+    /// each (as last published).
+    fn calls_here(&self) -> HashMap<CallId, usize> {
+        self.node
+            .sessions()
+            .filter_map(|(_, session)| session.call.as_ref())
+            .map(|call| (call.call_id, call.members.len()))
+            .collect()
     }
 
     /// A client input for the control; refused ones are answered here.
@@ -454,20 +440,15 @@ impl ClusterBoard {
     }
 
     fn disconnect(&mut self, now: Instant, conn: ConnId, expelled: bool) {
-        let Some(session) = self.sessions.get_mut(&conn) else {
+        if self.node.session(conn.0).is_none() {
             return;
-        };
-        let waits = !expelled && session.protocol_version >= 2 && !self.resume_grace.is_zero();
-        let message = if waits {
-            session.detached = true;
-            ToControl::Disconnected { conn: conn.0 }
+        }
+        // The node's books follow: a version-2 session waits for a resume,
+        // any other ends.
+        let message = if expelled {
+            ToControl::Expelled { conn: conn.0 }
         } else {
-            self.sessions.remove(&conn);
-            if expelled {
-                ToControl::Expelled { conn: conn.0 }
-            } else {
-                ToControl::Disconnected { conn: conn.0 }
-            }
+            ToControl::Disconnected { conn: conn.0 }
         };
         if let Err(error) = self.node.handle_client(now, message) {
             debug!(%error, "a disconnection the control will learn of otherwise");
@@ -476,10 +457,9 @@ impl ClusterBoard {
     }
 
     fn resume(&mut self, now: Instant, conn: ConnId) -> bool {
-        let Some(session) = self.sessions.get_mut(&conn) else {
+        if self.node.session(conn.0).is_none() {
             return false;
-        };
-        session.detached = false;
+        }
         let resumed = self
             .node
             .handle_client(now, ToControl::Resume { conn: conn.0 })
@@ -489,13 +469,11 @@ impl ClusterBoard {
     }
 
     fn shutdown(&mut self, now: Instant) {
-        let mut conns: Vec<ConnId> = self.sessions.keys().copied().collect();
-        conns.sort();
+        let conns: Vec<ConnId> = self.node.sessions().map(|(conn, _)| ConnId(conn)).collect();
         for conn in conns {
             let _ = self
                 .node
                 .handle_client(now, ToControl::Expelled { conn: conn.0 });
-            self.sessions.remove(&conn);
             // As a single server tells its clients (their calls end for
             // them with "server"; the others hear them leave).
             self.refuse(conn, None, ErrorCode::SERVER_SHUTDOWN);
@@ -514,26 +492,17 @@ impl ClusterBoard {
     /// address they dial leads to another node. Sessions in calls stay
     /// until their calls end.
     fn move_idle_sessions(&mut self, now: Instant) {
-        let engaged = |conn: &ConnId| {
-            self.ringing.contains_key(conn)
-                || self
-                    .calls_here
-                    .values()
-                    .any(|(_, here)| here.contains(conn))
-        };
-        let mut idle: Vec<ConnId> = self
-            .sessions
-            .keys()
-            .filter(|conn| !engaged(conn))
-            .copied()
+        let idle: Vec<ConnId> = self
+            .node
+            .sessions()
+            .filter(|(_, session)| !session.is_engaged())
+            .map(|(conn, _)| ConnId(conn))
             .collect();
-        idle.sort();
         for conn in idle {
             debug!(?conn, "draining: an idle session moves to another node");
             let _ = self
                 .node
                 .handle_client(now, ToControl::Expelled { conn: conn.0 });
-            self.sessions.remove(&conn);
             self.steps.push_back(Step::Close {
                 conn,
                 code: ErrorCode::SERVER_DRAINING,
@@ -554,13 +523,17 @@ impl ClusterBoard {
 
     fn session_summaries(&self) -> Vec<SessionSummary> {
         let mut sessions: Vec<SessionSummary> = self
-            .sessions
-            .values()
-            .map(|session| SessionSummary {
+            .node
+            .sessions()
+            .map(|(_, session)| SessionSummary {
                 user: session.user.clone(),
                 protocol_version: session.protocol_version,
                 reconnecting: session.detached,
-                call: None,
+                call: session
+                    .call
+                    .as_ref()
+                    .map(|call| call.call_id)
+                    .or(session.ringing),
             })
             .collect();
         sessions.sort_by(|a, b| a.user.cmp(&b.user));
@@ -585,9 +558,6 @@ impl ClusterBoard {
             match output {
                 NodeOutput::Deliver(message) => self.deliver(message),
                 NodeOutput::SessionsLost { code } => {
-                    self.sessions.clear();
-                    self.calls_here.clear();
-                    self.ringing.clear();
                     self.steps.push_back(Step::AllSessionsLost(code));
                 }
                 NodeOutput::Event(event) => self.steps.push_back(Step::Event(event)),
@@ -599,26 +569,11 @@ impl ClusterBoard {
     fn deliver(&mut self, message: FromControl) {
         let me = self.node.id();
         match message {
-            FromControl::Send { conn, message } => {
-                let conn = ConnId(conn);
-                match &message {
-                    ServerMessage::Invited { call_id, .. } => {
-                        self.ringing.insert(conn, *call_id);
-                    }
-                    ServerMessage::InvitationTimedOut { call_id }
-                    | ServerMessage::Cancelled { call_id }
-                    | ServerMessage::CallEnded { call_id, .. }
-                        if self.ringing.get(&conn) == Some(call_id) =>
-                    {
-                        self.ringing.remove(&conn);
-                    }
-                    _ => {}
-                }
-                self.steps.push_back(Step::Send { conn, message });
-            }
+            FromControl::Send { conn, message } => self.steps.push_back(Step::Send {
+                conn: ConnId(conn),
+                message,
+            }),
             FromControl::Close { conn, code } => {
-                self.sessions.remove(&ConnId(conn));
-                self.ringing.remove(&ConnId(conn));
                 self.steps.push_back(Step::Close {
                     conn: ConnId(conn),
                     code,
@@ -632,19 +587,6 @@ impl ClusterBoard {
             FromControl::Membership {
                 call_id, members, ..
             } => {
-                let here: Vec<ConnId> = members
-                    .iter()
-                    .filter(|member| member.at.node == me)
-                    .map(|member| ConnId(member.at.conn))
-                    .collect();
-                for conn in &here {
-                    self.ringing.remove(conn);
-                }
-                if here.is_empty() {
-                    self.calls_here.remove(&call_id);
-                } else {
-                    self.calls_here.insert(call_id, (members.len(), here));
-                }
                 let members = members
                     .into_iter()
                     .map(|member| RoutedMember {
