@@ -1614,10 +1614,18 @@ async fn relay_compare(binaries: [&String; 2], calls: usize, repeats: usize) {
         }
     }
     println!("relay, two builds alternating, {calls} calls, server pinned to CPU 0");
+    let ratio = print_sides(["before", "after"], &rounds, "µs per forwarded datagram");
+    println!("  after / before: {ratio:.3}");
+}
+
+/// Prints each side's rounds (CPU per datagram, loss, p99) and their mean;
+/// returns the second side's mean over the first's.
+fn print_sides(names: [&str; 2], rounds: &[Vec<Round>; 2], what: &str) -> f64 {
     let mean = |rounds: &[Round]| {
         rounds.iter().map(Round::cpu_per_datagram_us).sum::<f64>() / rounds.len().max(1) as f64
     };
-    for (name, kept) in ["before", "after"].iter().zip(&rounds) {
+    let width = names.iter().map(|name| name.len()).max().unwrap_or(0);
+    for (name, kept) in names.iter().zip(rounds) {
         let each: Vec<String> = kept
             .iter()
             .map(|round| {
@@ -1630,15 +1638,12 @@ async fn relay_compare(binaries: [&String; 2], calls: usize, repeats: usize) {
             })
             .collect();
         println!(
-            "  {name:>6}: µs per forwarded datagram {} — mean {:.2}",
+            "  {name:>width$}: {what} {} — mean {:.2}",
             each.join(" / "),
             mean(kept)
         );
     }
-    println!(
-        "  after / before: {:.3}",
-        mean(&rounds[1]) / mean(&rounds[0]).max(f64::MIN_POSITIVE)
-    );
+    mean(&rounds[1]) / mean(&rounds[0]).max(f64::MIN_POSITIVE)
 }
 
 /// One server, then two cluster nodes with every call's members on
@@ -1656,31 +1661,11 @@ async fn relay_cluster(server_bin: &str, calls: usize, repeats: usize) {
     println!(
         "relay across cluster nodes, {calls} 1v1 calls, alternating; every server process on CPU 0"
     );
-    let mean = |rounds: &[Round]| {
-        rounds.iter().map(Round::cpu_per_datagram_us).sum::<f64>() / rounds.len().max(1) as f64
-    };
-    for (name, kept) in ["one server", "two nodes, members apart"]
-        .iter()
-        .zip(&rounds)
-    {
-        let each: Vec<String> = kept
-            .iter()
-            .map(|round| {
-                format!(
-                    "{:.1} (loss {:.3} %, p99 {:.1} ms)",
-                    round.cpu_per_datagram_us(),
-                    round.loss_percent(),
-                    round.p99.as_secs_f64() * 1e3
-                )
-            })
-            .collect();
-        println!(
-            "  {name:>24}: µs of server CPU per delivered datagram {} — mean {:.2}",
-            each.join(" / "),
-            mean(kept)
-        );
-    }
-    let ratio = mean(&rounds[1]) / mean(&rounds[0]).max(f64::MIN_POSITIVE);
+    let ratio = print_sides(
+        ["one server", "two nodes, members apart"],
+        &rounds,
+        "µs of server CPU per delivered datagram",
+    );
     println!(
         "  across nodes / one server: {ratio:.2}x the CPU per datagram: two nodes with a core each would carry {:.2}x one server's calls if every call spanned them (2x if none did)",
         2.0 / ratio
