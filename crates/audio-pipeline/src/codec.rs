@@ -1,9 +1,10 @@
-//! Opus for calls: 48 kHz mono, 20 ms frames, VoIP mode, in-band FEC and
-//! DTX on the encoder; decode, FEC recovery and concealment on the decoder,
-//! which runs libopus directly (`opusic-sys`, built with its neural
-//! concealment and enhancement) at a chosen complexity.
+//! Opus for calls: 48 kHz mono, 20 ms frames (10 ms for the low-latency
+//! profile), VoIP mode, in-band FEC and DTX on the encoder; decode, FEC
+//! recovery and concealment on the decoder, which runs libopus directly
+//! (`opusic-sys`, built with its neural concealment and enhancement) at a
+//! chosen complexity.
 //! The encoder's loss hint is whatever [`Encoder::set_measured_loss`] is
-//! told, never below 1 % (the SDK feeds it its receivers' loss reports).
+//! told, down to 0 (the SDK feeds it its receivers' loss reports).
 
 use crate::{FRAME_SAMPLES, MAX_PACKET, SAMPLE_RATE};
 
@@ -45,7 +46,7 @@ impl Default for EncoderConfig {
     }
 }
 
-/// Opus encoder: 48 kHz mono VoIP, 20 ms frames, in-band FEC on.
+/// Opus encoder: 48 kHz mono VoIP, in-band FEC on.
 pub struct Encoder {
     inner: opus::Encoder,
     loss_percent: i32,
@@ -96,11 +97,12 @@ impl Encoder {
         Ok(self.inner.set_bitrate(opus::Bitrate::Bits(bitrate))?)
     }
 
-    /// Encodes one 20 ms frame (960 samples) into `out`; returns the packet
+    /// Encodes one frame into `out`: 10 or 20 ms (480 or 960 samples; any
+    /// Opus frame size is taken, others are an error). Returns the packet
     /// length (1–2 bytes while DTX is silent).
     pub fn encode(
         &mut self,
-        frame: &[f32; FRAME_SAMPLES],
+        frame: &[f32],
         out: &mut [u8; MAX_PACKET],
     ) -> Result<usize, CodecError> {
         Ok(self.inner.encode_float(frame, out)?)
@@ -205,12 +207,13 @@ mod ffi {
         }
     }
 
-    /// One frame from `packet` (`None`: conceal), or from its FEC.
+    /// One frame from `packet` (`None`: conceal `out.len()` samples), or
+    /// from its FEC (also `out.len()` samples: the lost frame's duration).
     pub(super) fn decode(
         state: NonNull<opusic_sys::OpusDecoder>,
         packet: Option<&[u8]>,
         fec: bool,
-        out: &mut [f32; FRAME_SAMPLES],
+        out: &mut [f32],
     ) -> Result<usize, CodecError> {
         let (data, len) = match packet {
             Some(packet) => (
@@ -222,7 +225,7 @@ mod ffi {
             ),
             None => (std::ptr::null(), 0),
         };
-        let frame = i32::try_from(FRAME_SAMPLES).unwrap_or(960);
+        let frame = i32::try_from(out.len().min(FRAME_SAMPLES)).unwrap_or(960);
         // SAFETY: a live decoder; `data` is null (conceal) or `len` readable
         // bytes; `out` has room for `frame` mono samples.
         let decoded = unsafe {
@@ -240,6 +243,23 @@ mod ffi {
             code: decoded,
         })
     }
+
+    /// Samples at 48 kHz the packet decodes to (`None`: not a valid one).
+    pub(super) fn packet_samples(packet: &[u8]) -> Option<usize> {
+        let len = i32::try_from(packet.len()).ok()?;
+        let rate = i32::try_from(SAMPLE_RATE).unwrap_or(48_000);
+        // SAFETY: `packet` is `len` readable bytes; libopus only reads them.
+        let samples = unsafe { opusic_sys::opus_packet_get_nb_samples(packet.as_ptr(), len, rate) };
+        usize::try_from(samples).ok().filter(|samples| *samples > 0)
+    }
+}
+
+/// How many samples (48 kHz) an Opus packet decodes to, read from its
+/// table of contents; `None` for bytes that are not a valid packet. A
+/// receiver learns each packet's duration this way: senders may use 10 or
+/// 20 ms frames.
+pub fn packet_samples(packet: &[u8]) -> Option<usize> {
+    ffi::packet_samples(packet)
 }
 
 // SAFETY: a libopus decoder is plain memory with no tie to a thread; it is
@@ -275,34 +295,34 @@ impl Decoder {
         self.complexity
     }
 
-    /// Decodes a packet into exactly one 20 ms frame.
-    pub fn decode(
-        &mut self,
-        packet: &[u8],
-        out: &mut [f32; FRAME_SAMPLES],
-    ) -> Result<(), CodecError> {
-        let decoded = ffi::decode(self.state, Some(packet), false, out)?;
-        out[decoded.min(FRAME_SAMPLES)..].fill(0.0);
-        Ok(())
+    /// Decodes a packet of at most 20 ms into the start of `out`; returns
+    /// its samples (a packet longer than `out` is an error).
+    pub fn decode(&mut self, packet: &[u8], out: &mut [f32]) -> Result<usize, CodecError> {
+        ffi::decode(self.state, Some(packet), false, out)
     }
 
     /// Recovers the frame *before* `next_packet` from its in-band FEC data
-    /// (falls back to concealment inside libopus when there is none).
-    pub fn decode_fec(
-        &mut self,
-        next_packet: &[u8],
-        out: &mut [f32; FRAME_SAMPLES],
-    ) -> Result<(), CodecError> {
+    /// (falls back to concealment inside libopus when there is none):
+    /// `out.len()` samples, the lost frame's duration.
+    pub fn decode_fec(&mut self, next_packet: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
         let decoded = ffi::decode(self.state, Some(next_packet), true, out)?;
-        out[decoded.min(FRAME_SAMPLES)..].fill(0.0);
+        fill_after(out, decoded);
         Ok(())
     }
 
-    /// Conceals one missing frame (PLC; Deep PLC from complexity 5).
-    pub fn conceal(&mut self, out: &mut [f32; FRAME_SAMPLES]) -> Result<(), CodecError> {
+    /// Conceals one missing frame of `out.len()` samples (PLC; Deep PLC
+    /// from complexity 5).
+    pub fn conceal(&mut self, out: &mut [f32]) -> Result<(), CodecError> {
         let decoded = ffi::decode(self.state, None, false, out)?;
-        out[decoded.min(FRAME_SAMPLES)..].fill(0.0);
+        fill_after(out, decoded);
         Ok(())
+    }
+}
+
+/// Silence after the `decoded` samples libopus gave.
+fn fill_after(out: &mut [f32], decoded: usize) {
+    if let Some(rest) = out.get_mut(decoded..) {
+        rest.fill(0.0);
     }
 }
 
@@ -341,6 +361,37 @@ mod tests {
             energy_out / energy_in
         );
         assert!(encoder.lookahead().unwrap() > 0);
+    }
+
+    #[test]
+    fn ten_ms_frames_round_trip_and_say_their_duration() {
+        let mut encoder = Encoder::new(EncoderConfig::default()).unwrap();
+        let mut decoder = Decoder::new().unwrap();
+        let mut packet = [0; MAX_PACKET];
+        let mut out = [0.0; FRAME_SAMPLES];
+        let (mut energy_in, mut energy_out) = (0.0, 0.0);
+        for frame in 0..100 {
+            let input = &tone(frame / 2)[(frame % 2) * 480..][..480];
+            let len = encoder.encode(input, &mut packet).unwrap();
+            assert_eq!(packet_samples(&packet[..len]), Some(480));
+            assert_eq!(decoder.decode(&packet[..len], &mut out).unwrap(), 480);
+            if frame > 10 {
+                energy_in += input.iter().map(|s| s * s).sum::<f32>();
+                energy_out += out[..480].iter().map(|s| s * s).sum::<f32>();
+            }
+        }
+        assert!(
+            (energy_out / energy_in - 1.0).abs() < 0.2,
+            "{}",
+            energy_out / energy_in
+        );
+        let len = encoder.encode(&tone(0), &mut packet).unwrap();
+        assert_eq!(packet_samples(&packet[..len]), Some(960));
+        assert!(
+            encoder.encode(&tone(0)[..500], &mut packet).is_err(),
+            "not an Opus frame size"
+        );
+        assert_eq!(packet_samples(&[]), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! An adaptive jitter buffer for one remote speaker, modelled on WebRTC
 //! NetEq and sans-IO: [`JitterBuffer::insert`] takes packets as they arrive
 //! (any order, duplicates, late ones), [`JitterBuffer::pull`] gives the next
-//! samples of audio, 10 ms per call in playout (any length up to a frame;
-//! packets are decoded 20 ms at a time); both take `now`.
+//! samples of audio, 10 ms per call in playout (any length up to 20 ms;
+//! packets are decoded whole, 20 or 10 ms each, whichever the sender
+//! chose: each packet's duration is read from it); both take `now`.
 //!
 //! Per pull it decodes the next frame (*normal*), recovers a lost one from
 //! the next packet's in-band FEC (one packet of look-ahead), conceals with
@@ -12,11 +13,11 @@
 //!
 //! The target delay follows the 95th percentile of recent packet lateness,
 //! late packets included (a histogram of 2 ms bins with a forgetting
-//! factor, so it comes back down after a jittery spell), plus one frame,
+//! factor, so it comes back down after a jittery spell), plus one packet,
 //! starting at 60 ms, plus one packet of look-ahead for FEC while packets
 //! are being lost. While someone speaks, the buffer time-scales only when
 //! it is a packet off its target; on a clean path it also cuts audio it
-//! holds over the target in pauses (three frames without voice), where
+//! holds over the target in pauses (60 ms without voice), where
 //! nobody hears it, so it converges to the target within a second and
 //! holds no frame a pull longer than it must. A sequence gap is loss; a timestamp
 //! gap with contiguous sequence numbers is a DTX pause, never concealed. A
@@ -31,9 +32,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::timescale;
-use crate::{CodecError, Decoder, FRAME_SAMPLES, MAX_PACKET};
+use crate::{CodecError, Decoder, FRAME_SAMPLES, MAX_PACKET, packet_samples};
 
-/// Packets the buffer can hold at once (2.56 s of 20 ms frames).
+/// Packets the buffer can hold at once (2.56 s of 20 ms frames, 1.28 s of
+/// 10 ms ones).
 const SLOTS: usize = 128;
 
 /// Histogram bin width and count: 2 ms up to 1 s of lateness. Bins much
@@ -41,21 +43,19 @@ const SLOTS: usize = 128;
 const BIN_MS: f64 = 2.0;
 const BINS: usize = 500;
 
-/// How far over its target the buffer may hold audio in a pause before it
-/// drops the excess: half a packet.
-const PAUSE_MARGIN_MS: f64 = 10.0;
-
 /// Recent loss (share of frames recovered or concealed, averaged) under
 /// which a path counts as clean: a loss or two of the last few seconds
 /// already counts.
 const CLEAN_PATH_LOSS: f64 = 0.001;
 
-/// Frames without voice in a row that make a pause (60 ms): quieter
-/// stretches inside a word (a stop's closure) are shorter.
-const PAUSE_FRAMES: u32 = 3;
+/// Audio without voice in a row that makes a pause: quieter stretches
+/// inside a word (a stop's closure) are shorter.
+const PAUSE_MS: f64 = 60.0;
 
-/// Ticks of one frame.
-const FRAME_TICKS: u32 = FRAME_SAMPLES as u32;
+/// Packets shorter than this (2.5 ms) or longer than a 20 ms frame are
+/// not played: no sender of ours makes them, and the playout works in
+/// 10 ms pulls.
+const MIN_PACKET_TICKS: u32 = 120;
 
 /// How the buffer behaves.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +85,9 @@ impl Default for JitterConfig {
     fn default() -> Self {
         Self {
             initial_delay: Duration::from_millis(60),
-            min_delay: Duration::from_millis(20),
+            // A packet plus the lateness of a clean link: 10 ms packets
+            // may aim that low.
+            min_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(500),
             forgetting: 0.997,
             quantile: 0.95,
@@ -119,8 +121,8 @@ pub struct JitterStats {
     pub late_packets: u64,
     /// Packets received twice.
     pub duplicate_packets: u64,
-    /// Packets dropped to cut an excessive delay (late joiner, burst) or for
-    /// lack of room.
+    /// Packets dropped to cut an excessive delay (late joiner, burst), for
+    /// lack of room, or as unplayable (not Opus, or over 20 ms).
     pub discarded_packets: u64,
     /// Samples produced in all.
     pub output_samples: u64,
@@ -157,6 +159,8 @@ struct Slot {
     arrived: Instant,
     seq: u32,
     timestamp: u32,
+    /// The packet's duration in 48 kHz ticks (samples).
+    ticks: u32,
     voice: bool,
     len: usize,
     data: [u8; MAX_PACKET],
@@ -177,6 +181,11 @@ pub struct JitterBuffer {
     /// Decoded samples waiting to be pulled.
     sync: VecDeque<f32>,
     frame: [f32; FRAME_SAMPLES],
+    /// Samples of `frame` that the last decode, recovery or concealment made.
+    frame_len: usize,
+    /// Ticks of one of the sender's packets, as the newest packet says: the
+    /// unit of look-ahead, concealment and the time-scaling band.
+    packet_ticks: u32,
     /// Timestamp of the next frame to decode, once playing.
     play_ts: Option<u32>,
     /// Sequence number of the last frame played, decoded or concealed.
@@ -188,8 +197,9 @@ pub struct JitterBuffer {
     quiet_frames: u32,
     /// What the frame now playing out was.
     last_kind: PullKind,
-    /// Decoded frames without voice in a row, up to the last one.
-    frames_without_voice: u32,
+    /// Milliseconds of decoded audio without voice in a row, up to the last
+    /// frame.
+    unvoiced_ms: f64,
     histogram: [f64; BINS],
     /// Smallest transit (arrival − send time) seen in the current and the
     /// previous window: lateness is measured above it, and the windows let
@@ -233,6 +243,8 @@ impl JitterBuffer {
             in_dtx: false,
             sync: VecDeque::with_capacity(4 * FRAME_SAMPLES),
             frame: [0.0; FRAME_SAMPLES],
+            frame_len: FRAME_SAMPLES,
+            packet_ticks: FRAME_SAMPLES as u32,
             play_ts: None,
             last_seq: None,
             first_arrival: None,
@@ -240,7 +252,7 @@ impl JitterBuffer {
             concealing: false,
             quiet_frames: 0,
             last_kind: PullKind::Idle,
-            frames_without_voice: 0,
+            unvoiced_ms: 0.0,
             histogram: [0.0; BINS],
             min_transit: [f64::INFINITY; 2],
             window_start_ts: None,
@@ -267,19 +279,31 @@ impl JitterBuffer {
         let decoded = self.sync.len() as f64 / 48.0;
         match (self.play_ts, self.newest_ts) {
             (Some(play), Some(newest)) => {
-                decoded + ticks_to_ms(ticks_after(newest, play) + i64::from(FRAME_TICKS)).max(0.0)
+                decoded
+                    + ticks_to_ms(ticks_after(newest, play) + i64::from(self.packet_ticks)).max(0.0)
             }
             _ => decoded,
         }
     }
 
+    /// One of the sender's packets, in milliseconds.
+    fn packet_ms(&self) -> f64 {
+        ticks_to_ms(i64::from(self.packet_ticks))
+    }
+
     /// Takes a packet that arrived at `now`: its sequence number, timestamp
-    /// (48 kHz ticks), the sender's voice-activity flag, and the Opus payload.
+    /// (48 kHz ticks), the sender's voice-activity flag, and the Opus payload
+    /// (2.5 to 20 ms of audio; anything else is discarded).
     pub fn insert(&mut self, now: Instant, seq: u32, timestamp: u32, voice: bool, payload: &[u8]) {
-        if payload.is_empty() || payload.len() > MAX_PACKET {
+        let ticks = (payload.len() <= MAX_PACKET)
+            .then(|| packet_samples(payload))
+            .flatten()
+            .and_then(|samples| u32::try_from(samples).ok())
+            .filter(|ticks| (MIN_PACKET_TICKS..=FRAME_SAMPLES as u32).contains(ticks));
+        let Some(ticks) = ticks else {
             self.stats.discarded_packets += 1;
             return;
-        }
+        };
         let slot_index = seq as usize % SLOTS;
         if self.seen[slot_index] == Some(seq) {
             self.stats.duplicate_packets += 1;
@@ -288,10 +312,24 @@ impl JitterBuffer {
         // Late packets count most: a histogram without them would aim
         // for the packets that came in time and make more of them late.
         self.measure_lateness(now, timestamp);
-        let too_late = self.last_seq.is_some_and(|last| seq <= last)
-            || self
-                .play_ts
-                .is_some_and(|play| ticks_after(timestamp, play) < 0);
+        let played_past = self
+            .play_ts
+            .is_some_and(|play| ticks_after(timestamp, play) < 0);
+        // The packet right after the last one played is never too late:
+        // if the buffer went on without it (comfort noise in the sender's
+        // pause, which is not always DTX: a voiceless packet may just be
+        // late), it plays from here. Dropping it would drop every later
+        // packet too, each as late as this one, for good. What it already
+        // decoded still plays first: the delay grows, and the next pause
+        // trims it.
+        let next_in_sequence = self
+            .last_seq
+            .is_some_and(|last| seq == last.wrapping_add(1));
+        if played_past && next_in_sequence {
+            self.play_ts = Some(timestamp);
+        }
+        let too_late =
+            self.last_seq.is_some_and(|last| seq <= last) || (played_past && !next_in_sequence);
         if too_late {
             self.stats.late_packets += 1;
             return;
@@ -311,6 +349,7 @@ impl JitterBuffer {
             arrived: now,
             seq,
             timestamp,
+            ticks,
             voice,
             len: payload.len(),
             data,
@@ -322,6 +361,7 @@ impl JitterBuffer {
             .is_none_or(|newest| ticks_after(timestamp, newest) > 0)
         {
             self.newest_ts = Some(timestamp);
+            self.packet_ticks = ticks;
         }
     }
 
@@ -345,8 +385,8 @@ impl JitterBuffer {
         }
         let bin = ((lateness / BIN_MS) as usize).min(BINS - 1);
         self.histogram[bin] += 1.0 - forget;
-        // The lateness covering `quantile` of recent packets, plus one frame
-        // (a packet is played a frame after its start).
+        // The lateness covering `quantile` of recent packets (the target adds
+        // a packet: a packet is played a packet after its start).
         let total: f64 = self.histogram.iter().sum();
         let mut covered = 0.0;
         let mut quantile_ms = 0.0;
@@ -364,14 +404,20 @@ impl JitterBuffer {
         }
     }
 
-    /// Target = recent lateness + one frame (a packet plays a frame after
-    /// it starts) + one more frame while packets are being lost, so the
-    /// packet after a lost one is there in time to recover it by FEC.
+    /// Target = recent lateness + one packet (a packet plays a packet's
+    /// time after it starts) + one more packet while packets are being
+    /// lost, so the packet after a lost one is there in time to recover it
+    /// by FEC.
     fn update_target(&mut self) {
         let min = self.config.min_delay.as_secs_f64() * 1e3;
         let max = self.config.max_delay.as_secs_f64() * 1e3;
-        let look_ahead = if self.recent_loss > 0.005 { 20.0 } else { 0.0 };
-        self.target_ms = (self.lateness_ms + 20.0 + look_ahead).clamp(min, max);
+        let packet = self.packet_ms();
+        let look_ahead = if self.recent_loss > 0.005 {
+            packet
+        } else {
+            0.0
+        };
+        self.target_ms = (self.lateness_ms + packet + look_ahead).clamp(min, max);
     }
 
     /// Feeds the loss estimate with one played frame.
@@ -410,7 +456,7 @@ impl JitterBuffer {
     pub fn pull(&mut self, now: Instant, out: &mut [f32]) -> Result<PullKind, CodecError> {
         if self.play_ts.is_none() {
             let ready = self.first_arrival.is_some_and(|first| {
-                now.duration_since(first).as_secs_f64() * 1e3 >= self.target_ms - 20.0
+                now.duration_since(first).as_secs_f64() * 1e3 >= self.target_ms - self.packet_ms()
             });
             let earliest = self
                 .slots
@@ -453,7 +499,7 @@ impl JitterBuffer {
         };
         let keep_ticks = (self.target_ms * 48.0) as i64;
         let new_play =
-            (i64::from(newest) + i64::from(FRAME_TICKS) - keep_ticks).max(i64::from(play));
+            (i64::from(newest) + i64::from(self.packet_ticks) - keep_ticks).max(i64::from(play));
         let new_play = u32::try_from(new_play).unwrap_or(play);
         let before = self.slots.iter().flatten().count();
         self.drop_before(new_play);
@@ -482,15 +528,19 @@ impl JitterBuffer {
             let Some(slot) = self.slots[index].take() else {
                 return Ok(PullKind::Idle);
             };
-            self.decoder
+            let decoded = self
+                .decoder
                 .decode(&slot.data[..slot.len], &mut self.frame)?;
+            self.frame_len = decoded.clamp(1, FRAME_SAMPLES);
             self.in_dtx = !slot.voice;
             self.last_seq = Some(slot.seq);
             self.note_frame(false);
             let waited = now.saturating_duration_since(slot.arrived);
-            self.finish_frame(play, false, waited);
+            self.finish_frame(play, slot.ticks, false, waited);
             return Ok(PullKind::Normal);
         }
+        let packet_ticks = self.packet_ticks;
+        let packet = packet_ticks as usize;
         match self.earliest_from(play) {
             // The next packet by sequence starts later: the sender paused
             // (DTX or silence). Not loss: play silence until it is due, but
@@ -501,8 +551,8 @@ impl JitterBuffer {
                     .is_none_or(|last| slot.seq == last.wrapping_add(1)) =>
             {
                 let gap = ticks_after(slot.timestamp, play);
-                let keep = ((self.target_ms * 48.0) as i64 / i64::from(FRAME_TICKS))
-                    * i64::from(FRAME_TICKS);
+                let keep = ((self.target_ms * 48.0) as i64 / i64::from(packet_ticks))
+                    * i64::from(packet_ticks);
                 let resume_from = if gap > keep {
                     i64::from(slot.timestamp) - keep
                 } else {
@@ -511,36 +561,40 @@ impl JitterBuffer {
                 self.play_ts = Some(
                     u32::try_from(resume_from)
                         .unwrap_or(play)
-                        .wrapping_add(FRAME_TICKS),
+                        .wrapping_add(packet_ticks),
                 );
                 self.concealing = false;
                 self.quiet_frames = 0;
-                self.sync.extend(std::iter::repeat_n(0.0, FRAME_SAMPLES));
+                self.sync.extend(std::iter::repeat_n(0.0, packet));
                 Ok(PullKind::Quiet)
             }
-            // Lost: the packet after it may carry it in its FEC.
-            Some(slot) if slot.timestamp == play.wrapping_add(FRAME_TICKS) => {
+            // Lost: the packet right after it (of the same duration) may
+            // carry it in its FEC.
+            Some(slot) if ticks_after(slot.timestamp, play) == i64::from(slot.ticks) => {
+                let lost = slot.ticks as usize;
                 self.decoder
-                    .decode_fec(&slot.data[..slot.len], &mut self.frame)?;
+                    .decode_fec(&slot.data[..slot.len], &mut self.frame[..lost])?;
+                self.frame_len = lost;
                 self.stats.fec_recovered += 1;
                 self.note_frame(true);
                 self.last_seq = Some(slot.seq.wrapping_sub(1));
-                self.finish_frame(play, false, Duration::ZERO);
+                self.finish_frame(play, slot.ticks, false, Duration::ZERO);
                 Ok(PullKind::Fec)
             }
             Some(_) => {
-                self.decoder.conceal(&mut self.frame)?;
+                self.decoder.conceal(&mut self.frame[..packet])?;
+                self.frame_len = packet;
                 self.last_seq = self.last_seq.map(|last| last.wrapping_add(1));
                 self.note_frame(true);
                 self.count_concealment();
-                self.finish_frame(play, true, Duration::ZERO);
+                self.finish_frame(play, packet_ticks, true, Duration::ZERO);
                 Ok(PullKind::Conceal)
             }
             // Nothing buffered during DTX: comfort noise, time passes.
             None if self.in_dtx => {
-                self.decoder.conceal(&mut self.frame)?;
-                self.play_ts = Some(play.wrapping_add(FRAME_TICKS));
-                self.sync.extend(self.frame.iter().copied());
+                self.decoder.conceal(&mut self.frame[..packet])?;
+                self.play_ts = Some(play.wrapping_add(packet_ticks));
+                self.sync.extend(self.frame[..packet].iter().copied());
                 Ok(PullKind::Quiet)
             }
             // Nothing buffered: the packet is late. Conceal briefly without
@@ -552,14 +606,15 @@ impl JitterBuffer {
             // high) for seconds.
             None => {
                 if self.quiet_frames < 3 {
-                    self.decoder.conceal(&mut self.frame)?;
+                    self.decoder.conceal(&mut self.frame[..packet])?;
+                    self.frame_len = packet;
                     self.count_concealment();
                     self.quiet_frames += 1;
-                    self.sync.extend(self.frame.iter().copied());
+                    self.sync.extend(self.frame[..packet].iter().copied());
                     Ok(PullKind::Conceal)
                 } else {
                     self.concealing = false;
-                    self.sync.extend(std::iter::repeat_n(0.0, FRAME_SAMPLES));
+                    self.sync.extend(std::iter::repeat_n(0.0, packet));
                     Ok(PullKind::Quiet)
                 }
             }
@@ -568,72 +623,71 @@ impl JitterBuffer {
 
     fn count_concealment(&mut self) {
         self.update_target();
-        self.stats.concealed_samples += FRAME_SAMPLES as u64;
+        self.stats.concealed_samples += self.frame_len as u64;
         if !self.concealing {
             self.stats.concealment_events += 1;
             self.concealing = true;
         }
     }
 
-    /// Moves past the frame at `play`, time-scaling it when the delay is off
-    /// target. Delay `target ± 20 ms` is left alone while someone speaks
-    /// (time-scaling speech costs quality); on a clean path, in a pause
-    /// (three frames without voice), audio over the target by more than
+    /// Moves `ticks` past the frame at `play`, time-scaling it when the
+    /// delay is off target. Delay `target ± a packet` is left alone while
+    /// someone speaks (time-scaling speech costs quality); on a clean path,
+    /// in a pause (60 ms without voice), audio over the target by more than
     /// half a packet is cut outright, which nobody hears, so the delay
     /// comes down to the target at the first pause.
-    fn finish_frame(&mut self, play: u32, concealed: bool, waited: Duration) {
-        self.play_ts = Some(play.wrapping_add(FRAME_TICKS));
+    fn finish_frame(&mut self, play: u32, ticks: u32, concealed: bool, waited: Duration) {
+        self.play_ts = Some(play.wrapping_add(ticks));
         if !concealed {
             self.concealing = false;
         }
         self.quiet_frames = 0;
-        // Counted from the next frame on: this frame's own 20 ms are part
+        let frame_len = self.frame_len;
+        let frame = &self.frame[..frame_len];
+        let packet_ms = self.packet_ms();
+        // Counted from the next frame on: this frame's own duration is part
         // of the target.
         let delay = self.current_delay_ms();
-        self.frames_without_voice = if crate::level::voice_activity(&self.frame) {
-            0
+        self.unvoiced_ms = if crate::level::voice_activity(frame) {
+            0.0
         } else {
-            self.frames_without_voice.saturating_add(1)
+            self.unvoiced_ms + ticks_to_ms(frame_len as i64)
         };
         // Over the target: audio buffered beyond what the target holds, or
         // time the frame just decoded waited beyond its lateness margin
         // (it could have started a pull sooner: frames start on pulls, so
         // a buffer level right on target can still hold a frame back).
         let waited_ms = waited.as_secs_f64() * 1e3;
-        let over_in_pause =
-            (delay - (self.target_ms - 20.0)).max(waited_ms - (self.target_ms - 20.0));
+        let margin = self.target_ms - packet_ms;
+        let over_in_pause = (delay - margin).max(waited_ms - margin);
         // Only on a clean path: under loss, audio held over the target is
         // the margin that lets the next packet's FEC arrive in time.
         let clean_path = self.recent_loss < CLEAN_PATH_LOSS;
-        if clean_path
-            && over_in_pause > PAUSE_MARGIN_MS
-            && self.frames_without_voice >= PAUSE_FRAMES
-        {
-            let cut = ((over_in_pause * 48.0) as usize).min(FRAME_SAMPLES);
-            self.sync.extend(self.frame[cut..].iter().copied());
+        if clean_path && over_in_pause > packet_ms / 2.0 && self.unvoiced_ms >= PAUSE_MS {
+            let cut = ((over_in_pause * 48.0) as usize).min(frame_len);
+            self.sync.extend(frame[cut..].iter().copied());
             self.stats.accelerated_samples += cut as u64;
-        } else if delay > self.target_ms + 20.0 {
+        } else if delay > self.target_ms + packet_ms {
             if self.config.time_scaling {
                 self.stats.accelerated_samples +=
-                    timescale::accelerate(&self.frame, &mut self.sync) as u64;
+                    timescale::accelerate(frame, &mut self.sync) as u64;
             } else {
                 // Drop the frame.
-                self.stats.accelerated_samples += FRAME_SAMPLES as u64;
+                self.stats.accelerated_samples += frame_len as u64;
             }
-        } else if delay + 20.0 < self.target_ms && !concealed {
+        } else if delay + packet_ms < self.target_ms && !concealed {
             if self.config.time_scaling {
-                self.stats.expanded_samples +=
-                    timescale::expand(&self.frame, &mut self.sync) as u64;
+                self.stats.expanded_samples += timescale::expand(frame, &mut self.sync) as u64;
             } else {
                 // Insert a concealed frame after this one.
-                self.sync.extend(self.frame.iter().copied());
-                if self.decoder.conceal(&mut self.frame).is_ok() {
-                    self.sync.extend(self.frame.iter().copied());
-                    self.stats.expanded_samples += FRAME_SAMPLES as u64;
+                self.sync.extend(frame.iter().copied());
+                if self.decoder.conceal(&mut self.frame[..frame_len]).is_ok() {
+                    self.sync.extend(self.frame[..frame_len].iter().copied());
+                    self.stats.expanded_samples += frame_len as u64;
                 }
             }
         } else {
-            self.sync.extend(self.frame.iter().copied());
+            self.sync.extend(frame.iter().copied());
         }
     }
 }

@@ -13,6 +13,7 @@ mod timescale;
 
 pub use codec::{
     CodecError, DEFAULT_DECODER_COMPLEXITY, Decoder, Encoder, EncoderConfig, is_dtx_frame,
+    packet_samples,
 };
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PullKind};
 pub use loss::LossMeter;
@@ -26,8 +27,39 @@ pub use resample::{Resampler, ResamplerError};
 /// The pipeline's sample rate.
 pub const SAMPLE_RATE: u32 = 48_000;
 
-/// Samples in one 20 ms frame at 48 kHz mono.
+/// Samples in one 20 ms frame at 48 kHz mono: the longest frame the
+/// pipeline sends or plays.
 pub const FRAME_SAMPLES: usize = 960;
+
+/// How much audio one packet carries. 20 ms is the default; 10 ms is the
+/// low-latency profile's: each frame leaves 10 ms sooner and the receiver
+/// may hold 10 ms less, for more packets (and header bytes) a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrameDuration {
+    /// 10 ms, 480 samples.
+    Ms10,
+    /// 20 ms, 960 samples.
+    #[default]
+    Ms20,
+}
+
+impl FrameDuration {
+    /// Samples at 48 kHz.
+    pub const fn samples(self) -> usize {
+        match self {
+            Self::Ms10 => 480,
+            Self::Ms20 => FRAME_SAMPLES,
+        }
+    }
+
+    /// Milliseconds.
+    pub const fn millis(self) -> u32 {
+        match self {
+            Self::Ms10 => 10,
+            Self::Ms20 => 20,
+        }
+    }
+}
 
 /// Samples of one 10 ms playout pull (as NetEq): playout takes audio at
 /// half the frame size, so a frame starts playing up to 10 ms sooner.

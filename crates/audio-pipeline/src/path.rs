@@ -1,8 +1,9 @@
 //! The two directions of a call's audio, assembled from the parts:
 //!
 //! - [`SendPath`]: capture at the device's rate and channel count → 48 kHz
-//!   mono → 20 ms frames → level meter → Opus; nothing is sent while muted,
-//!   and DTX frames (the encoder's "nothing to say") are not sent either.
+//!   mono → 20 ms frames (10 ms for low latency, switchable between
+//!   frames) → level meter → Opus; nothing is sent while muted, and DTX
+//!   frames (the encoder's "nothing to say") are not sent either.
 //! - [`ReceivePath`]: per remote speaker, packets handed over from the
 //!   network thread through a lock-free ring ([`packet_ring`]) into that
 //!   speaker's [`JitterBuffer`]; each pull (10 ms in playout) mixes every
@@ -15,8 +16,8 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::jitter::{JitterBuffer, JitterConfig, JitterStats};
 use crate::{
-    CodecError, Encoder, EncoderConfig, FRAME_SAMPLES, MAX_PACKET, Mixer, Resampler, SAMPLE_RATE,
-    is_dtx_frame, level,
+    CodecError, Encoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, MAX_PACKET, Mixer, Resampler,
+    SAMPLE_RATE, is_dtx_frame, level,
 };
 
 /// One encoded frame ready to go into a datagram.
@@ -39,6 +40,7 @@ pub struct SendPath {
     resampler: Resampler,
     encoder: Encoder,
     frame: [f32; FRAME_SAMPLES],
+    duration: FrameDuration,
     packet: [u8; MAX_PACKET],
     muted: bool,
     seq: u32,
@@ -49,6 +51,7 @@ pub struct SendPath {
 impl std::fmt::Debug for SendPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SendPath")
+            .field("duration", &self.duration)
             .field("muted", &self.muted)
             .field("seq", &self.seq)
             .field("timestamp", &self.timestamp)
@@ -84,6 +87,7 @@ impl SendPath {
             )?,
             encoder: Encoder::new(config)?,
             frame: [0.0; FRAME_SAMPLES],
+            duration: FrameDuration::default(),
             packet: [0; MAX_PACKET],
             muted: false,
             seq: 0,
@@ -95,6 +99,17 @@ impl SendPath {
     /// Captured samples, interleaved at the device's format.
     pub fn push_capture(&mut self, samples: &[f32]) {
         self.resampler.push(samples);
+    }
+
+    /// The frame duration from the next frame on (20 ms to start with).
+    /// Receivers learn it from each packet, so it may change mid-stream.
+    pub fn set_frame_duration(&mut self, duration: FrameDuration) {
+        self.duration = duration;
+    }
+
+    /// The frame duration now.
+    pub fn frame_duration(&self) -> FrameDuration {
+        self.duration
     }
 
     /// Stops (`true`) or resumes sending.
@@ -113,37 +128,41 @@ impl SendPath {
         self.volume
     }
 
-    /// The next 20 ms of capture, once a whole frame is in: `None` until
-    /// then. Time always advances, so a muted or DTX frame is
-    /// [`Captured::Nothing`]. `Err` only for a codec failure.
+    /// The next frame of capture (20 or 10 ms: [`SendPath::set_frame_duration`]),
+    /// once it is all in: `None` until then. Time always advances, so a
+    /// muted or DTX frame is [`Captured::Nothing`]. `Err` only for a codec
+    /// failure.
     pub fn next_frame(&mut self) -> Result<Option<Captured<'_>>, CodecError> {
-        if !self.resampler.pop(&mut self.frame) {
+        let samples = self.duration.samples();
+        let frame = &mut self.frame[..samples];
+        if !self.resampler.pop(frame) {
             return Ok(None);
         }
         let timestamp = self.timestamp;
-        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        self.timestamp = self.timestamp.wrapping_add(samples as u32);
         if self.muted {
             self.volume = 0;
             return Ok(Some(Captured::Nothing));
         }
-        self.volume = level::volume(&self.frame);
-        let len = self.encoder.encode(&self.frame, &mut self.packet)?;
+        let frame = &self.frame[..samples];
+        self.volume = level::volume(frame);
+        let len = self.encoder.encode(frame, &mut self.packet)?;
         if is_dtx_frame(len) {
             return Ok(Some(Captured::Nothing));
         }
-        let voice = level::voice_activity(&self.frame) && !self.encoder.in_dtx();
+        let voice = level::voice_activity(frame) && !self.encoder.in_dtx();
         self.seq = self.seq.wrapping_add(1);
         Ok(Some(Captured::Frame(OutgoingFrame {
             seq: self.seq,
             timestamp,
             voice,
-            level_dbov: level::level_dbov(&self.frame),
+            level_dbov: level::level_dbov(frame),
             payload: &self.packet[..len],
         })))
     }
 }
 
-/// What 20 ms of capture became.
+/// What a frame of capture became.
 #[derive(Debug, Clone, Copy)]
 pub enum Captured<'a> {
     /// A frame to send.

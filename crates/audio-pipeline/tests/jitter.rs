@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use audio_pipeline::netem::{Netem, NetemConfig};
 use audio_pipeline::{
-    Encoder, EncoderConfig, FRAME_SAMPLES, JitterBuffer, JitterConfig, JitterStats, MAX_PACKET,
-    PULL_SAMPLES, is_dtx_frame,
+    Encoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, JitterBuffer, JitterConfig, JitterStats,
+    MAX_PACKET, PULL_SAMPLES, is_dtx_frame,
 };
 use audio_pipeline::{analysis, level};
 
+/// How often the receiver pulls a frame's worth (or two 10 ms pulls).
 const FRAME: Duration = Duration::from_millis(20);
 
 /// A deterministic speech-like signal: voiced "syllables" (harmonics of a
@@ -61,8 +62,16 @@ struct Packet {
     payload: Vec<u8>,
 }
 
-/// Encodes `signal` frame by frame, as a sender would (DTX frames unsent).
-fn encode(signal: &[f32], loss_hint: f32, dtx: bool) -> Vec<Option<Packet>> {
+/// Encodes `signal` frame by frame, as a sender would (DTX frames unsent):
+/// when each frame is sent (its end's timestamp: a frame leaves once its
+/// last sample is in) and its packet. Frames are `frames.0` long, and
+/// `frames.1` from the time (seconds) it says on.
+fn encode(
+    signal: &[f32],
+    loss_hint: f32,
+    dtx: bool,
+    frames: (FrameDuration, Option<(f64, FrameDuration)>),
+) -> Vec<(u32, Option<Packet>)> {
     let mut encoder = Encoder::new(EncoderConfig {
         dtx,
         ..EncoderConfig::default()
@@ -71,24 +80,34 @@ fn encode(signal: &[f32], loss_hint: f32, dtx: bool) -> Vec<Option<Packet>> {
     encoder.set_measured_loss(loss_hint).unwrap();
     let mut packet = [0; MAX_PACKET];
     let mut seq = 0;
-    signal
-        .chunks_exact(FRAME_SAMPLES)
-        .enumerate()
-        .map(|(index, frame)| {
-            let frame: &[f32; FRAME_SAMPLES] = frame.try_into().unwrap();
-            let len = encoder.encode(frame, &mut packet).unwrap();
-            if dtx && is_dtx_frame(len) {
-                return None;
-            }
-            seq += 1;
+    let mut at = 0;
+    let mut out = Vec::new();
+    loop {
+        let duration = match frames.1 {
+            Some((from, later)) if at as f64 / 48_000.0 >= from => later,
+            _ => frames.0,
+        };
+        let Some(frame) = signal.get(at..at + duration.samples()) else {
+            return out;
+        };
+        let timestamp = at as u32;
+        at += duration.samples();
+        let len = encoder.encode(frame, &mut packet).unwrap();
+        if dtx && is_dtx_frame(len) {
+            out.push((at as u32, None));
+            continue;
+        }
+        seq += 1;
+        out.push((
+            at as u32,
             Some(Packet {
                 seq,
-                timestamp: (index * FRAME_SAMPLES) as u32,
+                timestamp,
                 voice: level::voice_activity(frame) && !encoder.in_dtx(),
                 payload: packet[..len].to_vec(),
-            })
-        })
-        .collect()
+            }),
+        ));
+    }
 }
 
 struct Scenario {
@@ -105,8 +124,11 @@ struct Scenario {
     dtx: bool,
     /// The talker is silent over this span, in seconds (the input is zero).
     silence: Option<(f64, f64)>,
-    /// Pull 10 ms at a time, as playout does (else a frame a pull).
+    /// Pull 10 ms at a time, as playout does (else 20 ms a pull).
     ten_ms_pulls: bool,
+    /// The sender's frames, and what they become from a time (seconds) on.
+    frame: FrameDuration,
+    switch_frame: Option<(f64, FrameDuration)>,
     /// The buffer's settings.
     config: JitterConfig,
 }
@@ -123,6 +145,8 @@ impl Default for Scenario {
             dtx: false,
             silence: None,
             ten_ms_pulls: false,
+            frame: FrameDuration::Ms20,
+            switch_frame: None,
             config: JitterConfig::default(),
         }
     }
@@ -142,21 +166,32 @@ fn run(scenario: &Scenario) -> Outcome {
     if let Some((from, to)) = scenario.silence {
         input[(from * 48_000.0) as usize..(to * 48_000.0) as usize].fill(0.0);
     }
-    let packets = encode(&input, scenario.loss_hint, scenario.dtx);
+    let packets = encode(
+        &input,
+        scenario.loss_hint,
+        scenario.dtx,
+        (scenario.frame, scenario.switch_frame),
+    );
     let start = Instant::now();
     let mut network: Netem<Packet> = Netem::new(scenario.network[0].1);
     let mut current_network = 0;
     let mut buffer = JitterBuffer::new(scenario.config).unwrap();
     let mut output = Vec::with_capacity(input.len() + 48_000);
     let mut trace = Vec::new();
-    let frame_period = FRAME.as_secs_f64() / scenario.sender_speed;
+    let (pull, pull_samples) = if scenario.ten_ms_pulls {
+        (FRAME / 2, PULL_SAMPLES)
+    } else {
+        (FRAME, FRAME_SAMPLES)
+    };
     let mut next_send = 0;
     let mut next_pull = scenario.receiver_starts;
     let end = Duration::from_secs_f64(scenario.seconds as f64 / scenario.sender_speed)
         + Duration::from_millis(600);
     let mut out = [0.0; FRAME_SAMPLES];
     while next_pull < end {
-        let send_at = Duration::from_secs_f64(next_send as f64 * frame_period);
+        let send_at = packets.get(next_send).map_or(end, |(ends, _)| {
+            Duration::from_secs_f64(f64::from(*ends) / 48_000.0 / scenario.sender_speed)
+        });
         if next_send < packets.len() && send_at <= next_pull {
             let seconds = send_at.as_secs_f64();
             while current_network + 1 < scenario.network.len()
@@ -168,7 +203,7 @@ fn run(scenario: &Scenario) -> Outcome {
             let paused = scenario
                 .sender_pause
                 .is_some_and(|(from, to)| seconds >= from && seconds < to);
-            if let (Some(packet), false) = (&packets[next_send], paused) {
+            if let ((_, Some(packet)), false) = (&packets[next_send], paused) {
                 network.send(start + send_at, packet.clone());
             }
             next_send += 1;
@@ -186,26 +221,8 @@ fn run(scenario: &Scenario) -> Outcome {
                 &packet.payload,
             );
         }
-        if scenario.ten_ms_pulls {
-            // Playout's 10 ms pulls: the second half a pull later, with what
-            // arrived meanwhile.
-            let (first, second) = out.split_at_mut(PULL_SAMPLES);
-            buffer.pull(now, first).unwrap();
-            let later = now + FRAME / 2;
-            while let Some((arrived, packet)) = network.receive_timed(later) {
-                buffer.insert(
-                    arrived,
-                    packet.seq,
-                    packet.timestamp,
-                    packet.voice,
-                    &packet.payload,
-                );
-            }
-            buffer.pull(later, second).unwrap();
-        } else {
-            buffer.pull(now, &mut out).unwrap();
-        }
-        output.extend_from_slice(&out);
+        buffer.pull(now, &mut out[..pull_samples]).unwrap();
+        output.extend_from_slice(&out[..pull_samples]);
         let stats = buffer.stats();
         trace.push((
             next_pull.as_secs_f64(),
@@ -213,7 +230,7 @@ fn run(scenario: &Scenario) -> Outcome {
             stats.target_delay_ms,
             stats.concealed_samples,
         ));
-        next_pull += FRAME;
+        next_pull += pull;
     }
     Outcome {
         seconds: scenario.seconds,
@@ -315,11 +332,13 @@ fn a_clean_link_plays_the_input_back_without_concealment() {
     assert!(correlation > 0.9, "correlation {correlation}");
     assert_eq!(outcome.concealed_while_sending(), 0, "{:?}", outcome.stats);
     assert_eq!(outcome.stats.late_packets, 0);
-    // Input to output: the network's 20 ms, Opus's 6.5 ms look-ahead, and
-    // what the buffer holds once it has converged: its target (one frame
-    // plus the jitter it measured) and no more than half a packet over.
+    // Input to output: the 20 ms frame (sent once it is all in), the
+    // network's 20 ms, Opus's 6.5 ms look-ahead, and what the buffer holds
+    // once it has converged: its target (a packet plus the jitter it
+    // measured, the packet being the one playing) and no more than half a
+    // packet over.
     let delay_ms = delay as f64 / 48.0;
-    assert!((26.0..=40.0).contains(&delay_ms), "delay {delay_ms} ms");
+    assert!((46.0..=60.0).contains(&delay_ms), "delay {delay_ms} ms");
     // Converged within a second of the first packet (it starts at the
     // conservative initial delay), and held there.
     for (at, current, target, _) in outcome
@@ -470,10 +489,15 @@ fn jitter_raises_the_target_then_it_comes_back_down() {
 
 #[test]
 fn clock_drift_keeps_the_delay_bounded_over_ten_minutes() {
+    // Pulled 10 ms at a time, as playout does: with 20 ms pulls a frame
+    // that arrives just after a pull waits a whole one, and as the drift
+    // moves arrivals across the pulls the buffer cuts and conceals (199
+    // concealments in ten minutes at 1.001, against 1 with 10 ms pulls).
     for speed in [1.001, 0.999] {
         let outcome = run(&Scenario {
             seconds: 600,
             sender_speed: speed,
+            ten_ms_pulls: true,
             ..Scenario::default()
         });
         let settled: Vec<f64> = outcome
@@ -492,7 +516,7 @@ fn clock_drift_keeps_the_delay_bounded_over_ten_minutes() {
         if speed > 1.0 {
             assert!(outcome.stats.accelerated_samples > 0);
         } else {
-            assert!(outcome.stats.expanded_samples > 0);
+            assert!(outcome.stats.expanded_samples > 0, "{:?}", outcome.stats);
         }
     }
 }
@@ -622,25 +646,34 @@ fn a_delay_step_raises_the_target_within_a_second() {
     );
 }
 
-#[test]
-fn a_stall_does_not_hold_the_delay_high_for_seconds() {
-    // Packets arrive 20 ms after they are sent, but at about 2 s, while
-    // the talker speaks, the path stalls: two packets come 60 and 40 ms
-    // late, together with the next one. The buffer runs dry, conceals
-    // without giving up their slots, and so grows; then the link is clean
-    // again. Late is not lost (both still play): a second later the buffer
-    // is back at its target, instead of holding the extra for seconds as
-    // on a lossy path.
+/// Ten seconds of speech over a clean link (packets 20 ms after they are
+/// sent, pulled every 20 ms) except that packet `stall` and the one after
+/// come with the packet after them (60 and 40 ms late) — or, with
+/// `for_good`, every packet from `stall` on comes 40 ms later (a new
+/// route). `stall` is the first packet from 2 s on whose four
+/// predecessors and itself are voiced (`voiced`) or not. Returns the
+/// stats, and the buffer's delay over its target at each pull from 1.2 s
+/// after the stall.
+fn play_with_a_stall(voiced: bool, for_good: bool) -> (JitterStats, Vec<f64>) {
     let input = speech_like(10);
-    let packets = encode(&input, 0.0, false);
-    let voiced = |index: usize| packets[index].as_ref().is_some_and(|packet| packet.voice);
+    let packets: Vec<Option<Packet>> = encode(&input, 0.0, false, (FrameDuration::Ms20, None))
+        .into_iter()
+        .map(|(_, packet)| packet)
+        .collect();
+    let is = |index: usize| {
+        packets[index]
+            .as_ref()
+            .is_some_and(|packet| packet.voice == voiced)
+    };
     let stall = (100..400)
-        .find(|index| (index - 3..index + 2).all(voiced))
-        .expect("speech at some point");
+        .find(|index| (index - 4..=*index).all(is))
+        .expect("speech and pauses at some point");
     let start = Instant::now();
     let mut buffer = JitterBuffer::new(JitterConfig::default()).unwrap();
     let arrival = |index: usize| {
-        let index = if index == stall || index == stall + 1 {
+        let index = if for_good && index >= stall {
+            index + 2
+        } else if index == stall || index == stall + 1 {
             stall + 2
         } else {
             index
@@ -669,7 +702,17 @@ fn a_stall_does_not_hold_the_delay_high_for_seconds() {
             over.push(stats.current_delay_ms - stats.target_delay_ms);
         }
     }
-    let stats = buffer.stats();
+    (buffer.stats(), over)
+}
+
+#[test]
+fn a_stall_does_not_hold_the_delay_high_for_seconds() {
+    // While the talker speaks, the buffer runs dry at the stall, conceals
+    // without giving up the late packets' slots, and so grows; then the
+    // link is clean again. Late is not lost (both still play): a second
+    // later the buffer is back at its target, instead of holding the extra
+    // for seconds as on a lossy path.
+    let (stats, over) = play_with_a_stall(true, false);
     assert!(
         stats.concealment_events >= 1,
         "the stall ran the buffer dry: {stats:?}"
@@ -679,4 +722,119 @@ fn a_stall_does_not_hold_the_delay_high_for_seconds() {
         worst <= 10.0,
         "1.2 s after the stall, up to {worst} ms held over the target"
     );
+}
+
+#[test]
+fn a_delay_step_in_a_pause_does_not_silence_the_rest_of_the_call() {
+    // In a pause the sender still sends (voiceless packets; no DTX), and
+    // the buffer, trimmed to its target, plays comfort noise when nothing
+    // is there — moving on past the late packet's time. That packet is
+    // still the next one to play: dropped as late, every later packet
+    // would be as late (the path is 40 ms longer from then on), and
+    // nothing would play again.
+    let (stats, over) = play_with_a_stall(false, true);
+    assert!(
+        stats.late_packets == 0 && stats.packets_received >= 495,
+        "{stats:?}"
+    );
+    let worst = over.iter().copied().fold(f64::MIN, f64::max);
+    assert!(
+        worst <= 10.0,
+        "1.2 s after the stall, up to {worst} ms held over the target"
+    );
+}
+
+/// The low-latency profile: 10 ms frames, pulled 10 ms at a time.
+fn ten_ms_frames() -> Scenario {
+    Scenario {
+        frame: FrameDuration::Ms10,
+        ten_ms_pulls: true,
+        ..Scenario::default()
+    }
+}
+
+#[test]
+fn ten_ms_frames_converge_to_a_lower_target_and_play_sooner() {
+    let twenty = run(&Scenario {
+        ten_ms_pulls: true,
+        ..Scenario::default()
+    });
+    let ten = run(&ten_ms_frames());
+    let (twenty_delay, _) = align(&twenty.input, &twenty.output);
+    let (ten_delay, correlation) = align(&ten.input, &ten.output);
+    assert!(correlation > 0.9, "correlation {correlation}");
+    assert_eq!(ten.concealed_while_sending(), 0, "{:?}", ten.stats);
+    assert_eq!(ten.stats.late_packets, 0);
+    // The target is a packet plus the lateness measured: 10 ms less, and
+    // the buffer holds it within half a packet from a second on.
+    for (at, current, target, _) in ten.trace.iter().filter(|(t, ..)| (1.0..9.5).contains(t)) {
+        assert!(*target <= 14.0, "at {at} s: target {target} ms");
+        assert!(
+            *current <= target + 5.0,
+            "at {at} s: {current} ms buffered, target {target} ms"
+        );
+    }
+    // A 10 ms frame leaves 10 ms sooner; the buffer's hold beyond the
+    // packet playing is the same small lateness margin either way.
+    let (ten_ms, twenty_ms) = (ten_delay as f64 / 48.0, twenty_delay as f64 / 48.0);
+    assert!(
+        ten_ms + 8.0 <= twenty_ms,
+        "10 ms frames play {ten_ms} ms after the input, 20 ms frames {twenty_ms} ms"
+    );
+}
+
+#[test]
+fn ten_ms_frames_under_loss_are_recovered_by_fec() {
+    let clean = run(&ten_ms_frames());
+    let lossy = run(&Scenario {
+        frame: FrameDuration::Ms10,
+        ten_ms_pulls: true,
+        ..ten_percent_loss()
+    });
+    assert!(lossy.stats.fec_recovered > 50, "{:?}", lossy.stats);
+    // The look-ahead is a 10 ms packet: the target stays under 30 ms.
+    let (_, _, target, _) = lossy.trace[lossy.trace.len() / 2];
+    assert!(target <= 30.0, "a lossy link's target: {target} ms");
+    let clean_score = segment_correlation(&clean.input, &clean.output);
+    let lossy_score = segment_correlation(&lossy.input, &lossy.output);
+    assert!(
+        lossy_score > clean_score - 0.15,
+        "10 % loss {lossy_score} against clean {clean_score}"
+    );
+}
+
+#[test]
+fn a_sender_switching_frame_duration_mid_stream_plays_on() {
+    // 20 ms frames, then 10 ms ones from 4 s on (the low-latency profile
+    // turned on mid-call), then back would be the same: each packet says
+    // its duration.
+    let outcome = run(&Scenario {
+        switch_frame: Some((4.0, FrameDuration::Ms10)),
+        ten_ms_pulls: true,
+        ..Scenario::default()
+    });
+    assert_eq!(outcome.concealed_while_sending(), 0, "{:?}", outcome.stats);
+    assert!(segment_correlation(&outcome.input, &outcome.output) > 0.9);
+    let target_at = |second: f64| {
+        outcome
+            .trace
+            .iter()
+            .find(|(t, ..)| *t >= second)
+            .map_or(f64::MAX, |(_, _, target, _)| *target)
+    };
+    assert!(target_at(3.5) > 20.0, "20 ms packets: {}", target_at(3.5));
+    assert!(target_at(6.0) <= 14.0, "10 ms packets: {}", target_at(6.0));
+}
+
+#[test]
+fn late_packets_in_a_pause_still_play() {
+    // The same with two late packets only: they play (the delay grows by
+    // what the buffer filled in meanwhile, and the next pause trims it).
+    let (stats, over) = play_with_a_stall(false, false);
+    assert!(
+        stats.late_packets == 0 && stats.packets_received >= 497,
+        "{stats:?}"
+    );
+    let worst = over.iter().copied().fold(f64::MIN, f64::max);
+    assert!(worst <= 10.0, "up to {worst} ms held over the target");
 }
