@@ -140,6 +140,9 @@ pub struct JitterStats {
     pub current_delay_ms: f64,
     /// What the buffer aims for, in milliseconds.
     pub target_delay_ms: f64,
+    /// The sender's packets, in milliseconds of audio each (20, or 10 with
+    /// the low-latency profile), as the newest one says.
+    pub packet_ms: f64,
 }
 
 impl JitterStats {
@@ -270,6 +273,7 @@ impl JitterBuffer {
         let mut stats = self.stats;
         stats.current_delay_ms = self.current_delay_ms();
         stats.target_delay_ms = self.target_ms;
+        stats.packet_ms = self.packet_ms();
         stats
     }
 

@@ -58,11 +58,7 @@ pub(crate) enum Command {
         request: Request,
         reply: Reply,
     },
-    MicMute(bool),
-    HandsFree(bool),
-    AudioStats(oneshot::Sender<Vec<(UserId, JitterStats)>>),
-    /// The loss the receivers of our audio report.
-    ReportedLoss(oneshot::Sender<Option<u8>>),
+    Audio(AudioCommand),
     /// Log out if logged in, then disconnect; tell the sender, if any, once
     /// done.
     Shutdown(Option<oneshot::Sender<()>>),
@@ -70,8 +66,20 @@ pub(crate) enum Command {
     NetworkChanged,
 }
 
-/// How often each remote speaker is told what we lose of its audio.
-const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// What the application asks of the call's audio.
+#[derive(Debug)]
+pub(crate) enum AudioCommand {
+    MicMute(bool),
+    HandsFree(bool),
+    LowLatency(bool),
+    Stats(oneshot::Sender<Vec<(UserId, JitterStats)>>),
+    /// The loss the receivers of our audio report.
+    ReportedLoss(oneshot::Sender<Option<u8>>),
+}
+
+/// How often each remote speaker is told what we lose of its audio, and
+/// each other member what we play.
+const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a destroyed instance waits for the server to confirm its logout.
 pub(crate) const LOGOUT_GRACE: Duration = Duration::from_secs(1);
@@ -89,6 +97,7 @@ pub(crate) struct LoginRequest<'a> {
 pub(crate) struct DeviceState {
     pub(crate) mic_muted: bool,
     pub(crate) hands_free: bool,
+    pub(crate) low_latency: bool,
 }
 
 /// The answer to the login, when the server gives it.
@@ -326,6 +335,7 @@ pub(crate) async fn start(
         notices: DeviceNotices(notices),
         device_notices,
         hands_free: devices.hands_free,
+        low_latency: devices.low_latency,
         flow_users: HashMap::new(),
         last_stats: Vec::new(),
     };
@@ -489,6 +499,8 @@ struct Driver<T: Transport> {
     /// …and where the driver hears it, to tell the application.
     device_notices: mpsc::UnboundedReceiver<calling_api::CallingEvent>,
     hands_free: bool,
+    /// 10 ms frames wanted.
+    low_latency: bool,
     /// Who each remote flow of the current call is.
     flow_users: HashMap<FlowId, UserId>,
     /// The statistics of the last call, kept after it ends.
@@ -518,8 +530,8 @@ impl<T: Transport> Driver<T> {
     /// shutdown to finish.
     async fn run(mut self) -> Option<oneshot::Sender<()>> {
         let mut finished = None;
-        let mut loss_reports = tokio::time::interval(LOSS_REPORT_INTERVAL);
-        loss_reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
+        feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(error) = self.flush().await {
                 debug!(%error, "sending failed");
@@ -539,24 +551,6 @@ impl<T: Transport> Driver<T> {
             tokio::select! {
                 command = self.inbox.recv() => match command {
                     Some(Command::Request { request, reply }) => self.apply(request, reply),
-                    Some(Command::MicMute(muted)) => {
-                        self.engine.set_mic_mute(muted);
-                        if let Some(media) = &self.media {
-                            media.set_muted(muted);
-                        }
-                    }
-                    Some(Command::AudioStats(reply)) => {
-                        let _ = reply.send(self.audio_stats());
-                    }
-                    Some(Command::ReportedLoss(reply)) => {
-                        let _ = reply.send(self.media.as_ref().and_then(CallAudio::reported_loss));
-                    }
-                    Some(Command::HandsFree(hands_free)) => {
-                        self.hands_free = hands_free;
-                        if let Some(media) = &self.media {
-                            media.set_hands_free(hands_free);
-                        }
-                    }
                     Some(Command::NetworkChanged) => self.network_changed(),
                     None => {
                         self.log_out_and_close().await;
@@ -567,6 +561,7 @@ impl<T: Transport> Driver<T> {
                         finished = done;
                         break;
                     }
+                    Some(Command::Audio(audio)) => self.audio_command(audio),
                 },
                 received = recv_frame(recv) => match received {
                     Ok(Some(message)) => self.engine.handle_message(Instant::now(), message),
@@ -590,7 +585,7 @@ impl<T: Transport> Driver<T> {
                 connected = next_attempt_result(&mut self.reconnect.attempts) => {
                     self.on_attempt(connected);
                 }
-                _ = loss_reports.tick(), if self.media.is_some() => self.send_loss_reports(),
+                _ = feedback.tick(), if self.media.is_some() => self.send_feedback(),
                 Some(notice) = self.device_notices.recv() => self.dispatch.emit(&notice),
                 () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
                     self.feed_levels();
@@ -618,6 +613,36 @@ impl<T: Transport> Driver<T> {
             let _ = stopping.await;
         }
         finished
+    }
+
+    /// The commands about the call's audio.
+    fn audio_command(&mut self, command: AudioCommand) {
+        match command {
+            AudioCommand::MicMute(muted) => {
+                self.engine.set_mic_mute(muted);
+                if let Some(media) = &self.media {
+                    media.set_muted(muted);
+                }
+            }
+            AudioCommand::HandsFree(hands_free) => {
+                self.hands_free = hands_free;
+                if let Some(media) = &self.media {
+                    media.set_hands_free(hands_free);
+                }
+            }
+            AudioCommand::LowLatency(low_latency) => {
+                self.low_latency = low_latency;
+                if let Some(media) = &mut self.media {
+                    media.set_low_latency(low_latency);
+                }
+            }
+            AudioCommand::Stats(reply) => {
+                let _ = reply.send(self.audio_stats());
+            }
+            AudioCommand::ReportedLoss(reply) => {
+                let _ = reply.send(self.media.as_ref().and_then(CallAudio::reported_loss));
+            }
+        }
     }
 
     /// Whether the session goes on: logged in (or logging in), connected
@@ -722,8 +747,11 @@ impl<T: Transport> Driver<T> {
                     media,
                     self.engine.is_mic_muted(),
                     self.hands_free,
+                    self.low_latency,
                     &self.notices,
                 );
+                // The members already in the call hear at once what we play.
+                self.send_feedback();
             }
             (false, true) => {
                 if let Some(media) = self.media.take() {
@@ -738,14 +766,22 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Tells each remote speaker what we lose of its audio.
-    fn send_loss_reports(&mut self) {
+    /// Tells each other member what we play of its audio, and each remote
+    /// speaker what we lose of it.
+    fn send_feedback(&mut self) {
+        let members: Vec<FlowId> = match self.engine.status() {
+            EngineStatus::InCall { members, .. } => members
+                .iter()
+                .filter_map(|member| self.engine.flow_of(member))
+                .collect(),
+            _ => Vec::new(),
+        };
         let Some(media) = self.media.as_mut() else {
             return;
         };
-        for report in media.loss_reports() {
+        for datagram in media.feedback(&members) {
             // A closed link ends the call through the signaling stream.
-            let _ = self.media_link.send_datagram(report);
+            let _ = self.media_link.send_datagram(datagram);
         }
     }
 

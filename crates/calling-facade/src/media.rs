@@ -7,6 +7,12 @@
 //! ([`LossMeter`]) and sends each one a loss report about once a second;
 //! reports about our own audio arrive the same way, and the capture thread
 //! tells the encoder the worst of them, so in-band FEC follows the path.
+//!
+//! Low latency: with it on, the capture thread sends 10 ms frames instead
+//! of 20 ms — but only once every other member of the call has said it
+//! plays them ([`ReceiverFeatures`], sent to each member once a second
+//! with the loss reports); a member who never says so (an older SDK, a
+//! client of its own) keeps the call at 20 ms.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,21 +26,21 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, JitterConfig, JitterStats, LossMeter, MediaPacket, PULL_SAMPLES, PacketReceiver,
-    PacketSender, ReceivePath, Resampler, SendPath, packet_ring,
+    EncoderConfig, FrameDuration, JitterConfig, JitterStats, LossMeter, MediaPacket, PULL_SAMPLES,
+    PacketReceiver, PacketSender, ReceivePath, Resampler, SendPath, packet_ring,
 };
 use calling_api::{AudioDeviceKind, CallingEvent};
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
-use signaling_proto::{DatagramKind, FlowId, LossReport, MediaHeader};
+use signaling_proto::{DatagramKind, FlowId, LossReport, MediaHeader, ReceiverFeatures};
 use tracing::warn;
 
 /// An application's own capture source (a bot's voice, a probe), shared
-/// with the SDK's capture thread, which reads it every 20 ms.
+/// with the SDK's capture thread, which reads it every 10 ms.
 #[derive(Clone)]
 pub struct CustomSource(pub Arc<Mutex<dyn AudioSource>>);
 
-/// An application's own playback sink, written every 20 ms by the SDK's
+/// An application's own playback sink, written every 10 ms by the SDK's
 /// playout thread (48 kHz mono unless its format says otherwise).
 #[derive(Clone)]
 pub struct CustomSink(pub Arc<Mutex<dyn AudioSink>>);
@@ -261,14 +267,21 @@ struct Shared {
     reported_loss: AtomicU8,
     /// The loss the encoder was last told ([`NO_REPORT`] if never).
     applied_loss: AtomicU8,
+    /// Whether the capture thread sends 10 ms frames (low latency wanted,
+    /// and every other member plays them).
+    short_frames: AtomicBool,
 }
 
 /// No loss report: a value a report (0–100) never takes.
 const NO_REPORT: u8 = u8::MAX;
 
+/// Milliseconds of one capture read: the shorter frame size, so a 10 ms
+/// frame leaves as soon as it is in (a 20 ms frame takes two reads).
+const CAPTURE_MS: u32 = 10;
+
 /// How often the capture thread applies the receivers' loss reports, in
-/// 20 ms frames: once a second, as often as they come.
-const LOSS_UPDATE_FRAMES: u32 = 50;
+/// capture reads: once a second, as often as they come.
+const LOSS_UPDATE_READS: u32 = 100;
 
 fn raise(level: &AtomicU8, value: u8) {
     level.fetch_max(value, Ordering::Relaxed);
@@ -293,6 +306,12 @@ pub(crate) struct CallAudio {
     /// the n-th ring sent is speaker slot n there.
     new_speakers: std::sync::mpsc::Sender<PacketReceiver>,
     threads: Vec<JoinHandle<()>>,
+    /// Whether this user wants 10 ms frames.
+    low_latency: bool,
+    /// The other members' flows, as the driver last listed them.
+    members: Vec<FlowId>,
+    /// What each of them said it plays of our audio.
+    features: HashMap<FlowId, ReceiverFeatures>,
 }
 
 impl std::fmt::Debug for CallAudio {
@@ -469,6 +488,7 @@ impl CallAudio {
         link: Arc<dyn MediaLink>,
         muted: bool,
         hands_free: bool,
+        low_latency: bool,
         notices: &DeviceNotices,
     ) -> Option<Self> {
         let shared = Arc::new(Shared {
@@ -480,6 +500,7 @@ impl CallAudio {
             stats: Mutex::new([JitterStats::default(); MAX_SPEAKERS]),
             reported_loss: AtomicU8::new(NO_REPORT),
             applied_loss: AtomicU8::new(NO_REPORT),
+            short_frames: AtomicBool::new(false),
         });
         let (new_speakers, speaker_inbox) = std::sync::mpsc::channel();
         // Devices, codecs and jitter buffers are made on the threads, not
@@ -518,6 +539,9 @@ impl CallAudio {
             speakers: HashMap::new(),
             new_speakers,
             threads: vec![capture, playout],
+            low_latency,
+            members: Vec::new(),
+            features: HashMap::new(),
         })
     }
 
@@ -527,6 +551,25 @@ impl CallAudio {
 
     pub(crate) fn set_hands_free(&self, hands_free: bool) {
         self.shared.hands_free.store(hands_free, Ordering::Relaxed);
+    }
+
+    /// Wants 10 ms frames (`true`) or 20 ms ones, from the next frame on.
+    pub(crate) fn set_low_latency(&mut self, low_latency: bool) {
+        self.low_latency = low_latency;
+        self.choose_frame_duration();
+    }
+
+    /// 10 ms frames when wanted and every other member said it plays them.
+    fn choose_frame_duration(&self) {
+        let everyone_plays_them = !self.members.is_empty()
+            && self.members.iter().all(|flow| {
+                self.features
+                    .get(flow)
+                    .is_some_and(|features| features.plays_short_frames())
+            });
+        self.shared
+            .short_frames
+            .store(self.low_latency && everyone_plays_them, Ordering::Relaxed);
     }
 
     /// A datagram from the server: a remote speaker's audio, or a loss
@@ -550,6 +593,12 @@ impl CallAudio {
                             })
                         },
                     );
+                }
+            }
+            DatagramKind::Features => {
+                if let Some(features) = ReceiverFeatures::from_payload(payload) {
+                    self.features.insert(header.flow_id, features);
+                    self.choose_frame_duration();
                 }
             }
             DatagramKind::Probe | DatagramKind::KeepAlive => {}
@@ -590,30 +639,30 @@ impl CallAudio {
         }
     }
 
-    /// A loss report for each remote speaker with enough packets due since
-    /// the last one, as datagrams to send (the server delivers each to the
-    /// speaker it names).
-    pub(crate) fn loss_reports(&mut self) -> Vec<bytes::Bytes> {
-        let mut reports = Vec::new();
+    /// What we tell the other members, as datagrams to send (the server
+    /// delivers each to the member it names): to each of `members` (the
+    /// call's other members now), what we play of its audio; to each remote
+    /// speaker with enough packets due since the last report, what we lose
+    /// of it. Called about once a second.
+    pub(crate) fn feedback(&mut self, members: &[FlowId]) -> Vec<bytes::Bytes> {
+        if self.members != members {
+            self.members = members.to_vec();
+            self.features.retain(|flow, _| members.contains(flow));
+            self.choose_frame_duration();
+        }
+        let mut datagrams = Vec::new();
+        for flow in members {
+            let features = ReceiverFeatures::ours().to_payload();
+            datagrams.extend(feedback_datagram(DatagramKind::Features, *flow, &features));
+        }
         for (flow, speaker) in &mut self.speakers {
             let Some(loss_percent) = speaker.loss.report() else {
                 continue;
             };
-            let header = MediaHeader {
-                kind: DatagramKind::Report,
-                flow_id: *flow,
-                sequence: 0,
-                timestamp: 0,
-                voice_activity: false,
-                level_dbov: 127,
-            };
-            let payload = LossReport { loss_percent }.to_payload();
-            let mut datagram = [0; MAX_HEADER_LEN + 1];
-            if let Ok(len) = header.encode(&payload, &mut datagram) {
-                reports.push(bytes::Bytes::copy_from_slice(&datagram[..len]));
-            }
+            let report = LossReport { loss_percent }.to_payload();
+            datagrams.extend(feedback_datagram(DatagramKind::Report, *flow, &report));
         }
-        reports
+        datagrams
     }
 
     /// The loss our receivers last reported, as the encoder was told it.
@@ -663,6 +712,21 @@ impl CallAudio {
     }
 }
 
+/// A loss report or our features, about `flow`.
+fn feedback_datagram(kind: DatagramKind, flow: FlowId, payload: &[u8; 1]) -> Option<bytes::Bytes> {
+    let header = MediaHeader {
+        kind,
+        flow_id: flow,
+        sequence: 0,
+        timestamp: 0,
+        voice_activity: false,
+        level_dbov: 127,
+    };
+    let mut datagram = [0; MAX_HEADER_LEN + 1];
+    let len = header.encode(payload, &mut datagram).ok()?;
+    Some(bytes::Bytes::copy_from_slice(&datagram[..len]))
+}
+
 fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: &Shared) {
     let format = source.format();
     let Ok(mut send) = SendPath::new(
@@ -673,20 +737,25 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
         warn!("cannot start the encoder: sending nothing");
         return;
     };
-    let mut chunk = vec![0.0_f32; format.samples_in_ms(20)];
+    let mut chunk = vec![0.0_f32; format.samples_in_ms(CAPTURE_MS)];
     let mut datagram = vec![0_u8; MAX_HEADER_LEN + audio_pipeline::MAX_PACKET];
-    let mut pacer = Pacer::new(Duration::from_millis(20));
+    let mut pacer = Pacer::new(Duration::from_millis(u64::from(CAPTURE_MS)));
     let mut encoder_failed = false;
-    let mut frames: u32 = 0;
+    let mut reads: u32 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
-        frames = frames.wrapping_add(1);
-        if frames % LOSS_UPDATE_FRAMES == 0 {
+        reads = reads.wrapping_add(1);
+        if reads % LOSS_UPDATE_READS == 0 {
             apply_loss_reports(&mut send, shared);
         }
         let read = source.read(&mut chunk);
         chunk[read..].fill(0.0);
         send.set_muted(shared.muted.load(Ordering::Relaxed));
+        send.set_frame_duration(if shared.short_frames.load(Ordering::Relaxed) {
+            FrameDuration::Ms10
+        } else {
+            FrameDuration::Ms20
+        });
         send.push_capture(&chunk);
         loop {
             let captured = match send.next_frame() {

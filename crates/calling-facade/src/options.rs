@@ -54,6 +54,10 @@ pub struct ClientOptions {
     /// [`DEFAULT_DECODER_COMPLEXITY`] unless set; the other side needs
     /// nothing for it.
     pub decoder_complexity: u8,
+    /// The low-latency profile from the start: 10 ms audio frames instead
+    /// of 20 ms (see [`TRTCCalling::set_low_latency`](crate::TRTCCalling::set_low_latency),
+    /// which switches it at any time). Off unless set.
+    pub low_latency: bool,
 }
 
 /// Where the server's fallback transport (TCP) is.
@@ -137,6 +141,7 @@ impl Default for ClientOptions {
             fallback_delay: Duration::from_millis(300),
             reconnect: Some(ReconnectPolicy::default()),
             decoder_complexity: DEFAULT_DECODER_COMPLEXITY,
+            low_latency: false,
         }
     }
 }
@@ -156,8 +161,9 @@ impl ClientOptions {
     /// `OPENCALLING_SERVER_NAME`, and one of `OPENCALLING_SERVER_FINGERPRINT`
     /// (hex SHA-256) or `OPENCALLING_CA_FILE` (PEM), and
     /// `OPENCALLING_FALLBACK` (`host:port` of the TCP fallback, `same` or
-    /// `off`), and `OPENCALLING_DECODER_COMPLEXITY` (0–10). This is what the
-    /// shared instance uses.
+    /// `off`), `OPENCALLING_DECODER_COMPLEXITY` (0–10) and
+    /// `OPENCALLING_LOW_LATENCY` (`1` or `0`). This is what the shared
+    /// instance uses.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -191,6 +197,13 @@ impl ClientOptions {
                 ),
             }
         }
+        if let Some(low_latency) = lookup("OPENCALLING_LOW_LATENCY") {
+            match low_latency.as_str() {
+                "1" | "true" | "on" => options.low_latency = true,
+                "0" | "false" | "off" => options.low_latency = false,
+                _ => tracing::warn!(low_latency, "OPENCALLING_LOW_LATENCY ignored: not 1 or 0"),
+            }
+        }
         options
     }
 }
@@ -218,6 +231,15 @@ mod tests {
             (name == "OPENCALLING_DECODER_COMPLEXITY").then(|| "11".into())
         });
         assert_eq!(wrong.decoder_complexity, DEFAULT_DECODER_COMPLEXITY);
+        assert!(!options.low_latency);
+        let low = ClientOptions::from_lookup(|name| {
+            (name == "OPENCALLING_LOW_LATENCY").then(|| "1".into())
+        });
+        assert!(low.low_latency);
+        let unclear = ClientOptions::from_lookup(|name| {
+            (name == "OPENCALLING_LOW_LATENCY").then(|| "maybe".into())
+        });
+        assert!(!unclear.low_latency);
         let bad = ClientOptions::from_lookup(|name| {
             (name == "OPENCALLING_SERVER_FINGERPRINT").then(|| "nope".into())
         });

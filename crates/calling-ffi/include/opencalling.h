@@ -162,6 +162,11 @@ int32_t oc_calling_set_mic_mute(OcHandle handle, bool muted);
 // Hands-free (speakerphone) on or off (`setHandsFree`).
 int32_t oc_calling_set_hands_free(OcHandle handle, bool hands_free);
 
+// The low-latency profile on or off: 10 ms audio frames instead of 20 ms,
+// for the current call (once every other member plays them) and later
+// ones (`TRTCCalling::set_low_latency`).
+int32_t oc_calling_set_low_latency(OcHandle handle, bool low_latency);
+
 // A static, NUL-terminated description of a result code of this API (the
 // `OC_ERR_*` codes) or of a `calling_api` error code from a completion.
 // Never null; never free it.

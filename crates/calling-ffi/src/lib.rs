@@ -127,6 +127,7 @@ struct OptionsJson {
     voice_volume_interval_ms: Option<u64>,
     reconnect: Option<bool>,
     decoder_complexity: Option<u8>,
+    low_latency: Option<bool>,
     input: Option<String>,
     output: Option<String>,
 }
@@ -173,6 +174,9 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
         Some(complexity) if complexity <= 10 => options.decoder_complexity = complexity,
         Some(_) => return Err(OC_ERR_INVALID_ARGUMENT),
         None => {}
+    }
+    if let Some(low_latency) = parsed.low_latency {
+        options.low_latency = low_latency;
     }
     let device = |spec: Option<String>| spec.unwrap_or_else(|| "system".into());
     options.audio = AudioDevices {
@@ -645,6 +649,17 @@ pub extern "C" fn oc_calling_set_hands_free(handle: OcHandle, hands_free: bool) 
     })
 }
 
+/// The low-latency profile on or off: 10 ms audio frames instead of 20 ms,
+/// for the current call (once every other member plays them) and later
+/// ones (`TRTCCalling::set_low_latency`).
+#[unsafe(no_mangle)]
+pub extern "C" fn oc_calling_set_low_latency(handle: OcHandle, low_latency: bool) -> i32 {
+    guarded(|| {
+        instance(handle)?.calling.set_low_latency(low_latency);
+        Ok(())
+    })
+}
+
 /// A static, NUL-terminated description of a result code of this API (the
 /// `OC_ERR_*` codes) or of a `calling_api` error code from a completion.
 /// Never null; never free it.
@@ -700,6 +715,18 @@ mod tests {
         assert_eq!(classic.decoder_complexity, 0);
         assert_eq!(
             options(r#"{"decoder_complexity": 11}"#).err(),
+            Some(OC_ERR_INVALID_ARGUMENT)
+        );
+    }
+
+    #[test]
+    fn options_take_the_low_latency_profile() {
+        let defaults = options("").unwrap_or_else(|code| panic!("{code}"));
+        assert!(!defaults.low_latency);
+        let low = options(r#"{"low_latency": true}"#).unwrap_or_else(|code| panic!("{code}"));
+        assert!(low.low_latency);
+        assert_eq!(
+            options(r#"{"low_latency": "yes"}"#).err(),
             Some(OC_ERR_INVALID_ARGUMENT)
         );
     }

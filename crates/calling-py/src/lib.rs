@@ -75,6 +75,7 @@ impl Calling {
         reconnect = true,
         fallback = "same",
         decoder_complexity = calling_facade::DEFAULT_DECODER_COMPLEXITY,
+        low_latency = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -88,6 +89,7 @@ impl Calling {
         reconnect: bool,
         fallback: &str,
         decoder_complexity: u8,
+        low_latency: bool,
     ) -> PyResult<Self> {
         let invalid = |error: String| PyValueError::new_err(error);
         let mut options = ClientOptions {
@@ -126,6 +128,7 @@ impl Calling {
             )));
         }
         options.decoder_complexity = decoder_complexity;
+        options.low_latency = low_latency;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("opencalling-py")
@@ -231,6 +234,16 @@ impl Calling {
     /// Whether hands-free is on.
     fn is_hands_free(&self) -> bool {
         self.calling.is_hands_free()
+    }
+
+    /// The low-latency profile (10 ms audio frames) on or off.
+    fn set_low_latency(&self, low_latency: bool) {
+        self.calling.set_low_latency(low_latency);
+    }
+
+    /// Whether the low-latency profile is wanted.
+    fn is_low_latency(&self) -> bool {
+        self.calling.is_low_latency()
     }
 
     /// The next event as JSON (`{"type": "event", "callback": "onInvited",

@@ -892,7 +892,7 @@ mod tests {
     use signaling_link::memory::{MemoryMedia, pair};
     use signaling_link::{DatagramSource, Link};
     use signaling_proto::message::RequestId;
-    use signaling_proto::{DatagramKind, LossReport, MediaHeader};
+    use signaling_proto::{DatagramKind, LossReport, MediaHeader, ReceiverFeatures};
 
     /// Metrics only, no sinks.
     fn quiet_ops() -> HubOps {
@@ -1105,6 +1105,26 @@ mod tests {
             Some(LossReport { loss_percent: 7 })
         );
         assert_eq!(routes.counts().forwarded, 2);
+        // So does a receiver's word about what it plays.
+        let features = ReceiverFeatures::ours().to_payload();
+        routes.relay(
+            alice.conn,
+            datagram(DatagramKind::Features, 12_345, &features),
+        );
+        assert_eq!(routes.counts().forwarded, 2, "nobody has flow 12345");
+        routes.relay(
+            alice.conn,
+            datagram(DatagramKind::Features, bob_flow.0, &features),
+        );
+        let heard = bob.media.recv_datagram().await.unwrap();
+        let (header, payload) = MediaHeader::decode(&heard).unwrap();
+        assert_eq!(header.kind, DatagramKind::Features);
+        assert_eq!(header.flow_id, alice_flow);
+        assert_eq!(
+            ReceiverFeatures::from_payload(payload),
+            Some(ReceiverFeatures::ours())
+        );
+        assert_eq!(routes.counts().forwarded, 3);
 
         hub.send(message(
             &bob,
@@ -1119,7 +1139,7 @@ mod tests {
         routes.relay(alice.conn, audio(0));
         routes.relay(bob.conn, audio(0));
         assert_eq!(routes.counts().dropped_not_in_call, 3);
-        assert_eq!(routes.counts().forwarded, 2);
+        assert_eq!(routes.counts().forwarded, 3);
         drop(bob.media);
     }
 

@@ -171,8 +171,10 @@ impl MediaRoutes {
             stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        // A loss report is for the sender it names, nobody else.
-        let about = (header.kind == DatagramKind::Report).then_some(header.flow_id);
+        // A loss report or a receiver's features are for the sender they
+        // name, nobody else.
+        let about = matches!(header.kind, DatagramKind::Report | DatagramKind::Features)
+            .then_some(header.flow_id);
         for (flow, peer) in &route.peers {
             if about.is_some_and(|about| about != *flow) {
                 continue;

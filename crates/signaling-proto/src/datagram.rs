@@ -6,7 +6,8 @@
 //! 4 bytes     sequence, big-endian
 //! 4 bytes     timestamp in 48 kHz ticks, big-endian
 //! 1 byte      voice activity (bit 7) | level in -dBov, 0–127 (bits 0–6), as RFC 6464
-//! rest        payload (an Opus packet for audio, a [`LossReport`] byte)
+//! rest        payload (an Opus packet for audio, a [`LossReport`] or a
+//!             [`ReceiverFeatures`] byte)
 //! ```
 //!
 //! Encoding and decoding never allocate: the audio path calls them per frame.
@@ -35,6 +36,44 @@ pub enum DatagramKind {
     /// percent (0–100). The server delivers it to that sender only,
     /// restamped with the reporter's flow ([`LossReport`]).
     Report = 3,
+    /// A receiver's word about what it plays of one sender's audio: the
+    /// flow id names the sender, the payload is one byte of flags
+    /// ([`ReceiverFeatures`]). Delivered as a loss report is.
+    Features = 4,
+}
+
+/// The payload of a [`DatagramKind::Features`] datagram: one byte of
+/// flags, bits this crate does not know kept (and meaning nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReceiverFeatures(pub u8);
+
+impl ReceiverFeatures {
+    /// Bit 0: plays Opus packets of any duration from 2.5 to 20 ms, so the
+    /// sender may send 10 ms frames (the low-latency profile).
+    pub const SHORT_FRAMES: u8 = 0b1;
+
+    /// What an SDK of this version plays.
+    pub const fn ours() -> Self {
+        Self(Self::SHORT_FRAMES)
+    }
+
+    /// Whether the receiver plays 10 ms frames.
+    pub const fn plays_short_frames(self) -> bool {
+        self.0 & Self::SHORT_FRAMES != 0
+    }
+
+    /// The payload bytes.
+    pub const fn to_payload(self) -> [u8; 1] {
+        [self.0]
+    }
+
+    /// Reads a payload; `None` unless it is exactly one byte.
+    pub fn from_payload(payload: &[u8]) -> Option<Self> {
+        match payload {
+            [flags] => Some(Self(*flags)),
+            _ => None,
+        }
+    }
 }
 
 /// The payload of a [`DatagramKind::Report`] datagram.
@@ -68,6 +107,7 @@ impl DatagramKind {
             1 => Some(Self::Probe),
             2 => Some(Self::KeepAlive),
             3 => Some(Self::Report),
+            4 => Some(Self::Features),
             _ => None,
         }
     }
@@ -308,6 +348,42 @@ mod tests {
                 0x40,
                 0x80 | 42
             ]
+        );
+    }
+
+    #[test]
+    fn receiver_features_are_one_byte_of_flags() {
+        assert!(ReceiverFeatures::ours().plays_short_frames());
+        assert!(!ReceiverFeatures(0b10).plays_short_frames());
+        assert_eq!(
+            ReceiverFeatures::from_payload(&[0xff]),
+            Some(ReceiverFeatures(0xff))
+        );
+        assert_eq!(ReceiverFeatures::from_payload(&[]), None);
+        assert_eq!(ReceiverFeatures::from_payload(&[1, 0]), None);
+        // The example in docs/protocol.md: flow 5's receiver plays 10 ms
+        // frames.
+        let mut buf = [0; MAX_HEADER_LEN + 1];
+        let documented = MediaHeader {
+            kind: DatagramKind::Features,
+            flow_id: FlowId(5),
+            sequence: 0,
+            timestamp: 0,
+            voice_activity: false,
+            level_dbov: 127,
+        };
+        let len = documented
+            .encode(&ReceiverFeatures::ours().to_payload(), &mut buf)
+            .unwrap();
+        assert_eq!(
+            &buf[..len],
+            [0x14, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 0x01]
+        );
+        let (decoded, payload) = MediaHeader::decode(&buf[..len]).unwrap();
+        assert_eq!(decoded.kind, DatagramKind::Features);
+        assert_eq!(
+            ReceiverFeatures::from_payload(payload),
+            Some(ReceiverFeatures::ours())
         );
     }
 

@@ -13,7 +13,7 @@ pub mod switchboard;
 pub mod timer;
 
 pub use call_event::{CallEvent, InvitationOutcome};
-pub use datagram::{DatagramError, DatagramKind, LossReport, MediaHeader};
+pub use datagram::{DatagramError, DatagramKind, LossReport, MediaHeader, ReceiverFeatures};
 pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation, ReconnectTimings};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use limit::TokenBucket;

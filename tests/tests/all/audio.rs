@@ -69,7 +69,133 @@ async fn end_call(caller: &mut User, callee: &mut User) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speech_crosses_the_call_both_ways_at_once() {
     let server = TestServer::start("speech").await;
-    speech_both_ways(&server, |_| {}, |_| {}).await;
+    let heard = speech_both_ways(&server, |_| {}, |_| {}).await;
+    for stats in heard {
+        assert_eq!(stats.len(), 1, "{stats:?}");
+        assert_eq!(stats[0].1.packet_ms, 20.0, "the default frames");
+    }
+}
+
+/// Both sides want low latency: once each has said it plays 10 ms frames
+/// (within about a second), each sends them, and speech crosses as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_latency_speech_crosses_in_ten_ms_frames() {
+    let server = TestServer::start("speech-low-latency").await;
+    let heard = speech_both_ways(
+        &server,
+        |options| options.low_latency = true,
+        |options| options.low_latency = true,
+    )
+    .await;
+    for stats in heard {
+        assert_eq!(stats.len(), 1, "{stats:?}");
+        assert_eq!(stats[0].1.packet_ms, 10.0, "{stats:?}");
+    }
+}
+
+/// A member that never says it plays 10 ms frames (an older SDK, a client
+/// written from the protocol before kind 4) keeps a low-latency sender at
+/// 20 ms, which it decodes as always; once it says so, frames turn 10 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_ms_frames_wait_until_every_receiver_plays_them() {
+    use signaling_proto::{
+        ClientMessage, DatagramKind, MediaHeader, ReceiverFeatures, RequestId, ServerMessage,
+    };
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start("low-latency-old-peer").await;
+    let alice = user_with_options(
+        &server,
+        "alice",
+        CaptureDevice::Synthetic(Signal::Tone {
+            frequency: 440.0,
+            amplitude: 0.5,
+        }),
+        PlaybackDevice::Null,
+        |options| options.low_latency = true,
+    )
+    .await;
+    let mut bob = crate::media::raw_login(&server, "bob").await;
+    alice.calling.call("bob", CallType::Audio).await.unwrap();
+    let ServerMessage::Invited { call_id, .. } =
+        crate::media::until(&mut bob, |m| matches!(m, ServerMessage::Invited { .. })).await
+    else {
+        unreachable!()
+    };
+    bob.send
+        .send(&ClientMessage::Accept {
+            request_id: RequestId(1),
+            call_id,
+        })
+        .await
+        .unwrap();
+    let ServerMessage::UserEntered {
+        flow_id: alice_flow,
+        ..
+    } = crate::media::until(&mut bob, |m| matches!(m, ServerMessage::UserEntered { .. })).await
+    else {
+        unreachable!()
+    };
+    // What bob gets for `span`: the duration of each audio packet, and
+    // whether alice told him what she plays.
+    let mut decoder = audio_pipeline::Decoder::with_complexity(0).unwrap();
+    let mut listen = async |span: Duration| {
+        let mut durations = Vec::new();
+        let mut told = false;
+        let mut energy = 0.0_f32;
+        let until = tokio::time::Instant::now() + span;
+        while let Ok(Ok(datagram)) =
+            tokio::time::timeout_at(until, bob.connection.read_datagram()).await
+        {
+            let (header, payload) = MediaHeader::decode(&datagram).unwrap();
+            assert_eq!(header.flow_id, alice_flow);
+            match header.kind {
+                DatagramKind::Audio => {
+                    durations.push(audio_pipeline::packet_samples(payload).unwrap());
+                    // An old receiver decodes 20 ms at a time.
+                    let mut frame = [0.0; audio_pipeline::FRAME_SAMPLES];
+                    if decoder.decode(payload, &mut frame).unwrap() == 960 {
+                        energy += frame.iter().map(|s| s * s).sum::<f32>();
+                    }
+                }
+                DatagramKind::Features => {
+                    told |= ReceiverFeatures::from_payload(payload)
+                        .is_some_and(ReceiverFeatures::plays_short_frames);
+                }
+                _ => {}
+            }
+        }
+        (durations, told, energy)
+    };
+    let (before, told, energy) = listen(Duration::from_millis(2_500)).await;
+    assert!(before.len() > 100, "{} packets in 2.5 s", before.len());
+    assert!(
+        before.iter().all(|samples| *samples == 960),
+        "20 ms frames only, to a receiver that said nothing: {before:?}"
+    );
+    assert!(energy > 100.0, "the tone decodes: energy {energy}");
+    assert!(told, "alice says what she plays");
+    // Bob says he plays 10 ms frames (as an SDK does once a second).
+    let mut features = [0; 16];
+    let len = MediaHeader {
+        kind: DatagramKind::Features,
+        flow_id: alice_flow,
+        sequence: 0,
+        timestamp: 0,
+        voice_activity: false,
+        level_dbov: 127,
+    }
+    .encode(&ReceiverFeatures::ours().to_payload(), &mut features)
+    .unwrap();
+    bob.connection
+        .send_datagram(features[..len].to_vec().into())
+        .unwrap();
+    let (after, ..) = listen(Duration::from_millis(1_000)).await;
+    let tail = &after[after.len().saturating_sub(50)..];
+    assert!(
+        tail.len() == 50 && tail.iter().all(|samples| *samples == 480),
+        "10 ms frames once bob plays them: {after:?}"
+    );
+    alice.calling.hangup().await.unwrap();
 }
 
 /// One side decodes with the neural concealment and enhancement off
@@ -102,7 +228,7 @@ pub async fn speech_both_ways(
     server: &TestServer,
     alice_options: impl FnOnce(&mut calling_facade::ClientOptions),
     bob_options: impl FnOnce(&mut calling_facade::ClientOptions),
-) {
+) -> [Vec<(calling_api::UserId, calling_facade::JitterStats)>; 2] {
     let _alone = ONE_AT_A_TIME.lock().await;
     let (alice_hears, bob_hears) = (record_path("alice-hears"), record_path("bob-hears"));
     let alice_says = fixture("speech-a-16k.wav");
@@ -162,6 +288,10 @@ pub async fn speech_both_ways(
         "both directions relayed: {relayed:?}"
     );
     assert_eq!(relayed.dropped_malformed, 0);
+    [
+        alice.calling.audio_stats().await.unwrap(),
+        bob.calling.audio_stats().await.unwrap(),
+    ]
 }
 
 fn rms(samples: &[f32]) -> f32 {

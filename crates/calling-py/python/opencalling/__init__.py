@@ -112,6 +112,7 @@ class Calling:
         reconnect: bool = True,
         fallback: str = "same",
         decoder_complexity: int = 7,
+        low_latency: bool = False,
     ) -> None:
         self._native = _native.Calling(
             server,
@@ -124,6 +125,7 @@ class Calling:
             reconnect=reconnect,
             fallback=fallback,
             decoder_complexity=decoder_complexity,
+            low_latency=low_latency,
         )
         self._closed = False
 
@@ -175,6 +177,14 @@ class Calling:
     @property
     def hands_free(self) -> bool:
         return self._native.is_hands_free()
+
+    def set_low_latency(self, low_latency: bool) -> None:
+        """10 ms audio frames (once every other member plays them) or 20 ms."""
+        self._native.set_low_latency(low_latency)
+
+    @property
+    def low_latency(self) -> bool:
+        return self._native.is_low_latency()
 
     async def next_event(self, timeout: Optional[float] = None) -> Optional[Event]:
         """The next event, or None when none came within `timeout` seconds."""
