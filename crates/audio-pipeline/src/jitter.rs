@@ -1,7 +1,7 @@
 //! An adaptive jitter buffer for one remote speaker, modelled on WebRTC
 //! NetEq and sans-IO: [`JitterBuffer::insert`] takes packets as they arrive
 //! (any order, duplicates, late ones), [`JitterBuffer::pull`] gives the next
-//! samples of audio, 10 ms per call in playout (any length up to 20 ms;
+//! samples of audio, 5 ms per call in playout (any length up to 20 ms;
 //! packets are decoded whole, 20 or 10 ms each, whichever the sender
 //! chose: each packet's duration is read from it); both take `now`.
 //!
@@ -53,8 +53,8 @@ const CLEAN_PATH_LOSS: f64 = 0.001;
 const PAUSE_MS: f64 = 60.0;
 
 /// Packets shorter than this (2.5 ms) or longer than a 20 ms frame are
-/// not played: no sender of ours makes them, and the playout works in
-/// 10 ms pulls.
+/// not played: Opus has no shorter frame, and no sender of ours makes
+/// longer ones (a frame is decoded whole into a 20 ms buffer).
 const MIN_PACKET_TICKS: u32 = 120;
 
 /// How the buffer behaves.
@@ -203,6 +203,8 @@ pub struct JitterBuffer {
     /// Milliseconds of decoded audio without voice in a row, up to the last
     /// frame.
     unvoiced_ms: f64,
+    /// Milliseconds the last pull asked for (10 in playout).
+    pull_ms: f64,
     histogram: [f64; BINS],
     /// Smallest transit (arrival − send time) seen in the current and the
     /// previous window: lateness is measured above it, and the windows let
@@ -256,6 +258,7 @@ impl JitterBuffer {
             quiet_frames: 0,
             last_kind: PullKind::Idle,
             unvoiced_ms: 0.0,
+            pull_ms: 10.0,
             histogram: [0.0; BINS],
             min_transit: [f64::INFINITY; 2],
             window_start_ts: None,
@@ -481,6 +484,7 @@ impl JitterBuffer {
         }
         self.cut_excess_delay();
         let wanted = out.len();
+        self.pull_ms = ticks_to_ms(wanted as i64);
         while self.sync.len() < wanted {
             self.last_kind = self.produce_frame(now)?;
         }
@@ -658,12 +662,14 @@ impl JitterBuffer {
             self.unvoiced_ms + ticks_to_ms(frame_len as i64)
         };
         // Over the target: audio buffered beyond what the target holds, or
-        // time the frame just decoded waited beyond its lateness margin
-        // (it could have started a pull sooner: frames start on pulls, so
-        // a buffer level right on target can still hold a frame back).
+        // time the frame just decoded waited beyond its lateness margin and
+        // a pull (it could have started a pull sooner: frames start on
+        // pulls, so a buffer level right on target can still hold a frame
+        // back; but up to a pull of waiting is the pulls' own granularity,
+        // and cutting it only makes the next packet late).
         let waited_ms = waited.as_secs_f64() * 1e3;
         let margin = self.target_ms - packet_ms;
-        let over_in_pause = (delay - margin).max(waited_ms - margin);
+        let over_in_pause = (delay - margin).max(waited_ms - self.pull_ms - margin);
         // Only on a clean path: under loss, audio held over the target is
         // the margin that lets the next packet's FEC arrive in time.
         let clean_path = self.recent_loss < CLEAN_PATH_LOSS;

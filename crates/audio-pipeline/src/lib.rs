@@ -61,9 +61,11 @@ impl FrameDuration {
     }
 }
 
-/// Samples of one 10 ms playout pull (as NetEq): playout takes audio at
-/// half the frame size, so a frame starts playing up to 10 ms sooner.
-pub const PULL_SAMPLES: usize = 480;
+/// Samples of one 5 ms playout pull: playout takes audio in pieces shorter
+/// than a frame, so a frame starts playing as soon as its first piece is
+/// due (NetEq pulls 10 ms; 5 ms took another ~4 ms off mouth to ear, for
+/// 200 wake-ups a second instead of 100).
+pub const PULL_SAMPLES: usize = 240;
 
 /// Largest Opus packet the pipeline produces or accepts.
 pub const MAX_PACKET: usize = 1_275;

@@ -358,7 +358,7 @@ impl ReceivePath {
     }
 
     /// The next `out.len()` samples of every speaker (at most a frame;
-    /// playout pulls [`PULL_SAMPLES`](crate::PULL_SAMPLES) every 10 ms),
+    /// playout pulls [`PULL_SAMPLES`](crate::PULL_SAMPLES) every 5 ms),
     /// mixed into `out`; returns the total level (0–100). Each speaker's
     /// level is in [`ReceivePath::levels`].
     pub fn pull(&mut self, now: Instant, out: &mut [f32]) -> Result<u8, CodecError> {

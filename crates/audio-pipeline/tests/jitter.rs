@@ -124,8 +124,8 @@ struct Scenario {
     dtx: bool,
     /// The talker is silent over this span, in seconds (the input is zero).
     silence: Option<(f64, f64)>,
-    /// Pull 10 ms at a time, as playout does (else 20 ms a pull).
-    ten_ms_pulls: bool,
+    /// Milliseconds of each pull: 20, 10, or playout's 5.
+    pull_ms: u32,
     /// The sender's frames, and what they become from a time (seconds) on.
     frame: FrameDuration,
     switch_frame: Option<(f64, FrameDuration)>,
@@ -144,7 +144,7 @@ impl Default for Scenario {
             loss_hint: 0.0,
             dtx: false,
             silence: None,
-            ten_ms_pulls: false,
+            pull_ms: 20,
             frame: FrameDuration::Ms20,
             switch_frame: None,
             config: JitterConfig::default(),
@@ -178,11 +178,8 @@ fn run(scenario: &Scenario) -> Outcome {
     let mut buffer = JitterBuffer::new(scenario.config).unwrap();
     let mut output = Vec::with_capacity(input.len() + 48_000);
     let mut trace = Vec::new();
-    let (pull, pull_samples) = if scenario.ten_ms_pulls {
-        (FRAME / 2, PULL_SAMPLES)
-    } else {
-        (FRAME, FRAME_SAMPLES)
-    };
+    let pull = Duration::from_millis(u64::from(scenario.pull_ms));
+    let pull_samples = 48 * scenario.pull_ms as usize;
     let mut next_send = 0;
     let mut next_pull = scenario.receiver_starts;
     let end = Duration::from_secs_f64(scenario.seconds as f64 / scenario.sender_speed)
@@ -356,21 +353,25 @@ fn a_clean_link_plays_the_input_back_without_concealment() {
 }
 
 #[test]
-fn ten_ms_pulls_play_the_same_audio_no_later() {
+fn shorter_pulls_play_the_same_audio_no_later() {
     let frames = run(&Scenario::default());
-    let pulls = run(&Scenario {
-        ten_ms_pulls: true,
-        ..Scenario::default()
-    });
     let (frame_delay, _) = align(&frames.input, &frames.output);
-    let (pull_delay, correlation) = align(&pulls.input, &pulls.output);
-    assert!(correlation > 0.9, "correlation {correlation}");
-    assert_eq!(pulls.concealed_while_sending(), 0, "{:?}", pulls.stats);
-    assert!(
-        pull_delay <= frame_delay,
-        "{pull_delay} > {frame_delay} samples"
-    );
-    assert_eq!(pulls.stats.output_samples, frames.stats.output_samples);
+    let mut longer_delay = frame_delay;
+    for pull_ms in [10, PULL_SAMPLES as u32 / 48] {
+        let pulls = run(&Scenario {
+            pull_ms,
+            ..Scenario::default()
+        });
+        let (pull_delay, correlation) = align(&pulls.input, &pulls.output);
+        assert!(correlation > 0.9, "{pull_ms} ms: correlation {correlation}");
+        assert_eq!(pulls.concealed_while_sending(), 0, "{:?}", pulls.stats);
+        assert!(
+            pull_delay <= longer_delay,
+            "{pull_ms} ms pulls: {pull_delay} > {longer_delay} samples"
+        );
+        assert_eq!(pulls.stats.output_samples, frames.stats.output_samples);
+        longer_delay = pull_delay;
+    }
 }
 
 #[test]
@@ -489,15 +490,15 @@ fn jitter_raises_the_target_then_it_comes_back_down() {
 
 #[test]
 fn clock_drift_keeps_the_delay_bounded_over_ten_minutes() {
-    // Pulled 10 ms at a time, as playout does: with 20 ms pulls a frame
-    // that arrives just after a pull waits a whole one, and as the drift
-    // moves arrivals across the pulls the buffer cuts and conceals (199
-    // concealments in ten minutes at 1.001, against 1 with 10 ms pulls).
+    // Pulled as playout does (5 ms): with 20 ms pulls a frame that arrives
+    // just after a pull waits a whole one, and as the drift moves arrivals
+    // across the pulls the buffer cuts and conceals (199 concealments in
+    // ten minutes at 1.001, against 1 with 10 ms pulls).
     for speed in [1.001, 0.999] {
         let outcome = run(&Scenario {
             seconds: 600,
             sender_speed: speed,
-            ten_ms_pulls: true,
+            pull_ms: PLAYOUT_PULL_MS,
             ..Scenario::default()
         });
         let settled: Vec<f64> = outcome
@@ -744,11 +745,14 @@ fn a_delay_step_in_a_pause_does_not_silence_the_rest_of_the_call() {
     );
 }
 
-/// The low-latency profile: 10 ms frames, pulled 10 ms at a time.
+/// Playout's pulls.
+const PLAYOUT_PULL_MS: u32 = PULL_SAMPLES as u32 / 48;
+
+/// The low-latency profile: 10 ms frames, pulled as playout does.
 fn ten_ms_frames() -> Scenario {
     Scenario {
         frame: FrameDuration::Ms10,
-        ten_ms_pulls: true,
+        pull_ms: PLAYOUT_PULL_MS,
         ..Scenario::default()
     }
 }
@@ -756,7 +760,7 @@ fn ten_ms_frames() -> Scenario {
 #[test]
 fn ten_ms_frames_converge_to_a_lower_target_and_play_sooner() {
     let twenty = run(&Scenario {
-        ten_ms_pulls: true,
+        pull_ms: PLAYOUT_PULL_MS,
         ..Scenario::default()
     });
     let ten = run(&ten_ms_frames());
@@ -774,11 +778,12 @@ fn ten_ms_frames_converge_to_a_lower_target_and_play_sooner() {
             "at {at} s: {current} ms buffered, target {target} ms"
         );
     }
-    // A 10 ms frame leaves 10 ms sooner; the buffer's hold beyond the
-    // packet playing is the same small lateness margin either way.
+    // A 10 ms frame leaves 10 ms sooner; each buffer converges to within
+    // half a packet of its target (5 ms here, 10 ms with 20 ms packets),
+    // wherever in that band its start left it: at least 5 ms sooner.
     let (ten_ms, twenty_ms) = (ten_delay as f64 / 48.0, twenty_delay as f64 / 48.0);
     assert!(
-        ten_ms + 8.0 <= twenty_ms,
+        ten_ms + 5.0 <= twenty_ms,
         "10 ms frames play {ten_ms} ms after the input, 20 ms frames {twenty_ms} ms"
     );
 }
@@ -788,7 +793,7 @@ fn ten_ms_frames_under_loss_are_recovered_by_fec() {
     let clean = run(&ten_ms_frames());
     let lossy = run(&Scenario {
         frame: FrameDuration::Ms10,
-        ten_ms_pulls: true,
+        pull_ms: PLAYOUT_PULL_MS,
         ..ten_percent_loss()
     });
     assert!(lossy.stats.fec_recovered > 50, "{:?}", lossy.stats);
@@ -810,7 +815,7 @@ fn a_sender_switching_frame_duration_mid_stream_plays_on() {
     // its duration.
     let outcome = run(&Scenario {
         switch_frame: Some((4.0, FrameDuration::Ms10)),
-        ten_ms_pulls: true,
+        pull_ms: PLAYOUT_PULL_MS,
         ..Scenario::default()
     });
     assert_eq!(outcome.concealed_while_sending(), 0, "{:?}", outcome.stats);

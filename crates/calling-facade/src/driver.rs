@@ -576,7 +576,9 @@ impl<T: Transport> Driver<T> {
                 },
                 datagram = recv_datagram::<T>(media) => {
                     if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut()) {
-                        media.on_datagram(&datagram);
+                        if media.on_datagram(&datagram) {
+                            self.send_feedback();
+                        }
                     }
                 }
                 () = signaling_link::sleep_until(next_attempt), if next_attempt.is_some() => {

@@ -40,7 +40,7 @@ use tracing::warn;
 #[derive(Clone)]
 pub struct CustomSource(pub Arc<Mutex<dyn AudioSource>>);
 
-/// An application's own playback sink, written every 10 ms by the SDK's
+/// An application's own playback sink, written every 5 ms by the SDK's
 /// playout thread (48 kHz mono unless its format says otherwise).
 #[derive(Clone)]
 pub struct CustomSink(pub Arc<Mutex<dyn AudioSink>>);
@@ -573,10 +573,13 @@ impl CallAudio {
     }
 
     /// A datagram from the server: a remote speaker's audio, or a loss
-    /// report about our own.
-    pub(crate) fn on_datagram(&mut self, datagram: &[u8]) {
+    /// report or a member's features about our own. `true` when the member
+    /// should hear our features now: its first word may have come before our
+    /// audio started, and so before it heard ours (the next would be a
+    /// second later).
+    pub(crate) fn on_datagram(&mut self, datagram: &[u8]) -> bool {
         let Ok((header, payload)) = MediaHeader::decode(datagram) else {
-            return;
+            return false;
         };
         match header.kind {
             DatagramKind::Audio => self.on_audio(&header, payload),
@@ -597,12 +600,14 @@ impl CallAudio {
             }
             DatagramKind::Features => {
                 if let Some(features) = ReceiverFeatures::from_payload(payload) {
-                    self.features.insert(header.flow_id, features);
+                    let first = self.features.insert(header.flow_id, features).is_none();
                     self.choose_frame_duration();
+                    return first;
                 }
             }
             DatagramKind::Probe | DatagramKind::KeepAlive => {}
         }
+        false
     }
 
     fn on_audio(&mut self, header: &MediaHeader, payload: &[u8]) {
@@ -699,7 +704,7 @@ impl CallAudio {
     /// Stops both threads (files are finished as they end); the handle
     /// resolves once they have.
     ///
-    /// Called on the session task: the threads notice within one 20 ms
+    /// Called on the session task: the threads notice within one 10 ms
     /// tick, and are joined on a blocking thread, never on the async one.
     pub(crate) fn stop(mut self) -> tokio::task::JoinHandle<()> {
         self.shared.stop.store(true, Ordering::Relaxed);
@@ -815,10 +820,10 @@ fn playout_loop(
     let mut hands_free = shared.hands_free.load(Ordering::Relaxed);
     let mut sink = open_sink(playback, hands_free, notices);
     let mut resampler = output_resampler(sink.format());
-    // 10 ms pulls: a frame starts playing as soon as half of it is due.
+    // 5 ms pulls: a frame starts playing as soon as its first piece is due.
     let mut frame = [0.0_f32; PULL_SAMPLES];
     let mut device_chunk = vec![0.0_f32; sink.format().samples_in_ms(PULL_MS)];
-    let mut pacer = Pacer::new(Duration::from_millis(PULL_MS as u64));
+    let mut pacer = Pacer::new(Duration::from_millis(u64::from(PULL_MS)));
     let mut pulls: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
@@ -843,7 +848,7 @@ fn playout_loop(
             }
         }
         pulls += 1;
-        if pulls % 50 == 0 {
+        if pulls % (500 / u64::from(PULL_MS)) == 0 {
             publish_stats(&receive, shared);
         }
         match resampler.as_mut() {
@@ -859,7 +864,7 @@ fn playout_loop(
 }
 
 /// Milliseconds of one playout pull ([`PULL_SAMPLES`] at 48 kHz).
-const PULL_MS: u32 = 10;
+const PULL_MS: u32 = 5;
 
 fn publish_stats(receive: &ReceivePath, shared: &Shared) {
     if let Ok(mut stats) = shared.stats.try_lock() {
