@@ -657,33 +657,34 @@ fn ensure_cmake() -> Result<Option<PathBuf>> {
     Ok(Some(cmake))
 }
 
-/// A python with numpy and the `pesq` package (ITU-T P.862), in a venv
-/// under target/ made once; `None` (and the PESQ figures are skipped, saying
-/// so) when PyPI cannot be reached.
+/// A python with numpy, the `pesq` package (ITU-T P.862) and `pystoi`
+/// (STOI), in a venv under target/ made once; `None` (and the PESQ and STOI
+/// figures are skipped, saying so) when PyPI cannot be reached.
 fn ensure_pesq_python() -> Option<PathBuf> {
     let venv = workspace_root()
         .join("target")
         .join("xtask-tools")
         .join("pesq-venv");
     let python = venv.join("bin").join("python");
-    let ready = |python: &Path| succeeds(Command::new(python).args(["-c", "import numpy, pesq"]));
+    let ready =
+        |python: &Path| succeeds(Command::new(python).args(["-c", "import numpy, pesq, pystoi"]));
     if ready(&python) {
         return Some(python);
     }
     println!(
-        "==> installing numpy and pesq from PyPI into {}",
+        "==> installing numpy, pesq and pystoi from PyPI into {}",
         venv.display()
     );
     let installed = succeeds(Command::new("python3").args(["-m", "venv"]).arg(&venv))
         && succeeds(
             Command::new(venv.join("bin").join("pip"))
-                .args(["install", "--quiet", "numpy", "pesq"]),
+                .args(["install", "--quiet", "numpy", "pesq", "pystoi"]),
         );
     if installed && ready(&python) {
         Some(python)
     } else {
         println!(
-            "==> PESQ: SKIPPED: numpy and pesq could not be installed; only the degraded WAV files are written"
+            "==> PESQ and STOI: SKIPPED: numpy, pesq and pystoi could not be installed; only the degraded WAV files are written"
         );
         None
     }

@@ -5,15 +5,18 @@
 //!   ratio to raw libopus encode / decode measured in the same run;
 //! - what each decoder complexity costs per frame (classic, Deep PLC,
 //!   LACE, NoLACE);
-//! - wideband PESQ of the speech fixtures through encoder → emulated network
-//!   → jitter buffer → decoder at 0, 5, 10, 20 % random loss and one bursty
-//!   pattern, at each decoder complexity, beside plain libopus (FEC from the next packet when it
-//!   arrived, PLC otherwise) with the very same losses; each output aligned
-//!   to the original utterance by utterance (a jitter buffer may move its
-//!   delay in a pause), the baseline the same way.
+//! - wideband PESQ and STOI of the speech fixtures through encoder →
+//!   emulated network → jitter buffer → decoder (pulled 5 ms at a time, as
+//!   playout does) at 0, 5, 10, 20 % random loss and one bursty pattern, at
+//!   each decoder complexity, without time-scaling, and with the
+//!   low-latency profile's 10 ms frames, beside plain libopus (FEC from the
+//!   next packet when it arrived, PLC otherwise) with the very same losses;
+//!   each output aligned to the original utterance by utterance (a jitter
+//!   buffer may move its delay in a pause), the baseline the same way.
 //!
 //! usage: bench_audio FIXTURE_DIR OUT_DIR [PYTHON]  (PYTHON: a python with
-//! numpy and pesq; without it the PESQ part only writes the WAV files).
+//! numpy, pesq and pystoi; without it the scoring part only writes the WAV
+//! files).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -24,8 +27,8 @@ use std::time::{Duration, Instant};
 use audio_device::{AudioFormat, AudioSink, AudioSource, WavSink, WavSource};
 use audio_pipeline::netem::{Netem, NetemConfig};
 use audio_pipeline::{
-    DEFAULT_DECODER_COMPLEXITY, Decoder, EncoderConfig, FRAME_SAMPLES, JitterConfig, MAX_PACKET,
-    MediaPacket, ReceivePath, Resampler, SendPath,
+    DEFAULT_DECODER_COMPLEXITY, Decoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, JitterConfig,
+    MAX_PACKET, MediaPacket, PULL_SAMPLES, ReceivePath, Resampler, SendPath,
 };
 
 fn load_48k(path: &Path) -> (Vec<f32>, Vec<f32>) {
@@ -184,14 +187,24 @@ struct Condition {
     config: NetemConfig,
 }
 
-/// Our pipeline: 16 kHz capture → send path → netem → receive path → 16 kHz.
-fn through_pipeline(
-    original_16k: &[f32],
-    condition: &Condition,
+/// How our pipeline runs in one column.
+#[derive(Clone, Copy)]
+struct Ours {
     decoder_complexity: u8,
     time_scaling: bool,
-) -> (Vec<f32>, f64) {
+    frame: FrameDuration,
+}
+
+/// Our pipeline: 16 kHz capture → send path → netem → receive path → 16 kHz,
+/// in 5 ms steps (capture, delivery, a playout pull each).
+fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> (Vec<f32>, f64) {
+    let Ours {
+        decoder_complexity,
+        time_scaling,
+        frame: duration,
+    } = ours;
     let mut send = SendPath::new(16_000, 1, EncoderConfig::default()).unwrap();
+    send.set_frame_duration(duration);
     let expected_loss = condition.config.loss * 100.0
         + condition.config.burst.map_or(0.0, |(enter, leave, bad)| {
             100.0 * bad * enter / (enter + leave)
@@ -206,12 +219,13 @@ fn through_pipeline(
     let (mut ring, _) = receive.add_speaker().unwrap();
     let mut down = Resampler::new(48_000, 1, 16_000, 1, 480).unwrap();
     let origin = Instant::now();
-    let mut out = [0.0; FRAME_SAMPLES];
+    let mut out = [0.0; PULL_SAMPLES];
     let mut padded = original_16k.to_vec();
     padded.extend(std::iter::repeat_n(0.0, 16_000));
     let mut degraded = Vec::with_capacity(padded.len());
-    for (index, chunk) in padded.chunks(320).enumerate() {
-        let now = origin + Duration::from_millis(20 * index as u64);
+    let step_16k = PULL_SAMPLES / 3;
+    for (index, chunk) in padded.chunks(step_16k).enumerate() {
+        let now = origin + Duration::from_micros(5_000 * index as u64);
         send.push_capture(chunk);
         while let Some(captured) = send.next_frame().unwrap() {
             if let Some(frame) = captured.frame() {
@@ -228,7 +242,7 @@ fn through_pipeline(
         }
         receive.pull(now, &mut out).unwrap();
         down.push(&out);
-        let mut chunk_16k = [0.0; 320];
+        let mut chunk_16k = [0.0; PULL_SAMPLES / 3];
         while down.pop(&mut chunk_16k) {
             degraded.extend_from_slice(&chunk_16k);
         }
@@ -238,7 +252,12 @@ fn through_pipeline(
 
 /// Plain libopus with the same losses: no buffer; a lost frame is
 /// recovered from the next packet's FEC when that one arrived, else PLC.
-fn through_plain_libopus(speech_48k: &[f32], condition: &Condition, loss_hint: f64) -> Vec<f32> {
+fn through_plain_libopus(
+    speech_48k: &[f32],
+    condition: &Condition,
+    loss_hint: f64,
+    duration: FrameDuration,
+) -> Vec<f32> {
     let mut encoder =
         opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
     encoder.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
@@ -255,18 +274,18 @@ fn through_plain_libopus(speech_48k: &[f32], condition: &Condition, loss_hint: f
     });
     let origin = Instant::now();
     let mut packet = [0_u8; MAX_PACKET];
-    let frames: Vec<&[f32]> = speech_48k.chunks_exact(FRAME_SAMPLES).collect();
+    let frames: Vec<&[f32]> = speech_48k.chunks_exact(duration.samples()).collect();
     let mut received: Vec<Option<Vec<u8>>> = vec![None; frames.len()];
     for (index, frame) in frames.iter().enumerate() {
         let len = encoder.encode_float(frame, &mut packet).unwrap();
-        let now = origin + Duration::from_millis(20 * index as u64);
+        let now = origin + Duration::from_millis(u64::from(duration.millis()) * index as u64);
         network.send(now, (index, packet[..len].to_vec()));
     }
     while let Some((index, payload)) = network.receive(origin + Duration::from_secs(3_600)) {
         received[index] = Some(payload);
     }
     let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
-    let mut pcm = [0.0_f32; FRAME_SAMPLES];
+    let mut pcm = vec![0.0_f32; duration.samples()];
     let mut out = Vec::with_capacity(speech_48k.len());
     for index in 0..frames.len() {
         match (
@@ -381,7 +400,8 @@ fn write(path: &Path, samples: &[f32]) {
     sink.finish().unwrap();
 }
 
-fn pesq(python: Option<&str>, reference: &Path, degraded: &[PathBuf]) -> Vec<Option<f64>> {
+/// PESQ and STOI of each degraded file.
+fn pesq(python: Option<&str>, reference: &Path, degraded: &[PathBuf]) -> Vec<Option<[f64; 2]>> {
     let Some(python) = python else {
         return vec![None; degraded.len()];
     };
@@ -400,7 +420,10 @@ fn pesq(python: Option<&str>, reference: &Path, degraded: &[PathBuf]) -> Vec<Opt
     }
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .map(|line| line.trim().parse().ok())
+        .map(|line| {
+            let mut scores = line.split_whitespace().map(|score| score.parse().ok());
+            Some([scores.next()??, scores.next()??])
+        })
         .collect()
 }
 
@@ -471,26 +494,57 @@ fn main() {
             },
         },
     ];
-    println!(
-        "\nwideband PESQ (P.862.2) of the speech fixtures, 32 kbps, 20 ms frames, by the receive path's decoder complexity (default {DEFAULT_DECODER_COMPLEXITY})"
-    );
-    println!(
-        "  {:<15} {:>6} {:>9} {:>9} {:>9} {:>9} {:>12} {:>11}   ours (default) vs plain",
-        "condition",
-        "loss",
-        "0 classic",
-        "5 DeepPLC",
-        "6 LACE",
-        "7 NoLACE",
+    // Our columns, then plain libopus.
+    let default = Ours {
+        decoder_complexity: DEFAULT_DECODER_COMPLEXITY,
+        time_scaling: true,
+        frame: FrameDuration::Ms20,
+    };
+    let mut columns: Vec<(&str, Ours)> = [
+        (0, "0 classic"),
+        (5, "5 DeepPLC"),
+        (6, "6 LACE"),
+        (7, "7 NoLACE"),
+    ]
+    .into_iter()
+    .map(|(complexity, name)| {
+        (
+            name,
+            Ours {
+                decoder_complexity: complexity,
+                ..default
+            },
+        )
+    })
+    .collect();
+    columns.push((
         "7, no tscale",
-        "plain opus"
-    );
-    const COMPLEXITIES: [u8; 4] = [0, 5, 6, 7];
+        Ours {
+            time_scaling: false,
+            ..default
+        },
+    ));
+    columns.push((
+        "7, 10 ms",
+        Ours {
+            frame: FrameDuration::Ms10,
+            ..default
+        },
+    ));
+    let default_column = columns
+        .iter()
+        .position(|(_, ours)| {
+            ours.decoder_complexity == DEFAULT_DECODER_COMPLEXITY
+                && ours.time_scaling
+                && ours.frame == FrameDuration::Ms20
+        })
+        .unwrap_or(0);
     // The targets against plain libopus: at least equal when clean,
     // 0.15 better at 10 %, 20 % and bursty loss.
     let margins = [Some(0.0), None, Some(0.15), Some(0.15), Some(0.15)];
-    for (condition, margin) in conditions.iter().zip(margins) {
-        let mut scores: Vec<Vec<Option<f64>>> = vec![Vec::new(); COMPLEXITIES.len() + 2];
+    let mut rows = Vec::new();
+    for condition in &conditions {
+        let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + 2];
         let mut measured_loss = 0.0;
         for fixture in &fixture_paths {
             let (original, speech_48k) = load_48k(fixture);
@@ -499,68 +553,82 @@ fn main() {
             let mut paths = Vec::new();
             // The same seed gives every run the same losses.
             let mut fixture_loss = 0.0;
-            for complexity in COMPLEXITIES {
-                let (ours, loss) = through_pipeline(&original, condition, complexity, true);
+            for (index, (_, ours)) in columns.iter().enumerate() {
+                let (degraded, loss) = through_pipeline(&original, condition, *ours);
                 fixture_loss = loss;
-                let path = out_dir.join(format!("{stem}-{tag}-ours-c{complexity}.wav"));
-                write(&path, &ours);
+                let path = out_dir.join(format!("{stem}-{tag}-ours-{index}.wav"));
+                write(&path, &degraded);
                 paths.push(path);
             }
-            // The default, with whole frames dropped or inserted instead of
-            // time-scaling.
-            let (ours, _) =
-                through_pipeline(&original, condition, DEFAULT_DECODER_COMPLEXITY, false);
-            let path = out_dir.join(format!("{stem}-{tag}-ours-frames.wav"));
-            write(&path, &ours);
-            paths.push(path);
             measured_loss += fixture_loss / fixture_paths.len() as f64;
-            let plain = align_to(
-                &original,
-                &through_plain_libopus(&speech_48k, condition, fixture_loss),
-            );
-            let plain_path = out_dir.join(format!("{stem}-{tag}-plain.wav"));
-            write(&plain_path, &plain);
-            paths.push(plain_path);
+            for duration in [FrameDuration::Ms20, FrameDuration::Ms10] {
+                let plain = align_to(
+                    &original,
+                    &through_plain_libopus(&speech_48k, condition, fixture_loss, duration),
+                );
+                let plain_path =
+                    out_dir.join(format!("{stem}-{tag}-plain-{}ms.wav", duration.millis()));
+                write(&plain_path, &plain);
+                paths.push(plain_path);
+            }
             for (column, score) in pesq(python, fixture, &paths).into_iter().enumerate() {
                 scores[column].push(score);
             }
         }
-        let mean = |scores: &[Option<f64>]| -> Option<f64> {
-            let values: Option<Vec<f64>> = scores.iter().copied().collect();
+        let mean = |scores: &[Option<[f64; 2]>], which: usize| -> Option<f64> {
+            let values: Option<Vec<f64>> =
+                scores.iter().map(|score| score.map(|s| s[which])).collect();
             values.map(|values| values.iter().sum::<f64>() / values.len() as f64)
         };
-        let means: Vec<Option<f64>> = scores.iter().map(|column| mean(column)).collect();
-        let show =
-            |score: Option<f64>| score.map_or("n/a".to_owned(), |score| format!("{score:.2}"));
-        let default_column = COMPLEXITIES
+        let means: Vec<[Option<f64>; 2]> = scores
             .iter()
-            .position(|complexity| *complexity == DEFAULT_DECODER_COMPLEXITY)
-            .unwrap_or(0);
-        let plain = means[COMPLEXITIES.len() + 1];
-        let verdict = match (means[default_column], plain) {
-            (Some(ours), Some(plain)) => {
-                let difference = ours - plain;
-                match margin {
-                    Some(margin) if difference >= margin - 1e-9 => {
-                        format!("{difference:+.2} (target >= {margin:+.2} met)")
-                    }
-                    Some(margin) => format!("{difference:+.2} (target >= {margin:+.2} MISSED)"),
-                    None => format!("{difference:+.2}"),
-                }
-            }
-            _ => String::new(),
-        };
+            .map(|column| [mean(column, 0), mean(column, 1)])
+            .collect();
+        rows.push((condition.name, measured_loss, means));
+    }
+    let show = |score: Option<f64>, digits: usize| {
+        score.map_or("n/a".to_owned(), |score| format!("{score:.digits$}"))
+    };
+    for (which, title, digits) in [(0, "wideband PESQ (P.862.2)", 2), (1, "STOI", 3)] {
         println!(
-            "  {:<15} {:>5.1}% {:>9} {:>9} {:>9} {:>9} {:>12} {:>11}   {verdict}",
-            condition.name,
-            measured_loss,
-            show(means[0]),
-            show(means[1]),
-            show(means[2]),
-            show(means[3]),
-            show(means[4]),
-            show(plain),
+            "\n{title} of the speech fixtures, 32 kbps, 20 ms frames unless said, by the receive path's decoder complexity (default {DEFAULT_DECODER_COMPLEXITY})"
         );
+        let mut header = format!("  {:<15} {:>6}", "condition", "loss");
+        for (name, _) in &columns {
+            header.push_str(&format!(" {name:>12}"));
+        }
+        println!(
+            "{header} {:>11} {:>13}   ours (default) vs plain",
+            "plain opus", "plain, 10 ms"
+        );
+        for ((name, loss, means), margin) in rows.iter().zip(margins) {
+            let plain = means[columns.len()][which];
+            let verdict = match (means[default_column][which], plain) {
+                (Some(ours), Some(plain)) => {
+                    let difference = ours - plain;
+                    match margin {
+                        // The targets are PESQ's; STOI is reported beside.
+                        Some(margin) if which == 0 && difference >= margin - 1e-9 => {
+                            format!("{difference:+.2} (target >= {margin:+.2} met)")
+                        }
+                        Some(margin) if which == 0 => {
+                            format!("{difference:+.2} (target >= {margin:+.2} MISSED)")
+                        }
+                        _ => format!("{difference:+.digits$}"),
+                    }
+                }
+                _ => String::new(),
+            };
+            let mut line = format!("  {name:<15} {loss:>5.1}%");
+            for column in &means[..columns.len()] {
+                line.push_str(&format!(" {:>12}", show(column[which], digits)));
+            }
+            println!(
+                "{line} {:>11} {:>13}   {verdict}",
+                show(plain, digits),
+                show(means[columns.len() + 1][which], digits)
+            );
+        }
     }
     println!("  degraded files in {}", out_dir.display());
 }
