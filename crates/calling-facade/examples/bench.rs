@@ -510,9 +510,9 @@ async fn compare_click_latency(
     let mut same = Vec::new();
     let mut across = Vec::new();
     for _ in 0..4 {
-        let (sent, received) = click_latency(seconds, [one, one], single_app).await;
+        let (sent, received, _) = click_latency(seconds, [one, one], single_app).await;
         same.extend(click_percentiles(&sent, &received).map(|(p50, ..)| p50));
-        let (sent, received) = click_latency(seconds, [here, there], app).await;
+        let (sent, received, _) = click_latency(seconds, [here, there], app).await;
         across.extend(click_percentiles(&sent, &received).map(|(p50, ..)| p50));
     }
     println!(
@@ -1022,20 +1022,33 @@ async fn latency(seconds: u64, over_fallback: bool, low_latency: bool) {
     } else {
         "QUIC"
     };
-    let (sent, received) = click_latency(seconds, [&options, &options], &app).await;
+    let (sent, received, heard) = click_latency(seconds, [&options, &options], &app).await;
     let frame_ms = if low_latency { 10.0 } else { 20.0 };
     print_latency(transport, frame_ms, &sent, &received);
+    if let Some(stats) = heard {
+        println!(
+            "  bob's jitter buffer: {} concealment events ({} ms concealed; target on a clean link: none), {:.0} ms packets",
+            stats.concealment_events,
+            stats.concealed_samples / 48,
+            stats.packet_ms
+        );
+    }
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 /// Alice (first options) sends a click probe to Bob (second) for
-/// `seconds`: when each click was said and heard.
+/// `seconds`: when each click was said and heard, and bob's jitter
+/// statistics of alice.
 async fn click_latency(
     seconds: u64,
     [alice_options, bob_options]: [&ClientOptions; 2],
     app: &calling_server::AppCredentials,
-) -> (Vec<Instant>, Vec<Instant>) {
+) -> (
+    Vec<Instant>,
+    Vec<Instant>,
+    Option<calling_facade::JitterStats>,
+) {
     use calling_facade::{CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1079,13 +1092,18 @@ async fn click_latency(
     while !matches!(bob_events.recv().await, Some(CallingEvent::Invited { .. })) {}
     bob.accept().await.unwrap();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let heard = bob
+        .audio_stats()
+        .await
+        .ok()
+        .and_then(|stats| stats.first().map(|(_, stats)| *stats));
     alice.hangup().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     alice.destroy();
     bob.destroy();
     let sent = sent.lock().unwrap().clone();
     let received = received.lock().unwrap().clone();
-    (sent, received)
+    (sent, received, heard)
 }
 
 /// Matches each click heard with the latest sent before it; prints the
