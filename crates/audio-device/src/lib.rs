@@ -3,6 +3,7 @@
 #[cfg(feature = "cpal")]
 pub mod devices;
 mod pacer;
+pub mod probe;
 pub mod realtime;
 mod synthetic;
 mod wav;

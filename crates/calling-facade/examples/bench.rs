@@ -932,76 +932,6 @@ async fn idle(server_bin: &str, count: usize) {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// Clicks every 250 ms, each stamped with the moment its first sample would
-/// have left a microphone: a device hands over a chunk (10 ms, as the SDK
-/// reads) when its last sample is in, so sample `i` of a chunk read now was
-/// captured at now − (len − i) / 48 kHz.
-struct ClickProbe {
-    position: u64,
-    sent: Arc<std::sync::Mutex<Vec<Instant>>>,
-}
-
-const CLICK_INTERVAL: u64 = 12_000;
-
-impl calling_facade::AudioSource for ClickProbe {
-    fn format(&self) -> calling_facade::AudioFormat {
-        calling_facade::AudioFormat::mono(48_000)
-    }
-
-    fn read(&mut self, out: &mut [f32]) -> usize {
-        let now = Instant::now();
-        let len = out.len();
-        for (index, sample) in out.iter_mut().enumerate() {
-            let global = self.position + index as u64;
-            let phase = global % CLICK_INTERVAL;
-            if phase == 0 {
-                let captured = now - Duration::from_secs_f64((len - index) as f64 / 48_000.0);
-                self.sent.lock().unwrap().push(captured);
-            }
-            // Two periods of 1 kHz (2 ms): a burst Opus keeps at any frame
-            // size and position (a 1 ms burst at 24 kHz came out under the
-            // detector's threshold in half the 10 ms frames).
-            *sample = if phase < 96 {
-                0.8 * (std::f32::consts::TAU * phase as f32 / 48.0).sin()
-            } else {
-                0.0
-            };
-        }
-        self.position += len as u64;
-        len
-    }
-}
-
-/// Finds the clicks in what is played; sample `i` of a write made now
-/// leaves the speaker at now + i / 48 kHz.
-struct ClickDetector {
-    quiet_samples: u64,
-    received: Arc<std::sync::Mutex<Vec<Instant>>>,
-}
-
-impl calling_facade::AudioSink for ClickDetector {
-    fn format(&self) -> calling_facade::AudioFormat {
-        calling_facade::AudioFormat::mono(48_000)
-    }
-
-    fn write(&mut self, samples: &[f32]) {
-        let now = Instant::now();
-        for (index, sample) in samples.iter().enumerate() {
-            if sample.abs() > 0.25 && self.quiet_samples > 4_800 {
-                self.received
-                    .lock()
-                    .unwrap()
-                    .push(now + Duration::from_secs_f64(index as f64 / 48_000.0));
-                self.quiet_samples = 0;
-            } else if sample.abs() > 0.25 {
-                self.quiet_samples = 0;
-            } else {
-                self.quiet_samples += 1;
-            }
-        }
-    }
-}
-
 /// Clicks from alice to bob for `seconds`, over QUIC or (`over_fallback`,
 /// UDP to the server lost) over the fallback transport, both users with
 /// the low-latency profile or neither.
@@ -1049,27 +979,20 @@ async fn click_latency(
     Vec<Instant>,
     Option<calling_facade::JitterStats>,
 ) {
+    use audio_device::probe::{ClickDetector, ClickProbe};
     use calling_facade::{CaptureDevice, CustomSink, CustomSource, PlaybackDevice};
-    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (probe, sent) = ClickProbe::new();
+    let (detector, received) = ClickDetector::new();
     let mut options = alice_options.clone();
     options.audio = AudioDevices {
-        capture: CaptureDevice::Custom(CustomSource(Arc::new(std::sync::Mutex::new(ClickProbe {
-            position: 0,
-            sent: Arc::clone(&sent),
-        })))),
+        capture: CaptureDevice::Custom(CustomSource(Arc::new(std::sync::Mutex::new(probe)))),
         playback: PlaybackDevice::Null,
     };
     let alice = TRTCCalling::new(options);
     let mut options = bob_options.clone();
     options.audio = AudioDevices {
         capture: CaptureDevice::Silence,
-        playback: PlaybackDevice::Custom(CustomSink(Arc::new(std::sync::Mutex::new(
-            ClickDetector {
-                quiet_samples: u64::MAX / 2,
-                received: Arc::clone(&received),
-            },
-        )))),
+        playback: PlaybackDevice::Custom(CustomSink(Arc::new(std::sync::Mutex::new(detector)))),
     };
     let bob = TRTCCalling::new(options);
     let sig = |user: &str| {
@@ -1154,16 +1077,8 @@ fn click_percentiles(
     sent: &[Instant],
     received: &[Instant],
 ) -> Option<(Duration, Duration, usize)> {
-    // Each click heard is matched with the latest click sent before it.
-    let mut latencies: Vec<Duration> = received
-        .iter()
-        .filter_map(|heard| {
-            sent.iter()
-                .rev()
-                .find(|said| *said < heard)
-                .map(|said| *heard - *said)
-        })
-        .filter(|latency| *latency < Duration::from_millis(240))
+    let mut latencies: Vec<Duration> = audio_device::probe::click_latencies(sent, received)
+        .into_iter()
         .skip(2)
         .collect();
     if latencies.is_empty() {

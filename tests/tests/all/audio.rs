@@ -569,3 +569,58 @@ async fn an_unusable_device_is_reported_and_the_call_goes_on() {
     // The call itself is unharmed.
     end_call(&mut alice, &mut bob).await;
 }
+
+/// The click probe's mouth to ear through the whole stack, with each
+/// profile, under a generous bound (a loaded test machine; the benchmark
+/// holds the targets, 40 and 30 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_cross_a_call_within_a_generous_bound() {
+    use audio_device::probe::{ClickDetector, ClickProbe, click_latencies};
+    use calling_facade::{CustomSink, CustomSource};
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start("clicks").await;
+    for low_latency in [false, true] {
+        let (probe, said) = ClickProbe::new();
+        let (detector, heard) = ClickDetector::new();
+        let mut alice = user_with_options(
+            &server,
+            "alice",
+            CaptureDevice::Custom(CustomSource(std::sync::Arc::new(std::sync::Mutex::new(
+                probe,
+            )))),
+            PlaybackDevice::Null,
+            |options| options.low_latency = low_latency,
+        )
+        .await;
+        let mut bob = user_with_options(
+            &server,
+            "bob",
+            CaptureDevice::Silence,
+            PlaybackDevice::Custom(CustomSink(std::sync::Arc::new(std::sync::Mutex::new(
+                detector,
+            )))),
+            |options| options.low_latency = low_latency,
+        )
+        .await;
+        connect(&mut alice, &mut bob).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        end_call(&mut alice, &mut bob).await;
+        let said = said.lock().unwrap().clone();
+        let heard = heard.lock().unwrap().clone();
+        let mut latencies = click_latencies(&said, &heard);
+        assert!(
+            latencies.len() + 3 >= said.len() && latencies.len() >= 12,
+            "low latency {low_latency}: {} of {} clicks heard",
+            latencies.len(),
+            said.len()
+        );
+        latencies.sort();
+        let p50 = latencies[latencies.len() / 2];
+        assert!(
+            p50 < Duration::from_millis(150),
+            "low latency {low_latency}: p50 {p50:?}"
+        );
+        alice.calling.logout().await.unwrap();
+        bob.calling.logout().await.unwrap();
+    }
+}
