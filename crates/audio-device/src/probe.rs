@@ -137,14 +137,19 @@ mod tests {
     fn a_click_played_back_at_once_is_heard_with_the_chunk_delay() {
         let (mut probe, said) = ClickProbe::new();
         let (mut detector, heard) = ClickDetector::new();
+        // 250 ms of audio, one click, read and played far faster than real
+        // time (two clicks would be stamped closer than their latency).
         let mut chunk = [0.0; 480];
-        for _ in 0..100 {
+        let mut loud = 0;
+        for _ in 0..25 {
             probe.read(&mut chunk);
+            loud += chunk.iter().filter(|sample| sample.abs() > 0.5).count();
             detector.write(&chunk);
         }
+        assert!(loud > 40, "a loud 2 ms burst: {loud} samples over 0.5");
         let said = said.lock().unwrap().clone();
         let heard = heard.lock().unwrap().clone();
-        assert_eq!((said.len(), heard.len()), (4, 4), "1 s of clicks");
+        assert_eq!((said.len(), heard.len()), (1, 1));
         // Captured a 10 ms chunk before it was read; played as written.
         for latency in click_latencies(&said, &heard) {
             assert!(
