@@ -719,16 +719,10 @@ impl CallAudio {
 
 /// A loss report or our features, about `flow`.
 fn feedback_datagram(kind: DatagramKind, flow: FlowId, payload: &[u8; 1]) -> Option<bytes::Bytes> {
-    let header = MediaHeader {
-        kind,
-        flow_id: flow,
-        sequence: 0,
-        timestamp: 0,
-        voice_activity: false,
-        level_dbov: 127,
-    };
     let mut datagram = [0; MAX_HEADER_LEN + 1];
-    let len = header.encode(payload, &mut datagram).ok()?;
+    let len = MediaHeader::about(kind, flow)
+        .encode(payload, &mut datagram)
+        .ok()?;
     Some(bytes::Bytes::copy_from_slice(&datagram[..len]))
 }
 

@@ -164,6 +164,20 @@ pub struct MediaHeader {
 }
 
 impl MediaHeader {
+    /// The header of a receiver's word about one sender — a loss report or
+    /// its features (`kind`) about `flow`: sequence and timestamp 0, no
+    /// voice, level 127, as docs/protocol.md says.
+    pub const fn about(kind: DatagramKind, flow: FlowId) -> Self {
+        Self {
+            kind,
+            flow_id: flow,
+            sequence: 0,
+            timestamp: 0,
+            voice_activity: false,
+            level_dbov: 127,
+        }
+    }
+
     /// Bytes this header takes on the wire.
     pub fn encoded_len(&self) -> usize {
         1 + varint_len(self.flow_id.0) + 4 + 4 + 1
@@ -364,15 +378,7 @@ mod tests {
         // The example in docs/protocol.md: flow 5's receiver plays 10 ms
         // frames.
         let mut buf = [0; MAX_HEADER_LEN + 1];
-        let documented = MediaHeader {
-            kind: DatagramKind::Features,
-            flow_id: FlowId(5),
-            sequence: 0,
-            timestamp: 0,
-            voice_activity: false,
-            level_dbov: 127,
-        };
-        let len = documented
+        let len = MediaHeader::about(DatagramKind::Features, FlowId(5))
             .encode(&ReceiverFeatures::ours().to_payload(), &mut buf)
             .unwrap();
         assert_eq!(
@@ -406,15 +412,7 @@ mod tests {
         assert_eq!(decoded.kind, DatagramKind::Report);
         assert_eq!(LossReport::from_payload(payload), Some(report));
         // The example in docs/protocol.md.
-        let documented = MediaHeader {
-            kind: DatagramKind::Report,
-            flow_id: FlowId(5),
-            sequence: 0,
-            timestamp: 0,
-            voice_activity: false,
-            level_dbov: 127,
-        };
-        let len = documented
+        let len = MediaHeader::about(DatagramKind::Report, FlowId(5))
             .encode(&LossReport { loss_percent: 12 }.to_payload(), &mut buf)
             .unwrap();
         assert_eq!(

@@ -98,9 +98,7 @@ async fn low_latency_speech_crosses_in_ten_ms_frames() {
 /// 20 ms, which it decodes as always; once it says so, frames turn 10 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_ms_frames_wait_until_every_receiver_plays_them() {
-    use signaling_proto::{
-        ClientMessage, DatagramKind, MediaHeader, ReceiverFeatures, RequestId, ServerMessage,
-    };
+    use signaling_proto::{DatagramKind, MediaHeader, ReceiverFeatures};
     let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start("low-latency-old-peer").await;
     let alice = user_with_options(
@@ -116,25 +114,7 @@ async fn ten_ms_frames_wait_until_every_receiver_plays_them() {
     .await;
     let mut bob = crate::media::raw_login(&server, "bob").await;
     alice.calling.call("bob", CallType::Audio).await.unwrap();
-    let ServerMessage::Invited { call_id, .. } =
-        crate::media::until(&mut bob, |m| matches!(m, ServerMessage::Invited { .. })).await
-    else {
-        unreachable!()
-    };
-    bob.send
-        .send(&ClientMessage::Accept {
-            request_id: RequestId(1),
-            call_id,
-        })
-        .await
-        .unwrap();
-    let ServerMessage::UserEntered {
-        flow_id: alice_flow,
-        ..
-    } = crate::media::until(&mut bob, |m| matches!(m, ServerMessage::UserEntered { .. })).await
-    else {
-        unreachable!()
-    };
+    let alice_flow = crate::media::raw_accept(&mut bob).await;
     // What bob gets for `span`: the duration of each audio packet, and
     // whether alice told him what she plays.
     let mut decoder = audio_pipeline::Decoder::with_complexity(0).unwrap();
@@ -176,16 +156,9 @@ async fn ten_ms_frames_wait_until_every_receiver_plays_them() {
     assert!(told, "alice says what she plays");
     // Bob says he plays 10 ms frames (as an SDK does once a second).
     let mut features = [0; 16];
-    let len = MediaHeader {
-        kind: DatagramKind::Features,
-        flow_id: alice_flow,
-        sequence: 0,
-        timestamp: 0,
-        voice_activity: false,
-        level_dbov: 127,
-    }
-    .encode(&ReceiverFeatures::ours().to_payload(), &mut features)
-    .unwrap();
+    let len = MediaHeader::about(DatagramKind::Features, alice_flow)
+        .encode(&ReceiverFeatures::ours().to_payload(), &mut features)
+        .unwrap();
     bob.connection
         .send_datagram(features[..len].to_vec().into())
         .unwrap();

@@ -81,6 +81,14 @@ pub async fn raw_call(
         })
         .await
         .unwrap();
+    let caller_flow = raw_accept(callee).await;
+    until(caller, |m| matches!(m, ServerMessage::UserEntered { .. })).await;
+    caller_flow
+}
+
+/// `callee` accepts the invitation that rings next and sees its caller
+/// enter. Returns the caller's flow.
+pub async fn raw_accept(callee: &mut ClientConnection) -> FlowId {
     let ServerMessage::Invited { call_id, .. } =
         until(callee, |m| matches!(m, ServerMessage::Invited { .. })).await
     else {
@@ -101,7 +109,6 @@ pub async fn raw_call(
     else {
         unreachable!()
     };
-    until(caller, |m| matches!(m, ServerMessage::UserEntered { .. })).await;
     caller_flow
 }
 
