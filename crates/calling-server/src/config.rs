@@ -129,10 +129,12 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    /// A little above a real call: 50 Opus frames a second of at most a
-    /// few hundred bytes, plus a loss report per remote speaker.
+    /// A little above a real call: 100 Opus frames a second (the
+    /// low-latency profile's 10 ms frames; 50 otherwise) of at most a few
+    /// hundred bytes, plus a loss report and a word of features a second
+    /// per other member (130 a second in a 16-member call).
     pub const DEFAULT: Self = Self {
-        media_packets_per_sec: 100,
+        media_packets_per_sec: 200,
         media_bytes_per_sec: 32_000,
         requests_per_sec: 20,
         request_burst: 300,
@@ -770,7 +772,7 @@ pub struct LimitSettings {
     #[arg(long, env = "OPENCALLING_HANDSHAKES_PER_SEC", value_name = "N",
           value_parser = HANDSHAKES_PER_SEC.parser())]
     pub handshakes_per_sec: Option<u64>,
-    /// Audio datagrams a second one sender may have relayed [default: 100, 50..=100000]
+    /// Audio datagrams a second one sender may have relayed [default: 200, 50..=100000]
     #[arg(long, env = "OPENCALLING_MEDIA_PACKETS_PER_SEC", value_name = "N",
           value_parser = MEDIA_PACKETS_PER_SEC.parser())]
     pub media_packets_per_sec: Option<u64>,
