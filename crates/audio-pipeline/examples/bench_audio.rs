@@ -10,7 +10,9 @@
 //!   playout does) at 0, 5, 10, 20 % random loss and one bursty pattern, at
 //!   each decoder complexity, without time-scaling, and with the
 //!   low-latency profile's 10 ms frames, beside plain libopus (FEC from the
-//!   next packet when it arrived, PLC otherwise) with the very same losses;
+//!   next packet when it arrived, PLC otherwise) and plain libopus with
+//!   DRED instead of FEC (each lost frame from the DRED of the first packet
+//!   after it, within four packets), with the very same losses;
 //!   each output aligned to the original utterance by utterance (a jitter
 //!   buffer may move its delay in a pause), the baseline the same way.
 //!
@@ -610,7 +612,7 @@ fn main() {
     let margins = [Some(0.0), None, Some(0.15), Some(0.15), Some(0.15)];
     let mut rows = Vec::new();
     for condition in &conditions {
-        let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + 2];
+        let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + 3];
         let mut measured_loss = 0.0;
         for fixture in &fixture_paths {
             let (original, speech_48k) = load_48k(fixture);
@@ -637,6 +639,13 @@ fn main() {
                 write(&plain_path, &plain);
                 paths.push(plain_path);
             }
+            let dred = align_to(
+                &original,
+                &dred::through_plain_libopus_with_dred(&speech_48k, condition, fixture_loss),
+            );
+            let dred_path = out_dir.join(format!("{stem}-{tag}-plain-dred.wav"));
+            write(&dred_path, &dred);
+            paths.push(dred_path);
             for (column, score) in pesq(python, fixture, &paths).into_iter().enumerate() {
                 scores[column].push(score);
             }
@@ -664,8 +673,8 @@ fn main() {
             header.push_str(&format!(" {name:>12}"));
         }
         println!(
-            "{header} {:>11} {:>13}   ours (default) vs plain",
-            "plain opus", "plain, 10 ms"
+            "{header} {:>11} {:>13} {:>13}   ours (default) vs plain",
+            "plain opus", "plain, 10 ms", "plain + DRED"
         );
         for ((name, loss, means), margin) in rows.iter().zip(margins) {
             let plain = means[columns.len()][which];
@@ -690,11 +699,176 @@ fn main() {
                 line.push_str(&format!(" {:>12}", show(column[which], digits)));
             }
             println!(
-                "{line} {:>11} {:>13}   {verdict}",
+                "{line} {:>11} {:>13} {:>13}   {verdict}",
                 show(plain, digits),
-                show(means[columns.len() + 1][which], digits)
+                show(means[columns.len() + 1][which], digits),
+                show(means[columns.len() + 2][which], digits)
             );
         }
     }
     println!("  degraded files in {}", out_dir.display());
+}
+
+/// Plain libopus with Deep REDundancy instead of in-band FEC, through
+/// `opusic-sys` directly (neither the `opus` crate nor our codec has the
+/// DRED calls): the encoder at the same bitrate with FEC off and 100 ms of
+/// DRED once loss is expected; the decoder (complexity 5, Deep PLC, which
+/// DRED decodes through) recovers each lost frame from the DRED of the
+/// first packet received after it, within four packets, knowing every
+/// loss in advance as the FEC baseline does; PLC otherwise.
+mod dred {
+    #![allow(
+        unsafe_code,
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap
+    )]
+
+    use super::{
+        Condition, Duration, FRAME_SAMPLES, Instant, MAX_PACKET, Netem, NetemConfig, Resampler,
+    };
+    use opusic_sys as opus;
+
+    pub(super) fn through_plain_libopus_with_dred(
+        speech_48k: &[f32],
+        condition: &Condition,
+        loss_hint: f64,
+    ) -> Vec<f32> {
+        let frames: Vec<&[f32]> = speech_48k.chunks_exact(FRAME_SAMPLES).collect();
+        let mut network: Netem<(usize, Vec<u8>)> = Netem::new(NetemConfig {
+            jitter: Duration::ZERO,
+            duplicate: 0.0,
+            ..condition.config
+        });
+        let origin = Instant::now();
+        let hint = (loss_hint.round() as i32).clamp(0, 100);
+        for (index, packet) in encode(&frames, hint).into_iter().enumerate() {
+            let now = origin + Duration::from_millis(20 * index as u64);
+            network.send(now, (index, packet));
+        }
+        let mut received: Vec<Option<Vec<u8>>> = vec![None; frames.len()];
+        while let Some((index, payload)) = network.receive(origin + Duration::from_secs(3_600)) {
+            received[index] = Some(payload);
+        }
+        let out = decode(&received);
+        let mut down = Resampler::new(48_000, 1, 16_000, 1, 480).unwrap();
+        down.push(&out);
+        let mut degraded = vec![0.0; down.available_frames()];
+        down.pop(&mut degraded);
+        degraded
+    }
+
+    /// The same bitrate as the FEC baseline, FEC off, 100 ms of DRED once
+    /// loss is expected.
+    fn encode(frames: &[&[f32]], loss_hint: i32) -> Vec<Vec<u8>> {
+        let mut error = 0;
+        let mut packets = Vec::with_capacity(frames.len());
+        // SAFETY: the encoder comes from its constructor, is checked for
+        // null, used only here and destroyed once; buffers are passed with
+        // their true lengths.
+        unsafe {
+            let encoder =
+                opus::opus_encoder_create(48_000, 1, opus::OPUS_APPLICATION_VOIP, &raw mut error);
+            assert!(
+                !encoder.is_null() && error == opus::OPUS_OK,
+                "encoder: {error}"
+            );
+            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_BITRATE_REQUEST, 32_000_i32);
+            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_COMPLEXITY_REQUEST, 9_i32);
+            // Beside in-band FEC, DRED gets almost no bits at 32 kbps.
+            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_INBAND_FEC_REQUEST, 0_i32);
+            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_PACKET_LOSS_PERC_REQUEST, loss_hint);
+            let dred_frames: i32 = if loss_hint > 0 { 10 } else { 0 };
+            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_DRED_DURATION_REQUEST, dred_frames);
+            let mut packet = [0_u8; MAX_PACKET];
+            for samples in frames {
+                let len = opus::opus_encode_float(
+                    encoder,
+                    samples.as_ptr(),
+                    FRAME_SAMPLES as i32,
+                    packet.as_mut_ptr(),
+                    MAX_PACKET as i32,
+                );
+                assert!(len > 0, "encode: {len}");
+                packets.push(packet[..len as usize].to_vec());
+            }
+            opus::opus_encoder_destroy(encoder);
+        }
+        packets
+    }
+
+    /// Each received packet decoded; each lost frame from the DRED of the
+    /// first packet after it (within four), else concealed.
+    fn decode(received: &[Option<Vec<u8>>]) -> Vec<f32> {
+        let frame = FRAME_SAMPLES as i32;
+        let mut error = 0;
+        let mut out = Vec::with_capacity(received.len() * FRAME_SAMPLES);
+        // SAFETY: as in `encode`.
+        unsafe {
+            let decoder = opus::opus_decoder_create(48_000, 1, &raw mut error);
+            assert!(
+                !decoder.is_null() && error == opus::OPUS_OK,
+                "decoder: {error}"
+            );
+            opus::opus_decoder_ctl(decoder, opus::OPUS_SET_COMPLEXITY_REQUEST, 5_i32);
+            let dred_decoder = opus::opus_dred_decoder_create(&raw mut error);
+            let dred = opus::opus_dred_alloc(&raw mut error);
+            assert!(!dred_decoder.is_null() && !dred.is_null(), "dred: {error}");
+            let mut pcm = [0.0_f32; FRAME_SAMPLES];
+            for index in 0..received.len() {
+                if let Some(payload) = &received[index] {
+                    let decoded = opus::opus_decode_float(
+                        decoder,
+                        payload.as_ptr(),
+                        payload.len() as i32,
+                        pcm.as_mut_ptr(),
+                        frame,
+                        0,
+                    );
+                    assert!(decoded > 0, "decode: {decoded}");
+                    out.extend_from_slice(&pcm);
+                    continue;
+                }
+                let after = (index + 1..(index + 5).min(received.len()))
+                    .find_map(|later| received[later].as_ref().map(|packet| (later, packet)));
+                let mut recovered = false;
+                if let Some((later, packet)) = after {
+                    let mut end = 0;
+                    let available = opus::opus_dred_parse(
+                        dred_decoder,
+                        dred,
+                        packet.as_ptr(),
+                        packet.len() as i32,
+                        48_000,
+                        48_000,
+                        &raw mut end,
+                        0,
+                    );
+                    let offset = ((later - index) * FRAME_SAMPLES) as i32;
+                    recovered = available >= offset
+                        && opus::opus_decoder_dred_decode_float(
+                            decoder,
+                            dred,
+                            offset,
+                            pcm.as_mut_ptr(),
+                            frame,
+                        ) > 0;
+                }
+                if !recovered {
+                    opus::opus_decode_float(
+                        decoder,
+                        std::ptr::null(),
+                        0,
+                        pcm.as_mut_ptr(),
+                        frame,
+                        0,
+                    );
+                }
+                out.extend_from_slice(&pcm);
+            }
+            opus::opus_decoder_destroy(decoder);
+            opus::opus_dred_decoder_destroy(dred_decoder);
+            opus::opus_dred_free(dred);
+        }
+        out
+    }
 }
