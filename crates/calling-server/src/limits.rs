@@ -178,8 +178,7 @@ mod tests {
             .filter(|_| budget.admit_datagram(now, 100, &counters))
             .count();
         assert_eq!(
-            relayed,
-            limits.media_packets_per_sec as usize,
+            relayed, limits.media_packets_per_sec as usize,
             "a second's worth of packets"
         );
         let mut big = ConnectionBudget::new(ConnId(2), &ConnectionLimits::DEFAULT);
