@@ -159,16 +159,7 @@ fn receive_speakers(packets: &[Vec<u8>], speakers: usize, decoder_complexity: u8
 /// share of one core, at the default decoder complexity and at classic
 /// decoding; beside 15 raw libopus decoders at the same complexity.
 fn group_call_cost(frames: &[[f32; FRAME_SAMPLES]]) {
-    let mut encoder = audio_pipeline::Encoder::new(EncoderConfig::default()).unwrap();
-    let mut packet = [0_u8; MAX_PACKET];
-    let packets: Vec<Vec<u8>> = frames
-        .iter()
-        .take(500)
-        .map(|frame| {
-            let len = encoder.encode(frame, &mut packet).unwrap();
-            packet[..len].to_vec()
-        })
-        .collect();
+    let packets = our_packets(&frames[..frames.len().min(500)]);
     let audio_seconds = packets.len() as f64 * 0.02;
     println!(
         "  a 16-member call at the receiving client: 15 speakers at once, {audio_seconds:.0} s of audio, best of 3, share of one core"
@@ -202,18 +193,23 @@ fn group_call_cost(frames: &[[f32; FRAME_SAMPLES]]) {
     }
 }
 
-/// What each decoder complexity costs per frame decoded and per frame
-/// concealed, in absolute µs (best of 3).
-fn neural_costs(frames: &[[f32; FRAME_SAMPLES]]) {
+/// `frames` through our encoder at its defaults, one packet each.
+fn our_packets(frames: &[[f32; FRAME_SAMPLES]]) -> Vec<Vec<u8>> {
     let mut encoder = audio_pipeline::Encoder::new(EncoderConfig::default()).unwrap();
     let mut packet = [0_u8; MAX_PACKET];
-    let packets: Vec<Vec<u8>> = frames
+    frames
         .iter()
         .map(|frame| {
             let len = encoder.encode(frame, &mut packet).unwrap();
             packet[..len].to_vec()
         })
-        .collect();
+        .collect()
+}
+
+/// What each decoder complexity costs per frame decoded and per frame
+/// concealed, in absolute µs (best of 3).
+fn neural_costs(frames: &[[f32; FRAME_SAMPLES]]) {
+    let packets = our_packets(frames);
     println!("  per frame by decoder complexity: decode / conceal (every 4th frame lost)");
     for complexity in [0, 5, 6, 7] {
         let (mut decode, mut conceal) = (Duration::MAX, Duration::MAX);

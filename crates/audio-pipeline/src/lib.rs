@@ -63,7 +63,7 @@ impl FrameDuration {
 
 /// Samples of one 5 ms playout pull: playout takes audio in pieces shorter
 /// than a frame, so a frame starts playing as soon as its first piece is
-/// due (NetEq pulls 10 ms; 5 ms took another ~4 ms off mouth to ear, for
+/// due (NetEq pulls 10 ms; 5 ms took another ~5 ms off mouth to ear, for
 /// 200 wake-ups a second instead of 100).
 pub const PULL_SAMPLES: usize = 240;
 

@@ -281,7 +281,7 @@ const CAPTURE_MS: u32 = 10;
 
 /// How often the capture thread applies the receivers' loss reports, in
 /// capture reads: once a second, as often as they come.
-const LOSS_UPDATE_READS: u32 = 100;
+const LOSS_UPDATE_READS: u32 = 1_000 / CAPTURE_MS;
 
 fn raise(level: &AtomicU8, value: u8) {
     level.fetch_max(value, Ordering::Relaxed);
@@ -656,8 +656,8 @@ impl CallAudio {
             self.choose_frame_duration();
         }
         let mut datagrams = Vec::new();
+        let features = ReceiverFeatures::ours().to_payload();
         for flow in members {
-            let features = ReceiverFeatures::ours().to_payload();
             datagrams.extend(feedback_datagram(DatagramKind::Features, *flow, &features));
         }
         for (flow, speaker) in &mut self.speakers {
@@ -858,7 +858,7 @@ fn playout_loop(
 }
 
 /// Milliseconds of one playout pull ([`PULL_SAMPLES`] at 48 kHz).
-const PULL_MS: u32 = 5;
+const PULL_MS: u32 = (PULL_SAMPLES / 48) as u32;
 
 fn publish_stats(receive: &ReceivePath, shared: &Shared) {
     if let Ok(mut stats) = shared.stats.try_lock() {
