@@ -8,10 +8,11 @@
 //! - wideband PESQ and STOI of the speech fixtures through encoder →
 //!   emulated network → jitter buffer → decoder (pulled 5 ms at a time, as
 //!   playout does) at 0, 5, 10, 20 % random loss and one bursty pattern, at
-//!   each decoder complexity, without time-scaling, and with the
-//!   low-latency profile's 10 ms frames, beside plain libopus (FEC from the
-//!   next packet when it arrived, PLC otherwise) and plain libopus with
-//!   DRED instead of FEC (each lost frame from the DRED of the first packet
+//!   each decoder complexity, without time-scaling, with the
+//!   low-latency profile's 10 ms frames, with FEC only and DRED only (the
+//!   default picks one by the loss pattern, as the SDK does), beside plain
+//!   libopus (FEC from the next packet when it arrived, PLC otherwise) and
+//!   plain libopus with DRED instead of FEC (each lost frame from the DRED of the first packet
 //!   after it, within four packets), with the very same losses;
 //!   each output aligned to the original utterance by utterance (a jitter
 //!   buffer may move its delay in a pause), the baseline the same way.
@@ -30,7 +31,7 @@ use audio_device::{AudioFormat, AudioSink, AudioSource, WavSink, WavSource};
 use audio_pipeline::netem::{Netem, NetemConfig};
 use audio_pipeline::{
     DEFAULT_DECODER_COMPLEXITY, Decoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, JitterConfig,
-    MAX_PACKET, MediaPacket, PULL_SAMPLES, ReceivePath, Resampler, SendPath,
+    LossMeter, MAX_PACKET, MediaPacket, PULL_SAMPLES, Protection, ReceivePath, Resampler, SendPath,
 };
 
 fn load_48k(path: &Path) -> (Vec<f32>, Vec<f32>) {
@@ -257,6 +258,33 @@ struct Ours {
     decoder_complexity: u8,
     time_scaling: bool,
     frame: FrameDuration,
+    /// `None`: chosen as the SDK does, by whether the receiver's losses
+    /// are bursty.
+    protection: Option<Protection>,
+}
+
+/// What the SDK's sender settles on for this path: DRED once its receiver
+/// says its losses come in bursts (measured here on ten seconds of the
+/// condition's losses, reported once a second as the SDK does).
+fn protection_by_pattern(condition: &Condition) -> Protection {
+    let mut network: Netem<u32> = Netem::new(condition.config);
+    let mut meter = LossMeter::new();
+    let origin = Instant::now();
+    for seq in 0..500_u32 {
+        let now = origin + Duration::from_millis(20 * u64::from(seq));
+        network.send(now, seq);
+        while let Some(received) = network.receive(now) {
+            meter.on_packet(received);
+        }
+        if seq % 50 == 49 {
+            meter.report();
+        }
+    }
+    if meter.bursty() {
+        Protection::Dred
+    } else {
+        Protection::InBandFec
+    }
 }
 
 /// Our pipeline: 16 kHz capture → send path → netem → receive path → 16 kHz,
@@ -266,9 +294,12 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
         decoder_complexity,
         time_scaling,
         frame: duration,
+        protection,
     } = ours;
     let mut send = SendPath::new(16_000, 1, EncoderConfig::default()).unwrap();
     send.set_frame_duration(duration);
+    send.set_protection(protection.unwrap_or_else(|| protection_by_pattern(condition)))
+        .unwrap();
     let expected_loss = condition.config.loss * 100.0
         + condition.config.burst.map_or(0.0, |(enter, leave, bad)| {
             100.0 * bad * enter / (enter + leave)
@@ -563,6 +594,7 @@ fn main() {
         decoder_complexity: DEFAULT_DECODER_COMPLEXITY,
         time_scaling: true,
         frame: FrameDuration::Ms20,
+        protection: None,
     };
     let mut columns: Vec<(&str, Ours)> = [
         (0, "0 classic"),
@@ -595,12 +627,27 @@ fn main() {
             ..default
         },
     ));
+    columns.push((
+        "7, FEC only",
+        Ours {
+            protection: Some(Protection::InBandFec),
+            ..default
+        },
+    ));
+    columns.push((
+        "7, DRED only",
+        Ours {
+            protection: Some(Protection::Dred),
+            ..default
+        },
+    ));
     let default_column = columns
         .iter()
         .position(|(_, ours)| {
             ours.decoder_complexity == DEFAULT_DECODER_COMPLEXITY
                 && ours.time_scaling
                 && ours.frame == FrameDuration::Ms20
+                && ours.protection.is_none()
         })
         .unwrap_or(0);
     // The targets against plain libopus: at least equal when clean,
@@ -608,6 +655,11 @@ fn main() {
     let margins = [Some(0.0), None, Some(0.15), Some(0.15), Some(0.15)];
     let mut rows = Vec::new();
     for condition in &conditions {
+        println!(
+            "  {}: the default column protects with {:?}",
+            condition.name,
+            protection_by_pattern(condition)
+        );
         let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + 3];
         let mut measured_loss = 0.0;
         for fixture in &fixture_paths {

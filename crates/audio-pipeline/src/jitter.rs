@@ -6,7 +6,8 @@
 //! chose: each packet's duration is read from it); both take `now`.
 //!
 //! Per pull it decodes the next frame (*normal*), recovers a lost one from
-//! the next packet's in-band FEC (one packet of look-ahead), conceals with
+//! the next packet's in-band FEC (one packet of look-ahead) or from the
+//! Deep REDundancy (DRED) of the first packet after a burst, conceals with
 //! Opus PLC, or — when the buffered delay strays from its target — removes
 //! (*accelerate*) or adds (*expand*) one pitch period so the delay moves
 //! without an audible jump.
@@ -14,8 +15,10 @@
 //! The target delay follows the 95th percentile of recent packet lateness,
 //! late packets included (a histogram of 2 ms bins with a forgetting
 //! factor, so it comes back down after a jittery spell), plus one packet,
-//! starting at 60 ms, plus one packet of look-ahead for FEC while packets
-//! are being lost. While someone speaks, the buffer time-scales only when
+//! starting at 60 ms, plus look-ahead while packets are being lost: one
+//! packet for FEC, or — while the sender protects with DRED — as many as
+//! most recent bursts were long, so the packet after a burst is there
+//! before the burst's first frame is due. While someone speaks, the buffer time-scales only when
 //! it is a packet (and at least 20 ms) off its target; on a clean path it also cuts audio it
 //! holds over the target in pauses (60 ms without voice), where
 //! nobody hears it, so it converges to the target within a second and
@@ -32,7 +35,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::timescale;
-use crate::{CodecError, Decoder, FRAME_SAMPLES, MAX_PACKET, packet_samples};
+use crate::{CodecError, DRED_MS, Decoder, FRAME_SAMPLES, MAX_PACKET, has_fec, packet_samples};
 
 /// Packets the buffer can hold at once (2.56 s of 20 ms frames, 1.28 s of
 /// 10 ms ones).
@@ -60,6 +63,15 @@ const PAUSE_MS: f64 = 60.0;
 /// not played: Opus has no shorter frame, and no sender of ours makes
 /// longer ones (a frame is decoded whole into a 20 ms buffer).
 const MIN_PACKET_TICKS: u32 = 120;
+
+/// Burst lengths the look-ahead histogram tells apart (the last bin holds
+/// the longer ones too).
+const BURST_BINS: usize = 8;
+
+/// Share of recent bursts the DRED look-ahead covers: the rest are
+/// concealed at their start and recovered from DRED once the packet after
+/// them comes (the buffer grows for them).
+const BURST_QUANTILE: f64 = 0.8;
 
 /// How the buffer behaves.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +122,8 @@ pub enum PullKind {
     Normal,
     /// Recovered a lost packet from the next one's FEC.
     Fec,
+    /// Recovered a lost packet from the DRED of a later one.
+    Dred,
     /// Concealed a lost or late packet (PLC).
     Conceal,
     /// A DTX pause or a speaker gone quiet: comfort noise or silence.
@@ -136,6 +150,8 @@ pub struct JitterStats {
     pub concealment_events: u64,
     /// Frames recovered from FEC.
     pub fec_recovered: u64,
+    /// Frames recovered from DRED.
+    pub dred_recovered: u64,
     /// Samples removed by accelerate.
     pub accelerated_samples: u64,
     /// Samples added by expand.
@@ -220,6 +236,17 @@ pub struct JitterBuffer {
     lateness_ms: f64,
     /// Recent share of frames that needed FEC or PLC (exponential average).
     recent_loss: f64,
+    /// Lost frames in a row up to the frame now playing.
+    burst: usize,
+    /// Recent bursts by length (1 to `BURST_BINS` lost frames in a row),
+    /// with a forgetting factor.
+    bursts: [f64; BURST_BINS],
+    /// Whether the last packet read for DRED carried some: the sender
+    /// protects with DRED, so bursts are worth waiting for.
+    stream_has_dred: bool,
+    /// The packet whose DRED the decoder holds, and how many samples
+    /// before it the DRED reaches.
+    dred_parsed: Option<(u32, usize)>,
     stats: JitterStats,
     origin: Option<Instant>,
 }
@@ -269,6 +296,10 @@ impl JitterBuffer {
             target_ms: config.initial_delay.as_secs_f64() * 1e3,
             lateness_ms: 0.0,
             recent_loss: 0.0,
+            burst: 0,
+            bursts: [0.0; BURST_BINS],
+            stream_has_dred: false,
+            dred_parsed: None,
             stats: JitterStats::default(),
             origin: None,
             config,
@@ -416,24 +447,83 @@ impl JitterBuffer {
     }
 
     /// Target = recent lateness + one packet (a packet plays a packet's
-    /// time after it starts) + one more packet while packets are being
-    /// lost, so the packet after a lost one is there in time to recover it
-    /// by FEC.
+    /// time after it starts) + look-ahead while packets are being lost: one
+    /// packet, so the packet after a lost one is there in time to recover
+    /// it by FEC; with DRED, as many packets as most recent bursts were
+    /// long (up to what DRED reaches), so the packet after a burst is.
     fn update_target(&mut self) {
         let min = self.config.min_delay.as_secs_f64() * 1e3;
         let max = self.config.max_delay.as_secs_f64() * 1e3;
         let packet = self.packet_ms();
-        let look_ahead = if self.recent_loss > 0.005 {
-            packet
-        } else {
+        let look_ahead = if self.recent_loss <= 0.005 {
             0.0
+        } else if self.stream_has_dred {
+            let reach = (f64::from(DRED_MS) / packet).floor().max(1.0);
+            packet * (self.usual_burst() as f64).min(reach)
+        } else {
+            packet
         };
         self.target_ms = (self.lateness_ms + packet + look_ahead).clamp(min, max);
     }
 
-    /// Feeds the loss estimate with one played frame.
+    /// The burst length (lost frames in a row) that covers
+    /// `BURST_QUANTILE` of recent bursts; 1 before any.
+    fn usual_burst(&self) -> usize {
+        let total: f64 = self.bursts.iter().sum();
+        let mut covered = 0.0;
+        for (index, weight) in self.bursts.iter().enumerate() {
+            covered += weight;
+            if covered >= BURST_QUANTILE * total {
+                return index + 1;
+            }
+        }
+        1
+    }
+
+    /// Feeds the loss estimate and the burst lengths with one played frame.
     fn note_frame(&mut self, lost: bool) {
         self.recent_loss = 0.99 * self.recent_loss + if lost { 0.01 } else { 0.0 };
+        if lost {
+            self.burst += 1;
+        } else if self.burst > 0 {
+            for bin in &mut self.bursts {
+                *bin *= 0.95;
+            }
+            self.bursts[self.burst.min(BURST_BINS) - 1] += 1.0;
+            self.burst = 0;
+            self.update_target();
+        }
+    }
+
+    /// Recovers the `lost` samples at `play` from the DRED of `later`, a
+    /// packet after them; `false` when it carries none that reaches them
+    /// (or this decoder does not decode DRED). A packet is parsed once for
+    /// all the frames of a burst.
+    fn recover_from_dred(&mut self, play: u32, later: &Slot, lost: usize) -> bool {
+        if !self.decoder.decodes_dred() {
+            return false;
+        }
+        let covered = match self.dred_parsed {
+            Some((seq, covered)) if seq == later.seq => covered,
+            _ => {
+                // Bytes that are no DRED are none.
+                let covered = self
+                    .decoder
+                    .parse_dred(&later.data[..later.len])
+                    .unwrap_or(0);
+                self.dred_parsed = Some((later.seq, covered));
+                self.stream_has_dred = covered > 0;
+                covered
+            }
+        };
+        let Ok(offset) = usize::try_from(ticks_after(later.timestamp, play)) else {
+            return false;
+        };
+        covered >= offset
+            && self
+                .decoder
+                .decode_dred(offset, &mut self.frame[..lost])
+                .is_ok()
     }
 
     fn slot_with_ts(&self, timestamp: u32) -> Option<usize> {
@@ -580,27 +670,38 @@ impl JitterBuffer {
                 self.sync.extend(std::iter::repeat_n(0.0, packet));
                 Ok(PullKind::Quiet)
             }
-            // Lost: the packet right after it (of the same duration) may
-            // carry it in its FEC.
-            Some(slot) if ticks_after(slot.timestamp, play) == i64::from(slot.ticks) => {
-                let lost = slot.ticks as usize;
-                self.decoder
-                    .decode_fec(&slot.data[..slot.len], &mut self.frame[..lost])?;
+            // Lost. The packet right after it (of the same duration) may
+            // carry it in its FEC; a packet further on (after a burst), or
+            // right after it from a sender that protects with DRED, in its
+            // DRED; otherwise it is concealed.
+            Some(slot) => {
+                let right_after = ticks_after(slot.timestamp, play) == i64::from(slot.ticks);
+                let lost = if right_after {
+                    slot.ticks as usize
+                } else {
+                    packet
+                };
+                let kind = if right_after && has_fec(&slot.data[..slot.len]) {
+                    self.decoder
+                        .decode_fec(&slot.data[..slot.len], &mut self.frame[..lost])?;
+                    self.stats.fec_recovered += 1;
+                    PullKind::Fec
+                } else if self.recover_from_dred(play, &slot, lost) {
+                    self.stats.dred_recovered += 1;
+                    PullKind::Dred
+                } else {
+                    self.decoder.conceal(&mut self.frame[..lost])?;
+                    PullKind::Conceal
+                };
                 self.frame_len = lost;
-                self.stats.fec_recovered += 1;
-                self.note_frame(true);
-                self.last_seq = Some(slot.seq.wrapping_sub(1));
-                self.finish_frame(play, slot.ticks, false, Duration::ZERO);
-                Ok(PullKind::Fec)
-            }
-            Some(_) => {
-                self.decoder.conceal(&mut self.frame[..packet])?;
-                self.frame_len = packet;
                 self.last_seq = self.last_seq.map(|last| last.wrapping_add(1));
                 self.note_frame(true);
-                self.count_concealment();
-                self.finish_frame(play, packet_ticks, true, Duration::ZERO);
-                Ok(PullKind::Conceal)
+                let concealed = kind == PullKind::Conceal;
+                if concealed {
+                    self.count_concealment();
+                }
+                self.finish_frame(play, lost as u32, concealed, Duration::ZERO);
+                Ok(kind)
             }
             // Nothing buffered during DTX: comfort noise, time passes.
             None if self.in_dtx => {

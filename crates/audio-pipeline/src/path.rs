@@ -16,8 +16,8 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::jitter::{JitterBuffer, JitterConfig, JitterStats};
 use crate::{
-    CodecError, Encoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, MAX_PACKET, Mixer, Resampler,
-    SAMPLE_RATE, is_dtx_frame, level,
+    CodecError, Encoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, MAX_PACKET, Mixer,
+    Protection, Resampler, SAMPLE_RATE, is_dtx_frame, level,
 };
 
 /// One encoded frame ready to go into a datagram.
@@ -117,9 +117,14 @@ impl SendPath {
         self.muted = muted;
     }
 
-    /// The loss the far end measures, for the encoder's FEC.
+    /// The loss the far end measures, for the encoder's FEC or DRED.
     pub fn set_measured_loss(&mut self, percent: f32) -> Result<(), CodecError> {
         self.encoder.set_measured_loss(percent)
+    }
+
+    /// Protects the audio with in-band FEC or DRED from the next frame on.
+    pub fn set_protection(&mut self, protection: Protection) -> Result<(), CodecError> {
+        self.encoder.set_protection(protection)
     }
 
     /// The local level (0–100) of the last frame, for `onUserVoiceVolume`
