@@ -124,7 +124,11 @@ impl Encoder {
             opusic_sys::OPUS_SET_COMPLEXITY_REQUEST,
             config.complexity,
         )?;
-        encoder.set("set dtx", opusic_sys::OPUS_SET_DTX_REQUEST, i32::from(config.dtx))?;
+        encoder.set(
+            "set dtx",
+            opusic_sys::OPUS_SET_DTX_REQUEST,
+            i32::from(config.dtx),
+        )?;
         // In-band FEC only carries data once the encoder expects loss, and
         // costs quality when there is none: start at none and follow what
         // the receivers measure.
@@ -235,7 +239,12 @@ mod encoder_ffi {
         let rate = i32::try_from(SAMPLE_RATE).unwrap_or(48_000);
         // SAFETY: `code` is a valid out-pointer for the call's duration.
         let state = unsafe {
-            opusic_sys::opus_encoder_create(rate, 1, opusic_sys::OPUS_APPLICATION_VOIP, &raw mut code)
+            opusic_sys::opus_encoder_create(
+                rate,
+                1,
+                opusic_sys::OPUS_APPLICATION_VOIP,
+                &raw mut code,
+            )
         };
         match NonNull::new(state) {
             Some(state) if code == opusic_sys::OPUS_OK => Ok(state),
@@ -276,12 +285,14 @@ mod encoder_ffi {
     }
 
     /// A getter request that writes one `opus_int32`.
-    pub(super) fn ctl_get(state: NonNull<opusic_sys::OpusEncoder>, request: i32) -> Result<i32, i32> {
+    pub(super) fn ctl_get(
+        state: NonNull<opusic_sys::OpusEncoder>,
+        request: i32,
+    ) -> Result<i32, i32> {
         let mut value = 0_i32;
         // SAFETY: a live encoder; every request this is called with writes
         // one `opus_int32` through the pointer, which outlives the call.
-        let code =
-            unsafe { opusic_sys::opus_encoder_ctl(state.as_ptr(), request, &raw mut value) };
+        let code = unsafe { opusic_sys::opus_encoder_ctl(state.as_ptr(), request, &raw mut value) };
         if code == opusic_sys::OPUS_OK {
             Ok(value)
         } else {
@@ -493,7 +504,11 @@ mod ffi {
         /// Parses and decodes the DRED in `packet`, up to `max_samples`
         /// before it; returns how many samples before the packet's start
         /// it covers (0: it carries none).
-        pub(super) fn parse(&mut self, packet: &[u8], max_samples: i32) -> Result<usize, CodecError> {
+        pub(super) fn parse(
+            &mut self,
+            packet: &[u8],
+            max_samples: i32,
+        ) -> Result<usize, CodecError> {
             let error = |code| CodecError::Decoder {
                 what: "parse DRED",
                 code,

@@ -660,10 +660,15 @@ fn a_delay_step_raises_the_target_within_a_second() {
 /// 1.2 s after the stall, in milliseconds.
 fn play_with_a_stall(voiced: bool, for_good: bool) -> (JitterStats, f64) {
     let input = speech_like(10);
-    let packets: Vec<Option<Packet>> = encode(&input, (0.0, Protection::InBandFec), false, (FrameDuration::Ms20, None))
-        .into_iter()
-        .map(|(_, packet)| packet)
-        .collect();
+    let packets: Vec<Option<Packet>> = encode(
+        &input,
+        (0.0, Protection::InBandFec),
+        false,
+        (FrameDuration::Ms20, None),
+    )
+    .into_iter()
+    .map(|(_, packet)| packet)
+    .collect();
     let is = |index: usize| {
         packets[index]
             .as_ref()

@@ -13,6 +13,13 @@
 //! plays them ([`ReceiverFeatures`], sent to each member once a second
 //! with the loss reports); a member who never says so (an older SDK, a
 //! client of its own) keeps the call at 20 ms.
+//!
+//! DRED: a receiver whose decoder recovers from DRED says so in the same
+//! features, and asks for it while its losses of that member's audio come
+//! in bursts ([`LossMeter::bursty`]). The capture thread protects with
+//! DRED instead of in-band FEC while every other member decodes it and at
+//! least half of them ask; otherwise, and with any member that never said
+//! a word, with FEC.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,8 +33,9 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, FrameDuration, JitterConfig, JitterStats, LossMeter, MediaPacket, PULL_SAMPLES,
-    PacketReceiver, PacketSender, ReceivePath, Resampler, SendPath, packet_ring,
+    EncoderConfig, FrameDuration, JitterConfig, JitterStats, LossMeter, MIN_DRED_COMPLEXITY,
+    MediaPacket, PULL_SAMPLES, PacketReceiver, PacketSender, Protection, ReceivePath, Resampler,
+    SendPath, packet_ring,
 };
 use calling_api::{AudioDeviceKind, CallingEvent};
 use signaling_link::MediaLink;
@@ -270,6 +278,9 @@ struct Shared {
     /// Whether the capture thread sends 10 ms frames (low latency wanted,
     /// and every other member plays them).
     short_frames: AtomicBool,
+    /// Whether the capture thread protects with DRED (every other member
+    /// decodes it, at least half ask for it) instead of in-band FEC.
+    dred: AtomicBool,
 }
 
 /// No loss report: a value a report (0–100) never takes.
@@ -312,6 +323,8 @@ pub(crate) struct CallAudio {
     members: Vec<FlowId>,
     /// What each of them said it plays of our audio.
     features: HashMap<FlowId, ReceiverFeatures>,
+    /// Whether our decoders recover lost frames from DRED.
+    decodes_dred: bool,
 }
 
 impl std::fmt::Debug for CallAudio {
@@ -501,6 +514,7 @@ impl CallAudio {
             reported_loss: AtomicU8::new(NO_REPORT),
             applied_loss: AtomicU8::new(NO_REPORT),
             short_frames: AtomicBool::new(false),
+            dred: AtomicBool::new(false),
         });
         let (new_speakers, speaker_inbox) = std::sync::mpsc::channel();
         // Devices, codecs and jitter buffers are made on the threads, not
@@ -542,6 +556,7 @@ impl CallAudio {
             low_latency,
             members: Vec::new(),
             features: HashMap::new(),
+            decodes_dred: decoder_complexity >= MIN_DRED_COMPLEXITY,
         })
     }
 
@@ -556,20 +571,35 @@ impl CallAudio {
     /// Wants 10 ms frames (`true`) or 20 ms ones, from the next frame on.
     pub(crate) fn set_low_latency(&mut self, low_latency: bool) {
         self.low_latency = low_latency;
-        self.choose_frame_duration();
+        self.choose_how_to_send();
     }
 
-    /// 10 ms frames when wanted and every other member said it plays them.
-    fn choose_frame_duration(&self) {
-        let everyone_plays_them = !self.members.is_empty()
-            && self.members.iter().all(|flow| {
-                self.features
-                    .get(flow)
-                    .is_some_and(|features| features.plays_short_frames())
-            });
-        self.shared
-            .short_frames
-            .store(self.low_latency && everyone_plays_them, Ordering::Relaxed);
+    /// 10 ms frames when wanted and every other member said it plays them;
+    /// DRED when every other member decodes it and at least half ask.
+    fn choose_how_to_send(&self) {
+        let everyone = |has: fn(ReceiverFeatures) -> bool| {
+            !self.members.is_empty()
+                && self.members.iter().all(|flow| {
+                    self.features
+                        .get(flow)
+                        .is_some_and(|features| has(*features))
+                })
+        };
+        self.shared.short_frames.store(
+            self.low_latency && everyone(ReceiverFeatures::plays_short_frames),
+            Ordering::Relaxed,
+        );
+        let asking = self
+            .members
+            .iter()
+            .filter(|flow| self.features.get(flow).is_some_and(|f| f.wants_dred()))
+            .count();
+        self.shared.dred.store(
+            everyone(ReceiverFeatures::decodes_dred)
+                && asking > 0
+                && 2 * asking >= self.members.len(),
+            Ordering::Relaxed,
+        );
     }
 
     /// A datagram from the server: a remote speaker's audio, or a loss
@@ -601,7 +631,7 @@ impl CallAudio {
             DatagramKind::Features => {
                 if let Some(features) = ReceiverFeatures::from_payload(payload) {
                     let first = self.features.insert(header.flow_id, features).is_none();
-                    self.choose_frame_duration();
+                    self.choose_how_to_send();
                     return first;
                 }
             }
@@ -653,12 +683,22 @@ impl CallAudio {
         if self.members != members {
             self.members = members.to_vec();
             self.features.retain(|flow, _| members.contains(flow));
-            self.choose_frame_duration();
+            self.choose_how_to_send();
         }
         let mut datagrams = Vec::new();
-        let features = ReceiverFeatures::ours().to_payload();
+        let features =
+            ReceiverFeatures::ours().with(ReceiverFeatures::DECODES_DRED, self.decodes_dred);
         for flow in members {
-            datagrams.extend(feedback_datagram(DatagramKind::Features, *flow, &features));
+            let bursty = self
+                .speakers
+                .get(flow)
+                .is_some_and(|speaker| speaker.loss.bursty());
+            let features = features.with(ReceiverFeatures::WANTS_DRED, self.decodes_dred && bursty);
+            datagrams.extend(feedback_datagram(
+                DatagramKind::Features,
+                *flow,
+                &features.to_payload(),
+            ));
         }
         for (flow, speaker) in &mut self.speakers {
             let Some(loss_percent) = speaker.loss.report() else {
@@ -755,6 +795,17 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
         } else {
             FrameDuration::Ms20
         });
+        let protection = if shared.dred.load(Ordering::Relaxed) {
+            Protection::Dred
+        } else {
+            Protection::InBandFec
+        };
+        if let Err(error) = send.set_protection(protection) {
+            if !encoder_failed {
+                warn!(%error, "the encoder refused its protection");
+                encoder_failed = true;
+            }
+        }
         send.push_capture(&chunk);
         loop {
             let captured = match send.next_frame() {

@@ -52,14 +52,44 @@ impl ReceiverFeatures {
     /// sender may send 10 ms frames (the low-latency profile).
     pub const SHORT_FRAMES: u8 = 0b1;
 
-    /// What an SDK of this version plays.
+    /// Bit 1: recovers lost frames from Opus's Deep REDundancy (DRED), so
+    /// the sender may protect its audio with DRED instead of in-band FEC.
+    pub const DECODES_DRED: u8 = 0b10;
+
+    /// Bit 2: its losses of the sender's audio come in bursts (which FEC
+    /// recovers only at their last packet): it asks for DRED. Meaningful
+    /// only beside bit 1.
+    pub const WANTS_DRED: u8 = 0b100;
+
+    /// What every SDK of this version plays; the DRED bits depend on its
+    /// decoder and its losses ([`ReceiverFeatures::with`]).
     pub const fn ours() -> Self {
         Self(Self::SHORT_FRAMES)
+    }
+
+    /// These features with `flag` set (`on`) or cleared.
+    #[must_use]
+    pub const fn with(self, flag: u8, on: bool) -> Self {
+        if on {
+            Self(self.0 | flag)
+        } else {
+            Self(self.0 & !flag)
+        }
     }
 
     /// Whether the receiver plays 10 ms frames.
     pub const fn plays_short_frames(self) -> bool {
         self.0 & Self::SHORT_FRAMES != 0
+    }
+
+    /// Whether the receiver recovers lost frames from DRED.
+    pub const fn decodes_dred(self) -> bool {
+        self.0 & Self::DECODES_DRED != 0
+    }
+
+    /// Whether the receiver decodes DRED and asks for it.
+    pub const fn wants_dred(self) -> bool {
+        self.decodes_dred() && self.0 & Self::WANTS_DRED != 0
     }
 
     /// The payload bytes.
@@ -369,6 +399,19 @@ mod tests {
     fn receiver_features_are_one_byte_of_flags() {
         assert!(ReceiverFeatures::ours().plays_short_frames());
         assert!(!ReceiverFeatures(0b10).plays_short_frames());
+        let dred = ReceiverFeatures::ours().with(ReceiverFeatures::DECODES_DRED, true);
+        assert!(dred.decodes_dred() && !dred.wants_dred() && dred.plays_short_frames());
+        let asking = dred.with(ReceiverFeatures::WANTS_DRED, true);
+        assert_eq!(asking, ReceiverFeatures(0b111));
+        assert!(asking.wants_dred());
+        assert!(
+            !ReceiverFeatures(0b101).wants_dred(),
+            "asking without decoding means nothing"
+        );
+        assert_eq!(
+            asking.with(ReceiverFeatures::DECODES_DRED, false),
+            ReceiverFeatures(0b101)
+        );
         assert_eq!(
             ReceiverFeatures::from_payload(&[0xff]),
             Some(ReceiverFeatures(0xff))
@@ -390,6 +433,17 @@ mod tests {
         assert_eq!(
             ReceiverFeatures::from_payload(payload),
             Some(ReceiverFeatures::ours())
+        );
+        // And its second example: it also decodes DRED and asks for it.
+        let asking = ReceiverFeatures::ours()
+            .with(ReceiverFeatures::DECODES_DRED, true)
+            .with(ReceiverFeatures::WANTS_DRED, true);
+        let len = MediaHeader::about(DatagramKind::Features, FlowId(5))
+            .encode(&asking.to_payload(), &mut buf)
+            .unwrap();
+        assert_eq!(
+            &buf[..len],
+            [0x14, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 0x07]
         );
     }
 

@@ -171,6 +171,93 @@ async fn ten_ms_frames_wait_until_every_receiver_plays_them() {
     alice.calling.hangup().await.unwrap();
 }
 
+/// DRED instead of FEC only when asked, by a receiver that decodes it: a
+/// raw peer tells alice's SDK it loses 10 % of her audio and, in turn,
+/// says nothing of DRED (an older SDK), decodes it and asks for it (its
+/// losses come in bursts), and decodes it without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dred_replaces_fec_only_while_the_receiver_asks_for_it() {
+    use signaling_proto::{DatagramKind, LossReport, MediaHeader, ReceiverFeatures};
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start("dred-negotiation").await;
+    let alice = user_with_options(
+        &server,
+        "alice",
+        CaptureDevice::Wav {
+            path: fixture("speech-a-16k.wav"),
+            looping: true,
+        },
+        PlaybackDevice::Null,
+        |_| {},
+    )
+    .await;
+    let mut bob = crate::media::raw_login(&server, "bob").await;
+    alice.calling.call("bob", CallType::Audio).await.unwrap();
+    let alice_flow = crate::media::raw_accept(&mut bob).await;
+    let mut decoder = audio_pipeline::Decoder::new().unwrap();
+    // Bob's word to alice: 10 % lost, and these features.
+    let tell = |features: ReceiverFeatures| {
+        for (kind, payload) in [
+            (
+                DatagramKind::Report,
+                LossReport { loss_percent: 10 }.to_payload(),
+            ),
+            (DatagramKind::Features, features.to_payload()),
+        ] {
+            let mut datagram = [0; 16];
+            let len = MediaHeader::about(kind, alice_flow)
+                .encode(&payload, &mut datagram)
+                .unwrap();
+            bob.connection
+                .send_datagram(datagram[..len].to_vec().into())
+                .unwrap();
+        }
+    };
+    // Of alice's audio packets over the last second of `span`: how many
+    // carry FEC, how many DRED, of how many.
+    let listen = async |decoder: &mut audio_pipeline::Decoder, span: Duration| {
+        let until = tokio::time::Instant::now() + span;
+        let from = until - Duration::from_secs(1);
+        let (mut fec, mut dred, mut packets) = (0, 0, 0);
+        while let Ok(Ok(datagram)) =
+            tokio::time::timeout_at(until, bob.connection.read_datagram()).await
+        {
+            let (header, payload) = MediaHeader::decode(&datagram).unwrap();
+            if header.kind != DatagramKind::Audio || tokio::time::Instant::now() < from {
+                continue;
+            }
+            packets += 1;
+            fec += usize::from(audio_pipeline::has_fec(payload));
+            dred += usize::from(decoder.parse_dred(payload).unwrap() > 0);
+        }
+        (fec, dred, packets)
+    };
+    let plain = ReceiverFeatures::ours();
+    tell(plain);
+    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(2_500)).await;
+    assert!(packets > 40, "{packets} packets in a second");
+    assert!(
+        fec > packets / 2 && dred == 0,
+        "an older receiver: FEC {fec}, DRED {dred} of {packets}"
+    );
+    let asking = plain
+        .with(ReceiverFeatures::DECODES_DRED, true)
+        .with(ReceiverFeatures::WANTS_DRED, true);
+    tell(asking);
+    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(2_500)).await;
+    assert!(
+        fec == 0 && dred > packets / 2,
+        "asked for DRED: FEC {fec}, DRED {dred} of {packets}"
+    );
+    tell(asking.with(ReceiverFeatures::WANTS_DRED, false));
+    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(2_500)).await;
+    assert!(
+        fec > packets / 2 && dred == 0,
+        "no longer asked: FEC {fec}, DRED {dred} of {packets}"
+    );
+    alice.calling.hangup().await.unwrap();
+}
+
 /// One side decodes with the neural concealment and enhancement off
 /// (classic libopus), the other at the default (NoLACE): the choice is each
 /// receiver's own, and both hear clean speech.
