@@ -31,7 +31,8 @@ use audio_device::{AudioFormat, AudioSink, AudioSource, WavSink, WavSource};
 use audio_pipeline::netem::{Netem, NetemConfig};
 use audio_pipeline::{
     DEFAULT_DECODER_COMPLEXITY, Decoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, JitterConfig,
-    LossMeter, MAX_PACKET, MediaPacket, PULL_SAMPLES, Protection, ReceivePath, Resampler, SendPath,
+    LossMeter, MAX_PACKET, MIN_DRED_COMPLEXITY, MediaPacket, PULL_SAMPLES, Protection, ReceivePath,
+    Resampler, SendPath,
 };
 
 fn load_48k(path: &Path) -> (Vec<f32>, Vec<f32>) {
@@ -118,7 +119,76 @@ fn cpu(speech: &[f32]) {
         receive / decode
     );
     neural_costs(&frames);
+    dred_costs(&frames);
     group_call_cost(&frames);
+}
+
+/// What DRED costs per frame: encoding with it (100 ms in each packet, 10 %
+/// expected loss) beside encoding with in-band FEC at the same hint, and
+/// recovering a lost frame from it beside concealing one (best of 3).
+fn dred_costs(frames: &[[f32; FRAME_SAMPLES]]) {
+    let encode = |protection: Protection| -> (Duration, Vec<Vec<u8>>) {
+        let mut best = Duration::MAX;
+        let mut packets = Vec::new();
+        for _ in 0..3 {
+            let mut encoder = audio_pipeline::Encoder::new(EncoderConfig::default()).unwrap();
+            encoder.set_protection(protection).unwrap();
+            encoder.set_measured_loss(10.0).unwrap();
+            let mut packet = [0_u8; MAX_PACKET];
+            packets.clear();
+            let started = Instant::now();
+            for frame in frames {
+                let len = encoder.encode(frame, &mut packet).unwrap();
+                packets.push(packet[..len].to_vec());
+            }
+            best = best.min(started.elapsed());
+        }
+        (best, packets)
+    };
+    let (fec, fec_packets) = encode(Protection::InBandFec);
+    let (dred, packets) = encode(Protection::Dred);
+    let bytes = |packets: &[Vec<u8>]| packets.iter().map(Vec::len).sum::<usize>() / packets.len();
+    println!(
+        "  encode at 10 % expected loss: FEC {:.1} µs ({} bytes a packet), DRED {:.1} µs ({} bytes), {:.2}x",
+        per_frame_micros(fec, frames.len()),
+        bytes(&fec_packets),
+        per_frame_micros(dred, frames.len()),
+        bytes(&packets),
+        dred.as_secs_f64() / fec.as_secs_f64()
+    );
+    // Every 4th frame lost: one decoder recovers it from the next packet's
+    // DRED, its twin conceals it.
+    let (mut recover, mut conceal) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        let mut decoder = Decoder::new().unwrap();
+        let mut twin = Decoder::new().unwrap();
+        let mut pcm = [0.0_f32; FRAME_SAMPLES];
+        let (mut recovering, mut concealing) = (Duration::ZERO, Duration::ZERO);
+        for (index, packet) in packets.iter().enumerate() {
+            if index % 4 == 3 {
+                let started = Instant::now();
+                twin.conceal(&mut pcm).unwrap();
+                concealing += started.elapsed();
+                let next = packets.get(index + 1).unwrap_or(packet);
+                let started = Instant::now();
+                decoder.parse_dred(next).unwrap();
+                decoder.decode_dred(FRAME_SAMPLES, &mut pcm).unwrap();
+                recovering += started.elapsed();
+            } else {
+                decoder.decode(packet, &mut pcm).unwrap();
+                twin.decode(packet, &mut pcm).unwrap();
+            }
+            black_box(&pcm);
+        }
+        recover = recover.min(recovering);
+        conceal = conceal.min(concealing);
+    }
+    let lost = (packets.len() / 4).max(1);
+    println!(
+        "  a lost frame at complexity {DEFAULT_DECODER_COMPLEXITY}: from DRED (parse + decode) {:.1} µs, concealed {:.1} µs",
+        per_frame_micros(recover, lost),
+        per_frame_micros(conceal, lost)
+    );
 }
 
 /// The receive path of `speakers` remote speakers who all send `packets`
@@ -298,8 +368,16 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
     } = ours;
     let mut send = SendPath::new(16_000, 1, EncoderConfig::default()).unwrap();
     send.set_frame_duration(duration);
-    send.set_protection(protection.unwrap_or_else(|| protection_by_pattern(condition)))
-        .unwrap();
+    // As the SDK: a receiver asks for DRED only if its decoder recovers
+    // from it.
+    let protection = protection.unwrap_or_else(|| {
+        if decoder_complexity >= MIN_DRED_COMPLEXITY {
+            protection_by_pattern(condition)
+        } else {
+            Protection::InBandFec
+        }
+    });
+    send.set_protection(protection).unwrap();
     let expected_loss = condition.config.loss * 100.0
         + condition.config.burst.map_or(0.0, |(enter, leave, bad)| {
             100.0 * bad * enter / (enter + leave)
@@ -546,7 +624,12 @@ fn main() {
     fixture_paths.sort();
 
     let (_, first_48k) = load_48k(&fixture_paths[0]);
-    cpu(&first_48k);
+    // BENCH_AUDIO_ONLY=TEXT: only the conditions whose name holds TEXT,
+    // and no CPU figures (for a quick look at one condition).
+    let only = std::env::var("BENCH_AUDIO_ONLY").ok();
+    if only.is_none() {
+        cpu(&first_48k);
+    }
 
     let conditions = [
         Condition {
@@ -654,7 +737,13 @@ fn main() {
     // 0.15 better at 10 %, 20 % and bursty loss.
     let margins = [Some(0.0), None, Some(0.15), Some(0.15), Some(0.15)];
     let mut rows = Vec::new();
-    for condition in &conditions {
+    for (condition, margin) in conditions.iter().zip(margins) {
+        if only
+            .as_deref()
+            .is_some_and(|only| !condition.name.contains(only))
+        {
+            continue;
+        }
         println!(
             "  {}: the default column protects with {:?}",
             condition.name,
@@ -707,7 +796,7 @@ fn main() {
             .iter()
             .map(|column| [mean(column, 0), mean(column, 1)])
             .collect();
-        rows.push((condition.name, measured_loss, means));
+        rows.push((condition.name, measured_loss, means, margin));
     }
     let show = |score: Option<f64>, digits: usize| {
         score.map_or("n/a".to_owned(), |score| format!("{score:.digits$}"))
@@ -724,7 +813,7 @@ fn main() {
             "{header} {:>11} {:>13} {:>13}   ours (default) vs plain",
             "plain opus", "plain, 10 ms", "plain + DRED"
         );
-        for ((name, loss, means), margin) in rows.iter().zip(margins) {
+        for (name, loss, means, margin) in &rows {
             let plain = means[columns.len()][which];
             let verdict = match (means[default_column][which], plain) {
                 (Some(ours), Some(plain)) => {
