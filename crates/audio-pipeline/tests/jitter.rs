@@ -882,11 +882,11 @@ fn bursts_are_recovered_from_dred_with_the_look_ahead_they_need() {
         fec.stats,
         dred.stats
     );
-    // The look-ahead covers most bursts (two or three packets here), and
-    // no more than DRED reaches (100 ms).
+    // The look-ahead covers most bursts (three packets here), and no more
+    // than 60 ms.
     let (fec_target, dred_target) = (fec.target_at(15.0), dred.target_at(15.0));
     assert!(
-        dred_target >= fec_target + 20.0 && dred_target <= fec_target + 100.0,
+        dred_target >= fec_target + 20.0 && dred_target <= fec_target + 60.0,
         "targets: FEC {fec_target} ms, DRED {dred_target} ms"
     );
     // DRED is a vocoder: it keeps the speech, not the waveform, so the
