@@ -333,6 +333,22 @@ struct Ours {
     protection: Option<Protection>,
 }
 
+/// The Opus payload our encoder sends for `speech_48k` (20 ms frames,
+/// the default bitrate setting) with `protection` at a loss hint of
+/// `loss_percent`, in kbps.
+fn audio_kbps(speech_48k: &[f32], protection: Protection, loss_percent: f64) -> f64 {
+    let mut encoder = audio_pipeline::Encoder::new(EncoderConfig::default()).unwrap();
+    encoder.set_protection(protection).unwrap();
+    encoder.set_measured_loss(loss_percent as f32).unwrap();
+    let mut packet = [0_u8; MAX_PACKET];
+    let frames = speech_48k.chunks_exact(FRAME_SAMPLES);
+    let seconds = frames.len() as f64 * 0.02;
+    let bytes: usize = frames
+        .map(|frame| encoder.encode(frame, &mut packet).unwrap())
+        .sum();
+    bytes as f64 * 8.0 / seconds / 1e3
+}
+
 /// What the SDK's sender settles on for this path: DRED once its receiver
 /// says its losses come in bursts (measured here on ten seconds of the
 /// condition's losses, reported once a second as the SDK does).
@@ -749,8 +765,9 @@ fn main() {
             condition.name,
             protection_by_pattern(condition)
         );
-        let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + 3];
+        let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + 4];
         let mut measured_loss = 0.0;
+        let mut kbps = [0.0; 2];
         for fixture in &fixture_paths {
             let (original, speech_48k) = load_48k(fixture);
             let stem = fixture.file_stem().unwrap().to_string_lossy().to_string();
@@ -766,6 +783,13 @@ fn main() {
                 paths.push(path);
             }
             measured_loss += fixture_loss / fixture_paths.len() as f64;
+            for (sum, protection) in kbps
+                .iter_mut()
+                .zip([Protection::InBandFec, Protection::Dred])
+            {
+                *sum +=
+                    audio_kbps(&speech_48k, protection, fixture_loss) / fixture_paths.len() as f64;
+            }
             for duration in [FrameDuration::Ms20, FrameDuration::Ms10] {
                 let plain = align_to(
                     &original,
@@ -776,13 +800,20 @@ fn main() {
                 write(&plain_path, &plain);
                 paths.push(plain_path);
             }
-            let dred = align_to(
-                &original,
-                &dred::through_plain_libopus_with_dred(&speech_48k, condition, fixture_loss),
-            );
-            let dred_path = out_dir.join(format!("{stem}-{tag}-plain-dred.wav"));
-            write(&dred_path, &dred);
-            paths.push(dred_path);
+            for (equal_bits, name) in [(false, "dred"), (true, "dred-equal-bits")] {
+                let dred = align_to(
+                    &original,
+                    &dred::through_plain_libopus_with_dred(
+                        &speech_48k,
+                        condition,
+                        fixture_loss,
+                        equal_bits,
+                    ),
+                );
+                let dred_path = out_dir.join(format!("{stem}-{tag}-plain-{name}.wav"));
+                write(&dred_path, &dred);
+                paths.push(dred_path);
+            }
             for (column, score) in pesq(python, fixture, &paths).into_iter().enumerate() {
                 scores[column].push(score);
             }
@@ -796,6 +827,13 @@ fn main() {
             .iter()
             .map(|column| [mean(column, 0), mean(column, 1)])
             .collect();
+        println!(
+            "  {}: audio on the wire at this loss hint, FEC {:.1} kbps, DRED {:.1} kbps ({:.2}x)",
+            condition.name,
+            kbps[0],
+            kbps[1],
+            kbps[1] / kbps[0]
+        );
         rows.push((condition.name, measured_loss, means, margin));
     }
     let show = |score: Option<f64>, digits: usize| {
@@ -810,8 +848,8 @@ fn main() {
             header.push_str(&format!(" {name:>12}"));
         }
         println!(
-            "{header} {:>11} {:>13} {:>13}   ours (default) vs plain",
-            "plain opus", "plain, 10 ms", "plain + DRED"
+            "{header} {:>11} {:>13} {:>13} {:>13}   ours (default) vs plain",
+            "plain opus", "plain, 10 ms", "plain + DRED", "DRED, = bits"
         );
         for (name, loss, means, margin) in &rows {
             let plain = means[columns.len()][which];
@@ -836,10 +874,11 @@ fn main() {
                 line.push_str(&format!(" {:>12}", show(column[which], digits)));
             }
             println!(
-                "{line} {:>11} {:>13} {:>13}   {verdict}",
+                "{line} {:>11} {:>13} {:>13} {:>13}   {verdict}",
                 show(plain, digits),
                 show(means[columns.len() + 1][which], digits),
-                show(means[columns.len() + 2][which], digits)
+                show(means[columns.len() + 2][which], digits),
+                show(means[columns.len() + 3][which], digits)
             );
         }
     }
@@ -869,6 +908,7 @@ mod dred {
         speech_48k: &[f32],
         condition: &Condition,
         loss_hint: f64,
+        equal_bits: bool,
     ) -> Vec<f32> {
         let frames: Vec<&[f32]> = speech_48k.chunks_exact(FRAME_SAMPLES).collect();
         let mut network: Netem<(usize, Vec<u8>)> = Netem::new(NetemConfig {
@@ -878,7 +918,7 @@ mod dred {
         });
         let origin = Instant::now();
         let hint = (loss_hint.round() as i32).clamp(0, 100);
-        for (index, packet) in encode(&frames, hint).into_iter().enumerate() {
+        for (index, packet) in encode(&frames, hint, equal_bits).into_iter().enumerate() {
             let now = origin + Duration::from_millis(20 * index as u64);
             network.send(now, (index, packet));
         }
@@ -896,7 +936,7 @@ mod dred {
 
     /// The same bitrate as the FEC baseline, FEC off, 100 ms of DRED once
     /// loss is expected.
-    fn encode(frames: &[&[f32]], loss_hint: i32) -> Vec<Vec<u8>> {
+    fn encode(frames: &[&[f32]], loss_hint: i32, equal_bits: bool) -> Vec<Vec<u8>> {
         let mut error = 0;
         let mut packets = Vec::with_capacity(frames.len());
         // SAFETY: the encoder comes from its constructor, is checked for
@@ -909,12 +949,19 @@ mod dred {
                 !encoder.is_null() && error == opus::OPUS_OK,
                 "encoder: {error}"
             );
-            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_BITRATE_REQUEST, 32_000_i32);
+            let dred_frames: i32 = if loss_hint > 0 { 10 } else { 0 };
+            // The same bits on the wire as the FEC baseline: libopus sends
+            // more than its setting with DRED on (as our encoder scales it).
+            let bitrate = if dred_frames > 0 && equal_bits {
+                (32_000.0 * audio_pipeline::DRED_BITRATE_SCALE) as i32
+            } else {
+                32_000
+            };
+            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_BITRATE_REQUEST, bitrate);
             opus::opus_encoder_ctl(encoder, opus::OPUS_SET_COMPLEXITY_REQUEST, 9_i32);
             // Beside in-band FEC, DRED gets almost no bits at 32 kbps.
             opus::opus_encoder_ctl(encoder, opus::OPUS_SET_INBAND_FEC_REQUEST, 0_i32);
             opus::opus_encoder_ctl(encoder, opus::OPUS_SET_PACKET_LOSS_PERC_REQUEST, loss_hint);
-            let dred_frames: i32 = if loss_hint > 0 { 10 } else { 0 };
             opus::opus_encoder_ctl(encoder, opus::OPUS_SET_DRED_DURATION_REQUEST, dred_frames);
             let mut packet = [0_u8; MAX_PACKET];
             for samples in frames {

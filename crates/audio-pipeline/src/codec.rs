@@ -78,10 +78,18 @@ pub enum Protection {
 /// bursts longer than this are concealed past it.
 pub const DRED_MS: u32 = 100;
 
+/// The encoder's bitrate setting while DRED is on, as a share of the
+/// bitrate asked for, so that the packets carry about as many bits as with
+/// FEC: libopus sends ~18 % over its setting with DRED (37.1 against
+/// 31.3 kbps with FEC on the speech fixtures at 32 kbps; 32.0 scaled).
+pub const DRED_BITRATE_SCALE: f64 = 0.84;
+
 /// Opus encoder: 48 kHz mono VoIP, libopus through `opusic-sys` (the `opus`
 /// crate has no DRED).
 pub struct Encoder {
     state: std::ptr::NonNull<opusic_sys::OpusEncoder>,
+    /// The bitrate asked for: what goes on the wire, either protection.
+    bitrate: i32,
     loss_percent: i32,
     protection: Protection,
 }
@@ -111,14 +119,10 @@ impl Encoder {
     pub fn new(config: EncoderConfig) -> Result<Self, CodecError> {
         let encoder = Self {
             state: encoder_ffi::create()?,
+            bitrate: config.bitrate,
             loss_percent: 0,
             protection: Protection::InBandFec,
         };
-        encoder.set(
-            "set bitrate",
-            opusic_sys::OPUS_SET_BITRATE_REQUEST,
-            config.bitrate,
-        )?;
         encoder.set(
             "set complexity",
             opusic_sys::OPUS_SET_COMPLEXITY_REQUEST,
@@ -149,11 +153,17 @@ impl Encoder {
     /// 0 neither sends anything (on a clean link their bits go to the
     /// audio itself).
     fn apply_protection(&self) -> Result<(), CodecError> {
-        let dred = self.protection == Protection::Dred;
+        let dred = self.protection == Protection::Dred && self.loss_percent > 0;
+        let bitrate = if dred {
+            (f64::from(self.bitrate) * DRED_BITRATE_SCALE) as i32
+        } else {
+            self.bitrate
+        };
+        self.set("set bitrate", opusic_sys::OPUS_SET_BITRATE_REQUEST, bitrate)?;
         self.set(
             "set in-band FEC",
             opusic_sys::OPUS_SET_INBAND_FEC_REQUEST,
-            i32::from(!dred),
+            i32::from(self.protection == Protection::InBandFec),
         )?;
         self.set(
             "set loss hint",
@@ -161,11 +171,7 @@ impl Encoder {
             self.loss_percent,
         )?;
         // DRED's duration counts 10 ms units.
-        let dred_units = if dred && self.loss_percent > 0 {
-            (DRED_MS / 10) as i32
-        } else {
-            0
-        };
+        let dred_units = if dred { (DRED_MS / 10) as i32 } else { 0 };
         self.set(
             "set DRED duration",
             opusic_sys::OPUS_SET_DRED_DURATION_REQUEST,
@@ -198,9 +204,10 @@ impl Encoder {
         self.protection
     }
 
-    /// Changes the bitrate.
+    /// Changes the bitrate (what goes on the wire, either protection).
     pub fn set_bitrate(&mut self, bitrate: i32) -> Result<(), CodecError> {
-        self.set("set bitrate", opusic_sys::OPUS_SET_BITRATE_REQUEST, bitrate)
+        self.bitrate = bitrate;
+        self.apply_protection()
     }
 
     /// Encodes one frame into `out`: 10 or 20 ms (480 or 960 samples; any

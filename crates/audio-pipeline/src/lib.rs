@@ -12,8 +12,8 @@ pub(crate) mod resample;
 mod timescale;
 
 pub use codec::{
-    CodecError, DEFAULT_DECODER_COMPLEXITY, DRED_MS, Decoder, Encoder, EncoderConfig,
-    MIN_DRED_COMPLEXITY, Protection, has_fec, is_dtx_frame, packet_samples,
+    CodecError, DEFAULT_DECODER_COMPLEXITY, DRED_BITRATE_SCALE, DRED_MS, Decoder, Encoder,
+    EncoderConfig, MIN_DRED_COMPLEXITY, Protection, has_fec, is_dtx_frame, packet_samples,
 };
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PullKind};
 pub use loss::LossMeter;
