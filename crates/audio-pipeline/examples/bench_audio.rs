@@ -7,15 +7,24 @@
 //!   LACE, NoLACE);
 //! - wideband PESQ and STOI of the speech fixtures through encoder →
 //!   emulated network → jitter buffer → decoder (pulled 5 ms at a time, as
-//!   playout does) at 0, 5, 10, 20 % random loss and one bursty pattern, at
-//!   each decoder complexity, without time-scaling, with the
-//!   low-latency profile's 10 ms frames, with FEC only and DRED only (the
-//!   default picks one by the loss pattern, as the SDK does), beside plain
-//!   libopus (FEC from the next packet when it arrived, PLC otherwise) and
-//!   plain libopus with DRED instead of FEC (each lost frame from the DRED of the first packet
-//!   after it, within four packets), with the very same losses;
-//!   each output aligned to the original utterance by utterance (a jitter
-//!   buffer may move its delay in a pause), the baseline the same way.
+//!   playout does) at 0, 5, 10, 20 % random loss and one bursty pattern,
+//!   each under three loss patterns (seeds), in a call's steady state:
+//!   each fixture twice in a row through one path, the second pass scored
+//!   (a "cold" column scores a single pass). Our columns: each decoder
+//!   complexity, without time-scaling, the low-latency profile's 10 ms
+//!   frames, a fixed 80 ms delay, cold, FEC only and DRED only (the
+//!   default picks one by the loss pattern, as the SDK does); beside plain
+//!   libopus (FEC from the next packet when it arrived, PLC otherwise) at
+//!   20 and 10 ms and plain libopus with DRED instead of FEC (each lost
+//!   frame from the DRED of the first packet after it, within four
+//!   packets), at the bitrate setting and at equal bits, with the very
+//!   same losses; each output aligned to the original utterance by
+//!   utterance (a jitter buffer may move its delay in a pause), the
+//!   baselines the same way; and what each protection puts on the wire;
+//! - what DRED costs to encode and to recover a frame from.
+//!
+//! BENCH_AUDIO_ONLY=TEXT runs only the conditions whose name holds TEXT,
+//! without the CPU figures; BENCH_AUDIO_SEEDS=N sets the loss patterns.
 //!
 //! usage: bench_audio FIXTURE_DIR OUT_DIR [PYTHON]  (PYTHON: a python with
 //! numpy, pesq and pystoi; without it the scoring part only writes the WAV
@@ -331,6 +340,9 @@ struct Ours {
     /// `None`: chosen as the SDK does, by whether the receiver's losses
     /// are bursty.
     protection: Option<Protection>,
+    fixed_ms: Option<u64>,
+    /// Scored from the path's first packet, not after a pass of warm-up.
+    cold: bool,
 }
 
 /// The Opus payload our encoder sends for `speech_48k` (20 ms frames,
@@ -381,6 +393,8 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
         time_scaling,
         frame: duration,
         protection,
+        fixed_ms,
+        cold: _,
     } = ours;
     let mut send = SendPath::new(16_000, 1, EncoderConfig::default()).unwrap();
     send.set_frame_duration(duration);
@@ -400,11 +414,17 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
         });
     send.set_measured_loss(expected_loss as f32).unwrap();
     let mut network: Netem<MediaPacket> = Netem::new(condition.config);
-    let mut receive = ReceivePath::with_jitter_config(JitterConfig {
+    let mut config = JitterConfig {
         decoder_complexity,
         time_scaling,
         ..JitterConfig::default()
-    });
+    };
+    if let Some(fixed) = fixed_ms {
+        config.initial_delay = Duration::from_millis(fixed);
+        config.min_delay = Duration::from_millis(fixed);
+        config.max_delay = Duration::from_millis(fixed);
+    }
+    let mut receive = ReceivePath::with_jitter_config(config);
     let (mut ring, _) = receive.add_speaker().unwrap();
     let mut down = Resampler::new(48_000, 1, 16_000, 1, 480).unwrap();
     let origin = Instant::now();
@@ -436,7 +456,46 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
             degraded.extend_from_slice(&chunk_16k);
         }
     }
-    (align_to(original_16k, &degraded), network.loss_percent())
+    (degraded, network.loss_percent())
+}
+
+/// One fixture as the benchmark plays it: a call's steady state, so the
+/// same speech twice in a row through one path (the loss reports have set
+/// the sender's protection, the receiving buffer has learned the path),
+/// the second pass scored; the cold columns play it once.
+struct Input {
+    original: Vec<f32>,
+    twice_16k: Vec<f32>,
+    twice_48k: Vec<f32>,
+    /// Where the scored pass starts in an output of `twice_*` at 16 kHz,
+    /// a little early (the output's delay is found by alignment).
+    cut: usize,
+}
+
+impl Input {
+    fn load(path: &Path) -> Self {
+        let (original, speech_48k) = load_48k(path);
+        let first_16k = original.len() + 1_600;
+        let twice_16k = original
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0.0, 1_600))
+            .chain(original.iter().copied())
+            .collect();
+        let twice_48k = [speech_48k.as_slice(), speech_48k.as_slice()].concat();
+        let cut = first_16k.min(speech_48k.len() / 3).saturating_sub(800);
+        Self {
+            original,
+            twice_16k,
+            twice_48k,
+            cut,
+        }
+    }
+
+    /// The scored pass of an output of `twice_*`, aligned to the original.
+    fn scored(&self, degraded: &[f32]) -> Vec<f32> {
+        align_to(&self.original, degraded.get(self.cut..).unwrap_or_default())
+    }
 }
 
 /// Plain libopus with the same losses: no buffer; a lost frame is
@@ -643,6 +702,12 @@ fn main() {
     // BENCH_AUDIO_ONLY=TEXT: only the conditions whose name holds TEXT,
     // and no CPU figures (for a quick look at one condition).
     let only = std::env::var("BENCH_AUDIO_ONLY").ok();
+    // BENCH_AUDIO_SEEDS=N: loss patterns per condition and fixture (3).
+    let seeds: usize = std::env::var("BENCH_AUDIO_SEEDS")
+        .ok()
+        .and_then(|seeds| seeds.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     if only.is_none() {
         cpu(&first_48k);
     }
@@ -694,6 +759,8 @@ fn main() {
         time_scaling: true,
         frame: FrameDuration::Ms20,
         protection: None,
+        fixed_ms: None,
+        cold: false,
     };
     let mut columns: Vec<(&str, Ours)> = [
         (0, "0 classic"),
@@ -723,6 +790,20 @@ fn main() {
         "7, 10 ms",
         Ours {
             frame: FrameDuration::Ms10,
+            ..default
+        },
+    ));
+    columns.push((
+        "7, fixed 80",
+        Ours {
+            fixed_ms: Some(80),
+            ..default
+        },
+    ));
+    columns.push((
+        "7, cold",
+        Ours {
+            cold: true,
             ..default
         },
     ));
@@ -768,48 +849,70 @@ fn main() {
         let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + 4];
         let mut measured_loss = 0.0;
         let mut kbps = [0.0; 2];
-        for fixture in &fixture_paths {
-            let (original, speech_48k) = load_48k(fixture);
+        // Each fixture under `seeds` loss patterns of the condition: one
+        // pattern's scores move by ±0.1–0.2 with where its losses fall.
+        let runs = (fixture_paths.len() * seeds) as f64;
+        for (fixture, seed) in fixture_paths
+            .iter()
+            .flat_map(|fixture| (0..seeds as u64).map(move |seed| (fixture, seed)))
+        {
+            let condition = &Condition {
+                name: condition.name,
+                config: NetemConfig {
+                    seed: condition.config.seed + 1_000 * seed,
+                    ..condition.config
+                },
+            };
+            let input = Input::load(fixture);
             let stem = fixture.file_stem().unwrap().to_string_lossy().to_string();
-            let tag = condition.name.replace(['%', ' ', '(', ')', '~'], "");
+            let tag = format!(
+                "{}-{seed}",
+                condition.name.replace(['%', ' ', '(', ')', '~'], "")
+            );
             let mut paths = Vec::new();
             // The same seed gives every run the same losses.
             let mut fixture_loss = 0.0;
             for (index, (_, ours)) in columns.iter().enumerate() {
-                let (degraded, loss) = through_pipeline(&original, condition, *ours);
-                fixture_loss = loss;
+                let degraded = if ours.cold {
+                    align_to(
+                        &input.original,
+                        &through_pipeline(&input.original, condition, *ours).0,
+                    )
+                } else {
+                    let (degraded, loss) = through_pipeline(&input.twice_16k, condition, *ours);
+                    fixture_loss = loss;
+                    input.scored(&degraded)
+                };
                 let path = out_dir.join(format!("{stem}-{tag}-ours-{index}.wav"));
                 write(&path, &degraded);
                 paths.push(path);
             }
-            measured_loss += fixture_loss / fixture_paths.len() as f64;
+            measured_loss += fixture_loss / runs;
             for (sum, protection) in kbps
                 .iter_mut()
                 .zip([Protection::InBandFec, Protection::Dred])
             {
-                *sum +=
-                    audio_kbps(&speech_48k, protection, fixture_loss) / fixture_paths.len() as f64;
+                *sum += audio_kbps(&input.twice_48k, protection, fixture_loss) / runs;
             }
             for duration in [FrameDuration::Ms20, FrameDuration::Ms10] {
-                let plain = align_to(
-                    &original,
-                    &through_plain_libopus(&speech_48k, condition, fixture_loss, duration),
-                );
+                let plain = input.scored(&through_plain_libopus(
+                    &input.twice_48k,
+                    condition,
+                    fixture_loss,
+                    duration,
+                ));
                 let plain_path =
                     out_dir.join(format!("{stem}-{tag}-plain-{}ms.wav", duration.millis()));
                 write(&plain_path, &plain);
                 paths.push(plain_path);
             }
             for (equal_bits, name) in [(false, "dred"), (true, "dred-equal-bits")] {
-                let dred = align_to(
-                    &original,
-                    &dred::through_plain_libopus_with_dred(
-                        &speech_48k,
-                        condition,
-                        fixture_loss,
-                        equal_bits,
-                    ),
-                );
+                let dred = input.scored(&dred::through_plain_libopus_with_dred(
+                    &input.twice_48k,
+                    condition,
+                    fixture_loss,
+                    equal_bits,
+                ));
                 let dred_path = out_dir.join(format!("{stem}-{tag}-plain-{name}.wav"));
                 write(&dred_path, &dred);
                 paths.push(dred_path);
