@@ -72,12 +72,13 @@ const BURST_BINS: usize = 8;
 /// concealed at their start and recovered from DRED once the packet after
 /// them comes (the buffer grows for them, and time-scales back). 0.8 moved
 /// the target up and down with each burst (bursty PESQ 2.25); 0.95, with
-/// the bursts' long memory below, holds it (2.39; docs/benchmarks.md).
+/// the bursts' long memory below, holds it (2.39; one pass of the
+/// fixtures, DRED over its bitrate: docs/benchmarks.md).
 const BURST_QUANTILE: f64 = 0.95;
 
 /// The most look-ahead the buffer holds for DRED. DRED reaches 100 ms
-/// back, but waiting that long cost more than it recovered: bursty PESQ
-/// 2.39 at 100 ms, 2.42 at 60 (docs/benchmarks.md), for 40 ms less delay.
+/// back, but waiting that long did not pay: bursty PESQ 2.39 at 100 ms,
+/// 2.42 at 60 (measured as above), for 40 ms less delay.
 const DRED_LOOK_AHEAD_MS: f64 = 60.0;
 
 /// How much of the burst-length histogram each new burst keeps: a memory
