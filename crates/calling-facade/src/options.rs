@@ -49,8 +49,10 @@ pub struct ClientOptions {
     /// reconnection existed.
     pub reconnect: Option<ReconnectPolicy>,
     /// How the receiving side decodes (libopus's decoder complexity): 5 and
-    /// up conceal lost frames with Deep PLC, 6 and 7 enhance every frame
-    /// (LACE, NoLACE; 7 costs ~0.1 ms a frame per remote speaker).
+    /// up conceal lost frames with Deep PLC and recover bursts from DRED
+    /// (the SDK then asks senders whose packets it loses in bursts for
+    /// DRED instead of in-band FEC), 6 and 7 enhance every frame (LACE,
+    /// NoLACE; 7 costs ~0.1 ms a frame per remote speaker).
     /// [`DEFAULT_DECODER_COMPLEXITY`] unless set; the other side needs
     /// nothing for it.
     pub decoder_complexity: u8,
