@@ -389,11 +389,13 @@ fn shorter_pulls_play_the_same_audio_no_later() {
 
 #[test]
 fn without_time_scaling_the_delay_moves_by_whole_frames() {
-    // A lossy path (no pause is cut there): the look-ahead frame is added
-    // by inserting concealed frames, not by stretching speech.
+    // A lossy path (no pause is cut there), playout started at 20 ms: the
+    // look-ahead frame is added by inserting concealed frames, not by
+    // stretching speech.
     let outcome = run(&Scenario {
         config: JitterConfig {
             time_scaling: false,
+            initial_delay: Duration::from_millis(20),
             ..JitterConfig::default()
         },
         ..ten_percent_loss()
@@ -898,4 +900,35 @@ fn bursts_are_recovered_from_dred_with_the_look_ahead_they_need() {
         dred_score > fec_score - 0.05,
         "FEC {fec_score}, DRED {dred_score}"
     );
+}
+
+#[test]
+fn jitter_is_absorbed_without_reshaping_speech() {
+    // 0–40 ms more delay on each packet, at random (reordered): the newest
+    // packet buffered is early or late by that much, so the audio buffered
+    // swings by up to 40 ms around its mean with every packet. Playout
+    // itself keeps its pace: once the target covers the jitter, speech is
+    // neither stretched nor squeezed, and nothing is concealed.
+    let outcome = run(&Scenario {
+        seconds: 20,
+        network: vec![(
+            0.0,
+            NetemConfig {
+                jitter: Duration::from_millis(40),
+                seed: 9,
+                ..NetemConfig::default()
+            },
+        )],
+        pull_ms: PLAYOUT_PULL_MS,
+        ..Scenario::default()
+    });
+    let stats = outcome.stats;
+    let reshaped = stats.accelerate_rate() + stats.expand_rate();
+    assert!(
+        reshaped < 0.01,
+        "{:.3} of the output time-scaled: {stats:?}",
+        reshaped
+    );
+    let score = segment_correlation(&outcome.input, &outcome.output);
+    assert!(score > 0.9, "correlation {score}: {stats:?}");
 }
