@@ -253,20 +253,10 @@ mod encoder_ffi {
                 &raw mut code,
             )
         };
-        match NonNull::new(state) {
-            Some(state) if code == opusic_sys::OPUS_OK => Ok(state),
-            Some(state) => {
-                destroy(state);
-                Err(CodecError::Encoder {
-                    what: "create",
-                    code,
-                })
-            }
-            None => Err(CodecError::Encoder {
-                what: "create",
-                code,
-            }),
-        }
+        super::created(state, code, destroy).map_err(|code| CodecError::Encoder {
+            what: "create",
+            code,
+        })
     }
 
     pub(super) fn destroy(state: NonNull<opusic_sys::OpusEncoder>) {
@@ -334,6 +324,23 @@ mod encoder_ffi {
     }
 }
 
+/// What a libopus constructor returned: its state, or its error code (a
+/// state made despite an error is destroyed).
+fn created<T>(
+    state: *mut T,
+    code: i32,
+    destroy: impl FnOnce(std::ptr::NonNull<T>),
+) -> Result<std::ptr::NonNull<T>, i32> {
+    match std::ptr::NonNull::new(state) {
+        Some(state) if code == opusic_sys::OPUS_OK => Ok(state),
+        Some(state) => {
+            destroy(state);
+            Err(code)
+        }
+        None => Err(code),
+    }
+}
+
 /// Whether an encoded frame of `len` bytes is a DTX frame: the encoder's
 /// "nothing to say" that a sender need not transmit.
 pub fn is_dtx_frame(len: usize) -> bool {
@@ -389,20 +396,10 @@ mod ffi {
         let rate = i32::try_from(SAMPLE_RATE).unwrap_or(48_000);
         // SAFETY: `code` is a valid out-pointer for the call's duration.
         let state = unsafe { opusic_sys::opus_decoder_create(rate, 1, &raw mut code) };
-        match NonNull::new(state) {
-            Some(state) if code == opusic_sys::OPUS_OK => Ok(state),
-            Some(state) => {
-                destroy(state);
-                Err(CodecError::Decoder {
-                    what: "create",
-                    code,
-                })
-            }
-            None => Err(CodecError::Decoder {
-                what: "create",
-                code,
-            }),
-        }
+        super::created(state, code, destroy).map_err(|code| CodecError::Decoder {
+            what: "create",
+            code,
+        })
     }
 
     pub(super) fn destroy(state: NonNull<opusic_sys::OpusDecoder>) {
@@ -479,31 +476,29 @@ mod ffi {
 
     impl Dred {
         pub(super) fn create() -> Result<Self, CodecError> {
+            let error = |what| move |code| CodecError::Decoder { what, code };
             let mut code = 0;
             // SAFETY: `code` is a valid out-pointer for each call.
             let decoder = unsafe { opusic_sys::opus_dred_decoder_create(&raw mut code) };
-            let Some(decoder) = NonNull::new(decoder).filter(|_| code == opusic_sys::OPUS_OK)
-            else {
-                if let Some(decoder) = NonNull::new(decoder) {
-                    // SAFETY: created above, destroyed once.
-                    unsafe { opusic_sys::opus_dred_decoder_destroy(decoder.as_ptr()) }
-                }
-                return Err(CodecError::Decoder {
-                    what: "create DRED decoder",
-                    code,
-                });
-            };
+            let decoder = super::created(decoder, code, |decoder| {
+                // SAFETY: created above, destroyed once.
+                unsafe { opusic_sys::opus_dred_decoder_destroy(decoder.as_ptr()) }
+            })
+            .map_err(error("create DRED decoder"))?;
+            // `opus_dred_alloc` writes the code only when it fails.
+            code = opusic_sys::OPUS_OK;
             // SAFETY: as above.
             let parsed = unsafe { opusic_sys::opus_dred_alloc(&raw mut code) };
-            match NonNull::new(parsed) {
-                Some(parsed) => Ok(Self { decoder, parsed }),
-                None => {
+            let parsed = super::created(parsed, code, |parsed| {
+                // SAFETY: allocated above, freed once.
+                unsafe { opusic_sys::opus_dred_free(parsed.as_ptr()) }
+            });
+            match parsed {
+                Ok(parsed) => Ok(Self { decoder, parsed }),
+                Err(code) => {
                     // SAFETY: created above, destroyed once.
                     unsafe { opusic_sys::opus_dred_decoder_destroy(decoder.as_ptr()) }
-                    Err(CodecError::Decoder {
-                        what: "allocate DRED",
-                        code,
-                    })
+                    Err(error("allocate DRED")(code))
                 }
             }
         }
