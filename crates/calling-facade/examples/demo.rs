@@ -267,7 +267,7 @@ async fn main() {
     for (listener, speakers) in &stats {
         for (speaker, jitter) in speakers {
             println!(
-                "  {listener}'s jitter buffer for {speaker}: {} packets, {} late, delay {:.0} ms (target {:.0} ms), concealed {:.0} ms in {} events, {} FEC-recovered, accelerate {:.1} %, expand {:.1} %",
+                "  {listener}'s jitter buffer for {speaker}: {} packets, {} late, delay {:.0} ms (target {:.0} ms), concealed {:.0} ms in {} events, {} FEC-recovered, {} DRED-recovered, accelerate {:.1} %, expand {:.1} %",
                 jitter.packets_received,
                 jitter.late_packets,
                 jitter.current_delay_ms,
@@ -275,6 +275,7 @@ async fn main() {
                 jitter.concealed_samples as f64 / 48.0,
                 jitter.concealment_events,
                 jitter.fec_recovered,
+                jitter.dred_recovered,
                 100.0 * jitter.accelerate_rate(),
                 100.0 * jitter.expand_rate()
             );
