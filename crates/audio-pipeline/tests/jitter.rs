@@ -65,10 +65,10 @@ struct Packet {
 /// Encodes `signal` frame by frame, as a sender would (DTX frames unsent):
 /// when each frame is sent (its end's timestamp: a frame leaves once its
 /// last sample is in) and its packet. Frames are `frames.0` long, and
-/// `frames.1` from the time (seconds) it says on.
+/// `frames.1` from the time (seconds) it says on; protection likewise.
 fn encode(
     signal: &[f32],
-    (loss_hint, protection): (f32, Protection),
+    (loss_hint, protection, switch_protection): (f32, Protection, Option<(f64, Protection)>),
     dtx: bool,
     frames: (FrameDuration, Option<(f64, FrameDuration)>),
 ) -> Vec<(u32, Option<Packet>)> {
@@ -88,6 +88,11 @@ fn encode(
             Some((from, later)) if at as f64 / 48_000.0 >= from => later,
             _ => frames.0,
         };
+        if let Some((from, later)) = switch_protection {
+            if at as f64 / 48_000.0 >= from {
+                encoder.set_protection(later).unwrap();
+            }
+        }
         let Some(frame) = signal.get(at..at + duration.samples()) else {
             return out;
         };
@@ -122,8 +127,10 @@ struct Scenario {
     /// The sender is silent (sends nothing) over this span, in seconds.
     sender_pause: Option<(f64, f64)>,
     loss_hint: f32,
-    /// How the sender protects its audio once it expects loss.
+    /// How the sender protects its audio once it expects loss, and from a
+    /// time (seconds) on.
     protection: Protection,
+    switch_protection: Option<(f64, Protection)>,
     dtx: bool,
     /// The talker is silent over this span, in seconds (the input is zero).
     silence: Option<(f64, f64)>,
@@ -146,6 +153,7 @@ impl Default for Scenario {
             sender_pause: None,
             loss_hint: 0.0,
             protection: Protection::InBandFec,
+            switch_protection: None,
             dtx: false,
             silence: None,
             pull_ms: 20,
@@ -172,7 +180,11 @@ fn run(scenario: &Scenario) -> Outcome {
     }
     let packets = encode(
         &input,
-        (scenario.loss_hint, scenario.protection),
+        (
+            scenario.loss_hint,
+            scenario.protection,
+            scenario.switch_protection,
+        ),
         scenario.dtx,
         (scenario.frame, scenario.switch_frame),
     );
@@ -664,7 +676,7 @@ fn play_with_a_stall(voiced: bool, for_good: bool) -> (JitterStats, f64) {
     let input = speech_like(10);
     let packets: Vec<Option<Packet>> = encode(
         &input,
-        (0.0, Protection::InBandFec),
+        (0.0, Protection::InBandFec, None),
         false,
         (FrameDuration::Ms20, None),
     )
@@ -931,4 +943,35 @@ fn jitter_is_absorbed_without_reshaping_speech() {
     );
     let score = segment_correlation(&outcome.input, &outcome.output);
     assert!(score > 0.9, "correlation {score}: {stats:?}");
+}
+
+#[test]
+fn the_dred_look_ahead_goes_once_the_sender_is_back_on_fec() {
+    // Bursty loss and DRED for 12 s; then the path loses single packets
+    // and the sender is back on FEC (its receiver stopped asking).
+    let bursty = bursty_loss(Protection::Dred);
+    let outcome = run(&Scenario {
+        network: vec![
+            bursty.network[0],
+            (
+                12.0,
+                NetemConfig {
+                    loss: 0.10,
+                    seed: 3,
+                    ..NetemConfig::default()
+                },
+            ),
+        ],
+        switch_protection: Some((12.0, Protection::InBandFec)),
+        ..bursty
+    });
+    let (with_dred, back_on_fec) = (outcome.target_at(10.0), outcome.target_at(12.5));
+    // FEC's look-ahead is a packet; DRED's here two or three. Half a
+    // second after the switch it is gone: the first loss the buffer meets
+    // is read for DRED and has none.
+    assert!(
+        with_dred >= back_on_fec + 20.0,
+        "target {with_dred} ms with DRED, {back_on_fec} ms back on FEC"
+    );
+    assert!(outcome.stats.dred_recovered > 0 && outcome.stats.fec_recovered > 0);
 }
