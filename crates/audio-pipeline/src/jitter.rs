@@ -21,11 +21,12 @@
 //! starting at 60 ms, plus look-ahead while packets are being lost: one
 //! packet for FEC, or — while the sender protects with DRED — as many as
 //! most recent bursts were long, so the packet after a burst is there
-//! before the burst's first frame is due. While someone speaks, the buffer time-scales only when
-//! it is a packet (and at least 20 ms) off its target; on a clean path it also cuts audio it
-//! holds over the target in pauses (60 ms without voice), where
-//! nobody hears it, so it converges to the target within a second and
-//! holds no frame a pull longer than it must. A sequence gap is loss; a timestamp
+//! before the burst's first frame is due. While someone speaks, the buffer
+//! time-scales only when it is a packet (and at least 20 ms) off its
+//! target; on a clean path it also cuts audio it holds over the target in
+//! pauses (60 ms without voice), where nobody hears it, so it converges to
+//! the target within a second and holds no frame a pull longer than it
+//! must. A sequence gap is loss; a timestamp
 //! gap with contiguous sequence numbers is a DTX pause, never concealed. A
 //! late joiner or a burst that would leave seconds in the buffer is cut back
 //! to the target at once.
@@ -256,11 +257,8 @@ pub struct JitterBuffer {
     /// Recent bursts by length (1 to `BURST_BINS` lost frames in a row),
     /// with a forgetting factor.
     bursts: [f64; BURST_BINS],
-    /// Whether the last packet read for DRED carried some: the sender
-    /// protects with DRED, so bursts are worth waiting for.
-    stream_has_dred: bool,
     /// The packet whose DRED the decoder holds, and how many samples
-    /// before it the DRED reaches.
+    /// before it the DRED reaches (0: none, the sender protects with FEC).
     dred_parsed: Option<(u32, usize)>,
     stats: JitterStats,
     origin: Option<Instant>,
@@ -313,7 +311,6 @@ impl JitterBuffer {
             recent_loss: 0.0,
             burst: 0,
             bursts: [0.0; BURST_BINS],
-            stream_has_dred: false,
             dred_parsed: None,
             stats: JitterStats::default(),
             origin: None,
@@ -491,13 +488,19 @@ impl JitterBuffer {
         let packet = self.packet_ms();
         let look_ahead = if self.recent_loss <= 0.005 {
             0.0
-        } else if self.stream_has_dred {
+        } else if self.stream_has_dred() {
             let reach = (DRED_LOOK_AHEAD_MS / packet).floor().max(1.0);
             packet * (self.usual_burst() as f64).min(reach)
         } else {
             packet
         };
         self.target_ms = (self.lateness_ms + packet + look_ahead).clamp(min, max);
+    }
+
+    /// Whether the last packet read for DRED carried some: the sender
+    /// protects with DRED, so bursts are worth waiting for.
+    fn stream_has_dred(&self) -> bool {
+        self.dred_parsed.is_some_and(|(_, covered)| covered > 0)
     }
 
     /// The burst length (lost frames in a row) that covers
@@ -546,7 +549,6 @@ impl JitterBuffer {
                     .parse_dred(&later.data[..later.len])
                     .unwrap_or(0);
                 self.dred_parsed = Some((later.seq, covered));
-                self.stream_has_dred = covered > 0;
                 covered
             }
         };
@@ -825,11 +827,12 @@ impl JitterBuffer {
         // (they would have the buffer reshape speech all through the first
         // second, as the target comes down from its cautious start).
         let speech_band_ms = packet_ms.max(SPEECH_BAND_MS);
+        let lag = self.playout_lag_ms(now).unwrap_or(delay);
         if clean_path && over_in_pause > packet_ms / 2.0 && self.unvoiced_ms >= PAUSE_MS {
             let cut = ((over_in_pause * 48.0) as usize).min(frame_len);
             self.sync.extend(frame[cut..].iter().copied());
             self.stats.accelerated_samples += cut as u64;
-        } else if self.playout_lag_ms(now).unwrap_or(delay) > self.target_ms + speech_band_ms {
+        } else if lag > self.target_ms + speech_band_ms {
             if self.config.time_scaling {
                 self.stats.accelerated_samples +=
                     timescale::accelerate(frame, &mut self.sync) as u64;
@@ -837,9 +840,7 @@ impl JitterBuffer {
                 // Drop the frame.
                 self.stats.accelerated_samples += frame_len as u64;
             }
-        } else if self.playout_lag_ms(now).unwrap_or(delay) + speech_band_ms < self.target_ms
-            && !concealed
-        {
+        } else if lag + speech_band_ms < self.target_ms && !concealed {
             if self.config.time_scaling {
                 self.stats.expanded_samples += timescale::expand(frame, &mut self.sync) as u64;
             } else {
