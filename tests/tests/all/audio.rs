@@ -155,13 +155,12 @@ async fn ten_ms_frames_wait_until_every_receiver_plays_them() {
     assert!(energy > 100.0, "the tone decodes: energy {energy}");
     assert!(told, "alice says what she plays");
     // Bob says he plays 10 ms frames (as an SDK does once a second).
-    let mut features = [0; 16];
-    let len = MediaHeader::about(DatagramKind::Features, alice_flow)
-        .encode(&ReceiverFeatures::ours().to_payload(), &mut features)
-        .unwrap();
-    bob.connection
-        .send_datagram(features[..len].to_vec().into())
-        .unwrap();
+    crate::media::send_about(
+        &bob,
+        DatagramKind::Features,
+        alice_flow,
+        &ReceiverFeatures::ours().to_payload(),
+    );
     let (after, ..) = listen(Duration::from_millis(1_000)).await;
     let tail = &after[after.len().saturating_sub(50)..];
     assert!(
@@ -204,13 +203,7 @@ async fn dred_replaces_fec_only_while_the_receiver_asks_for_it() {
             ),
             (DatagramKind::Features, features.to_payload()),
         ] {
-            let mut datagram = [0; 16];
-            let len = MediaHeader::about(kind, alice_flow)
-                .encode(&payload, &mut datagram)
-                .unwrap();
-            bob.connection
-                .send_datagram(datagram[..len].to_vec().into())
-                .unwrap();
+            crate::media::send_about(&bob, kind, alice_flow, &payload);
         }
     };
     // Of alice's audio packets over the last second of `span`: how many

@@ -86,6 +86,18 @@ pub async fn raw_call(
     caller_flow
 }
 
+/// `peer` sends a feedback datagram (a loss report, its features) about
+/// `flow`, as a receiver does.
+pub fn send_about(peer: &ClientConnection, kind: DatagramKind, flow: FlowId, payload: &[u8]) {
+    let mut datagram = [0; 32];
+    let len = MediaHeader::about(kind, flow)
+        .encode(payload, &mut datagram)
+        .unwrap();
+    peer.connection
+        .send_datagram(datagram[..len].to_vec().into())
+        .unwrap();
+}
+
 /// `callee` accepts the invitation that rings next and sees its caller
 /// enter. Returns the caller's flow.
 pub async fn raw_accept(callee: &mut ClientConnection) -> FlowId {
