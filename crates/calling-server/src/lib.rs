@@ -241,6 +241,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         bind_both(&config, &identity, &reset_key).await?;
     let endpoints = quic.endpoints().to_vec();
     let admission = quic.admission_stats();
+    let sends = quic.send_stats();
 
     let (hub_tx, hub_rx) = mpsc::channel(4096);
     let routes = Arc::new(relay::MediaRoutes::default());
@@ -282,6 +283,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 hub: hub_tx.clone(),
                 shared: Arc::clone(&shared),
                 admission: admission.clone(),
+                sends,
                 admin_token: operations.admin_token.clone(),
                 drain: drain.clone(),
                 liveness: Arc::clone(&liveness),

@@ -114,6 +114,7 @@ pub(crate) struct Snapshot {
     pub(crate) relay: RelayCounts,
     pub(crate) limits: LimitCounts,
     pub(crate) admission: signaling_quic::AdmissionCounts,
+    pub(crate) sends: signaling_quic::SendCounts,
     pub(crate) process: Option<ProcessStats>,
     pub(crate) connections: [(&'static str, usize); 3],
     pub(crate) ready: bool,
@@ -378,6 +379,18 @@ fn gauge(
     Ok(())
 }
 
+/// A counter of one series, without labels.
+fn single_counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric =
+        encoder.encode_descriptor(name, help, None, ConstCounter::new(0_u64).metric_type())?;
+    ConstCounter::new(value).encode(metric)
+}
+
 /// A gauge of one series, without labels.
 fn single_gauge(
     encoder: &mut DescriptorEncoder<'_>,
@@ -400,6 +413,7 @@ impl Collector for SnapshotCollector {
             .clone();
         encode_refusals(&mut encoder, &snapshot)?;
         encode_presence(&mut encoder, &snapshot)?;
+        encode_sends(&mut encoder, snapshot.sends)?;
         if let Some(process) = snapshot.process {
             encode_process(&mut encoder, process)?;
         }
@@ -413,13 +427,12 @@ fn encode_refusals(
     snapshot: &Snapshot,
 ) -> Result<(), std::fmt::Error> {
     let relay = snapshot.relay;
-    let metric = encoder.encode_descriptor(
+    single_counter(
+        encoder,
         "relay_datagrams_forwarded",
         "Audio datagrams sent on to a call member (one per receiver)",
-        None,
-        ConstCounter::new(0_u64).metric_type(),
+        relay.forwarded,
     )?;
-    ConstCounter::new(relay.forwarded).encode(metric)?;
     counter(
         encoder,
         "relay_datagrams_dropped",
@@ -471,6 +484,31 @@ fn encode_refusals(
                 hub.map_or(0, |hub| hub.invitees_congested),
             ),
         ],
+    )
+}
+
+/// What the QUIC sockets sent, and in how many system calls.
+fn encode_sends(
+    encoder: &mut DescriptorEncoder<'_>,
+    sends: signaling_quic::SendCounts,
+) -> Result<(), std::fmt::Error> {
+    single_counter(
+        encoder,
+        "udp_packets_sent",
+        "QUIC packets handed to the kernel",
+        sends.packets,
+    )?;
+    single_counter(
+        encoder,
+        "udp_send_calls",
+        "System calls that sent them (one sendmmsg sends many)",
+        sends.calls,
+    )?;
+    single_counter(
+        encoder,
+        "udp_packets_refused",
+        "QUIC packets the kernel refused to send, dropped",
+        sends.dropped,
     )
 }
 

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod address;
+#[cfg(target_os = "linux")]
+mod batching;
 mod client;
 mod error;
 mod identity;
@@ -19,7 +21,7 @@ pub use identity::{CertFingerprint, ServerIdentity, write_private};
 pub use link::{Quic, QuicMedia, QuicSend};
 pub use server::{
     AcceptedConnection, AdmissionCounts, AdmissionStats, IpSlot, PreLoginSlot, QuicServer,
-    ServerConnection, ServerLimits,
+    SendCounts, SendStats, ServerConnection, ServerLimits,
 };
 pub use steering::MAX_ENDPOINTS;
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};

@@ -276,6 +276,16 @@ async fn metrics_count_exactly_what_the_calls_did() {
     );
     assert_eq!(series(&text, "opencalling_ready"), 1.0);
     assert!(series(&text, "opencalling_process_resident_memory_bytes") > 1e6);
+    // Every login and call answered over QUIC: packets went out, never
+    // more calls than packets, none refused on loopback.
+    let packets = series(&text, "opencalling_udp_packets_sent_total");
+    let calls = series(&text, "opencalling_udp_send_calls_total");
+    assert!(packets > 20.0, "{packets} packets sent");
+    assert!(
+        calls >= 1.0 && calls <= packets,
+        "{calls} calls for {packets}"
+    );
+    assert_eq!(series(&text, "opencalling_udp_packets_refused_total"), 0.0);
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
     // Each QUIC connection's path is sampled a second after its login.
     let started = std::time::Instant::now();
