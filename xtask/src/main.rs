@@ -251,20 +251,7 @@ fn cluster_demo() -> Result {
 
 fn bench(args: &[String]) -> Result {
     let tools = Tools::provision()?;
-    let release_example = |package: &str, example: &str| {
-        let mut command = cargo();
-        tools.apply(&mut command).args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            package,
-            "--example",
-            example,
-            "--",
-        ]);
-        command
-    };
+    let release_example = |package: &str, example: &str| release_example(&tools, package, example);
     step(
         "bench: switchboard call logic",
         release_example("signaling-proto", "bench_switchboard").args(args),
@@ -320,7 +307,7 @@ fn bench(args: &[String]) -> Result {
             .arg(&server);
         command
     };
-    bench_relay(&release, &server)?;
+    bench_relay(&tools, &release, &server)?;
     step(
         "bench: relay with metrics, webhooks and call records on, beside off",
         pinned_bench("relay-ops").args(["200", "3"]),
@@ -837,7 +824,27 @@ fn count_before(line: &str, label: &str) -> u64 {
 /// CPU 1, beside a plain UDP forwarder; then a 16-member group call (one
 /// speaker at a time); then calls churning; then both cores for the
 /// server, shared with the generator (all this machine has).
-fn bench_relay(release: &Path, server: &Path) -> Result {
+/// `cargo run --release -p PACKAGE --example EXAMPLE --`, arguments to add.
+fn release_example(tools: &Tools, package: &str, example: &str) -> Command {
+    let mut command = cargo();
+    tools.apply(&mut command).args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        package,
+        "--example",
+        example,
+        "--",
+    ]);
+    command
+}
+
+fn bench_relay(tools: &Tools, release: &Path, server: &Path) -> Result {
+    step(
+        "bench: quinn-proto's own cost per forwarded datagram, no I/O (the relay's floor)",
+        release_example(tools, "signaling-quic", "relay_floor").args(["300", "10"]),
+    )?;
     let load = |cpus: [&str; 2], calls: &str, json: &str| {
         let mut command = Command::new(release.join("calling-load"));
         command
