@@ -323,4 +323,65 @@ fn main() {
         tally.packets_out,
         1e6 / (per_datagram * 100.0)
     );
+    let aead = aead_per_datagram();
+    println!(
+        "beside it, the crypto alone a relay of sealed datagrams without QUIC's per-packet \
+         state would pay (AES-128-GCM, one open and one seal of 80 bytes + header): \
+         {aead:.2} µs per forwarded datagram"
+    );
+}
+
+/// One AES-128-GCM open and one seal of an 80-byte payload with a 12-byte
+/// header as associated data, as a relay of sealed datagrams would do per
+/// forwarded datagram; keys of two calls' worth of members, alternating.
+fn aead_per_datagram() -> f64 {
+    use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let keys: Vec<LessSafeKey> = (0..600_u16)
+        .map(|member| {
+            let mut key = [0_u8; 16];
+            key[..2].copy_from_slice(&member.to_le_bytes());
+            LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &key).unwrap())
+        })
+        .collect();
+    let header = [0x11_u8; 12];
+    let rounds = 200_000_u32;
+    let sealed: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|key| {
+            let mut packet = vec![0x55_u8; 80];
+            key.seal_in_place_append_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(header),
+                &mut packet,
+            )
+            .unwrap();
+            packet
+        })
+        .collect();
+    let mut packet = Vec::with_capacity(128);
+    let started = Instant::now();
+    for round in 0..rounds {
+        let sender = round as usize % keys.len();
+        let receiver = (sender + 1) % keys.len();
+        packet.clear();
+        packet.extend_from_slice(&sealed[sender]);
+        let len = keys[sender]
+            .open_in_place(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(header),
+                &mut packet,
+            )
+            .unwrap()
+            .len();
+        packet.truncate(len);
+        keys[receiver]
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(header),
+                &mut packet,
+            )
+            .unwrap();
+        std::hint::black_box(&packet);
+    }
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
 }
