@@ -26,27 +26,10 @@ use quinn_proto::{
     ClientConfig, Connection, ConnectionHandle, DatagramEvent, Endpoint, EndpointConfig, Event,
     ServerConfig,
 };
-use signaling_quic::{ServerIdentity, ServerTrust, client_config, transport_config};
+use signaling_quic::{ServerIdentity, ServerTrust, client_config, server_config};
 
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4433);
 const FRAME: Duration = Duration::from_millis(20);
-
-fn server_config(identity: &ServerIdentity) -> Arc<ServerConfig> {
-    let (chain, key) = identity.clone_parts();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    tls.alpn_protocols = vec![signaling_quic::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let mut config = ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport_config());
-    Arc::new(config)
-}
 
 /// One side's endpoint and its connections, indexed by handle.
 struct Side {
@@ -285,7 +268,7 @@ fn main() {
     let identity = ServerIdentity::self_signed(&["localhost".to_owned()]).unwrap();
     let client: ClientConfig =
         client_config(&ServerTrust::Fingerprint(identity.fingerprint())).unwrap();
-    let mut server = Side::new(Some(server_config(&identity)));
+    let mut server = Side::new(Some(Arc::new(server_config(&identity).unwrap())));
     let mut now = Instant::now();
     let mut all_calls = connect_calls(&mut server, &client, calls, &mut now);
 

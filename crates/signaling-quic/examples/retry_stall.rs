@@ -176,19 +176,7 @@ fn bare_quinn_server(
     validate_above: usize,
     _held: Held<signaling_quic::ServerConnection>,
 ) -> std::net::SocketAddr {
-    let (chain, key) = identity.clone_parts();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    tls.alpn_protocols = vec![signaling_quic::ALPN.to_vec()];
-    let crypto = signaling_quic::quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let mut config = signaling_quic::quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(signaling_quic::transport_config());
+    let config = signaling_quic::server_config(identity).unwrap();
     // quinn's defaults but for a receive buffer large enough that no
     // packet is lost: what stalls is not loss.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -21,7 +21,7 @@ pub use identity::{CertFingerprint, ServerIdentity, write_private};
 pub use link::{Quic, QuicMedia, QuicSend};
 pub use server::{
     AcceptedConnection, AdmissionCounts, AdmissionStats, IpSlot, PreLoginSlot, QuicServer,
-    SendCounts, SendStats, ServerConnection, ServerLimits,
+    SendCounts, SendStats, ServerConnection, ServerLimits, server_config,
 };
 pub use steering::MAX_ENDPOINTS;
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};

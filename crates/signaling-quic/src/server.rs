@@ -168,6 +168,26 @@ impl SendStats {
     }
 }
 
+/// The server side's QUIC configuration: TLS 1.3 (ring) with `identity`,
+/// our ALPN and [`transport_config`]. [`QuicServer::bind`] uses it; so do
+/// the benchmarks that drive quinn without our endpoint.
+pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, TransportError> {
+    let (chain, key) = identity.clone_parts();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![crate::ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|error| {
+        TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
+    })?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
 /// The server's QUIC endpoint with its admission policy.
 #[derive(Debug)]
 pub struct QuicServer {
@@ -201,21 +221,9 @@ impl QuicServer {
         reset_key: &[u8; 32],
         endpoints: usize,
     ) -> Result<Self, TransportError> {
-        let (chain, key) = identity.clone_parts();
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-        tls.alpn_protocols = vec![crate::ALPN.to_vec()];
-        let quic = QuicServerConfig::try_from(tls).map_err(|error| {
-            TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
-        })?;
         // One configuration for all endpoints: one token key, so a Retry or
         // NEW_TOKEN token from any endpoint is good at every other.
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        server_config.transport_config(transport_config());
+        let server_config = server_config(identity)?;
         let reset_hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
         // Connection IDs must validate after a restart too, or the restarted
         // server drops the old clients' packets instead of resetting them.
