@@ -74,7 +74,8 @@ impl Queue {
         self.packets.len() >= BATCH
     }
 
-    /// Copies `transmit` in; the caller has made room.
+    /// Copies `transmit` in; the caller has made room (a packet with none,
+    /// or too large for a slot, is not queued).
     fn push(&mut self, transmit: &Transmit<'_>) {
         let start = self.packets.len() * SLOT_BYTES;
         let len = transmit.contents.len();
@@ -283,7 +284,9 @@ impl AsyncUdpSocket for BatchingSocket {
             return Ok(());
         }
         let mut queue = lock(&self.queue);
-        if queue.is_full() {
+        // Other threads may fill the queue again between the flush and
+        // the lock: only a queue seen with room under the lock takes it.
+        while queue.is_full() {
             drop(queue);
             self.flush();
             queue = lock(&self.queue);
@@ -646,6 +649,72 @@ mod tests {
         assert_eq!(counts.dropped, 1);
         assert_eq!(receiver.receive().await.0, contents);
         assert_eq!(receiver.receive().await.0, contents);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn packets_queued_from_many_threads_at_once_all_leave() {
+        let sender = bind("127.0.0.1:0");
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let destination = receiver.local_addr().unwrap();
+        let threads = 4;
+        let each = 2_000;
+        let total = threads * each;
+        // Read while they send, or the receive buffer overflows.
+        let reader = std::thread::spawn(move || {
+            let mut seen = vec![false; total];
+            let mut buffer = [0_u8; 64];
+            while let Ok(len) = receiver.recv(&mut buffer) {
+                let number = u16::from_le_bytes([buffer[0], buffer[1]]);
+                assert_eq!(len, 40);
+                seen[usize::from(number)] = true;
+                if seen.iter().all(|&arrived| arrived) {
+                    break;
+                }
+            }
+            // Four threads outrun one reader on a small machine: what the
+            // receiving socket's buffer could not hold the kernel counts.
+            let overflowed = receive_buffer_drops(destination.port());
+            (seen.iter().filter(|&&arrived| arrived).count(), overflowed)
+        });
+        std::thread::scope(|scope| {
+            for thread in 0..threads {
+                let sender = &sender;
+                scope.spawn(move || {
+                    for number in thread * each..(thread + 1) * each {
+                        let mut contents = [0_u8; 40];
+                        contents[..2].copy_from_slice(&(number as u16).to_le_bytes());
+                        sender.try_send(&transmit(destination, &contents)).unwrap();
+                    }
+                });
+            }
+        });
+        let counts = wait_for_packets(&sender, total as u64).await;
+        assert_eq!(counts.packets, total as u64, "{counts:?}");
+        assert_eq!(counts.dropped, 0);
+        let (arrived, overflowed) = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(arrived + overflowed, total, "{overflowed} overflowed");
+    }
+
+    /// Packets the kernel dropped for a full receive buffer on the UDP
+    /// socket bound to `port` on IPv4 (`/proc/net/udp`, last column).
+    fn receive_buffer_drops(port: u16) -> usize {
+        let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+        let wanted = format!(":{port:04X}");
+        table
+            .lines()
+            .skip(1)
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields[1]
+                    .ends_with(&wanted)
+                    .then(|| fields.last().unwrap().parse().unwrap())
+            })
+            .unwrap()
     }
 
     #[tokio::test]
