@@ -594,6 +594,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dual_stack_socket_sends_to_ipv4_clients_with_ecn_and_their_source() {
+        let Ok(socket) = UdpSocket::bind("[::]:0") else {
+            // No IPv6 on this machine: no dual-stack socket either.
+            return;
+        };
+        let sender = BatchingSocket::new(socket, Arc::default()).unwrap();
+        let port = sender.local_addr().unwrap().port();
+        let receiver = Receiver::bind(Ipv4Addr::LOCALHOST.into());
+        // How a dual-stack socket names an IPv4 client, as quinn has it.
+        let mapped = SocketAddr::new(
+            Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(),
+            receiver.addr().port(),
+        );
+        let contents = packet(6, 120);
+        let mut out = transmit(mapped, &contents);
+        out.src_ip = Some(Ipv4Addr::new(127, 0, 0, 4).into());
+        sender.try_send(&out).unwrap();
+        let (received, meta) = receiver.receive().await;
+        assert_eq!(received, contents);
+        assert_eq!(meta.ecn, Some(EcnCodepoint::Ect0));
+        assert_eq!(
+            meta.addr,
+            SocketAddr::new(Ipv4Addr::new(127, 0, 0, 4).into(), port)
+        );
+    }
+
+    #[tokio::test]
     async fn ipv6_packets_carry_their_ecn_codepoint() {
         let Ok(socket) = UdpSocket::bind("[::1]:0") else {
             // No IPv6 loopback on this machine: nothing to send over.
