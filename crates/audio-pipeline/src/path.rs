@@ -41,6 +41,9 @@ pub struct SendPath {
     encoder: Encoder,
     frame: [f32; FRAME_SAMPLES],
     duration: FrameDuration,
+    /// The protection asked for; 10 ms frames get in-band FEC whatever it
+    /// is (see [`SendPath::set_protection`]).
+    protection: Protection,
     packet: [u8; MAX_PACKET],
     muted: bool,
     seq: u32,
@@ -88,6 +91,7 @@ impl SendPath {
             encoder: Encoder::new(config)?,
             frame: [0.0; FRAME_SAMPLES],
             duration: FrameDuration::default(),
+            protection: Protection::default(),
             packet: [0; MAX_PACKET],
             muted: false,
             seq: 0,
@@ -123,8 +127,20 @@ impl SendPath {
     }
 
     /// Protects the audio with in-band FEC or DRED from the next frame on.
+    /// DRED only in 20 ms frames: libopus puts none in a 10 ms packet at
+    /// call bitrates (it leaves DRED out when a packet's share of bits holds
+    /// fewer than two chunks), so 10 ms frames keep in-band FEC, or they
+    /// would go unprotected.
     pub fn set_protection(&mut self, protection: Protection) -> Result<(), CodecError> {
-        self.encoder.set_protection(protection)
+        self.protection = protection;
+        self.encoder.set_protection(self.protection_now())
+    }
+
+    fn protection_now(&self) -> Protection {
+        match self.duration {
+            FrameDuration::Ms20 => self.protection,
+            FrameDuration::Ms10 => Protection::InBandFec,
+        }
     }
 
     /// The local level (0–100) of the last frame, for `onUserVoiceVolume`
@@ -149,6 +165,7 @@ impl SendPath {
             self.volume = 0;
             return Ok(Some(Captured::Nothing));
         }
+        self.encoder.set_protection(self.protection_now())?;
         let frame = &self.frame[..samples];
         self.volume = level::volume(frame);
         let len = self.encoder.encode(frame, &mut self.packet)?;
@@ -403,6 +420,70 @@ impl ReceivePath {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Of one second of voice-like capture in `duration` frames: packets
+    /// with FEC, with DRED, of how many.
+    fn protections_sent(
+        send: &mut SendPath,
+        decoder: &mut crate::Decoder,
+        duration: FrameDuration,
+        second: usize,
+    ) -> (usize, usize, usize) {
+        send.set_frame_duration(duration);
+        let (mut fec, mut dred, mut packets) = (0, 0, 0);
+        let voice: Vec<f32> = (second * 48_000..(second + 1) * 48_000)
+            .map(|n| {
+                let t = n as f32 / 48_000.0;
+                let swell = 0.6 + 0.4 * (std::f32::consts::TAU * 4.0 * t).sin();
+                (1..=12)
+                    .map(|harmonic| {
+                        let harmonic = harmonic as f32;
+                        (std::f32::consts::TAU * 140.0 * harmonic * t).sin() / harmonic
+                    })
+                    .sum::<f32>()
+                    * 0.1
+                    * swell
+            })
+            .collect();
+        for chunk in voice.chunks(480) {
+            send.push_capture(chunk);
+            while let Some(captured) = send.next_frame().unwrap() {
+                if let Some(frame) = captured.frame() {
+                    packets += 1;
+                    fec += usize::from(crate::has_fec(frame.payload));
+                    dred += usize::from(decoder.parse_dred(frame.payload).unwrap() > 0);
+                }
+            }
+        }
+        (fec, dred, packets)
+    }
+
+    #[test]
+    fn ten_ms_frames_keep_fec_when_dred_is_asked() {
+        let mut send = SendPath::new(48_000, 1, EncoderConfig::default()).unwrap();
+        send.set_measured_loss(10.0).unwrap();
+        send.set_protection(Protection::Dred).unwrap();
+        let mut decoder = crate::Decoder::new().unwrap();
+        let (fec, dred, packets) =
+            protections_sent(&mut send, &mut decoder, FrameDuration::Ms20, 0);
+        assert!(
+            packets == 50 && fec == 0 && dred > 40,
+            "20 ms: FEC {fec}, DRED {dred} of {packets}"
+        );
+        // libopus would put no DRED in these: FEC, or nothing protects.
+        let (fec, dred, packets) =
+            protections_sent(&mut send, &mut decoder, FrameDuration::Ms10, 1);
+        assert!(
+            packets == 100 && fec > 50 && dred == 0,
+            "10 ms: FEC {fec}, DRED {dred} of {packets}"
+        );
+        let (fec, dred, packets) =
+            protections_sent(&mut send, &mut decoder, FrameDuration::Ms20, 2);
+        assert!(
+            fec == 0 && dred > 40,
+            "20 ms again: FEC {fec}, DRED {dred} of {packets}"
+        );
+    }
 
     #[test]
     fn a_44k1_stereo_capture_reaches_a_remote_mix() {

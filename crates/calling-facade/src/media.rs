@@ -575,7 +575,9 @@ impl CallAudio {
     }
 
     /// 10 ms frames when wanted and every other member said it plays them;
-    /// DRED when every other member decodes it and at least half ask.
+    /// DRED when every other member decodes it and at least half ask (in
+    /// 20 ms frames: the send path keeps FEC in 10 ms ones, where libopus
+    /// sends no DRED).
     fn choose_how_to_send(&self) {
         let everyone = |has: fn(ReceiverFeatures) -> bool| {
             !self.members.is_empty()

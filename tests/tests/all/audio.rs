@@ -173,7 +173,8 @@ async fn ten_ms_frames_wait_until_every_receiver_plays_them() {
 /// DRED instead of FEC only when asked, by a receiver that decodes it: a
 /// raw peer tells alice's SDK it loses 10 % of her audio and, in turn,
 /// says nothing of DRED (an older SDK), decodes it and asks for it (its
-/// losses come in bursts), and decodes it without asking.
+/// losses come in bursts), and decodes it without asking; then asks again
+/// while alice sends 10 ms frames, which keep FEC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dred_replaces_fec_only_while_the_receiver_asks_for_it() {
     use signaling_proto::{DatagramKind, LossReport, MediaHeader, ReceiverFeatures};
@@ -247,6 +248,17 @@ async fn dred_replaces_fec_only_while_the_receiver_asks_for_it() {
     assert!(
         fec > packets / 2 && dred == 0,
         "no longer asked: FEC {fec}, DRED {dred} of {packets}"
+    );
+    // In 10 ms frames (bob plays them) alice keeps FEC even when asked:
+    // libopus would put no DRED in packets that short, and FEC would be
+    // off (before the fix: FEC 0, DRED 0 of 100).
+    alice.calling.set_low_latency(true);
+    tell(asking);
+    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(2_500)).await;
+    assert!(packets > 80, "10 ms frames: {packets} packets in a second");
+    assert!(
+        fec > packets / 2 && dred == 0,
+        "asked, in 10 ms frames: FEC {fec}, DRED {dred} of {packets}"
     );
     alice.calling.hangup().await.unwrap();
 }
