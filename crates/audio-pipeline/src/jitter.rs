@@ -828,12 +828,17 @@ impl JitterBuffer {
         // second, as the target comes down from its cautious start).
         let speech_band_ms = packet_ms.max(SPEECH_BAND_MS);
         let lag = self.playout_lag_ms(now).unwrap_or(delay);
+        // A frame too short to hold two of the longest pitch periods (a 10
+        // ms packet) cannot be time-scaled: it is dropped or followed by a
+        // concealed one, as without time-scaling, or the delay would stay
+        // off target through speech.
+        let time_scaling = self.config.time_scaling && timescale::can_scale(frame_len);
         if clean_path && over_in_pause > packet_ms / 2.0 && self.unvoiced_ms >= PAUSE_MS {
             let cut = ((over_in_pause * 48.0) as usize).min(frame_len);
             self.sync.extend(frame[cut..].iter().copied());
             self.stats.accelerated_samples += cut as u64;
         } else if lag > self.target_ms + speech_band_ms {
-            if self.config.time_scaling {
+            if time_scaling {
                 self.stats.accelerated_samples +=
                     timescale::accelerate(frame, &mut self.sync) as u64;
             } else {
@@ -841,7 +846,7 @@ impl JitterBuffer {
                 self.stats.accelerated_samples += frame_len as u64;
             }
         } else if lag + speech_band_ms < self.target_ms && !concealed {
-            if self.config.time_scaling {
+            if time_scaling {
                 self.stats.expanded_samples += timescale::expand(frame, &mut self.sync) as u64;
             } else {
                 // Insert a concealed frame after this one.

@@ -33,6 +33,12 @@ fn best_period(frame: &[f32]) -> Option<(usize, f32)> {
     best
 }
 
+/// Whether a frame of `samples` is long enough to time-scale: two of the
+/// longest periods must fit.
+pub(crate) fn can_scale(samples: usize) -> bool {
+    samples >= 2 * MAX_LAG
+}
+
 /// Nearly silent frames can be cut anywhere.
 fn is_quiet(frame: &[f32]) -> bool {
     frame.iter().map(|s| s * s).sum::<f32>() / (frame.len().max(1) as f32) < 1e-6
@@ -48,7 +54,7 @@ fn period_for(frame: &[f32]) -> Option<usize> {
     // Two of the longest periods must fit: in a shorter frame (a 10 ms
     // packet) a low voice's period cannot be found, and a harmonic's
     // "period" spliced out of it was heard (PESQ 3.6 instead of 3.9).
-    if frame.len() < 2 * MAX_LAG {
+    if !can_scale(frame.len()) {
         return None;
     }
     match best_period(frame) {
