@@ -134,6 +134,9 @@ struct Scenario {
     dtx: bool,
     /// The talker is silent over this span, in seconds (the input is zero).
     silence: Option<(f64, f64)>,
+    /// Peak amplitude of a noise floor under the input (a real room's: its
+    /// pauses are never digital silence).
+    noise_floor: f32,
     /// Milliseconds of each pull: 20, 10, or playout's 5.
     pull_ms: u32,
     /// The sender's frames, and what they become from a time (seconds) on.
@@ -156,6 +159,7 @@ impl Default for Scenario {
             switch_protection: None,
             dtx: false,
             silence: None,
+            noise_floor: 0.0,
             pull_ms: 20,
             frame: FrameDuration::Ms20,
             switch_frame: None,
@@ -177,6 +181,12 @@ fn run(scenario: &Scenario) -> Outcome {
     let mut input = speech_like(scenario.seconds);
     if let Some((from, to)) = scenario.silence {
         input[(from * 48_000.0) as usize..(to * 48_000.0) as usize].fill(0.0);
+    }
+    let mut state = 99_u32;
+    for sample in &mut input {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let uniform = (state >> 8) as f32 / (1 << 24) as f32;
+        *sample += scenario.noise_floor * (2.0 * uniform - 1.0);
     }
     let packets = encode(
         &input,
@@ -974,4 +984,46 @@ fn the_dred_look_ahead_goes_once_the_sender_is_back_on_fec() {
         "target {with_dred} ms with DRED, {back_on_fec} ms back on FEC"
     );
     assert!(outcome.stats.dred_recovered > 0 && outcome.stats.fec_recovered > 0);
+}
+
+#[test]
+fn ten_ms_frames_bring_the_delay_to_target_through_speech() {
+    // A lossy path (no pause is cut there) whose delay drops by 60 ms at
+    // 4 s, in 10 ms frames, over a room's noise floor (no frame is silent):
+    // playout is 60 ms behind from then on, and no two pitch periods fit
+    // in a 10 ms frame to splice one out, so whole frames go until it is
+    // back within the band. (Before: nothing moved it; 115 ms stayed
+    // buffered to the end against a target of 22.)
+    let path = |delay_ms| NetemConfig {
+        delay: Duration::from_millis(delay_ms),
+        loss: 0.10,
+        seed: 3,
+        ..NetemConfig::default()
+    };
+    let outcome = run(&Scenario {
+        frame: FrameDuration::Ms10,
+        pull_ms: PLAYOUT_PULL_MS,
+        network: vec![(0.0, path(80)), (4.0, path(20))],
+        noise_floor: 0.01,
+        ..ten_percent_loss()
+    });
+    let stats = outcome.stats;
+    assert!(stats.accelerated_samples > 0, "{stats:?}");
+    assert_eq!(
+        stats.accelerated_samples % 480,
+        0,
+        "whole frames: {stats:?}"
+    );
+    for (at, current, target, _) in outcome
+        .trace
+        .iter()
+        .filter(|(t, ..)| (6.0..9.5).contains(t))
+    {
+        assert!(
+            *current <= target + 30.0,
+            "at {at} s: {current} ms buffered, target {target} ms"
+        );
+    }
+    let correlation = segment_correlation(&outcome.input, &outcome.output);
+    assert!(correlation > 0.7, "{correlation}");
 }
