@@ -831,21 +831,9 @@ mod tests {
         assert!(is_dtx_frame(1) && !is_dtx_frame(21));
     }
 
-    /// A voice-like frame: 12 harmonics of 140 Hz, swelling 4 times a
-    /// second.
+    /// Frame `frame` of a voice-like signal.
     fn voice(frame: usize) -> [f32; FRAME_SAMPLES] {
-        std::array::from_fn(|n| {
-            let t = (frame * FRAME_SAMPLES + n) as f32 / 48_000.0;
-            let swell = 0.6 + 0.4 * (std::f32::consts::TAU * 4.0 * t).sin();
-            (1..=12)
-                .map(|harmonic| {
-                    let harmonic = harmonic as f32;
-                    (std::f32::consts::TAU * 140.0 * harmonic * t).sin() / harmonic
-                })
-                .sum::<f32>()
-                * 0.1
-                * swell
-        })
+        std::array::from_fn(|n| crate::test_signal::voice_sample(frame * FRAME_SAMPLES + n))
     }
 
     fn protected_packets(protection: Protection, frames: usize) -> Vec<Vec<u8>> {

@@ -9,6 +9,8 @@ mod mixer;
 pub mod netem;
 pub mod path;
 pub(crate) mod resample;
+#[cfg(test)]
+mod test_signal;
 mod timescale;
 
 pub use codec::{

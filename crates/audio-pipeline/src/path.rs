@@ -432,18 +432,7 @@ mod tests {
         send.set_frame_duration(duration);
         let (mut fec, mut dred, mut packets) = (0, 0, 0);
         let voice: Vec<f32> = (second * 48_000..(second + 1) * 48_000)
-            .map(|n| {
-                let t = n as f32 / 48_000.0;
-                let swell = 0.6 + 0.4 * (std::f32::consts::TAU * 4.0 * t).sin();
-                (1..=12)
-                    .map(|harmonic| {
-                        let harmonic = harmonic as f32;
-                        (std::f32::consts::TAU * 140.0 * harmonic * t).sin() / harmonic
-                    })
-                    .sum::<f32>()
-                    * 0.1
-                    * swell
-            })
+            .map(crate::test_signal::voice_sample)
             .collect();
         for chunk in voice.chunks(480) {
             send.push_capture(chunk);

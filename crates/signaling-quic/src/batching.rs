@@ -47,7 +47,8 @@ pub(crate) const BATCH: usize = 32;
 /// larger one (a configuration that raises the MTU) is sent on its own.
 const SLOT_BYTES: usize = 1500;
 
-/// One queued packet: its bytes are slot `index` of the queue's buffer.
+/// One queued packet; its bytes are in the queue's buffer, at the slot of
+/// its place in the queue.
 #[derive(Debug, Clone, Copy)]
 struct Queued {
     destination: SocketAddr,

@@ -226,9 +226,29 @@ async fn dred_replaces_fec_only_while_the_receiver_asks_for_it() {
         }
         (fec, dred, packets)
     };
+    // A word about alice's audio before her media is up is dropped: wait
+    // for her first packet. Then each word is said twice, 0.7 s apart, as
+    // an SDK repeats it every second (a datagram may be lost under load).
+    let first_audio = async {
+        loop {
+            let datagram = bob.connection.read_datagram().await.unwrap();
+            let (header, _) = MediaHeader::decode(&datagram).unwrap();
+            if header.kind == DatagramKind::Audio {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), first_audio)
+        .await
+        .expect("alice's audio within 10 s");
+    let say = async |features: ReceiverFeatures| {
+        tell(features);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tell(features);
+    };
     let plain = ReceiverFeatures::ours();
-    tell(plain);
-    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(2_500)).await;
+    say(plain).await;
+    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(1_800)).await;
     assert!(packets > 40, "{packets} packets in a second");
     assert!(
         fec > packets / 2 && dred == 0,
@@ -237,14 +257,14 @@ async fn dred_replaces_fec_only_while_the_receiver_asks_for_it() {
     let asking = plain
         .with(ReceiverFeatures::DECODES_DRED, true)
         .with(ReceiverFeatures::WANTS_DRED, true);
-    tell(asking);
-    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(2_500)).await;
+    say(asking).await;
+    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(1_800)).await;
     assert!(
         fec == 0 && dred > packets / 2,
         "asked for DRED: FEC {fec}, DRED {dred} of {packets}"
     );
-    tell(asking.with(ReceiverFeatures::WANTS_DRED, false));
-    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(2_500)).await;
+    say(asking.with(ReceiverFeatures::WANTS_DRED, false)).await;
+    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(1_800)).await;
     assert!(
         fec > packets / 2 && dred == 0,
         "no longer asked: FEC {fec}, DRED {dred} of {packets}"
@@ -253,8 +273,8 @@ async fn dred_replaces_fec_only_while_the_receiver_asks_for_it() {
     // libopus would put no DRED in packets that short, and FEC would be
     // off (before the fix: FEC 0, DRED 0 of 100).
     alice.calling.set_low_latency(true);
-    tell(asking);
-    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(2_500)).await;
+    say(asking).await;
+    let (fec, dred, packets) = listen(&mut decoder, Duration::from_millis(1_800)).await;
     assert!(packets > 80, "10 ms frames: {packets} packets in a second");
     assert!(
         fec > packets / 2 && dred == 0,
