@@ -121,13 +121,13 @@ pub(crate) struct BatchingSocket {
 }
 
 impl BatchingSocket {
-    /// Wraps `socket` and starts its flush task on the current runtime;
-    /// what it sends is counted in `counters`.
+    /// Wraps `socket`, set up as `state` says, and starts its flush task
+    /// on the current runtime; what it sends is counted in `counters`.
     pub(crate) fn new(
         socket: std::net::UdpSocket,
+        state: UdpSocketState,
         counters: Arc<SendCounters>,
     ) -> io::Result<Arc<Self>> {
-        let state = UdpSocketState::new((&socket).into())?;
         socket.set_nonblocking(true)?;
         let flush_wanted = Arc::new(Notify::new());
         let this = Arc::new(Self {
@@ -469,7 +469,12 @@ mod tests {
     use super::*;
 
     fn bind(addr: &str) -> Arc<BatchingSocket> {
-        BatchingSocket::new(UdpSocket::bind(addr).unwrap(), Arc::default()).unwrap()
+        wrap(UdpSocket::bind(addr).unwrap())
+    }
+
+    fn wrap(socket: UdpSocket) -> Arc<BatchingSocket> {
+        let state = UdpSocketState::new((&socket).into()).unwrap();
+        BatchingSocket::new(socket, state, Arc::default()).unwrap()
     }
 
     fn transmit(destination: SocketAddr, contents: &[u8]) -> Transmit<'_> {
@@ -600,7 +605,7 @@ mod tests {
             // No IPv6 on this machine: no dual-stack socket either.
             return;
         };
-        let sender = BatchingSocket::new(socket, Arc::default()).unwrap();
+        let sender = wrap(socket);
         let port = sender.local_addr().unwrap().port();
         let receiver = Receiver::bind(Ipv4Addr::LOCALHOST.into());
         // How a dual-stack socket names an IPv4 client, as quinn has it.
@@ -627,7 +632,7 @@ mod tests {
             // No IPv6 loopback on this machine: nothing to send over.
             return;
         };
-        let sender = BatchingSocket::new(socket, Arc::default()).unwrap();
+        let sender = wrap(socket);
         let receiver = Receiver::bind(Ipv6Addr::LOCALHOST.into());
         let contents = packet(2, 200);
         let mut out = transmit(receiver.addr(), &contents);

@@ -269,7 +269,7 @@ impl QuicServer {
             let endpoint = {
                 let counters = Arc::<SendCounters>::default();
                 send_counters.push(Arc::clone(&counters));
-                let socket = crate::batching::BatchingSocket::new(socket, counters)?;
+                let socket = crate::batching::BatchingSocket::new(socket, udp_state, counters)?;
                 quinn::Endpoint::new_with_abstract_socket(
                     endpoint_config,
                     Some(server_config.clone()),
