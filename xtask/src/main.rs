@@ -6,6 +6,7 @@
 //! - `bench`: the benchmarks, figures printed beside their baselines.
 //! - `fuzz`: the stable-Rust fuzzing harness (`crates/calling-fuzz`) for
 //!   longer than `ci` runs it.
+//! - `map`: the crates and modules and their edges, checked for circles.
 //!
 //! It installs what a fresh machine lacks (cargo-deny; cmake for libopus's
 //! build, from PyPI into a venv under `target/`), and never touches anything
@@ -33,6 +34,8 @@ commands:
           whose members sit on different nodes, then one node killed
   bench   the benchmarks, each figure beside its baseline
   fuzz    the fuzzing harness for longer: fuzz [SECONDS] [SEED] (default 300 s)
+  map     the crates and what each depends on, the modules of each crate and
+          which uses which; fails on a circle (tests/tests/all/map.rs)
   help    this text
 ";
 
@@ -50,6 +53,22 @@ fn main() -> ExitCode {
         Some("cluster-demo") => cluster_demo(),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("map") => step(
+            "map: crates and modules, checked",
+            cargo().args([
+                "test",
+                "--quiet",
+                "-p",
+                "opencalling-tests",
+                "--test",
+                "all",
+                "map::",
+                "--",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ]),
+        ),
         Some("package") => Tools::provision().and_then(|tools| package(&tools)),
         Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
@@ -105,7 +124,7 @@ fn ci() -> Result {
     step("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("clippy", &mut tools.clippy(&["--workspace"]))?;
     step(
-        "clippy (the SDK's dev feature and its examples)",
+        "clippy (the SDK's dev feature)",
         &mut tools.clippy(&["-p", "calling-facade", "--features", "dev"]),
     )?;
     for (name, features) in [
@@ -208,7 +227,7 @@ fn demo(args: &[String]) -> Result {
                 "--quiet",
                 "--release",
                 "-p",
-                "calling-facade",
+                "opencalling-tests",
                 "--example",
                 "demo",
                 "--",
@@ -242,7 +261,7 @@ fn cluster_demo() -> Result {
                 "--quiet",
                 "--release",
                 "-p",
-                "calling-facade",
+                "opencalling-tests",
                 "--example",
                 "cluster_demo",
             ]),
@@ -262,12 +281,12 @@ fn bench(args: &[String]) -> Result {
     )?;
     step(
         "bench: call setup over loopback QUIC",
-        release_example("calling-facade", "bench").args(["calls", "1000"]),
+        release_example("opencalling-tests", "bench").args(["calls", "1000"]),
     )?;
     ensure_redis()?;
     step(
         "bench: a cluster of three nodes (call setup, Redis per call, latency across nodes)",
-        release_example("calling-facade", "bench").args(["cluster", "1000", "6"]),
+        release_example("opencalling-tests", "bench").args(["cluster", "1000", "6"]),
     )?;
     step(
         "build calling-server and calling-load (release)",
@@ -285,7 +304,7 @@ fn bench(args: &[String]) -> Result {
     let server = release.join("calling-server");
     step(
         "bench: idle clients held by one server",
-        release_example("calling-facade", "bench")
+        release_example("opencalling-tests", "bench")
             .arg("idle")
             .arg(&server)
             .arg("10000"),
@@ -318,7 +337,7 @@ fn bench(args: &[String]) -> Result {
     )?;
     step(
         "bench: mouth-to-ear latency, QUIC and the fallback",
-        release_example("calling-facade", "bench").args(["latency", "12"]),
+        release_example("opencalling-tests", "bench").args(["latency", "12"]),
     )?;
     step(
         "bench: speech back after outages, logins over the fallback",

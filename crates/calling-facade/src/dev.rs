@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use calling_api::{CallingError, CallingResult, ErrorCode, UserId};
-use signaling_quic::CertFingerprint;
+use signaling_tls::CertFingerprint;
 
 use crate::ClientOptions;
 

@@ -28,7 +28,8 @@ use signaling_proto::sim::SplitMix64;
 use signaling_proto::{
     CallEngine, CallOptions, ClientMessage, EngineStatus, FlowId, RequestId, ServerMessage,
 };
-use signaling_quic::{Quic, ServerTrust};
+use signaling_quic::Quic;
+use signaling_tls::ServerTrust;
 use signaling_ws::Ws;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};

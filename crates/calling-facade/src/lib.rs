@@ -30,7 +30,7 @@ pub use media::{
 pub use options::DEFAULT_DECODER_COMPLEXITY;
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
 pub use signaling_proto::CallOptions;
-pub use signaling_quic::{CertFingerprint, InvalidFingerprint};
+pub use signaling_tls::{CertFingerprint, InvalidFingerprint};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::driver::{AudioCommand, Command, Request};

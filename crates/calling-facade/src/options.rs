@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use signaling_proto::ReconnectTimings;
-use signaling_quic::CertFingerprint;
-pub use signaling_quic::ServerTrust;
+use signaling_tls::CertFingerprint;
+pub use signaling_tls::ServerTrust;
 
 use crate::media::AudioDevices;
 pub use audio_pipeline::DEFAULT_DECODER_COMPLEXITY;

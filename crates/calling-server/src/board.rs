@@ -16,6 +16,21 @@ use tracing::{debug, warn};
 
 use crate::cluster::ClusterIo;
 
+/// A node's place in its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node's id (random at each start).
+    pub node: u32,
+    /// The node holding the control role, as this node knows it, and its
+    /// term.
+    pub control: Option<(u32, u64)>,
+    /// Whether this node hosts the control.
+    pub hosting: bool,
+    /// Whether this node takes logins: it follows a control, and its link
+    /// to it is up (or the control is this node).
+    pub ready: bool,
+}
+
 /// Where a call member is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MemberAt {
@@ -303,12 +318,12 @@ impl Board {
         }
     }
 
-    pub(crate) fn cluster_status(&self) -> Option<crate::hub::ClusterStatus> {
+    pub(crate) fn cluster_status(&self) -> Option<ClusterStatus> {
         let Self::Cluster(cluster) = self else {
             return None;
         };
         let node = &cluster.node;
-        Some(crate::hub::ClusterStatus {
+        Some(ClusterStatus {
             node: node.id().0,
             control: node
                 .control_holder()

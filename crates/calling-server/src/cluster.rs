@@ -34,14 +34,14 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 use signaling_link::{FramedRecv, FramedSend, LinkClosed, MediaLink};
 use signaling_proto::ConnId;
-use signaling_quic::{CertFingerprint, QuicSend, ServerIdentity, ServerTrust};
+use signaling_quic::QuicSend;
+use signaling_tls::{CertFingerprint, ServerIdentity, ServerTrust};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::cluster_store::RedisStore;
 use crate::config::{ClusterConfig, SecretKey};
-use crate::hub::HubInput;
 use crate::relay::MediaRoutes;
 
 /// The node links' ALPN.
@@ -147,7 +147,7 @@ fn proof(
 
 fn proof_holds(key: &SecretKey, connection: &quinn::Connection, role: u8, auth: &NodeAuth) -> bool {
     proof(key, connection, role, auth.node)
-        .is_some_and(|expected| crate::config::same_bytes(&expected, &auth.proof))
+        .is_some_and(|expected| crate::secret::same_bytes(&expected, &auth.proof))
 }
 
 const DIALER: u8 = b'd';
@@ -295,7 +295,7 @@ type DialedLink = (
 async fn dial(mesh: &Mesh, address: &str, control: bool) -> Result<DialedLink, String> {
     let (addr, fingerprint) =
         parse_published(address).ok_or_else(|| format!("unusable address {address:?}"))?;
-    let tls = signaling_quic::tls_client_config(&ServerTrust::Fingerprint(fingerprint))
+    let tls = signaling_tls::tls_client_config(&ServerTrust::Fingerprint(fingerprint))
         .map_err(|error| error.to_string())?;
     let mut tls = tls;
     tls.alpn_protocols = vec![NODE_ALPN.to_vec()];
@@ -351,7 +351,7 @@ fn node_transport() -> Arc<quinn::TransportConfig> {
 /// The hub's handle on the cluster's IO. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct ClusterIo {
-    hub: mpsc::WeakSender<HubInput>,
+    hub: HubPost,
     store: RedisStore,
     mesh: Arc<Mesh>,
     /// The control link's dialer: its generation, task and frame queue.
@@ -383,20 +383,14 @@ impl Drop for ClusterIo {
 pub(crate) fn start(
     config: &ClusterConfig,
     me: NodeId,
-    hub: &mpsc::Sender<HubInput>,
+    hub: HubPost,
     routes: Arc<MediaRoutes>,
 ) -> Result<(String, ClusterIo), ClusterError> {
     let identity = ServerIdentity::self_signed(&["opencalling-node".to_owned()])
         .map_err(|error| ClusterError::Links(error.to_string()))?;
-    let (chain, key) = identity.clone_parts();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|error| ClusterError::Links(error.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|error| ClusterError::Links(error.to_string()))?;
+    let mut tls = identity
+        .server_config()
+        .map_err(|error| ClusterError::Links(error.to_string()))?;
     tls.alpn_protocols = vec![NODE_ALPN.to_vec()];
     let quic =
         QuicServerConfig::try_from(tls).map_err(|error| ClusterError::Links(error.to_string()))?;
@@ -425,13 +419,12 @@ pub(crate) fn start(
         dialing: Mutex::new(std::collections::HashSet::new()),
     });
     info!(node = %me, links = %advertise, "cluster node: links listening");
-    let weak = hub.downgrade();
     let tasks = vec![
-        tokio::spawn(accept_links(Arc::clone(&mesh), weak.clone())),
+        tokio::spawn(accept_links(Arc::clone(&mesh), hub.clone())),
         tokio::spawn(keep_address_book(Arc::clone(&mesh), store.clone())),
     ];
     let io = ClusterIo {
-        hub: weak,
+        hub,
         store,
         mesh,
         control: None,
@@ -456,7 +449,7 @@ async fn keep_address_book(mesh: Arc<Mesh>, store: RedisStore) {
 
 /// Accepts node links: each proves the key; a control link's frames go to
 /// the hub; every link's datagrams to the relay.
-async fn accept_links(mesh: Arc<Mesh>, hub: mpsc::WeakSender<HubInput>) {
+async fn accept_links(mesh: Arc<Mesh>, hub: HubPost) {
     let mut next_link = 0_u64;
     while let Some(incoming) = mesh.endpoint.accept().await {
         next_link += 1;
@@ -473,7 +466,7 @@ async fn accept_links(mesh: Arc<Mesh>, hub: mpsc::WeakSender<HubInput>) {
 
 async fn serve_link(
     mesh: Arc<Mesh>,
-    hub: mpsc::WeakSender<HubInput>,
+    hub: HubPost,
     incoming: quinn::Incoming,
     link: u64,
 ) -> Result<(), String> {
@@ -513,7 +506,7 @@ async fn serve_link(
         return Ok(());
     }
     let (frames, mut outgoing) = mpsc::unbounded_channel();
-    post(&hub, IoInput::NodeUp { node, link, frames }).await;
+    hub.post(IoInput::NodeUp { node, link, frames }).await;
     loop {
         tokio::select! {
             frame = outgoing.recv() => {
@@ -523,23 +516,44 @@ async fn serve_link(
                 }
             }
             received = recv.recv() => match received {
-                Ok(Some(NodeWire::Frame(frame))) => post(&hub, IoInput::NodeFrame { node, link, frame }).await,
+                Ok(Some(NodeWire::Frame(frame))) => hub.post(IoInput::NodeFrame { node, link, frame }).await,
                 _ => break,
             },
         }
     }
-    post(&hub, IoInput::NodeDown { node, link }).await;
+    hub.post(IoInput::NodeDown { node, link }).await;
     connection.close(0_u32.into(), b"");
     Ok(())
 }
 
-/// Hands `input` to the hub, waiting for room: a link frame dropped here
-/// would be counted by neither side's books, so nothing is dropped (the
-/// link's reader waits instead, and so does its peer).
-async fn post(hub: &mpsc::WeakSender<HubInput>, input: IoInput) {
-    if let Some(hub) = hub.upgrade() {
-        // An error: the hub is gone, the server stopping.
-        let _ = hub.send(HubInput::Cluster(input)).await;
+/// The hub's queue as the cluster's tasks see it. `post` hands it an
+/// [`IoInput`], waiting for room: a link frame dropped here would be
+/// counted by neither side's books, so nothing is dropped (the link's
+/// reader waits instead, and so does its peer). Once the hub is gone (the
+/// server stopping) it does nothing. The hub makes it, so this module
+/// names no type of the hub's.
+#[derive(Clone)]
+pub(crate) struct HubPost(Arc<dyn Fn(IoInput) -> PostFuture + Send + Sync>);
+
+type PostFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl HubPost {
+    pub(crate) fn new<F, Posted>(post: F) -> Self
+    where
+        F: Fn(IoInput) -> Posted + Send + Sync + 'static,
+        Posted: std::future::Future<Output = ()> + Send + 'static,
+    {
+        Self(Arc::new(move |input| Box::pin(post(input))))
+    }
+
+    async fn post(&self, input: IoInput) {
+        (self.0)(input).await;
+    }
+}
+
+impl std::fmt::Debug for HubPost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HubPost")
     }
 }
 
@@ -547,7 +561,7 @@ async fn post(hub: &mpsc::WeakSender<HubInput>, input: IoInput) {
 /// after a break, again, with backoff.
 async fn keep_control_link(
     mesh: Arc<Mesh>,
-    hub: mpsc::WeakSender<HubInput>,
+    hub: HubPost,
     holder: ControlHolder,
     generation: u64,
     mut outgoing: mpsc::UnboundedReceiver<LinkFrame<ToControl>>,
@@ -561,7 +575,7 @@ async fn keep_control_link(
                 // Frames queued for an earlier connection are stale: the
                 // books resend after the new hello.
                 while outgoing.try_recv().is_ok() {}
-                post(&hub, IoInput::ControlUp { generation }).await;
+                hub.post(IoInput::ControlUp { generation }).await;
                 loop {
                     tokio::select! {
                         frame = outgoing.recv() => {
@@ -572,14 +586,14 @@ async fn keep_control_link(
                         }
                         received = recv.recv() => match received {
                             Ok(Some(NodeWire::Frame(frame))) => {
-                                post(&hub, IoInput::ControlFrame { generation, frame }).await;
+                                hub.post(IoInput::ControlFrame { generation, frame }).await;
                             }
                             _ => break,
                         },
                     }
                 }
                 connection.close(0_u32.into(), b"");
-                post(&hub, IoInput::ControlDown { generation }).await;
+                hub.post(IoInput::ControlDown { generation }).await;
             }
             Ok((connection, peer, ..)) => {
                 warn!(expected = %holder.node, %peer, "the control's address answered as another node");
@@ -606,7 +620,7 @@ impl ClusterIo {
                 let hub = self.hub.clone();
                 tokio::spawn(async move {
                     let reply = store.run(&request).await;
-                    post(&hub, IoInput::Store { id, reply }).await;
+                    hub.post(IoInput::Store { id, reply }).await;
                 });
             }
             NodeOutput::Dial(holder) => {

@@ -16,62 +16,9 @@ use serde::Deserialize;
 use signaling_proto::SwitchboardConfig;
 use signaling_quic::ServerLimits;
 
-use crate::webhooks::WebhookUrl;
-
-/// An app's secret key. Never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretKey(String);
-
-impl SecretKey {
-    /// Wraps a key.
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
-    }
-
-    /// The key itself, for signing and verifying only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `presented` is this key, compared in constant time (for
-    /// keys of the same length).
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        same_bytes(self.0.as_bytes(), presented)
-    }
-}
-
-/// Whether `a` and `b` are equal, comparing every byte whatever the first
-/// difference (for secrets; their lengths are not secret).
-pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let difference = a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y));
-    a.len() == b.len() && std::hint::black_box(difference) == 0
-}
-
-impl std::str::FromStr for SecretKey {
-    type Err = String;
-
-    /// Any non-empty text.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.is_empty() {
-            Err("a key or token may not be empty".into())
-        } else {
-            Ok(Self::new(text))
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for SecretKey {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretKey(<redacted>)")
-    }
-}
+pub use crate::secret::SecretKey;
+use crate::secret::hex;
+use crate::webhook_url::WebhookUrl;
 
 /// One application the server serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1205,7 +1152,7 @@ fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    signaling_quic::write_private(path, &secret)?;
+    signaling_tls::write_private(path, &secret)?;
     Ok(secret)
 }
 
@@ -1219,7 +1166,7 @@ pub struct Banner<'a> {
     /// The address the server listens on.
     pub listen: SocketAddr,
     /// Its certificate's fingerprint.
-    pub fingerprint: signaling_quic::CertFingerprint,
+    pub fingerprint: signaling_tls::CertFingerprint,
     /// The development app's sdkAppId, or the first configured app's.
     pub sdk_app_id: Option<u32>,
     /// The development app, whose key a development client signs with;
@@ -1252,7 +1199,7 @@ pub fn write_banner(data_dir: &Path, banner: &Banner<'_>) -> std::io::Result<()>
         json["secret_key"] = app.secret_key.expose().into();
     }
     let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
-    signaling_quic::write_private(&data_dir.join(BANNER_FILE), text.as_bytes())
+    signaling_tls::write_private(&data_dir.join(BANNER_FILE), text.as_bytes())
 }
 
 /// The development app already kept in `data_dir`, if a server made one
@@ -1264,11 +1211,6 @@ pub fn existing_development_app(data_dir: &Path) -> Option<AppCredentials> {
         sdk_app_id: DEVELOPMENT_SDK_APP_ID,
         secret_key: SecretKey::new(hex(&secret)),
     })
-}
-
-/// Lower-case hexadecimal.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[cfg(test)]

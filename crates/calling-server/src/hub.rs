@@ -29,8 +29,9 @@ use tracing::{debug, info, warn};
 
 use crate::board::{Board, MemberAt, RoutedMember, Step};
 use crate::cluster::{IoInput, Mesh};
-use crate::metrics::{CallsByMembers, Metrics};
+use crate::metrics::{HubStats, Metrics};
 use crate::relay::{MediaRoutes, Route};
+use crate::stamped::StampedEvent;
 
 /// How many messages may wait for one client before it counts as stuck and
 /// is disconnected.
@@ -115,18 +116,6 @@ pub struct DrainState {
     pub calls: usize,
 }
 
-/// A call event with the wall-clock time it happened, and for an `Ended`
-/// how long the call lasted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StampedEvent {
-    /// When.
-    pub at: SystemTime,
-    /// What.
-    pub event: CallEvent,
-    /// For [`CallEvent::Ended`]: from `Started` to the end.
-    pub duration: Option<Duration>,
-}
-
 /// Where the hub's call events go besides the metrics: bounded queues it
 /// never waits on; what does not fit is counted and dropped.
 #[derive(Debug)]
@@ -159,40 +148,6 @@ impl HubOps {
         };
         (ops, state)
     }
-}
-
-/// Live figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubStats {
-    /// Users logged in.
-    pub online: usize,
-    /// Sessions whose connection broke, waiting for a resume (among `online`).
-    pub reconnecting: usize,
-    /// Calls ringing or connected.
-    pub calls: usize,
-    /// Calls by how many members have entered them.
-    pub calls_by_members: CallsByMembers,
-    /// Invites refused over a session's invitation limits.
-    pub invitations_rate_limited: u64,
-    /// Invitees answered busy because their messages piled up.
-    pub invitees_congested: u64,
-    /// In cluster mode: this node's place in its cluster.
-    pub cluster: Option<ClusterStatus>,
-}
-
-/// A node's place in its cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterStatus {
-    /// This node's id (random at each start).
-    pub node: u32,
-    /// The node holding the control role, as this node knows it, and its
-    /// term.
-    pub control: Option<(u32, u64)>,
-    /// Whether this node hosts the control.
-    pub hosting: bool,
-    /// Whether this node takes logins: it follows a control, and its link
-    /// to it is up (or the control is this node).
-    pub ready: bool,
 }
 
 /// An authenticated login or resume on connection `link`.
@@ -524,7 +479,7 @@ fn new_token() -> SessionToken {
 /// Compares tokens in constant time; the all-zero token matches nothing.
 fn tokens_match(kept: &SessionToken, claimed: &SessionToken) -> bool {
     let unset = kept.0.iter().fold(0_u8, |acc, byte| acc | byte) == 0;
-    crate::config::same_bytes(&kept.0, &claimed.0) && !unset
+    crate::secret::same_bytes(&kept.0, &claimed.0) && !unset
 }
 
 /// A new session on connection `link`.

@@ -11,7 +11,10 @@ mod metrics;
 mod ops;
 pub mod records;
 mod relay;
+mod secret;
+mod stamped;
 mod throttle;
+mod webhook_url;
 pub mod webhooks;
 
 use std::collections::HashMap;
@@ -21,19 +24,23 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use calling_api::ErrorCode;
-use signaling_quic::{CertFingerprint, QuicServer, ServerIdentity};
+use signaling_quic::QuicServer;
+use signaling_tls::{CertFingerprint, ServerIdentity};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+pub use board::ClusterStatus;
 /// The UserSig scheme (the `calling-usersig` crate).
 pub use calling_usersig as usersig;
 pub use config::{
     AppCredentials, OperationsConfig, SecretKey, ServerConfig, Settings, TlsSource, UnixClock,
 };
-pub use hub::{AdminReply, AdminRequest, ClusterStatus, DrainState, HubStats, StampedEvent};
+pub use hub::{AdminReply, AdminRequest, DrainState};
 pub use limits::LimitCounts;
+pub use metrics::HubStats;
 pub use relay::RelayCounts;
+pub use stamped::StampedEvent;
 
 use crate::hub::HubInput;
 
@@ -50,7 +57,17 @@ fn board(
         return Ok(board::Board::Local(Box::new(switchboard)));
     };
     let node = calling_cluster::NodeId(config::random_node_id()?);
-    let (published, io) = cluster::start(cluster_config, node, hub, Arc::clone(routes))?;
+    let weak = hub.downgrade();
+    let post = cluster::HubPost::new(move |input| {
+        let weak = weak.clone();
+        async move {
+            if let Some(hub) = weak.upgrade() {
+                // An error: the hub is gone, the server stopping.
+                let _ = hub.send(HubInput::Cluster(input)).await;
+            }
+        }
+    });
+    let (published, io) = cluster::start(cluster_config, node, post, Arc::clone(routes))?;
     let mut node_config = calling_cluster::NodeConfig::new(node, published);
     node_config.switchboard = config.switchboard.clone();
     let node = calling_cluster::ClusterNode::new(node_config, std::time::Instant::now());
@@ -77,6 +94,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The server's certificate could not be loaded or made.
+    #[error("server certificate: {0}")]
+    Certificate(#[from] signaling_tls::TlsError),
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Transport(#[from] signaling_quic::TransportError),

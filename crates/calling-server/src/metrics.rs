@@ -20,7 +20,28 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use signaling_proto::{CallEvent, InvitationOutcome};
 
-use crate::{HubStats, LimitCounts, RelayCounts};
+use crate::board::ClusterStatus;
+use crate::limits::LimitCounts;
+use crate::relay::RelayCounts;
+
+/// Live figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubStats {
+    /// Users logged in.
+    pub online: usize,
+    /// Sessions whose connection broke, waiting for a resume (among `online`).
+    pub reconnecting: usize,
+    /// Calls ringing or connected.
+    pub calls: usize,
+    /// Calls by how many members have entered them.
+    pub calls_by_members: CallsByMembers,
+    /// Invites refused over a session's invitation limits.
+    pub invitations_rate_limited: u64,
+    /// Invitees answered busy because their messages piled up.
+    pub invitees_congested: u64,
+    /// In cluster mode: this node's place in its cluster.
+    pub cluster: Option<ClusterStatus>,
+}
 
 /// One label: its name and value.
 type Label = [(&'static str, String); 1];
@@ -134,25 +155,13 @@ pub(crate) struct ProcessStats {
 impl ProcessStats {
     /// Reads `/proc/self`; `None` where there is none.
     pub(crate) fn read() -> Option<Self> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // The fields after the command name, which may hold spaces: it
-        // ends at the last ')'.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        // Field numbers of proc(5): utime 14, stime 15, threads 20,
-        // vsize 23, rss 24 (pages); `fields[0]` is field 3.
-        let field = |number: usize| -> Option<u64> { fields.get(number - 3)?.parse().ok() };
-        // USER_HZ is 100 on every Linux ABI; pages are 4 KiB on the
-        // platforms the Dockerfile builds for.
-        let ticks_per_second = 100.0;
-        let page_size = 4096;
-        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64);
+        let own = process_stats::ProcessStats::own()?;
         Some(Self {
-            // Tick counts stay far below f64's exact range.
-            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks_per_second,
-            threads: field(20)?,
-            virtual_bytes: field(23)?,
-            resident_bytes: field(24)? * page_size,
-            open_fds,
+            cpu_seconds: own.cpu.as_secs_f64(),
+            threads: own.threads,
+            virtual_bytes: own.virtual_bytes,
+            resident_bytes: own.resident_bytes,
+            open_fds: process_stats::own_open_fds().unwrap_or(0),
         })
     }
 }

@@ -72,7 +72,7 @@ pub(crate) struct OpsState {
     pub(crate) drain: watch::Receiver<DrainState>,
     pub(crate) liveness: Arc<Liveness>,
     /// The webhook queue, to report its fill.
-    pub(crate) webhook_queue: Option<mpsc::Sender<Arc<crate::hub::StampedEvent>>>,
+    pub(crate) webhook_queue: Option<mpsc::Sender<Arc<crate::stamped::StampedEvent>>>,
 }
 
 impl OpsState {

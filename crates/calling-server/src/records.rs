@@ -20,8 +20,8 @@ use signaling_proto::{CallEvent, InvitationOutcome};
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
-use crate::hub::StampedEvent;
 use crate::metrics::{Metrics, reason_label};
+use crate::stamped::StampedEvent;
 
 /// Events the writer may have waiting; more are dropped and counted.
 pub const QUEUE: usize = 8192;

@@ -14,16 +14,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::Uri;
 use serde_json::{Value, json};
 use signaling_proto::{CallEvent, InvitationOutcome};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::config::{SecretKey, hex};
-use crate::hub::StampedEvent;
 use crate::metrics::{Metrics, reason_label};
 use crate::records::unix_millis;
+use crate::secret::{SecretKey, hex};
+use crate::stamped::StampedEvent;
+use crate::webhook_url::WebhookUrl;
 
 /// Deliveries one URL may have waiting; more are dropped and counted.
 pub const QUEUE_PER_URL: usize = 1024;
@@ -33,41 +33,6 @@ pub const ATTEMPTS: u32 = 6;
 pub const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// How long one attempt may take (connect, send, response head).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A webhook URL: `http://` or `https://`, with a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookUrl(Uri);
-
-impl std::str::FromStr for WebhookUrl {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|error| format!("{text:?} is not a URL: {error}"))?;
-        match uri.scheme_str() {
-            Some("http" | "https") => {}
-            _ => return Err(format!("{text:?}: a webhook URL is http:// or https://")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(format!("{text:?}: a webhook URL names a host"));
-        }
-        Ok(Self(uri))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for WebhookUrl {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for WebhookUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// The signature of `body` sent at `timestamp` (unix seconds) under `key`:
 /// the `X-OpenCalling-Signature` header's value.
@@ -256,7 +221,7 @@ impl Worker {
         body: &Bytes,
         attempt: u32,
     ) -> Result<hyper::StatusCode, String> {
-        let uri = &self.url.0;
+        let uri = self.url.uri();
         let host = uri
             .host()
             .unwrap_or_default()

@@ -8,9 +8,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use signaling_proto::FrameDecoder;
 use signaling_proto::frame::encode_frame;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::SignalWrite;
+/// The writing half of a signaling stream.
+pub trait SignalWrite: AsyncWrite + Unpin + Send + 'static {
+    /// Completes once the peer has received everything written up to the
+    /// end of the stream (after a shutdown), or can no longer receive it.
+    fn delivered(&mut self) -> impl Future<Output = ()> + Send;
+}
 
 /// Why a framed stream failed.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,8 @@ pub mod memory;
 mod framed;
 mod link;
 
-pub use framed::{FramedRecv, FramedSend, LinkError};
-pub use link::{DatagramSource, Link, LinkClosed, MediaLink, PathStats, SignalWrite, Transport};
+pub use framed::{FramedRecv, FramedSend, LinkError, SignalWrite};
+pub use link::{DatagramSource, Link, LinkClosed, MediaLink, PathStats, Transport};
 
 /// Sleeps until a state machine's next deadline (its `poll_timeout`), or
 /// forever when it has none: the timer branch of a glue loop's `select!`.

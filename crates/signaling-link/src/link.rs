@@ -6,9 +6,9 @@ use std::future::Future;
 
 use bytes::Bytes;
 use calling_api::ErrorCode;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 
-use crate::{FramedRecv, FramedSend};
+use crate::{FramedRecv, FramedSend, SignalWrite};
 
 /// The link is closed: nothing more goes through it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,13 +49,6 @@ pub struct PathStats {
 pub trait DatagramSource: Send + Sync + 'static {
     /// The next datagram; an error once the link is closed. Cancel-safe.
     fn recv_datagram(&self) -> impl Future<Output = Result<Bytes, LinkClosed>> + Send;
-}
-
-/// The writing half of a signaling stream.
-pub trait SignalWrite: AsyncWrite + Unpin + Send + 'static {
-    /// Completes once the peer has received everything written up to the
-    /// end of the stream (after a shutdown), or can no longer receive it.
-    fn delivered(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 /// A transport: the types of its three parts.

@@ -35,9 +35,9 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::Interest;
 use tokio::sync::Notify;
 
+use crate::send_stats::SendCounters;
 #[cfg(test)]
-use crate::SendCounts;
-use crate::server::SendCounters;
+use crate::send_stats::SendCounts;
 
 /// Packets sent with one `sendmmsg` at most.
 pub(crate) const BATCH: usize = 32;

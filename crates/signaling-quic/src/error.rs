@@ -51,6 +51,16 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
 }
 
+impl From<signaling_tls::TlsError> for TransportError {
+    fn from(error: signaling_tls::TlsError) -> Self {
+        match error {
+            signaling_tls::TlsError::Config(error) => Self::Tls(error),
+            signaling_tls::TlsError::Io(error) => Self::Io(error),
+            other => Self::Certificate(other.to_string()),
+        }
+    }
+}
+
 /// TLS alerts (RFC 8446) that say the certificate was not trusted, as
 /// QUIC carries them: crypto error 0x100 + alert.
 const CERTIFICATE_ALERTS: [u8; 7] = [

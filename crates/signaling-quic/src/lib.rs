@@ -5,24 +5,24 @@ mod address;
 mod batching;
 mod client;
 mod error;
-mod identity;
 mod link;
+mod send_stats;
 mod server;
 mod steering;
 mod tuning;
 
 pub use address::AddressBlock;
-pub use client::{
-    ClientConnection, ServerTrust, client_config, connect, connect_on, tls_client_config,
-};
+pub use client::{ClientConnection, client_config, connect, connect_on};
 pub use error::{TransportError, close, close_code_of, close_endpoint};
-pub use identity::InvalidFingerprint;
-pub use identity::{CertFingerprint, ServerIdentity, write_private};
 pub use link::{Quic, QuicMedia, QuicSend};
+pub use send_stats::{SendCounts, SendStats};
 pub use server::{
     AcceptedConnection, AdmissionCounts, AdmissionStats, IpSlot, PreLoginSlot, QuicServer,
-    SendCounts, SendStats, ServerConnection, ServerLimits, server_config,
+    ServerConnection, ServerLimits, server_config,
 };
+/// The TLS identity and trust this crate's API takes, from the crate every
+/// transport shares.
+pub use signaling_tls::{CertFingerprint, ServerIdentity, ServerTrust};
 pub use steering::MAX_ENDPOINTS;
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
 

@@ -15,6 +15,7 @@ use tracing::debug;
 use signaling_link::{FramedRecv, FramedSend, Link};
 use signaling_proto::TokenBucket;
 
+use crate::send_stats::{SendCounters, SendStats};
 use crate::{
     AddressBlock, Quic, QuicMedia, QuicSend, ServerIdentity, TransportError, transport_config,
 };
@@ -115,70 +116,11 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// What a server's UDP sockets have sent: `packets` in `calls` system
-/// calls (several packets a call where the sends are batched, Linux);
-/// `dropped` the packets the kernel refused.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SendCounts {
-    /// Packets handed to the kernel.
-    pub packets: u64,
-    /// `sendmmsg` and `sendmsg` calls that sent them.
-    pub calls: u64,
-    /// Packets the kernel refused, dropped.
-    pub dropped: u64,
-}
-
-/// One socket's send counters (see [`SendCounts`]).
-#[derive(Debug, Default)]
-pub(crate) struct SendCounters {
-    pub(crate) packets: AtomicU64,
-    pub(crate) calls: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-}
-
-impl SendCounters {
-    pub(crate) fn counts(&self) -> SendCounts {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        SendCounts {
-            packets: load(&self.packets),
-            calls: load(&self.calls),
-            dropped: load(&self.dropped),
-        }
-    }
-}
-
-/// A handle on what a server's sockets have sent, for metrics; it outlives
-/// the server harmlessly.
-#[derive(Debug, Clone, Default)]
-pub struct SendStats(Vec<Arc<SendCounters>>);
-
-impl SendStats {
-    /// What was sent so far, all endpoints together. On Linux the packets
-    /// of many connections leave in one `sendmmsg` (`packets / calls` is
-    /// the mean batch); elsewhere nothing is counted.
-    pub fn counts(&self) -> SendCounts {
-        self.0.iter().fold(SendCounts::default(), |sum, counters| {
-            let counts = counters.counts();
-            SendCounts {
-                packets: sum.packets + counts.packets,
-                calls: sum.calls + counts.calls,
-                dropped: sum.dropped + counts.dropped,
-            }
-        })
-    }
-}
-
 /// The server side's QUIC configuration: TLS 1.3 (ring) with `identity`,
 /// our ALPN and [`transport_config`]. [`QuicServer::bind`] uses it; so do
 /// the benchmarks that drive quinn without our endpoint.
 pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, TransportError> {
-    let (chain, key) = identity.clone_parts();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)?;
+    let mut tls = identity.server_config()?;
     tls.alpn_protocols = vec![crate::ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|error| {
         TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))

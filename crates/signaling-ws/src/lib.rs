@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use signaling_link::{
     DatagramSource, FramedRecv, FramedSend, Link, LinkClosed, MediaLink, SignalWrite, Transport,
 };
-use signaling_quic::{ServerIdentity, ServerTrust, TransportError};
+use signaling_tls::{ServerIdentity, ServerTrust, TlsError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, SimplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
@@ -54,7 +54,7 @@ pub enum WsError {
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
     /// The TLS configuration could not be built (certificate, trust).
     #[error("{0}")]
-    Tls(#[from] TransportError),
+    Tls(#[from] TlsError),
     /// The server name is not a valid TLS name.
     #[error("invalid server name {0:?}")]
     ServerName(String),
@@ -72,7 +72,9 @@ impl WsError {
             {
                 ErrorCode::CERTIFICATE_UNTRUSTED
             }
-            Self::Tls(error) => error.connect_code(),
+            // The local trust configuration is unusable (an unreadable CA
+            // file…): as over QUIC.
+            Self::Tls(_) => ErrorCode::INTERNAL,
             Self::WebSocket(_) => ErrorCode::PROTOCOL_MISMATCH,
             Self::Io(_) | Self::ServerName(_) => ErrorCode::SERVER_UNREACHABLE,
         }
@@ -367,15 +369,7 @@ fn close_code(
 /// The server's side: TLS with the server's identity (the QUIC
 /// certificate) for any fallback connection.
 pub fn server_tls(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>, WsError> {
-    let (chain, key) = identity.clone_parts();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(TransportError::from)?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(TransportError::from)?;
+    let mut tls = identity.server_config()?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
 }
@@ -399,7 +393,7 @@ pub async fn connect<In: serde::de::DeserializeOwned, Out: serde::Serialize>(
     server_name: &str,
     trust: &ServerTrust,
 ) -> Result<Link<Ws, In, Out>, WsError> {
-    let mut tls = signaling_quic::tls_client_config(trust)?;
+    let mut tls = signaling_tls::tls_client_config(trust)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
         .map_err(|_| WsError::ServerName(server_name.to_owned()))?;
@@ -493,7 +487,7 @@ mod tests {
     #[tokio::test]
     async fn documented_message_layout() {
         let (addr, trust, server) = listening_server().await;
-        let mut config = signaling_quic::tls_client_config(&trust).unwrap();
+        let mut config = signaling_tls::tls_client_config(&trust).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tcp = TcpStream::connect(addr).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))

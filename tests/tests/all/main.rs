@@ -16,6 +16,7 @@ mod connecting;
 mod fallback;
 mod limits;
 mod lossy;
+mod map;
 mod media;
 mod operations;
 mod reconnect;

@@ -802,13 +802,7 @@ impl DevServer {
 
 /// Resident set size of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
+    process_stats::ProcessStats::of(pid).map_or(0, |stats| stats.resident_kib())
 }
 
 #[allow(
@@ -1094,20 +1088,7 @@ fn click_percentiles(
 
 /// CPU time (user + system) of a process so far.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name's closing parenthesis; utime and stime
-    // are the 12th and 13th of them, in clock ticks (100 per second here).
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&index| fields.get(index)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
+    process_stats::ProcessStats::of(pid).map_or(Duration::ZERO, |stats| stats.cpu)
 }
 
 /// Spawns `command` pinned to CPU 0 when `taskset` is there.

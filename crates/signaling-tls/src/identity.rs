@@ -1,79 +1,14 @@
 //! The server's certificate: self-signed for development (made once, kept in
-//! the data directory) or from PEM files; fingerprints to pin it.
+//! the data directory) or from PEM files; its TLS 1.3 server configuration.
 
 use std::fmt;
 use std::fs;
 use std::path::Path;
-use std::str::FromStr;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::TransportError;
-
-/// SHA-256 of a certificate's DER encoding: how a development client pins a
-/// self-signed server.
-///
-/// It prints and parses as 64 hex digits (colons between bytes are allowed
-/// when parsing, either case), as a development server prints it:
-///
-/// ```
-/// use signaling_quic::CertFingerprint;
-///
-/// let printed = "269d258e535fd5c0797cb0489077810908ab9139c3f2d661234e2c2f38f26472";
-/// let fingerprint: CertFingerprint = printed.parse().unwrap();
-/// assert_eq!(fingerprint.to_string(), printed);
-/// assert!("not hex".parse::<CertFingerprint>().is_err());
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CertFingerprint(pub [u8; 32]);
-
-impl CertFingerprint {
-    /// The fingerprint of `der`.
-    pub fn of(der: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
-        let mut bytes = [0; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Self(bytes)
-    }
-}
-
-impl fmt::Display for CertFingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for CertFingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CertFingerprint({self})")
-    }
-}
-
-/// A fingerprint that is not 32 bytes of hex.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a certificate fingerprint is 64 hex digits (colons allowed): {0:?}")]
-pub struct InvalidFingerprint(String);
-
-impl FromStr for CertFingerprint {
-    type Err = InvalidFingerprint;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let digits: Vec<u8> = text.bytes().filter(|byte| *byte != b':').collect();
-        let invalid = || InvalidFingerprint(text.to_owned());
-        if digits.len() != 64 {
-            return Err(invalid());
-        }
-        let mut bytes = [0; 32];
-        for (byte, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
-            let pair = std::str::from_utf8(pair).map_err(|_| invalid())?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|_| invalid())?;
-        }
-        Ok(Self(bytes))
-    }
-}
+use crate::{CertFingerprint, TlsError, provider};
 
 /// The server's certificate chain and private key.
 pub struct ServerIdentity {
@@ -98,9 +33,9 @@ const KEY_FILE: &str = "key.der";
 
 impl ServerIdentity {
     /// A fresh self-signed certificate for `names` (DNS names or IPs).
-    pub fn self_signed(names: &[String]) -> Result<Self, TransportError> {
+    pub fn self_signed(names: &[String]) -> Result<Self, TlsError> {
         let certified = rcgen::generate_simple_self_signed(names.to_vec())
-            .map_err(|error| TransportError::Certificate(error.to_string()))?;
+            .map_err(|error| TlsError::Certificate(error.to_string()))?;
         Ok(Self {
             cert_chain: vec![certified.cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
@@ -112,10 +47,7 @@ impl ServerIdentity {
     /// The self-signed development identity kept in `dir`: made once
     /// (`cert.der`, `key.der`, the key readable by the owner only), then
     /// reused, so its fingerprint stays the same across restarts.
-    pub fn load_or_create_self_signed(
-        dir: &Path,
-        names: &[String],
-    ) -> Result<Self, TransportError> {
+    pub fn load_or_create_self_signed(dir: &Path, names: &[String]) -> Result<Self, TlsError> {
         let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
         if cert_path.exists() && key_path.exists() {
             let cert = fs::read(&cert_path)?;
@@ -133,21 +65,18 @@ impl ServerIdentity {
     }
 
     /// A certificate chain and key from PEM files.
-    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, TransportError> {
+    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let cert_chain = CertificateDer::pem_file_iter(cert_path)
             .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|error| {
-                TransportError::Certificate(format!("{}: {error}", cert_path.display()))
-            })?;
+            .map_err(|error| TlsError::Certificate(format!("{}: {error}", cert_path.display())))?;
         if cert_chain.is_empty() {
-            return Err(TransportError::Certificate(format!(
+            return Err(TlsError::Certificate(format!(
                 "{}: no certificate",
                 cert_path.display()
             )));
         }
-        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|error| {
-            TransportError::Certificate(format!("{}: {error}", key_path.display()))
-        })?;
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|error| TlsError::Certificate(format!("{}: {error}", key_path.display())))?;
         Ok(Self { cert_chain, key })
     }
 
@@ -164,6 +93,17 @@ impl ServerIdentity {
     /// A copy for building a TLS configuration.
     pub fn clone_parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (self.cert_chain.clone(), self.key.clone_key())
+    }
+
+    /// The TLS 1.3 server configuration (ring) that presents this
+    /// certificate, without ALPN: every listener (QUIC, the fallback over
+    /// TCP, the cluster's node links) adds its own.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let (chain, key) = self.clone_parts();
+        Ok(rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?)
     }
 }
 
