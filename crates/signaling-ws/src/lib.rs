@@ -15,7 +15,9 @@ use futures_util::{SinkExt, StreamExt};
 use signaling_link::{
     DatagramSource, FramedRecv, FramedSend, Link, LinkClosed, MediaLink, SignalWrite, Transport,
 };
-use signaling_tls::{ServerIdentity, ServerTrust, TlsError};
+use signaling_tls::TlsError;
+/// The certificate and trust types the listener and [`connect`] take.
+pub use signaling_tls::{ServerIdentity, ServerTrust};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, SimplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
