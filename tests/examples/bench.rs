@@ -39,7 +39,7 @@ use calling_facade::{AudioDevices, CallType, CallingEvent, ClientOptions, TRTCCa
 use calling_server::config::ServerConfig;
 use calling_server::usersig;
 use signaling_proto::{ClientMessage, ServerMessage};
-use signaling_quic::{QuicServer, ServerIdentity, ServerLimits, ServerTrust};
+use signaling_quic::{QuicServer, ServerIdentity, ServerTrust};
 use tokio::sync::{Semaphore, mpsc};
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
@@ -137,17 +137,16 @@ async fn main() {
 /// Round trips of one small frame through a bare quinn stream echo.
 async fn bare_round_trips(count: usize) -> Vec<Duration> {
     let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
-    let server = QuicServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &identity,
-        ServerLimits::default(),
-        &[1; 32],
-        1,
-    )
-    .unwrap();
+    let server = QuicServer::bind("127.0.0.1:0".parse().unwrap(), &identity, &[1; 32], 1).unwrap();
     let addr = server.local_addr().unwrap();
     tokio::spawn(async move {
-        let mut connection = server.accept().await.unwrap().establish().await.unwrap();
+        let mut connection = server
+            .accept()
+            .await
+            .unwrap()
+            .establish(Duration::from_secs(10))
+            .await
+            .unwrap();
         while let Ok(Some(message)) = connection.recv.recv().await {
             if let ClientMessage::Ping { nonce } = message {
                 connection

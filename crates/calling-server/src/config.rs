@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::admission::ServerLimits;
 use serde::Deserialize;
 use signaling_proto::SwitchboardConfig;
-use signaling_quic::ServerLimits;
 
 pub use crate::secret::SecretKey;
 use crate::secret::hex;

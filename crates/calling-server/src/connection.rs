@@ -14,11 +14,13 @@ use signaling_proto::{
     AcceptedLogin, ClientMessage, ConnId, Credentials, LoginRefusal, ServerMessage, UserSig,
     check_login,
 };
-use signaling_quic::{AcceptedConnection, AddressBlock, IpSlot, PreLoginSlot};
+use signaling_quic::QuicAttempt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::Shared;
+use crate::address::AddressBlock;
+use crate::admission::Admitted;
 use crate::hub::{Attach, HubInput, OUTBOX_CAPACITY, Outbound};
 use crate::limits::{ConnectionBudget, LimitCounters, MAX_REQUESTS_IN_FLIGHT, Verdict};
 use crate::metrics::{ConnectionState, ConnectionStateGuard};
@@ -37,24 +39,26 @@ const PATH_FIRST_SAMPLE: Duration = Duration::from_secs(1);
 /// The link a connection task serves: client messages in, server messages out.
 type ServerLink<T> = Link<T, ClientMessage, ServerMessage>;
 
-/// Serves a QUIC connection attempt the admission policy let through.
-pub(crate) async fn serve(accepted: AcceptedConnection, shared: Arc<Shared>) {
-    let remote = accepted.remote_address();
+/// Serves a QUIC connection attempt the admission policy let through,
+/// holding its slots: the address's as long as it is served, the
+/// pre-login one until the login succeeds.
+pub(crate) async fn serve(attempt: QuicAttempt, admitted: Admitted, shared: Arc<Shared>) {
+    let remote = attempt.remote_address();
     let state = shared
         .metrics
         .connections
         .enter(ConnectionState::Handshaking);
-    let established = match accepted.establish().await {
+    let established = match attempt
+        .establish(shared.admission.handshake_timeout())
+        .await
+    {
         Ok(established) => established,
         Err(error) => {
             debug!(%remote, %error, "handshake failed");
             return;
         }
     };
-    // The IP slot is held as long as the connection is served; the
-    // pre-login slot until the login succeeds.
-    let (link, _slot, pre_login) = established.into_link();
-    serve_link(link, remote, (pre_login, state), shared).await;
+    serve_link(established.into_link(), remote, (admitted, state), shared).await;
 }
 
 /// Serves a fallback connection (WebSocket over TLS over TCP) the
@@ -64,7 +68,7 @@ pub(crate) async fn serve_fallback(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
-    (_slot, pre_login): (IpSlot, PreLoginSlot),
+    admitted: Admitted,
     shared: Arc<Shared>,
 ) {
     let state = shared
@@ -83,14 +87,14 @@ pub(crate) async fn serve_fallback(
             return;
         }
     };
-    serve_link(link, remote, (pre_login, state), shared).await;
+    serve_link(link, remote, (admitted, state), shared).await;
 }
 
 /// Serves one established link, whatever its transport.
 pub(crate) async fn serve_link<T: Transport>(
     mut link: ServerLink<T>,
     remote: SocketAddr,
-    (mut pre_login, mut state): (PreLoginSlot, ConnectionStateGuard),
+    (mut admitted, mut state): (Admitted, ConnectionStateGuard),
     shared: Arc<Shared>,
 ) {
     state.set(ConnectionState::LoggingIn);
@@ -129,7 +133,7 @@ pub(crate) async fn serve_link<T: Transport>(
             return;
         }
     };
-    pre_login.release();
+    admitted.pre_login.release();
     let user = login.user;
     let resuming = login.resume.is_some();
     let link_id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));

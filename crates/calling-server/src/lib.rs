@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod address;
+mod admission;
 mod board;
 mod cluster;
 pub mod cluster_store;
@@ -21,7 +23,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use admission::{AddressProof, Attempt, Decision};
 
 use calling_api::ErrorCode;
 use signaling_quic::QuicServer;
@@ -30,6 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+pub use admission::{AdmissionCounts, ServerLimits};
 pub use board::ClusterStatus;
 /// The UserSig scheme (the `calling-usersig` crate).
 pub use calling_usersig as usersig;
@@ -147,6 +152,8 @@ struct Shared {
     grace: Duration,
     routes: Arc<relay::MediaRoutes>,
     metrics: Arc<metrics::Metrics>,
+    /// Whether a new connection, from any transport, gets a handshake.
+    admission: admission::Admission,
 }
 
 impl Shared {
@@ -173,6 +180,7 @@ impl Shared {
             grace: config.shutdown_grace,
             routes,
             metrics,
+            admission: admission::Admission::new(config.limits.clone()),
         }
     }
 }
@@ -214,7 +222,6 @@ pub struct RunningServer {
     grace: Duration,
     relay: Arc<relay::MediaRoutes>,
     shared: Arc<Shared>,
-    admission: signaling_quic::AdmissionStats,
     http_addr: Option<SocketAddr>,
     drain: watch::Receiver<DrainState>,
     drain_limit: Duration,
@@ -230,13 +237,7 @@ fn bind_quic(
     identity: &ServerIdentity,
     reset_key: &[u8; 32],
 ) -> Result<QuicServer, ServerError> {
-    let quic = QuicServer::bind(
-        config.listen,
-        identity,
-        config.limits.clone(),
-        reset_key,
-        config.quic_endpoints,
-    )?;
+    let quic = QuicServer::bind(config.listen, identity, reset_key, config.quic_endpoints)?;
     debug!(endpoints = quic.endpoints().len(), "QUIC endpoints bound");
     Ok(quic)
 }
@@ -260,7 +261,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (quic, local_addr, (fallback, fallback_addr)) =
         bind_both(&config, &identity, &reset_key).await?;
     let endpoints = quic.endpoints().to_vec();
-    let admission = quic.admission_stats();
     let sends = quic.send_stats();
 
     let (hub_tx, hub_rx) = mpsc::channel(4096);
@@ -302,7 +302,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 metrics: Arc::clone(&metrics),
                 hub: hub_tx.clone(),
                 shared: Arc::clone(&shared),
-                admission: admission.clone(),
                 sends,
                 admin_token: operations.admin_token.clone(),
                 drain: drain.clone(),
@@ -333,7 +332,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         grace: config.shutdown_grace,
         relay,
         shared,
-        admission,
         http_addr,
         drain,
         drain_limit: config.operations.drain_limit,
@@ -526,21 +524,46 @@ async fn accept_loop(
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = quic.accept() => match accepted {
-                Some(accepted) => {
-                    connections.spawn(connection::serve(accepted, Arc::clone(&shared)));
+            attempt = quic.accept() => match attempt {
+                Some(attempt) => {
+                    let remote = attempt.remote_address();
+                    let address = if attempt.address_validated() {
+                        AddressProof::Proven
+                    } else {
+                        AddressProof::Unproven { can_prove: attempt.may_retry() }
+                    };
+                    let open = quic.open_connections();
+                    match shared.admission.decide(Attempt { remote, open, address }, Instant::now()) {
+                        Decision::Admit(admitted) => {
+                            connections.spawn(connection::serve(attempt, admitted, Arc::clone(&shared)));
+                        }
+                        Decision::ProveAddress => attempt.retry(),
+                        Decision::Refuse(refusal) => {
+                            debug!(%remote, ?refusal, "connection refused by the admission policy");
+                            attempt.refuse();
+                        }
+                    }
                 }
                 None => break,
             },
             accepted = accept_fallback(fallback.as_ref()) => match accepted {
                 Ok((tcp, remote)) => {
-                    // The same admission policy as QUIC's, slots shared.
-                    let Some(slots) = quic.admit_other_transport(remote) else {
-                        debug!(%remote, "fallback connection refused by the admission policy");
-                        continue;
+                    // TCP's handshake proved the address; the cap counts
+                    // the connections of every transport.
+                    let attempt = Attempt {
+                        remote,
+                        open: shared.admission.held(),
+                        address: AddressProof::Proven,
+                    };
+                    let admitted = match shared.admission.decide(attempt, Instant::now()) {
+                        Decision::Admit(admitted) => admitted,
+                        refused => {
+                            debug!(%remote, ?refused, "fallback connection refused by the admission policy");
+                            continue;
+                        }
                     };
                     if let Some((_, tls)) = &fallback {
-                        let serve = connection::serve_fallback(tcp, remote, Arc::clone(tls), slots, Arc::clone(&shared));
+                        let serve = connection::serve_fallback(tcp, remote, Arc::clone(tls), admitted, Arc::clone(&shared));
                         connections.spawn(serve);
                     }
                 }
@@ -668,8 +691,8 @@ impl RunningServer {
     }
 
     /// What the admission policy has turned away so far.
-    pub fn admission_counts(&self) -> signaling_quic::AdmissionCounts {
-        self.admission.counts()
+    pub fn admission_counts(&self) -> AdmissionCounts {
+        self.shared.admission.counts()
     }
 
     /// Resolves, with why, when a task the server cannot live without (the

@@ -134,7 +134,7 @@ pub(crate) struct Snapshot {
     pub(crate) hub: Option<HubStats>,
     pub(crate) relay: RelayCounts,
     pub(crate) limits: LimitCounts,
-    pub(crate) admission: signaling_quic::AdmissionCounts,
+    pub(crate) admission: crate::admission::AdmissionCounts,
     pub(crate) sends: signaling_quic::SendCounts,
     pub(crate) process: Option<ProcessStats>,
     pub(crate) connections: [(&'static str, usize); 3],

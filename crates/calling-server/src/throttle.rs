@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use signaling_quic::AddressBlock;
+use crate::address::AddressBlock;
 
 /// Failures an address may have before its logins are delayed.
 const FREE_FAILURES: u32 = 3;

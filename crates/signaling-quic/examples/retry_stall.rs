@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use signaling_quic::{QuicServer, ServerIdentity, ServerLimits, ServerTrust};
+use signaling_quic::{QuicServer, ServerIdentity, ServerTrust};
 
 const LIMIT: Duration = Duration::from_secs(3);
 
@@ -48,20 +48,12 @@ async fn main() {
     let parallel = args.get(1).copied().unwrap_or(64);
     let validate_above = args.get(2).copied().unwrap_or(0);
     let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
-    let limits = ServerLimits {
-        max_connections: 1_000_000,
-        max_connections_per_ip: 1_000_000,
-        validate_addresses_above: validate_above,
-        max_before_login: 1_000_000,
-        handshakes_per_sec: 10_000_000,
-        ..ServerLimits::DEFAULT
-    };
     let held = Arc::new(std::sync::Mutex::new(Vec::new()));
     let server_side = Arc::clone(&held);
     let addr = if std::env::var_os("BARE_QUINN").is_some() {
         bare_quinn_server(&identity, validate_above, server_side)
     } else {
-        ours(&identity, limits, server_side)
+        ours(&identity, validate_above, server_side)
     };
     if std::env::var_os("SERVER_ONLY").is_some() {
         // For a client in another process (logs of one side only).
@@ -141,26 +133,28 @@ async fn main() {
 
 type Held<T> = Arc<std::sync::Mutex<Vec<T>>>;
 
-/// Our server, its admission policy included.
+/// Our endpoint (its sockets, its connection IDs), with the address
+/// validation of the server's admission policy: a Retry for every attempt
+/// not yet proved once `validate_above` connections are open.
 fn ours(
     identity: &ServerIdentity,
-    limits: ServerLimits,
+    validate_above: usize,
     held: Held<signaling_quic::ServerConnection>,
 ) -> std::net::SocketAddr {
-    let server = QuicServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        identity,
-        limits,
-        &[3; 32],
-        1,
-    )
-    .unwrap();
+    let server = QuicServer::bind("127.0.0.1:0".parse().unwrap(), identity, &[3; 32], 1).unwrap();
     let addr = server.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Some(accepted) = server.accept().await {
+        while let Some(attempt) = server.accept().await {
+            if server.open_connections() > validate_above
+                && !attempt.address_validated()
+                && attempt.may_retry()
+            {
+                attempt.retry();
+                continue;
+            }
             let held = Arc::clone(&held);
             tokio::spawn(async move {
-                if let Ok(connection) = accepted.establish().await {
+                if let Ok(connection) = attempt.establish(LIMIT).await {
                     held.lock().unwrap().push(connection);
                 }
             });

@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod address;
 #[cfg(target_os = "linux")]
 mod batching;
 mod client;
@@ -11,15 +10,11 @@ mod server;
 mod steering;
 mod tuning;
 
-pub use address::AddressBlock;
 pub use client::{ClientConnection, client_config, connect, connect_on};
 pub use error::{TransportError, close, close_code_of, close_endpoint};
 pub use link::{Quic, QuicMedia, QuicSend};
 pub use send_stats::{SendCounts, SendStats};
-pub use server::{
-    AcceptedConnection, AdmissionCounts, AdmissionStats, IpSlot, PreLoginSlot, QuicServer,
-    ServerConnection, ServerLimits, server_config,
-};
+pub use server::{QuicAttempt, QuicServer, ServerConnection, server_config};
 /// The TLS identity and trust this crate's API takes, from the crate every
 /// transport shares.
 pub use signaling_tls::{CertFingerprint, ServerIdentity, ServerTrust};

@@ -1,5 +1,5 @@
 //! The transport over real loopback UDP: trust modes, framing, datagrams,
-//! close codes and the admission policy.
+//! close codes, and what the caller may do with a connection attempt.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,14 +9,16 @@ use std::time::Duration;
 use calling_api::{ErrorCode, UserId};
 use signaling_proto::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
 use signaling_quic::{
-    CertFingerprint, QuicServer, ServerConnection, ServerIdentity, ServerLimits, ServerTrust,
-    TransportError, close, close_code_of, connect,
+    CertFingerprint, QuicServer, ServerConnection, ServerIdentity, ServerTrust, TransportError,
+    close, close_code_of, connect,
 };
 
 const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
-fn server(identity: &ServerIdentity, limits: ServerLimits) -> QuicServer {
-    QuicServer::bind(LOOPBACK, identity, limits, &[7; 32], 1).unwrap()
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn server(identity: &ServerIdentity) -> QuicServer {
+    QuicServer::bind(LOOPBACK, identity, &[7; 32], 1).unwrap()
 }
 
 fn login() -> ClientMessage {
@@ -31,13 +33,13 @@ fn login() -> ClientMessage {
 /// Accepts one connection and echoes its first message back as a Pong.
 async fn accept_one(server: &QuicServer) -> Result<ServerConnection, TransportError> {
     let accepted = server.accept().await.expect("endpoint open");
-    accepted.establish().await
+    accepted.establish(HANDSHAKE_TIMEOUT).await
 }
 
 #[tokio::test]
 async fn fingerprint_trust_round_trips_frames_and_datagrams() {
     let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
-    let server = server(&identity, ServerLimits::default());
+    let server = server(&identity);
     let addr = server.local_addr().unwrap();
     let trust = ServerTrust::Fingerprint(identity.fingerprint());
     let (client, accepted) = tokio::join!(
@@ -88,13 +90,13 @@ async fn fingerprint_trust_round_trips_frames_and_datagrams() {
 #[tokio::test]
 async fn a_wrong_fingerprint_is_refused() {
     let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
-    let server = server(&identity, ServerLimits::default());
+    let server = server(&identity);
     let addr = server.local_addr().unwrap();
     let wrong = ServerTrust::Fingerprint(CertFingerprint::of(b"some other certificate"));
     let server_side = tokio::spawn(async move {
         let accepted = server.accept().await;
         if let Some(accepted) = accepted {
-            let _ = accepted.establish().await;
+            let _ = accepted.establish(HANDSHAKE_TIMEOUT).await;
         }
     });
     let error = connect(addr, "localhost", &wrong).await.unwrap_err();
@@ -126,12 +128,12 @@ async fn ca_file_trust_checks_the_issuer_and_the_name() {
     std::fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
 
     let identity = ServerIdentity::from_pem_files(&cert_file, &key_file).unwrap();
-    let server = server(&identity, ServerLimits::default());
+    let server = server(&identity);
     let addr = server.local_addr().unwrap();
     let server_side = tokio::spawn(async move {
         while let Some(accepted) = server.accept().await {
             tokio::spawn(async move {
-                if let Ok(mut connection) = accepted.establish().await {
+                if let Ok(mut connection) = accepted.establish(HANDSHAKE_TIMEOUT).await {
                     let _ = connection.recv.recv().await;
                 }
             });
@@ -146,100 +148,52 @@ async fn ca_file_trust_checks_the_issuer_and_the_name() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The caller decides: a Retry brings the client back with its address
+/// proved (and no second Retry possible); a refusal fails its connect.
 #[tokio::test]
-async fn the_per_ip_cap_refuses_the_extra_connection() {
+async fn an_attempt_can_be_retried_then_refused_or_established() {
     let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
-    let limits = ServerLimits {
-        max_connections_per_ip: 2,
-        ..ServerLimits::default()
-    };
-    let server = std::sync::Arc::new(server(&identity, limits));
+    let server = std::sync::Arc::new(server(&identity));
     let addr = server.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let acceptor = {
         let server = std::sync::Arc::clone(&server);
         tokio::spawn(async move {
-            let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(async move { while held_rx.recv().await.is_some() {} });
+            let mut refuse_next_proven = true;
             let mut keep = Vec::new();
-            while let Some(accepted) = server.accept().await {
-                let held_tx = held_tx.clone();
-                keep.push(tokio::spawn(async move {
-                    if let Ok(mut connection) = accepted.establish().await {
-                        let _ = connection.recv.recv().await;
-                        let _ = held_tx.send(());
-                        // Hold the connection (and its IP slot) open.
-                        connection.connection.closed().await;
-                    }
-                }));
+            while let Some(attempt) = server.accept().await {
+                let _ = seen_tx.send((attempt.address_validated(), attempt.may_retry()));
+                if !attempt.address_validated() {
+                    attempt.retry();
+                } else if refuse_next_proven {
+                    refuse_next_proven = false;
+                    attempt.refuse();
+                } else {
+                    keep.push(tokio::spawn(async move {
+                        if let Ok(mut connection) = attempt.establish(HANDSHAKE_TIMEOUT).await {
+                            let _ = connection.recv.recv().await;
+                            connection.connection.closed().await;
+                        }
+                    }));
+                }
             }
         })
     };
     let trust = ServerTrust::Fingerprint(identity.fingerprint());
-    let mut first = connect(addr, "localhost", &trust).await.unwrap();
-    first.send.send(&login()).await.unwrap();
-    let mut second = connect(addr, "localhost", &trust).await.unwrap();
-    second.send.send(&login()).await.unwrap();
-    let third = connect(addr, "localhost", &trust).await;
     assert!(
-        third.is_err(),
-        "the third connection from one IP is refused"
+        connect(addr, "localhost", &trust).await.is_err(),
+        "a refused attempt fails the connect"
     );
-    assert_eq!(server.connections_from(Ipv4Addr::LOCALHOST.into()), 2);
-    // A slot comes back when its connection ends.
-    close(&first.connection, ErrorCode::OK, "bye");
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while server.connections_from(Ipv4Addr::LOCALHOST.into()) != 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
-    let mut fourth = connect(addr, "localhost", &trust).await.unwrap();
-    fourth.send.send(&login()).await.unwrap();
-    drop((first, second, fourth));
-    acceptor.abort();
-}
-
-#[tokio::test]
-async fn handshakes_past_the_budget_are_retried_then_refused() {
-    let identity = ServerIdentity::self_signed(&["localhost".into()]).unwrap();
-    let limits = ServerLimits {
-        handshakes_per_sec: 2,
-        ..ServerLimits::default()
-    };
-    let server = std::sync::Arc::new(server(&identity, limits));
-    let addr = server.local_addr().unwrap();
-    let acceptor = {
-        let server = std::sync::Arc::clone(&server);
-        tokio::spawn(async move {
-            let mut keep = Vec::new();
-            while let Some(accepted) = server.accept().await {
-                keep.push(tokio::spawn(async move {
-                    if let Ok(mut connection) = accepted.establish().await {
-                        let _ = connection.recv.recv().await;
-                        connection.connection.closed().await;
-                    }
-                }));
-            }
-        })
-    };
-    let trust = ServerTrust::Fingerprint(identity.fingerprint());
-    let mut kept = Vec::new();
-    for _ in 0..2 {
-        let mut client = connect(addr, "localhost", &trust).await.unwrap();
-        client.send.send(&login()).await.unwrap();
-        kept.push(client);
-    }
-    // The budget is spent: the next newcomer proves its address through a
-    // Retry and is still refused.
-    assert!(connect(addr, "localhost", &trust).await.is_err());
-    let counts = server.admission_stats().counts();
-    assert!(counts.retried >= 1, "{counts:?}");
-    assert!(counts.refused_handshake_budget >= 1, "{counts:?}");
-    // A second later the budget has refilled.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let mut late = connect(addr, "localhost", &trust).await.unwrap();
-    late.send.send(&login()).await.unwrap();
-    drop((kept, late));
+    assert_eq!(seen.recv().await, Some((false, true)), "first contact");
+    assert_eq!(
+        seen.recv().await,
+        Some((true, false)),
+        "back from the Retry: proved, no second Retry"
+    );
+    let mut client = connect(addr, "localhost", &trust).await.unwrap();
+    client.send.send(&login()).await.unwrap();
+    assert_eq!(seen.recv().await, Some((false, true)));
+    assert_eq!(seen.recv().await, Some((true, false)));
+    drop(client);
     acceptor.abort();
 }

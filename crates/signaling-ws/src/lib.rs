@@ -119,13 +119,37 @@ impl Shared {
         self.wake_writer.notify_one();
         self.sent_changed.notify_waiters();
     }
+
+    /// Asks the writer to send a close (the first one asked wins).
+    fn request_close(&self, code: ErrorCode, reason: &str) {
+        let mut close = self.close.lock().unwrap_or_else(PoisonError::into_inner);
+        if close.is_none() {
+            *close = Some((code, reason.to_owned()));
+        }
+        drop(close);
+        self.wake_writer.notify_one();
+    }
 }
 
-/// A fallback connection's datagrams, and closing it.
+/// A fallback connection's datagrams, and closing it. The connection
+/// closes (code 0) when the last clone is dropped, as a QUIC connection
+/// does when its last handle goes.
 #[derive(Debug, Clone)]
 pub struct WsMedia {
     shared: Arc<Shared>,
     received: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    _last_handle: Arc<CloseOnDrop>,
+}
+
+/// Closes its connection when dropped: held by every clone of a
+/// [`WsMedia`], so the last one to go closes it.
+#[derive(Debug)]
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.request_close(ErrorCode::OK, "");
+    }
 }
 
 impl WsMedia {
@@ -153,16 +177,7 @@ impl MediaLink for WsMedia {
     }
 
     fn close(&self, code: ErrorCode, reason: &str) {
-        let mut close = self
-            .shared
-            .close
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if close.is_none() {
-            *close = Some((code, reason.to_owned()));
-        }
-        drop(close);
-        self.shared.wake_writer.notify_one();
+        self.shared.request_close(code, reason);
     }
 }
 
@@ -247,6 +262,7 @@ where
     let media = WsMedia {
         shared: Arc::clone(&shared),
         received: Arc::new(tokio::sync::Mutex::new(received)),
+        _last_handle: Arc::new(CloseOnDrop(Arc::clone(&shared))),
     };
     Link {
         media,
@@ -482,6 +498,26 @@ mod tests {
                 .send_datagram(Bytes::from_static(b"late"))
                 .is_err()
         );
+    }
+
+    /// Dropping a link closes its connection: the peer's reads end, as
+    /// over QUIC, instead of a TCP connection held open by its pumps.
+    #[tokio::test]
+    async fn a_dropped_link_closes_its_connection() {
+        let (addr, trust, server) = listening_server().await;
+        let client: Link<Ws, ServerMessage, ClientMessage> =
+            connect(addr, "localhost", &trust).await.unwrap();
+        let mut server = server.await.unwrap().unwrap();
+        let media = client.media.clone();
+        drop(client);
+        // A clone still held keeps it open…
+        let still_open = tokio::time::timeout(Duration::from_millis(200), server.recv.recv()).await;
+        assert!(still_open.is_err(), "closed while a handle remained");
+        drop(media);
+        // …the last one closes it.
+        let ended = tokio::time::timeout(Duration::from_secs(10), server.recv.recv()).await;
+        assert!(matches!(ended, Ok(Ok(None) | Err(_))), "{ended:?}");
+        assert!(server.media.recv_datagram().await.is_err());
     }
 
     /// docs/protocol.md's example, from a client written from it: raw

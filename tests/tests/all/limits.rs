@@ -361,3 +361,76 @@ async fn the_handshake_and_login_deadlines_close_with_timeout() {
         started.elapsed()
     );
 }
+
+/// One admission policy for every transport: QUIC and the fallback over
+/// TCP share an address's places, and a place comes back when its
+/// connection ends.
+#[tokio::test]
+async fn the_per_address_cap_counts_every_transport() {
+    let mut config = test_config("per-address");
+    config.limits.max_connections_per_ip = 2;
+    let server = TestServer::start_with(config).await;
+    let trust = signaling_quic::ServerTrust::Fingerprint(server.server.fingerprint());
+    let fallback = server.server.fallback_addr().unwrap();
+    let over_tcp =
+        || signaling_ws::connect::<ServerMessage, ClientMessage>(fallback, "localhost", &trust);
+    let over_quic = || signaling_quic::connect(server.server.local_addr(), "localhost", &trust);
+    let quic_one = over_quic().await.unwrap();
+    let tcp_one = over_tcp().await.unwrap();
+    assert!(
+        over_quic().await.is_err(),
+        "a third connection over QUIC is refused"
+    );
+    assert!(
+        over_tcp().await.is_err(),
+        "a third connection over TCP is refused"
+    );
+    assert_eq!(server.server.admission_counts().refused_per_address, 2);
+    drop(tcp_one);
+    let freed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(client) = over_quic().await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        freed.is_ok(),
+        "the place of the closed connection came back"
+    );
+    drop(quic_one);
+}
+
+/// Handshakes past the budget: a newcomer over QUIC proves its address
+/// through a Retry and is still refused, and no more handshakes start
+/// than the budget allows for the time that passed.
+#[tokio::test]
+async fn handshakes_past_the_budget_are_retried_then_refused() {
+    let mut config = test_config("handshake-budget");
+    config.limits.handshakes_per_sec = 1;
+    let server = TestServer::start_with(config).await;
+    let trust = signaling_quic::ServerTrust::Fingerprint(server.server.fingerprint());
+    let started = Instant::now();
+    let mut connected = Vec::new();
+    for _ in 0..4 {
+        if let Ok(client) =
+            signaling_quic::connect(server.server.local_addr(), "localhost", &trust).await
+        {
+            connected.push(client);
+        }
+    }
+    // One at once, then one a second (a loaded machine may take seconds).
+    let allowed = 1 + started.elapsed().as_secs() as usize;
+    assert!(
+        !connected.is_empty() && connected.len() <= allowed,
+        "{} connected, {allowed} allowed",
+        connected.len()
+    );
+    let counts = server.server.admission_counts();
+    if connected.len() < 4 {
+        assert!(counts.retried >= 1, "{counts:?}");
+        assert!(counts.refused_handshake_budget >= 1, "{counts:?}");
+    }
+}

@@ -9,11 +9,11 @@ use std::net::IpAddr;
 /// IPv4 address whole, an IPv6 address by its /64 (the block one
 /// subscriber usually holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AddressBlock(u128);
+pub(crate) struct AddressBlock(u128);
 
 impl AddressBlock {
     /// The block `ip` belongs to.
-    pub fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => Self(u128::from(u32::from(v4))),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
