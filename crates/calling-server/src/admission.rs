@@ -22,7 +22,8 @@ pub struct ServerLimits {
     /// Connections open at once (handshaking included); more are refused.
     pub max_connections: usize,
     /// Connections open at once from one IP address (an IPv6 address
-    /// counts by its /64, see [`AddressBlock`]); more are refused.
+    /// counts by its /64, the block one subscriber usually holds); more are
+    /// refused.
     pub max_connections_per_ip: usize,
     /// Above this many open connections, a client must prove its address
     /// (QUIC: a Retry round trip) before the server spends a handshake on it.
@@ -31,8 +32,8 @@ pub struct ServerLimits {
     /// (closed with `TIMEOUT` past it); the server gives it as long again
     /// to send its login.
     pub handshake_timeout: Duration,
-    /// Connections open at once that have not logged in yet (their
-    /// [`PreLoginSlot`] not yet released); more are refused, so that
+    /// Connections open at once that have not logged in yet; more are
+    /// refused, so that
     /// connections that never log in cannot crowd out the users.
     pub max_before_login: usize,
     /// Handshakes a second the server starts (as many at once). Past it, a
