@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod browser;
 mod error;
 mod fingerprint;
 mod identity;
@@ -7,6 +8,10 @@ mod trust;
 
 use std::sync::Arc;
 
+pub use browser::{
+    BROWSER_CERT_SERVED_FOR, BROWSER_CERT_VALIDITY, BrowserCertificates, CertificateChooser,
+    WEBTRANSPORT_ALPN,
+};
 pub use error::TlsError;
 pub use fingerprint::{CertFingerprint, InvalidFingerprint};
 pub use identity::{ServerIdentity, write_private};
