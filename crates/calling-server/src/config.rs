@@ -1161,8 +1161,8 @@ fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
 pub const BANNER_FILE: &str = "server.json";
 
 /// What [`BANNER_FILE`] holds.
-#[derive(Debug)]
-pub struct Banner<'a> {
+#[derive(Debug, Clone)]
+pub struct Banner {
     /// The address the server listens on.
     pub listen: SocketAddr,
     /// Its certificate's fingerprint.
@@ -1171,7 +1171,11 @@ pub struct Banner<'a> {
     pub sdk_app_id: Option<u32>,
     /// The development app, whose key a development client signs with;
     /// `None` outside development mode (a real app's key is never written).
-    pub development_app: Option<&'a AppCredentials>,
+    pub development_app: Option<AppCredentials>,
+    /// In development mode, the SHA-256 hashes of the browser certificate
+    /// served now and of the next one, for WebTransport's
+    /// `serverCertificateHashes`.
+    pub browser_certificate_hashes: Option<[signaling_tls::CertFingerprint; 2]>,
 }
 
 /// Writes [`BANNER_FILE`] (readable by the owner only: in development mode
@@ -1179,7 +1183,7 @@ pub struct Banner<'a> {
 ///
 /// `address` is where a client on this machine connects: the listening
 /// address, with an unspecified IP replaced by loopback.
-pub fn write_banner(data_dir: &Path, banner: &Banner<'_>) -> std::io::Result<()> {
+pub fn write_banner(data_dir: &Path, banner: &Banner) -> std::io::Result<()> {
     let mut address = banner.listen;
     if address.ip().is_unspecified() {
         address.set_ip(if address.is_ipv6() {
@@ -1195,8 +1199,11 @@ pub fn write_banner(data_dir: &Path, banner: &Banner<'_>) -> std::io::Result<()>
         "sdk_app_id": banner.sdk_app_id,
         "development": banner.development_app.is_some(),
     });
-    if let Some(app) = banner.development_app {
+    if let Some(app) = &banner.development_app {
         json["secret_key"] = app.secret_key.expose().into();
+    }
+    if let Some(hashes) = banner.browser_certificate_hashes {
+        json["browser_certificate_hashes"] = hashes.map(|hash| hash.to_string()).to_vec().into();
     }
     let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
     signaling_tls::write_private(&data_dir.join(BANNER_FILE), text.as_bytes())

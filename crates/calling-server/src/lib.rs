@@ -3,6 +3,7 @@
 mod address;
 mod admission;
 mod board;
+mod certificates;
 mod cluster;
 pub mod cluster_store;
 pub mod config;
@@ -234,10 +235,11 @@ pub struct RunningServer {
 /// The QUIC endpoints of `config`, on one port.
 fn bind_quic(
     config: &ServerConfig,
-    identity: &ServerIdentity,
+    certificates: &certificates::Certificates,
     reset_key: &[u8; 32],
 ) -> Result<QuicServer, ServerError> {
-    let quic = QuicServer::bind(config.listen, identity, reset_key, config.quic_endpoints)?;
+    let tls = signaling_quic::server_config_with(certificates.chooser.server_config()?)?;
+    let quic = QuicServer::bind_with(config.listen, tls, reset_key, config.quic_endpoints)?;
     debug!(endpoints = quic.endpoints().len(), "QUIC endpoints bound");
     Ok(quic)
 }
@@ -256,10 +258,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     } else {
         (config.apps.clone(), None)
     };
-    let identity = load_identity(&config)?;
+    let certificates = certificates::load(&config)?;
     let reset_key = config::reset_key(&config.data_dir).map_err(data_dir_error)?;
     let (quic, local_addr, (fallback, fallback_addr)) =
-        bind_both(&config, &identity, &reset_key).await?;
+        bind_both(&config, &certificates, &reset_key).await?;
     let endpoints = quic.endpoints().to_vec();
     let sends = quic.send_stats();
 
@@ -315,13 +317,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         None => None,
     };
     let relay = routes;
-    write_banner(&config, local_addr, &identity, development_app.as_ref())
-        .map_err(data_dir_error)?;
-    info!(%local_addr, ?fallback_addr, ?http_addr, fingerprint = %identity.fingerprint(), development = development_app.is_some(), "listening");
+    let fingerprint = certificates.identity.fingerprint();
+    let rotation = publish_banner(&config, certificates, local_addr, development_app.as_ref());
+    ops_tasks.extend(rotation.map_err(data_dir_error)?);
+    info!(%local_addr, ?fallback_addr, ?http_addr, %fingerprint, development = development_app.is_some(), "listening");
     Ok(RunningServer {
         local_addr,
         fallback_addr,
-        fingerprint: identity.fingerprint(),
+        fingerprint,
         development_app,
         hub: hub_tx,
         stop_accepting,
@@ -342,41 +345,32 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 }
 
 /// Writes where the server listens and how to trust it (see
-/// [`config::BANNER_FILE`]).
-fn write_banner(
+/// [`config::BANNER_FILE`]); in development mode starts the task that
+/// rotates the browser certificates and publishes each new pair.
+fn publish_banner(
     config: &ServerConfig,
+    certificates: certificates::Certificates,
     listen: SocketAddr,
-    identity: &ServerIdentity,
     development_app: Option<&AppCredentials>,
-) -> std::io::Result<()> {
-    config::write_banner(
-        &config.data_dir,
-        &config::Banner {
-            listen,
-            fingerprint: identity.fingerprint(),
-            sdk_app_id: development_app
-                .or(config.apps.first())
-                .map(|app| app.sdk_app_id),
-            development_app,
-        },
-    )
-}
-
-/// The certificate and key the configuration names, or the development
-/// certificate (made once in the data directory).
-fn load_identity(config: &ServerConfig) -> Result<ServerIdentity, ServerError> {
-    let identity = match &config.tls {
-        TlsSource::SelfSigned => ServerIdentity::load_or_create_self_signed(
-            &config.data_dir,
-            &[
-                "localhost".to_owned(),
-                "127.0.0.1".to_owned(),
-                "::1".to_owned(),
-            ],
-        )?,
-        TlsSource::PemFiles { cert, key } => ServerIdentity::from_pem_files(cert, key)?,
+) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+    let banner = config::Banner {
+        listen,
+        fingerprint: certificates.identity.fingerprint(),
+        sdk_app_id: development_app
+            .or(config.apps.first())
+            .map(|app| app.sdk_app_id),
+        development_app: development_app.cloned(),
+        browser_certificate_hashes: certificates.browser_hashes(),
     };
-    Ok(identity)
+    config::write_banner(&config.data_dir, &banner)?;
+    Ok(certificates.browser.map(|browser| {
+        tokio::spawn(certificates::rotate(
+            browser,
+            certificates.chooser,
+            config.data_dir.clone(),
+            banner,
+        ))
+    }))
 }
 
 /// The tasks that take the hub's call events, and their queues.
@@ -456,7 +450,7 @@ type FallbackListener = (tokio::net::TcpListener, Arc<rustls::ServerConfig>);
 /// bound again, on another port (a few tries).
 async fn bind_both(
     config: &ServerConfig,
-    identity: &ServerIdentity,
+    certificates: &certificates::Certificates,
     reset_key: &[u8; 32],
 ) -> Result<
     (
@@ -469,9 +463,9 @@ async fn bind_both(
     let mut tries = 0;
     loop {
         tries += 1;
-        let quic = bind_quic(config, identity, reset_key)?;
+        let quic = bind_quic(config, certificates, reset_key)?;
         let local_addr = quic.local_addr()?;
-        match bind_fallback(config.fallback, local_addr, identity).await {
+        match bind_fallback(config.fallback, local_addr, &certificates.identity).await {
             Err(ServerError::FallbackBind { source, .. })
                 if config.listen.port() == 0
                     && config.fallback == config::Fallback::SameAddress

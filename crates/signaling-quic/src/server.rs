@@ -22,7 +22,14 @@ const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// our ALPN and [`transport_config`]. [`QuicServer::bind`] uses it; so do
 /// the benchmarks that drive quinn without our endpoint.
 pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, TransportError> {
-    let mut tls = identity.server_config()?;
+    server_config_with(identity.server_config()?)
+}
+
+/// [`server_config`] over a TLS configuration of the caller's (one that
+/// chooses its certificate per client, say); its ALPN is replaced by ours.
+pub fn server_config_with(
+    mut tls: rustls::ServerConfig,
+) -> Result<quinn::ServerConfig, TransportError> {
     tls.alpn_protocols = vec![crate::ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|error| {
         TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
@@ -32,7 +39,7 @@ pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, T
     Ok(config)
 }
 
-/// The server's QUIC endpoint with its admission policy.
+/// The server's QUIC endpoints on one port.
 #[derive(Debug)]
 pub struct QuicServer {
     /// One or more endpoints sharing one port (see [`QuicServer::bind`]).
@@ -58,9 +65,19 @@ impl QuicServer {
         reset_key: &[u8; 32],
         endpoints: usize,
     ) -> Result<Self, TransportError> {
+        Self::bind_with(addr, server_config(identity)?, reset_key, endpoints)
+    }
+
+    /// [`bind`](Self::bind) with a QUIC configuration of the caller's
+    /// ([`server_config_with`]).
+    pub fn bind_with(
+        addr: SocketAddr,
+        server_config: quinn::ServerConfig,
+        reset_key: &[u8; 32],
+        endpoints: usize,
+    ) -> Result<Self, TransportError> {
         // One configuration for all endpoints: one token key, so a Retry or
         // NEW_TOKEN token from any endpoint is good at every other.
-        let server_config = server_config(identity)?;
         let reset_hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
         // Connection IDs must validate after a restart too, or the restarted
         // server drops the old clients' packets instead of resetting them.

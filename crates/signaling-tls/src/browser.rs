@@ -91,7 +91,8 @@ impl Dated {
 }
 
 /// The browser certificates of a development server: the one served now
-/// and the next, both published (see the [module docs](self)).
+/// and the next, both published, so that a page holding the two hashes
+/// keeps connecting when the next one takes over.
 pub struct BrowserCertificates {
     names: Vec<String>,
     current: Dated,

@@ -255,6 +255,49 @@ async fn a_development_server_is_found_by_its_data_directory() {
     assert!(calling_facade::dev::DevServer::from_data_dir(&elsewhere).is_err());
 }
 
+/// A development server publishes, in `server.json`, the hashes of the
+/// browser certificate it serves and of the next one (WebTransport's
+/// `serverCertificateHashes`), certificates kept in its data directory so
+/// that a restart publishes the same pair.
+#[tokio::test]
+async fn a_development_server_publishes_its_browser_certificate_hashes() {
+    let config = test_config("browser-hashes");
+    let data_dir = config.data_dir.clone();
+    let published = |dir: &std::path::Path| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join("server.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["browser_certificate_hashes"]
+            .as_array()
+            .expect("hashes published")
+            .iter()
+            .map(|hash| hash.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let server = TestServer::start_with(config.clone()).await;
+    let hashes = published(&data_dir);
+    assert_eq!(hashes.len(), 2);
+    assert_ne!(hashes[0], hashes[1]);
+    let own = server.server.fingerprint().to_string();
+    assert!(
+        !hashes.contains(&own),
+        "native clients keep their pinned certificate"
+    );
+    // Each hash is the SHA-256 of a certificate kept in the data directory.
+    let kept: Vec<String> = std::fs::read_dir(data_dir.join("browser-certificates"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "der"))
+        .map(|path| signaling_quic::CertFingerprint::of(&std::fs::read(path).unwrap()).to_string())
+        .collect();
+    assert!(
+        hashes.iter().all(|hash| kept.contains(hash)),
+        "{hashes:?} {kept:?}"
+    );
+    server.server.shutdown().await;
+    let _restarted = TestServer::start_with(config).await;
+    assert_eq!(published(&data_dir), hashes, "a restart keeps the pair");
+}
+
 /// Each scenario runs twice: on one server, and with its users placed in
 /// turn on three cluster nodes sharing one Redis (every message between
 /// them then crosses the cluster's control, see docs/decisions/0007).
