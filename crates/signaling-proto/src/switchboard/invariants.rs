@@ -1,0 +1,140 @@
+//! The switchboard's invariants, checked after every input in debug builds.
+
+use super::*;
+
+impl Switchboard {
+    /// Checks every internal invariant; `Err` says which one broke. Cheap
+    /// enough for tests and debug assertions, not for every message in
+    /// production.
+    ///
+    /// - every session's call exists and holds the user, as member or invitee;
+    /// - every member and invitee of a call is online with that call;
+    /// - every call has a member, and one with a single member has invitees
+    ///   (a call with nobody left to answer has ended);
+    /// - invitation timers and pending invitations match one to one, and
+    ///   grace timers and detached sessions;
+    /// - no session counts more ringing invitations than it has ringing;
+    /// - no membership change is left unpublished between inputs.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (conn, session) in &self.sessions {
+            if self.online.get(&session.user) != Some(conn) {
+                return Err(format!(
+                    "{} on {conn:?} is not the online session",
+                    session.user
+                ));
+            }
+            if let Some(call_id) = session.call {
+                let call = self
+                    .calls
+                    .get(&call_id)
+                    .ok_or_else(|| format!("{} is busy in ended {call_id}", session.user))?;
+                if !call.contains(&session.user) {
+                    return Err(format!(
+                        "{} points at {call_id} which lacks them",
+                        session.user
+                    ));
+                }
+            }
+        }
+        if self.online.len() != self.sessions.len() {
+            return Err("online map and sessions disagree".into());
+        }
+        self.check_offline_invitations()?;
+        let mut pending_total = 0;
+        for (call_id, call) in &self.calls {
+            if call.members.is_empty() {
+                return Err(format!("{call_id} has no member"));
+            }
+            if call.members.len() == 1 && call.pending.is_empty() {
+                return Err(format!("{call_id} has one member and nobody to answer"));
+            }
+            for user in call.members.keys().chain(call.pending.keys()) {
+                let session = self.conn_of(user).and_then(|conn| self.sessions.get(&conn));
+                let Some(session) = session else {
+                    if call.pending.contains_key(user)
+                        && self.offline_invited.get(user) == Some(call_id)
+                    {
+                        continue;
+                    }
+                    return Err(format!("{user} in {call_id} is offline"));
+                };
+                if session.call != Some(*call_id) {
+                    return Err(format!(
+                        "{user} in {call_id} thinks it is in {:?}",
+                        session.call
+                    ));
+                }
+            }
+            for user in call.pending.keys() {
+                let timer = Timer::Invitation {
+                    call_id: *call_id,
+                    invitee: user.clone(),
+                };
+                if self.timers.deadline(&timer).is_none() {
+                    return Err(format!("{user}'s invitation to {call_id} has no timer"));
+                }
+            }
+            pending_total += call.pending.len();
+        }
+        let detached: Vec<ConnId> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.detached)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in &detached {
+            if self
+                .timers
+                .deadline(&Timer::ResumeGrace { conn: *conn })
+                .is_none()
+            {
+                return Err(format!("detached {conn:?} has no grace timer"));
+            }
+        }
+        if pending_total + detached.len() != self.timers.len() {
+            return Err(format!(
+                "{} timers for {pending_total} invitations and {} detached sessions",
+                self.timers.len(),
+                detached.len()
+            ));
+        }
+        for session in self.sessions.values() {
+            let sent = self
+                .calls
+                .values()
+                .flat_map(|call| call.pending.values())
+                .filter(|invitation| invitation.inviter == session.user)
+                .count();
+            if session.ringing_out > sent {
+                return Err(format!(
+                    "{} counts {} ringing invitations, {sent} ring",
+                    session.user, session.ringing_out
+                ));
+            }
+        }
+        if !self.membership_changed.is_empty() {
+            return Err("a membership change was not published".into());
+        }
+        Ok(())
+    }
+
+    /// Every offline invitation is pending in its call, for a user who is
+    /// not online.
+    pub(super) fn check_offline_invitations(&self) -> Result<(), String> {
+        for (user, call_id) in &self.offline_invited {
+            if self.online.contains_key(user) {
+                return Err(format!("{user} is online with an offline invitation"));
+            }
+            if !self
+                .calls
+                .get(call_id)
+                .is_some_and(|call| call.pending.contains_key(user))
+            {
+                return Err(format!(
+                    "{user}'s offline invitation to {call_id} is not pending"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! Restoring sessions and calls that another switchboard held (a new
+//! control node in a cluster takes over its predecessor's books).
+
+use super::*;
+
+impl Switchboard {
+    /// Rebuilds sessions and calls another switchboard held (a cluster's
+    /// control that died or stepped down; see `calling-cluster`), as their
+    /// nodes report them. Sessions come back without a word to their
+    /// clients (a user already online here is kicked, as by a login). A
+    /// call comes back with the members reported in it; each is told of
+    /// the members it knew who were not reported (they were lost with the
+    /// old switchboard: `UserLeft`), and a call left with one member ends
+    /// for it with [`EndReason::ConnectionLost`]. Invitations that rang are
+    /// not restored (the nodes cancel them for their clients). Calls come
+    /// back with a `Started` event naming their first member, then one
+    /// `Joined` each, so the operator's side sees every call whole.
+    pub fn handle_restore(&mut self, now: Instant, sessions: Vec<RestoredSession>) {
+        let grace = self.config.resume_grace;
+        let mut calls: BTreeMap<CallId, ReportedMembers> = BTreeMap::new();
+        for restored in sessions {
+            if self.sessions.contains_key(&restored.conn) {
+                bug("a restored connection is already a session");
+                continue;
+            }
+            if let Some(old) = self.online.get(&restored.user).copied() {
+                self.kick_session(old);
+            }
+            if let Some(call) = &restored.call {
+                let entry = calls
+                    .entry(call.call_id)
+                    .or_insert_with(|| (call.call_type, Vec::new(), BTreeSet::new()));
+                entry.1.push((restored.user.clone(), call.flow));
+                entry.2.extend(call.members.iter().cloned());
+                self.next_flow = self.next_flow.max(call.flow.0.saturating_add(1));
+            }
+            self.online.insert(restored.user.clone(), restored.conn);
+            let per_minute = f64::from(self.config.invitations_per_minute);
+            let detached = restored.detached && !grace.is_zero();
+            if detached {
+                self.timers.set(
+                    Timer::ResumeGrace {
+                        conn: restored.conn,
+                    },
+                    now + grace,
+                );
+            }
+            self.sessions.insert(
+                restored.conn,
+                Session {
+                    user: restored.user,
+                    protocol_version: restored.protocol_version,
+                    detached,
+                    muted: restored.muted,
+                    call: None,
+                    invitation_budget: TokenBucket::new(per_minute / 60.0, per_minute),
+                    ringing_out: 0,
+                    congested: false,
+                },
+            );
+        }
+        for (call_id, (call_type, present, known)) in calls {
+            self.restore_call(call_id, call_type, present, &known);
+        }
+        self.finish_input();
+    }
+
+    pub(super) fn restore_call(
+        &mut self,
+        call_id: CallId,
+        call_type: CallType,
+        present: Vec<(UserId, FlowId)>,
+        known: &BTreeSet<UserId>,
+    ) {
+        let present: Vec<(UserId, FlowId)> = present
+            .into_iter()
+            .filter(|(user, _)| self.conn_of(user).is_some())
+            .collect();
+        if self.calls.contains_key(&call_id) {
+            bug("a restored call exists already");
+            return;
+        }
+        if present.len() < 2 {
+            // Whoever else was in it is gone with the old switchboard.
+            for (user, _) in present {
+                if let Some(conn) = self.conn_of(&user) {
+                    let ended = ServerMessage::CallEnded {
+                        call_id,
+                        reason: EndReason::ConnectionLost,
+                    };
+                    self.send(conn, ended);
+                }
+            }
+            self.membership_changed.insert(call_id);
+            return;
+        }
+        let members: BTreeMap<UserId, Member> = present
+            .iter()
+            .map(|(user, flow)| (user.clone(), Member { flow: *flow }))
+            .collect();
+        let lost: Vec<UserId> = known
+            .iter()
+            .filter(|user| !members.contains_key(*user))
+            .cloned()
+            .collect();
+        debug!(%call_id, members = members.len(), lost = lost.len(), "call restored");
+        self.event(CallEvent::Started {
+            call_id,
+            call_type,
+            caller: present[0].0.clone(),
+        });
+        for (user, _) in &present {
+            self.event(CallEvent::Joined {
+                call_id,
+                user: user.clone(),
+            });
+            if let Some(session) = self
+                .conn_of(user)
+                .and_then(|conn| self.sessions.get_mut(&conn))
+            {
+                session.call = Some(call_id);
+            }
+        }
+        self.calls.insert(
+            call_id,
+            Call {
+                call_type,
+                members,
+                pending: BTreeMap::new(),
+            },
+        );
+        for (user, _) in &present {
+            let Some(conn) = self.conn_of(user) else {
+                continue;
+            };
+            for gone in &lost {
+                let left = ServerMessage::UserLeft {
+                    call_id,
+                    user_id: gone.clone(),
+                };
+                self.send(conn, left);
+            }
+        }
+        self.membership_changed.insert(call_id);
+    }
+}
