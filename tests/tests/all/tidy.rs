@@ -240,8 +240,12 @@ fn the_dockerfile_and_the_systemd_unit_name_what_exists() {
         dockerfile.contains("\"probe\"") && main.contains("Probe {"),
         "the probe subcommand"
     );
-    let config =
-        std::fs::read_to_string(root.join("crates").join(package).join("src/config.rs")).unwrap();
+    let config = std::fs::read_to_string(
+        root.join("crates")
+            .join(package)
+            .join("src/config/settings.rs"),
+    )
+    .unwrap();
     for variable in [
         "OPENCALLING_DATA_DIR",
         "OPENCALLING_LISTEN",

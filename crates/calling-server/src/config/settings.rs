@@ -1,292 +1,23 @@
-//! The server's configuration: defaults, then an optional TOML file, then
-//! environment variables, then command-line flags, each overriding the one
-//! before. Every setting is defined once, in [`Settings`] (clap's derive
-//! for flags and environment, serde for the file), with the [`Bound`] that
-//! gives a numeric one its default and range. With no app configured the
-//! server runs in development mode.
+//! [`Settings`]: every setting once, with its flag, environment variable,
+//! file key and [`Bound`], layered (flags over environment over file) and
+//! resolved into a [`ServerConfig`].
 
 use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crate::admission::ServerLimits;
 use serde::Deserialize;
 use signaling_proto::SwitchboardConfig;
 
-pub use crate::secret::SecretKey;
-use crate::secret::hex;
+use super::{
+    ClusterConfig, ConfigError, ConnectionLimits, DEFAULT_DATA_DIR, DEFAULT_LISTEN, Fallback,
+    OperationsConfig, ServerConfig, TlsSource, system_clock,
+};
+use crate::admission::ServerLimits;
+use crate::secret::SecretKey;
 use crate::webhook_url::WebhookUrl;
-
-/// One application the server serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppCredentials {
-    /// Its sdkAppId.
-    pub sdk_app_id: u32,
-    /// The key its backend signs UserSigs with.
-    pub secret_key: SecretKey,
-}
-
-/// Where the TLS certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsSource {
-    /// A self-signed certificate made once and kept in the data directory:
-    /// clients trust it by fingerprint.
-    SelfSigned,
-    /// A certificate chain and key in PEM files.
-    PemFiles {
-        /// Certificate chain, leaf first.
-        cert: PathBuf,
-        /// Private key.
-        key: PathBuf,
-    },
-}
-
-/// The wall clock UserSigs are checked against, in unix seconds; tests
-/// inject a fixed one.
-pub type UnixClock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> UnixClock {
-    Arc::new(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs())
-    })
-}
-
-/// What one client connection may do: audio datagrams and requests per
-/// second (token buckets holding a second's worth, or `request_burst`
-/// requests), and how long a write to it may block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Audio datagrams per second one sender may have relayed.
-    pub media_packets_per_sec: u32,
-    /// Audio bytes per second one sender may have relayed.
-    pub media_bytes_per_sec: u32,
-    /// Signaling messages per second, once the burst is spent.
-    pub requests_per_sec: u32,
-    /// Signaling messages a client may send at once (honest pipelining).
-    pub request_burst: u32,
-    /// How long a write to a client may block before it counts as not
-    /// reading and is closed.
-    pub write_timeout: Duration,
-}
-
-impl ConnectionLimits {
-    /// A little above a real call: 100 Opus frames a second (the
-    /// low-latency profile's 10 ms frames; 50 otherwise) of at most a few
-    /// hundred bytes, plus a loss report and a word of features a second
-    /// per other member (130 a second in a 16-member call).
-    pub const DEFAULT: Self = Self {
-        media_packets_per_sec: 200,
-        media_bytes_per_sec: 32_000,
-        requests_per_sec: 20,
-        request_burst: 300,
-        write_timeout: Duration::from_secs(5),
-    };
-}
-
-/// Everything the server needs to run, resolved from [`Settings`] (or
-/// built directly by an embedding program or a test).
-#[derive(Clone)]
-pub struct ServerConfig {
-    /// UDP address to listen on.
-    pub listen: SocketAddr,
-    /// QUIC endpoints on that address, each with its own socket and
-    /// receive task (0: one per core the process may run on).
-    pub quic_endpoints: usize,
-    /// Where the fallback transport (WebSocket over TLS over TCP, for
-    /// networks that block UDP) listens.
-    pub fallback: Fallback,
-    /// Where the development certificate, app and reset key are kept.
-    pub data_dir: PathBuf,
-    /// The apps served; empty means development mode (one app, made once).
-    pub apps: Vec<AppCredentials>,
-    /// The call rules: invitation timeouts, call size, node id.
-    pub switchboard: SwitchboardConfig,
-    /// Connection limits.
-    pub limits: ServerLimits,
-    /// What one connection may do.
-    pub connection_limits: ConnectionLimits,
-    /// Certificate source.
-    pub tls: TlsSource,
-    /// Clock for UserSig expiry.
-    pub clock: UnixClock,
-    /// How long a graceful shutdown waits for clients to receive the notice.
-    pub shutdown_grace: Duration,
-    /// The bounds on a UserSig's times (clock skew, lifetime).
-    pub usersig_bounds: calling_usersig::TimeBounds,
-    /// Metrics, health, admin API, webhooks, call records, drains.
-    pub operations: OperationsConfig,
-    /// Cluster mode: several nodes sharing one address book through Redis;
-    /// `None`: a single server, the zero-configuration default.
-    pub cluster: Option<ClusterConfig>,
-}
-
-/// How a node joins its cluster (see `calling-cluster` and
-/// docs/decisions/0007).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// The Redis URL (`redis://[:password@]host:port/[db]`); it may hold
-    /// a password, so it is kept as a secret and never printed.
-    pub redis_url: SecretKey,
-    /// The prefix of the cluster's Redis keys: clusters sharing one Redis
-    /// differ in it.
-    pub prefix: String,
-    /// UDP address of the node links (QUIC between nodes).
-    pub listen: SocketAddr,
-    /// The address other nodes reach this node's links at.
-    pub advertise: SocketAddr,
-    /// The key every node of the cluster shares: node links are
-    /// authenticated with it (HMAC-SHA256 bound to the TLS session).
-    pub key: SecretKey,
-}
-
-/// What the server offers its operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperationsConfig {
-    /// Where the HTTP listener for `/metrics`, `/healthz`, `/readyz` and
-    /// `/admin/` listens; `None`: nowhere.
-    pub http_listen: Option<SocketAddr>,
-    /// The admin API's bearer token; `None`: the admin API refuses all.
-    pub admin_token: Option<SecretKey>,
-    /// Where call events are POSTed.
-    pub webhook_urls: Vec<WebhookUrl>,
-    /// The key webhooks are signed with (required with URLs).
-    pub webhook_key: Option<SecretKey>,
-    /// The file call records are appended to.
-    pub call_records: Option<PathBuf>,
-    /// How long a drain waits for calls to end before the server stops.
-    pub drain_limit: Duration,
-}
-
-impl Default for OperationsConfig {
-    fn default() -> Self {
-        Self {
-            http_listen: None,
-            admin_token: None,
-            webhook_urls: Vec::new(),
-            webhook_key: None,
-            call_records: None,
-            drain_limit: Duration::from_secs(DRAIN_LIMIT_SECS.default),
-        }
-    }
-}
-
-impl fmt::Debug for ServerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerConfig")
-            .field("listen", &self.listen)
-            .field("fallback", &self.fallback)
-            .field("data_dir", &self.data_dir)
-            .field("apps", &self.apps)
-            .field("switchboard", &self.switchboard)
-            .field("limits", &self.limits)
-            .field("connection_limits", &self.connection_limits)
-            .field("tls", &self.tls)
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("usersig_bounds", &self.usersig_bounds)
-            .field("operations", &self.operations)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The port the server listens on by default.
-pub const DEFAULT_PORT: u16 = 4433;
-
-/// The address the server listens on by default.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-    DEFAULT_PORT,
-);
-
-/// Where the fallback transport listens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
-    /// TCP on the QUIC address and port (the default): a client needs to
-    /// know one address.
-    SameAddress,
-    /// TCP on this address (443 in production, where firewalls let TLS
-    /// through).
-    At(SocketAddr),
-    /// No fallback: clients behind UDP-blocking networks cannot connect.
-    Off,
-}
-
-impl std::str::FromStr for Fallback {
-    type Err = String;
-
-    /// `off`, `same` or an address.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "off" => Ok(Self::Off),
-            "same" => Ok(Self::SameAddress),
-            _ => text
-                .parse()
-                .map(Self::At)
-                .map_err(|_| format!("{text:?} is not an address, `same` or `off`")),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Fallback {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// The data directory by default, relative to the working directory.
-pub const DEFAULT_DATA_DIR: &str = "opencalling-data";
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: DEFAULT_LISTEN,
-            quic_endpoints: QUIC_ENDPOINTS.default as usize,
-            fallback: Fallback::SameAddress,
-            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            apps: Vec::new(),
-            switchboard: SwitchboardConfig::DEFAULT,
-            limits: ServerLimits::DEFAULT,
-            connection_limits: ConnectionLimits::DEFAULT,
-            tls: TlsSource::SelfSigned,
-            clock: system_clock(),
-            shutdown_grace: Duration::from_secs(SHUTDOWN_GRACE_SECS.default),
-            usersig_bounds: calling_usersig::TimeBounds::DEFAULT,
-            operations: OperationsConfig::default(),
-            cluster: None,
-        }
-    }
-}
-
-/// A configuration that cannot be used, with what is wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this configuration.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A setting has a value outside its range, or settings contradict.
-    #[error("{0}")]
-    Invalid(String),
-}
 
 /// A numeric setting's default and allowed range: the command line, the
 /// environment and the file are all checked against it.
@@ -773,6 +504,100 @@ impl fmt::Debug for FileApp {
     }
 }
 
+/// A value from one source laid over the same value from a lower one
+/// (flags over environment over file).
+trait Layer {
+    fn over(self, lower: Self) -> Self;
+}
+
+/// A setting given wins.
+impl<T> Layer for Option<T> {
+    fn over(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+}
+
+/// A list of URLs given replaces the lower one whole.
+impl Layer for Vec<WebhookUrl> {
+    fn over(self, lower: Self) -> Self {
+        if self.is_empty() { lower } else { self }
+    }
+}
+
+/// Apps add up; a later key for the same app replaces the earlier one
+/// when the configuration is resolved.
+impl Layer for Vec<FileApp> {
+    fn over(self, mut lower: Self) -> Self {
+        lower.extend(self);
+        lower
+    }
+}
+
+/// Lays a settings struct over another field by field. Naming every field
+/// here is checked by the compiler: a field left out is a missing field of
+/// the struct literal.
+macro_rules! layered {
+    ($settings:ident { $($field:ident),* $(,)? }) => {
+        impl Layer for $settings {
+            fn over(self, lower: Self) -> Self {
+                Self {
+                    $($field: Layer::over(self.$field, lower.$field)),*
+                }
+            }
+        }
+    };
+}
+
+layered!(Settings {
+    listen,
+    quic_endpoints,
+    fallback_listen,
+    data_dir,
+    invite_timeout_secs,
+    max_invite_timeout_secs,
+    resume_grace_secs,
+    max_call_size,
+    invitations_per_minute,
+    max_ringing_per_session,
+    node_id,
+    shutdown_grace_secs,
+    usersig_max_skew_secs,
+    usersig_max_lifetime_secs,
+    ring_offline_invitees,
+    http_listen,
+    admin_token,
+    webhook_urls,
+    webhook_key,
+    call_records,
+    drain_limit_secs,
+    redis,
+    redis_prefix,
+    cluster_listen,
+    cluster_advertise,
+    cluster_key,
+    limits,
+    cert,
+    key,
+    tls,
+    sdk_app_id,
+    secret_key,
+    apps,
+});
+
+layered!(LimitSettings {
+    max_connections,
+    max_connections_per_ip,
+    validate_addresses_above,
+    max_before_login,
+    handshakes_per_sec,
+    media_packets_per_sec,
+    media_bytes_per_sec,
+    requests_per_sec,
+    request_burst,
+    write_timeout_secs,
+    handshake_timeout_secs,
+});
+
 /// The settings alone as a command line, for [`Settings::parse_from`].
 #[derive(Debug, clap::Parser)]
 struct SettingsOnly {
@@ -805,95 +630,10 @@ impl Settings {
 
     /// These settings where set, `lower`'s elsewhere (flags and
     /// environment over the file). Apps add up, a key of `self` replacing
-    /// the same app's key in `lower`.
+    /// the same app's key in `lower`; a non-empty list of webhook URLs
+    /// replaces `lower`'s.
     pub fn over(self, lower: Self) -> Self {
-        let mut apps = lower.apps;
-        apps.extend(self.apps);
-        let webhook_urls = if self.webhook_urls.is_empty() {
-            lower.webhook_urls
-        } else {
-            self.webhook_urls
-        };
-        Self {
-            ring_offline_invitees: self.ring_offline_invitees.or(lower.ring_offline_invitees),
-            http_listen: self.http_listen.or(lower.http_listen),
-            admin_token: self.admin_token.or(lower.admin_token),
-            webhook_urls,
-            webhook_key: self.webhook_key.or(lower.webhook_key),
-            call_records: self.call_records.or(lower.call_records),
-            drain_limit_secs: self.drain_limit_secs.or(lower.drain_limit_secs),
-            redis: self.redis.or(lower.redis),
-            redis_prefix: self.redis_prefix.or(lower.redis_prefix),
-            cluster_listen: self.cluster_listen.or(lower.cluster_listen),
-            cluster_advertise: self.cluster_advertise.or(lower.cluster_advertise),
-            cluster_key: self.cluster_key.or(lower.cluster_key),
-            listen: self.listen.or(lower.listen),
-            quic_endpoints: self.quic_endpoints.or(lower.quic_endpoints),
-            fallback_listen: self.fallback_listen.or(lower.fallback_listen),
-            data_dir: self.data_dir.or(lower.data_dir),
-            invite_timeout_secs: self.invite_timeout_secs.or(lower.invite_timeout_secs),
-            max_invite_timeout_secs: self
-                .max_invite_timeout_secs
-                .or(lower.max_invite_timeout_secs),
-            resume_grace_secs: self.resume_grace_secs.or(lower.resume_grace_secs),
-            max_call_size: self.max_call_size.or(lower.max_call_size),
-            invitations_per_minute: self.invitations_per_minute.or(lower.invitations_per_minute),
-            max_ringing_per_session: self
-                .max_ringing_per_session
-                .or(lower.max_ringing_per_session),
-            node_id: self.node_id.or(lower.node_id),
-            shutdown_grace_secs: self.shutdown_grace_secs.or(lower.shutdown_grace_secs),
-            usersig_max_skew_secs: self.usersig_max_skew_secs.or(lower.usersig_max_skew_secs),
-            usersig_max_lifetime_secs: self
-                .usersig_max_lifetime_secs
-                .or(lower.usersig_max_lifetime_secs),
-            limits: LimitSettings {
-                max_connections: self.limits.max_connections.or(lower.limits.max_connections),
-                max_connections_per_ip: self
-                    .limits
-                    .max_connections_per_ip
-                    .or(lower.limits.max_connections_per_ip),
-                validate_addresses_above: self
-                    .limits
-                    .validate_addresses_above
-                    .or(lower.limits.validate_addresses_above),
-                handshake_timeout_secs: self
-                    .limits
-                    .handshake_timeout_secs
-                    .or(lower.limits.handshake_timeout_secs),
-                max_before_login: self
-                    .limits
-                    .max_before_login
-                    .or(lower.limits.max_before_login),
-                handshakes_per_sec: self
-                    .limits
-                    .handshakes_per_sec
-                    .or(lower.limits.handshakes_per_sec),
-                media_packets_per_sec: self
-                    .limits
-                    .media_packets_per_sec
-                    .or(lower.limits.media_packets_per_sec),
-                media_bytes_per_sec: self
-                    .limits
-                    .media_bytes_per_sec
-                    .or(lower.limits.media_bytes_per_sec),
-                requests_per_sec: self
-                    .limits
-                    .requests_per_sec
-                    .or(lower.limits.requests_per_sec),
-                request_burst: self.limits.request_burst.or(lower.limits.request_burst),
-                write_timeout_secs: self
-                    .limits
-                    .write_timeout_secs
-                    .or(lower.limits.write_timeout_secs),
-            },
-            cert: self.cert.or(lower.cert),
-            key: self.key.or(lower.key),
-            tls: self.tls.or(lower.tls),
-            sdk_app_id: self.sdk_app_id.or(lower.sdk_app_id),
-            secret_key: self.secret_key.or(lower.secret_key),
-            apps,
-        }
+        Layer::over(self, lower)
     }
 
     /// The configuration these settings describe, every value checked
@@ -1078,148 +818,6 @@ pub(crate) fn random_node_id() -> Result<u32, ConfigError> {
     Ok(u32::from_le_bytes(bytes))
 }
 
-impl ServerConfig {
-    fn add_app(&mut self, sdk_app_id: u32, secret_key: SecretKey) -> Result<(), ConfigError> {
-        if secret_key.expose().is_empty() {
-            return Err(ConfigError::Invalid(format!(
-                "app {sdk_app_id}: empty secret key"
-            )));
-        }
-        self.apps.retain(|app| app.sdk_app_id != sdk_app_id);
-        self.apps.push(AppCredentials {
-            sdk_app_id,
-            secret_key,
-        });
-        Ok(())
-    }
-
-    /// Checks what a configuration built in code may get wrong.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if let TlsSource::PemFiles { cert, key } = &self.tls {
-            if cert.as_os_str().is_empty() || key.as_os_str().is_empty() {
-                return Err(ConfigError::Invalid("--cert and --key go together".into()));
-            }
-        }
-        if self.switchboard.default_invite_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "the invitation timeout must be positive".into(),
-            ));
-        }
-        if !self.operations.webhook_urls.is_empty() && self.operations.webhook_key.is_none() {
-            return Err(ConfigError::Invalid(
-                "webhook_urls need a webhook_key to sign them with".into(),
-            ));
-        }
-        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
-            return Err(ConfigError::Invalid(
-                "connection limits must be positive".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The sdkAppId of the development app.
-pub const DEVELOPMENT_SDK_APP_ID: u32 = 1_400_000_000;
-
-const DEV_APP_FILE: &str = "development-app.key";
-const RESET_KEY_FILE: &str = "stateless-reset.key";
-
-/// The development app kept in `data_dir`: its key is made once, at random,
-/// and reused so that UserSigs issued for it stay valid across restarts.
-pub fn development_app(data_dir: &Path) -> std::io::Result<AppCredentials> {
-    let secret = load_or_create_secret(&data_dir.join(DEV_APP_FILE))?;
-    Ok(AppCredentials {
-        sdk_app_id: DEVELOPMENT_SDK_APP_ID,
-        secret_key: SecretKey::new(hex(&secret)),
-    })
-}
-
-/// The stateless-reset key seed kept in `data_dir`.
-pub fn reset_key(data_dir: &Path) -> std::io::Result<[u8; 32]> {
-    load_or_create_secret(&data_dir.join(RESET_KEY_FILE))
-}
-
-fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
-    if let Ok(bytes) = fs::read(path) {
-        if let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice()) {
-            return Ok(secret);
-        }
-    }
-    let mut secret = [0; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-        .map_err(|_| std::io::Error::other("the system random generator failed"))?;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    signaling_tls::write_private(path, &secret)?;
-    Ok(secret)
-}
-
-/// The file in the data directory that says, for scripts and development
-/// clients, where the running server is and how to trust it.
-pub const BANNER_FILE: &str = "server.json";
-
-/// What [`BANNER_FILE`] holds.
-#[derive(Debug, Clone)]
-pub struct Banner {
-    /// The address the server listens on.
-    pub listen: SocketAddr,
-    /// Its certificate's fingerprint.
-    pub fingerprint: signaling_tls::CertFingerprint,
-    /// The development app's sdkAppId, or the first configured app's.
-    pub sdk_app_id: Option<u32>,
-    /// The development app, whose key a development client signs with;
-    /// `None` outside development mode (a real app's key is never written).
-    pub development_app: Option<AppCredentials>,
-    /// In development mode, the SHA-256 hashes of the browser certificate
-    /// served now and of the next one, for WebTransport's
-    /// `serverCertificateHashes`.
-    pub browser_certificate_hashes: Option<[signaling_tls::CertFingerprint; 2]>,
-}
-
-/// Writes [`BANNER_FILE`] (readable by the owner only: in development mode
-/// it holds the development app's key, as the key file beside it does).
-///
-/// `address` is where a client on this machine connects: the listening
-/// address, with an unspecified IP replaced by loopback.
-pub fn write_banner(data_dir: &Path, banner: &Banner) -> std::io::Result<()> {
-    let mut address = banner.listen;
-    if address.ip().is_unspecified() {
-        address.set_ip(if address.is_ipv6() {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        });
-    }
-    let mut json = serde_json::json!({
-        "listen": banner.listen.to_string(),
-        "address": address.to_string(),
-        "fingerprint": banner.fingerprint.to_string(),
-        "sdk_app_id": banner.sdk_app_id,
-        "development": banner.development_app.is_some(),
-    });
-    if let Some(app) = &banner.development_app {
-        json["secret_key"] = app.secret_key.expose().into();
-    }
-    if let Some(hashes) = banner.browser_certificate_hashes {
-        json["browser_certificate_hashes"] = hashes.map(|hash| hash.to_string()).to_vec().into();
-    }
-    let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
-    signaling_tls::write_private(&data_dir.join(BANNER_FILE), text.as_bytes())
-}
-
-/// The development app already kept in `data_dir`, if a server made one
-/// there; unlike [`development_app`], never makes a new one.
-pub fn existing_development_app(data_dir: &Path) -> Option<AppCredentials> {
-    let bytes = fs::read(data_dir.join(DEV_APP_FILE)).ok()?;
-    let secret = <[u8; 32]>::try_from(bytes.as_slice()).ok()?;
-    Some(AppCredentials {
-        sdk_app_id: DEVELOPMENT_SDK_APP_ID,
-        secret_key: SecretKey::new(hex(&secret)),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1290,6 +888,52 @@ mod tests {
         assert_eq!(config.limits.max_connections, 100, "the file still counts");
         config.validate().unwrap();
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn layers_merge_field_by_field_lists_by_their_rules() {
+        let url = |text: &str| text.parse::<WebhookUrl>().unwrap();
+        let app = |id: u32| FileApp {
+            sdk_app_id: id,
+            secret_key: format!("key-{id}"),
+        };
+        let lower = Settings {
+            webhook_urls: vec![url("http://file.example/hook")],
+            apps: vec![app(1)],
+            limits: LimitSettings {
+                max_connections: Some(100),
+                request_burst: Some(50),
+                ..LimitSettings::default()
+            },
+            ..Settings::default()
+        };
+        let upper = Settings {
+            apps: vec![app(2)],
+            limits: LimitSettings {
+                request_burst: Some(60),
+                ..LimitSettings::default()
+            },
+            ..Settings::default()
+        };
+        let merged = upper.clone().over(lower.clone());
+        assert_eq!(
+            merged.webhook_urls, lower.webhook_urls,
+            "none given: the lower list"
+        );
+        let ids: Vec<u32> = merged.apps.iter().map(|app| app.sdk_app_id).collect();
+        assert_eq!(ids, [1, 2], "apps add up");
+        assert_eq!(
+            merged.limits.max_connections,
+            Some(100),
+            "an unset limit falls through"
+        );
+        assert_eq!(merged.limits.request_burst, Some(60), "a set limit wins");
+        let replaced = Settings {
+            webhook_urls: vec![url("https://flag.example/hook")],
+            ..upper
+        }
+        .over(lower);
+        assert_eq!(replaced.webhook_urls, [url("https://flag.example/hook")]);
     }
 
     #[test]
@@ -1464,17 +1108,6 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(several.operations.webhook_urls.len(), 2);
-    }
-
-    #[test]
-    fn development_secrets_are_made_once() {
-        let dir = temp_dir("dev");
-        let first = development_app(&dir).unwrap();
-        let second = development_app(&dir).unwrap();
-        assert_eq!(first, second);
-        assert_eq!(first.secret_key.expose().len(), 64);
-        assert_eq!(reset_key(&dir).unwrap(), reset_key(&dir).unwrap());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
 
