@@ -9,6 +9,7 @@ struct ReadmeSnippets;
 pub mod dev;
 mod driver;
 mod media;
+mod media_session;
 mod options;
 
 use std::fmt;

@@ -1,27 +1,11 @@
-//! A call's audio: a capture thread (device → send path → datagrams) and a
-//! playout thread (datagrams → jitter buffers → mix → device), started when
-//! the call is entered and stopped when it ends. The driver task hands
-//! received datagrams over through lock-free packet rings.
-//!
-//! Loss feedback: the driver measures what it loses of each remote speaker
-//! ([`LossMeter`]) and sends each one a loss report about once a second;
-//! reports about our own audio arrive the same way, and the capture thread
-//! tells the encoder the worst of them, so in-band FEC follows the path.
-//!
-//! Low latency: with it on, the capture thread sends 10 ms frames instead
-//! of 20 ms — but only once every other member of the call has said it
-//! plays them ([`ReceiverFeatures`], sent to each member once a second
-//! with the loss reports); a member who never says so (an older SDK, a
-//! client of its own) keeps the call at 20 ms.
-//!
-//! DRED: a receiver whose decoder recovers from DRED says so in the same
-//! features, and asks for it while its losses of that member's audio come
-//! in bursts ([`LossMeter::bursty`]). The capture thread protects with
-//! DRED instead of in-band FEC while every other member decodes it and at
-//! least half of them ask; otherwise, and with any member that never said
-//! a word, with FEC.
+//! A call's audio devices and threads: a capture thread (device → send
+//! path → datagrams) and a playout thread (packet rings → jitter buffers →
+//! mix → device), started when the call is entered and stopped when it
+//! ends. What to do with received datagrams, what to tell the other
+//! members and how to send is decided on the session task by the sans-IO
+//! [`MediaSession`]; this module carries its decisions to the threads
+//! (atomics, lock-free packet rings) and their measurements back.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,15 +17,16 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, FrameDuration, JitterConfig, JitterStats, LossMeter, MIN_DRED_COMPLEXITY,
-    MediaPacket, PULL_SAMPLES, PacketReceiver, PacketSender, Protection, ReceivePath, Resampler,
-    SendPath, packet_ring,
+    EncoderConfig, FrameDuration, JitterConfig, JitterStats, MIN_DRED_COMPLEXITY, PULL_SAMPLES,
+    PacketReceiver, PacketSender, Protection, ReceivePath, Resampler, SendPath, packet_ring,
 };
 use calling_api::{AudioDeviceKind, CallingEvent};
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
-use signaling_proto::{DatagramKind, FlowId, LossReport, MediaHeader, ReceiverFeatures};
+use signaling_proto::{DatagramKind, FlowId, MediaHeader};
 use tracing::warn;
+
+use crate::media_session::{HowToSend, MAX_SPEAKERS, MediaSession, Received};
 
 /// An application's own capture source (a bot's voice, a probe), shared
 /// with the SDK's capture thread, which reads it every 10 ms.
@@ -255,9 +240,6 @@ impl AudioDevices {
     }
 }
 
-/// Remote speakers one call can hear at once.
-const MAX_SPEAKERS: usize = 15;
-
 /// Shared between the threads and the session task.
 struct Shared {
     stop: AtomicBool,
@@ -270,16 +252,14 @@ struct Shared {
     /// Jitter statistics per speaker slot, published by the playout thread
     /// about twice a second (it never waits for this lock).
     stats: Mutex<[JitterStats; MAX_SPEAKERS]>,
-    /// The worst loss the receivers reported since the capture thread last
-    /// looked ([`NO_REPORT`] if none).
-    reported_loss: AtomicU8,
+    /// The loss the encoder is to be told next ([`NO_REPORT`] if none).
+    loss_to_apply: AtomicU8,
     /// The loss the encoder was last told ([`NO_REPORT`] if never).
     applied_loss: AtomicU8,
-    /// Whether the capture thread sends 10 ms frames (low latency wanted,
-    /// and every other member plays them).
+    /// Whether the capture thread sends 10 ms frames ([`HowToSend`]).
     short_frames: AtomicBool,
-    /// Whether the capture thread protects with DRED (every other member
-    /// decodes it, at least half ask for it) instead of in-band FEC.
+    /// Whether the capture thread protects with DRED instead of in-band FEC
+    /// ([`HowToSend`]).
     dred: AtomicBool,
 }
 
@@ -290,47 +270,27 @@ const NO_REPORT: u8 = u8::MAX;
 /// frame leaves as soon as it is in (a 20 ms frame takes two reads).
 const CAPTURE_MS: u32 = 10;
 
-/// How often the capture thread applies the receivers' loss reports, in
-/// capture reads: once a second, as often as they come.
-const LOSS_UPDATE_READS: u32 = 1_000 / CAPTURE_MS;
-
 fn raise(level: &AtomicU8, value: u8) {
     level.fetch_max(value, Ordering::Relaxed);
-}
-
-/// One remote speaker as the session task sees it.
-struct RemoteSpeaker {
-    /// Its slot in the playout thread and the shared arrays.
-    slot: usize,
-    /// The ring into its jitter buffer.
-    packets: PacketSender,
-    /// What we lose of its packets, for our reports to it.
-    loss: LossMeter,
 }
 
 /// A running call's audio.
 pub(crate) struct CallAudio {
     shared: Arc<Shared>,
-    /// Flow id → the speaker.
-    speakers: HashMap<FlowId, RemoteSpeaker>,
+    /// What to do with datagrams, what to tell, how to send.
+    session: MediaSession,
+    /// The ring into each speaker slot's jitter buffer.
+    rings: Vec<PacketSender>,
     /// Rings of newly heard flows, for the playout thread to add, in order:
     /// the n-th ring sent is speaker slot n there.
     new_speakers: std::sync::mpsc::Sender<PacketReceiver>,
     threads: Vec<JoinHandle<()>>,
-    /// Whether this user wants 10 ms frames.
-    low_latency: bool,
-    /// The other members' flows, as the driver last listed them.
-    members: Vec<FlowId>,
-    /// What each of them said it plays of our audio.
-    features: HashMap<FlowId, ReceiverFeatures>,
-    /// Whether our decoders recover lost frames from DRED.
-    decodes_dred: bool,
 }
 
 impl std::fmt::Debug for CallAudio {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallAudio")
-            .field("speakers", &self.speakers.len())
+            .field("speakers", &self.rings.len())
             .finish_non_exhaustive()
     }
 }
@@ -511,7 +471,7 @@ impl CallAudio {
             local_level: AtomicU8::new(0),
             speaker_levels: std::array::from_fn(|_| AtomicU8::new(0)),
             stats: Mutex::new([JitterStats::default(); MAX_SPEAKERS]),
-            reported_loss: AtomicU8::new(NO_REPORT),
+            loss_to_apply: AtomicU8::new(NO_REPORT),
             applied_loss: AtomicU8::new(NO_REPORT),
             short_frames: AtomicBool::new(false),
             dred: AtomicBool::new(false),
@@ -550,13 +510,10 @@ impl CallAudio {
         };
         Some(Self {
             shared,
-            speakers: HashMap::new(),
+            session: MediaSession::new(low_latency, decoder_complexity >= MIN_DRED_COMPLEXITY),
+            rings: Vec::new(),
             new_speakers,
             threads: vec![capture, playout],
-            low_latency,
-            members: Vec::new(),
-            features: HashMap::new(),
-            decodes_dred: decoder_complexity >= MIN_DRED_COMPLEXITY,
         })
     }
 
@@ -570,144 +527,60 @@ impl CallAudio {
 
     /// Wants 10 ms frames (`true`) or 20 ms ones, from the next frame on.
     pub(crate) fn set_low_latency(&mut self, low_latency: bool) {
-        self.low_latency = low_latency;
-        self.choose_how_to_send();
+        self.session.set_low_latency(low_latency);
+        self.publish_how_to_send();
     }
 
-    /// 10 ms frames when wanted and every other member said it plays them;
-    /// DRED when every other member decodes it and at least half ask (in
-    /// 20 ms frames: the send path keeps FEC in 10 ms ones, where libopus
-    /// sends no DRED).
-    fn choose_how_to_send(&self) {
-        let everyone = |has: fn(ReceiverFeatures) -> bool| {
-            !self.members.is_empty()
-                && self.members.iter().all(|flow| {
-                    self.features
-                        .get(flow)
-                        .is_some_and(|features| has(*features))
-                })
-        };
-        self.shared.short_frames.store(
-            self.low_latency && everyone(ReceiverFeatures::plays_short_frames),
-            Ordering::Relaxed,
-        );
-        let asking = self
-            .members
-            .iter()
-            .filter(|flow| self.features.get(flow).is_some_and(|f| f.wants_dred()))
-            .count();
-        self.shared.dred.store(
-            everyone(ReceiverFeatures::decodes_dred)
-                && asking > 0
-                && 2 * asking >= self.members.len(),
-            Ordering::Relaxed,
-        );
+    /// Tells the capture thread how the session says to send.
+    fn publish_how_to_send(&self) {
+        let HowToSend { frames, protection } = self.session.how_to_send();
+        let shared = &self.shared;
+        (shared.short_frames).store(frames == FrameDuration::Ms10, Ordering::Relaxed);
+        (shared.dred).store(protection == Protection::Dred, Ordering::Relaxed);
     }
 
     /// A datagram from the server: a remote speaker's audio, or a loss
     /// report or a member's features about our own. `true` when the member
-    /// should hear our features now: its first word may have come before our
-    /// audio started, and so before it heard ours (the next would be a
-    /// second later).
+    /// should hear our features now (see [`Received::FirstFeatures`]).
     pub(crate) fn on_datagram(&mut self, datagram: &[u8]) -> bool {
-        let Ok((header, payload)) = MediaHeader::decode(datagram) else {
-            return false;
-        };
-        match header.kind {
-            DatagramKind::Audio => self.on_audio(&header, payload),
-            DatagramKind::Report => {
-                if let Some(report) = LossReport::from_payload(payload) {
-                    let _ = self.shared.reported_loss.fetch_update(
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                        |worst| {
-                            Some(if worst == NO_REPORT {
-                                report.loss_percent
-                            } else {
-                                worst.max(report.loss_percent)
-                            })
-                        },
-                    );
+        match self.session.handle_datagram(Instant::now(), datagram) {
+            Received::Audio {
+                slot,
+                new_speaker,
+                packet,
+            } => {
+                if new_speaker {
+                    let (sender, receiver) = packet_ring(64);
+                    if self.new_speakers.send(receiver).is_err() {
+                        return false;
+                    }
+                    self.rings.push(sender);
                 }
-            }
-            DatagramKind::Features => {
-                if let Some(features) = ReceiverFeatures::from_payload(payload) {
-                    let first = self.features.insert(header.flow_id, features).is_none();
-                    self.choose_how_to_send();
-                    return first;
+                if let Some(ring) = self.rings.get_mut(slot) {
+                    ring.send(packet);
                 }
+                false
             }
-            DatagramKind::Probe | DatagramKind::KeepAlive => {}
-        }
-        false
-    }
-
-    fn on_audio(&mut self, header: &MediaHeader, payload: &[u8]) {
-        if !self.speakers.contains_key(&header.flow_id) {
-            let slot = self.speakers.len();
-            if slot == MAX_SPEAKERS {
-                return;
+            Received::FirstFeatures => {
+                self.publish_how_to_send();
+                true
             }
-            let (sender, receiver) = packet_ring(64);
-            if self.new_speakers.send(receiver).is_err() {
-                return;
+            Received::Nothing => {
+                // Features may have changed what the members ask for.
+                self.publish_how_to_send();
+                false
             }
-            self.speakers.insert(
-                header.flow_id,
-                RemoteSpeaker {
-                    slot,
-                    packets: sender,
-                    loss: LossMeter::new(),
-                },
-            );
-        }
-        let Some(speaker) = self.speakers.get_mut(&header.flow_id) else {
-            return;
-        };
-        speaker.loss.on_packet(header.sequence);
-        if let Some(packet) = MediaPacket::new(
-            Instant::now(),
-            header.sequence,
-            header.timestamp,
-            header.voice_activity,
-            payload,
-        ) {
-            speaker.packets.send(packet);
         }
     }
 
-    /// What we tell the other members, as datagrams to send (the server
-    /// delivers each to the member it names): to each of `members` (the
-    /// call's other members now), what we play of its audio; to each remote
-    /// speaker with enough packets due since the last report, what we lose
-    /// of it. Called about once a second.
+    /// What we tell the other members (see [`MediaSession::feedback`]), and
+    /// the loss reported about our audio handed to the encoder. Called
+    /// about once a second.
     pub(crate) fn feedback(&mut self, members: &[FlowId]) -> Vec<bytes::Bytes> {
-        if self.members != members {
-            self.members = members.to_vec();
-            self.features.retain(|flow, _| members.contains(flow));
-            self.choose_how_to_send();
-        }
-        let mut datagrams = Vec::new();
-        let features =
-            ReceiverFeatures::ours().with(ReceiverFeatures::DECODES_DRED, self.decodes_dred);
-        for flow in members {
-            let bursty = self
-                .speakers
-                .get(flow)
-                .is_some_and(|speaker| speaker.loss.bursty());
-            let features = features.with(ReceiverFeatures::WANTS_DRED, self.decodes_dred && bursty);
-            datagrams.extend(feedback_datagram(
-                DatagramKind::Features,
-                *flow,
-                &features.to_payload(),
-            ));
-        }
-        for (flow, speaker) in &mut self.speakers {
-            let Some(loss_percent) = speaker.loss.report() else {
-                continue;
-            };
-            let report = LossReport { loss_percent }.to_payload();
-            datagrams.extend(feedback_datagram(DatagramKind::Report, *flow, &report));
+        let datagrams = self.session.feedback(members);
+        self.publish_how_to_send();
+        if let Some(loss) = self.session.take_loss_report() {
+            self.shared.loss_to_apply.store(loss, Ordering::Relaxed);
         }
         datagrams
     }
@@ -725,8 +598,8 @@ impl CallAudio {
 
     /// The loudest level of `flow` since the last call (0–100).
     pub(crate) fn take_level(&self, flow: FlowId) -> u8 {
-        self.speakers.get(&flow).map_or(0, |speaker| {
-            self.shared.speaker_levels[speaker.slot].swap(0, Ordering::Relaxed)
+        self.session.slot_of(flow).map_or(0, |slot| {
+            self.shared.speaker_levels[slot].swap(0, Ordering::Relaxed)
         })
     }
 
@@ -737,9 +610,9 @@ impl CallAudio {
             .stats
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.speakers
-            .iter()
-            .map(|(flow, speaker)| (*flow, stats[speaker.slot]))
+        self.session
+            .heard()
+            .map(|(flow, slot)| (flow, stats[slot]))
             .collect()
     }
 
@@ -759,15 +632,6 @@ impl CallAudio {
     }
 }
 
-/// A loss report or our features, about `flow`.
-fn feedback_datagram(kind: DatagramKind, flow: FlowId, payload: &[u8; 1]) -> Option<bytes::Bytes> {
-    let mut datagram = [0; MAX_HEADER_LEN + 1];
-    let len = MediaHeader::about(kind, flow)
-        .encode(payload, &mut datagram)
-        .ok()?;
-    Some(bytes::Bytes::copy_from_slice(&datagram[..len]))
-}
-
 fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: &Shared) {
     let format = source.format();
     let Ok(mut send) = SendPath::new(
@@ -782,13 +646,9 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
     let mut datagram = vec![0_u8; MAX_HEADER_LEN + audio_pipeline::MAX_PACKET];
     let mut pacer = Pacer::new(Duration::from_millis(u64::from(CAPTURE_MS)));
     let mut encoder_failed = false;
-    let mut reads: u32 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
-        reads = reads.wrapping_add(1);
-        if reads % LOSS_UPDATE_READS == 0 {
-            apply_loss_reports(&mut send, shared);
-        }
+        apply_loss_report(&mut send, shared);
         let read = source.read(&mut chunk);
         chunk[read..].fill(0.0);
         send.set_muted(shared.muted.load(Ordering::Relaxed));
@@ -843,10 +703,10 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
     }
 }
 
-/// Tells the encoder the worst loss the receivers reported since the last
-/// look, so in-band FEC protects as much as the path needs.
-fn apply_loss_reports(send: &mut SendPath, shared: &Shared) {
-    let reported = shared.reported_loss.swap(NO_REPORT, Ordering::Relaxed);
+/// Tells the encoder the loss the session handed over, if any, so in-band
+/// FEC protects as much as the path needs.
+fn apply_loss_report(send: &mut SendPath, shared: &Shared) {
+    let reported = shared.loss_to_apply.swap(NO_REPORT, Ordering::Relaxed);
     if reported == NO_REPORT {
         return;
     }
