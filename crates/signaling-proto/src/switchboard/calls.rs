@@ -34,7 +34,7 @@ impl Switchboard {
             });
         }
         self.sessions.clear();
-        self.online.clear();
+        self.presence.clear();
         self.finish_input();
     }
 

@@ -17,7 +17,7 @@ impl Switchboard {
     /// - no membership change is left unpublished between inputs.
     pub fn check_invariants(&self) -> Result<(), String> {
         for (conn, session) in &self.sessions {
-            if self.online.get(&session.user) != Some(conn) {
+            if !self.presence.is_session(&session.user, *conn) {
                 return Err(format!(
                     "{} on {conn:?} is not the online session",
                     session.user
@@ -36,7 +36,7 @@ impl Switchboard {
                 }
             }
         }
-        if self.online.len() != self.sessions.len() {
+        if self.presence.count() != self.sessions.len() {
             return Err("online map and sessions disagree".into());
         }
         self.check_offline_invitations()?;
@@ -122,7 +122,7 @@ impl Switchboard {
     /// not online.
     pub(super) fn check_offline_invitations(&self) -> Result<(), String> {
         for (user, call_id) in &self.offline_invited {
-            if self.online.contains_key(user) {
+            if self.presence.is_online(user) {
                 return Err(format!("{user} is online with an offline invitation"));
             }
             if !self

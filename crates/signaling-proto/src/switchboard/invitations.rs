@@ -141,9 +141,9 @@ impl Switchboard {
     /// cancelled, or its invitee gone).
     pub(super) fn invitation_over(&mut self, inviter: &UserId) {
         if let Some(session) = self
-            .online
-            .get(inviter)
-            .and_then(|conn| self.sessions.get_mut(conn))
+            .presence
+            .session_of(inviter)
+            .and_then(|conn| self.sessions.get_mut(&conn))
         {
             session.ringing_out = session.ringing_out.saturating_sub(1);
         }

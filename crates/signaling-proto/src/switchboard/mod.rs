@@ -39,6 +39,7 @@ use crate::timer::TimerTable;
 mod calls;
 mod invariants;
 mod invitations;
+mod presence;
 mod restore;
 mod sessions;
 
@@ -339,7 +340,8 @@ fn bug(what: &str) {
 pub struct Switchboard {
     config: SwitchboardConfig,
     sessions: HashMap<ConnId, Session>,
-    online: HashMap<UserId, ConnId>,
+    /// Who is online where: one session per user, stated there.
+    presence: presence::Presence,
     calls: HashMap<CallId, Call>,
     timers: TimerTable<Timer>,
     outputs: VecDeque<Output>,
@@ -362,7 +364,7 @@ impl Switchboard {
         Self {
             config,
             sessions: HashMap::new(),
-            online: HashMap::new(),
+            presence: presence::Presence::default(),
             calls: HashMap::new(),
             timers: TimerTable::new(),
             outputs: VecDeque::new(),

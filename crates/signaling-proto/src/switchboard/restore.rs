@@ -23,7 +23,7 @@ impl Switchboard {
                 bug("a restored connection is already a session");
                 continue;
             }
-            if let Some(old) = self.online.get(&restored.user).copied() {
+            if let Some(old) = self.presence.replaced_by_login(&restored.user) {
                 self.kick_session(old);
             }
             if let Some(call) = &restored.call {
@@ -34,7 +34,7 @@ impl Switchboard {
                 entry.2.extend(call.members.iter().cloned());
                 self.next_flow = self.next_flow.max(call.flow.0.saturating_add(1));
             }
-            self.online.insert(restored.user.clone(), restored.conn);
+            self.presence.sign_in(restored.user.clone(), restored.conn);
             let per_minute = f64::from(self.config.invitations_per_minute);
             let detached = restored.detached && !grace.is_zero();
             if detached {

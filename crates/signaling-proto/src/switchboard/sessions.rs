@@ -30,11 +30,11 @@ impl Switchboard {
             );
             return self.finish_input();
         }
-        if let Some(old) = self.online.get(&user).copied() {
+        if let Some(old) = self.presence.replaced_by_login(&user) {
             debug!(%user, ?old, new = ?conn, "second login kicks the first session");
             self.kick_session(old);
         }
-        self.online.insert(user.clone(), conn);
+        self.presence.sign_in(user.clone(), conn);
         let per_minute = f64::from(self.config.invitations_per_minute);
         self.sessions.insert(
             conn,
@@ -250,7 +250,7 @@ impl Switchboard {
 
     /// The connection `user` is logged in on.
     pub fn conn_of(&self, user: &UserId) -> Option<ConnId> {
-        self.online.get(user).copied()
+        self.presence.session_of(user)
     }
 
     /// The call `conn`'s user has entered, with the user's flow id in it
@@ -264,16 +264,14 @@ impl Switchboard {
 
     /// How many users are logged in.
     pub fn online_count(&self) -> usize {
-        self.online.len()
+        self.presence.count()
     }
 
     pub(super) fn end_session(&mut self, conn: ConnId, departure: Departure) {
         self.timers.cancel(&Timer::ResumeGrace { conn });
         self.leave(conn, departure);
         if let Some(session) = self.sessions.remove(&conn) {
-            if self.online.get(&session.user) == Some(&conn) {
-                self.online.remove(&session.user);
-            }
+            self.presence.sign_out(&session.user, conn);
         }
     }
 }
