@@ -723,15 +723,15 @@ async fn in_process_server(
 
 /// One client endpoint (one UDP socket) for a load generator's many
 /// connections, with room in its receive buffer for bursts.
-fn load_endpoint() -> signaling_quic::quinn::Endpoint {
+fn load_endpoint() -> quinn::Endpoint {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let udp_state = signaling_quic::quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
+    let udp_state = quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
     let _ = udp_state.set_recv_buffer_size((&socket).into(), 4 * 1024 * 1024);
-    signaling_quic::quinn::Endpoint::new(
-        signaling_quic::quinn::EndpointConfig::default(),
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
         None,
         socket,
-        signaling_quic::quinn::default_runtime().unwrap(),
+        quinn::default_runtime().unwrap(),
     )
     .unwrap()
 }
@@ -1298,10 +1298,7 @@ async fn quic_relay_rounds_on(
         signaling_quic::client_config(&ServerTrust::Fingerprint(fingerprint)).unwrap(),
     );
     let (received, delays) = (Arc::clone(&meter.received), Arc::clone(&meter.delays));
-    let mut pairs: Vec<(
-        signaling_quic::quinn::Connection,
-        signaling_quic::quinn::Connection,
-    )> = Vec::new();
+    let mut pairs: Vec<(quinn::Connection, quinn::Connection)> = Vec::new();
     let mut keep = Vec::new();
     let now = now_unix();
     let mut quic_rounds = Vec::new();

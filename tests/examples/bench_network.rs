@@ -20,7 +20,7 @@ use calling_server::{AppCredentials, RunningServer};
 use opencalling_tests::heard::{ClockSink, HeardClock};
 use opencalling_tests::proxy::FaultProxy;
 use opencalling_tests::server::{development_server, user_sig};
-use signaling_proto::sim::SplitMix64;
+use signaling_proto::SplitMix64;
 
 fn options(server: &RunningServer) -> ClientOptions {
     let mut options =

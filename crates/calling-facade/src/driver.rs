@@ -24,7 +24,7 @@ use calling_api::UserId;
 use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
 use signaling_link::either::Either;
 use signaling_link::{DatagramSource, Link, LinkClosed, LinkError, MediaLink, Transport};
-use signaling_proto::sim::SplitMix64;
+use signaling_proto::SplitMix64;
 use signaling_proto::{
     CallEngine, CallOptions, ClientMessage, EngineStatus, FlowId, RequestId, ServerMessage,
 };

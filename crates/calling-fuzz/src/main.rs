@@ -22,8 +22,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use calling_api::{CallId, CallType, ErrorCode, UserId};
+use signaling_proto::SplitMix64;
 use signaling_proto::frame::{FrameDecoder, decode_payload, frame_to_vec, handshake_version};
-use signaling_proto::sim::SplitMix64;
 use signaling_proto::{
     ClientMessage, ConnId, Credentials, DatagramKind, FlowId, LoginRefusal, LossReport,
     MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage, Switchboard, SwitchboardConfig,

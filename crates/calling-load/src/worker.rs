@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use signaling_proto::{
     ClientMessage, DatagramKind, FlowId, MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage,
 };
-use signaling_quic::quinn;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 

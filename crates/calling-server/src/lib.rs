@@ -219,7 +219,7 @@ pub struct RunningServer {
     hub_task: tokio::task::JoinHandle<()>,
     /// A critical task ended on its own: nothing left to wait for.
     failed: bool,
-    endpoints: Vec<signaling_quic::quinn::Endpoint>,
+    endpoints: Vec<quinn::Endpoint>,
     grace: Duration,
     relay: Arc<relay::MediaRoutes>,
     shared: Arc<Shared>,
@@ -711,7 +711,7 @@ impl RunningServer {
     pub fn connections_per_endpoint(&self) -> Vec<usize> {
         self.endpoints
             .iter()
-            .map(signaling_quic::quinn::Endpoint::open_connections)
+            .map(quinn::Endpoint::open_connections)
             .collect()
     }
 

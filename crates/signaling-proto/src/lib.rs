@@ -8,6 +8,8 @@ pub mod limit;
 pub mod login;
 pub mod message;
 pub mod resume;
+pub mod rng;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod switchboard;
 pub mod timer;
@@ -23,6 +25,7 @@ pub use message::{
     SessionToken, UserSig,
 };
 pub use resume::{Replay, ReplayError};
+pub use rng::SplitMix64;
 pub use switchboard::{
     CallMember, CallSummary, ConnId, Output, RestoredCall, RestoredSession, SessionSummary,
     Switchboard, SwitchboardConfig, SwitchboardCounters,

@@ -1,6 +1,6 @@
 //! The server's first gate: is the first frame of a connection a login this
 //! server accepts? One sans-IO check, used by the real server and by the
-//! [simulation](crate::sim) alike, so that both test the same rules.
+//! simulation (`sim`) alike, so that both test the same rules.
 //!
 //! The checks, in order: another request before the login
 //! (`NOT_LOGGED_IN`), the protocol version (readable by any version, see

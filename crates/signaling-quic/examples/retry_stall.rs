@@ -73,14 +73,14 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        let state = signaling_quic::quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
+        let state = quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
         state.set_recv_buffer_size((&socket).into(), bytes).unwrap();
     }
-    let mut endpoint = signaling_quic::quinn::Endpoint::new(
-        signaling_quic::quinn::EndpointConfig::default(),
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
         None,
         socket,
-        signaling_quic::quinn::default_runtime().unwrap(),
+        quinn::default_runtime().unwrap(),
     )
     .unwrap();
     endpoint.set_default_client_config(
@@ -174,15 +174,15 @@ fn bare_quinn_server(
     // quinn's defaults but for a receive buffer large enough that no
     // packet is lost: what stalls is not loss.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let state = signaling_quic::quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
+    let state = quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
     state
         .set_recv_buffer_size((&socket).into(), 4 << 20)
         .unwrap();
-    let endpoint = signaling_quic::quinn::Endpoint::new(
-        signaling_quic::quinn::EndpointConfig::default(),
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
         Some(config),
         socket,
-        signaling_quic::quinn::default_runtime().unwrap(),
+        quinn::default_runtime().unwrap(),
     )
     .unwrap();
     let addr = endpoint.local_addr().unwrap();

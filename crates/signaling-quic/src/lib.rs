@@ -20,7 +20,3 @@ pub use server::{QuicAttempt, QuicServer, ServerConnection, server_config, serve
 pub use signaling_tls::{CertFingerprint, ServerIdentity, ServerTrust};
 pub use steering::MAX_ENDPOINTS;
 pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
-
-/// Re-exported so users of this crate name quinn's types without depending
-/// on quinn themselves.
-pub use quinn;

@@ -251,8 +251,7 @@ async fn garbage_bytes_are_refused_and_the_server_carries_on() {
         u32::MAX.to_be_bytes().to_vec(),
         vec![0, 0, 0, 3, 0, 0xff, 0xff],
     ] {
-        let mut endpoint =
-            signaling_quic::quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(signaling_quic::client_config(&trust).unwrap());
         let connection = endpoint
             .connect(server.server.local_addr(), "localhost")
@@ -302,8 +301,7 @@ async fn failed_logins_slow_down_only_their_address() {
 
     // Another address (127.0.0.2) logs in at full speed meanwhile.
     let trust = ServerTrust::Fingerprint(server.server.fingerprint());
-    let mut endpoint =
-        signaling_quic::quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(signaling_quic::client_config(&trust).unwrap());
     let started = std::time::Instant::now();
     let mut carol = signaling_quic::connect_on(&endpoint, server.server.local_addr(), "localhost")

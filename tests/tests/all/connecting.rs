@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use calling_facade::{CertFingerprint, ClientOptions, ErrorCode, TRTCCalling};
 use signaling_quic::ServerIdentity;
-use signaling_quic::quinn;
 
 use crate::support::{TestServer, temp_dir};
 

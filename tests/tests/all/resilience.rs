@@ -120,7 +120,7 @@ async fn a_killed_server_ends_calls_once_and_its_clients_log_in_again_by_themsel
             .await
             .expect("a stateless reset, not the idle timeout");
         assert!(
-            matches!(closed, signaling_quic::quinn::ConnectionError::Reset),
+            matches!(closed, quinn::ConnectionError::Reset),
             "{closed:?}"
         );
     }
