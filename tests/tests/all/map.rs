@@ -15,12 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace root")
-        .to_path_buf()
-}
+use crate::tidy::member_dirs;
 
 /// A module's path inside its crate: `[]` for the crate root,
 /// `["switchboard", "calls"]` for `src/switchboard/calls.rs`.
@@ -370,13 +365,7 @@ struct Crate {
 }
 
 fn workspace_crates() -> Vec<Crate> {
-    let mut dirs: Vec<PathBuf> = fs::read_dir(root().join("crates"))
-        .expect("crates/ exists")
-        .map(|entry| entry.expect("readable entry").path())
-        .filter(|path| path.join("Cargo.toml").exists())
-        .collect();
-    dirs.push(root().join("tests"));
-    dirs.sort();
+    let dirs = member_dirs();
     let manifests: Vec<(PathBuf, String)> = dirs
         .into_iter()
         .map(|dir| {

@@ -6,14 +6,14 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits in the workspace root")
         .to_path_buf()
 }
 
-fn member_dirs() -> Vec<PathBuf> {
+pub(crate) fn member_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(root().join("crates"))
         .expect("crates/ exists")
         .map(|entry| entry.expect("readable entry").path())
