@@ -136,7 +136,15 @@ pub(crate) struct Admitted {
     pub(crate) pre_login: PreLoginSlot,
 }
 
-type PerAddress = Arc<Mutex<HashMap<AddressBlock, usize>>>;
+/// The places held: per address block, and in all (kept beside the map so
+/// that the cap over every transport is read without a walk of the map).
+#[derive(Debug, Default)]
+struct Held {
+    by_block: HashMap<AddressBlock, usize>,
+    total: usize,
+}
+
+type PerAddress = Arc<Mutex<Held>>;
 
 /// The server's admission policy and its counts (see the [module docs](self)).
 #[derive(Debug)]
@@ -224,8 +232,7 @@ impl Admission {
         self.per_address
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .sum()
+            .total
     }
 
     /// Connections held now from `block`.
@@ -234,6 +241,7 @@ impl Admission {
         self.per_address
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_block
             .get(&block)
             .copied()
             .unwrap_or(0)
@@ -295,12 +303,13 @@ pub(crate) struct AddressSlot {
 
 impl AddressSlot {
     fn take(per_address: &PerAddress, block: AddressBlock, max: usize) -> Option<Self> {
-        let mut counts = per_address.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(block).or_insert(0);
+        let mut held = per_address.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = held.by_block.entry(block).or_insert(0);
         if *count >= max {
             return None;
         }
         *count += 1;
+        held.total += 1;
         Some(Self {
             per_address: Arc::clone(per_address),
             block,
@@ -310,15 +319,16 @@ impl AddressSlot {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut counts = self
+        let mut held = self
             .per_address
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.block) {
+        if let Some(count) = held.by_block.get_mut(&self.block) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.block);
+                held.by_block.remove(&self.block);
             }
+            held.total -= 1;
         }
     }
 }
