@@ -535,13 +535,17 @@ impl CallAudio {
     fn publish_how_to_send(&self) {
         let HowToSend { frames, protection } = self.session.how_to_send();
         let shared = &self.shared;
-        (shared.short_frames).store(frames == FrameDuration::Ms10, Ordering::Relaxed);
-        (shared.dred).store(protection == Protection::Dred, Ordering::Relaxed);
+        shared
+            .short_frames
+            .store(frames == FrameDuration::Ms10, Ordering::Relaxed);
+        shared
+            .dred
+            .store(protection == Protection::Dred, Ordering::Relaxed);
     }
 
     /// A datagram from the server: a remote speaker's audio, or a loss
     /// report or a member's features about our own. `true` when the member
-    /// should hear our features now (see [`Received::FirstFeatures`]).
+    /// should hear our features now (see [`Received::Features`]).
     pub(crate) fn on_datagram(&mut self, datagram: &[u8]) -> bool {
         match self.session.handle_datagram(Instant::now(), datagram) {
             Received::Audio {
@@ -561,15 +565,11 @@ impl CallAudio {
                 }
                 false
             }
-            Received::FirstFeatures => {
+            Received::Features { first } => {
                 self.publish_how_to_send();
-                true
+                first
             }
-            Received::Nothing => {
-                // Features may have changed what the members ask for.
-                self.publish_how_to_send();
-                false
-            }
+            Received::Nothing => false,
         }
     }
 

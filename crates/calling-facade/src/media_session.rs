@@ -55,12 +55,13 @@ pub(crate) enum Received {
         new_speaker: bool,
         packet: MediaPacket,
     },
-    /// A member said what it plays of our audio for the first time: it
-    /// should hear our features now (its first word may have come before
-    /// our audio started, and so before it heard ours).
-    FirstFeatures,
-    /// Nothing to do (a report kept, a repeated feature, a stray kind, or
-    /// a datagram that does not decode).
+    /// A member said what it plays of our audio: how to send may have
+    /// changed. `first`: the first time it said so, and it should hear our
+    /// features now (its first word may have come before our audio started,
+    /// and so before it heard ours).
+    Features { first: bool },
+    /// Nothing to do (a report kept, a stray kind, or a datagram that does
+    /// not decode).
     Nothing,
 }
 
@@ -117,10 +118,10 @@ impl MediaSession {
                 Received::Nothing
             }
             DatagramKind::Features => match ReceiverFeatures::from_payload(payload) {
-                Some(features) if self.features.insert(header.flow_id, features).is_none() => {
-                    Received::FirstFeatures
-                }
-                _ => Received::Nothing,
+                Some(features) => Received::Features {
+                    first: self.features.insert(header.flow_id, features).is_none(),
+                },
+                None => Received::Nothing,
             },
             DatagramKind::Probe | DatagramKind::KeepAlive => Received::Nothing,
         }
@@ -412,7 +413,7 @@ mod tests {
         session.feedback(&[ALICE, BOB]);
         assert!(matches!(
             session.handle_datagram(start, &features(ALICE, dred(true))),
-            Received::FirstFeatures
+            Received::Features { first: true }
         ));
         assert_eq!(
             session.how_to_send(),
@@ -424,7 +425,7 @@ mod tests {
         assert_eq!(session.how_to_send().protection, Protection::Dred);
         assert!(matches!(
             session.handle_datagram(start, &features(ALICE, dred(false))),
-            Received::Nothing
+            Received::Features { first: false }
         ));
         assert_eq!(session.how_to_send(), fec_20, "nobody asks any more");
         session.handle_datagram(start, &features(BOB, dred(true)));
