@@ -131,7 +131,8 @@ async fn main() {
         std::env::var_os("OPENCALLING_SERVER_BIN")
             .expect("OPENCALLING_SERVER_BIN: the calling-server binary (cargo xtask cluster-demo)"),
     );
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
+    // tests/ sits in the workspace root; the output goes to its target/.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let root = root.canonicalize().unwrap_or(root);
     let out_dir = root.join("target").join("cluster-demo");
     let _ = std::fs::remove_dir_all(&out_dir);

@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use std::path::Path;
 
-use audio_device::{AudioSource, WavSource};
-use audio_pipeline::{Resampler, analysis};
 use calling_facade::{
     AudioDevices, CallOptions, CallType, CallingEvent, CaptureDevice, ClientOptions,
     PlaybackDevice, TRTCCalling,
 };
+use opencalling_tests::speech;
 use tokio::sync::mpsc;
 
 struct User {
@@ -69,14 +68,14 @@ async fn main() {
     let options = ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
     let started = Instant::now();
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
+    // tests/ sits in the workspace root; the recordings go to its target/.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let root = root.canonicalize().unwrap_or(root);
-    let speech = root.join("tests").join("fixtures").join("speech");
     let out_dir = root.join("target").join("demo");
     std::fs::create_dir_all(&out_dir).unwrap();
     let says = |name: &str| match name {
-        "alice" => Some(speech.join("speech-a-16k.wav")),
-        "bob" => Some(speech.join("speech-b-16k.wav")),
+        "alice" => Some(speech::fixture("speech-a-16k.wav")),
+        "bob" => Some(speech::fixture("speech-b-16k.wav")),
         _ => None,
     };
     let hears = |name: &str| out_dir.join(format!("{name}-hears.wav"));
@@ -253,14 +252,9 @@ async fn main() {
         let (Some(said), heard) = (says(talker), hears(listener)) else {
             continue;
         };
-        let original = read_16k(&said);
-        let recording = read_16k(&heard);
-        let (delay, _) = analysis::best_lag(&original, &recording, 32_000, 16_000);
-        let correlation =
-            analysis::segment_correlation(&original, &recording, delay, 4_000, 8, 800);
+        let (correlation, delay_ms) = speech::match_speech(&said, &heard);
         println!(
-            "  {listener} hears {talker}: mouth-to-ear delay {:.0} ms (from each side's start of audio), correlation with the original {correlation:.2}",
-            delay as f64 / 16.0
+            "  {listener} hears {talker}: mouth-to-ear delay {delay_ms:.0} ms (from each side's start of audio), correlation with the original {correlation:.2}"
         );
         println!("    recording: {}", heard.display());
     }
@@ -285,24 +279,4 @@ async fn main() {
         "\nCall someone yourself: a server (`cargo run --release -p calling-server`) and two `opencalling` softphones in terminals; README.md, \"Call someone\"."
     );
     let _ = std::fs::remove_dir_all(&data_dir);
-}
-
-/// A WAV file (the 16 kHz fixtures or a 48 kHz recording) at 16 kHz mono.
-fn read_16k(path: &Path) -> Vec<f32> {
-    let Ok(mut source) = WavSource::open(path) else {
-        return Vec::new();
-    };
-    let format = source.format();
-    let mut samples = vec![0.0; source.samples().len()];
-    source.read(&mut samples);
-    if format.sample_rate == 16_000 && format.channels == 1 {
-        return samples;
-    }
-    let Ok(mut down) = Resampler::new(format.sample_rate, format.channels, 16_000, 1, 480) else {
-        return Vec::new();
-    };
-    down.push(&samples);
-    let mut out = vec![0.0; down.available_frames()];
-    down.pop(&mut out);
-    out
 }
