@@ -613,7 +613,7 @@ impl ClusterIo {
     }
 
     /// Carries out one IO output of the node.
-    pub(crate) fn carry_out(&mut self, _me: NodeId, output: NodeOutput) {
+    pub(crate) fn carry_out(&mut self, output: NodeOutput) {
         match output {
             NodeOutput::Store { id, request } => {
                 let store = self.store.clone();
@@ -677,7 +677,7 @@ impl ClusterIo {
                     warn!(%error, "the control link broke its rules: reconnecting");
                     node.handle_control_link_down(now);
                     if let Some(holder) = node.control_holder().cloned() {
-                        self.carry_out(node.id(), NodeOutput::Dial(holder));
+                        self.carry_out(NodeOutput::Dial(holder));
                     }
                 }
             }

@@ -307,10 +307,12 @@ async fn exchange<T: Transport>(
     let mut budget = ConnectionBudget::new(conn, limits);
     // Datagrams in a task of their own: one wakes only that loop, never
     // this one's timers, stream and queue (measured: docs/benchmarks.md).
+    // The relay's routes are by connection: a resumed session's new
+    // connection gets its own.
     let datagrams = tokio::spawn(relay_datagrams(
         link.media.clone(),
         Arc::clone(shared),
-        conn,
+        link_id,
     ));
     let _stop_datagrams = AbortOnDrop(datagrams);
     // Requests passed to the hub whose reply has not gone out yet.

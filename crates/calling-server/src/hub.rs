@@ -1,34 +1,37 @@
-//! The hub: the one task that owns the switchboard and drives it with the
-//! real clock. Connection tasks talk to it over channels; it never awaits a
-//! client, so a slow client cannot hold up the others.
+//! The hub: the one task that drives the server's core ([`ServerCore`])
+//! with the real clock and carries out what it decides. Connection tasks
+//! talk to it over channels; it never awaits a client, so a slow client
+//! cannot hold up the others.
 //!
-//! It publishes the audio relay's routes from the switchboard's
-//! [`Output::Membership`]: each member of a call with someone to hear it
-//! gets a [`Route`] to the others' media links. It knows connections only
-//! by their [`MediaLink`], whatever the transport.
-//!
-//! It also keeps each resumable session's books ([`Replay`]): the messages
-//! the client has not acknowledged, resent after a resume; the session's
-//! token; which connection (link) carries the session now. A session is
-//! named by the [`ConnId`] of the connection that logged it in; a
-//! connection that resumes it carries that name from then on.
+//! Everything the server decides (which connection carries which session,
+//! the resume books and tokens, congestion, drain, the call rules) is in
+//! the sans-IO core; the hub is its IO: each connection's outbox and media
+//! link, the audio relay's routes (from [`ServerOutput::Membership`]: each
+//! member of a call with someone to hear it gets a [`Route`] to the
+//! others' media links), metrics and event sinks, and, in a cluster, the
+//! node's store requests and links ([`ClusterIo`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use calling_api::{CallId, ErrorCode, UserId};
+use server_core::{
+    Board, Counted, Login, LoginAnswer, MemberAt, OutboxLimits, RoutedMember, ServerCore,
+    ServerOutput,
+};
 use signaling_link::MediaLink;
 use signaling_proto::{
-    CallEvent, CallSummary, ClientMessage, ConnId, FlowId, PROTOCOL_VERSION, Replay, ResumeClaim,
-    ServerMessage, SessionSummary, SessionToken,
+    CallEvent, CallSummary, ClientMessage, ConnId, FlowId, ResumeClaim, ServerMessage,
+    SessionSummary, SessionToken,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::board::{Board, MemberAt, RoutedMember, Step};
-use crate::cluster::{IoInput, Mesh};
+pub use server_core::DrainState;
+
+use crate::cluster::{ClusterIo, IoInput, Mesh};
 use crate::metrics::{HubStats, Metrics};
 use crate::relay::{MediaRoutes, Route};
 use crate::stamped::StampedEvent;
@@ -37,10 +40,8 @@ use crate::stamped::StampedEvent;
 /// is disconnected.
 pub(crate) const OUTBOX_CAPACITY: usize = 256;
 
-/// How many messages a resumable session keeps unacknowledged (sent or
-/// waiting for the resume) before it counts as stuck: less than an outbox,
-/// so that a resume's resend always fits in the new one.
-const REPLAY_CAPACITY: usize = OUTBOX_CAPACITY - 16;
+/// The core's limits for outboxes of [`OUTBOX_CAPACITY`].
+pub(crate) const OUTBOX_LIMITS: OutboxLimits = OutboxLimits::for_outbox(OUTBOX_CAPACITY);
 
 /// What the hub tells a connection task.
 #[derive(Debug)]
@@ -107,15 +108,6 @@ pub enum AdminReply {
     Done(bool),
 }
 
-/// Whether the server drains, and how many calls it still carries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DrainState {
-    /// A drain was asked: no new login or call.
-    pub draining: bool,
-    /// Calls ringing or connected.
-    pub calls: usize,
-}
-
 /// Where the hub's call events go besides the metrics: bounded queues it
 /// never waits on; what does not fit is counted and dropped.
 #[derive(Debug)]
@@ -167,78 +159,60 @@ pub(crate) struct Attach {
     pub(crate) session: oneshot::Sender<Option<(ConnId, bool)>>,
 }
 
-/// A session's books beyond the switchboard.
-#[derive(Debug)]
-struct SessionBook {
-    /// The connection that carries it now (or last did).
-    link: ConnId,
-    /// Version 2: kept for a resume, with its numbered messages.
-    resumable: bool,
-    token: SessionToken,
-    replay: Replay<ServerMessage>,
+/// A fresh session token from the system's random generator.
+pub(crate) fn new_token() -> SessionToken {
+    let mut bytes = [0_u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // Without randomness a token could be guessed: make resumes fail
+        // instead (the core matches no claim against the all-zero token).
+        warn!("the system random generator failed: this session cannot be resumed");
+        bytes = [0; 16];
+    }
+    SessionToken(bytes)
 }
 
-/// What the hub knows besides the switchboard: how to reach each
-/// session, and who was routed to whom.
-#[derive(Debug, Default)]
-struct Links {
-    /// Per session, while a connection carries it.
+/// The hub's IO, by connection: what the core's outputs are carried out
+/// with.
+#[derive(Debug)]
+struct HubIo {
     outboxes: HashMap<ConnId, mpsc::Sender<Outbound>>,
     media: HashMap<ConnId, Arc<dyn MediaLink>>,
-    sessions: HashMap<ConnId, SessionBook>,
-    /// The session each live connection carries.
-    by_link: HashMap<ConnId, ConnId>,
     /// The connections each call's routes were last published for.
     routed: HashMap<CallId, Vec<ConnId>>,
-    /// Connections given messages by the last dispatch, or still congested:
-    /// the ones whose outbox fill is checked after it.
-    to_check: HashSet<ConnId>,
-    /// Connections whose outbox is nearly full.
-    congested: HashSet<ConnId>,
-    /// When each call started.
-    started: HashMap<CallId, Instant>,
-}
-
-/// Queued messages above which a connection counts as congested…
-const CONGESTED_ABOVE: usize = OUTBOX_CAPACITY * 3 / 4;
-/// …and below which it no longer does.
-const RELIEVED_BELOW: usize = OUTBOX_CAPACITY / 2;
-
-/// What the hub's helpers share besides the switchboard and its links.
-#[derive(Debug)]
-struct Env {
     routes: Arc<MediaRoutes>,
     ops: HubOps,
+    /// In a cluster: the node's store requests and links.
+    cluster: Option<ClusterIo>,
     /// In a cluster: the links to the other nodes' members.
     mesh: Option<Arc<Mesh>>,
 }
 
-pub(crate) async fn run(
-    mut switchboard: Board,
+pub(crate) async fn run<B: Board>(
+    mut core: ServerCore<B>,
+    cluster: Option<ClusterIo>,
     mut inputs: mpsc::Receiver<HubInput>,
     routes: Arc<MediaRoutes>,
     ops: HubOps,
 ) {
-    let mut links = Links::default();
-    let mesh = match &switchboard {
-        Board::Cluster(cluster) => Some(cluster.io.mesh()),
-        Board::Local(_) => None,
+    let mesh = cluster.as_ref().map(ClusterIo::mesh);
+    let mut io = HubIo {
+        outboxes: HashMap::new(),
+        media: HashMap::new(),
+        routed: HashMap::new(),
+        routes,
+        ops,
+        cluster,
+        mesh,
     };
-    let env = Env { routes, ops, mesh };
-    let mut shutting_down = false;
-    let mut draining = false;
+    io.dispatch(&mut core);
     loop {
-        let deadline = switchboard.poll_timeout();
+        let deadline = core.poll_timeout();
         let input = tokio::select! {
             input = inputs.recv() => input,
             () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
-                let now = Instant::now();
-                switchboard.handle_timeout(now);
-                if draining {
-                    switchboard.move_idle_sessions(now);
-                }
-                dispatch(&mut switchboard, &mut links, &env);
-                report_drain(&switchboard, &env, draining);
+                core.handle_timeout(Instant::now());
+                io.dispatch(&mut core);
+                io.report_drain(&core);
                 continue;
             }
         };
@@ -247,595 +221,277 @@ pub(crate) async fn run(
         };
         let now = Instant::now();
         match input {
-            HubInput::Login(attach) => {
-                let refusal = if shutting_down {
-                    Some(ErrorCode::SERVER_SHUTDOWN)
-                } else if draining && attach.resume.is_none() {
-                    // A resume goes on: its session may be in a call.
-                    Some(ErrorCode::SERVER_DRAINING)
-                } else {
-                    None
-                };
-                if let Some(code) = refusal {
-                    refuse_login(attach, code);
-                    continue;
-                }
-                on_login(&mut switchboard, &mut links, &env, now, attach);
-                continue;
-            }
-            HubInput::Message { link, message } => {
-                let Some(conn) = links.by_link.get(&link).copied() else {
-                    // A connection a resume replaced: its client moved on.
-                    continue;
-                };
-                if let ClientMessage::Heartbeat { received } = message {
-                    heartbeat(&mut links, conn, received);
-                    continue;
-                }
-                if message.is_numbered() {
-                    if let Some(book) = links.sessions.get_mut(&conn) {
-                        book.replay.record_received();
-                    }
-                }
-                switchboard.handle_message(now, conn, message);
-            }
+            HubInput::Login(attach) => io.attach(&mut core, now, attach),
+            HubInput::Message { link, message } => core.handle_message(now, link, message),
             HubInput::Disconnect { link, expelled } => {
-                on_disconnect(&mut switchboard, &mut links, &env, now, (link, expelled));
+                io.forget(link);
+                core.handle_disconnect(now, link, expelled);
             }
             HubInput::Shutdown { done } => {
-                shutting_down = true;
-                switchboard.shutdown(now);
-                dispatch(&mut switchboard, &mut links, &env);
+                core.shutdown(now);
+                io.dispatch(&mut core);
                 let _ = done.send(());
                 continue;
             }
             HubInput::Stats { reply } => {
-                let _ = reply.send(stats(&switchboard));
+                let _ = reply.send(stats(core.board()));
             }
             HubInput::Cluster(input) => {
-                if let Board::Cluster(cluster) = &mut switchboard {
-                    cluster.handle_io(now, input);
+                if let Some(cluster) = &mut io.cluster {
+                    core.handle_cluster_io(now, |node| cluster.apply(node, now, input));
                 }
             }
             HubInput::Admin { request, reply } => {
-                if request == AdminRequest::Drain && !draining {
-                    info!(
-                        calls = switchboard.call_count(),
-                        "draining: no new logins or calls"
-                    );
-                    draining = true;
-                    switchboard.set_accepting_calls(false);
-                    let _ = reply.send(AdminReply::Done(true));
-                } else {
-                    let _ = reply.send(admin(&mut switchboard, &links, now, request));
-                }
+                let _ = reply.send(admin(&mut core, now, request));
             }
         }
-        if draining {
-            switchboard.move_idle_sessions(now);
-        }
-        dispatch(&mut switchboard, &mut links, &env);
-        report_drain(&switchboard, &env, draining);
-    }
-}
-
-/// Connection `link` is gone: its session waits for a resume (a broken
-/// network, version 2) or ends.
-fn on_disconnect(
-    switchboard: &mut Board,
-    links: &mut Links,
-    env: &Env,
-    now: Instant,
-    (link, expelled): (ConnId, bool),
-) {
-    let Some(conn) = links.by_link.remove(&link) else {
-        return;
-    };
-    links.media.remove(&conn);
-    env.routes.set(conn, None);
-    if links.outboxes.remove(&conn).is_none() {
-        return;
-    }
-    if expelled {
-        links.sessions.remove(&conn);
-        switchboard.handle_expelled(now, conn);
-    } else {
-        switchboard.handle_disconnect(now, conn);
-        if switchboard.is_detached(conn) {
-            env.ops.metrics.session_detached();
-        } else {
-            links.sessions.remove(&conn);
-        }
+        io.dispatch(&mut core);
+        io.report_drain(&core);
     }
 }
 
 /// Answers the operator (a drain already under way: `Done(false)`).
-fn admin(
-    switchboard: &mut Board,
-    links: &Links,
-    now: Instant,
-    request: AdminRequest,
-) -> AdminReply {
+fn admin<B: Board>(core: &mut ServerCore<B>, now: Instant, request: AdminRequest) -> AdminReply {
     match request {
-        AdminRequest::Sessions => AdminReply::Sessions(switchboard.session_summaries()),
-        AdminRequest::Calls => AdminReply::Calls(
-            switchboard
-                .call_summaries()
-                .into_iter()
-                .map(|call| {
-                    let age = links
-                        .started
-                        .get(&call.call_id)
-                        .map_or(Duration::ZERO, |started| now - *started);
-                    (call, age)
-                })
-                .collect(),
-        ),
-        AdminRequest::Kick(user) => AdminReply::Done(switchboard.kick(now, &user)),
-        AdminRequest::EndCall(call_id) => AdminReply::Done(switchboard.end_call(now, call_id)),
-        AdminRequest::Drain => AdminReply::Done(false),
+        AdminRequest::Sessions => AdminReply::Sessions(core.session_summaries()),
+        AdminRequest::Calls => AdminReply::Calls(core.call_summaries(now)),
+        AdminRequest::Kick(user) => AdminReply::Done(core.kick(now, &user)),
+        AdminRequest::EndCall(call_id) => AdminReply::Done(core.end_call(now, call_id)),
+        AdminRequest::Drain => {
+            let started = core.drain(now);
+            if started {
+                info!(
+                    calls = core.board().call_count(),
+                    "draining: no new logins or calls"
+                );
+            }
+            AdminReply::Done(started)
+        }
     }
 }
 
-/// The switchboard's live figures.
-fn stats(switchboard: &Board) -> HubStats {
-    let counters = switchboard.counters();
+/// The board's live figures.
+fn stats(board: &impl Board) -> HubStats {
+    let counters = board.counters();
     HubStats {
-        online: switchboard.online_count(),
-        reconnecting: switchboard.detached_count(),
-        calls: switchboard.call_count(),
-        calls_by_members: switchboard.call_sizes(),
+        online: board.online_count(),
+        reconnecting: board.detached_count(),
+        calls: board.call_count(),
+        calls_by_members: board.call_sizes(),
         invitations_rate_limited: counters.invitations_rate_limited,
         invitees_congested: counters.invitees_congested,
-        cluster: switchboard.cluster_status(),
+        cluster: board.cluster_status(),
     }
-}
-
-/// Publishes the drain state when it changed.
-fn report_drain(switchboard: &Board, env: &Env, draining: bool) {
-    let state = DrainState {
-        draining,
-        calls: switchboard.call_count(),
-    };
-    env.ops.drain.send_if_modified(|kept| {
-        let changed = *kept != state;
-        *kept = state;
-        changed
-    });
-}
-
-/// Refuses a login or resume the server takes no more of.
-fn refuse_login(attach: Attach, code: ErrorCode) {
-    let version = attach.protocol_version.min(PROTOCOL_VERSION);
-    send_refusal(&attach.outbox, (version, code, code.message()));
-    let _ = attach.session.send(None);
 }
 
 /// Queues a failed `LoginResult` (`protocol_version`, `code`, `message`)
 /// and the close that follows it.
 fn send_refusal(
     outbox: &mpsc::Sender<Outbound>,
-    (protocol_version, code, message): (u16, ErrorCode, &str),
+    (protocol_version, code, message): (u16, ErrorCode, String),
 ) {
     let _ = outbox.try_send(Outbound::Message(ServerMessage::LoginResult {
         protocol_version,
         code,
-        message: message.to_owned(),
+        message,
     }));
     let _ = outbox.try_send(Outbound::Close(code));
 }
 
-/// Attaches a connection to a new session or, for a resume, to the one it
-/// claims, and tells its task which.
-fn on_login(switchboard: &mut Board, links: &mut Links, env: &Env, now: Instant, attach: Attach) {
-    let Attach {
-        link,
-        user,
-        protocol_version,
-        resume,
-        outbox,
-        media,
-        session,
-    } = attach;
-    let attached = match resume {
-        None => {
-            if let Err(error) = log_in(switchboard, links, now, link, user, protocol_version) {
-                debug!(%error, "login refused by the cluster");
-                let version = protocol_version.min(PROTOCOL_VERSION);
-                send_refusal(&outbox, (version, error.code(), &error.to_string()));
+impl HubIo {
+    /// Hands a login to the core; an attached connection's outbox and
+    /// media link are kept for its outputs, a refused one gets why.
+    fn attach<B: Board>(&mut self, core: &mut ServerCore<B>, now: Instant, attach: Attach) {
+        let Attach {
+            link,
+            user,
+            protocol_version,
+            resume,
+            outbox,
+            media,
+            session,
+        } = attach;
+        let login = Login {
+            link,
+            user,
+            protocol_version,
+            resume,
+        };
+        match core.handle_login(now, login) {
+            LoginAnswer::Attached {
+                session: attached,
+                resumable,
+            } => {
+                self.outboxes.insert(link, outbox);
+                self.media.insert(link, media);
+                let _ = session.send(Some((attached, resumable)));
+            }
+            LoginAnswer::Refused {
+                protocol_version,
+                code,
+                message,
+            } => {
+                send_refusal(&outbox, (protocol_version, code, message));
                 let _ = session.send(None);
+            }
+        }
+    }
+
+    /// Connection `link` is gone: nothing more goes to it.
+    fn forget(&mut self, link: ConnId) {
+        self.outboxes.remove(&link);
+        self.media.remove(&link);
+        self.routes.set(link, None);
+    }
+
+    /// Carries out every output of the core without waiting: messages go
+    /// to their connection task's outbox, membership to the relay's
+    /// routes. A full outbox or a task found gone is an input for the
+    /// core, which may produce more output: repeat until nothing is left,
+    /// then let it recheck congestion.
+    fn dispatch<B: Board>(&mut self, core: &mut ServerCore<B>) {
+        let now = Instant::now();
+        loop {
+            while let Some(output) = core.poll_output() {
+                self.carry_out(core, now, output);
+            }
+            let outboxes = &self.outboxes;
+            core.handle_congestion(now, |link| {
+                outboxes
+                    .get(&link)
+                    .map_or(0, |outbox| OUTBOX_CAPACITY - outbox.capacity())
+            });
+            if !core.has_output() {
                 return;
             }
-            links.outboxes.insert(link, outbox);
-            links.media.insert(link, media);
-            Some(link)
-        }
-        Some(claim) => {
-            let resumed =
-                resume_session(switchboard, links, now, (link, &user, claim), outbox, media);
-            env.ops.metrics.resume(resumed.is_some());
-            resumed
-        }
-    };
-    let resumable = attached
-        .and_then(|conn| links.sessions.get(&conn))
-        .is_some_and(|book| book.resumable);
-    let _ = session.send(attached.map(|conn| (conn, resumable)));
-    dispatch(switchboard, links, env);
-}
-
-/// A fresh session token from the system's random generator.
-fn new_token() -> SessionToken {
-    let mut bytes = [0_u8; 16];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        // Without randomness a token could be guessed: make resumes fail
-        // instead (no token is all zeros but by this path, and a session
-        // with it refuses every resume, see `tokens_match`).
-        warn!("the system random generator failed: this session cannot be resumed");
-    }
-    SessionToken(bytes)
-}
-
-/// Compares tokens in constant time; the all-zero token matches nothing.
-fn tokens_match(kept: &SessionToken, claimed: &SessionToken) -> bool {
-    let unset = kept.0.iter().fold(0_u8, |acc, byte| acc | byte) == 0;
-    crate::secret::same_bytes(&kept.0, &claimed.0) && !unset
-}
-
-/// A new session on connection `link`.
-fn log_in(
-    switchboard: &mut Board,
-    links: &mut Links,
-    now: Instant,
-    link: ConnId,
-    user: UserId,
-    protocol_version: u16,
-) -> Result<(), calling_cluster::NodeError> {
-    switchboard.handle_login(now, link, user, protocol_version)?;
-    links.by_link.insert(link, link);
-    links.sessions.insert(
-        link,
-        SessionBook {
-            link,
-            resumable: protocol_version >= 2 && !switchboard.resume_grace().is_zero(),
-            token: new_token(),
-            replay: Replay::new(REPLAY_CAPACITY),
-        },
-    );
-    Ok(())
-}
-
-/// After the login's answer: what a version-2 client needs to resume.
-fn introduce_session(switchboard: &Board, links: &mut Links, conn: ConnId) {
-    let Some(book) = links.sessions.get(&conn) else {
-        return;
-    };
-    if !book.resumable {
-        return;
-    }
-    let grace_ms = u32::try_from(switchboard.resume_grace().as_millis()).unwrap_or(u32::MAX);
-    let session = ServerMessage::Session {
-        token: book.token,
-        grace_ms,
-    };
-    if let Some(outbox) = links.outboxes.get(&conn) {
-        let _ = outbox.try_send(Outbound::Message(session));
-    }
-}
-
-/// Connection `link` claims `user`'s session: if the token is the
-/// session's and the client's count fits the books, the connection takes
-/// the session over (from a broken connection, or one the server has not
-/// yet seen break), gets a new token and every message it missed. Returns
-/// the session, or `None` after queueing the refusal.
-fn resume_session(
-    switchboard: &mut Board,
-    links: &mut Links,
-    now: Instant,
-    (link, user, claim): (ConnId, &UserId, ResumeClaim),
-    outbox: mpsc::Sender<Outbound>,
-    media: Arc<dyn MediaLink>,
-) -> Option<ConnId> {
-    let conn = switchboard.conn_of(user);
-    let book = conn.and_then(|conn| links.sessions.get_mut(&conn));
-    let refusal = match book {
-        None => Some("no such session: it expired, or the server restarted"),
-        Some(book) if !book.resumable || !tokens_match(&book.token, &claim.token) => {
-            Some("not this session's token")
-        }
-        Some(book) => book
-            .replay
-            .acknowledge(claim.received)
-            .err()
-            .map(|_| "the client's count does not fit this session"),
-    };
-    let (Some(conn), None) = (conn, refusal) else {
-        let why = refusal.unwrap_or("no such session");
-        debug!(%user, why, "resume refused");
-        let refusal = (PROTOCOL_VERSION, ErrorCode::SESSION_EXPIRED, why);
-        send_refusal(&outbox, refusal);
-        return None;
-    };
-    let book = links.sessions.get_mut(&conn)?;
-    // The connection it replaces, if the server still has it, is closed.
-    if let Some(old) = links.outboxes.remove(&conn) {
-        let _ = old.try_send(Outbound::Close(ErrorCode::OK));
-    }
-    links.by_link.remove(&book.link);
-    links.by_link.insert(link, conn);
-    book.link = link;
-    book.token = new_token();
-    let resumed = ServerMessage::Resumed {
-        token: book.token,
-        received: book.replay.received(),
-    };
-    let _ = outbox.try_send(Outbound::Message(resumed));
-    for missed in book.replay.unacknowledged() {
-        // Fits: the books keep fewer messages than an outbox holds.
-        let _ = outbox.try_send(Outbound::Message(missed.clone()));
-    }
-    links.outboxes.insert(conn, outbox);
-    links.media.insert(conn, media);
-    links.to_check.insert(conn);
-    if !switchboard.handle_resume(now, conn) {
-        return None;
-    }
-    Some(conn)
-}
-
-/// A heartbeat: forget what the client has, answer with what we have.
-fn heartbeat(links: &mut Links, conn: ConnId, received: u64) {
-    let Some(book) = links.sessions.get_mut(&conn) else {
-        return;
-    };
-    if let Err(error) = book.replay.acknowledge(received) {
-        warn!(?conn, %error, "heartbeat with an impossible count");
-    }
-    let ack = ServerMessage::HeartbeatAck {
-        received: book.replay.received(),
-    };
-    if let Some(outbox) = links.outboxes.get(&conn) {
-        let _ = outbox.try_send(Outbound::Message(ack));
-    }
-    links.to_check.insert(conn);
-}
-
-/// Messages waiting for `conn`'s client: in its outbox, or, for a
-/// resumable session, not yet acknowledged.
-fn queued(links: &Links, conn: ConnId) -> usize {
-    let in_outbox = links
-        .outboxes
-        .get(&conn)
-        .map_or(0, |outbox| OUTBOX_CAPACITY - outbox.capacity());
-    let unacknowledged = links
-        .sessions
-        .get(&conn)
-        .filter(|book| book.resumable)
-        .map_or(0, |book| book.replay.unacknowledged_len());
-    in_outbox.max(unacknowledged)
-}
-
-/// Tells the switchboard which connections' outboxes are nearly full (so
-/// invitations to them are answered busy) and which have drained again.
-fn update_congestion(switchboard: &mut Board, links: &mut Links) {
-    let mut to_check = std::mem::take(&mut links.to_check);
-    to_check.extend(links.congested.iter().copied());
-    for conn in to_check {
-        let queued = queued(links, conn);
-        let was = links.congested.contains(&conn);
-        let now = if was {
-            queued >= RELIEVED_BELOW
-        } else {
-            queued > CONGESTED_ABOVE
-        };
-        if now != was {
-            debug!(?conn, queued, congested = now, "outbox fill");
-            switchboard.set_congested(conn, now);
-            if now {
-                links.congested.insert(conn);
-            } else {
-                links.congested.remove(&conn);
-            }
         }
     }
-}
 
-/// Counts a call event and hands it to the sinks (webhooks, records),
-/// never waiting for them.
-fn report_event(links: &mut Links, env: &Env, event: CallEvent) {
-    let now = Instant::now();
-    let duration = match &event {
-        CallEvent::Started { call_id, .. } => {
-            links.started.insert(*call_id, now);
-            None
-        }
-        CallEvent::Ended { call_id, .. } => {
-            links.started.remove(call_id).map(|started| now - started)
-        }
-        _ => None,
-    };
-    env.ops.metrics.observe_event(&event, duration);
-    if env.ops.sinks.is_empty() {
-        return;
-    }
-    let stamped = Arc::new(StampedEvent {
-        at: SystemTime::now(),
-        event,
-        duration,
-    });
-    for sink in &env.ops.sinks {
-        if sink.queue.try_send(Arc::clone(&stamped)).is_err() {
-            (sink.dropped)(&env.ops.metrics);
-        }
-    }
-}
-
-/// Republishes the routes of a call whose members changed: each member
-/// hears every other one; a member alone in it, or gone from it, has none.
-fn publish_routes(call_id: CallId, members: &[RoutedMember], links: &mut Links, env: &Env) {
-    let routes = &*env.routes;
-    let here = |member: &RoutedMember| match member.at {
-        MemberAt::Here(conn) => Some(conn),
-        MemberAt::There(_) => None,
-    };
-    let now_routed: Vec<ConnId> = members.iter().filter_map(here).collect();
-    for gone in links
-        .routed
-        .remove(&call_id)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|conn| !now_routed.contains(conn))
-    {
-        routes.set(gone, None);
-    }
-    for member in members {
-        let Some(conn) = here(member) else {
-            continue;
-        };
-        let peers: Vec<(FlowId, Arc<dyn MediaLink>)> = members
-            .iter()
-            .filter(|other| other.at != member.at)
-            .filter_map(|other| {
-                let link = match other.at {
-                    MemberAt::Here(other) => links.media.get(&other)?.clone(),
-                    MemberAt::There(at) => env.mesh.as_ref()?.link_to(at),
+    fn carry_out<B: Board>(&mut self, core: &mut ServerCore<B>, now: Instant, output: ServerOutput) {
+        match output {
+            ServerOutput::Send {
+                conn: link,
+                message,
+            } => {
+                let Some(outbox) = self.outboxes.get(&link) else {
+                    return;
                 };
-                Some((other.flow, link))
-            })
-            .collect();
-        let route = match links.media.get(&conn) {
-            Some(own) if !peers.is_empty() => Some(Route {
-                flow: member.flow,
-                peers,
-                own: Arc::clone(own),
-            }),
-            _ => None,
-        };
-        routes.set(conn, route);
-    }
-    if !now_routed.is_empty() {
-        links.routed.insert(call_id, now_routed);
-    }
-}
-
-/// Carries out every switchboard output without waiting: messages go to
-/// their connection task's outbox (and a resumable session's books),
-/// membership to the relay's routes. A client whose messages pile up is
-/// disconnected, which may produce more output for the others: repeat
-/// until nothing is left.
-fn dispatch(switchboard: &mut Board, links: &mut Links, env: &Env) {
-    let routes = &*env.routes;
-    loop {
-        // Sessions to end now, and connections found gone.
-        let mut stuck = Vec::new();
-        let mut gone = Vec::new();
-        while let Some(output) = switchboard.poll_output() {
-            match output {
-                Step::Send { conn, message } => {
-                    links.to_check.insert(conn);
-                    if let Some(book) = links.sessions.get_mut(&conn) {
-                        if book.resumable
-                            && message.is_numbered()
-                            && book.replay.record_sent(&message).is_err()
-                        {
-                            warn!(?conn, "client acknowledges nothing: disconnecting it");
-                            stuck.push(conn);
-                            continue;
-                        }
-                    }
-                    let Some(outbox) = links.outboxes.get(&conn) else {
-                        // Detached: the books keep it for the resume.
-                        continue;
-                    };
-                    // A login's answer, in a cluster, comes later than the
-                    // login: what the client needs to resume follows it.
-                    let logged_in = matches!(
-                        message,
-                        ServerMessage::LoginResult { code, .. } if code.is_ok()
-                    );
-                    match outbox.try_send(Outbound::Message(message)) {
-                        Ok(()) if logged_in => introduce_session(switchboard, links, conn),
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
-                            warn!(
-                                ?conn,
-                                "client is not reading its messages: disconnecting it"
-                            );
-                            stuck.push(conn);
-                        }
-                        Err(TrySendError::Closed(_)) => {
-                            debug!(?conn, "connection task already gone");
-                            gone.push(conn);
-                        }
+                match outbox.try_send(Outbound::Message(message)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => core.handle_stuck(now, link),
+                    Err(TrySendError::Closed(_)) => {
+                        self.forget(link);
+                        core.handle_gone(now, link);
                     }
                 }
-                Step::Close { conn, code } => {
-                    routes.set(conn, None);
-                    links.sessions.remove(&conn);
-                    links.media.remove(&conn);
-                    if let Some(outbox) = links.outboxes.remove(&conn) {
-                        // If the outbox is full the close is lost too; the
-                        // task then sees its channel closed and closes anyway.
-                        let _ = outbox.try_send(Outbound::Close(code));
-                    }
-                }
-                Step::Membership { call_id, members } => {
-                    publish_routes(call_id, &members, links, env);
-                }
-                Step::Event(event) => report_event(links, env, event),
-                Step::AllSessionsLost(code) => end_every_session(links, routes, code),
             }
+            ServerOutput::Close { conn: link, code } => {
+                if let Some(outbox) = self.outboxes.get(&link) {
+                    // If the outbox is full the close is lost too; the task
+                    // then sees its channel closed and closes anyway.
+                    let _ = outbox.try_send(Outbound::Close(code));
+                }
+                self.forget(link);
+            }
+            ServerOutput::Membership { call_id, members } => {
+                self.publish_routes(call_id, &members);
+            }
+            ServerOutput::Event { event, duration } => self.report_event(event, duration),
+            ServerOutput::AllSessionsLost(_) => {
+                for conns in self.routed.values() {
+                    for conn in conns {
+                        self.routes.set(*conn, None);
+                    }
+                }
+                self.routed.clear();
+            }
+            ServerOutput::Cluster(output) => {
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.carry_out(output);
+                }
+            }
+            ServerOutput::Count(Counted::SessionDetached) => self.ops.metrics.session_detached(),
+            ServerOutput::Count(Counted::Resume { resumed }) => self.ops.metrics.resume(resumed),
         }
-        if stuck.is_empty() && gone.is_empty() {
-            update_congestion(switchboard, links);
+    }
+
+    /// Publishes the drain state when it changed.
+    fn report_drain<B: Board>(&self, core: &ServerCore<B>) {
+        let state = core.drain_state();
+        self.ops.drain.send_if_modified(|kept| {
+            let changed = *kept != state;
+            *kept = state;
+            changed
+        });
+    }
+
+    /// Counts a call event and hands it to the sinks (webhooks, records),
+    /// never waiting for them.
+    fn report_event(&self, event: CallEvent, duration: Option<Duration>) {
+        let ops = &self.ops;
+        ops.metrics.observe_event(&event, duration);
+        if ops.sinks.is_empty() {
             return;
         }
-        let now = Instant::now();
-        for conn in stuck {
-            // Dropping the sender tells the connection task to close.
-            links.outboxes.remove(&conn);
-            links.media.remove(&conn);
-            routes.set(conn, None);
-            if links.sessions.remove(&conn).is_some() || switchboard.has_session(conn) {
-                switchboard.handle_expelled(now, conn);
-            }
-        }
-        for conn in gone {
-            if links.outboxes.remove(&conn).is_some() {
-                links.media.remove(&conn);
-                routes.set(conn, None);
-                switchboard.handle_disconnect(now, conn);
-                if !switchboard.is_detached(conn) {
-                    links.sessions.remove(&conn);
-                }
+        let stamped = Arc::new(StampedEvent {
+            at: SystemTime::now(),
+            event,
+            duration,
+        });
+        for sink in &ops.sinks {
+            if sink.queue.try_send(Arc::clone(&stamped)).is_err() {
+                (sink.dropped)(&ops.metrics);
             }
         }
     }
-}
 
-/// The cluster gave every session of this server up: each connection is
-/// closed with `code` (its client logs in again), and nothing is routed.
-fn end_every_session(links: &mut Links, routes: &MediaRoutes, code: ErrorCode) {
-    warn!(
-        sessions = links.sessions.len(),
-        "the cluster's control lost this node's sessions: closing them"
-    );
-    for (conn, outbox) in links.outboxes.drain() {
-        routes.set(conn, None);
-        let _ = outbox.try_send(Outbound::Close(code));
-    }
-    for conns in links.routed.values() {
-        for conn in conns {
-            routes.set(*conn, None);
+    /// Republishes the routes of a call whose members changed: each member
+    /// hears every other one; a member alone in it, or gone from it, has
+    /// none.
+    fn publish_routes(&mut self, call_id: CallId, members: &[RoutedMember]) {
+        let here = |member: &RoutedMember| match member.at {
+            MemberAt::Here(conn) => Some(conn),
+            MemberAt::There(_) => None,
+        };
+        let now_routed: Vec<ConnId> = members.iter().filter_map(here).collect();
+        for gone in self
+            .routed
+            .remove(&call_id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|conn| !now_routed.contains(conn))
+        {
+            self.routes.set(gone, None);
+        }
+        for member in members {
+            let Some(conn) = here(member) else {
+                continue;
+            };
+            let peers: Vec<(FlowId, Arc<dyn MediaLink>)> = members
+                .iter()
+                .filter(|other| other.at != member.at)
+                .filter_map(|other| {
+                    let link = match other.at {
+                        MemberAt::Here(other) => self.media.get(&other)?.clone(),
+                        MemberAt::There(at) => self.mesh.as_ref()?.link_to(at),
+                    };
+                    Some((other.flow, link))
+                })
+                .collect();
+            let route = match self.media.get(&conn) {
+                Some(own) if !peers.is_empty() => Some(Route {
+                    flow: member.flow,
+                    peers,
+                    own: Arc::clone(own),
+                }),
+                _ => None,
+            };
+            self.routes.set(conn, route);
+        }
+        if !now_routed.is_empty() {
+            self.routed.insert(call_id, now_routed);
         }
     }
-    links.routed.clear();
-    links.sessions.clear();
-    links.media.clear();
-    links.by_link.clear();
-    links.congested.clear();
-    links.to_check.clear();
-    links.started.clear();
 }
 
 #[cfg(test)]
@@ -846,8 +502,20 @@ mod tests {
     use calling_api::CallType;
     use signaling_link::memory::{MemoryMedia, pair};
     use signaling_link::{DatagramSource, Link};
+    use signaling_proto::PROTOCOL_VERSION;
     use signaling_proto::message::RequestId;
     use signaling_proto::{DatagramKind, LossReport, MediaHeader, ReceiverFeatures};
+
+    fn single_server() -> ServerCore<signaling_proto::Switchboard> {
+        let switchboard =
+            signaling_proto::Switchboard::new(signaling_proto::SwitchboardConfig::DEFAULT);
+        ServerCore::new(
+            switchboard,
+            OUTBOX_LIMITS,
+            Box::new(new_token),
+            Instant::now(),
+        )
+    }
 
     /// Metrics only, no sinks.
     fn quiet_ops() -> HubOps {
@@ -891,7 +559,7 @@ mod tests {
             conn
         });
         let client = Client {
-            conn: attached.unwrap_or(ConnId(link)),
+            conn: ConnId(link),
             outbox,
             media: client.media,
             token: None,
@@ -1017,9 +685,8 @@ mod tests {
         let routes = Arc::new(MediaRoutes::default());
         let (hub, inputs) = mpsc::channel(64);
         tokio::spawn(run(
-            Board::Local(Box::new(signaling_proto::Switchboard::new(
-                signaling_proto::SwitchboardConfig::DEFAULT,
-            ))),
+            single_server(),
+            None,
             inputs,
             Arc::clone(&routes),
             quiet_ops(),
@@ -1113,9 +780,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (ops, _drain) = HubOps::new(Arc::clone(&metrics), Vec::new());
         tokio::spawn(run(
-            Board::Local(Box::new(signaling_proto::Switchboard::new(
-                signaling_proto::SwitchboardConfig::DEFAULT,
-            ))),
+            single_server(),
+            None,
             inputs,
             Arc::clone(&routes),
             ops,

@@ -2,7 +2,6 @@
 
 mod address;
 mod admission;
-mod board;
 mod certificates;
 mod cluster;
 pub mod cluster_store;
@@ -36,7 +35,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub use admission::{AdmissionCounts, ServerLimits};
-pub use board::ClusterStatus;
+pub use server_core::ClusterStatus;
 /// The UserSig scheme (the `calling-usersig` crate).
 pub use calling_usersig as usersig;
 pub use config::{
@@ -50,17 +49,23 @@ pub use stamped::StampedEvent;
 
 use crate::hub::HubInput;
 
-/// What the hub drives: a switchboard of its own, or this server as one
-/// node of a cluster: a node id of its own for this process's life (a
-/// restarted process is a new node), its links, its place in the store.
-fn board(
+/// Starts the hub over the core of a single server (a switchboard of its
+/// own) or of one node of a cluster (a node id of its own for this
+/// process's life, a restarted process being a new node; its links; its
+/// place in the store).
+fn spawn_hub(
     config: &ServerConfig,
-    hub: &mpsc::Sender<HubInput>,
+    (hub, inputs): (&mpsc::Sender<HubInput>, mpsc::Receiver<HubInput>),
     routes: &Arc<relay::MediaRoutes>,
-) -> Result<board::Board, ServerError> {
+    ops: hub::HubOps,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let now = std::time::Instant::now();
+    let tokens: server_core::TokenSource = Box::new(hub::new_token);
     let Some(cluster_config) = &config.cluster else {
         let switchboard = signaling_proto::Switchboard::new(config.switchboard.clone());
-        return Ok(board::Board::Local(Box::new(switchboard)));
+        let core = server_core::ServerCore::new(switchboard, hub::OUTBOX_LIMITS, tokens, now);
+        let task = hub::run(core, None, inputs, Arc::clone(routes), ops);
+        return Ok(tokio::spawn(task));
     };
     let node = calling_cluster::NodeId(config::random_node_id()?);
     let weak = hub.downgrade();
@@ -76,12 +81,11 @@ fn board(
     let (published, io) = cluster::start(cluster_config, node, post, Arc::clone(routes))?;
     let mut node_config = calling_cluster::NodeConfig::new(node, published);
     node_config.switchboard = config.switchboard.clone();
-    let node = calling_cluster::ClusterNode::new(node_config, std::time::Instant::now());
-    Ok(board::Board::Cluster(Box::new(board::ClusterBoard::new(
-        node,
-        io,
-        config.switchboard.resume_grace,
-    ))))
+    let node = calling_cluster::ClusterNode::new(node_config, now);
+    let board = server_core::ClusterBoard::new(node, config.switchboard.resume_grace);
+    let core = server_core::ServerCore::new(board, hub::OUTBOX_LIMITS, tokens, now);
+    let task = hub::run(core, Some(io), inputs, Arc::clone(routes), ops);
+    Ok(tokio::spawn(task))
 }
 
 /// Why the server could not start.
@@ -276,12 +280,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         mut ops_tasks,
     } = start_event_sinks(operations, &metrics)?;
     let (hub_ops, drain) = hub::HubOps::new(Arc::clone(&metrics), sinks);
-    let hub_task = tokio::spawn(hub::run(
-        board(&config, &hub_tx, &routes)?,
-        hub_rx,
-        Arc::clone(&routes),
-        hub_ops,
-    ));
+    let hub_task = spawn_hub(&config, (&hub_tx, hub_rx), &routes, hub_ops)?;
     let shared = Arc::new(Shared::new(
         &config,
         apps,

@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use signaling_proto::{CallEvent, InvitationOutcome};
 
-use crate::board::ClusterStatus;
+use server_core::ClusterStatus;
 use crate::limits::LimitCounts;
 use crate::relay::RelayCounts;
 
