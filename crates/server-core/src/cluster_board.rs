@@ -280,6 +280,8 @@ impl Board for ClusterBoard {
     }
 
     fn shutdown(&mut self, now: Instant) {
+        // What the node said before goes out first.
+        self.pump();
         let conns: Vec<ConnId> = self.node.sessions().map(|(conn, _)| ConnId(conn)).collect();
         for conn in conns {
             let _ = self
@@ -307,6 +309,8 @@ impl Board for ClusterBoard {
     /// address they dial leads to another node. Sessions in calls stay
     /// until their calls end.
     fn move_idle_sessions(&mut self, now: Instant) {
+        // What the node said before (a call's end, say) goes out first.
+        self.pump();
         let idle: Vec<ConnId> = self
             .node
             .sessions()

@@ -362,6 +362,8 @@ impl<B: Board> ServerCore<B> {
         if let Some(node) = self.board.cluster_node_mut() {
             apply(node);
         }
+        // What the IO brought goes out before a drain's moves.
+        self.pump();
         self.after_input(now);
     }
 
