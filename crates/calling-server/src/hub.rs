@@ -367,7 +367,12 @@ impl HubIo {
         }
     }
 
-    fn carry_out<B: Board>(&mut self, core: &mut ServerCore<B>, now: Instant, output: ServerOutput) {
+    fn carry_out<B: Board>(
+        &mut self,
+        core: &mut ServerCore<B>,
+        now: Instant,
+        output: ServerOutput,
+    ) {
         match output {
             ServerOutput::Send {
                 conn: link,
@@ -779,13 +784,7 @@ mod tests {
         let (hub, inputs) = mpsc::channel(64);
         let metrics = Arc::new(Metrics::new());
         let (ops, _drain) = HubOps::new(Arc::clone(&metrics), Vec::new());
-        tokio::spawn(run(
-            single_server(),
-            None,
-            inputs,
-            Arc::clone(&routes),
-            ops,
-        ));
+        tokio::spawn(run(single_server(), None, inputs, Arc::clone(&routes), ops));
         let (mut alice, mut bob, call_id) = alice_invites_bob(&hub).await;
         assert!(matches!(
             next(&mut bob).await,

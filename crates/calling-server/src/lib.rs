@@ -35,7 +35,6 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub use admission::{AdmissionCounts, ServerLimits};
-pub use server_core::ClusterStatus;
 /// The UserSig scheme (the `calling-usersig` crate).
 pub use calling_usersig as usersig;
 pub use config::{
@@ -45,6 +44,7 @@ pub use hub::{AdminReply, AdminRequest, DrainState};
 pub use limits::LimitCounts;
 pub use metrics::HubStats;
 pub use relay::RelayCounts;
+pub use server_core::ClusterStatus;
 pub use stamped::StampedEvent;
 
 use crate::hub::HubInput;

@@ -20,9 +20,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use signaling_proto::{CallEvent, InvitationOutcome};
 
-use server_core::ClusterStatus;
 use crate::limits::LimitCounts;
 use crate::relay::RelayCounts;
+use server_core::ClusterStatus;
 
 /// Live figures.
 #[derive(Debug, Clone, PartialEq, Eq)]

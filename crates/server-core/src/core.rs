@@ -268,7 +268,10 @@ impl<B: Board> ServerCore<B> {
     pub fn handle_stuck(&mut self, now: Instant, link: ConnId) {
         self.now = now;
         if let Some(session) = self.by_link.get(&link).copied() {
-            warn!(?link, "client is not reading its messages: disconnecting it");
+            warn!(
+                ?link,
+                "client is not reading its messages: disconnecting it"
+            );
             self.expel_stuck(session);
         }
         self.after_input(now);
@@ -397,7 +400,9 @@ impl<B: Board> ServerCore<B> {
                 let age = self
                     .started
                     .get(&call.call_id)
-                    .map_or(Duration::ZERO, |started| now.saturating_duration_since(*started));
+                    .map_or(Duration::ZERO, |started| {
+                        now.saturating_duration_since(*started)
+                    });
                 (call, age)
             })
             .collect()
@@ -470,7 +475,11 @@ impl<B: Board> ServerCore<B> {
             return LoginAnswer::refused(PROTOCOL_VERSION, ErrorCode::SESSION_EXPIRED, why);
         };
         // The connection it replaces, if the server still has it, is closed.
-        if let Some(old) = self.sessions.get_mut(&session).and_then(|book| book.link.take()) {
+        if let Some(old) = self
+            .sessions
+            .get_mut(&session)
+            .and_then(|book| book.link.take())
+        {
             self.by_link.remove(&old);
             self.outputs.push_back(ServerOutput::Close {
                 conn: old,

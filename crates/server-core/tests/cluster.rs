@@ -90,7 +90,11 @@ impl Cluster {
 
     fn followers(&self) -> Vec<NodeId> {
         let control = self.control();
-        self.nodes.keys().copied().filter(|id| *id != control).collect()
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|id| *id != control)
+            .collect()
     }
 
     fn settle(&mut self) {
@@ -132,14 +136,22 @@ impl Cluster {
             }
         }
         for id in &ids {
-            let frames: Vec<_> = self.nodes.get_mut(id).unwrap().to_control.drain(..).collect();
+            let frames: Vec<_> = self
+                .nodes
+                .get_mut(id)
+                .unwrap()
+                .to_control
+                .drain(..)
+                .collect();
             let Some(holder) = self.nodes[id].dialing.clone() else {
                 continue;
             };
             for frame in frames {
-                self.node(holder.node).core.handle_cluster_io(now, |cluster_node| {
-                    cluster_node.handle_node_frame(now, *id, frame).unwrap();
-                });
+                self.node(holder.node)
+                    .core
+                    .handle_cluster_io(now, |cluster_node| {
+                        cluster_node.handle_node_frame(now, *id, frame).unwrap();
+                    });
             }
         }
         for id in &ids {
@@ -155,9 +167,9 @@ impl Cluster {
             let node = self.nodes.get_mut(id).unwrap();
             if reachable && !node.link_up {
                 node.link_up = true;
-                node.server
-                    .core
-                    .handle_cluster_io(now, |cluster_node| cluster_node.handle_control_link_up(now));
+                node.server.core.handle_cluster_io(now, |cluster_node| {
+                    cluster_node.handle_control_link_up(now)
+                });
             }
             if node.server.core.poll_timeout().is_some_and(|at| at <= now) {
                 node.server.core.handle_timeout(now);
@@ -174,7 +186,10 @@ impl Cluster {
             let outputs = self.node(id).drain(now);
             for output in outputs {
                 match output {
-                    NodeOutput::Store { id: request, request: what } => {
+                    NodeOutput::Store {
+                        id: request,
+                        request: what,
+                    } => {
                         let reply = self.store.apply(now, &what);
                         let node = self.nodes.get_mut(&id).unwrap();
                         node.store_replies.push_back((request, reply));
@@ -218,12 +233,14 @@ impl Cluster {
         node.link_up = false;
         node.to_control.clear();
         node.from_control.clear();
-        node.server
-            .core
-            .handle_cluster_io(now, |cluster_node| cluster_node.handle_control_link_down(now));
+        node.server.core.handle_cluster_io(now, |cluster_node| {
+            cluster_node.handle_control_link_down(now)
+        });
         self.node(control)
             .core
-            .handle_cluster_io(now, |cluster_node| cluster_node.handle_node_link_down(now, id));
+            .handle_cluster_io(now, |cluster_node| {
+                cluster_node.handle_node_link_down(now, id)
+            });
         self.carry_out_all();
     }
 
@@ -249,7 +266,9 @@ impl Cluster {
 
 /// Alice on one follower calls bob on the other; their nodes, links and
 /// the call.
-fn alice_calls_bob(cluster: &mut Cluster) -> ((NodeId, ConnId), (NodeId, ConnId), calling_api::CallId) {
+fn alice_calls_bob(
+    cluster: &mut Cluster,
+) -> ((NodeId, ConnId), (NodeId, ConnId), calling_api::CallId) {
     cluster.settle();
     let followers = cluster.followers();
     let (a, b) = (followers[0], followers[1]);
@@ -259,10 +278,13 @@ fn alice_calls_bob(cluster: &mut Cluster) -> ((NodeId, ConnId), (NodeId, ConnId)
     cluster.node(a).send(now, alice, invite(1, "bob"));
     cluster.run_for(Duration::from_millis(100));
     let call_id = acked_call(cluster.node(a).inbox(alice));
-    assert!(cluster.node(b).inbox(bob).iter().any(|message| matches!(
-        message,
-        ServerMessage::Invited { .. }
-    )));
+    assert!(
+        cluster
+            .node(b)
+            .inbox(bob)
+            .iter()
+            .any(|message| matches!(message, ServerMessage::Invited { .. }))
+    );
     let now = cluster.now;
     cluster.node(b).send(now, bob, accept(1, call_id));
     cluster.run_for(Duration::from_millis(100));
@@ -292,7 +314,10 @@ fn users_on_two_nodes_call_and_each_node_routes_its_own_connection_to_the_other_
         .collect();
     assert!(at_a.contains(&MemberAt::Here(alice)), "{at_a:?}");
     assert!(
-        at_a.contains(&MemberAt::There(NodeConn { node: b, conn: bob.0 })),
+        at_a.contains(&MemberAt::There(NodeConn {
+            node: b,
+            conn: bob.0
+        })),
         "{at_a:?}"
     );
     let at_b: Vec<MemberAt> = cluster.node(b).routes[&call_id]
@@ -301,7 +326,10 @@ fn users_on_two_nodes_call_and_each_node_routes_its_own_connection_to_the_other_
         .collect();
     assert!(at_b.contains(&MemberAt::Here(bob)), "{at_b:?}");
     assert!(
-        at_b.contains(&MemberAt::There(NodeConn { node: a, conn: alice.0 })),
+        at_b.contains(&MemberAt::There(NodeConn {
+            node: a,
+            conn: alice.0
+        })),
         "{at_b:?}"
     );
     let (control, now) = (cluster.control(), cluster.now);
@@ -320,11 +348,16 @@ fn a_session_resumed_on_its_node_gets_what_it_missed_from_the_control() {
     cluster.node(b).core.handle_disconnect(now, bob, false);
     cluster.run_for(Duration::from_millis(100));
     assert_eq!(cluster.node(b).counts, [Counted::SessionDetached]);
-    assert!(cluster.node(a).inbox(alice).contains(&ServerMessage::MemberConnection {
-        call_id,
-        user_id: user("bob"),
-        connected: false
-    }));
+    assert!(
+        cluster
+            .node(a)
+            .inbox(alice)
+            .contains(&ServerMessage::MemberConnection {
+                call_id,
+                user_id: user("bob"),
+                connected: false
+            })
+    );
     let now = cluster.now;
     cluster
         .node(a)
@@ -346,7 +379,10 @@ fn a_session_resumed_on_its_node_gets_what_it_missed_from_the_control() {
     );
     cluster.run_for(Duration::from_millis(100));
     let inbox = cluster.node(b).read_all(bob_again);
-    assert!(matches!(inbox[0], ServerMessage::Resumed { .. }), "{inbox:?}");
+    assert!(
+        matches!(inbox[0], ServerMessage::Resumed { .. }),
+        "{inbox:?}"
+    );
     assert_eq!(
         inbox[1],
         ServerMessage::AudioAvailability {
@@ -355,17 +391,25 @@ fn a_session_resumed_on_its_node_gets_what_it_missed_from_the_control() {
             available: false
         }
     );
-    assert!(cluster.node(a).inbox(alice).contains(&ServerMessage::MemberConnection {
-        call_id,
-        user_id: user("bob"),
-        connected: true
-    }));
+    assert!(
+        cluster
+            .node(a)
+            .inbox(alice)
+            .contains(&ServerMessage::MemberConnection {
+                call_id,
+                user_id: user("bob"),
+                connected: true
+            })
+    );
     let at_a: Vec<MemberAt> = cluster.node(a).routes[&call_id]
         .iter()
         .map(|member| member.at)
         .collect();
     assert!(
-        at_a.contains(&MemberAt::There(NodeConn { node: b, conn: bob.0 })),
+        at_a.contains(&MemberAt::There(NodeConn {
+            node: b,
+            conn: bob.0
+        })),
         "the other node reaches bob by his session: {at_a:?}"
     );
     let at_b: Vec<MemberAt> = cluster.node(b).routes[&call_id]

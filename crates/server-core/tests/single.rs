@@ -99,11 +99,15 @@ fn a_resumed_session_gets_what_it_missed_once_and_its_routes_on_the_new_connecti
     server.core.handle_disconnect(later, bob, false);
     server.drain(later);
     assert_eq!(server.counts, [Counted::SessionDetached]);
-    assert!(server.inbox(alice).contains(&ServerMessage::MemberConnection {
-        call_id,
-        user_id: user("bob"),
-        connected: false
-    }));
+    assert!(
+        server
+            .inbox(alice)
+            .contains(&ServerMessage::MemberConnection {
+                call_id,
+                user_id: user("bob"),
+                connected: false
+            })
+    );
     server.send(later, alice, ClientMessage::Microphone { muted: true });
     server.drain(later);
 
@@ -139,10 +143,7 @@ fn a_resumed_session_gets_what_it_missed_once_and_its_routes_on_the_new_connecti
     );
     assert_eq!(
         server.counts,
-        [
-            Counted::SessionDetached,
-            Counted::Resume { resumed: true }
-        ]
+        [Counted::SessionDetached, Counted::Resume { resumed: true }]
     );
     let routed: Vec<MemberAt> = server.routes[&call_id]
         .iter()
@@ -150,17 +151,27 @@ fn a_resumed_session_gets_what_it_missed_once_and_its_routes_on_the_new_connecti
         .collect();
     assert!(routed.contains(&MemberAt::Here(bob_again)), "{routed:?}");
     assert!(!routed.contains(&MemberAt::Here(bob)), "{routed:?}");
-    assert!(server.routes[&call_id]
-        .iter()
-        .any(|member| member.flow == bob_flow));
+    assert!(
+        server.routes[&call_id]
+            .iter()
+            .any(|member| member.flow == bob_flow)
+    );
 
     // The new connection speaks for the session; the old token is void.
-    server.send(later, bob_again, ClientMessage::Hangup { request_id: RequestId(2) });
+    server.send(
+        later,
+        bob_again,
+        ClientMessage::Hangup {
+            request_id: RequestId(2),
+        },
+    );
     server.drain(later);
-    assert!(server.inbox(alice).iter().any(|message| matches!(
-        message,
-        ServerMessage::CallEnded { .. }
-    )));
+    assert!(
+        server
+            .inbox(alice)
+            .iter()
+            .any(|message| matches!(message, ServerMessage::CallEnded { .. }))
+    );
     let (_, answer) = server.connect(later, "bob", Some(ResumeClaim { token, received }));
     assert_eq!(refused(&answer), ErrorCode::SESSION_EXPIRED);
 }
@@ -183,9 +194,17 @@ fn resumes_that_do_not_fit_are_refused_and_leave_the_session_resumable() {
     assert_eq!(refused(&answer), ErrorCode::SESSION_EXPIRED);
     let too_many = ResumeClaim { token, received: 9 };
     let (_, answer) = server.connect(now, "bob", Some(too_many));
-    assert_eq!(refused(&answer), ErrorCode::SESSION_EXPIRED, "bob got nothing numbered");
+    assert_eq!(
+        refused(&answer),
+        ErrorCode::SESSION_EXPIRED,
+        "bob got nothing numbered"
+    );
     let (_, answer) = server.connect(now, "carol", Some(ResumeClaim { token, received: 0 }));
-    assert_eq!(refused(&answer), ErrorCode::SESSION_EXPIRED, "carol has no session");
+    assert_eq!(
+        refused(&answer),
+        ErrorCode::SESSION_EXPIRED,
+        "carol has no session"
+    );
     server.drain(now);
 
     let (_, answer) = server.connect(now, "bob", Some(ResumeClaim { token, received: 0 }));
@@ -221,7 +240,11 @@ fn a_resume_over_a_connection_not_yet_seen_broken_closes_that_one() {
     assert_eq!(server.counts, [Counted::Resume { resumed: true }]);
     server.send(now, bob_again, ClientMessage::Ping { nonce: 5 });
     server.drain(now);
-    assert!(server.read_all(bob_again).contains(&ServerMessage::Pong { nonce: 5 }));
+    assert!(
+        server
+            .read_all(bob_again)
+            .contains(&ServerMessage::Pong { nonce: 5 })
+    );
 }
 
 #[test]
@@ -293,7 +316,11 @@ fn a_client_that_acknowledges_nothing_is_disconnected_and_one_that_does_is_not()
     server.send(now, bob, ClientMessage::Ping { nonce: 99 });
     server.drain(now);
     assert_eq!(server.closed(bob), Some(ErrorCode::SERVER_BUSY));
-    assert_eq!(server.core.board().online_count(), 1, "bob's session is over");
+    assert_eq!(
+        server.core.board().online_count(),
+        1,
+        "bob's session is over"
+    );
 }
 
 #[test]
@@ -316,10 +343,10 @@ fn a_congested_client_is_answered_busy_until_its_outbox_drains() {
     server.drain(now);
     assert_eq!(server.core.board().counters().invitees_congested, 1);
     assert!(
-        server.read_all(alice).iter().any(|message| matches!(
-            message,
-            ServerMessage::LineBusy { .. }
-        )),
+        server
+            .read_all(alice)
+            .iter()
+            .any(|message| matches!(message, ServerMessage::LineBusy { .. })),
         "bob is busy while congested"
     );
     server.read_all(bob);
@@ -372,7 +399,13 @@ fn call_events_say_how_long_the_call_lasted_on_the_virtual_clock() {
     let calls = server.core.call_summaries(later);
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].1, Duration::from_secs(7));
-    server.send(later, bob, ClientMessage::Hangup { request_id: RequestId(2) });
+    server.send(
+        later,
+        bob,
+        ClientMessage::Hangup {
+            request_id: RequestId(2),
+        },
+    );
     server.drain(later);
     let (started, _) = server
         .events

@@ -150,7 +150,12 @@ fn protocol_crates_depend_on_no_async_runtime() {
         "quinn",
         "mio",
     ];
-    for crate_name in ["calling-api", "signaling-proto", "calling-cluster", "server-core"] {
+    for crate_name in [
+        "calling-api",
+        "signaling-proto",
+        "calling-cluster",
+        "server-core",
+    ] {
         let deps = normal_dependencies(crate_name);
         assert!(
             deps.contains(crate_name),
