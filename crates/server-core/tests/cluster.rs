@@ -308,10 +308,7 @@ fn users_on_two_nodes_call_and_each_node_routes_its_own_connection_to_the_other_
         message,
         ServerMessage::UserEntered { user_id, .. } if *user_id == user("bob")
     )));
-    let at_a: Vec<MemberAt> = cluster.node(a).routes[&call_id]
-        .iter()
-        .map(|member| member.at)
-        .collect();
+    let at_a = cluster.node(a).routed(call_id);
     assert!(at_a.contains(&MemberAt::Here(alice)), "{at_a:?}");
     assert!(
         at_a.contains(&MemberAt::There(NodeConn {
@@ -320,10 +317,7 @@ fn users_on_two_nodes_call_and_each_node_routes_its_own_connection_to_the_other_
         })),
         "{at_a:?}"
     );
-    let at_b: Vec<MemberAt> = cluster.node(b).routes[&call_id]
-        .iter()
-        .map(|member| member.at)
-        .collect();
+    let at_b = cluster.node(b).routed(call_id);
     assert!(at_b.contains(&MemberAt::Here(bob)), "{at_b:?}");
     assert!(
         at_b.contains(&MemberAt::There(NodeConn {
@@ -401,10 +395,7 @@ fn a_session_resumed_on_its_node_gets_what_it_missed_from_the_control() {
                 connected: true
             })
     );
-    let at_a: Vec<MemberAt> = cluster.node(a).routes[&call_id]
-        .iter()
-        .map(|member| member.at)
-        .collect();
+    let at_a = cluster.node(a).routed(call_id);
     assert!(
         at_a.contains(&MemberAt::There(NodeConn {
             node: b,
@@ -412,10 +403,7 @@ fn a_session_resumed_on_its_node_gets_what_it_missed_from_the_control() {
         })),
         "the other node reaches bob by his session: {at_a:?}"
     );
-    let at_b: Vec<MemberAt> = cluster.node(b).routes[&call_id]
-        .iter()
-        .map(|member| member.at)
-        .collect();
+    let at_b = cluster.node(b).routed(call_id);
     assert!(at_b.contains(&MemberAt::Here(bob_again)), "{at_b:?}");
 }
 

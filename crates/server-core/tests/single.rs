@@ -145,10 +145,7 @@ fn a_resumed_session_gets_what_it_missed_once_and_its_routes_on_the_new_connecti
         server.counts,
         [Counted::SessionDetached, Counted::Resume { resumed: true }]
     );
-    let routed: Vec<MemberAt> = server.routes[&call_id]
-        .iter()
-        .map(|member| member.at)
-        .collect();
+    let routed = server.routed(call_id);
     assert!(routed.contains(&MemberAt::Here(bob_again)), "{routed:?}");
     assert!(!routed.contains(&MemberAt::Here(bob)), "{routed:?}");
     assert!(

@@ -149,6 +149,14 @@ impl<B: Board + std::fmt::Debug> Server<B> {
         &self.clients[&link.0].inbox
     }
 
+    /// Where the members of `call_id` were last routed.
+    pub fn routed(&self, call_id: CallId) -> Vec<server_core::MemberAt> {
+        self.routes[&call_id]
+            .iter()
+            .map(|member| member.at)
+            .collect()
+    }
+
     /// Numbered messages `link` received so far.
     pub fn received(&self, link: ConnId) -> u64 {
         self.clients[&link.0].received
