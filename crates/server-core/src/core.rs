@@ -222,8 +222,7 @@ impl<B: Board> ServerCore<B> {
         } else {
             self.log_in(now, link, user, protocol_version)
         };
-        self.pump();
-        self.check_invariants();
+        self.finish_input();
         answer
     }
 
@@ -324,7 +323,8 @@ impl<B: Board> ServerCore<B> {
                 }
             }
         }
-        self.after_input(now);
+        // Follows every dispatch: the input before it ran the drain's moves.
+        self.finish_input();
     }
 
     /// The server stops: no more logins; every session ends.
@@ -332,8 +332,7 @@ impl<B: Board> ServerCore<B> {
         self.now = now;
         self.shutting_down = true;
         self.board.shutdown(now);
-        self.pump();
-        self.check_invariants();
+        self.finish_input();
     }
 
     /// No new logins or calls from now on; the server stops once its calls
@@ -408,10 +407,16 @@ impl<B: Board> ServerCore<B> {
             .collect()
     }
 
+    /// After a client's, the clock's, the IO's or the operator's input: a
+    /// drain's moves, then the outputs.
     fn after_input(&mut self, now: Instant) {
         if self.draining {
             self.board.move_idle_sessions(now);
         }
+        self.finish_input();
+    }
+
+    fn finish_input(&mut self) {
         self.pump();
         self.check_invariants();
     }
