@@ -8,6 +8,9 @@
 //! the links, and hands it what its clients do ([`ClusterNode::handle_client`])
 //! and what the links bring. It delivers [`NodeOutput::Deliver`] to its
 //! clients and ends every local session on [`NodeOutput::SessionsLost`].
+//! It keeps no session itself: the glue keeps its clients' sessions in
+//! [`LocalSessions`](crate::LocalSessions) and reports them when a new
+//! control asks ([`NodeOutput::ReportSessions`]).
 //!
 //! # What happens when
 //!
@@ -40,18 +43,18 @@
 //!   clients, and requests the old control had not answered stay
 //!   unanswered (the clients' requests time out).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use calling_api::{CallId, ErrorCode, UserId};
-use signaling_proto::{CallEvent, ClientMessage, ServerMessage, SwitchboardConfig};
+use calling_api::ErrorCode;
+use signaling_proto::{CallEvent, SwitchboardConfig};
 use tracing::{debug, info, warn};
 
 use crate::control::{Control, ControlOutput};
 use crate::lease::{Lease, LeaseReply, LeaseTiming};
 use crate::link::{LinkBooks, LinkError};
 use crate::store::{ControlHolder, StoreReply, StoreRequest};
-use crate::wire::{FromControl, LinkFrame, NodeId, ReportedCall, RestoreReport, ToControl};
+use crate::wire::{FromControl, LinkFrame, NodeId, RestoreReport, ToControl};
 
 /// How a node behaves.
 #[derive(Debug, Clone)]
@@ -135,6 +138,10 @@ pub enum NodeOutput {
     },
     /// Something happened to a call (this node hosts the control).
     Event(CallEvent),
+    /// A new control took over: answer with
+    /// [`ClusterNode::report_sessions`] (see
+    /// [`LocalSessions`](crate::LocalSessions)) before any other input.
+    ReportSessions,
 }
 
 /// Why a client's input is refused.
@@ -163,31 +170,6 @@ enum Pending {
     LiveNodes,
     /// Deregistering, giving the role up: nothing to do with the answer.
     Leave,
-}
-
-/// One of this node's sessions, as the node keeps it: what a new control
-/// would need, and what the glue asks about its own clients.
-#[derive(Debug, Clone)]
-pub struct LocalSession {
-    /// Who.
-    pub user: UserId,
-    /// The protocol version it speaks.
-    pub protocol_version: u16,
-    /// Its microphone is off.
-    pub muted: bool,
-    /// Its connection broke and it waits for a resume.
-    pub detached: bool,
-    /// The call whose invitation rings it.
-    pub ringing: Option<CallId>,
-    /// The call it entered, as last published.
-    pub call: Option<ReportedCall>,
-}
-
-impl LocalSession {
-    /// In a call or rung by one.
-    pub fn is_engaged(&self) -> bool {
-        self.ringing.is_some() || self.call.is_some()
-    }
 }
 
 #[derive(Debug)]
@@ -237,8 +219,9 @@ pub struct ClusterNode {
     next_ack: Instant,
     /// Stopping: no more registrations or claims.
     leaving: bool,
-    /// This node's sessions, by connection: reported to a new control.
-    sessions: BTreeMap<u64, LocalSession>,
+    /// A new control awaits this node's reports
+    /// ([`ClusterNode::report_sessions`]).
+    reports_due: bool,
     outputs: VecDeque<NodeOutput>,
 }
 
@@ -257,7 +240,7 @@ impl ClusterNode {
             hosting: None,
             next_ack: now,
             leaving: false,
-            sessions: BTreeMap::new(),
+            reports_due: false,
             outputs: VecDeque::new(),
         };
         node.handle_timeout(now);
@@ -281,16 +264,6 @@ impl ClusterNode {
             (following.holder.node == self.config.node && self.hosting.is_some())
                 || following.books.is_ready()
         })
-    }
-
-    /// This node's sessions, by the node's number for their connection.
-    pub fn sessions(&self) -> impl Iterator<Item = (u64, &LocalSession)> {
-        self.sessions.iter().map(|(conn, session)| (*conn, session))
-    }
-
-    /// One of this node's sessions.
-    pub fn session(&self, conn: u64) -> Option<&LocalSession> {
-        self.sessions.get(&conn)
     }
 
     /// The control this node follows.
@@ -335,11 +308,6 @@ impl ClusterNode {
         if self.following.is_none() {
             return Err(NodeError::NotReady);
         }
-        let login = match &message {
-            ToControl::Login { conn, .. } => Some(*conn),
-            _ => None,
-        };
-        self.note_input(&message);
         let Some(following) = &mut self.following else {
             return Err(NodeError::NotReady);
         };
@@ -352,10 +320,6 @@ impl ClusterNode {
             return Ok(());
         }
         if following.books.send(message).is_err() {
-            // A refused login is no session.
-            if let Some(conn) = login {
-                self.sessions.remove(&conn);
-            }
             return Err(NodeError::Overloaded);
         }
         self.pump_control_link();
@@ -400,138 +364,10 @@ impl ClusterNode {
             return Ok(());
         }
         if let Some(message) = following.books.handle_frame(frame)? {
-            self.deliver(message);
+            self.outputs.push_back(NodeOutput::Deliver(message));
         }
         self.pump_control_link();
         Ok(())
-    }
-
-    /// Keeps the books of this node's sessions from what its clients do.
-    fn note_input(&mut self, message: &ToControl) {
-        match message {
-            ToControl::Login {
-                conn,
-                user,
-                protocol_version,
-            } => {
-                self.sessions.insert(
-                    *conn,
-                    LocalSession {
-                        user: user.clone(),
-                        protocol_version: *protocol_version,
-                        muted: false,
-                        detached: false,
-                        ringing: None,
-                        call: None,
-                    },
-                );
-            }
-            ToControl::Message {
-                conn,
-                message: ClientMessage::Microphone { muted },
-            } => {
-                if let Some(session) = self.sessions.get_mut(conn) {
-                    session.muted = *muted;
-                }
-            }
-            ToControl::Disconnected { conn } => {
-                // A version-2 session waits for a resume (unless the rules
-                // keep none); any other ends with its connection.
-                let grace = !self.config.switchboard.resume_grace.is_zero();
-                match self.sessions.get_mut(conn) {
-                    Some(session) if session.protocol_version >= 2 && grace => {
-                        session.detached = true;
-                    }
-                    _ => {
-                        self.sessions.remove(conn);
-                    }
-                }
-            }
-            ToControl::Resume { conn } => {
-                if let Some(session) = self.sessions.get_mut(conn) {
-                    session.detached = false;
-                }
-            }
-            ToControl::Expelled { conn } => {
-                self.sessions.remove(conn);
-            }
-            ToControl::Message { .. }
-            | ToControl::Congested { .. }
-            | ToControl::Restore(_)
-            | ToControl::RestoreDone => {}
-        }
-    }
-
-    /// Hands a message from the control to this node's clients, keeping
-    /// the books of their sessions.
-    fn deliver(&mut self, message: FromControl) {
-        let me = self.config.node;
-        match &message {
-            FromControl::Send { conn, message } => {
-                let Some(session) = self.sessions.get_mut(conn) else {
-                    self.outputs
-                        .push_back(NodeOutput::Deliver(FromControl::Send {
-                            conn: *conn,
-                            message: message.clone(),
-                        }));
-                    return;
-                };
-                match message {
-                    ServerMessage::Invited { call_id, .. } => session.ringing = Some(*call_id),
-                    ServerMessage::InvitationTimedOut { call_id }
-                    | ServerMessage::Cancelled { call_id }
-                        if session.ringing == Some(*call_id) =>
-                    {
-                        session.ringing = None;
-                    }
-                    ServerMessage::CallEnded { call_id, .. } => {
-                        if session.ringing == Some(*call_id) {
-                            session.ringing = None;
-                        }
-                        if session
-                            .call
-                            .as_ref()
-                            .is_some_and(|call| call.call_id == *call_id)
-                        {
-                            session.call = None;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            FromControl::Close { conn, .. } => {
-                self.sessions.remove(conn);
-            }
-            FromControl::Resumed { .. } => {}
-            FromControl::Membership {
-                call_id,
-                call_type,
-                members,
-            } => {
-                let users: Vec<UserId> = members.iter().map(|member| member.user.clone()).collect();
-                for session in self.sessions.values_mut() {
-                    if session
-                        .call
-                        .as_ref()
-                        .is_some_and(|call| call.call_id == *call_id)
-                    {
-                        session.call = None;
-                    }
-                }
-                for member in members.iter().filter(|member| member.at.node == me) {
-                    if let Some(session) = self.sessions.get_mut(&member.at.conn) {
-                        session.ringing = None;
-                        session.call = Some(ReportedCall {
-                            call_id: *call_id,
-                            call_type: *call_type,
-                            flow: member.flow,
-                            members: users.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        self.outputs.push_back(NodeOutput::Deliver(message));
     }
 
     /// A node's link connected to this node's listener, or broke: see
@@ -848,59 +684,19 @@ impl ClusterNode {
         // invitations that rang them are over (a new control does not know
         // them).
         let taking_over = self.following.is_some();
-        let mut reports = Vec::new();
         if taking_over {
-            let mut cancelled = Vec::new();
-            for (conn, session) in &mut self.sessions {
-                if let Some(call_id) = session.ringing.take() {
-                    cancelled.push((*conn, call_id));
-                }
-                reports.push(RestoreReport {
-                    conn: *conn,
-                    user: session.user.clone(),
-                    protocol_version: session.protocol_version,
-                    muted: session.muted,
-                    detached: session.detached,
-                    call: session.call.clone(),
-                });
-            }
-            for (conn, call_id) in cancelled {
-                self.outputs
-                    .push_back(NodeOutput::Deliver(FromControl::Send {
-                        conn,
-                        message: ServerMessage::Cancelled { call_id },
-                    }));
-            }
+            self.reports_due = true;
+            self.outputs.push_back(NodeOutput::ReportSessions);
         }
         self.outputs.push_back(if holder.node == me {
             NodeOutput::Hang
         } else {
             NodeOutput::Dial(holder.clone())
         });
-        let mut books = LinkBooks::new(me, holder.term, 0, self.config.books_capacity);
+        let books = LinkBooks::new(me, holder.term, 0, self.config.books_capacity);
         // Down until it connects (unless the control is this node).
         let down_since = (holder.node != me).then_some(now);
         let local = holder.node == me;
-        if taking_over {
-            let messages = reports
-                .into_iter()
-                .map(ToControl::Restore)
-                .chain([ToControl::RestoreDone]);
-            if local {
-                if let Some(hosting) = &mut self.hosting {
-                    for message in messages {
-                        hosting.control.handle_from_node(now, me, message);
-                    }
-                }
-            } else {
-                for message in messages {
-                    if books.send(message).is_err() {
-                        warn!("too many sessions to report to the new control");
-                        break;
-                    }
-                }
-            }
-        }
         self.following = Some(Following {
             holder,
             incarnation: 0,
@@ -909,6 +705,38 @@ impl ClusterNode {
         });
         if local {
             self.route_control(now);
+        }
+    }
+
+    /// Answers [`NodeOutput::ReportSessions`]: this node's sessions, for
+    /// the new control to rebuild (an answer nobody asked for is ignored).
+    pub fn report_sessions(&mut self, now: Instant, reports: Vec<RestoreReport>) {
+        if !std::mem::take(&mut self.reports_due) {
+            return;
+        }
+        let me = self.config.node;
+        let Some(following) = &mut self.following else {
+            return;
+        };
+        let messages = reports
+            .into_iter()
+            .map(ToControl::Restore)
+            .chain([ToControl::RestoreDone]);
+        if following.holder.node == me {
+            if let Some(hosting) = &mut self.hosting {
+                for message in messages {
+                    hosting.control.handle_from_node(now, me, message);
+                }
+            }
+            self.route_control(now);
+        } else {
+            for message in messages {
+                if following.books.send(message).is_err() {
+                    warn!("too many sessions to report to the new control");
+                    break;
+                }
+            }
+            self.pump_control_link();
         }
     }
 
@@ -922,7 +750,6 @@ impl ClusterNode {
             following.books =
                 LinkBooks::new(me, following.holder.term, following.incarnation, capacity);
             following.down_since = following.down_since.map(|_| now);
-            self.sessions.clear();
             self.outputs.push_back(NodeOutput::SessionsLost {
                 code: ErrorCode::CONNECTION_LOST,
             });
@@ -1027,7 +854,7 @@ impl ClusterNode {
             }
         }
         for message in local {
-            self.deliver(message);
+            self.outputs.push_back(NodeOutput::Deliver(message));
         }
         self.pump_node_links();
         for node in overloaded {

@@ -651,7 +651,11 @@ impl ClusterIo {
                 // Dropping the queue ends that link's task, which closes it.
                 self.nodes.remove(&node);
             }
-            NodeOutput::Deliver(_) | NodeOutput::SessionsLost { .. } | NodeOutput::Event(_) => {}
+            // The board's: it never hands these to the IO.
+            NodeOutput::Deliver(_)
+            | NodeOutput::SessionsLost { .. }
+            | NodeOutput::Event(_)
+            | NodeOutput::ReportSessions => {}
         }
     }
 

@@ -82,7 +82,7 @@ fn spawn_hub(
     let mut node_config = calling_cluster::NodeConfig::new(node, published);
     node_config.switchboard = config.switchboard.clone();
     let node = calling_cluster::ClusterNode::new(node_config, now);
-    let board = server_core::ClusterBoard::new(node, config.switchboard.resume_grace);
+    let board = server_core::ClusterBoard::new(node, config.switchboard.resume_grace, now);
     let core = server_core::ServerCore::new(board, hub::OUTBOX_LIMITS, tokens, now);
     let task = hub::run(core, Some(io), inputs, Arc::clone(routes), ops);
     Ok(tokio::spawn(task))

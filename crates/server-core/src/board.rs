@@ -118,10 +118,10 @@ pub trait Board {
     fn cluster_status(&self) -> Option<ClusterStatus> {
         None
     }
-    /// The cluster node, for the IO's inputs (store answers, link frames);
-    /// `None` on a single server.
-    fn cluster_node_mut(&mut self) -> Option<&mut ClusterNode> {
-        None
+    /// Hands the cluster node the IO's inputs (store answers, link
+    /// frames) at `now`; nothing on a single server.
+    fn handle_cluster_io(&mut self, now: Instant, apply: impl FnOnce(&mut ClusterNode)) {
+        let _ = (now, apply);
     }
 }
 

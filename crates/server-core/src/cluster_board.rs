@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use calling_api::{CallId, ErrorCode, UserId};
-use calling_cluster::{ClusterNode, FromControl, NodeError, NodeOutput, ToControl};
+use calling_cluster::{ClusterNode, FromControl, LocalSessions, NodeError, NodeOutput, ToControl};
 use signaling_proto::{
     CallSummary, ClientMessage, ConnId, RequestId, ServerMessage, SessionSummary, Switchboard,
     SwitchboardCounters,
@@ -18,11 +18,15 @@ use crate::board::{Board, BoardRefusal, ClusterStatus};
 use crate::output::{MemberAt, RoutedMember, ServerOutput};
 
 /// This node's place in a cluster: the sans-IO [`ClusterNode`], and the
-/// answers it gives without the control.
+/// answers it gives without the control from its clients' sessions
+/// ([`LocalSessions`], the books a new control rebuilds from).
 #[derive(Debug)]
 pub struct ClusterBoard {
     node: ClusterNode,
+    sessions: LocalSessions,
     resume_grace: Duration,
+    /// The latest input's instant.
+    now: Instant,
     accepting_calls: bool,
     outputs: VecDeque<ServerOutput>,
 }
@@ -30,14 +34,16 @@ pub struct ClusterBoard {
 impl ClusterBoard {
     /// A board over `node`, whose sessions wait `resume_grace` for a
     /// resume.
-    pub fn new(node: ClusterNode, resume_grace: Duration) -> Self {
+    pub fn new(node: ClusterNode, resume_grace: Duration, now: Instant) -> Self {
         let mut board = Self {
+            sessions: LocalSessions::new(node.id(), resume_grace),
             node,
             resume_grace,
+            now,
             accepting_calls: true,
             outputs: VecDeque::new(),
         };
-        board.pump();
+        board.pump(now);
         board
     }
 
@@ -49,8 +55,8 @@ impl ClusterBoard {
     /// Calls with a member on this node, and how many members entered
     /// each (as last published).
     fn calls_here(&self) -> HashMap<CallId, usize> {
-        self.node
-            .sessions()
+        self.sessions
+            .iter()
             .filter_map(|(_, session)| session.call.as_ref())
             .map(|call| (call.call_id, call.members.len()))
             .collect()
@@ -72,13 +78,19 @@ impl ClusterBoard {
             }
             return;
         }
-        if let Err(error) = self.node.handle_client(now, message) {
+        if let Err(error) = self.tell_control(now, message) {
             warn!(%error, "the cluster refused a client's input");
             if let Some(conn) = conn {
                 self.refuse(conn, request_id, error.code());
             }
         }
-        self.pump();
+    }
+
+    /// Hands the node a client's input, keeping the books.
+    fn tell_control(&mut self, now: Instant, message: ToControl) -> Result<(), NodeError> {
+        let taken = self.sessions.forward(&mut self.node, now, message);
+        self.pump(now);
+        taken
     }
 
     /// An error for `conn`'s client: a refused request, or (no request) a
@@ -95,20 +107,19 @@ impl ClusterBoard {
     }
 
     fn disconnect(&mut self, now: Instant, conn: ConnId, expelled: bool) {
-        if self.node.session(conn.0).is_none() {
+        if self.sessions.get(conn.0).is_none() {
             return;
         }
-        // The node's books follow: a version-2 session waits for a resume,
-        // any other ends.
+        // The books follow: a version-2 session waits for a resume, any
+        // other ends.
         let message = if expelled {
             ToControl::Expelled { conn: conn.0 }
         } else {
             ToControl::Disconnected { conn: conn.0 }
         };
-        if let Err(error) = self.node.handle_client(now, message) {
+        if let Err(error) = self.tell_control(now, message) {
             debug!(%error, "a disconnection the control will learn of otherwise");
         }
-        self.pump();
     }
 
     fn on_control(&mut self, now: Instant, act: impl FnOnce(&mut Switchboard) -> bool) -> bool {
@@ -117,7 +128,7 @@ impl ClusterBoard {
         };
         let done = act(control.switchboard_mut());
         self.node.drain_control(now);
-        self.pump();
+        self.pump(now);
         done
     }
 
@@ -127,13 +138,26 @@ impl ClusterBoard {
     }
 
     /// Moves the node's outputs: deliveries and events to the core, the
-    /// rest to the IO.
-    fn pump(&mut self) {
+    /// rest to the IO; answers a new control's call for reports.
+    fn pump(&mut self, now: Instant) {
+        self.now = now;
         while let Some(output) = self.node.poll_output() {
             match output {
-                NodeOutput::Deliver(message) => self.deliver(message),
+                NodeOutput::Deliver(message) => {
+                    self.sessions.record_delivery(&message);
+                    self.deliver(message);
+                }
                 NodeOutput::SessionsLost { code } => {
+                    self.sessions.clear();
                     self.outputs.push_back(ServerOutput::AllSessionsLost(code));
+                }
+                NodeOutput::ReportSessions => {
+                    for (conn, call_id) in self.sessions.report(&mut self.node, now) {
+                        self.outputs.push_back(ServerOutput::Send {
+                            conn: ConnId(conn),
+                            message: ServerMessage::Cancelled { call_id },
+                        });
+                    }
                 }
                 NodeOutput::Event(event) => self.outputs.push_back(ServerOutput::Event {
                     event,
@@ -200,12 +224,11 @@ impl Board for ClusterBoard {
             user,
             protocol_version,
         };
-        let taken = self.node.handle_client(now, login);
-        self.pump();
-        taken.map_err(|error: NodeError| BoardRefusal {
-            code: error.code(),
-            message: error.to_string(),
-        })
+        self.tell_control(now, login)
+            .map_err(|error: NodeError| BoardRefusal {
+                code: error.code(),
+                message: error.to_string(),
+            })
     }
 
     fn handle_message(&mut self, now: Instant, conn: ConnId, message: ClientMessage) {
@@ -227,30 +250,26 @@ impl Board for ClusterBoard {
     }
 
     fn handle_resume(&mut self, now: Instant, conn: ConnId) -> bool {
-        if self.node.session(conn.0).is_none() {
+        if self.sessions.get(conn.0).is_none() {
             return false;
         }
-        let resumed = self
-            .node
-            .handle_client(now, ToControl::Resume { conn: conn.0 })
-            .is_ok();
-        self.pump();
-        resumed
+        self.tell_control(now, ToControl::Resume { conn: conn.0 })
+            .is_ok()
     }
 
     fn is_detached(&self, conn: ConnId) -> bool {
-        self.node
-            .session(conn.0)
+        self.sessions
+            .get(conn.0)
             .is_some_and(|session| session.detached)
     }
 
     fn has_session(&self, conn: ConnId) -> bool {
-        self.node.session(conn.0).is_some()
+        self.sessions.get(conn.0).is_some()
     }
 
     fn conn_of(&self, user: &UserId) -> Option<ConnId> {
-        self.node
-            .sessions()
+        self.sessions
+            .iter()
             .find(|(_, session)| session.user == *user)
             .map(|(conn, _)| ConnId(conn))
     }
@@ -267,7 +286,7 @@ impl Board for ClusterBoard {
 
     fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
-        self.pump();
+        self.pump(now);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -275,18 +294,16 @@ impl Board for ClusterBoard {
     }
 
     fn poll_output(&mut self) -> Option<ServerOutput> {
-        self.pump();
+        self.pump(self.now);
         self.outputs.pop_front()
     }
 
     fn shutdown(&mut self, now: Instant) {
         // What the node said before goes out first.
-        self.pump();
-        let conns: Vec<ConnId> = self.node.sessions().map(|(conn, _)| ConnId(conn)).collect();
+        self.pump(now);
+        let conns: Vec<ConnId> = self.sessions.iter().map(|(conn, _)| ConnId(conn)).collect();
         for conn in conns {
-            let _ = self
-                .node
-                .handle_client(now, ToControl::Expelled { conn: conn.0 });
+            let _ = self.tell_control(now, ToControl::Expelled { conn: conn.0 });
             // As a single server tells its clients (their calls end for
             // them with "server"; the others hear them leave).
             self.refuse(conn, None, ErrorCode::SERVER_SHUTDOWN);
@@ -296,7 +313,7 @@ impl Board for ClusterBoard {
             });
         }
         self.node.leave(now);
-        self.pump();
+        self.pump(now);
     }
 
     fn set_accepting_calls(&mut self, accepting: bool) {
@@ -310,24 +327,22 @@ impl Board for ClusterBoard {
     /// until their calls end.
     fn move_idle_sessions(&mut self, now: Instant) {
         // What the node said before (a call's end, say) goes out first.
-        self.pump();
+        self.pump(now);
         let idle: Vec<ConnId> = self
-            .node
-            .sessions()
+            .sessions
+            .iter()
             .filter(|(_, session)| !session.is_engaged())
             .map(|(conn, _)| ConnId(conn))
             .collect();
         for conn in idle {
             debug!(?conn, "draining: an idle session moves to another node");
-            let _ = self
-                .node
-                .handle_client(now, ToControl::Expelled { conn: conn.0 });
+            let _ = self.tell_control(now, ToControl::Expelled { conn: conn.0 });
             self.outputs.push_back(ServerOutput::Close {
                 conn,
                 code: ErrorCode::SERVER_DRAINING,
             });
         }
-        self.pump();
+        self.pump(now);
     }
 
     /// On the control's node only: a cluster's operator asks that node.
@@ -350,8 +365,8 @@ impl Board for ClusterBoard {
             return switchboard.session_summaries();
         }
         let mut sessions: Vec<SessionSummary> = self
-            .node
-            .sessions()
+            .sessions
+            .iter()
             .map(|(_, session)| SessionSummary {
                 user: session.user.clone(),
                 protocol_version: session.protocol_version,
@@ -378,12 +393,12 @@ impl Board for ClusterBoard {
     }
 
     fn online_count(&self) -> usize {
-        self.node.sessions().count()
+        self.sessions.len()
     }
 
     fn detached_count(&self) -> usize {
-        self.node
-            .sessions()
+        self.sessions
+            .iter()
             .filter(|(_, session)| session.detached)
             .count()
     }
@@ -409,7 +424,8 @@ impl Board for ClusterBoard {
         })
     }
 
-    fn cluster_node_mut(&mut self) -> Option<&mut ClusterNode> {
-        Some(&mut self.node)
+    fn handle_cluster_io(&mut self, now: Instant, apply: impl FnOnce(&mut ClusterNode)) {
+        apply(&mut self.node);
+        self.pump(now);
     }
 }

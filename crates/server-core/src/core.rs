@@ -361,9 +361,7 @@ impl<B: Board> ServerCore<B> {
     /// hands it to the node. Nothing on a single server.
     pub fn handle_cluster_io(&mut self, now: Instant, apply: impl FnOnce(&mut ClusterNode)) {
         self.now = now;
-        if let Some(node) = self.board.cluster_node_mut() {
-            apply(node);
-        }
+        self.board.handle_cluster_io(now, apply);
         // What the IO brought goes out before a drain's moves.
         self.pump();
         self.after_input(now);

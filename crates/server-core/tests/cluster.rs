@@ -49,7 +49,7 @@ impl Cluster {
             let config = NodeConfig::new(id, format!("10.0.0.{index}:4433"));
             let grace = config.switchboard.resume_grace;
             assert_eq!(grace, SwitchboardConfig::DEFAULT.resume_grace);
-            let board = ClusterBoard::new(ClusterNode::new(config, now), grace);
+            let board = ClusterBoard::new(ClusterNode::new(config, now), grace, now);
             // Each node numbers its connections in a range of its own, so
             // that a test reads which node a link is on.
             let server = Server::new(board, now, u64::from(index) * 100);

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use calling_api::{CallType, EndReason, ErrorCode, UserId};
 use calling_cluster::wire::{decode, encode};
 use calling_cluster::{
-    ClusterMember, ClusterNode, ControlHolder, FromControl, LinkFrame, MemoryStore, NodeConfig,
-    NodeId, NodeOutput, StoreReply, StoreRequest, ToControl,
+    ClusterMember, ClusterNode, ControlHolder, FromControl, LinkFrame, LocalSessions, MemoryStore,
+    NodeConfig, NodeId, NodeOutput, StoreReply, StoreRequest, ToControl,
 };
 use signaling_proto::{CallEvent, ClientMessage, RequestId, ServerMessage};
 
@@ -58,6 +58,8 @@ pub struct Client {
 #[derive(Debug)]
 pub struct Proc {
     pub node: ClusterNode,
+    /// Its clients' sessions, as the server's cluster board keeps them.
+    pub sessions: LocalSessions,
     pub clients: BTreeMap<u64, Client>,
     pub routes: HashMap<calling_api::CallId, Vec<ClusterMember>>,
     pub sessions_lost: u32,
@@ -130,11 +132,13 @@ impl Cluster {
 
     pub fn start_node(&mut self, id: NodeId) {
         let config = NodeConfig::new(id, format!("10.0.0.{}:4433", id.0));
+        let sessions = LocalSessions::new(id, config.switchboard.resume_grace);
         let node = ClusterNode::new(config, self.now);
         self.procs.insert(
             id,
             Proc {
                 node,
+                sessions,
                 clients: BTreeMap::new(),
                 routes: HashMap::new(),
                 sessions_lost: 0,
@@ -456,9 +460,24 @@ impl Cluster {
                         self.break_link(node);
                     }
                 }
-                NodeOutput::Deliver(message) => self.deliver(id, message),
+                NodeOutput::Deliver(message) => {
+                    self.procs
+                        .get_mut(&id)
+                        .unwrap()
+                        .sessions
+                        .record_delivery(&message);
+                    self.deliver(id, message);
+                }
+                NodeOutput::ReportSessions => {
+                    let proc = self.procs.get_mut(&id).unwrap();
+                    for (conn, call_id) in proc.sessions.report(&mut proc.node, now) {
+                        let message = ServerMessage::Cancelled { call_id };
+                        self.deliver(id, FromControl::Send { conn, message });
+                    }
+                }
                 NodeOutput::SessionsLost { code } => {
                     let proc = self.procs.get_mut(&id).unwrap();
+                    proc.sessions.clear();
                     proc.sessions_lost += 1;
                     proc.routes.clear();
                     for client in proc.clients.values_mut() {
@@ -518,7 +537,7 @@ impl Cluster {
             user: UserId::new(user).unwrap(),
             protocol_version: 2,
         };
-        if proc.node.handle_client(now, login).is_err() {
+        if proc.sessions.forward(&mut proc.node, now, login).is_err() {
             proc.refused += 1;
         }
         self.drain(node);
@@ -541,8 +560,8 @@ impl Cluster {
         let request_id = RequestId(client.next_request);
         let message = with_request_id(message, request_id);
         if proc
-            .node
-            .handle_client(now, ToControl::Message { conn, message })
+            .sessions
+            .forward(&mut proc.node, now, ToControl::Message { conn, message })
             .is_err()
         {
             proc.refused += 1;
