@@ -434,26 +434,18 @@ async fn start_cluster(
             std::process::id()
         ));
         dirs.push(data_dir.clone());
-        let node = calling_server::start(ServerConfig {
+        let mut config = ServerConfig::at("127.0.0.1:0".parse().unwrap(), data_dir);
+        config.apps = vec![app.clone()];
+        config.switchboard = unlimited_invitations();
+        config.connection_limits = unlimited_requests();
+        config.cluster = Some(ClusterConfig {
+            redis_url: SecretKey::new(redis.url()),
+            prefix: "bench".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir,
-            apps: vec![app.clone()],
-            switchboard: signaling_proto::SwitchboardConfig {
-                invitations_per_minute: u32::MAX,
-                ..signaling_proto::SwitchboardConfig::DEFAULT
-            },
-            connection_limits: unlimited_requests(),
-            cluster: Some(ClusterConfig {
-                redis_url: SecretKey::new(redis.url()),
-                prefix: "bench".into(),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                advertise: "127.0.0.1:0".parse().unwrap(),
-                key: SecretKey::new("bench-cluster-key"),
-            }),
-            ..ServerConfig::default()
-        })
-        .await
-        .unwrap();
+            advertise: "127.0.0.1:0".parse().unwrap(),
+            key: SecretKey::new("bench-cluster-key"),
+        });
+        let node = calling_server::start(config).await.unwrap();
         nodes.push(node);
     }
     let mut hosting = None;
@@ -537,6 +529,14 @@ async fn compare_click_latency(
             (across.as_secs_f64() - same.as_secs_f64()) * 1e3,
             across.as_secs_f64() / same.as_secs_f64()
         );
+    }
+}
+
+/// The benchmark's two users call each other thousands of times.
+fn unlimited_invitations() -> signaling_proto::SwitchboardConfig {
+    signaling_proto::SwitchboardConfig {
+        invitations_per_minute: u32::MAX,
+        ..signaling_proto::SwitchboardConfig::DEFAULT
     }
 }
 
@@ -704,19 +704,10 @@ async fn in_process_server(
     std::path::PathBuf,
 ) {
     let data_dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.clone(),
-        // The benchmark's two users call each other thousands of times.
-        switchboard: signaling_proto::SwitchboardConfig {
-            invitations_per_minute: u32::MAX,
-            ..signaling_proto::SwitchboardConfig::DEFAULT
-        },
-        connection_limits: unlimited_requests(),
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let mut config = ServerConfig::at("127.0.0.1:0".parse().unwrap(), data_dir.clone());
+    config.switchboard = unlimited_invitations();
+    config.connection_limits = unlimited_requests();
+    let server = calling_server::start(config).await.unwrap();
     let app = server.development_app().unwrap().clone();
     (server, app, data_dir)
 }

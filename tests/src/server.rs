@@ -16,13 +16,10 @@ use calling_server::{AppCredentials, RunningServer, usersig};
 pub async fn development_server(tag: &str) -> (RunningServer, PathBuf) {
     let data_dir = std::env::temp_dir().join(format!("opencalling-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let server = calling_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("a loopback address"),
-        data_dir: data_dir.clone(),
-        ..ServerConfig::default()
-    })
-    .await
-    .expect("a development server starts");
+    let listen = "127.0.0.1:0".parse().expect("a loopback address");
+    let server = calling_server::start(ServerConfig::at(listen, data_dir.clone()))
+        .await
+        .expect("a development server starts");
     (server, data_dir)
 }
 

@@ -16,6 +16,7 @@ pub struct UserId(String);
 
 /// Why a string is not a valid [`UserId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidUserId {
     /// The string is empty.
     #[error("user id is empty")]

@@ -6,7 +6,7 @@
 //! nodes because there is one [`Switchboard`] deciding: the control wraps
 //! it, gives each node's connection a switchboard [`ConnId`] of its own,
 //! and routes the switchboard's outputs to the nodes the connections are
-//! on. A node that is gone (its link lost for longer than the cluster
+//! on. A node that is gone (its trunk lost for longer than the cluster
 //! allows, or its lease lapsed) has its sessions ended at once as lost
 //! connections: their calls end for the others with
 //! [`EndReason::ConnectionLost`](calling_api::EndReason::ConnectionLost),
@@ -35,7 +35,7 @@ use crate::wire::{ClusterMember, FromControl, NodeConn, NodeId, RestoreReport, T
 /// What the glue must do for the control.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlOutput {
-    /// Send `message` to `node` over its link.
+    /// Send `message` to `node` over its trunk.
     ToNode {
         /// The node.
         node: NodeId,
@@ -232,7 +232,7 @@ impl Control {
         self.switchboard.handle_restore(now, sessions);
     }
 
-    /// `node` is gone: its link is lost for good or its lease lapsed. Its
+    /// `node` is gone: its trunk is lost for good or its lease lapsed. Its
     /// sessions end now, as lost connections (no resume: the node that
     /// kept their books is gone).
     pub fn handle_node_lost(&mut self, now: Instant, node: NodeId) {

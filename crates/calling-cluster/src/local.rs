@@ -89,8 +89,8 @@ impl LocalSessions {
 
     /// Hands `node` one client's input for the control, keeping the
     /// books: a refused login is no session; anything else counts here
-    /// even when the link to the control is overloaded (the control learns
-    /// of a lost session from the link's end if not from the input).
+    /// even when the trunk to the control is overloaded (the control learns
+    /// of a lost session from the trunk's end if not from the input).
     pub fn forward(
         &mut self,
         node: &mut ClusterNode,

@@ -1,12 +1,12 @@
 //! One node of a cluster, as a sans-IO state machine: its registration, the
-//! control role (claimed, held or followed), its link to the control, and
-//! — on the node that holds the role — the [`Control`] and its links to
+//! control role (claimed, held or followed), its trunk to the control, and
+//! — on the node that holds the role — the [`Control`] and its trunks to
 //! every other node.
 //!
 //! The glue (the server) runs the store requests it asks for and feeds the
 //! answers back, dials the control it names, writes the frames it emits on
-//! the links, and hands it what its clients do ([`ClusterNode::handle_client`])
-//! and what the links bring. It delivers [`NodeOutput::Deliver`] to its
+//! the trunks, and hands it what its clients do ([`ClusterNode::handle_client`])
+//! and what the trunks bring. It delivers [`NodeOutput::Deliver`] to its
 //! clients and ends every local session on [`NodeOutput::SessionsLost`].
 //! It keeps no session itself: the glue keeps its clients' sessions in
 //! [`LocalSessions`](crate::LocalSessions) and reports them when a new
@@ -18,15 +18,15 @@
 //!   control role; the store answers with the holder, which the node
 //!   follows (dials), or it hosts the control itself if it got the role.
 //!   Until then it takes no client ([`NodeError::NotReady`]).
-//! - **A link breaks**: both ends keep their books and resend after the
-//!   next hello. Down for longer than [`NodeConfig::link_grace`], the
+//! - **A trunk breaks**: both ends keep their books and resend after the
+//!   next hello. Down for longer than [`NodeConfig::trunk_grace`], the
 //!   control ends the node's sessions as lost connections and the node
 //!   ends them itself ([`NodeOutput::SessionsLost`]) and starts a new
 //!   incarnation; a control that gave an incarnation up answers its hello
-//!   with [`LinkFrame::Reset`].
+//!   with [`TrunkFrame::Reset`].
 //! - **A node's registration lapses** (the store says so): the control
-//!   ends its sessions at once, as for a broken link.
-//! - **The store is unreachable**: links and calls go on; when the
+//!   ends its sessions at once, as for a broken trunk.
+//! - **The store is unreachable**: trunks and calls go on; when the
 //!   control's own lease has run out it holds new calls
 //!   ([`ErrorCode::CLUSTER_UNAVAILABLE`]) until it gets the lease again. An
 //!   absent registration is not trusted until a whole lease after the
@@ -52,25 +52,25 @@ use tracing::{debug, info, warn};
 
 use crate::control::{Control, ControlOutput};
 use crate::lease::{Lease, LeaseReply, LeaseTiming};
-use crate::link::{LinkBooks, LinkError};
 use crate::store::{ControlHolder, StoreReply, StoreRequest};
-use crate::wire::{FromControl, LinkFrame, NodeId, RestoreReport, ToControl};
+use crate::trunk::{TrunkBooks, TrunkError};
+use crate::wire::{FromControl, NodeId, RestoreReport, ToControl, TrunkFrame};
 
 /// How a node behaves.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// This node.
     pub node: NodeId,
-    /// Where the other nodes reach its link listener (`host:port`).
+    /// Where the other nodes reach its trunk listener (`host:port`).
     pub addr: String,
     /// The leases of the registry and of the control role.
     pub lease: LeaseTiming,
-    /// How long a node link may stay down before the other side's sessions
+    /// How long a node trunk may stay down before the other side's sessions
     /// are given up.
-    pub link_grace: Duration,
-    /// How often a link's acknowledgements are flushed.
+    pub trunk_grace: Duration,
+    /// How often a trunk's acknowledgements are flushed.
     pub ack_every: Duration,
-    /// The most messages one side of a link keeps for the other.
+    /// The most messages one side of a trunk keeps for the other.
     pub books_capacity: usize,
     /// The switchboard's rules, when this node hosts the control (its
     /// `node_id` is replaced by the term).
@@ -79,14 +79,14 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// The defaults for `node` reachable at `addr`: the default leases (a
-    /// dead node is noticed within 3 s), links given up after 3 s, acks
-    /// every 100 ms, 65,536 messages kept per link side.
+    /// dead node is noticed within 3 s), trunks given up after 3 s, acks
+    /// every 100 ms, 65,536 messages kept per trunk side.
     pub fn new(node: NodeId, addr: impl Into<String>) -> Self {
         Self {
             node,
             addr: addr.into(),
             lease: LeaseTiming::DEFAULT,
-            link_grace: Duration::from_secs(3),
+            trunk_grace: Duration::from_secs(3),
             ack_every: Duration::from_millis(100),
             books_capacity: 65_536,
             switchboard: SwitchboardConfig::DEFAULT,
@@ -105,23 +105,23 @@ pub enum NodeOutput {
         /// The request.
         request: StoreRequest,
     },
-    /// Connect the control link to this holder (dropping any other), and
+    /// Connect the control trunk to this holder (dropping any other), and
     /// keep reconnecting while it breaks, until the next `Dial` or
-    /// [`NodeOutput::Hang`]. Call [`ClusterNode::handle_control_link_up`]
+    /// [`NodeOutput::Hang`]. Call [`ClusterNode::handle_control_trunk_up`]
     /// on each connection.
     Dial(ControlHolder),
-    /// Drop the control link and stop dialing: this node hosts the control.
+    /// Drop the control trunk and stop dialing: this node hosts the control.
     Hang,
-    /// Write `frame` on the control link.
-    ToControl(LinkFrame<ToControl>),
-    /// Write `frame` on `node`'s link (this node hosts the control).
+    /// Write `frame` on the control trunk.
+    ToControl(TrunkFrame<ToControl>),
+    /// Write `frame` on `node`'s trunk (this node hosts the control).
     ToNode {
         /// The node.
         node: NodeId,
         /// The frame.
-        frame: LinkFrame<FromControl>,
+        frame: TrunkFrame<FromControl>,
     },
-    /// Close `node`'s link (its sessions were given up, or it is in another
+    /// Close `node`'s trunk (its sessions were given up, or it is in another
     /// term).
     DropNode {
         /// The node.
@@ -130,7 +130,7 @@ pub enum NodeOutput {
     /// For one of this node's clients.
     Deliver(FromControl),
     /// Every session of this node's clients is over (the control gave this
-    /// node up: its link stayed down past the grace): close them with
+    /// node up: its trunk stayed down past the grace): close them with
     /// `code`, as after a lost connection; the clients log in again.
     SessionsLost {
         /// What to close them with.
@@ -150,9 +150,9 @@ pub enum NodeError {
     /// The node follows no control yet (the store has not answered).
     #[error("this node has not found its cluster's control yet")]
     NotReady,
-    /// The link to the control keeps too much unacknowledged: the control
+    /// The trunk to the control keeps too much unacknowledged: the control
     /// is not reading.
-    #[error("the link to the cluster's control is overloaded")]
+    #[error("the trunk to the cluster's control is overloaded")]
     Overloaded,
 }
 
@@ -178,14 +178,14 @@ struct Following {
     incarnation: u64,
     /// Unused while the holder is this node (its clients reach the control
     /// in-process).
-    books: LinkBooks<ToControl>,
+    books: TrunkBooks<ToControl>,
     down_since: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct Peer {
     incarnation: u64,
-    books: LinkBooks<FromControl>,
+    books: TrunkBooks<FromControl>,
     down_since: Option<Instant>,
 }
 
@@ -258,8 +258,8 @@ impl ClusterNode {
     }
 
     /// Whether the control is reachable now: this node hosts it, or its
-    /// link to it is up and greeted.
-    pub fn is_linked(&self) -> bool {
+    /// trunk to it is up and greeted.
+    pub fn has_control_trunk(&self) -> bool {
         self.following.as_ref().is_some_and(|following| {
             (following.holder.node == self.config.node && self.hosting.is_some())
                 || following.books.is_ready()
@@ -322,22 +322,22 @@ impl ClusterNode {
         if following.books.send(message).is_err() {
             return Err(NodeError::Overloaded);
         }
-        self.pump_control_link();
+        self.pump_control_trunk();
         Ok(())
     }
 
-    /// The control link connected (to the holder last dialed).
-    pub fn handle_control_link_up(&mut self, now: Instant) {
+    /// The control trunk connected (to the holder last dialed).
+    pub fn handle_control_trunk_up(&mut self, now: Instant) {
         let _ = now;
         if let Some(following) = &mut self.following {
             following.books.connected();
             following.down_since = None;
         }
-        self.pump_control_link();
+        self.pump_control_trunk();
     }
 
-    /// The control link broke.
-    pub fn handle_control_link_down(&mut self, now: Instant) {
+    /// The control trunk broke.
+    pub fn handle_control_trunk_down(&mut self, now: Instant) {
         if let Some(following) = &mut self.following {
             following.books.disconnected();
             following.down_since.get_or_insert(now);
@@ -349,31 +349,31 @@ impl ClusterNode {
     pub fn handle_control_frame(
         &mut self,
         now: Instant,
-        frame: LinkFrame<FromControl>,
-    ) -> Result<(), LinkError> {
+        frame: TrunkFrame<FromControl>,
+    ) -> Result<(), TrunkError> {
         let Some(following) = &mut self.following else {
             return Ok(());
         };
-        if frame == LinkFrame::Reset {
+        if frame == TrunkFrame::Reset {
             warn!(control = %following.holder.node, "the control gave this node's sessions up");
             self.start_new_incarnation(now);
             if let Some(following) = &mut self.following {
                 following.books.connected();
             }
-            self.pump_control_link();
+            self.pump_control_trunk();
             return Ok(());
         }
         if let Some(message) = following.books.handle_frame(frame)? {
             self.outputs.push_back(NodeOutput::Deliver(message));
         }
-        self.pump_control_link();
+        self.pump_control_trunk();
         Ok(())
     }
 
-    /// A node's link connected to this node's listener, or broke: see
+    /// A node's trunk connected to this node's listener, or broke: see
     /// [`ClusterNode::handle_node_frame`] (the node is named by its hello)
-    /// and [`ClusterNode::handle_node_link_down`].
-    pub fn handle_node_link_down(&mut self, now: Instant, node: NodeId) {
+    /// and [`ClusterNode::handle_node_trunk_down`].
+    pub fn handle_node_trunk_down(&mut self, now: Instant, node: NodeId) {
         if let Some(peer) = self
             .hosting
             .as_mut()
@@ -384,25 +384,25 @@ impl ClusterNode {
         }
     }
 
-    /// A frame from `node` on its link to this node's control. An error:
+    /// A frame from `node` on its trunk to this node's control. An error:
     /// the glue drops that connection.
     pub fn handle_node_frame(
         &mut self,
         now: Instant,
         node: NodeId,
-        frame: LinkFrame<ToControl>,
-    ) -> Result<(), LinkError> {
+        frame: TrunkFrame<ToControl>,
+    ) -> Result<(), TrunkError> {
         let me = self.config.node;
         let capacity = self.config.books_capacity;
         let Some(hosting) = &mut self.hosting else {
-            return Err(LinkError::NotHosting);
+            return Err(TrunkError::NotHosting);
         };
-        if let LinkFrame::Hello {
+        if let TrunkFrame::Hello {
             term, incarnation, ..
         } = &frame
         {
             if *term != hosting.term {
-                return Err(LinkError::OtherTerm {
+                return Err(TrunkError::OtherTerm {
                     ours: hosting.term,
                     peer: *term,
                 });
@@ -410,7 +410,7 @@ impl ClusterNode {
             if hosting.given_up.get(&node) == Some(incarnation) {
                 self.outputs.push_back(NodeOutput::ToNode {
                     node,
-                    frame: LinkFrame::Reset,
+                    frame: TrunkFrame::Reset,
                 });
                 return Ok(());
             }
@@ -421,7 +421,7 @@ impl ClusterNode {
                     // old incarnation up: its sessions are over all the same.
                     hosting.control.handle_node_lost(now, node);
                 }
-                let mut books = LinkBooks::new(me, hosting.term, 0, capacity);
+                let mut books = TrunkBooks::new(me, hosting.term, 0, capacity);
                 books.connected();
                 hosting.peers.insert(
                     node,
@@ -437,7 +437,7 @@ impl ClusterNode {
             }
         }
         let Some(peer) = hosting.peers.get_mut(&node) else {
-            return Err(LinkError::OutOfPlace("a frame before the hello"));
+            return Err(TrunkError::OutOfPlace("a frame before the hello"));
         };
         if let Some(message) = peer.books.handle_frame(frame)? {
             hosting.control.handle_from_node(now, node, message);
@@ -481,7 +481,7 @@ impl ClusterNode {
         self.handle_store_reply(now, id, StoreReply::Unreachable);
     }
 
-    /// Does what is due: store requests, given-up links, acknowledgements,
+    /// Does what is due: store requests, given-up trunks, acknowledgements,
     /// the control's timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.leaving {
@@ -510,15 +510,15 @@ impl ClusterNode {
                 },
             );
         }
-        let grace = self.config.link_grace;
-        let control_link_lost = self.following.as_ref().is_some_and(|following| {
+        let grace = self.config.trunk_grace;
+        let control_trunk_lost = self.following.as_ref().is_some_and(|following| {
             following.holder.node != self.config.node
                 && following
                     .down_since
                     .is_some_and(|since| now >= since + grace)
         });
-        if control_link_lost {
-            warn!("the link to the control is down too long: this node's sessions are over");
+        if control_trunk_lost {
+            warn!("the trunk to the control is down too long: this node's sessions are over");
             self.start_new_incarnation(now);
         }
         if let Some(hosting) = &mut self.hosting {
@@ -551,7 +551,7 @@ impl ClusterNode {
         }
         self.check_hold(now);
         self.route_control(now);
-        self.pump_control_link();
+        self.pump_control_trunk();
     }
 
     /// When to call [`ClusterNode::handle_timeout`] next.
@@ -559,8 +559,8 @@ impl ClusterNode {
         if self.leaving {
             return None;
         }
-        let grace = self.config.link_grace;
-        let control_link = self
+        let grace = self.config.trunk_grace;
+        let control_trunk = self
             .following
             .as_ref()
             .and_then(|following| following.down_since)
@@ -577,7 +577,7 @@ impl ClusterNode {
             self.registration.poll_timeout(),
             self.claim.poll_timeout(),
             Some(self.next_ack),
-            control_link,
+            control_trunk,
         ]
         .into_iter()
         .flatten()
@@ -598,7 +598,7 @@ impl ClusterNode {
     }
 
     /// Whether a claim takes the role if it is free: always for the holder
-    /// and a node that follows nobody; for a follower only once its link to
+    /// and a node that follows nobody; for a follower only once its trunk to
     /// the control has been down for a renewal period. A store that
     /// restarted without its data then gets its old holder back, not a
     /// race that would end every session.
@@ -693,7 +693,7 @@ impl ClusterNode {
         } else {
             NodeOutput::Dial(holder.clone())
         });
-        let books = LinkBooks::new(me, holder.term, 0, self.config.books_capacity);
+        let books = TrunkBooks::new(me, holder.term, 0, self.config.books_capacity);
         // Down until it connects (unless the control is this node).
         let down_since = (holder.node != me).then_some(now);
         let local = holder.node == me;
@@ -736,19 +736,19 @@ impl ClusterNode {
                     break;
                 }
             }
-            self.pump_control_link();
+            self.pump_control_trunk();
         }
     }
 
     /// This node's sessions are over on the control: tell the clients and
-    /// start new books (the link reconnects with a new hello).
+    /// start new books (the trunk reconnects with a new hello).
     fn start_new_incarnation(&mut self, now: Instant) {
         let me = self.config.node;
         let capacity = self.config.books_capacity;
         if let Some(following) = &mut self.following {
             following.incarnation += 1;
             following.books =
-                LinkBooks::new(me, following.holder.term, following.incarnation, capacity);
+                TrunkBooks::new(me, following.holder.term, following.incarnation, capacity);
             following.down_since = following.down_since.map(|_| now);
             self.outputs.push_back(NodeOutput::SessionsLost {
                 code: ErrorCode::CONNECTION_LOST,
@@ -825,10 +825,10 @@ impl ClusterNode {
                 peer.books.flush_ack();
             }
         }
-        self.pump_node_links();
+        self.pump_node_trunks();
     }
 
-    /// Moves the control's outputs to the links (or to this node's own
+    /// Moves the control's outputs to the trunks (or to this node's own
     /// clients).
     fn route_control(&mut self, now: Instant) {
         let me = self.config.node;
@@ -849,21 +849,21 @@ impl ClusterNode {
                             overloaded.push(node);
                         }
                     }
-                    None => debug!(%node, "a message for a node without a link: dropped"),
+                    None => debug!(%node, "a message for a node without a trunk: dropped"),
                 },
             }
         }
         for message in local {
             self.outputs.push_back(NodeOutput::Deliver(message));
         }
-        self.pump_node_links();
+        self.pump_node_trunks();
         for node in overloaded {
             warn!(%node, "a node does not acknowledge: given up");
             self.give_up_node(now, node);
         }
     }
 
-    fn pump_node_links(&mut self) {
+    fn pump_node_trunks(&mut self) {
         let Some(hosting) = &mut self.hosting else {
             return;
         };
@@ -878,7 +878,7 @@ impl ClusterNode {
         }
     }
 
-    fn pump_control_link(&mut self) {
+    fn pump_control_trunk(&mut self) {
         if let Some(following) = &mut self.following {
             while let Some(frame) = following.books.poll_frame() {
                 self.outputs.push_back(NodeOutput::ToControl(frame));

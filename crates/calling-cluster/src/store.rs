@@ -19,7 +19,7 @@ pub struct ControlHolder {
     /// The term: counted up by the store each time the role changes hands,
     /// never reused.
     pub term: u64,
-    /// Where the node's link listener is (`host:port`).
+    /// Where the node's trunk listener is (`host:port`).
     pub addr: String,
 }
 
@@ -30,7 +30,7 @@ pub enum StoreRequest {
     Register {
         /// The node.
         node: NodeId,
-        /// Its link listener.
+        /// Its trunk listener.
         addr: String,
         /// How long the entry lives unless renewed.
         lease: Duration,
@@ -50,7 +50,7 @@ pub enum StoreRequest {
     ClaimControl {
         /// The claimant.
         node: NodeId,
-        /// Its link listener.
+        /// Its trunk listener.
         addr: String,
         /// The term the claimant held last, if any.
         term: Option<u64>,

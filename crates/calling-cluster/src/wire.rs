@@ -1,8 +1,8 @@
-//! What nodes and the control say to each other over a node link.
+//! What nodes and the control say to each other over a node trunk.
 //!
 //! A node forwards what its clients do ([`ToControl`]) and carries out
 //! what the switchboard decides for them ([`FromControl`]). Both travel in
-//! [`LinkFrame`]s, numbered by [`crate::link::LinkBooks`] so that a link
+//! [`TrunkFrame`]s, numbered by [`crate::trunk::TrunkBooks`] so that a trunk
 //! that breaks and reconnects delivers each one exactly once, in order.
 //! Encoded with postcard, like the client protocol.
 
@@ -168,10 +168,10 @@ pub struct ClusterMember {
     pub at: NodeConn,
 }
 
-/// One frame on a node link, either way.
+/// One frame on a node trunk, either way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LinkFrame<M> {
-    /// The first frame each side sends on every connection of the link.
+pub enum TrunkFrame<M> {
+    /// The first frame each side sends on every connection of the trunk.
     Hello {
         /// The sender.
         node: NodeId,
@@ -193,18 +193,18 @@ pub enum LinkFrame<M> {
         received: u64,
     },
     /// From the control, to a node's hello: the control gave this
-    /// incarnation of the node up (its link was down too long) and its
+    /// incarnation of the node up (its trunk was down too long) and its
     /// sessions are over; the node starts a new incarnation.
     Reset,
 }
 
 /// Encodes a frame (postcard).
-pub fn encode<M: Serialize>(frame: &LinkFrame<M>) -> Result<Vec<u8>, postcard::Error> {
+pub fn encode<M: Serialize>(frame: &TrunkFrame<M>) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(frame)
 }
 
 /// Decodes a frame; anything else is an error, never a panic.
-pub fn decode<'a, M: Deserialize<'a>>(bytes: &'a [u8]) -> Result<LinkFrame<M>, postcard::Error> {
+pub fn decode<'a, M: Deserialize<'a>>(bytes: &'a [u8]) -> Result<TrunkFrame<M>, postcard::Error> {
     postcard::from_bytes(bytes)
 }
 
@@ -216,20 +216,20 @@ mod tests {
     #[test]
     fn frames_round_trip_and_garbage_is_an_error() {
         let frames = [
-            LinkFrame::Hello {
+            TrunkFrame::Hello {
                 node: NodeId(7),
                 term: 3,
                 incarnation: 1,
                 received: 41,
             },
-            LinkFrame::Message(ToControl::Message {
+            TrunkFrame::Message(ToControl::Message {
                 conn: 9,
                 message: ClientMessage::Hangup {
                     request_id: RequestId(2),
                 },
             }),
-            LinkFrame::Ack { received: 42 },
-            LinkFrame::Reset,
+            TrunkFrame::Ack { received: 42 },
+            TrunkFrame::Reset,
         ];
         for frame in frames {
             let bytes = encode(&frame).expect("encodes");

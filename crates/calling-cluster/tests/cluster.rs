@@ -1,5 +1,5 @@
 //! The cluster's rules on a virtual clock: users on different nodes, nodes
-//! killed, links broken, the store away.
+//! killed, trunks broken, the store away.
 
 #![allow(clippy::unwrap_used)]
 
@@ -326,7 +326,7 @@ fn a_link_down_past_its_grace_ends_that_nodes_sessions_and_it_starts_afresh() {
     cluster.run_for(Duration::from_millis(100));
     cluster.call(carol, alice, "alice");
     // A short break: nothing is lost, nothing repeated.
-    cluster.break_link(a);
+    cluster.break_trunk(a);
     cluster.send(alice, ClientMessage::Microphone { muted: true });
     cluster.run_for(Duration::from_millis(500));
     assert_eq!(
@@ -341,7 +341,7 @@ fn a_link_down_past_its_grace_ends_that_nodes_sessions_and_it_starts_afresh() {
     // A long one (the node cannot reconnect): given up on both sides.
     let holder = cluster.procs[&a].node.control_holder().cloned();
     cluster.cut_off.insert(a);
-    cluster.break_link(a);
+    cluster.break_trunk(a);
     cluster.run_for(Duration::from_secs(4));
     cluster.cut_off.clear();
     assert_eq!(cluster.procs[&a].sessions_lost, 1);
@@ -392,7 +392,7 @@ fn requests_are_answered_exactly_once_through_random_link_breaks() {
             sent.extend(request.map(|request| (who, request)));
             if cluster.rng.below(10) == 0 {
                 let dialer = nodes[usize::try_from(cluster.rng.below(3)).unwrap()];
-                cluster.break_link(dialer);
+                cluster.break_trunk(dialer);
             }
             let pause = cluster.rng.below(30);
             cluster.run_for(Duration::from_millis(pause));

@@ -58,6 +58,7 @@ by_identity!(CustomSink);
 
 /// Where a user's voice comes from.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum CaptureDevice {
     /// Nothing (silence is sent).
     Silence,
@@ -82,6 +83,7 @@ pub enum CaptureDevice {
 
 /// Where the call is heard.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum PlaybackDevice {
     /// Nowhere.
     Null,

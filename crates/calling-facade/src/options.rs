@@ -17,6 +17,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the server is and how to trust it, the audio devices, and the
 /// SDK's own timings.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// `host:port` of the server's UDP endpoint.
     pub server: String,
@@ -64,6 +65,7 @@ pub struct ClientOptions {
 
 /// Where the server's fallback transport (TCP) is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fallback {
     /// TCP at the same `host:port` as QUIC (the server's default).
     SameAddress,
@@ -75,6 +77,7 @@ pub enum Fallback {
 
 /// When the SDK declares its connection dead and how fast it tries again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReconnectPolicy {
     /// Nothing heard from the server for this long (a heartbeat is
     /// answered every [`ReconnectPolicy::heartbeat_interval`]) and the

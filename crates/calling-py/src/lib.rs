@@ -92,10 +92,8 @@ impl Calling {
         low_latency: bool,
     ) -> PyResult<Self> {
         let invalid = |error: String| PyValueError::new_err(error);
-        let mut options = ClientOptions {
-            server,
-            ..ClientOptions::default()
-        };
+        let mut options = ClientOptions::default();
+        options.server = server;
         if let Some(name) = server_name {
             options.server_name = name;
         }

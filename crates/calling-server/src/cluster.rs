@@ -3,14 +3,14 @@
 //!
 //! - **Store**: each request the node asks for runs on Redis in a task of
 //!   its own ([`RedisStore`]); the answer comes back to the hub.
-//! - **Node links**: QUIC between nodes, on a UDP port of their own
+//! - **Node trunks**: QUIC between nodes, on a UDP port of their own
 //!   (`--cluster-listen`), ALPN `opencalling-node/1`. Each node makes a
 //!   self-signed certificate at start and publishes its fingerprint with its
 //!   address in the store (`"<ip:port> <fingerprint>"`); a dialer pins it.
 //!   Both ends then prove they hold the cluster key: an HMAC-SHA256 of the
 //!   TLS session's exported keying material, so a proof cannot be replayed
 //!   on another connection. The connection's first stream carries the
-//!   control link's frames (a follower dials the control); its datagrams
+//!   control trunk's frames (a follower dials the control); its datagrams
 //!   carry media.
 //! - **Media** ([`Mesh`]): a member on another node is a [`MediaLink`]
 //!   that sends each datagram (already stamped with its sender's flow) to
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use calling_api::ErrorCode;
 use calling_cluster::{
-    ClusterNode, ControlHolder, FromControl, LinkFrame, NodeConn, NodeId, NodeOutput, StoreReply,
-    StoreRequest, ToControl,
+    ClusterNode, ControlHolder, FromControl, NodeConn, NodeId, NodeOutput, StoreReply,
+    StoreRequest, ToControl, TrunkFrame,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
@@ -44,11 +44,11 @@ use crate::cluster_store::RedisStore;
 use crate::config::{ClusterConfig, SecretKey};
 use crate::relay::MediaRoutes;
 
-/// The node links' ALPN.
+/// The node trunks' ALPN.
 const NODE_ALPN: &[u8] = b"opencalling-node/1";
 /// The exporter label the key proofs are bound to.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-opencalling-node-auth";
-/// A dead node link is noticed within this (keep-alives every third).
+/// A dead node trunk is noticed within this (keep-alives every third).
 const NODE_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the registry is read for the other nodes' addresses.
 const ADDRESS_BOOK_EVERY: Duration = Duration::from_secs(2);
@@ -59,9 +59,9 @@ pub enum ClusterError {
     /// The Redis URL is unusable.
     #[error(transparent)]
     Store(#[from] crate::cluster_store::StoreSetupError),
-    /// The node links' socket or TLS.
-    #[error("node links: {0}")]
-    Links(String),
+    /// The node trunks' socket or TLS.
+    #[error("node trunks: {0}")]
+    Trunks(String),
 }
 
 /// What the cluster's IO brings the hub.
@@ -79,25 +79,25 @@ pub(crate) enum IoInput {
     },
     ControlFrame {
         generation: u64,
-        frame: LinkFrame<FromControl>,
+        frame: TrunkFrame<FromControl>,
     },
     NodeUp {
         node: NodeId,
-        link: u64,
-        frames: mpsc::UnboundedSender<LinkFrame<FromControl>>,
+        trunk: u64,
+        frames: mpsc::UnboundedSender<TrunkFrame<FromControl>>,
     },
     NodeFrame {
         node: NodeId,
-        link: u64,
-        frame: LinkFrame<ToControl>,
+        trunk: u64,
+        frame: TrunkFrame<ToControl>,
     },
     NodeDown {
         node: NodeId,
-        link: u64,
+        trunk: u64,
     },
 }
 
-/// What a node sends first on a node link: who it is, what the link is
+/// What a node sends first on a node trunk: who it is, what the link is
 /// for, and its proof of the cluster key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct NodeAuth {
@@ -106,11 +106,11 @@ struct NodeAuth {
     proof: [u8; 32],
 }
 
-/// Every frame of a node link's stream.
+/// Every frame of a node trunk's stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum NodeWire<M> {
     Auth(NodeAuth),
-    Frame(LinkFrame<M>),
+    Frame(TrunkFrame<M>),
 }
 
 /// A node's address as published: `"<ip:port> <fingerprint hex>"`.
@@ -153,7 +153,7 @@ fn proof_holds(key: &SecretKey, connection: &quinn::Connection, role: u8, auth: 
 const DIALER: u8 = b'd';
 const ACCEPTOR: u8 = b'a';
 
-/// The media side of the node links: connections to other nodes by id,
+/// The media side of the node trunks: connections to other nodes by id,
 /// their addresses, and the relay that takes what they bring.
 #[derive(Debug)]
 pub(crate) struct Mesh {
@@ -283,7 +283,7 @@ impl MediaLink for RemoteMember {
     fn close(&self, _: ErrorCode, _: &str) {}
 }
 
-type DialedLink = (
+type DialedTrunk = (
     quinn::Connection,
     NodeId,
     FramedSend<QuicSend, NodeWire<ToControl>>,
@@ -291,8 +291,8 @@ type DialedLink = (
 );
 
 /// Connects to the node published at `address`, proves the key and checks
-/// its proof; `control`: the stream will carry the control link.
-async fn dial(mesh: &Mesh, address: &str, control: bool) -> Result<DialedLink, String> {
+/// its proof; `control`: the stream will carry the control trunk.
+async fn dial(mesh: &Mesh, address: &str, control: bool) -> Result<DialedTrunk, String> {
     let (addr, fingerprint) =
         parse_published(address).ok_or_else(|| format!("unusable address {address:?}"))?;
     let tls = signaling_tls::tls_client_config(&ServerTrust::Fingerprint(fingerprint))
@@ -354,15 +354,15 @@ pub(crate) struct ClusterIo {
     hub: HubPost,
     store: RedisStore,
     mesh: Arc<Mesh>,
-    /// The control link's dialer: its generation, task and frame queue.
+    /// The control trunk's dialer: its generation, task and frame queue.
     control: Option<(
         u64,
         JoinHandle<()>,
-        mpsc::UnboundedSender<LinkFrame<ToControl>>,
+        mpsc::UnboundedSender<TrunkFrame<ToControl>>,
     )>,
     generation: u64,
-    /// Links from other nodes to this node's control, by node.
-    nodes: HashMap<NodeId, (u64, mpsc::UnboundedSender<LinkFrame<FromControl>>)>,
+    /// Trunks from other nodes to this node's control, by node.
+    nodes: HashMap<NodeId, (u64, mpsc::UnboundedSender<TrunkFrame<FromControl>>)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -377,7 +377,7 @@ impl Drop for ClusterIo {
     }
 }
 
-/// Starts a node: its link listener, its store, its address book. The
+/// Starts a node: its trunk listener, its store, its address book. The
 /// node's published address (with the certificate's fingerprint) is the
 /// first value; the sans-IO node is made with it by the caller.
 pub(crate) fn start(
@@ -387,22 +387,22 @@ pub(crate) fn start(
     routes: Arc<MediaRoutes>,
 ) -> Result<(String, ClusterIo), ClusterError> {
     let identity = ServerIdentity::self_signed(&["opencalling-node".to_owned()])
-        .map_err(|error| ClusterError::Links(error.to_string()))?;
+        .map_err(|error| ClusterError::Trunks(error.to_string()))?;
     let mut tls = identity
         .server_config()
-        .map_err(|error| ClusterError::Links(error.to_string()))?;
+        .map_err(|error| ClusterError::Trunks(error.to_string()))?;
     tls.alpn_protocols = vec![NODE_ALPN.to_vec()];
     let quic =
-        QuicServerConfig::try_from(tls).map_err(|error| ClusterError::Links(error.to_string()))?;
+        QuicServerConfig::try_from(tls).map_err(|error| ClusterError::Trunks(error.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(node_transport());
     let endpoint = quinn::Endpoint::server(server, config.listen)
-        .map_err(|error| ClusterError::Links(format!("{}: {error}", config.listen)))?;
+        .map_err(|error| ClusterError::Trunks(format!("{}: {error}", config.listen)))?;
     let advertise = if config.listen.port() == 0 {
         // Tests bind port 0: advertise the port actually bound.
         let bound = endpoint
             .local_addr()
-            .map_err(|error| ClusterError::Links(error.to_string()))?;
+            .map_err(|error| ClusterError::Trunks(error.to_string()))?;
         SocketAddr::new(config.advertise.ip(), bound.port())
     } else {
         config.advertise
@@ -418,9 +418,9 @@ pub(crate) fn start(
         addresses: RwLock::new(HashMap::new()),
         dialing: Mutex::new(std::collections::HashSet::new()),
     });
-    info!(node = %me, links = %advertise, "cluster node: links listening");
+    info!(node = %me, trunks = %advertise, "cluster node: trunks listening");
     let tasks = vec![
-        tokio::spawn(accept_links(Arc::clone(&mesh), hub.clone())),
+        tokio::spawn(accept_trunks(Arc::clone(&mesh), hub.clone())),
         tokio::spawn(keep_address_book(Arc::clone(&mesh), store.clone())),
     ];
     let io = ClusterIo {
@@ -447,28 +447,28 @@ async fn keep_address_book(mesh: Arc<Mesh>, store: RedisStore) {
     }
 }
 
-/// Accepts node links: each proves the key; a control link's frames go to
-/// the hub; every link's datagrams to the relay.
-async fn accept_links(mesh: Arc<Mesh>, hub: HubPost) {
-    let mut next_link = 0_u64;
+/// Accepts node trunks: each proves the key; a control trunk's frames go to
+/// the hub; every trunk's datagrams to the relay.
+async fn accept_trunks(mesh: Arc<Mesh>, hub: HubPost) {
+    let mut next_trunk = 0_u64;
     while let Some(incoming) = mesh.endpoint.accept().await {
-        next_link += 1;
-        let link = next_link;
+        next_trunk += 1;
+        let trunk = next_trunk;
         let mesh = Arc::clone(&mesh);
         let hub = hub.clone();
         tokio::spawn(async move {
-            if let Err(error) = serve_link(mesh, hub, incoming, link).await {
-                debug!(%error, "a node link ended");
+            if let Err(error) = serve_trunk(mesh, hub, incoming, trunk).await {
+                debug!(%error, "a node trunk ended");
             }
         });
     }
 }
 
-async fn serve_link(
+async fn serve_trunk(
     mesh: Arc<Mesh>,
     hub: HubPost,
     incoming: quinn::Incoming,
-    link: u64,
+    trunk: u64,
 ) -> Result<(), String> {
     let connection = tokio::time::timeout(NODE_IDLE_TIMEOUT, incoming)
         .await
@@ -488,7 +488,7 @@ async fn serve_link(
         }
         _ => {
             connection.close(0_u32.into(), b"key");
-            return Err("a node link without the cluster key: refused".into());
+            return Err("a node trunk without the cluster key: refused".into());
         }
     };
     let mine = proof(&mesh.key, &connection, ACCEPTOR, mesh.me).ok_or("no keying material")?;
@@ -506,7 +506,12 @@ async fn serve_link(
         return Ok(());
     }
     let (frames, mut outgoing) = mpsc::unbounded_channel();
-    hub.post(IoInput::NodeUp { node, link, frames }).await;
+    hub.post(IoInput::NodeUp {
+        node,
+        trunk,
+        frames,
+    })
+    .await;
     loop {
         tokio::select! {
             frame = outgoing.recv() => {
@@ -516,18 +521,18 @@ async fn serve_link(
                 }
             }
             received = recv.recv() => match received {
-                Ok(Some(NodeWire::Frame(frame))) => hub.post(IoInput::NodeFrame { node, link, frame }).await,
+                Ok(Some(NodeWire::Frame(frame))) => hub.post(IoInput::NodeFrame { node, trunk, frame }).await,
                 _ => break,
             },
         }
     }
-    hub.post(IoInput::NodeDown { node, link }).await;
+    hub.post(IoInput::NodeDown { node, trunk }).await;
     connection.close(0_u32.into(), b"");
     Ok(())
 }
 
 /// The hub's queue as the cluster's tasks see it. `post` hands it an
-/// [`IoInput`], waiting for room: a link frame dropped here would be
+/// [`IoInput`], waiting for room: a trunk frame dropped here would be
 /// counted by neither side's books, so nothing is dropped (the link's
 /// reader waits instead, and so does its peer). Once the hub is gone (the
 /// server stopping) it does nothing. The hub makes it, so this module
@@ -557,14 +562,14 @@ impl std::fmt::Debug for HubPost {
     }
 }
 
-/// Keeps the control link to `holder` up: connect, prove, carry frames;
+/// Keeps the control trunk to `holder` up: connect, prove, carry frames;
 /// after a break, again, with backoff.
-async fn keep_control_link(
+async fn keep_control_trunk(
     mesh: Arc<Mesh>,
     hub: HubPost,
     holder: ControlHolder,
     generation: u64,
-    mut outgoing: mpsc::UnboundedReceiver<LinkFrame<ToControl>>,
+    mut outgoing: mpsc::UnboundedReceiver<TrunkFrame<ToControl>>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -599,7 +604,7 @@ async fn keep_control_link(
                 warn!(expected = %holder.node, %peer, "the control's address answered as another node");
                 connection.close(0_u32.into(), b"wrong node");
             }
-            Err(error) => debug!(%error, control = %holder.node, "control link failed"),
+            Err(error) => debug!(%error, control = %holder.node, "control trunk failed"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -627,7 +632,7 @@ impl ClusterIo {
                 self.hang();
                 self.generation += 1;
                 let (frames, outgoing) = mpsc::unbounded_channel();
-                let task = tokio::spawn(keep_control_link(
+                let task = tokio::spawn(keep_control_trunk(
                     Arc::clone(&self.mesh),
                     self.hub.clone(),
                     holder,
@@ -648,7 +653,7 @@ impl ClusterIo {
                 }
             }
             NodeOutput::DropNode { node } => {
-                // Dropping the queue ends that link's task, which closes it.
+                // Dropping the queue ends that trunk's task, which closes it.
                 self.nodes.remove(&node);
             }
             // The board's: it never hands these to the IO.
@@ -671,15 +676,15 @@ impl ClusterIo {
         match input {
             IoInput::Store { id, reply } => node.handle_store_reply(now, id, reply),
             IoInput::ControlUp { generation } if Some(generation) == current => {
-                node.handle_control_link_up(now);
+                node.handle_control_trunk_up(now);
             }
             IoInput::ControlDown { generation } if Some(generation) == current => {
-                node.handle_control_link_down(now);
+                node.handle_control_trunk_down(now);
             }
             IoInput::ControlFrame { generation, frame } if Some(generation) == current => {
                 if let Err(error) = node.handle_control_frame(now, frame) {
                     warn!(%error, "the control link broke its rules: reconnecting");
-                    node.handle_control_link_down(now);
+                    node.handle_control_trunk_down(now);
                     if let Some(holder) = node.control_holder().cloned() {
                         self.carry_out(NodeOutput::Dial(holder));
                     }
@@ -690,29 +695,29 @@ impl ClusterIo {
             | IoInput::ControlFrame { .. } => {}
             IoInput::NodeUp {
                 node: from,
-                link,
+                trunk,
                 frames,
             } => {
-                self.nodes.insert(from, (link, frames));
+                self.nodes.insert(from, (trunk, frames));
             }
             IoInput::NodeFrame {
                 node: from,
-                link,
+                trunk,
                 frame,
             } => {
-                if self.nodes.get(&from).map(|(kept, _)| *kept) != Some(link) {
+                if self.nodes.get(&from).map(|(kept, _)| *kept) != Some(trunk) {
                     return;
                 }
                 if let Err(error) = node.handle_node_frame(now, from, frame) {
-                    warn!(%error, node = %from, "a node link broke its rules: dropped");
+                    warn!(%error, node = %from, "a node trunk broke its rules: dropped");
                     self.nodes.remove(&from);
-                    node.handle_node_link_down(now, from);
+                    node.handle_node_trunk_down(now, from);
                 }
             }
-            IoInput::NodeDown { node: from, link } => {
-                if self.nodes.get(&from).map(|(kept, _)| *kept) == Some(link) {
+            IoInput::NodeDown { node: from, trunk } => {
+                if self.nodes.get(&from).map(|(kept, _)| *kept) == Some(trunk) {
                     self.nodes.remove(&from);
-                    node.handle_node_link_down(now, from);
+                    node.handle_node_trunk_down(now, from);
                 }
             }
         }

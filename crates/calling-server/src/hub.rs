@@ -77,7 +77,7 @@ pub(crate) enum HubInput {
         request: AdminRequest,
         reply: oneshot::Sender<AdminReply>,
     },
-    /// What the cluster's IO brought (store answers, node links).
+    /// What the cluster's IO brought (store answers, node trunks).
     Cluster(IoInput),
 }
 

@@ -399,10 +399,8 @@ fn account(
             let fingerprint = account
                 .fingerprint
                 .or(dev.as_ref().map(|dev| dev.fingerprint));
-            let mut options = ClientOptions {
-                server: server.clone(),
-                ..ClientOptions::default()
-            };
+            let mut options = ClientOptions::default();
+            options.server.clone_from(server);
             if let Some(fingerprint) = fingerprint {
                 options.trust = ServerTrust::Fingerprint(fingerprint);
             }

@@ -1,7 +1,7 @@
 //! A cluster node as a [`Board`]: the switchboard of record runs on the
 //! control's node (see `calling-cluster`); this node forwards its clients'
 //! inputs to it and hands on what comes back, and its IO (store requests,
-//! dials, link frames) as [`ServerOutput::Cluster`].
+//! dials, trunk frames) as [`ServerOutput::Cluster`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -420,7 +420,7 @@ impl Board for ClusterBoard {
                 .control_holder()
                 .map(|holder| (holder.node.0, holder.term)),
             hosting: node.control().is_some(),
-            ready: node.is_linked(),
+            ready: node.has_control_trunk(),
         })
     }
 

@@ -1,5 +1,5 @@
 //! The core over cluster nodes, on a virtual clock: three cores, a
-//! [`MemoryStore`], node links as in-memory queues. What the servers'
+//! [`MemoryStore`], node trunks as in-memory queues. What the servers'
 //! hubs and cluster IO do with sockets and Redis, the harness does with
 //! queues; the decisions are the cores'.
 
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use calling_api::ErrorCode;
 use calling_cluster::{
-    ClusterNode, ControlHolder, FromControl, LinkFrame, MemoryStore, NodeConfig, NodeConn, NodeId,
-    NodeOutput, StoreReply, ToControl,
+    ClusterNode, ControlHolder, FromControl, MemoryStore, NodeConfig, NodeConn, NodeId, NodeOutput,
+    StoreReply, ToControl, TrunkFrame,
 };
 use harness::{Server, accept, acked_call, invite, token_in, user};
 use server_core::{ClusterBoard, Counted, LoginAnswer, MemberAt};
@@ -26,17 +26,17 @@ struct Node {
     dialing: Option<ControlHolder>,
     link_up: bool,
     store_replies: VecDeque<(u64, StoreReply)>,
-    /// Frames this node wrote on its control link.
-    to_control: VecDeque<LinkFrame<ToControl>>,
+    /// Frames this node wrote on its control trunk.
+    to_control: VecDeque<TrunkFrame<ToControl>>,
     /// Frames the control wrote for this node.
-    from_control: VecDeque<LinkFrame<FromControl>>,
+    from_control: VecDeque<TrunkFrame<FromControl>>,
 }
 
 struct Cluster {
     now: Instant,
     store: MemoryStore,
     nodes: BTreeMap<NodeId, Node>,
-    /// Nodes whose control link cannot connect.
+    /// Nodes whose control trunk cannot connect.
     cut_off: BTreeSet<NodeId>,
 }
 
@@ -51,7 +51,7 @@ impl Cluster {
             assert_eq!(grace, SwitchboardConfig::DEFAULT.resume_grace);
             let board = ClusterBoard::new(ClusterNode::new(config, now), grace, now);
             // Each node numbers its connections in a range of its own, so
-            // that a test reads which node a link is on.
+            // that a test reads which node a trunk is on.
             let server = Server::new(board, now, u64::from(index) * 100);
             nodes.insert(
                 id,
@@ -168,7 +168,7 @@ impl Cluster {
             if reachable && !node.link_up {
                 node.link_up = true;
                 node.server.core.handle_cluster_io(now, |cluster_node| {
-                    cluster_node.handle_control_link_up(now)
+                    cluster_node.handle_control_trunk_up(now)
                 });
             }
             if node.server.core.poll_timeout().is_some_and(|at| at <= now) {
@@ -224,7 +224,7 @@ impl Cluster {
         }
     }
 
-    /// Cuts `id`'s control link; it stays down while cut off.
+    /// Cuts `id`'s control trunk; it stays down while cut off.
     fn cut(&mut self, id: NodeId) {
         let now = self.now;
         self.cut_off.insert(id);
@@ -234,17 +234,17 @@ impl Cluster {
         node.to_control.clear();
         node.from_control.clear();
         node.server.core.handle_cluster_io(now, |cluster_node| {
-            cluster_node.handle_control_link_down(now)
+            cluster_node.handle_control_trunk_down(now)
         });
         self.node(control)
             .core
             .handle_cluster_io(now, |cluster_node| {
-                cluster_node.handle_node_link_down(now, id)
+                cluster_node.handle_node_trunk_down(now, id)
             });
         self.carry_out_all();
     }
 
-    /// `name` logs in on node `id`; its link, once the control answered.
+    /// `name` logs in on node `id`; its trunk, once the control answered.
     fn log_in(&mut self, id: NodeId, name: &str) -> ConnId {
         let now = self.now;
         let (link, answer) = self.node(id).connect(now, name, None);
@@ -264,7 +264,7 @@ impl Cluster {
     }
 }
 
-/// Alice on one follower calls bob on the other; their nodes, links and
+/// Alice on one follower calls bob on the other; their nodes, trunks and
 /// the call.
 fn alice_calls_bob(
     cluster: &mut Cluster,

@@ -14,6 +14,7 @@ use crate::{CertFingerprint, TlsError, provider};
 
 /// How a client decides to trust the server's certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ServerTrust {
     /// Exactly the certificate with this SHA-256 fingerprint, whatever its
     /// issuer, names or dates: for a development server's self-signed

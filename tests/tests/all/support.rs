@@ -27,12 +27,9 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 /// A development-mode server on 127.0.0.1, any port.
 pub fn test_config(tag: &str) -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: temp_dir(tag),
-        shutdown_grace: Duration::from_secs(1),
-        ..ServerConfig::default()
-    }
+    let mut config = ServerConfig::at("127.0.0.1:0".parse().unwrap(), temp_dir(tag));
+    config.shutdown_grace = Duration::from_secs(1);
+    config
 }
 
 pub struct TestServer {

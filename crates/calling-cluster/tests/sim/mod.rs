@@ -1,6 +1,6 @@
-//! A cluster on a virtual clock: nodes, a [`MemoryStore`], links with
+//! A cluster on a virtual clock: nodes, a [`MemoryStore`], trunks with
 //! latency that break when told, and on each node a hub that keeps its
-//! clients' inboxes. Every frame crosses a link encoded (postcard), as in
+//! clients' inboxes. Every frame crosses a trunk encoded (postcard), as in
 //! the server.
 
 #![allow(
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use calling_api::{CallType, EndReason, ErrorCode, UserId};
 use calling_cluster::wire::{decode, encode};
 use calling_cluster::{
-    ClusterMember, ClusterNode, ControlHolder, FromControl, LinkFrame, LocalSessions, MemoryStore,
-    NodeConfig, NodeId, NodeOutput, StoreReply, StoreRequest, ToControl,
+    ClusterMember, ClusterNode, ControlHolder, FromControl, LocalSessions, MemoryStore, NodeConfig,
+    NodeId, NodeOutput, StoreReply, StoreRequest, ToControl, TrunkFrame,
 };
 use signaling_proto::{CallEvent, ClientMessage, RequestId, ServerMessage};
 
@@ -67,13 +67,13 @@ pub struct Proc {
     /// Refusals of client inputs (node not ready, overloaded).
     pub refused: u32,
     next_conn: u64,
-    /// The control link: the holder dialed, and whether it is up.
+    /// The control trunk: the holder dialed, and whether it is up.
     dialing: Option<ControlHolder>,
     link_up: bool,
     next_dial: Instant,
 }
 
-/// Frames in flight one way on one link, each with its arrival time.
+/// Frames in flight one way on one trunk, each with its arrival time.
 #[derive(Debug, Default)]
 struct Wire {
     to_control: VecDeque<(Instant, Vec<u8>)>,
@@ -89,18 +89,18 @@ pub struct Cluster {
     pub store: MemoryStore,
     /// Store answers in flight: (arrival, node, id, reply).
     store_replies: VecDeque<(Instant, NodeId, u64, StoreReply)>,
-    /// Links by the dialing node: (the control's node, wires).
+    /// Trunks by the dialing node: (the control's node, wires).
     links: BTreeMap<NodeId, (NodeId, Wire)>,
     /// Nodes killed at: their peers notice after `crash_notice`.
     dying: Vec<(Instant, NodeId)>,
     pub rng: Rng,
-    /// One-way link latency: base plus up to this much jitter.
+    /// One-way trunk latency: base plus up to this much jitter.
     pub latency: Duration,
     pub jitter: Duration,
     pub store_delay: Duration,
-    /// How long a killed node's links look alive to its peers.
+    /// How long a killed node's trunks look alive to its peers.
     pub crash_notice: Duration,
-    /// Nodes whose control link cannot connect (cut off from the others,
+    /// Nodes whose control trunk cannot connect (cut off from the others,
     /// not from the store).
     pub cut_off: std::collections::BTreeSet<NodeId>,
 }
@@ -153,7 +153,7 @@ impl Cluster {
         self.drain(id);
     }
 
-    /// Runs until every node follows the same control with its link up.
+    /// Runs until every node follows the same control with its trunk up.
     pub fn settle(&mut self) {
         let deadline = self.now + Duration::from_secs(10);
         while self.now < deadline {
@@ -255,7 +255,7 @@ impl Cluster {
             .collect();
         self.dying.retain(|(at, _)| now < *at + self.crash_notice);
         for dead in noticed {
-            self.break_links_of(dead);
+            self.break_trunks_of(dead);
         }
         // Store answers.
         while self
@@ -278,22 +278,22 @@ impl Cluster {
                 let down = wire.to_node.front().is_some_and(|(at, _)| *at <= now);
                 if up {
                     let (_, bytes) = wire.to_control.pop_front().unwrap();
-                    let frame: LinkFrame<ToControl> = decode(&bytes).unwrap();
+                    let frame: TrunkFrame<ToControl> = decode(&bytes).unwrap();
                     let Some(proc) = self.procs.get_mut(&control) else {
                         break;
                     };
                     if proc.node.handle_node_frame(now, dialer, frame).is_err() {
-                        self.break_link(dialer);
+                        self.break_trunk(dialer);
                     }
                     self.drain(control);
                 } else if down {
                     let (_, bytes) = wire.to_node.pop_front().unwrap();
-                    let frame: LinkFrame<FromControl> = decode(&bytes).unwrap();
+                    let frame: TrunkFrame<FromControl> = decode(&bytes).unwrap();
                     let Some(proc) = self.procs.get_mut(&dialer) else {
                         break;
                     };
                     if proc.node.handle_control_frame(now, frame).is_err() {
-                        self.break_link(dialer);
+                        self.break_trunk(dialer);
                     }
                     self.drain(dialer);
                 } else {
@@ -335,29 +335,29 @@ impl Cluster {
         self.links.insert(id, (holder.node, Wire::default()));
         let proc = self.procs.get_mut(&id).unwrap();
         proc.link_up = true;
-        proc.node.handle_control_link_up(now);
+        proc.node.handle_control_trunk_up(now);
         self.drain(id);
     }
 
-    /// Breaks `dialer`'s control link: both ends notice now.
-    pub fn break_link(&mut self, dialer: NodeId) {
+    /// Breaks `dialer`'s control trunk: both ends notice now.
+    pub fn break_trunk(&mut self, dialer: NodeId) {
         let now = self.now;
         if let Some((control, _)) = self.links.remove(&dialer) {
             if let Some(proc) = self.procs.get_mut(&control) {
-                proc.node.handle_node_link_down(now, dialer);
+                proc.node.handle_node_trunk_down(now, dialer);
             }
             self.drain(control);
         }
         if let Some(proc) = self.procs.get_mut(&dialer) {
             if proc.link_up {
                 proc.link_up = false;
-                proc.node.handle_control_link_down(now);
+                proc.node.handle_control_trunk_down(now);
             }
         }
         self.drain(dialer);
     }
 
-    fn break_links_of(&mut self, dead: NodeId) {
+    fn break_trunks_of(&mut self, dead: NodeId) {
         let touching: Vec<NodeId> = self
             .links
             .iter()
@@ -365,11 +365,11 @@ impl Cluster {
             .map(|(dialer, _)| *dialer)
             .collect();
         for dialer in touching {
-            self.break_link(dialer);
+            self.break_trunk(dialer);
         }
     }
 
-    /// SIGKILL: the process is gone; its links look alive to the others
+    /// SIGKILL: the process is gone; its trunks look alive to the others
     /// for `crash_notice`, its store entries lapse.
     pub fn kill(&mut self, id: NodeId) {
         self.procs.remove(&id);
@@ -378,7 +378,7 @@ impl Cluster {
     }
 
     /// A graceful stop: the node leaves the store (its requests applied
-    /// at once) and its links close now.
+    /// at once) and its trunks close now.
     pub fn stop(&mut self, id: NodeId) {
         if let Some(proc) = self.procs.get_mut(&id) {
             proc.node.leave(self.now);
@@ -386,7 +386,7 @@ impl Cluster {
         self.drain(id);
         self.procs.remove(&id);
         self.store_replies.retain(|(_, node, ..)| *node != id);
-        self.break_links_of(id);
+        self.break_trunks_of(id);
     }
 
     fn delay(&mut self) -> Duration {
@@ -420,13 +420,13 @@ impl Cluster {
                     }
                 }
                 NodeOutput::Dial(holder) => {
-                    self.break_link(id);
+                    self.break_trunk(id);
                     let proc = self.procs.get_mut(&id).unwrap();
                     proc.dialing = Some(holder);
                     proc.next_dial = now;
                 }
                 NodeOutput::Hang => {
-                    self.break_link(id);
+                    self.break_trunk(id);
                     self.procs.get_mut(&id).unwrap().dialing = None;
                 }
                 NodeOutput::ToControl(frame) => {
@@ -457,7 +457,7 @@ impl Cluster {
                         .get(&node)
                         .is_some_and(|(control, _)| *control == id)
                     {
-                        self.break_link(node);
+                        self.break_trunk(node);
                     }
                 }
                 NodeOutput::Deliver(message) => {

@@ -38,6 +38,7 @@ pub struct AppCredentials {
 
 /// Where the TLS certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TlsSource {
     /// A self-signed certificate made once and kept in the data directory:
     /// clients trust it by fingerprint.
@@ -99,6 +100,7 @@ impl ConnectionLimits {
 /// Everything the server needs to run, resolved from [`Settings`] (or
 /// built directly by an embedding program or a test).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
@@ -154,6 +156,7 @@ pub struct ClusterConfig {
 
 /// What the server offers its operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OperationsConfig {
     /// Where the HTTP listener for `/metrics`, `/healthz`, `/readyz` and
     /// `/admin/` listens; `None`: nowhere.
@@ -212,6 +215,7 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
 
 /// Where the fallback transport listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fallback {
     /// TCP on the QUIC address and port (the default): a client needs to
     /// know one address.
@@ -272,6 +276,7 @@ impl Default for ServerConfig {
 
 /// A configuration that cannot be used, with what is wrong.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -296,6 +301,17 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
+    /// The defaults, listening on `listen` and keeping the development
+    /// certificate and app in `data_dir`: what a test or an embedding
+    /// program starts from before changing what it needs.
+    pub fn at(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
+    }
+
     fn add_app(&mut self, sdk_app_id: u32, secret_key: SecretKey) -> Result<(), ConfigError> {
         if secret_key.expose().is_empty() {
             return Err(ConfigError::Invalid(format!(

@@ -53,7 +53,7 @@ pub struct Server<B: Board> {
     pub events: Vec<(CallEvent, Option<Duration>)>,
     pub counts: Vec<Counted>,
     pub sessions_lost: u32,
-    next_link: u64,
+    next_trunk: u64,
 }
 
 impl<B: Board + std::fmt::Debug> Server<B> {
@@ -65,7 +65,7 @@ impl<B: Board + std::fmt::Debug> Server<B> {
             events: Vec::new(),
             counts: Vec::new(),
             sessions_lost: 0,
-            next_link: first_link,
+            next_trunk: first_link,
         }
     }
 
@@ -76,8 +76,8 @@ impl<B: Board + std::fmt::Debug> Server<B> {
         name: &str,
         resume: Option<ResumeClaim>,
     ) -> (ConnId, LoginAnswer) {
-        let link = ConnId(self.next_link);
-        self.next_link += 1;
+        let link = ConnId(self.next_trunk);
+        self.next_trunk += 1;
         self.clients.insert(link.0, Client::default());
         let answer = self.core.handle_login(
             now,

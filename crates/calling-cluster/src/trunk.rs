@@ -1,15 +1,15 @@
 //! Exactly-once, in-order delivery between a node and the control across
 //! reconnections.
 //!
-//! A node link runs over a reliable ordered stream (a QUIC stream between
+//! A node trunk runs over a reliable ordered stream (a QUIC stream between
 //! nodes), which loses nothing while it lives but can break. Each side
-//! keeps [`LinkBooks`]: the messages it sent in the current term that the
+//! keeps [`TrunkBooks`]: the messages it sent in the current term that the
 //! other side has not acknowledged, and how many it received. On every
-//! connection both sides first send a [`LinkFrame::Hello`] with their
+//! connection both sides first send a [`TrunkFrame::Hello`] with their
 //! count; each then resends exactly what the other missed, and only then
 //! anything new. Nothing is delivered twice (a message the other side
 //! counted is never resent) and nothing is lost while the books last.
-//! Acknowledgements ride in [`LinkFrame::Ack`] every
+//! Acknowledgements ride in [`TrunkFrame::Ack`] every
 //! [`ACK_EVERY`] messages and whenever the glue flushes them (a timer).
 //!
 //! The books belong to one term of the control (see [`crate::lease`]): a
@@ -20,16 +20,16 @@ use std::collections::VecDeque;
 
 use signaling_proto::{Replay, ReplayError};
 
-use crate::wire::{LinkFrame, NodeId};
+use crate::wire::{NodeId, TrunkFrame};
 
 /// A side acknowledges after this many messages without waiting for its
 /// timer.
 pub const ACK_EVERY: u64 = 32;
 
-/// Why a link cannot go on: the glue drops the connection (and, for a
+/// Why a trunk cannot go on: the glue drops the connection (and, for a
 /// lost count, the books: the node's sessions cannot be carried over).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LinkError {
+pub enum TrunkError {
     /// The other side is in another term of the control.
     #[error("the peer is in term {peer}, this side in term {ours}")]
     OtherTerm {
@@ -38,22 +38,22 @@ pub enum LinkError {
         /// The peer's.
         peer: u64,
     },
-    /// A node link reached a node that does not host the control.
+    /// A node trunk reached a node that does not host the control.
     #[error("this node does not host the cluster's control")]
     NotHosting,
     /// A frame out of place: a message before the hello, a reset sent to
     /// the control.
-    #[error("out of place on a node link: {0}")]
+    #[error("out of place on a node trunk: {0}")]
     OutOfPlace(&'static str),
     /// The other side's count cannot be reconciled with ours, or too many
     /// messages wait for its acknowledgement: the books are broken.
-    #[error("the link's books are broken: {0}")]
+    #[error("the trunk's books are broken: {0}")]
     Books(#[from] ReplayError),
 }
 
-/// One side's books of one node link. See the [module docs](self).
+/// One side's books of one node trunk. See the [module docs](self).
 #[derive(Debug)]
-pub struct LinkBooks<M> {
+pub struct TrunkBooks<M> {
     me: NodeId,
     term: u64,
     incarnation: u64,
@@ -64,12 +64,12 @@ pub struct LinkBooks<M> {
     peer_ready: bool,
     /// The count last told the peer.
     told_received: u64,
-    outbox: VecDeque<LinkFrame<M>>,
+    outbox: VecDeque<TrunkFrame<M>>,
 }
 
-impl<M: Clone> LinkBooks<M> {
+impl<M: Clone> TrunkBooks<M> {
     /// Empty books for `me` in `term` (and `incarnation`, see
-    /// [`LinkFrame::Hello`]), keeping at most `capacity` messages that wait
+    /// [`TrunkFrame::Hello`]), keeping at most `capacity` messages that wait
     /// for the peer's acknowledgement.
     pub fn new(me: NodeId, term: u64, incarnation: u64, capacity: usize) -> Self {
         Self {
@@ -94,12 +94,12 @@ impl<M: Clone> LinkBooks<M> {
         self.peer_ready
     }
 
-    /// Sends `message`: now if the link is ready, else after the next
+    /// Sends `message`: now if the trunk is ready, else after the next
     /// hello. An error if the peer has left too many unacknowledged.
-    pub fn send(&mut self, message: M) -> Result<(), LinkError> {
+    pub fn send(&mut self, message: M) -> Result<(), TrunkError> {
         self.replay.record_sent(&message)?;
         if self.peer_ready {
-            self.outbox.push_back(LinkFrame::Message(message));
+            self.outbox.push_back(TrunkFrame::Message(message));
         }
         Ok(())
     }
@@ -110,7 +110,7 @@ impl<M: Clone> LinkBooks<M> {
         self.connected = true;
         self.peer_ready = false;
         self.told_received = self.replay.received();
-        self.outbox.push_back(LinkFrame::Hello {
+        self.outbox.push_back(TrunkFrame::Hello {
             node: self.me,
             term: self.term,
             incarnation: self.incarnation,
@@ -128,25 +128,25 @@ impl<M: Clone> LinkBooks<M> {
 
     /// A frame from the peer; a message is returned for delivery, exactly
     /// once. An error means the connection must be dropped.
-    pub fn handle_frame<I>(&mut self, frame: LinkFrame<I>) -> Result<Option<I>, LinkError> {
+    pub fn handle_frame<I>(&mut self, frame: TrunkFrame<I>) -> Result<Option<I>, TrunkError> {
         match frame {
-            LinkFrame::Hello { term, received, .. } => {
+            TrunkFrame::Hello { term, received, .. } => {
                 if term != self.term {
-                    return Err(LinkError::OtherTerm {
+                    return Err(TrunkError::OtherTerm {
                         ours: self.term,
                         peer: term,
                     });
                 }
                 self.replay.acknowledge(received)?;
                 for message in self.replay.unacknowledged() {
-                    self.outbox.push_back(LinkFrame::Message(message.clone()));
+                    self.outbox.push_back(TrunkFrame::Message(message.clone()));
                 }
                 self.peer_ready = true;
                 Ok(None)
             }
-            LinkFrame::Message(message) => {
+            TrunkFrame::Message(message) => {
                 if !self.peer_ready {
-                    return Err(LinkError::OutOfPlace("a message before the hello"));
+                    return Err(TrunkError::OutOfPlace("a message before the hello"));
                 }
                 self.replay.record_received();
                 if self.replay.received() - self.told_received >= ACK_EVERY {
@@ -154,12 +154,12 @@ impl<M: Clone> LinkBooks<M> {
                 }
                 Ok(Some(message))
             }
-            LinkFrame::Ack { received } => {
+            TrunkFrame::Ack { received } => {
                 self.replay.acknowledge(received)?;
                 Ok(None)
             }
             // Handled above the books (by the node); here it is out of place.
-            LinkFrame::Reset => Err(LinkError::OutOfPlace("a reset")),
+            TrunkFrame::Reset => Err(TrunkError::OutOfPlace("a reset")),
         }
     }
 
@@ -169,12 +169,12 @@ impl<M: Clone> LinkBooks<M> {
         let received = self.replay.received();
         if self.peer_ready && received > self.told_received {
             self.told_received = received;
-            self.outbox.push_back(LinkFrame::Ack { received });
+            self.outbox.push_back(TrunkFrame::Ack { received });
         }
     }
 
     /// The next frame to write, until `None`.
-    pub fn poll_frame(&mut self) -> Option<LinkFrame<M>> {
+    pub fn poll_frame(&mut self) -> Option<TrunkFrame<M>> {
         if !self.connected {
             return None;
         }
@@ -193,7 +193,7 @@ mod tests {
 
     /// Moves every frame `from` has queued to `to`, returning what `to`
     /// delivered.
-    fn pump(from: &mut LinkBooks<u32>, to: &mut LinkBooks<u32>) -> Vec<u32> {
+    fn pump(from: &mut TrunkBooks<u32>, to: &mut TrunkBooks<u32>) -> Vec<u32> {
         let mut delivered = Vec::new();
         while let Some(frame) = from.poll_frame() {
             if let Some(message) = to.handle_frame(frame).expect("a valid frame") {
@@ -205,8 +205,8 @@ mod tests {
 
     #[test]
     fn a_broken_connection_loses_and_repeats_nothing() {
-        let mut node = LinkBooks::new(NodeId(1), 5, 0, 1024);
-        let mut control = LinkBooks::new(NodeId(2), 5, 0, 1024);
+        let mut node = TrunkBooks::new(NodeId(1), 5, 0, 1024);
+        let mut control = TrunkBooks::new(NodeId(2), 5, 0, 1024);
         node.connected();
         control.connected();
         pump(&mut node, &mut control);
@@ -237,8 +237,8 @@ mod tests {
 
     #[test]
     fn acknowledgements_come_every_so_many_messages() {
-        let mut node = LinkBooks::new(NodeId(1), 1, 0, 1024);
-        let mut control = LinkBooks::new(NodeId(2), 1, 0, 1024);
+        let mut node = TrunkBooks::new(NodeId(1), 1, 0, 1024);
+        let mut control = TrunkBooks::new(NodeId(2), 1, 0, 1024);
         node.connected();
         control.connected();
         pump(&mut node, &mut control);
@@ -253,33 +253,33 @@ mod tests {
 
     #[test]
     fn wrong_term_early_message_and_impossible_counts_are_errors() {
-        let mut control = LinkBooks::<u32>::new(NodeId(2), 3, 0, 4);
+        let mut control = TrunkBooks::<u32>::new(NodeId(2), 3, 0, 4);
         control.connected();
         assert_eq!(
-            control.handle_frame(LinkFrame::<u32>::Message(1)),
-            Err(LinkError::OutOfPlace("a message before the hello"))
+            control.handle_frame(TrunkFrame::<u32>::Message(1)),
+            Err(TrunkError::OutOfPlace("a message before the hello"))
         );
         assert_eq!(
-            control.handle_frame(LinkFrame::<u32>::Hello {
+            control.handle_frame(TrunkFrame::<u32>::Hello {
                 node: NodeId(1),
                 term: 2,
                 incarnation: 0,
                 received: 0
             }),
-            Err(LinkError::OtherTerm { ours: 3, peer: 2 })
+            Err(TrunkError::OtherTerm { ours: 3, peer: 2 })
         );
         assert!(matches!(
-            control.handle_frame(LinkFrame::<u32>::Hello {
+            control.handle_frame(TrunkFrame::<u32>::Hello {
                 node: NodeId(1),
                 term: 3,
                 incarnation: 0,
                 received: 9
             }),
-            Err(LinkError::Books(_))
+            Err(TrunkError::Books(_))
         ));
         for n in 0..4 {
             control.send(n).unwrap();
         }
-        assert!(matches!(control.send(4), Err(LinkError::Books(_))));
+        assert!(matches!(control.send(4), Err(TrunkError::Books(_))));
     }
 }
