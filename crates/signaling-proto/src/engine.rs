@@ -30,7 +30,12 @@
 //! numbered messages the server missed, see [`crate::resume`]) or, when the
 //! server no longer has it, ends what was lost (`onCallEnd` with
 //! [`EndReason::ConnectionLost`]) and logs in again with the same
-//! credentials. [`CallingEvent::Reconnected`] says it is done.
+//! credentials. [`CallingEvent::Reconnected`] says it is done. A server
+//! that shuts down (`SERVER_SHUTDOWN`: a restart, a rolling upgrade) is
+//! treated the same way: its calls end with [`EndReason::ServerShutdown`],
+//! [`CallingEvent::Reconnecting`] follows, and the engine logs in again
+//! once a connection answers; only with reconnection off does the notice
+//! end the session (`onError`, logged out).
 //!
 //! # Driving it
 //!
@@ -401,6 +406,12 @@ impl CallEngine {
             && self.connection == Connection::Down
     }
 
+    /// Whether a server's shutdown leaves the session waiting for the next
+    /// server (reconnection on, logged in) rather than logged out.
+    fn survives_shutdown(&self) -> bool {
+        self.reconnect.is_some() && self.login == LoginState::LoggedIn
+    }
+
     /// Whether the session is between [`CallingEvent::Reconnecting`] and
     /// [`CallingEvent::Reconnected`].
     pub fn is_reconnecting(&self) -> bool {
@@ -730,7 +741,14 @@ impl CallEngine {
                 code,
                 message,
             } => {
-                if closes_the_session(code) {
+                if code == ErrorCode::SERVER_SHUTDOWN && self.survives_shutdown() {
+                    // A restart or a rolling upgrade: the server's sessions
+                    // and calls end, as after losing the server, and the
+                    // next connection logs in again.
+                    debug!("the server shuts down: logging in again");
+                    self.connection_broke();
+                    self.lose_session(EndReason::ServerShutdown);
+                } else if closes_the_session(code) {
                     let reason = if code == ErrorCode::SERVER_SHUTDOWN {
                         EndReason::ServerShutdown
                     } else {
@@ -1072,7 +1090,7 @@ impl CallEngine {
         }
         if let Err(error) = self.replay.acknowledge(received) {
             warn!(%error, "the resumed session does not match ours: logging in afresh");
-            self.lose_session();
+            self.lose_session(EndReason::ConnectionLost);
             self.connection_broke();
             return;
         }
@@ -1087,12 +1105,12 @@ impl CallEngine {
     /// The server no longer has the session (restarted, grace over): what
     /// it held is over for the application, once; the login is repeated on
     /// the next connection.
-    fn lose_session(&mut self) {
+    fn lose_session(&mut self, reason: EndReason) {
         debug!("session lost: ending its calls, logging in again");
         self.end_abandoned_calls();
         match std::mem::replace(&mut self.state, State::Idle) {
             State::InCall { call_id, .. } => {
-                self.emit_call_end(call_id, EndReason::ConnectionLost);
+                self.emit_call_end(call_id, reason);
             }
             State::Ringing(_) | State::Accepting { .. } => {
                 self.events.push_back(CallingEvent::CallingCancel);
@@ -1131,12 +1149,15 @@ impl CallEngine {
             Connection::Resuming => {
                 // Refused: the server closes; the next connection logs in.
                 debug!(?code, "resume refused");
-                self.lose_session();
+                self.lose_session(EndReason::ConnectionLost);
                 self.connection_broke();
                 return;
             }
             Connection::LoggingInAgain => {
-                if code == ErrorCode::SERVER_DRAINING || code == ErrorCode::CLUSTER_UNAVAILABLE {
+                if code == ErrorCode::SERVER_DRAINING
+                    || code == ErrorCode::CLUSTER_UNAVAILABLE
+                    || code == ErrorCode::SERVER_SHUTDOWN
+                {
                     // "Connect again later, or elsewhere": the next
                     // connection (the address may lead to another node of
                     // a cluster) logs in again.

@@ -5,17 +5,22 @@ use std::time::{Duration, Instant};
 
 use calling_api::{CallType, CallingEvent, EndReason, ErrorCode};
 use calling_facade::{ClientOptions, TRTCCalling};
+use calling_server::config::ServerConfig;
 use calling_server::usersig;
 
 use crate::child::ChildProcess;
 use crate::support::*;
 
+/// Without reconnection, a graceful shutdown ends the calls with its reason
+/// and the session with an `onError`, as the original does.
 #[tokio::test]
 async fn graceful_shutdown_ends_calls_with_its_reason() {
     let server = TestServer::start("shutdown").await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    let mut carol = server.user("carol").await;
+    let mut options = server.options();
+    options.reconnect = None;
+    let mut alice = server.user_with("alice", options.clone()).await;
+    let mut bob = server.user_with("bob", options.clone()).await;
+    let mut carol = server.user_with("carol", options).await;
     connect(&mut alice, &mut bob).await;
     alice.calling.call("carol", CallType::Audio).await.unwrap();
     carol.expect(&[invited("alice", &["bob"])]).await;
@@ -30,6 +35,44 @@ async fn graceful_shutdown_ends_calls_with_its_reason() {
         user.expect_quiet(Duration::from_millis(300)).await;
     }
     carol.expect(&[CallingEvent::CallingCancel, notice]).await;
+}
+
+/// A graceful restart (Ctrl-C or SIGTERM, then the server again on the same
+/// address and data): the calls end with "server shutdown", and the SDK
+/// treats the shutdown as a lost server, logging in again by itself.
+#[tokio::test]
+async fn after_a_graceful_restart_clients_log_in_again_by_themselves() {
+    let config = test_config("restart");
+    let data_dir = config.data_dir.clone();
+    let server = TestServer::start_with(config).await;
+    let addr = server.server.local_addr();
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    connect(&mut alice, &mut bob).await;
+    alice.calling.call("carol", CallType::Audio).await.unwrap();
+    carol.expect(&[invited("alice", &["bob"])]).await;
+    server.server.shutdown().await;
+    for user in [&mut alice, &mut bob] {
+        user.expect_end(EndReason::ServerShutdown).await;
+        user.expect(&[CallingEvent::Reconnecting]).await;
+    }
+    carol
+        .expect(&[CallingEvent::CallingCancel, CallingEvent::Reconnecting])
+        .await;
+    // Down for a while: they keep trying.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut config = ServerConfig::at(addr, data_dir.clone());
+    config.shutdown_grace = Duration::from_secs(1);
+    let restarted = TestServer::start_with(config).await;
+    for user in [&mut alice, &mut bob, &mut carol] {
+        user.expect(&[CallingEvent::Reconnected]).await;
+    }
+    // Logged in, not just connected: they call without logging in by hand.
+    connect(&mut alice, &mut bob).await;
+    carol.expect_quiet(Duration::from_millis(300)).await;
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 async fn spawn_server(

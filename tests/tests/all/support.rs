@@ -85,7 +85,13 @@ impl TestServer {
 
     /// A new SDK instance logged in as `user`.
     pub async fn user(&self, user: &str) -> User {
-        let user = self.client(user);
+        self.user_with(user, self.options()).await
+    }
+
+    /// [`TestServer::user`] with other options (their server and trust
+    /// are this server's anyway).
+    pub async fn user_with(&self, user: &str, options: ClientOptions) -> User {
+        let user = self.client_with(user, options);
         user.calling
             .login(
                 self.app.sdk_app_id,
@@ -99,7 +105,14 @@ impl TestServer {
 
     /// A new SDK instance for `user`, not logged in.
     pub fn client(&self, user: &str) -> User {
-        let calling = TRTCCalling::new(self.options());
+        self.client_with(user, self.options())
+    }
+
+    fn client_with(&self, user: &str, mut options: ClientOptions) -> User {
+        let ours = self.options();
+        options.server = ours.server;
+        options.trust = ours.trust;
+        let calling = TRTCCalling::new(options);
         let events = calling.events();
         User {
             id: UserId::new(user).unwrap(),
