@@ -31,6 +31,11 @@
 //! server no longer has it, ends what was lost (`onCallEnd` with
 //! [`EndReason::ConnectionLost`]) and logs in again with the same
 //! credentials. [`CallingEvent::Reconnected`] says it is done. A server
+//! that stays unreachable past the grace its `Session` message announced
+//! (plus two liveness periods: the time it may have taken to notice the
+//! break) has surely ended the session: the engine ends what it held
+//! there and then (`onCallEnd` once, [`EndReason::ConnectionLost`]) and
+//! keeps trying to log in. A server
 //! that shuts down (`SERVER_SHUTDOWN`: a restart, a rolling upgrade) is
 //! treated the same way: its calls end with [`EndReason::ServerShutdown`],
 //! [`CallingEvent::Reconnecting`] follows, and the engine logs in again
@@ -244,6 +249,10 @@ enum Timer {
     /// The server must have said something by then, or the connection is
     /// dead; armed while a connection is expected to work.
     Liveness,
+    /// The server has surely ended the session by then (its grace, from
+    /// the last word heard, and time for it to notice the break): armed
+    /// while a resumable session waits for a connection.
+    SessionExpiry,
 }
 
 /// How often `onUserVoiceVolume` fires in a call unless configured: the
@@ -278,6 +287,11 @@ pub struct CallEngine {
     connection: Connection,
     /// The latest token of a resumable session.
     token: Option<SessionToken>,
+    /// How long the server keeps the session after a break (its
+    /// `Session` message says).
+    grace: Option<Duration>,
+    /// When the server last said something.
+    last_heard: Option<Instant>,
     replay: Replay<ClientMessage>,
     /// What goes out first on a new connection: the resume or login.
     handshake: Option<ClientMessage>,
@@ -312,6 +326,8 @@ impl CallEngine {
             next_request: 1,
             requests: HashMap::new(),
             reconnect: None,
+            grace: None,
+            last_heard: None,
             credentials: None,
             connection: Connection::Up,
             token: None,
@@ -668,6 +684,15 @@ impl CallEngine {
                     debug!("nothing from the server in time: the connection is dead");
                     self.connection_broke();
                 }
+                Timer::SessionExpiry => {
+                    if self.login == LoginState::LoggedIn && self.connection == Connection::Down {
+                        // Not reached within its grace: the server ended
+                        // the session (or is gone), so its calls are over;
+                        // the next connection logs in afresh.
+                        debug!("the session's grace is over without a resume");
+                        self.lose_session(EndReason::ConnectionLost);
+                    }
+                }
             }
         }
         self.debug_check();
@@ -1006,6 +1031,7 @@ impl CallEngine {
         self.acknowledged = 0;
         self.timers.cancel(&Timer::Heartbeat);
         self.timers.cancel(&Timer::Liveness);
+        self.timers.cancel(&Timer::SessionExpiry);
     }
 
     /// The connection under a logged-in session broke (reconnection on):
@@ -1021,6 +1047,23 @@ impl CallEngine {
         self.resend.clear();
         self.timers.cancel(&Timer::Heartbeat);
         self.timers.cancel(&Timer::Liveness);
+        self.arm_session_expiry();
+    }
+
+    /// A resumable session without a connection: when the server has
+    /// surely given it up. The server's grace runs from when it noticed
+    /// the break, at most one liveness period after ours (both sides use
+    /// the same timings) and ours at most one after the last word heard.
+    fn arm_session_expiry(&mut self) {
+        let (Some(_), Some(grace), Some(heard), Some(timings)) =
+            (self.token, self.grace, self.last_heard, self.reconnect)
+        else {
+            return;
+        };
+        if self.timers.deadline(&Timer::SessionExpiry).is_none() {
+            let expiry = heard + grace + timings.dead_after * 2;
+            self.timers.set(Timer::SessionExpiry, expiry);
+        }
     }
 
     /// Something came from the server: the connection lives a while longer.
@@ -1030,6 +1073,7 @@ impl CallEngine {
         let Some(timings) = self.reconnect else {
             return;
         };
+        self.last_heard = Some(now);
         let expecting = match self.connection {
             Connection::Up => self.token.is_some(),
             Connection::Resuming | Connection::LoggingInAgain => true,
@@ -1064,8 +1108,9 @@ impl CallEngine {
     /// The messages of protocol version 2's resume.
     fn on_resume_message(&mut self, now: Instant, message: ServerMessage) {
         match message {
-            ServerMessage::Session { token, .. } if self.login == LoginState::LoggedIn => {
+            ServerMessage::Session { token, grace_ms } if self.login == LoginState::LoggedIn => {
                 self.token = Some(token);
+                self.grace = Some(Duration::from_millis(u64::from(grace_ms)));
                 self.start_heartbeat(now);
             }
             ServerMessage::Resumed { token, received } => self.on_resumed(now, token, received),
@@ -1097,6 +1142,7 @@ impl CallEngine {
         self.token = Some(token);
         self.resend = self.replay.unacknowledged().cloned().collect();
         self.connection = Connection::Up;
+        self.timers.cancel(&Timer::SessionExpiry);
         debug!(resent = self.resend.len(), "session resumed");
         self.start_heartbeat(now);
         self.events.push_back(CallingEvent::Reconnected);
@@ -1121,6 +1167,7 @@ impl CallEngine {
         self.held = None;
         self.fail_all_requests(ErrorCode::CONNECTION_LOST);
         self.token = None;
+        self.timers.cancel(&Timer::SessionExpiry);
         self.replay = Replay::new(REPLAY_CAPACITY);
         self.acknowledged = 0;
         self.resend.clear();

@@ -80,15 +80,87 @@ async fn spawn_server(
     listen: &str,
     quic_endpoints: usize,
 ) -> ChildProcess {
-    ChildProcess::spawn(
-        "server",
-        &[
-            ("OPENCALLING_LISTEN", listen.to_owned()),
-            ("OPENCALLING_QUIC_ENDPOINTS", quic_endpoints.to_string()),
-            ("OPENCALLING_DATA_DIR", data_dir.display().to_string()),
-        ],
-    )
-    .await
+    spawn_server_with(data_dir, listen, quic_endpoints, &[]).await
+}
+
+async fn spawn_server_with(
+    data_dir: &std::path::Path,
+    listen: &str,
+    quic_endpoints: usize,
+    more: &[(&str, String)],
+) -> ChildProcess {
+    let mut env = vec![
+        ("OPENCALLING_LISTEN", listen.to_owned()),
+        ("OPENCALLING_QUIC_ENDPOINTS", quic_endpoints.to_string()),
+        ("OPENCALLING_DATA_DIR", data_dir.display().to_string()),
+    ];
+    env.extend(more.iter().cloned());
+    ChildProcess::spawn("server", &env).await
+}
+
+/// Two SDK users of the child server `server` (its READY line: address,
+/// fingerprint, app, key), in a call with each other.
+async fn users_in_a_call(server: &ChildProcess) -> (User, User) {
+    let (addr, fingerprint, app, key) = (
+        server.ready[0].clone(),
+        server.ready[1].parse().unwrap(),
+        server.ready[2].parse::<u32>().unwrap(),
+        server.ready[3].clone(),
+    );
+    let mut options = ClientOptions::development(addr, fingerprint);
+    options.audio = calling_facade::AudioDevices::none();
+    let mut users = Vec::new();
+    for id in ["alice", "bob"] {
+        let calling = TRTCCalling::new(options.clone());
+        let events = calling.events();
+        let sig = usersig::generate(u64::from(app), &key, id, 3_600, now(), None);
+        calling.login(app, id, &sig).await.unwrap();
+        users.push(User {
+            id: uid(id),
+            calling,
+            events,
+        });
+    }
+    let (mut alice, mut bob) = (users.remove(0), users.remove(0));
+    connect(&mut alice, &mut bob).await;
+    (alice, bob)
+}
+
+/// A server killed and not restarted: once the grace it announced has
+/// surely passed (plus the time for it to have noticed the break), the
+/// SDK ends the call by itself, once, and keeps trying to log in.
+#[tokio::test]
+async fn a_server_that_stays_dead_ends_the_call_after_its_grace() {
+    let data_dir = temp_dir("dead-server");
+    let grace = Duration::from_secs(2);
+    let grace_env = ("OPENCALLING_RESUME_GRACE_SECS", grace.as_secs().to_string());
+    let mut server = spawn_server_with(&data_dir, "127.0.0.1:0", 1, &[grace_env]).await;
+    let (mut alice, mut bob) = users_in_a_call(&server).await;
+    server.kill();
+    let killed = Instant::now();
+    let dead_after = calling_facade::ReconnectPolicy::default().dead_after;
+    for user in [&mut alice, &mut bob] {
+        user.expect(&[CallingEvent::Reconnecting]).await;
+        user.expect_end(EndReason::ConnectionLost).await;
+    }
+    let took = killed.elapsed();
+    // Ended by the SDK's own deadline (grace + two liveness periods after
+    // the last word), not by a request timing out a minute later; the
+    // bound leaves a loaded machine a few seconds.
+    let deadline = grace + dead_after * 2;
+    assert!(
+        took >= grace && took < deadline + Duration::from_secs(5),
+        "the call ended {took:?} after the kill; expected within {deadline:?}"
+    );
+    // Still trying: a server back on that address takes their logins.
+    let addr = server.ready[0].clone();
+    let restarted = spawn_server(&data_dir, &addr, 1).await;
+    for user in [&mut alice, &mut bob] {
+        user.expect(&[CallingEvent::Reconnected]).await;
+    }
+    connect(&mut alice, &mut bob).await;
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 #[tokio::test]

@@ -226,3 +226,144 @@ fn a_lost_session_ends_its_call_once_and_logs_in_again() {
         ]
     ));
 }
+
+/// Bob's engine in alice's call 7 (from [`ringing_bob`], accepted).
+fn bob_in_call(now: Instant) -> CallEngine {
+    let mut bob = ringing_bob(now);
+    bob.accept().unwrap();
+    let _ = transmits(&mut bob);
+    bob.handle_message(
+        now,
+        ServerMessage::Ack {
+            request_id: RequestId(2),
+            call_id: Some(CallId(7)),
+        },
+    );
+    let _ = engine_events(&mut bob);
+    assert!(matches!(bob.status(), EngineStatus::InCall { .. }));
+    bob
+}
+
+fn lost_call_7() -> [CallingEvent; 2] {
+    [
+        CallingEvent::CallEnd,
+        CallingEvent::CallEnded {
+            call_id: CallId(7),
+            reason: EndReason::ConnectionLost,
+        },
+    ]
+}
+
+#[test]
+fn a_server_gone_past_the_announced_grace_ends_the_call_here_once() {
+    let now = Instant::now();
+    let mut bob = bob_in_call(now);
+    let timings = ReconnectTimings::DEFAULT;
+    let grace = Duration::from_secs(20);
+    bob.handle_disconnect();
+    assert_eq!(engine_events(&mut bob), [CallingEvent::Reconnecting]);
+    // No connection succeeds (the server is gone): the call is kept while
+    // the server may still hold the session…
+    let expiry = now + grace + timings.dead_after * 2;
+    bob.handle_timeout(expiry - Duration::from_millis(1));
+    assert_eq!(engine_events(&mut bob), []);
+    assert!(matches!(bob.status(), EngineStatus::InCall { .. }));
+    // …and ended once it surely does not.
+    assert_eq!(bob.poll_timeout(), Some(expiry));
+    bob.handle_timeout(expiry);
+    assert_eq!(engine_events(&mut bob), lost_call_7());
+    assert_eq!(bob.status(), EngineStatus::Idle);
+    assert!(bob.wants_connection(), "still trying to log in");
+    bob.handle_timeout(expiry + grace);
+    assert_eq!(engine_events(&mut bob), [], "once");
+    // The next server answers a login, not a resume.
+    bob.handle_connected(expiry + grace);
+    assert!(matches!(
+        transmits(&mut bob)[..],
+        [ClientMessage::Login { .. }]
+    ));
+    bob.handle_message(expiry + grace, login_result(ErrorCode::OK, ""));
+    assert_eq!(engine_events(&mut bob), [CallingEvent::Reconnected]);
+}
+
+#[test]
+fn a_resume_within_the_grace_keeps_the_call_past_the_expiry() {
+    let now = Instant::now();
+    let mut bob = bob_in_call(now);
+    bob.handle_disconnect();
+    bob.handle_connected(now + Duration::from_secs(5));
+    let _ = transmits(&mut bob);
+    bob.handle_message(
+        now + Duration::from_secs(5),
+        ServerMessage::Resumed {
+            token: T2,
+            received: 0,
+        },
+    );
+    assert_eq!(
+        engine_events(&mut bob),
+        [CallingEvent::Reconnecting, CallingEvent::Reconnected]
+    );
+    // The server answers every heartbeat for a minute, past when the
+    // session would have expired without the resume.
+    for second in 6..=60 {
+        let at = now + Duration::from_secs(second);
+        bob.handle_timeout(at);
+        let _ = transmits(&mut bob);
+        bob.handle_message(at, ServerMessage::HeartbeatAck { received: 0 });
+    }
+    assert_eq!(engine_events(&mut bob), []);
+    assert!(matches!(bob.status(), EngineStatus::InCall { .. }));
+}
+
+#[test]
+fn a_server_that_shuts_down_is_a_lost_server_and_the_next_one_logs_in() {
+    let now = Instant::now();
+    let mut bob = bob_in_call(now);
+    bob.handle_message(
+        now,
+        ServerMessage::CallEnded {
+            call_id: CallId(7),
+            reason: EndReason::ServerShutdown,
+        },
+    );
+    bob.handle_message(
+        now,
+        ServerMessage::Error {
+            request_id: None,
+            code: ErrorCode::SERVER_SHUTDOWN,
+            message: "the server is shutting down".into(),
+        },
+    );
+    assert_eq!(
+        engine_events(&mut bob),
+        [
+            CallingEvent::CallEnd,
+            CallingEvent::CallEnded {
+                call_id: CallId(7),
+                reason: EndReason::ServerShutdown,
+            },
+            CallingEvent::Reconnecting,
+        ]
+    );
+    assert!(bob.wants_connection());
+    bob.handle_disconnect();
+    // The old server, still shutting down, refuses: try again.
+    bob.handle_connected(now);
+    assert!(matches!(
+        transmits(&mut bob)[..],
+        [ClientMessage::Login { .. }]
+    ));
+    bob.handle_message(
+        now,
+        login_result(ErrorCode::SERVER_SHUTDOWN, "shutting down"),
+    );
+    assert!(bob.wants_connection());
+    assert_eq!(engine_events(&mut bob), []);
+    // The restarted one takes the login.
+    bob.handle_connected(now);
+    let _ = transmits(&mut bob);
+    bob.handle_message(now, login_result(ErrorCode::OK, ""));
+    assert_eq!(engine_events(&mut bob), [CallingEvent::Reconnected]);
+    assert_eq!(bob.status(), EngineStatus::Idle);
+}
