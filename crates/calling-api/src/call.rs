@@ -61,8 +61,45 @@ impl From<CallType> for u8 {
 /// A call, as numbered by the server that created it.
 ///
 /// Unique per server for its lifetime; never reused while the server runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// On the wire (postcard) a varint; in JSON and other human-readable
+/// formats a decimal string, because call ids exceed 2^53 and a JSON
+/// number that large loses digits in JavaScript and `jq` (a number is
+/// still read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CallId(pub u64);
+
+impl Serialize for CallId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(&self.0)
+        } else {
+            serializer.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CallId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Decimal;
+        impl serde::de::Visitor<'_> for Decimal {
+            type Value = CallId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a call id: a decimal string or an unsigned integer")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<CallId, E> {
+                Ok(CallId(value))
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<CallId, E> {
+                value.parse().map(CallId).map_err(E::custom)
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(Decimal)
+        } else {
+            u64::deserialize(deserializer).map(CallId)
+        }
+    }
+}
 
 impl fmt::Display for CallId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,6 +146,9 @@ pub enum EndReason {
     /// The server's operator ended the call (admin API). Protocol version
     /// 3; an older client is told [`EndReason::Hangup`].
     EndedByOperator,
+    /// The server's operator logged you out (admin API). Protocol version
+    /// 4; an older client is told [`EndReason::Kicked`].
+    LoggedOutByOperator,
 }
 
 impl fmt::Display for EndReason {
@@ -126,6 +166,7 @@ impl fmt::Display for EndReason {
             Self::ServerShutdown => "server shutting down",
             Self::ConnectionLost => "connection lost",
             Self::EndedByOperator => "ended by the operator",
+            Self::LoggedOutByOperator => "logged out by the operator",
         })
     }
 }
@@ -133,6 +174,17 @@ impl fmt::Display for EndReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_ids_are_strings_in_json_and_read_from_either() {
+        let id = CallId(u64::MAX - 1);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", u64::MAX - 1));
+        assert_eq!(serde_json::from_str::<CallId>(&json).unwrap(), id);
+        assert_eq!(serde_json::from_str::<CallId>("7").unwrap(), CallId(7));
+        assert!(serde_json::from_str::<CallId>("\"seven\"").is_err());
+        assert!(serde_json::from_str::<CallId>("-1").is_err());
+    }
 
     #[test]
     fn call_type_numbers_match_the_original() {

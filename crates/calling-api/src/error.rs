@@ -129,6 +129,10 @@ error_codes! {
     /// The server runs in a cluster whose shared store (Redis) it cannot
     /// reach now: calls in progress go on, no new call starts.
     CLUSTER_UNAVAILABLE = 4012, "cluster store unreachable: no new calls for now";
+    /// The server's operator logged this user out (admin API); this
+    /// session is over. Protocol version 4 (older clients get
+    /// `KICKED_OFFLINE`).
+    LOGGED_OUT_BY_OPERATOR = 4013, "logged out by the server's operator";
 
     /// An internal error; the details are in the server's log.
     INTERNAL = 5000, "internal error";

@@ -131,6 +131,13 @@ pub enum CallingEvent {
         /// The member.
         user_id: UserId,
     },
+    /// Extension (caller): that invitee is not logged in. The invitation
+    /// waits for them: it rings if they log in before it times out
+    /// (`onNoResp` otherwise).
+    InviteeOffline {
+        /// The invitee.
+        user_id: UserId,
+    },
 }
 
 /// The two sides of a call's audio.
@@ -174,7 +181,8 @@ impl CallingEvent {
             | Self::Reconnecting
             | Self::Reconnected
             | Self::UserReconnecting { .. }
-            | Self::UserReconnected { .. } => {
+            | Self::UserReconnected { .. }
+            | Self::InviteeOffline { .. } => {
                 return None;
             }
         })
@@ -230,6 +238,7 @@ impl std::fmt::Display for CallingEvent {
             Self::Reconnected => f.write_str("Reconnected"),
             Self::UserReconnecting { user_id } => write!(f, "UserReconnecting({user_id})"),
             Self::UserReconnected { user_id } => write!(f, "UserReconnected({user_id})"),
+            Self::InviteeOffline { user_id } => write!(f, "InviteeOffline({user_id})"),
         }
     }
 }

@@ -98,6 +98,9 @@ pub trait CallingDelegate: Send + Sync + 'static {
     fn on_user_reconnecting(&self, user_id: &UserId) {}
     /// Extension: a member of the call that was reconnecting is back.
     fn on_user_reconnected(&self, user_id: &UserId) {}
+    /// Extension (caller): that invitee is offline; the invitation waits
+    /// for them until it times out.
+    fn on_invitee_offline(&self, user_id: &UserId) {}
 }
 
 struct DelegateListener<D>(D);
@@ -139,6 +142,7 @@ impl<D: CallingDelegate> CallingListener for DelegateListener<D> {
             CallingEvent::Reconnected => delegate.on_reconnected(),
             CallingEvent::UserReconnecting { user_id } => delegate.on_user_reconnecting(user_id),
             CallingEvent::UserReconnected { user_id } => delegate.on_user_reconnected(user_id),
+            CallingEvent::InviteeOffline { user_id } => delegate.on_invitee_offline(user_id),
             // A newer calling-api may add events this delegate predates.
             _ => {}
         }

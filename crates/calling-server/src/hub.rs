@@ -88,7 +88,8 @@ pub enum AdminRequest {
     Sessions,
     /// Every call.
     Calls,
-    /// Log a user out (it gets `KickedOffline`).
+    /// Log a user out (it gets `onError` with `LOGGED_OUT_BY_OPERATOR`;
+    /// an SDK older than protocol version 4, `KickedOffline`).
     Kick(UserId),
     /// End a call for everyone.
     EndCall(CallId),

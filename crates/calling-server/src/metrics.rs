@@ -185,6 +185,7 @@ pub(crate) fn reason_label(reason: EndReason) -> &'static str {
         EndReason::ServerShutdown => "server_shutdown",
         EndReason::ConnectionLost => "connection_lost",
         EndReason::EndedByOperator => "ended_by_operator",
+        EndReason::LoggedOutByOperator => "logged_out_by_operator",
         _ => "other",
     }
 }

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use calling_facade::dev::{DevServer, generate_test_user_sig};
 use calling_facade::{
     AudioDevices, CallType, CallingError, CallingEvent, CaptureDevice, CertFingerprint,
-    ClientOptions, EndReason, EventStream, PlaybackDevice, ServerTrust, Signal, TRTCCalling,
-    list_audio_devices,
+    ClientOptions, EndReason, ErrorCode, EventStream, PlaybackDevice, ServerTrust, Signal,
+    TRTCCalling, list_audio_devices,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -202,9 +202,11 @@ impl From<EndReason> for Outcome {
 }
 
 impl Outcome {
-    /// 0 hung up; 10 rejected, 11 no response, 12 line busy, 13 cancelled,
-    /// 14 timed out, 15 kicked, 16 server shutdown, 17 connection lost,
-    /// 18 answered or rejected elsewhere, 19 ended by the operator; 1 an
+    /// 0 hung up (or stopped by a signal, after hanging up and logging
+    /// out); 10 rejected, 11 no response, 12 line busy, 13 cancelled, 14
+    /// timed out, 15 kicked (logged in elsewhere, or logged out by the
+    /// server's operator), 16 server shutdown, 17 connection lost, 18
+    /// answered or rejected elsewhere, 19 call ended by the operator; 1 an
     /// error; 2 a usage error.
     fn exit_code(self) -> u8 {
         match self {
@@ -214,7 +216,7 @@ impl Outcome {
             Self::Ended(EndReason::LineBusy) => 12,
             Self::Ended(EndReason::Cancelled) => 13,
             Self::Ended(EndReason::TimedOut) => 14,
-            Self::Ended(EndReason::Kicked) => 15,
+            Self::Ended(EndReason::Kicked | EndReason::LoggedOutByOperator) => 15,
             Self::Ended(EndReason::ServerShutdown) => 16,
             Self::Ended(EndReason::ConnectionLost) => 17,
             Self::Ended(EndReason::EndedByOperator) => 19,
@@ -239,12 +241,56 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
     match runtime.block_on(run(cli)) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(message) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": message, "exit_code": 1 })
+                );
+            }
             eprintln!("opencalling: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How a bot's session ended without a call's end, if `event` says so:
+/// kicked (by a login elsewhere or the operator), or the server gone for
+/// good (without reconnection).
+fn session_end(event: &CallingEvent) -> Option<EndReason> {
+    match event {
+        CallingEvent::KickedOffline => Some(EndReason::Kicked),
+        CallingEvent::Error { code, .. } if *code == ErrorCode::LOGGED_OUT_BY_OPERATOR => {
+            Some(EndReason::LoggedOutByOperator)
+        }
+        CallingEvent::Error { code, .. } if *code == ErrorCode::SERVER_SHUTDOWN => {
+            Some(EndReason::ServerShutdown)
+        }
+        _ => None,
+    }
+}
+
+/// Ctrl-C or SIGTERM (a supervisor stopping the bot).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -272,35 +318,56 @@ async fn run(cli: Cli) -> Result<Outcome, String> {
         return outcome.map(|()| Outcome::Done);
     };
     printer.status(&format!("logged in as {user}"));
-    let outcome = match command {
-        Command::Answer {
-            reject_from,
-            reject_all,
-            hang_up_after,
-            calls,
-        } => {
-            let rule = AnswerRule {
+    let bot = async {
+        match command {
+            Command::Answer {
                 reject_from,
                 reject_all,
-                hang_up_after: hang_up_after.map(Duration::from_secs),
-            };
-            answer(&calling, &mut printer, &rule, calls).await
-        }
-        Command::Call {
-            users,
-            hang_up_after,
-            ring,
-        } => {
-            call(
-                &calling,
-                &mut printer,
-                &users,
-                hang_up_after.map(Duration::from_secs),
+                hang_up_after,
+                calls,
+            } => {
+                let rule = AnswerRule {
+                    reject_from,
+                    reject_all,
+                    hang_up_after: hang_up_after.map(Duration::from_secs),
+                };
+                answer(&calling, &mut printer, &rule, calls).await
+            }
+            Command::Call {
+                users,
+                hang_up_after,
                 ring,
-            )
-            .await
+            } => {
+                call(
+                    &calling,
+                    &mut printer,
+                    &users,
+                    hang_up_after.map(Duration::from_secs),
+                    ring,
+                )
+                .await
+            }
+            Command::Devices => Ok(Outcome::Done),
         }
-        Command::Devices => Ok(Outcome::Done),
+    };
+    let outcome = tokio::select! {
+        outcome = bot => outcome,
+        () = stop_signal() => {
+            // Not a crash: the peer hears a hang-up, not a lost connection.
+            printer.status("stopping: hanging up and logging out");
+            if calling.hangup().await.is_ok() {
+                // The call's end is printed, as for any hang-up.
+                let ended = async {
+                    while let Some(event) = printer.next().await {
+                        if matches!(event, CallingEvent::CallEnded { .. }) {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), ended).await;
+            }
+            Ok(Outcome::Done)
+        }
     };
     calling.shutdown().await;
     outcome
@@ -487,13 +554,11 @@ impl Printer {
             tokio::select! {
                 event = self.next() => match event {
                     Some(CallingEvent::CallEnded { reason, .. }) => return Ok(reason),
-                    Some(CallingEvent::KickedOffline) => return Ok(EndReason::Kicked),
-                    Some(CallingEvent::Error { code, msg })
-                        if code == calling_facade::ErrorCode::SERVER_SHUTDOWN =>
-                    {
-                        return Err(format!("{msg} ({})", code.as_i32()));
+                    Some(event) => {
+                        if let Some(reason) = session_end(&event) {
+                            return Ok(reason);
+                        }
                     }
-                    Some(_) => {}
                     None => return Err("the SDK stopped".into()),
                 },
                 () = hang_up => {
@@ -525,6 +590,9 @@ async fn answer(
         let Some(event) = printer.next().await else {
             return Err("the SDK stopped".into());
         };
+        if let Some(reason) = session_end(&event) {
+            return Ok(Outcome::Ended(reason));
+        }
         let CallingEvent::Invited { sponsor, .. } = event else {
             continue;
         };
@@ -582,7 +650,11 @@ async fn call(
                     hang_up_at = hang_up_after.map(|after| tokio::time::Instant::now() + after);
                 }
                 Some(CallingEvent::CallEnded { reason, .. }) => return Ok(reason.into()),
-                Some(_) => {}
+                Some(event) => {
+                    if let Some(reason) = session_end(&event) {
+                        return Ok(Outcome::Ended(reason));
+                    }
+                }
                 None => return Err("the SDK stopped".into()),
             },
             () = hang_up => {

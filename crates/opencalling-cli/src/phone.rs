@@ -118,6 +118,12 @@ impl Phone {
                     member.reconnecting = !back;
                 }
             }
+            CallingEvent::InviteeOffline { user_id } => {
+                self.note(format!(
+                    "{user_id} is offline: it rings if they log in before the invitation times out"
+                ));
+                return false;
+            }
             _ => {}
         }
         self.note(event.to_string());

@@ -372,3 +372,102 @@ async fn bad_input_is_a_one_line_error() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// A bot waiting for calls.
+fn idle_bot(data_dir: &Path, user: &str) -> Child {
+    opencalling(&[
+        "--dev",
+        data_dir.to_str().unwrap(),
+        "--user",
+        user,
+        "--tone",
+        "440",
+        "--json",
+        "answer",
+    ])
+    .spawn()
+    .unwrap()
+}
+
+/// A supervisor can rely on the bots: one the operator logs out exits 15
+/// at once (it used to wait forever), and one stopped with SIGTERM in a
+/// call hangs up first (the peer hears a hang-up, not a lost connection
+/// 20 s later). Call ids in the JSON lines are strings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_leave_when_logged_out_and_hang_up_when_stopped() {
+    let (server, data_dir) = server("bots-leave").await;
+    // Logged out by the operator while idle.
+    let mut kicked = idle_bot(&data_dir, "kicked");
+    let mut lines = JsonLines::of(&mut kicked);
+    lines
+        .until(|line| line["status"] == "waiting for calls")
+        .await;
+    let kick = calling_server::AdminRequest::Kick(calling_facade::UserId::new("kicked").unwrap());
+    assert!(server.admin(kick).await.is_some());
+    lines.rest().await;
+    let (code, stderr) = exit_code(kicked).await;
+    assert_eq!(code, 15, "logged out by the operator: {stderr}");
+    assert!(
+        lines
+            .seen
+            .iter()
+            .any(|line| line["event"]["Error"]["code"] == 4013),
+        "{:?}",
+        lines.seen
+    );
+
+    // Stopped in a call.
+    let mut bot = idle_bot(&data_dir, "bot");
+    let mut lines = JsonLines::of(&mut bot);
+    lines
+        .until(|line| line["status"] == "waiting for calls")
+        .await;
+    let silence = temp_path("silence.wav");
+    let alice = sdk_user(&data_dir, "alice", &fixture("speech-a-16k.wav"), &silence).await;
+    let mut events = alice.events();
+    alice.call("bot", CallType::Audio).await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap() {
+            Some(CallingEvent::UserEnter { .. }) => break,
+            Some(_) => {}
+            None => panic!("alice's events ended"),
+        }
+    }
+    lines.until(|line| line["callback"] == "onUserEnter").await;
+    let pid = bot.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopped = std::time::Instant::now();
+    let reason = loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap() {
+            Some(CallingEvent::CallEnded { reason, .. }) => break reason,
+            Some(_) => {}
+            None => panic!("alice's events ended"),
+        }
+    };
+    assert_eq!(reason, calling_facade::EndReason::Hangup);
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "hung up {:?} after SIGTERM",
+        stopped.elapsed()
+    );
+    lines.rest().await;
+    let (code, stderr) = exit_code(bot).await;
+    assert_eq!(code, 0, "stopped cleanly: {stderr}");
+    let ended = lines
+        .seen
+        .iter()
+        .find(|line| line["event"]["CallEnded"].is_object())
+        .expect("the call's end");
+    assert!(
+        ended["event"]["CallEnded"]["call_id"].is_string(),
+        "a call id is a string: {ended}"
+    );
+    alice.shutdown().await;
+    server.shutdown().await;
+    let _ = std::fs::remove_file(&silence);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

@@ -776,6 +776,8 @@ impl CallEngine {
                 } else if closes_the_session(code) {
                     let reason = if code == ErrorCode::SERVER_SHUTDOWN {
                         EndReason::ServerShutdown
+                    } else if code == ErrorCode::LOGGED_OUT_BY_OPERATOR {
+                        EndReason::LoggedOutByOperator
                     } else {
                         EndReason::ConnectionLost
                     };
@@ -807,6 +809,9 @@ impl CallEngine {
             }
             ServerMessage::LineBusy { call_id, user_id } => {
                 self.on_invitee_answer(call_id, CallingEvent::LineBusy { user_id });
+            }
+            ServerMessage::InviteeOffline { call_id, user_id } => {
+                self.on_invitee_answer(call_id, CallingEvent::InviteeOffline { user_id });
             }
             ServerMessage::Cancelled { call_id } => {
                 self.on_invitation_over(call_id, CallingEvent::CallingCancel)
@@ -1586,5 +1591,7 @@ impl CallEngine {
 /// Errors after which the server closes the connection: the session is over
 /// when they arrive, and the close that follows is expected.
 fn closes_the_session(code: ErrorCode) -> bool {
-    code == ErrorCode::SERVER_SHUTDOWN || code == ErrorCode::PROTOCOL_ERROR
+    code == ErrorCode::SERVER_SHUTDOWN
+        || code == ErrorCode::PROTOCOL_ERROR
+        || code == ErrorCode::LOGGED_OUT_BY_OPERATOR
 }

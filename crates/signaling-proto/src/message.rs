@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this crate speaks: 2 adds session resume
 /// ([`ClientMessage::Resume`], [`ServerMessage::Session`]), heartbeats and
 /// [`ServerMessage::MemberConnection`]; 3 adds the end reason
-/// [`EndReason::EndedByOperator`] (an older session is told `Hangup`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// [`EndReason::EndedByOperator`] (an older session is told `Hangup`); 4
+/// adds [`ServerMessage::InviteeOffline`] and the operator's logout of a
+/// user as its own notice (`Error` with `LOGGED_OUT_BY_OPERATOR` and the
+/// end reason [`EndReason::LoggedOutByOperator`]; an older session is
+/// told `Kicked`, as for a login elsewhere).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest protocol version a server still serves: a version-1 session
 /// gets none of version 2's messages and cannot be resumed.
@@ -391,6 +395,15 @@ pub enum ServerMessage {
         /// Whether its connection is up.
         connected: bool,
     },
+    /// Version 4, to the inviter: that invitee is not logged in. The
+    /// invitation waits for them and rings if they log in before it times
+    /// out (then `NoResponse`). Numbered.
+    InviteeOffline {
+        /// The call.
+        call_id: CallId,
+        /// The invitee.
+        user_id: UserId,
+    },
 }
 
 impl ServerMessage {
@@ -420,6 +433,7 @@ impl ServerMessage {
             | Self::UserLeft { call_id, .. }
             | Self::AudioAvailability { call_id, .. }
             | Self::MemberConnection { call_id, .. }
+            | Self::InviteeOffline { call_id, .. }
             | Self::CallEnded { call_id, .. } => Some(*call_id),
             Self::Ack { call_id, .. } => *call_id,
             Self::LoginResult { .. }

@@ -534,6 +534,10 @@ on_one_server_and_on_three_nodes! {
     async fn an_offline_user_rings_until_it_logs_in_and_answers(server) {
         let mut alice = server.user("alice").await;
         alice.calling.call("bob", CallType::Audio).await.unwrap();
+        // Alice hears at once that bob is offline and the call waits.
+        alice
+            .expect(&[CallingEvent::InviteeOffline { user_id: uid("bob") }])
+            .await;
         // Bob's phone wakes (a push, in production) and his app logs in.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut bob = server.user("bob").await;

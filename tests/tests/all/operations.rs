@@ -198,7 +198,7 @@ async fn play_scripted_calls(server: &TestServer) -> [User; 3] {
         .call_with("dave", CallType::Audio, short)
         .await
         .unwrap();
-    alice.expect_no_response("dave").await;
+    alice.expect_offline_then_no_response("dave").await;
     // Cancelled by the caller.
     alice.calling.call("bob", CallType::Audio).await.unwrap();
     bob.expect(&[invited("alice", &[])]).await;
@@ -356,14 +356,12 @@ async fn health_admin_and_drain() {
         http(addr, "POST", "/admin/users/carol/kick", token).await.0,
         200
     );
+    // Told it was the operator, not a login elsewhere.
     carol
-        .expect(&[
-            CallingEvent::Error {
-                code: ErrorCode::KICKED_OFFLINE,
-                msg: ErrorCode::KICKED_OFFLINE.message().into(),
-            },
-            CallingEvent::KickedOffline,
-        ])
+        .expect(&[CallingEvent::Error {
+            code: ErrorCode::LOGGED_OUT_BY_OPERATOR,
+            msg: ErrorCode::LOGGED_OUT_BY_OPERATOR.message().into(),
+        }])
         .await;
     assert_eq!(
         http(addr, "POST", "/admin/users/carol/kick", token).await.0,
@@ -496,6 +494,11 @@ async fn an_offline_invitation_fires_a_webhook_for_the_push_and_one_to_withdraw_
     assert_eq!(push["invitee"], "bob");
     assert_eq!(push["inviter"], "alice");
     assert!(push["expires_at_ms"].as_u64().unwrap() > push["timestamp_ms"].as_u64().unwrap());
+    alice
+        .expect(&[CallingEvent::InviteeOffline {
+            user_id: uid("bob"),
+        }])
+        .await;
     alice.calling.hangup().await.unwrap();
     alice.expect_end(EndReason::Cancelled).await;
     assert_eq!(next_delivery(&mut deliveries).await.kind(), "member.left");
@@ -547,7 +550,7 @@ async fn call_records_match_the_calls_and_follow_a_rotation() {
         .call_with("carol", CallType::Audio, short)
         .await
         .unwrap();
-    alice.expect_no_response("carol").await;
+    alice.expect_offline_then_no_response("carol").await;
     let fresh = wait_for_lines(&path, 1).await;
     let record: serde_json::Value = serde_json::from_str(&fresh[0]).unwrap();
     assert_eq!(record["outcome"], "not_connected");

@@ -174,6 +174,13 @@ impl User {
     }
 
     /// Asserts `onNoResp(who)`, then `onCallEnd` for no response.
+    /// `who` is offline (told at once), then the invitation times out.
+    pub async fn expect_offline_then_no_response(&mut self, who: &str) {
+        self.expect(&[CallingEvent::InviteeOffline { user_id: uid(who) }])
+            .await;
+        self.expect_no_response(who).await;
+    }
+
     pub async fn expect_no_response(&mut self, who: &str) {
         self.expect(&[CallingEvent::NoResp { user_id: uid(who) }])
             .await;

@@ -57,8 +57,8 @@ impl Switchboard {
         let Some(conn) = self.conn_of(user) else {
             return false;
         };
-        debug!(%user, ?conn, "kicked by the operator");
-        self.kick_session(conn);
+        debug!(%user, ?conn, "logged out by the operator");
+        self.kick_session(conn, Departure::LoggedOutByOperator);
         self.finish_input();
         true
     }
@@ -262,9 +262,10 @@ impl Switchboard {
             self.invitation_over(&invitation.inviter);
             let outcome = match departure {
                 Departure::Hangup => InvitationOutcome::Rejected,
-                Departure::Logout | Departure::Kicked | Departure::ConnectionLost => {
-                    InvitationOutcome::NoResponse
-                }
+                Departure::Logout
+                | Departure::Kicked
+                | Departure::LoggedOutByOperator
+                | Departure::ConnectionLost => InvitationOutcome::NoResponse,
             };
             self.event(CallEvent::InvitationEnded {
                 call_id,
@@ -304,10 +305,16 @@ impl Switchboard {
             Departure::Hangup | Departure::Logout if nobody_entered => Some(EndReason::Cancelled),
             Departure::Hangup | Departure::Logout => Some(EndReason::Hangup),
             Departure::Kicked => Some(EndReason::Kicked),
+            Departure::LoggedOutByOperator => Some(EndReason::LoggedOutByOperator),
             Departure::ConnectionLost => None,
         };
         let others: Vec<UserId> = call.members.keys().cloned().collect();
         if let Some(reason) = own_reason {
+            let version = self
+                .sessions
+                .get(&conn)
+                .map_or(PROTOCOL_VERSION, |session| session.protocol_version);
+            let reason = reason_for(version, reason);
             self.send(conn, ServerMessage::CallEnded { call_id, reason });
         }
         let reason_for_the_last = if departure == Departure::ConnectionLost {
@@ -352,12 +359,7 @@ impl Switchboard {
             let told = match session {
                 Some(session) => {
                     session.call = None;
-                    // Older clients cannot read the reasons added since.
-                    if reason == EndReason::EndedByOperator && session.protocol_version < 3 {
-                        EndReason::Hangup
-                    } else {
-                        reason
-                    }
+                    reason_for(session.protocol_version, reason)
                 }
                 None => reason,
             };

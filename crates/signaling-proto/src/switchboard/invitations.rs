@@ -210,6 +210,7 @@ impl Switchboard {
         } = ringing;
         let deadline = now + timeout;
         let mut rung = Vec::new();
+        let mut waiting = Vec::new();
         let mut unreachable = Vec::new();
         let mut any_busy = false;
         for user in invitees {
@@ -276,13 +277,27 @@ impl Switchboard {
                 offline,
             });
             // An offline invitee is told when it logs in.
-            if !offline {
+            if offline {
+                waiting.push(user);
+            } else {
                 rung.push(user);
             }
         }
         self.send_invitations(call_id, &inviter, rung, timeout, user_data.as_ref());
         for message in unreachable {
             self.send(inviter_conn, message);
+        }
+        let inviter_version = self
+            .sessions
+            .get(&inviter_conn)
+            .map_or(0, |session| session.protocol_version);
+        if inviter_version >= 4 {
+            for user_id in waiting {
+                self.send(
+                    inviter_conn,
+                    ServerMessage::InviteeOffline { call_id, user_id },
+                );
+            }
         }
         let reason = if any_busy {
             EndReason::LineBusy

@@ -321,10 +321,22 @@ enum Departure {
     Hangup,
     /// logout(): as a hangup, but a ringing invitation was never answered.
     Logout,
-    /// A second login, or the operator, took over: the session is told why.
+    /// A second login took over: the session is told why.
     Kicked,
+    /// The operator logged the user out: the session is told why.
+    LoggedOutByOperator,
     /// The connection is gone: nothing can be told.
     ConnectionLost,
+}
+
+/// `reason` as a session speaking `protocol_version` can read it: the
+/// reasons added since its version become the older ones they refine.
+fn reason_for(protocol_version: u16, reason: EndReason) -> EndReason {
+    match reason {
+        EndReason::EndedByOperator if protocol_version < 3 => EndReason::Hangup,
+        EndReason::LoggedOutByOperator if protocol_version < 4 => EndReason::Kicked,
+        reason => reason,
+    }
 }
 
 /// A broken invariant: a bug here, never a reaction to input (see the

@@ -24,7 +24,7 @@ impl Switchboard {
                 continue;
             }
             if let Some(old) = self.presence.replaced_by_login(&restored.user) {
-                self.kick_session(old);
+                self.kick_session(old, Departure::Kicked);
             }
             if let Some(call) = &restored.call {
                 let entry = calls

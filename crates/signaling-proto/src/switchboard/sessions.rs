@@ -32,7 +32,7 @@ impl Switchboard {
         }
         if let Some(old) = self.presence.replaced_by_login(&user) {
             debug!(%user, ?old, new = ?conn, "second login kicks the first session");
-            self.kick_session(old);
+            self.kick_session(old, Departure::Kicked);
         }
         self.presence.sign_in(user.clone(), conn);
         let per_minute = f64::from(self.config.invitations_per_minute);
@@ -63,13 +63,28 @@ impl Switchboard {
 
     /// Ends the session on `conn` as kicked: its calls end as a leave, it
     /// gets [`ServerMessage::Kicked`] and is closed.
-    pub(super) fn kick_session(&mut self, conn: ConnId) {
-        self.end_session(conn, Departure::Kicked);
-        self.send(conn, ServerMessage::Kicked);
-        self.outputs.push_back(Output::Close {
-            conn,
-            code: ErrorCode::KICKED_OFFLINE,
-        });
+    pub(super) fn kick_session(&mut self, conn: ConnId, departure: Departure) {
+        let version = self
+            .sessions
+            .get(&conn)
+            .map_or(PROTOCOL_VERSION, |session| session.protocol_version);
+        self.end_session(conn, departure);
+        let code = if departure == Departure::LoggedOutByOperator && version >= 4 {
+            let code = ErrorCode::LOGGED_OUT_BY_OPERATOR;
+            self.send(
+                conn,
+                ServerMessage::Error {
+                    request_id: None,
+                    code,
+                    message: code.message().to_owned(),
+                },
+            );
+            code
+        } else {
+            self.send(conn, ServerMessage::Kicked);
+            ErrorCode::KICKED_OFFLINE
+        };
+        self.outputs.push_back(Output::Close { conn, code });
     }
 
     /// An invitation that rang `conn`'s user while it was offline rings

@@ -126,8 +126,10 @@ fn an_offline_invitee_who_logs_in_in_time_rings_and_can_accept() {
     let call_id = dial(&mut sim, "alice", "bob");
     assert_eq!(
         events(&mut sim, "alice"),
-        [],
-        "no answer while bob may come"
+        [CallingEvent::InviteeOffline {
+            user_id: user("bob")
+        }],
+        "told bob is offline, and no answer while bob may come"
     );
     assert!(matches!(
         sim.call_events().last(),
@@ -160,9 +162,14 @@ fn a_waiting_invitation_keeps_its_deadline() {
     // 30 s from the invite, not from the login.
     sim.advance(6 * SECOND);
     assert_eq!(events(&mut sim, "bob"), [CallingEvent::CallingTimeOut]);
-    let mut expected = vec![CallingEvent::NoResp {
-        user_id: user("bob"),
-    }];
+    let mut expected = vec![
+        CallingEvent::InviteeOffline {
+            user_id: user("bob"),
+        },
+        CallingEvent::NoResp {
+            user_id: user("bob"),
+        },
+    ];
     expected.extend(call_end(call, EndReason::NoResponse));
     assert_eq!(events(&mut sim, "alice"), expected);
     assert_consistent(&sim);
@@ -277,8 +284,13 @@ fn the_operator_kicks_a_user_out_of_its_call() {
     let call = connect(&mut sim, "alice", "bob");
     assert!(sim.operate(|switchboard, now| switchboard.kick(now, &user("bob"))));
     sim.settle();
-    let bob = events(&mut sim, "bob");
-    assert_eq!(bob.last(), Some(&CallingEvent::KickedOffline), "{bob:?}");
+    // Told it was the operator, not a login elsewhere.
+    let mut bob_expected = call_end(call, EndReason::LoggedOutByOperator).to_vec();
+    bob_expected.push(CallingEvent::Error {
+        code: ErrorCode::LOGGED_OUT_BY_OPERATOR,
+        msg: ErrorCode::LOGGED_OUT_BY_OPERATOR.message().into(),
+    });
+    assert_eq!(events(&mut sim, "bob"), bob_expected);
     let mut expected = vec![CallingEvent::UserLeave {
         user_id: user("bob"),
     }];
@@ -363,4 +375,128 @@ fn a_client_older_than_version_3_hears_hangup_for_an_operator_end() {
         told,
         [(old, EndReason::Hangup), (new, EndReason::EndedByOperator)]
     );
+}
+
+/// What the operator's logout sends a session of `version`: its call's end
+/// reason, the notice, and the close code.
+fn operator_logout_as_seen_by(version: u16) -> (Vec<signaling_proto::ServerMessage>, ErrorCode) {
+    use signaling_proto::{ConnId, Output, ServerMessage, Switchboard};
+    let now = Instant::now();
+    let mut switchboard = Switchboard::new(SwitchboardConfig::default());
+    let (alice, bob) = (ConnId(1), ConnId(2));
+    switchboard.handle_login(now, alice, user("alice"), PROTOCOL_VERSION);
+    switchboard.handle_login(now, bob, user("bob"), version);
+    switchboard.handle_message(
+        now,
+        alice,
+        ClientMessage::Invite {
+            request_id: RequestId(1),
+            call_id: None,
+            user_ids: vec![user("bob")],
+            call_type: CallType::Audio,
+            timeout_ms: None,
+            user_data: None,
+        },
+    );
+    let call_id = switchboard.call_summaries()[0].call_id;
+    switchboard.handle_message(
+        now,
+        bob,
+        ClientMessage::Accept {
+            request_id: RequestId(1),
+            call_id,
+        },
+    );
+    while switchboard.poll_output().is_some() {}
+    assert!(switchboard.kick(now, &user("bob")));
+    let mut told = Vec::new();
+    let mut closed = None;
+    while let Some(output) = switchboard.poll_output() {
+        match output {
+            Output::Send { conn, message } if conn == bob => match message {
+                message @ (ServerMessage::CallEnded { .. }
+                | ServerMessage::Error { .. }
+                | ServerMessage::Kicked) => told.push(message),
+                _ => {}
+            },
+            Output::Close { conn, code } if conn == bob => closed = Some(code),
+            _ => {}
+        }
+    }
+    (told, closed.expect("the kicked session is closed"))
+}
+
+#[test]
+fn the_operators_logout_has_its_own_reason_and_older_clients_hear_kicked() {
+    use signaling_proto::ServerMessage;
+    let (told, closed) = operator_logout_as_seen_by(PROTOCOL_VERSION);
+    assert!(
+        matches!(
+            told[..],
+            [
+                ServerMessage::CallEnded {
+                    reason: EndReason::LoggedOutByOperator,
+                    ..
+                },
+                ServerMessage::Error {
+                    request_id: None,
+                    code: ErrorCode::LOGGED_OUT_BY_OPERATOR,
+                    ..
+                }
+            ]
+        ),
+        "{told:?}"
+    );
+    assert_eq!(closed, ErrorCode::LOGGED_OUT_BY_OPERATOR);
+    let (told, closed) = operator_logout_as_seen_by(3);
+    assert!(
+        matches!(
+            told[..],
+            [
+                ServerMessage::CallEnded {
+                    reason: EndReason::Kicked,
+                    ..
+                },
+                ServerMessage::Kicked
+            ]
+        ),
+        "{told:?}"
+    );
+    assert_eq!(closed, ErrorCode::KICKED_OFFLINE);
+}
+
+#[test]
+fn a_client_older_than_version_4_is_not_told_an_invitee_is_offline() {
+    use signaling_proto::{ConnId, Output, ServerMessage, Switchboard};
+    let now = Instant::now();
+    let mut switchboard = Switchboard::new(SwitchboardConfig::default());
+    let (old, new) = (ConnId(1), ConnId(2));
+    switchboard.handle_login(now, old, user("alice"), 3);
+    switchboard.handle_login(now, new, user("bob"), PROTOCOL_VERSION);
+    // Two absent users: one with a waiting invitation would be busy.
+    for (conn, absent) in [(old, "carol"), (new, "dave")] {
+        switchboard.handle_message(
+            now,
+            conn,
+            ClientMessage::Invite {
+                request_id: RequestId(1),
+                call_id: None,
+                user_ids: vec![user(absent)],
+                call_type: CallType::Audio,
+                timeout_ms: None,
+                user_data: None,
+            },
+        );
+    }
+    let mut told = Vec::new();
+    while let Some(output) = switchboard.poll_output() {
+        if let Output::Send {
+            conn,
+            message: ServerMessage::InviteeOffline { user_id, .. },
+        } = output
+        {
+            told.push((conn, user_id));
+        }
+    }
+    assert_eq!(told, [(new, user("dave"))]);
 }
