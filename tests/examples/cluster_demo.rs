@@ -123,6 +123,8 @@ impl User {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
+        // Colours only for a person at a terminal, never in files or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )

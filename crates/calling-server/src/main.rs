@@ -52,7 +52,7 @@ enum Command {
         #[arg(long = "app", value_name = "ID")]
         app: Option<u32>,
         #[command(flatten)]
-        configured: Configured,
+        apps: AppSource,
     },
     /// Exit 0 when a running server's HTTP listener answers 200 at URL
     /// (a container's health check); 1 otherwise, saying why.
@@ -61,6 +61,50 @@ enum Command {
         #[arg(default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
     },
+}
+
+/// Where `usersig` finds the apps: the settings that name them, and no
+/// other (its help lists only these).
+#[derive(Debug, Clone, clap::Args)]
+struct AppSource {
+    /// TOML configuration file (its apps and data directory)
+    #[arg(long = "config", env = "OPENCALLING_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Where the development app is kept [default: ./opencalling-data]
+    #[arg(long, env = "OPENCALLING_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// An app's sdkAppId (with --secret-key)
+    #[arg(
+        long,
+        env = "OPENCALLING_SDK_APP_ID",
+        value_name = "ID",
+        requires = "secret_key"
+    )]
+    sdk_app_id: Option<u32>,
+    /// That app's secret key
+    #[arg(
+        long,
+        env = "OPENCALLING_SECRET_KEY",
+        value_name = "KEY",
+        hide_env_values = true,
+        requires = "sdk_app_id"
+    )]
+    secret_key: Option<String>,
+}
+
+impl From<AppSource> for Configured {
+    fn from(source: AppSource) -> Self {
+        let settings = Settings {
+            data_dir: source.data_dir,
+            sdk_app_id: source.sdk_app_id,
+            secret_key: source.secret_key,
+            ..Settings::default()
+        };
+        Self {
+            config: source.config,
+            settings,
+        }
+    }
 }
 
 /// The settings, and the file they may come from.
@@ -96,8 +140,8 @@ fn main() -> ExitCode {
             user,
             expire,
             app,
-            configured,
-        }) => issue_usersig(&user, expire, app, configured),
+            apps,
+        }) => issue_usersig(&user, expire, app, apps.into()),
         Some(Command::Probe { url }) => probe(&url),
     };
     match outcome {
@@ -114,6 +158,8 @@ fn serve(configured: Configured) -> Result<(), String> {
     let config_data_dir = config.data_dir.clone();
     let in_cluster = config.cluster.is_some();
     tracing_subscriber::fmt()
+        // Colours only for a person at a terminal, never in files or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -161,6 +161,27 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, &json!({ "error": message }))
 }
 
+/// The endpoint exists, for another method: 405 and what it allows.
+fn wrong_method(allowed: &Method) -> Response<Full<Bytes>> {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("this endpoint takes {allowed}"),
+    );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(allowed.as_str()) {
+        response.headers_mut().insert(hyper::header::ALLOW, value);
+    }
+    response
+}
+
+/// The method an admin endpoint takes; `None` for no such endpoint.
+fn admin_method(segments: &[&str]) -> Option<Method> {
+    match segments {
+        ["users"] | ["calls"] => Some(Method::GET),
+        ["users", _, "kick"] | ["calls", _, "end"] | ["drain"] => Some(Method::POST),
+        _ => None,
+    }
+}
+
 async fn handle(
     state: &OpsState,
     request: Request<Incoming>,
@@ -202,6 +223,7 @@ async fn handle(
                 "metrics could not be encoded",
             ),
         },
+        (_, "/healthz" | "/readyz" | "/metrics") => wrong_method(&Method::GET),
         (_, admin) if admin.starts_with("/admin/") => {
             let Some(token) = &state.admin_token else {
                 return error(
@@ -237,6 +259,11 @@ fn authorized(request: &Request<Incoming>, token: &SecretKey) -> bool {
 
 async fn admin_request(state: &OpsState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+    match admin_method(&segments) {
+        None => return error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        Some(allowed) if allowed != *method => return wrong_method(&allowed),
+        Some(_) => {}
+    }
     let request = match (method, segments.as_slice()) {
         (&Method::GET, ["users"]) => AdminRequest::Sessions,
         (&Method::GET, ["calls"]) => AdminRequest::Calls,

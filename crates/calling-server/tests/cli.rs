@@ -76,6 +76,34 @@ fn help_lists_every_setting_with_its_variable() {
     }
 }
 
+/// `usersig --help` lists what finds an app, not the server's forty
+/// settings.
+#[test]
+fn usersig_help_lists_only_its_own_flags() {
+    let output = server().args(["usersig", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--user",
+        "--expire",
+        "--app",
+        "--config",
+        "--data-dir",
+        "--secret-key",
+    ] {
+        assert!(
+            help.contains(needle),
+            "usersig help lacks {needle}:\n{help}"
+        );
+    }
+    for stranger in ["--listen", "--invite-timeout", "--redis", "--admin-token"] {
+        assert!(
+            !help.contains(stranger),
+            "usersig help lists {stranger}:\n{help}"
+        );
+    }
+}
+
 #[test]
 fn usersig_signs_only_for_a_development_app_a_server_made() {
     let dir = temp_dir("usersig");
@@ -138,9 +166,16 @@ fn probe_follows_health_and_a_drained_server_exits_by_itself() {
         .arg(&dir)
         .args(["--http-listen", &http.to_string(), "--admin-token", "t0ken"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The log, read as it comes so that the pipe never fills.
+    let mut log = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = log.read_to_string(&mut text);
+        text
+    });
     let healthz = format!("http://{http}/healthz");
     let started = Instant::now();
     while !probe(&healthz).status.success() {
@@ -179,5 +214,9 @@ fn probe_follows_health_and_a_drained_server_exits_by_itself() {
         !probe(&healthz).status.success(),
         "nothing answers any more"
     );
+    // Logged to a pipe, as to a file or journald: no colour codes.
+    let log = log.join().unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log: {log:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -327,6 +327,16 @@ async fn health_admin_and_drain() {
         401
     );
     let token = Some(ADMIN_TOKEN);
+    // A wrong method is 405, not a missing endpoint; a missing one is 404.
+    assert_eq!(http(addr, "POST", "/admin/users", token).await.0, 405);
+    assert_eq!(http(addr, "GET", "/admin/drain", token).await.0, 405);
+    assert_eq!(
+        http(addr, "GET", "/admin/users/bob/kick", token).await.0,
+        405
+    );
+    assert_eq!(http(addr, "POST", "/healthz", None).await.0, 405);
+    assert_eq!(http(addr, "GET", "/admin/nothing", token).await.0, 404);
+    assert_eq!(http(addr, "GET", "/nothing", None).await.0, 404);
     let (status, users) = http(addr, "GET", "/admin/users", token).await;
     assert_eq!(status, 200);
     let users: serde_json::Value = serde_json::from_str(&users).unwrap();
