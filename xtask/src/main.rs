@@ -7,6 +7,7 @@
 //! - `fuzz`: the stable-Rust fuzzing harness (`crates/calling-fuzz`) for
 //!   longer than `ci` runs it.
 //! - `map`: the crates and modules and their edges, checked for circles.
+//! - `run`: `cargo run` on a fresh machine (the README's recipes).
 //!
 //! It installs what a fresh machine lacks (cargo-deny; cmake for libopus's
 //! build, from PyPI into a venv under `target/`), and never touches anything
@@ -36,6 +37,9 @@ commands:
   fuzz    the fuzzing harness for longer: fuzz [SECONDS] [SEED] (default 300 s)
   map     the crates and what each depends on, the modules of each crate and
           which uses which; fails on a circle (tests/tests/all/map.rs)
+  run     `cargo run` with the tools the build needs (cmake for libopus) found
+          or installed first: run --release -p opencalling-cli -- --dev DIR …;
+          exits with the program's own code
   help    this text
 ";
 
@@ -43,6 +47,9 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("run") {
+        return run(&args[1..]);
+    }
     let outcome = match args.first().map(String::as_str) {
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
@@ -214,6 +221,28 @@ fn fuzz(args: &[String]) -> Result {
         command.args(["--seed", seed]);
     }
     step("fuzz", &mut command)
+}
+
+/// `cargo run ARGS` with the build's tools, exiting with the program's code
+/// (a bot's exit code says how its call ended).
+fn run(args: &[String]) -> ExitCode {
+    let tools = match Tools::provision() {
+        Ok(tools) => tools,
+        Err(message) => {
+            eprintln!("xtask run: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tools.apply(&mut cargo()).arg("run").args(args).status() {
+        Ok(status) => status
+            .code()
+            .and_then(|code| u8::try_from(code).ok())
+            .map_or(ExitCode::FAILURE, ExitCode::from),
+        Err(error) => {
+            eprintln!("xtask run: cannot start cargo: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn demo(args: &[String]) -> Result {
