@@ -143,6 +143,46 @@ fn too_slow(addr: SocketAddr, timeout: Duration) -> CallingError {
     )
 }
 
+/// What a refused certificate means for `trust`, for a person to act on.
+fn untrusted(trust: &ServerTrust) -> String {
+    match trust {
+        ServerTrust::Fingerprint(fingerprint) => format!(
+            "the server's certificate is not the trusted one (SHA-256 {fingerprint}): \
+             another server answered, or its certificate changed (a new data directory); \
+             trust the fingerprint it prints when it starts"
+        ),
+        ServerTrust::CaFile(path) => format!(
+            "the server's certificate is not signed by the CA in {}",
+            path.display()
+        ),
+        ServerTrust::SystemRoots => "the server's certificate is not signed by an authority \
+             this system trusts; a development server's self-signed certificate is trusted \
+             by its fingerprint, which it prints when it starts"
+            .to_owned(),
+        // A trust mode added later is described by the TLS error alone.
+        _ => "the server's certificate is not trusted".to_owned(),
+    }
+}
+
+/// Why connecting to `addr` (`over`: the transport, for a person) failed.
+fn refused(
+    addr: SocketAddr,
+    over: &str,
+    code: ErrorCode,
+    why: &dyn std::fmt::Display,
+    trust: &ServerTrust,
+) -> CallingError {
+    let desc = if code == ErrorCode::CERTIFICATE_UNTRUSTED {
+        format!(
+            "cannot connect to {addr}{over}: {} ({why})",
+            untrusted(trust)
+        )
+    } else {
+        format!("cannot connect to {addr}{over}: {why}")
+    };
+    CallingError::with_desc(code, desc)
+}
+
 /// What a connector needs to know, cloned into every attempt.
 #[derive(Debug, Clone)]
 struct Target {
@@ -163,12 +203,7 @@ impl Target {
         let connection = tokio::time::timeout(self.timeout, connecting)
             .await
             .map_err(|_| too_slow(addr, self.timeout))?
-            .map_err(|error| {
-                CallingError::with_desc(
-                    error.connect_code(),
-                    format!("cannot connect to {addr}: {error}"),
-                )
-            })?;
+            .map_err(|error| refused(addr, "", error.connect_code(), &error, &self.trust))?;
         let (link, endpoint) = connection.into_link();
         let rebind = move || {
             let bind: SocketAddr = if addr.is_ipv6() {
@@ -201,10 +236,7 @@ impl Target {
             .await
             .map_err(|_| too_slow(addr, self.timeout))?
             .map_err(|error| {
-                CallingError::with_desc(
-                    error.connect_code(),
-                    format!("cannot connect to {addr} over TCP: {error}"),
-                )
+                refused(addr, " over TCP", error.connect_code(), &error, &self.trust)
             })?;
         // TCP cannot migrate: a new network takes a new connection.
         let rebind = || Err(std::io::Error::other("a TCP connection cannot move"));
@@ -257,13 +289,22 @@ impl Target {
                 }
             }
             if let (Some(quic), Some(fallback)) = (&quic_failed, &fallback_failed) {
-                // The more telling of the two: "unreachable" says least.
-                let error = if quic.code == ErrorCode::SERVER_UNREACHABLE {
-                    fallback
-                } else {
-                    quic
-                };
-                return Err(error.clone());
+                let unreachable = ErrorCode::SERVER_UNREACHABLE;
+                return Err(
+                    match (quic.code == unreachable, fallback.code == unreachable) {
+                        // Neither got anywhere: say what each tried.
+                        (true, true) => CallingError::with_desc(
+                            unreachable,
+                            format!(
+                                "QUIC (UDP): {}; fallback (TCP): {}",
+                                quic.desc, fallback.desc
+                            ),
+                        ),
+                        // The more telling of the two: "unreachable" says least.
+                        (true, false) => fallback.clone(),
+                        (false, _) => quic.clone(),
+                    },
+                );
             }
         }
     }

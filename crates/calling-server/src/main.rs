@@ -38,7 +38,7 @@ enum Command {
     /// Run the server (the default); Ctrl-C or SIGTERM stops it gracefully, SIGHUP
     /// reopens the call records file, and it exits by itself once a drain
     /// (admin API) is over.
-    Serve(Configured),
+    Serve(Box<Configured>),
     /// Print a UserSig for a user, signed with an app's key (by default the
     /// first configured app, or the development app).
     Usersig {
@@ -135,7 +135,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         None => serve(cli.serve),
-        Some(Command::Serve(configured)) => serve(configured),
+        Some(Command::Serve(configured)) => serve(*configured),
         Some(Command::Usersig {
             user,
             expire,

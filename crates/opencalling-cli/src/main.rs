@@ -376,7 +376,12 @@ async fn run(cli: Cli) -> Result<Outcome, String> {
 }
 
 fn describe(error: &CallingError) -> String {
-    format!("{} ({})", error.desc, error.code.as_i32())
+    let hint = if error.code == ErrorCode::CERTIFICATE_UNTRUSTED {
+        " — give the server's fingerprint with --fingerprint, or its data directory with --dev"
+    } else {
+        ""
+    };
+    format!("{} ({}){hint}", error.desc, error.code.as_i32())
 }
 
 fn devices() -> Result<Outcome, String> {

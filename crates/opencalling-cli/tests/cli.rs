@@ -286,7 +286,7 @@ async fn bad_input_is_a_one_line_error() {
     let stranger = "00".repeat(32);
     let bad_config = temp_path("bad.toml");
     std::fs::write(&bad_config, "usr = \"a\"\n").unwrap();
-    let cases: [(&str, Vec<&str>, &str); 6] = [
+    let cases: [(&str, Vec<&str>, &str); 7] = [
         (
             "unreachable server",
             vec![
@@ -305,7 +305,7 @@ async fn bad_input_is_a_one_line_error() {
                 "call",
                 "b",
             ],
-            "cannot log in",
+            "QUIC (UDP): no server answered",
         ),
         (
             "wrong fingerprint",
@@ -321,7 +321,23 @@ async fn bad_input_is_a_one_line_error() {
                 "call",
                 "b",
             ],
-            "certificate",
+            "not the trusted one",
+        ),
+        (
+            "no fingerprint",
+            vec![
+                "--server",
+                &address,
+                "--app",
+                "1",
+                "--usersig",
+                "x",
+                "--user",
+                "a",
+                "call",
+                "b",
+            ],
+            "not signed by an authority",
         ),
         (
             "bad UserSig",
@@ -367,6 +383,14 @@ async fn bad_input_is_a_one_line_error() {
         assert_eq!(code, 1, "{what}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: {stderr}");
         assert!(stderr.contains(says), "{what}: {stderr}");
+        match what {
+            // Both transports are named, not just the fallback's refusal.
+            "unreachable server" => assert!(stderr.contains("fallback (TCP)"), "{stderr}"),
+            "wrong fingerprint" | "no fingerprint" => {
+                assert!(stderr.contains("--fingerprint"), "{stderr}");
+            }
+            _ => {}
+        }
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
     }
     server.shutdown().await;

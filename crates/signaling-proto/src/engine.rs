@@ -765,28 +765,7 @@ impl CallEngine {
                 request_id: None,
                 code,
                 message,
-            } => {
-                if code == ErrorCode::SERVER_SHUTDOWN && self.survives_shutdown() {
-                    // A restart or a rolling upgrade: the server's sessions
-                    // and calls end, as after losing the server, and the
-                    // next connection logs in again.
-                    debug!("the server shuts down: logging in again");
-                    self.connection_broke();
-                    self.lose_session(EndReason::ServerShutdown);
-                } else if closes_the_session(code) {
-                    let reason = if code == ErrorCode::SERVER_SHUTDOWN {
-                        EndReason::ServerShutdown
-                    } else if code == ErrorCode::LOGGED_OUT_BY_OPERATOR {
-                        EndReason::LoggedOutByOperator
-                    } else {
-                        EndReason::ConnectionLost
-                    };
-                    self.end_session(code, message, reason);
-                } else {
-                    self.events
-                        .push_back(CallingEvent::Error { code, msg: message });
-                }
-            }
+            } => self.on_notice(code, message),
             ServerMessage::Invited {
                 call_id,
                 sponsor,
@@ -840,6 +819,30 @@ impl CallEngine {
             ServerMessage::Pong { .. } => {}
         }
         self.debug_check();
+    }
+
+    /// An `Error` without a request: a notice, or the session's end.
+    fn on_notice(&mut self, code: ErrorCode, message: String) {
+        if code == ErrorCode::SERVER_SHUTDOWN && self.survives_shutdown() {
+            // A restart or a rolling upgrade: the server's sessions and
+            // calls end, as after losing the server, and the next
+            // connection logs in again.
+            debug!("the server shuts down: logging in again");
+            self.connection_broke();
+            self.lose_session(EndReason::ServerShutdown);
+        } else if closes_the_session(code) {
+            let reason = if code == ErrorCode::SERVER_SHUTDOWN {
+                EndReason::ServerShutdown
+            } else if code == ErrorCode::LOGGED_OUT_BY_OPERATOR {
+                EndReason::LoggedOutByOperator
+            } else {
+                EndReason::ConnectionLost
+            };
+            self.end_session(code, message, reason);
+        } else {
+            self.events
+                .push_back(CallingEvent::Error { code, msg: message });
+        }
     }
 
     /// The connection to the server is gone. An expected close after logout

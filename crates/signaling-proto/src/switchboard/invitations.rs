@@ -287,6 +287,18 @@ impl Switchboard {
         for message in unreachable {
             self.send(inviter_conn, message);
         }
+        self.tell_waiting(inviter_conn, call_id, waiting);
+        let reason = if any_busy {
+            EndReason::LineBusy
+        } else {
+            EndReason::NoResponse
+        };
+        self.end_if_nobody_left(call_id, reason);
+    }
+
+    /// Tells a version-4 inviter which invitees are offline, their
+    /// invitations waiting for them.
+    fn tell_waiting(&mut self, inviter_conn: ConnId, call_id: CallId, waiting: Vec<UserId>) {
         let inviter_version = self
             .sessions
             .get(&inviter_conn)
@@ -299,12 +311,6 @@ impl Switchboard {
                 );
             }
         }
-        let reason = if any_busy {
-            EndReason::LineBusy
-        } else {
-            EndReason::NoResponse
-        };
-        self.end_if_nobody_left(call_id, reason);
     }
 
     /// Tells each of `rung` that `inviter` invites it into `call_id`.

@@ -413,12 +413,13 @@ fn operator_logout_as_seen_by(version: u16) -> (Vec<signaling_proto::ServerMessa
     let mut closed = None;
     while let Some(output) = switchboard.poll_output() {
         match output {
-            Output::Send { conn, message } if conn == bob => match message {
-                message @ (ServerMessage::CallEnded { .. }
-                | ServerMessage::Error { .. }
-                | ServerMessage::Kicked) => told.push(message),
-                _ => {}
-            },
+            Output::Send {
+                conn,
+                message:
+                    message @ (ServerMessage::CallEnded { .. }
+                    | ServerMessage::Error { .. }
+                    | ServerMessage::Kicked),
+            } if conn == bob => told.push(message),
             Output::Close { conn, code } if conn == bob => closed = Some(code),
             _ => {}
         }
