@@ -82,3 +82,38 @@ async fn a_c_program_calls_through_the_abi_without_a_leak_or_a_crash() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&server_dir);
 }
+
+/// The static library links with exactly the flags docs/bindings.md gives
+/// (`-lm -lpthread -ldl`), and the program it makes starts (it prints its
+/// usage and exits 2 without a server's address).
+#[test]
+fn the_static_library_links_with_the_documented_flags() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deps = deps_dir();
+    let library = deps.join("libcalling_ffi.a");
+    assert!(
+        library.exists(),
+        "cargo built no staticlib in {}",
+        deps.display()
+    );
+    let out = std::env::temp_dir().join(format!("opencalling-ffi-static-{}", std::process::id()));
+    let status = Command::new("gcc")
+        .arg("-I")
+        .arg(crate_dir.join("include"))
+        .arg(crate_dir.join("tests/c/two_users.c"))
+        .arg(&library)
+        .args(["-lm", "-lpthread", "-ldl", "-o"])
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|error| panic!("gcc: {error}"));
+    assert!(status.success(), "static link failed");
+    let ran = Command::new(&out)
+        .output()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        !ran.status.success() && ran.status.code().is_some(),
+        "without arguments it exits with a usage error, not a crash: {:?}",
+        ran.status
+    );
+}

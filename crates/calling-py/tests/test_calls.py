@@ -40,6 +40,7 @@ class Server:
             except (OSError, ValueError):
                 assert time.monotonic() < deadline, "the server never started"
                 time.sleep(0.05)
+        self.data_dir = data_dir
         self.address = info["address"]
         self.fingerprint = info["fingerprint"]
         self.app = info["sdk_app_id"]
@@ -206,6 +207,51 @@ async def a_bot_answers_plays_a_file_and_records(server: Server, speech: str, ou
     assert len(bot_levels) > 100 and max(bot_levels) > 1000, max(bot_levels or [0])
 
 
+def bindings_example() -> str:
+    """The Python example of docs/bindings.md, as a reader copies it."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..")
+    with open(os.path.join(root, "docs", "bindings.md")) as file:
+        text = file.read()
+    start = text.index("```python\n", text.index("Against the README's development server"))
+    start += len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+async def the_documented_example_runs_as_written(server: Server, out: str) -> None:
+    """docs/bindings.md's example, run from a directory holding the server's
+    data as `opencalling-data`: bob logs in, answers alice, and stops at the
+    call's end."""
+    workdir = os.path.join(out, "example")
+    os.makedirs(workdir)
+    os.symlink(server.data_dir, os.path.join(workdir, "opencalling-data"))
+    script = os.path.join(workdir, "example.py")
+    with open(script, "w") as file:
+        file.write(bindings_example())
+    bob = subprocess.Popen([sys.executable, script], cwd=workdir,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    alice = server.client(input="tone:660")
+    try:
+        await alice.login(server.app, "alice", server.sig("alice"))
+        # Rings at once, or (bob not logged in yet) as soon as he is.
+        await alice.call("bob")
+        deadline = time.monotonic() + 20
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, "bob never answered"
+            event = await alice.next_event(left)
+            if event is not None and event.callback == "onUserEnter":
+                break
+        await asyncio.sleep(1)
+        await alice.hangup()
+        stdout, stderr = bob.communicate(timeout=20)
+        assert bob.returncode == 0, f"the example failed: {stderr}"
+        assert "level" in stdout, stdout
+    finally:
+        if bob.poll() is None:
+            bob.kill()
+        await alice.close()
+
+
 async def main() -> None:
     binary = os.environ["OPENCALLING_SERVER_BIN"]
     speech = os.environ["OPENCALLING_SPEECH_WAV"]
@@ -217,6 +263,8 @@ async def main() -> None:
                 print(f"ok: {test.__name__}")
             await a_bot_answers_plays_a_file_and_records(server, speech, out)
             print("ok: a_bot_answers_plays_a_file_and_records")
+            await the_documented_example_runs_as_written(server, out)
+            print("ok: the_documented_example_runs_as_written")
         finally:
             server.stop()
     print("every check held")
