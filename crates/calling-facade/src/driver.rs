@@ -36,6 +36,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
 use crate::media::{AudioDevices, CallAudio, DeviceNotices};
+use crate::status::SessionStatus;
 use crate::{ClientOptions, Dispatch, Fallback, ReconnectPolicy};
 
 pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
@@ -910,6 +911,7 @@ impl<T: Transport> Driver<T> {
                 }
             }
         }
+        self.dispatch.set_status(SessionStatus::of(&self.engine));
         while let Some(event) = self.engine.poll_event() {
             self.dispatch.emit(&event);
         }

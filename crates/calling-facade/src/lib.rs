@@ -11,6 +11,7 @@ mod driver;
 mod media;
 mod media_session;
 mod options;
+mod status;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +33,7 @@ pub use options::DEFAULT_DECODER_COMPLEXITY;
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
 pub use signaling_proto::CallOptions;
 pub use signaling_tls::{CertFingerprint, InvalidFingerprint};
+pub use status::{CallStatus, SessionStatus};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::driver::{AudioCommand, Command, Request};
@@ -181,9 +183,17 @@ pub(crate) struct Dispatch {
     listeners: Mutex<Vec<(ListenerId, Arc<dyn CallingListener>)>>,
     stream: broadcast::Sender<CallingEvent>,
     next_listener: AtomicU64,
+    /// The session as of the driver's last step.
+    status: Mutex<SessionStatus>,
 }
 
 impl Dispatch {
+    /// The driver took a step: where the session stands now (before the
+    /// step's events go out, so that a listener sees the new status).
+    pub(crate) fn set_status(&self, status: SessionStatus) {
+        *lock(&self.status) = status;
+    }
+
     pub(crate) fn emit(&self, event: &CallingEvent) {
         // Call listeners without holding the lock, so a listener may
         // register or unregister listeners.
@@ -242,6 +252,7 @@ impl TRTCCalling {
                 listeners: Mutex::new(Vec::new()),
                 stream,
                 next_listener: AtomicU64::new(1),
+                status: Mutex::new(SessionStatus::default()),
             }),
             driver: Mutex::new(None),
             mic_muted: AtomicBool::new(false),
@@ -560,6 +571,14 @@ impl TRTCCalling {
     /// Whether the low-latency profile is wanted.
     pub fn is_low_latency(&self) -> bool {
         self.low_latency.load(Ordering::Relaxed)
+    }
+
+    /// Where the session stands: the call (who rings, who is in it) and
+    /// whether the connection is being repaired, as of the SDK's last
+    /// step; a screen shows this rather than rebuilding it from events.
+    /// An extension: the original has no such query.
+    pub fn status(&self) -> SessionStatus {
+        lock(&self.dispatch.status).clone()
     }
 
     /// The driver's command channel, if a login is alive.

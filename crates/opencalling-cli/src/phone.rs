@@ -4,15 +4,18 @@
 //! scrolling event log; keys call, accept, reject, hang up, mute, switch
 //! hands-free and quit. An incoming call rings the terminal bell.
 //!
-//! The screen is redrawn from [`Phone`], a plain model that only events and
-//! keys change, so what it shows is what the SDK said.
+//! The screen is redrawn from [`Phone`], a plain model: the call and the
+//! connection come from the SDK's own status before every frame (never
+//! from a subset of events, which once left an answered invitation on the
+//! screen), the levels and the log from events, mute and hands-free from
+//! keys.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calling_facade::{CallType, CallingEvent, EventStream, TRTCCalling};
+use calling_facade::{CallStatus, CallType, CallingEvent, EventStream, SessionStatus, TRTCCalling};
 use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
@@ -35,6 +38,7 @@ enum CallView {
     Idle,
     Incoming { from: String, others: Vec<String> },
     Calling(Vec<String>),
+    Answering,
     InCall,
 }
 
@@ -66,28 +70,7 @@ impl Phone {
     fn on_event(&mut self, event: &CallingEvent) -> bool {
         let mut ring = false;
         match event {
-            CallingEvent::Invited {
-                sponsor, user_ids, ..
-            } => {
-                self.call = CallView::Incoming {
-                    from: sponsor.to_string(),
-                    others: user_ids.iter().map(ToString::to_string).collect(),
-                };
-                ring = true;
-            }
-            CallingEvent::UserEnter { user_id } => {
-                self.call = CallView::InCall;
-                self.members.insert(
-                    user_id.to_string(),
-                    Member {
-                        audio: true,
-                        ..Member::default()
-                    },
-                );
-            }
-            CallingEvent::UserLeave { user_id } => {
-                self.members.remove(user_id.as_str());
-            }
+            CallingEvent::Invited { .. } => ring = true,
             CallingEvent::UserAudioAvailable { user_id, available } => {
                 if let Some(member) = self.members.get_mut(user_id.as_str()) {
                     member.audio = *available;
@@ -104,13 +87,6 @@ impl Phone {
                 // Too frequent for the log.
                 return false;
             }
-            CallingEvent::CallEnd | CallingEvent::CallingCancel | CallingEvent::CallingTimeOut => {
-                self.call = CallView::Idle;
-                self.members.clear();
-                self.my_level = 0;
-            }
-            CallingEvent::Reconnecting => self.reconnecting = true,
-            CallingEvent::Reconnected => self.reconnecting = false,
             CallingEvent::UserReconnecting { user_id }
             | CallingEvent::UserReconnected { user_id } => {
                 let back = matches!(event, CallingEvent::UserReconnected { .. });
@@ -130,6 +106,41 @@ impl Phone {
         ring
     }
 
+    /// Takes the SDK's status in: the call, its members, the connection.
+    fn sync(&mut self, status: &SessionStatus) {
+        self.reconnecting = status.reconnecting;
+        let names = |users: &[calling_facade::UserId]| -> Vec<String> {
+            users.iter().map(ToString::to_string).collect()
+        };
+        let members: &[calling_facade::UserId] = match &status.call {
+            CallStatus::InCall { members, .. } => members,
+            _ => &[],
+        };
+        self.members
+            .retain(|user, _| members.iter().any(|member| member.as_str() == user));
+        for member in members {
+            self.members
+                .entry(member.to_string())
+                .or_insert_with(|| Member {
+                    audio: true,
+                    ..Member::default()
+                });
+        }
+        self.call = match &status.call {
+            CallStatus::Ringing { sponsor, others } => CallView::Incoming {
+                from: sponsor.to_string(),
+                others: names(others),
+            },
+            CallStatus::Calling { invitees } => CallView::Calling(names(invitees)),
+            CallStatus::Accepting => CallView::Answering,
+            CallStatus::InCall { .. } => CallView::InCall,
+            _ => CallView::Idle,
+        };
+        if !matches!(self.call, CallView::InCall) {
+            self.my_level = 0;
+        }
+    }
+
     fn call_line(&self) -> String {
         match &self.call {
             CallView::Idle => "idle — c: call someone".into(),
@@ -140,7 +151,12 @@ impl Phone {
                 ">>> incoming call from {from} (with {}) — a: accept, r: reject <<<",
                 others.join(", ")
             ),
-            CallView::Calling(users) => format!("calling {}…", users.join(", ")),
+            CallView::Calling(users) if users.is_empty() => "calling… — h: cancel".into(),
+            CallView::Calling(users) => format!("calling {}… — h: cancel", users.join(", ")),
+            CallView::Answering => "answering…".into(),
+            CallView::InCall if self.reconnecting => {
+                "in a call, connection lost: reconnecting — h: hang up now".into()
+            }
             CallView::InCall => "in a call — h: hang up, c: invite".into(),
         }
     }
@@ -165,6 +181,9 @@ impl Phone {
             }
             if member.reconnecting {
                 state.push("reconnecting");
+            } else if self.reconnecting {
+                // Our own connection is down: nothing is heard from anyone.
+                state.push("not heard: we are reconnecting");
             }
             lines.push(Line::from(format!(
                 "{user:<16} {} {:>3}  {}",
@@ -247,9 +266,6 @@ impl Phone {
                     let users: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
                     self.typing = None;
                     if !users.is_empty() {
-                        if matches!(self.call, CallView::Idle) {
-                            self.call = CallView::Calling(users.clone());
-                        }
                         return Some(Action::Call(users));
                     }
                 }
@@ -340,6 +356,7 @@ pub(crate) async fn run(
     phone.note("logged in".into());
     let mut redraw = tokio::time::interval(Duration::from_millis(100));
     let outcome = loop {
+        phone.sync(&calling.status());
         if let Err(error) = terminal.draw(|frame| phone.draw(frame)) {
             break Err(format!("cannot draw: {error}"));
         }

@@ -141,3 +141,132 @@ async fn two_softphones_call_each_other_in_real_terminals() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// Starts a softphone for `user` in its own tmux session; `server`, when
+/// given, is the address it dials instead of the development server's.
+fn start_phone(tmux: &Tmux, data_dir: &std::path::Path, user: &str, server: Option<&str>) {
+    let binary = env!("CARGO_BIN_EXE_opencalling");
+    let mut command = format!(
+        "{binary} --dev {} --user {user} --tone 440 --output /dev/null",
+        data_dir.display()
+    );
+    if let Some(server) = server {
+        command.push_str(&format!(" --server {server}"));
+    }
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        user,
+        "-x",
+        "110",
+        "-y",
+        "30",
+        &command,
+    ]);
+    tmux.until(user, "login", |screen| {
+        screen.contains(&format!("{user} @")) && screen.contains("connected")
+    });
+}
+
+/// The status line: the screen's second line.
+fn call_line(screen: &str) -> &str {
+    screen.lines().nth(1).unwrap_or_default()
+}
+
+fn dial(tmux: &Tmux, from: &str, to: &str) {
+    tmux.keys(from, &["c"]);
+    tmux.keys(from, &["-l", to]);
+    tmux.keys(from, &["Enter"]);
+}
+
+/// What once left a screen stale, each seen on the screen: a rejected or
+/// hung-up invitation leaves the invitee's prompt, a refused call leaves
+/// "calling …", and a lost connection mid-call shows "reconnecting" and
+/// lets `h` end the call at once (it used to wait for a timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_softphone_screen_follows_the_sdk_not_a_subset_of_events() {
+    let (server, data_dir) = opencalling_tests::server::development_server("phone-stale").await;
+    let proxy = opencalling_tests::proxy::FaultProxy::start(server.local_addr()).await;
+    let tmux = Tmux {
+        socket: format!("opencalling-stale-{}", std::process::id()),
+    };
+    start_phone(&tmux, &data_dir, "bob", None);
+    // Alice reaches the server through a proxy that can go dark.
+    start_phone(&tmux, &data_dir, "alice", Some(&proxy.addr.to_string()));
+    let tmux = std::sync::Arc::new(tmux);
+    let phones = std::sync::Arc::clone(&tmux);
+    tokio::task::spawn_blocking(move || {
+        let tmux = phones;
+        // Rejected, then hung up from the ringing side: both screens idle.
+        for key in ["r", "h"] {
+            dial(&tmux, "alice", "bob");
+            tmux.until("bob", "incoming call", |screen| {
+                screen.contains("incoming call from alice")
+            });
+            tmux.keys("bob", &[key]);
+            for user in ["bob", "alice"] {
+                tmux.until(user, "idle after the refusal", |screen| {
+                    call_line(screen).contains("idle") && !screen.contains("incoming call")
+                });
+            }
+        }
+        // Calling yourself, or a user id that cannot be: refused, and the
+        // status line does not stay on "calling".
+        for nobody in ["alice", "b@d"] {
+            dial(&tmux, "alice", nobody);
+            tmux.until("alice", "the refusal", |screen| {
+                screen.contains(&format!("call {nobody}:"))
+            });
+            let screen = tmux.until("alice", "idle", |screen| call_line(screen).contains("idle"));
+            assert!(!call_line(&screen).contains("calling"), "{screen}");
+        }
+        // In a call when alice's network goes dark.
+        dial(&tmux, "alice", "bob");
+        tmux.until("bob", "incoming call", |screen| {
+            screen.contains("incoming call from alice")
+        });
+        tmux.keys("bob", &["a"]);
+        tmux.until("alice", "the call", |screen| {
+            call_line(screen).contains("in a call")
+        });
+    })
+    .await
+    .unwrap();
+    proxy.blackhole(true);
+    let phones = std::sync::Arc::clone(&tmux);
+    tokio::task::spawn_blocking(move || {
+        let tmux = phones;
+        tmux.until("alice", "reconnecting", |screen| {
+            screen.contains("RECONNECTING") && call_line(screen).contains("reconnecting")
+        });
+        let pressed = Instant::now();
+        tmux.keys("alice", &["h"]);
+        tmux.until("alice", "idle at once", |screen| {
+            call_line(screen).contains("idle")
+        });
+        assert!(
+            pressed.elapsed() < Duration::from_secs(3),
+            "the hang-up waited {:?} for a server it cannot reach",
+            pressed.elapsed()
+        );
+    })
+    .await
+    .unwrap();
+    proxy.blackhole(false);
+    let phones = std::sync::Arc::clone(&tmux);
+    tokio::task::spawn_blocking(move || {
+        let tmux = phones;
+        tmux.until("alice", "connected again", |screen| {
+            !screen.contains("RECONNECTING") && screen.contains("connected")
+        });
+        // Bob heard alice leave once her hang-up reached the server.
+        tmux.until("bob", "idle", |screen| call_line(screen).contains("idle"));
+        tmux.keys("alice", &["q"]);
+        tmux.keys("bob", &["q"]);
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

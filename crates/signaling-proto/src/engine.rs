@@ -232,10 +232,15 @@ enum Leaving {
 enum RequestKind {
     Login,
     Logout,
-    Invite { invitee: UserId },
+    Invite {
+        invitee: UserId,
+    },
     Accept,
     Reject,
     Hangup,
+    /// Answered here already (a hangup while reconnecting): the server's
+    /// reply, when it comes, completes nothing.
+    AnsweredHere,
 }
 
 /// The engine's timers: one variant per kind.
@@ -584,6 +589,14 @@ impl CallEngine {
         self.transmits.push_back(ClientMessage::Hangup {
             request_id: request,
         });
+        if self.is_reconnecting() {
+            // The user is done with the call now, not when the server can
+            // be told: it ends here at once, and the hangup goes out on
+            // the resumed session (a lost session ended the call anyway).
+            self.end_abandoned_calls();
+            self.requests.insert(request, RequestKind::AnsweredHere);
+            self.complete(request, Ok(None));
+        }
         Ok(request)
     }
 
@@ -603,6 +616,20 @@ impl CallEngine {
     /// Whether the microphone is muted.
     pub fn is_mic_muted(&self) -> bool {
         self.muted
+    }
+
+    /// The users this one invited whose invitations still ring (dialing,
+    /// or in a call), sorted.
+    pub fn invitees(&self) -> Vec<UserId> {
+        match &self.state {
+            State::Dialing { invitees, .. } => {
+                let mut invitees = invitees.clone();
+                invitees.sort();
+                invitees
+            }
+            State::InCall { invited, .. } => invited.iter().cloned().collect(),
+            State::Idle | State::Ringing(_) | State::Accepting { .. } => Vec::new(),
+        }
     }
 
     /// The logged-in (or logging-in) user.
@@ -1259,6 +1286,9 @@ impl CallEngine {
             warn!(?request, "ack for an unknown request");
             return;
         };
+        if kind == RequestKind::AnsweredHere {
+            return;
+        }
         let awaited = self.is_awaited(request);
         self.resolve_leaving(request, call_id);
         let was_in_call = matches!(self.state, State::InCall { .. });
@@ -1322,6 +1352,9 @@ impl CallEngine {
             warn!(?request, "error for an unknown request");
             return;
         };
+        if kind == RequestKind::AnsweredHere {
+            return;
+        }
         let awaited = self.is_awaited(request);
         self.resolve_leaving(request, None);
         match (kind, &mut self.state) {
@@ -1582,8 +1615,12 @@ impl CallEngine {
     }
 
     fn fail_all_requests(&mut self, code: ErrorCode) {
-        let mut outstanding: Vec<RequestId> =
-            self.requests.drain().map(|(request, _)| request).collect();
+        let mut outstanding: Vec<RequestId> = self
+            .requests
+            .drain()
+            .filter(|(_, kind)| *kind != RequestKind::AnsweredHere)
+            .map(|(request, _)| request)
+            .collect();
         outstanding.sort();
         for request in outstanding {
             self.complete(request, Err(CallingError::new(code)));

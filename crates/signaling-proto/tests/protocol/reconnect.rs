@@ -367,3 +367,61 @@ fn a_server_that_shuts_down_is_a_lost_server_and_the_next_one_logs_in() {
     assert_eq!(engine_events(&mut bob), [CallingEvent::Reconnected]);
     assert_eq!(bob.status(), EngineStatus::Idle);
 }
+
+#[test]
+fn a_hang_up_while_reconnecting_ends_the_call_at_once_and_reaches_the_server_later() {
+    let now = Instant::now();
+    let mut bob = bob_in_call(now);
+    while bob.poll_completion().is_some() {}
+    bob.handle_disconnect();
+    let _ = engine_events(&mut bob);
+    let request = bob.hangup().unwrap();
+    // Done for the user now, not after a resume or a timeout.
+    assert_eq!(
+        engine_events(&mut bob),
+        [
+            CallingEvent::CallEnd,
+            CallingEvent::CallEnded {
+                call_id: CallId(7),
+                reason: EndReason::Hangup,
+            },
+        ]
+    );
+    let completion = bob.poll_completion().expect("answered at once");
+    assert_eq!(completion.request, request);
+    assert_eq!(completion.result, Ok(None));
+    assert_eq!(bob.status(), EngineStatus::Idle);
+    // The session resumes: the server hears the hang-up, and its answer
+    // completes nothing twice.
+    bob.handle_connected(now);
+    let _ = transmits(&mut bob);
+    bob.handle_message(
+        now,
+        ServerMessage::Resumed {
+            token: T2,
+            received: 0,
+        },
+    );
+    let sent = transmits(&mut bob);
+    assert!(
+        sent.iter()
+            .any(|message| matches!(message, ClientMessage::Hangup { request_id } if *request_id == request)),
+        "{sent:?}"
+    );
+    bob.handle_message(
+        now,
+        ServerMessage::Ack {
+            request_id: request,
+            call_id: Some(CallId(7)),
+        },
+    );
+    bob.handle_message(
+        now,
+        ServerMessage::CallEnded {
+            call_id: CallId(7),
+            reason: EndReason::Hangup,
+        },
+    );
+    assert!(bob.poll_completion().is_none());
+    assert_eq!(engine_events(&mut bob), [CallingEvent::Reconnected]);
+}
