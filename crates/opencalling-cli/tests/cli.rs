@@ -276,24 +276,23 @@ async fn call_plays_a_file_and_its_exit_code_says_how_the_call_ended() {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// Each mistake is one line on stderr and exit code 1, never a hang.
-#[tokio::test]
-async fn bad_input_is_a_one_line_error() {
-    let (server, data_dir) = server("bad-input").await;
-    let dir = data_dir.to_str().unwrap();
-    let address = server.local_addr().to_string();
-    let fingerprint = server.fingerprint().to_string();
-    let stranger = "00".repeat(32);
-    let bad_config = temp_path("bad.toml");
-    std::fs::write(&bad_config, "usr = \"a\"\n").unwrap();
-    let cases: [(&str, Vec<&str>, &str); 7] = [
+/// The mistakes `bad_input_is_a_one_line_error` makes, each with what its
+/// one line must say.
+fn bad_input_cases<'a>(
+    dir: &'a str,
+    address: &'a str,
+    fingerprint: &'a str,
+    stranger: &'a str,
+    bad_config: &'a str,
+) -> [(&'static str, Vec<&'a str>, &'static str); 7] {
+    [
         (
             "unreachable server",
             vec![
                 "--server",
                 "127.0.0.1:1",
                 "--fingerprint",
-                &fingerprint,
+                fingerprint,
                 "--app",
                 "1",
                 "--usersig",
@@ -313,9 +312,9 @@ async fn bad_input_is_a_one_line_error() {
                 "--dev",
                 dir,
                 "--server",
-                &address,
+                address,
                 "--fingerprint",
-                &stranger,
+                stranger,
                 "--user",
                 "a",
                 "call",
@@ -327,7 +326,7 @@ async fn bad_input_is_a_one_line_error() {
             "no fingerprint",
             vec![
                 "--server",
-                &address,
+                address,
                 "--app",
                 "1",
                 "--usersig",
@@ -374,10 +373,24 @@ async fn bad_input_is_a_one_line_error() {
         ),
         (
             "a config file with a typo",
-            vec!["--config", bad_config.to_str().unwrap(), "call", "b"],
+            vec!["--config", bad_config, "call", "b"],
             "unknown field",
         ),
-    ];
+    ]
+}
+
+/// Each mistake is one line on stderr and exit code 1, never a hang.
+#[tokio::test]
+async fn bad_input_is_a_one_line_error() {
+    let (server, data_dir) = server("bad-input").await;
+    let dir = data_dir.to_str().unwrap();
+    let address = server.local_addr().to_string();
+    let fingerprint = server.fingerprint().to_string();
+    let stranger = "00".repeat(32);
+    let bad_config = temp_path("bad.toml");
+    std::fs::write(&bad_config, "usr = \"a\"\n").unwrap();
+    let bad_config = bad_config.to_str().unwrap();
+    let cases = bad_input_cases(dir, &address, &fingerprint, &stranger, bad_config);
     for (what, args, says) in cases {
         let (code, stderr) = exit_code(opencalling(&args).spawn().unwrap()).await;
         assert_eq!(code, 1, "{what}: {stderr}");
