@@ -329,63 +329,18 @@ fn a_draining_server_starts_no_call_but_running_ones_go_on() {
     assert_consistent(&sim);
 }
 
-#[test]
-fn a_client_older_than_version_3_hears_hangup_for_an_operator_end() {
-    use signaling_proto::{ConnId, Output, ServerMessage, Switchboard};
-    let now = Instant::now();
-    let mut switchboard = Switchboard::new(SwitchboardConfig::default());
-    let (old, new) = (ConnId(1), ConnId(2));
-    switchboard.handle_login(now, old, user("alice"), 2);
-    switchboard.handle_login(now, new, user("bob"), PROTOCOL_VERSION);
-    switchboard.handle_message(
-        now,
-        old,
-        ClientMessage::Invite {
-            request_id: RequestId(1),
-            call_id: None,
-            user_ids: vec![user("bob")],
-            call_type: CallType::Audio,
-            timeout_ms: None,
-            user_data: None,
-        },
-    );
-    let call_id = switchboard.call_summaries()[0].call_id;
-    switchboard.handle_message(
-        now,
-        new,
-        ClientMessage::Accept {
-            request_id: RequestId(1),
-            call_id,
-        },
-    );
-    while switchboard.poll_output().is_some() {}
-    assert!(switchboard.end_call(now, call_id));
-    let mut told = Vec::new();
-    while let Some(output) = switchboard.poll_output() {
-        if let Output::Send {
-            conn,
-            message: ServerMessage::CallEnded { reason, .. },
-        } = output
-        {
-            told.push((conn, reason));
-        }
-    }
-    told.sort_by_key(|(conn, _)| *conn);
-    assert_eq!(
-        told,
-        [(old, EndReason::Hangup), (new, EndReason::EndedByOperator)]
-    );
-}
-
-/// What the operator's logout sends a session of `version`: its call's end
-/// reason, the notice, and the close code.
-fn operator_logout_as_seen_by(version: u16) -> (Vec<signaling_proto::ServerMessage>, ErrorCode) {
-    use signaling_proto::{ConnId, Output, ServerMessage, Switchboard};
+/// A switchboard where alice (connection 1) and bob (connection 2), logged
+/// in with these protocol versions, are in a call alice started; its
+/// outputs so far taken.
+fn alice_calls_bob(
+    (alice_version, bob_version): (u16, u16),
+) -> (signaling_proto::Switchboard, Instant, CallId) {
+    use signaling_proto::{ConnId, Switchboard};
     let now = Instant::now();
     let mut switchboard = Switchboard::new(SwitchboardConfig::default());
     let (alice, bob) = (ConnId(1), ConnId(2));
-    switchboard.handle_login(now, alice, user("alice"), PROTOCOL_VERSION);
-    switchboard.handle_login(now, bob, user("bob"), version);
+    switchboard.handle_login(now, alice, user("alice"), alice_version);
+    switchboard.handle_login(now, bob, user("bob"), bob_version);
     switchboard.handle_message(
         now,
         alice,
@@ -408,6 +363,38 @@ fn operator_logout_as_seen_by(version: u16) -> (Vec<signaling_proto::ServerMessa
         },
     );
     while switchboard.poll_output().is_some() {}
+    (switchboard, now, call_id)
+}
+
+#[test]
+fn a_client_older_than_version_3_hears_hangup_for_an_operator_end() {
+    use signaling_proto::{ConnId, Output, ServerMessage};
+    let (old, new) = (ConnId(1), ConnId(2));
+    let (mut switchboard, now, call_id) = alice_calls_bob((2, PROTOCOL_VERSION));
+    assert!(switchboard.end_call(now, call_id));
+    let mut told = Vec::new();
+    while let Some(output) = switchboard.poll_output() {
+        if let Output::Send {
+            conn,
+            message: ServerMessage::CallEnded { reason, .. },
+        } = output
+        {
+            told.push((conn, reason));
+        }
+    }
+    told.sort_by_key(|(conn, _)| *conn);
+    assert_eq!(
+        told,
+        [(old, EndReason::Hangup), (new, EndReason::EndedByOperator)]
+    );
+}
+
+/// What the operator's logout sends a session of `version`: its call's end
+/// reason, the notice, and the close code.
+fn operator_logout_as_seen_by(version: u16) -> (Vec<signaling_proto::ServerMessage>, ErrorCode) {
+    use signaling_proto::{ConnId, Output, ServerMessage};
+    let bob = ConnId(2);
+    let (mut switchboard, now, _) = alice_calls_bob((PROTOCOL_VERSION, version));
     assert!(switchboard.kick(now, &user("bob")));
     let mut told = Vec::new();
     let mut closed = None;
