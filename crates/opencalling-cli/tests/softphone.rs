@@ -82,35 +82,14 @@ async fn two_softphones_call_each_other_in_real_terminals() {
     let tmux = Tmux {
         socket: format!("opencalling-test-{}", std::process::id()),
     };
-    let binary = env!("CARGO_BIN_EXE_opencalling");
-    for (user, tone) in [("alice", "440"), ("bob", "660")] {
-        let heard = data_dir.join(format!("{user}-hears.wav"));
-        let command = format!(
-            "{binary} --dev {} --user {user} --tone {tone} --output {}",
-            data_dir.display(),
-            heard.display()
-        );
-        tmux.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            user,
-            "-x",
-            "110",
-            "-y",
-            "30",
-            &command,
-        ]);
-    }
+    let dir = data_dir.clone();
     tokio::task::spawn_blocking(move || {
-        for user in ["alice", "bob"] {
-            tmux.until(user, "login", |screen| {
-                screen.contains(&format!("{user} @")) && screen.contains("connected")
-            });
+        for (user, tone) in [("alice", "440"), ("bob", "660")] {
+            let heard = dir.join(format!("{user}-hears.wav"));
+            let args = format!("--tone {tone} --output {}", heard.display());
+            start_phone(&tmux, &dir, user, &args);
         }
-        tmux.keys("alice", &["c"]);
-        tmux.keys("alice", &["-l", "bob"]);
-        tmux.keys("alice", &["Enter"]);
+        dial(&tmux, "alice", "bob");
         tmux.until("bob", "incoming call", |screen| {
             screen.contains("incoming call from alice")
         });
@@ -142,17 +121,12 @@ async fn two_softphones_call_each_other_in_real_terminals() {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// Starts a softphone for `user` in its own tmux session; `server`, when
-/// given, is the address it dials instead of the development server's.
-fn start_phone(tmux: &Tmux, data_dir: &std::path::Path, user: &str, server: Option<&str>) {
+/// Starts a softphone for `user` of the development server in `data_dir`
+/// in its own tmux session, with `args` (audio, another address), and
+/// waits for its login.
+fn start_phone(tmux: &Tmux, data_dir: &std::path::Path, user: &str, args: &str) {
     let binary = env!("CARGO_BIN_EXE_opencalling");
-    let mut command = format!(
-        "{binary} --dev {} --user {user} --tone 440 --output /dev/null",
-        data_dir.display()
-    );
-    if let Some(server) = server {
-        command.push_str(&format!(" --server {server}"));
-    }
+    let command = format!("{binary} --dev {} --user {user} {args}", data_dir.display());
     tmux.run(&[
         "new-session",
         "-d",
@@ -191,9 +165,11 @@ async fn the_softphone_screen_follows_the_sdk_not_a_subset_of_events() {
     let tmux = Tmux {
         socket: format!("opencalling-stale-{}", std::process::id()),
     };
-    start_phone(&tmux, &data_dir, "bob", None);
+    let silent = "--tone 440 --output /dev/null";
+    start_phone(&tmux, &data_dir, "bob", silent);
     // Alice reaches the server through a proxy that can go dark.
-    start_phone(&tmux, &data_dir, "alice", Some(&proxy.addr.to_string()));
+    let through_proxy = format!("{silent} --server {}", proxy.addr);
+    start_phone(&tmux, &data_dir, "alice", &through_proxy);
     let tmux = std::sync::Arc::new(tmux);
     let phones = std::sync::Arc::clone(&tmux);
     tokio::task::spawn_blocking(move || {
