@@ -310,22 +310,10 @@ fn users_on_two_nodes_call_and_each_node_routes_its_own_connection_to_the_other_
     )));
     let at_a = cluster.node(a).routed(call_id);
     assert!(at_a.contains(&MemberAt::Here(alice)), "{at_a:?}");
-    assert!(
-        at_a.contains(&MemberAt::There(NodeConn {
-            node: b,
-            conn: bob.0
-        })),
-        "{at_a:?}"
-    );
+    assert!(at_a.contains(&there(b, bob)), "{at_a:?}");
     let at_b = cluster.node(b).routed(call_id);
     assert!(at_b.contains(&MemberAt::Here(bob)), "{at_b:?}");
-    assert!(
-        at_b.contains(&MemberAt::There(NodeConn {
-            node: a,
-            conn: alice.0
-        })),
-        "{at_b:?}"
-    );
+    assert!(at_b.contains(&there(a, alice)), "{at_b:?}");
     let (control, now) = (cluster.control(), cluster.now);
     assert_eq!(cluster.node(control).core.call_summaries(now).len(), 1);
 }
@@ -397,14 +385,16 @@ fn a_session_resumed_on_its_node_gets_what_it_missed_from_the_control() {
     );
     let at_a = cluster.node(a).routed(call_id);
     assert!(
-        at_a.contains(&MemberAt::There(NodeConn {
-            node: b,
-            conn: bob.0
-        })),
+        at_a.contains(&there(b, bob)),
         "the other node reaches bob by his session: {at_a:?}"
     );
     let at_b = cluster.node(b).routed(call_id);
     assert!(at_b.contains(&MemberAt::Here(bob_again)), "{at_b:?}");
+}
+
+/// Where a node reaches `conn`'s member on node `node`.
+fn there(node: NodeId, conn: ConnId) -> MemberAt {
+    MemberAt::There(NodeConn { node, conn: conn.0 })
 }
 
 #[test]
