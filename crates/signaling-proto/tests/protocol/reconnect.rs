@@ -171,17 +171,7 @@ fn many_messages_are_acknowledged_without_waiting_for_the_heartbeat() {
 #[test]
 fn a_lost_session_ends_its_call_once_and_logs_in_again() {
     let now = Instant::now();
-    let mut bob = ringing_bob(now);
-    bob.accept().unwrap();
-    let _ = transmits(&mut bob);
-    bob.handle_message(
-        now,
-        ServerMessage::Ack {
-            request_id: RequestId(2),
-            call_id: Some(CallId(7)),
-        },
-    );
-    assert!(matches!(bob.status(), EngineStatus::InCall { .. }));
+    let mut bob = bob_in_call(now);
     bob.handle_disconnect();
     bob.handle_connected(now);
     let _ = transmits(&mut bob);
@@ -191,13 +181,7 @@ fn a_lost_session_ends_its_call_once_and_logs_in_again() {
         login_result(ErrorCode::SESSION_EXPIRED, "no such session"),
     );
     let mut expected = vec![CallingEvent::Reconnecting];
-    expected.extend([
-        CallingEvent::CallEnd,
-        CallingEvent::CallEnded {
-            call_id: CallId(7),
-            reason: EndReason::ConnectionLost,
-        },
-    ]);
+    expected.extend(lost_call_7());
     assert_eq!(engine_events(&mut bob), expected);
     assert!(bob.wants_connection(), "the refusal closes the connection");
     bob.handle_connected(now);
