@@ -381,6 +381,7 @@ pub(crate) async fn start(
         low_latency: devices.low_latency,
         flow_users: HashMap::new(),
         last_stats: Vec::new(),
+        engine_untouched: false,
     };
     tokio::spawn(async move {
         if let Some(finished) = driver.run().await {
@@ -548,6 +549,9 @@ struct Driver<T: Transport> {
     flow_users: HashMap<FlowId, UserId>,
     /// The statistics of the last call, kept after it ends.
     last_stats: Vec<(UserId, JitterStats)>,
+    /// The last step was audio only (a datagram, a loss report): the
+    /// engine did not change, nor did the status the application reads.
+    engine_untouched: bool,
 }
 
 impl<T: Transport> Driver<T> {
@@ -618,6 +622,7 @@ impl<T: Transport> Driver<T> {
                     }
                 },
                 datagram = recv_datagram::<T>(media) => {
+                    self.engine_untouched = true;
                     if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut()) {
                         if media.on_datagram(&datagram) {
                             self.send_feedback();
@@ -630,7 +635,10 @@ impl<T: Transport> Driver<T> {
                 connected = next_attempt_result(&mut self.reconnect.attempts) => {
                     self.on_attempt(connected);
                 }
-                _ = feedback.tick(), if self.media.is_some() => self.send_feedback(),
+                _ = feedback.tick(), if self.media.is_some() => {
+                    self.engine_untouched = true;
+                    self.send_feedback();
+                }
                 Some(notice) = self.device_notices.recv() => self.dispatch.emit(&notice),
                 () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
                     self.feed_levels();
@@ -911,7 +919,9 @@ impl<T: Transport> Driver<T> {
                 }
             }
         }
-        self.dispatch.set_status(SessionStatus::of(&self.engine));
+        if !std::mem::take(&mut self.engine_untouched) {
+            self.dispatch.set_status(SessionStatus::of(&self.engine));
+        }
         while let Some(event) = self.engine.poll_event() {
             self.dispatch.emit(&event);
         }
