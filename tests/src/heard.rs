@@ -23,6 +23,11 @@ impl HeardClock {
         !self.loud().iter().any(|at| *at >= from && *at < to)
     }
 
+    /// The longest stretch of `from..to` in which nothing audible played.
+    pub fn longest_silence(&self, from: Instant, to: Instant) -> Duration {
+        crate::proxy::longest_gap(&self.loud(), from, to)
+    }
+
     /// The first audible block played at or after `since`.
     pub fn first_heard_after(&self, since: Instant) -> Option<Instant> {
         self.loud().iter().copied().find(|at| *at >= since)

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
@@ -19,7 +20,14 @@ struct Faults {
     /// Bumped by each source-port change: upstreams of older generations
     /// are replaced at their client's next packet.
     generation: AtomicU64,
+    /// The generation below which upstreams are closed: a NAT that forgot
+    /// the old mapping, so what the server sends to the old port is lost.
+    forgotten_below: AtomicU64,
     dropped: AtomicU64,
+    /// When each packet from the server reached a client, and from a
+    /// client left for the server.
+    to_clients: Mutex<Vec<Instant>>,
+    to_server: Mutex<Vec<Instant>>,
 }
 
 /// The proxy: clients connect to [`FaultProxy::addr`] instead of the server.
@@ -54,7 +62,10 @@ impl FaultProxy {
             server: Mutex::new(server),
             blackhole: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            forgotten_below: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            to_clients: Mutex::default(),
+            to_server: Mutex::default(),
         });
         let task = tokio::spawn(forward(front, Arc::clone(&faults)));
         Self { addr, faults, task }
@@ -69,6 +80,30 @@ impl FaultProxy {
     /// source port.
     pub fn change_source_port(&self) {
         self.faults.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A NAT rebinding as a home router does it: the old mapping is gone
+    /// at once (what the server sends to the old port is lost) and each
+    /// client's next packet opens a new one.
+    pub fn rebind_forgetting_old(&self) {
+        let new = self.faults.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.faults.forgotten_below.store(new, Ordering::SeqCst);
+    }
+
+    /// The longest time between two packets reaching a client from the
+    /// server (`to_clients`) or the server from a client, within `from..to`
+    /// (counted from `from` and up to `to` when nothing passed at the
+    /// edges).
+    pub fn longest_gap(&self, to_clients: bool, from: Instant, to: Instant) -> Duration {
+        let times = if to_clients {
+            &self.faults.to_clients
+        } else {
+            &self.faults.to_server
+        };
+        let times = times
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        longest_gap(&times, from, to)
     }
 
     /// From now on, clients not seen before go to `server` (as a load
@@ -125,6 +160,7 @@ async fn forward(front: Arc<UdpSocket>, faults: Arc<Faults>) {
                     Arc::clone(&front),
                     client,
                     Arc::clone(&faults),
+                    generation,
                 ));
                 upstreams
                     .lock()
@@ -133,8 +169,28 @@ async fn forward(front: Arc<UdpSocket>, faults: Arc<Faults>) {
                 upstream
             }
         };
-        let _ = upstream.send(&buffer[..len]).await;
+        if upstream.send(&buffer[..len]).await.is_ok() {
+            record(&faults.to_server);
+        }
     }
+}
+
+fn record(times: &Mutex<Vec<Instant>>) {
+    times
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Instant::now());
+}
+
+/// The longest stretch of `from..to` without one of `times` (sorted).
+pub fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for &at in times.iter().filter(|at| **at >= from && **at < to) {
+        longest = longest.max(at - last);
+        last = at;
+    }
+    longest.max(to - last)
 }
 
 /// The server's packets to `client`, through one upstream socket (an old
@@ -144,16 +200,22 @@ async fn back(
     front: Arc<UdpSocket>,
     client: SocketAddr,
     faults: Arc<Faults>,
+    generation: u64,
 ) {
     let mut buffer = vec![0_u8; 65_536];
     loop {
         let Ok(len) = upstream.recv(&mut buffer).await else {
             return;
         };
+        if generation < faults.forgotten_below.load(Ordering::SeqCst) {
+            return;
+        }
         if faults.blackhole.load(Ordering::SeqCst) {
             faults.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let _ = front.send_to(&buffer[..len], client).await;
+        if front.send_to(&buffer[..len], client).await.is_ok() {
+            record(&faults.to_clients);
+        }
     }
 }

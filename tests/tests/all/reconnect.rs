@@ -226,11 +226,14 @@ async fn invitations_during_an_outage_ring_after_the_resume() {
 }
 
 /// The server sees the client come from a new port three times mid-call
-/// (NAT rebinding), and the application says the network changed once:
-/// QUIC migrates, nobody sees an event, the audio goes on. The server has
-/// four endpoints on its port: the packets from each new address must
-/// reach the endpoint that has the connection (a hash of the addresses
-/// would pick another three times in four, which would reset it).
+/// (NAT rebinding: once with the old mapping still forwarding, twice with
+/// it forgotten at once, as a home router does), and the application says
+/// the network changed once: QUIC migrates, nobody sees an event, and
+/// each change costs at most [`REBIND_GAP`] of packets either way and of
+/// audio at either end. The server has four endpoints on its port: the
+/// packets from each new address must reach the endpoint that has the
+/// connection (a hash of the addresses would pick another three times in
+/// four, which would reset it).
 #[tokio::test]
 async fn source_port_changes_and_network_changes_keep_the_call() {
     let mut config = test_config("rebinding");
@@ -240,12 +243,29 @@ async fn source_port_changes_and_network_changes_keep_the_call() {
     let (mut alice, alice_hears) = talker(&server, "alice", proxy.addr.to_string()).await;
     let (mut bob, bob_hears) = talker(&server, "bob", server.server.local_addr().to_string()).await;
     connect(&mut alice, &mut bob).await;
-    for _ in 0..3 {
+    heard_again(&bob_hears, Instant::now(), EVENT_WAIT).await;
+    for old_mapping_forgotten in [false, true, true] {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        proxy.change_source_port();
+        if old_mapping_forgotten {
+            proxy.rebind_forgetting_old();
+        } else {
+            proxy.change_source_port();
+        }
         let changed = Instant::now();
-        heard_again(&bob_hears, changed, HEARD_AGAIN_WITHIN).await;
-        heard_again(&alice_hears, changed, HEARD_AGAIN_WITHIN).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (from, to) = (changed - REBIND_GAP, changed + Duration::from_millis(800));
+        let gaps = [
+            ("packets to alice", proxy.longest_gap(true, from, to)),
+            ("packets from alice", proxy.longest_gap(false, from, to)),
+            ("audio alice hears", alice_hears.longest_silence(from, to)),
+            ("audio bob hears", bob_hears.longest_silence(from, to)),
+        ];
+        for (what, gap) in gaps {
+            assert!(
+                gap < REBIND_GAP,
+                "{what}: {gap:?} without (old mapping forgotten: {old_mapping_forgotten})"
+            );
+        }
     }
     alice.calling.network_changed();
     let changed = Instant::now();
@@ -254,6 +274,11 @@ async fn source_port_changes_and_network_changes_keep_the_call() {
     assert_eq!(drain(&mut alice, Duration::from_millis(500)).await, []);
     assert_eq!(drain(&mut bob, Duration::from_millis(500)).await, []);
 }
+
+/// The most a NAT rebinding may interrupt a call (issue 27's target): QUIC
+/// migrates on the first packet from the new address, one frame later.
+/// Measured here 21–39 ms, with a busy loop on every core as well.
+const REBIND_GAP: Duration = Duration::from_millis(100);
 
 /// A raw version-2 client: logs in, returns the connection and its token.
 async fn raw_v2_login(
