@@ -32,9 +32,13 @@ pub const PATH: &str = "/opencalling";
 pub const KIND_SIGNALING: u8 = 0;
 /// First byte of a message carrying one audio datagram.
 pub const KIND_DATAGRAM: u8 = 1;
-/// Datagrams a sender keeps while the socket is busy; more drop the oldest.
-pub const DATAGRAM_QUEUE: usize = 8;
-/// A datagram that waited this long to be written is dropped instead.
+/// Datagrams a sender keeps while the socket is busy; more drop the oldest
+/// (160 ms of four speakers' audio at 20 ms a frame).
+pub const DATAGRAM_QUEUE: usize = 32;
+/// A datagram that waited this long behind a socket that would not take
+/// it is dropped instead. Time the writer merely waited for a CPU does
+/// not count: the receiver's jitter buffer judges lateness, as it does
+/// for QUIC datagrams a busy machine sent late.
 pub const STALE_AFTER: Duration = Duration::from_millis(100);
 /// The largest WebSocket message either side accepts: a signaling frame
 /// (16 KiB) with its length and kind, with room to spare.
@@ -96,8 +100,11 @@ impl Transport for Ws {
 /// What the two pump tasks of one connection share.
 #[derive(Debug, Default)]
 struct Shared {
-    /// Datagrams to send, oldest first, with when they were queued.
-    outgoing: Mutex<VecDeque<(Instant, Bytes)>>,
+    /// Datagrams to send, oldest first.
+    outgoing: Mutex<VecDeque<Queued>>,
+    /// Nanoseconds the writer has spent in writes so far: waiting for the
+    /// socket (TCP backpressure) is what makes a queued datagram stale.
+    writing_nanos: AtomicU64,
     wake_writer: Notify,
     /// Why the link closes, once it does; the writer sends it.
     close: Mutex<Option<(ErrorCode, String)>>,
@@ -109,8 +116,28 @@ struct Shared {
     dropped_stale: AtomicU64,
 }
 
+/// A datagram waiting for the writer.
+#[derive(Debug)]
+struct Queued {
+    at: Instant,
+    /// [`Shared::writing_nanos`] when it was queued.
+    writing_nanos: u64,
+    datagram: Bytes,
+}
+
 impl Shared {
-    fn lock_outgoing(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Bytes)>> {
+    /// How long `queued` has waited behind writes: the writer's time in
+    /// writes since it was queued, and at most its age (a write it was
+    /// queued during counts only from then on).
+    fn waited_behind_writes(&self, queued: &Queued) -> Duration {
+        let writing = self
+            .writing_nanos
+            .load(Ordering::Acquire)
+            .saturating_sub(queued.writing_nanos);
+        Duration::from_nanos(writing).min(queued.at.elapsed())
+    }
+
+    fn lock_outgoing(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
         self.outgoing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -170,7 +197,11 @@ impl MediaLink for WsMedia {
                 outgoing.pop_front();
                 self.shared.dropped_stale.fetch_add(1, Ordering::Relaxed);
             }
-            outgoing.push_back((Instant::now(), datagram));
+            outgoing.push_back(Queued {
+                at: Instant::now(),
+                writing_nanos: self.shared.writing_nanos.load(Ordering::Acquire),
+                datagram,
+            });
         }
         self.shared.wake_writer.notify_one();
         Ok(())
@@ -337,16 +368,19 @@ async fn write_pump<S: AsyncRead + AsyncWrite + Unpin>(
         if shared.closed.load(Ordering::Acquire) {
             break;
         }
-        let datagrams: Vec<(Instant, Bytes)> = shared.lock_outgoing().drain(..).collect();
-        for (queued, datagram) in datagrams {
-            if queued.elapsed() > STALE_AFTER {
+        let datagrams: Vec<Queued> = shared.lock_outgoing().drain(..).collect();
+        for queued in datagrams {
+            if shared.waited_behind_writes(&queued) > STALE_AFTER {
                 shared.dropped_stale.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let mut message = Vec::with_capacity(1 + datagram.len());
+            let mut message = Vec::with_capacity(1 + queued.datagram.len());
             message.push(KIND_DATAGRAM);
-            message.extend_from_slice(&datagram);
-            if sink.send(Message::Binary(message.into())).await.is_err() {
+            message.extend_from_slice(&queued.datagram);
+            if timed_write(&mut sink, &shared, Message::Binary(message.into()))
+                .await
+                .is_err()
+            {
                 shared.shut();
                 return;
             }
@@ -358,7 +392,7 @@ async fn write_pump<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(len) => {
                     buffer[0] = KIND_SIGNALING;
                     let message = Message::Binary(Bytes::copy_from_slice(&buffer[..=len]));
-                    if sink.send(message).await.is_err() {
+                    if timed_write(&mut sink, &shared, message).await.is_err() {
                         break;
                     }
                     shared.sent.fetch_add(len as u64, Ordering::AcqRel);
@@ -369,6 +403,19 @@ async fn write_pump<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     shared.shut();
+}
+
+/// Writes `message`, adding the time it took to the writer's total.
+async fn timed_write<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    shared: &Shared,
+    message: Message,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let started = Instant::now();
+    let written = sink.send(message).await;
+    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    shared.writing_nanos.fetch_add(took, Ordering::AcqRel);
+    written
 }
 
 /// A WebSocket close code for an error code: 1000 for success, 4000 plus
@@ -518,6 +565,77 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(10), server.recv.recv()).await;
         assert!(matches!(ended, Ok(Ok(None) | Err(_))), "{ended:?}");
         assert!(server.media.recv_datagram().await.is_err());
+    }
+
+    /// A client link over an in-memory pipe of `capacity` bytes each way,
+    /// and the pipe's server end, read by nobody until the test says so.
+    async fn piped_client(
+        capacity: usize,
+    ) -> (
+        Link<Ws, ServerMessage, ClientMessage>,
+        tokio::io::DuplexStream,
+    ) {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (client, server) = tokio::io::duplex(capacity);
+        let config = Some(websocket_config());
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, config).await;
+        (into_link(client), server)
+    }
+
+    /// The first bytes of the audio datagrams `server_end` receives until
+    /// nothing comes for 500 ms.
+    async fn frames_received(server_end: tokio::io::DuplexStream) -> Vec<u8> {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let config = Some(websocket_config());
+        let mut socket = WebSocketStream::from_raw_socket(server_end, Role::Server, config).await;
+        let mut frames = Vec::new();
+        while let Ok(Some(Ok(Message::Binary(data)))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.next()).await
+        {
+            assert_eq!(data[0], KIND_DATAGRAM);
+            frames.push(data[1]);
+        }
+        frames
+    }
+
+    /// A writer that got no CPU for longer than [`STALE_AFTER`] (a busy
+    /// machine) still sends what was queued: only a socket that would not
+    /// take the audio makes it stale. The runtime's one thread is blocked,
+    /// so the writer cannot run while the datagrams wait.
+    #[tokio::test(flavor = "current_thread")]
+    async fn audio_a_busy_machine_delayed_is_still_sent() {
+        let (client, server_end) = piped_client(64 * 1024).await;
+        for frame in 0..5_u8 {
+            client
+                .media
+                .send_datagram(Bytes::from(vec![frame; 80]))
+                .unwrap();
+        }
+        std::thread::sleep(STALE_AFTER + Duration::from_millis(50));
+        assert_eq!(frames_received(server_end).await, [0, 1, 2, 3, 4]);
+        assert_eq!(client.media.dropped_stale(), 0);
+    }
+
+    /// A peer that stops reading fills the pipe: audio queued behind it
+    /// for longer than [`STALE_AFTER`] is dropped, and what was queued
+    /// after the socket took writes again arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audio_stuck_behind_a_full_socket_is_dropped() {
+        let (client, server_end) = piped_client(4 * 1024).await;
+        // 300 ms of a 20 ms frame rate with nobody reading: the first
+        // frames fill the pipe, the writer waits on the rest.
+        for frame in 0..15_u8 {
+            client
+                .media
+                .send_datagram(Bytes::from(vec![frame; 1_000]))
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let received = frames_received(server_end).await;
+        let dropped = client.media.dropped_stale();
+        assert!(dropped > 0, "nothing dropped: {received:?}");
+        assert_eq!(received.len() as u64 + dropped, 15, "{received:?}");
+        assert_eq!(received.last(), Some(&14), "the newest frame arrives");
     }
 
     /// docs/protocol.md's example, from a client written from it: raw
