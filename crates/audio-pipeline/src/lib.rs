@@ -8,6 +8,7 @@ pub mod loss;
 mod mixer;
 pub mod netem;
 pub mod path;
+pub mod policy;
 pub(crate) mod resample;
 #[cfg(test)]
 mod test_signal;
@@ -18,12 +19,13 @@ pub use codec::{
     EncoderConfig, MIN_DRED_COMPLEXITY, Protection, has_fec, is_dtx_frame, packet_samples,
 };
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PullKind};
-pub use loss::LossMeter;
+pub use loss::{LossEstimate, LossMeter};
 pub use mixer::Mixer;
 pub use path::{
     Captured, MediaPacket, OutgoingFrame, PacketReceiver, PacketSender, PathError, ReceivePath,
     SendPath, packet_ring,
 };
+pub use policy::{HowToSend, ReceiverSays, SendPolicy};
 pub use resample::{Resampler, ResamplerError};
 
 /// The pipeline's sample rate.

@@ -507,10 +507,12 @@ impl TRTCCalling {
             .await
     }
 
-    /// The share of our audio its receivers lose, in percent, as they last
-    /// reported it (the worst of them, about once a second): the encoder's
-    /// forward error correction follows it. `None` outside a call or before
-    /// the first report.
+    /// The share of our audio its receivers lose, in percent, as the
+    /// encoder is told it: the worst receiver's estimate from its reports
+    /// (about one a second), which believes a bad second at once and a
+    /// good one slowly, so that a bursty path keeps its protection. FEC or
+    /// DRED follows it. `None` outside a call or before the first report
+    /// (until then the encoder assumes 10 %).
     pub async fn reported_loss(&self) -> CallingResult<Option<u8>> {
         self.ask(|reply| Command::Audio(AudioCommand::ReportedLoss(reply)))
             .await

@@ -17,8 +17,9 @@ use audio_device::{
     WavSource,
 };
 use audio_pipeline::{
-    EncoderConfig, FrameDuration, JitterConfig, JitterStats, MIN_DRED_COMPLEXITY, PULL_SAMPLES,
-    PacketReceiver, PacketSender, Protection, ReceivePath, Resampler, SendPath, packet_ring,
+    EncoderConfig, FrameDuration, HowToSend, JitterConfig, JitterStats, MIN_DRED_COMPLEXITY,
+    PULL_SAMPLES, PacketReceiver, PacketSender, Protection, ReceivePath, Resampler, SendPath,
+    packet_ring,
 };
 use calling_api::{AudioDeviceKind, CallingEvent};
 use signaling_link::MediaLink;
@@ -26,7 +27,7 @@ use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
 use tracing::warn;
 
-use crate::media_session::{HowToSend, MAX_SPEAKERS, MediaSession, Received};
+use crate::media_session::{MAX_SPEAKERS, MediaSession, Received};
 
 /// An application's own capture source (a bot's voice, a probe), shared
 /// with the SDK's capture thread, which reads it every 10 ms.
@@ -254,10 +255,8 @@ struct Shared {
     /// Jitter statistics per speaker slot, published by the playout thread
     /// about twice a second (it never waits for this lock).
     stats: Mutex<[JitterStats; MAX_SPEAKERS]>,
-    /// The loss the encoder is to be told next ([`NO_REPORT`] if none).
+    /// The loss the encoder is to be told next ([`NO_NEWS`] if it was).
     loss_to_apply: AtomicU8,
-    /// The loss the encoder was last told ([`NO_REPORT`] if never).
-    applied_loss: AtomicU8,
     /// Whether the capture thread sends 10 ms frames ([`HowToSend`]).
     short_frames: AtomicBool,
     /// Whether the capture thread protects with DRED instead of in-band FEC
@@ -265,8 +264,8 @@ struct Shared {
     dred: AtomicBool,
 }
 
-/// No loss report: a value a report (0–100) never takes.
-const NO_REPORT: u8 = u8::MAX;
+/// Nothing new for the encoder: a value a loss hint (0–100) never takes.
+const NO_NEWS: u8 = u8::MAX;
 
 /// Milliseconds of one capture read: the shorter frame size, so a 10 ms
 /// frame leaves as soon as it is in (a 20 ms frame takes two reads).
@@ -466,6 +465,7 @@ impl CallAudio {
         low_latency: bool,
         notices: &DeviceNotices,
     ) -> Option<Self> {
+        let session = MediaSession::new(low_latency, decoder_complexity >= MIN_DRED_COMPLEXITY);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             muted: AtomicBool::new(muted),
@@ -473,8 +473,8 @@ impl CallAudio {
             local_level: AtomicU8::new(0),
             speaker_levels: std::array::from_fn(|_| AtomicU8::new(0)),
             stats: Mutex::new([JitterStats::default(); MAX_SPEAKERS]),
-            loss_to_apply: AtomicU8::new(NO_REPORT),
-            applied_loss: AtomicU8::new(NO_REPORT),
+            // A path nobody measured yet is protected from the first frame.
+            loss_to_apply: AtomicU8::new(session.encoder_hint()),
             short_frames: AtomicBool::new(false),
             dred: AtomicBool::new(false),
         });
@@ -512,7 +512,7 @@ impl CallAudio {
         };
         Some(Self {
             shared,
-            session: MediaSession::new(low_latency, decoder_complexity >= MIN_DRED_COMPLEXITY),
+            session,
             rings: Vec::new(),
             new_speakers,
             threads: vec![capture, playout],
@@ -576,21 +576,21 @@ impl CallAudio {
     }
 
     /// What we tell the other members (see [`MediaSession::feedback`]), and
-    /// the loss reported about our audio handed to the encoder. Called
+    /// the loss hint their reports add up to handed to the encoder. Called
     /// about once a second.
     pub(crate) fn feedback(&mut self, members: &[FlowId]) -> Vec<bytes::Bytes> {
         let datagrams = self.session.feedback(members);
         self.publish_how_to_send();
-        if let Some(loss) = self.session.take_loss_report() {
-            self.shared.loss_to_apply.store(loss, Ordering::Relaxed);
-        }
+        self.shared
+            .loss_to_apply
+            .store(self.session.encoder_hint(), Ordering::Relaxed);
         datagrams
     }
 
-    /// The loss our receivers last reported, as the encoder was told it.
+    /// The loss hint the members' reports set for the encoder; `None`
+    /// before the first report.
     pub(crate) fn reported_loss(&self) -> Option<u8> {
-        let applied = self.shared.applied_loss.load(Ordering::Relaxed);
-        (applied != NO_REPORT).then_some(applied)
+        self.session.reported_loss()
     }
 
     /// The loudest local level since the last call (0–100).
@@ -708,13 +708,12 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
 /// Tells the encoder the loss the session handed over, if any, so in-band
 /// FEC protects as much as the path needs.
 fn apply_loss_report(send: &mut SendPath, shared: &Shared) {
-    let reported = shared.loss_to_apply.swap(NO_REPORT, Ordering::Relaxed);
-    if reported == NO_REPORT {
+    let hint = shared.loss_to_apply.swap(NO_NEWS, Ordering::Relaxed);
+    if hint == NO_NEWS {
         return;
     }
-    match send.set_measured_loss(f32::from(reported)) {
-        Ok(()) => shared.applied_loss.store(reported, Ordering::Relaxed),
-        Err(error) => warn!(%error, "the encoder refused the loss hint"),
+    if let Err(error) = send.set_measured_loss(f32::from(hint)) {
+        warn!(%error, "the encoder refused the loss hint");
     }
 }
 

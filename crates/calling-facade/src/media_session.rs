@@ -7,39 +7,25 @@
 //! audio threads.
 //!
 //! Loss feedback: we measure what we lose of each remote speaker
-//! ([`LossMeter`]) and send each one a loss report about once a second;
-//! reports about our own audio arrive the same way, and the worst since the
-//! encoder was last told is what it is told next, so in-band FEC follows
-//! the path. A report that arrives before our audio starts is kept.
-//!
-//! Low latency: with it on we send 10 ms frames instead of 20 ms — but only
-//! once every other member of the call has said it plays them
-//! ([`ReceiverFeatures`], sent to each member once a second with the loss
-//! reports); a member who never says so keeps the call at 20 ms.
-//!
-//! DRED: a receiver whose decoder recovers from DRED says so in the same
-//! features, and asks for it while its losses of that member's audio come
-//! in bursts ([`LossMeter::bursty`]). We protect with DRED instead of
-//! in-band FEC while every other member decodes it and at least half of
-//! them ask, in 20 ms frames only (libopus sends no DRED in 10 ms ones);
-//! otherwise, and with any member that never said a word, with FEC.
+//! ([`LossMeter`]) and send each one a loss report about once a second,
+//! with our [`ReceiverFeatures`] (what we play, whether we decode DRED and
+//! ask for it: [`ReceiverSays::ours`]). What the other members say about
+//! our own audio arrives the same way and goes to the
+//! [`SendPolicy`], which decides the frame length, FEC or DRED, and the
+//! encoder's loss hint (the worst member's [`audio_pipeline::LossEstimate`]:
+//! a bad second believed at once, a good one slowly, a path nobody has
+//! measured yet protected). A report that arrives before our audio starts
+//! is kept.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use audio_pipeline::{FrameDuration, LossMeter, MediaPacket, Protection};
+use audio_pipeline::{HowToSend, LossMeter, MediaPacket, ReceiverSays, SendPolicy};
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, LossReport, MediaHeader, ReceiverFeatures};
 
 /// Remote speakers one call can hear at once.
 pub(crate) const MAX_SPEAKERS: usize = 15;
-
-/// How we send our audio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HowToSend {
-    pub(crate) frames: FrameDuration,
-    pub(crate) protection: Protection,
-}
 
 /// What one received datagram asks of the glue.
 #[derive(Debug)]
@@ -78,28 +64,18 @@ struct Speaker {
 #[derive(Debug)]
 pub(crate) struct MediaSession {
     speakers: HashMap<FlowId, Speaker>,
-    /// Whether this user wants 10 ms frames.
-    low_latency: bool,
     /// Whether our decoders recover lost frames from DRED.
     decodes_dred: bool,
-    /// The other members' flows, as last listed.
-    members: Vec<FlowId>,
-    /// What each of them said it plays of our audio.
-    features: HashMap<FlowId, ReceiverFeatures>,
-    /// The worst loss reported about our audio since the encoder was last
-    /// told.
-    worst_report: Option<u8>,
+    /// What the other members said of our audio, and what it makes of it.
+    policy: SendPolicy<FlowId>,
 }
 
 impl MediaSession {
     pub(crate) fn new(low_latency: bool, decodes_dred: bool) -> Self {
         Self {
             speakers: HashMap::new(),
-            low_latency,
             decodes_dred,
-            members: Vec::new(),
-            features: HashMap::new(),
-            worst_report: None,
+            policy: SendPolicy::new(low_latency),
         }
     }
 
@@ -112,15 +88,21 @@ impl MediaSession {
             DatagramKind::Audio => self.on_audio(now, &header, payload),
             DatagramKind::Report => {
                 if let Some(report) = LossReport::from_payload(payload) {
-                    let worst = self.worst_report.unwrap_or(0).max(report.loss_percent);
-                    self.worst_report = Some(worst);
+                    self.policy.on_report(header.flow_id, report.loss_percent);
                 }
                 Received::Nothing
             }
             DatagramKind::Features => match ReceiverFeatures::from_payload(payload) {
-                Some(features) => Received::Features {
-                    first: self.features.insert(header.flow_id, features).is_none(),
-                },
+                Some(features) => {
+                    let says = ReceiverSays {
+                        plays_short_frames: features.plays_short_frames(),
+                        decodes_dred: features.decodes_dred(),
+                        wants_dred: features.wants_dred(),
+                    };
+                    Received::Features {
+                        first: self.policy.on_says(header.flow_id, says),
+                    }
+                }
                 None => Received::Nothing,
             },
             DatagramKind::Probe | DatagramKind::KeepAlive => Received::Nothing,
@@ -159,7 +141,7 @@ impl MediaSession {
 
     /// Wants 10 ms frames (`true`) or 20 ms ones.
     pub(crate) fn set_low_latency(&mut self, low_latency: bool) {
-        self.low_latency = low_latency;
+        self.policy.set_low_latency(low_latency);
     }
 
     /// What we tell the other members, as datagrams to send (the server
@@ -168,19 +150,17 @@ impl MediaSession {
     /// speaker with enough packets due since the last report, what we lose
     /// of it. Called about once a second.
     pub(crate) fn feedback(&mut self, members: &[FlowId]) -> Vec<bytes::Bytes> {
-        if self.members != members {
-            self.members = members.to_vec();
-            self.features.retain(|flow, _| members.contains(flow));
-        }
+        self.policy.set_receivers(members);
         let mut datagrams = Vec::new();
-        let features =
-            ReceiverFeatures::ours().with(ReceiverFeatures::DECODES_DRED, self.decodes_dred);
         for flow in members {
-            let bursty = self
-                .speakers
-                .get(flow)
-                .is_some_and(|speaker| speaker.loss.bursty());
-            let features = features.with(ReceiverFeatures::WANTS_DRED, self.decodes_dred && bursty);
+            let says = ReceiverSays::ours(
+                self.decodes_dred,
+                self.speakers.get(flow).map(|speaker| &speaker.loss),
+            );
+            let features = ReceiverFeatures(0)
+                .with(ReceiverFeatures::SHORT_FRAMES, says.plays_short_frames)
+                .with(ReceiverFeatures::DECODES_DRED, says.decodes_dred)
+                .with(ReceiverFeatures::WANTS_DRED, says.wants_dred);
             datagrams.extend(feedback_datagram(
                 DatagramKind::Features,
                 *flow,
@@ -197,46 +177,20 @@ impl MediaSession {
         datagrams
     }
 
-    /// The worst loss reported about our audio since the last call: what
-    /// the encoder is to be told now (`None`: no news, keep the last).
-    pub(crate) fn take_loss_report(&mut self) -> Option<u8> {
-        self.worst_report.take()
+    /// The loss hint for our encoder now (see [`SendPolicy::encoder_hint`]).
+    pub(crate) fn encoder_hint(&self) -> u8 {
+        self.policy.encoder_hint()
     }
 
-    /// 10 ms frames when wanted and every other member said it plays them;
-    /// DRED in 20 ms frames when every other member decodes it and at least
-    /// half ask; in-band FEC otherwise.
+    /// The encoder's hint once a member has reported what it loses of our
+    /// audio; `None` before.
+    pub(crate) fn reported_loss(&self) -> Option<u8> {
+        self.policy.has_reports().then(|| self.encoder_hint())
+    }
+
+    /// Frame length and protection (see [`SendPolicy::how_to_send`]).
     pub(crate) fn how_to_send(&self) -> HowToSend {
-        let everyone = |has: fn(ReceiverFeatures) -> bool| {
-            !self.members.is_empty()
-                && self.members.iter().all(|flow| {
-                    self.features
-                        .get(flow)
-                        .is_some_and(|features| has(*features))
-                })
-        };
-        let short = self.low_latency && everyone(ReceiverFeatures::plays_short_frames);
-        let asking = self
-            .members
-            .iter()
-            .filter(|flow| self.features.get(flow).is_some_and(|f| f.wants_dred()))
-            .count();
-        let dred = !short
-            && everyone(ReceiverFeatures::decodes_dred)
-            && asking > 0
-            && 2 * asking >= self.members.len();
-        HowToSend {
-            frames: if short {
-                FrameDuration::Ms10
-            } else {
-                FrameDuration::Ms20
-            },
-            protection: if dred {
-                Protection::Dred
-            } else {
-                Protection::InBandFec
-            },
-        }
+        self.policy.how_to_send()
     }
 
     /// The playout slot of `flow`, once heard.
@@ -264,6 +218,7 @@ fn feedback_datagram(kind: DatagramKind, flow: FlowId, payload: &[u8; 1]) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use audio_pipeline::{FrameDuration, Protection};
     use std::time::Duration;
 
     const ALICE: FlowId = FlowId(1);
@@ -381,77 +336,37 @@ mod tests {
     }
 
     #[test]
-    fn a_report_that_arrives_before_media_is_kept() {
+    fn reports_set_the_hint_even_before_media() {
         let start = Instant::now();
         let mut session = MediaSession::new(false, false);
-        assert_eq!(session.take_loss_report(), None);
-        // Reports before we sent or heard any audio: the worst is kept…
-        session.handle_datagram(start, &report(12));
+        assert_eq!(session.reported_loss(), None);
+        let unknown = session.encoder_hint();
+        assert!(unknown > 0, "a path nobody measured is protected");
+        // Reports before we sent or heard any audio count…
         session.handle_datagram(start, &report(30));
-        session.handle_datagram(start, &report(4));
         session.handle_datagram(start + Duration::from_secs(1), &audio(BOB, 1));
-        // …until the encoder is told it, once.
-        assert_eq!(session.take_loss_report(), Some(30));
-        assert_eq!(session.take_loss_report(), None);
-        session.handle_datagram(start, &report(0));
-        assert_eq!(
-            session.take_loss_report(),
-            Some(0),
-            "a clean path is news too"
-        );
+        assert_eq!(session.reported_loss(), Some(30));
+        // …and a clean second after a bad one lowers the hint only a little.
+        for _ in 0..3 {
+            session.handle_datagram(start, &report(0));
+        }
+        let hint = session.reported_loss().unwrap();
+        assert!((15..30).contains(&hint), "{hint}");
     }
 
+    /// What members say reaches the policy (its rules are tested in
+    /// `audio_pipeline::policy`): DRED once the only other member decodes
+    /// it and asks, 10 ms frames while it plays them and we want them.
     #[test]
-    fn a_sender_that_stops_being_asked_for_dred_goes_back_to_fec() {
+    fn what_members_say_decides_how_we_send() {
         let start = Instant::now();
-        let mut session = MediaSession::new(false, true);
-        let fec_20 = HowToSend {
-            frames: FrameDuration::Ms20,
-            protection: Protection::InBandFec,
-        };
-        assert_eq!(session.how_to_send(), fec_20, "nobody said anything");
-        session.feedback(&[ALICE, BOB]);
+        let mut session = MediaSession::new(true, true);
+        session.feedback(&[ALICE]);
         assert!(matches!(
             session.handle_datagram(start, &features(ALICE, dred(true))),
             Received::Features { first: true }
         ));
-        assert_eq!(
-            session.how_to_send(),
-            fec_20,
-            "bob never said he decodes DRED"
-        );
-        session.handle_datagram(start, &features(BOB, dred(false)));
-        // Half of them ask, all decode it.
-        assert_eq!(session.how_to_send().protection, Protection::Dred);
-        assert!(matches!(
-            session.handle_datagram(start, &features(ALICE, dred(false))),
-            Received::Features { first: false }
-        ));
-        assert_eq!(session.how_to_send(), fec_20, "nobody asks any more");
-        session.handle_datagram(start, &features(BOB, dred(true)));
-        assert_eq!(session.how_to_send().protection, Protection::Dred);
-        // A new member who said nothing yet holds the call at FEC.
-        session.feedback(&[ALICE, BOB, FlowId(3)]);
-        assert_eq!(session.how_to_send(), fec_20);
-        // A member who leaves takes its word with it.
-        session.feedback(&[ALICE]);
-        assert_eq!(session.how_to_send(), fec_20, "alice does not ask");
-    }
-
-    #[test]
-    fn ten_ms_frames_keep_fec() {
-        let start = Instant::now();
-        let mut session = MediaSession::new(true, true);
-        session.feedback(&[ALICE]);
-        session.handle_datagram(start, &features(ALICE, dred(true)));
-        assert_eq!(
-            session.how_to_send(),
-            HowToSend {
-                frames: FrameDuration::Ms10,
-                protection: Protection::InBandFec,
-            },
-            "libopus sends no DRED in 10 ms frames"
-        );
+        assert_eq!(session.how_to_send().frames, FrameDuration::Ms10);
         session.set_low_latency(false);
         assert_eq!(
             session.how_to_send(),
@@ -460,11 +375,11 @@ mod tests {
                 protection: Protection::Dred,
             }
         );
-        // A member who plays only 20 ms frames holds the call there.
-        session.set_low_latency(true);
-        let long_only = ReceiverFeatures(0).with(ReceiverFeatures::DECODES_DRED, true);
-        session.handle_datagram(start, &features(ALICE, long_only));
-        assert_eq!(session.how_to_send().frames, FrameDuration::Ms20);
+        assert!(matches!(
+            session.handle_datagram(start, &features(ALICE, dred(false))),
+            Received::Features { first: false }
+        ));
+        assert_eq!(session.how_to_send().protection, Protection::InBandFec);
     }
 
     #[test]
