@@ -41,7 +41,7 @@ use audio_pipeline::netem::{Netem, NetemConfig};
 use audio_pipeline::{
     DEFAULT_DECODER_COMPLEXITY, Decoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, JitterConfig,
     LossMeter, MAX_PACKET, MIN_DRED_COMPLEXITY, MediaPacket, PULL_SAMPLES, Protection, ReceivePath,
-    Resampler, SendPath,
+    ReceiverSays, Resampler, SendPath, SendPolicy,
 };
 
 fn load_48k(path: &Path) -> (Vec<f32>, Vec<f32>) {
@@ -364,33 +364,40 @@ fn audio_kbps(speech_48k: &[f32], protection: Protection, loss_percent: f64) -> 
     bytes as f64 * 8.0 / seconds / 1e3
 }
 
-/// What the SDK's sender settles on for this path: DRED once its receiver
-/// says its losses come in bursts (measured here on ten seconds of the
-/// condition's losses, reported once a second as the SDK does).
-fn protection_by_pattern(condition: &Condition) -> Protection {
-    let mut network: Netem<u32> = Netem::new(condition.config);
-    let mut meter = LossMeter::new();
-    let origin = Instant::now();
-    for seq in 0..500_u32 {
-        let now = origin + Duration::from_millis(20 * u64::from(seq));
-        network.send(now, seq);
-        while let Some(received) = network.receive(now) {
-            meter.on_packet(received);
-        }
-        if seq % 50 == 49 {
-            meter.report();
-        }
-    }
-    if meter.bursty() {
-        Protection::Dred
-    } else {
-        Protection::InBandFec
+/// What the sender's negotiation did over one run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Negotiated {
+    /// Packets sent with DRED on (DRED chosen and a loss hint above 0).
+    dred_packets: usize,
+    packets: usize,
+    /// The loss hint the encoder was told, summed over packets.
+    hint_sum: f64,
+}
+
+impl Negotiated {
+    fn add(&mut self, other: Self) {
+        self.dred_packets += other.dred_packets;
+        self.packets += other.packets;
+        self.hint_sum += other.hint_sum;
     }
 }
 
+/// The receiver in the benchmark's one-to-one call, for the sender's
+/// [`SendPolicy`].
+const RECEIVER: u8 = 1;
+
 /// Our pipeline: 16 kHz capture → send path → netem → receive path → 16 kHz,
-/// in 5 ms steps (capture, delivery, a playout pull each).
-fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> (Vec<f32>, f64) {
+/// in 5 ms steps (capture, delivery, a playout pull each), negotiated as a
+/// call negotiates: the receiver counts what arrives ([`LossMeter`]) and,
+/// once a second, reports its loss and says what it plays and whether it
+/// asks for DRED ([`ReceiverSays::ours`]); the sender's [`SendPolicy`]
+/// sets the frame length, FEC or DRED, and the encoder's loss hint (the
+/// feedback reaches it at once: loopback).
+fn through_pipeline(
+    original_16k: &[f32],
+    condition: &Condition,
+    ours: Ours,
+) -> (Vec<f32>, f64, Negotiated) {
     let Ours {
         decoder_complexity,
         time_scaling,
@@ -400,22 +407,11 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
         cold: _,
     } = ours;
     let mut send = SendPath::new(16_000, 1, EncoderConfig::default()).unwrap();
-    send.set_frame_duration(duration);
-    // As the SDK: a receiver asks for DRED only if its decoder recovers
-    // from it.
-    let protection = protection.unwrap_or_else(|| {
-        if decoder_complexity >= MIN_DRED_COMPLEXITY {
-            protection_by_pattern(condition)
-        } else {
-            Protection::InBandFec
-        }
-    });
-    send.set_protection(protection).unwrap();
-    let expected_loss = condition.config.loss * 100.0
-        + condition.config.burst.map_or(0.0, |(enter, leave, bad)| {
-            100.0 * bad * enter / (enter + leave)
-        });
-    send.set_measured_loss(expected_loss as f32).unwrap();
+    let mut policy = SendPolicy::new(duration == FrameDuration::Ms10);
+    policy.set_receivers(&[RECEIVER]);
+    let mut meter = LossMeter::new();
+    let decodes_dred = decoder_complexity >= MIN_DRED_COMPLEXITY;
+    let mut negotiated = Negotiated::default();
     let mut network: Netem<MediaPacket> = Netem::new(condition.config);
     let mut config = JitterConfig {
         decoder_complexity,
@@ -438,9 +434,26 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
     let step_16k = PULL_SAMPLES / 3;
     for (index, chunk) in padded.chunks(step_16k).enumerate() {
         let now = origin + Duration::from_micros(5_000 * index as u64);
+        if index % 200 == 0 {
+            if let Some(percent) = meter.report() {
+                policy.on_report(RECEIVER, percent);
+            }
+            policy.on_says(RECEIVER, ReceiverSays::ours(decodes_dred, Some(&meter)));
+            let how = policy.how_to_send();
+            send.set_frame_duration(how.frames);
+            send.set_protection(protection.unwrap_or(how.protection))
+                .unwrap();
+            send.set_measured_loss(f32::from(policy.encoder_hint()))
+                .unwrap();
+        }
         send.push_capture(chunk);
+        let hint = policy.encoder_hint();
+        let dred_on = send.protection() == Protection::Dred && hint > 0;
         while let Some(captured) = send.next_frame().unwrap() {
             if let Some(frame) = captured.frame() {
+                negotiated.packets += 1;
+                negotiated.hint_sum += f64::from(hint);
+                negotiated.dred_packets += usize::from(dred_on);
                 network.send(
                     now,
                     MediaPacket::new(now, frame.seq, frame.timestamp, frame.voice, frame.payload)
@@ -450,6 +463,7 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
         }
         while let Some(mut packet) = network.receive(now) {
             packet.arrived = now;
+            meter.on_packet(packet.seq);
             ring.send(packet);
         }
         receive.pull(now, &mut out).unwrap();
@@ -459,7 +473,7 @@ fn through_pipeline(original_16k: &[f32], condition: &Condition, ours: Ours) -> 
             degraded.extend_from_slice(&chunk_16k);
         }
     }
-    (degraded, network.loss_percent())
+    (degraded, network.loss_percent(), negotiated)
 }
 
 /// One fixture as the benchmark plays it: a call's steady state, so the
@@ -503,14 +517,16 @@ impl Input {
 
 /// Plain libopus with the same losses: no buffer; a lost frame is
 /// recovered from the next packet's FEC when that one arrived, else PLC.
+/// `speech` is at `rate` Hz (48 kHz, or the source's own 16 kHz), and so
+/// are the encoder and decoder; the output at 16 kHz.
 fn through_plain_libopus(
-    speech_48k: &[f32],
+    speech: &[f32],
+    rate: u32,
     condition: &Condition,
     loss_hint: f64,
     duration: FrameDuration,
 ) -> Vec<f32> {
-    let mut encoder =
-        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    let mut encoder = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).unwrap();
     encoder.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
     encoder.set_complexity(9).unwrap();
     encoder.set_inband_fec(true).unwrap();
@@ -525,7 +541,8 @@ fn through_plain_libopus(
     });
     let origin = Instant::now();
     let mut packet = [0_u8; MAX_PACKET];
-    let frames: Vec<&[f32]> = speech_48k.chunks_exact(duration.samples()).collect();
+    let frame_samples = (rate / 1_000 * duration.millis()) as usize;
+    let frames: Vec<&[f32]> = speech.chunks_exact(frame_samples).collect();
     let mut received: Vec<Option<Vec<u8>>> = vec![None; frames.len()];
     for (index, frame) in frames.iter().enumerate() {
         let len = encoder.encode_float(frame, &mut packet).unwrap();
@@ -535,9 +552,9 @@ fn through_plain_libopus(
     while let Some((index, payload)) = network.receive(origin + Duration::from_secs(3_600)) {
         received[index] = Some(payload);
     }
-    let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
-    let mut pcm = vec![0.0_f32; duration.samples()];
-    let mut out = Vec::with_capacity(speech_48k.len());
+    let mut decoder = opus::Decoder::new(rate, opus::Channels::Mono).unwrap();
+    let mut pcm = vec![0.0_f32; frame_samples];
+    let mut out = Vec::with_capacity(speech.len());
     for index in 0..frames.len() {
         match (
             &received[index],
@@ -549,7 +566,10 @@ fn through_plain_libopus(
         };
         out.extend_from_slice(&pcm);
     }
-    let mut down = Resampler::new(48_000, 1, 16_000, 1, 480).unwrap();
+    if rate == 16_000 {
+        return out;
+    }
+    let mut down = Resampler::new(rate, 1, 16_000, 1, (rate / 100) as usize).unwrap();
     down.push(&out);
     let mut degraded = vec![0.0; down.available_frames()];
     down.pop(&mut degraded);
@@ -844,23 +864,17 @@ fn main() {
                 && ours.protection.is_none()
         })
         .unwrap_or(0);
-    // The targets against plain libopus: at least equal when clean,
-    // 0.15 better at 10 %, 20 % and bursty loss.
-    let margins = [Some(0.0), None, Some(0.15), Some(0.15), Some(0.15), None];
+    let cold_column = columns.iter().position(|(_, ours)| ours.cold);
     let mut rows = Vec::new();
-    for (condition, margin) in conditions.iter().zip(margins) {
+    for condition in &conditions {
         if only
             .as_deref()
             .is_some_and(|only| !condition.name.contains(only))
         {
             continue;
         }
-        println!(
-            "  {}: the default column protects with {:?}",
-            condition.name,
-            protection_by_pattern(condition)
-        );
-        let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + 4];
+        let mut negotiated = [Negotiated::default(); 2];
+        let mut scores: Vec<Vec<Option<[f64; 2]>>> = vec![Vec::new(); columns.len() + PLAIN];
         let mut measured_loss = 0.0;
         let mut kbps = [0.0; 2];
         // Each fixture under `seeds` loss patterns of the condition: one
@@ -888,13 +902,16 @@ fn main() {
             let mut fixture_loss = 0.0;
             for (index, (_, ours)) in columns.iter().enumerate() {
                 let degraded = if ours.cold {
-                    align_to(
-                        &input.original,
-                        &through_pipeline(&input.original, condition, *ours).0,
-                    )
+                    let (degraded, _, run) = through_pipeline(&input.original, condition, *ours);
+                    negotiated[1].add(run);
+                    align_to(&input.original, &degraded)
                 } else {
-                    let (degraded, loss) = through_pipeline(&input.twice_16k, condition, *ours);
+                    let (degraded, loss, run) =
+                        through_pipeline(&input.twice_16k, condition, *ours);
                     fixture_loss = loss;
+                    if index == default_column {
+                        negotiated[0].add(run);
+                    }
                     input.scored(&degraded)
                 };
                 let path = out_dir.join(format!("{stem}-{tag}-ours-{index}.wav"));
@@ -911,6 +928,7 @@ fn main() {
             for duration in [FrameDuration::Ms20, FrameDuration::Ms10] {
                 let plain = input.scored(&through_plain_libopus(
                     &input.twice_48k,
+                    48_000,
                     condition,
                     fixture_loss,
                     duration,
@@ -931,6 +949,24 @@ fn main() {
                 write(&dred_path, &dred);
                 paths.push(dred_path);
             }
+            let ml = input.scored(&dred::through_plain_libopus_ml(
+                &input.twice_48k,
+                condition,
+                fixture_loss,
+            ));
+            let ml_path = out_dir.join(format!("{stem}-{tag}-plain-ml.wav"));
+            write(&ml_path, &ml);
+            paths.push(ml_path);
+            let at_source_rate = input.scored(&through_plain_libopus(
+                &input.twice_16k,
+                16_000,
+                condition,
+                fixture_loss,
+                FrameDuration::Ms20,
+            ));
+            let source_path = out_dir.join(format!("{stem}-{tag}-plain-16k.wav"));
+            write(&source_path, &at_source_rate);
+            paths.push(source_path);
             for (column, score) in pesq(python, fixture, &paths).into_iter().enumerate() {
                 scores[column].push(score);
             }
@@ -951,7 +987,15 @@ fn main() {
             kbps[1],
             kbps[1] / kbps[0]
         );
-        rows.push((condition.name, measured_loss, means, margin));
+        for (run, what) in negotiated.iter().zip(["steady state", "cold start"]) {
+            println!(
+                "  {}: negotiated ({what}): DRED on {:.0} % of packets, mean loss hint {:.1} %",
+                condition.name,
+                100.0 * run.dred_packets as f64 / run.packets.max(1) as f64,
+                run.hint_sum / run.packets.max(1) as f64,
+            );
+        }
+        rows.push((condition, measured_loss, means));
     }
     let show = |score: Option<f64>, digits: usize| {
         score.map_or("n/a".to_owned(), |score| format!("{score:.digits$}"))
@@ -965,41 +1009,72 @@ fn main() {
             header.push_str(&format!(" {name:>12}"));
         }
         println!(
-            "{header} {:>11} {:>13} {:>13} {:>13}   ours (default) vs plain",
-            "plain opus", "plain, 10 ms", "plain + DRED", "DRED, = bits"
+            "{header} {:>11} {:>13} {:>13} {:>13} {:>13} {:>13}   targets (ours = default column)",
+            "plain opus", "plain, 10 ms", "plain + DRED", "DRED, = bits", "plain + ML", "plain, 16 kHz"
         );
-        for (name, loss, means, margin) in &rows {
-            let plain = means[columns.len()][which];
-            let verdict = match (means[default_column][which], plain) {
-                (Some(ours), Some(plain)) => {
-                    let difference = ours - plain;
-                    match margin {
-                        // The targets are PESQ's; STOI is reported beside.
-                        Some(margin) if which == 0 && difference >= margin - 1e-9 => {
-                            format!("{difference:+.2} (target >= {margin:+.2} met)")
-                        }
-                        Some(margin) if which == 0 => {
-                            format!("{difference:+.2} (target >= {margin:+.2} MISSED)")
-                        }
-                        _ => format!("{difference:+.digits$}"),
-                    }
-                }
-                _ => String::new(),
-            };
-            let mut line = format!("  {name:<15} {loss:>5.1}%");
+        for (condition, loss, means) in &rows {
+            let verdict = targets(condition, means, which, default_column, cold_column);
+            let mut line = format!("  {:<15} {loss:>5.1}%", condition.name);
             for column in &means[..columns.len()] {
                 line.push_str(&format!(" {:>12}", show(column[which], digits)));
             }
+            let plain = |k: usize| show(means[columns.len() + k][which], digits);
             println!(
-                "{line} {:>11} {:>13} {:>13} {:>13}   {verdict}",
-                show(plain, digits),
-                show(means[columns.len() + 1][which], digits),
-                show(means[columns.len() + 2][which], digits),
-                show(means[columns.len() + 3][which], digits)
+                "{line} {:>11} {:>13} {:>13} {:>13} {:>13} {:>13}   {verdict}",
+                plain(0),
+                plain(1),
+                plain(2),
+                plain(3),
+                plain(4),
+                plain(5)
             );
         }
     }
     println!("  degraded files in {}", out_dir.display());
+}
+
+/// The plain anchors after our columns: libopus 20 ms, 10 ms, with DRED,
+/// with DRED at equal bits, with FEC and the ML decoder, and at the
+/// source's own 16 kHz.
+const PLAIN: usize = 6;
+
+/// Each target of one condition's row, met or missed (`which`: 0 PESQ, 1
+/// STOI): ours at least plain libopus with the ML decoder and FEC (STOI
+/// within 0.01), and at least plain libopus at the talkers' 16 kHz;
+/// bursty, at least plain with DRED at equal bits − 0.05; under loss, the
+/// cold start within 0.15 of the steady state.
+fn targets(
+    condition: &Condition,
+    means: &[[Option<f64>; 2]],
+    which: usize,
+    default_column: usize,
+    cold_column: Option<usize>,
+) -> String {
+    let plain_start = means.len() - PLAIN;
+    let Some(ours) = means[default_column][which] else {
+        return String::new();
+    };
+    let mut checks = Vec::new();
+    let mut check = |name: &str, anchor: Option<f64>, slack: f64| {
+        if let Some(anchor) = anchor {
+            let difference = ours - anchor;
+            let met = if difference >= -slack - 1e-9 { "met" } else { "MISSED" };
+            checks.push(format!("{name} {difference:+.3} ({met})"));
+        }
+    };
+    let stoi_slack = if which == 1 { 0.01 } else { 0.0 };
+    check("vs plain+ML", means[plain_start + 4][which], stoi_slack);
+    check("vs plain 16k", means[plain_start + 5][which], stoi_slack);
+    if condition.config.burst.is_some() && which == 0 {
+        check("vs DRED=bits", means[plain_start + 3][which], 0.05);
+    }
+    let lossy = condition.config.loss > 0.0 || condition.config.burst.is_some();
+    if let (true, 0, Some(cold)) = (lossy, which, cold_column.and_then(|c| means[c][which])) {
+        let difference = cold - ours;
+        let met = if difference >= -0.15 { "met" } else { "MISSED" };
+        checks.push(format!("cold {difference:+.2} ({met})"));
+    }
+    checks.join(", ")
 }
 
 /// Plain libopus with Deep REDundancy instead of in-band FEC, through
@@ -1027,33 +1102,63 @@ mod dred {
         loss_hint: f64,
         equal_bits: bool,
     ) -> Vec<f32> {
+        let hint = (loss_hint.round() as i32).clamp(0, 100);
         let frames: Vec<&[f32]> = speech_48k.chunks_exact(FRAME_SAMPLES).collect();
+        let packets = encode(&frames, hint, Redundancy::Dred { equal_bits });
+        decode(&through(condition, packets), 5, Redundancy::Dred { equal_bits })
+    }
+
+    /// Plain libopus 1.6 with in-band FEC, decoded by the ML decoder
+    /// (complexity 7: Deep PLC and NoLACE): a lost frame from the next
+    /// packet's FEC when that one arrived, else concealed.
+    pub(super) fn through_plain_libopus_ml(
+        speech_48k: &[f32],
+        condition: &Condition,
+        loss_hint: f64,
+    ) -> Vec<f32> {
+        let hint = (loss_hint.round() as i32).clamp(0, 100);
+        let frames: Vec<&[f32]> = speech_48k.chunks_exact(FRAME_SAMPLES).collect();
+        let packets = encode(&frames, hint, Redundancy::Fec);
+        decode(&through(condition, packets), 7, Redundancy::Fec)
+    }
+
+    #[derive(Clone, Copy)]
+    enum Redundancy {
+        Fec,
+        Dred { equal_bits: bool },
+    }
+
+    /// The packets that `condition` lets through (no jitter: no clock),
+    /// down to 16 kHz once decoded.
+    fn through(condition: &Condition, packets: Vec<Vec<u8>>) -> Vec<Option<Vec<u8>>> {
         let mut network: Netem<(usize, Vec<u8>)> = Netem::new(NetemConfig {
             jitter: Duration::ZERO,
             duplicate: 0.0,
             ..condition.config
         });
         let origin = Instant::now();
-        let hint = (loss_hint.round() as i32).clamp(0, 100);
-        for (index, packet) in encode(&frames, hint, equal_bits).into_iter().enumerate() {
+        let mut received: Vec<Option<Vec<u8>>> = vec![None; packets.len()];
+        for (index, packet) in packets.into_iter().enumerate() {
             let now = origin + Duration::from_millis(20 * index as u64);
             network.send(now, (index, packet));
         }
-        let mut received: Vec<Option<Vec<u8>>> = vec![None; frames.len()];
         while let Some((index, payload)) = network.receive(origin + Duration::from_secs(3_600)) {
             received[index] = Some(payload);
         }
-        let out = decode(&received);
+        received
+    }
+
+    fn to_16k(out: &[f32]) -> Vec<f32> {
         let mut down = Resampler::new(48_000, 1, 16_000, 1, 480).unwrap();
-        down.push(&out);
+        down.push(out);
         let mut degraded = vec![0.0; down.available_frames()];
         down.pop(&mut degraded);
         degraded
     }
 
-    /// The same bitrate as the FEC baseline, FEC off, 100 ms of DRED once
-    /// loss is expected.
-    fn encode(frames: &[&[f32]], loss_hint: i32, equal_bits: bool) -> Vec<Vec<u8>> {
+    /// 32 kbps with in-band FEC; or FEC off and 100 ms of DRED once loss
+    /// is expected, at the same setting or at equal bits on the wire.
+    fn encode(frames: &[&[f32]], loss_hint: i32, redundancy: Redundancy) -> Vec<Vec<u8>> {
         let mut error = 0;
         let mut packets = Vec::with_capacity(frames.len());
         // SAFETY: the encoder comes from its constructor, is checked for
@@ -1066,7 +1171,10 @@ mod dred {
                 !encoder.is_null() && error == opus::OPUS_OK,
                 "encoder: {error}"
             );
-            let dred_frames: i32 = if loss_hint > 0 { 10 } else { 0 };
+            let (fec, dred_frames, equal_bits) = match redundancy {
+                Redundancy::Fec => (1_i32, 0_i32, false),
+                Redundancy::Dred { equal_bits } => (0, if loss_hint > 0 { 10 } else { 0 }, equal_bits),
+            };
             // The same bits on the wire as the FEC baseline: libopus sends
             // more than its setting with DRED on (as our encoder scales it).
             let bitrate = if dred_frames > 0 && equal_bits {
@@ -1076,8 +1184,15 @@ mod dred {
             };
             opus::opus_encoder_ctl(encoder, opus::OPUS_SET_BITRATE_REQUEST, bitrate);
             opus::opus_encoder_ctl(encoder, opus::OPUS_SET_COMPLEXITY_REQUEST, 9_i32);
+            // The fixtures are 16 kHz talkers: coded wideband, as our
+            // sender codes them (libopus alone would code super-wideband).
+            opus::opus_encoder_ctl(
+                encoder,
+                opus::OPUS_SET_MAX_BANDWIDTH_REQUEST,
+                opus::OPUS_BANDWIDTH_WIDEBAND,
+            );
             // Beside in-band FEC, DRED gets almost no bits at 32 kbps.
-            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_INBAND_FEC_REQUEST, 0_i32);
+            opus::opus_encoder_ctl(encoder, opus::OPUS_SET_INBAND_FEC_REQUEST, fec);
             opus::opus_encoder_ctl(encoder, opus::OPUS_SET_PACKET_LOSS_PERC_REQUEST, loss_hint);
             opus::opus_encoder_ctl(encoder, opus::OPUS_SET_DRED_DURATION_REQUEST, dred_frames);
             let mut packet = [0_u8; MAX_PACKET];
@@ -1097,9 +1212,10 @@ mod dred {
         packets
     }
 
-    /// Each received packet decoded; each lost frame from the DRED of the
-    /// first packet after it (within four), else concealed.
-    fn decode(received: &[Option<Vec<u8>>]) -> Vec<f32> {
+    /// Each received packet decoded at decoder `complexity`; each lost
+    /// frame from the FEC of the next packet, or from the DRED of the
+    /// first packet after it (within four), else concealed; at 16 kHz.
+    fn decode(received: &[Option<Vec<u8>>], complexity: i32, redundancy: Redundancy) -> Vec<f32> {
         let frame = FRAME_SAMPLES as i32;
         let mut error = 0;
         let mut out = Vec::with_capacity(received.len() * FRAME_SAMPLES);
@@ -1110,7 +1226,7 @@ mod dred {
                 !decoder.is_null() && error == opus::OPUS_OK,
                 "decoder: {error}"
             );
-            opus::opus_decoder_ctl(decoder, opus::OPUS_SET_COMPLEXITY_REQUEST, 5_i32);
+            opus::opus_decoder_ctl(decoder, opus::OPUS_SET_COMPLEXITY_REQUEST, complexity);
             let dred_decoder = opus::opus_dred_decoder_create(&raw mut error);
             let dred = opus::opus_dred_alloc(&raw mut error);
             assert!(!dred_decoder.is_null() && !dred.is_null(), "dred: {error}");
@@ -1129,9 +1245,20 @@ mod dred {
                     out.extend_from_slice(&pcm);
                     continue;
                 }
-                let after = (index + 1..(index + 5).min(received.len()))
-                    .find_map(|later| received[later].as_ref().map(|packet| (later, packet)));
                 let mut recovered = false;
+                if let (Redundancy::Fec, Some(Some(next))) = (redundancy, received.get(index + 1)) {
+                    recovered = opus::opus_decode_float(
+                        decoder,
+                        next.as_ptr(),
+                        next.len() as i32,
+                        pcm.as_mut_ptr(),
+                        frame,
+                        1,
+                    ) > 0;
+                }
+                let after = (index + 1..(index + 5).min(received.len()))
+                    .find_map(|later| received[later].as_ref().map(|packet| (later, packet)))
+                    .filter(|_| matches!(redundancy, Redundancy::Dred { .. }));
                 if let Some((later, packet)) = after {
                     let mut end = 0;
                     let available = opus::opus_dred_parse(
@@ -1170,6 +1297,6 @@ mod dred {
             opus::opus_dred_decoder_destroy(dred_decoder);
             opus::opus_dred_free(dred);
         }
-        out
+        to_16k(&out)
     }
 }

@@ -205,6 +205,25 @@ impl Encoder {
         self.protection
     }
 
+    /// Codes no more audio bandwidth than a source sampled at
+    /// `source_rate` Hz has (half its rate): a 16 kHz microphone is coded
+    /// wideband, its bits spent below 8 kHz. libopus's own detection would
+    /// not go under super-wideband at call bitrates, coding empty bands.
+    pub fn limit_bandwidth_to_source(&mut self, source_rate: u32) -> Result<(), CodecError> {
+        let bandwidth = match source_rate {
+            ..=8_000 => opusic_sys::OPUS_BANDWIDTH_NARROWBAND,
+            ..=12_000 => opusic_sys::OPUS_BANDWIDTH_MEDIUMBAND,
+            ..=16_000 => opusic_sys::OPUS_BANDWIDTH_WIDEBAND,
+            ..=24_000 => opusic_sys::OPUS_BANDWIDTH_SUPERWIDEBAND,
+            _ => opusic_sys::OPUS_BANDWIDTH_FULLBAND,
+        };
+        self.set(
+            "set max bandwidth",
+            opusic_sys::OPUS_SET_MAX_BANDWIDTH_REQUEST,
+            bandwidth,
+        )
+    }
+
     /// Changes the bitrate (what goes on the wire, either protection).
     pub fn set_bitrate(&mut self, bitrate: i32) -> Result<(), CodecError> {
         self.bitrate = bitrate;

@@ -74,12 +74,15 @@ pub enum PathError {
 }
 
 impl SendPath {
-    /// For capture at `device_rate` Hz with `device_channels` channels.
+    /// For capture at `device_rate` Hz with `device_channels` channels: the
+    /// encoder codes no more bandwidth than the device has.
     pub fn new(
         device_rate: u32,
         device_channels: u16,
         config: EncoderConfig,
     ) -> Result<Self, PathError> {
+        let mut encoder = Encoder::new(config)?;
+        encoder.limit_bandwidth_to_source(device_rate)?;
         Ok(Self {
             resampler: Resampler::new(
                 device_rate,
@@ -88,7 +91,7 @@ impl SendPath {
                 1,
                 (device_rate / 100).max(1) as usize,
             )?,
-            encoder: Encoder::new(config)?,
+            encoder,
             frame: [0.0; FRAME_SAMPLES],
             duration: FrameDuration::default(),
             protection: Protection::default(),
@@ -134,6 +137,12 @@ impl SendPath {
     pub fn set_protection(&mut self, protection: Protection) -> Result<(), CodecError> {
         self.protection = protection;
         self.encoder.set_protection(self.protection_now())
+    }
+
+    /// How the encoder protects now (FEC in 10 ms frames, whatever was
+    /// asked).
+    pub fn protection(&self) -> Protection {
+        self.encoder.protection()
     }
 
     fn protection_now(&self) -> Protection {
