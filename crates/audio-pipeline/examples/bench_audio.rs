@@ -8,19 +8,24 @@
 //! - wideband PESQ and STOI of the speech fixtures through encoder →
 //!   emulated network → jitter buffer → decoder (pulled 5 ms at a time, as
 //!   playout does) at 0, 5, 10, 20 % random loss, one bursty pattern and
-//!   40 ms of jitter, each under three loss patterns (seeds), in a call's steady state:
-//!   each fixture twice in a row through one path, the second pass scored
-//!   (a "cold" column scores a single pass). Our columns: each decoder
-//!   complexity, without time-scaling, the low-latency profile's 10 ms
-//!   frames, a fixed 80 ms delay, cold, FEC only and DRED only (the
-//!   default picks one by the loss pattern, as the SDK does); beside plain
-//!   libopus (FEC from the next packet when it arrived, PLC otherwise) at
-//!   20 and 10 ms and plain libopus with DRED instead of FEC (each lost
-//!   frame from the DRED of the first packet after it, within four
-//!   packets), at the bitrate setting and at equal bits, with the very
-//!   same losses; each output aligned to the original utterance by
-//!   utterance (a jitter buffer may move its delay in a pause), the
-//!   baselines the same way; and what each protection puts on the wire;
+//!   40 ms of jitter, each under several loss patterns (seeds), negotiated
+//!   as a call negotiates (the receiver's loss meter reports once a second,
+//!   the sender's `SendPolicy` picks FEC or DRED and the loss hint: nothing
+//!   fixed in advance), in a call's steady state: each fixture twice in a
+//!   row through one path, the second pass scored; the "cold" column plays
+//!   it once from the call's start. The path's loss pattern starts over
+//!   with the scored speech in every run, so cold and warm, ours and plain,
+//!   meet the same losses. Our columns: each decoder complexity, without
+//!   time-scaling, the low-latency profile's 10 ms frames, a fixed 80 ms
+//!   delay, cold, FEC only and DRED only; beside plain libopus (FEC from
+//!   the next packet when it arrived, PLC otherwise, no clock) at 48 kHz in
+//!   20 and 10 ms frames, with DRED instead of FEC (each lost frame from the
+//!   DRED of the first packet after it, within four packets) at the bitrate
+//!   setting and at equal bits, with FEC and the ML decoder (Deep PLC,
+//!   NoLACE), and at the talkers' own 16 kHz — the plain ones told the
+//!   path's true loss; each output aligned to the original utterance by
+//!   utterance (a jitter buffer may move its delay in a pause); each
+//!   target met or missed; and what each protection puts on the wire;
 //! - what DRED costs to encode and to recover a frame from.
 //!
 //! BENCH_AUDIO_ONLY=TEXT runs only the conditions whose name holds TEXT,
@@ -56,6 +61,17 @@ fn load_48k(path: &Path) -> (Vec<f32>, Vec<f32>) {
     let mut at_48k = vec![0.0; up.available_frames()];
     up.pop(&mut at_48k);
     (original, at_48k)
+}
+
+/// 16 kHz speech at 48 kHz, through the resampler a 16 kHz capture device
+/// goes through in our sender.
+fn upsample_16k(samples: &[f32]) -> Vec<f32> {
+    let mut up = Resampler::new(16_000, 1, 48_000, 1, 160).unwrap();
+    up.push(samples);
+    up.push(&vec![0.0; 1_600]);
+    let mut at_48k = vec![0.0; up.available_frames()];
+    up.pop(&mut at_48k);
+    at_48k
 }
 
 fn per_frame_micros(elapsed: Duration, frames: usize) -> f64 {
@@ -329,9 +345,27 @@ fn neural_costs(frames: &[[f32; FRAME_SAMPLES]]) {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Condition {
     name: &'static str,
     config: NetemConfig,
+    /// Where the scored speech starts in the input (16 kHz samples): every
+    /// system's path starts its pattern over ([`Netem::restart_pattern`])
+    /// with the packet that carries it, so the scored speech meets the same
+    /// losses cold and warm, ours and plain.
+    scored_from_16k: usize,
+}
+
+impl Condition {
+    fn scored_pattern_seed(&self) -> u64 {
+        self.config.seed ^ 0x5c0_7ed
+    }
+
+    /// The index of the packet of `frame_16k` samples that starts the
+    /// scored speech.
+    fn scored_packet(&self, frame_16k: usize) -> usize {
+        self.scored_from_16k / frame_16k
+    }
 }
 
 /// How our pipeline runs in one column.
@@ -449,8 +483,13 @@ fn through_pipeline(
         send.push_capture(chunk);
         let hint = policy.encoder_hint();
         let dred_on = send.protection() == Protection::Dred && hint > 0;
+        let frame_16k = 16 * send.frame_duration().millis() as usize;
         while let Some(captured) = send.next_frame().unwrap() {
             if let Some(frame) = captured.frame() {
+                // Sequence numbers start at 1.
+                if (frame.seq as usize - 1) * frame_16k == condition.scored_from_16k {
+                    network.restart_pattern(condition.scored_pattern_seed());
+                }
                 negotiated.packets += 1;
                 negotiated.hint_sum += f64::from(hint);
                 negotiated.dred_packets += usize::from(dred_on);
@@ -484,6 +523,8 @@ struct Input {
     original: Vec<f32>,
     twice_16k: Vec<f32>,
     twice_48k: Vec<f32>,
+    /// Where the second pass starts in `twice_16k`.
+    second_pass_16k: usize,
     /// Where the scored pass starts in an output of `twice_*` at 16 kHz,
     /// a little early (the output's delay is found by alignment).
     cut: usize,
@@ -491,20 +532,27 @@ struct Input {
 
 impl Input {
     fn load(path: &Path) -> Self {
-        let (original, speech_48k) = load_48k(path);
-        let first_16k = original.len() + 1_600;
-        let twice_16k = original
+        let (original, _) = load_48k(path);
+        // 100 ms or a little more of silence between the passes, so the
+        // second starts on a 10 and a 20 ms frame's boundary.
+        let gap = 1_600 + (320 - original.len() % 320) % 320;
+        let first_16k = original.len() + gap;
+        let twice_16k: Vec<f32> = original
             .iter()
             .copied()
-            .chain(std::iter::repeat_n(0.0, 1_600))
+            .chain(std::iter::repeat_n(0.0, gap))
             .chain(original.iter().copied())
             .collect();
-        let twice_48k = [speech_48k.as_slice(), speech_48k.as_slice()].concat();
-        let cut = first_16k.min(speech_48k.len() / 3).saturating_sub(800);
+        // Through the resampler our sender uses: the plain systems' 20 ms
+        // frames line up with ours, so the same packet carries the same
+        // speech in every system.
+        let twice_48k = upsample_16k(&twice_16k);
+        let cut = first_16k.saturating_sub(800);
         Self {
             original,
             twice_16k,
             twice_48k,
+            second_pass_16k: first_16k,
             cut,
         }
     }
@@ -526,7 +574,8 @@ fn through_plain_libopus(
     loss_hint: f64,
     duration: FrameDuration,
 ) -> Vec<f32> {
-    let mut encoder = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    let mut encoder =
+        opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).unwrap();
     encoder.set_bitrate(opus::Bitrate::Bits(32_000)).unwrap();
     encoder.set_complexity(9).unwrap();
     encoder.set_inband_fec(true).unwrap();
@@ -544,9 +593,13 @@ fn through_plain_libopus(
     let frame_samples = (rate / 1_000 * duration.millis()) as usize;
     let frames: Vec<&[f32]> = speech.chunks_exact(frame_samples).collect();
     let mut received: Vec<Option<Vec<u8>>> = vec![None; frames.len()];
+    let scored_packet = condition.scored_packet(16 * duration.millis() as usize);
     for (index, frame) in frames.iter().enumerate() {
         let len = encoder.encode_float(frame, &mut packet).unwrap();
         let now = origin + Duration::from_millis(u64::from(duration.millis()) * index as u64);
+        if index == scored_packet {
+            network.restart_pattern(condition.scored_pattern_seed());
+        }
         network.send(now, (index, packet[..len].to_vec()));
     }
     while let Some((index, payload)) = network.receive(origin + Duration::from_secs(3_600)) {
@@ -742,6 +795,7 @@ fn main() {
                 seed: 11,
                 ..NetemConfig::default()
             },
+            scored_from_16k: 0,
         },
         Condition {
             name: "5% random",
@@ -750,6 +804,7 @@ fn main() {
                 seed: 12,
                 ..NetemConfig::default()
             },
+            scored_from_16k: 0,
         },
         Condition {
             name: "10% random",
@@ -758,6 +813,7 @@ fn main() {
                 seed: 13,
                 ..NetemConfig::default()
             },
+            scored_from_16k: 0,
         },
         Condition {
             name: "20% random",
@@ -766,6 +822,7 @@ fn main() {
                 seed: 14,
                 ..NetemConfig::default()
             },
+            scored_from_16k: 0,
         },
         Condition {
             name: "bursty (~10%)",
@@ -774,6 +831,7 @@ fn main() {
                 seed: 15,
                 ..NetemConfig::default()
             },
+            scored_from_16k: 0,
         },
         // No loss, each packet 0–40 ms later than the last (reordered):
         // plain libopus decodes every packet as if in time, a receiver
@@ -785,6 +843,7 @@ fn main() {
                 seed: 16,
                 ..NetemConfig::default()
             },
+            scored_from_16k: 0,
         },
     ];
     // Our columns, then plain libopus.
@@ -884,14 +943,15 @@ fn main() {
             .iter()
             .flat_map(|fixture| (0..seeds as u64).map(move |seed| (fixture, seed)))
         {
+            let input = Input::load(fixture);
             let condition = &Condition {
                 name: condition.name,
                 config: NetemConfig {
                     seed: condition.config.seed + 1_000 * seed,
                     ..condition.config
                 },
+                scored_from_16k: input.second_pass_16k,
             };
-            let input = Input::load(fixture);
             let stem = fixture.file_stem().unwrap().to_string_lossy().to_string();
             let tag = format!(
                 "{}-{seed}",
@@ -902,7 +962,11 @@ fn main() {
             let mut fixture_loss = 0.0;
             for (index, (_, ours)) in columns.iter().enumerate() {
                 let degraded = if ours.cold {
-                    let (degraded, _, run) = through_pipeline(&input.original, condition, *ours);
+                    let cold = Condition {
+                        scored_from_16k: 0,
+                        ..*condition
+                    };
+                    let (degraded, _, run) = through_pipeline(&input.original, &cold, *ours);
                     negotiated[1].add(run);
                     align_to(&input.original, &degraded)
                 } else {
@@ -1010,7 +1074,12 @@ fn main() {
         }
         println!(
             "{header} {:>11} {:>13} {:>13} {:>13} {:>13} {:>13}   targets (ours = default column)",
-            "plain opus", "plain, 10 ms", "plain + DRED", "DRED, = bits", "plain + ML", "plain, 16 kHz"
+            "plain opus",
+            "plain, 10 ms",
+            "plain + DRED",
+            "DRED, = bits",
+            "plain + ML",
+            "plain, 16 kHz"
         );
         for (condition, loss, means) in &rows {
             let verdict = targets(condition, means, which, default_column, cold_column);
@@ -1058,7 +1127,11 @@ fn targets(
     let mut check = |name: &str, anchor: Option<f64>, slack: f64| {
         if let Some(anchor) = anchor {
             let difference = ours - anchor;
-            let met = if difference >= -slack - 1e-9 { "met" } else { "MISSED" };
+            let met = if difference >= -slack - 1e-9 {
+                "met"
+            } else {
+                "MISSED"
+            };
             checks.push(format!("{name} {difference:+.3} ({met})"));
         }
     };
@@ -1105,7 +1178,11 @@ mod dred {
         let hint = (loss_hint.round() as i32).clamp(0, 100);
         let frames: Vec<&[f32]> = speech_48k.chunks_exact(FRAME_SAMPLES).collect();
         let packets = encode(&frames, hint, Redundancy::Dred { equal_bits });
-        decode(&through(condition, packets), 5, Redundancy::Dred { equal_bits })
+        decode(
+            &through(condition, packets),
+            5,
+            Redundancy::Dred { equal_bits },
+        )
     }
 
     /// Plain libopus 1.6 with in-band FEC, decoded by the ML decoder
@@ -1138,8 +1215,12 @@ mod dred {
         });
         let origin = Instant::now();
         let mut received: Vec<Option<Vec<u8>>> = vec![None; packets.len()];
+        let scored_packet = condition.scored_packet(320);
         for (index, packet) in packets.into_iter().enumerate() {
             let now = origin + Duration::from_millis(20 * index as u64);
+            if index == scored_packet {
+                network.restart_pattern(condition.scored_pattern_seed());
+            }
             network.send(now, (index, packet));
         }
         while let Some((index, payload)) = network.receive(origin + Duration::from_secs(3_600)) {
@@ -1173,7 +1254,9 @@ mod dred {
             );
             let (fec, dred_frames, equal_bits) = match redundancy {
                 Redundancy::Fec => (1_i32, 0_i32, false),
-                Redundancy::Dred { equal_bits } => (0, if loss_hint > 0 { 10 } else { 0 }, equal_bits),
+                Redundancy::Dred { equal_bits } => {
+                    (0, if loss_hint > 0 { 10 } else { 0 }, equal_bits)
+                }
             };
             // The same bits on the wire as the FEC baseline: libopus sends
             // more than its setting with DRED on (as our encoder scales it).

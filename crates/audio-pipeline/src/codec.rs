@@ -212,9 +212,9 @@ impl Encoder {
     pub fn limit_bandwidth_to_source(&mut self, source_rate: u32) -> Result<(), CodecError> {
         let bandwidth = match source_rate {
             ..=8_000 => opusic_sys::OPUS_BANDWIDTH_NARROWBAND,
-            ..=12_000 => opusic_sys::OPUS_BANDWIDTH_MEDIUMBAND,
-            ..=16_000 => opusic_sys::OPUS_BANDWIDTH_WIDEBAND,
-            ..=24_000 => opusic_sys::OPUS_BANDWIDTH_SUPERWIDEBAND,
+            8_001..=12_000 => opusic_sys::OPUS_BANDWIDTH_MEDIUMBAND,
+            12_001..=16_000 => opusic_sys::OPUS_BANDWIDTH_WIDEBAND,
+            16_001..=24_000 => opusic_sys::OPUS_BANDWIDTH_SUPERWIDEBAND,
             _ => opusic_sys::OPUS_BANDWIDTH_FULLBAND,
         };
         self.set(
@@ -848,6 +848,41 @@ mod tests {
         let tiny = lengths[20..].iter().filter(|len| **len <= 2).count();
         assert!(tiny >= 70, "{lengths:?}");
         assert!(is_dtx_frame(1) && !is_dtx_frame(21));
+    }
+
+    /// The audio bandwidth an Opus packet codes, in Hz, from its TOC byte
+    /// (RFC 6716, 3.1).
+    fn coded_bandwidth_hz(packet: &[u8]) -> u32 {
+        match packet[0] >> 3 {
+            0..=3 | 16..=19 => 4_000,
+            4..=7 => 6_000,
+            8..=11 | 20..=23 => 8_000,
+            12..=13 | 24..=27 => 12_000,
+            _ => 20_000,
+        }
+    }
+
+    #[test]
+    fn a_source_is_coded_no_wider_than_it_is() {
+        let widest = |source_rate: Option<u32>| {
+            let mut encoder = Encoder::new(EncoderConfig::default()).unwrap();
+            if let Some(rate) = source_rate {
+                encoder.limit_bandwidth_to_source(rate).unwrap();
+            }
+            let mut packet = [0; MAX_PACKET];
+            (0..50)
+                .map(|frame| {
+                    let len = encoder.encode(&voice(frame), &mut packet).unwrap();
+                    coded_bandwidth_hz(&packet[..len])
+                })
+                .max()
+                .unwrap()
+        };
+        // Unlimited, libopus codes past 8 kHz at 32 kbps.
+        assert!(widest(None) > 8_000);
+        assert!(widest(Some(48_000)) > 8_000);
+        assert_eq!(widest(Some(16_000)), 8_000);
+        assert_eq!(widest(Some(8_000)), 4_000);
     }
 
     /// Frame `frame` of a voice-like signal.

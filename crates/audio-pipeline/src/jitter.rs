@@ -23,7 +23,8 @@
 //! most recent bursts were long, so the packet after a burst is there
 //! before the burst's first frame is due. While someone speaks, the buffer
 //! time-scales only when it is a packet (and at least 20 ms) off its
-//! target; on a clean path it also cuts audio it holds over the target in
+//! target, and grows by the look-ahead only in pauses (a delay moved within
+//! an utterance smears it); on a clean path it also cuts audio it holds over the target in
 //! pauses (60 ms without voice), where nobody hears it, so it converges to
 //! the target within a second and holds no frame a pull longer than it
 //! must. A sequence gap is loss; a timestamp
@@ -248,6 +249,9 @@ pub struct JitterBuffer {
     min_transit: [f64; 2],
     window_start_ts: Option<u32>,
     target_ms: f64,
+    /// The part of the target that is look-ahead for recovering losses:
+    /// the delay grows by it only in pauses (see `finish_frame`).
+    look_ahead_ms: f64,
     /// Lateness quantile the histogram gives, before the look-ahead.
     lateness_ms: f64,
     /// Recent share of frames that needed FEC or PLC (exponential average).
@@ -307,6 +311,7 @@ impl JitterBuffer {
             min_transit: [f64::INFINITY; 2],
             window_start_ts: None,
             target_ms: config.initial_delay.as_secs_f64() * 1e3,
+            look_ahead_ms: 0.0,
             lateness_ms: 0.0,
             recent_loss: 0.0,
             burst: 0,
@@ -495,6 +500,7 @@ impl JitterBuffer {
             packet
         };
         self.target_ms = (self.lateness_ms + packet + look_ahead).clamp(min, max);
+        self.look_ahead_ms = look_ahead.min(self.target_ms - min).max(0.0);
     }
 
     /// Whether the last packet read for DRED carried some: the sender
@@ -833,6 +839,17 @@ impl JitterBuffer {
         // concealed one, as without time-scaling, or the delay would stay
         // off target through speech.
         let time_scaling = self.config.time_scaling && timescale::can_scale(frame_len);
+        // The look-ahead for losses is added in pauses only: stretched
+        // speech costs more than a loss recovered a little later, and a
+        // delay moved within an utterance smears it (a bursty path's first
+        // seconds, when losses first raise the target: STOI 0.90 against
+        // 0.97 once it holds).
+        let in_pause = self.unvoiced_ms >= PAUSE_MS;
+        let grow_to = if in_pause {
+            self.target_ms
+        } else {
+            self.target_ms - self.look_ahead_ms
+        };
         if clean_path && over_in_pause > packet_ms / 2.0 && self.unvoiced_ms >= PAUSE_MS {
             let cut = ((over_in_pause * 48.0) as usize).min(frame_len);
             self.sync.extend(frame[cut..].iter().copied());
@@ -845,7 +862,7 @@ impl JitterBuffer {
                 // Drop the frame.
                 self.stats.accelerated_samples += frame_len as u64;
             }
-        } else if lag + speech_band_ms < self.target_ms && !concealed {
+        } else if lag + speech_band_ms < grow_to && !concealed {
             if time_scaling {
                 self.stats.expanded_samples += timescale::expand(frame, &mut self.sync) as u64;
             } else {

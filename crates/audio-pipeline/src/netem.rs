@@ -88,6 +88,14 @@ impl<P: Clone> Netem<P> {
             .push(Reverse((now + self.config.delay + jitter, id)));
     }
 
+    /// Starts the losses and jitter over from `seed`, as a new path would
+    /// have them (packets in flight keep their times): two runs that
+    /// restart alike from some packet on lose the same packets from there.
+    pub fn restart_pattern(&mut self, seed: u64) {
+        self.rng = Rng(seed);
+        self.in_bad_state = false;
+    }
+
     /// Changes the path from now on (packets in flight keep their times).
     pub fn set_config(&mut self, config: NetemConfig) {
         self.config = config;
