@@ -280,6 +280,84 @@ mod tests {
         assert_eq!(policy.encoder_hint(), 7);
     }
 
+    /// One second per entry of a one-to-one call on the virtual clock:
+    /// 50 packets a second through `paths` (each for its seconds), the
+    /// receiver's meter reporting and saying what it wants once a second,
+    /// the sender's hint and protection after each.
+    fn negotiate(paths: &[(crate::netem::NetemConfig, u32)]) -> Vec<(u8, Protection)> {
+        use crate::netem::Netem;
+        use std::time::{Duration, Instant};
+        let origin = Instant::now();
+        let mut network: Netem<u32> = Netem::new(paths[0].0);
+        let mut meter = LossMeter::new();
+        let mut policy = SendPolicy::new(false);
+        policy.set_receivers(&[ALICE]);
+        let mut seq = 0_u32;
+        let mut seconds = Vec::new();
+        for (config, duration) in paths {
+            network.set_config(*config);
+            for _ in 0..*duration {
+                for _ in 0..50 {
+                    seq += 1;
+                    let now = origin + Duration::from_millis(20 * u64::from(seq));
+                    network.send(now, seq);
+                    while let Some(received) = network.receive(now) {
+                        meter.on_packet(received);
+                    }
+                }
+                policy.on_says(ALICE, ReceiverSays::ours(true, Some(&meter)));
+                if let Some(percent) = meter.report() {
+                    policy.on_report(ALICE, percent);
+                }
+                seconds.push((policy.encoder_hint(), policy.how_to_send().protection));
+            }
+        }
+        seconds
+    }
+
+    #[test]
+    fn on_the_virtual_clock_protection_holds_on_bursty_paths_and_follows_changes() {
+        use crate::netem::NetemConfig;
+        let bursty = NetemConfig {
+            burst: Some((0.05, 0.35, 0.8)),
+            seed: 15,
+            ..NetemConfig::default()
+        };
+        let random = |loss: f64| NetemConfig {
+            loss,
+            seed: 13,
+            ..NetemConfig::default()
+        };
+        let clean = NetemConfig::default();
+
+        // Bursty (~9 %): DRED within 10 s, then every second DRED with a
+        // hint that never falls to nothing between bursts.
+        let seconds = negotiate(&[(bursty, 60)]);
+        assert!(
+            seconds[10..]
+                .iter()
+                .all(|(hint, protection)| *hint >= 3 && *protection == Protection::Dred),
+            "{seconds:?}"
+        );
+        // Random 10 %: FEC, hinted near the path's loss.
+        let seconds = negotiate(&[(random(0.10), 30)]);
+        assert!(
+            seconds[5..]
+                .iter()
+                .all(|(hint, protection)| (6..=20).contains(hint)
+                    && *protection == Protection::InBandFec),
+            "{seconds:?}"
+        );
+        // Worsening: clean, then 20 % random: believed within 2 s.
+        let seconds = negotiate(&[(clean, 10), (random(0.20), 10)]);
+        assert_eq!(seconds[9].0, 0, "{seconds:?}");
+        assert!(seconds[11].0 >= 10, "{seconds:?}");
+        // Improving: bursty, then clean: nothing is spent on protection
+        // within half a minute.
+        let seconds = negotiate(&[(bursty, 20), (clean, 35)]);
+        assert!(seconds.last().unwrap().0 <= 1, "{seconds:?}");
+    }
+
     #[test]
     fn a_report_before_the_members_are_listed_counts() {
         let mut policy = SendPolicy::new(false);
