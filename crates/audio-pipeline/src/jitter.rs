@@ -497,7 +497,10 @@ impl JitterBuffer {
             let reach = (DRED_LOOK_AHEAD_MS / packet).floor().max(1.0);
             packet * (self.usual_burst() as f64).min(reach)
         } else {
-            packet
+            // A pull more than a packet: the next packet must be in when
+            // the lost frame's first pull comes, not a pull later (then
+            // the frame was concealed and the buffer grew by it).
+            packet + self.pull_ms
         };
         self.target_ms = (self.lateness_ms + packet + look_ahead).clamp(min, max);
         self.look_ahead_ms = look_ahead.min(self.target_ms - min).max(0.0);
@@ -832,7 +835,17 @@ impl JitterBuffer {
         // speech costs quality, so shorter packets do not narrow the band
         // (they would have the buffer reshape speech all through the first
         // second, as the target comes down from its cautious start).
-        let speech_band_ms = packet_ms.max(SPEECH_BAND_MS);
+        //
+        // Under loss, twice that: concealment and FEC move the delay more,
+        // and with the narrower band speech was time-scaled again and
+        // again (at 20 % loss on one fixture PESQ 2.19, against 2.61 with
+        // this band, as without time-scaling; the delay then stays up to
+        // a band over the target, as pauses are cut only on a clean path).
+        let speech_band_ms = if clean_path {
+            packet_ms.max(SPEECH_BAND_MS)
+        } else {
+            2.0 * packet_ms.max(SPEECH_BAND_MS)
+        };
         let lag = self.playout_lag_ms(now).unwrap_or(delay);
         // A frame too short to hold two of the longest pitch periods (a 10
         // ms packet) cannot be time-scaled: it is dropped or followed by a

@@ -992,8 +992,9 @@ fn ten_ms_frames_bring_the_delay_to_target_through_speech() {
     // 4 s, in 10 ms frames, over a room's noise floor (no frame is silent):
     // playout is 60 ms behind from then on, and no two pitch periods fit
     // in a 10 ms frame to splice one out, so whole frames go until it is
-    // back within the band. (Before: nothing moved it; 115 ms stayed
-    // buffered to the end against a target of 22.)
+    // back within the band: under loss twice the clean band, 40 ms, plus
+    // a pull. (Before: nothing moved it; 115 ms stayed buffered to the end
+    // against a target of 22.)
     let path = |delay_ms| NetemConfig {
         delay: Duration::from_millis(delay_ms),
         loss: 0.10,
@@ -1020,7 +1021,7 @@ fn ten_ms_frames_bring_the_delay_to_target_through_speech() {
         .filter(|(t, ..)| (6.0..9.5).contains(t))
     {
         assert!(
-            *current <= target + 30.0,
+            *current <= target + 50.0,
             "at {at} s: {current} ms buffered, target {target} ms"
         );
     }
