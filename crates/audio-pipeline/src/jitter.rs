@@ -22,8 +22,8 @@
 //! packet for FEC, or — while the sender protects with DRED — as many as
 //! most recent bursts were long, so the packet after a burst is there
 //! before the burst's first frame is due. While someone speaks, the buffer
-//! time-scales only when it is a packet (and at least 20 ms) off its
-//! target, and grows by the look-ahead only in pauses (a delay moved within
+//! time-scales only when it is a packet (and at least 20 ms; twice that
+//! under loss) off its target, and grows by the look-ahead only in pauses (a delay moved within
 //! an utterance smears it); on a clean path it also cuts audio it holds over the target in
 //! pauses (60 ms without voice), where nobody hears it, so it converges to
 //! the target within a second and holds no frame a pull longer than it
