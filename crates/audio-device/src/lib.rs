@@ -5,6 +5,8 @@ pub mod devices;
 mod pacer;
 pub mod probe;
 pub mod realtime;
+#[cfg(feature = "room")]
+pub mod room;
 mod synthetic;
 mod wav;
 
