@@ -55,8 +55,22 @@ pub struct RoomConfig {
     /// How much faster the microphone's clock runs than the speaker's, in
     /// parts per million (two sound cards: ±100).
     pub drift_ppm: f32,
+    /// From the loudspeaker to the microphone, metres (a laptop: 0.15).
+    pub speaker_distance_m: f32,
+    /// The room's volume, cubic metres (an office: 30–100).
+    pub room_volume_m3: f32,
     /// Seeds the impulse response's noise.
     pub seed: u64,
+}
+
+impl RoomConfig {
+    /// How much louder the direct path is than the reverberation, dB (see
+    /// [`impulse_response`]).
+    pub fn direct_to_reverberant_db(&self) -> f32 {
+        let critical_distance =
+            0.057 * (self.room_volume_m3.max(1.0) / self.rt60_seconds.clamp(0.05, 2.0)).sqrt();
+        20.0 * (critical_distance / self.speaker_distance_m.max(0.01)).log10()
+    }
 }
 
 impl Default for RoomConfig {
@@ -67,39 +81,51 @@ impl Default for RoomConfig {
             echo_return_loss_db: 6.0,
             loudspeaker_drive: 0.5,
             drift_ppm: 0.0,
+            speaker_distance_m: 0.15,
+            room_volume_m3: 50.0,
             seed: 1,
         }
     }
 }
 
-/// A room impulse response at [`ROOM_RATE`] for `rt60_seconds`, scaled so
-/// that its energy is 1 (the echo's level is set by
-/// [`RoomConfig::echo_return_loss_db`]). Its length is the time the
-/// response takes to fall by 60 dB.
-pub fn impulse_response(rt60_seconds: f32, seed: u64) -> Vec<f32> {
-    let rt60 = rt60_seconds.clamp(0.05, 2.0);
+/// A room impulse response at [`ROOM_RATE`] for `config`'s reverberation
+/// time, speaker distance and room volume, scaled so that its energy is 1
+/// (the echo's level is set by [`RoomConfig::echo_return_loss_db`]). Its
+/// length is the time the response takes to fall by 60 dB.
+///
+/// The direct path and the diffuse tail share the energy as Sabine's
+/// critical distance says: `r_c = 0.057·√(V/RT60)` metres, and the direct
+/// path is `20·log10(r_c / r)` dB louder than the tail at distance `r`
+/// (a laptop's speaker 15 cm from its microphone in a 50 m³ room: 13 dB
+/// at RT60 0.4 s, 10 dB at 0.8 s).
+pub fn impulse_response(config: &RoomConfig) -> Vec<f32> {
+    let rt60 = config.rt60_seconds.clamp(0.05, 2.0);
     let length = (rt60 * ROOM_RATE as f32) as usize;
-    let mut noise = Gaussian::new(seed);
+    let mut noise = Gaussian::new(config.seed);
     // Amplitude falls by 10^-3 (60 dB) over rt60.
     let decay_per_sample = (-3.0 * std::f32::consts::LN_10 / (rt60 * ROOM_RATE as f32)).exp();
-    let mut response = Vec::with_capacity(length);
     // The diffuse tail starts after the first reflection's gap (2 ms), so
     // the direct path stays the first and loudest arrival.
     let gap = (0.002 * ROOM_RATE as f32) as usize;
+    let mut tail = Vec::with_capacity(length);
     let mut envelope = 1.0_f32;
     for index in 0..length {
         let fade_in = (index.saturating_sub(gap) as f32 / gap as f32).min(1.0);
-        response.push(0.3 * fade_in * envelope * noise.next());
+        tail.push(fade_in * envelope * noise.next());
         envelope *= decay_per_sample;
     }
-    response[0] = 1.0;
     // Early reflections: a desk, a wall, the ceiling.
     for (at_ms, gain) in [(2.9_f32, -0.6_f32), (7.3, 0.45), (11.8, -0.35)] {
         let index = (at_ms * ROOM_RATE as f32 / 1000.0) as usize;
-        if let Some(sample) = response.get_mut(index) {
-            *sample += gain * (-3.0 * std::f32::consts::LN_10 * at_ms / 1000.0 / rt60).exp();
+        if let Some(sample) = tail.get_mut(index) {
+            *sample += gain * (-3.0 * std::f32::consts::LN_10 * at_ms / 1000.0 / rt60).exp() * 4.0;
         }
     }
+    let tail_energy: f32 = tail.iter().map(|sample| sample * sample).sum();
+    let wanted_tail_energy = 10_f32.powf(-config.direct_to_reverberant_db() / 10.0);
+    let tail_scale = (wanted_tail_energy / tail_energy.max(f32::MIN_POSITIVE)).sqrt();
+    let mut response: Vec<f32> = tail.iter().map(|sample| sample * tail_scale).collect();
+    response[0] = 1.0;
     let energy: f32 = response.iter().map(|sample| sample * sample).sum();
     let scale = energy.sqrt().recip();
     response.iter_mut().for_each(|sample| *sample *= scale);
@@ -231,7 +257,7 @@ pub fn room(
     near_end: Option<Box<dyn AudioSource>>,
     noise: Option<Box<dyn AudioSource>>,
 ) -> (RoomSpeaker, RoomMicrophone, RoomControl) {
-    let response = impulse_response(config.rt60_seconds, config.seed);
+    let response = impulse_response(&config);
     // Two seconds of echo in flight: far more than any delay or any gap
     // between the playout and capture threads.
     let (mut producer, consumer) = HeapRb::<f32>::new(2 * ROOM_RATE as usize).split();
@@ -501,7 +527,15 @@ mod tests {
     #[test]
     fn impulse_responses_have_unit_energy_and_their_reverberation_time() {
         for rt60 in [0.2_f32, 0.4, 0.8] {
-            let response = impulse_response(rt60, 7);
+            let config = RoomConfig {
+                rt60_seconds: rt60,
+                seed: 7,
+                // Far from the speaker, where the tail dominates and sets
+                // the decay the test measures.
+                speaker_distance_m: 3.0,
+                ..RoomConfig::default()
+            };
+            let response = impulse_response(&config);
             assert!((energy(&response) - 1.0).abs() < 1e-3, "{rt60}");
             assert_eq!(response.len(), (rt60 * ROOM_RATE as f32) as usize);
             let measured = t20_seconds(&response);
@@ -518,8 +552,27 @@ mod tests {
                 .0;
             assert_eq!(loudest, 0);
         }
-        assert_eq!(impulse_response(0.3, 5), impulse_response(0.3, 5));
-        assert_ne!(impulse_response(0.3, 5), impulse_response(0.3, 6));
+        let seeded = |seed| impulse_response(&RoomConfig { seed, ..RoomConfig::default() });
+        assert_eq!(seeded(5), seeded(5));
+        assert_ne!(seeded(5), seeded(6));
+    }
+
+    #[test]
+    fn the_direct_path_and_the_tail_share_the_energy_as_sabine_says() {
+        for (rt60, expected_db) in [(0.4_f32, 12.6_f32), (0.8, 9.5)] {
+            let config = RoomConfig {
+                rt60_seconds: rt60,
+                ..RoomConfig::default()
+            };
+            assert!((config.direct_to_reverberant_db() - expected_db).abs() < 0.1);
+            let response = impulse_response(&config);
+            let direct = response[0] * response[0];
+            let measured = 10.0 * (direct / (1.0 - direct)).log10();
+            assert!(
+                (measured - expected_db).abs() < 0.1,
+                "RT60 {rt60}: {measured} dB"
+            );
+        }
     }
 
     /// Plays `far` through the room 10 ms at a time, capturing as much.
