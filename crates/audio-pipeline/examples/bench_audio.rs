@@ -37,31 +37,19 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod support;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use audio_device::{AudioFormat, AudioSink, AudioSource, WavSink, WavSource};
 use audio_pipeline::netem::{Netem, NetemConfig};
 use audio_pipeline::{
     DEFAULT_DECODER_COMPLEXITY, Decoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, JitterConfig,
     LossMeter, MAX_PACKET, MIN_DRED_COMPLEXITY, MediaPacket, PULL_SAMPLES, Protection, ReceivePath,
     ReceiverSays, Resampler, SendPath, SendPolicy,
 };
-
-fn load_48k(path: &Path) -> (Vec<f32>, Vec<f32>) {
-    let mut source = WavSource::open(path).unwrap();
-    let format = source.format();
-    let mut original = vec![0.0; source.samples().len()];
-    source.read(&mut original);
-    let mut up = Resampler::new(format.sample_rate, format.channels, 48_000, 1, 160).unwrap();
-    up.push(&original);
-    // Flush the resampler's tail with silence.
-    up.push(&vec![0.0; 1_600]);
-    let mut at_48k = vec![0.0; up.available_frames()];
-    up.pop(&mut at_48k);
-    (original, at_48k)
-}
+use support::{global_lag, load_48k, pesq, write};
 
 /// 16 kHz speech at 48 kHz, through the resampler a 16 kHz capture device
 /// goes through in our sender.
@@ -629,28 +617,6 @@ fn through_plain_libopus(
     degraded
 }
 
-/// Shifts `degraded` so it lines up with `reference` (our pipeline adds its
-/// playout delay; PESQ aligns too, but within a limited range).
-/// The lag of `degraded` behind `reference` (0–500 ms at 16 kHz) that
-/// best matches the first 3 s.
-fn global_lag(reference: &[f32], degraded: &[f32]) -> usize {
-    let window = reference.len().min(16_000 * 3);
-    let score = |lag: usize| -> f64 {
-        degraded
-            .get(lag..lag + window)
-            .map_or(f64::MIN, |candidate| {
-                reference[..window]
-                    .iter()
-                    .zip(candidate)
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                    .sum()
-            })
-    };
-    (0..8_000)
-        .max_by(|a, b| score(*a).total_cmp(&score(*b)))
-        .unwrap_or(0)
-}
-
 /// The reference cut into utterances: boundaries in the middle of each
 /// pause of 100 ms or more (10 ms frames 30 dB under the loudest).
 fn utterances(reference: &[f32]) -> Vec<(usize, usize)> {
@@ -716,39 +682,6 @@ fn align_to(reference: &[f32], degraded: &[f32]) -> Vec<f32> {
         }
     }
     aligned
-}
-
-fn write(path: &Path, samples: &[f32]) {
-    let mut sink = WavSink::create(path, AudioFormat::mono(16_000)).unwrap();
-    sink.write(samples);
-    sink.finish().unwrap();
-}
-
-/// PESQ and STOI of each degraded file.
-fn pesq(python: Option<&str>, reference: &Path, degraded: &[PathBuf]) -> Vec<Option<[f64; 2]>> {
-    let Some(python) = python else {
-        return vec![None; degraded.len()];
-    };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join("pesq_score.py");
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(reference)
-        .args(degraded)
-        .output()
-        .unwrap();
-    if !output.status.success() {
-        println!("  pesq failed: {}", String::from_utf8_lossy(&output.stderr));
-        return vec![None; degraded.len()];
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            let mut scores = line.split_whitespace().map(|score| score.parse().ok());
-            Some([scores.next()??, scores.next()??])
-        })
-        .collect()
 }
 
 #[allow(

@@ -13,6 +13,7 @@ pub(crate) mod resample;
 #[cfg(test)]
 mod test_signal;
 mod timescale;
+pub mod voice;
 
 pub use codec::{
     CodecError, DEFAULT_DECODER_COMPLEXITY, DRED_BITRATE_SCALE, DRED_MS, Decoder, Encoder,
@@ -27,6 +28,9 @@ pub use path::{
 };
 pub use policy::{HowToSend, ReceiverSays, SendPolicy};
 pub use resample::{Resampler, ResamplerError};
+pub use voice::{
+    ReferenceReader, ReferenceWriter, VoiceProcessing, VoiceProcessor, VoiceStats, echo_reference,
+};
 
 /// The pipeline's sample rate.
 pub const SAMPLE_RATE: u32 = 48_000;

@@ -1,9 +1,11 @@
 //! The two directions of a call's audio, assembled from the parts:
 //!
 //! - [`SendPath`]: capture at the device's rate and channel count → 48 kHz
-//!   mono → 20 ms frames (10 ms for low latency, switchable between
-//!   frames) → level meter → Opus; nothing is sent while muted, and DTX
-//!   frames (the encoder's "nothing to say") are not sent either.
+//!   mono → voice processing when asked ([`VoiceProcessor`]: echo
+//!   cancellation, noise suppression, gain control, 10 ms at a time) → 20
+//!   ms frames (10 ms for low latency, switchable between frames) → level
+//!   meter → Opus; nothing is sent while muted, and DTX frames (the
+//!   encoder's "nothing to say") are not sent either.
 //! - [`ReceivePath`]: per remote speaker, packets handed over from the
 //!   network thread through a lock-free ring ([`packet_ring`]) into that
 //!   speaker's [`JitterBuffer`]; each pull (10 ms in playout) mixes every
@@ -15,6 +17,7 @@ use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::jitter::{JitterBuffer, JitterConfig, JitterStats};
+use crate::voice::{BLOCK_SAMPLES, VoiceProcessor, VoiceStats};
 use crate::{
     CodecError, Encoder, EncoderConfig, FRAME_SAMPLES, FrameDuration, MAX_PACKET, Mixer,
     Protection, Resampler, SAMPLE_RATE, is_dtx_frame, level,
@@ -49,6 +52,7 @@ pub struct SendPath {
     seq: u32,
     timestamp: u32,
     volume: u8,
+    voice: Option<VoiceProcessor>,
 }
 
 impl std::fmt::Debug for SendPath {
@@ -100,7 +104,21 @@ impl SendPath {
             seq: 0,
             timestamp: 0,
             volume: 0,
+            voice: None,
         })
+    }
+
+    /// Runs `processor` on the capture (at 48 kHz mono, before the level
+    /// meter and the encoder), muted or not, so that the echo canceller
+    /// stays converged through a mute.
+    pub fn with_voice_processing(mut self, processor: VoiceProcessor) -> Self {
+        self.voice = Some(processor);
+        self
+    }
+
+    /// What the echo canceller measures; `None` without voice processing.
+    pub fn voice_stats(&self) -> Option<VoiceStats> {
+        self.voice.as_ref().map(VoiceProcessor::stats)
     }
 
     /// Captured samples, interleaved at the device's format.
@@ -167,6 +185,13 @@ impl SendPath {
         let frame = &mut self.frame[..samples];
         if !self.resampler.pop(frame) {
             return Ok(None);
+        }
+        if let Some(voice) = &mut self.voice {
+            for block in frame.chunks_exact_mut(BLOCK_SAMPLES) {
+                if let Ok(block) = <&mut [f32; BLOCK_SAMPLES]>::try_from(block) {
+                    voice.process_capture(block);
+                }
+            }
         }
         let timestamp = self.timestamp;
         self.timestamp = self.timestamp.wrapping_add(samples as u32);

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use audio_pipeline::JitterStats;
+use audio_pipeline::{JitterStats, VoiceStats};
 use bytes::Bytes;
 use calling_api::UserId;
 use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
-use crate::media::{AudioDevices, CallAudio, DeviceNotices};
+use crate::media::{AudioDevices, AudioSettings, CallAudio, DeviceNotices};
 use crate::status::SessionStatus;
 use crate::{ClientOptions, Dispatch, Fallback, ReconnectPolicy};
 
@@ -77,6 +77,8 @@ pub(crate) enum AudioCommand {
     Stats(oneshot::Sender<Vec<(UserId, JitterStats)>>),
     /// The loss the receivers of our audio report.
     ReportedLoss(oneshot::Sender<Option<u8>>),
+    /// What the echo canceller measures.
+    VoiceStats(oneshot::Sender<Option<VoiceStats>>),
 }
 
 /// How often each remote speaker is told what we lose of its audio, and
@@ -372,7 +374,10 @@ pub(crate) async fn start(
         pending,
         dispatch,
         devices: options.audio.clone(),
-        decoder_complexity: options.decoder_complexity,
+        audio_settings: AudioSettings {
+            decoder_complexity: options.decoder_complexity,
+            voice: options.voice_processing_in_effect(),
+        },
         media: None,
         media_stopping: Vec::new(),
         notices: DeviceNotices(notices),
@@ -531,8 +536,8 @@ struct Driver<T: Transport> {
     pending: HashMap<RequestId, Reply>,
     dispatch: Arc<Dispatch>,
     devices: AudioDevices,
-    /// The decoder complexity of the call's receive path.
-    decoder_complexity: u8,
+    /// The call's decoder complexity and voice processing.
+    audio_settings: AudioSettings,
     /// The call's audio, while in a call.
     media: Option<CallAudio>,
     /// Audio threads told to stop, not yet joined: the session's end waits
@@ -695,6 +700,9 @@ impl<T: Transport> Driver<T> {
             AudioCommand::ReportedLoss(reply) => {
                 let _ = reply.send(self.media.as_ref().and_then(CallAudio::reported_loss));
             }
+            AudioCommand::VoiceStats(reply) => {
+                let _ = reply.send(self.media.as_ref().and_then(CallAudio::voice_stats));
+            }
         }
     }
 
@@ -796,7 +804,7 @@ impl<T: Transport> Driver<T> {
                 let media: Arc<dyn MediaLink> = self.media_link.clone();
                 self.media = CallAudio::start(
                     &self.devices,
-                    self.decoder_complexity,
+                    self.audio_settings,
                     media,
                     self.engine.is_mic_muted(),
                     self.hands_free,

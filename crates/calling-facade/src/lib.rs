@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use audio_device::Signal;
 pub use audio_device::{AudioFormat, AudioSink, AudioSource};
-pub use audio_pipeline::JitterStats;
+pub use audio_pipeline::{JitterStats, VoiceProcessing, VoiceStats};
 pub use calling_api::{
     AudioDeviceKind, CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason,
     ErrorCode, UserId, UserVolume,
@@ -518,6 +518,19 @@ impl TRTCCalling {
             .await
     }
 
+    /// What the echo canceller measures in the current call (an
+    /// extension): the echo path's delay it found, the echo return loss
+    /// (how much quieter the speaker reaches the microphone) and the echo
+    /// return loss enhancement of its linear filter (what that filter took
+    /// off; the suppression after it takes off more). `None` outside a
+    /// call or when the call runs no voice processing
+    /// ([`ClientOptions::voice_processing`]); each figure is `None` until
+    /// measured (the far end has to have spoken). Updated twice a second.
+    pub async fn voice_stats(&self) -> CallingResult<Option<VoiceStats>> {
+        self.ask(|reply| Command::Audio(AudioCommand::VoiceStats(reply)))
+            .await
+    }
+
     /// Asks the driver something and waits for the answer.
     async fn ask<T>(
         &self,
@@ -543,6 +556,9 @@ impl TRTCCalling {
     /// Speakerphone (`true`) or earpiece/headset (`false`) route: switches
     /// between the two playback devices of [`PlaybackDevice::System`] (the
     /// same device on a machine with one output). Works in any state.
+    /// On a speaker the microphone hears the others: echo cancellation
+    /// ([`ClientOptions::voice_processing`], on by default for the system
+    /// microphone) is what keeps them from hearing themselves back.
     pub fn set_hands_free(&self, hands_free: bool) {
         self.hands_free.store(hands_free, Ordering::Relaxed);
         if let Some(session) = self.live_driver() {

@@ -7,7 +7,7 @@
 //! (atomics, lock-free packet rings) and their measurements back.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,8 +18,9 @@ use audio_device::{
 };
 use audio_pipeline::{
     EncoderConfig, FrameDuration, HowToSend, JitterConfig, JitterStats, MIN_DRED_COMPLEXITY,
-    PULL_SAMPLES, PacketReceiver, PacketSender, Protection, ReceivePath, Resampler, SendPath,
-    packet_ring,
+    PULL_SAMPLES, PacketReceiver, PacketSender, Protection, ReceivePath, ReferenceReader,
+    ReferenceWriter, Resampler, SendPath, VoiceProcessing, VoiceProcessor, VoiceStats,
+    echo_reference, packet_ring,
 };
 use calling_api::{AudioDeviceKind, CallingEvent};
 use signaling_link::MediaLink;
@@ -262,6 +263,63 @@ struct Shared {
     /// Whether the capture thread protects with DRED instead of in-band FEC
     /// ([`HowToSend`]).
     dred: AtomicBool,
+    /// What the echo canceller measures, published by the capture thread
+    /// twice a second.
+    voice: PublishedVoiceStats,
+}
+
+/// [`VoiceStats`] in atomics: a delay of `u16::MAX` and a NaN loss mean
+/// "not measured".
+struct PublishedVoiceStats {
+    running: AtomicBool,
+    echo_delay_ms: AtomicU16,
+    echo_return_loss_db: AtomicU32,
+    echo_return_loss_enhancement_db: AtomicU32,
+}
+
+impl PublishedVoiceStats {
+    fn new(running: bool) -> Self {
+        Self {
+            running: AtomicBool::new(running),
+            echo_delay_ms: AtomicU16::new(u16::MAX),
+            echo_return_loss_db: AtomicU32::new(f32::NAN.to_bits()),
+            echo_return_loss_enhancement_db: AtomicU32::new(f32::NAN.to_bits()),
+        }
+    }
+
+    fn publish(&self, stats: VoiceStats) {
+        let loss = |value: Option<f32>| value.unwrap_or(f32::NAN).to_bits();
+        self.echo_delay_ms
+            .store(stats.echo_delay_ms.unwrap_or(u16::MAX), Ordering::Relaxed);
+        self.echo_return_loss_db
+            .store(loss(stats.echo_return_loss_db), Ordering::Relaxed);
+        self.echo_return_loss_enhancement_db
+            .store(loss(stats.echo_return_loss_enhancement_db), Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Option<VoiceStats> {
+        if !self.running.load(Ordering::Relaxed) {
+            return None;
+        }
+        let loss = |value: &AtomicU32| {
+            Some(f32::from_bits(value.load(Ordering::Relaxed))).filter(|loss| !loss.is_nan())
+        };
+        Some(VoiceStats {
+            echo_delay_ms: Some(self.echo_delay_ms.load(Ordering::Relaxed))
+                .filter(|delay| *delay != u16::MAX),
+            echo_return_loss_db: loss(&self.echo_return_loss_db),
+            echo_return_loss_enhancement_db: loss(&self.echo_return_loss_enhancement_db),
+        })
+    }
+}
+
+/// How a call's audio is processed: fixed for the call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AudioSettings {
+    /// The receive path's decoder complexity.
+    pub(crate) decoder_complexity: u8,
+    /// The capture's voice processing.
+    pub(crate) voice: VoiceProcessing,
 }
 
 /// Nothing new for the encoder: a value a loss hint (0–100) never takes.
@@ -458,13 +516,17 @@ impl CallAudio {
     /// Starts capture and playout for a call whose audio goes out on `link`.
     pub(crate) fn start(
         devices: &AudioDevices,
-        decoder_complexity: u8,
+        settings: AudioSettings,
         link: Arc<dyn MediaLink>,
         muted: bool,
         hands_free: bool,
         low_latency: bool,
         notices: &DeviceNotices,
     ) -> Option<Self> {
+        let AudioSettings {
+            decoder_complexity,
+            voice,
+        } = settings;
         let session = MediaSession::new(low_latency, decoder_complexity >= MIN_DRED_COMPLEXITY);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -477,7 +539,15 @@ impl CallAudio {
             loss_to_apply: AtomicU8::new(session.encoder_hint()),
             short_frames: AtomicBool::new(false),
             dred: AtomicBool::new(false),
+            voice: PublishedVoiceStats::new(voice.any()),
         });
+        // What the speaker plays, for the echo canceller.
+        let (played, reference) = if voice.echo_cancellation {
+            let (played, reference) = echo_reference(REFERENCE_MS);
+            (Some(played), Some(reference))
+        } else {
+            (None, None)
+        };
         let (new_speakers, speaker_inbox) = std::sync::mpsc::channel();
         // Devices, codecs and jitter buffers are made on the threads, not
         // on the session task that calls this.
@@ -487,7 +557,10 @@ impl CallAudio {
             let notices = notices.clone();
             std::thread::Builder::new()
                 .name("opencalling-capture".into())
-                .spawn(move || capture_loop(open_source(&device, &notices), &*link, &shared))
+                .spawn(move || {
+                    let source = open_source(&device, &notices);
+                    capture_loop(source, voice, reference, &*link, &shared);
+                })
                 .ok()?
         };
         let playout = {
@@ -501,7 +574,7 @@ impl CallAudio {
                         decoder_complexity,
                         ..JitterConfig::default()
                     };
-                    playout_loop(&speaker_inbox, &playback, jitter, &shared, &notices);
+                    playout_loop(&speaker_inbox, &playback, jitter, played, &shared, &notices);
                 })
         };
         let Ok(playout) = playout else {
@@ -618,6 +691,12 @@ impl CallAudio {
             .collect()
     }
 
+    /// What the echo canceller measures; `None` when the call runs no
+    /// voice processing.
+    pub(crate) fn voice_stats(&self) -> Option<VoiceStats> {
+        self.shared.voice.read()
+    }
+
     /// Stops both threads (files are finished as they end); the handle
     /// resolves once they have.
     ///
@@ -634,7 +713,13 @@ impl CallAudio {
     }
 }
 
-fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: &Shared) {
+fn capture_loop(
+    mut source: Box<dyn AudioSource>,
+    voice: VoiceProcessing,
+    reference: Option<ReferenceReader>,
+    link: &dyn MediaLink,
+    shared: &Shared,
+) {
     let format = source.format();
     let Ok(mut send) = SendPath::new(
         format.sample_rate,
@@ -644,6 +729,14 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
         warn!("cannot start the encoder: sending nothing");
         return;
     };
+    if voice.any() {
+        let mut processor = VoiceProcessor::new(voice);
+        if let Some(reference) = reference {
+            processor = processor.with_reference(reference);
+        }
+        send = send.with_voice_processing(processor);
+    }
+    let mut reads: u64 = 0;
     let mut chunk = vec![0.0_f32; format.samples_in_ms(CAPTURE_MS)];
     let mut datagram = vec![0_u8; MAX_HEADER_LEN + audio_pipeline::MAX_PACKET];
     let mut pacer = Pacer::new(Duration::from_millis(u64::from(CAPTURE_MS)));
@@ -671,6 +764,12 @@ fn capture_loop(mut source: Box<dyn AudioSource>, link: &dyn MediaLink, shared: 
             }
         }
         send.push_capture(&chunk);
+        reads += 1;
+        if reads % (500 / u64::from(CAPTURE_MS)) == 0 {
+            if let Some(stats) = send.voice_stats() {
+                shared.voice.publish(stats);
+            }
+        }
         loop {
             let captured = match send.next_frame() {
                 Ok(Some(captured)) => captured,
@@ -721,6 +820,7 @@ fn playout_loop(
     new_speakers: &std::sync::mpsc::Receiver<PacketReceiver>,
     playback: &PlaybackDevice,
     jitter: JitterConfig,
+    mut played: Option<ReferenceWriter>,
     shared: &Shared,
     notices: &DeviceNotices,
 ) {
@@ -750,6 +850,9 @@ fn playout_loop(
         if receive.pull(Instant::now(), &mut frame).is_err() {
             frame.fill(0.0);
         }
+        if let Some(played) = &mut played {
+            played.write(&frame);
+        }
         for (slot, level) in receive.levels().iter().enumerate() {
             if let Some(shared_level) = shared.speaker_levels.get(slot) {
                 raise(shared_level, *level);
@@ -770,6 +873,10 @@ fn playout_loop(
         }
     }
 }
+
+/// How much of what the speaker plays may wait for the capture thread:
+/// far more than the two threads ever drift apart.
+const REFERENCE_MS: u32 = 500;
 
 /// Milliseconds of one playout pull ([`PULL_SAMPLES`] at 48 kHz).
 const PULL_MS: u32 = (PULL_SAMPLES / 48) as u32;

@@ -7,8 +7,9 @@ use signaling_proto::ReconnectTimings;
 use signaling_tls::CertFingerprint;
 pub use signaling_tls::ServerTrust;
 
-use crate::media::AudioDevices;
+use crate::media::{AudioDevices, CaptureDevice};
 pub use audio_pipeline::DEFAULT_DECODER_COMPLEXITY;
+use audio_pipeline::VoiceProcessing;
 
 /// How long connecting may take unless [`ClientOptions::connect_timeout`]
 /// says otherwise: 5 s, several handshake retransmissions on a lossy path.
@@ -61,6 +62,16 @@ pub struct ClientOptions {
     /// of 20 ms (see [`TRTCCalling::set_low_latency`](crate::TRTCCalling::set_low_latency),
     /// which switches it at any time). Off unless set.
     pub low_latency: bool,
+    /// Voice processing of the microphone (an extension): echo
+    /// cancellation (what the speaker plays is taken out of what the
+    /// microphone hears, so that the others do not hear themselves back),
+    /// noise suppression and automatic gain control, each on or off.
+    /// `None` (the default) chooses by device: all three for
+    /// [`CaptureDevice::System`], none for WAV files, generated signals,
+    /// silence and custom sources, which they would only change
+    /// ([`ClientOptions::voice_processing_in_effect`]). Read when a call
+    /// starts.
+    pub voice_processing: Option<VoiceProcessing>,
 }
 
 /// Where the server's fallback transport (TCP) is.
@@ -117,6 +128,19 @@ impl ReconnectPolicy {
     }
 }
 
+impl ClientOptions {
+    /// The voice processing a call runs with these options:
+    /// [`ClientOptions::voice_processing`], or the default for the capture
+    /// device.
+    pub fn voice_processing_in_effect(&self) -> VoiceProcessing {
+        self.voice_processing
+            .unwrap_or(match self.audio.capture {
+                CaptureDevice::System { .. } => VoiceProcessing::ALL,
+                _ => VoiceProcessing::NONE,
+            })
+    }
+}
+
 impl std::str::FromStr for Fallback {
     type Err = std::convert::Infallible;
 
@@ -147,6 +171,7 @@ impl Default for ClientOptions {
             reconnect: Some(ReconnectPolicy::default()),
             decoder_complexity: DEFAULT_DECODER_COMPLEXITY,
             low_latency: false,
+            voice_processing: None,
         }
     }
 }
@@ -257,5 +282,33 @@ mod tests {
             (name == "OPENCALLING_CA_FILE").then(|| "/etc/ca.pem".into())
         });
         assert_eq!(ca.trust, ServerTrust::CaFile("/etc/ca.pem".into()));
+    }
+
+    #[test]
+    fn voice_processing_is_on_for_a_system_microphone_only() {
+        use crate::media::{CaptureDevice, PlaybackDevice};
+        let mut options = ClientOptions::default();
+        assert_eq!(options.voice_processing_in_effect(), VoiceProcessing::ALL);
+        for capture in [
+            CaptureDevice::Wav {
+                path: "a.wav".into(),
+                looping: false,
+            },
+            CaptureDevice::Silence,
+            "tone:440".parse().unwrap_or(CaptureDevice::Silence),
+        ] {
+            options.audio = AudioDevices {
+                capture,
+                playback: PlaybackDevice::Null,
+            };
+            assert_eq!(options.voice_processing_in_effect(), VoiceProcessing::NONE);
+        }
+        let echo_only = VoiceProcessing {
+            echo_cancellation: true,
+            noise_suppression: false,
+            auto_gain: false,
+        };
+        options.voice_processing = Some(echo_only);
+        assert_eq!(options.voice_processing_in_effect(), echo_only);
     }
 }

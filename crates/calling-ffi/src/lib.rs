@@ -130,6 +130,9 @@ struct OptionsJson {
     low_latency: Option<bool>,
     input: Option<String>,
     output: Option<String>,
+    echo_cancellation: Option<bool>,
+    noise_suppression: Option<bool>,
+    auto_gain: Option<bool>,
 }
 
 fn options(json: &str) -> Result<ClientOptions, i32> {
@@ -187,6 +190,12 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
             .parse()
             .map_err(|_| OC_ERR_INVALID_ARGUMENT)?,
     };
+    // Each switch left out keeps the device's default.
+    let mut voice = options.voice_processing_in_effect();
+    voice.echo_cancellation = parsed.echo_cancellation.unwrap_or(voice.echo_cancellation);
+    voice.noise_suppression = parsed.noise_suppression.unwrap_or(voice.noise_suppression);
+    voice.auto_gain = parsed.auto_gain.unwrap_or(voice.auto_gain);
+    options.voice_processing = Some(voice);
     Ok(options)
 }
 
@@ -702,6 +711,7 @@ pub extern "C" fn oc_version() -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use calling_facade::VoiceProcessing;
 
     #[test]
     fn options_take_the_decoder_complexity_within_its_range() {
@@ -715,6 +725,28 @@ mod tests {
         assert_eq!(classic.decoder_complexity, 0);
         assert_eq!(
             options(r#"{"decoder_complexity": 11}"#).err(),
+            Some(OC_ERR_INVALID_ARGUMENT)
+        );
+    }
+
+    #[test]
+    fn voice_processing_follows_the_device_unless_switched() {
+        let system = options("").unwrap_or_else(|code| panic!("{code}"));
+        assert_eq!(system.voice_processing, Some(VoiceProcessing::ALL));
+        let file = options(r#"{"input": "wav:a.wav"}"#).unwrap_or_else(|code| panic!("{code}"));
+        assert_eq!(file.voice_processing, Some(VoiceProcessing::NONE));
+        let switched = options(r#"{"echo_cancellation": false, "auto_gain": false}"#)
+            .unwrap_or_else(|code| panic!("{code}"));
+        assert_eq!(
+            switched.voice_processing,
+            Some(VoiceProcessing {
+                echo_cancellation: false,
+                noise_suppression: true,
+                auto_gain: false,
+            })
+        );
+        assert_eq!(
+            options(r#"{"echo_cancellation": 1}"#).err(),
             Some(OC_ERR_INVALID_ARGUMENT)
         );
     }

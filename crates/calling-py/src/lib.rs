@@ -61,7 +61,9 @@ impl Calling {
     /// A new instance for the server at `server` (host:port). Trust: the
     /// certificate's `fingerprint`, or a CA file, or the system's roots.
     /// Devices by name: input `system`, `silence`, `tone:HZ`, `wav:PATH`,
-    /// `wav-loop:PATH`; output `system`, `null`, `wav:PATH`.
+    /// `wav-loop:PATH`; output `system`, `null`, `wav:PATH`. Voice
+    /// processing (echo cancellation, noise suppression, auto gain): on for
+    /// the system microphone, off for the others, unless a switch says.
     #[new]
     #[pyo3(signature = (
         server,
@@ -76,6 +78,9 @@ impl Calling {
         fallback = "same",
         decoder_complexity = calling_facade::DEFAULT_DECODER_COMPLEXITY,
         low_latency = false,
+        echo_cancellation = None,
+        noise_suppression = None,
+        auto_gain = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -90,6 +95,9 @@ impl Calling {
         fallback: &str,
         decoder_complexity: u8,
         low_latency: bool,
+        echo_cancellation: Option<bool>,
+        noise_suppression: Option<bool>,
+        auto_gain: Option<bool>,
     ) -> PyResult<Self> {
         let invalid = |error: String| PyValueError::new_err(error);
         let mut options = ClientOptions::default();
@@ -127,6 +135,12 @@ impl Calling {
         }
         options.decoder_complexity = decoder_complexity;
         options.low_latency = low_latency;
+        // Each switch left as None keeps the device's default.
+        let mut voice = options.voice_processing_in_effect();
+        voice.echo_cancellation = echo_cancellation.unwrap_or(voice.echo_cancellation);
+        voice.noise_suppression = noise_suppression.unwrap_or(voice.noise_suppression);
+        voice.auto_gain = auto_gain.unwrap_or(voice.auto_gain);
+        options.voice_processing = Some(voice);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("opencalling-py")

@@ -27,7 +27,7 @@ use calling_facade::dev::{DevServer, generate_test_user_sig};
 use calling_facade::{
     AudioDevices, CallType, CallingError, CallingEvent, CaptureDevice, CertFingerprint,
     ClientOptions, EndReason, ErrorCode, EventStream, PlaybackDevice, ServerTrust, Signal,
-    TRTCCalling, list_audio_devices,
+    TRTCCalling, VoiceProcessing, list_audio_devices,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -148,6 +148,27 @@ struct Audio {
     /// Use this system speaker (see `opencalling devices`)
     #[arg(long, value_name = "NAME", conflicts_with = "output", global = true)]
     output_device: Option<String>,
+    /// Do not cancel the speaker's echo from the microphone (on by default
+    /// for a system microphone; files and tones are never processed)
+    #[arg(long, global = true)]
+    no_echo_cancellation: bool,
+    /// Do not suppress background noise
+    #[arg(long, global = true)]
+    no_noise_suppression: bool,
+    /// Do not control the microphone's level
+    #[arg(long, global = true)]
+    no_auto_gain: bool,
+}
+
+impl Audio {
+    /// The voice processing of `options` less what the flags turn off.
+    fn voice_processing(&self, options: &ClientOptions) -> VoiceProcessing {
+        let mut voice = options.voice_processing_in_effect();
+        voice.echo_cancellation &= !self.no_echo_cancellation;
+        voice.noise_suppression &= !self.no_noise_suppression;
+        voice.auto_gain &= !self.no_auto_gain;
+        voice
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,7 +323,8 @@ async fn run(cli: Cli) -> Result<Outcome, String> {
     }
     let devices = audio_devices(&cli.audio)?;
     let account_settings = cli.account.with_file()?;
-    let (options, app, user, user_sig) = account(&account_settings, devices)?;
+    let (mut options, app, user, user_sig) = account(&account_settings, devices)?;
+    options.voice_processing = Some(cli.audio.voice_processing(&options));
     let calling = TRTCCalling::new(options);
     let mut printer = Printer {
         json: cli.json,

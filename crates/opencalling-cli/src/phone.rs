@@ -15,7 +15,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calling_facade::{CallStatus, CallType, CallingEvent, EventStream, SessionStatus, TRTCCalling};
+use calling_facade::{
+    CallStatus, CallType, CallingEvent, EventStream, SessionStatus, TRTCCalling, VoiceProcessing,
+};
 use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
@@ -52,6 +54,8 @@ struct Phone {
     my_level: u8,
     muted: bool,
     hands_free: bool,
+    /// The voice processing turned off, as a mark ("" when all is on).
+    processing_off: String,
     log: VecDeque<String>,
     /// The user ids being typed after `c`.
     typing: Option<String>,
@@ -163,7 +167,7 @@ impl Phone {
 
     fn member_lines(&self) -> Vec<Line<'static>> {
         let mut lines = vec![Line::from(format!(
-            "{:<16} {} {:>3}  {}  {}",
+            "{:<16} {} {:>3}  {}  {}{}",
             format!("{} (you)", self.me),
             bar(self.my_level),
             self.my_level,
@@ -172,7 +176,8 @@ impl Phone {
                 "hands-free"
             } else {
                 "private"
-            }
+            },
+            self.processing_off,
         ))];
         for (user, member) in &self.members {
             let mut state = Vec::new();
@@ -322,6 +327,25 @@ async fn perform(calling: Arc<TRTCCalling>, action: Action) -> String {
     }
 }
 
+/// What the screen marks of the voice processing that is off: a speaker
+/// without echo cancellation is what the other side notices first.
+fn processing_off(voice: VoiceProcessing) -> String {
+    let off: Vec<&str> = [
+        (voice.echo_cancellation, "NO ECHO CANCELLATION"),
+        (voice.noise_suppression, "no noise suppression"),
+        (voice.auto_gain, "no auto gain"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| !on)
+    .map(|(_, mark)| mark)
+    .collect();
+    if off.is_empty() {
+        String::new()
+    } else {
+        format!("  [{}]", off.join(", "))
+    }
+}
+
 /// Runs the softphone until `q`; the terminal is restored on the way out.
 pub(crate) async fn run(
     calling: Arc<TRTCCalling>,
@@ -349,6 +373,7 @@ pub(crate) async fn run(
         my_level: 0,
         muted: calling.is_mic_muted(),
         hands_free: calling.is_hands_free(),
+        processing_off: processing_off(calling.options().voice_processing_in_effect()),
         log: VecDeque::new(),
         typing: None,
         quit: false,

@@ -51,9 +51,9 @@ fn record_path(tag: &str) -> PathBuf {
 
 /// The audio tests run real-time threads; one at a time keeps them honest
 /// on a two-core machine.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn end_call(caller: &mut User, callee: &mut User) {
+pub(crate) async fn end_call(caller: &mut User, callee: &mut User) {
     caller.calling.hangup().await.unwrap();
     caller.expect_end(EndReason::Hangup).await;
     callee

@@ -113,7 +113,12 @@ class Calling:
         fallback: str = "same",
         decoder_complexity: int = 7,
         low_latency: bool = False,
+        echo_cancellation: Optional[bool] = None,
+        noise_suppression: Optional[bool] = None,
+        auto_gain: Optional[bool] = None,
     ) -> None:
+        """Voice processing: each switch left as None is on for the system
+        microphone and off for files, tones and silence."""
         self._native = _native.Calling(
             server,
             fingerprint=fingerprint,
@@ -126,6 +131,9 @@ class Calling:
             fallback=fallback,
             decoder_complexity=decoder_complexity,
             low_latency=low_latency,
+            echo_cancellation=echo_cancellation,
+            noise_suppression=noise_suppression,
+            auto_gain=auto_gain,
         )
         self._closed = False
 

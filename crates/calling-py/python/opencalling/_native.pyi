@@ -22,6 +22,9 @@ class Calling:
         fallback: str = ...,
         decoder_complexity: int = ...,
         low_latency: bool = ...,
+        echo_cancellation: Optional[bool] = ...,
+        noise_suppression: Optional[bool] = ...,
+        auto_gain: Optional[bool] = ...,
     ) -> None: ...
     def login(self, sdk_app_id: int, user_id: str, user_sig: str) -> None: ...
     def logout(self) -> None: ...

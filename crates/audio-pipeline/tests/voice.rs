@@ -1,0 +1,218 @@
+//! Voice processing against a simulated room: the echo canceller removes
+//! what the speaker plays from what the microphone hears, and nothing on
+//! its audio path allocates.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use audio_device::room::{RoomConfig, RoomControl, room};
+use audio_device::{AudioSink, AudioSource, WavSource};
+use audio_pipeline::voice::BLOCK_SAMPLES;
+use audio_pipeline::{Resampler, VoiceProcessing, VoiceProcessor, echo_reference};
+
+/// A speech fixture at 48 kHz mono.
+fn speech(name: &str) -> Vec<f32> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/speech")
+        .join(name);
+    let source = WavSource::open(&path).unwrap();
+    let format = source.format();
+    let mut resampler =
+        Resampler::new(format.sample_rate, format.channels, 48_000, 1, 160).unwrap();
+    resampler.push(source.samples());
+    let mut out = Vec::new();
+    let mut block = [0.0; BLOCK_SAMPLES];
+    while resampler.pop(&mut block) {
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
+fn energy(samples: &[f32]) -> f64 {
+    samples
+        .iter()
+        .map(|sample| f64::from(*sample).powi(2))
+        .sum()
+}
+
+const ECHO_ONLY: VoiceProcessing = VoiceProcessing {
+    echo_cancellation: true,
+    noise_suppression: false,
+    auto_gain: false,
+};
+
+/// ERLE in dB: how much quieter `sent` is than `heard`.
+fn erle_db(heard: &[f32], sent: &[f32]) -> f64 {
+    10.0 * (energy(heard) / energy(sent).max(1e-12)).log10()
+}
+
+/// Plays `far` in the room and returns (what the microphone heard, what
+/// processing left of it), block by block as the SDK's threads do;
+/// `at_block` runs before each block (to move the room's delay).
+fn through_room(
+    far: &[f32],
+    config: RoomConfig,
+    settings: VoiceProcessing,
+    mut at_block: impl FnMut(usize, &RoomControl),
+) -> (Vec<f32>, Vec<f32>, VoiceProcessor) {
+    let (mut speaker, mut microphone, control) = room(config, None, None);
+    let (mut played, reference) = echo_reference(500);
+    let mut processor = VoiceProcessor::new(settings).with_reference(reference);
+    let (mut heard, mut sent) = (Vec::new(), Vec::new());
+    let mut block = [0.0; BLOCK_SAMPLES];
+    for (index, far_block) in far.chunks_exact(BLOCK_SAMPLES).enumerate() {
+        at_block(index, &control);
+        speaker.write(far_block);
+        played.write(far_block);
+        microphone.read(&mut block);
+        heard.extend_from_slice(&block);
+        processor.process_capture(&mut block);
+        sent.extend_from_slice(&block);
+    }
+    (heard, sent, processor)
+}
+
+#[test]
+fn the_canceller_removes_a_rooms_echo_and_reports_its_delay() {
+    let far = speech("speech-a-16k.wav");
+    let config = RoomConfig {
+        rt60_seconds: 0.4,
+        delay_ms: 80,
+        ..RoomConfig::default()
+    };
+    let (heard, sent, processor) = through_room(&far, config, ECHO_ONLY, |_, _| {});
+    let after = 2 * 48_000;
+    let erle = erle_db(&heard[after..], &sent[after..]);
+    assert!(erle > 25.0, "ERLE {erle:.1} dB");
+    let stats = processor.stats();
+    let delay = stats.echo_delay_ms.unwrap();
+    assert!(
+        (60..=100).contains(&delay),
+        "echo delay {delay} ms, the room's 80"
+    );
+    let erl = stats.echo_return_loss_db.unwrap();
+    assert!((6.0..30.0).contains(&erl), "echo return loss {erl} dB");
+}
+
+/// Far-end speech, `seconds` long: the four fixtures one after another.
+fn long_far_end(seconds: usize) -> Vec<f32> {
+    let mut far = Vec::new();
+    for name in [
+        "speech-a-16k.wav",
+        "speech-b-16k.wav",
+        "speech-c-de-16k.wav",
+        "speech-d-ko-16k.wav",
+    ]
+    .iter()
+    .cycle()
+    {
+        if far.len() >= seconds * 48_000 {
+            break;
+        }
+        far.extend(speech(name));
+    }
+    far.truncate(seconds * 48_000);
+    far
+}
+
+/// From `from`, the time until every later quarter second in which the
+/// echo is loud is cancelled by at least `erle` dB.
+fn time_until_cancelled(heard: &[f32], sent: &[f32], from: usize, erle: f64) -> Option<f64> {
+    let quarter = 12_000;
+    let loud = energy(heard) / heard.len() as f64 * quarter as f64 * 0.1;
+    let mut last_bad = None;
+    for start in (from..heard.len() - quarter).step_by(quarter) {
+        let (h, s) = (
+            &heard[start..start + quarter],
+            &sent[start..start + quarter],
+        );
+        if energy(h) > loud && erle_db(h, s) < erle {
+            last_bad = Some(start + quarter);
+        }
+    }
+    let recovered = last_bad.unwrap_or(from);
+    (recovered + 48_000 < heard.len()).then(|| (recovered - from) as f64 / 48_000.0)
+}
+
+#[test]
+fn a_jump_in_the_echo_delay_is_found_again_within_a_second() {
+    let far = long_far_end(16);
+    for jump_ms in [50, 150, -50] {
+        let config = RoomConfig {
+            delay_ms: 100,
+            ..RoomConfig::default()
+        };
+        let jump_block = 800;
+        let (heard, sent, _) = through_room(&far, config, ECHO_ONLY, |block, control| {
+            if block == jump_block {
+                control.jump_delay(jump_ms);
+            }
+        });
+        let recovery = time_until_cancelled(&heard, &sent, jump_block * BLOCK_SAMPLES, 20.0);
+        assert!(
+            recovery.is_some_and(|seconds| seconds <= 1.0),
+            "after a {jump_ms} ms jump: ERLE back over 20 dB after {recovery:?} s"
+        );
+    }
+}
+
+#[test]
+fn drifting_clocks_keep_the_echo_cancelled() {
+    let far = long_far_end(20);
+    for drift_ppm in [100.0, -100.0] {
+        let config = RoomConfig {
+            drift_ppm,
+            ..RoomConfig::default()
+        };
+        let (heard, sent, _) = through_room(&far, config, ECHO_ONLY, |_, _| {});
+        // The last ten seconds: 1 ms of drift since the start, 0.5 ms more.
+        let erle = erle_db(&heard[10 * 48_000..], &sent[10 * 48_000..]);
+        assert!(erle > 25.0, "{drift_ppm} ppm: ERLE {erle:.1} dB");
+    }
+}
+
+#[test]
+fn no_processing_changes_nothing() {
+    let far = speech("speech-b-16k.wav");
+    let (heard, sent, _) = through_room(
+        &far[..48_000 * 3],
+        RoomConfig::default(),
+        VoiceProcessing::NONE,
+        |_, _| {},
+    );
+    assert_eq!(heard, sent);
+}
+
+#[test]
+fn probe_jump_profile() {
+    let far = long_far_end(16);
+    for jump_ms in [0, 50, 150, -50] {
+        let config = RoomConfig {
+            delay_ms: 100,
+            ..RoomConfig::default()
+        };
+        let (heard, sent, _) = through_room(&far, config, ECHO_ONLY, |block, control| {
+            if block == 800 {
+                control.jump_delay(jump_ms);
+            }
+        });
+        let quarter = 12_000;
+        let loud = energy(&heard) / heard.len() as f64 * quarter as f64 * 0.1;
+        let profile: Vec<String> = (6 * 48_000..heard.len() - quarter)
+            .step_by(quarter)
+            .map(|start| {
+                let (h, s) = (
+                    &heard[start..start + quarter],
+                    &sent[start..start + quarter],
+                );
+                if energy(h) > loud {
+                    format!("{:.0}", erle_db(h, s))
+                } else {
+                    "-".into()
+                }
+            })
+            .collect();
+        println!("jump {jump_ms}: {}", profile.join(" "));
+    }
+}
