@@ -631,11 +631,11 @@ async fn relay_delays(
             tokio::time::timeout(Duration::from_millis(500), receiver.read_datagram()).await
         {
             let arrived = origin.elapsed();
-            if let Ok((_, payload)) = MediaHeader::decode(&datagram) {
-                if let Ok(sent) = <[u8; 8]>::try_from(&payload[..8.min(payload.len())]) {
-                    let sent = Duration::from_nanos(u64::from_le_bytes(sent));
-                    delays.push(arrived.saturating_sub(sent));
-                }
+            if let Ok((_, payload)) = MediaHeader::decode(&datagram)
+                && let Ok(sent) = <[u8; 8]>::try_from(&payload[..8.min(payload.len())])
+            {
+                let sent = Duration::from_nanos(u64::from_le_bytes(sent));
+                delays.push(arrived.saturating_sub(sent));
             }
         }
         delays
@@ -1321,10 +1321,9 @@ async fn quic_relay_rounds_on(
                         .unwrap();
                     if let Ok(Some(ServerMessage::LoginResult { code, .. })) =
                         client.recv.recv().await
+                        && code.is_ok()
                     {
-                        if code.is_ok() {
-                            break client;
-                        }
+                        break client;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 };

@@ -434,7 +434,16 @@ fn bench(args: &[String]) -> Result {
     if let Some(python) = &python {
         audio.arg(python);
     }
-    step("bench: audio CPU and PESQ", &mut audio)
+    step("bench: audio CPU and PESQ", &mut audio)?;
+    let mut voice = release_example("audio-pipeline", "bench_voice");
+    voice.arg(&fixtures).arg(&out_dir);
+    if let Some(python) = &python {
+        voice.arg(python);
+    }
+    step(
+        "bench: voice processing (echo, noise, level) in simulated rooms",
+        &mut voice,
+    )
 }
 
 /// The crates published on crates.io: every member but the tests, the

@@ -552,7 +552,12 @@ mod tests {
                 .0;
             assert_eq!(loudest, 0);
         }
-        let seeded = |seed| impulse_response(&RoomConfig { seed, ..RoomConfig::default() });
+        let seeded = |seed| {
+            impulse_response(&RoomConfig {
+                seed,
+                ..RoomConfig::default()
+            })
+        };
         assert_eq!(seeded(5), seeded(5));
         assert_ne!(seeded(5), seeded(6));
     }
@@ -704,6 +709,9 @@ mod tests {
         let heard = through(&mut speaker, &mut microphone, &vec![0.0; 48_000]);
         let rms = (energy(&heard[4_800..]) / (heard.len() - 4_800) as f32).sqrt();
         let expected = ((0.3_f32 * 0.3 + 0.1 * 0.1) / 2.0).sqrt();
-        assert!((rms - expected).abs() < 0.01, "rms {rms}, expected {expected}");
+        assert!(
+            (rms - expected).abs() < 0.01,
+            "rms {rms}, expected {expected}"
+        );
     }
 }

@@ -28,9 +28,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nnnoiseless::DenoiseState;
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
-use nnnoiseless::DenoiseState;
 use sonora::config::{
     AdaptiveDigital, AnalogMicGainEmulation, CaptureLevelAdjustment, EchoCanceller,
     GainController2, MaxProcessingRate, Pipeline,
@@ -149,7 +149,11 @@ impl HighPass {
         let cos = omega.cos();
         let a0 = 1.0 + alpha;
         Self {
-            b: [(1.0 + cos) / 2.0 / a0, -(1.0 + cos) / a0, (1.0 + cos) / 2.0 / a0],
+            b: [
+                (1.0 + cos) / 2.0 / a0,
+                -(1.0 + cos) / a0,
+                (1.0 + cos) / 2.0 / a0,
+            ],
             a: [-2.0 * cos / a0, (1.0 - alpha) / a0],
             x: [0.0; 2],
             y: [0.0; 2],

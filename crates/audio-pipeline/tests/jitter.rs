@@ -88,10 +88,10 @@ fn encode(
             Some((from, later)) if at as f64 / 48_000.0 >= from => later,
             _ => frames.0,
         };
-        if let Some((from, later)) = switch_protection {
-            if at as f64 / 48_000.0 >= from {
-                encoder.set_protection(later).unwrap();
-            }
+        if let Some((from, later)) = switch_protection
+            && at as f64 / 48_000.0 >= from
+        {
+            encoder.set_protection(later).unwrap();
         }
         let Some(frame) = signal.get(at..at + duration.samples()) else {
             return out;

@@ -272,14 +272,13 @@ impl Control {
             .restoring
             .as_ref()
             .is_some_and(|restoring| now >= restoring.until)
+            && let Some(restoring) = self.restoring.take()
         {
-            if let Some(restoring) = self.restoring.take() {
-                self.restore(now, restoring.reports);
+            self.restore(now, restoring.reports);
+            self.route_outputs();
+            for (node, message) in restoring.held {
+                self.apply(now, node, message);
                 self.route_outputs();
-                for (node, message) in restoring.held {
-                    self.apply(now, node, message);
-                    self.route_outputs();
-                }
             }
         }
         self.switchboard.handle_timeout(now);
@@ -368,18 +367,18 @@ impl Control {
     /// A session that ends without a close (a lost connection, an expelled
     /// client) leaves its number behind: forget it.
     fn forget_if_ended(&mut self, ours: ConnId) {
-        if self.switchboard.user_of(ours).is_none() {
-            if let Some(at) = self.by_switchboard.remove(&ours) {
-                self.by_node.remove(&at);
-                // The node forgets it too (its connection is gone already).
-                self.send_to_node(
-                    at.node,
-                    FromControl::Close {
-                        conn: at.conn,
-                        code: calling_api::ErrorCode::CONNECTION_LOST,
-                    },
-                );
-            }
+        if self.switchboard.user_of(ours).is_none()
+            && let Some(at) = self.by_switchboard.remove(&ours)
+        {
+            self.by_node.remove(&at);
+            // The node forgets it too (its connection is gone already).
+            self.send_to_node(
+                at.node,
+                FromControl::Close {
+                    conn: at.conn,
+                    code: calling_api::ErrorCode::CONNECTION_LOST,
+                },
+            );
         }
     }
 

@@ -110,12 +110,12 @@ impl Lease {
     /// Call it whenever [`Lease::poll_timeout`] comes: it is also where a
     /// held lease lapses.
     pub fn poll_request(&mut self, now: Instant) -> Option<LeaseRequest> {
-        if let State::Held { valid_until, next } = self.state {
-            if now >= valid_until {
-                // Lapsed while the store was away: it may be someone
-                // else's by now, and is asked for afresh.
-                self.state = State::Free { next };
-            }
+        if let State::Held { valid_until, next } = self.state
+            && now >= valid_until
+        {
+            // Lapsed while the store was away: it may be someone
+            // else's by now, and is asked for afresh.
+            self.state = State::Free { next };
         }
         if self.in_flight.is_some() {
             return None;

@@ -32,11 +32,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             event = events.recv() => {
                 let Some(event) = event else { break };
                 println!("{me}: {event}");
-                if let CallingEvent::Invited { .. } = event {
-                    if let Err(error) = calling.accept().await {
+                if let CallingEvent::Invited { .. } = event
+                    && let Err(error) = calling.accept().await {
                         eprintln!("accept failed: {error}");
                     }
-                }
             }
             _ = tokio::signal::ctrl_c() => break,
         }

@@ -474,10 +474,10 @@ impl<T: Transport> Reconnect<T> {
     }
 
     fn start(&mut self, attempt: Connecting<T>) {
-        if self.running.len() >= OVERLAPPING_ATTEMPTS {
-            if let Some(oldest) = self.running.pop_front() {
-                oldest.abort();
-            }
+        if self.running.len() >= OVERLAPPING_ATTEMPTS
+            && let Some(oldest) = self.running.pop_front()
+        {
+            oldest.abort();
         }
         self.running.retain(|handle| !handle.is_finished());
         self.running.push_back(self.attempts.spawn(attempt));
@@ -628,11 +628,10 @@ impl<T: Transport> Driver<T> {
                 },
                 datagram = recv_datagram::<T>(media) => {
                     self.engine_untouched = true;
-                    if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut()) {
-                        if media.on_datagram(&datagram) {
+                    if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut())
+                        && media.on_datagram(&datagram) {
                             self.send_feedback();
                         }
-                    }
                 }
                 () = signaling_link::sleep_until(next_attempt), if next_attempt.is_some() => {
                     self.start_attempt();

@@ -273,10 +273,10 @@ impl TRTCCalling {
     /// Destroys the process-wide instance; the next
     /// [`TRTCCalling::shared_instance`] makes a fresh one.
     pub fn destroy_shared_instance() {
-        if let Some(shared) = SHARED.get() {
-            if let Some(instance) = lock(shared).take() {
-                instance.destroy();
-            }
+        if let Some(shared) = SHARED.get()
+            && let Some(instance) = lock(shared).take()
+        {
+            instance.destroy();
         }
     }
 

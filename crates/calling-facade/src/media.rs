@@ -293,8 +293,10 @@ impl PublishedVoiceStats {
             .store(stats.echo_delay_ms.unwrap_or(u16::MAX), Ordering::Relaxed);
         self.echo_return_loss_db
             .store(loss(stats.echo_return_loss_db), Ordering::Relaxed);
-        self.echo_return_loss_enhancement_db
-            .store(loss(stats.echo_return_loss_enhancement_db), Ordering::Relaxed);
+        self.echo_return_loss_enhancement_db.store(
+            loss(stats.echo_return_loss_enhancement_db),
+            Ordering::Relaxed,
+        );
     }
 
     fn read(&self) -> Option<VoiceStats> {
@@ -757,18 +759,18 @@ fn capture_loop(
         } else {
             Protection::InBandFec
         };
-        if let Err(error) = send.set_protection(protection) {
-            if !encoder_failed {
-                warn!(%error, "the encoder refused its protection");
-                encoder_failed = true;
-            }
+        if let Err(error) = send.set_protection(protection)
+            && !encoder_failed
+        {
+            warn!(%error, "the encoder refused its protection");
+            encoder_failed = true;
         }
         send.push_capture(&chunk);
         reads += 1;
-        if reads % (500 / u64::from(CAPTURE_MS)) == 0 {
-            if let Some(stats) = send.voice_stats() {
-                shared.voice.publish(stats);
-            }
+        if reads.is_multiple_of(500 / u64::from(CAPTURE_MS))
+            && let Some(stats) = send.voice_stats()
+        {
+            shared.voice.publish(stats);
         }
         loop {
             let captured = match send.next_frame() {
@@ -859,7 +861,7 @@ fn playout_loop(
             }
         }
         pulls += 1;
-        if pulls % (500 / u64::from(PULL_MS)) == 0 {
+        if pulls.is_multiple_of(500 / u64::from(PULL_MS)) {
             publish_stats(&receive, shared);
         }
         match resampler.as_mut() {

@@ -133,11 +133,10 @@ impl ClientOptions {
     /// [`ClientOptions::voice_processing`], or the default for the capture
     /// device.
     pub fn voice_processing_in_effect(&self) -> VoiceProcessing {
-        self.voice_processing
-            .unwrap_or(match self.audio.capture {
-                CaptureDevice::System { .. } => VoiceProcessing::ALL,
-                _ => VoiceProcessing::NONE,
-            })
+        self.voice_processing.unwrap_or(match self.audio.capture {
+            CaptureDevice::System { .. } => VoiceProcessing::ALL,
+            _ => VoiceProcessing::NONE,
+        })
     }
 }
 

@@ -293,10 +293,10 @@ fn destroy(handle: OcHandle) -> Result<(), i32> {
     let _ = instance.deliveries.send(Delivery::Stop);
     let thread = lock(&instance.callback_thread).take();
     // From inside the callback, the thread ends when the callback returns.
-    if std::thread::current().id() != instance.callback_thread_id {
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
+    if std::thread::current().id() != instance.callback_thread_id
+        && let Some(thread) = thread
+    {
+        let _ = thread.join();
     }
     Ok(())
 }

@@ -394,10 +394,9 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
                     },
                 ..
             } = output
+                && !known_calls.contains(&call)
             {
-                if !known_calls.contains(&call) {
-                    known_calls.push(call);
-                }
+                known_calls.push(call);
             }
         }
         if let Err(broken) = switchboard.check_invariants() {

@@ -178,16 +178,16 @@ pub(crate) async fn run(args: RunArgs) -> Result<(), String> {
         let baseline = ramp(&args, target, &forwarder, started).await?;
         drop(forwarder);
         print_capacity(&baseline, args.members);
-        if let (Some(ours), Some(theirs)) = (last_passing(&rounds), last_passing(&baseline)) {
-            if let (Some(ours), Some(theirs)) = (
+        if let (Some(ours), Some(theirs)) = (last_passing(&rounds), last_passing(&baseline))
+            && let (Some(ours), Some(theirs)) = (
                 ours.server_cpu_us_per_datagram,
                 theirs.server_cpu_us_per_datagram,
-            ) {
-                println!(
-                    "  CPU per forwarded datagram, calling-server / plain UDP forwarder: {:.2}",
-                    ours / theirs.max(f64::MIN_POSITIVE)
-                );
-            }
+            )
+        {
+            println!(
+                "  CPU per forwarded datagram, calling-server / plain UDP forwarder: {:.2}",
+                ours / theirs.max(f64::MIN_POSITIVE)
+            );
         }
         runs.push(serde_json::json!({ "target": "udp-forwarder", "rounds": baseline }));
     }

@@ -53,14 +53,13 @@ impl LoginThrottle {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         if failures.len() >= MAX_ADDRESSES && !failures.contains_key(&address) {
             failures.retain(|_, record| now.duration_since(record.last) <= FORGET_AFTER);
-            if failures.len() >= MAX_ADDRESSES {
-                if let Some(oldest) = failures
+            if failures.len() >= MAX_ADDRESSES
+                && let Some(oldest) = failures
                     .iter()
                     .min_by_key(|(_, record)| record.last)
                     .map(|(key, _)| *key)
-                {
-                    failures.remove(&oldest);
-                }
+            {
+                failures.remove(&oldest);
             }
         }
         let record = failures.entry(address).or_insert(Failures {

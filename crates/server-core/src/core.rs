@@ -236,10 +236,10 @@ impl<B: Board> ServerCore<B> {
         if let ClientMessage::Heartbeat { received } = message {
             self.heartbeat(link, session, received);
         } else {
-            if message.is_numbered() {
-                if let Some(book) = self.sessions.get_mut(&session) {
-                    book.replay.record_received();
-                }
+            if message.is_numbered()
+                && let Some(book) = self.sessions.get_mut(&session)
+            {
+                book.replay.record_received();
             }
             self.board.handle_message(now, session, message);
         }
@@ -587,10 +587,10 @@ impl<B: Board> ServerCore<B> {
     }
 
     fn forget(&mut self, session: ConnId) {
-        if let Some(book) = self.sessions.remove(&session) {
-            if let Some(link) = book.link {
-                self.by_link.remove(&link);
-            }
+        if let Some(book) = self.sessions.remove(&session)
+            && let Some(link) = book.link
+        {
+            self.by_link.remove(&link);
         }
         self.congested.remove(&session);
         self.to_check.remove(&session);

@@ -211,10 +211,10 @@ impl Cluster {
                         }
                     }
                     NodeOutput::ToNode { node, frame } => {
-                        if let Some(target) = self.nodes.get_mut(&node) {
-                            if target.link_up {
-                                target.from_control.push_back(frame);
-                            }
+                        if let Some(target) = self.nodes.get_mut(&node)
+                            && target.link_up
+                        {
+                            target.from_control.push_back(frame);
                         }
                     }
                     NodeOutput::DropNode { .. } => {}

@@ -952,16 +952,16 @@ impl CallEngine {
         if in_call != armed {
             return Err(format!("in a call: {in_call}, voice report armed: {armed}"));
         }
-        if let State::Dialing { request, .. } | State::Accepting { request, .. } = &self.state {
-            if !self.requests.contains_key(request) {
-                return Err(format!("{:?} waits for a forgotten request", self.state));
-            }
+        if let State::Dialing { request, .. } | State::Accepting { request, .. } = &self.state
+            && !self.requests.contains_key(request)
+        {
+            return Err(format!("{:?} waits for a forgotten request", self.state));
         }
         for leaving in &self.leaving {
-            if let Leaving::AfterReply(request) = leaving {
-                if !self.requests.contains_key(request) {
-                    return Err(format!("hung up {request:?} waits for a forgotten request"));
-                }
+            if let Leaving::AfterReply(request) = leaving
+                && !self.requests.contains_key(request)
+            {
+                return Err(format!("hung up {request:?} waits for a forgotten request"));
             }
         }
         if self.held.is_some() && !self.awaits_any_reply() {
@@ -1215,14 +1215,14 @@ impl CallEngine {
             members,
             ..
         } = &self.state
+            && *current == call_id
+            && members.contains(&user_id)
         {
-            if *current == call_id && members.contains(&user_id) {
-                self.events.push_back(if connected {
-                    CallingEvent::UserReconnected { user_id }
-                } else {
-                    CallingEvent::UserReconnecting { user_id }
-                });
-            }
+            self.events.push_back(if connected {
+                CallingEvent::UserReconnected { user_id }
+            } else {
+                CallingEvent::UserReconnecting { user_id }
+            });
         }
     }
 
@@ -1544,11 +1544,11 @@ impl CallEngine {
             flows,
             ..
         } = &mut self.state
+            && *current == call_id
+            && members.remove(&user_id)
         {
-            if *current == call_id && members.remove(&user_id) {
-                flows.remove(&user_id);
-                self.events.push_back(CallingEvent::UserLeave { user_id });
-            }
+            flows.remove(&user_id);
+            self.events.push_back(CallingEvent::UserLeave { user_id });
         }
     }
 
@@ -1558,11 +1558,11 @@ impl CallEngine {
             members,
             ..
         } = &self.state
+            && *current == call_id
+            && members.contains(&user_id)
         {
-            if *current == call_id && members.contains(&user_id) {
-                self.events
-                    .push_back(CallingEvent::UserAudioAvailable { user_id, available });
-            }
+            self.events
+                .push_back(CallingEvent::UserAudioAvailable { user_id, available });
         }
     }
 
@@ -1579,12 +1579,11 @@ impl CallEngine {
         if let State::InCall {
             call_id: current, ..
         } = self.state
+            && current == call_id
         {
-            if current == call_id {
-                self.state = State::Idle;
-                self.timers.cancel(&Timer::VoiceVolumeReport);
-                self.emit_call_end(call_id, reason);
-            }
+            self.state = State::Idle;
+            self.timers.cancel(&Timer::VoiceVolumeReport);
+            self.emit_call_end(call_id, reason);
         }
     }
 

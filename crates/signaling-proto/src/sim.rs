@@ -319,10 +319,10 @@ impl Simulation {
                 }
                 continue;
             }
-            if let Some(Reverse((_, id))) = self.in_flight.pop() {
-                if let Some(delivery) = self.deliveries.remove(&id) {
-                    self.deliver(delivery);
-                }
+            if let Some(Reverse((_, id))) = self.in_flight.pop()
+                && let Some(delivery) = self.deliveries.remove(&id)
+            {
+                self.deliver(delivery);
             }
         }
     }
@@ -446,11 +446,11 @@ impl Simulation {
                 }
             }
             Delivery::CloseClient(label, conn) => {
-                if let Some(client) = self.clients.get_mut(&label) {
-                    if client.conn == Some(conn) {
-                        client.conn = None;
-                        client.engine.handle_disconnect();
-                    }
+                if let Some(client) = self.clients.get_mut(&label)
+                    && client.conn == Some(conn)
+                {
+                    client.conn = None;
+                    client.engine.handle_disconnect();
                 }
                 self.forget_conn(conn);
             }

@@ -249,10 +249,10 @@ async fn login_at(
                 })
                 .await
                 .unwrap();
-            if let Ok(Some(ServerMessage::LoginResult { code, .. })) = client.recv.recv().await {
-                if code.is_ok() {
-                    return client;
-                }
+            if let Ok(Some(ServerMessage::LoginResult { code, .. })) = client.recv.recv().await
+                && code.is_ok()
+            {
+                return client;
             }
         }
         assert!(Instant::now() < deadline, "{user} cannot log in at {addr}");

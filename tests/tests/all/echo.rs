@@ -26,8 +26,8 @@ async fn alice_in_a_room(
     voice: Option<VoiceProcessing>,
     near_end: Option<&Path>,
 ) -> User {
-    let near_end = near_end
-        .map(|path| Box::new(WavSource::open(path).unwrap()) as Box<dyn AudioSource>);
+    let near_end =
+        near_end.map(|path| Box::new(WavSource::open(path).unwrap()) as Box<dyn AudioSource>);
     let (speaker, microphone, _) = room(RoomConfig::default(), near_end, None);
     let mut options = server.options();
     options.audio = AudioDevices {
@@ -74,7 +74,10 @@ async fn bob_talking(server: &TestServer, says: &Path, hears: &Path) -> User {
 }
 
 fn energy(samples: &[f32]) -> f64 {
-    samples.iter().map(|sample| f64::from(*sample).powi(2)).sum()
+    samples
+        .iter()
+        .map(|sample| f64::from(*sample).powi(2))
+        .sum()
 }
 
 /// A call of `seconds` in which bob talks to alice in her room; returns
@@ -101,11 +104,15 @@ async fn bob_hears_back(
 async fn the_canceller_keeps_bob_from_hearing_himself_back() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start("echo").await;
-    let (without, no_stats) = bob_hears_back(&server, Some(VoiceProcessing::NONE), 8, "echo-off").await;
+    let (without, no_stats) =
+        bob_hears_back(&server, Some(VoiceProcessing::NONE), 8, "echo-off").await;
     let (with, stats) = bob_hears_back(&server, Some(VoiceProcessing::ALL), 8, "echo-on").await;
     let reduction_db = 10.0 * (without / with.max(1e-12)).log10();
     println!("echo back to bob: {reduction_db:.1} dB lower with the canceller; {stats:?}");
-    assert!(without > 1.0, "without a canceller bob hears himself back ({without})");
+    assert!(
+        without > 1.0,
+        "without a canceller bob hears himself back ({without})"
+    );
     assert!(reduction_db >= 25.0, "only {reduction_db:.1} dB lower");
     assert_eq!(no_stats, None, "no voice processing, no statistics");
     let stats = stats.expect("the canceller's statistics");

@@ -348,11 +348,11 @@ impl Cluster {
             }
             self.drain(control);
         }
-        if let Some(proc) = self.procs.get_mut(&dialer) {
-            if proc.link_up {
-                proc.link_up = false;
-                proc.node.handle_control_trunk_down(now);
-            }
+        if let Some(proc) = self.procs.get_mut(&dialer)
+            && proc.link_up
+        {
+            proc.link_up = false;
+            proc.node.handle_control_trunk_down(now);
         }
         self.drain(dialer);
     }
@@ -441,14 +441,14 @@ impl Cluster {
                 }
                 NodeOutput::ToNode { node, frame } => {
                     let delay = self.delay();
-                    if let Some((control, wire)) = self.links.get_mut(&node) {
-                        if *control == id {
-                            let at = wire
-                                .to_node
-                                .back()
-                                .map_or(now + delay, |(last, _)| (*last).max(now + delay));
-                            wire.to_node.push_back((at, encode(&frame).unwrap()));
-                        }
+                    if let Some((control, wire)) = self.links.get_mut(&node)
+                        && *control == id
+                    {
+                        let at = wire
+                            .to_node
+                            .back()
+                            .map_or(now + delay, |(last, _)| (*last).max(now + delay));
+                        wire.to_node.push_back((at, encode(&frame).unwrap()));
                     }
                 }
                 NodeOutput::DropNode { node } => {
@@ -495,10 +495,10 @@ impl Cluster {
         let proc = self.procs.get_mut(&id).unwrap();
         match message {
             FromControl::Send { conn, message } => {
-                if let Some(client) = proc.clients.get_mut(&conn) {
-                    if client.closed.is_none() {
-                        client.inbox.push(message);
-                    }
+                if let Some(client) = proc.clients.get_mut(&conn)
+                    && client.closed.is_none()
+                {
+                    client.inbox.push(message);
                 }
             }
             FromControl::Close { conn, code } => {

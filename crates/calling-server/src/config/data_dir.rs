@@ -29,10 +29,10 @@ pub fn reset_key(data_dir: &Path) -> std::io::Result<[u8; 32]> {
 }
 
 fn load_or_create_secret(path: &Path) -> std::io::Result<[u8; 32]> {
-    if let Ok(bytes) = fs::read(path) {
-        if let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice()) {
-            return Ok(secret);
-        }
+    if let Ok(bytes) = fs::read(path)
+        && let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(secret);
     }
     let mut secret = [0; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)

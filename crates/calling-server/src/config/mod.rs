@@ -328,10 +328,10 @@ impl ServerConfig {
 
     /// Checks what a configuration built in code may get wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let TlsSource::PemFiles { cert, key } = &self.tls {
-            if cert.as_os_str().is_empty() || key.as_os_str().is_empty() {
-                return Err(ConfigError::Invalid("--cert and --key go together".into()));
-            }
+        if let TlsSource::PemFiles { cert, key } = &self.tls
+            && (cert.as_os_str().is_empty() || key.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid("--cert and --key go together".into()));
         }
         if self.switchboard.default_invite_timeout.is_zero() {
             return Err(ConfigError::Invalid(

@@ -192,7 +192,7 @@ fn run_session(
         apply(&mut sim, action);
         // Half the time the network settles between actions, half the
         // time actions race each other.
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             sim.settle();
         } else {
             sim.advance(Duration::from_millis(3));
