@@ -116,6 +116,15 @@ impl SendPath {
         self
     }
 
+    /// The echo path changed in a way the caller knows of (another output
+    /// device): the echo canceller starts afresh
+    /// ([`VoiceProcessor::echo_path_changed`]).
+    pub fn echo_path_changed(&mut self) {
+        if let Some(voice) = &mut self.voice {
+            voice.echo_path_changed();
+        }
+    }
+
     /// What the echo canceller measures; `None` without voice processing.
     pub fn voice_stats(&self) -> Option<VoiceStats> {
         self.voice.as_ref().map(VoiceProcessor::stats)

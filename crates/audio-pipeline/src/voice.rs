@@ -244,6 +244,17 @@ impl VoiceProcessor {
         self.settings
     }
 
+    /// Starts the echo canceller afresh: the echo path changed in a way the
+    /// SDK knows of (another output device, another route). A converged
+    /// canceller takes about 2.5 s to find a moved echo by itself; a fresh
+    /// one suppresses from its first block and converges within a second.
+    /// Allocates: called from the capture thread, never a device callback.
+    pub fn echo_path_changed(&mut self) {
+        if self.echo.is_some() {
+            self.echo = Some(echo_canceller());
+        }
+    }
+
     /// Tells the canceller one block of what the speaker plays.
     pub fn analyze_render(&mut self, block: &[f32; BLOCK_SAMPLES]) {
         let Some(echo) = &mut self.echo else {

@@ -266,6 +266,9 @@ struct Shared {
     /// What the echo canceller measures, published by the capture thread
     /// twice a second.
     voice: PublishedVoiceStats,
+    /// The playout thread opened another output device: the echo path
+    /// changed, and the capture thread's canceller starts afresh.
+    echo_path_changed: AtomicBool,
 }
 
 /// [`VoiceStats`] in atomics: a delay of `u16::MAX` and a NaN loss mean
@@ -542,6 +545,7 @@ impl CallAudio {
             short_frames: AtomicBool::new(false),
             dred: AtomicBool::new(false),
             voice: PublishedVoiceStats::new(voice.any()),
+            echo_path_changed: AtomicBool::new(false),
         });
         // What the speaker plays, for the echo canceller.
         let (played, reference) = if voice.echo_cancellation {
@@ -765,6 +769,9 @@ fn capture_loop(
             warn!(%error, "the encoder refused its protection");
             encoder_failed = true;
         }
+        if shared.echo_path_changed.swap(false, Ordering::Relaxed) {
+            send.echo_path_changed();
+        }
         send.push_capture(&chunk);
         reads += 1;
         if reads.is_multiple_of(500 / u64::from(CAPTURE_MS))
@@ -848,6 +855,7 @@ fn playout_loop(
             sink = open_sink(playback, hands_free, notices);
             resampler = output_resampler(sink.format());
             device_chunk = vec![0.0; sink.format().samples_in_ms(PULL_MS)];
+            shared.echo_path_changed.store(true, Ordering::Relaxed);
         }
         if receive.pull(Instant::now(), &mut frame).is_err() {
             frame.fill(0.0);
