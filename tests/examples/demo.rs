@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use std::path::Path;
 
+use audio_device::room::{RoomConfig, room};
 use calling_facade::{
-    AudioDevices, CallOptions, CallType, CallingEvent, CaptureDevice, ClientOptions,
-    PlaybackDevice, TRTCCalling,
+    AudioDevices, CallOptions, CallType, CallingEvent, CaptureDevice, ClientOptions, CustomSink,
+    CustomSource, PlaybackDevice, TRTCCalling, VoiceProcessing,
 };
 use opencalling_tests::speech;
 use tokio::sync::mpsc;
@@ -44,6 +45,62 @@ impl User {
             self.name
         );
     }
+}
+
+/// Alice on her laptop's speakers (a simulated room, `voice` processing
+/// her microphone) and bob talking for six seconds; returns the energy of
+/// what bob heard back after the first two.
+async fn room_call(
+    options: &ClientOptions,
+    app: &calling_server::AppCredentials,
+    voice: VoiceProcessing,
+    bob_hears: &Path,
+) -> f64 {
+    let (speaker, microphone, _) = room(RoomConfig::default(), None, None);
+    let mut alice_options = options.clone();
+    alice_options.audio = AudioDevices {
+        capture: CaptureDevice::Custom(CustomSource(Arc::new(std::sync::Mutex::new(microphone)))),
+        playback: PlaybackDevice::Custom(CustomSink(Arc::new(std::sync::Mutex::new(speaker)))),
+    };
+    alice_options.voice_processing = Some(voice);
+    let mut bob_options = options.clone();
+    bob_options.audio = AudioDevices {
+        capture: CaptureDevice::Wav {
+            path: speech::fixture("speech-b-16k.wav"),
+            looping: true,
+        },
+        playback: PlaybackDevice::Wav {
+            path: bob_hears.to_path_buf(),
+        },
+    };
+    let alice = TRTCCalling::new(alice_options);
+    let bob = TRTCCalling::new(bob_options);
+    let mut alice_events = alice.events();
+    for (calling, name) in [(&alice, "alice"), (&bob, "bob")] {
+        let sig = opencalling_tests::server::user_sig(app, name);
+        calling.login(app.sdk_app_id, name, &sig).await.unwrap();
+    }
+    bob.call("alice", CallType::Audio).await.unwrap();
+    while let Some(event) = alice_events.recv().await {
+        if matches!(event, CallingEvent::Invited { .. }) {
+            break;
+        }
+    }
+    alice.accept().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    bob.hangup().await.unwrap();
+    for calling in [&alice, &bob] {
+        calling.logout().await.unwrap();
+    }
+    // The playout threads finish their files when the call ends.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let heard = speech::recording_16k(bob_hears);
+    heard
+        .get(2 * 16_000..)
+        .unwrap_or_default()
+        .iter()
+        .map(|sample| f64::from(*sample).powi(2))
+        .sum()
 }
 
 #[allow(
@@ -241,6 +298,32 @@ async fn main() {
         .await;
     dave.wait_for(|event| matches!(event, CallingEvent::CallEnded { .. }))
         .await;
+
+    step(
+        "alice moves to her laptop's speakers (a simulated room): bob talks, first with her echo canceller off, then on",
+    );
+    alice.calling.logout().await.unwrap();
+    bob.calling.logout().await.unwrap();
+    let client_options =
+        ClientOptions::development(server.local_addr().to_string(), server.fingerprint());
+    let mut heard_back = Vec::new();
+    for voice in [VoiceProcessing::NONE, VoiceProcessing::ALL] {
+        let bob_hears = out_dir.join(if voice.echo_cancellation {
+            "bob-hears-back-cancelled.wav"
+        } else {
+            "bob-hears-back.wav"
+        });
+        heard_back.push((
+            voice,
+            room_call(&client_options, &app, voice, &bob_hears).await,
+        ));
+    }
+    let (_, without) = heard_back[0];
+    let (_, with) = heard_back[1];
+    println!(
+        "  bob hears himself back from alice's room: {:.1} dB lower with her canceller on (echo return loss enhancement)",
+        10.0 * (without / with.max(1e-12)).log10()
+    );
 
     step("the server shuts down gracefully");
     server.shutdown().await;

@@ -117,8 +117,9 @@ async fn the_canceller_keeps_bob_from_hearing_himself_back() {
     assert_eq!(no_stats, None, "no voice processing, no statistics");
     let stats = stats.expect("the canceller's statistics");
     let delay = stats.echo_delay_ms.expect("an echo delay found");
-    // The room's own 60 ms, plus the playout thread's hand-over.
-    assert!((40..=300).contains(&delay), "echo delay {delay} ms");
+    // The room's own 60 ms, give or take where the capture thread's reads
+    // fall against the playout thread's writes (measured 44 ms).
+    assert!((20..=300).contains(&delay), "echo delay {delay} ms");
     assert!(stats.echo_return_loss_db.is_some(), "{stats:?}");
 }
 
