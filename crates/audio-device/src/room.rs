@@ -274,11 +274,7 @@ pub fn room(
     };
     let microphone = RoomMicrophone {
         echo: consumer,
-        step: 1.0 / (1.0 + f64::from(config.drift_ppm) * 1e-6),
-        position: 0.0,
-        started: false,
-        current: 0.0,
-        next: 0.0,
+        drift: Stretch::new(1.0 / (1.0 + f64::from(config.drift_ppm) * 1e-6)),
         delay_change: Arc::clone(&delay_change),
         silence_to_insert: 0,
         near_end: near_end.map(Mono48k::new),
@@ -360,13 +356,8 @@ impl AudioSink for RoomSpeaker {
 /// mono.
 pub struct RoomMicrophone {
     echo: HeapCons<f32>,
-    /// Echo samples per microphone sample: drift.
-    step: f64,
-    /// Fractional position between `current` and `next`.
-    position: f64,
-    started: bool,
-    current: f32,
-    next: f32,
+    /// The echo at the microphone's clock: drift.
+    drift: Stretch,
     delay_change: Arc<AtomicI32>,
     /// Samples of silence still to go in before the waiting echo (a delay
     /// that jumped up).
@@ -379,7 +370,7 @@ pub struct RoomMicrophone {
 impl std::fmt::Debug for RoomMicrophone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RoomMicrophone")
-            .field("step", &self.step)
+            .field("drift", &self.drift.step)
             .field("echo_waiting", &self.echo.occupied_len())
             .finish_non_exhaustive()
     }
@@ -417,20 +408,9 @@ impl AudioSource for RoomMicrophone {
 
     fn read(&mut self, out: &mut [f32]) -> usize {
         self.apply_delay_change();
-        if !self.started {
-            self.started = true;
-            self.current = self.next_echo();
-            self.next = self.next_echo();
-        }
-        for sample in out.iter_mut() {
-            *sample = self.current + self.position as f32 * (self.next - self.current);
-            self.position += self.step;
-            while self.position >= 1.0 {
-                self.position -= 1.0;
-                self.current = self.next;
-                self.next = self.next_echo();
-            }
-        }
+        let mut drift = self.drift;
+        drift.read(out, || self.next_echo());
+        self.drift = drift;
         self.near_end_scratch.resize(out.len(), 0.0);
         for source in [&mut self.near_end, &mut self.noise].into_iter().flatten() {
             source.read(&mut self.near_end_scratch);
@@ -442,26 +422,22 @@ impl AudioSource for RoomMicrophone {
     }
 }
 
-/// Any source read as 48 kHz mono (the first channel, linear
-/// interpolation between its samples): near-end talkers and noise come
-/// from 16 kHz files.
-struct Mono48k {
-    source: Box<dyn AudioSource>,
+/// A stream read at another rate by linear interpolation: `step` input
+/// samples per output sample.
+#[derive(Debug, Clone, Copy)]
+struct Stretch {
     step: f64,
+    /// Fractional position between `current` and `next`.
     position: f64,
     started: bool,
     current: f32,
     next: f32,
-    frame: Vec<f32>,
 }
 
-impl Mono48k {
-    fn new(source: Box<dyn AudioSource>) -> Self {
-        let format = source.format();
+impl Stretch {
+    fn new(step: f64) -> Self {
         Self {
-            step: f64::from(format.sample_rate) / f64::from(ROOM_RATE),
-            frame: vec![0.0; usize::from(format.channels.max(1))],
-            source,
+            step,
             position: 0.0,
             started: false,
             current: 0.0,
@@ -469,18 +445,12 @@ impl Mono48k {
         }
     }
 
-    fn read_one(&mut self) -> f32 {
-        if self.source.read(&mut self.frame) < self.frame.len() {
-            return 0.0;
-        }
-        self.frame[0]
-    }
-
-    fn read(&mut self, out: &mut [f32]) {
+    /// Fills `out`, taking input samples from `input` as they are needed.
+    fn read(&mut self, out: &mut [f32], mut input: impl FnMut() -> f32) {
         if !self.started {
             self.started = true;
-            self.current = self.read_one();
-            self.next = self.read_one();
+            self.current = input();
+            self.next = input();
         }
         for sample in out.iter_mut() {
             *sample = self.current + self.position as f32 * (self.next - self.current);
@@ -488,9 +458,40 @@ impl Mono48k {
             while self.position >= 1.0 {
                 self.position -= 1.0;
                 self.current = self.next;
-                self.next = self.read_one();
+                self.next = input();
             }
         }
+    }
+}
+
+/// Any source read as 48 kHz mono (the first channel, linear
+/// interpolation between its samples): near-end talkers and noise come
+/// from 16 kHz files.
+struct Mono48k {
+    source: Box<dyn AudioSource>,
+    rate: Stretch,
+    frame: Vec<f32>,
+}
+
+impl Mono48k {
+    fn new(source: Box<dyn AudioSource>) -> Self {
+        let format = source.format();
+        Self {
+            rate: Stretch::new(f64::from(format.sample_rate) / f64::from(ROOM_RATE)),
+            frame: vec![0.0; usize::from(format.channels.max(1))],
+            source,
+        }
+    }
+
+    fn read(&mut self, out: &mut [f32]) {
+        let (source, frame) = (&mut self.source, &mut self.frame);
+        self.rate.read(out, || {
+            if source.read(frame) < frame.len() {
+                0.0
+            } else {
+                frame[0]
+            }
+        });
     }
 }
 

@@ -21,6 +21,7 @@
 //!
 //! usage: bench_voice FIXTURE_DIR OUT_DIR [PYTHON]  (PYTHON: numpy, pesq
 //! and pystoi; without it the PESQ rows are left out.)
+//! BENCH_VOICE_ONLY=echo,jump,drift,double,noise,level runs those rounds.
 
 #![allow(
     unsafe_code,
@@ -42,6 +43,7 @@ use aec3::nodes::audio::AudioFormat as Aec3Format;
 use aec3::pipelines::linear::{self, LinearPipeline};
 use audio_device::room::{RoomConfig, RoomControl, room};
 use audio_device::{AudioFormat, AudioSink, AudioSource, WavSource};
+use audio_pipeline::analysis::{energy, erle_db, seconds_until_cancelled};
 use audio_pipeline::voice::BLOCK_SAMPLES;
 use audio_pipeline::{Resampler, VoiceProcessing, VoiceProcessor};
 use support::{global_lag, load_48k, pesq, write};
@@ -305,40 +307,9 @@ fn run(scene: &Scene, kind: Kind) -> Run {
     }
 }
 
-fn energy(samples: &[f32]) -> f64 {
-    samples
-        .iter()
-        .map(|sample| f64::from(*sample).powi(2))
-        .sum()
-}
-
-fn erle_db(heard: &[f32], sent: &[f32]) -> f64 {
-    10.0 * (energy(heard) / energy(sent).max(1e-12)).log10()
-}
-
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// From `from`, the seconds until every later loud quarter second is
-/// cancelled by at least `erle` dB; `None` if that never holds for the
-/// last second.
-fn time_until_cancelled(heard: &[f32], sent: &[f32], from: usize, erle: f64) -> Option<f64> {
-    let quarter = RATE / 4;
-    let loud = energy(heard) / heard.len() as f64 * quarter as f64 * 0.1;
-    let mut last_bad = None;
-    for start in (from..heard.len() - quarter).step_by(quarter) {
-        let (h, s) = (
-            &heard[start..start + quarter],
-            &sent[start..start + quarter],
-        );
-        if energy(h) > loud && erle_db(h, s) < erle {
-            last_bad = Some(start + quarter);
-        }
-    }
-    let recovered = last_bad.unwrap_or(from);
-    (recovered + RATE < heard.len()).then(|| (recovered - from) as f64 / RATE as f64)
 }
 
 /// `samples` repeated to `length`.
@@ -463,13 +434,31 @@ fn main() {
     let talkers: Vec<(Vec<f32>, Vec<f32>)> = paths.iter().map(|path| load_48k(path)).collect();
     let speech_48k: Vec<Vec<f32>> = talkers.iter().map(|(_, at_48k)| at_48k.clone()).collect();
 
-    single_talk(&speech_48k);
-    delay_jumps(&speech_48k);
-    drift(&speech_48k);
+    // BENCH_VOICE_ONLY=echo,jump,drift,double,noise,level: those rounds.
+    let only = std::env::var("BENCH_VOICE_ONLY").ok();
+    let wanted = |round: &str| {
+        only.as_ref()
+            .is_none_or(|only| only.split(',').any(|name| name == round))
+    };
+    if wanted("echo") {
+        single_talk(&speech_48k);
+    }
+    if wanted("jump") {
+        delay_jumps(&speech_48k);
+    }
+    if wanted("drift") {
+        drift(&speech_48k);
+    }
     let mut cpu = Vec::new();
-    double_talk(&talkers, &out_dir, python, &mut cpu);
-    transparency_and_noise(&talkers, &speech_48k, &out_dir, python);
-    level(&speech_48k);
+    if wanted("double") {
+        double_talk(&talkers, &out_dir, python, &mut cpu);
+    }
+    if wanted("noise") {
+        transparency_and_noise(&talkers, &speech_48k, &out_dir, python);
+    }
+    if wanted("level") {
+        level(&speech_48k);
+    }
     println!("\n== CPU per 10 ms block (capture and render, double talk), one core");
     for (kind, per_block, allocations) in cpu {
         println!(
@@ -547,7 +536,7 @@ fn delay_jumps(speech: &[Vec<f32>]) {
                 ..Scene::default()
             };
             let run = run(&scene, kind);
-            let recovery = time_until_cancelled(&run.microphone, &run.sent, 8 * RATE, 20.0);
+            let recovery = seconds_until_cancelled(&run.microphone, &run.sent, 8 * RATE, 20.0);
             row.push(format!(
                 "{jump:+} ms: {}",
                 recovery.map_or("never".into(), |seconds| format!("{seconds:.2} s"))

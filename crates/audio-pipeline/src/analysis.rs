@@ -78,6 +78,42 @@ pub fn segment_correlation(
     scores.get(scores.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Energy: the sum of the squares.
+pub fn energy(samples: &[f32]) -> f64 {
+    samples
+        .iter()
+        .map(|sample| f64::from(*sample).powi(2))
+        .sum()
+}
+
+/// Echo return loss enhancement, dB: how much quieter `sent` is than
+/// `heard` (what the microphone heard, what processing left of it).
+pub fn erle_db(heard: &[f32], sent: &[f32]) -> f64 {
+    10.0 * (energy(heard) / energy(sent).max(1e-12)).log10()
+}
+
+/// From sample `from` of a 48 kHz `heard` / `sent` pair, the seconds until
+/// every later quarter second in which the echo is loud (a tenth of the
+/// average quarter's energy or more) is cancelled by at least `erle_db`;
+/// `None` when that does not hold for the last second.
+pub fn seconds_until_cancelled(heard: &[f32], sent: &[f32], from: usize, erle: f64) -> Option<f64> {
+    const RATE: usize = 48_000;
+    let quarter = RATE / 4;
+    let loud = energy(heard) / heard.len().max(1) as f64 * quarter as f64 * 0.1;
+    let mut last_bad = None;
+    for start in (from..heard.len().saturating_sub(quarter)).step_by(quarter) {
+        let (h, s) = (
+            &heard[start..start + quarter],
+            &sent[start..start + quarter],
+        );
+        if energy(h) > loud && erle_db(h, s) < erle {
+            last_bad = Some(start + quarter);
+        }
+    }
+    let recovered = last_bad.unwrap_or(from);
+    (recovered + RATE < heard.len()).then(|| (recovered - from) as f64 / RATE as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +134,29 @@ mod tests {
         assert!(correlation > 0.99);
         assert!(segment_correlation(&noise, &delayed, lag, 1_000, 8, 100) > 0.99);
         assert_eq!(ncc(&[0.0; 10], &noise[..10]), 0.0);
+    }
+
+    #[test]
+    fn cancellation_is_timed_from_the_last_loud_uncancelled_quarter() {
+        let heard = vec![0.5_f32; 48_000 * 4];
+        // Cancelled by 6 dB for the first 1.5 s, by 40 dB after.
+        let sent: Vec<f32> = heard
+            .iter()
+            .enumerate()
+            .map(|(index, sample)| {
+                if index < 72_000 {
+                    sample * 0.5
+                } else {
+                    sample * 0.01
+                }
+            })
+            .collect();
+        assert!((erle_db(&heard, &heard) - 0.0).abs() < 1e-9);
+        assert_eq!(seconds_until_cancelled(&heard, &sent, 0, 20.0), Some(1.5));
+        assert_eq!(
+            seconds_until_cancelled(&heard, &sent, 96_000, 20.0),
+            Some(0.0)
+        );
+        assert_eq!(seconds_until_cancelled(&heard, &heard, 0, 20.0), None);
     }
 }

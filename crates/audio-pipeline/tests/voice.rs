@@ -8,6 +8,7 @@ use std::path::Path;
 
 use audio_device::room::{RoomConfig, RoomControl, room};
 use audio_device::{AudioSink, AudioSource, WavSource};
+use audio_pipeline::analysis::{erle_db, seconds_until_cancelled};
 use audio_pipeline::voice::BLOCK_SAMPLES;
 use audio_pipeline::{Resampler, VoiceProcessing, VoiceProcessor, echo_reference};
 
@@ -29,23 +30,11 @@ fn speech(name: &str) -> Vec<f32> {
     out
 }
 
-fn energy(samples: &[f32]) -> f64 {
-    samples
-        .iter()
-        .map(|sample| f64::from(*sample).powi(2))
-        .sum()
-}
-
 const ECHO_ONLY: VoiceProcessing = VoiceProcessing {
     echo_cancellation: true,
     noise_suppression: false,
     auto_gain: false,
 };
-
-/// ERLE in dB: how much quieter `sent` is than `heard`.
-fn erle_db(heard: &[f32], sent: &[f32]) -> f64 {
-    10.0 * (energy(heard) / energy(sent).max(1e-12)).log10()
-}
 
 /// Plays `far` in the room and returns (what the microphone heard, what
 /// processing left of it), block by block as the SDK's threads do;
@@ -116,25 +105,6 @@ fn long_far_end(seconds: usize) -> Vec<f32> {
     far
 }
 
-/// From `from`, the time until every later quarter second in which the
-/// echo is loud is cancelled by at least `erle` dB.
-fn time_until_cancelled(heard: &[f32], sent: &[f32], from: usize, erle: f64) -> Option<f64> {
-    let quarter = 12_000;
-    let loud = energy(heard) / heard.len() as f64 * quarter as f64 * 0.1;
-    let mut last_bad = None;
-    for start in (from..heard.len() - quarter).step_by(quarter) {
-        let (h, s) = (
-            &heard[start..start + quarter],
-            &sent[start..start + quarter],
-        );
-        if energy(h) > loud && erle_db(h, s) < erle {
-            last_bad = Some(start + quarter);
-        }
-    }
-    let recovered = last_bad.unwrap_or(from);
-    (recovered + 48_000 < heard.len()).then(|| (recovered - from) as f64 / 48_000.0)
-}
-
 /// A jump the SDK knows of (it switched the output device) starts the
 /// canceller afresh. One it does not know of (the system's own latency
 /// moving) costs AEC3 about 2.5 s to find by itself: `bench_voice`
@@ -155,7 +125,7 @@ fn a_jump_in_the_echo_delay_the_sdk_knows_of_is_cancelled_within_a_second() {
                     processor.echo_path_changed();
                 }
             });
-        let recovery = time_until_cancelled(&heard, &sent, jump_block * BLOCK_SAMPLES, 20.0);
+        let recovery = seconds_until_cancelled(&heard, &sent, jump_block * BLOCK_SAMPLES, 20.0);
         println!("{jump_ms:+} ms: {recovery:?} s");
         assert!(
             recovery.is_some_and(|seconds| seconds <= 1.0),
