@@ -48,13 +48,18 @@ pub(crate) async fn serve(attempt: QuicAttempt, admitted: Admitted, shared: Arc<
         .metrics
         .connections
         .enter(ConnectionState::Handshaking);
-    let established = match attempt
-        .establish(shared.admission.handshake_timeout())
-        .await
-    {
-        Ok(established) => established,
-        Err(error) => {
-            debug!(%remote, %error, "handshake failed");
+    let handshake = attempt.establish(shared.admission.handshake_timeout());
+    let established = tokio::select! {
+        established = handshake => match established {
+            Ok(established) => established,
+            Err(error) => {
+                debug!(%remote, %error, "handshake failed");
+                return;
+            }
+        },
+        // Dropping the handshake closes the connection.
+        () = admitted.pre_login.evicted() => {
+            debug!(%remote, "evicted before login for a newcomer from a quieter network");
             return;
         }
     };
@@ -76,14 +81,20 @@ pub(crate) async fn serve_fallback(
         .connections
         .enter(ConnectionState::Handshaking);
     let handshake = signaling_ws::accept::<ClientMessage, ServerMessage>(tcp, tls);
-    let link = match tokio::time::timeout(shared.login_timeout, handshake).await {
-        Ok(Ok(link)) => link,
-        Ok(Err(error)) => {
-            debug!(%remote, %error, "fallback handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(%remote, "fallback handshake too slow");
+    let link = tokio::select! {
+        handshake = tokio::time::timeout(shared.login_timeout, handshake) => match handshake {
+            Ok(Ok(link)) => link,
+            Ok(Err(error)) => {
+                debug!(%remote, %error, "fallback handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%remote, "fallback handshake too slow");
+                return;
+            }
+        },
+        () = admitted.pre_login.evicted() => {
+            debug!(%remote, "evicted before login for a newcomer from a quieter network");
             return;
         }
     };
@@ -116,9 +127,23 @@ pub(crate) async fn serve_link<T: Transport>(
     };
     // As long for the login as for the handshake before it.
     let login_timeout = shared.login_timeout;
-    let login = match tokio::time::timeout(login_timeout, checked).await {
-        Ok(Ok(login)) => login,
-        Ok(Err(refusal)) => {
+    let checked_or_evicted = async {
+        tokio::select! {
+            checked = checked => Some(checked),
+            () = admitted.pre_login.evicted() => None,
+        }
+    };
+    let login = match tokio::time::timeout(login_timeout, checked_or_evicted).await {
+        Ok(Some(Ok(login))) => login,
+        Ok(None) => {
+            debug!(%remote, "evicted before login for a newcomer from a quieter network");
+            link.media.close(
+                ErrorCode::SERVER_BUSY,
+                "too many connections from your network before login",
+            );
+            return;
+        }
+        Ok(Some(Err(refusal))) => {
             info!(%remote, code = ?refusal.code, why = refusal.message, "login refused");
             shared.metrics.login(refusal.code);
             if link.send.send(&refusal.reply()).await.is_ok() {

@@ -478,6 +478,10 @@ fn encode_refusals(
                 admission.refused_before_login,
             ),
             (
+                label("limit", "max_before_login_evicted"),
+                admission.evicted_before_login,
+            ),
+            (
                 label("limit", "handshakes_per_sec"),
                 admission.refused_handshake_budget,
             ),

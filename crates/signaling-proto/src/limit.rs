@@ -29,17 +29,27 @@ impl TokenBucket {
     /// Takes `cost` tokens at `now` if there are that many; `false` (and
     /// nothing taken) if not.
     pub fn admit(&mut self, now: Instant, cost: f64) -> bool {
-        if let Some(last) = self.last {
-            let elapsed = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        }
-        self.last = Some(now);
-        if self.tokens >= cost {
+        if self.tokens(now) >= cost {
             self.tokens -= cost;
             true
         } else {
             false
         }
+    }
+
+    /// The tokens there are at `now` (refilled, none taken).
+    pub fn tokens(&mut self, now: Instant) -> f64 {
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+        self.tokens
+    }
+
+    /// The most it holds.
+    pub fn burst(&self) -> f64 {
+        self.burst
     }
 }
 

@@ -14,6 +14,7 @@ mod cluster;
 mod cluster_store;
 mod connecting;
 mod echo;
+mod fairness;
 mod fallback;
 mod limits;
 mod lossy;
