@@ -729,13 +729,12 @@ mod tests {
         // second; the honest network asks 20 a second.
         for tick in 0..10_000_u64 {
             let now = start + Duration::from_millis(tick);
-            if tick % 2 == 0 {
-                if let Decision::Admit(kept) =
+            if tick % 2 == 0
+                && let Decision::Admit(kept) =
                     admission.decide(attempt("198.51.100.7:1", 0, PROVEN), now)
-                {
-                    by_network[0] += 1;
-                    drop(kept);
-                }
+            {
+                by_network[0] += 1;
+                drop(kept);
             }
             if tick % 50 == 0 {
                 match admission.decide(attempt("203.0.113.5:1", 0, PROVEN), now) {

@@ -12,7 +12,7 @@ use calling_api::ErrorCode;
 use signaling_link::{DatagramSource, Link, LinkError, MediaLink, Transport};
 use signaling_proto::{
     AcceptedLogin, ClientMessage, ConnId, Credentials, LoginRefusal, ServerMessage, UserSig,
-    check_login,
+    check_login, login_account,
 };
 use signaling_quic::QuicAttempt;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +24,7 @@ use crate::admission::Admitted;
 use crate::hub::{Attach, HubInput, OUTBOX_CAPACITY, Outbound};
 use crate::limits::{ConnectionBudget, LimitCounters, MAX_REQUESTS_IN_FLIGHT, Verdict};
 use crate::metrics::{ConnectionState, ConnectionStateGuard};
+use crate::throttle::Ticket;
 use crate::usersig;
 
 /// How long a resumable session's connection may send nothing (its client
@@ -109,22 +110,7 @@ pub(crate) async fn serve_link<T: Transport>(
     shared: Arc<Shared>,
 ) {
     state.set(ConnectionState::LoggingIn);
-    let address = AddressBlock::of(remote.ip());
-    let checked = async {
-        // An address that keeps failing waits, before its bytes are read.
-        let delay = shared.throttle.delay(address, Instant::now());
-        if !delay.is_zero() {
-            shared.limit_counters.login_delayed();
-            debug!(%remote, ?delay, "failed logins from this address: slowed down");
-            tokio::time::sleep(delay).await;
-        }
-        let checked = login(&mut link, &shared).await;
-        match &checked {
-            Ok(_) => shared.throttle.succeeded(address),
-            Err(_) => shared.throttle.failed(address, Instant::now()),
-        }
-        checked
-    };
+    let checked = throttled_login(&mut link, remote, &shared);
     // As long for the login as for the handshake before it.
     let login_timeout = shared.login_timeout;
     let checked_or_evicted = async {
@@ -274,13 +260,49 @@ impl Credentials for Shared {
     }
 }
 
-/// Reads the login frame and checks it.
-async fn login<T: Transport>(
+/// Reads the login frame and checks it, after the wait the throttle asks
+/// for (see `throttle.rs`); records how it went.
+async fn throttled_login<T: Transport>(
     link: &mut ServerLink<T>,
+    remote: SocketAddr,
     shared: &Shared,
 ) -> Result<AcceptedLogin, LoginRefusal> {
+    let address = AddressBlock::of(remote.ip());
+    let payload = read_login(link).await?;
+    let account = login_account(&payload);
+    // An address or an account that keeps failing waits before it is
+    // checked; an account whose queue is too long is refused unchecked.
+    match shared
+        .throttle
+        .ticket(address, account.as_ref(), Instant::now())
+    {
+        Ticket::CheckAfter(delay) if !delay.is_zero() => {
+            shared.limit_counters.login_delayed();
+            debug!(%remote, ?delay, "failed logins from this address or for this account: slowed down");
+            tokio::time::sleep(delay).await;
+        }
+        Ticket::CheckAfter(_) => {}
+        Ticket::Refused => {
+            shared.limit_counters.login_delayed();
+            return Err(LoginRefusal::new(
+                ErrorCode::RATE_LIMITED,
+                "too many logins for this account: try again later",
+            ));
+        }
+    }
+    let checked = check_login(&payload, shared);
+    match (&checked, &account) {
+        (Ok(_), Some(account)) => shared.throttle.succeeded(address, account),
+        (Ok(_), None) => {}
+        (Err(_), _) => shared.throttle.failed(address, Instant::now()),
+    }
+    checked
+}
+
+/// Reads the login frame.
+async fn read_login<T: Transport>(link: &mut ServerLink<T>) -> Result<Vec<u8>, LoginRefusal> {
     match link.recv.recv_payload().await {
-        Ok(Some(payload)) => check_login(&payload, shared),
+        Ok(Some(payload)) => Ok(payload),
         Ok(None) => Err(LoginRefusal::new(
             ErrorCode::PROTOCOL_ERROR,
             "the stream ended before a login",

@@ -19,7 +19,9 @@ pub use datagram::{DatagramError, DatagramKind, LossReport, MediaHeader, Receive
 pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation, ReconnectTimings};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use limit::TokenBucket;
-pub use login::{AcceptedLogin, Credentials, LoginRefusal, ResumeClaim, check_login};
+pub use login::{
+    AcceptedLogin, Credentials, LoginRefusal, ResumeClaim, check_login, login_account,
+};
 pub use message::{
     ClientMessage, FlowId, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, RequestId, ServerMessage,
     SessionToken, UserSig,

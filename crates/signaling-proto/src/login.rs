@@ -88,6 +88,25 @@ impl LoginRefusal {
     }
 }
 
+/// The account (app, user) a login or resume frame names, read without
+/// checking anything: the server's throttle keys failed logins on it
+/// before the check. `None` for any other payload.
+pub fn login_account(payload: &[u8]) -> Option<(u32, UserId)> {
+    match decode_payload::<ClientMessage>(payload).ok()? {
+        ClientMessage::Login {
+            sdk_app_id,
+            user_id,
+            ..
+        }
+        | ClientMessage::Resume {
+            sdk_app_id,
+            user_id,
+            ..
+        } => Some((sdk_app_id, user_id)),
+        _ => None,
+    }
+}
+
 /// Checks the payload of a connection's first frame. See the
 /// [module docs](self).
 pub fn check_login(

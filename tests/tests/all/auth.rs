@@ -272,8 +272,8 @@ async fn garbage_bytes_are_refused_and_the_server_carries_on() {
     connect(&mut alice, &mut bob).await;
 }
 
-/// Failed logins slow down their own address, never another one, and a
-/// success from the address forgets its failures.
+/// Failed logins slow down their own address and account, never another
+/// address, and the account's own success forgets the account's failures.
 #[tokio::test]
 async fn failed_logins_slow_down_only_their_address() {
     use std::time::Duration;
@@ -328,11 +328,96 @@ async fn failed_logins_slow_down_only_their_address() {
     assert!(carol_took < Duration::from_millis(500), "{carol_took:?}");
 
     // The honest user at the throttled address still gets in (slowly), and
-    // that success clears the slate.
+    // that success clears the account and forgives the address a failure.
     let (result, elapsed) = attempt(server.sig("bob")).await;
     assert_eq!(result, Ok(()));
     assert!(elapsed >= Duration::from_millis(1_500), "{elapsed:?}");
     let (result, elapsed) = attempt("not a usersig".into()).await;
     assert_eq!(result, Err(ErrorCode::USERSIG_MALFORMED));
     assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
+}
+
+/// A storm of parallel logins at one account from one address gets its
+/// guesses checked no faster than one connection would: three free, then
+/// spaced further and further apart; the rest are refused unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_login_storm_gets_no_more_than_a_guess_a_second_per_account() {
+    use std::time::{Duration, Instant};
+    let server = TestServer::start("login-storm").await;
+    let app = server.app.sdk_app_id;
+    let started = Instant::now();
+    let storm = Duration::from_secs(6);
+    let trust = ServerTrust::Fingerprint(server.server.fingerprint());
+    let mut endpoint = quinn::Endpoint::client("127.0.0.3:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(signaling_quic::client_config(&trust).unwrap());
+    let mut guessers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (endpoint, addr) = (endpoint.clone(), server.server.local_addr());
+        guessers.spawn(async move {
+            let (mut checked, mut refused) = (0_usize, 0_usize);
+            while started.elapsed() < storm {
+                let Ok(mut client) = signaling_quic::connect_on(&endpoint, addr, "localhost").await
+                else {
+                    continue;
+                };
+                let guess = ClientMessage::Login {
+                    protocol_version: PROTOCOL_VERSION,
+                    sdk_app_id: app,
+                    user_id: UserId::new("victim").unwrap(),
+                    user_sig: "not the victim's usersig".to_owned().into(),
+                };
+                if client.send.send(&guess).await.is_err() {
+                    continue;
+                }
+                match client.recv.recv().await {
+                    Ok(Some(ServerMessage::LoginResult { code, .. }))
+                        if code == ErrorCode::RATE_LIMITED =>
+                    {
+                        refused += 1;
+                    }
+                    Ok(Some(ServerMessage::LoginResult { code, .. })) => {
+                        assert_eq!(code, ErrorCode::USERSIG_MALFORMED);
+                        checked += 1;
+                    }
+                    other => panic!("{other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (checked, refused)
+        });
+    }
+    let (mut checked, mut refused) = (0, 0);
+    while let Some(done) = guessers.join_next().await {
+        let (their_checked, their_refused) = done.unwrap();
+        checked += their_checked;
+        refused += their_refused;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        (checked as f64) <= 3.0 + seconds,
+        "{checked} guesses checked in {seconds:.1} s ({refused} refused)"
+    );
+    assert!(refused > 0, "the storm was refused unchecked: {refused}");
+    // Another account at the storm's address gets in: slowed by the
+    // address's failures (at most 5 s), not refused by the victim's queue.
+    let mut carol = signaling_quic::connect_on(&endpoint, server.server.local_addr(), "localhost")
+        .await
+        .unwrap();
+    carol
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: PROTOCOL_VERSION,
+            sdk_app_id: app,
+            user_id: UserId::new("carol").unwrap(),
+            user_sig: server.sig("carol").into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        carol.recv.recv().await.unwrap(),
+        Some(ServerMessage::LoginResult {
+            code: ErrorCode::OK,
+            ..
+        })
+    ));
 }
