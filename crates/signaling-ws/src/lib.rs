@@ -44,6 +44,11 @@ pub const STALE_AFTER: Duration = Duration::from_millis(100);
 /// (16 KiB) with its length and kind, with room to spare.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
+/// Once the link is closing, how long a write the peer does not take (or
+/// the close frame) may still block before the socket is dropped unsent:
+/// a peer that stops reading cannot keep its socket after its session.
+pub const CLOSE_WITHIN: Duration = Duration::from_millis(500);
+
 /// How far the signaling stream may run ahead of the socket.
 const STREAM_BUFFER: usize = 64 * 1024;
 /// Received datagrams waiting for the reader; more are dropped.
@@ -108,6 +113,9 @@ struct Shared {
     wake_writer: Notify,
     /// Why the link closes, once it does; the writer sends it.
     close: Mutex<Option<(ErrorCode, String)>>,
+    /// Set (and `closing_changed` notified) once a close was asked for.
+    closing: AtomicBool,
+    closing_changed: Notify,
     closed: AtomicBool,
     /// Signaling bytes written by the application, and sent on the socket.
     written: AtomicU64,
@@ -145,6 +153,35 @@ impl Shared {
         self.closed.store(true, Ordering::Release);
         self.wake_writer.notify_one();
         self.sent_changed.notify_waiters();
+        self.mark_closing();
+    }
+
+    fn mark_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closing_changed.notify_waiters();
+    }
+
+    /// Completes [`CLOSE_WITHIN`] after the link began closing.
+    async fn closing_for_long(&self) {
+        loop {
+            let changed = self.closing_changed.notified();
+            if self.closing.load(Ordering::Acquire) {
+                break;
+            }
+            changed.await;
+        }
+        tokio::time::sleep(CLOSE_WITHIN).await;
+    }
+
+    /// Completes once the link is shut (the writer has ended).
+    async fn shut_down(&self) {
+        loop {
+            let changed = self.closing_changed.notified();
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Asks the writer to send a close (the first one asked wins).
@@ -155,6 +192,7 @@ impl Shared {
         }
         drop(close);
         self.wake_writer.notify_one();
+        self.mark_closing();
     }
 }
 
@@ -312,10 +350,22 @@ async fn read_pump<S: AsyncRead + AsyncWrite + Unpin>(
     datagrams_in: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
 ) {
-    while let Some(message) = stream.next().await {
+    loop {
+        // Once the writer has ended, nobody will answer: stop reading, so
+        // that the socket is dropped even if the peer never sends again.
+        let message = tokio::select! {
+            message = stream.next() => message,
+            () = shared.shut_down() => break,
+        };
+        let Some(message) = message else { break };
         let data = match message {
             Ok(Message::Binary(data)) => data,
             Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Text(_)) => {
+                debug!("a text WebSocket message: closing");
+                shared.request_close(ErrorCode::PROTOCOL_ERROR, "text message");
+                break;
+            }
             // Pings are answered by the library; nothing else is used.
             Ok(_) => continue,
         };
@@ -331,8 +381,7 @@ async fn read_pump<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ => {
                 debug!("a WebSocket message of no known kind: closing");
-                let mut close = shared.close.lock().unwrap_or_else(PoisonError::into_inner);
-                close.get_or_insert((ErrorCode::PROTOCOL_ERROR, "unknown kind".into()));
+                shared.request_close(ErrorCode::PROTOCOL_ERROR, "unknown kind");
                 break;
             }
         }
@@ -340,7 +389,15 @@ async fn read_pump<S: AsyncRead + AsyncWrite + Unpin>(
     // The end of the signaling stream, for its reader (a split simplex
     // ends only by a shutdown).
     let _ = signal_in.shutdown().await;
-    shared.shut();
+    // The writer sends the close asked for, if any, then shuts the link.
+    if shared
+        .close
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_none()
+    {
+        shared.shut();
+    }
 }
 
 /// The signaling stream, the datagrams and the close to the peer.
@@ -362,7 +419,8 @@ async fn write_pump<S: AsyncRead + AsyncWrite + Unpin>(
                 code: close_code(code),
                 reason: format!("{} {reason}", code.as_i32()).into(),
             };
-            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ =
+                tokio::time::timeout(CLOSE_WITHIN, sink.send(Message::Close(Some(frame)))).await;
             break;
         }
         if shared.closed.load(Ordering::Acquire) {
@@ -412,7 +470,12 @@ async fn timed_write<S: AsyncRead + AsyncWrite + Unpin>(
     message: Message,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let started = Instant::now();
-    let written = sink.send(message).await;
+    // A peer that does not read blocks the write: once the link is
+    // closing, it gets CLOSE_WITHIN more, then the socket is dropped.
+    let written = tokio::select! {
+        written = sink.send(message) => written,
+        () = shared.closing_for_long() => Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed),
+    };
     let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     shared.writing_nanos.fetch_add(took, Ordering::AcqRel);
     written
@@ -447,8 +510,33 @@ pub async fn accept<In: serde::de::DeserializeOwned, Out: serde::Serialize>(
 ) -> Result<Link<Ws, In, Out>, WsError> {
     let _ = tcp.set_nodelay(true);
     let tls = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await?;
-    let socket = tokio_tungstenite::accept_async_with_config(tls, Some(websocket_config())).await?;
+    let socket = tokio_tungstenite::accept_hdr_async_with_config(
+        tls,
+        only_our_path,
+        Some(websocket_config()),
+    )
+    .await?;
     Ok(into_link(socket))
+}
+
+/// Accepts the upgrade only at [`PATH`]; any other path is answered
+/// `404 Not Found`.
+#[allow(clippy::result_large_err)] // the callback's type is tungstenite's
+fn only_our_path(
+    request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    response: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    if request.uri().path() == PATH {
+        return Ok(response);
+    }
+    let mut not_found = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+        Some(format!("no WebSocket here: the path is {PATH}")),
+    );
+    *not_found.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+    Err(not_found)
 }
 
 /// Connects to a server's fallback listener at `addr`, trusting it as
@@ -698,5 +786,118 @@ mod tests {
             ErrorCode::CERTIFICATE_UNTRUSTED,
             "{error}"
         );
+    }
+
+    /// Polls until writing to `peer_end` fails: the other end of the pipe
+    /// was dropped. How long that took, or `None` within `limit`.
+    async fn until_dropped(
+        peer_end: &mut tokio::io::DuplexStream,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if peer_end.write_all(b"x").await.is_err() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// A link closed while its peer sends nothing (a connection that never
+    /// logs in, past its deadline) drops its socket: the reader stops with
+    /// the writer instead of waiting for the peer.
+    #[tokio::test]
+    async fn a_closed_link_drops_its_socket_though_the_peer_is_silent() {
+        let (client, mut peer_end) = piped_client(64 * 1024).await;
+        client.media.close(ErrorCode::TIMEOUT, "no login in time");
+        drop(client);
+        let dropped = until_dropped(&mut peer_end, Duration::from_secs(2)).await;
+        assert!(dropped.is_some(), "the socket is still held");
+    }
+
+    /// A peer that stops reading blocks the writer; once the link closes,
+    /// the socket is dropped within [`CLOSE_WITHIN`], unsent, instead of
+    /// waiting for the peer to read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_stops_reading_loses_its_socket_soon_after_the_close() {
+        let (mut client, mut peer_end) = piped_client(4 * 1024).await;
+        let writing = tokio::spawn(async move {
+            // Far more than the pipe and the stream buffer hold.
+            for nonce in 0..100_000 {
+                if client
+                    .send
+                    .send(&ClientMessage::Ping { nonce })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            client
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!writing.is_finished(), "the writes were not blocked");
+        writing.abort();
+        let client = writing.await;
+        drop(client);
+        let started = Instant::now();
+        let dropped = until_dropped(&mut peer_end, Duration::from_secs(3)).await;
+        let dropped = dropped.unwrap_or_else(|| panic!("the socket is still held"));
+        assert!(
+            dropped <= CLOSE_WITHIN + Duration::from_millis(500),
+            "{dropped:?} after {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A raw WebSocket client over the real TLS listener.
+    async fn raw_client(
+        addr: SocketAddr,
+        trust: &ServerTrust,
+        path: &str,
+    ) -> Result<
+        WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let mut config = signaling_tls::tls_client_config(trust).unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let url = format!("wss://localhost{path}");
+        tokio_tungstenite::client_async(url, tls)
+            .await
+            .map(|(socket, _)| socket)
+    }
+
+    /// A text message is a protocol error, as the document says: the
+    /// receiver closes with `PROTOCOL_ERROR`.
+    #[tokio::test]
+    async fn a_text_message_is_a_protocol_error() {
+        let (addr, trust, server) = listening_server().await;
+        let mut raw = raw_client(addr, &trust, PATH).await.unwrap();
+        let mut server = server.await.unwrap().unwrap();
+        raw.send(Message::Text("hello".into())).await.unwrap();
+        let close = tokio::time::timeout(Duration::from_secs(5), raw.next()).await;
+        let Ok(Some(Ok(Message::Close(Some(frame))))) = close else {
+            panic!("no close: {close:?}");
+        };
+        assert_eq!(frame.code, close_code(ErrorCode::PROTOCOL_ERROR));
+        assert!(server.recv.recv().await.unwrap().is_none());
+    }
+
+    /// Only the documented path upgrades; any other is answered 404.
+    #[tokio::test]
+    async fn another_path_is_not_found() {
+        let (addr, trust, server) = listening_server().await;
+        let refused = raw_client(addr, &trust, "/elsewhere").await;
+        let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+            panic!("upgraded at another path: {refused:?}");
+        };
+        assert_eq!(response.status(), 404);
+        assert!(server.await.unwrap().is_err());
     }
 }
