@@ -497,13 +497,24 @@ async fn bind_fallback(
     Ok((Some((listener, tls)), Some(bound)))
 }
 
+/// How long the fallback listener rests after an accept failed (out of
+/// descriptors, say): the failure would repeat at once, and a loop that
+/// retries it spins a core while QUIC users need it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next fallback connection, once the back-off after a failed accept
+/// (`resting_until`) has passed.
 async fn accept_fallback(
     fallback: Option<&FallbackListener>,
+    resting_until: Option<tokio::time::Instant>,
 ) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match fallback {
-        Some((listener, _)) => listener.accept().await,
-        None => std::future::pending().await,
+    let Some((listener, _)) = fallback else {
+        return std::future::pending().await;
+    };
+    if let Some(until) = resting_until {
+        tokio::time::sleep_until(until).await;
     }
+    listener.accept().await
 }
 
 /// Accepts connections until told to stop; `_alive` marks it dead
@@ -515,6 +526,7 @@ async fn accept_loop(
     (mut stop, _alive): (watch::Receiver<bool>, ops::AcceptLoopAlive),
 ) {
     let mut connections = JoinSet::new();
+    let mut fallback_resting_until = None;
     loop {
         tokio::select! {
             attempt = quic.accept() => match attempt {
@@ -539,8 +551,9 @@ async fn accept_loop(
                 }
                 None => break,
             },
-            accepted = accept_fallback(fallback.as_ref()) => match accepted {
+            accepted = accept_fallback(fallback.as_ref(), fallback_resting_until) => match accepted {
                 Ok((tcp, remote)) => {
+                    fallback_resting_until = None;
                     // TCP's handshake proved the address; the cap counts
                     // the connections of every transport.
                     let attempt = Attempt {
@@ -560,7 +573,14 @@ async fn accept_loop(
                         connections.spawn(serve);
                     }
                 }
-                Err(error) => debug!(%error, "fallback accept failed"),
+                Err(error) => {
+                    if fallback_resting_until.is_none() {
+                        warn!(%error, "fallback accept failed: resting before the next");
+                    } else {
+                        debug!(%error, "fallback accept failed again");
+                    }
+                    fallback_resting_until = Some(tokio::time::Instant::now() + ACCEPT_BACKOFF);
+                }
             },
             // Reap finished connection tasks as they end.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -64,6 +64,11 @@ impl ChildProcess {
         Self { child, ready }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: the process dies mid-sentence.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -13,6 +13,7 @@ mod child;
 mod cluster;
 mod cluster_store;
 mod connecting;
+mod descriptors;
 mod echo;
 mod fairness;
 mod fallback;

@@ -1,0 +1,242 @@
+//! The server's file descriptors, counted from outside (a server in a
+//! child process): a fallback socket goes with its session, and running
+//! out of descriptors is survived.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use calling_api::{ErrorCode, UserId};
+use signaling_proto::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
+use signaling_quic::ServerTrust;
+
+use crate::child::ChildProcess;
+use crate::support::*;
+
+/// Descriptors the process `pid` has open, and how many are sockets.
+fn descriptors_of(pid: u32) -> (usize, usize) {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, 0);
+    };
+    let targets: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .collect();
+    let sockets = targets
+        .iter()
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count();
+    (targets.len(), sockets)
+}
+
+/// Waits up to `limit` for the process's sockets to satisfy `done`; how
+/// long it took.
+async fn until_sockets(
+    pid: u32,
+    limit: Duration,
+    done: impl Fn(usize) -> bool,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done(descriptors_of(pid).1) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// CPU seconds the process `pid` has used (user and system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's closing parenthesis; utime and stime
+    // are the 14th and 15th of the whole line.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+struct ChildServer {
+    process: ChildProcess,
+    addr: SocketAddr,
+    trust: ServerTrust,
+    app: u32,
+    key: String,
+}
+
+impl ChildServer {
+    async fn start(tag: &str, more: &[(&str, String)]) -> Self {
+        let data_dir = temp_dir(tag);
+        let mut env = vec![
+            ("OPENCALLING_LISTEN", "127.0.0.1:0".to_owned()),
+            ("OPENCALLING_DATA_DIR", data_dir.display().to_string()),
+        ];
+        env.extend(more.iter().cloned());
+        let process = ChildProcess::spawn("server", &env).await;
+        let addr = process.ready[0].parse().unwrap();
+        let trust = ServerTrust::Fingerprint(process.ready[1].parse().unwrap());
+        let app = process.ready[2].parse().unwrap();
+        let key = process.ready[3].clone();
+        Self {
+            process,
+            addr,
+            trust,
+            app,
+            key,
+        }
+    }
+
+    /// Logs `user` in over QUIC; the answer's code.
+    async fn quic_login(&self, user: &str) -> ErrorCode {
+        let mut client = signaling_quic::connect(self.addr, "localhost", &self.trust)
+            .await
+            .unwrap();
+        let sig = calling_server::usersig::generate(
+            u64::from(self.app),
+            &self.key,
+            user,
+            3_600,
+            now(),
+            None,
+        );
+        client
+            .send
+            .send(&ClientMessage::Login {
+                protocol_version: PROTOCOL_VERSION,
+                sdk_app_id: self.app,
+                user_id: UserId::new(user).unwrap(),
+                user_sig: sig.into(),
+            })
+            .await
+            .unwrap();
+        match client.recv.recv().await.unwrap() {
+            Some(ServerMessage::LoginResult { code, .. }) => code,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A WebSocket upgraded at the fallback port by a client that then
+/// neither sends nor reads (not even the server's close).
+async fn upgraded_and_deaf(
+    server: &ChildServer,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut config = signaling_tls::tls_client_config(&server.trust).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://localhost{}", signaling_ws::PATH);
+    tokio_tungstenite::client_async(url, tls).await.unwrap().0
+}
+
+/// WebSockets that never log in hold their sockets until the login
+/// deadline, and not a second more: the server's descriptors come back.
+#[tokio::test]
+async fn fallback_sockets_that_never_log_in_are_closed_within_a_second_of_the_deadline() {
+    let deadline = Duration::from_secs(2);
+    let timeout = (
+        "OPENCALLING_HANDSHAKE_TIMEOUT_SECS",
+        deadline.as_secs().to_string(),
+    );
+    let server = ChildServer::start("fd-never-login", &[timeout]).await;
+    let pid = server.process.pid();
+    let baseline = descriptors_of(pid).1;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(upgraded_and_deaf(&server).await);
+    }
+    let upgraded = Instant::now();
+    let held = until_sockets(pid, Duration::from_secs(2), |sockets| {
+        sockets >= baseline + 3
+    })
+    .await;
+    assert!(held.is_some(), "the server never held the three sockets");
+    // The deadline counts from the upgrade, which the server saw before
+    // `upgraded`.
+    let freed = until_sockets(pid, deadline + Duration::from_secs(5), |sockets| {
+        sockets <= baseline
+    })
+    .await;
+    let freed_after = upgraded.elapsed();
+    assert!(
+        freed.is_some(),
+        "the sockets outlived their deadline: {:?}",
+        descriptors_of(pid)
+    );
+    assert!(
+        freed_after <= deadline + Duration::from_secs(1),
+        "closed {freed_after:?} after the upgrade, the deadline is {deadline:?}"
+    );
+    drop(silent);
+}
+
+/// With every descriptor taken by TCP connections to the fallback port,
+/// the accept loop rests instead of spinning on EMFILE, QUIC logins go on,
+/// and the fallback accepts again once descriptors are free.
+#[tokio::test]
+async fn running_out_of_descriptors_is_survived() {
+    let server = ChildServer::start("fd-exhausted", &[]).await;
+    let pid = server.process.pid();
+    assert_eq!(server.quic_login("before").await, ErrorCode::OK);
+    let (open, _) = descriptors_of(pid);
+    let limit = open + 16;
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit");
+    // More connections than descriptors are left: the kernel completes
+    // their handshakes, the server cannot accept them all.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(server.addr).await {
+            flood.push(tcp);
+        }
+    }
+    let full = tokio::time::timeout(Duration::from_secs(5), async {
+        while descriptors_of(pid).0 < limit {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        full.is_ok(),
+        "the server never ran out: {:?} of {limit}",
+        descriptors_of(pid)
+    );
+    // Out of descriptors for a second: a loop retrying accept would spin a
+    // whole core.
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.3,
+        "{used:.2} s of CPU in a second out of descriptors"
+    );
+    // QUIC needs no new descriptor: its users log in meanwhile.
+    assert_eq!(server.quic_login("during").await, ErrorCode::OK);
+    // Free the descriptors: the fallback serves again.
+    drop(flood);
+    let served = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let link = signaling_ws::connect::<ServerMessage, ClientMessage>(
+                server.addr,
+                "localhost",
+                &server.trust,
+            );
+            if let Ok(Ok(link)) = tokio::time::timeout(Duration::from_secs(2), link).await {
+                return link;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the fallback never accepted again");
+}
