@@ -9,6 +9,10 @@
 
 use crate::{FRAME_SAMPLES, MAX_PACKET, SAMPLE_RATE};
 
+/// The smallest packet limit [`Encoder::limit_packet`] takes: room for a
+/// 20 ms frame at 40 kbps, far below any datagram a transport carries.
+pub const MIN_PACKET_LIMIT: usize = 100;
+
 /// An Opus call that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -93,6 +97,8 @@ pub struct Encoder {
     bitrate: i32,
     loss_percent: i32,
     protection: Protection,
+    /// The largest packet it may produce (see [`Encoder::limit_packet`]).
+    max_packet: usize,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -123,6 +129,7 @@ impl Encoder {
             bitrate: config.bitrate,
             loss_percent: 0,
             protection: Protection::InBandFec,
+            max_packet: MAX_PACKET,
         };
         encoder.set(
             "set complexity",
@@ -230,15 +237,23 @@ impl Encoder {
         self.apply_protection()
     }
 
+    /// Packets from now on take at most `bytes` (at least
+    /// [`MIN_PACKET_LIMIT`], at most [`MAX_PACKET`]): libopus codes a frame
+    /// that would not fit with fewer bits instead. What a transport can
+    /// carry in one datagram, less the header, is the limit to set.
+    pub fn limit_packet(&mut self, bytes: usize) {
+        self.max_packet = bytes.clamp(MIN_PACKET_LIMIT, MAX_PACKET);
+    }
+
     /// Encodes one frame into `out`: 10 or 20 ms (480 or 960 samples; any
     /// Opus frame size is taken, others are an error). Returns the packet
-    /// length (1–2 bytes while DTX is silent).
+    /// length (1–2 bytes while DTX is silent), at most the limit set.
     pub fn encode(
         &mut self,
         frame: &[f32],
         out: &mut [u8; MAX_PACKET],
     ) -> Result<usize, CodecError> {
-        encoder_ffi::encode(self.state, frame, out)
+        encoder_ffi::encode(self.state, frame, &mut out[..self.max_packet])
     }
 
     /// Whether the encoder is in DTX (sending comfort noise only): the
@@ -320,21 +335,22 @@ mod encoder_ffi {
     pub(super) fn encode(
         state: NonNull<opusic_sys::OpusEncoder>,
         frame: &[f32],
-        out: &mut [u8; MAX_PACKET],
+        out: &mut [u8],
     ) -> Result<usize, CodecError> {
+        let capacity = i32::try_from(out.len().min(MAX_PACKET)).unwrap_or(0);
         let samples = i32::try_from(frame.len()).map_err(|_| CodecError::Encoder {
             what: "encode",
             code: opusic_sys::OPUS_BAD_ARG,
         })?;
         // SAFETY: a live encoder; `frame` holds `samples` mono samples and
-        // `out` MAX_PACKET writable bytes (libopus checks the frame size).
+        // `out` `capacity` writable bytes (libopus checks the frame size).
         let len = unsafe {
             opusic_sys::opus_encode_float(
                 state.as_ptr(),
                 frame.as_ptr(),
                 samples,
                 out.as_mut_ptr(),
-                MAX_PACKET as i32,
+                capacity,
             )
         };
         usize::try_from(len).map_err(|_| CodecError::Encoder {
@@ -731,6 +747,37 @@ mod tests {
             0.3 * (std::f32::consts::TAU * 440.0 * (frame * FRAME_SAMPLES + n) as f32 / 48_000.0)
                 .sin()
         })
+    }
+
+    /// The limit a transport sets holds for every packet, even at a
+    /// bitrate that would take more; the packets still decode.
+    #[test]
+    fn packets_keep_within_the_limit_set() {
+        let mut encoder = Encoder::new(EncoderConfig {
+            bitrate: 510_000,
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        let mut decoder = Decoder::new().unwrap();
+        let mut packet = [0; MAX_PACKET];
+        let mut out = [0.0; FRAME_SAMPLES];
+        let noise = |frame: usize| -> [f32; FRAME_SAMPLES] {
+            std::array::from_fn(|n| {
+                let x = ((frame * FRAME_SAMPLES + n) as u32).wrapping_mul(2_654_435_761);
+                (x >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+        };
+        let unlimited = encoder.encode(&noise(0), &mut packet).unwrap();
+        assert!(unlimited > 600, "{unlimited} bytes unlimited");
+        encoder.limit_packet(300);
+        for frame in 1..20 {
+            let len = encoder.encode(&noise(frame), &mut packet).unwrap();
+            assert!(len <= 300, "{len} bytes over the limit");
+            decoder.decode(&packet[..len], &mut out).unwrap();
+        }
+        encoder.limit_packet(0);
+        let len = encoder.encode(&noise(20), &mut packet).unwrap();
+        assert!(len <= MIN_PACKET_LIMIT, "{len}");
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub mod voice;
 
 pub use codec::{
     CodecError, DEFAULT_DECODER_COMPLEXITY, DRED_BITRATE_SCALE, DRED_MS, Decoder, Encoder,
-    EncoderConfig, MIN_DRED_COMPLEXITY, Protection, has_fec, is_dtx_frame, packet_samples,
+    EncoderConfig, MIN_DRED_COMPLEXITY, MIN_PACKET_LIMIT, Protection, has_fec, is_dtx_frame,
+    packet_samples,
 };
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PullKind};
 pub use loss::{LossEstimate, LossMeter};

@@ -151,6 +151,12 @@ impl SendPath {
         self.muted = muted;
     }
 
+    /// Packets from now on take at most `bytes` (see
+    /// [`crate::Encoder::limit_packet`]).
+    pub fn limit_packet(&mut self, bytes: usize) {
+        self.encoder.limit_packet(bytes);
+    }
+
     /// The loss the far end measures, for the encoder's FEC or DRED.
     pub fn set_measured_loss(&mut self, percent: f32) -> Result<(), CodecError> {
         self.encoder.set_measured_loss(percent)

@@ -432,6 +432,10 @@ impl MediaLink for SwitchableMedia {
             link.close(code, reason);
         }
     }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.current()?.max_datagram_size()
+    }
 }
 
 /// Attempts that may run at once; starting another aborts the oldest.

@@ -779,6 +779,15 @@ fn capture_loop(
         {
             shared.voice.publish(stats);
         }
+        // The next frames fit what the link carries, with the room the
+        // server's restamp of our flow id may take (MAX_HEADER_LEN is the
+        // header with the longest flow id).
+        let fits = link
+            .max_datagram_size()
+            .map_or(audio_pipeline::MAX_PACKET, |max| {
+                max.saturating_sub(MAX_HEADER_LEN)
+            });
+        send.limit_packet(fits);
         loop {
             let captured = match send.next_frame() {
                 Ok(Some(captured)) => captured,

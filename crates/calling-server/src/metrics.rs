@@ -451,6 +451,7 @@ fn encode_refusals(
             (label("cause", "not_in_call"), relay.dropped_not_in_call),
             (label("cause", "malformed"), relay.dropped_malformed),
             (label("cause", "over_rate"), snapshot.limits.media_dropped),
+            (label("cause", "unsendable"), relay.unsendable),
         ],
     )?;
     let limits = snapshot.limits;

@@ -45,6 +45,7 @@ pub(crate) struct RelayStats {
     dropped_malformed: AtomicU64,
     from_nodes: AtomicU64,
     dropped_from_nodes: AtomicU64,
+    unsendable: AtomicU64,
 }
 
 /// A snapshot of the relay counters.
@@ -61,6 +62,9 @@ pub struct RelayCounts {
     /// Datagrams another node relayed that were not for a member of the
     /// sender's call here (or not media): dropped.
     pub dropped_from_nodes: u64,
+    /// Datagrams for a peer whose link would not take them (closed, or
+    /// larger than its path carries after the flow stamp): not sent.
+    pub unsendable: u64,
 }
 
 /// Shards of the routes and counters: well above the cores of a big
@@ -128,6 +132,7 @@ impl MediaRoutes {
             dropped_malformed: sum(|stats| &stats.dropped_malformed),
             from_nodes: sum(|stats| &stats.from_nodes),
             dropped_from_nodes: sum(|stats| &stats.dropped_from_nodes),
+            unsendable: sum(|stats| &stats.unsendable),
         }
     }
 
@@ -179,10 +184,13 @@ impl MediaRoutes {
             if about.is_some_and(|about| about != *flow) {
                 continue;
             }
-            // A peer whose connection just closed, or whose datagram buffer
-            // is full (quinn then drops its oldest), is not our problem here.
+            // A full datagram buffer makes quinn drop its oldest, not fail;
+            // a peer whose connection just closed, or whose path cannot
+            // carry this one, fails: counted.
             if peer.send_datagram(bytes.clone()).is_ok() {
                 stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.unsendable.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -212,7 +220,9 @@ impl MediaRoutes {
             Some(route) if route.own.send_datagram(datagram).is_ok() => {
                 stats.from_nodes.fetch_add(1, Ordering::Relaxed);
             }
-            Some(_) => {}
+            Some(_) => {
+                stats.unsendable.fetch_add(1, Ordering::Relaxed);
+            }
             None => {
                 stats.dropped_from_nodes.fetch_add(1, Ordering::Relaxed);
             }
@@ -377,5 +387,55 @@ mod tests {
         let longer = received(300, 100);
         let made = allocations(|| routes.relay(ConnId(1), longer));
         assert!(made > 0, "the copy path allocates, and is counted");
+    }
+
+    /// A peer whose path carries datagrams up to a size, as quinn's does.
+    #[derive(Debug)]
+    struct NarrowPeer {
+        max: usize,
+        got: Mutex<Vec<Bytes>>,
+    }
+
+    impl MediaLink for NarrowPeer {
+        fn send_datagram(&self, datagram: Bytes) -> Result<(), LinkClosed> {
+            if datagram.len() > self.max {
+                return Err(LinkClosed);
+            }
+            self.got
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(datagram);
+            Ok(())
+        }
+
+        fn close(&self, _: ErrorCode, _: &str) {}
+    }
+
+    /// A datagram that the flow stamp makes too large for a peer's path is
+    /// counted, not lost without a trace.
+    #[test]
+    fn a_datagram_the_stamp_makes_too_large_is_counted() {
+        let routes = MediaRoutes::default();
+        let sent = received(0, 1);
+        let peer = Arc::new(NarrowPeer {
+            max: sent.len(),
+            got: Mutex::new(Vec::new()),
+        });
+        let route = Route {
+            // A flow id that takes two bytes where the sender wrote one.
+            flow: FlowId(300),
+            peers: vec![(FlowId(8), Arc::clone(&peer) as Arc<dyn MediaLink>)],
+            own: Arc::new(Peer(Mutex::new(Vec::new()))),
+        };
+        routes.set(ConnId(1), Some(route));
+        routes.relay(ConnId(1), sent);
+        let counts = routes.counts();
+        assert_eq!((counts.forwarded, counts.unsendable), (0, 1));
+        assert!(
+            peer.got
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        );
     }
 }

@@ -69,6 +69,13 @@ impl<A: MediaLink, B: MediaLink> MediaLink for EitherPart<A, B> {
         }
     }
 
+    fn max_datagram_size(&self) -> Option<usize> {
+        match self {
+            Self::First(media) => media.max_datagram_size(),
+            Self::Second(media) => media.max_datagram_size(),
+        }
+    }
+
     fn path_stats(&self) -> Option<crate::PathStats> {
         match self {
             Self::First(media) => media.path_stats(),

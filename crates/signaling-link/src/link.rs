@@ -32,6 +32,12 @@ pub trait MediaLink: Send + Sync + fmt::Debug + 'static {
     fn path_stats(&self) -> Option<PathStats> {
         None
     }
+
+    /// The largest datagram the link can send now, if it has a limit
+    /// (QUIC: what the path and the peer allow). A larger one is not sent.
+    fn max_datagram_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A link's path as its transport measured it.

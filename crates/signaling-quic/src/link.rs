@@ -35,6 +35,11 @@ impl MediaLink for QuicMedia {
         crate::close(&self.0, code, reason);
     }
 
+    fn max_datagram_size(&self) -> Option<usize> {
+        // None from quinn: the peer takes no datagrams at all.
+        Some(self.0.max_datagram_size().unwrap_or(0))
+    }
+
     fn path_stats(&self) -> Option<PathStats> {
         let path = self.0.stats().path;
         Some(PathStats {
