@@ -421,7 +421,11 @@ async fn exchange<T: Transport>(
                             }
                         }
                     }
-                    Verdict::Close => return Ended::Closed(ErrorCode::RATE_LIMITED),
+                    Verdict::Close => {
+                        // What was admitted is answered before the close.
+                        let answered = answer_admitted(link, shared, inbox, in_flight).await;
+                        return answered.unwrap_or(Ended::Closed(ErrorCode::RATE_LIMITED));
+                    }
                     }
                 }
                 Ok(None) => return Ended::ClientLeft,
@@ -451,6 +455,56 @@ async fn exchange<T: Transport>(
                 // The hub dropped us: a stuck client, or the hub is gone.
                 None => return Ended::Closed(ErrorCode::SERVER_BUSY),
             },
+        }
+    }
+}
+
+/// How long the replies to a closing client's admitted requests may take
+/// (a cluster's control answers from another node).
+const ANSWER_BEFORE_CLOSE: Duration = Duration::from_secs(1);
+
+/// Before the server closes a client for its fault: writes what the hub
+/// queued for it until everything admitted was answered (the hub has
+/// handled every message sent before a flush; replies from elsewhere get
+/// [`ANSWER_BEFORE_CLOSE`]). How the exchange ends instead, if it does.
+async fn answer_admitted<T: Transport>(
+    link: &mut ServerLink<T>,
+    shared: &Shared,
+    inbox: &mut mpsc::Receiver<Outbound>,
+    mut in_flight: usize,
+) -> Option<Ended> {
+    let (done, mut flushed) = oneshot::channel();
+    if shared.hub.send(HubInput::Flush { done }).await.is_err() {
+        return None;
+    }
+    let mut hub_done = false;
+    let deadline = tokio::time::Instant::now() + ANSWER_BEFORE_CLOSE;
+    let write_timeout = shared.connection_limits.write_timeout;
+    loop {
+        if hub_done && in_flight == 0 && inbox.is_empty() {
+            return None;
+        }
+        tokio::select! {
+            answered = &mut flushed, if !hub_done => {
+                hub_done = true;
+                if answered.is_err() {
+                    return None;
+                }
+            }
+            outbound = inbox.recv() => match outbound {
+                Some(Outbound::Message(message)) => {
+                    if message.is_reply() {
+                        in_flight = in_flight.saturating_sub(1);
+                    }
+                    let written = write(link, &message, write_timeout, &shared.limit_counters).await;
+                    if written.is_some() {
+                        return written;
+                    }
+                }
+                Some(Outbound::Close(code)) => return Some(Ended::Closed(code)),
+                None => return None,
+            },
+            () = tokio::time::sleep_until(deadline) => return None,
         }
     }
 }

@@ -72,6 +72,11 @@ pub(crate) enum HubInput {
     Stats {
         reply: oneshot::Sender<HubStats>,
     },
+    /// Answered once every input sent before it was handled and its
+    /// messages queued (inputs are handled in order).
+    Flush {
+        done: oneshot::Sender<()>,
+    },
     /// The operator's request (admin API).
     Admin {
         request: AdminRequest,
@@ -236,6 +241,9 @@ pub(crate) async fn run<B: Board>(
             }
             HubInput::Stats { reply } => {
                 let _ = reply.send(stats(core.board()));
+            }
+            HubInput::Flush { done } => {
+                let _ = done.send(());
             }
             HubInput::Cluster(input) => {
                 if let Some(cluster) = &mut io.cluster {

@@ -164,6 +164,48 @@ async fn a_request_flood_is_refused_then_closed() {
     connect(&mut alice, &mut bob).await;
 }
 
+/// A pipelining client closed for flooding gets every message it was
+/// admitted answered before the close: the first `request_burst` pings
+/// all get their pong.
+#[tokio::test]
+async fn a_flooder_closed_for_it_first_gets_what_was_admitted_answered() {
+    let mut config = test_config("flood-answered");
+    config.connection_limits = ConnectionLimits {
+        requests_per_sec: 5,
+        request_burst: 300,
+        ..ConnectionLimits::DEFAULT
+    };
+    let server = TestServer::start_with(config).await;
+    let mallory = raw_login(&server, "mallory").await;
+    let (mut send, mut recv, connection) = (mallory.send, mallory.recv, mallory.connection);
+    let flood = tokio::spawn(async move {
+        for nonce in 0..1_000 {
+            if send.send(&ClientMessage::Ping { nonce }).await.is_err() {
+                break;
+            }
+        }
+        send
+    });
+    let mut answered = std::collections::BTreeSet::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(message)) = recv.recv().await {
+            if let ServerMessage::Pong { nonce } = message {
+                answered.insert(nonce);
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was never closed");
+    let closed = connection.closed().await;
+    assert_eq!(close_code_of(&closed), Some(ErrorCode::RATE_LIMITED));
+    let unanswered: Vec<u64> = (0..300).filter(|nonce| !answered.contains(nonce)).collect();
+    assert!(
+        unanswered.is_empty(),
+        "admitted but unanswered: {unanswered:?}"
+    );
+    drop(flood.await);
+}
+
 /// A client that stops reading is closed within the write timeout and no
 /// longer holds its place; its inviter is unharmed.
 #[tokio::test]
