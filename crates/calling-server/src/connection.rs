@@ -200,6 +200,9 @@ pub(crate) async fn serve_link<T: Transport>(
             warn!(%user, ?link_id, "the client stopped reading: closed");
             link.media.close(ErrorCode::SERVER_BUSY, "not reading");
         }
+        // The hub holds the link's media for the session: without a close
+        // the connection would live on until the session's grace ended.
+        Ended::Silent => link.media.close(ErrorCode::TIMEOUT, "no heartbeat in time"),
     }
     info!(%user, ?link_id, "disconnected");
 }
@@ -324,6 +327,10 @@ enum Ended {
     Broken(LinkError),
     /// A write blocked past the write timeout: the client does not read.
     Stalled,
+    /// A resumable session's client sent nothing for [`SILENCE_TIMEOUT`]:
+    /// its network is gone. The connection is dropped; the session waits
+    /// for a resume.
+    Silent,
 }
 
 impl Ended {
@@ -331,7 +338,7 @@ impl Ended {
     /// its session is not kept for a resume.
     fn expels(&self) -> bool {
         match self {
-            Self::ClientLeft | Self::Broken(_) => false,
+            Self::ClientLeft | Self::Broken(_) | Self::Silent => false,
             Self::Stalled => true,
             Self::Closed(code) => {
                 *code == ErrorCode::PROTOCOL_ERROR || *code == ErrorCode::RATE_LIMITED
@@ -397,7 +404,7 @@ async fn exchange<T: Transport>(
             }
             () = signaling_link::sleep_until(silent_until), if silent_until.is_some() => {
                 debug!(?conn, "no heartbeat in time: the client's network is gone");
-                return Ended::ClientLeft;
+                return Ended::Silent;
             }
             received = link.recv.recv(), if may_read => match received {
                 Ok(Some(message)) => {

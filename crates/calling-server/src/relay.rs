@@ -147,6 +147,17 @@ impl MediaRoutes {
             stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // A loss report or features the document calls invalid goes no
+        // further: one byte, and a report's at most 100 (%).
+        let invalid = match header.kind {
+            DatagramKind::Report => !matches!(payload, [percent] if *percent <= 100),
+            DatagramKind::Features => payload.len() != 1,
+            _ => false,
+        };
+        if invalid {
+            stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let payload_start = datagram.len() - payload.len();
         let route = shard
             .routes
@@ -436,6 +447,45 @@ mod tests {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_empty()
+        );
+    }
+
+    /// A loss report or receiver features of the wrong length, or a report
+    /// over 100 %, is dropped at the server (counted malformed); valid
+    /// ones go to the member they name.
+    #[test]
+    fn invalid_reports_and_features_go_nowhere() {
+        let routes = MediaRoutes::default();
+        let peer = Arc::new(Peer(Mutex::new(Vec::new())));
+        let route = Route {
+            flow: FlowId(7),
+            peers: vec![(FlowId(8), Arc::clone(&peer) as Arc<dyn MediaLink>)],
+            own: Arc::new(Peer(Mutex::new(Vec::new()))),
+        };
+        routes.set(ConnId(1), Some(route));
+        let about = |kind: DatagramKind, payload: &[u8]| {
+            let mut buffer = vec![0; MAX_HEADER_LEN + payload.len()];
+            let len = MediaHeader::about(kind, FlowId(8))
+                .encode(payload, &mut buffer)
+                .unwrap_or_else(|error| panic!("{error}"));
+            buffer.truncate(len);
+            Bytes::from(buffer)
+        };
+        for (kind, payload) in [
+            (DatagramKind::Report, &[101_u8][..]),
+            (DatagramKind::Report, &[5, 5][..]),
+            (DatagramKind::Report, &[][..]),
+            (DatagramKind::Features, &[1, 0][..]),
+        ] {
+            routes.relay(ConnId(1), about(kind, payload));
+        }
+        assert_eq!(routes.counts().dropped_malformed, 4);
+        routes.relay(ConnId(1), about(DatagramKind::Report, &[100]));
+        routes.relay(ConnId(1), about(DatagramKind::Features, &[3]));
+        assert_eq!(routes.counts().forwarded, 2);
+        assert_eq!(
+            peer.0.lock().unwrap_or_else(PoisonError::into_inner).len(),
+            2
         );
     }
 }

@@ -110,6 +110,9 @@ struct SessionBook {
     link: Option<ConnId>,
     /// Version 2: kept for a resume, with its numbered messages.
     resumable: bool,
+    /// The protocol version it logged in with: a version-1 session is
+    /// sent no version-2 message (no `HeartbeatAck`).
+    protocol_version: u16,
     token: SessionToken,
     replay: Replay<ServerMessage>,
 }
@@ -437,6 +440,7 @@ impl<B: Board> ServerCore<B> {
             SessionBook {
                 link: Some(link),
                 resumable,
+                protocol_version,
                 token: (self.tokens)(),
                 replay: Replay::new(self.limits.replay_capacity),
             },
@@ -523,12 +527,20 @@ impl<B: Board> ServerCore<B> {
     }
 
     /// A heartbeat: forget what the client has, answer with what we have.
+    /// A version-1 session's is ignored (its version has none); one that
+    /// claims a count the books cannot have is a protocol error.
     fn heartbeat(&mut self, link: ConnId, session: ConnId, received: u64) {
         let Some(book) = self.sessions.get_mut(&session) else {
             return;
         };
+        if book.protocol_version < 2 {
+            debug!(?session, "a heartbeat from a version-1 session: ignored");
+            return;
+        }
         if let Err(error) = book.replay.acknowledge(received) {
-            warn!(?session, %error, "heartbeat with an impossible count");
+            warn!(?session, %error, "heartbeat with an impossible count: closing");
+            self.expel(session, ErrorCode::PROTOCOL_ERROR);
+            return;
         }
         self.outputs.push_back(ServerOutput::Send {
             conn: link,
@@ -565,7 +577,13 @@ impl<B: Board> ServerCore<B> {
     /// A session's client does not read (its outbox or books are full):
     /// its connection closes and the session ends.
     fn expel_stuck(&mut self, session: ConnId) {
-        let known = self.close_session(session, ErrorCode::SERVER_BUSY);
+        self.expel(session, ErrorCode::SERVER_BUSY);
+    }
+
+    /// Ends a session for its client's fault, closing its connection with
+    /// `code`: no resume.
+    fn expel(&mut self, session: ConnId, code: ErrorCode) {
+        let known = self.close_session(session, code);
         if known || self.board.has_session(session) {
             self.board.handle_expelled(self.now, session);
         }

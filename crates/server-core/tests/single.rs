@@ -321,6 +321,40 @@ fn a_client_that_acknowledges_nothing_is_disconnected_and_one_that_does_is_not()
 }
 
 #[test]
+fn a_heartbeat_claiming_more_than_was_sent_closes_its_session() {
+    let now = Instant::now();
+    let mut server = server(now);
+    let (alice, _) = server.connect(now, "alice", None);
+    server.drain(now);
+    server.send(now, alice, ClientMessage::Heartbeat { received: u64::MAX });
+    server.drain(now);
+    assert_eq!(server.closed(alice), Some(ErrorCode::PROTOCOL_ERROR));
+    assert_eq!(server.core.board().online_count(), 0, "no resume either");
+    assert_eq!(server.core.board().detached_count(), 0);
+}
+
+#[test]
+fn a_version_1_session_gets_no_heartbeat_ack() {
+    let now = Instant::now();
+    let mut server = server(now);
+    let (old, _) = server.connect_speaking(now, "old", None, 1);
+    let (new, _) = server.connect(now, "new", None);
+    server.drain(now);
+    server.read_all(old);
+    server.read_all(new);
+    for link in [old, new] {
+        server.send(now, link, ClientMessage::Heartbeat { received: 0 });
+    }
+    server.drain(now);
+    assert_eq!(server.read_all(old), [], "nothing of version 2");
+    assert_eq!(server.closed(old), None);
+    assert_eq!(
+        server.read_all(new),
+        [ServerMessage::HeartbeatAck { received: 0 }]
+    );
+}
+
+#[test]
 fn a_congested_client_is_answered_busy_until_its_outbox_drains() {
     let now = Instant::now();
     let mut server = server(now);

@@ -206,6 +206,46 @@ async fn a_flooder_closed_for_it_first_gets_what_was_admitted_answered() {
     drop(flood.await);
 }
 
+/// A resumable session's client that falls silent (no heartbeat) has its
+/// connection dropped after 5 s, as the document says, closed with
+/// `TIMEOUT`; the session waits for a resume (still online meanwhile).
+#[tokio::test]
+async fn a_silent_resumable_client_has_its_connection_closed() {
+    let server = TestServer::start("silent-client").await;
+    let mut client = server.raw_client().await;
+    client
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: signaling_proto::PROTOCOL_VERSION,
+            sdk_app_id: server.app.sdk_app_id,
+            user_id: UserId::new("quiet").unwrap(),
+            user_sig: server.sig("quiet").into(),
+        })
+        .await
+        .unwrap();
+    until(&mut client, |message| {
+        matches!(message, ServerMessage::Session { .. })
+    })
+    .await;
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(15), client.connection.closed())
+        .await
+        .expect("the connection outlived the silence timeout");
+    let took = started.elapsed();
+    assert_eq!(
+        close_code_of(&closed),
+        Some(ErrorCode::TIMEOUT),
+        "{closed:?}"
+    );
+    assert!(took >= Duration::from_secs(4), "closed after {took:?}");
+    let stats = server.server.stats().await.unwrap();
+    assert_eq!(
+        (stats.online, stats.reconnecting),
+        (1, 1),
+        "waiting for a resume"
+    );
+}
+
 /// A client that stops reading is closed within the write timeout and no
 /// longer holds its place; its inviter is unharmed.
 #[tokio::test]

@@ -76,6 +76,17 @@ impl<B: Board + std::fmt::Debug> Server<B> {
         name: &str,
         resume: Option<ResumeClaim>,
     ) -> (ConnId, LoginAnswer) {
+        self.connect_speaking(now, name, resume, PROTOCOL_VERSION)
+    }
+
+    /// [`Self::connect`] with a client of `protocol_version`.
+    pub fn connect_speaking(
+        &mut self,
+        now: Instant,
+        name: &str,
+        resume: Option<ResumeClaim>,
+        protocol_version: u16,
+    ) -> (ConnId, LoginAnswer) {
         let link = ConnId(self.next_trunk);
         self.next_trunk += 1;
         self.clients.insert(link.0, Client::default());
@@ -84,7 +95,7 @@ impl<B: Board + std::fmt::Debug> Server<B> {
             Login {
                 link,
                 user: user(name),
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version,
                 resume,
             },
         );
