@@ -43,6 +43,7 @@ pub use config::{
 pub use hub::{AdminReply, AdminRequest, DrainState};
 pub use limits::LimitCounts;
 pub use metrics::HubStats;
+pub use ops::{OPS_HEADER_TIMEOUT, OPS_MAX_CONNECTIONS};
 pub use relay::RelayCounts;
 pub use server_core::ClusterStatus;
 pub use stamped::StampedEvent;

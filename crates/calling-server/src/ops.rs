@@ -111,7 +111,18 @@ impl OpsState {
 }
 
 /// Serves the listener until the process ends.
+/// Connections the operations listener serves at once; more are closed as
+/// soon as they are accepted (slowloris: silent connections cannot pile up).
+pub const OPS_MAX_CONNECTIONS: usize = 128;
+/// How long a client has to send a request's headers (the first, or the
+/// next on a kept-alive connection) before its connection is closed.
+pub const OPS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest one connection is served: requests here are quick, and a
+/// client that trickles a body cannot hold its place for longer.
+const OPS_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Arc<OpsState>) {
+    let places = Arc::new(tokio::sync::Semaphore::new(OPS_MAX_CONNECTIONS));
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -122,17 +133,26 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Arc<OpsState
                 continue;
             }
         };
+        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+            debug!(%remote, "operations listener: too many connections, closed");
+            drop(stream);
+            continue;
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let _place = place;
             let service = hyper::service::service_fn(move |request| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, std::convert::Infallible>(handle(&state, request, remote).await) }
             });
             let served = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                debug!(%remote, %error, "operations connection ended");
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(OPS_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            match tokio::time::timeout(OPS_CONNECTION_LIFETIME, served).await {
+                Ok(Err(error)) => debug!(%remote, %error, "operations connection ended"),
+                Ok(Ok(())) => {}
+                Err(_) => debug!(%remote, "operations connection served its lifetime: closed"),
             }
         });
     }

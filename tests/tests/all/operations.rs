@@ -585,3 +585,47 @@ async fn wait_for_lines(path: &Path, count: usize) -> Vec<String> {
     }
     panic!("{} never had {count} lines", path.display());
 }
+
+/// Slowloris: connections to the operations listener that send nothing
+/// are closed, those over its cap at once and the rest after the header
+/// timeout; the listener answers again once they are gone.
+#[tokio::test]
+async fn silent_connections_to_the_operations_listener_are_closed() {
+    use std::time::{Duration, Instant};
+    let server = ops_server("slowloris", &[], None).await;
+    let addr = http_addr(&server);
+    let opened = calling_server::OPS_MAX_CONNECTIONS + 200;
+    let mut silent = Vec::new();
+    for _ in 0..opened {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let started = Instant::now();
+    let limit = calling_server::OPS_HEADER_TIMEOUT + Duration::from_secs(5);
+    let mut waiting = tokio::task::JoinSet::new();
+    for mut stream in silent {
+        waiting.spawn(async move {
+            let mut byte = [0_u8; 1];
+            let closed = tokio::time::timeout(limit, stream.read(&mut byte)).await;
+            matches!(closed, Ok(Ok(0) | Err(_))).then(|| started.elapsed())
+        });
+    }
+    let mut closed_after = Vec::new();
+    while let Some(done) = waiting.join_next().await {
+        closed_after.push(done.unwrap().expect("a silent connection was kept open"));
+    }
+    closed_after.sort();
+    let at_once = closed_after
+        .iter()
+        .filter(|took| **took < Duration::from_secs(2))
+        .count();
+    assert!(
+        at_once >= opened - calling_server::OPS_MAX_CONNECTIONS,
+        "{at_once} closed at once"
+    );
+    let last = closed_after[closed_after.len() - 1];
+    assert!(
+        last <= calling_server::OPS_HEADER_TIMEOUT + Duration::from_secs(2),
+        "the last closed after {last:?}"
+    );
+    assert_eq!(http(addr, "GET", "/healthz", None).await.0, 200);
+}
