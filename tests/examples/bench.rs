@@ -27,8 +27,16 @@
 //!   with the operations side on beside off, and of two builds, in
 //!   alternating server processes pinned to CPU 0 (this process should run
 //!   on CPU 1). Relay capacity itself is measured by `calling-load`.
+//! - `bench attacks SERVER_BIN`: honest logins from a network of their own
+//!   while other networks attack a `calling-server` with its default limits
+//!   (10,000 connections that never log in, a handshake flood of 1,100 a
+//!   second, a parallel login storm), each beside the same logins with no
+//!   attack.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
+
+#[path = "bench/attacks.rs"]
+mod attacks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,8 +136,14 @@ async fn main() {
                 }
             }
         }
+        Some("attacks") => {
+            let server_bin = args.get(1).expect("bench attacks SERVER_BIN");
+            attacks::run(server_bin).await;
+        }
         _ => {
-            println!("usage: bench calls [N] | bench idle SERVER_BIN [N] | bench latency [SECONDS]")
+            println!(
+                "usage: bench calls [N] | bench idle SERVER_BIN [N] | bench latency [SECONDS] | bench attacks SERVER_BIN"
+            )
         }
     }
 }
@@ -749,9 +763,16 @@ impl DevServer {
         app_key: Option<&str>,
     ) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
+        // Capacity is measured here, not the flood protection (unless the
+        // command sets its own budget: the attack bench).
+        let sets_budget = command
+            .as_std()
+            .get_args()
+            .any(|arg| arg == "--handshakes-per-sec");
+        if !sets_budget {
+            command.args(["--handshakes-per-sec", "10000000"]);
+        }
         let mut child = command
-            // Capacity is measured here, not the flood protection.
-            .args(["--handshakes-per-sec", "10000000"])
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env(

@@ -389,6 +389,12 @@ fn bench(args: &[String]) -> Result {
             .arg(&server)
             .arg("10000"),
     )?;
+    step(
+        "bench: honest logins during attacks (never-login connections, a handshake flood, a login storm)",
+        release_example("opencalling-tests", "bench")
+            .arg("attacks")
+            .arg(&server),
+    )?;
     // The load generator on CPU 1; it pins the server and the UDP
     // forwarder to CPU 0 itself.
     let pinned_bench = |mode: &str| {
