@@ -1,8 +1,9 @@
 //! A UDP proxy on loopback between clients and the server whose faults the
 //! test controls: a blackhole (nothing passes either way: a network outage,
-//! a lift, a tunnel), a change of the source port the server sees (NAT
-//! rebinding, a new network), and a new backend for new clients (a load
-//! balancer taking a node out). One upstream socket per client address.
+//! a lift, a tunnel), random loss and added delay (a poor network), a
+//! change of the source port the server sees (NAT rebinding, a new
+//! network), and a new backend for new clients (a load balancer taking a
+//! node out). One upstream socket per client address.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +18,12 @@ struct Faults {
     /// Where new clients' packets go (a load balancer's backend).
     server: Mutex<SocketAddr>,
     blackhole: AtomicBool,
+    /// The share of packets lost each way, as `f64` bits.
+    loss: AtomicU64,
+    /// Milliseconds added to each packet each way.
+    delay_ms: AtomicU64,
+    /// Packets that met the loss so far, toward the server and back.
+    counted: [AtomicU64; 2],
     /// Bumped by each source-port change: upstreams of older generations
     /// are replaced at their client's next packet.
     generation: AtomicU64,
@@ -61,6 +68,9 @@ impl FaultProxy {
         let faults = Arc::new(Faults {
             server: Mutex::new(server),
             blackhole: AtomicBool::new(false),
+            loss: AtomicU64::new(0.0_f64.to_bits()),
+            delay_ms: AtomicU64::new(0),
+            counted: [AtomicU64::new(0), AtomicU64::new(0)],
             generation: AtomicU64::new(0),
             forgotten_below: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -74,6 +84,16 @@ impl FaultProxy {
     /// Starts (`true`) or ends an outage: every packet either way is lost.
     pub fn blackhole(&self, on: bool) {
         self.faults.blackhole.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on a share `loss` of the packets each way is lost, spread
+    /// evenly (one in ten for 0.1, so that what the SDK measures can be
+    /// held to it), and the others arrive `delay` late (a poor network);
+    /// `0.0` and zero end it.
+    pub fn degrade(&self, loss: f64, delay: Duration) {
+        self.faults.loss.store(loss.to_bits(), Ordering::SeqCst);
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.faults.delay_ms.store(millis, Ordering::SeqCst);
     }
 
     /// From the next packet on, the server sees each client from a new
@@ -117,7 +137,7 @@ impl FaultProxy {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = server;
     }
 
-    /// Packets lost to the blackhole so far.
+    /// Packets lost to the blackhole or to the loss so far.
     pub fn dropped(&self) -> u64 {
         self.faults.dropped.load(Ordering::Relaxed)
     }
@@ -130,7 +150,7 @@ async fn forward(front: Arc<UdpSocket>, faults: Arc<Faults>) {
         let Ok((len, client)) = front.recv_from(&mut buffer).await else {
             return;
         };
-        if faults.blackhole.load(Ordering::SeqCst) {
+        if faults.blackhole.load(Ordering::SeqCst) || faults.loses_one(true) {
             faults.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -169,9 +189,42 @@ async fn forward(front: Arc<UdpSocket>, faults: Arc<Faults>) {
                 upstream
             }
         };
-        if upstream.send(&buffer[..len]).await.is_ok() {
-            record(&faults.to_server);
+        match faults.delay() {
+            None => {
+                if upstream.send(&buffer[..len]).await.is_ok() {
+                    record(&faults.to_server);
+                }
+            }
+            Some(delay) => {
+                let (packet, faults) = (buffer[..len].to_vec(), Arc::clone(&faults));
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if upstream.send(&packet).await.is_ok() {
+                        record(&faults.to_server);
+                    }
+                });
+            }
         }
+    }
+}
+
+impl Faults {
+    /// Whether the next packet toward the server (`to_server`) or back is
+    /// lost to [`FaultProxy::degrade`]'s loss: the n-th is lost when the
+    /// share of n reaches the next whole packet.
+    fn loses_one(&self, to_server: bool) -> bool {
+        let loss = f64::from_bits(self.loss.load(Ordering::SeqCst));
+        if loss <= 0.0 {
+            return false;
+        }
+        let n = self.counted[usize::from(!to_server)].fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * loss).floor() > (n * loss).floor()
+    }
+
+    /// The delay [`FaultProxy::degrade`] adds, if any.
+    fn delay(&self) -> Option<Duration> {
+        let millis = self.delay_ms.load(Ordering::SeqCst);
+        (millis > 0).then(|| Duration::from_millis(millis))
     }
 }
 
@@ -210,12 +263,29 @@ async fn back(
         if generation < faults.forgotten_below.load(Ordering::SeqCst) {
             return;
         }
-        if faults.blackhole.load(Ordering::SeqCst) {
+        if faults.blackhole.load(Ordering::SeqCst) || faults.loses_one(false) {
             faults.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        if front.send_to(&buffer[..len], client).await.is_ok() {
-            record(&faults.to_clients);
+        match faults.delay() {
+            None => {
+                if front.send_to(&buffer[..len], client).await.is_ok() {
+                    record(&faults.to_clients);
+                }
+            }
+            Some(delay) => {
+                let (packet, front, faults) = (
+                    buffer[..len].to_vec(),
+                    Arc::clone(&front),
+                    Arc::clone(&faults),
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if front.send_to(&packet, client).await.is_ok() {
+                        record(&faults.to_clients);
+                    }
+                });
+            }
         }
     }
 }

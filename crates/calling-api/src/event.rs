@@ -14,6 +14,53 @@ pub struct UserVolume {
     pub volume: u8,
 }
 
+/// How good a network is, as the original's successor rates it (its
+/// quality levels, numbered as there): the worst of the path's loss, round
+/// trip and jitter against docs/protocol.md's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum NetworkQuality {
+    /// Nothing measured yet (or a member whose SDK does not say).
+    #[default]
+    Unknown = 0,
+    /// Loss under 1 %, round trip under 100 ms, jitter under 20 ms.
+    Excellent = 1,
+    /// Loss under 3 %, round trip under 200 ms, jitter under 40 ms.
+    Good = 2,
+    /// Loss under 8 %, round trip under 350 ms, jitter under 80 ms.
+    Poor = 3,
+    /// Loss under 15 %, round trip under 600 ms, jitter under 150 ms.
+    Bad = 4,
+    /// Worse than bad, but connected.
+    VeryBad = 5,
+    /// No connection (the local user reconnecting), or no word from the
+    /// member for 3 s.
+    Down = 6,
+}
+
+impl std::fmt::Display for NetworkQuality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unknown => "unknown",
+            Self::Excellent => "excellent",
+            Self::Good => "good",
+            Self::Poor => "poor",
+            Self::Bad => "bad",
+            Self::VeryBad => "very bad",
+            Self::Down => "down",
+        })
+    }
+}
+
+/// One remote member's level in a [`CallingEvent::NetworkQuality`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberQuality {
+    /// The member.
+    pub user_id: UserId,
+    /// Its network, as its SDK measures it and the server adds to.
+    pub quality: NetworkQuality,
+}
+
 /// Everything the SDK tells an application.
 ///
 /// One variant per delegate callback of the original API, with exactly its
@@ -138,6 +185,15 @@ pub enum CallingEvent {
         /// The invitee.
         user_id: UserId,
     },
+    /// Extension (the successor's `onUserNetworkQualityChanged`): the
+    /// network quality of the local user or of a member of the call
+    /// changed; at most once a second, while in a call.
+    NetworkQuality {
+        /// The local user's network.
+        local: NetworkQuality,
+        /// Each other member's, in the order of the call's members.
+        remote: Vec<MemberQuality>,
+    },
 }
 
 /// The two sides of a call's audio.
@@ -159,6 +215,16 @@ impl std::fmt::Display for AudioDeviceKind {
 }
 
 impl CallingEvent {
+    /// Whether this is one of the reports that come on their own schedule
+    /// while in a call (`onUserVoiceVolume`, the network quality), rather
+    /// than news of the call itself.
+    pub fn is_report(&self) -> bool {
+        matches!(
+            self,
+            Self::UserVoiceVolume { .. } | Self::NetworkQuality { .. }
+        )
+    }
+
     /// The name of the original's delegate callback this event stands for,
     /// or `None` for our extensions.
     pub fn original_name(&self) -> Option<&'static str> {
@@ -182,7 +248,8 @@ impl CallingEvent {
             | Self::Reconnected
             | Self::UserReconnecting { .. }
             | Self::UserReconnected { .. }
-            | Self::InviteeOffline { .. } => {
+            | Self::InviteeOffline { .. }
+            | Self::NetworkQuality { .. } => {
                 return None;
             }
         })
@@ -239,6 +306,13 @@ impl std::fmt::Display for CallingEvent {
             Self::UserReconnecting { user_id } => write!(f, "UserReconnecting({user_id})"),
             Self::UserReconnected { user_id } => write!(f, "UserReconnected({user_id})"),
             Self::InviteeOffline { user_id } => write!(f, "InviteeOffline({user_id})"),
+            Self::NetworkQuality { local, remote } => {
+                let remote: Vec<String> = remote
+                    .iter()
+                    .map(|member| format!("{} {}", member.user_id, member.quality))
+                    .collect();
+                write!(f, "NetworkQuality(local {local}; {})", remote.join(", "))
+            }
         }
     }
 }

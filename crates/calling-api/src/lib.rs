@@ -7,5 +7,5 @@ mod user_id;
 
 pub use call::{CallId, CallType, EndReason, InvalidCallType};
 pub use error::{CallingError, CallingResult, ErrorCode};
-pub use event::{AudioDeviceKind, CallingEvent, UserVolume};
+pub use event::{AudioDeviceKind, CallingEvent, MemberQuality, NetworkQuality, UserVolume};
 pub use user_id::{InvalidUserId, UserId};

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use audio_pipeline::{JitterStats, VoiceStats};
 use bytes::Bytes;
-use calling_api::UserId;
 use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
+use calling_api::{CallingEvent, MemberQuality, NetworkQuality, UserId};
 use signaling_link::either::Either;
 use signaling_link::{DatagramSource, Link, LinkClosed, LinkError, MediaLink, Transport};
 use signaling_proto::SplitMix64;
@@ -36,6 +36,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
 use crate::media::{AudioDevices, AudioSettings, CallAudio, DeviceNotices};
+use crate::quality::{CallStats, MediaTransport, MemberStats};
 use crate::status::SessionStatus;
 use crate::{ClientOptions, Dispatch, Fallback, ReconnectPolicy};
 
@@ -79,6 +80,8 @@ pub(crate) enum AudioCommand {
     ReportedLoss(oneshot::Sender<Option<u8>>),
     /// What the echo canceller measures.
     VoiceStats(oneshot::Sender<Option<VoiceStats>>),
+    /// Everything measured of the call, per member.
+    CallStats(oneshot::Sender<CallStats>),
 }
 
 /// How often each remote speaker is told what we lose of its audio, and
@@ -386,6 +389,8 @@ pub(crate) async fn start(
         low_latency: devices.low_latency,
         flow_users: HashMap::new(),
         last_stats: Vec::new(),
+        last_call_stats: CallStats::default(),
+        last_quality: None,
         engine_untouched: false,
     };
     tokio::spawn(async move {
@@ -435,6 +440,15 @@ impl MediaLink for SwitchableMedia {
 
     fn max_datagram_size(&self) -> Option<usize> {
         self.current()?.max_datagram_size()
+    }
+
+    fn path_stats(&self) -> Option<signaling_link::PathStats> {
+        self.current()?.path_stats()
+    }
+
+    fn datagrams_over_stream(&self) -> bool {
+        self.current()
+            .is_some_and(|link| link.datagrams_over_stream())
     }
 }
 
@@ -558,6 +572,9 @@ struct Driver<T: Transport> {
     flow_users: HashMap<FlowId, UserId>,
     /// The statistics of the last call, kept after it ends.
     last_stats: Vec<(UserId, JitterStats)>,
+    last_call_stats: CallStats,
+    /// The network quality last told to the application in this call.
+    last_quality: Option<(NetworkQuality, Vec<MemberQuality>)>,
     /// The last step was audio only (a datagram, a loss report): the
     /// engine did not change, nor did the status the application reads.
     engine_untouched: bool,
@@ -646,6 +663,7 @@ impl<T: Transport> Driver<T> {
                 _ = feedback.tick(), if self.media.is_some() => {
                     self.engine_untouched = true;
                     self.send_feedback();
+                    self.report_quality();
                 }
                 Some(notice) = self.device_notices.recv() => self.dispatch.emit(&notice),
                 () = signaling_link::sleep_until(deadline), if deadline.is_some() => {
@@ -705,6 +723,9 @@ impl<T: Transport> Driver<T> {
             }
             AudioCommand::VoiceStats(reply) => {
                 let _ = reply.send(self.media.as_ref().and_then(CallAudio::voice_stats));
+            }
+            AudioCommand::CallStats(reply) => {
+                let _ = reply.send(self.call_stats());
             }
         }
     }
@@ -818,6 +839,8 @@ impl<T: Transport> Driver<T> {
                 self.send_feedback();
             }
             (false, true) => {
+                self.last_call_stats = self.call_stats();
+                self.last_quality = None;
                 if let Some(media) = self.media.take() {
                     self.last_stats = self.named_stats(&media);
                     self.media_stopping
@@ -830,20 +853,110 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Tells each other member what we play of its audio, and each remote
-    /// speaker what we lose of it.
-    fn send_feedback(&mut self) {
-        let members: Vec<FlowId> = match self.engine.status() {
+    /// The call's other members with their flows, in the call's order.
+    fn members(&self) -> Vec<(UserId, FlowId)> {
+        match self.engine.status() {
             EngineStatus::InCall { members, .. } => members
-                .iter()
-                .filter_map(|member| self.engine.flow_of(member))
+                .into_iter()
+                .filter_map(|member| {
+                    let flow = self.engine.flow_of(&member)?;
+                    Some((member, flow))
+                })
                 .collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// Our connection's round trip, as the transport measures it.
+    fn our_rtt_ms(&self) -> Option<u16> {
+        self.media_link
+            .path_stats()
+            .map(|path| u16::try_from(path.rtt.as_millis()).unwrap_or(u16::MAX - 1))
+    }
+
+    /// Our network's level: down while there is no connection.
+    fn our_quality(&self, media: &CallAudio, flows: &[FlowId]) -> NetworkQuality {
+        if self.link.is_none() {
+            NetworkQuality::Down
+        } else {
+            media.our_quality(flows, self.our_rtt_ms())
+        }
+    }
+
+    /// Tells the application the network quality of everyone in the call
+    /// when it changed (called once a second).
+    fn report_quality(&mut self) {
+        let Some(media) = &self.media else {
+            return;
         };
+        let members = self.members();
+        let flows: Vec<FlowId> = members.iter().map(|(_, flow)| *flow).collect();
+        let local = self.our_quality(media, &flows);
+        let remote: Vec<MemberQuality> = members
+            .into_iter()
+            .map(|(user_id, flow)| MemberQuality {
+                user_id,
+                quality: media.member(flow).quality.unwrap_or_default(),
+            })
+            .collect();
+        let now = (local, remote);
+        if self.last_quality.as_ref() != Some(&now) {
+            let (local, remote) = now.clone();
+            self.dispatch
+                .emit(&CallingEvent::NetworkQuality { local, remote });
+            self.last_quality = Some(now);
+        }
+    }
+
+    /// Everything measured of the current call, or the last call's.
+    fn call_stats(&self) -> CallStats {
+        let Some(media) = &self.media else {
+            return self.last_call_stats.clone();
+        };
+        let members = self.members();
+        let flows: Vec<FlowId> = members.iter().map(|(_, flow)| *flow).collect();
+        let audio: HashMap<FlowId, JitterStats> = media.stats().into_iter().collect();
+        let rtt = self.our_rtt_ms();
+        let mut local = media.local_stats(&flows, rtt);
+        local.quality = self.our_quality(media, &flows);
+        local.transport = self.link.as_ref().map(|_| {
+            if self.media_link.datagrams_over_stream() {
+                MediaTransport::Fallback
+            } else {
+                MediaTransport::Quic
+            }
+        });
+        let remote = members
+            .into_iter()
+            .map(|(user_id, flow)| {
+                let figures = media.member(flow);
+                let said = figures.said.unwrap_or_default();
+                MemberStats {
+                    user_id,
+                    quality: figures.quality.unwrap_or_default(),
+                    rtt_ms: said.rtt_ms,
+                    uplink_loss_percent: said.uplink_loss_percent,
+                    downlink_loss_percent: said.downlink_loss_percent,
+                    loss_received_percent: figures.loss_received_percent,
+                    jitter_ms: figures.jitter_ms,
+                    bitrate_kbps: figures.bitrate_kbps,
+                    transport: said.transport.map(MediaTransport::from),
+                    audio: audio.get(&flow).copied(),
+                }
+            })
+            .collect();
+        CallStats { local, remote }
+    }
+
+    /// Tells each other member what we play of its audio, each remote
+    /// speaker what we lose of it, and everyone what our network is like.
+    fn send_feedback(&mut self) {
+        let members: Vec<FlowId> = self.members().into_iter().map(|(_, flow)| flow).collect();
+        let rtt = self.our_rtt_ms();
         let Some(media) = self.media.as_mut() else {
             return;
         };
-        for datagram in media.feedback(&members) {
+        for datagram in media.feedback(&members, rtt) {
             // A closed link ends the call through the signaling stream.
             let _ = self.media_link.send_datagram(datagram);
         }

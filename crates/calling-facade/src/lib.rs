@@ -11,6 +11,7 @@ mod driver;
 mod media;
 mod media_session;
 mod options;
+mod quality;
 mod status;
 
 use std::fmt;
@@ -23,7 +24,7 @@ pub use audio_device::{AudioFormat, AudioSink, AudioSource};
 pub use audio_pipeline::{JitterStats, VoiceProcessing, VoiceStats};
 pub use calling_api::{
     AudioDeviceKind, CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason,
-    ErrorCode, UserId, UserVolume,
+    ErrorCode, MemberQuality, NetworkQuality, UserId, UserVolume,
 };
 pub use media::{
     AudioDeviceInfo, AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice,
@@ -31,6 +32,7 @@ pub use media::{
 };
 pub use options::DEFAULT_DECODER_COMPLEXITY;
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
+pub use quality::{CallStats, LocalStats, MediaTransport, MemberStats};
 pub use signaling_proto::CallOptions;
 pub use signaling_tls::{CertFingerprint, InvalidFingerprint};
 pub use status::{CallStatus, SessionStatus};
@@ -103,6 +105,9 @@ pub trait CallingDelegate: Send + Sync + 'static {
     /// Extension (caller): that invitee is offline; the invitation waits
     /// for them until it times out.
     fn on_invitee_offline(&self, user_id: &UserId) {}
+    /// Extension (the successor's `onUserNetworkQualityChanged`): the local
+    /// user's or a member's network quality changed (at most once a second).
+    fn on_network_quality(&self, local: NetworkQuality, remote: &[MemberQuality]) {}
 }
 
 struct DelegateListener<D>(D);
@@ -145,6 +150,9 @@ impl<D: CallingDelegate> CallingListener for DelegateListener<D> {
             CallingEvent::UserReconnecting { user_id } => delegate.on_user_reconnecting(user_id),
             CallingEvent::UserReconnected { user_id } => delegate.on_user_reconnected(user_id),
             CallingEvent::InviteeOffline { user_id } => delegate.on_invitee_offline(user_id),
+            CallingEvent::NetworkQuality { local, remote } => {
+                delegate.on_network_quality(*local, remote);
+            }
             // A newer calling-api may add events this delegate predates.
             _ => {}
         }
@@ -528,6 +536,19 @@ impl TRTCCalling {
     /// measured (the far end has to have spoken). Updated twice a second.
     pub async fn voice_stats(&self) -> CallingResult<Option<VoiceStats>> {
         self.ask(|reply| Command::Audio(AudioCommand::VoiceStats(reply)))
+            .await
+    }
+
+    /// Everything measured of the current call (an extension; or of the
+    /// last call, once it ended): per member its network's quality, round
+    /// trip, loss each way, jitter, bitrate and transport; our jitter
+    /// buffer's delay, concealment and FEC/DRED recoveries of each
+    /// member's audio; our own frame length and the echo canceller's
+    /// figures. The thresholds of the quality levels are in
+    /// docs/protocol.md ("Network quality"); the same levels come as
+    /// [`CallingEvent::NetworkQuality`] when they change.
+    pub async fn call_stats(&self) -> CallingResult<CallStats> {
+        self.ask(|reply| Command::Audio(AudioCommand::CallStats(reply)))
             .await
     }
 

@@ -7,7 +7,7 @@
 //! (atomics, lock-free packet rings) and their measurements back.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,13 +22,14 @@ use audio_pipeline::{
     ReferenceWriter, Resampler, SendPath, VoiceProcessing, VoiceProcessor, VoiceStats,
     echo_reference, packet_ring,
 };
-use calling_api::{AudioDeviceKind, CallingEvent};
+use calling_api::{AudioDeviceKind, CallingEvent, NetworkQuality};
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
 use tracing::warn;
 
-use crate::media_session::{MAX_SPEAKERS, MediaSession, Received};
+use crate::media_session::{MAX_SPEAKERS, MediaSession, MemberFigures, Received};
+use crate::quality::{Bitrate, LocalStats};
 
 /// An application's own capture source (a bot's voice, a probe), shared
 /// with the SDK's capture thread, which reads it every 10 ms.
@@ -269,6 +270,8 @@ struct Shared {
     /// The playout thread opened another output device: the echo path
     /// changed, and the capture thread's canceller starts afresh.
     echo_path_changed: AtomicBool,
+    /// Bytes of audio datagrams the capture thread sent.
+    bytes_sent: AtomicU64,
 }
 
 /// [`VoiceStats`] in atomics: a delay of `u16::MAX` and a NaN loss mean
@@ -349,6 +352,8 @@ pub(crate) struct CallAudio {
     /// the n-th ring sent is speaker slot n there.
     new_speakers: std::sync::mpsc::Sender<PacketReceiver>,
     threads: Vec<JoinHandle<()>>,
+    /// What we send, read at each feedback.
+    sent: Bitrate,
 }
 
 impl std::fmt::Debug for CallAudio {
@@ -546,6 +551,7 @@ impl CallAudio {
             dred: AtomicBool::new(false),
             voice: PublishedVoiceStats::new(voice.any()),
             echo_path_changed: AtomicBool::new(false),
+            bytes_sent: AtomicU64::new(0),
         });
         // What the speaker plays, for the echo canceller.
         let (played, reference) = if voice.echo_cancellation {
@@ -595,6 +601,7 @@ impl CallAudio {
             rings: Vec::new(),
             new_speakers,
             threads: vec![capture, playout],
+            sent: Bitrate::default(),
         })
     }
 
@@ -657,8 +664,15 @@ impl CallAudio {
     /// What we tell the other members (see [`MediaSession::feedback`]), and
     /// the loss hint their reports add up to handed to the encoder. Called
     /// about once a second.
-    pub(crate) fn feedback(&mut self, members: &[FlowId]) -> Vec<bytes::Bytes> {
-        let datagrams = self.session.feedback(members);
+    pub(crate) fn feedback(
+        &mut self,
+        members: &[FlowId],
+        our_rtt_ms: Option<u16>,
+    ) -> Vec<bytes::Bytes> {
+        let now = Instant::now();
+        self.sent
+            .read(now, self.shared.bytes_sent.load(Ordering::Relaxed));
+        let datagrams = self.session.feedback(now, members, our_rtt_ms);
         self.publish_how_to_send();
         self.shared
             .loss_to_apply
@@ -695,6 +709,42 @@ impl CallAudio {
             .heard()
             .map(|(flow, slot)| (flow, stats[slot]))
             .collect()
+    }
+
+    /// Our network's level now, among `members`.
+    pub(crate) fn our_quality(
+        &self,
+        members: &[FlowId],
+        our_rtt_ms: Option<u16>,
+    ) -> NetworkQuality {
+        self.session
+            .our_quality(Instant::now(), members, our_rtt_ms)
+    }
+
+    /// What we know of member `flow` now.
+    pub(crate) fn member(&self, flow: FlowId) -> MemberFigures {
+        self.session.member(Instant::now(), flow)
+    }
+
+    /// Our side of the call now, among `members` (quality and transport
+    /// are the caller's to fill in).
+    pub(crate) fn local_stats(&self, members: &[FlowId], our_rtt_ms: Option<u16>) -> LocalStats {
+        let path = self.session.our_path(Instant::now(), members, our_rtt_ms);
+        LocalStats {
+            quality: NetworkQuality::Unknown,
+            rtt_ms: our_rtt_ms,
+            loss_sent_percent: path.uplink_loss_percent,
+            loss_received_percent: path.downlink_loss_percent,
+            jitter_ms: path.jitter_ms,
+            bitrate_kbps: self.sent.kbps(),
+            frame_ms: if self.shared.short_frames.load(Ordering::Relaxed) {
+                10
+            } else {
+                20
+            },
+            transport: None,
+            voice: self.voice_stats(),
+        }
     }
 
     /// What the echo canceller measures; `None` when the call runs no
@@ -814,7 +864,10 @@ fn capture_loop(
                 if let Ok(len) = header.encode(frame.payload, &mut datagram) {
                     // A full datagram buffer drops the oldest frame; a closed
                     // connection ends the call on the session task.
-                    let _ = link.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+                    let sent = link.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+                    if sent.is_ok() {
+                        shared.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+                    }
                 }
             }
             raise(&shared.local_level, send.volume());

@@ -16,13 +16,28 @@
 //! a bad second believed at once, a good one slowly, a path nobody has
 //! measured yet protected). A report that arrives before our audio starts
 //! is kept.
+//!
+//! Network quality: about once a second we tell every other member what
+//! we know of our own network ([`PathQuality`]: the worst recent report of
+//! our audio, the worst loss and jitter of theirs; the server writes in our
+//! round trip and transport), and rate each member's network from what it
+//! said (`quality.rs`).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use audio_pipeline::{HowToSend, LossMeter, MediaPacket, ReceiverSays, SendPolicy};
+use calling_api::NetworkQuality;
 use signaling_proto::datagram::MAX_HEADER_LEN;
-use signaling_proto::{DatagramKind, FlowId, LossReport, MediaHeader, ReceiverFeatures};
+use signaling_proto::{
+    DatagramKind, FlowId, LossReport, MediaHeader, PathQuality, ReceiverFeatures,
+};
+
+use crate::quality::{Bitrate, Heard, InterarrivalJitter, classify};
+
+/// A member's report of our audio counts this long for our own network's
+/// uplink loss.
+const REPORT_COUNTS_FOR: Duration = Duration::from_secs(3);
 
 /// Remote speakers one call can hear at once.
 pub(crate) const MAX_SPEAKERS: usize = 15;
@@ -58,6 +73,26 @@ struct Speaker {
     slot: usize,
     /// What we lose of its packets, for our reports to it.
     loss: LossMeter,
+    /// The share we lost of it in our latest report, in percent.
+    last_loss: Option<u8>,
+    jitter: InterarrivalJitter,
+    /// Bytes of its audio received, and the bitrate they make.
+    bytes: u64,
+    bitrate: Bitrate,
+}
+
+/// What we measure of one remote member, for the call's statistics.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MemberFigures {
+    /// What it said of its own network (the server's round trip in it).
+    pub(crate) said: Option<PathQuality>,
+    pub(crate) quality: Option<NetworkQuality>,
+    /// What we lose of its audio, in percent (our latest report).
+    pub(crate) loss_received_percent: Option<u8>,
+    /// The inter-arrival jitter of its audio, in ms.
+    pub(crate) jitter_ms: Option<f64>,
+    /// The bitrate of its audio as received.
+    pub(crate) bitrate_kbps: Option<f64>,
 }
 
 /// See the [module docs](self).
@@ -68,6 +103,10 @@ pub(crate) struct MediaSession {
     decodes_dred: bool,
     /// What the other members said of our audio, and what it makes of it.
     policy: SendPolicy<FlowId>,
+    /// Each reporter's latest report of our audio, and when it came.
+    reports_of_us: HashMap<FlowId, (u8, Instant)>,
+    /// What each member said of its own network, and when.
+    heard: HashMap<FlowId, Heard>,
 }
 
 impl MediaSession {
@@ -76,6 +115,8 @@ impl MediaSession {
             speakers: HashMap::new(),
             decodes_dred,
             policy: SendPolicy::new(low_latency),
+            reports_of_us: HashMap::new(),
+            heard: HashMap::new(),
         }
     }
 
@@ -89,6 +130,14 @@ impl MediaSession {
             DatagramKind::Report => {
                 if let Some(report) = LossReport::from_payload(payload) {
                     self.policy.on_report(header.flow_id, report.loss_percent);
+                    self.reports_of_us
+                        .insert(header.flow_id, (report.loss_percent, now));
+                }
+                Received::Nothing
+            }
+            DatagramKind::Quality => {
+                if let Some(path) = PathQuality::from_payload(payload) {
+                    self.heard.insert(header.flow_id, Heard { path, at: now });
                 }
                 Received::Nothing
             }
@@ -130,8 +179,14 @@ impl MediaSession {
             .or_insert_with(|| Speaker {
                 slot: heard,
                 loss: LossMeter::new(),
+                last_loss: None,
+                jitter: InterarrivalJitter::default(),
+                bytes: 0,
+                bitrate: Bitrate::default(),
             });
         speaker.loss.on_packet(header.sequence);
+        speaker.jitter.on_packet(now, header.timestamp);
+        speaker.bytes += payload.len() as u64;
         Received::Audio {
             slot: speaker.slot,
             new_speaker,
@@ -148,8 +203,15 @@ impl MediaSession {
     /// delivers each to the member it names): to each of `members` (the
     /// call's other members now), what we play of its audio; to each remote
     /// speaker with enough packets due since the last report, what we lose
-    /// of it. Called about once a second.
-    pub(crate) fn feedback(&mut self, members: &[FlowId]) -> Vec<bytes::Bytes> {
+    /// of it; to everyone, what we know of our own network (`our_rtt_ms`:
+    /// our connection's round trip, if measured). Called about once a
+    /// second, at `now`.
+    pub(crate) fn feedback(
+        &mut self,
+        now: Instant,
+        members: &[FlowId],
+        our_rtt_ms: Option<u16>,
+    ) -> Vec<bytes::Bytes> {
         self.policy.set_receivers(members);
         let mut datagrams = Vec::new();
         for flow in members {
@@ -168,13 +230,98 @@ impl MediaSession {
             ));
         }
         for (flow, speaker) in &mut self.speakers {
+            speaker.bitrate.read(now, speaker.bytes);
             let Some(loss_percent) = speaker.loss.report() else {
                 continue;
             };
+            speaker.last_loss = Some(loss_percent);
             let report = LossReport { loss_percent }.to_payload();
             datagrams.extend(feedback_datagram(DatagramKind::Report, *flow, &report));
         }
+        if !members.is_empty() {
+            // Our own flow: the server stamps it (and relays to everyone).
+            let ours = self.our_path(now, members, our_rtt_ms).to_payload();
+            datagrams.extend(feedback_datagram(DatagramKind::Quality, FlowId(0), &ours));
+        }
         datagrams
+    }
+
+    /// What we know of our own network at `now`, among `members`.
+    pub(crate) fn our_path(
+        &self,
+        now: Instant,
+        members: &[FlowId],
+        our_rtt_ms: Option<u16>,
+    ) -> PathQuality {
+        // What a member loses of our audio beyond what its own downlink
+        // loses (as it says) is our uplink's; the member that says it best
+        // is believed. (The server measures it exactly and tells the
+        // others, never us.)
+        let uplink = members
+            .iter()
+            .filter_map(|flow| {
+                let (lost, at) = self.reports_of_us.get(flow)?;
+                if now.saturating_duration_since(*at) > REPORT_COUNTS_FOR {
+                    return None;
+                }
+                let theirs = self
+                    .heard
+                    .get(flow)
+                    .and_then(|heard| heard.path.downlink_loss_percent)
+                    .unwrap_or(0);
+                Some(lost.saturating_sub(theirs))
+            })
+            .min();
+        // What we lose of a member's audio beyond what its uplink lost
+        // (as the server measured and the member passed on) is ours.
+        let downlink = members
+            .iter()
+            .filter_map(|flow| {
+                let lost = self.speakers.get(flow)?.last_loss?;
+                let theirs = self
+                    .heard
+                    .get(flow)
+                    .and_then(|heard| heard.path.uplink_loss_percent)
+                    .unwrap_or(0);
+                Some(lost.saturating_sub(theirs))
+            })
+            .max();
+        let jitter = members
+            .iter()
+            .filter_map(|flow| self.speakers.get(flow))
+            .map(|speaker| speaker.jitter.ms())
+            .max_by(f64::total_cmp)
+            .map(|ms| ms.round().min(f64::from(u16::MAX - 1)) as u16);
+        PathQuality {
+            rtt_ms: our_rtt_ms,
+            uplink_loss_percent: uplink,
+            downlink_loss_percent: downlink,
+            jitter_ms: jitter,
+            transport: None,
+        }
+    }
+
+    /// Our network's level at `now` (see [`Self::our_path`]).
+    pub(crate) fn our_quality(
+        &self,
+        now: Instant,
+        members: &[FlowId],
+        our_rtt_ms: Option<u16>,
+    ) -> NetworkQuality {
+        classify(&self.our_path(now, members, our_rtt_ms))
+    }
+
+    /// What we know of member `flow` at `now`.
+    pub(crate) fn member(&self, now: Instant, flow: FlowId) -> MemberFigures {
+        let heard = self.heard.get(&flow);
+        let speaker = self.speakers.get(&flow);
+        MemberFigures {
+            said: heard.map(|heard| heard.path),
+            quality: heard.map(|heard| heard.level(now)),
+            loss_received_percent: speaker.and_then(|speaker| speaker.last_loss),
+            jitter_ms: speaker.map(|speaker| speaker.jitter.ms()),
+            bitrate_kbps: speaker.and_then(|speaker| speaker.bitrate.kbps()),
+        }
     }
 
     /// The loss hint for our encoder now (see [`SendPolicy::encoder_hint`]).
@@ -206,9 +353,9 @@ impl MediaSession {
     }
 }
 
-/// A loss report or our features, about `flow`.
-fn feedback_datagram(kind: DatagramKind, flow: FlowId, payload: &[u8; 1]) -> Option<bytes::Bytes> {
-    let mut datagram = [0; MAX_HEADER_LEN + 1];
+/// A loss report or our features, about `flow`, or our network's quality.
+fn feedback_datagram(kind: DatagramKind, flow: FlowId, payload: &[u8]) -> Option<bytes::Bytes> {
+    let mut datagram = [0; MAX_HEADER_LEN + PathQuality::LEN];
     let len = MediaHeader::about(kind, flow)
         .encode(payload, &mut datagram)
         .ok()?;
@@ -321,7 +468,7 @@ mod tests {
             let at = start + Duration::from_millis(20 * u64::from(sequence));
             session.handle_datagram(at, &audio(ALICE, sequence));
         }
-        let sent = decoded(&session.feedback(&[ALICE]));
+        let sent = decoded(&session.feedback(start, &[ALICE], None));
         assert!(
             sent.contains(&(DatagramKind::Report, ALICE, 10)),
             "{sent:?}"
@@ -331,7 +478,7 @@ mod tests {
                 .any(|(kind, flow, _)| *kind == DatagramKind::Features && *flow == ALICE)
         );
         // Nothing new since: no second report.
-        let sent = decoded(&session.feedback(&[ALICE]));
+        let sent = decoded(&session.feedback(start, &[ALICE], None));
         assert!(!sent.iter().any(|(kind, ..)| *kind == DatagramKind::Report));
     }
 
@@ -361,7 +508,7 @@ mod tests {
     fn what_members_say_decides_how_we_send() {
         let start = Instant::now();
         let mut session = MediaSession::new(true, true);
-        session.feedback(&[ALICE]);
+        session.feedback(start, &[ALICE], None);
         assert!(matches!(
             session.handle_datagram(start, &features(ALICE, dred(true))),
             Received::Features { first: true }
@@ -392,7 +539,7 @@ mod tests {
             session.handle_datagram(at, &audio(ALICE, sequence));
         }
         let asks = |session: &mut MediaSession| {
-            decoded(&session.feedback(&[ALICE]))
+            decoded(&session.feedback(start, &[ALICE], None))
                 .iter()
                 .find(|(kind, ..)| *kind == DatagramKind::Features)
                 .map(|(.., flags)| ReceiverFeatures(*flags))
@@ -404,5 +551,93 @@ mod tests {
         plain.handle_datagram(start, &audio(ALICE, 1));
         let said = asks(&mut plain);
         assert!(!said.decodes_dred() && !said.wants_dred(), "{said:?}");
+    }
+
+    fn quality_word(flow: FlowId, path: PathQuality) -> Vec<u8> {
+        feedback_datagram(DatagramKind::Quality, flow, &path.to_payload())
+            .unwrap()
+            .to_vec()
+    }
+
+    /// On a virtual clock: what a member says of its network rates it
+    /// (down after 3 s of silence), and our own network is rated from the
+    /// reports of our audio and what we lose of theirs.
+    #[test]
+    fn members_and_our_own_network_are_rated() {
+        let start = Instant::now();
+        let mut session = MediaSession::new(false, false);
+        assert_eq!(session.member(start, ALICE).quality, None, "never said");
+        let said = PathQuality {
+            rtt_ms: Some(40),
+            uplink_loss_percent: Some(0),
+            downlink_loss_percent: Some(10),
+            jitter_ms: Some(5),
+            transport: Some(signaling_proto::PathTransport::Quic),
+        };
+        session.handle_datagram(start, &quality_word(ALICE, said));
+        let alice = session.member(start + Duration::from_secs(1), ALICE);
+        assert_eq!(alice.said, Some(said));
+        assert_eq!(alice.quality, Some(NetworkQuality::Bad), "10 % lost");
+        let later = start + Duration::from_secs(3);
+        assert_eq!(
+            session.member(later, ALICE).quality,
+            Some(NetworkQuality::Down)
+        );
+
+        // Our own. Alice loses 12 % of our audio, and says her downlink
+        // loses 10 %: our uplink lost the other 2 %.
+        session.handle_datagram(start, &report(12));
+        assert_eq!(
+            session.our_path(start, &[ALICE], None).uplink_loss_percent,
+            Some(2)
+        );
+        // Her downlink is clean now: 5 % of our audio lost at her is ours;
+        // none of hers is lost at us.
+        let clean_downlink = PathQuality {
+            downlink_loss_percent: Some(0),
+            ..said
+        };
+        session.handle_datagram(start, &quality_word(ALICE, clean_downlink));
+        session.handle_datagram(start, &report(5));
+        for sequence in 0..50 {
+            let at = start + Duration::from_millis(20 * u64::from(sequence));
+            session.handle_datagram(at, &audio(ALICE, sequence));
+        }
+        let second = start + Duration::from_secs(1);
+        let sent = session.feedback(second, &[ALICE], Some(30));
+        let ours = sent
+            .iter()
+            .find_map(|datagram| {
+                let (header, payload) = MediaHeader::decode(datagram).unwrap();
+                (header.kind == DatagramKind::Quality).then(|| PathQuality::from_payload(payload))
+            })
+            .flatten()
+            .expect("we tell everyone of our network");
+        assert_eq!(
+            (
+                ours.rtt_ms,
+                ours.uplink_loss_percent,
+                ours.downlink_loss_percent
+            ),
+            (Some(30), Some(5), Some(0))
+        );
+        assert_eq!(
+            session.our_quality(second, &[ALICE], Some(30)),
+            NetworkQuality::Poor
+        );
+        // A report older than 3 s no longer counts.
+        let quiet = second + Duration::from_secs(4);
+        assert_eq!(
+            session.our_quality(quiet, &[ALICE], Some(30)),
+            NetworkQuality::Excellent
+        );
+        // Nobody to tell: nothing said.
+        assert!(
+            session
+                .feedback(quiet, &[], Some(30))
+                .iter()
+                .all(|datagram| MediaHeader::decode(datagram).unwrap().0.kind
+                    != DatagramKind::Quality)
+        );
     }
 }

@@ -156,6 +156,15 @@ int32_t oc_calling_reject(OcHandle handle, uint64_t *out_request);
 // `out_request` points to writable memory for a `u64`.
 int32_t oc_calling_hangup(OcHandle handle, uint64_t *out_request);
 
+// The call's statistics (the current call, or the last one); completion
+// `"call_stats"` with `"stats"`: the local user's and each other member's
+// network quality, round trip, loss, jitter, bitrate and transport
+// (docs/bindings.md).
+//
+// # Safety
+// `out_request` points to writable memory for a `u64`.
+int32_t oc_calling_call_stats(OcHandle handle, uint64_t *out_request);
+
 // Stops (`true`) or resumes sending the microphone (`setMicMute`).
 int32_t oc_calling_set_mic_mute(OcHandle handle, bool muted);
 

@@ -310,6 +310,7 @@ enum Request {
     Accept,
     Reject,
     Hangup,
+    CallStats,
 }
 
 impl Request {
@@ -321,6 +322,25 @@ impl Request {
             Self::Accept => "accept",
             Self::Reject => "reject",
             Self::Hangup => "hangup",
+            Self::CallStats => "call_stats",
+        }
+    }
+}
+
+/// What a completion carries beside its code.
+#[derive(Default)]
+struct Completed {
+    /// `call`: the call's id.
+    call_id: Option<CallId>,
+    /// `call_stats`: the statistics (`CallStats::to_json`).
+    stats: Option<serde_json::Value>,
+}
+
+impl Completed {
+    fn call(call_id: Option<CallId>) -> Self {
+        Self {
+            call_id,
+            stats: None,
         }
     }
 }
@@ -336,7 +356,7 @@ unsafe fn start<F>(
     work: impl FnOnce(Arc<TRTCCalling>) -> F,
 ) -> Result<(), i32>
 where
-    F: Future<Output = CallingResult<Option<CallId>>> + Send + 'static,
+    F: Future<Output = CallingResult<Completed>> + Send + 'static,
 {
     if out_request.is_null() {
         return Err(OC_ERR_NULL_POINTER);
@@ -348,10 +368,9 @@ where
     let runtime = lock(&instance.runtime);
     let runtime = runtime.as_ref().ok_or(OC_ERR_INVALID_HANDLE)?;
     runtime.spawn(async move {
-        let result = future.await;
-        let (code, message, call_id) = match &result {
-            Ok(call_id) => (0, String::new(), *call_id),
-            Err(error) => (error.code.0, error.desc.clone(), None),
+        let (code, message, completed) = match future.await {
+            Ok(completed) => (0, String::new(), completed),
+            Err(error) => (error.code.0, error.desc, Completed::default()),
         };
         let mut value = json!({
             "type": "completion",
@@ -360,8 +379,11 @@ where
             "code": code,
             "message": message,
         });
-        if let Some(call_id) = call_id {
+        if let Some(call_id) = completed.call_id {
             value["call_id"] = call_id.0.to_string().into();
+        }
+        if let Some(stats) = completed.stats {
+            value["stats"] = stats;
         }
         deliver(&deliveries, &value);
     });
@@ -398,7 +420,7 @@ unsafe fn plain_request(handle: OcHandle, out_request: *mut u64, plain: Plain) -
                 Plain::Reject => calling.reject().await,
                 Plain::Hangup => calling.hangup().await,
             }
-            .map(|()| None)
+            .map(|()| Completed::default())
         };
         // SAFETY: as the caller promises.
         unsafe { start(handle, out_request, request, work) }
@@ -548,7 +570,7 @@ pub unsafe extern "C" fn oc_calling_login(
                     calling
                         .login(sdk_app_id, &user_id, &user_sig)
                         .await
-                        .map(|()| None)
+                        .map(|()| Completed::default())
                 },
             )
         }
@@ -602,7 +624,7 @@ pub unsafe extern "C" fn oc_calling_call(
                     calling
                         .call_with(&user_id, call_type, options)
                         .await
-                        .map(Some)
+                        .map(|call_id| Completed::call(Some(call_id)))
                 },
             )
         }
@@ -638,6 +660,28 @@ pub unsafe extern "C" fn oc_calling_reject(handle: OcHandle, out_request: *mut u
 pub unsafe extern "C" fn oc_calling_hangup(handle: OcHandle, out_request: *mut u64) -> i32 {
     // SAFETY: as the caller promises.
     unsafe { plain_request(handle, out_request, Plain::Hangup) }
+}
+
+/// The call's statistics (the current call, or the last one); completion
+/// `"call_stats"` with `"stats"`: the local user's and each other member's
+/// network quality, round trip, loss, jitter, bitrate and transport
+/// (docs/bindings.md).
+///
+/// # Safety
+/// `out_request` points to writable memory for a `u64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn oc_calling_call_stats(handle: OcHandle, out_request: *mut u64) -> i32 {
+    guarded(|| {
+        let work = |calling: Arc<TRTCCalling>| async move {
+            let stats = calling.call_stats().await?;
+            Ok(Completed {
+                call_id: None,
+                stats: Some(stats.to_json()),
+            })
+        };
+        // SAFETY: as the caller promises.
+        unsafe { start(handle, out_request, Request::CallStats, work) }
+    })
 }
 
 /// Stops (`true`) or resumes sending the microphone (`setMicMute`).

@@ -228,6 +228,16 @@ impl Calling {
         self.run(py, async move { calling.hangup().await })
     }
 
+    /// The call's statistics as JSON (docs/bindings.md): the local user's
+    /// network quality, round trip, loss each way, jitter, bitrate, frame
+    /// length, transport and echo figures; per other member the same from
+    /// its side and our jitter buffer's view of its audio.
+    fn call_stats(&self, py: Python<'_>) -> PyResult<String> {
+        let calling = Arc::clone(&self.calling);
+        let stats = self.run(py, async move { calling.call_stats().await })?;
+        Ok(stats.to_json().to_string())
+    }
+
     /// Stops (`True`) or resumes sending the microphone.
     fn set_mic_mute(&self, muted: bool) {
         self.calling.set_mic_mute(muted);

@@ -58,14 +58,15 @@ class Server:
 
 
 async def expect(calling: Calling, callback: str, seconds: float = 10) -> Event:
-    """The next event other than volume reports, which must be `callback`
-    (the original's name, or ours for an extension event)."""
+    """The next event other than the periodic reports (volume, network
+    quality), which must be `callback` (the original's name, or ours for an
+    extension event)."""
     deadline = time.monotonic() + seconds
     while True:
         left = deadline - time.monotonic()
         assert left > 0, f"no {callback} in time"
         event = await calling.next_event(left)
-        if event is None or event.callback == "onUserVoiceVolume":
+        if event is None or event.callback == "onUserVoiceVolume" or event.name == "NetworkQuality":
             continue
         assert callback in (event.callback, event.name), f"expected {callback}, got {event}"
         return event
@@ -101,6 +102,13 @@ async def two_users_call_and_hear_each_other(server: Server) -> None:
     heard = await asyncio.gather(loudest_remote(alice, 2.0), loudest_remote(bob, 2.0))
     print(f"loudest remote level: alice heard {heard[0]}, bob heard {heard[1]}")
     assert min(heard) >= 20, heard
+    stats = await alice.call_stats()
+    assert stats["local"]["transport"] == "quic", stats
+    assert stats["local"]["frame_ms"] in (10, 20), stats
+    (member,) = stats["remote"]
+    assert member["user_id"] == "bob", stats
+    assert member["bitrate_kbps"] is not None and member["bitrate_kbps"] > 5, stats
+    assert member["quality"] in ("excellent", "good"), stats
     bob.set_mic_mute(True)
     assert bob.mic_muted
     assert (await expect(alice, "onUserAudioAvailable")).data == {"user_id": "bob", "available": False}

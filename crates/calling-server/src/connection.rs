@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use calling_api::ErrorCode;
 use signaling_link::{DatagramSource, Link, LinkError, MediaLink, Transport};
 use signaling_proto::{
-    AcceptedLogin, ClientMessage, ConnId, Credentials, LoginRefusal, ServerMessage, UserSig,
-    check_login, login_account,
+    AcceptedLogin, ClientMessage, ConnId, Credentials, DatagramKind, LoginRefusal, MediaHeader,
+    PathQuality, PathTransport, ServerMessage, UserSig, check_login, login_account,
 };
 use signaling_quic::QuicAttempt;
 use tokio::sync::{mpsc, oneshot};
@@ -518,12 +519,97 @@ async fn answer_admitted<T: Transport>(
 
 /// Relays what the connection sends as datagrams (within its audio
 /// budget) until the link closes.
-async fn relay_datagrams<M: DatagramSource>(media: M, shared: Arc<Shared>, conn: ConnId) {
+async fn relay_datagrams<M: DatagramSource + MediaLink>(
+    media: M,
+    shared: Arc<Shared>,
+    conn: ConnId,
+) {
     let mut budget = ConnectionBudget::new(conn, &shared.connection_limits);
+    let mut arrivals = ArrivalLoss::default();
     while let Ok(datagram) = media.recv_datagram().await {
         if budget.admit_datagram(Instant::now(), datagram.len(), &shared.limit_counters) {
+            let datagram = arrivals.count_or_stamp(datagram, &media);
             shared.routes.relay(conn, datagram);
         }
+    }
+}
+
+/// What the server measures of a sender's audio on its way in: packets
+/// due and received since the sender's previous word about its network.
+#[derive(Debug, Default)]
+struct ArrivalLoss {
+    first: Option<u32>,
+    highest: u32,
+    received: u32,
+}
+
+impl ArrivalLoss {
+    /// The fewest packets due for a measured uplink loss.
+    const MIN_DUE: u32 = 10;
+
+    /// Counts an audio datagram; stamps a word about the sender's network
+    /// with the server's own measurements (its round trip as the transport
+    /// measures it, the uplink loss counted here, its transport) and starts
+    /// counting afresh. Anything else passes as it is.
+    fn count_or_stamp(&mut self, datagram: Bytes, media: &impl MediaLink) -> Bytes {
+        let Ok((header, payload)) = MediaHeader::decode(&datagram) else {
+            return datagram;
+        };
+        match header.kind {
+            DatagramKind::Audio => {
+                self.count(header.sequence);
+                datagram
+            }
+            DatagramKind::Quality => {
+                let payload_start = datagram.len() - payload.len();
+                let rtt_ms = media
+                    .path_stats()
+                    .map(|path| u16::try_from(path.rtt.as_millis()).unwrap_or(u16::MAX - 1));
+                let transport = if media.datagrams_over_stream() {
+                    PathTransport::Fallback
+                } else {
+                    PathTransport::Quic
+                };
+                let uplink = self.take_loss_percent();
+                let mut stamped = BytesMut::from(&datagram[..]);
+                if PathQuality::stamp(&mut stamped[payload_start..], rtt_ms, uplink, transport) {
+                    stamped.freeze()
+                } else {
+                    datagram
+                }
+            }
+            _ => datagram,
+        }
+    }
+
+    fn count(&mut self, sequence: u32) {
+        match self.first {
+            None => {
+                self.first = Some(sequence);
+                self.highest = sequence;
+            }
+            Some(first) => {
+                // Sequence numbers wrap: compare as distances from the first.
+                let ahead = sequence.wrapping_sub(first);
+                if ahead < (1 << 31) && ahead > self.highest.wrapping_sub(first) {
+                    self.highest = sequence;
+                }
+            }
+        }
+        self.received = self.received.saturating_add(1);
+    }
+
+    /// The share lost since the last call, once enough were due; starts
+    /// afresh from the next packet.
+    fn take_loss_percent(&mut self) -> Option<u8> {
+        let first = self.first.take()?;
+        let due = self.highest.wrapping_sub(first).saturating_add(1);
+        let received = std::mem::take(&mut self.received).min(due);
+        if due < Self::MIN_DUE {
+            return None;
+        }
+        let lost = due - received;
+        Some(u8::try_from(lost * 100 / due).unwrap_or(100))
     }
 }
 
@@ -551,5 +637,31 @@ async fn write<T: Transport>(
             counters.write_timed_out();
             Some(Ended::Stalled)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uplink_loss_is_counted_between_two_words_across_a_wrap() {
+        let mut arrivals = ArrivalLoss::default();
+        assert_eq!(arrivals.take_loss_percent(), None, "nothing counted");
+        // 20 due from just below the wrap, 2 lost, one late and reordered.
+        let first = u32::MAX - 9;
+        for offset in (0..20_u32).filter(|offset| *offset != 4 && *offset != 11) {
+            arrivals.count(first.wrapping_add(offset));
+        }
+        arrivals.count(first.wrapping_add(3));
+        assert_eq!(
+            arrivals.take_loss_percent(),
+            Some(5),
+            "1 of 20 after the duplicate"
+        );
+        for sequence in 100..105 {
+            arrivals.count(sequence);
+        }
+        assert_eq!(arrivals.take_loss_percent(), None, "too few due");
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
-use signaling_proto::{ConnId, DatagramKind, FlowId, MediaHeader};
+use signaling_proto::{ConnId, DatagramKind, FlowId, MediaHeader, PathQuality};
 
 /// Where one member's audio goes.
 #[derive(Debug)]
@@ -147,11 +147,13 @@ impl MediaRoutes {
             stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        // A loss report or features the document calls invalid goes no
-        // further: one byte, and a report's at most 100 (%).
+        // A loss report, features or a quality word the document calls
+        // invalid goes no further: one byte, a report's at most 100 (%); a
+        // quality word's seven bytes.
         let invalid = match header.kind {
             DatagramKind::Report => !matches!(payload, [percent] if *percent <= 100),
             DatagramKind::Features => payload.len() != 1,
+            DatagramKind::Quality => PathQuality::from_payload(payload).is_none(),
             _ => false,
         };
         if invalid {

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use calling_facade::dev::{DevServer, generate_test_user_sig};
 use calling_facade::{
-    AudioDevices, CallType, CallingError, CallingEvent, CaptureDevice, CertFingerprint,
-    ClientOptions, EndReason, ErrorCode, EventStream, PlaybackDevice, ServerTrust, Signal,
-    TRTCCalling, VoiceProcessing, list_audio_devices,
+    AudioDevices, CallStats, CallStatus, CallType, CallingError, CallingEvent, CaptureDevice,
+    CertFingerprint, ClientOptions, EndReason, ErrorCode, EventStream, PlaybackDevice, ServerTrust,
+    Signal, TRTCCalling, VoiceProcessing, list_audio_devices,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -42,6 +42,11 @@ struct Cli {
     /// Print every event as one JSON object per line
     #[arg(long, global = true)]
     json: bool,
+    /// Print the call's statistics every second while in a call (network
+    /// quality, round trip, loss, jitter, bitrate per member); with
+    /// --json as `{"ms": …, "stats": …}` lines
+    #[arg(long, global = true)]
+    stats: bool,
     /// Without a command: the interactive softphone
     #[command(subcommand)]
     command: Option<Command>,
@@ -342,6 +347,9 @@ async fn run(cli: Cli) -> Result<Outcome, String> {
         return outcome.map(|()| Outcome::Done);
     };
     printer.status(&format!("logged in as {user}"));
+    let stats = cli
+        .stats
+        .then(|| tokio::spawn(print_stats(Arc::clone(&calling), cli.json, printer.started)));
     let bot = async {
         match command {
             Command::Answer {
@@ -393,8 +401,65 @@ async fn run(cli: Cli) -> Result<Outcome, String> {
             Ok(Outcome::Done)
         }
     };
+    if let Some(stats) = stats {
+        stats.abort();
+    }
     calling.shutdown().await;
     outcome
+}
+
+/// Prints the call's statistics each second while in a call.
+async fn print_stats(calling: Arc<TRTCCalling>, json: bool, started: Instant) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every_second.tick().await;
+        if !matches!(calling.status().call, CallStatus::InCall { .. }) {
+            continue;
+        }
+        let Ok(stats) = calling.call_stats().await else {
+            continue;
+        };
+        if json {
+            let ms = started.elapsed().as_millis();
+            println!(
+                "{}",
+                serde_json::json!({ "ms": ms, "stats": stats.to_json() })
+            );
+        } else {
+            println!(
+                "[{:>7.1}s]   {}",
+                started.elapsed().as_secs_f64(),
+                stats_line(&stats)
+            );
+        }
+    }
+}
+
+/// The statistics in one line for a person.
+fn stats_line(stats: &CallStats) -> String {
+    let figure = |value: Option<String>| value.unwrap_or_else(|| "?".into());
+    let local = &stats.local;
+    let mut line = format!(
+        "stats: you {} (rtt {} ms, loss sent {} % received {} %, {} kbps, {} ms frames)",
+        local.quality,
+        figure(local.rtt_ms.map(|rtt| rtt.to_string())),
+        figure(local.loss_sent_percent.map(|loss| loss.to_string())),
+        figure(local.loss_received_percent.map(|loss| loss.to_string())),
+        figure(local.bitrate_kbps.map(|kbps| format!("{kbps:.0}"))),
+        local.frame_ms,
+    );
+    for member in &stats.remote {
+        line.push_str(&format!(
+            "; {} {} (rtt {} ms, lost {} %, jitter {} ms, {} kbps)",
+            member.user_id,
+            member.quality,
+            figure(member.rtt_ms.map(|rtt| rtt.to_string())),
+            figure(member.loss_received_percent.map(|loss| loss.to_string())),
+            figure(member.jitter_ms.map(|jitter| format!("{jitter:.1}"))),
+            figure(member.bitrate_kbps.map(|kbps| format!("{kbps:.0}"))),
+        ));
+    }
+    line
 }
 
 fn describe(error: &CallingError) -> String {

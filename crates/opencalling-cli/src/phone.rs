@@ -1,6 +1,7 @@
 //! The interactive softphone: a terminal UI over the SDK. It shows who you
 //! are, the connection (reconnecting included), the call, each member with
-//! a live level bar from `onUserVoiceVolume`, mute and hands-free, and a
+//! a live level bar from `onUserVoiceVolume` and network quality bars (the
+//! network quality reports), mute and hands-free, and a
 //! scrolling event log; keys call, accept, reject, hang up, mute, switch
 //! hands-free and quit. An incoming call rings the terminal bell.
 //!
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use calling_facade::{
-    CallStatus, CallType, CallingEvent, EventStream, SessionStatus, TRTCCalling, VoiceProcessing,
+    CallStatus, CallType, CallingEvent, EventStream, NetworkQuality, SessionStatus, TRTCCalling,
+    VoiceProcessing,
 };
 use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -33,6 +35,7 @@ struct Member {
     level: u8,
     audio: bool,
     reconnecting: bool,
+    quality: NetworkQuality,
 }
 
 #[derive(Debug)]
@@ -52,6 +55,7 @@ struct Phone {
     call: CallView,
     members: BTreeMap<String, Member>,
     my_level: u8,
+    my_quality: NetworkQuality,
     muted: bool,
     hands_free: bool,
     /// The voice processing turned off, as a mark ("" when all is on).
@@ -98,6 +102,16 @@ impl Phone {
                     member.reconnecting = !back;
                 }
             }
+            CallingEvent::NetworkQuality { local, remote } => {
+                self.my_quality = *local;
+                for member in remote {
+                    if let Some(shown) = self.members.get_mut(member.user_id.as_str()) {
+                        shown.quality = member.quality;
+                    }
+                }
+                // The bars show it.
+                return false;
+            }
             CallingEvent::InviteeOffline { user_id } => {
                 self.note(format!(
                     "{user_id} is offline: it rings if they log in before the invitation times out"
@@ -142,6 +156,7 @@ impl Phone {
         };
         if !matches!(self.call, CallView::InCall) {
             self.my_level = 0;
+            self.my_quality = NetworkQuality::Unknown;
         }
     }
 
@@ -167,10 +182,11 @@ impl Phone {
 
     fn member_lines(&self) -> Vec<Line<'static>> {
         let mut lines = vec![Line::from(format!(
-            "{:<16} {} {:>3}  {}  {}{}",
+            "{:<16} {} {:>3} {}  {}  {}{}",
             format!("{} (you)", self.me),
             bar(self.my_level),
             self.my_level,
+            quality_bars(self.my_quality),
             if self.muted { "MUTED" } else { "mic on" },
             if self.hands_free {
                 "hands-free"
@@ -191,9 +207,10 @@ impl Phone {
                 state.push("not heard: we are reconnecting");
             }
             lines.push(Line::from(format!(
-                "{user:<16} {} {:>3}  {}",
+                "{user:<16} {} {:>3} {}  {}",
                 bar(member.level),
                 member.level,
+                quality_bars(member.quality),
                 state.join(", ")
             )));
         }
@@ -253,6 +270,21 @@ impl Phone {
 fn bar(level: u8) -> String {
     let full = usize::from(level.min(100)).div_ceil(10);
     format!("[{}{}]", "█".repeat(full), " ".repeat(10 - full))
+}
+
+/// A network quality as a phone shows it: five bars for excellent down to
+/// one for very bad; "down" and "?" (not measured yet) in words.
+fn quality_bars(quality: NetworkQuality) -> String {
+    let bars = match quality {
+        NetworkQuality::Unknown => return "net ?    ".into(),
+        NetworkQuality::Down => return "net down ".into(),
+        NetworkQuality::Excellent => 5,
+        NetworkQuality::Good => 4,
+        NetworkQuality::Poor => 3,
+        NetworkQuality::Bad => 2,
+        NetworkQuality::VeryBad => 1,
+    };
+    format!("net {}{}", "▮".repeat(bars), "▯".repeat(5 - bars))
 }
 
 /// What a key asks of the SDK.
@@ -371,6 +403,7 @@ pub(crate) async fn run(
         call: CallView::Idle,
         members: BTreeMap::new(),
         my_level: 0,
+        my_quality: NetworkQuality::Unknown,
         muted: calling.is_mic_muted(),
         hands_free: calling.is_hands_free(),
         processing_off: processing_off(calling.options().voice_processing_in_effect()),

@@ -163,6 +163,7 @@ async fn answer_plays_a_file_records_the_caller_and_hangs_up() {
         "--output",
         bot_hears.to_str().unwrap(),
         "--json",
+        "--stats",
         "answer",
         "--hang-up-after",
         "4",
@@ -200,6 +201,16 @@ async fn answer_plays_a_file_records_the_caller_and_hangs_up() {
         .find(|line| line["event"]["CallEnded"].is_object())
         .expect("the call's end and reason");
     assert_eq!(ended["event"]["CallEnded"]["reason"], "Hangup");
+    // --stats: a line a second in the call, alice among the members.
+    let stats: Vec<_> = lines
+        .seen
+        .iter()
+        .filter(|line| line["stats"].is_object())
+        .collect();
+    assert!(stats.len() >= 2, "{} stats lines", stats.len());
+    let last = stats[stats.len() - 1];
+    assert_eq!(last["stats"]["remote"][0]["user_id"], "alice", "{last}");
+    assert_eq!(last["stats"]["local"]["transport"], "quic", "{last}");
     alice.shutdown().await;
     assert_heard(&alice_says, &bot_hears, "the bot hears alice");
     assert_heard(&bot_says, &alice_hears, "alice hears the bot");

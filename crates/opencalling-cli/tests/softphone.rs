@@ -100,6 +100,13 @@ async fn two_softphones_call_each_other_in_real_terminals() {
             tmux.until(user, "a moving level bar", |screen| {
                 level_of(screen, other).is_some_and(|level| level > 0)
             });
+            // Loopback is an excellent or good network (a busy machine
+            // adds jitter): four or five bars for the other.
+            tmux.until(user, "network quality bars", |screen| {
+                screen
+                    .lines()
+                    .any(|line| line.contains(other) && line.contains("net ▮▮▮▮"))
+            });
         }
         tmux.keys("bob", &["m"]);
         tmux.until("alice", "bob muted", |screen| {

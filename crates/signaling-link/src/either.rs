@@ -69,6 +69,13 @@ impl<A: MediaLink, B: MediaLink> MediaLink for EitherPart<A, B> {
         }
     }
 
+    fn datagrams_over_stream(&self) -> bool {
+        match self {
+            Self::First(media) => media.datagrams_over_stream(),
+            Self::Second(media) => media.datagrams_over_stream(),
+        }
+    }
+
     fn max_datagram_size(&self) -> Option<usize> {
         match self {
             Self::First(media) => media.max_datagram_size(),

@@ -33,6 +33,12 @@ pub trait MediaLink: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Whether datagrams travel over a reliable byte stream (the fallback
+    /// over TCP) rather than as datagrams.
+    fn datagrams_over_stream(&self) -> bool {
+        false
+    }
+
     /// The largest datagram the link can send now, if it has a limit
     /// (QUIC: what the path and the peer allow). A larger one is not sent.
     fn max_datagram_size(&self) -> Option<usize> {

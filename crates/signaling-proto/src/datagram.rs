@@ -7,7 +7,7 @@
 //! 4 bytes     timestamp in 48 kHz ticks, big-endian
 //! 1 byte      voice activity (bit 7) | level in -dBov, 0–127 (bits 0–6), as RFC 6464
 //! rest        payload (an Opus packet for audio, a [`LossReport`] or a
-//!             [`ReceiverFeatures`] byte)
+//!             [`ReceiverFeatures`] byte, a [`PathQuality`])
 //! ```
 //!
 //! Encoding and decoding never allocate: the audio path calls them per frame.
@@ -40,6 +40,128 @@ pub enum DatagramKind {
     /// flow id names the sender, the payload is one byte of flags
     /// ([`ReceiverFeatures`]). Delivered as a loss report is.
     Features = 4,
+    /// A member's word about its own network ([`PathQuality`]), about once
+    /// a second: relayed to every other member of the call, as audio is,
+    /// with the sender's round-trip time and transport written in by the
+    /// server, which measures them.
+    Quality = 5,
+}
+
+/// The payload of a [`DatagramKind::Quality`] datagram, 7 bytes: what a
+/// member knows of its own network. Each figure may be unknown (all bits
+/// set on the wire).
+///
+/// ```text
+/// 2 bytes  round-trip time to the server, ms, big-endian (written by the server)
+/// 1 byte   uplink loss, %: of the sender's audio on its way to the server
+///          (written by the server once it has counted 10 packets since the
+///          sender's previous word; until then the sender's own estimate)
+/// 1 byte   downlink loss, %: of the others' audio on its way from the server
+///          to the sender (the sender's estimate: what it loses of each
+///          other member's audio less that member's uplink loss; the worst)
+/// 2 bytes  jitter, ms, big-endian: of the others' audio at the sender (the worst)
+/// 1 byte   transport: 0 QUIC, 1 the fallback (written by the server)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PathQuality {
+    /// Round trip between the member and the server, in milliseconds.
+    pub rtt_ms: Option<u16>,
+    /// Share of the member's audio lost on its way to the server, in
+    /// percent.
+    pub uplink_loss_percent: Option<u8>,
+    /// Share of the others' audio lost on its way from the server to the
+    /// member, in percent.
+    pub downlink_loss_percent: Option<u8>,
+    /// Inter-arrival jitter of the others' audio at the member, in ms.
+    pub jitter_ms: Option<u16>,
+    /// How the member is connected.
+    pub transport: Option<PathTransport>,
+}
+
+/// How a member reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathTransport {
+    /// QUIC over UDP.
+    Quic,
+    /// The fallback: WebSocket over TLS over TCP.
+    Fallback,
+}
+
+impl PathQuality {
+    /// Bytes of the payload.
+    pub const LEN: usize = 7;
+
+    /// The payload bytes.
+    pub fn to_payload(self) -> [u8; Self::LEN] {
+        let [r0, r1] = self.rtt_ms.unwrap_or(u16::MAX).to_be_bytes();
+        let [j0, j1] = self.jitter_ms.unwrap_or(u16::MAX).to_be_bytes();
+        let percent = |loss: Option<u8>| loss.map_or(u8::MAX, |loss| loss.min(100));
+        [
+            r0,
+            r1,
+            percent(self.uplink_loss_percent),
+            percent(self.downlink_loss_percent),
+            j0,
+            j1,
+            transport_byte(self.transport),
+        ]
+    }
+
+    /// Reads a payload; `None` unless it is 7 bytes with losses of at most
+    /// 100 % (or unknown) and a known transport (or unknown).
+    pub fn from_payload(payload: &[u8]) -> Option<Self> {
+        let [r0, r1, up, down, j0, j1, transport] = *payload else {
+            return None;
+        };
+        let percent = |byte: u8| match byte {
+            0..=100 => Some(Some(byte)),
+            u8::MAX => Some(None),
+            _ => None,
+        };
+        let known = |value: u16| (value != u16::MAX).then_some(value);
+        Some(Self {
+            rtt_ms: known(u16::from_be_bytes([r0, r1])),
+            uplink_loss_percent: percent(up)?,
+            downlink_loss_percent: percent(down)?,
+            jitter_ms: known(u16::from_be_bytes([j0, j1])),
+            transport: match transport {
+                0 => Some(PathTransport::Quic),
+                1 => Some(PathTransport::Fallback),
+                u8::MAX => None,
+                _ => return None,
+            },
+        })
+    }
+
+    /// Writes the server's measurements into a payload in place: the
+    /// round trip and the uplink loss (each if measured) and the transport.
+    /// `false`, with nothing written, when `payload` is not a valid one.
+    pub fn stamp(
+        payload: &mut [u8],
+        rtt_ms: Option<u16>,
+        uplink_loss_percent: Option<u8>,
+        transport: PathTransport,
+    ) -> bool {
+        if Self::from_payload(payload).is_none() {
+            return false;
+        }
+        if let Some(rtt) = rtt_ms {
+            payload[..2].copy_from_slice(&rtt.to_be_bytes());
+        }
+        if let Some(loss) = uplink_loss_percent {
+            payload[2] = loss.min(100);
+        }
+        payload[6] = transport_byte(Some(transport));
+        true
+    }
+}
+
+fn transport_byte(transport: Option<PathTransport>) -> u8 {
+    match transport {
+        Some(PathTransport::Quic) => 0,
+        Some(PathTransport::Fallback) => 1,
+        None => u8::MAX,
+    }
 }
 
 /// The payload of a [`DatagramKind::Features`] datagram: one byte of
@@ -138,6 +260,7 @@ impl DatagramKind {
             2 => Some(Self::KeepAlive),
             3 => Some(Self::Report),
             4 => Some(Self::Features),
+            5 => Some(Self::Quality),
             _ => None,
         }
     }
@@ -393,6 +516,49 @@ mod tests {
                 0x80 | 42
             ]
         );
+    }
+
+    /// docs/protocol.md's example of a quality datagram's payload.
+    #[test]
+    fn path_quality_layout_and_the_servers_stamp() {
+        let quality = PathQuality {
+            rtt_ms: Some(48),
+            uplink_loss_percent: Some(3),
+            downlink_loss_percent: None,
+            jitter_ms: Some(12),
+            transport: None,
+        };
+        let mut payload = quality.to_payload();
+        assert_eq!(payload, [0x00, 0x30, 0x03, 0xff, 0x00, 0x0c, 0xff]);
+        assert_eq!(PathQuality::from_payload(&payload), Some(quality));
+        assert!(PathQuality::stamp(
+            &mut payload,
+            Some(300),
+            Some(7),
+            PathTransport::Fallback
+        ));
+        assert_eq!(payload, [0x01, 0x2c, 0x07, 0xff, 0x00, 0x0c, 0x01]);
+        assert!(PathQuality::stamp(
+            &mut payload,
+            None,
+            None,
+            PathTransport::Quic
+        ));
+        assert_eq!(
+            PathQuality::from_payload(&payload).map(|stamped| (stamped.rtt_ms, stamped.transport)),
+            Some((Some(300), Some(PathTransport::Quic)))
+        );
+        assert_eq!(PathQuality::from_payload(&payload[..6]), None);
+        assert_eq!(PathQuality::from_payload(&[0, 0, 101, 0, 0, 0, 0]), None);
+        assert_eq!(PathQuality::from_payload(&[0, 0, 0, 0, 0, 0, 2]), None);
+        let mut bad = [0, 0, 101, 0, 0, 0, 0];
+        assert!(!PathQuality::stamp(
+            &mut bad,
+            Some(1),
+            None,
+            PathTransport::Quic
+        ));
+        assert_eq!(bad, [0, 0, 101, 0, 0, 0, 0], "nothing written");
     }
 
     #[test]

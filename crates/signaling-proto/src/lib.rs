@@ -15,7 +15,10 @@ pub mod switchboard;
 pub mod timer;
 
 pub use call_event::{CallEvent, InvitationOutcome};
-pub use datagram::{DatagramError, DatagramKind, LossReport, MediaHeader, ReceiverFeatures};
+pub use datagram::{
+    DatagramError, DatagramKind, LossReport, MediaHeader, PathQuality, PathTransport,
+    ReceiverFeatures,
+};
 pub use engine::{CallEngine, CallOptions, Completion, EngineStatus, Invitation, ReconnectTimings};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use limit::TokenBucket;

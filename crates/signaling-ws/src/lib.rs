@@ -248,6 +248,10 @@ impl MediaLink for WsMedia {
     fn close(&self, code: ErrorCode, reason: &str) {
         self.shared.request_close(code, reason);
     }
+
+    fn datagrams_over_stream(&self) -> bool {
+        true
+    }
 }
 
 impl DatagramSource for WsMedia {

@@ -557,8 +557,7 @@ on_one_server_and_on_three_nodes! {
         let listener = {
             let heard = Arc::clone(&heard);
             bob.calling.register_listener(move |event: &CallingEvent| {
-                if event.original_name().is_some()
-                    && !matches!(event, CallingEvent::UserVoiceVolume { .. })
+                if event.original_name().is_some() && !event.is_report()
                 {
                     heard
                         .lock()

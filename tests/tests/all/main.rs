@@ -22,6 +22,7 @@ mod lossy;
 mod map;
 mod media;
 mod operations;
+mod quality;
 mod reconnect;
 mod resilience;
 mod support;

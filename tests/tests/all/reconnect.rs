@@ -45,13 +45,13 @@ async fn talker(server: &TestServer, name: &str, address: String) -> (User, Arc<
     (user, clock)
 }
 
-/// The events until `quiet` passes without one (volume reports aside).
+/// The events until `quiet` passes without one (periodic reports aside).
 async fn drain(user: &mut User, quiet: Duration) -> Vec<CallingEvent> {
     let mut events = Vec::new();
     let mut deadline = tokio::time::Instant::now() + quiet;
     loop {
         match tokio::time::timeout_at(deadline, user.events.recv()).await {
-            Ok(Some(CallingEvent::UserVoiceVolume { .. })) => {}
+            Ok(Some(event)) if event.is_report() => {}
             Ok(Some(event)) => {
                 events.push(event);
                 deadline = tokio::time::Instant::now() + quiet;

@@ -136,14 +136,15 @@ pub struct User {
 }
 
 impl User {
-    /// The next event other than the periodic volume report.
+    /// The next event other than the periodic reports (volume, network
+    /// quality).
     pub async fn next(&mut self) -> CallingEvent {
         loop {
             let event = tokio::time::timeout(EVENT_WAIT, self.events.recv())
                 .await
                 .unwrap_or_else(|_| panic!("{}: no event within {EVENT_WAIT:?}", self.id))
                 .unwrap_or_else(|| panic!("{}: event stream closed", self.id));
-            if !matches!(event, CallingEvent::UserVoiceVolume { .. }) {
+            if !event.is_report() {
                 return event;
             }
         }
@@ -187,13 +188,14 @@ impl User {
         self.expect_end(EndReason::NoResponse).await;
     }
 
-    /// Asserts no event other than volume reports arrives within `quiet`.
+    /// Asserts no event other than the periodic reports arrives within
+    /// `quiet`.
     pub async fn expect_quiet(&mut self, quiet: Duration) {
         let deadline = tokio::time::Instant::now() + quiet;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => return,
-                Ok(Some(CallingEvent::UserVoiceVolume { .. })) => {}
+                Ok(Some(event)) if event.is_report() => {}
                 Ok(other) => panic!("{}: expected nothing, got {other:?}", self.id),
             }
         }

@@ -36,6 +36,7 @@ typedef struct {
     char *events[MAX_EVENTS];
     int count;
     int loudest_remote; /* the highest total_volume of onUserVoiceVolume */
+    int quality_reports; /* NetworkQuality events, counted apart as volume is */
 } User;
 
 static void on_event(void *user_data, const char *json) {
@@ -45,6 +46,9 @@ static void on_event(void *user_data, const char *json) {
     if (volume != NULL) {
         int level = atoi(volume + strlen("\"total_volume\":"));
         if (level > user->loudest_remote) user->loudest_remote = level;
+    } else if (strstr(json, "\"NetworkQuality\"") != NULL) {
+        /* A periodic report like the volume: its own schedule. */
+        user->quality_reports++;
     } else if (user->count < MAX_EVENTS) {
         /* Copied: the JSON lives only during this call. */
         user->events[user->count++] = strdup(json);
@@ -79,7 +83,7 @@ static void expect(User *user, const int *from, const char *first, const char *s
 }
 
 /* Asserts that the step since *from brought exactly `count` events (volume
- * reports aside): the ones expected, and nothing else. */
+ * and network quality reports aside): the ones expected, and nothing else. */
 static void exactly(User *user, const int *from, int count) {
     pthread_mutex_lock(&user->lock);
     int seen = user->count - *from;
@@ -240,6 +244,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "loudest remote level: alice heard %d, bob heard %d\n", alice_heard, bob_heard);
     CHECK(alice_heard >= 20);
     CHECK(bob_heard >= 20);
+
+    /* The call's statistics, and its network quality reports meanwhile. */
+    step(&alice, &seen_a);
+    CHECK(oc_calling_call_stats(a, &request) == OC_OK);
+    expect(&alice, &seen_a, completion_of(request), "\"transport\":\"quic\"");
+    expect(&alice, &seen_a, completion_of(request), "\"user_id\":\"bob\"");
+    pthread_mutex_lock(&alice.lock);
+    CHECK(alice.quality_reports >= 1);
+    pthread_mutex_unlock(&alice.lock);
 
     step(&alice, &seen_a);
     step(&bob, &seen_b);

@@ -170,6 +170,12 @@ class Calling:
         """Cancels before anyone answered; leaves the call otherwise."""
         await asyncio.to_thread(_sdk, self._native.hangup)
 
+    async def call_stats(self) -> dict:
+        """The call's statistics (the current call, or the last one): the
+        local user's and each other member's network quality, round trip,
+        loss, jitter, bitrate and transport (docs/bindings.md)."""
+        return json.loads(await asyncio.to_thread(_sdk, self._native.call_stats))
+
     def set_mic_mute(self, muted: bool) -> None:
         """Stops (True) or resumes sending the microphone."""
         self._native.set_mic_mute(muted)

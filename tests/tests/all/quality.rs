@@ -1,0 +1,192 @@
+//! Network quality as both ends of a call see it: a member on a poor path
+//! (the fault proxy: a tenth of the packets lost each way, 150 ms added to
+//! the round trip) is rated poor or worse by itself and by the other
+//! member within 3 s, and back once the path recovers; the statistics say
+//! what the proxy does.
+
+use std::time::{Duration, Instant};
+
+use calling_api::{CallingEvent, NetworkQuality};
+use calling_facade::{
+    AudioDevices, CaptureDevice, Fallback, MediaTransport, PlaybackDevice, Signal, TRTCCalling,
+};
+use opencalling_tests::proxy::FaultProxy;
+
+use crate::support::*;
+
+/// A user with a tone for a microphone, through `address`.
+async fn tone_user(server: &TestServer, name: &str, address: String, hz: f32) -> User {
+    let mut options = server.options();
+    options.server = address;
+    options.fallback = Fallback::Off;
+    options.audio = AudioDevices {
+        capture: CaptureDevice::Synthetic(Signal::Tone {
+            frequency: hz,
+            amplitude: 0.4,
+        }),
+        playback: PlaybackDevice::Null,
+    };
+    let calling = TRTCCalling::new(options);
+    let events = calling.events();
+    calling
+        .login(server.app.sdk_app_id, name, &server.sig(name))
+        .await
+        .unwrap();
+    User {
+        id: uid(name),
+        calling,
+        events,
+    }
+}
+
+/// Reads `user`'s events until a network quality report satisfies `done`
+/// (local, and the one remote member's), within `limit`; how long it took.
+async fn until_quality(
+    user: &mut User,
+    limit: Duration,
+    done: impl Fn(NetworkQuality, NetworkQuality) -> bool,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut last = None;
+    let waited = tokio::time::timeout(limit, async {
+        loop {
+            let Some(event) = user.events.recv().await else {
+                return;
+            };
+            if let CallingEvent::NetworkQuality { local, remote } = event {
+                let member = remote
+                    .first()
+                    .map_or(NetworkQuality::Unknown, |m| m.quality);
+                last = Some((local, member));
+                if done(local, member) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(()) => Ok(started.elapsed()),
+        Err(_) => Err(format!("{}: last report {last:?}", user.id)),
+    }
+}
+
+fn poor_or_worse(quality: NetworkQuality) -> bool {
+    matches!(
+        quality,
+        NetworkQuality::Poor | NetworkQuality::Bad | NetworkQuality::VeryBad
+    )
+}
+
+fn fine(quality: NetworkQuality) -> bool {
+    matches!(quality, NetworkQuality::Excellent | NetworkQuality::Good)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poor_path_shows_on_both_sides_within_3_s_and_recovers() {
+    let server = TestServer::start("network-quality").await;
+    let proxy = FaultProxy::start(server.server.local_addr()).await;
+    let mut alice = tone_user(&server, "alice", proxy.addr.to_string(), 440.0).await;
+    let mut bob = tone_user(
+        &server,
+        "bob",
+        server.server.local_addr().to_string(),
+        880.0,
+    )
+    .await;
+    connect(&mut alice, &mut bob).await;
+
+    // A clean path first: both rate alice's network fine.
+    let settle = Duration::from_secs(10);
+    until_quality(&mut alice, settle, |local, _| fine(local))
+        .await
+        .unwrap();
+    until_quality(&mut bob, settle, |_, alice| fine(alice))
+        .await
+        .unwrap();
+    let clean = alice.calling.call_stats().await.unwrap();
+    let clean_rtt = clean.local.rtt_ms.expect("QUIC measures the round trip");
+    assert_eq!(clean.local.transport, Some(MediaTransport::Quic));
+
+    let added_rtt = Duration::from_millis(150);
+    proxy.degrade(0.1, added_rtt / 2);
+    let within = Duration::from_secs(3);
+    let alice_saw = until_quality(&mut alice, within, |local, _| poor_or_worse(local)).await;
+    let bob_saw = until_quality(&mut bob, within, |_, alice| poor_or_worse(alice)).await;
+    alice_saw.unwrap();
+    bob_saw.unwrap();
+
+    // The figures, averaged over a few seconds of the fault, are within
+    // 20 % of what the proxy does.
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let at_alice = alice.calling.call_stats().await.unwrap();
+        let at_bob = bob.calling.call_stats().await.unwrap();
+        samples.push((at_alice, at_bob));
+    }
+    let mean = |values: Vec<f64>| values.iter().sum::<f64>() / values.len() as f64;
+    let within_20 = |what: &str, measured: f64, expected: f64| {
+        assert!(
+            (measured - expected).abs() <= 0.2 * expected,
+            "{what}: {measured:.1} measured, {expected:.1} done by the proxy"
+        );
+    };
+    let rtt_added = mean(
+        samples
+            .iter()
+            .map(|(alice, _)| f64::from(alice.local.rtt_ms.unwrap()) - f64::from(clean_rtt))
+            .collect(),
+    );
+    within_20("round trip added, at alice", rtt_added, 150.0);
+    let server_rtt_added = mean(
+        samples
+            .iter()
+            .map(|(_, bob)| f64::from(bob.remote[0].rtt_ms.unwrap()) - f64::from(clean_rtt))
+            .collect(),
+    );
+    within_20(
+        "alice's round trip added, at bob (the server's)",
+        server_rtt_added,
+        150.0,
+    );
+    let uplink = mean(
+        samples
+            .iter()
+            .map(|(_, bob)| f64::from(bob.remote[0].uplink_loss_percent.unwrap()))
+            .collect(),
+    );
+    within_20(
+        "alice's uplink loss, at bob (the server's count)",
+        uplink,
+        10.0,
+    );
+    let received = mean(
+        samples
+            .iter()
+            .map(|(alice, _)| f64::from(alice.remote[0].loss_received_percent.unwrap()))
+            .collect(),
+    );
+    within_20("what alice loses of bob", received, 10.0);
+    let lost_of_alice = mean(
+        samples
+            .iter()
+            .map(|(_, bob)| f64::from(bob.remote[0].loss_received_percent.unwrap()))
+            .collect(),
+    );
+    within_20("what bob loses of alice", lost_of_alice, 10.0);
+    // Bob's own path is clean: alice's loss is not his.
+    let (_, last_at_bob) = samples.last().unwrap();
+    assert!(fine(last_at_bob.local.quality), "{:?}", last_at_bob.local);
+    assert!(last_at_bob.remote[0].bitrate_kbps.unwrap() > 10.0);
+    assert_eq!(last_at_bob.remote[0].transport, Some(MediaTransport::Quic));
+
+    proxy.degrade(0.0, Duration::ZERO);
+    let recover = Duration::from_secs(6);
+    until_quality(&mut alice, recover, |local, _| fine(local))
+        .await
+        .unwrap();
+    until_quality(&mut bob, recover, |_, alice| fine(alice))
+        .await
+        .unwrap();
+}
