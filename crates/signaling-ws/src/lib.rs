@@ -49,6 +49,12 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// a peer that stops reading cannot keep its socket after its session.
 pub const CLOSE_WITHIN: Duration = Duration::from_millis(500);
 
+/// The kernel's send buffer of an accepted connection (Linux doubles it):
+/// what a client that stops reading can hold of the server's memory, where
+/// autotuning would let it grow to megabytes, and so how soon its stall
+/// shows (a quarter of a second of fifteen speakers' audio).
+pub const ACCEPTED_SEND_BUFFER: usize = 128 * 1024;
+
 /// How far the signaling stream may run ahead of the socket.
 const STREAM_BUFFER: usize = 64 * 1024;
 /// Received datagrams waiting for the reader; more are dropped.
@@ -289,6 +295,9 @@ impl AsyncWrite for WsWrite {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The stream's end is the connection's: from here a write the
+        // peer does not take has CLOSE_WITHIN left, as after a close.
+        self.shared.mark_closing();
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -513,6 +522,7 @@ pub async fn accept<In: serde::de::DeserializeOwned, Out: serde::Serialize>(
     tls: Arc<rustls::ServerConfig>,
 ) -> Result<Link<Ws, In, Out>, WsError> {
     let _ = tcp.set_nodelay(true);
+    let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(ACCEPTED_SEND_BUFFER);
     let tls = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await?;
     let socket = tokio_tungstenite::accept_hdr_async_with_config(
         tls,

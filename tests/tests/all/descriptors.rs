@@ -240,3 +240,205 @@ async fn running_out_of_descriptors_is_survived() {
     .await;
     assert!(served.is_ok(), "the fallback never accepted again");
 }
+
+/// A raw WebSocket client whose socket takes almost nothing unread (a 4 KiB
+/// receive buffer), logged in as `user`; it reads until `until` says so,
+/// then as long as the test makes it.
+struct RawWebSocket {
+    socket:
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    frames: signaling_proto::FrameDecoder,
+}
+
+impl RawWebSocket {
+    async fn log_in(server: &ChildServer, user: &str) -> Self {
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        tcp.set_recv_buffer_size(4096).unwrap();
+        let tcp = tcp.connect(server.addr).await.unwrap();
+        let mut config = signaling_tls::tls_client_config(&server.trust).unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let url = format!("wss://localhost{}", signaling_ws::PATH);
+        let socket = tokio_tungstenite::client_async(url, tls).await.unwrap().0;
+        let mut client = Self {
+            socket,
+            frames: signaling_proto::FrameDecoder::default(),
+        };
+        let sig = calling_server::usersig::generate(
+            u64::from(server.app),
+            &server.key,
+            user,
+            3_600,
+            now(),
+            None,
+        );
+        client
+            .send(&ClientMessage::Login {
+                protocol_version: 1,
+                sdk_app_id: server.app,
+                user_id: UserId::new(user).unwrap(),
+                user_sig: sig.into(),
+            })
+            .await;
+        let answer = client
+            .until(|message| matches!(message, ServerMessage::LoginResult { .. }))
+            .await;
+        assert!(
+            matches!(answer, ServerMessage::LoginResult { code, .. } if code.is_ok()),
+            "{answer:?}"
+        );
+        client
+    }
+
+    async fn send(&mut self, message: &ClientMessage) {
+        use futures_util::SinkExt;
+        let mut bytes = vec![signaling_ws::KIND_SIGNALING];
+        signaling_proto::frame::encode_frame(message, &mut bytes).unwrap();
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Binary(
+                bytes.into(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Reads until a server message satisfies `want`; returns it.
+    async fn until(&mut self, want: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
+        use futures_util::StreamExt;
+        let read = async {
+            loop {
+                while let Some(message) = self.frames.next_message::<ServerMessage>().unwrap() {
+                    if want(&message) {
+                        return message;
+                    }
+                }
+                let Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(data))) =
+                    self.socket.next().await
+                else {
+                    panic!("the server closed the WebSocket");
+                };
+                if data.first() == Some(&signaling_ws::KIND_SIGNALING) {
+                    self.frames.push(&data[1..]);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("no such message in 10 s")
+    }
+}
+
+/// A fallback client in a call stops reading: the audio relayed to it
+/// fills its socket and the server's writer blocks. When its session ends
+/// (here its user logs in elsewhere), the server lets go of the socket
+/// within a second, though the client never reads the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_client_that_stops_reading_loses_its_socket_with_its_session() {
+    let server = ChildServer::start("fd-not-reading", &[]).await;
+    let pid = server.process.pid();
+    let baseline = descriptors_of(pid).1;
+    let mut deaf = RawWebSocket::log_in(&server, "deaf").await;
+    let mut alice = signaling_quic::connect(server.addr, "localhost", &server.trust)
+        .await
+        .unwrap();
+    let sig = calling_server::usersig::generate(
+        u64::from(server.app),
+        &server.key,
+        "alice",
+        3_600,
+        now(),
+        None,
+    );
+    alice
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: 1,
+            sdk_app_id: server.app,
+            user_id: UserId::new("alice").unwrap(),
+            user_sig: sig.into(),
+        })
+        .await
+        .unwrap();
+    alice
+        .send
+        .send(&ClientMessage::Invite {
+            request_id: signaling_proto::RequestId(1),
+            call_id: None,
+            user_ids: vec![UserId::new("deaf").unwrap()],
+            call_type: calling_api::CallType::Audio,
+            timeout_ms: None,
+            user_data: None,
+        })
+        .await
+        .unwrap();
+    let invited = deaf
+        .until(|message| matches!(message, ServerMessage::Invited { .. }))
+        .await;
+    let ServerMessage::Invited { call_id, .. } = invited else {
+        unreachable!()
+    };
+    deaf.send(&ClientMessage::Accept {
+        request_id: signaling_proto::RequestId(1),
+        call_id,
+    })
+    .await;
+    deaf.until(|message| matches!(message, ServerMessage::UserEntered { .. }))
+        .await;
+    assert_eq!(
+        descriptors_of(pid).1,
+        baseline + 1,
+        "the WebSocket's socket"
+    );
+    // From here the client reads nothing. A second of alice's audio at the
+    // relay's byte budget fills its socket.
+    let filling = Instant::now();
+    let mut sequence = 0;
+    while filling.elapsed() < Duration::from_secs(12) {
+        let datagram = crate::media::datagram(0, sequence, &[0x55; 600]);
+        let _ = alice.connection.send_datagram(datagram.into());
+        sequence += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its user logs in elsewhere: the session is over.
+    let mut elsewhere = signaling_quic::connect(server.addr, "localhost", &server.trust)
+        .await
+        .unwrap();
+    let sig = calling_server::usersig::generate(
+        u64::from(server.app),
+        &server.key,
+        "deaf",
+        3_600,
+        now(),
+        None,
+    );
+    elsewhere
+        .send
+        .send(&ClientMessage::Login {
+            protocol_version: 1,
+            sdk_app_id: server.app,
+            user_id: UserId::new("deaf").unwrap(),
+            user_sig: sig.into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        elsewhere.recv.recv().await.unwrap(),
+        Some(ServerMessage::LoginResult { code, .. }) if code.is_ok()
+    ));
+    let kicked = Instant::now();
+    let freed = until_sockets(pid, Duration::from_secs(5), |sockets| sockets <= baseline).await;
+    assert!(
+        freed.is_some(),
+        "the socket outlived its session: {:?}",
+        descriptors_of(pid)
+    );
+    let took = kicked.elapsed();
+    assert!(
+        took <= Duration::from_secs(1),
+        "freed {took:?} after the session ended"
+    );
+    drop(deaf);
+}
