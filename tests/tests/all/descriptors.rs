@@ -86,8 +86,8 @@ impl ChildServer {
         }
     }
 
-    /// Logs `user` in over QUIC; the answer's code.
-    async fn quic_login(&self, user: &str) -> ErrorCode {
+    /// Sends `user`'s login over a new QUIC connection; the connection.
+    async fn quic_client(&self, user: &str) -> signaling_quic::ClientConnection {
         let mut client = signaling_quic::connect(self.addr, "localhost", &self.trust)
             .await
             .unwrap();
@@ -109,6 +109,12 @@ impl ChildServer {
             })
             .await
             .unwrap();
+        client
+    }
+
+    /// Logs `user` in over QUIC; the answer's code.
+    async fn quic_login(&self, user: &str) -> ErrorCode {
+        let mut client = self.quic_client(user).await;
         match client.recv.recv().await.unwrap() {
             Some(ServerMessage::LoginResult { code, .. }) => code,
             other => panic!("{other:?}"),
@@ -341,27 +347,7 @@ async fn a_fallback_client_that_stops_reading_loses_its_socket_with_its_session(
     let pid = server.process.pid();
     let baseline = descriptors_of(pid).1;
     let mut deaf = RawWebSocket::log_in(&server, "deaf").await;
-    let mut alice = signaling_quic::connect(server.addr, "localhost", &server.trust)
-        .await
-        .unwrap();
-    let sig = calling_server::usersig::generate(
-        u64::from(server.app),
-        &server.key,
-        "alice",
-        3_600,
-        now(),
-        None,
-    );
-    alice
-        .send
-        .send(&ClientMessage::Login {
-            protocol_version: 1,
-            sdk_app_id: server.app,
-            user_id: UserId::new("alice").unwrap(),
-            user_sig: sig.into(),
-        })
-        .await
-        .unwrap();
+    let mut alice = server.quic_client("alice").await;
     alice
         .send
         .send(&ClientMessage::Invite {
@@ -403,27 +389,7 @@ async fn a_fallback_client_that_stops_reading_loses_its_socket_with_its_session(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Its user logs in elsewhere: the session is over.
-    let mut elsewhere = signaling_quic::connect(server.addr, "localhost", &server.trust)
-        .await
-        .unwrap();
-    let sig = calling_server::usersig::generate(
-        u64::from(server.app),
-        &server.key,
-        "deaf",
-        3_600,
-        now(),
-        None,
-    );
-    elsewhere
-        .send
-        .send(&ClientMessage::Login {
-            protocol_version: 1,
-            sdk_app_id: server.app,
-            user_id: UserId::new("deaf").unwrap(),
-            user_sig: sig.into(),
-        })
-        .await
-        .unwrap();
+    let mut elsewhere = server.quic_client("deaf").await;
     assert!(matches!(
         elsewhere.recv.recv().await.unwrap(),
         Some(ServerMessage::LoginResult { code, .. }) if code.is_ok()
