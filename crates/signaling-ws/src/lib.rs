@@ -169,21 +169,21 @@ impl Shared {
 
     /// Completes [`CLOSE_WITHIN`] after the link began closing.
     async fn closing_for_long(&self) {
-        loop {
-            let changed = self.closing_changed.notified();
-            if self.closing.load(Ordering::Acquire) {
-                break;
-            }
-            changed.await;
-        }
+        self.until_set(&self.closing).await;
         tokio::time::sleep(CLOSE_WITHIN).await;
     }
 
     /// Completes once the link is shut (the writer has ended).
     async fn shut_down(&self) {
+        self.until_set(&self.closed).await;
+    }
+
+    /// Completes once `flag` (`closing` or `closed`, which both notify
+    /// `closing_changed` when set) is set.
+    async fn until_set(&self, flag: &AtomicBool) {
         loop {
             let changed = self.closing_changed.notified();
-            if self.closed.load(Ordering::Acquire) {
+            if flag.load(Ordering::Acquire) {
                 return;
             }
             changed.await;
