@@ -391,6 +391,7 @@ pub(crate) async fn start(
         last_stats: Vec::new(),
         last_call_stats: CallStats::default(),
         last_quality: None,
+        call_members: Vec::new(),
         engine_untouched: false,
     };
     tokio::spawn(async move {
@@ -575,6 +576,9 @@ struct Driver<T: Transport> {
     last_call_stats: CallStats,
     /// The network quality last told to the application in this call.
     last_quality: Option<(NetworkQuality, Vec<MemberQuality>)>,
+    /// The call's other members with their flows, as of the last look:
+    /// the call's statistics name them after the engine has left it.
+    call_members: Vec<(UserId, FlowId)>,
     /// The last step was audio only (a datagram, a loss report): the
     /// engine did not change, nor did the status the application reads.
     engine_untouched: bool,
@@ -841,6 +845,7 @@ impl<T: Transport> Driver<T> {
             (false, true) => {
                 self.last_call_stats = self.call_stats();
                 self.last_quality = None;
+                self.call_members.clear();
                 if let Some(media) = self.media.take() {
                     self.last_stats = self.named_stats(&media);
                     self.media_stopping
@@ -853,18 +858,19 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// The call's other members with their flows, in the call's order.
-    fn members(&self) -> Vec<(UserId, FlowId)> {
-        match self.engine.status() {
-            EngineStatus::InCall { members, .. } => members
+    /// The call's other members with their flows, in the call's order;
+    /// once the engine has left the call, the members it had.
+    fn members(&mut self) -> Vec<(UserId, FlowId)> {
+        if let EngineStatus::InCall { members, .. } = self.engine.status() {
+            self.call_members = members
                 .into_iter()
                 .filter_map(|member| {
                     let flow = self.engine.flow_of(&member)?;
                     Some((member, flow))
                 })
-                .collect(),
-            _ => Vec::new(),
+                .collect();
         }
+        self.call_members.clone()
     }
 
     /// Our connection's round trip, as the transport measures it.
@@ -886,10 +892,10 @@ impl<T: Transport> Driver<T> {
     /// Tells the application the network quality of everyone in the call
     /// when it changed (called once a second).
     fn report_quality(&mut self) {
+        let members = self.members();
         let Some(media) = &self.media else {
             return;
         };
-        let members = self.members();
         let flows: Vec<FlowId> = members.iter().map(|(_, flow)| *flow).collect();
         let local = self.our_quality(media, &flows);
         let remote: Vec<MemberQuality> = members
@@ -909,11 +915,11 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Everything measured of the current call, or the last call's.
-    fn call_stats(&self) -> CallStats {
+    fn call_stats(&mut self) -> CallStats {
+        let members = self.members();
         let Some(media) = &self.media else {
             return self.last_call_stats.clone();
         };
-        let members = self.members();
         let flows: Vec<FlowId> = members.iter().map(|(_, flow)| *flow).collect();
         let audio: HashMap<FlowId, JitterStats> = media.stats().into_iter().collect();
         let rtt = self.our_rtt_ms();
