@@ -87,9 +87,9 @@ impl FaultProxy {
     }
 
     /// From now on a share `loss` of the packets each way is lost, spread
-    /// evenly (one in ten for 0.1, so that what the SDK measures can be
-    /// held to it), and the others arrive `delay` late (a poor network);
-    /// `0.0` and zero end it.
+    /// evenly (one in each run of ten for 0.1, so that what the SDK
+    /// measures can be held to it), and the others arrive `delay` late (a
+    /// poor network); `0.0` and zero end it.
     pub fn degrade(&self, loss: f64, delay: Duration) {
         self.faults.loss.store(loss.to_bits(), Ordering::SeqCst);
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -210,15 +210,21 @@ async fn forward(front: Arc<UdpSocket>, faults: Arc<Faults>) {
 
 impl Faults {
     /// Whether the next packet toward the server (`to_server`) or back is
-    /// lost to [`FaultProxy::degrade`]'s loss: the n-th is lost when the
-    /// share of n reaches the next whole packet.
+    /// lost to [`FaultProxy::degrade`]'s loss: of each run of 1 / loss
+    /// packets exactly one, at a seeded random place in the run (even,
+    /// and never in step with a periodic sender, as every n-th would be).
     fn loses_one(&self, to_server: bool) -> bool {
         let loss = f64::from_bits(self.loss.load(Ordering::SeqCst));
         if loss <= 0.0 {
             return false;
         }
-        let n = self.counted[usize::from(!to_server)].fetch_add(1, Ordering::Relaxed) as f64;
-        ((n + 1.0) * loss).floor() > (n * loss).floor()
+        // A run of at least one packet: the loss is at most 1.
+        let run = (1.0 / loss).round().max(1.0) as u64;
+        let n = self.counted[usize::from(!to_server)].fetch_add(1, Ordering::Relaxed);
+        let mut z = (n / run).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        n % run == (z ^ (z >> 31)) % run
     }
 
     /// The delay [`FaultProxy::degrade`] adds, if any.

@@ -33,7 +33,7 @@ pub enum NetworkQuality {
     Bad = 4,
     /// Worse than bad, but connected.
     VeryBad = 5,
-    /// No connection (the local user reconnecting), or no word from the
+    /// No connection (the local user reconnecting), or nothing from the
     /// member for 3 s.
     Down = 6,
 }

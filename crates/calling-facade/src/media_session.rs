@@ -125,6 +125,10 @@ impl MediaSession {
         let Ok((header, payload)) = MediaHeader::decode(datagram) else {
             return Received::Nothing;
         };
+        // Anything from a member says its network is up.
+        if let Some(heard) = self.heard.get_mut(&header.flow_id) {
+            heard.last_heard = now;
+        }
         match header.kind {
             DatagramKind::Audio => self.on_audio(now, &header, payload),
             DatagramKind::Report => {
@@ -137,7 +141,11 @@ impl MediaSession {
             }
             DatagramKind::Quality => {
                 if let Some(path) = PathQuality::from_payload(payload) {
-                    self.heard.insert(header.flow_id, Heard { path, at: now });
+                    let heard = Heard {
+                        path,
+                        last_heard: now,
+                    };
+                    self.heard.insert(header.flow_id, heard);
                 }
                 Received::Nothing
             }
@@ -582,6 +590,13 @@ mod tests {
         assert_eq!(
             session.member(later, ALICE).quality,
             Some(NetworkQuality::Down)
+        );
+        // Bob's audio, though his next word was lost, says he is up.
+        session.handle_datagram(start, &quality_word(BOB, said));
+        session.handle_datagram(start + Duration::from_millis(2_500), &audio(BOB, 1));
+        assert_eq!(
+            session.member(later, BOB).quality,
+            Some(NetworkQuality::Bad)
         );
 
         // Our own. Alice loses 12 % of our audio, and says her downlink

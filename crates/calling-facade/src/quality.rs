@@ -17,8 +17,8 @@ const LOSS_PERCENT: [u8; 4] = [1, 3, 8, 15];
 const RTT_MS: [u16; 4] = [100, 200, 350, 600];
 const JITTER_MS: [u16; 4] = [20, 40, 80, 150];
 
-/// No word of a member's network for this long: its network counts as
-/// down.
+/// Nothing from a member for this long (no audio, report or word): its
+/// network counts as down.
 pub(crate) const SILENT_FOR_DOWN: Duration = Duration::from_secs(3);
 
 /// The level of one figure against its bounds.
@@ -84,18 +84,20 @@ impl InterarrivalJitter {
     }
 }
 
-/// What one member said of its network, and when.
+/// What one member said of its network, and when we last heard anything
+/// from it (its audio, its reports, its word).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Heard {
     pub(crate) path: PathQuality,
-    pub(crate) at: Instant,
+    pub(crate) last_heard: Instant,
 }
 
 impl Heard {
-    /// The member's level at `now`: down once it has been silent for
-    /// [`SILENT_FOR_DOWN`].
+    /// The member's level at `now`: down once nothing at all has come from
+    /// it for [`SILENT_FOR_DOWN`]; while its audio comes, a word lost on
+    /// the way leaves the last one standing.
     pub(crate) fn level(&self, now: Instant) -> NetworkQuality {
-        if now.saturating_duration_since(self.at) >= SILENT_FOR_DOWN {
+        if now.saturating_duration_since(self.last_heard) >= SILENT_FOR_DOWN {
             NetworkQuality::Down
         } else {
             classify(&self.path)
@@ -349,7 +351,7 @@ mod tests {
         let start = Instant::now();
         let heard = Heard {
             path: path(Some(0), Some(20), Some(2)),
-            at: start,
+            last_heard: start,
         };
         assert_eq!(
             heard.level(start + Duration::from_secs(2)),

@@ -192,3 +192,27 @@ async fn a_poor_path_shows_on_both_sides_within_3_s_and_recovers() {
     assert_eq!(after.remote.len(), 1, "{after:?}");
     assert_eq!(after.remote[0].user_id, uid("bob"));
 }
+
+/// Members on two nodes of a cluster rate each other's network: the word
+/// crosses the node trunk with the first node's measurements in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_two_cluster_nodes_see_each_others_network() {
+    let world = World::three_nodes("quality-cluster").await;
+    let mut alice = world.user("alice").await;
+    let mut bob = world.user("bob").await;
+    connect(&mut alice, &mut bob).await;
+    let settle = Duration::from_secs(10);
+    for user in [&mut alice, &mut bob] {
+        until_quality(user, settle, |local, other| fine(local) && fine(other))
+            .await
+            .unwrap();
+    }
+    let at_bob = bob.calling.call_stats().await.unwrap();
+    let alice_seen = &at_bob.remote[0];
+    assert_eq!(alice_seen.user_id, uid("alice"));
+    assert!(
+        alice_seen.rtt_ms.is_some(),
+        "alice's node stamped her round trip"
+    );
+    assert_eq!(alice_seen.transport, Some(MediaTransport::Quic));
+}
