@@ -22,8 +22,9 @@ struct Faults {
     loss: AtomicU64,
     /// Milliseconds added to each packet each way.
     delay_ms: AtomicU64,
-    /// Packets that met the loss so far, toward the server and back.
-    counted: [AtomicU64; 2],
+    /// Packets that met the loss so far, toward the server and back, small
+    /// (acknowledgements) and large (audio) apart.
+    counted: [AtomicU64; 4],
     /// Bumped by each source-port change: upstreams of older generations
     /// are replaced at their client's next packet.
     generation: AtomicU64,
@@ -70,7 +71,7 @@ impl FaultProxy {
             blackhole: AtomicBool::new(false),
             loss: AtomicU64::new(0.0_f64.to_bits()),
             delay_ms: AtomicU64::new(0),
-            counted: [AtomicU64::new(0), AtomicU64::new(0)],
+            counted: std::array::from_fn(|_| AtomicU64::new(0)),
             generation: AtomicU64::new(0),
             forgotten_below: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -87,9 +88,10 @@ impl FaultProxy {
     }
 
     /// From now on a share `loss` of the packets each way is lost, spread
-    /// evenly (one in each run of ten for 0.1, so that what the SDK
-    /// measures can be held to it), and the others arrive `delay` late (a
-    /// poor network); `0.0` and zero end it.
+    /// evenly (one in each run of ten for 0.1, small and large packets
+    /// apart, so that what the SDK measures of its audio can be held to
+    /// it), and the others arrive `delay` late (a poor network); `0.0` and
+    /// zero end it.
     pub fn degrade(&self, loss: f64, delay: Duration) {
         self.faults.loss.store(loss.to_bits(), Ordering::SeqCst);
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -150,7 +152,7 @@ async fn forward(front: Arc<UdpSocket>, faults: Arc<Faults>) {
         let Ok((len, client)) = front.recv_from(&mut buffer).await else {
             return;
         };
-        if faults.blackhole.load(Ordering::SeqCst) || faults.loses_one(true) {
+        if faults.blackhole.load(Ordering::SeqCst) || faults.loses_one(true, len) {
             faults.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -209,18 +211,21 @@ async fn forward(front: Arc<UdpSocket>, faults: Arc<Faults>) {
 }
 
 impl Faults {
-    /// Whether the next packet toward the server (`to_server`) or back is
-    /// lost to [`FaultProxy::degrade`]'s loss: of each run of 1 / loss
-    /// packets exactly one, at a seeded random place in the run (even,
-    /// and never in step with a periodic sender, as every n-th would be).
-    fn loses_one(&self, to_server: bool) -> bool {
+    /// Whether the next packet of `len` bytes toward the server
+    /// (`to_server`) or back is lost to [`FaultProxy::degrade`]'s loss: of
+    /// each run of 1 / loss packets exactly one, at a seeded random place
+    /// in the run (even, and never in step with a periodic sender, as every
+    /// n-th would be), small packets (acknowledgements) and large ones
+    /// (audio) counted apart, so that the audio loses exactly the share.
+    fn loses_one(&self, to_server: bool, len: usize) -> bool {
         let loss = f64::from_bits(self.loss.load(Ordering::SeqCst));
         if loss <= 0.0 {
             return false;
         }
         // A run of at least one packet: the loss is at most 1.
         let run = (1.0 / loss).round().max(1.0) as u64;
-        let n = self.counted[usize::from(!to_server)].fetch_add(1, Ordering::Relaxed);
+        let class = usize::from(!to_server) * 2 + usize::from(len >= 90);
+        let n = self.counted[class].fetch_add(1, Ordering::Relaxed);
         let mut z = (n / run).wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -269,7 +274,7 @@ async fn back(
         if generation < faults.forgotten_below.load(Ordering::SeqCst) {
             return;
         }
-        if faults.blackhole.load(Ordering::SeqCst) || faults.loses_one(false) {
+        if faults.blackhole.load(Ordering::SeqCst) || faults.loses_one(false, len) {
             faults.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }

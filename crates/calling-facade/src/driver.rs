@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
-use crate::media::{AudioDevices, AudioSettings, CallAudio, DeviceNotices};
+use crate::media::{AudioDevices, AudioSettings, CallAudio, DatagramNews, DeviceNotices};
 use crate::quality::{CallStats, MediaTransport, MemberStats};
 use crate::status::SessionStatus;
 use crate::{ClientOptions, Dispatch, Fallback, ReconnectPolicy};
@@ -391,6 +391,7 @@ pub(crate) async fn start(
         last_stats: Vec::new(),
         last_call_stats: CallStats::default(),
         last_quality: None,
+        last_quality_at: None,
         call_members: Vec::new(),
         engine_untouched: false,
     };
@@ -574,8 +575,10 @@ struct Driver<T: Transport> {
     /// The statistics of the last call, kept after it ends.
     last_stats: Vec<(UserId, JitterStats)>,
     last_call_stats: CallStats,
-    /// The network quality last told to the application in this call.
+    /// The network quality last told to the application in this call,
+    /// and when.
     last_quality: Option<(NetworkQuality, Vec<MemberQuality>)>,
+    last_quality_at: Option<Instant>,
     /// The call's other members with their flows, as of the last look:
     /// the call's statistics name them after the engine has left it.
     call_members: Vec<(UserId, FlowId)>,
@@ -653,10 +656,13 @@ impl<T: Transport> Driver<T> {
                 },
                 datagram = recv_datagram::<T>(media) => {
                     self.engine_untouched = true;
-                    if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut())
-                        && media.on_datagram(&datagram) {
-                            self.send_feedback();
+                    if let (Ok(datagram), Some(media)) = (datagram, self.media.as_mut()) {
+                        match media.on_datagram(&datagram) {
+                            DatagramNews::SendFeatures => self.send_feedback(),
+                            DatagramNews::Quality => self.report_quality(),
+                            DatagramNews::Nothing => {}
                         }
+                    }
                 }
                 () = signaling_link::sleep_until(next_attempt), if next_attempt.is_some() => {
                     self.start_attempt();
@@ -845,6 +851,7 @@ impl<T: Transport> Driver<T> {
             (false, true) => {
                 self.last_call_stats = self.call_stats();
                 self.last_quality = None;
+                self.last_quality_at = None;
                 self.call_members.clear();
                 if let Some(media) = self.media.take() {
                     self.last_stats = self.named_stats(&media);
@@ -890,7 +897,10 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Tells the application the network quality of everyone in the call
-    /// when it changed (called once a second).
+    /// when it changed, at most once a second (called once a second, and
+    /// when a word about a network arrives: a change it brings is told at
+    /// once unless a report went out less than a second ago, then at the
+    /// next tick).
     fn report_quality(&mut self) {
         let members = self.members();
         let Some(media) = &self.media else {
@@ -905,12 +915,18 @@ impl<T: Transport> Driver<T> {
                 quality: media.member(flow).quality.unwrap_or_default(),
             })
             .collect();
-        let now = (local, remote);
-        if self.last_quality.as_ref() != Some(&now) {
-            let (local, remote) = now.clone();
+        let levels = (local, remote);
+        let now = Instant::now();
+        // A tick after a late one comes a little under a second after it.
+        let too_soon = self
+            .last_quality_at
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_millis(990));
+        if self.last_quality.as_ref() != Some(&levels) && !too_soon {
+            let (local, remote) = levels.clone();
             self.dispatch
                 .emit(&CallingEvent::NetworkQuality { local, remote });
-            self.last_quality = Some(now);
+            self.last_quality = Some(levels);
+            self.last_quality_at = Some(now);
         }
     }
 

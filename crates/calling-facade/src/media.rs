@@ -342,6 +342,17 @@ fn raise(level: &AtomicU8, value: u8) {
 }
 
 /// A running call's audio.
+/// What a received datagram asks of the session task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DatagramNews {
+    /// A member said what it plays for the first time: it should hear our
+    /// features now (see [`Received::Features`]).
+    SendFeatures,
+    /// A network's level may have changed.
+    Quality,
+    Nothing,
+}
+
 pub(crate) struct CallAudio {
     shared: Arc<Shared>,
     /// What to do with datagrams, what to tell, how to send.
@@ -631,10 +642,10 @@ impl CallAudio {
             .store(protection == Protection::Dred, Ordering::Relaxed);
     }
 
-    /// A datagram from the server: a remote speaker's audio, or a loss
-    /// report or a member's features about our own. `true` when the member
-    /// should hear our features now (see [`Received::Features`]).
-    pub(crate) fn on_datagram(&mut self, datagram: &[u8]) -> bool {
+    /// A datagram from the server: a remote speaker's audio, a loss
+    /// report or a member's features about our own, or a word about a
+    /// network. What the session task is to do now.
+    pub(crate) fn on_datagram(&mut self, datagram: &[u8]) -> DatagramNews {
         match self.session.handle_datagram(Instant::now(), datagram) {
             Received::Audio {
                 slot,
@@ -644,20 +655,25 @@ impl CallAudio {
                 if new_speaker {
                     let (sender, receiver) = packet_ring(64);
                     if self.new_speakers.send(receiver).is_err() {
-                        return false;
+                        return DatagramNews::Nothing;
                     }
                     self.rings.push(sender);
                 }
                 if let Some(ring) = self.rings.get_mut(slot) {
                     ring.send(packet);
                 }
-                false
+                DatagramNews::Nothing
             }
             Received::Features { first } => {
                 self.publish_how_to_send();
-                first
+                if first {
+                    DatagramNews::SendFeatures
+                } else {
+                    DatagramNews::Nothing
+                }
             }
-            Received::Nothing => false,
+            Received::Quality => DatagramNews::Quality,
+            Received::Nothing => DatagramNews::Nothing,
         }
     }
 

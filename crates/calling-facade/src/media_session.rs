@@ -35,9 +35,17 @@ use signaling_proto::{
 
 use crate::quality::{Bitrate, Heard, InterarrivalJitter, classify};
 
-/// A member's report of our audio counts this long for our own network's
-/// uplink loss.
+/// A member's report of our audio (or the server's word about us) counts
+/// this long for our own network's figures.
 const REPORT_COUNTS_FOR: Duration = Duration::from_secs(3);
+
+/// The flow the server returns our own network word on.
+const OUR_WORD: FlowId = FlowId(0);
+
+/// Percentage points an estimate of our own loss (a difference of two
+/// counts over about 50 packets each, in windows that do not line up) is
+/// taken down by: the noise of such a difference on a clean path.
+const ESTIMATE_NOISE_PERCENT: u8 = 2;
 
 /// Remote speakers one call can hear at once.
 pub(crate) const MAX_SPEAKERS: usize = 15;
@@ -61,6 +69,9 @@ pub(crate) enum Received {
     /// features now (its first word may have come before our audio started,
     /// and so before it heard ours).
     Features { first: bool },
+    /// A word about someone's network (a member's, or ours as the server
+    /// measured it): the levels may have changed.
+    Quality,
     /// Nothing to do (a report kept, a stray kind, or a datagram that does
     /// not decode).
     Nothing,
@@ -107,6 +118,9 @@ pub(crate) struct MediaSession {
     reports_of_us: HashMap<FlowId, (u8, Instant)>,
     /// What each member said of its own network, and when.
     heard: HashMap<FlowId, Heard>,
+    /// Our own latest word as the server returned it (flow 0), with its
+    /// measurements of us in it.
+    our_word: Option<Heard>,
 }
 
 impl MediaSession {
@@ -117,6 +131,7 @@ impl MediaSession {
             policy: SendPolicy::new(low_latency),
             reports_of_us: HashMap::new(),
             heard: HashMap::new(),
+            our_word: None,
         }
     }
 
@@ -145,7 +160,12 @@ impl MediaSession {
                         path,
                         last_heard: now,
                     };
-                    self.heard.insert(header.flow_id, heard);
+                    if header.flow_id == OUR_WORD {
+                        self.our_word = Some(heard);
+                    } else {
+                        self.heard.insert(header.flow_id, heard);
+                    }
+                    return Received::Quality;
                 }
                 Received::Nothing
             }
@@ -300,10 +320,24 @@ impl MediaSession {
             .map(|speaker| speaker.jitter.ms())
             .max_by(f64::total_cmp)
             .map(|ms| ms.round().min(f64::from(u16::MAX - 1)) as u16);
+        // What the server measured of us (fresh), and our own estimates
+        // less the noise of a difference of two one-second counts: the
+        // worse of the two, so that a word lost on the way delays nothing.
+        let measured = self
+            .our_word
+            .filter(|word| now.saturating_duration_since(word.last_heard) <= REPORT_COUNTS_FOR)
+            .map(|word| word.path)
+            .unwrap_or_default();
+        let estimated =
+            |loss: Option<u8>| loss.map(|loss| loss.saturating_sub(ESTIMATE_NOISE_PERCENT));
+        let worse = |a: Option<u8>, b: Option<u8>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         PathQuality {
             rtt_ms: our_rtt_ms,
-            uplink_loss_percent: uplink,
-            downlink_loss_percent: downlink,
+            uplink_loss_percent: worse(measured.uplink_loss_percent, estimated(uplink)),
+            downlink_loss_percent: worse(measured.downlink_loss_percent, estimated(downlink)),
             jitter_ms: jitter,
             transport: None,
         }
@@ -599,15 +633,15 @@ mod tests {
             Some(NetworkQuality::Bad)
         );
 
-        // Our own. Alice loses 12 % of our audio, and says her downlink
-        // loses 10 %: our uplink lost the other 2 %.
-        session.handle_datagram(start, &report(12));
+        // Our own. Alice loses 15 % of our audio, and says her downlink
+        // loses 10 %: our uplink lost the other 5 %, 3 past the noise.
+        session.handle_datagram(start, &report(15));
         assert_eq!(
             session.our_path(start, &[ALICE], None).uplink_loss_percent,
-            Some(2)
+            Some(3)
         );
-        // Her downlink is clean now: 5 % of our audio lost at her is ours;
-        // none of hers is lost at us.
+        // Her downlink is clean now: 5 % of our audio lost at her is ours
+        // (3 past the noise); none of hers is lost at us.
         let clean_downlink = PathQuality {
             downlink_loss_percent: Some(0),
             ..said
@@ -634,7 +668,7 @@ mod tests {
                 ours.uplink_loss_percent,
                 ours.downlink_loss_percent
             ),
-            (Some(30), Some(5), Some(0))
+            (Some(30), Some(3), Some(0))
         );
         assert_eq!(
             session.our_quality(second, &[ALICE], Some(30)),
@@ -645,6 +679,24 @@ mod tests {
         assert_eq!(
             session.our_quality(quiet, &[ALICE], Some(30)),
             NetworkQuality::Excellent
+        );
+        // The server's word about us (flow 0) is believed over our
+        // estimates while fresh: 9 % of what it sends us lost.
+        let measured = PathQuality {
+            uplink_loss_percent: Some(0),
+            downlink_loss_percent: Some(9),
+            ..PathQuality::default()
+        };
+        session.handle_datagram(quiet, &quality_word(OUR_WORD, measured));
+        let ours = session.our_path(quiet, &[ALICE], Some(30));
+        assert_eq!(
+            (ours.uplink_loss_percent, ours.downlink_loss_percent),
+            (Some(0), Some(9))
+        );
+        assert_eq!(
+            session.member(quiet, OUR_WORD).quality,
+            None,
+            "not a member"
         );
         // Nobody to tell: nothing said.
         assert!(

@@ -541,6 +541,9 @@ struct ArrivalLoss {
     first: Option<u32>,
     highest: u32,
     received: u32,
+    /// The transport's counts at the sender's previous word: the loss of
+    /// what the server sent it since.
+    path_at_last_word: Option<signaling_link::PathStats>,
 }
 
 impl ArrivalLoss {
@@ -548,9 +551,10 @@ impl ArrivalLoss {
     const MIN_DUE: u32 = 10;
 
     /// Counts an audio datagram; stamps a word about the sender's network
-    /// with the server's own measurements (its round trip as the transport
-    /// measures it, the uplink loss counted here, its transport) and starts
-    /// counting afresh. Anything else passes as it is.
+    /// with the server's own measurements (its round trip and the loss of
+    /// what was sent to it, as the transport measures them; the uplink loss
+    /// counted here; its transport) and starts counting afresh. Anything
+    /// else passes as it is.
     fn count_or_stamp(&mut self, datagram: Bytes, media: &impl MediaLink) -> Bytes {
         let Ok((header, payload)) = MediaHeader::decode(&datagram) else {
             return datagram;
@@ -570,9 +574,22 @@ impl ArrivalLoss {
                 } else {
                     PathTransport::Quic
                 };
-                let uplink = self.take_loss_percent();
+                let path = media.path_stats();
+                let downlink = path.and_then(|now| {
+                    let before = self.path_at_last_word.replace(now)?;
+                    let sent = now.sent_packets.checked_sub(before.sent_packets)?;
+                    let lost = now.lost_packets.checked_sub(before.lost_packets)?;
+                    (sent >= u64::from(Self::MIN_DUE))
+                        .then(|| u8::try_from(lost.min(sent) * 100 / sent).unwrap_or(100))
+                });
+                let measured = PathQuality {
+                    rtt_ms,
+                    uplink_loss_percent: self.take_loss_percent(),
+                    downlink_loss_percent: downlink,
+                    ..PathQuality::default()
+                };
                 let mut stamped = BytesMut::from(&datagram[..]);
-                if PathQuality::stamp(&mut stamped[payload_start..], rtt_ms, uplink, transport) {
+                if PathQuality::stamp(&mut stamped[payload_start..], measured, transport) {
                     stamped.freeze()
                 } else {
                     datagram

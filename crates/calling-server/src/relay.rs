@@ -206,6 +206,20 @@ impl MediaRoutes {
                 stats.unsendable.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // A member's word about its network goes back to it too, as the
+        // server stamped it, with flow 0: what the server measured of it.
+        if header.kind == DatagramKind::Quality {
+            let sent_back = MediaHeader::decode(&bytes)
+                .ok()
+                .and_then(|(stamped, payload)| copy_stamped(stamped, FlowId(0), payload))
+                .is_some_and(|echo| route.own.send_datagram(echo).is_ok());
+            let counter = if sent_back {
+                &stats.forwarded
+            } else {
+                &stats.unsendable
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -489,5 +503,56 @@ mod tests {
             peer.0.lock().unwrap_or_else(PoisonError::into_inner).len(),
             2
         );
+    }
+
+    /// A member's network word goes to every other member with its flow,
+    /// and back to it with flow 0.
+    #[test]
+    fn a_network_word_goes_to_everyone_and_back_to_its_sender() {
+        let routes = MediaRoutes::default();
+        let peers: Vec<Arc<Peer>> = (0..2)
+            .map(|_| Arc::new(Peer(Mutex::new(Vec::new()))))
+            .collect();
+        let own = Arc::new(Peer(Mutex::new(Vec::new())));
+        let route = Route {
+            flow: FlowId(7),
+            peers: peers
+                .iter()
+                .zip(8..)
+                .map(|(peer, flow)| (FlowId(flow), Arc::clone(peer) as Arc<dyn MediaLink>))
+                .collect(),
+            own: Arc::clone(&own) as Arc<dyn MediaLink>,
+        };
+        routes.set(ConnId(1), Some(route));
+        let word = PathQuality {
+            rtt_ms: Some(20),
+            ..PathQuality::default()
+        }
+        .to_payload();
+        let mut buffer = vec![0; MAX_HEADER_LEN + word.len()];
+        let len = MediaHeader::about(DatagramKind::Quality, FlowId(0))
+            .encode(&word, &mut buffer)
+            .unwrap_or_else(|error| panic!("{error}"));
+        buffer.truncate(len);
+        routes.relay(ConnId(1), Bytes::from(buffer));
+        let flow_of = |peer: &Peer| {
+            let got = peer.0.lock().unwrap_or_else(PoisonError::into_inner);
+            got.iter()
+                .map(|datagram| {
+                    let (header, payload) =
+                        MediaHeader::decode(datagram).unwrap_or_else(|error| panic!("{error}"));
+                    assert_eq!(
+                        PathQuality::from_payload(payload).and_then(|word| word.rtt_ms),
+                        Some(20)
+                    );
+                    header.flow_id
+                })
+                .collect::<Vec<_>>()
+        };
+        for peer in &peers {
+            assert_eq!(flow_of(peer), [FlowId(7)]);
+        }
+        assert_eq!(flow_of(&own), [FlowId(0)], "back to its sender");
+        assert_eq!(routes.counts().forwarded, 3);
     }
 }

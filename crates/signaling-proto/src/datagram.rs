@@ -56,9 +56,9 @@ pub enum DatagramKind {
 /// 1 byte   uplink loss, %: of the sender's audio on its way to the server
 ///          (written by the server once it has counted 10 packets since the
 ///          sender's previous word; until then the sender's own estimate)
-/// 1 byte   downlink loss, %: of the others' audio on its way from the server
-///          to the sender (the sender's estimate: what it loses of each
-///          other member's audio less that member's uplink loss; the worst)
+/// 1 byte   downlink loss, %: of what the server sends the sender (written by
+///          the server from its transport's lost packets once 10 were sent since
+///          the sender's previous word; until then the sender's own estimate)
 /// 2 bytes  jitter, ms, big-endian: of the others' audio at the sender (the worst)
 /// 1 byte   transport: 0 QUIC, 1 the fallback (written by the server)
 /// ```
@@ -134,22 +134,21 @@ impl PathQuality {
     }
 
     /// Writes the server's measurements into a payload in place: the
-    /// round trip and the uplink loss (each if measured) and the transport.
-    /// `false`, with nothing written, when `payload` is not a valid one.
-    pub fn stamp(
-        payload: &mut [u8],
-        rtt_ms: Option<u16>,
-        uplink_loss_percent: Option<u8>,
-        transport: PathTransport,
-    ) -> bool {
+    /// round trip and the loss each way (each if measured, `measured`'s
+    /// transport left as it is) and the transport. `false`, with nothing
+    /// written, when `payload` is not a valid one.
+    pub fn stamp(payload: &mut [u8], measured: Self, transport: PathTransport) -> bool {
         if Self::from_payload(payload).is_none() {
             return false;
         }
-        if let Some(rtt) = rtt_ms {
+        if let Some(rtt) = measured.rtt_ms {
             payload[..2].copy_from_slice(&rtt.to_be_bytes());
         }
-        if let Some(loss) = uplink_loss_percent {
+        if let Some(loss) = measured.uplink_loss_percent {
             payload[2] = loss.min(100);
+        }
+        if let Some(loss) = measured.downlink_loss_percent {
+            payload[3] = loss.min(100);
         }
         payload[6] = transport_byte(Some(transport));
         true
@@ -531,17 +530,21 @@ mod tests {
         let mut payload = quality.to_payload();
         assert_eq!(payload, [0x00, 0x30, 0x03, 0xff, 0x00, 0x0c, 0xff]);
         assert_eq!(PathQuality::from_payload(&payload), Some(quality));
+        let server = PathQuality {
+            rtt_ms: Some(300),
+            uplink_loss_percent: Some(7),
+            downlink_loss_percent: Some(2),
+            ..PathQuality::default()
+        };
         assert!(PathQuality::stamp(
             &mut payload,
-            Some(300),
-            Some(7),
+            server,
             PathTransport::Fallback
         ));
-        assert_eq!(payload, [0x01, 0x2c, 0x07, 0xff, 0x00, 0x0c, 0x01]);
+        assert_eq!(payload, [0x01, 0x2c, 0x07, 0x02, 0x00, 0x0c, 0x01]);
         assert!(PathQuality::stamp(
             &mut payload,
-            None,
-            None,
+            PathQuality::default(),
             PathTransport::Quic
         ));
         assert_eq!(
@@ -554,8 +557,7 @@ mod tests {
         let mut bad = [0, 0, 101, 0, 0, 0, 0];
         assert!(!PathQuality::stamp(
             &mut bad,
-            Some(1),
-            None,
+            PathQuality::default(),
             PathTransport::Quic
         ));
         assert_eq!(bad, [0, 0, 101, 0, 0, 0, 0], "nothing written");
