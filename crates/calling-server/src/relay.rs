@@ -349,6 +349,20 @@ mod tests {
         fn close(&self, _: ErrorCode, _: &str) {}
     }
 
+    /// The route of a member with flow 7 whose peers (flows 8, 9…) are
+    /// `peers`.
+    fn route_to<P: MediaLink>(peers: &[Arc<P>], own: Arc<dyn MediaLink>) -> Route {
+        Route {
+            flow: FlowId(7),
+            peers: peers
+                .iter()
+                .zip(8..)
+                .map(|(peer, flow)| (FlowId(flow), Arc::clone(peer) as Arc<dyn MediaLink>))
+                .collect(),
+            own,
+        }
+    }
+
     /// A datagram as quinn hands one over: split out of the buffer of the
     /// packet that carried it, which is then dropped.
     fn received(claimed_flow: u32, sequence: u32) -> Bytes {
@@ -373,15 +387,7 @@ mod tests {
         let peers: Vec<Arc<Peer>> = (0..3)
             .map(|_| Arc::new(Peer(Mutex::new(Vec::with_capacity(200)))))
             .collect();
-        let route = Route {
-            flow: FlowId(7),
-            peers: peers
-                .iter()
-                .zip(8..)
-                .map(|(peer, flow)| (FlowId(flow), Arc::clone(peer) as Arc<dyn MediaLink>))
-                .collect(),
-            own: Arc::new(Peer(Mutex::new(Vec::new()))),
-        };
+        let route = route_to(&peers, Arc::new(Peer(Mutex::new(Vec::new()))));
         routes.set(ConnId(1), Some(route));
         let datagrams: Vec<Bytes> = (0..100).map(|sequence| received(3, sequence)).collect();
         let mut datagrams = datagrams.into_iter();
@@ -473,11 +479,10 @@ mod tests {
     fn invalid_reports_and_features_go_nowhere() {
         let routes = MediaRoutes::default();
         let peer = Arc::new(Peer(Mutex::new(Vec::new())));
-        let route = Route {
-            flow: FlowId(7),
-            peers: vec![(FlowId(8), Arc::clone(&peer) as Arc<dyn MediaLink>)],
-            own: Arc::new(Peer(Mutex::new(Vec::new()))),
-        };
+        let route = route_to(
+            std::slice::from_ref(&peer),
+            Arc::new(Peer(Mutex::new(Vec::new()))),
+        );
         routes.set(ConnId(1), Some(route));
         let about = |kind: DatagramKind, payload: &[u8]| {
             let mut buffer = vec![0; MAX_HEADER_LEN + payload.len()];
@@ -514,15 +519,7 @@ mod tests {
             .map(|_| Arc::new(Peer(Mutex::new(Vec::new()))))
             .collect();
         let own = Arc::new(Peer(Mutex::new(Vec::new())));
-        let route = Route {
-            flow: FlowId(7),
-            peers: peers
-                .iter()
-                .zip(8..)
-                .map(|(peer, flow)| (FlowId(flow), Arc::clone(peer) as Arc<dyn MediaLink>))
-                .collect(),
-            own: Arc::clone(&own) as Arc<dyn MediaLink>,
-        };
+        let route = route_to(&peers, Arc::clone(&own) as Arc<dyn MediaLink>);
         routes.set(ConnId(1), Some(route));
         let word = PathQuality {
             rtt_ms: Some(20),

@@ -745,16 +745,7 @@ mod tests {
     #[tokio::test]
     async fn documented_message_layout() {
         let (addr, trust, server) = listening_server().await;
-        let mut config = signaling_tls::tls_client_config(&trust).unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
-        let (mut raw, _) = tokio_tungstenite::client_async("wss://localhost/opencalling", tls)
-            .await
-            .unwrap();
+        let mut raw = raw_client(addr, &trust, "/opencalling").await.unwrap();
         let mut server = server.await.unwrap().unwrap();
         // The frame split across two messages, as the stream allows.
         raw.send(Message::Binary(Bytes::from_static(&[0, 0, 0, 0])))

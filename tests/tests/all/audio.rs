@@ -22,7 +22,7 @@ async fn user_with(
 }
 
 /// [`user_with`], its options changed by `tweak` (another transport…).
-async fn user_with_options(
+pub(crate) async fn user_with_options(
     server: &TestServer,
     name: &str,
     capture: CaptureDevice,

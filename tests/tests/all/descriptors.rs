@@ -86,19 +86,17 @@ impl ChildServer {
         }
     }
 
+    /// A UserSig for `user`, valid for an hour.
+    fn sig(&self, user: &str) -> String {
+        calling_server::usersig::generate(u64::from(self.app), &self.key, user, 3_600, now(), None)
+    }
+
     /// Sends `user`'s login over a new QUIC connection; the connection.
     async fn quic_client(&self, user: &str) -> signaling_quic::ClientConnection {
         let mut client = signaling_quic::connect(self.addr, "localhost", &self.trust)
             .await
             .unwrap();
-        let sig = calling_server::usersig::generate(
-            u64::from(self.app),
-            &self.key,
-            user,
-            3_600,
-            now(),
-            None,
-        );
+        let sig = self.sig(user);
         client
             .send
             .send(&ClientMessage::Login {
@@ -122,20 +120,28 @@ impl ChildServer {
     }
 }
 
-/// A WebSocket upgraded at the fallback port by a client that then
-/// neither sends nor reads (not even the server's close).
-async fn upgraded_and_deaf(
+/// A raw WebSocket over `tcp`, connected to `server`'s fallback port.
+async fn websocket_over(
     server: &ChildServer,
+    tcp: tokio::net::TcpStream,
 ) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut config = signaling_tls::tls_client_config(&server.trust).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
     let url = format!("wss://localhost{}", signaling_ws::PATH);
     tokio_tungstenite::client_async(url, tls).await.unwrap().0
+}
+
+/// A WebSocket upgraded at the fallback port by a client that then
+/// neither sends nor reads (not even the server's close).
+async fn upgraded_and_deaf(
+    server: &ChildServer,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    websocket_over(server, tcp).await
 }
 
 /// WebSockets that never log in hold their sockets until the login
@@ -261,26 +267,12 @@ impl RawWebSocket {
         let tcp = tokio::net::TcpSocket::new_v4().unwrap();
         tcp.set_recv_buffer_size(4096).unwrap();
         let tcp = tcp.connect(server.addr).await.unwrap();
-        let mut config = signaling_tls::tls_client_config(&server.trust).unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-            .connect("localhost".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
-        let url = format!("wss://localhost{}", signaling_ws::PATH);
-        let socket = tokio_tungstenite::client_async(url, tls).await.unwrap().0;
+        let socket = websocket_over(server, tcp).await;
         let mut client = Self {
             socket,
             frames: signaling_proto::FrameDecoder::default(),
         };
-        let sig = calling_server::usersig::generate(
-            u64::from(server.app),
-            &server.key,
-            user,
-            3_600,
-            now(),
-            None,
-        );
+        let sig = server.sig(user);
         client
             .send(&ClientMessage::Login {
                 protocol_version: 1,

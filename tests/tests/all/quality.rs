@@ -7,37 +7,22 @@
 use std::time::{Duration, Instant};
 
 use calling_api::{CallingEvent, NetworkQuality};
-use calling_facade::{
-    AudioDevices, CallStats, CaptureDevice, Fallback, MediaTransport, PlaybackDevice, Signal,
-    TRTCCalling,
-};
+use calling_facade::{CallStats, CaptureDevice, Fallback, MediaTransport, PlaybackDevice, Signal};
 use opencalling_tests::proxy::FaultProxy;
 
 use crate::support::*;
 
 /// A user with a tone for a microphone, through `address`.
 async fn tone_user(server: &TestServer, name: &str, address: String, hz: f32) -> User {
-    let mut options = server.options();
-    options.server = address;
-    options.fallback = Fallback::Off;
-    options.audio = AudioDevices {
-        capture: CaptureDevice::Synthetic(Signal::Tone {
-            frequency: hz,
-            amplitude: 0.4,
-        }),
-        playback: PlaybackDevice::Null,
-    };
-    let calling = TRTCCalling::new(options);
-    let events = calling.events();
-    calling
-        .login(server.app.sdk_app_id, name, &server.sig(name))
-        .await
-        .unwrap();
-    User {
-        id: uid(name),
-        calling,
-        events,
-    }
+    let tone = CaptureDevice::Synthetic(Signal::Tone {
+        frequency: hz,
+        amplitude: 0.4,
+    });
+    crate::audio::user_with_options(server, name, tone, PlaybackDevice::Null, |options| {
+        options.server = address;
+        options.fallback = Fallback::Off;
+    })
+    .await
 }
 
 /// Reads `user`'s events until a network quality report satisfies `done`
