@@ -589,6 +589,7 @@ async fn raw_client(
             sdk_app_id: app.sdk_app_id,
             user_id: UserId::new(user).unwrap(),
             user_sig: sig.into(),
+            device_id: None,
         })
         .await
         .unwrap();
@@ -877,6 +878,7 @@ async fn idle(server_bin: &str, count: usize) {
                 sdk_app_id: 1_400_000_000,
                 user_id: UserId::new(user).unwrap(),
                 user_sig: sig.into(),
+                device_id: None,
             };
             client.send.send(&login).await.unwrap();
             match client.recv.recv().await.unwrap() {
@@ -1337,6 +1339,7 @@ async fn quic_relay_rounds_on(
                             sdk_app_id: 1_400_000_000,
                             user_id: UserId::new(user.clone()).unwrap(),
                             user_sig: sig.into(),
+                            device_id: None,
                         })
                         .await
                         .unwrap();

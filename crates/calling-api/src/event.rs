@@ -185,6 +185,17 @@ pub enum CallingEvent {
         /// The invitee.
         user_id: UserId,
     },
+    /// Extension, right after [`CallingEvent::CallingCancel`]: the
+    /// invitation stopped ringing here because the same user answered it
+    /// on another device (or declined it there, which declines it for
+    /// every device). Only on servers that let a user log in on several
+    /// devices at once.
+    HandledElsewhere {
+        /// The call that rang.
+        call_id: CallId,
+        /// What the other device did.
+        answer: ElsewhereAnswer,
+    },
     /// Extension (the successor's `onUserNetworkQualityChanged`): the
     /// network quality of the local user or of a member of the call
     /// changed; at most once a second, while in a call.
@@ -194,6 +205,25 @@ pub enum CallingEvent {
         /// Each other member's, in the order of the call's members.
         remote: Vec<MemberQuality>,
     },
+}
+
+/// What another device of the same user did with an invitation that rang
+/// on both (CallKit's `answeredElsewhere` and `declinedElsewhere`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ElsewhereAnswer {
+    /// It accepted: the call goes on there.
+    Answered,
+    /// It rejected: the invitation is declined for every device.
+    Declined,
+}
+
+impl std::fmt::Display for ElsewhereAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Answered => "answered elsewhere",
+            Self::Declined => "declined elsewhere",
+        })
+    }
 }
 
 /// The two sides of a call's audio.
@@ -249,6 +279,7 @@ impl CallingEvent {
             | Self::UserReconnecting { .. }
             | Self::UserReconnected { .. }
             | Self::InviteeOffline { .. }
+            | Self::HandledElsewhere { .. }
             | Self::NetworkQuality { .. } => {
                 return None;
             }
@@ -306,6 +337,9 @@ impl std::fmt::Display for CallingEvent {
             Self::UserReconnecting { user_id } => write!(f, "UserReconnecting({user_id})"),
             Self::UserReconnected { user_id } => write!(f, "UserReconnected({user_id})"),
             Self::InviteeOffline { user_id } => write!(f, "InviteeOffline({user_id})"),
+            Self::HandledElsewhere { call_id, answer } => {
+                write!(f, "HandledElsewhere({call_id}: {answer})")
+            }
             Self::NetworkQuality { local, remote } => {
                 let remote: Vec<String> = remote
                     .iter()

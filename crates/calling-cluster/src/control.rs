@@ -133,6 +133,7 @@ impl Control {
                 conn,
                 user,
                 protocol_version,
+                device,
             } => {
                 let at = NodeConn { node, conn };
                 // A second login on one connection keeps its number; the
@@ -148,7 +149,7 @@ impl Control {
                     }
                 };
                 self.switchboard
-                    .handle_login(now, ours, user, protocol_version);
+                    .handle_device_login(now, ours, user, protocol_version, device);
             }
             ToControl::Message { conn, message } => {
                 if let Some(ours) = self.known(node, conn) {
@@ -214,6 +215,7 @@ impl Control {
             sessions.push(RestoredSession {
                 conn: ours,
                 user: report.user,
+                device_login: report.device,
                 protocol_version: report.protocol_version,
                 muted: report.muted,
                 detached: report.detached,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use calling_api::{CallId, UserId};
-use signaling_proto::{ClientMessage, ServerMessage};
+use signaling_proto::{ClientMessage, DeviceLogin, ServerMessage};
 
 use crate::node::{ClusterNode, NodeError};
 use crate::wire::{FromControl, NodeId, ReportedCall, RestoreReport, ToControl};
@@ -26,6 +26,8 @@ use crate::wire::{FromControl, NodeId, ReportedCall, RestoreReport, ToControl};
 pub struct LocalSession {
     /// Who.
     pub user: UserId,
+    /// The device it named at login, and its user's limit.
+    pub device: DeviceLogin,
     /// The protocol version it speaks.
     pub protocol_version: u16,
     /// Its microphone is off.
@@ -122,6 +124,7 @@ impl LocalSessions {
             reports.push(RestoreReport {
                 conn: *conn,
                 user: session.user.clone(),
+                device: session.device.clone(),
                 protocol_version: session.protocol_version,
                 muted: session.muted,
                 detached: session.detached,
@@ -138,11 +141,13 @@ impl LocalSessions {
                 conn,
                 user,
                 protocol_version,
+                device,
             } => {
                 self.sessions.insert(
                     *conn,
                     LocalSession {
                         user: user.clone(),
+                        device: device.clone(),
                         protocol_version: *protocol_version,
                         muted: false,
                         detached: false,
@@ -238,7 +243,9 @@ impl LocalSessions {
 fn note_sent(session: &mut LocalSession, message: &ServerMessage) {
     match message {
         ServerMessage::Invited { call_id, .. } => session.ringing = Some(*call_id),
-        ServerMessage::InvitationTimedOut { call_id } | ServerMessage::Cancelled { call_id }
+        ServerMessage::InvitationTimedOut { call_id }
+        | ServerMessage::Cancelled { call_id }
+        | ServerMessage::HandledElsewhere { call_id, .. }
             if session.ringing == Some(*call_id) =>
         {
             session.ringing = None;

@@ -10,7 +10,7 @@ use std::fmt;
 
 use calling_api::{CallId, CallType, ErrorCode, UserId};
 use serde::{Deserialize, Serialize};
-use signaling_proto::{ClientMessage, FlowId, ServerMessage};
+use signaling_proto::{ClientMessage, DeviceLogin, FlowId, ServerMessage};
 
 /// A node's number in its cluster. The control's node id is also its
 /// switchboard's [`SwitchboardConfig::node_id`], the high half of every
@@ -48,6 +48,8 @@ pub enum ToControl {
         user: UserId,
         /// The protocol version it speaks.
         protocol_version: u16,
+        /// The device it named, and its user's limit.
+        device: DeviceLogin,
     },
     /// A client sent a message.
     Message {
@@ -93,6 +95,8 @@ pub struct RestoreReport {
     pub conn: u64,
     /// Who.
     pub user: UserId,
+    /// The device it named at login, and its user's limit.
+    pub device: DeviceLogin,
     /// The protocol version it speaks.
     pub protocol_version: u16,
     /// Its microphone is off.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use audio_pipeline::{JitterStats, VoiceStats};
 use bytes::Bytes;
-use calling_api::{CallId, CallType, CallingError, CallingResult, ErrorCode};
+use calling_api::{CallId, CallType, CallingError, CallingResult, DeviceId, ErrorCode};
 use calling_api::{CallingEvent, MemberQuality, NetworkQuality, UserId};
 use signaling_link::either::Either;
 use signaling_link::{DatagramSource, Link, LinkClosed, LinkError, MediaLink, Transport};
@@ -97,6 +97,8 @@ pub(crate) struct LoginRequest<'a> {
     pub(crate) sdk_app_id: u32,
     pub(crate) user_id: &'a str,
     pub(crate) user_sig: &'a str,
+    /// The device the login names.
+    pub(crate) device: DeviceId,
 }
 
 /// The instance's device settings when it logs in.
@@ -345,6 +347,7 @@ pub(crate) async fn start(
     engine.set_voice_volume_interval(options.voice_volume_interval);
     engine.set_mic_mute(devices.mic_muted);
     engine.set_reconnect(options.reconnect.map(|policy| policy.timings()));
+    engine.set_device(Some(login.device));
     let login = engine.login(login.sdk_app_id, login.user_id, login.user_sig)?;
     let connector = connector(options, prefer_fallback);
     let connected = connector().await?;

@@ -23,8 +23,8 @@ pub use audio_device::Signal;
 pub use audio_device::{AudioFormat, AudioSink, AudioSource};
 pub use audio_pipeline::{JitterStats, VoiceProcessing, VoiceStats};
 pub use calling_api::{
-    AudioDeviceKind, CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason,
-    ErrorCode, MemberQuality, NetworkQuality, UserId, UserVolume,
+    AudioDeviceKind, CallId, CallType, CallingError, CallingEvent, CallingResult, DeviceId,
+    ElsewhereAnswer, EndReason, ErrorCode, MemberQuality, NetworkQuality, UserId, UserVolume,
 };
 pub use media::{
     AudioDeviceInfo, AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice,
@@ -105,6 +105,9 @@ pub trait CallingDelegate: Send + Sync + 'static {
     /// Extension (caller): that invitee is offline; the invitation waits
     /// for them until it times out.
     fn on_invitee_offline(&self, user_id: &UserId) {}
+    /// Extension, after `on_calling_cancel`: the invitation stopped ringing
+    /// here because this user answered or declined it on another device.
+    fn on_handled_elsewhere(&self, call_id: CallId, answer: ElsewhereAnswer) {}
     /// Extension (the successor's `onUserNetworkQualityChanged`): the local
     /// user's or a member's network quality changed (at most once a second).
     fn on_network_quality(&self, local: NetworkQuality, remote: &[MemberQuality]) {}
@@ -150,6 +153,9 @@ impl<D: CallingDelegate> CallingListener for DelegateListener<D> {
             CallingEvent::UserReconnecting { user_id } => delegate.on_user_reconnecting(user_id),
             CallingEvent::UserReconnected { user_id } => delegate.on_user_reconnected(user_id),
             CallingEvent::InviteeOffline { user_id } => delegate.on_invitee_offline(user_id),
+            CallingEvent::HandledElsewhere { call_id, answer } => {
+                delegate.on_handled_elsewhere(*call_id, *answer);
+            }
             CallingEvent::NetworkQuality { local, remote } => {
                 delegate.on_network_quality(*local, remote);
             }
@@ -232,6 +238,8 @@ pub struct TRTCCalling {
     low_latency: AtomicBool,
     /// The fallback transport won the last connection race.
     prefer_fallback: Arc<AtomicBool>,
+    /// This instance's device id when the options name none.
+    made_device_id: DeviceId,
 }
 
 impl fmt::Debug for TRTCCalling {
@@ -247,6 +255,28 @@ impl fmt::Debug for TRTCCalling {
 }
 
 static SHARED: OnceLock<Mutex<Option<Arc<TRTCCalling>>>> = OnceLock::new();
+
+/// 128 bits no other instance draws: the standard library's per-process
+/// random hash keys, over the time and a counter. A device id only has to
+/// differ from the user's other devices', not to be secret.
+fn random_device_id() -> DeviceId {
+    use std::hash::{BuildHasher, Hasher};
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    let draw = DRAWN.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let mut bytes = [0_u8; 16];
+    for (half, chunk) in bytes.chunks_mut(8).enumerate() {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(nanos);
+        hasher.write_u64(draw);
+        hasher.write_usize(half);
+        hasher.write_u32(std::process::id());
+        chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    DeviceId::from_random(bytes)
+}
 
 impl TRTCCalling {
     /// A new, independent instance (one user), talking to the server in
@@ -267,7 +297,17 @@ impl TRTCCalling {
             hands_free: AtomicBool::new(false),
             low_latency: AtomicBool::new(low_latency),
             prefer_fallback: Arc::new(AtomicBool::new(false)),
+            made_device_id: random_device_id(),
         })
+    }
+
+    /// The device this instance names at login: [`ClientOptions::device_id`],
+    /// or the one it made for itself.
+    pub fn device_id(&self) -> DeviceId {
+        lock(&self.options)
+            .device_id
+            .clone()
+            .unwrap_or_else(|| self.made_device_id.clone())
     }
 
     /// The process-wide instance, made on first use with
@@ -406,6 +446,7 @@ impl TRTCCalling {
                 sdk_app_id,
                 user_id,
                 user_sig,
+                device: self.device_id(),
             },
             driver::DeviceState {
                 mic_muted: self.mic_muted.load(Ordering::Relaxed),

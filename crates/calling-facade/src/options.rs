@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use calling_api::DeviceId;
 use signaling_proto::ReconnectTimings;
 use signaling_tls::CertFingerprint;
 pub use signaling_tls::ServerTrust;
@@ -72,6 +73,16 @@ pub struct ClientOptions {
     /// ([`ClientOptions::voice_processing_in_effect`]). Read when a call
     /// starts.
     pub voice_processing: Option<VoiceProcessing>,
+    /// Which of the user's devices this is (an extension), named at every
+    /// login. A server that lets a user be logged in on several devices
+    /// rings each; a login from a device that is logged in already
+    /// replaces that device's session. `None` (the default): the instance
+    /// makes a random one and keeps it for its life
+    /// ([`TRTCCalling::device_id`](crate::TRTCCalling::device_id)). An app
+    /// that keeps its own id across restarts (in its settings) makes a
+    /// restarted app replace its old session at once instead of counting
+    /// as another device until the old one times out.
+    pub device_id: Option<DeviceId>,
 }
 
 /// Where the server's fallback transport (TCP) is.
@@ -171,6 +182,7 @@ impl Default for ClientOptions {
             decoder_complexity: DEFAULT_DECODER_COMPLEXITY,
             low_latency: false,
             voice_processing: None,
+            device_id: None,
         }
     }
 }
@@ -191,8 +203,8 @@ impl ClientOptions {
     /// (hex SHA-256) or `OPENCALLING_CA_FILE` (PEM), and
     /// `OPENCALLING_FALLBACK` (`host:port` of the TCP fallback, `same` or
     /// `off`), `OPENCALLING_DECODER_COMPLEXITY` (0–10) and
-    /// `OPENCALLING_LOW_LATENCY` (`1` or `0`). This is what the shared
-    /// instance uses.
+    /// `OPENCALLING_LOW_LATENCY` (`1` or `0`) and `OPENCALLING_DEVICE_ID`.
+    /// This is what the shared instance uses.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -224,6 +236,12 @@ impl ClientOptions {
                     complexity,
                     "OPENCALLING_DECODER_COMPLEXITY ignored: not 0–10"
                 ),
+            }
+        }
+        if let Some(device) = lookup("OPENCALLING_DEVICE_ID") {
+            match DeviceId::new(device) {
+                Ok(device) => options.device_id = Some(device),
+                Err(error) => tracing::warn!(%error, "OPENCALLING_DEVICE_ID ignored"),
             }
         }
         if let Some(low_latency) = lookup("OPENCALLING_LOW_LATENCY") {

@@ -111,6 +111,7 @@ fn corpus() -> Vec<Vec<u8>> {
             sdk_app_id: 1_400_000_000,
             user_id: user("alice"),
             user_sig: "sig".into(),
+            device_id: None,
         },
         ClientMessage::Invite {
             request_id: RequestId(2),
@@ -382,6 +383,7 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
                     sdk_app_id: 1,
                     user_id: pick(rng),
                     user_sig: "s".into(),
+                    device_id: None,
                 },
             ),
         }

@@ -418,6 +418,7 @@ impl Worker {
                 sdk_app_id: *sdk_app_id,
                 user_id: user_id.clone(),
                 user_sig: user_sig.into(),
+                device_id: None,
             })
             .await
             .map_err(|e| format!("{user}: {e}"))?;

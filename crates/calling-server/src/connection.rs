@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 use calling_api::ErrorCode;
 use signaling_link::{DatagramSource, Link, LinkError, MediaLink, Transport};
 use signaling_proto::{
-    AcceptedLogin, ClientMessage, ConnId, Credentials, DatagramKind, LoginRefusal, MediaHeader,
-    PathQuality, PathTransport, ServerMessage, UserSig, check_login, login_account,
+    AcceptedLogin, ClientMessage, ConnId, Credentials, DatagramKind, DeviceLogin, LoginRefusal,
+    MediaHeader, PathQuality, PathTransport, ServerMessage, UserSig, check_login, login_account,
 };
 use signaling_quic::QuicAttempt;
 use tokio::sync::{mpsc, oneshot};
@@ -151,10 +151,19 @@ pub(crate) async fn serve_link<T: Transport>(
     let link_id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let (outbox, mut inbox) = mpsc::channel(OUTBOX_CAPACITY);
     let (session_tx, session_rx) = oneshot::channel();
+    let device = DeviceLogin {
+        device: login.device,
+        max_devices: shared
+            .max_devices
+            .get(&login.sdk_app_id)
+            .copied()
+            .unwrap_or(1),
+    };
     let login = HubInput::Login(Attach {
         link: link_id,
         user: user.clone(),
         protocol_version: login.protocol_version,
+        device,
         resume: login.resume,
         outbox,
         media: Arc::new(link.media.clone()),

@@ -22,7 +22,7 @@ use server_core::{
 };
 use signaling_link::MediaLink;
 use signaling_proto::{
-    CallEvent, CallSummary, ClientMessage, ConnId, FlowId, ResumeClaim, ServerMessage,
+    CallEvent, CallSummary, ClientMessage, ConnId, DeviceLogin, FlowId, ResumeClaim, ServerMessage,
     SessionSummary, SessionToken,
 };
 use tokio::sync::mpsc::error::TrySendError;
@@ -154,6 +154,8 @@ pub(crate) struct Attach {
     pub(crate) link: ConnId,
     pub(crate) user: UserId,
     pub(crate) protocol_version: u16,
+    /// The device it named, and how many its user may have.
+    pub(crate) device: DeviceLogin,
     /// For a resume: the session it claims.
     pub(crate) resume: Option<ResumeClaim>,
     pub(crate) outbox: mpsc::Sender<Outbound>,
@@ -315,6 +317,7 @@ impl HubIo {
             link,
             user,
             protocol_version,
+            device,
             resume,
             outbox,
             media,
@@ -324,6 +327,7 @@ impl HubIo {
             link,
             user,
             protocol_version,
+            device,
             resume,
         };
         match core.handle_login(now, login) {
@@ -561,6 +565,7 @@ mod tests {
             link: ConnId(link),
             user: UserId::new(user).unwrap(),
             protocol_version: PROTOCOL_VERSION,
+            device: DeviceLogin::ONE_DEVICE,
             resume,
             outbox: outbox_tx,
             media: Arc::new(server.media),

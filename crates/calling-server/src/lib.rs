@@ -146,6 +146,8 @@ pub enum ServerError {
 #[derive(Debug)]
 struct Shared {
     apps: HashMap<u32, SecretKey>,
+    /// How many devices a user of each app may be logged in on.
+    max_devices: HashMap<u32, usize>,
     clock: UnixClockDebug,
     usersig_bounds: calling_usersig::TimeBounds,
     throttle: throttle::LoginThrottle,
@@ -171,6 +173,10 @@ impl Shared {
         metrics: Arc<metrics::Metrics>,
     ) -> Self {
         Self {
+            max_devices: apps
+                .iter()
+                .map(|app| (app.sdk_app_id, config.max_devices_for(app.sdk_app_id)))
+                .collect(),
             apps: apps
                 .into_iter()
                 .map(|app| (app.sdk_app_id, app.secret_key))

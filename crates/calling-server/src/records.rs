@@ -3,8 +3,8 @@
 //!
 //! [`CallRecorder`] builds the records from the hub's call events (pure,
 //! tested on its own); the writer task appends them. A record names the
-//! call, its type, who opened it, every member with when it joined and
-//! left and why, every invitation with who invited whom, how it ended and
+//! call, its type, who opened it, every member with the device it joined
+//! on, when it joined and left and why, every invitation with who invited whom, how it ended and
 //! when, the call's outcome, end reason and duration.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use calling_api::{CallId, CallType, EndReason, UserId};
+use calling_api::{CallId, CallType, DeviceId, EndReason, UserId};
 use serde_json::{Value, json};
 use signaling_proto::{CallEvent, InvitationOutcome};
 use tokio::sync::{Notify, mpsc};
@@ -44,6 +44,7 @@ pub(crate) fn unix_millis(at: SystemTime) -> u64 {
 #[derive(Debug)]
 struct Membership {
     user: UserId,
+    device: Option<DeviceId>,
     joined: SystemTime,
     left: Option<(SystemTime, EndReason)>,
 }
@@ -132,10 +133,15 @@ impl CallRecorder {
                     }),
                 }
             }
-            CallEvent::Joined { call_id, user } => {
+            CallEvent::Joined {
+                call_id,
+                user,
+                device,
+            } => {
                 let call = self.open.get_mut(call_id)?;
                 call.members.push(Membership {
                     user: user.clone(),
+                    device: device.clone(),
                     joined: at,
                     left: None,
                 });
@@ -171,6 +177,7 @@ fn finish(call_id: CallId, call: OpenCall, ended: SystemTime, reason: EndReason)
         .map(|member| {
             json!({
                 "user_id": member.user.as_str(),
+                "device_id": member.device.as_ref().map(DeviceId::as_str),
                 "joined_at_ms": unix_millis(member.joined),
                 "left_at_ms": member.left.map(|(at, _)| unix_millis(at)),
                 "left_reason": member.left.map(|(_, reason)| reason_label(reason)),
@@ -295,6 +302,7 @@ mod tests {
                 CallEvent::Joined {
                     call_id,
                     user: user("alice"),
+                    device: None,
                 },
             ),
             at(
@@ -332,6 +340,7 @@ mod tests {
                 CallEvent::Joined {
                     call_id,
                     user: user("bob"),
+                    device: Some(DeviceId::new("bobs-phone").unwrap()),
                 },
             ),
             at(
@@ -382,8 +391,8 @@ mod tests {
                 "outcome": "connected",
                 "end_reason": "hangup",
                 "members": [
-                    {"user_id": "alice", "joined_at_ms": 1_000_000, "left_at_ms": 1_064_000, "left_reason": "hangup"},
-                    {"user_id": "bob", "joined_at_ms": 1_004_000, "left_at_ms": 1_064_000, "left_reason": "hangup"},
+                    {"user_id": "alice", "device_id": null, "joined_at_ms": 1_000_000, "left_at_ms": 1_064_000, "left_reason": "hangup"},
+                    {"user_id": "bob", "device_id": "bobs-phone", "joined_at_ms": 1_004_000, "left_at_ms": 1_064_000, "left_reason": "hangup"},
                 ],
                 "invitations": [
                     {"inviter": "alice", "invitee": "carol", "invited_at_ms": null, "offline": false, "outcome": "busy", "ended_at_ms": 1_000_000},

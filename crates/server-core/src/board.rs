@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use calling_api::{CallId, ErrorCode, UserId};
 use calling_cluster::ClusterNode;
 use signaling_proto::{
-    CallSummary, ClientMessage, ConnId, Output, SessionSummary, Switchboard, SwitchboardCounters,
+    CallSummary, ClientMessage, ConnId, DeviceLogin, Output, SessionSummary, Switchboard,
+    SwitchboardCounters,
 };
 use tracing::debug;
 
@@ -47,14 +48,15 @@ pub trait Board {
     /// How long a broken version-2 session waits for a resume.
     fn resume_grace(&self) -> Duration;
 
-    /// A login the server authenticated; `Err` if the board cannot take it
-    /// now.
+    /// A login the server authenticated, from the device it names; `Err`
+    /// if the board cannot take it now.
     fn handle_login(
         &mut self,
         now: Instant,
         conn: ConnId,
         user: UserId,
         protocol_version: u16,
+        device: DeviceLogin,
     ) -> Result<(), BoardRefusal>;
     /// What a session's client sent.
     fn handle_message(&mut self, now: Instant, conn: ConnId, message: ClientMessage);
@@ -71,8 +73,8 @@ pub trait Board {
     fn is_detached(&self, conn: ConnId) -> bool;
     /// Whether `conn` names a session.
     fn has_session(&self, conn: ConnId) -> bool;
-    /// The session of `user`, if any.
-    fn conn_of(&self, user: &UserId) -> Option<ConnId>;
+    /// The sessions of `user` (one per device), oldest login first.
+    fn sessions_of(&self, user: &UserId) -> Vec<ConnId>;
     /// Whether `conn`'s client is not reading its messages (invitations to
     /// it are answered busy).
     fn set_congested(&mut self, now: Instant, conn: ConnId, congested: bool);
@@ -136,8 +138,9 @@ impl Board for Switchboard {
         conn: ConnId,
         user: UserId,
         protocol_version: u16,
+        device: DeviceLogin,
     ) -> Result<(), BoardRefusal> {
-        Switchboard::handle_login(self, now, conn, user, protocol_version);
+        Switchboard::handle_device_login(self, now, conn, user, protocol_version, device);
         Ok(())
     }
 
@@ -165,8 +168,8 @@ impl Board for Switchboard {
         self.user_of(conn).is_some()
     }
 
-    fn conn_of(&self, user: &UserId) -> Option<ConnId> {
-        Switchboard::conn_of(self, user)
+    fn sessions_of(&self, user: &UserId) -> Vec<ConnId> {
+        Switchboard::sessions_of(self, user).to_vec()
     }
 
     fn set_congested(&mut self, _now: Instant, conn: ConnId, congested: bool) {

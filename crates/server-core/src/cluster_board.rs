@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use calling_api::{CallId, ErrorCode, UserId};
 use calling_cluster::{ClusterNode, FromControl, LocalSessions, NodeError, NodeOutput, ToControl};
 use signaling_proto::{
-    CallSummary, ClientMessage, ConnId, RequestId, ServerMessage, SessionSummary, Switchboard,
-    SwitchboardCounters,
+    CallSummary, ClientMessage, ConnId, DeviceLogin, RequestId, ServerMessage, SessionSummary,
+    Switchboard, SwitchboardCounters,
 };
 use tracing::{debug, warn};
 
@@ -218,11 +218,13 @@ impl Board for ClusterBoard {
         conn: ConnId,
         user: UserId,
         protocol_version: u16,
+        device: DeviceLogin,
     ) -> Result<(), BoardRefusal> {
         let login = ToControl::Login {
             conn: conn.0,
             user,
             protocol_version,
+            device,
         };
         self.tell_control(now, login)
             .map_err(|error: NodeError| BoardRefusal {
@@ -267,11 +269,12 @@ impl Board for ClusterBoard {
         self.sessions.get(conn.0).is_some()
     }
 
-    fn conn_of(&self, user: &UserId) -> Option<ConnId> {
+    fn sessions_of(&self, user: &UserId) -> Vec<ConnId> {
         self.sessions
             .iter()
-            .find(|(_, session)| session.user == *user)
+            .filter(|(_, session)| session.user == *user)
             .map(|(conn, _)| ConnId(conn))
+            .collect()
     }
 
     fn set_congested(&mut self, now: Instant, conn: ConnId, congested: bool) {
@@ -369,6 +372,7 @@ impl Board for ClusterBoard {
             .iter()
             .map(|(_, session)| SessionSummary {
                 user: session.user.clone(),
+                device: session.device.device.clone(),
                 protocol_version: session.protocol_version,
                 reconnecting: session.detached,
                 call: session
@@ -378,7 +382,7 @@ impl Board for ClusterBoard {
                     .or(session.ringing),
             })
             .collect();
-        sessions.sort_by(|a, b| a.user.cmp(&b.user));
+        sessions.sort_by(|a, b| (&a.user, &a.device).cmp(&(&b.user, &b.device)));
         sessions
     }
 

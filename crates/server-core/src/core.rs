@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use calling_api::{CallId, ErrorCode, UserId};
 use calling_cluster::ClusterNode;
 use signaling_proto::{
-    CallEvent, CallSummary, ClientMessage, ConnId, PROTOCOL_VERSION, Replay, ResumeClaim,
-    ServerMessage, SessionSummary, SessionToken,
+    CallEvent, CallSummary, ClientMessage, ConnId, DeviceLogin, PROTOCOL_VERSION, Replay,
+    ResumeClaim, ServerMessage, SessionSummary, SessionToken,
 };
 use tracing::{debug, warn};
 
@@ -66,6 +66,9 @@ pub struct Login {
     pub user: UserId,
     /// The protocol version it speaks.
     pub protocol_version: u16,
+    /// The device it named (a login of version 5), and how many its user
+    /// may have (the app's rule).
+    pub device: DeviceLogin,
     /// For a resume: the session it claims.
     pub resume: Option<ResumeClaim>,
 }
@@ -207,6 +210,7 @@ impl<B: Board> ServerCore<B> {
             link,
             user,
             protocol_version,
+            device,
             resume,
         } = login;
         let answer = if self.shutting_down {
@@ -223,7 +227,7 @@ impl<B: Board> ServerCore<B> {
                 .push_back(ServerOutput::Count(Counted::Resume { resumed }));
             answer
         } else {
-            self.log_in(now, link, user, protocol_version)
+            self.log_in(now, link, user, protocol_version, device)
         };
         self.finish_input();
         answer
@@ -428,8 +432,12 @@ impl<B: Board> ServerCore<B> {
         link: ConnId,
         user: UserId,
         protocol_version: u16,
+        device: DeviceLogin,
     ) -> LoginAnswer {
-        if let Err(refusal) = self.board.handle_login(now, link, user, protocol_version) {
+        let login = self
+            .board
+            .handle_login(now, link, user, protocol_version, device);
+        if let Err(refusal) = login {
             debug!(%refusal, "login refused by the board");
             return LoginAnswer::refused(protocol_version, refusal.code, &refusal.message);
         }
@@ -463,7 +471,12 @@ impl<B: Board> ServerCore<B> {
         user: &UserId,
         claim: ResumeClaim,
     ) -> LoginAnswer {
-        let session = self.board.conn_of(user);
+        // The user's session whose token the claim carries (one per device).
+        let session = self.board.sessions_of(user).into_iter().find(|session| {
+            self.sessions
+                .get(session)
+                .is_some_and(|book| tokens_match(&book.token, &claim.token))
+        });
         let book = session.and_then(|session| self.sessions.get_mut(&session));
         let refusal = match book {
             None => Some("no such session: it expired, or the server restarted"),

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use calling_api::{CallId, CallType, EndReason, UserId};
+use calling_api::{CallId, CallType, DeviceId, EndReason, UserId};
 
 /// How an invitation ended (or why it never rang).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,6 +111,8 @@ pub enum CallEvent {
         call_id: CallId,
         /// Who.
         user: UserId,
+        /// On which of its devices (as named at login).
+        device: Option<DeviceId>,
     },
     /// `user` left the call, or was the last one in it when it ended.
     Left {

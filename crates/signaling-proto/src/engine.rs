@@ -73,8 +73,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use calling_api::{
-    CallId, CallType, CallingError, CallingEvent, CallingResult, EndReason, ErrorCode, UserId,
-    UserVolume,
+    CallId, CallType, CallingError, CallingEvent, CallingResult, DeviceId, EndReason, ErrorCode,
+    UserId, UserVolume,
 };
 use tracing::{debug, warn};
 
@@ -289,6 +289,8 @@ pub struct CallEngine {
     reconnect: Option<ReconnectTimings>,
     /// The login's credentials, for a resume or a new login.
     credentials: Option<(u32, UserSig)>,
+    /// Which of the user's devices this is, named in every login.
+    device: Option<DeviceId>,
     connection: Connection,
     /// The latest token of a resumable session.
     token: Option<SessionToken>,
@@ -334,6 +336,7 @@ impl CallEngine {
             grace: None,
             last_heard: None,
             credentials: None,
+            device: None,
             connection: Connection::Up,
             token: None,
             replay: Replay::new(REPLAY_CAPACITY),
@@ -380,6 +383,7 @@ impl CallEngine {
             sdk_app_id,
             user_id,
             user_sig: user_sig.into(),
+            device_id: self.device.clone(),
         });
         Ok(request)
     }
@@ -410,6 +414,12 @@ impl CallEngine {
             request_id: request,
         });
         Ok(request)
+    }
+
+    /// Names this device in the logins that follow (see
+    /// [`ClientMessage::Login`]); `None` names none.
+    pub fn set_device(&mut self, device: Option<DeviceId>) {
+        self.device = device;
     }
 
     /// Turns reconnection on (with these timings) or off. Off, the default,
@@ -470,6 +480,7 @@ impl CallEngine {
                     sdk_app_id,
                     user_id,
                     user_sig,
+                    device_id: self.device.clone(),
                 }
             }
         };
@@ -820,7 +831,13 @@ impl CallEngine {
                 self.on_invitee_answer(call_id, CallingEvent::InviteeOffline { user_id });
             }
             ServerMessage::Cancelled { call_id } => {
-                self.on_invitation_over(call_id, CallingEvent::CallingCancel)
+                self.on_invitation_over(call_id, CallingEvent::CallingCancel);
+            }
+            ServerMessage::HandledElsewhere { call_id, answer } => {
+                if self.on_invitation_over(call_id, CallingEvent::CallingCancel) {
+                    let event = CallingEvent::HandledElsewhere { call_id, answer };
+                    self.events.push_back(event);
+                }
             }
             ServerMessage::InvitationTimedOut { call_id } => {
                 self.on_invitation_over(call_id, CallingEvent::CallingTimeOut);
@@ -1488,22 +1505,26 @@ impl CallEngine {
         self.events.push_back(event);
     }
 
-    fn on_invitation_over(&mut self, call_id: CallId, event: CallingEvent) {
+    /// Whether the invitation rang (and `event` was raised).
+    fn on_invitation_over(&mut self, call_id: CallId, event: CallingEvent) -> bool {
         match &mut self.state {
             State::Ringing(invitation) | State::Accepting { invitation, .. }
                 if invitation.call_id == call_id =>
             {
                 self.state = State::Idle;
                 self.events.push_back(event);
+                true
             }
-            _ if self
-                .held
-                .as_ref()
-                .is_some_and(|held| held.call_id == call_id) =>
-            {
-                self.held = None;
+            _ => {
+                if self
+                    .held
+                    .as_ref()
+                    .is_some_and(|held| held.call_id == call_id)
+                {
+                    self.held = None;
+                }
+                false
             }
-            _ => {}
         }
     }
 

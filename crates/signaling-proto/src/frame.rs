@@ -204,6 +204,7 @@ mod tests {
             sdk_app_id: 1_400_000_000,
             user_id: UserId::new("alice").unwrap(),
             user_sig: "sig".into(),
+            device_id: None,
         }
     }
 
@@ -255,6 +256,7 @@ mod tests {
             sdk_app_id: 1,
             user_id: UserId::new("a").unwrap(),
             user_sig: "x".repeat(MAX_FRAME_LEN).into(),
+            device_id: None,
         };
         let mut out = vec![9];
         assert!(matches!(

@@ -32,7 +32,7 @@ pub use message::{
 pub use resume::{Replay, ReplayError};
 pub use rng::SplitMix64;
 pub use switchboard::{
-    CallMember, CallSummary, ConnId, Output, RestoredCall, RestoredSession, SessionSummary,
-    Switchboard, SwitchboardConfig, SwitchboardCounters,
+    CallMember, CallSummary, ConnId, DeviceLogin, Output, RestoredCall, RestoredSession,
+    SessionSummary, Switchboard, SwitchboardConfig, SwitchboardCounters,
 };
 pub use timer::TimerTable;

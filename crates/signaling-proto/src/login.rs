@@ -12,9 +12,9 @@
 //! the deployment can judge ([`Credentials`]). A refusal carries its code and text and becomes the
 //! [`ServerMessage::LoginResult`] the server answers with before closing.
 
-use calling_api::{ErrorCode, UserId};
+use calling_api::{DeviceId, ErrorCode, UserId};
 
-use crate::frame::{decode_payload, handshake_version};
+use crate::frame::{FrameError, decode_payload, handshake_version};
 use crate::message::{
     ClientMessage, MAX_USER_SIG_LEN, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage,
     SessionToken, UserSig,
@@ -44,6 +44,9 @@ pub struct AcceptedLogin {
     pub user: UserId,
     /// The protocol version the session speaks: the client's.
     pub protocol_version: u16,
+    /// The device the login names (version 5); `None` for a resume and for
+    /// older clients.
+    pub device: Option<DeviceId>,
     /// For a [`ClientMessage::Resume`]: the session it claims. Whether that
     /// session exists and the token is its own is for whoever keeps
     /// sessions to judge.
@@ -92,7 +95,7 @@ impl LoginRefusal {
 /// checking anything: the server's throttle keys failed logins on it
 /// before the check. `None` for any other payload.
 pub fn login_account(payload: &[u8]) -> Option<(u32, UserId)> {
-    match decode_payload::<ClientMessage>(payload).ok()? {
+    match decode_first_frame(payload).ok()? {
         ClientMessage::Login {
             sdk_app_id,
             user_id,
@@ -107,6 +110,45 @@ pub fn login_account(payload: &[u8]) -> Option<(u32, UserId)> {
     }
 }
 
+/// A connection's first frame as a message, in the login layout of its
+/// version: version 5 appended `device_id` to `Login`, so the login of an
+/// older client is read with its four fields and names no device.
+pub fn decode_first_frame(payload: &[u8]) -> Result<ClientMessage, FrameError> {
+    let error = match decode_payload::<ClientMessage>(payload) {
+        Ok(message) => return Ok(message),
+        Err(error) => error,
+    };
+    match handshake_version(payload) {
+        Ok(version) if version < 5 => match decode_payload::<LoginBeforeDevices>(payload) {
+            Ok(LoginBeforeDevices::Login {
+                protocol_version,
+                sdk_app_id,
+                user_id,
+                user_sig,
+            }) => Ok(ClientMessage::Login {
+                protocol_version,
+                sdk_app_id,
+                user_id,
+                user_sig,
+                device_id: None,
+            }),
+            Err(_) => Err(error),
+        },
+        _ => Err(error),
+    }
+}
+
+/// `ClientMessage::Login` as versions 1 to 4 lay it out.
+#[derive(serde::Deserialize)]
+enum LoginBeforeDevices {
+    Login {
+        protocol_version: u16,
+        sdk_app_id: u32,
+        user_id: UserId,
+        user_sig: UserSig,
+    },
+}
+
 /// Checks the payload of a connection's first frame. See the
 /// [module docs](self).
 pub fn check_login(
@@ -119,7 +161,7 @@ pub fn check_login(
             "the first frame must be a login or a resume",
         )
     };
-    let decoded = decode_payload::<ClientMessage>(payload);
+    let decoded = decode_first_frame(payload);
     // A well-formed message that is neither: the client skipped the login.
     if decoded.as_ref().is_ok_and(|message| {
         !matches!(
@@ -147,13 +189,21 @@ pub fn check_login(
         }
         Err(_) => return Err(not_a_login()),
     }
-    let (protocol_version, sdk_app_id, user_id, user_sig, resume) = match decoded {
+    let (protocol_version, sdk_app_id, user_id, user_sig, device, resume) = match decoded {
         Ok(ClientMessage::Login {
             protocol_version,
             sdk_app_id,
             user_id,
             user_sig,
-        }) => (protocol_version, sdk_app_id, user_id, user_sig, None),
+            device_id,
+        }) => (
+            protocol_version,
+            sdk_app_id,
+            user_id,
+            user_sig,
+            device_id,
+            None,
+        ),
         Ok(ClientMessage::Resume {
             protocol_version,
             sdk_app_id,
@@ -169,12 +219,20 @@ pub fn check_login(
                 ));
             }
             let claim = ResumeClaim { token, received };
-            (protocol_version, sdk_app_id, user_id, user_sig, Some(claim))
+            (
+                protocol_version,
+                sdk_app_id,
+                user_id,
+                user_sig,
+                None,
+                Some(claim),
+            )
         }
         _ => {
-            return Err(match decode_payload::<RawLogin>(payload) {
+            // Its first four fields (a version-5 device id may follow).
+            return Err(match postcard::take_from_bytes::<RawLogin>(payload) {
                 // A login in every respect but its user id.
-                Ok(RawLogin::Login { user_id, .. }) => match UserId::new(user_id) {
+                Ok((RawLogin::Login { user_id, .. }, _)) => match UserId::new(user_id) {
                     Err(error) => LoginRefusal::new(ErrorCode::INVALID_USER_ID, error.to_string()),
                     Ok(_) => not_a_login(),
                 },
@@ -199,6 +257,7 @@ pub fn check_login(
         sdk_app_id,
         user: user_id,
         protocol_version,
+        device,
         resume,
     })
 }
@@ -253,7 +312,38 @@ mod tests {
             sdk_app_id: app,
             user_id: UserId::new("alice").unwrap(),
             user_sig: sig.into(),
+            device_id: None,
         })
+    }
+
+    #[test]
+    fn a_version_5_login_names_its_device_and_an_older_one_none() {
+        let phone = DeviceId::new("phone").unwrap();
+        let named = payload(&ClientMessage::Login {
+            protocol_version: 5,
+            sdk_app_id: 7,
+            user_id: UserId::new("alice").unwrap(),
+            user_sig: "ok:alice".into(),
+            device_id: Some(phone.clone()),
+        });
+        let accepted = check_login(&named, &OneApp).unwrap();
+        assert_eq!(accepted.device, Some(phone));
+        assert_eq!(
+            login_account(&named),
+            Some((7, UserId::new("alice").unwrap()))
+        );
+        // Version 4's layout: the UserSig is the last field.
+        let mut old = named[..named.len() - 7].to_vec();
+        old[1] = 4;
+        let accepted = check_login(&old, &OneApp).unwrap();
+        assert_eq!((accepted.protocol_version, accepted.device), (4, None));
+        // A bad user id is named as such whatever the layout.
+        let mut bad_user = named.clone();
+        bad_user[8] = b' ';
+        assert_eq!(
+            check_login(&bad_user, &OneApp).map_err(|refusal| refusal.code),
+            Err(ErrorCode::INVALID_USER_ID)
+        );
     }
 
     #[test]
@@ -314,7 +404,9 @@ mod tests {
         // The same login with a 33-character user id (postcard: a string is
         // its length, then its bytes).
         let mut long_id = login(PROTOCOL_VERSION, 7, "ok:alice");
-        let at = long_id.iter().position(|byte| *byte == 5).unwrap();
+        // Variant, version, app: one byte each; then the user id.
+        let at = 3;
+        assert_eq!(long_id[at], 5);
         long_id.splice(at..at + 6, std::iter::once(33).chain([b'a'; 33]));
         assert_eq!(code(long_id), Err(ErrorCode::INVALID_USER_ID));
         assert_eq!(

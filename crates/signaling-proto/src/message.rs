@@ -7,7 +7,7 @@
 //! the protocol version first, so that any version can read any other's
 //! handshake.
 
-use calling_api::{CallId, CallType, EndReason, ErrorCode, UserId};
+use calling_api::{CallId, CallType, DeviceId, ElsewhereAnswer, EndReason, ErrorCode, UserId};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks: 2 adds session resume
@@ -17,8 +17,11 @@ use serde::{Deserialize, Serialize};
 /// adds [`ServerMessage::InviteeOffline`] and the operator's logout of a
 /// user as its own notice (`Error` with `LOGGED_OUT_BY_OPERATOR` and the
 /// end reason [`EndReason::LoggedOutByOperator`]; an older session is
-/// told `Kicked`, as for a login elsewhere).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// told `Kicked`, as for a login elsewhere); 5 adds a user's devices: the
+/// login's `device_id` (see [`crate::login::decode_first_frame`] for how a
+/// server reads both layouts) and [`ServerMessage::HandledElsewhere`] (an
+/// older session is told `Cancelled`).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest protocol version a server still serves: a version-1 session
 /// gets none of version 2's messages and cannot be resumed.
@@ -128,6 +131,11 @@ pub enum ClientMessage {
         user_id: UserId,
         /// The UserSig the application's backend issued for `user_id`.
         user_sig: UserSig,
+        /// Version 5: which of the user's devices logs in. A login from a
+        /// device that is logged in already replaces that device's
+        /// session. Absent from the layout of versions 1 to 4, whose
+        /// logins name no device.
+        device_id: Option<DeviceId>,
     },
     /// End the session; the server answers with an ack and closes.
     Logout {
@@ -404,6 +412,15 @@ pub enum ServerMessage {
         /// The invitee.
         user_id: UserId,
     },
+    /// Version 5, instead of `Cancelled` to the other devices an invitation
+    /// rang: the same user answered or declined it on another device.
+    /// Numbered.
+    HandledElsewhere {
+        /// The call.
+        call_id: CallId,
+        /// What the other device did.
+        answer: ElsewhereAnswer,
+    },
 }
 
 impl ServerMessage {
@@ -434,6 +451,7 @@ impl ServerMessage {
             | Self::AudioAvailability { call_id, .. }
             | Self::MemberConnection { call_id, .. }
             | Self::InviteeOffline { call_id, .. }
+            | Self::HandledElsewhere { call_id, .. }
             | Self::CallEnded { call_id, .. } => Some(*call_id),
             Self::Ack { call_id, .. } => *call_id,
             Self::LoginResult { .. }
@@ -484,22 +502,40 @@ mod tests {
     #[test]
     fn wire_examples_in_protocol_md() {
         let login = ClientMessage::Login {
-            protocol_version: 1,
+            protocol_version: 5,
             sdk_app_id: 1_400_000_000,
             user_id: user("alice"),
             user_sig: "sig".into(),
+            device_id: Some(DeviceId::new("phone").unwrap()),
         };
+        let version_5 = [
+            0, 0, 0, 24, // payload length
+            0,  // variant 0: Login
+            5,  // protocol_version 5
+            0x80, 0x9c, 0xc9, 0x9b, 0x05, // sdk_app_id 1400000000
+            5, b'a', b'l', b'i', b'c', b'e', // user_id
+            3, b's', b'i', b'g', // user_sig
+            1, 5, b'p', b'h', b'o', b'n', b'e', // device_id Some("phone")
+        ];
+        assert_eq!(frame_to_vec(&login).unwrap(), version_5);
+        // Versions 1 to 4 end the login at the UserSig.
+        let version_1 = [
+            0, 0, 0, 17, // payload length
+            0, 1, 0x80, 0x9c, 0xc9, 0x9b, 0x05, 5, b'a', b'l', b'i', b'c', b'e', 3, b's', b'i',
+            b'g',
+        ];
         assert_eq!(
-            frame_to_vec(&login).unwrap(),
-            [
-                0, 0, 0, 17, // payload length
-                0,  // variant 0: Login
-                1,  // protocol_version 1
-                0x80, 0x9c, 0xc9, 0x9b, 0x05, // sdk_app_id 1400000000
-                5, b'a', b'l', b'i', b'c', b'e', // user_id
-                3, b's', b'i', b'g', // user_sig
-            ]
+            crate::login::decode_first_frame(&version_1[4..]).unwrap(),
+            ClientMessage::Login {
+                protocol_version: 1,
+                sdk_app_id: 1_400_000_000,
+                user_id: user("alice"),
+                user_sig: "sig".into(),
+                device_id: None,
+            }
         );
+        // A version-5 login must carry the field (its `None` is one byte).
+        assert!(crate::login::decode_first_frame(&version_5[4..21]).is_err());
         let invite = ClientMessage::Invite {
             request_id: RequestId(2),
             call_id: None,

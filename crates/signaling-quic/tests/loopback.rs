@@ -27,6 +27,7 @@ fn login() -> ClientMessage {
         sdk_app_id: 1,
         user_id: UserId::new("alice").unwrap(),
         user_sig: "sig".into(),
+        device_id: None,
     }
 }
 

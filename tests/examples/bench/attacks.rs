@@ -111,6 +111,7 @@ async fn log_in(
             sdk_app_id: 1_400_000_000,
             user_id: UserId::new(user).unwrap(),
             user_sig: sig.into(),
+            device_id: None,
         };
         client
             .send
@@ -328,6 +329,7 @@ async fn login_storm(server: &DevServer) {
                     sdk_app_id: 1_400_000_000,
                     user_id: UserId::new("victim").unwrap(),
                     user_sig: "not the victim's usersig".to_owned().into(),
+                    device_id: None,
                 };
                 if client.send.send(&guess).await.is_err() {
                     continue;

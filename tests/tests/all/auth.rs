@@ -163,6 +163,7 @@ async fn a_client_of_another_protocol_version_is_told_so() {
             sdk_app_id: server.app.sdk_app_id,
             user_id: UserId::new("future").unwrap(),
             user_sig: server.sig("future").into(),
+            device_id: None,
         })
         .await
         .unwrap();
@@ -314,6 +315,7 @@ async fn failed_logins_slow_down_only_their_address() {
             sdk_app_id: app,
             user_id: UserId::new("carol").unwrap(),
             user_sig: server.sig("carol").into(),
+            device_id: None,
         })
         .await
         .unwrap();
@@ -365,6 +367,7 @@ async fn a_parallel_login_storm_gets_no_more_than_a_guess_a_second_per_account()
                     sdk_app_id: app,
                     user_id: UserId::new("victim").unwrap(),
                     user_sig: "not the victim's usersig".to_owned().into(),
+                    device_id: None,
                 };
                 if client.send.send(&guess).await.is_err() {
                     continue;
@@ -410,6 +413,7 @@ async fn a_parallel_login_storm_gets_no_more_than_a_guess_a_second_per_account()
             sdk_app_id: app,
             user_id: UserId::new("carol").unwrap(),
             user_sig: server.sig("carol").into(),
+            device_id: None,
         })
         .await
         .unwrap();

@@ -246,6 +246,7 @@ async fn login_at(
                     sdk_app_id: app.sdk_app_id,
                     user_id: uid(user),
                     user_sig: sig.into(),
+                    device_id: None,
                 })
                 .await
                 .unwrap();
@@ -654,6 +655,7 @@ async fn a_resumable_login_on_a_node_learns_its_session_after_the_answer() {
             sdk_app_id: node.app.sdk_app_id,
             user_id: uid("erin"),
             user_sig: node.sig("erin").into(),
+            device_id: None,
         })
         .await
         .unwrap();

@@ -104,6 +104,7 @@ impl ChildServer {
                 sdk_app_id: self.app,
                 user_id: UserId::new(user).unwrap(),
                 user_sig: sig.into(),
+                device_id: None,
             })
             .await
             .unwrap();
@@ -279,6 +280,7 @@ impl RawWebSocket {
                 sdk_app_id: server.app,
                 user_id: UserId::new(user).unwrap(),
                 user_sig: sig.into(),
+                device_id: None,
             })
             .await;
         let answer = client

@@ -42,6 +42,7 @@ async fn login_from(server: &TestServer, ip: &str, user: &str) -> Result<Duratio
                 sdk_app_id: server.app.sdk_app_id,
                 user_id: UserId::new(user).unwrap(),
                 user_sig: server.sig(user).into(),
+                device_id: None,
             })
             .await
             .map_err(|error| format!("send: {error}"))?;

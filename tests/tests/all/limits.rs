@@ -220,6 +220,7 @@ async fn a_silent_resumable_client_has_its_connection_closed() {
             sdk_app_id: server.app.sdk_app_id,
             user_id: UserId::new("quiet").unwrap(),
             user_sig: server.sig("quiet").into(),
+            device_id: None,
         })
         .await
         .unwrap();
@@ -318,6 +319,7 @@ async fn connections_not_logged_in_have_their_own_cap() {
             sdk_app_id: server.app.sdk_app_id,
             user_id: UserId::new("bob").unwrap(),
             user_sig: server.sig("bob").into(),
+            device_id: None,
         })
         .await
         .unwrap();

@@ -21,6 +21,7 @@ pub async fn raw_login(server: &TestServer, user: &str) -> ClientConnection {
             sdk_app_id: server.app.sdk_app_id,
             user_id: UserId::new(user).unwrap(),
             user_sig: server.sig(user).into(),
+            device_id: None,
         })
         .await
         .unwrap();

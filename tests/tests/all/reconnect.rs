@@ -293,6 +293,7 @@ async fn raw_v2_login(
             sdk_app_id: server.app.sdk_app_id,
             user_id: uid(user),
             user_sig: server.sig(user).into(),
+            device_id: None,
         })
         .await
         .unwrap();

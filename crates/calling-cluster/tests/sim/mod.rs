@@ -19,7 +19,7 @@ use calling_cluster::{
     ClusterMember, ClusterNode, ControlHolder, FromControl, LocalSessions, MemoryStore, NodeConfig,
     NodeId, NodeOutput, StoreReply, StoreRequest, ToControl, TrunkFrame,
 };
-use signaling_proto::{CallEvent, ClientMessage, RequestId, ServerMessage};
+use signaling_proto::{CallEvent, ClientMessage, DeviceLogin, RequestId, ServerMessage};
 
 /// The simulation's step.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -536,6 +536,7 @@ impl Cluster {
             conn,
             user: UserId::new(user).unwrap(),
             protocol_version: 2,
+            device: DeviceLogin::ONE_DEVICE,
         };
         if proc.sessions.forward(&mut proc.node, now, login).is_err() {
             proc.refused += 1;

@@ -5,6 +5,7 @@
 //! gives a numeric one its default and range. With no app configured the
 //! server runs in development mode.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +117,12 @@ pub struct ServerConfig {
     pub apps: Vec<AppCredentials>,
     /// The call rules: invitation timeouts, call size, node id.
     pub switchboard: SwitchboardConfig,
+    /// How many devices a user may be logged in on at once, for an app
+    /// that `app_max_devices` does not name (1: a second login replaces
+    /// the first, as in the calling component).
+    pub max_devices_per_user: usize,
+    /// Apps with their own number of devices per user.
+    pub app_max_devices: BTreeMap<u32, usize>,
     /// Connection limits.
     pub limits: ServerLimits,
     /// What one connection may do.
@@ -194,6 +201,8 @@ impl fmt::Debug for ServerConfig {
             .field("data_dir", &self.data_dir)
             .field("apps", &self.apps)
             .field("switchboard", &self.switchboard)
+            .field("max_devices_per_user", &self.max_devices_per_user)
+            .field("app_max_devices", &self.app_max_devices)
             .field("limits", &self.limits)
             .field("connection_limits", &self.connection_limits)
             .field("tls", &self.tls)
@@ -262,6 +271,8 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             apps: Vec::new(),
             switchboard: SwitchboardConfig::DEFAULT,
+            max_devices_per_user: MAX_DEVICES_PER_USER.default as usize,
+            app_max_devices: BTreeMap::new(),
             limits: ServerLimits::DEFAULT,
             connection_limits: ConnectionLimits::DEFAULT,
             tls: TlsSource::SelfSigned,
@@ -326,12 +337,31 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// How many devices a user of `sdk_app_id` may be logged in on at once.
+    pub fn max_devices_for(&self, sdk_app_id: u32) -> usize {
+        self.app_max_devices
+            .get(&sdk_app_id)
+            .copied()
+            .unwrap_or(self.max_devices_per_user)
+    }
+
     /// Checks what a configuration built in code may get wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let TlsSource::PemFiles { cert, key } = &self.tls
             && (cert.as_os_str().is_empty() || key.as_os_str().is_empty())
         {
             return Err(ConfigError::Invalid("--cert and --key go together".into()));
+        }
+        let devices =
+            std::iter::once(&self.max_devices_per_user).chain(self.app_max_devices.values());
+        for max_devices in devices {
+            let bound = MAX_DEVICES_PER_USER;
+            if !(bound.min..=bound.max).contains(&(*max_devices as u64)) {
+                return Err(ConfigError::Invalid(format!(
+                    "{} is {max_devices}; it must be {} to {}",
+                    bound.key, bound.min, bound.max
+                )));
+            }
         }
         if self.switchboard.default_invite_timeout.is_zero() {
             return Err(ConfigError::Invalid(

@@ -2,6 +2,7 @@
 //! file key and [`Bound`], layered (flags over environment over file) and
 //! resolved into a [`ServerConfig`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
@@ -118,6 +119,14 @@ pub const MAX_RINGING_PER_SESSION: Bound = Bound {
     default: SwitchboardConfig::DEFAULT.max_ringing_per_session as u64,
     min: 1,
     max: 100_000,
+};
+/// Devices one user may be logged in on at once (1: a second login
+/// replaces the first).
+pub const MAX_DEVICES_PER_USER: Bound = Bound {
+    key: "max_devices_per_user",
+    default: 1,
+    min: 1,
+    max: 16,
 };
 /// QUIC endpoints on the listening port (0: one per core).
 pub const QUIC_ENDPOINTS: Bound = Bound {
@@ -281,6 +290,10 @@ pub struct Settings {
     #[arg(long, env = "OPENCALLING_MAX_RINGING_PER_SESSION", value_name = "N",
           value_parser = MAX_RINGING_PER_SESSION.parser())]
     pub max_ringing_per_session: Option<u64>,
+    /// Devices one user may be logged in on at once, for apps that do not say; each rings, the first to answer takes the call [default: 1, 1..=16]
+    #[arg(long, env = "OPENCALLING_MAX_DEVICES_PER_USER", value_name = "N",
+          value_parser = MAX_DEVICES_PER_USER.parser())]
+    pub max_devices_per_user: Option<u64>,
     /// This node's number, the high half of its call ids [default: random at each start]
     #[arg(long, env = "OPENCALLING_NODE_ID", value_name = "N")]
     pub node_id: Option<u32>,
@@ -494,6 +507,9 @@ pub struct FileApp {
     pub sdk_app_id: u32,
     /// Its secret key.
     pub secret_key: String,
+    /// Devices one of its users may be logged in on at once (default: the
+    /// server's `max_devices_per_user`).
+    pub max_devices_per_user: Option<u64>,
 }
 
 impl fmt::Debug for FileApp {
@@ -559,6 +575,7 @@ layered!(Settings {
     max_call_size,
     invitations_per_minute,
     max_ringing_per_session,
+    max_devices_per_user,
     node_id,
     shutdown_grace_secs,
     usersig_max_skew_secs,
@@ -684,6 +701,8 @@ impl Settings {
                 resume_grace: RESUME_GRACE_SECS.resolve_secs(self.resume_grace_secs)?,
                 ring_offline_invitees: self.ring_offline_invitees.unwrap_or(true),
             },
+            max_devices_per_user: MAX_DEVICES_PER_USER.resolve_usize(self.max_devices_per_user)?,
+            app_max_devices: BTreeMap::new(),
             limits: ServerLimits {
                 max_connections: MAX_CONNECTIONS.resolve_usize(self.limits.max_connections)?,
                 max_connections_per_ip: MAX_CONNECTIONS_PER_IP
@@ -726,6 +745,10 @@ impl Settings {
             },
         };
         for app in self.apps {
+            if let Some(max_devices) = app.max_devices_per_user {
+                let max_devices = MAX_DEVICES_PER_USER.resolve_usize(Some(max_devices))?;
+                config.app_max_devices.insert(app.sdk_app_id, max_devices);
+            }
             config.add_app(app.sdk_app_id, SecretKey::new(app.secret_key))?;
         }
         match (self.sdk_app_id, self.secret_key) {
@@ -896,6 +919,7 @@ mod tests {
         let app = |id: u32| FileApp {
             sdk_app_id: id,
             secret_key: format!("key-{id}"),
+            max_devices_per_user: None,
         };
         let lower = Settings {
             webhook_urls: vec![url("http://file.example/hook")],
@@ -1067,6 +1091,7 @@ mod tests {
             apps: vec![FileApp {
                 sdk_app_id: 1,
                 secret_key: "super-secret-value".into(),
+                max_devices_per_user: None,
             }],
             ..Settings::default()
         };

@@ -12,8 +12,8 @@ use server_core::{
     Board, Counted, Login, LoginAnswer, OutboxLimits, RoutedMember, ServerCore, ServerOutput,
 };
 use signaling_proto::{
-    CallEvent, ClientMessage, ConnId, PROTOCOL_VERSION, RequestId, ResumeClaim, ServerMessage,
-    SessionToken,
+    CallEvent, ClientMessage, ConnId, DeviceLogin, PROTOCOL_VERSION, RequestId, ResumeClaim,
+    ServerMessage, SessionToken,
 };
 
 /// Small outboxes, so that congestion and stuck clients come quickly.
@@ -96,6 +96,7 @@ impl<B: Board + std::fmt::Debug> Server<B> {
                 link,
                 user: user(name),
                 protocol_version,
+                device: DeviceLogin::ONE_DEVICE,
                 resume,
             },
         );

@@ -49,18 +49,19 @@ impl Switchboard {
         ended
     }
 
-    /// The operator logs `user` out: as if it had logged in elsewhere (it
-    /// gets `Kicked`, its call goes on without it, its connection closes,
-    /// a waiting session too). `false` if it is not logged in.
+    /// The operator logs `user` out on every device: as if it had logged
+    /// in elsewhere (it gets `Kicked`, its call goes on without it, its
+    /// connections close, waiting sessions too). `false` if it is not
+    /// logged in.
     pub fn kick(&mut self, now: Instant, user: &UserId) -> bool {
         let _ = now;
-        let Some(conn) = self.conn_of(user) else {
-            return false;
-        };
-        debug!(%user, ?conn, "logged out by the operator");
-        self.kick_session(conn, Departure::LoggedOutByOperator);
+        let sessions = self.presence.sessions_of(user).to_vec();
+        debug!(%user, devices = sessions.len(), "logged out by the operator");
+        for conn in &sessions {
+            self.kick_session(*conn, Departure::LoggedOutByOperator);
+        }
         self.finish_input();
-        true
+        !sessions.is_empty()
     }
 
     /// While `false` (a drain), an invite that would start a call is
@@ -107,12 +108,11 @@ impl Switchboard {
         self.calls.get(&call_id).map_or_else(Vec::new, |call| {
             call.members
                 .iter()
-                .filter_map(|(user, member)| {
-                    Some(CallMember {
-                        user: user.clone(),
-                        flow: member.flow,
-                        conn: self.conn_of(user)?,
-                    })
+                .filter(|(_, member)| self.sessions.contains_key(&member.conn))
+                .map(|(user, member)| CallMember {
+                    user: user.clone(),
+                    flow: member.flow,
+                    conn: member.conn,
                 })
                 .collect()
         })
@@ -155,7 +155,7 @@ impl Switchboard {
             call_id,
             Call {
                 call_type,
-                members: BTreeMap::from([(me.clone(), Member { flow })]),
+                members: BTreeMap::from([(me.clone(), Member { flow, conn })]),
                 pending: BTreeMap::new(),
             },
         );
@@ -172,6 +172,7 @@ impl Switchboard {
         self.event(CallEvent::Joined {
             call_id,
             user: me.clone(),
+            device: self.device_of(conn),
         });
         Ok(call_id)
     }
@@ -183,6 +184,7 @@ impl Switchboard {
             return bug("joining without a session");
         };
         let (me, muted) = (session.user.clone(), session.muted);
+        let others_ringing = self.ringing_elsewhere(conn, call_id);
         let flow = self.allocate_flow();
         let Some(call) = self.calls.get_mut(&call_id) else {
             return bug("joining a missing call");
@@ -199,10 +201,13 @@ impl Switchboard {
             .iter()
             .map(|(user, member)| (user.clone(), member.flow))
             .collect();
-        call.members.insert(me.clone(), Member { flow });
+        call.members.insert(me.clone(), Member { flow, conn });
         self.membership_changed.insert(call_id);
+        for other in others_ringing {
+            self.stop_ringing_elsewhere(other, call_id, ElsewhereAnswer::Answered);
+        }
         if let Some(invitation) = answered {
-            self.invitation_over(&invitation.inviter);
+            self.invitation_over(invitation.inviter_conn);
             self.event(CallEvent::InvitationEnded {
                 call_id,
                 inviter: invitation.inviter,
@@ -214,10 +219,12 @@ impl Switchboard {
         self.event(CallEvent::Joined {
             call_id,
             user: me.clone(),
+            device: self.device_of(conn),
         });
         debug!(%me, %call_id, "entered");
         for (user, user_flow) in existing {
-            self.send_to_user(
+            self.send_to_member(
+                call_id,
                 &user,
                 ServerMessage::UserEntered {
                     call_id,
@@ -227,7 +234,7 @@ impl Switchboard {
                 },
             );
             let user_muted = self
-                .conn_of(&user)
+                .member_conn(call_id, &user)
                 .and_then(|other| self.sessions.get(&other))
                 .is_some_and(|other| other.muted);
             self.send(
@@ -251,15 +258,36 @@ impl Switchboard {
             return;
         };
         let me = session.user.clone();
-        let Some(call) = self.calls.get_mut(&call_id) else {
+        let Some(pending) = self
+            .calls
+            .get(&call_id)
+            .map(|call| call.pending.contains_key(&me))
+        else {
             return bug("a session was in a missing call");
         };
-        if let Some(invitation) = call.pending.remove(&me) {
+        if pending {
+            let others_ringing = self.ringing_elsewhere(conn, call_id);
+            if departure == Departure::Hangup {
+                // A reject on one device declines for all.
+                for other in others_ringing {
+                    self.stop_ringing_elsewhere(other, call_id, ElsewhereAnswer::Declined);
+                }
+            } else if !others_ringing.is_empty() {
+                debug!(%me, %call_id, ?conn, "one device gone: the others still ring");
+                return;
+            }
+            let Some(invitation) = self
+                .calls
+                .get_mut(&call_id)
+                .and_then(|call| call.pending.remove(&me))
+            else {
+                return bug("a pending invitation vanished");
+            };
             self.timers.cancel(&Timer::Invitation {
                 call_id,
                 invitee: me.clone(),
             });
-            self.invitation_over(&invitation.inviter);
+            self.invitation_over(invitation.inviter_conn);
             let outcome = match departure {
                 Departure::Hangup => InvitationOutcome::Rejected,
                 Departure::Logout
@@ -295,9 +323,17 @@ impl Switchboard {
             self.end_if_nobody_left(call_id, reason);
             return;
         }
-        if call.members.remove(&me).is_none() {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return bug("a session was in a missing call");
+        };
+        if call
+            .members
+            .get(&me)
+            .is_none_or(|member| member.conn != conn)
+        {
             return bug("a session's call holds it neither as member nor invitee");
         }
+        call.members.remove(&me);
         self.membership_changed.insert(call_id);
         debug!(%me, %call_id, ?departure, "left");
         let nobody_entered = call.members.is_empty();
@@ -333,7 +369,8 @@ impl Switchboard {
             return;
         }
         for user in &others {
-            self.send_to_user(
+            self.send_to_member(
+                call_id,
                 user,
                 ServerMessage::UserLeft {
                     call_id,
@@ -353,23 +390,19 @@ impl Switchboard {
         self.membership_changed.insert(call_id);
         debug!(%call_id, %reason, "call ended at once");
         self.cancel_pending(call_id, call.pending);
-        for user in call.members.into_keys() {
-            let conn = self.conn_of(&user);
-            let session = conn.and_then(|conn| self.sessions.get_mut(&conn));
-            let told = match session {
+        for (user, member) in call.members {
+            match self.sessions.get_mut(&member.conn) {
                 Some(session) => {
                     session.call = None;
-                    reason_for(session.protocol_version, reason)
+                    let told = reason_for(session.protocol_version, reason);
+                    let ended = ServerMessage::CallEnded {
+                        call_id,
+                        reason: told,
+                    };
+                    self.send(member.conn, ended);
                 }
-                None => reason,
-            };
-            self.send_to_user(
-                &user,
-                ServerMessage::CallEnded {
-                    call_id,
-                    reason: told,
-                },
-            );
+                None => self.unrouted(&user, ServerMessage::CallEnded { call_id, reason }),
+            }
             self.event(CallEvent::Left {
                 call_id,
                 user,
@@ -388,23 +421,28 @@ impl Switchboard {
         if call.members.len() > 1 || !call.pending.is_empty() {
             return;
         }
-        let last = call.members.keys().next().cloned();
+        let last = call
+            .members
+            .iter()
+            .next()
+            .map(|(user, member)| (user.clone(), member.conn));
         self.calls.remove(&call_id);
         self.membership_changed.insert(call_id);
         debug!(%call_id, %reason, "call ended");
-        if let Some(user) = last {
-            if let Some(session) = self
-                .conn_of(&user)
-                .and_then(|conn| self.sessions.get_mut(&conn))
-            {
-                session.call = None;
-            }
+        if let Some((user, conn)) = last {
             self.event(CallEvent::Left {
                 call_id,
                 user: user.clone(),
                 reason,
             });
-            self.send_to_user(&user, ServerMessage::CallEnded { call_id, reason });
+            let ended = ServerMessage::CallEnded { call_id, reason };
+            match self.sessions.get_mut(&conn) {
+                Some(session) => {
+                    session.call = None;
+                    self.send(conn, ended);
+                }
+                None => self.unrouted(&user, ended),
+            }
         }
         self.event(CallEvent::Ended { call_id, reason });
     }
@@ -422,7 +460,8 @@ impl Switchboard {
             return;
         };
         for user in self.other_members(call_id, &me) {
-            self.send_to_user(
+            self.send_to_member(
+                call_id,
                 &user,
                 ServerMessage::AudioAvailability {
                     call_id,
@@ -442,6 +481,22 @@ impl Switchboard {
                 .cloned()
                 .collect()
         })
+    }
+
+    /// The other devices of `conn`'s user that the invitation to
+    /// `call_id` rings.
+    pub(super) fn ringing_elsewhere(&self, conn: ConnId, call_id: CallId) -> Vec<ConnId> {
+        let Some(user) = self.user_of(conn) else {
+            return Vec::new();
+        };
+        let mut ringing = self.ringing_conns(call_id, user);
+        ringing.retain(|other| *other != conn);
+        ringing
+    }
+
+    /// The device `conn`'s session named at login.
+    pub(super) fn device_of(&self, conn: ConnId) -> Option<DeviceId> {
+        self.sessions.get(&conn)?.device.clone()
     }
 
     pub(super) fn allocate_flow(&mut self) -> FlowId {

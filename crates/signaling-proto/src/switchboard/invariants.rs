@@ -7,8 +7,11 @@ impl Switchboard {
     /// enough for tests and debug assertions, not for every message in
     /// production.
     ///
-    /// - every session's call exists and holds the user, as member or invitee;
-    /// - every member and invitee of a call is online with that call;
+    /// - every session's call exists and holds the user, as an invitee or
+    ///   as a member on that very device;
+    /// - a user's devices point at one call at most;
+    /// - every member of a call is a session in it, every invitee is
+    ///   rung on a device or waits offline;
     /// - every call has a member, and one with a single member has invitees
     ///   (a call with nobody left to answer has ended);
     /// - invitation timers and pending invitations match one to one, and
@@ -28,15 +31,36 @@ impl Switchboard {
                     .calls
                     .get(&call_id)
                     .ok_or_else(|| format!("{} is busy in ended {call_id}", session.user))?;
-                if !call.contains(&session.user) {
+                let rung = call.pending.contains_key(&session.user);
+                let entered_here = call
+                    .members
+                    .get(&session.user)
+                    .is_some_and(|member| member.conn == *conn);
+                if !rung && !entered_here {
                     return Err(format!(
-                        "{} points at {call_id} which lacks them",
+                        "{} on {conn:?} points at {call_id} which lacks it there",
+                        session.user
+                    ));
+                }
+                let elsewhere = self
+                    .presence
+                    .sessions_of(&session.user)
+                    .iter()
+                    .find(|other| {
+                        self.sessions
+                            .get(other)
+                            .and_then(|other| other.call)
+                            .is_some_and(|other_call| other_call != call_id)
+                    });
+                if let Some(other) = elsewhere {
+                    return Err(format!(
+                        "{} is in {call_id} on {conn:?} and another call on {other:?}",
                         session.user
                     ));
                 }
             }
         }
-        if self.presence.count() != self.sessions.len() {
+        if self.presence.session_count() != self.sessions.len() {
             return Err("online map and sessions disagree".into());
         }
         self.check_offline_invitations()?;
@@ -48,21 +72,21 @@ impl Switchboard {
             if call.members.len() == 1 && call.pending.is_empty() {
                 return Err(format!("{call_id} has one member and nobody to answer"));
             }
-            for user in call.members.keys().chain(call.pending.keys()) {
-                let session = self.conn_of(user).and_then(|conn| self.sessions.get(&conn));
-                let Some(session) = session else {
-                    if call.pending.contains_key(user)
-                        && self.offline_invited.get(user) == Some(call_id)
-                    {
-                        continue;
-                    }
+            for (user, member) in &call.members {
+                let Some(session) = self.sessions.get(&member.conn) else {
                     return Err(format!("{user} in {call_id} is offline"));
                 };
-                if session.call != Some(*call_id) {
+                if session.call != Some(*call_id) || session.user != *user {
                     return Err(format!(
                         "{user} in {call_id} thinks it is in {:?}",
                         session.call
                     ));
+                }
+            }
+            for user in call.pending.keys() {
+                let waits_offline = self.offline_invited.get(user) == Some(call_id);
+                if !waits_offline && self.ringing_conns(*call_id, user).is_empty() {
+                    return Err(format!("{user}'s invitation to {call_id} rings nowhere"));
                 }
             }
             for user in call.pending.keys() {
@@ -98,12 +122,12 @@ impl Switchboard {
                 detached.len()
             ));
         }
-        for session in self.sessions.values() {
+        for (conn, session) in &self.sessions {
             let sent = self
                 .calls
                 .values()
                 .flat_map(|call| call.pending.values())
-                .filter(|invitation| invitation.inviter == session.user)
+                .filter(|invitation| invitation.inviter_conn == *conn)
                 .count();
             if session.ringing_out > sent {
                 return Err(format!(

@@ -12,7 +12,7 @@ impl Switchboard {
         else {
             return bug("an invitation timer outlived its invitation");
         };
-        self.invitation_over(&invitation.inviter);
+        self.invitation_over(invitation.inviter_conn);
         self.forget_offline_invitation(&invitee, call_id);
         self.event(CallEvent::InvitationEnded {
             call_id,
@@ -22,18 +22,11 @@ impl Switchboard {
             offline: invitation.offline,
         });
         debug!(%call_id, %invitee, "invitation timed out");
-        match self.conn_of(&invitee) {
-            Some(conn) => {
-                if let Some(session) = self.sessions.get_mut(&conn) {
-                    session.call = None;
-                }
-                self.send(conn, ServerMessage::InvitationTimedOut { call_id });
-            }
-            None => self.outputs.push_back(Output::Unrouted {
-                user: invitee.clone(),
-                message: ServerMessage::InvitationTimedOut { call_id },
-            }),
-        }
+        self.stop_ringing(
+            call_id,
+            &invitee,
+            ServerMessage::InvitationTimedOut { call_id },
+        );
         self.tell_inviter(
             call_id,
             &invitation.inviter,
@@ -83,6 +76,12 @@ impl Switchboard {
             return Err((
                 ErrorCode::NOT_IN_CALL,
                 "that call is over, or you are not in it",
+            ));
+        }
+        if self.busy_on_another_device(conn) {
+            return Err((
+                ErrorCode::WRONG_CALL_STATE,
+                "you are in a call on another device",
             ));
         }
         let (call_id, answers_glare) = match self.sessions.get(&conn).and_then(|s| s.call) {
@@ -137,15 +136,61 @@ impl Switchboard {
         Err((ErrorCode::RATE_LIMITED, refusal))
     }
 
-    /// An invitation `inviter` sent stopped ringing (answered, timed out,
-    /// cancelled, or its invitee gone).
-    pub(super) fn invitation_over(&mut self, inviter: &UserId) {
-        if let Some(session) = self
-            .presence
-            .session_of(inviter)
-            .and_then(|conn| self.sessions.get_mut(&conn))
-        {
+    /// An invitation sent from `inviter_conn` stopped ringing (answered,
+    /// timed out, cancelled, or its invitee gone).
+    pub(super) fn invitation_over(&mut self, inviter_conn: ConnId) {
+        if let Some(session) = self.sessions.get_mut(&inviter_conn) {
             session.ringing_out = session.ringing_out.saturating_sub(1);
+        }
+    }
+
+    /// Whether another device of `conn`'s user is in a call or rung by one
+    /// that does not ring `conn`: a user is in one call at a time.
+    pub(super) fn busy_on_another_device(&self, conn: ConnId) -> bool {
+        let Some(session) = self.sessions.get(&conn) else {
+            return false;
+        };
+        self.presence
+            .sessions_of(&session.user)
+            .iter()
+            .any(|other| {
+                *other != conn
+                    && self
+                        .sessions
+                        .get(other)
+                        .and_then(|other| other.call)
+                        .is_some_and(|call| Some(call) != session.call)
+            })
+    }
+
+    /// Ends the ringing of `invitee`'s devices for `call_id` with `message`
+    /// (`Cancelled`, `InvitationTimedOut`); the invitation is no longer
+    /// pending.
+    pub(super) fn stop_ringing(
+        &mut self,
+        call_id: CallId,
+        invitee: &UserId,
+        message: ServerMessage,
+    ) {
+        let ringing: Vec<ConnId> = self
+            .presence
+            .sessions_of(invitee)
+            .iter()
+            .copied()
+            .filter(|conn| {
+                self.sessions
+                    .get(conn)
+                    .is_some_and(|session| session.call == Some(call_id))
+            })
+            .collect();
+        if ringing.is_empty() {
+            return self.unrouted(invitee, message);
+        }
+        for conn in ringing {
+            if let Some(session) = self.sessions.get_mut(&conn) {
+                session.call = None;
+            }
+            self.send(conn, message.clone());
         }
     }
 
@@ -214,7 +259,7 @@ impl Switchboard {
         let mut unreachable = Vec::new();
         let mut any_busy = false;
         for user in invitees {
-            let online = self.conn_of(&user);
+            let online = self.presence.is_online(&user);
             let offline = match self.availability(&user) {
                 Ok(offline) => offline,
                 Err(outcome) => {
@@ -236,7 +281,7 @@ impl Switchboard {
                         inviter: inviter.clone(),
                         invitee: user,
                         outcome,
-                        offline: online.is_none(),
+                        offline: !online,
                     });
                     continue;
                 }
@@ -248,15 +293,22 @@ impl Switchboard {
                 user.clone(),
                 Invitation {
                     inviter: inviter.clone(),
+                    inviter_conn,
                     user_data: user_data.clone(),
                     offline,
                 },
             );
-            match online.and_then(|conn| self.sessions.get_mut(&conn)) {
-                Some(session) => session.call = Some(call_id),
-                None => {
-                    debug!(%user, %call_id, "invitee offline: the invitation waits for it");
-                    self.offline_invited.insert(user.clone(), call_id);
+            if offline {
+                debug!(%user, %call_id, "invitee offline: the invitation waits for it");
+                self.offline_invited.insert(user.clone(), call_id);
+            } else {
+                // Every device that keeps up with its messages rings.
+                for conn in self.presence.sessions_of(&user).to_vec() {
+                    if let Some(session) = self.sessions.get_mut(&conn)
+                        && !session.congested
+                    {
+                        session.call = Some(call_id);
+                    }
                 }
             }
             if let Some(inviter_session) = self.sessions.get_mut(&inviter_conn) {
@@ -339,7 +391,8 @@ impl Switchboard {
                 .filter(|other| **other != user && *other != inviter)
                 .cloned()
                 .collect();
-            self.send_to_user(
+            self.send_to_invitee(
+                call_id,
                 &user,
                 ServerMessage::Invited {
                     call_id,
@@ -353,20 +406,33 @@ impl Switchboard {
         }
     }
 
-    /// Whether `user` may ring now: `Ok(offline)`, or why not.
+    /// Whether `user` may ring now: `Ok(offline)`, or why not. Busy: in a
+    /// call or ringing on any device, or no device keeps up with its
+    /// messages.
     pub(super) fn availability(&mut self, user: &UserId) -> Result<bool, InvitationOutcome> {
-        match self.conn_of(user).and_then(|conn| self.sessions.get(&conn)) {
-            // In a call, ringing, or not keeping up with its messages.
-            Some(session) if session.call.is_some() => Err(InvitationOutcome::Busy),
-            Some(session) if session.congested => {
-                self.counters.invitees_congested += 1;
+        let sessions: Vec<&Session> = self
+            .presence
+            .sessions_of(user)
+            .iter()
+            .filter_map(|conn| self.sessions.get(conn))
+            .collect();
+        if sessions.is_empty() {
+            return if self.offline_invited.contains_key(user) {
                 Err(InvitationOutcome::Busy)
-            }
-            Some(_) => Ok(false),
-            None if self.offline_invited.contains_key(user) => Err(InvitationOutcome::Busy),
-            None if self.config.ring_offline_invitees => Ok(true),
-            None => Err(InvitationOutcome::NoResponse),
+            } else if self.config.ring_offline_invitees {
+                Ok(true)
+            } else {
+                Err(InvitationOutcome::NoResponse)
+            };
         }
+        if sessions.iter().any(|session| session.call.is_some()) {
+            return Err(InvitationOutcome::Busy);
+        }
+        if sessions.iter().all(|session| session.congested) {
+            self.counters.invitees_congested += 1;
+            return Err(InvitationOutcome::Busy);
+        }
+        Ok(false)
     }
 
     /// Ends a call nobody answered yet: its invitations are cancelled.
@@ -390,15 +456,9 @@ impl Switchboard {
                 call_id,
                 invitee: user.clone(),
             });
-            self.invitation_over(&invitation.inviter);
+            self.invitation_over(invitation.inviter_conn);
             self.forget_offline_invitation(&user, call_id);
-            if let Some(session) = self
-                .conn_of(&user)
-                .and_then(|conn| self.sessions.get_mut(&conn))
-            {
-                session.call = None;
-            }
-            self.send_to_user(&user, ServerMessage::Cancelled { call_id });
+            self.stop_ringing(call_id, &user, ServerMessage::Cancelled { call_id });
             self.event(CallEvent::InvitationEnded {
                 call_id,
                 inviter: invitation.inviter,
@@ -440,7 +500,7 @@ impl Switchboard {
             .get(&call_id)
             .is_some_and(|call| call.members.contains_key(inviter));
         if still_member {
-            self.send_to_user(inviter, message);
+            self.send_to_member(call_id, inviter, message);
         }
     }
 

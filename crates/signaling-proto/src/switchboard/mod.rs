@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use calling_api::{CallId, CallType, EndReason, ErrorCode, UserId};
+use calling_api::{CallId, CallType, DeviceId, ElsewhereAnswer, EndReason, ErrorCode, UserId};
 use tracing::{debug, error, trace};
 
 use crate::call_event::{CallEvent, InvitationOutcome};
@@ -104,6 +104,31 @@ impl Default for SwitchboardConfig {
     }
 }
 
+/// Which device a login comes from, and how many devices its user may be
+/// logged in on at once (the app's rule, which the glue knows).
+///
+/// An invitation rings each of a user's devices; the first to accept
+/// takes the call, and a reject on one declines it for all. A login beyond
+/// `max_devices` replaces the user's oldest session; one from a device
+/// that is logged in already replaces that device's session. With
+/// `max_devices` 1, a second login replaces the first, as in the calling
+/// component.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceLogin {
+    /// The device the login names (version 5), if any.
+    pub device: Option<DeviceId>,
+    /// How many sessions the user may have at once (0 counts as 1).
+    pub max_devices: usize,
+}
+
+impl DeviceLogin {
+    /// A login that names no device, under the one-device rule.
+    pub const ONE_DEVICE: Self = Self {
+        device: None,
+        max_devices: 1,
+    };
+}
+
 /// What the glue must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -175,6 +200,8 @@ pub struct RestoredSession {
     pub conn: ConnId,
     /// Who.
     pub user: UserId,
+    /// The device it named at login, and its user's limit.
+    pub device_login: DeviceLogin,
     /// The protocol version it speaks.
     pub protocol_version: u16,
     /// Its microphone is off.
@@ -199,8 +226,8 @@ pub struct RestoredCall {
 }
 
 /// A restored call as its members report it: its type, who reported being
-/// in it (with their flows), and everyone they knew in it.
-type ReportedMembers = (CallType, Vec<(UserId, FlowId)>, BTreeSet<UserId>);
+/// in it (with their flows and connections), and everyone they knew in it.
+type ReportedMembers = (CallType, Vec<(UserId, FlowId, ConnId)>, BTreeSet<UserId>);
 
 /// The switchboard's timers: one variant per kind.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -215,12 +242,17 @@ enum Timer {
 #[derive(Debug)]
 struct Session {
     user: UserId,
+    /// The device it named at login.
+    device: Option<DeviceId>,
     /// The protocol version the client speaks: version 1 clients get no
     /// version 2 message and cannot resume.
     protocol_version: u16,
     /// The connection broke; the session waits for a resume.
     detached: bool,
     muted: bool,
+    /// The call this device is in, or that rings on it. Of a user's
+    /// devices, only the one that entered a call points at it; every
+    /// device an invitation rings points at its call.
     call: Option<CallId>,
     /// Invitations this session may still send now.
     invitation_budget: TokenBucket,
@@ -235,11 +267,15 @@ struct Session {
 #[derive(Debug)]
 struct Member {
     flow: FlowId,
+    /// The device it is in the call on.
+    conn: ConnId,
 }
 
 #[derive(Debug)]
 struct Invitation {
     inviter: UserId,
+    /// The inviter's device (whose count of ringing invitations it is in).
+    inviter_conn: ConnId,
     /// The invite's user data, for an offline invitee told when it logs in.
     user_data: Option<String>,
     /// The invitee was not logged in when invited.
@@ -264,6 +300,8 @@ pub struct CallSummary {
 pub struct SessionSummary {
     /// Who.
     pub user: UserId,
+    /// The device it named at login.
+    pub device: Option<DeviceId>,
     /// The protocol version it speaks.
     pub protocol_version: u16,
     /// Its connection broke and it waits for a resume.
@@ -321,7 +359,8 @@ enum Departure {
     Hangup,
     /// logout(): as a hangup, but a ringing invitation was never answered.
     Logout,
-    /// A second login took over: the session is told why.
+    /// A second login took over (the same device, or one beyond the
+    /// user's devices): the session is told why.
     Kicked,
     /// The operator logged the user out: the session is told why.
     LoggedOutByOperator,
@@ -564,16 +603,49 @@ impl Switchboard {
         );
     }
 
-    /// To `user` wherever it is: on its connection here, or (no session
-    /// here) as an [`Output::Unrouted`] for the glue.
-    fn send_to_user(&mut self, user: &UserId, message: ServerMessage) {
-        match self.conn_of(user) {
+    /// To `user` on the device it is in `call_id` on, or (no such
+    /// session here) as an [`Output::Unrouted`] for the glue.
+    fn send_to_member(&mut self, call_id: CallId, user: &UserId, message: ServerMessage) {
+        match self.member_conn(call_id, user) {
             Some(conn) => self.send(conn, message),
-            None => self.outputs.push_back(Output::Unrouted {
-                user: user.clone(),
-                message,
-            }),
+            None => self.unrouted(user, message),
         }
+    }
+
+    /// To each device of `user` that `call_id` rings, or (none here) as an
+    /// [`Output::Unrouted`] for the glue.
+    fn send_to_invitee(&mut self, call_id: CallId, user: &UserId, message: ServerMessage) {
+        let ringing = self.ringing_conns(call_id, user);
+        let Some((last, others)) = ringing.split_last() else {
+            return self.unrouted(user, message);
+        };
+        for conn in others {
+            self.send(*conn, message.clone());
+        }
+        self.send(*last, message);
+    }
+
+    fn unrouted(&mut self, user: &UserId, message: ServerMessage) {
+        self.outputs.push_back(Output::Unrouted {
+            user: user.clone(),
+            message,
+        });
+    }
+
+    /// The invitation to `call_id` stops ringing on `conn` because another
+    /// device of its user answered it: told so from version 5, `Cancelled`
+    /// before.
+    fn stop_ringing_elsewhere(&mut self, conn: ConnId, call_id: CallId, answer: ElsewhereAnswer) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.call = None;
+        let message = if session.protocol_version >= 5 {
+            ServerMessage::HandledElsewhere { call_id, answer }
+        } else {
+            ServerMessage::Cancelled { call_id }
+        };
+        self.send(conn, message);
     }
 
     fn send(&mut self, conn: ConnId, message: ServerMessage) {

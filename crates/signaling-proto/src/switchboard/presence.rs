@@ -1,11 +1,11 @@
-//! Who is online, and on which connection: the one place that states that a
-//! user has at most one session. A second login replaces the first (the
-//! calling component's rule: the older device is kicked offline), and every
-//! question "where is this user" is answered here.
+//! Who is online, and on which connections: every question "where is this
+//! user" is answered here. A user may be logged in on several devices at
+//! once (up to [`DeviceLogin::max_devices`], one by default: then a second
+//! login replaces the first, the calling component's rule); their sessions
+//! are kept oldest login first, the order in which a login beyond the
+//! limit replaces them.
 //!
-//! Several devices per user changes this type — `replaced_by_login` would
-//! stop naming a session to kick and `session_of` would answer a set — and
-//! the callers that ring or notify a user, not the call rules.
+//! [`DeviceLogin::max_devices`]: super::DeviceLogin::max_devices
 
 use std::collections::HashMap;
 
@@ -16,51 +16,59 @@ use super::ConnId;
 /// See the [module docs](self).
 #[derive(Debug, Default)]
 pub(super) struct Presence {
-    session_by_user: HashMap<UserId, ConnId>,
+    sessions_by_user: HashMap<UserId, Vec<ConnId>>,
+    session_count: usize,
 }
 
 impl Presence {
-    /// The session a login of `user` replaces (to be kicked first), if it
-    /// has one.
-    pub(super) fn replaced_by_login(&self, user: &UserId) -> Option<ConnId> {
-        self.session_of(user)
-    }
-
-    /// `user` is online on `conn` (the session it replaced, if any, ended).
+    /// `user` is online on `conn` too, as its newest session.
     pub(super) fn sign_in(&mut self, user: UserId, conn: ConnId) {
-        self.session_by_user.insert(user, conn);
+        self.sessions_by_user.entry(user).or_default().push(conn);
+        self.session_count += 1;
     }
 
-    /// `user`'s session on `conn` ended; a newer session of it stays.
+    /// `user`'s session on `conn` ended; its other sessions stay.
     pub(super) fn sign_out(&mut self, user: &UserId, conn: ConnId) {
-        if self.is_session(user, conn) {
-            self.session_by_user.remove(user);
+        let Some(sessions) = self.sessions_by_user.get_mut(user) else {
+            return;
+        };
+        let before = sessions.len();
+        sessions.retain(|session| *session != conn);
+        self.session_count -= before - sessions.len();
+        if sessions.is_empty() {
+            self.sessions_by_user.remove(user);
         }
     }
 
-    /// The connection `user` is online on.
-    pub(super) fn session_of(&self, user: &UserId) -> Option<ConnId> {
-        self.session_by_user.get(user).copied()
+    /// The connections `user` is online on, oldest login first.
+    pub(super) fn sessions_of(&self, user: &UserId) -> &[ConnId] {
+        self.sessions_by_user.get(user).map_or(&[], Vec::as_slice)
     }
 
-    /// Whether `conn` is `user`'s session.
+    /// Whether `conn` is one of `user`'s sessions.
     pub(super) fn is_session(&self, user: &UserId, conn: ConnId) -> bool {
-        self.session_by_user.get(user) == Some(&conn)
+        self.sessions_of(user).contains(&conn)
     }
 
     /// Whether `user` has a session.
     pub(super) fn is_online(&self, user: &UserId) -> bool {
-        self.session_by_user.contains_key(user)
+        self.sessions_by_user.contains_key(user)
     }
 
     /// How many users are online.
     pub(super) fn count(&self) -> usize {
-        self.session_by_user.len()
+        self.sessions_by_user.len()
+    }
+
+    /// How many sessions there are, every device counted.
+    pub(super) fn session_count(&self) -> usize {
+        self.session_count
     }
 
     /// Everyone signed out at once (shutdown).
     pub(super) fn clear(&mut self) {
-        self.session_by_user.clear();
+        self.sessions_by_user.clear();
+        self.session_count = 0;
     }
 }
 
@@ -69,18 +77,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_second_login_replaces_the_first_and_the_old_sign_out_keeps_it() {
+    fn sessions_are_kept_oldest_first_and_end_one_by_one() {
         let alice = UserId::new("alice").unwrap();
         let mut presence = Presence::default();
-        assert_eq!(presence.replaced_by_login(&alice), None);
+        assert!(presence.sessions_of(&alice).is_empty());
         presence.sign_in(alice.clone(), ConnId(1));
-        assert_eq!(presence.replaced_by_login(&alice), Some(ConnId(1)));
         presence.sign_in(alice.clone(), ConnId(2));
-        // The replaced session's end does not sign the new one out.
+        assert_eq!(presence.sessions_of(&alice), [ConnId(1), ConnId(2)]);
+        assert_eq!((presence.count(), presence.session_count()), (1, 2));
         presence.sign_out(&alice, ConnId(1));
-        assert_eq!(presence.session_of(&alice), Some(ConnId(2)));
-        assert_eq!(presence.count(), 1);
+        presence.sign_out(&alice, ConnId(1));
+        assert_eq!(presence.sessions_of(&alice), [ConnId(2)]);
+        assert_eq!(presence.session_count(), 1);
         presence.sign_out(&alice, ConnId(2));
         assert!(!presence.is_online(&alice));
+        assert_eq!((presence.count(), presence.session_count()), (0, 0));
     }
 }

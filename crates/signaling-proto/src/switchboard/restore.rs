@@ -7,7 +7,8 @@ impl Switchboard {
     /// Rebuilds sessions and calls another switchboard held (a cluster's
     /// control that died or stepped down; see `calling-cluster`), as their
     /// nodes report them. Sessions come back without a word to their
-    /// clients (a user already online here is kicked, as by a login). A
+    /// clients (a session already here that the session's login would
+    /// replace is kicked, as by that login). A
     /// call comes back with the members reported in it; each is told of
     /// the members it knew who were not reported (they were lost with the
     /// old switchboard: `UserLeft`), and a call left with one member ends
@@ -23,14 +24,20 @@ impl Switchboard {
                 bug("a restored connection is already a session");
                 continue;
             }
-            if let Some(old) = self.presence.replaced_by_login(&restored.user) {
+            let DeviceLogin {
+                device,
+                max_devices,
+            } = restored.device_login;
+            for old in self.replaced_by_login(&restored.user, device.as_ref(), max_devices) {
                 self.kick_session(old, Departure::Kicked);
             }
             if let Some(call) = &restored.call {
                 let entry = calls
                     .entry(call.call_id)
                     .or_insert_with(|| (call.call_type, Vec::new(), BTreeSet::new()));
-                entry.1.push((restored.user.clone(), call.flow));
+                entry
+                    .1
+                    .push((restored.user.clone(), call.flow, restored.conn));
                 entry.2.extend(call.members.iter().cloned());
                 self.next_flow = self.next_flow.max(call.flow.0.saturating_add(1));
             }
@@ -49,6 +56,7 @@ impl Switchboard {
                 restored.conn,
                 Session {
                     user: restored.user,
+                    device,
                     protocol_version: restored.protocol_version,
                     detached,
                     muted: restored.muted,
@@ -69,12 +77,14 @@ impl Switchboard {
         &mut self,
         call_id: CallId,
         call_type: CallType,
-        present: Vec<(UserId, FlowId)>,
+        present: Vec<(UserId, FlowId, ConnId)>,
         known: &BTreeSet<UserId>,
     ) {
-        let present: Vec<(UserId, FlowId)> = present
+        let mut seen = BTreeSet::new();
+        // A user is in a call once: a second device claiming it is not.
+        let present: Vec<(UserId, FlowId, ConnId)> = present
             .into_iter()
-            .filter(|(user, _)| self.conn_of(user).is_some())
+            .filter(|(user, _, conn)| self.sessions.contains_key(conn) && seen.insert(user.clone()))
             .collect();
         if self.calls.contains_key(&call_id) {
             bug("a restored call exists already");
@@ -82,21 +92,25 @@ impl Switchboard {
         }
         if present.len() < 2 {
             // Whoever else was in it is gone with the old switchboard.
-            for (user, _) in present {
-                if let Some(conn) = self.conn_of(&user) {
-                    let ended = ServerMessage::CallEnded {
-                        call_id,
-                        reason: EndReason::ConnectionLost,
-                    };
-                    self.send(conn, ended);
-                }
+            for (_, _, conn) in present {
+                let ended = ServerMessage::CallEnded {
+                    call_id,
+                    reason: EndReason::ConnectionLost,
+                };
+                self.send(conn, ended);
             }
             self.membership_changed.insert(call_id);
             return;
         }
         let members: BTreeMap<UserId, Member> = present
             .iter()
-            .map(|(user, flow)| (user.clone(), Member { flow: *flow }))
+            .map(|(user, flow, conn)| {
+                let member = Member {
+                    flow: *flow,
+                    conn: *conn,
+                };
+                (user.clone(), member)
+            })
             .collect();
         let lost: Vec<UserId> = known
             .iter()
@@ -109,15 +123,13 @@ impl Switchboard {
             call_type,
             caller: present[0].0.clone(),
         });
-        for (user, _) in &present {
+        for (user, _, conn) in &present {
             self.event(CallEvent::Joined {
                 call_id,
                 user: user.clone(),
+                device: self.device_of(*conn),
             });
-            if let Some(session) = self
-                .conn_of(user)
-                .and_then(|conn| self.sessions.get_mut(&conn))
-            {
+            if let Some(session) = self.sessions.get_mut(conn) {
                 session.call = Some(call_id);
             }
         }
@@ -129,10 +141,8 @@ impl Switchboard {
                 pending: BTreeMap::new(),
             },
         );
-        for (user, _) in &present {
-            let Some(conn) = self.conn_of(user) else {
-                continue;
-            };
+        for (_, _, conn) in &present {
+            let conn = *conn;
             for gone in &lost {
                 let left = ServerMessage::UserLeft {
                     call_id,

@@ -1,6 +1,6 @@
-//! Sessions by connection: logins (a second login of a user replaces the
-//! first), disconnections, the resume of a detached session, and what the
-//! glue asks about them.
+//! Sessions by connection: logins (one beyond a user's devices, or from a
+//! device logged in already, replaces a session), disconnections, the
+//! resume of a detached session, and what the glue asks about them.
 
 use super::*;
 
@@ -10,9 +10,8 @@ impl Switchboard {
     ///
     /// Authentication (UserSig, protocol version) is the glue's job
     /// ([`crate::login::check_login`]); it calls this only for logins that
-    /// passed. A session of the same user on another connection is kicked:
-    /// its calls end as a leave, it gets [`ServerMessage::Kicked`] and is
-    /// closed.
+    /// passed. A login that names no device, under the one-device rule
+    /// ([`DeviceLogin::ONE_DEVICE`]): a session of the same user is kicked.
     pub fn handle_login(
         &mut self,
         now: Instant,
@@ -20,7 +19,27 @@ impl Switchboard {
         user: UserId,
         protocol_version: u16,
     ) {
-        let _ = now;
+        self.handle_device_login(now, conn, user, protocol_version, DeviceLogin::ONE_DEVICE);
+    }
+
+    /// Registers an authenticated login of `user` from a device on `conn`.
+    /// The session of the same device, and the user's oldest sessions
+    /// beyond its [`DeviceLogin::max_devices`], are kicked: their calls
+    /// end as a leave, they get [`ServerMessage::Kicked`] and are closed.
+    /// An invitation that rings the user's other devices rings this one
+    /// too.
+    pub fn handle_device_login(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        user: UserId,
+        protocol_version: u16,
+        login: DeviceLogin,
+    ) {
+        let DeviceLogin {
+            device,
+            max_devices,
+        } = login;
         if self.sessions.contains_key(&conn) {
             self.send_error(
                 conn,
@@ -30,8 +49,8 @@ impl Switchboard {
             );
             return self.finish_input();
         }
-        if let Some(old) = self.presence.replaced_by_login(&user) {
-            debug!(%user, ?old, new = ?conn, "second login kicks the first session");
+        for old in self.replaced_by_login(&user, device.as_ref(), max_devices) {
+            debug!(%user, ?old, new = ?conn, "a login replaces a session");
             self.kick_session(old, Departure::Kicked);
         }
         self.presence.sign_in(user.clone(), conn);
@@ -40,6 +59,7 @@ impl Switchboard {
             conn,
             Session {
                 user,
+                device,
                 protocol_version,
                 detached: false,
                 muted: false,
@@ -59,6 +79,28 @@ impl Switchboard {
         );
         self.deliver_waiting_invitation(now, conn);
         self.finish_input();
+    }
+
+    /// The sessions a login of `user` from `device` replaces: the same
+    /// device's, then the oldest until the new one fits in `max_devices`.
+    pub(super) fn replaced_by_login(
+        &self,
+        user: &UserId,
+        device: Option<&DeviceId>,
+        max_devices: usize,
+    ) -> Vec<ConnId> {
+        let (mut replaced, kept): (Vec<ConnId>, Vec<ConnId>) =
+            self.presence.sessions_of(user).iter().partition(|conn| {
+                device.is_some()
+                    && self
+                        .sessions
+                        .get(conn)
+                        .is_some_and(|session| session.device.as_ref() == device)
+            });
+        let allowed = max_devices.max(1);
+        let excess = (kept.len() + 1).saturating_sub(allowed);
+        replaced.extend(kept.into_iter().take(excess));
+        replaced
     }
 
     /// Ends the session on `conn` as kicked: its calls end as a leave, it
@@ -87,20 +129,36 @@ impl Switchboard {
         self.outputs.push_back(Output::Close { conn, code });
     }
 
-    /// An invitation that rang `conn`'s user while it was offline rings
-    /// its new session, for what is left of its timeout.
+    /// An invitation that rang `conn`'s user while it was offline, or that
+    /// rings its other devices, rings its new session too, for what is
+    /// left of its timeout.
     pub(super) fn deliver_waiting_invitation(&mut self, now: Instant, conn: ConnId) {
         let Some(user) = self.user_of(conn).cloned() else {
             return;
         };
-        let Some(call_id) = self.offline_invited.remove(&user) else {
-            return;
+        let call_id = match self.offline_invited.remove(&user) {
+            Some(call_id) => call_id,
+            None => {
+                let rung_elsewhere = self.presence.sessions_of(&user).iter().find_map(|other| {
+                    let other = self.sessions.get(other)?;
+                    let call_id = other.call?;
+                    self.calls
+                        .get(&call_id)?
+                        .pending
+                        .contains_key(&user)
+                        .then_some(call_id)
+                });
+                let Some(call_id) = rung_elsewhere else {
+                    return;
+                };
+                call_id
+            }
         };
         let Some(call) = self.calls.get(&call_id) else {
-            return bug("an offline invitation outlived its call");
+            return bug("a waiting invitation outlived its call");
         };
         let Some(invitation) = call.pending.get(&user) else {
-            return bug("an offline invitation is not pending in its call");
+            return bug("a waiting invitation is not pending in its call");
         };
         let left = self
             .timers
@@ -129,7 +187,7 @@ impl Switchboard {
         if let Some(session) = self.sessions.get_mut(&conn) {
             session.call = Some(call_id);
         }
-        debug!(%user, %call_id, ?left, "invited while offline: rings now");
+        debug!(%user, %call_id, ?left, "a waiting invitation rings a new session");
         self.send(conn, invited);
     }
 
@@ -201,7 +259,7 @@ impl Switchboard {
         let others: Vec<ConnId> = self
             .other_members(call_id, &me)
             .iter()
-            .filter_map(|user| self.conn_of(user))
+            .filter_map(|user| self.member_conn(call_id, user))
             .filter(|other| {
                 self.sessions
                     .get(other)
@@ -234,12 +292,13 @@ impl Switchboard {
             .values()
             .map(|session| SessionSummary {
                 user: session.user.clone(),
+                device: session.device.clone(),
                 protocol_version: session.protocol_version,
                 reconnecting: session.detached,
                 call: session.call,
             })
             .collect();
-        sessions.sort_by(|a, b| a.user.cmp(&b.user));
+        sessions.sort_by(|a, b| (&a.user, &a.device).cmp(&(&b.user, &b.device)));
         sessions
     }
 
@@ -263,23 +322,56 @@ impl Switchboard {
         self.sessions.get(&conn).map(|session| &session.user)
     }
 
-    /// The connection `user` is logged in on.
-    pub fn conn_of(&self, user: &UserId) -> Option<ConnId> {
-        self.presence.session_of(user)
+    /// The connections `user` is logged in on, oldest login first.
+    pub fn sessions_of(&self, user: &UserId) -> &[ConnId] {
+        self.presence.sessions_of(user)
     }
 
-    /// The call `conn`'s user has entered, with the user's flow id in it
-    /// (invitations not yet answered do not count).
+    /// The connection of the device `user` is in `call_id` on.
+    pub fn member_conn(&self, call_id: CallId, user: &UserId) -> Option<ConnId> {
+        let conn = self.calls.get(&call_id)?.members.get(user)?.conn;
+        self.sessions.contains_key(&conn).then_some(conn)
+    }
+
+    /// The devices of `user` that the invitation to `call_id` rings.
+    pub(super) fn ringing_conns(&self, call_id: CallId, user: &UserId) -> Vec<ConnId> {
+        let pending = self
+            .calls
+            .get(&call_id)
+            .is_some_and(|call| call.pending.contains_key(user));
+        if !pending {
+            return Vec::new();
+        }
+        self.presence
+            .sessions_of(user)
+            .iter()
+            .copied()
+            .filter(|conn| {
+                self.sessions
+                    .get(conn)
+                    .is_some_and(|session| session.call == Some(call_id))
+            })
+            .collect()
+    }
+
+    /// The call `conn` has entered, with its user's flow id in it
+    /// (invitations not yet answered do not count, nor the call its user
+    /// is in on another device).
     pub fn joined_call_of(&self, conn: ConnId) -> Option<(CallId, FlowId)> {
         let session = self.sessions.get(&conn)?;
         let call_id = session.call?;
         let member = self.calls.get(&call_id)?.members.get(&session.user)?;
-        Some((call_id, member.flow))
+        (member.conn == conn).then_some((call_id, member.flow))
     }
 
     /// How many users are logged in.
     pub fn online_count(&self) -> usize {
         self.presence.count()
+    }
+
+    /// How many sessions there are, every device of every user counted.
+    pub fn session_count(&self) -> usize {
+        self.presence.session_count()
     }
 
     pub(super) fn end_session(&mut self, conn: ConnId, departure: Departure) {

@@ -336,6 +336,7 @@ fn a_client_of_another_protocol_version_is_told_so() {
         sdk_app_id: Simulation::SDK_APP_ID,
         user_id: user("future"),
         user_sig: Simulation::user_sig("future").into(),
+        device_id: None,
     };
     sim.send_raw("future", frame_to_vec(&login).unwrap());
     sim.settle();

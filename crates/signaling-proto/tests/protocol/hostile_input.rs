@@ -15,6 +15,7 @@ fn valid_frames() -> Vec<u8> {
             sdk_app_id: 7,
             user_id: user("alice"),
             user_sig: "sig".into(),
+            device_id: None,
         },
         ClientMessage::Invite {
             request_id: RequestId(1),

@@ -30,6 +30,7 @@ fn a_call_is_told_in_order() {
             CallEvent::Joined {
                 call_id,
                 user: user("alice"),
+                device: None,
             },
             CallEvent::Invited {
                 call_id,
@@ -48,6 +49,7 @@ fn a_call_is_told_in_order() {
             CallEvent::Joined {
                 call_id,
                 user: user("bob"),
+                device: None,
             },
             CallEvent::Left {
                 call_id,

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use calling_api::ErrorCode;
 use signaling_proto::{
-    CallEvent, ConnId, FlowId, Output, RestoredCall, RestoredSession, ServerMessage, Switchboard,
+    CallEvent, ConnId, DeviceLogin, FlowId, Output, RestoredCall, RestoredSession, ServerMessage,
+    Switchboard,
 };
 
 use super::*;
@@ -18,6 +19,7 @@ fn session(conn: u64, name: &str, call: Option<(u64, u32, &[&str])>) -> Restored
     RestoredSession {
         conn: ConnId(conn),
         user: user(name),
+        device_login: DeviceLogin::ONE_DEVICE,
         protocol_version: PROTOCOL_VERSION,
         muted: name == "bob",
         detached: name == "carol",
@@ -191,5 +193,5 @@ fn a_restored_user_already_online_here_is_kicked_as_by_a_login() {
         conn: ConnId(1),
         code: ErrorCode::KICKED_OFFLINE,
     }));
-    assert_eq!(switchboard.conn_of(&user("alice")), Some(ConnId(2)));
+    assert_eq!(switchboard.sessions_of(&user("alice")), [ConnId(2)]);
 }
