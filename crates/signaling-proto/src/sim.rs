@@ -10,13 +10,16 @@
 //! the switchboard.
 //!
 //! Clients are named by a label, so one user can have several devices
-//! ("alice" and "alice-laptop" both logging in as `alice`).
+//! ("alice" and "alice-laptop" both logging in as `alice`); each names its
+//! label as its device id when the label is a valid one. A user may be
+//! logged in on [`Simulation::set_max_devices`] of them at once (1 unless
+//! set: a second login replaces the first).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use calling_api::{CallingEvent, ErrorCode, UserId};
+use calling_api::{CallingEvent, DeviceId, ErrorCode, UserId};
 
 use crate::call_event::CallEvent;
 use crate::engine::{CallEngine, Completion};
@@ -24,7 +27,7 @@ use crate::frame::{FrameDecoder, frame_to_vec};
 use crate::login::{Credentials, LoginRefusal, check_login};
 use crate::message::{ClientMessage, PROTOCOL_VERSION, ServerMessage, UserSig};
 use crate::rng::SplitMix64;
-use crate::switchboard::{ConnId, Output, Switchboard, SwitchboardConfig};
+use crate::switchboard::{ConnId, DeviceLogin, Output, Switchboard, SwitchboardConfig};
 
 /// One-way delay of the simulated network.
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +124,8 @@ pub struct Simulation {
     log: Vec<LoggedEvent>,
     /// The switchboard's call events, with when.
     call_events: Vec<(Duration, CallEvent)>,
+    /// The app's devices per user.
+    max_devices: usize,
 }
 
 impl Simulation {
@@ -144,7 +149,14 @@ impl Simulation {
             next_conn: 1,
             log: Vec::new(),
             call_events: Vec::new(),
+            max_devices: 1,
         }
+    }
+
+    /// How many devices a user may be logged in on at once, for the logins
+    /// that follow.
+    pub fn set_max_devices(&mut self, max_devices: usize) {
+        self.max_devices = max_devices;
     }
 
     /// The stand-in UserSig the simulated server accepts for `user_id`.
@@ -157,10 +169,12 @@ impl Simulation {
 
     /// Adds a device labelled `label` (not logged in).
     pub fn add_client(&mut self, label: &str) {
+        let mut engine = CallEngine::new();
+        engine.set_device(DeviceId::new(label).ok());
         self.clients.insert(
             label.to_owned(),
             SimClient {
-                engine: CallEngine::new(),
+                engine,
                 conn: None,
                 decoder: FrameDecoder::new(),
                 events: Vec::new(),
@@ -487,8 +501,17 @@ impl Simulation {
         match check_login(payload, &SimCredentials) {
             Ok(login) => {
                 self.authenticated.insert(conn);
-                self.switchboard
-                    .handle_login(self.now, conn, login.user, login.protocol_version);
+                let device = DeviceLogin {
+                    device: login.device,
+                    max_devices: self.max_devices,
+                };
+                self.switchboard.handle_device_login(
+                    self.now,
+                    conn,
+                    login.user,
+                    login.protocol_version,
+                    device,
+                );
             }
             Err(refusal) => self.refuse(conn, refusal.code, &refusal.message),
         }

@@ -4,6 +4,7 @@
 // A failed unwrap is a failed test here; printing is for tracing a replay.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod devices;
 mod edge_cases;
 mod hostile_input;
 mod operator;

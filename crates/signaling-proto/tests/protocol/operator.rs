@@ -2,7 +2,7 @@
 //! wait for offline users, kicking, ending calls, draining.
 
 use super::*;
-use calling_api::ErrorCode;
+use calling_api::{DeviceId, ErrorCode};
 use signaling_proto::{CallEvent, InvitationOutcome};
 
 /// The call events since `from` (an index into the event list), without times.
@@ -30,7 +30,7 @@ fn a_call_is_told_in_order() {
             CallEvent::Joined {
                 call_id,
                 user: user("alice"),
-                device: None,
+                device: DeviceId::new("alice").ok(),
             },
             CallEvent::Invited {
                 call_id,
@@ -49,7 +49,7 @@ fn a_call_is_told_in_order() {
             CallEvent::Joined {
                 call_id,
                 user: user("bob"),
-                device: None,
+                device: DeviceId::new("bob").ok(),
             },
             CallEvent::Left {
                 call_id,

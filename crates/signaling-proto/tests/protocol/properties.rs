@@ -1,6 +1,7 @@
 //! Random sequences of client actions and clock jumps: the switchboard never
 //! panics, its invariants hold after every step, no user stays busy in a
-//! call that ended, and every participant's call ends exactly once.
+//! call that ended, and every participant's call ends exactly once; with
+//! one device per user and with two (each user's second device acting too).
 
 use std::collections::HashMap;
 
@@ -28,8 +29,59 @@ enum Action {
     Logout(usize),
     /// Log the user's main device back in if it is out.
     Login(usize),
-    /// Log the user in on its second device: kicks the main one.
+    /// Log the user in on its second device: kicks the main one, unless
+    /// the app allows two.
     SecondDevice(usize),
+    /// The user's second device does what the action says.
+    OnSecond(SecondAction),
+}
+
+/// What a user's second device does.
+#[derive(Debug, Clone, Copy)]
+enum SecondAction {
+    Call { from: usize, to: usize },
+    Accept(usize),
+    Reject(usize),
+    Hangup(usize),
+    DropConnection(usize),
+    Logout(usize),
+}
+
+fn second_action() -> impl Strategy<Value = SecondAction> {
+    let user = 0..USERS.len();
+    prop_oneof![
+        2 => (user.clone(), 0..USERS.len()).prop_map(|(from, to)| SecondAction::Call { from, to }),
+        3 => user.clone().prop_map(SecondAction::Accept),
+        1 => user.clone().prop_map(SecondAction::Reject),
+        2 => user.clone().prop_map(SecondAction::Hangup),
+        1 => user.clone().prop_map(SecondAction::DropConnection),
+        1 => user.prop_map(SecondAction::Logout),
+    ]
+}
+
+fn apply_second(sim: &mut Simulation, action: SecondAction) {
+    let on = |user| device(user, true);
+    match action {
+        SecondAction::Call { from, to } => {
+            let options = CallOptions::default();
+            let _ = sim
+                .engine(&on(from))
+                .call(USERS[to], CallType::Audio, options);
+        }
+        SecondAction::Accept(user) => {
+            let _ = sim.engine(&on(user)).accept();
+        }
+        SecondAction::Reject(user) => {
+            let _ = sim.engine(&on(user)).reject();
+        }
+        SecondAction::Hangup(user) => {
+            let _ = sim.engine(&on(user)).hangup();
+        }
+        SecondAction::DropConnection(user) => sim.drop_connection(&on(user)),
+        SecondAction::Logout(user) => {
+            let _ = sim.engine(&on(user)).logout();
+        }
+    }
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -46,6 +98,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => user.clone().prop_map(Action::Logout),
         2 => user.clone().prop_map(Action::Login),
         1 => user.prop_map(Action::SecondDevice),
+        4 => second_action().prop_map(Action::OnSecond),
     ]
 }
 
@@ -103,6 +156,7 @@ fn apply(sim: &mut Simulation, action: &Action) {
                 &Simulation::user_sig(USERS[user]),
             );
         }
+        Action::OnSecond(action) => apply_second(sim, action),
         Action::SecondDevice(user) => {
             let label = device(user, true);
             let _ = sim.engine(&label).login(
@@ -170,11 +224,12 @@ fn check_call_ends(sim: &Simulation) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Runs one random session and checks everything; `trace` prints it.
+/// Runs one random session, users allowed `max_devices` each, and checks
+/// everything; `trace` prints it.
 fn run_session(
     actions: &[Action],
-    seed: u64,
-    jitter_ms: u64,
+    (seed, jitter_ms): (u64, u64),
+    max_devices: usize,
     trace: bool,
 ) -> Result<(), TestCaseError> {
     let network = NetworkConfig {
@@ -183,6 +238,7 @@ fn run_session(
         seed,
     };
     let mut sim = Simulation::new(Instant::now(), SwitchboardConfig::default(), network);
+    sim.set_max_devices(max_devices);
     for (index, user) in USERS.iter().enumerate() {
         sim.add_logged_in(user, user);
         sim.add_client(&device(index, true));
@@ -247,7 +303,16 @@ proptest! {
         seed in any::<u64>(),
         jitter_ms in 0u64..30,
     ) {
-        run_session(&actions, seed, jitter_ms, false)?;
+        run_session(&actions, (seed, jitter_ms), 1, false)?;
+    }
+
+    #[test]
+    fn random_sessions_on_two_devices_keep_every_invariant(
+        actions in prop::collection::vec(action(), 1..60),
+        seed in any::<u64>(),
+        jitter_ms in 0u64..30,
+    ) {
+        run_session(&actions, (seed, jitter_ms), 2, false)?;
     }
 }
 
@@ -339,8 +404,10 @@ fn regressions() {
         ),
     ];
     for (actions, seed, jitter_ms) in cases {
-        if let Err(failure) = run_session(&actions, seed, jitter_ms, false) {
-            panic!("{actions:?} (seed {seed}): {failure}");
+        for max_devices in [1, 2] {
+            if let Err(failure) = run_session(&actions, (seed, jitter_ms), max_devices, false) {
+                panic!("{actions:?} (seed {seed}, {max_devices} devices): {failure}");
+            }
         }
     }
 }
