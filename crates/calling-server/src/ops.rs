@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use calling_api::{CallId, UserId};
+use calling_api::{CallId, DeviceId, UserId};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -314,6 +314,7 @@ async fn admin_request(state: &OpsState, method: &Method, path: &str) -> Respons
                 .map(|session| {
                     json!({
                         "user_id": session.user.as_str(),
+                        "device_id": session.device.as_ref().map(DeviceId::as_str),
                         "protocol_version": session.protocol_version,
                         "reconnecting": session.reconnecting,
                         "call_id": session.call.map(|call| call.0.to_string()),

@@ -22,6 +22,16 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(tag: &str, n: usize) -> Self {
+        Self::start_configured(tag, n, |_| {}).await
+    }
+
+    /// [`TestCluster::start`] with each node's configuration changed by
+    /// `configure` first.
+    pub async fn start_configured(
+        tag: &str,
+        n: usize,
+        configure: impl Fn(&mut calling_server::ServerConfig),
+    ) -> Self {
         let redis = RedisServer::start().unwrap();
         let app = AppCredentials {
             sdk_app_id: 1_400_000_001,
@@ -38,6 +48,7 @@ impl TestCluster {
                 advertise: "127.0.0.1:0".parse().unwrap(),
                 key: SecretKey::new("cluster-test-key"),
             });
+            configure(&mut config);
             nodes.push(TestServer::start_with(config).await);
         }
         let cluster = Self { redis, nodes };

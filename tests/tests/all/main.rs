@@ -14,6 +14,7 @@ mod cluster;
 mod cluster_store;
 mod connecting;
 mod descriptors;
+mod devices;
 mod echo;
 mod fairness;
 mod fallback;

@@ -347,6 +347,9 @@ async fn health_admin_and_drain() {
         .map(|user| user["user_id"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["alice", "bob", "carol"]);
+    // Each session names the device the SDK logged in from.
+    let alice_device = alice.calling.device_id();
+    assert_eq!(users["users"][0]["device_id"], alice_device.as_str());
     let (status, calls) = http(addr, "GET", "/admin/calls", token).await;
     assert_eq!(status, 200);
     let calls: serde_json::Value = serde_json::from_str(&calls).unwrap();
