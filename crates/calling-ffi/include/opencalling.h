@@ -107,7 +107,9 @@ int32_t oc_calling_set_callback(OcHandle handle, OcEventCallback callback, void 
 // `options_json` is a NUL-terminated string.
 int32_t oc_calling_set_options(OcHandle handle, const char *options_json);
 
-// Logs in (`login(sdkAppId, userId, userSig)`); completion `"login"`.
+// Logs in (`login(sdkAppId, userId, userSig)`); completion `"login"`, with
+// `"device_id"`: the device the login named (the options' `device_id`, or
+// the one the instance made).
 //
 // # Safety
 // `user_id` and `user_sig` are NUL-terminated strings; `out_request`

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use calling_api::{CallId, CallType, CallingResult};
 use calling_facade::{
-    AudioDevices, CallOptions, ClientOptions, Fallback, ServerTrust, TRTCCalling,
+    AudioDevices, CallOptions, ClientOptions, DeviceId, Fallback, ServerTrust, TRTCCalling,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -128,6 +128,7 @@ struct OptionsJson {
     reconnect: Option<bool>,
     decoder_complexity: Option<u8>,
     low_latency: Option<bool>,
+    device_id: Option<String>,
     input: Option<String>,
     output: Option<String>,
     echo_cancellation: Option<bool>,
@@ -180,6 +181,9 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
     }
     if let Some(low_latency) = parsed.low_latency {
         options.low_latency = low_latency;
+    }
+    if let Some(device_id) = parsed.device_id {
+        options.device_id = Some(DeviceId::new(device_id).map_err(|_| OC_ERR_INVALID_ARGUMENT)?);
     }
     let device = |spec: Option<String>| spec.unwrap_or_else(|| "system".into());
     options.audio = AudioDevices {
@@ -334,13 +338,15 @@ struct Completed {
     call_id: Option<CallId>,
     /// `call_stats`: the statistics (`CallStats::to_json`).
     stats: Option<serde_json::Value>,
+    /// `login`: the device the login named.
+    device_id: Option<DeviceId>,
 }
 
 impl Completed {
     fn call(call_id: Option<CallId>) -> Self {
         Self {
             call_id,
-            stats: None,
+            ..Self::default()
         }
     }
 }
@@ -384,6 +390,9 @@ where
         }
         if let Some(stats) = completed.stats {
             value["stats"] = stats;
+        }
+        if let Some(device_id) = completed.device_id {
+            value["device_id"] = device_id.as_str().into();
         }
         deliver(&deliveries, &value);
     });
@@ -542,7 +551,9 @@ pub unsafe extern "C" fn oc_calling_set_options(
     })
 }
 
-/// Logs in (`login(sdkAppId, userId, userSig)`); completion `"login"`.
+/// Logs in (`login(sdkAppId, userId, userSig)`); completion `"login"`, with
+/// `"device_id"`: the device the login named (the options' `device_id`, or
+/// the one the instance made).
 ///
 /// # Safety
 /// `user_id` and `user_sig` are NUL-terminated strings; `out_request`
@@ -570,7 +581,10 @@ pub unsafe extern "C" fn oc_calling_login(
                     calling
                         .login(sdk_app_id, &user_id, &user_sig)
                         .await
-                        .map(|()| Completed::default())
+                        .map(|()| Completed {
+                            device_id: Some(calling.device_id()),
+                            ..Completed::default()
+                        })
                 },
             )
         }
@@ -675,8 +689,8 @@ pub unsafe extern "C" fn oc_calling_call_stats(handle: OcHandle, out_request: *m
         let work = |calling: Arc<TRTCCalling>| async move {
             let stats = calling.call_stats().await?;
             Ok(Completed {
-                call_id: None,
                 stats: Some(stats.to_json()),
+                ..Completed::default()
             })
         };
         // SAFETY: as the caller promises.
@@ -791,6 +805,22 @@ mod tests {
         );
         assert_eq!(
             options(r#"{"echo_cancellation": 1}"#).err(),
+            Some(OC_ERR_INVALID_ARGUMENT)
+        );
+    }
+
+    #[test]
+    fn options_take_a_valid_device_id() {
+        assert_eq!(
+            options("{}")
+                .unwrap_or_else(|code| panic!("{code}"))
+                .device_id,
+            None
+        );
+        let named = options(r#"{"device_id": "phone-1"}"#).unwrap_or_else(|code| panic!("{code}"));
+        assert_eq!(named.device_id, DeviceId::new("phone-1").ok());
+        assert_eq!(
+            options(r#"{"device_id": "my phone"}"#).err(),
             Some(OC_ERR_INVALID_ARGUMENT)
         );
     }

@@ -78,6 +78,7 @@ impl Calling {
         fallback = "same",
         decoder_complexity = calling_facade::DEFAULT_DECODER_COMPLEXITY,
         low_latency = false,
+        device_id = None,
         echo_cancellation = None,
         noise_suppression = None,
         auto_gain = None,
@@ -95,6 +96,7 @@ impl Calling {
         fallback: &str,
         decoder_complexity: u8,
         low_latency: bool,
+        device_id: Option<String>,
         echo_cancellation: Option<bool>,
         noise_suppression: Option<bool>,
         auto_gain: Option<bool>,
@@ -128,6 +130,12 @@ impl Calling {
             options.reconnect = None;
         }
         options.fallback = fallback.parse().unwrap_or(Fallback::SameAddress);
+        if let Some(device_id) = device_id {
+            options.device_id = Some(
+                calling_facade::DeviceId::new(device_id)
+                    .map_err(|error| invalid(format!("device_id: {error}")))?,
+            );
+        }
         if decoder_complexity > 10 {
             return Err(invalid(format!(
                 "decoder_complexity {decoder_complexity}: 0 to 10"
@@ -226,6 +234,12 @@ impl Calling {
     fn hangup(&self, py: Python<'_>) -> PyResult<()> {
         let calling = Arc::clone(&self.calling);
         self.run(py, async move { calling.hangup().await })
+    }
+
+    /// The device this instance names at login: `device_id` as given, or
+    /// the one it made for itself.
+    fn device_id(&self) -> String {
+        self.calling.device_id().to_string()
     }
 
     /// The call's statistics as JSON (docs/bindings.md): the local user's
