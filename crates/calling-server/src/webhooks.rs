@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use calling_api::DeviceId;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use signaling_proto::{CallEvent, InvitationOutcome};
@@ -98,9 +99,10 @@ pub fn payload(id: &str, stamped: &StampedEvent) -> Value {
             "invitee": invitee.as_str(),
             "offline": offline,
         }),
-        CallEvent::Joined { user, .. } => json!({
+        CallEvent::Joined { user, device, .. } => json!({
             "type": "member.joined",
             "user_id": user.as_str(),
+            "device_id": device.as_ref().map(DeviceId::as_str),
         }),
         CallEvent::Left { user, reason, .. } => json!({
             "type": "member.left",

@@ -454,6 +454,14 @@ async fn webhooks_arrive_in_order_signed_and_retried_and_a_hanging_receiver_hold
             "call.ended",
         ]
     );
+    // Each member joined on the device its SDK named.
+    for joined in all
+        .iter()
+        .filter(|delivery| delivery.kind() == "member.joined")
+    {
+        let body: serde_json::Value = serde_json::from_str(&joined.body).unwrap();
+        assert!(body["device_id"].is_string(), "{body}");
+    }
     for delivery in &all {
         let timestamp: u64 = delivery.headers["x-opencalling-timestamp"].parse().unwrap();
         let signature = &delivery.headers["x-opencalling-signature"];
