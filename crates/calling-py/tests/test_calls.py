@@ -127,6 +127,16 @@ async def refusals_raise_calling_error(server: Server) -> None:
         raise AssertionError("decoder complexity 11 was accepted")
     except ValueError:
         pass
+    try:
+        server.client(input="silence", output="null", device_id="my phone")
+        raise AssertionError("a device id with a space was accepted")
+    except ValueError:
+        pass
+    named = server.client(input="silence", output="null", device_id="py-phone")
+    assert named.device_id == "py-phone", named.device_id
+    await named.close()
+    made = server.client(input="silence", output="null").device_id
+    assert len(made) == 32 and made != server.client(input="silence", output="null").device_id
     mallory = server.client(input="silence", output="null")
     try:
         await mallory.login(server.app, "mallory", server.sig("someone_else"))

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use calling_facade::dev::{DevServer, generate_test_user_sig};
 use calling_facade::{
     AudioDevices, CallStats, CallStatus, CallType, CallingError, CallingEvent, CaptureDevice,
-    CertFingerprint, ClientOptions, EndReason, ErrorCode, EventStream, PlaybackDevice, ServerTrust,
-    Signal, TRTCCalling, VoiceProcessing, list_audio_devices,
+    CertFingerprint, ClientOptions, DeviceId, EndReason, ErrorCode, EventStream, PlaybackDevice,
+    ServerTrust, Signal, TRTCCalling, VoiceProcessing, list_audio_devices,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -92,6 +92,9 @@ struct Account {
     /// Seconds to wait for the server when connecting
     #[arg(long, value_name = "SECS", default_value_t = 5, global = true)]
     connect_timeout: u64,
+    /// Which of the user's devices this is, on servers that ring several [default: a new random id]
+    #[arg(long, env = "OPENCALLING_DEVICE_ID", value_name = "ID", global = true)]
+    device_id: Option<DeviceId>,
 }
 
 /// The account settings a `--config` file may hold.
@@ -572,6 +575,7 @@ fn account(
     };
     options.audio = devices;
     options.connect_timeout = Duration::from_secs(account.connect_timeout);
+    options.device_id.clone_from(&account.device_id);
     let app = account
         .app
         .or(dev.as_ref().map(|dev| dev.sdk_app_id))

@@ -112,6 +112,12 @@ impl Phone {
                 // The bars show it.
                 return false;
             }
+            CallingEvent::HandledElsewhere { answer, .. } => {
+                self.note(format!(
+                    "the invitation was {answer} (another device of yours)"
+                ));
+                return false;
+            }
             CallingEvent::InviteeOffline { user_id } => {
                 self.note(format!(
                     "{user_id} is offline: it rings if they log in before the invitation times out"

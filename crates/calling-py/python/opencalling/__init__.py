@@ -113,12 +113,15 @@ class Calling:
         fallback: str = "same",
         decoder_complexity: int = 7,
         low_latency: bool = False,
+        device_id: Optional[str] = None,
         echo_cancellation: Optional[bool] = None,
         noise_suppression: Optional[bool] = None,
         auto_gain: Optional[bool] = None,
     ) -> None:
         """Voice processing: each switch left as None is on for the system
-        microphone and off for files, tones and silence."""
+        microphone and off for files, tones and silence. `device_id` names
+        this device of the user (1-64 of a-z A-Z 0-9 - _) on servers that
+        ring several; None: a random one, kept for the instance's life."""
         self._native = _native.Calling(
             server,
             fingerprint=fingerprint,
@@ -131,6 +134,7 @@ class Calling:
             fallback=fallback,
             decoder_complexity=decoder_complexity,
             low_latency=low_latency,
+            device_id=device_id,
             echo_cancellation=echo_cancellation,
             noise_suppression=noise_suppression,
             auto_gain=auto_gain,
@@ -175,6 +179,11 @@ class Calling:
         local user's and each other member's network quality, round trip,
         loss, jitter, bitrate and transport (docs/bindings.md)."""
         return json.loads(await asyncio.to_thread(_sdk, self._native.call_stats))
+
+    @property
+    def device_id(self) -> str:
+        """The device this instance names at login."""
+        return self._native.device_id()
 
     def set_mic_mute(self, muted: bool) -> None:
         """Stops (True) or resumes sending the microphone."""
