@@ -135,8 +135,10 @@ async def refusals_raise_calling_error(server: Server) -> None:
     named = server.client(input="silence", output="null", device_id="py-phone")
     assert named.device_id == "py-phone", named.device_id
     await named.close()
-    made = server.client(input="silence", output="null").device_id
-    assert len(made) == 32 and made != server.client(input="silence", output="null").device_id
+    first, second = (server.client(input="silence", output="null") for _ in range(2))
+    assert len(first.device_id) == 32 and first.device_id != second.device_id
+    await first.close()
+    await second.close()
     mallory = server.client(input="silence", output="null")
     try:
         await mallory.login(server.app, "mallory", server.sig("someone_else"))
