@@ -253,6 +253,84 @@ fn a_killed_control_hands_over_and_calls_between_the_survivors_go_on() {
     assert_eq!(cluster.call_ends(alice), [EndReason::Hangup]);
 }
 
+#[test]
+fn a_users_devices_on_two_nodes_ring_one_answer_wins_once_and_both_outlive_a_takeover() {
+    let mut cluster = Cluster::new(4, 11);
+    cluster.settle();
+    let old = cluster.control();
+    let (a, b, c) = (
+        cluster.follower(0),
+        cluster.follower(1),
+        cluster.follower(2),
+    );
+    let alice = cluster.login(a, "alice");
+    let phone = cluster.login_device(b, "bob", "phone", 2);
+    let laptop = cluster.login_device(c, "bob", "laptop", 2);
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(
+        (cluster.closed(phone), cluster.closed(laptop)),
+        (None, None)
+    );
+    cluster.invite(alice, &["bob"]).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    let call_id = cluster.invited_to(phone).unwrap();
+    assert_eq!(cluster.invited_to(laptop), Some(call_id), "both ring");
+    // Both answer in the same instant, from two nodes: one wins.
+    let from_phone = cluster.accept(phone).unwrap();
+    let from_laptop = cluster.accept(laptop).unwrap();
+    cluster.run_for(Duration::from_millis(200));
+    let answers = [
+        cluster.reply(phone, from_phone),
+        cluster.reply(laptop, from_laptop),
+    ];
+    assert!(
+        answers == [vec![ErrorCode::OK], vec![ErrorCode::NO_INVITATION]]
+            || answers == [vec![ErrorCode::NO_INVITATION], vec![ErrorCode::OK]],
+        "{answers:?}"
+    );
+    let (winner, loser) = if answers[0] == [ErrorCode::OK] {
+        (phone, laptop)
+    } else {
+        (laptop, phone)
+    };
+    let told_why = cluster.inbox(loser).iter().any(|message| {
+        matches!(
+            message,
+            ServerMessage::HandledElsewhere {
+                call_id: told,
+                answer: calling_api::ElsewhereAnswer::Answered,
+            } if *told == call_id
+        )
+    });
+    assert!(told_why, "{:?}", cluster.inbox(loser));
+    let bob_entered = cluster
+        .inbox(alice)
+        .iter()
+        .filter(|message| matches!(message, ServerMessage::UserEntered { user_id, .. } if user_id.as_str() == "bob"))
+        .count();
+    assert_eq!(bob_entered, 1, "bob enters once");
+    assert!(cluster.routed_together(a, "alice", "bob"));
+    assert!(cluster.routed_together(winner.0, "alice", "bob"));
+    assert!(!cluster.routed_together(loser.0, "alice", "bob"));
+
+    // The control dies: the new one restores both devices of bob's, and
+    // the call on the winning one.
+    cluster.kill(old);
+    assert!(cluster.wait_for_handover(old, Duration::from_secs(8)));
+    cluster.run_for(Duration::from_secs(3));
+    for client in [alice, phone, laptop] {
+        assert_eq!(cluster.closed(client), None);
+    }
+    assert!(cluster.routed_together(winner.0, "alice", "bob"));
+    cluster.hangup(winner).unwrap();
+    cluster.run_for(Duration::from_millis(100));
+    assert_eq!(cluster.call_ends(alice), [EndReason::Hangup]);
+    assert!(
+        cluster.call_ends(loser).is_empty(),
+        "the other device heard no call"
+    );
+}
+
 /// The `Cancelled` messages `client` got.
 fn cancelled(cluster: &Cluster, client: (calling_cluster::NodeId, u64)) -> usize {
     cluster

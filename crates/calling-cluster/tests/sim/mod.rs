@@ -521,6 +521,32 @@ impl Cluster {
 
     /// A client connects to `node` and logs in as `user`: its handle.
     pub fn login(&mut self, node: NodeId, user: &str) -> (NodeId, u64) {
+        self.login_as(node, user, 2, DeviceLogin::ONE_DEVICE)
+    }
+
+    /// A version-5 client logs in as `user` from `device`, its app allowing
+    /// `max_devices`.
+    pub fn login_device(
+        &mut self,
+        node: NodeId,
+        user: &str,
+        device: &str,
+        max_devices: usize,
+    ) -> (NodeId, u64) {
+        let device = DeviceLogin {
+            device: Some(calling_api::DeviceId::new(device).unwrap()),
+            max_devices,
+        };
+        self.login_as(node, user, signaling_proto::PROTOCOL_VERSION, device)
+    }
+
+    fn login_as(
+        &mut self,
+        node: NodeId,
+        user: &str,
+        protocol_version: u16,
+        device: DeviceLogin,
+    ) -> (NodeId, u64) {
         let now = self.now;
         let proc = self.procs.get_mut(&node).unwrap();
         let conn = proc.next_conn;
@@ -535,8 +561,8 @@ impl Cluster {
         let login = ToControl::Login {
             conn,
             user: UserId::new(user).unwrap(),
-            protocol_version: 2,
-            device: DeviceLogin::ONE_DEVICE,
+            protocol_version,
+            device,
         };
         if proc.sessions.forward(&mut proc.node, now, login).is_err() {
             proc.refused += 1;
