@@ -21,13 +21,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use calling_api::{CallId, CallType, ErrorCode, UserId};
+use calling_api::{CallId, CallType, DeviceId, ErrorCode, UserId};
 use signaling_proto::SplitMix64;
 use signaling_proto::frame::{FrameDecoder, decode_payload, frame_to_vec, handshake_version};
 use signaling_proto::{
-    ClientMessage, ConnId, Credentials, DatagramKind, FlowId, LoginRefusal, LossReport,
-    MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage, Switchboard, SwitchboardConfig,
-    UserSig, check_login,
+    ClientMessage, ConnId, Credentials, DatagramKind, DeviceLogin, FlowId, LoginRefusal,
+    LossReport, MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage, Switchboard,
+    SwitchboardConfig, UserSig, check_login,
 };
 
 fn main() -> ExitCode {
@@ -324,7 +324,18 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
         let action = rng.below(14);
         trace.push(action as u8);
         match action {
-            0 => switchboard.handle_login(now, conn, pick(rng), 1 + rng.below(2) as u16),
+            0 => {
+                // No device, or one of three, under an app's limit of 1 to 3.
+                let device = ["d0", "d1", "d2"]
+                    .get(rng.below(4) as usize)
+                    .and_then(|name| DeviceId::new(*name).ok());
+                let login = DeviceLogin {
+                    device,
+                    max_devices: 1 + rng.below(3) as usize,
+                };
+                let version = 1 + rng.below(PROTOCOL_VERSION.into()) as u16;
+                switchboard.handle_device_login(now, conn, pick(rng), version, login);
+            }
             1 => switchboard.handle_disconnect(now, conn),
             2 => now += Duration::from_millis(rng.below(40_000)),
             3 => switchboard.handle_timeout(now),
