@@ -151,19 +151,11 @@ pub(crate) async fn serve_link<T: Transport>(
     let link_id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let (outbox, mut inbox) = mpsc::channel(OUTBOX_CAPACITY);
     let (session_tx, session_rx) = oneshot::channel();
-    let device = DeviceLogin {
-        device: login.device,
-        max_devices: shared
-            .max_devices
-            .get(&login.sdk_app_id)
-            .copied()
-            .unwrap_or(1),
-    };
     let login = HubInput::Login(Attach {
         link: link_id,
         user: user.clone(),
         protocol_version: login.protocol_version,
-        device,
+        device: shared.device_login(login.sdk_app_id, login.device),
         resume: login.resume,
         outbox,
         media: Arc::new(link.media.clone()),
@@ -243,6 +235,17 @@ async fn deliver_refusal<T: Transport>(
 }
 
 /// The server's apps, for the login check.
+impl Shared {
+    /// A login's device under its app's number of devices per user.
+    fn device_login(&self, sdk_app_id: u32, device: Option<calling_api::DeviceId>) -> DeviceLogin {
+        let max_devices = self.max_devices.get(&sdk_app_id).copied().unwrap_or(1);
+        DeviceLogin {
+            device,
+            max_devices,
+        }
+    }
+}
+
 impl Credentials for Shared {
     fn serves_app(&self, sdk_app_id: u32) -> bool {
         self.apps.contains_key(&sdk_app_id)

@@ -155,12 +155,6 @@ pub fn check_login(
     payload: &[u8],
     credentials: &impl Credentials,
 ) -> Result<AcceptedLogin, LoginRefusal> {
-    let not_a_login = || {
-        LoginRefusal::new(
-            ErrorCode::PROTOCOL_ERROR,
-            "the first frame must be a login or a resume",
-        )
-    };
     let decoded = decode_first_frame(payload);
     // A well-formed message that is neither: the client skipped the login.
     if decoded.as_ref().is_ok_and(|message| {
@@ -228,17 +222,7 @@ pub fn check_login(
                 Some(claim),
             )
         }
-        _ => {
-            // Its first four fields (a version-5 device id may follow).
-            return Err(match postcard::take_from_bytes::<RawLogin>(payload) {
-                // A login in every respect but its user id.
-                Ok((RawLogin::Login { user_id, .. }, _)) => match UserId::new(user_id) {
-                    Err(error) => LoginRefusal::new(ErrorCode::INVALID_USER_ID, error.to_string()),
-                    Ok(_) => not_a_login(),
-                },
-                Err(_) => not_a_login(),
-            });
-        }
+        _ => return Err(malformed_login(payload)),
     };
     if !credentials.serves_app(sdk_app_id) {
         return Err(LoginRefusal::new(
@@ -260,6 +244,26 @@ pub fn check_login(
         device,
         resume,
     })
+}
+
+fn not_a_login() -> LoginRefusal {
+    LoginRefusal::new(
+        ErrorCode::PROTOCOL_ERROR,
+        "the first frame must be a login or a resume",
+    )
+}
+
+/// Why a first frame that is no login is refused: a login in every respect
+/// but its user id says so, anything else is no login.
+fn malformed_login(payload: &[u8]) -> LoginRefusal {
+    // Its first four fields (a version-5 device id may follow).
+    match postcard::take_from_bytes::<RawLogin>(payload) {
+        Ok((RawLogin::Login { user_id, .. }, _)) => match UserId::new(user_id) {
+            Err(error) => LoginRefusal::new(ErrorCode::INVALID_USER_ID, error.to_string()),
+            Ok(_) => not_a_login(),
+        },
+        Err(_) => not_a_login(),
+    }
 }
 
 /// `ClientMessage::Login` with its user id unchecked, to tell a bad user id

@@ -744,24 +744,33 @@ impl Settings {
                 drain_limit: DRAIN_LIMIT_SECS.resolve_secs(self.drain_limit_secs)?,
             },
         };
-        for app in self.apps {
-            if let Some(max_devices) = app.max_devices_per_user {
-                let max_devices = MAX_DEVICES_PER_USER.resolve_usize(Some(max_devices))?;
-                config.app_max_devices.insert(app.sdk_app_id, max_devices);
-            }
-            config.add_app(app.sdk_app_id, SecretKey::new(app.secret_key))?;
-        }
-        match (self.sdk_app_id, self.secret_key) {
-            (Some(id), Some(key)) => config.add_app(id, SecretKey::new(key))?,
-            (None, None) => {}
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "OPENCALLING_SDK_APP_ID and OPENCALLING_SECRET_KEY go together".into(),
-                ));
-            }
-        }
+        config.add_apps(self.apps, (self.sdk_app_id, self.secret_key))?;
         config.validate()?;
         Ok(config)
+    }
+}
+
+impl ServerConfig {
+    /// The file's apps, then the one the flags or environment name.
+    fn add_apps(
+        &mut self,
+        apps: Vec<FileApp>,
+        named: (Option<u32>, Option<String>),
+    ) -> Result<(), ConfigError> {
+        for app in apps {
+            if let Some(max_devices) = app.max_devices_per_user {
+                let max_devices = MAX_DEVICES_PER_USER.resolve_usize(Some(max_devices))?;
+                self.app_max_devices.insert(app.sdk_app_id, max_devices);
+            }
+            self.add_app(app.sdk_app_id, SecretKey::new(app.secret_key))?;
+        }
+        match named {
+            (Some(id), Some(key)) => self.add_app(id, SecretKey::new(key)),
+            (None, None) => Ok(()),
+            _ => Err(ConfigError::Invalid(
+                "OPENCALLING_SDK_APP_ID and OPENCALLING_SECRET_KEY go together".into(),
+            )),
+        }
     }
 }
 

@@ -266,62 +266,7 @@ impl Switchboard {
             return bug("a session was in a missing call");
         };
         if pending {
-            let others_ringing = self.ringing_elsewhere(conn, call_id);
-            if departure == Departure::Hangup {
-                // A reject on one device declines for all.
-                for other in others_ringing {
-                    self.stop_ringing_elsewhere(other, call_id, ElsewhereAnswer::Declined);
-                }
-            } else if !others_ringing.is_empty() {
-                debug!(%me, %call_id, ?conn, "one device gone: the others still ring");
-                return;
-            }
-            let Some(invitation) = self
-                .calls
-                .get_mut(&call_id)
-                .and_then(|call| call.pending.remove(&me))
-            else {
-                return bug("a pending invitation vanished");
-            };
-            self.timers.cancel(&Timer::Invitation {
-                call_id,
-                invitee: me.clone(),
-            });
-            self.invitation_over(invitation.inviter_conn);
-            let outcome = match departure {
-                Departure::Hangup => InvitationOutcome::Rejected,
-                Departure::Logout
-                | Departure::Kicked
-                | Departure::LoggedOutByOperator
-                | Departure::ConnectionLost => InvitationOutcome::NoResponse,
-            };
-            self.event(CallEvent::InvitationEnded {
-                call_id,
-                inviter: invitation.inviter.clone(),
-                invitee: me.clone(),
-                outcome,
-                offline: invitation.offline,
-            });
-            let (answer, reason) = if outcome == InvitationOutcome::Rejected {
-                (
-                    ServerMessage::Rejected {
-                        call_id,
-                        user_id: me,
-                    },
-                    EndReason::Rejected,
-                )
-            } else {
-                (
-                    ServerMessage::NoResponse {
-                        call_id,
-                        user_id: me,
-                    },
-                    EndReason::NoResponse,
-                )
-            };
-            self.tell_inviter(call_id, &invitation.inviter, answer);
-            self.end_if_nobody_left(call_id, reason);
-            return;
+            return self.leave_invitation(conn, me, call_id, departure);
         }
         let Some(call) = self.calls.get_mut(&call_id) else {
             return bug("a session was in a missing call");
@@ -379,6 +324,73 @@ impl Switchboard {
             );
         }
         self.end_if_nobody_left(call_id, reason_for_the_last);
+    }
+
+    /// `conn`'s device stops ringing for `call_id`: a reject declines for
+    /// every device of `me`; any other departure ends the invitation only
+    /// if no other device of `me` still rings.
+    fn leave_invitation(
+        &mut self,
+        conn: ConnId,
+        me: UserId,
+        call_id: CallId,
+        departure: Departure,
+    ) {
+        let others_ringing = self.ringing_elsewhere(conn, call_id);
+        if departure == Departure::Hangup {
+            // A reject on one device declines for all.
+            for other in others_ringing {
+                self.stop_ringing_elsewhere(other, call_id, ElsewhereAnswer::Declined);
+            }
+        } else if !others_ringing.is_empty() {
+            debug!(%me, %call_id, ?conn, "one device gone: the others still ring");
+            return;
+        }
+        let Some(invitation) = self
+            .calls
+            .get_mut(&call_id)
+            .and_then(|call| call.pending.remove(&me))
+        else {
+            return bug("a pending invitation vanished");
+        };
+        self.timers.cancel(&Timer::Invitation {
+            call_id,
+            invitee: me.clone(),
+        });
+        self.invitation_over(invitation.inviter_conn);
+        let outcome = match departure {
+            Departure::Hangup => InvitationOutcome::Rejected,
+            Departure::Logout
+            | Departure::Kicked
+            | Departure::LoggedOutByOperator
+            | Departure::ConnectionLost => InvitationOutcome::NoResponse,
+        };
+        self.event(CallEvent::InvitationEnded {
+            call_id,
+            inviter: invitation.inviter.clone(),
+            invitee: me.clone(),
+            outcome,
+            offline: invitation.offline,
+        });
+        let (answer, reason) = if outcome == InvitationOutcome::Rejected {
+            (
+                ServerMessage::Rejected {
+                    call_id,
+                    user_id: me,
+                },
+                EndReason::Rejected,
+            )
+        } else {
+            (
+                ServerMessage::NoResponse {
+                    call_id,
+                    user_id: me,
+                },
+                EndReason::NoResponse,
+            )
+        };
+        self.tell_inviter(call_id, &invitation.inviter, answer);
+        self.end_if_nobody_left(call_id, reason);
     }
 
     /// Ends `call_id` for everyone at once, with `reason` (shutdown, the

@@ -19,47 +19,7 @@ impl Switchboard {
     /// - no session counts more ringing invitations than it has ringing;
     /// - no membership change is left unpublished between inputs.
     pub fn check_invariants(&self) -> Result<(), String> {
-        for (conn, session) in &self.sessions {
-            if !self.presence.is_session(&session.user, *conn) {
-                return Err(format!(
-                    "{} on {conn:?} is not the online session",
-                    session.user
-                ));
-            }
-            if let Some(call_id) = session.call {
-                let call = self
-                    .calls
-                    .get(&call_id)
-                    .ok_or_else(|| format!("{} is busy in ended {call_id}", session.user))?;
-                let rung = call.pending.contains_key(&session.user);
-                let entered_here = call
-                    .members
-                    .get(&session.user)
-                    .is_some_and(|member| member.conn == *conn);
-                if !rung && !entered_here {
-                    return Err(format!(
-                        "{} on {conn:?} points at {call_id} which lacks it there",
-                        session.user
-                    ));
-                }
-                let elsewhere = self
-                    .presence
-                    .sessions_of(&session.user)
-                    .iter()
-                    .find(|other| {
-                        self.sessions
-                            .get(other)
-                            .and_then(|other| other.call)
-                            .is_some_and(|other_call| other_call != call_id)
-                    });
-                if let Some(other) = elsewhere {
-                    return Err(format!(
-                        "{} is in {call_id} on {conn:?} and another call on {other:?}",
-                        session.user
-                    ));
-                }
-            }
-        }
+        self.check_sessions()?;
         if self.presence.session_count() != self.sessions.len() {
             return Err("online map and sessions disagree".into());
         }
@@ -138,6 +98,54 @@ impl Switchboard {
         }
         if !self.membership_changed.is_empty() {
             return Err("a membership change was not published".into());
+        }
+        Ok(())
+    }
+
+    /// Every session is online, and the call it points at holds it there:
+    /// as an invitee, or as a member on that very device; a user's devices
+    /// point at one call at most.
+    fn check_sessions(&self) -> Result<(), String> {
+        for (conn, session) in &self.sessions {
+            if !self.presence.is_session(&session.user, *conn) {
+                return Err(format!(
+                    "{} on {conn:?} is not the online session",
+                    session.user
+                ));
+            }
+            if let Some(call_id) = session.call {
+                let call = self
+                    .calls
+                    .get(&call_id)
+                    .ok_or_else(|| format!("{} is busy in ended {call_id}", session.user))?;
+                let rung = call.pending.contains_key(&session.user);
+                let entered_here = call
+                    .members
+                    .get(&session.user)
+                    .is_some_and(|member| member.conn == *conn);
+                if !rung && !entered_here {
+                    return Err(format!(
+                        "{} on {conn:?} points at {call_id} which lacks it there",
+                        session.user
+                    ));
+                }
+                let elsewhere = self
+                    .presence
+                    .sessions_of(&session.user)
+                    .iter()
+                    .find(|other| {
+                        self.sessions
+                            .get(other)
+                            .and_then(|other| other.call)
+                            .is_some_and(|other_call| other_call != call_id)
+                    });
+                if let Some(other) = elsewhere {
+                    return Err(format!(
+                        "{} is in {call_id} on {conn:?} and another call on {other:?}",
+                        session.user
+                    ));
+                }
+            }
         }
         Ok(())
     }
