@@ -172,17 +172,7 @@ impl Switchboard {
         invitee: &UserId,
         message: ServerMessage,
     ) {
-        let ringing: Vec<ConnId> = self
-            .presence
-            .sessions_of(invitee)
-            .iter()
-            .copied()
-            .filter(|conn| {
-                self.sessions
-                    .get(conn)
-                    .is_some_and(|session| session.call == Some(call_id))
-            })
-            .collect();
+        let ringing = self.devices_pointing_at(call_id, invitee);
         if ringing.is_empty() {
             return self.unrouted(invitee, message);
         }

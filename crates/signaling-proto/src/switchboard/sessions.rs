@@ -342,6 +342,12 @@ impl Switchboard {
         if !pending {
             return Vec::new();
         }
+        self.devices_pointing_at(call_id, user)
+    }
+
+    /// The devices of `user` whose session points at `call_id` (rung by
+    /// it, or the one in it).
+    pub(super) fn devices_pointing_at(&self, call_id: CallId, user: &UserId) -> Vec<ConnId> {
         self.presence
             .sessions_of(user)
             .iter()
