@@ -284,7 +284,9 @@ impl MediaSession {
         // What a member loses of our audio beyond what its own downlink
         // loses (as it says) is our uplink's; the member that says it best
         // is believed. (The server measures it exactly and tells the
-        // others, never us.)
+        // others, never us.) The two counts' one-second windows do not line
+        // up: on a lossy path the difference swings by about that path's
+        // loss again, so only what exceeds twice it counts as ours.
         let uplink = members
             .iter()
             .filter_map(|flow| {
@@ -297,11 +299,12 @@ impl MediaSession {
                     .get(flow)
                     .and_then(|heard| heard.path.downlink_loss_percent)
                     .unwrap_or(0);
-                Some(lost.saturating_sub(theirs))
+                Some(lost.saturating_sub(theirs.saturating_mul(2)))
             })
             .min();
         // What we lose of a member's audio beyond what its uplink lost
-        // (as the server measured and the member passed on) is ours.
+        // (as the server measured and the member passed on) is ours: again
+        // beyond twice it.
         let downlink = members
             .iter()
             .filter_map(|flow| {
@@ -311,7 +314,7 @@ impl MediaSession {
                     .get(flow)
                     .and_then(|heard| heard.path.uplink_loss_percent)
                     .unwrap_or(0);
-                Some(lost.saturating_sub(theirs))
+                Some(lost.saturating_sub(theirs.saturating_mul(2)))
             })
             .max();
         let jitter = members
@@ -634,8 +637,15 @@ mod tests {
         );
 
         // Our own. Alice loses 15 % of our audio, and says her downlink
-        // loses 10 %: our uplink lost the other 5 %, 3 past the noise.
+        // loses 10 %: within the swing of two counts on a 10 % path, so
+        // nothing is ours; at 25 %, 5 beyond twice hers is, 3 past the
+        // noise.
         session.handle_datagram(start, &report(15));
+        assert_eq!(
+            session.our_path(start, &[ALICE], None).uplink_loss_percent,
+            Some(0)
+        );
+        session.handle_datagram(start, &report(25));
         assert_eq!(
             session.our_path(start, &[ALICE], None).uplink_loss_percent,
             Some(3)
