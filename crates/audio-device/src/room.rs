@@ -13,7 +13,11 @@
 //!
 //! The two halves share a lock-free ring: the speaker (the playout thread)
 //! convolves and pushes, the microphone (the capture thread) pops, so the
-//! pair works as the SDK's devices in a real call. Used from one thread —
+//! pair works as the SDK's devices in a real call. The delay is what is in
+//! flight between them: when the playout thread falls behind and the
+//! microphone reads everything in flight, the echo comes sooner from then
+//! on, as between two devices whose buffers drained
+//! ([`RoomControl::echo_delay_ms`] says what the microphone hears now). Used from one thread —
 //! play a block, then capture one — it is deterministic, for benchmarks.
 //!
 //! The impulse response is what Schroeder's statistical model of a
@@ -22,7 +26,7 @@
 //! an acoustic simulation of a given room, and says so.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
@@ -264,6 +268,7 @@ pub fn room(
     let delay = (config.delay_ms as usize * ROOM_RATE as usize / 1000).min(ROOM_RATE as usize);
     producer.push_iter(std::iter::repeat_n(0.0, delay));
     let delay_change = Arc::new(AtomicI32::new(0));
+    let heard_delay = Arc::new(AtomicU32::new(u32::try_from(delay).unwrap_or(u32::MAX)));
     let speaker = RoomSpeaker {
         convolver: Convolver::new(&response),
         gain: 10_f32.powf(-config.echo_return_loss_db / 20.0),
@@ -276,18 +281,24 @@ pub fn room(
         echo: consumer,
         drift: Stretch::new(1.0 / (1.0 + f64::from(config.drift_ppm) * 1e-6)),
         delay_change: Arc::clone(&delay_change),
+        heard_delay: Arc::clone(&heard_delay),
         silence_to_insert: 0,
         near_end: near_end.map(Mono48k::new),
         noise: noise.map(Mono48k::new),
         near_end_scratch: Vec::new(),
     };
-    (speaker, microphone, RoomControl { delay_change })
+    let control = RoomControl {
+        delay_change,
+        heard_delay,
+    };
+    (speaker, microphone, control)
 }
 
-/// Moves a room's echo delay while it plays.
+/// Moves a room's echo delay while it plays, and says what it is.
 #[derive(Debug, Clone)]
 pub struct RoomControl {
     delay_change: Arc<AtomicI32>,
+    heard_delay: Arc<AtomicU32>,
 }
 
 impl RoomControl {
@@ -296,6 +307,16 @@ impl RoomControl {
     pub fn jump_delay(&self, millis: i32) {
         self.delay_change
             .fetch_add(millis * (ROOM_RATE / 1000) as i32, Ordering::Relaxed);
+    }
+
+    /// The echo's delay as the microphone's latest read left it: what is in
+    /// flight between the halves, milliseconds. The configured delay until
+    /// a jump, or until the playout side falls behind the microphone.
+    pub fn echo_delay_ms(&self) -> u32 {
+        // The microphone's interpolation holds a sample more than is in
+        // flight: to the nearest millisecond.
+        let per_ms = ROOM_RATE / 1000;
+        (self.heard_delay.load(Ordering::Relaxed) + per_ms / 2) / per_ms
     }
 }
 
@@ -359,6 +380,8 @@ pub struct RoomMicrophone {
     /// The echo at the microphone's clock: drift.
     drift: Stretch,
     delay_change: Arc<AtomicI32>,
+    /// What is in flight after the latest read, for [`RoomControl`].
+    heard_delay: Arc<AtomicU32>,
     /// Samples of silence still to go in before the waiting echo (a delay
     /// that jumped up).
     silence_to_insert: usize,
@@ -411,6 +434,11 @@ impl AudioSource for RoomMicrophone {
         let mut drift = self.drift;
         drift.read(out, || self.next_echo());
         self.drift = drift;
+        let in_flight = self.echo.occupied_len() + self.silence_to_insert;
+        self.heard_delay.store(
+            u32::try_from(in_flight).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
         self.near_end_scratch.resize(out.len(), 0.0);
         for source in [&mut self.near_end, &mut self.noise].into_iter().flatten() {
             source.read(&mut self.near_end_scratch);
@@ -656,6 +684,29 @@ mod tests {
         assert_eq!(before, [50 * 48, 50 * 48]);
         assert_eq!(later, [170 * 48, 170 * 48]);
         assert_eq!(sooner, [20 * 48, 20 * 48]);
+    }
+
+    #[test]
+    fn the_delay_in_effect_follows_jumps_and_a_playout_that_falls_behind() {
+        let config = RoomConfig {
+            rt60_seconds: 0.2,
+            delay_ms: 60,
+            ..RoomConfig::default()
+        };
+        let (mut speaker, mut microphone, control) = room(config, None, None);
+        let mut block = [0.1_f32; BLOCK];
+        speaker.write(&block);
+        microphone.read(&mut block);
+        assert_eq!(control.echo_delay_ms(), 60);
+        control.jump_delay(40);
+        speaker.write(&block);
+        microphone.read(&mut block);
+        assert_eq!(control.echo_delay_ms(), 100);
+        // The playout side stalls for 70 ms: the microphone reads what was
+        // in flight, and the echo is 30 ms sooner from then on.
+        let mut stall = vec![0.0; 70 * 48];
+        microphone.read(&mut stall);
+        assert_eq!(control.echo_delay_ms(), 30);
     }
 
     #[test]
