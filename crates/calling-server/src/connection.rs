@@ -15,7 +15,7 @@ use signaling_proto::{
     AcceptedLogin, ClientMessage, ConnId, Credentials, DatagramKind, DeviceLogin, LoginRefusal,
     MediaHeader, PathQuality, PathTransport, ServerMessage, UserSig, check_login, login_account,
 };
-use signaling_quic::QuicAttempt;
+use signaling_quic::{Established, QuicAttempt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -50,7 +50,7 @@ pub(crate) async fn serve(attempt: QuicAttempt, admitted: Admitted, shared: Arc<
         .metrics
         .connections
         .enter(ConnectionState::Handshaking);
-    let handshake = attempt.establish(shared.admission.handshake_timeout());
+    let handshake = handshake(attempt, shared.admission.handshake_timeout());
     let established = tokio::select! {
         established = handshake => match established {
             Ok(established) => established,
@@ -65,7 +65,35 @@ pub(crate) async fn serve(attempt: QuicAttempt, admitted: Admitted, shared: Arc<
             return;
         }
     };
-    serve_link(established.into_link(), remote, (admitted, state), shared).await;
+    match established {
+        QuicLink::Native(link) => serve_link(link, remote, (admitted, state), shared).await,
+        QuicLink::Browser(link) => serve_link(*link, remote, (admitted, state), shared).await,
+    }
+}
+
+/// A link on the QUIC port: a native client's, or a page's WebTransport
+/// session.
+enum QuicLink {
+    Native(ServerLink<signaling_quic::Quic>),
+    /// Boxed: a WebTransport session's link is six times a QUIC one's.
+    Browser(Box<ServerLink<signaling_webtransport::WebTransport>>),
+}
+
+/// The QUIC handshake, then for a browser the HTTP/3 and WebTransport
+/// ones, all within `timeout`.
+async fn handshake(attempt: QuicAttempt, timeout: Duration) -> Result<QuicLink, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match attempt.establish_any(timeout).await {
+        Ok(Established::Native(connection)) => Ok(QuicLink::Native(connection.into_link())),
+        Ok(Established::Http3(connection)) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            signaling_webtransport::accept(connection, left)
+                .await
+                .map(|link| QuicLink::Browser(Box::new(link)))
+                .map_err(|error| error.to_string())
+        }
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Serves a fallback connection (WebSocket over TLS over TCP) the

@@ -46,6 +46,9 @@ pub enum TransportError {
     /// The peer took too long.
     #[error("timed out: {0}")]
     TimedOut(&'static str),
+    /// A browser (HTTP/3) connected where only native clients are served.
+    #[error("a browser's connection where a native client's was expected")]
+    NotNative,
     /// Any other I/O failure.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -113,7 +116,7 @@ impl TransportError {
             }
             // The local trust configuration is unusable (unreadable CA file…).
             Self::Tls(_) | Self::Certificate(_) => self.code(),
-            Self::Protocol(_) | Self::Link(_) => ErrorCode::PROTOCOL_MISMATCH,
+            Self::Protocol(_) | Self::Link(_) | Self::NotNative => ErrorCode::PROTOCOL_MISMATCH,
             Self::Connection(_)
             | Self::Connect(_)
             | Self::Bind { .. }
@@ -130,6 +133,7 @@ impl TransportError {
         match self {
             Self::Connection(error) => close_code_of(error).unwrap_or(ErrorCode::CONNECTION_LOST),
             Self::Protocol(_) => ErrorCode::PROTOCOL_ERROR,
+            Self::NotNative => ErrorCode::PROTOCOL_MISMATCH,
             Self::Link(error) => error.code(),
             Self::TimedOut(_) => ErrorCode::TIMEOUT,
             Self::Tls(_) | Self::Certificate(_) | Self::Bind { .. } | Self::Io(_) => {

@@ -14,7 +14,9 @@ pub use client::{ClientConnection, client_config, connect, connect_on};
 pub use error::{TransportError, close, close_code_of, close_endpoint};
 pub use link::{Quic, QuicMedia, QuicSend};
 pub use send_stats::{SendCounts, SendStats};
-pub use server::{QuicAttempt, QuicServer, ServerConnection, server_config, server_config_with};
+pub use server::{
+    Established, QuicAttempt, QuicServer, ServerConnection, server_config, server_config_with,
+};
 /// The TLS identity and trust this crate's API takes, from the crate every
 /// transport shares.
 pub use signaling_tls::{CertFingerprint, ServerIdentity, ServerTrust};

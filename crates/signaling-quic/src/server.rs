@@ -26,11 +26,15 @@ pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, T
 }
 
 /// [`server_config`] over a TLS configuration of the caller's (one that
-/// chooses its certificate per client, say); its ALPN is replaced by ours.
+/// chooses its certificate per client, say); its ALPN is replaced by ours,
+/// and HTTP/3's for browsers (see [`QuicAttempt::establish_any`]).
 pub fn server_config_with(
     mut tls: rustls::ServerConfig,
 ) -> Result<quinn::ServerConfig, TransportError> {
-    tls.alpn_protocols = vec![crate::ALPN.to_vec()];
+    tls.alpn_protocols = vec![
+        crate::ALPN.to_vec(),
+        signaling_tls::WEBTRANSPORT_ALPN.to_vec(),
+    ];
     let quic = QuicServerConfig::try_from(tls).map_err(|error| {
         TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
     })?;
@@ -197,6 +201,17 @@ impl QuicServer {
 #[derive(Debug)]
 pub struct QuicAttempt(quinn::Incoming);
 
+/// A connection after its QUIC handshake, by the protocol its client
+/// chose (ALPN).
+#[derive(Debug)]
+pub enum Established {
+    /// A native client's (our ALPN), with its signaling stream.
+    Native(ServerConnection),
+    /// A browser's (HTTP/3, for WebTransport): the WebTransport layer
+    /// (`signaling-webtransport`) takes it from here.
+    Http3(quinn::Connection),
+}
+
 /// An established server-side connection with its signaling stream.
 #[derive(Debug)]
 pub struct ServerConnection {
@@ -251,14 +266,39 @@ impl QuicAttempt {
         self.0.refuse();
     }
 
-    /// Completes the handshake and accepts the client's signaling stream,
-    /// within `timeout`.
+    /// Completes the handshake and accepts a native client's signaling
+    /// stream, within `timeout`. A browser's connection is closed
+    /// (`PROTOCOL_MISMATCH`): where browsers are served, see
+    /// [`QuicAttempt::establish_any`].
     pub async fn establish(self, timeout: Duration) -> Result<ServerConnection, TransportError> {
+        match self.establish_any(timeout).await? {
+            Established::Native(connection) => Ok(connection),
+            Established::Http3(connection) => {
+                crate::close(
+                    &connection,
+                    ErrorCode::PROTOCOL_MISMATCH,
+                    "this endpoint serves no browsers",
+                );
+                Err(TransportError::NotNative)
+            }
+        }
+    }
+
+    /// Completes the handshake within `timeout`: a native client's
+    /// connection with its signaling stream, or a browser's HTTP/3 one.
+    pub async fn establish_any(self, timeout: Duration) -> Result<Established, TransportError> {
         let incoming = self.0;
         let deadline = tokio::time::Instant::now() + timeout;
         let connection = tokio::time::timeout_at(deadline, incoming)
             .await
             .map_err(|_| TransportError::TimedOut("handshake"))??;
+        let chosen = connection
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol);
+        if chosen.as_deref() == Some(signaling_tls::WEBTRANSPORT_ALPN) {
+            return Ok(Established::Http3(connection));
+        }
         let (send, recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await {
             Ok(stream) => stream?,
             Err(_) => {
@@ -271,10 +311,10 @@ impl QuicAttempt {
                 return Err(TransportError::TimedOut("signaling stream"));
             }
         };
-        Ok(ServerConnection {
+        Ok(Established::Native(ServerConnection {
             connection,
             send: FramedSend::new(QuicSend(send)),
             recv: FramedRecv::new(recv),
-        })
+        }))
     }
 }

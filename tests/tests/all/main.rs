@@ -8,6 +8,7 @@
 
 mod audio;
 mod auth;
+mod browser;
 mod calls;
 mod child;
 mod cluster;
