@@ -154,6 +154,7 @@ fn ci() -> Result {
     }
     ensure_tmux()?;
     ensure_redis()?;
+    ensure_chromium()?;
     ensure_address_sanitizer()?;
     let mut tests = run_tests(
         tools
@@ -799,6 +800,16 @@ fn ensure_tmux() -> Result {
         "-V",
         "tmux",
         "the softphone's terminal test drives it in tmux",
+    )
+}
+
+/// The browser test runs a page in headless Chromium (Debian's).
+fn ensure_chromium() -> Result {
+    ensure_debian_program(
+        "/usr/lib/chromium/chromium",
+        "--version",
+        "chromium",
+        "the browser test runs a page in headless Chromium",
     )
 }
 

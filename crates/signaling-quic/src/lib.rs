@@ -21,4 +21,6 @@ pub use server::{
 /// transport shares.
 pub use signaling_tls::{CertFingerprint, ServerIdentity, ServerTrust};
 pub use steering::MAX_ENDPOINTS;
-pub use tuning::{ALPN, IDLE_TIMEOUT, KEEP_ALIVE, transport_config};
+pub use tuning::{
+    ALPN, IDLE_TIMEOUT, KEEP_ALIVE, SERVER_UNI_STREAMS, server_transport_config, transport_config,
+};

@@ -13,14 +13,14 @@ use signaling_link::{FramedRecv, FramedSend, Link};
 use signaling_proto::{ClientMessage, ServerMessage};
 
 use crate::send_stats::{SendCounters, SendStats};
-use crate::{Quic, QuicMedia, QuicSend, ServerIdentity, TransportError, transport_config};
+use crate::{Quic, QuicMedia, QuicSend, ServerIdentity, TransportError, server_transport_config};
 
 /// The UDP socket buffers the server asks for.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// The server side's QUIC configuration: TLS 1.3 (ring) with `identity`,
-/// our ALPN and [`transport_config`]. [`QuicServer::bind`] uses it; so do
-/// the benchmarks that drive quinn without our endpoint.
+/// our ALPN (and HTTP/3's) and [`server_transport_config`]. [`QuicServer::bind`]
+/// uses it; so do the benchmarks that drive quinn without our endpoint.
 pub fn server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, TransportError> {
     server_config_with(identity.server_config()?)
 }
@@ -39,7 +39,7 @@ pub fn server_config_with(
         TransportError::Certificate(format!("TLS 1.3 with a QUIC suite is required: {error}"))
     })?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport_config());
+    config.transport_config(server_transport_config());
     Ok(config)
 }
 

@@ -26,6 +26,25 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// - datagram send buffer 16 KiB (default 1 MiB, seconds of stale audio:
 ///   quinn drops the oldest datagrams past it) and receive buffer 64 KiB.
 pub fn transport_config() -> Arc<TransportConfig> {
+    Arc::new(tuned())
+}
+
+/// Unidirectional streams a server lets each client open: HTTP/3 needs 3
+/// (its control stream, QPACK's encoder and decoder) allowed from the
+/// handshake on, or a browser gives up. A native client opens none, and the
+/// server reads them only on a browser's connection; the connection window
+/// bounds what they can hold.
+pub const SERVER_UNI_STREAMS: u32 = 3;
+
+/// [`transport_config`], with [`SERVER_UNI_STREAMS`] unidirectional streams
+/// for the client: the server's.
+pub fn server_transport_config() -> Arc<TransportConfig> {
+    let mut config = tuned();
+    config.max_concurrent_uni_streams(VarInt::from_u32(SERVER_UNI_STREAMS));
+    Arc::new(config)
+}
+
+fn tuned() -> TransportConfig {
     let mut config = TransportConfig::default();
     config
         .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok())
@@ -37,5 +56,5 @@ pub fn transport_config() -> Arc<TransportConfig> {
         .send_window(256 * 1024)
         .datagram_send_buffer_size(16 * 1024)
         .datagram_receive_buffer_size(Some(64 * 1024));
-    Arc::new(config)
+    config
 }

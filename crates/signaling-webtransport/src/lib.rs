@@ -22,14 +22,6 @@ pub const PATH: &str = "/opencalling";
 /// The ALPN of HTTP/3, which a WebTransport client offers.
 pub const ALPN: &[u8] = b"h3";
 
-/// Bidirectional streams a page may open: the session's CONNECT and the
-/// signaling stream.
-const BIDI_STREAMS: u32 = 2;
-
-/// Unidirectional streams a page may open: HTTP/3's control stream and
-/// QPACK's encoder and decoder streams.
-const UNI_STREAMS: u32 = 3;
-
 /// Why a WebTransport session could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -133,9 +125,6 @@ pub async fn accept<In: DeserializeOwned, Out: Serialize>(
     connection: quinn::Connection,
     timeout: Duration,
 ) -> Result<Link<WebTransport, In, Out>, WebTransportError> {
-    // Our QUIC limits are a native client's; HTTP/3 needs a few more.
-    connection.set_max_concurrent_bi_streams(BIDI_STREAMS.into());
-    connection.set_max_concurrent_uni_streams(UNI_STREAMS.into());
     let deadline = tokio::time::Instant::now() + timeout;
     let handshake = web_transport_quinn::Request::accept(connection.clone());
     let request = match tokio::time::timeout_at(deadline, handshake).await {

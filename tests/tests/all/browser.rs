@@ -2,12 +2,13 @@
 //! the development browser certificate a page trusts by its hash) carries
 //! the same signaling frames and audio datagrams as a native connection,
 //! through the same hub and relay. The page is played by
-//! web-transport-quinn's client, speaking as a browser does: ALPN `h3`,
+//! web-transport-quinn's client, speaking as a browser does (ALPN `h3`,
 //! `serverCertificateHashes`, a session at `/opencalling`, one
-//! bidirectional stream.
+//! bidirectional stream), and then by a real page in headless Chromium.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use calling_api::{CallType, UserId};
 use signaling_link::FramedRecv;
@@ -196,4 +197,172 @@ async fn a_session_elsewhere_or_an_untrusted_hash_gets_nothing() {
     );
     // Native clients are unaffected on the same port.
     let _bob = raw_login(&server, "bob").await;
+}
+
+/// Debian's Chromium binary (the `/usr/bin/chromium` wrapper script is not
+/// needed, and prints errors in some shells); `cargo xtask ci` installs it.
+const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+
+/// Headless Chromium showing one page, killed when dropped; its log (the
+/// page's console included) in the profile's folder.
+struct Chromium {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Chromium {
+    fn open(page: &str, profile: &Path) -> Self {
+        let log = profile.join("chromium.log");
+        std::fs::create_dir_all(profile).unwrap();
+        let child = std::process::Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--enable-logging=stderr",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(page)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("{CHROMIUM} does not start ({error}); `cargo xtask ci` installs it")
+            });
+        Self { child, log }
+    }
+
+    /// What the page wrote to its console.
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("CONSOLE"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `value` as a URL query value.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The next audio datagram bob gets, as (flow, payload).
+async fn bob_hears(bob: &signaling_quic::ClientConnection) -> (signaling_proto::FlowId, Vec<u8>) {
+    let datagram = bob.connection.read_datagram().await.unwrap();
+    let (header, payload) = MediaHeader::decode(&datagram).unwrap();
+    (header.flow_id, payload.to_vec())
+}
+
+/// A real browser: `tests/web/webtransport-probe.html` in headless
+/// Chromium speaks the protocol by hand over WebTransport, trusting the
+/// published certificate hashes. It logs in, calls bob (a native client),
+/// sends audio once he entered, and answers what it hears; bob checks
+/// both directions.
+#[tokio::test]
+async fn a_page_in_headless_chromium_calls_a_native_client_over_webtransport() {
+    let config = test_config("chromium");
+    let data_dir = config.data_dir.clone();
+    let server = TestServer::start_with(config).await;
+    let mut bob = raw_login(&server, "bob").await;
+    let text = std::fs::read_to_string(data_dir.join("server.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hashes: Vec<&str> = json["browser_certificate_hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hash| hash.as_str().unwrap())
+        .collect();
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/webtransport-probe.html");
+    let port = server.server.local_addr().port();
+    let page = format!(
+        "file://{}?url={}&hashes={}&app={}&user=alice&sig={}&callee=bob",
+        probe.display(),
+        query_value(&format!("https://127.0.0.1:{port}/opencalling")),
+        hashes.join(","),
+        server.app.sdk_app_id,
+        query_value(&server.sig("alice")),
+    );
+    let chromium = Chromium::open(&page, &temp_dir("chromium-profile"));
+
+    // Chromium's start and the page's handshakes, on a busy machine too.
+    let invited = async {
+        loop {
+            if let Some(ServerMessage::Invited { call_id, .. }) = bob.recv.recv().await.unwrap() {
+                return call_id;
+            }
+        }
+    };
+    let Ok(call_id) = tokio::time::timeout(Duration::from_secs(30), invited).await else {
+        panic!(
+            "the page's invitation never rang bob; its console: {}",
+            chromium.console()
+        );
+    };
+    bob.send
+        .send(&ClientMessage::Accept {
+            request_id: RequestId(1),
+            call_id,
+        })
+        .await
+        .unwrap();
+    let ServerMessage::UserEntered {
+        flow_id: alice_flow,
+        ..
+    } = until(&mut bob, |message| {
+        matches!(message, ServerMessage::UserEntered { .. })
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    let (flow, payload) = tokio::time::timeout(EVENT_WAIT, bob_hears(&bob))
+        .await
+        .expect("the page's audio reaches bob");
+    assert_eq!(
+        (flow, payload.as_slice()),
+        (alice_flow, &b"from the page"[..])
+    );
+    // Bob speaks until the page says what it heard.
+    let answered = async {
+        let mut sequence = 1;
+        loop {
+            bob.connection
+                .send_datagram(datagram(1, sequence, b"from bob").into())
+                .unwrap();
+            sequence += 1;
+            let heard = tokio::time::timeout(Duration::from_millis(100), bob_hears(&bob)).await;
+            if let Ok((flow, payload)) = heard
+                && payload.starts_with(b"heard: ")
+            {
+                return (flow, payload);
+            }
+        }
+    };
+    let (flow, payload) = tokio::time::timeout(EVENT_WAIT, answered)
+        .await
+        .expect("the page hears bob and says so");
+    assert_eq!(
+        (flow, payload.as_slice()),
+        (alice_flow, &b"heard: from bob"[..])
+    );
 }
