@@ -130,8 +130,10 @@ pub enum EndReason {
     TimedOut,
     /// The invitation was answered on another device of the same user.
     ///
-    /// Reserved: the server keeps one session per user (a second login kicks
-    /// the first), so it never sends this reason today.
+    /// Reserved: a device that did not answer was never in the call, so no
+    /// call ends for it; it hears `onCallingCancel` and
+    /// [`CallingEvent::HandledElsewhere`](crate::CallingEvent::HandledElsewhere)
+    /// instead, and the server never sends this reason.
     AnsweredElsewhere,
     /// The invitation was rejected on another device of the same user.
     ///
