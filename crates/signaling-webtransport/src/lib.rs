@@ -141,9 +141,10 @@ pub async fn accept<In: DeserializeOwned, Out: Serialize>(
     let path = request.url.path().to_owned();
     if path != PATH {
         debug!(path, "WebTransport session at an unknown path");
-        let _ = request
-            .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
-            .await;
+        // Told within the same time: a client that reads nothing holds
+        // nothing.
+        let reject = request.reject(web_transport_quinn::http::StatusCode::NOT_FOUND);
+        let _ = tokio::time::timeout_at(deadline, reject).await;
         return Err(WebTransportError::WrongPath(path));
     }
     let session = match tokio::time::timeout_at(deadline, request.ok()).await {
