@@ -12,3 +12,4 @@ pub mod proxy;
 pub mod redis;
 pub mod server;
 pub mod speech;
+pub mod web;

@@ -7,6 +7,7 @@
 //! - `fuzz`: the stable-Rust fuzzing harness (`crates/calling-fuzz`) for
 //!   longer than `ci` runs it.
 //! - `map`: the crates and modules and their edges, checked for circles.
+//! - `web-demo`: a page to call from, served beside a development server.
 //! - `run`: `cargo run` on a fresh machine (the README's recipes).
 //!
 //! It installs what a fresh machine lacks (cargo-deny; cmake for libopus's
@@ -35,6 +36,9 @@ commands:
           whose members sit on different nodes, then one node killed
   bench   the benchmarks, each figure beside its baseline
   fuzz    the fuzzing harness for longer: fuzz [SECONDS] [SEED] (default 300 s)
+  web-demo
+          a development server, a native bot that answers, and a web page
+          (opencalling-web) to log in and call from, served on http://127.0.0.1:8080
   map     the crates and what each depends on, the modules of each crate and
           which uses which; fails on a circle (tests/tests/all/map.rs)
   run     `cargo run` with the tools the build needs (cmake for libopus) found
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("demo") => demo(&args[1..]),
         Some("cluster-demo") => cluster_demo(),
+        Some("web-demo") => web_demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("map") => step(
@@ -156,11 +161,15 @@ fn ci() -> Result {
     ensure_redis()?;
     ensure_chromium()?;
     ensure_address_sanitizer()?;
+    // The browser tests load the web SDK's build.
+    let web = web_sdk()?;
     let mut tests = run_tests(
         tools
             .apply(&mut cargo())
             .args(["test", "--workspace", "--locked"]),
     )?;
+    tests.passed += web.passed;
+    tests.failed += web.failed;
     let loaded = speech_beside_busy_cores(&tools)?;
     tests.passed += loaded.passed;
     tests.failed += loaded.failed;
@@ -311,6 +320,82 @@ fn demo(args: &[String]) -> Result {
                 "opencalling-tests",
                 "--example",
                 "demo",
+                "--",
+            ])
+            .args(args),
+    )
+}
+
+/// The web SDK (`web/opencalling-web`): its one build dependency
+/// (TypeScript, pinned in its package-lock.json) from the npm registry when
+/// missing, its build (type-checked, declarations written) and its own
+/// tests under node.
+fn web_sdk() -> Result<TestCounts> {
+    use std::io::{BufRead, BufReader};
+    let folder = workspace_root().join("web").join("opencalling-web");
+    let npm = |args: &[&str]| {
+        let mut command = Command::new("npm");
+        command.current_dir(&folder).args(args);
+        command
+    };
+    if !folder.join("node_modules").join(".bin").join("tsc").exists() {
+        step(
+            "web SDK: TypeScript from the npm registry",
+            &mut npm(&["ci", "--no-audit", "--no-fund"]),
+        )?;
+    }
+    step("web SDK: build (tsc)", &mut npm(&["run", "--silent", "build"]))?;
+    println!("\n==> web SDK: its tests (node --test)");
+    let mut child = npm(&["test", "--silent"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("web SDK tests: could not start: {error}"))?;
+    let mut counts = TestCounts::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::io::Result::ok)
+        {
+            if let Some(passed) = line.strip_prefix("# pass ") {
+                counts.passed += passed.trim().parse::<u64>().unwrap_or(0);
+            } else if let Some(failed) = line.strip_prefix("# fail ") {
+                counts.failed += failed.trim().parse::<u64>().unwrap_or(0);
+            }
+            if line.starts_with("not ok") || line.starts_with('#') {
+                println!("{line}");
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|error| format!("web SDK tests: {error}"))?;
+    println!(
+        "<== web SDK tests: {} passed, {} failed",
+        counts.passed, counts.failed
+    );
+    if status.success() && counts.failed == 0 {
+        Ok(counts)
+    } else {
+        Err(format!("the web SDK's tests failed ({status})"))
+    }
+}
+
+/// A page to call from: the web SDK built, then the `web_demo` example.
+fn web_demo(args: &[String]) -> Result {
+    let tools = Tools::provision()?;
+    web_sdk()?;
+    step(
+        "web demo: a development server, a bot that answers, and the page",
+        tools
+            .apply(&mut cargo())
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "opencalling-tests",
+                "--example",
+                "web_demo",
                 "--",
             ])
             .args(args),

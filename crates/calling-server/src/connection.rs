@@ -110,7 +110,14 @@ pub(crate) async fn serve_fallback(
         .metrics
         .connections
         .enter(ConnectionState::Handshaking);
-    let handshake = signaling_ws::accept::<ClientMessage, ServerMessage>(tcp, tls);
+    let (origins, development) = (Arc::clone(&shared.web_origins), shared.development);
+    let handshake = signaling_ws::accept::<ClientMessage, ServerMessage>(tcp, tls, move |origin| {
+        let allowed = crate::web_origin::origin_allowed(&origins, development, origin);
+        if !allowed {
+            debug!(%remote, origin, "a page from an origin not allowed: refused");
+        }
+        allowed
+    });
     let link = tokio::select! {
         handshake = tokio::time::timeout(shared.login_timeout, handshake) => match handshake {
             Ok(Ok(link)) => link,

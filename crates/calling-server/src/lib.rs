@@ -16,6 +16,7 @@ mod relay;
 mod secret;
 mod stamped;
 mod throttle;
+mod web_origin;
 mod webhook_url;
 pub mod webhooks;
 
@@ -155,6 +156,11 @@ struct Shared {
     limit_counters: limits::LimitCounters,
     /// How long a connection has to send its login.
     login_timeout: Duration,
+    /// Whose pages may use the fallback's WebSocket.
+    web_origins: Arc<[config::WebOrigin]>,
+    /// A development server (no apps configured) lets pages on this
+    /// machine in too.
+    development: bool,
     hub: mpsc::Sender<HubInput>,
     next_conn: AtomicU64,
     grace: Duration,
@@ -187,6 +193,8 @@ impl Shared {
             connection_limits: config.connection_limits,
             limit_counters: limits::LimitCounters::default(),
             login_timeout: config.limits.handshake_timeout,
+            web_origins: config.web_origins.clone().into(),
+            development: config.apps.is_empty(),
             hub,
             next_conn: AtomicU64::new(1),
             grace: config.shutdown_grace,

@@ -516,41 +516,60 @@ pub fn server_tls(identity: &ServerIdentity) -> Result<Arc<rustls::ServerConfig>
 }
 
 /// Completes the TLS and WebSocket handshakes of an accepted TCP
-/// connection.
+/// connection. A web page's browser names the page's origin in the
+/// upgrade's `Origin` header: the upgrade is refused (`403 Forbidden`)
+/// unless `origin_allowed` allows it; a native client sends none.
 pub async fn accept<In: serde::de::DeserializeOwned, Out: serde::Serialize>(
     tcp: TcpStream,
     tls: Arc<rustls::ServerConfig>,
+    origin_allowed: impl Fn(&str) -> bool + Unpin,
 ) -> Result<Link<Ws, In, Out>, WsError> {
     let _ = tcp.set_nodelay(true);
     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(ACCEPTED_SEND_BUFFER);
     let tls = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await?;
-    let socket = tokio_tungstenite::accept_hdr_async_with_config(
-        tls,
-        only_our_path,
-        Some(websocket_config()),
-    )
-    .await?;
+    let check = move |request: &Request, response: Response| {
+        upgrade_answer(request, response, &origin_allowed)
+    };
+    let socket =
+        tokio_tungstenite::accept_hdr_async_with_config(tls, check, Some(websocket_config()))
+            .await?;
     Ok(into_link(socket))
 }
 
-/// Accepts the upgrade only at [`PATH`]; any other path is answered
-/// `404 Not Found`.
+type Request = tokio_tungstenite::tungstenite::handshake::server::Request;
+type Response = tokio_tungstenite::tungstenite::handshake::server::Response;
+type ErrorResponse = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse;
+
+/// Accepts the upgrade only at [`PATH`] (any other path is answered
+/// `404 Not Found`) and from an allowed origin, or none (`403 Forbidden`).
 #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
-fn only_our_path(
-    request: &tokio_tungstenite::tungstenite::handshake::server::Request,
-    response: tokio_tungstenite::tungstenite::handshake::server::Response,
-) -> Result<
-    tokio_tungstenite::tungstenite::handshake::server::Response,
-    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
-> {
-    if request.uri().path() == PATH {
-        return Ok(response);
+fn upgrade_answer(
+    request: &Request,
+    response: Response,
+    origin_allowed: &impl Fn(&str) -> bool,
+) -> Result<Response, ErrorResponse> {
+    use tokio_tungstenite::tungstenite::http::StatusCode;
+    let refuse = |status: StatusCode, why: String| {
+        let mut refused = ErrorResponse::new(Some(why));
+        *refused.status_mut() = status;
+        Err(refused)
+    };
+    if request.uri().path() != PATH {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no WebSocket here: the path is {PATH}"),
+        );
     }
-    let mut not_found = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
-        Some(format!("no WebSocket here: the path is {PATH}")),
-    );
-    *not_found.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
-    Err(not_found)
+    if let Some(origin) = request.headers().get("origin") {
+        let origin = origin.to_str().unwrap_or_default();
+        if !origin_allowed(origin) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("pages from {origin} may not connect to this server"),
+            );
+        }
+    }
+    Ok(response)
 }
 
 /// Connects to a server's fallback listener at `addr`, trusting it as
@@ -595,7 +614,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await?;
-            accept::<ClientMessage, ServerMessage>(tcp, tls).await
+            accept::<ClientMessage, ServerMessage>(tcp, tls, |origin| {
+                origin == "https://app.example"
+            })
+            .await
         });
         (addr, trust, server)
     }
@@ -865,6 +887,19 @@ mod tests {
         WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
         tokio_tungstenite::tungstenite::Error,
     > {
+        raw_client_from(addr, trust, path, None).await
+    }
+
+    /// [`raw_client`] as a page from `origin` (a browser's `Origin` header).
+    async fn raw_client_from(
+        addr: SocketAddr,
+        trust: &ServerTrust,
+        path: &str,
+        origin: Option<&str>,
+    ) -> Result<
+        WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+        tokio_tungstenite::tungstenite::Error,
+    > {
         let mut config = signaling_tls::tls_client_config(trust).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tcp = TcpStream::connect(addr).await.unwrap();
@@ -872,8 +907,13 @@ mod tests {
             .connect("localhost".try_into().unwrap(), tcp)
             .await
             .unwrap();
-        let url = format!("wss://localhost{path}");
-        tokio_tungstenite::client_async(url, tls)
+        let mut request = format!("wss://localhost{path}").into_client_request()?;
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        tokio_tungstenite::client_async(request, tls)
             .await
             .map(|(socket, _)| socket)
     }
@@ -892,6 +932,23 @@ mod tests {
         };
         assert_eq!(frame.code, close_code(ErrorCode::PROTOCOL_ERROR));
         assert!(server.recv.recv().await.unwrap().is_none());
+    }
+
+    /// A page's browser names its origin: one the server allows upgrades,
+    /// another is answered 403; a native client (no origin) is unaffected.
+    #[tokio::test]
+    async fn only_allowed_origins_upgrade() {
+        let (addr, trust, server) = listening_server().await;
+        let allowed = raw_client_from(addr, &trust, PATH, Some("https://app.example")).await;
+        assert!(allowed.is_ok(), "{allowed:?}");
+        assert!(server.await.unwrap().is_ok());
+        let (addr, trust, server) = listening_server().await;
+        let refused = raw_client_from(addr, &trust, PATH, Some("https://evil.example")).await;
+        let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+            panic!("upgraded from another origin: {refused:?}");
+        };
+        assert_eq!(response.status(), 403);
+        assert!(server.await.unwrap().is_err());
     }
 
     /// Only the documented path upgrades; any other is answered 404.

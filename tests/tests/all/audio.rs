@@ -45,7 +45,7 @@ pub(crate) async fn user_with_options(
     }
 }
 
-fn record_path(tag: &str) -> PathBuf {
+pub(crate) fn record_path(tag: &str) -> PathBuf {
     temp_dir(tag).with_extension("wav")
 }
 

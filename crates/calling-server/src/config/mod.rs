@@ -18,6 +18,7 @@ use signaling_proto::SwitchboardConfig;
 
 pub use crate::secret::SecretKey;
 use crate::webhook_url::WebhookUrl;
+pub use crate::web_origin::WebOrigin;
 
 mod banner;
 mod data_dir;
@@ -111,6 +112,10 @@ pub struct ServerConfig {
     /// Where the fallback transport (WebSocket over TLS over TCP, for
     /// networks that block UDP) listens.
     pub fallback: Fallback,
+    /// Web sites whose pages may use the fallback's WebSocket (a
+    /// browser's `Origin`); a development server also lets pages on this
+    /// machine in. Native clients send no origin and are not judged.
+    pub web_origins: Vec<WebOrigin>,
     /// Where the development certificate, app and reset key are kept.
     pub data_dir: PathBuf,
     /// The apps served; empty means development mode (one app, made once).
@@ -198,6 +203,7 @@ impl fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
             .field("fallback", &self.fallback)
+            .field("web_origins", &self.web_origins)
             .field("data_dir", &self.data_dir)
             .field("apps", &self.apps)
             .field("switchboard", &self.switchboard)
@@ -268,6 +274,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN,
             quic_endpoints: QUIC_ENDPOINTS.default as usize,
             fallback: Fallback::SameAddress,
+            web_origins: Vec::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             apps: Vec::new(),
             switchboard: SwitchboardConfig::DEFAULT,

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::admission::ServerLimits;
 use crate::secret::SecretKey;
+use crate::web_origin::WebOrigin;
 use crate::webhook_url::WebhookUrl;
 
 /// A numeric setting's default and allowed range: the command line, the
@@ -327,6 +328,14 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub admin_token: Option<SecretKey>,
+    /// Web site whose pages may use the fallback's WebSocket, as its origin (https://app.example; repeat the flag; comma-separated in the environment) [default: none; a development server also lets pages on this machine in]
+    #[arg(
+        long = "web-origin",
+        env = "OPENCALLING_WEB_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub web_origins: Vec<WebOrigin>,
     /// URL call events are POSTed to (repeat the flag; comma-separated in the environment)
     #[arg(
         long = "webhook-url",
@@ -540,6 +549,13 @@ impl Layer for Vec<WebhookUrl> {
     }
 }
 
+/// A list of origins given replaces the lower one whole.
+impl Layer for Vec<WebOrigin> {
+    fn over(self, lower: Self) -> Self {
+        if self.is_empty() { lower } else { self }
+    }
+}
+
 /// Apps add up; a later key for the same app replaces the earlier one
 /// when the configuration is resolved.
 impl Layer for Vec<FileApp> {
@@ -583,6 +599,7 @@ layered!(Settings {
     ring_offline_invitees,
     http_listen,
     admin_token,
+    web_origins,
     webhook_urls,
     webhook_key,
     call_records,
@@ -683,6 +700,7 @@ impl Settings {
             listen: self.listen.unwrap_or(DEFAULT_LISTEN),
             quic_endpoints: QUIC_ENDPOINTS.resolve_usize(self.quic_endpoints)?,
             fallback: self.fallback_listen.unwrap_or(Fallback::SameAddress),
+            web_origins: self.web_origins,
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
