@@ -51,3 +51,38 @@ pub fn match_speech(said: &Path, heard: &Path) -> (f64, f64) {
     let correlation = analysis::segment_correlation(&original, &recording, delay, 4_000, 8, 800);
     (correlation, delay as f64 / 16.0)
 }
+
+/// How well `heard` (a 48 kHz recording) matches `said` (a 16 kHz
+/// fixture) played in a loop from an unknown point, as a browser's fake
+/// microphone plays its file from when the page opened it: where the
+/// recording's speech sits in the loop is found first (from half a
+/// second in, past the call's first silence), then the median
+/// correlation of 250 ms segments within ±50 ms, as in
+/// [`match_speech`]; and where in the loop the recording started, in ms.
+pub fn match_looped_speech(said: &Path, heard: &Path) -> (f64, f64) {
+    const SKIP: usize = 8_000;
+    const PROBE: usize = 32_000;
+    let original = load_16k(said);
+    let recording = recording_16k(heard);
+    if recording.len() < SKIP + PROBE || original.is_empty() {
+        return (0.0, 0.0);
+    }
+    let looped: Vec<f32> = original
+        .iter()
+        .chain(&original)
+        .chain(&original)
+        .copied()
+        .collect();
+    let (mut at, _) = analysis::best_lag(
+        &recording[SKIP..SKIP + PROBE],
+        &looped,
+        PROBE,
+        2 * original.len(),
+    );
+    if at < SKIP {
+        at += original.len();
+    }
+    let reference = &looped[at - SKIP..];
+    let correlation = analysis::segment_correlation(reference, &recording, 0, 4_000, 8, 800);
+    (correlation, ((at - SKIP) % original.len()) as f64 / 16.0)
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use audio_device::{AudioFormat, AudioSink, WavSink};
 use calling_facade::{CaptureDevice, PlaybackDevice};
 use calling_api::EndReason;
-use opencalling_tests::speech::{fixture, match_speech};
+use opencalling_tests::speech::{fixture, match_looped_speech};
 use opencalling_tests::web::{Site, StaticSite, sdk_build};
 use serde_json::{Value, json};
 
@@ -244,14 +244,12 @@ async fn native_speaker(server: &TestServer, name: &str, says: &Path, hears: &Pa
     .await
 }
 
-/// Asserts `heard` (a 48 kHz recording) is `said` (a 16 kHz fixture).
+/// Asserts `heard` (a 48 kHz recording) is `said` (a 16 kHz fixture,
+/// which every microphone here says in a loop, from whenever it opened).
 fn assert_heard(said: &Path, heard: &Path, who: &str) {
-    let (correlation, delay_ms) = match_speech(said, heard);
-    println!("{who}: correlation {correlation:.2}, delay {delay_ms:.0} ms");
-    assert!(
-        correlation >= 0.8,
-        "{who}: correlation {correlation:.2} at {delay_ms:.0} ms"
-    );
+    let (correlation, from_ms) = match_looped_speech(said, heard);
+    println!("{who}: correlation {correlation:.2} (the recording starts {from_ms:.0} ms into the speech)");
+    assert!(correlation >= 0.8, "{who}: correlation {correlation:.2}");
 }
 
 /// A page calls a native user, they talk for 4 s, the page hangs up:
@@ -316,4 +314,319 @@ async fn a_page_calls_a_native_user_over_webtransport_and_they_hear_each_other()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_without_webtransport_calls_over_the_websocket_fallback() {
     page_calls_native(Way::WebSocket, "web-ws-call").await;
+}
+
+/// A test server whose invitations ring for 2 s, and its hashes.
+async fn quick_timeout_server(tag: &str) -> (TestServer, Vec<String>) {
+    let mut config = test_config(tag);
+    config.switchboard.default_invite_timeout = Duration::from_secs(2);
+    start_server(config).await
+}
+
+/// The page calls, and each way an invitation can end raises the native
+/// SDK's events in the native order: busy, rejected, no answer; then the
+/// page is called and the caller cancels, or nobody answers in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_sees_busy_reject_no_answer_cancel_and_timeout_as_the_native_sdk() {
+    let _browser = ONE_BROWSER.lock().await;
+    let (server, hashes) = quick_timeout_server("web-events").await;
+    let site = site().await;
+    let mut alice = WebUser::open(&site, "alice", &fixture("speech-a-16k.wav"), &[]).await;
+    alice.login(&server, &hashes, Way::WebTransport).await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    let mut dave = server.user("dave").await;
+
+    // Busy: carol is in a call with dave.
+    connect(&mut carol, &mut dave).await;
+    alice.call("call", json!(["carol"])).await;
+    alice
+        .expect(&[
+            event("onLineBusy", &[json!("carol")]),
+            event("onCallEnd", &[json!(EndReason::LineBusy as u8)]),
+        ])
+        .await;
+
+    // Rejected.
+    alice.call("call", json!(["bob"])).await;
+    bob.expect(&[invited("alice", &[])]).await;
+    bob.calling.reject().await.unwrap();
+    alice
+        .expect(&[
+            event("onReject", &[json!("bob")]),
+            event("onCallEnd", &[json!(EndReason::Rejected as u8)]),
+        ])
+        .await;
+
+    // No answer within the invitation's 2 s.
+    alice.call("call", json!(["bob"])).await;
+    bob.expect(&[invited("alice", &[])]).await;
+    alice
+        .expect(&[
+            event("onNoResp", &[json!("bob")]),
+            event("onCallEnd", &[json!(EndReason::NoResponse as u8)]),
+        ])
+        .await;
+    bob.expect(&[calling_api::CallingEvent::CallingTimeOut])
+        .await;
+
+    // The page is called; the caller cancels.
+    let invited_page = event("onInvited", &[json!("bob"), json!([]), json!(false), json!(1)]);
+    bob.calling
+        .call("alice", calling_api::CallType::Audio)
+        .await
+        .unwrap();
+    alice.expect(std::slice::from_ref(&invited_page)).await;
+    bob.calling.hangup().await.unwrap();
+    alice.expect(&[event("onCallingCancel", &[])]).await;
+    bob.expect_end(EndReason::Cancelled).await;
+
+    // The page is called and lets it ring out.
+    bob.calling
+        .call("alice", calling_api::CallType::Audio)
+        .await
+        .unwrap();
+    alice
+        .expect(&[invited_page, event("onCallingTimeOut", &[])])
+        .await;
+    let answered = alice.try_call("accept", json!([])).await;
+    assert_eq!(
+        answered.map_err(|(code, _)| code),
+        Err(i64::from(calling_api::ErrorCode::NO_INVITATION.as_i32())),
+        "nothing rings any more"
+    );
+    alice.expect_quiet(Duration::from_millis(300)).await;
+}
+
+/// A native user calls the page, which answers; mute on either side is
+/// the other's onUserAudioAvailable; the page's volume reports carry both
+/// users, the total only the remote one; the caller hangs up: the page
+/// sees onUserLeave, then onCallEnd exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_user_calls_a_page_which_answers_mutes_and_hears_the_end_once() {
+    let _browser = ONE_BROWSER.lock().await;
+    let _audio = ONE_AT_A_TIME.lock().await;
+    let (server, hashes) = start_server(test_config("web-answer")).await;
+    let site = site().await;
+    let mut alice = WebUser::open(&site, "alice", &fixture("speech-a-16k.wav"), &[]).await;
+    alice.login(&server, &hashes, Way::WebTransport).await;
+    let bob_hears = record_path("web-answer-bob-hears");
+    let mut bob = native_speaker(&server, "bob", &fixture("speech-b-16k.wav"), &bob_hears).await;
+
+    bob.calling
+        .call("alice", calling_api::CallType::Audio)
+        .await
+        .unwrap();
+    alice
+        .expect(&[event("onInvited", &[json!("bob"), json!([]), json!(false), json!(1)])])
+        .await;
+    alice.call("accept", json!([])).await;
+    alice.expect(&enter_events("bob")).await;
+    bob.expect(&enter("alice")).await;
+
+    bob.calling.set_mic_mute(true);
+    alice
+        .expect(&[event("onUserAudioAvailable", &[json!("bob"), json!(false)])])
+        .await;
+    bob.calling.set_mic_mute(false);
+    alice
+        .expect(&[event("onUserAudioAvailable", &[json!("bob"), json!(true)])])
+        .await;
+    alice.call("mute", json!([true])).await;
+    bob.expect(&[calling_api::CallingEvent::UserAudioAvailable {
+        user_id: uid("alice"),
+        available: false,
+    }])
+    .await;
+    alice.call("mute", json!([false])).await;
+    bob.expect(&[calling_api::CallingEvent::UserAudioAvailable {
+        user_id: uid("alice"),
+        available: true,
+    }])
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    bob.calling.hangup().await.unwrap();
+    bob.expect_end(EndReason::Hangup).await;
+    alice
+        .expect(&[
+            event("onUserLeave", &[json!("bob")]),
+            event("onCallEnd", &[json!(0)]),
+        ])
+        .await;
+    alice.expect_quiet(Duration::from_secs(1)).await;
+    // Every report names both users, the local one first; the total is
+    // bob's alone, and he was heard.
+    assert!(alice.volumes.len() >= 5, "{:?}", alice.volumes);
+    for report in &alice.volumes {
+        let users: Vec<&str> = report[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|user| user["userId"].as_str().unwrap())
+            .collect();
+        assert_eq!(users, ["alice", "bob"], "{report}");
+        assert_eq!(report[2], report[1][1]["volume"], "{report}");
+    }
+    assert!(
+        alice.volumes.iter().any(|report| report[2].as_u64().unwrap() > 20),
+        "{:?}",
+        alice.volumes
+    );
+}
+
+/// Two pages call each other and each hears the other's microphone; then
+/// the caller invites two native users into a three-way call, and each of
+/// them hears the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_call_each_other_and_a_page_joins_a_three_way_call_with_native_users() {
+    let _browser = ONE_BROWSER.lock().await;
+    let _audio = ONE_AT_A_TIME.lock().await;
+    let (server, hashes) = start_server(test_config("web-pages")).await;
+    let site = site().await;
+    let (alice_says, bob_says) = (fixture("speech-a-16k.wav"), fixture("speech-b-16k.wav"));
+    let mut alice = WebUser::open(&site, "alice", &alice_says, &[]).await;
+    alice.login(&server, &hashes, Way::WebTransport).await;
+    let mut bob = WebUser::open(&site, "bob", &bob_says, &[]).await;
+    bob.login(&server, &hashes, Way::WebTransport).await;
+
+    alice.call("call", json!(["bob"])).await;
+    bob.expect(&[event("onInvited", &[json!("alice"), json!([]), json!(false), json!(1)])])
+        .await;
+    bob.call("accept", json!([])).await;
+    alice.expect(&enter_events("bob")).await;
+    bob.expect(&enter_events("alice")).await;
+    let (alice_hears, bob_hears) = (
+        record_path("web-pages-alice-hears"),
+        record_path("web-pages-bob-hears"),
+    );
+    let (recorded_alice, recorded_bob) = tokio::join!(
+        alice.page.eval("harness.record(4000)"),
+        bob.page.eval("harness.record(4000)"),
+    );
+    save_recording(&recorded_alice["ok"], &alice_hears);
+    save_recording(&recorded_bob["ok"], &bob_hears);
+    assert_heard(&bob_says, &alice_hears, "a page hears a page");
+    assert_heard(&alice_says, &bob_hears, "and the other way");
+    bob.call("hangup", json!([])).await;
+    bob.expect(&[event("onCallEnd", &[json!(0)])]).await;
+    alice
+        .expect(&[
+            event("onUserLeave", &[json!("bob")]),
+            event("onCallEnd", &[json!(0)]),
+        ])
+        .await;
+
+    // Three-way: the page and two native users, carol talking, dave
+    // silent: carol hears the page alone, the page hears carol alone.
+    let (carol_hears, dave_hears, page_hears) = (
+        record_path("web-three-carol-hears"),
+        record_path("web-three-dave-hears"),
+        record_path("web-three-page-hears"),
+    );
+    let mut carol = native_speaker(&server, "carol", &bob_says, &carol_hears).await;
+    let mut dave = user_with_options(
+        &server,
+        "dave",
+        CaptureDevice::Silence,
+        PlaybackDevice::Wav { path: dave_hears },
+        |_| {},
+    )
+    .await;
+    alice.call("call", json!(["carol"])).await;
+    carol.expect(&[invited("alice", &[])]).await;
+    carol.calling.accept().await.unwrap();
+    alice.expect(&enter_events("carol")).await;
+    carol.expect(&enter("alice")).await;
+    alice.call("call", json!(["dave"])).await;
+    dave.expect(&[invited("alice", &["carol"])]).await;
+    dave.calling.accept().await.unwrap();
+    alice.expect(&enter_events("dave")).await;
+    for user in ["alice", "carol"] {
+        dave.expect(&enter(user)).await;
+    }
+    carol.expect(&enter("dave")).await;
+    alice.record(4_000, &page_hears).await;
+    alice.call("hangup", json!([])).await;
+    alice.expect(&[event("onCallEnd", &[json!(0)])]).await;
+    // The page left; carol leaves too: the call is over for dave.
+    carol
+        .expect(&[calling_api::CallingEvent::UserLeave { user_id: uid("alice") }])
+        .await;
+    dave.expect(&[calling_api::CallingEvent::UserLeave { user_id: uid("alice") }])
+        .await;
+    carol.calling.hangup().await.unwrap();
+    dave.expect_leave_then_end("carol", EndReason::Hangup).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_heard(&alice_says, &carol_hears, "carol hears the page in a three-way call");
+    assert_heard(&bob_says, &page_hears, "the page hears carol in a three-way call");
+}
+
+/// Writes a page's recording (`harness.record`'s value) as a WAV file.
+fn save_recording(recording: &Value, path: &Path) {
+    let bytes = base64_decode(recording["samples"].as_str().unwrap());
+    let samples: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+        .collect();
+    let mut sink = WavSink::create(path, AudioFormat::mono(48_000)).unwrap();
+    sink.write(&samples);
+    sink.finish().unwrap();
+}
+
+/// What cannot work says so with its code, soon: a certificate hash that
+/// is not the server's, an expired UserSig, a server that is down, a bad
+/// user id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_gets_a_clear_code_for_a_wrong_hash_an_expired_usersig_and_a_server_that_is_down() {
+    let _browser = ONE_BROWSER.lock().await;
+    let (server, hashes) = start_server(test_config("web-refusals")).await;
+    let site = site().await;
+    let mut page = WebUser::open(&site, "alice", &fixture("speech-a-16k.wav"), &[]).await;
+    let app = server.app.sdk_app_id;
+    let login = |server: Value, sig: String| {
+        json!([{ "server": server, "reconnect": false }, app, "alice", sig])
+    };
+    let started = std::time::Instant::now();
+
+    let wrong_hash = address(&server, &["ab".repeat(32)], Way::WebTransport);
+    let refused = page
+        .try_call("initAndLogin", login(wrong_hash, server.sig("alice")))
+        .await;
+    assert_eq!(refused.map_err(|(code, _)| code), Err(4007), "a wrong hash");
+
+    let now = now();
+    let expired = calling_server::usersig::generate(
+        u64::from(app),
+        server.app.secret_key.expose(),
+        "alice",
+        60,
+        now - 3_600,
+        None,
+    );
+    let refused = page
+        .try_call("initAndLogin", login(address(&server, &hashes, Way::WebTransport), expired))
+        .await;
+    assert_eq!(refused.map_err(|(code, _)| code), Err(2011), "an expired UserSig");
+
+    let refused = page
+        .try_call("initAndLogin", login(address(&server, &hashes, Way::WebTransport), "x".into()))
+        .await;
+    assert_eq!(refused.map_err(|(code, _)| code), Err(2010), "a malformed UserSig");
+
+    let down = address(&server, &hashes, Way::WebTransport);
+    server.server.shutdown().await;
+    let refused = page
+        .try_call("initAndLogin", login(down, "sig".into()))
+        .await;
+    assert_eq!(refused.map_err(|(code, _)| code), Err(4007), "a server that is down");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "every refusal came within the connect timeout: {:?}",
+        started.elapsed()
+    );
+    let refused = page
+        .try_call("login", json!([app, "a/b", "sig"]))
+        .await;
+    assert_eq!(refused.map_err(|(code, _)| code), Err(1001), "a bad user id");
 }

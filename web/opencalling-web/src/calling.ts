@@ -120,6 +120,8 @@ export class TRTCCalling {
   async login(sdkAppId: number, userId: string, userSig: string): Promise<void> {
     this.checkAlive();
     if (this.transport !== null || this.engine.status() !== "loggedOut") throw new CallingError(ErrorCode.ALREADY_LOGGED_IN);
+    // Bad arguments are refused before anything goes on the network.
+    CallEngine.checkLogin(sdkAppId, userId, userSig);
     const transport = await this.open();
     let request: number;
     try {

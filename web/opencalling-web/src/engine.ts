@@ -154,9 +154,8 @@ export class CallEngine {
   private readonly events: CallingEvent[] = [];
   private readonly completions: Completion[] = [];
 
-  /** Starts a login; completes when the server answers. */
-  login(sdkAppId: number, userId: string, userSig: string): number {
-    if (this.login_.kind !== "loggedOut") throw new CallingError(ErrorCode.ALREADY_LOGGED_IN);
+  /** Throws what a login with these arguments is refused for before it is sent. */
+  static checkLogin(sdkAppId: number, userId: string, userSig: string): void {
     if (!isValidUserId(userId)) throw new CallingError(ErrorCode.INVALID_USER_ID);
     if (userSig.length === 0 || new TextEncoder().encode(userSig).length > MAX_USER_SIG_LEN) {
       throw new CallingError(ErrorCode.USERSIG_MALFORMED, `a UserSig is 1 to ${MAX_USER_SIG_LEN} bytes`);
@@ -164,6 +163,12 @@ export class CallEngine {
     if (!Number.isInteger(sdkAppId) || sdkAppId < 0 || sdkAppId > 0xffffffff) {
       throw new CallingError(ErrorCode.INVALID_PARAMETER, "an sdkAppId is a 32-bit unsigned number");
     }
+  }
+
+  /** Starts a login; completes when the server answers. */
+  login(sdkAppId: number, userId: string, userSig: string): number {
+    if (this.login_.kind !== "loggedOut") throw new CallingError(ErrorCode.ALREADY_LOGGED_IN);
+    CallEngine.checkLogin(sdkAppId, userId, userSig);
     const request = this.register({ kind: "login" });
     this.login_ = { kind: "loggingIn", request };
     this.me = userId;
