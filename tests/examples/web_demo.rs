@@ -28,7 +28,11 @@ async fn main() {
         args.iter()
             .position(|arg| arg == flag)
             .and_then(|at| args.get(at + 1))
-            .map(|value| value.parse::<u64>().unwrap_or_else(|_| panic!("{flag} takes a number")))
+            .map(|value| {
+                value
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| panic!("{flag} takes a number"))
+            })
     };
     let port = value_of("--port").unwrap_or(8080);
     let seconds = value_of("--seconds");
@@ -54,10 +58,16 @@ async fn main() {
             "/",
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/demo"),
         )
-        .file("/config.json", "application/json", config.to_string().into_bytes())
+        .file(
+            "/config.json",
+            "application/json",
+            config.to_string().into_bytes(),
+        )
         .serve(([127, 0, 0, 1], u16::try_from(port).unwrap()).into())
         .await
-        .unwrap_or_else(|error| panic!("port {port} for the page: {error} (choose another with --port)"));
+        .unwrap_or_else(|error| {
+            panic!("port {port} for the page: {error} (choose another with --port)")
+        });
 
     let mut options = ClientOptions::development(quic_port_addr(&server), server.fingerprint());
     options.audio = AudioDevices {
@@ -74,13 +84,23 @@ async fn main() {
         .unwrap();
 
     println!("OpenCalling web demo");
-    println!("  the page:   {}  (Chromium or Chrome: WebTransport and WebCodecs)", site.url("/"));
-    println!("  log in there as {} and call \"bot\" (it answers and talks), or each other from two tabs", PAGE_USERS.join(", "));
+    println!(
+        "  the page:   {}  (Chromium or Chrome: WebTransport and WebCodecs)",
+        site.url("/")
+    );
+    println!(
+        "  log in there as {} and call \"bot\" (it answers and talks), or each other from two tabs",
+        PAGE_USERS.join(", ")
+    );
     println!(
         "  a softphone: cargo xtask run --release -p opencalling-cli -- --dev {} --user dave",
         data_dir.display()
     );
-    println!("  the server: {} (data in {})", server.local_addr(), data_dir.display());
+    println!(
+        "  the server: {} (data in {})",
+        server.local_addr(),
+        data_dir.display()
+    );
 
     let serve_bot = async {
         while let Some(event) = events.recv().await {
@@ -88,10 +108,10 @@ async fn main() {
                 continue;
             }
             println!("bot: {event:?}");
-            if matches!(event, CallingEvent::Invited { .. }) {
-                if let Err(error) = bot.accept().await {
-                    println!("bot: accept failed: {error}");
-                }
+            if matches!(event, CallingEvent::Invited { .. })
+                && let Err(error) = bot.accept().await
+            {
+                println!("bot: accept failed: {error}");
             }
         }
     };

@@ -96,7 +96,11 @@ impl Site {
         let (status, content_type, body) = if method == "GET" {
             match self.find(path) {
                 Some((content_type, body)) => ("200 OK", content_type, body),
-                None => ("404 Not Found", "text/plain".to_owned(), b"not found\n".to_vec()),
+                None => (
+                    "404 Not Found",
+                    "text/plain".to_owned(),
+                    b"not found\n".to_vec(),
+                ),
             }
         } else {
             (

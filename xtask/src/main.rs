@@ -338,13 +338,21 @@ fn web_sdk() -> Result<TestCounts> {
         command.current_dir(&folder).args(args);
         command
     };
-    if !folder.join("node_modules").join(".bin").join("tsc").exists() {
+    if !folder
+        .join("node_modules")
+        .join(".bin")
+        .join("tsc")
+        .exists()
+    {
         step(
             "web SDK: TypeScript from the npm registry",
             &mut npm(&["ci", "--no-audit", "--no-fund"]),
         )?;
     }
-    step("web SDK: build (tsc)", &mut npm(&["run", "--silent", "build"]))?;
+    step(
+        "web SDK: build (tsc)",
+        &mut npm(&["run", "--silent", "build"]),
+    )?;
     println!("\n==> web SDK: its tests (node --test)");
     let mut child = npm(&["test", "--silent"])
         .stdout(Stdio::piped())

@@ -17,9 +17,9 @@ impl std::str::FromStr for WebOrigin {
             .or_else(|| lower.strip_prefix("http://"))
             .ok_or_else(|| format!("{text:?}: a web origin is http:// or https://"))?;
         let valid = !host.is_empty()
-            && host.bytes().all(|byte| {
-                byte.is_ascii_alphanumeric() || b"-.:[]".contains(&byte)
-            });
+            && host
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"-.:[]".contains(&byte));
         if !valid {
             return Err(format!(
                 "{text:?}: a web origin is a scheme, a host and maybe a port (https://app.example:8443)"
@@ -86,7 +86,13 @@ mod tests {
     fn origins_parse_and_normalize() {
         let origin: WebOrigin = "HTTPS://App.Example:8443/".parse().unwrap();
         assert_eq!(origin.to_string(), "https://app.example:8443");
-        for bad in ["app.example", "ftp://app.example", "https://", "https://a.example/path", "https://a b"] {
+        for bad in [
+            "app.example",
+            "ftp://app.example",
+            "https://",
+            "https://a.example/path",
+            "https://a b",
+        ] {
             assert!(bad.parse::<WebOrigin>().is_err(), "{bad}");
         }
     }
@@ -98,10 +104,19 @@ mod tests {
         assert!(origin_allowed(&allowed, false, "HTTPS://APP.EXAMPLE"));
         assert!(!origin_allowed(&allowed, false, "https://evil.example"));
         assert!(!origin_allowed(&allowed, false, "http://127.0.0.1:8080"));
-        for page in ["http://127.0.0.1:8080", "http://localhost", "https://[::1]:3000"] {
+        for page in [
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "https://[::1]:3000",
+        ] {
             assert!(origin_allowed(&[], true, page), "{page}");
         }
-        for page in ["http://127.0.0.1.evil.example", "http://localhost:99999", "null", "http://10.0.0.1"] {
+        for page in [
+            "http://127.0.0.1.evil.example",
+            "http://localhost:99999",
+            "null",
+            "http://10.0.0.1",
+        ] {
             assert!(!origin_allowed(&[], true, page), "{page}");
         }
     }

@@ -527,6 +527,7 @@ pub async fn accept<In: serde::de::DeserializeOwned, Out: serde::Serialize>(
     let _ = tcp.set_nodelay(true);
     let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(ACCEPTED_SEND_BUFFER);
     let tls = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await?;
+    #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
     let check = move |request: &Request, response: Response| {
         upgrade_answer(request, response, &origin_allowed)
     };

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use audio_device::{AudioFormat, AudioSink, WavSink};
-use calling_facade::{CaptureDevice, PlaybackDevice};
 use calling_api::EndReason;
+use calling_facade::{CaptureDevice, PlaybackDevice};
 use opencalling_tests::speech::{fixture, match_looped_speech};
 use opencalling_tests::web::{Site, StaticSite, sdk_build};
 use serde_json::{Value, json};
@@ -133,8 +133,11 @@ impl WebUser {
         });
         self.call("init", json!([options])).await;
         let name = self.name.clone();
-        self.call("login", json!([server.app.sdk_app_id, name, server.sig(&name)]))
-            .await;
+        self.call(
+            "login",
+            json!([server.app.sdk_app_id, name, server.sig(&name)]),
+        )
+        .await;
     }
 
     /// Takes what the page raised since the last time.
@@ -246,9 +249,15 @@ async fn native_speaker(server: &TestServer, name: &str, says: &Path, hears: &Pa
 
 /// Asserts `heard` (a 48 kHz recording) is `said` (a 16 kHz fixture,
 /// which every microphone here says in a loop, from whenever it opened).
+#[allow(
+    clippy::print_stdout,
+    reason = "the measured figures, for the log of a test run"
+)]
 fn assert_heard(said: &Path, heard: &Path, who: &str) {
     let (correlation, from_ms) = match_looped_speech(said, heard);
-    println!("{who}: correlation {correlation:.2} (the recording starts {from_ms:.0} ms into the speech)");
+    println!(
+        "{who}: correlation {correlation:.2} (the recording starts {from_ms:.0} ms into the speech)"
+    );
     assert!(correlation >= 0.8, "{who}: correlation {correlation:.2}");
 }
 
@@ -371,7 +380,10 @@ async fn a_page_sees_busy_reject_no_answer_cancel_and_timeout_as_the_native_sdk(
         .await;
 
     // The page is called; the caller cancels.
-    let invited_page = event("onInvited", &[json!("bob"), json!([]), json!(false), json!(1)]);
+    let invited_page = event(
+        "onInvited",
+        &[json!("bob"), json!([]), json!(false), json!(1)],
+    );
     bob.calling
         .call("alice", calling_api::CallType::Audio)
         .await
@@ -418,7 +430,10 @@ async fn a_native_user_calls_a_page_which_answers_mutes_and_hears_the_end_once()
         .await
         .unwrap();
     alice
-        .expect(&[event("onInvited", &[json!("bob"), json!([]), json!(false), json!(1)])])
+        .expect(&[event(
+            "onInvited",
+            &[json!("bob"), json!([]), json!(false), json!(1)],
+        )])
         .await;
     alice.call("accept", json!([])).await;
     alice.expect(&enter_events("bob")).await;
@@ -469,7 +484,10 @@ async fn a_native_user_calls_a_page_which_answers_mutes_and_hears_the_end_once()
         assert_eq!(report[2], report[1][1]["volume"], "{report}");
     }
     assert!(
-        alice.volumes.iter().any(|report| report[2].as_u64().unwrap() > 20),
+        alice
+            .volumes
+            .iter()
+            .any(|report| report[2].as_u64().unwrap() > 20),
         "{:?}",
         alice.volumes
     );
@@ -491,8 +509,11 @@ async fn pages_call_each_other_and_a_page_joins_a_three_way_call_with_native_use
     bob.login(&server, &hashes, Way::WebTransport).await;
 
     alice.call("call", json!(["bob"])).await;
-    bob.expect(&[event("onInvited", &[json!("alice"), json!([]), json!(false), json!(1)])])
-        .await;
+    bob.expect(&[event(
+        "onInvited",
+        &[json!("alice"), json!([]), json!(false), json!(1)],
+    )])
+    .await;
     bob.call("accept", json!([])).await;
     alice.expect(&enter_events("bob")).await;
     bob.expect(&enter_events("alice")).await;
@@ -551,15 +572,27 @@ async fn pages_call_each_other_and_a_page_joins_a_three_way_call_with_native_use
     alice.expect(&[event("onCallEnd", &[json!(0)])]).await;
     // The page left; carol leaves too: the call is over for dave.
     carol
-        .expect(&[calling_api::CallingEvent::UserLeave { user_id: uid("alice") }])
+        .expect(&[calling_api::CallingEvent::UserLeave {
+            user_id: uid("alice"),
+        }])
         .await;
-    dave.expect(&[calling_api::CallingEvent::UserLeave { user_id: uid("alice") }])
-        .await;
+    dave.expect(&[calling_api::CallingEvent::UserLeave {
+        user_id: uid("alice"),
+    }])
+    .await;
     carol.calling.hangup().await.unwrap();
     dave.expect_leave_then_end("carol", EndReason::Hangup).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_heard(&alice_says, &carol_hears, "carol hears the page in a three-way call");
-    assert_heard(&bob_says, &page_hears, "the page hears carol in a three-way call");
+    assert_heard(
+        &alice_says,
+        &carol_hears,
+        "carol hears the page in a three-way call",
+    );
+    assert_heard(
+        &bob_says,
+        &page_hears,
+        "the page hears carol in a three-way call",
+    );
 }
 
 /// Writes a page's recording (`harness.record`'s value) as a WAV file.
@@ -584,9 +617,7 @@ async fn a_page_gets_a_clear_code_for_a_wrong_hash_an_expired_usersig_and_a_serv
     let site = site().await;
     let mut page = WebUser::open(&site, "alice", &fixture("speech-a-16k.wav"), &[]).await;
     let app = server.app.sdk_app_id;
-    let login = |server: Value, sig: String| {
-        json!([{ "server": server, "reconnect": false }, app, "alice", sig])
-    };
+    let login = |server: Value, sig: String| json!([{ "server": server, "reconnect": false }, app, "alice", sig]);
     let started = std::time::Instant::now();
 
     let wrong_hash = address(&server, &["ab".repeat(32)], Way::WebTransport);
@@ -605,28 +636,48 @@ async fn a_page_gets_a_clear_code_for_a_wrong_hash_an_expired_usersig_and_a_serv
         None,
     );
     let refused = page
-        .try_call("initAndLogin", login(address(&server, &hashes, Way::WebTransport), expired))
+        .try_call(
+            "initAndLogin",
+            login(address(&server, &hashes, Way::WebTransport), expired),
+        )
         .await;
-    assert_eq!(refused.map_err(|(code, _)| code), Err(2011), "an expired UserSig");
+    assert_eq!(
+        refused.map_err(|(code, _)| code),
+        Err(2011),
+        "an expired UserSig"
+    );
 
     let refused = page
-        .try_call("initAndLogin", login(address(&server, &hashes, Way::WebTransport), "x".into()))
+        .try_call(
+            "initAndLogin",
+            login(address(&server, &hashes, Way::WebTransport), "x".into()),
+        )
         .await;
-    assert_eq!(refused.map_err(|(code, _)| code), Err(2010), "a malformed UserSig");
+    assert_eq!(
+        refused.map_err(|(code, _)| code),
+        Err(2010),
+        "a malformed UserSig"
+    );
 
     let down = address(&server, &hashes, Way::WebTransport);
     server.server.shutdown().await;
     let refused = page
         .try_call("initAndLogin", login(down, "sig".into()))
         .await;
-    assert_eq!(refused.map_err(|(code, _)| code), Err(4007), "a server that is down");
+    assert_eq!(
+        refused.map_err(|(code, _)| code),
+        Err(4007),
+        "a server that is down"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "every refusal came within the connect timeout: {:?}",
         started.elapsed()
     );
-    let refused = page
-        .try_call("login", json!([app, "a/b", "sig"]))
-        .await;
-    assert_eq!(refused.map_err(|(code, _)| code), Err(1001), "a bad user id");
+    let refused = page.try_call("login", json!([app, "a/b", "sig"])).await;
+    assert_eq!(
+        refused.map_err(|(code, _)| code),
+        Err(1001),
+        "a bad user id"
+    );
 }

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use signaling_proto::SwitchboardConfig;
 
 pub use crate::secret::SecretKey;
-use crate::webhook_url::WebhookUrl;
 pub use crate::web_origin::WebOrigin;
+use crate::webhook_url::WebhookUrl;
 
 mod banner;
 mod data_dir;
