@@ -681,3 +681,57 @@ async fn a_page_gets_a_clear_code_for_a_wrong_hash_an_expired_usersig_and_a_serv
         "a bad user id"
     );
 }
+
+/// The page's network goes away for 6 s in a call (a proxy drops
+/// everything): the page says it is reconnecting, resumes its session when
+/// the network is back, and the call goes on — bob hears of the break
+/// and the return, and the page hears him again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_resumes_its_session_after_an_outage_and_the_call_goes_on() {
+    let _browser = ONE_BROWSER.lock().await;
+    let _audio = ONE_AT_A_TIME.lock().await;
+    let (server, hashes) = start_server(test_config("web-resume")).await;
+    let proxy = opencalling_tests::proxy::FaultProxy::start(server.server.local_addr()).await;
+    let site = site().await;
+    let mut alice = WebUser::open(&site, "alice", &fixture("speech-a-16k.wav"), &[]).await;
+    let through_proxy = json!({
+        "server": {
+            "webTransportUrl": format!("https://127.0.0.1:{}/opencalling", proxy.addr.port()),
+            "certificateHashes": hashes,
+        },
+        "voiceProcessing": { "echoCancellation": false, "noiseSuppression": false, "autoGainControl": false },
+    });
+    alice.call("init", json!([through_proxy])).await;
+    alice
+        .call("login", json!([server.app.sdk_app_id, "alice", server.sig("alice")]))
+        .await;
+    let bob_says = fixture("speech-b-16k.wav");
+    let mut bob = native_speaker(&server, "bob", &bob_says, &record_path("web-resume-bob")).await;
+    alice.call("call", json!(["bob"])).await;
+    bob.expect(&[invited("alice", &[])]).await;
+    bob.calling.accept().await.unwrap();
+    alice.expect(&enter_events("bob")).await;
+    bob.expect(&enter("alice")).await;
+
+    proxy.blackhole(true);
+    alice.expect(&[event("onReconnecting", &[])]).await;
+    bob.expect(&[calling_api::CallingEvent::UserReconnecting {
+        user_id: uid("alice"),
+    }])
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.blackhole(false);
+    alice.expect(&[event("onReconnected", &[])]).await;
+    bob.expect(&[calling_api::CallingEvent::UserReconnected {
+        user_id: uid("alice"),
+    }])
+    .await;
+    let stats = alice.call("stats", json!([])).await;
+    assert_eq!(stats["status"], "inCall", "{stats}");
+    let page_hears = record_path("web-resume-page-hears");
+    alice.record(3_500, &page_hears).await;
+    assert_heard(&bob_says, &page_hears, "the page hears bob after the outage");
+    alice.call("hangup", json!([])).await;
+    alice.expect(&[event("onCallEnd", &[json!(0)])]).await;
+    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
+}
