@@ -14,12 +14,7 @@ use calling_facade::{
 };
 use opencalling_tests::server::{development_server, user_sig};
 use opencalling_tests::speech;
-use opencalling_tests::web::{Site, sdk_build};
-use serde_json::json;
-
-/// The users the page offers (each with a UserSig made here: a demo's
-/// backend).
-const PAGE_USERS: [&str; 3] = ["alice", "bob", "carol"];
+use opencalling_tests::web::{DEMO_USERS, browser_certificate_hashes, demo_site};
 
 #[tokio::main]
 async fn main() {
@@ -39,37 +34,17 @@ async fn main() {
 
     let (server, data_dir) = development_server("web-demo").await;
     let app = server.development_app().cloned().unwrap();
-    let banner: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data_dir.join("server.json")).unwrap())
-            .unwrap();
-    let quic_port = server.local_addr().port();
-    let config = json!({
-        "sdkAppId": app.sdk_app_id,
-        "server": {
-            "webTransportUrl": format!("https://127.0.0.1:{quic_port}/opencalling"),
-            "certificateHashes": banner["browser_certificate_hashes"],
-        },
-        "users": PAGE_USERS.iter().map(|user| ((*user).to_owned(), json!(user_sig(&app, user)))).collect::<serde_json::Map<_, _>>(),
-        "bot": "bot",
-    });
-    let site = Site::default()
-        .folder("/sdk/", sdk_build())
-        .folder(
-            "/",
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/demo"),
-        )
-        .file(
-            "/config.json",
-            "application/json",
-            config.to_string().into_bytes(),
-        )
+    let hashes = browser_certificate_hashes(&data_dir);
+    let site = demo_site(&app, &server, &hashes, "bot")
         .serve(([127, 0, 0, 1], u16::try_from(port).unwrap()).into())
         .await
         .unwrap_or_else(|error| {
             panic!("port {port} for the page: {error} (choose another with --port)")
         });
+    let quic_port = server.local_addr().port();
 
-    let mut options = ClientOptions::development(quic_port_addr(&server), server.fingerprint());
+    let mut options =
+        ClientOptions::development(format!("127.0.0.1:{quic_port}"), server.fingerprint());
     options.audio = AudioDevices {
         capture: CaptureDevice::Wav {
             path: speech::fixture("speech-b-16k.wav"),
@@ -90,7 +65,7 @@ async fn main() {
     );
     println!(
         "  log in there as {} and call \"bot\" (it answers and talks), or each other from two tabs",
-        PAGE_USERS.join(", ")
+        DEMO_USERS.join(", ")
     );
     println!(
         "  a softphone: cargo xtask run --release -p opencalling-cli -- --dev {} --user dave",
@@ -131,8 +106,4 @@ async fn main() {
     drop(site);
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
-}
-
-fn quic_port_addr(server: &calling_server::RunningServer) -> String {
-    server.local_addr().to_string()
 }

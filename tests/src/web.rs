@@ -36,6 +36,73 @@ pub fn sdk_build() -> PathBuf {
     build
 }
 
+/// The users the demo page offers, each with a UserSig the site's
+/// `config.json` carries (a demo's backend).
+pub const DEMO_USERS: [&str; 3] = ["alice", "bob", "carol"];
+
+/// The web demo (`web/demo`): the page, the SDK at `/sdk/`, and its
+/// `config.json` (the app, a UserSig per demo user, the server's
+/// WebTransport address and browser certificate hashes, and the user the
+/// page offers to call).
+///
+/// # Panics
+/// If the SDK was not built ([`sdk_build`]).
+pub fn demo_site(
+    app: &calling_server::AppCredentials,
+    server: &calling_server::RunningServer,
+    certificate_hashes: &[String],
+    callee: &str,
+) -> Site {
+    let users: serde_json::Map<String, serde_json::Value> = DEMO_USERS
+        .iter()
+        .map(|user| {
+            (
+                (*user).to_owned(),
+                crate::server::user_sig(app, user).into(),
+            )
+        })
+        .collect();
+    let config = serde_json::json!({
+        "sdkAppId": app.sdk_app_id,
+        "server": {
+            "webTransportUrl": format!("https://127.0.0.1:{}/opencalling", server.local_addr().port()),
+            "certificateHashes": certificate_hashes,
+        },
+        "users": users,
+        "bot": callee,
+    });
+    Site::default()
+        .folder("/sdk/", sdk_build())
+        .folder(
+            "/",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("web")
+                .join("demo"),
+        )
+        .file(
+            "/config.json",
+            "application/json",
+            config.to_string().into_bytes(),
+        )
+}
+
+/// A development server's browser certificate hashes (`server.json` in its
+/// data directory).
+///
+/// # Panics
+/// If the file is missing or has none: a test tool.
+pub fn browser_certificate_hashes(data_dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(data_dir.join("server.json")).expect("server.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("server.json is JSON");
+    json["browser_certificate_hashes"]
+        .as_array()
+        .expect("browser certificate hashes")
+        .iter()
+        .filter_map(|hash| hash.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// What the site serves.
 #[derive(Debug, Default, Clone)]
 pub struct Site {

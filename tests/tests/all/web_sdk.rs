@@ -14,7 +14,7 @@ use audio_device::{AudioFormat, AudioSink, WavSink};
 use calling_api::EndReason;
 use calling_facade::{CaptureDevice, PlaybackDevice};
 use opencalling_tests::speech::{fixture, match_looped_speech};
-use opencalling_tests::web::{Site, StaticSite, sdk_build};
+use opencalling_tests::web::{Site, StaticSite, browser_certificate_hashes, demo_site, sdk_build};
 use serde_json::{Value, json};
 
 use crate::audio::{ONE_AT_A_TIME, record_path, user_with_options};
@@ -47,15 +47,7 @@ async fn site() -> StaticSite {
 async fn start_server(config: calling_server::config::ServerConfig) -> (TestServer, Vec<String>) {
     let data_dir = config.data_dir.clone();
     let server = TestServer::start_with(config).await;
-    let text = std::fs::read_to_string(data_dir.join("server.json")).unwrap();
-    let json: Value = serde_json::from_str(&text).unwrap();
-    let hashes = json["browser_certificate_hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|hash| hash.as_str().unwrap().to_owned())
-        .collect();
-    (server, hashes)
+    (server, browser_certificate_hashes(&data_dir))
 }
 
 /// The SDK's `CallingOptions.server` for `server`, one way.
@@ -703,7 +695,10 @@ async fn a_page_resumes_its_session_after_an_outage_and_the_call_goes_on() {
     });
     alice.call("init", json!([through_proxy])).await;
     alice
-        .call("login", json!([server.app.sdk_app_id, "alice", server.sig("alice")]))
+        .call(
+            "login",
+            json!([server.app.sdk_app_id, "alice", server.sig("alice")]),
+        )
         .await;
     let bob_says = fixture("speech-b-16k.wav");
     let mut bob = native_speaker(&server, "bob", &bob_says, &record_path("web-resume-bob")).await;
@@ -730,8 +725,95 @@ async fn a_page_resumes_its_session_after_an_outage_and_the_call_goes_on() {
     assert_eq!(stats["status"], "inCall", "{stats}");
     let page_hears = record_path("web-resume-page-hears");
     alice.record(3_500, &page_hears).await;
-    assert_heard(&bob_says, &page_hears, "the page hears bob after the outage");
+    assert_heard(
+        &bob_says,
+        &page_hears,
+        "the page hears bob after the outage",
+    );
     alice.call("hangup", json!([])).await;
     alice.expect(&[event("onCallEnd", &[json!(0)])]).await;
     bob.expect_leave_then_end("alice", EndReason::Hangup).await;
+}
+
+/// The web demo's page as a person uses it: log in from the list, call
+/// the user the page offers (a native bot that answers), see the call
+/// connect and the other side speak, hang up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_logs_in_on_the_demo_page_and_calls_a_native_user() {
+    let _browser = ONE_BROWSER.lock().await;
+    let config = test_config("web-demo-page");
+    let data_dir = config.data_dir.clone();
+    let server = TestServer::start_with(config).await;
+    let hashes = browser_certificate_hashes(&data_dir);
+    let site = demo_site(&server.app, &server.server, &hashes, "bot")
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut bot = native_speaker(
+        &server,
+        "bot",
+        &fixture("speech-b-16k.wav"),
+        &record_path("web-demo-bot-hears"),
+    )
+    .await;
+    let chromium = Chromium::open(
+        "about:blank",
+        &temp_dir("chromium-demo"),
+        &Chromium::fake_microphone(&fixture("speech-a-16k.wav")),
+    );
+    let mut page = chromium.page().await;
+    page.open(&site.url("/"), "OpenCalling web demo").await;
+    let state =
+        |page: &'static str| format!("document.getElementById('state').textContent === {page:?}");
+    let until = async |page: &mut Page, condition: String| -> bool {
+        let wait = async {
+            while page.eval(&condition).await != true {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(EVENT_WAIT, wait).await.is_ok()
+    };
+    let log_of = async |page: &mut Page| {
+        page.eval("document.getElementById('log').textContent")
+            .await
+    };
+    let ready = "document.body.dataset.ready === 'yes'".to_owned();
+    assert!(until(&mut page, ready).await, "the page never got ready");
+    page.eval("document.getElementById('login').click()").await;
+    assert!(
+        until(&mut page, state("idle")).await,
+        "not logged in: {}; console: {}",
+        log_of(&mut page).await,
+        chromium.console()
+    );
+    page.eval("document.getElementById('call').click()").await;
+    bot.expect(&[invited("alice", &[])]).await;
+    bot.calling.accept().await.unwrap();
+    assert!(
+        until(&mut page, state("in a call")).await,
+        "no call: {}",
+        log_of(&mut page).await
+    );
+    // The meter shows the bot speaking.
+    let meter = "document.getElementById('volume').value > 20".to_owned();
+    assert!(
+        until(&mut page, meter).await,
+        "silence: {}",
+        log_of(&mut page).await
+    );
+    page.eval("document.getElementById('hangup').click()").await;
+    assert!(
+        until(&mut page, state("idle")).await,
+        "no end: {}",
+        log_of(&mut page).await
+    );
+    bot.expect(&enter("alice")).await;
+    bot.expect_leave_then_end("alice", EndReason::Hangup).await;
+    let log = page
+        .eval("document.getElementById('log').textContent")
+        .await;
+    let log = log.as_str().unwrap();
+    for line in ["logged in as alice", "bot entered", "the call is over"] {
+        assert!(log.contains(line), "{line:?} not in the page's log: {log}");
+    }
 }
