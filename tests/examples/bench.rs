@@ -27,6 +27,10 @@
 //!   with the operations side on beside off, and of two builds, in
 //!   alternating server processes pinned to CPU 0 (this process should run
 //!   on CPU 1). Relay capacity itself is measured by `calling-load`.
+//! - `bench web-latency [SECONDS]`: the click probe's mouth-to-ear latency
+//!   from a native user to a page in headless Chromium and back, beside
+//!   native to native in the same run, and the CPU a page's call costs
+//!   Chromium beside what the native SDK's costs (`bench/web.rs`).
 //! - `bench attacks SERVER_BIN`: honest logins from a network of their own
 //!   while other networks attack a `calling-server` with its default limits
 //!   (10,000 connections that never log in, a handshake flood of 1,100 a
@@ -37,6 +41,8 @@
 
 #[path = "bench/attacks.rs"]
 mod attacks;
+#[path = "bench/web.rs"]
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -135,6 +141,10 @@ async fn main() {
                     latency(seconds, over_fallback, low_latency).await;
                 }
             }
+        }
+        Some("web-latency") => {
+            let seconds = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(12);
+            web::web_latency(seconds).await;
         }
         Some("attacks") => {
             let server_bin = args.get(1).expect("bench attacks SERVER_BIN");

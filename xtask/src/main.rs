@@ -394,19 +394,7 @@ fn web_demo(args: &[String]) -> Result {
     web_sdk()?;
     step(
         "web demo: a development server, a bot that answers, and the page",
-        tools
-            .apply(&mut cargo())
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "opencalling-tests",
-                "--example",
-                "web_demo",
-                "--",
-            ])
-            .args(args),
+        release_example(&tools, "opencalling-tests", "web_demo").args(args),
     )
 }
 
@@ -456,6 +444,12 @@ fn bench(args: &[String]) -> Result {
     step(
         "bench: call setup over loopback QUIC",
         release_example("opencalling-tests", "bench").args(["calls", "1000"]),
+    )?;
+    ensure_chromium()?;
+    web_sdk()?;
+    step(
+        "bench: web pages (mouth-to-ear page ↔ native beside native ↔ native, Chromium's CPU per call)",
+        release_example("opencalling-tests", "bench").args(["web-latency", "12"]),
     )?;
     ensure_redis()?;
     step(

@@ -16,6 +16,8 @@ use signaling_proto::frame::frame_to_vec;
 use signaling_proto::{ClientMessage, MediaHeader, RequestId, ServerMessage};
 use signaling_quic::CertFingerprint;
 
+use opencalling_tests::chromium::Chromium;
+
 use crate::media::{datagram, raw_accept, raw_login, until};
 use crate::support::*;
 
@@ -199,59 +201,6 @@ async fn a_session_elsewhere_or_an_untrusted_hash_gets_nothing() {
     let _bob = raw_login(&server, "bob").await;
 }
 
-/// Debian's Chromium binary (the `/usr/bin/chromium` wrapper script is not
-/// needed, and prints errors in some shells); `cargo xtask ci` installs it.
-const CHROMIUM: &str = "/usr/lib/chromium/chromium";
-
-/// Headless Chromium showing one page, killed when dropped; its log (the
-/// page's console included) in the profile's folder.
-struct Chromium {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Chromium {
-    fn open(page: &str, profile: &Path) -> Self {
-        let log = profile.join("chromium.log");
-        std::fs::create_dir_all(profile).unwrap();
-        let child = std::process::Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-                "--enable-logging=stderr",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(page)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("{CHROMIUM} does not start ({error}); `cargo xtask ci` installs it")
-            });
-        Self { child, log }
-    }
-
-    /// What the page wrote to its console.
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| line.contains("CONSOLE"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `value` as a URL query value.
 fn query_value(value: &str) -> String {
     value
@@ -280,6 +229,7 @@ async fn bob_hears(bob: &signaling_quic::ClientConnection) -> (signaling_proto::
 /// both directions.
 #[tokio::test]
 async fn a_page_in_headless_chromium_calls_a_native_client_over_webtransport() {
+    let _browser = ONE_BROWSER.lock().await;
     let config = test_config("chromium");
     let data_dir = config.data_dir.clone();
     let server = TestServer::start_with(config).await;
@@ -302,7 +252,7 @@ async fn a_page_in_headless_chromium_calls_a_native_client_over_webtransport() {
         server.app.sdk_app_id,
         query_value(&server.sig("alice")),
     );
-    let chromium = Chromium::open(&page, &temp_dir("chromium-profile"));
+    let chromium = Chromium::open(&page, &temp_dir("chromium-profile"), &[]);
 
     // Chromium's start and the page's handshakes, on a busy machine too.
     let invited = async {

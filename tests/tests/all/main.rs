@@ -11,7 +11,6 @@ mod auth;
 mod browser;
 mod calls;
 mod child;
-mod chromium;
 mod cluster;
 mod cluster_store;
 mod connecting;

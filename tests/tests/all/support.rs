@@ -309,3 +309,6 @@ impl World {
         panic!("no node answers for the switchboard of record")
     }
 }
+
+/// Browsers are heavy on two cores: one Chromium at a time.
+pub static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

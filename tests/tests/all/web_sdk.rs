@@ -18,11 +18,8 @@ use opencalling_tests::web::{Site, StaticSite, browser_certificate_hashes, demo_
 use serde_json::{Value, json};
 
 use crate::audio::{ONE_AT_A_TIME, record_path, user_with_options};
-use crate::chromium::{Chromium, Page};
 use crate::support::*;
-
-/// Browsers are heavy on two cores: one at a time.
-static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use opencalling_tests::chromium::{Chromium, Page};
 
 /// How a page reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,15 +171,7 @@ impl WebUser {
     /// Records what the page plays for `ms`, into a 48 kHz WAV at `path`.
     async fn record(&mut self, ms: u64, path: &Path) {
         let recording = self.call("record", json!([ms])).await;
-        assert_eq!(recording["sampleRate"], 48_000);
-        let bytes = base64_decode(recording["samples"].as_str().unwrap());
-        let samples: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
-            .collect();
-        let mut sink = WavSink::create(path, AudioFormat::mono(48_000)).unwrap();
-        sink.write(&samples);
-        sink.finish().unwrap();
+        save_recording(&recording, path);
     }
 }
 
@@ -589,6 +578,7 @@ async fn pages_call_each_other_and_a_page_joins_a_three_way_call_with_native_use
 
 /// Writes a page's recording (`harness.record`'s value) as a WAV file.
 fn save_recording(recording: &Value, path: &Path) {
+    assert_eq!(recording["sampleRate"], 48_000);
     let bytes = base64_decode(recording["samples"].as_str().unwrap());
     let samples: Vec<f32> = bytes
         .chunks_exact(4)

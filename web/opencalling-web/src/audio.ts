@@ -14,8 +14,17 @@ import { DatagramKind, type MediaHeader, MAX_HEADER_LEN, encodeDatagram, lossRep
 const SAMPLE_RATE = 48000;
 const FRAME = 960;
 const BITRATE = 32000;
-/** Audio the playout worklet is kept ahead by: two frames. */
-const PLAYOUT_LEAD = 2 * FRAME;
+/**
+ * Audio the playout worklet is kept ahead by, at least: a frame. It
+ * reports every 5 ms, so it then holds 15 to 40 ms: 15 ms for the main
+ * thread to be late by before it plays silence. Each time it runs dry
+ * anyway (a busy machine, a page doing other work) the lead grows by
+ * 5 ms, up to two frames; after 5 s without, it comes back 5 ms.
+ */
+const MIN_PLAYOUT_LEAD = FRAME;
+const MAX_PLAYOUT_LEAD = 2 * FRAME;
+const LEAD_STEP = 240;
+const LEAD_RELAX_MS = 5000;
 /** A loss report once a second, once this many packets were due. */
 const LOSS_REPORT_MS = 1000;
 const LOSS_REPORT_MIN_PACKETS = 10;
@@ -44,6 +53,10 @@ export interface AudioHooks {
 /** Figures of a call's audio, for statistics and tests. */
 export interface AudioStats {
   sent: number;
+  /** What the browser says its output adds after the playout worklet, ms. */
+  outputLatencyMs: number;
+  /** How far ahead of the playout worklet the page keeps audio, ms (at least). */
+  playoutLeadMs: number;
   lossHint: number;
   underruns: number;
   remote: Record<string, JitterStats & { decoded: number; decodeErrors: number }>;
@@ -183,6 +196,8 @@ export class CallAudio {
   private posted = 0;
   private consumed = 0;
   private underruns = 0;
+  private lead = MIN_PLAYOUT_LEAD;
+  private leadChangedAt = 0;
   private readonly spare: Float32Array[] = [];
   private stopped = false;
 
@@ -338,15 +353,25 @@ export class CallAudio {
       return;
     }
     this.consumed = report.consumed;
+    const now = this.now();
+    if (report.underrun > this.underruns && this.posted > SAMPLE_RATE) {
+      // The worklet ran dry a second after playing had begun (before, the
+      // page is still starting the call's audio): the main thread was late.
+      this.lead = Math.min(MAX_PLAYOUT_LEAD, this.lead + LEAD_STEP);
+      this.leadChangedAt = now;
+    } else if (this.lead > MIN_PLAYOUT_LEAD && now - this.leadChangedAt > LEAD_RELAX_MS) {
+      this.lead -= LEAD_STEP;
+      this.leadChangedAt = now;
+    }
     this.underruns = report.underrun;
     this.produce();
   }
 
-  /** Keeps the playout worklet PLAYOUT_LEAD ahead, one mixed frame at a time. */
+  /** Keeps the playout worklet its lead ahead, one mixed frame at a time. */
   private produce(): void {
     if (this.stopped || this.flows.size === 0) return;
     const now = this.now();
-    while (this.posted - this.consumed < PLAYOUT_LEAD) {
+    while (this.posted - this.consumed < this.lead) {
       for (const flow of this.flows.values()) if (!flow.prepare(now)) return;
       const mix = this.spare.pop() ?? new Float32Array(FRAME);
       mix.fill(0);
@@ -391,7 +416,9 @@ export class CallAudio {
       const user = this.hooks.userOfFlow(flowId) ?? `flow ${flowId}`;
       remote[user] = { ...flow.buffer.stats(), decoded: flow.decoded, decodeErrors: flow.decodeErrors };
     }
-    return { sent: this.sent, lossHint: this.lossHint, underruns: this.underruns, remote };
+    const outputLatencyMs = 1000 * ((this.context.baseLatency ?? 0) + (this.context.outputLatency ?? 0));
+    const playoutLeadMs = this.lead / 48;
+    return { sent: this.sent, outputLatencyMs, playoutLeadMs, lossHint: this.lossHint, underruns: this.underruns, remote };
   }
 
   /** Stops both directions; releases the microphone if it opened it. */

@@ -65,12 +65,12 @@ class CaptureProcessor extends AudioWorkletProcessor {
 /** One second of ring: far more than playout ever keeps queued. */
 const RING = 48000;
 
-/** How often playout tells the main thread what it consumed (a frame). */
-const REPORT_EVERY = FRAME;
+/** How often playout tells the main thread what it consumed: every 5 ms. */
+const REPORT_EVERY = 240;
 
 /**
  * Plays what the main thread posts (mono, 48 kHz): a ring it copies into,
- * silence when it runs dry. Posts `{ consumed, underrun }` every 20 ms of
+ * silence when it runs dry. Posts `{ consumed, underrun }` every 5 ms of
  * output so the main thread knows how much is queued.
  */
 class PlayoutProcessor extends AudioWorkletProcessor {

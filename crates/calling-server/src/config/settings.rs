@@ -328,7 +328,7 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub admin_token: Option<SecretKey>,
-    /// Web site whose pages may use the fallback's WebSocket, as its origin (https://app.example; repeat the flag; comma-separated in the environment) [default: none; a development server also lets pages on this machine in]
+    /// Web site whose pages may use the fallback's WebSocket, as its origin (`https://app.example`; repeat the flag; comma-separated in the environment) [default: none; a development server also lets pages on this machine in]
     #[arg(
         long = "web-origin",
         env = "OPENCALLING_WEB_ORIGINS",

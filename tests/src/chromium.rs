@@ -1,8 +1,9 @@
 //! Headless Chromium (Debian's, installed by `cargo xtask ci`) driven over
 //! the DevTools protocol: a page is opened, expressions are evaluated in it
 //! (promises awaited, values returned as JSON). Enough of a driver for the
-//! browser tests, with no driver to install: the protocol is JSON over the
-//! WebSocket Chromium opens on a loopback port.
+//! browser tests and the web benchmark, with no driver to install: the
+//! protocol is JSON over the WebSocket Chromium opens on a loopback port.
+//! A test tool: anything unexpected panics, with what happened.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +27,7 @@ const EVAL_WAIT: Duration = Duration::from_secs(60);
 
 /// Headless Chromium, killed when dropped; its log (the page's console
 /// included) in the profile's folder.
+#[derive(Debug)]
 pub struct Chromium {
     child: std::process::Child,
     profile: PathBuf,
@@ -34,11 +36,14 @@ pub struct Chromium {
 
 impl Chromium {
     /// Starts Chromium showing `page`, with `extra` flags, its profile in
-    /// `profile`.
+    /// `profile` (made afresh).
+    ///
+    /// # Panics
+    /// If the profile cannot be made or Chromium cannot start.
     pub fn open(page: &str, profile: &Path, extra: &[String]) -> Self {
         let log = profile.join("chromium.log");
         let _ = std::fs::remove_dir_all(profile);
-        std::fs::create_dir_all(profile).unwrap();
+        std::fs::create_dir_all(profile).expect("a profile folder for Chromium");
         let child = std::process::Command::new(CHROMIUM)
             .args([
                 "--headless",
@@ -54,7 +59,7 @@ impl Chromium {
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(page)
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).expect("Chromium's log file"))
             .spawn()
             .unwrap_or_else(|error| {
                 panic!("{CHROMIUM} does not start ({error}); `cargo xtask ci` installs it")
@@ -76,6 +81,11 @@ impl Chromium {
         ]
     }
 
+    /// The process Chromium started as (its others descend from it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the page wrote to its console.
     pub fn console(&self) -> String {
         std::fs::read_to_string(&self.log)
@@ -89,6 +99,9 @@ impl Chromium {
     /// The DevTools connection to the page Chromium opened: the browser's
     /// endpoint (its port and path in `DevToolsActivePort`), attached to
     /// the page's target.
+    ///
+    /// # Panics
+    /// If Chromium does not open its port in time or shows no page.
     pub async fn page(&self) -> Page {
         let port_file = self.profile.join("DevToolsActivePort");
         let (port, path) = tokio::time::timeout(START_WAIT, async {
@@ -106,9 +119,13 @@ impl Chromium {
         })
         .await
         .expect("Chromium opens its DevTools port");
-        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("Chromium's DevTools port answers");
         let url = format!("ws://127.0.0.1:{port}{path}");
-        let (socket, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        let (socket, _) = tokio_tungstenite::client_async(url, tcp)
+            .await
+            .expect("Chromium's DevTools WebSocket opens");
         let mut page = Page {
             socket,
             next_id: 1,
@@ -126,7 +143,11 @@ impl Chromium {
                 json!({ "targetId": target, "flatten": true }),
             )
             .await;
-        page.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+        page.session = attached["sessionId"].as_str().map(str::to_owned);
+        assert!(
+            page.session.is_some(),
+            "attached without a session: {attached}"
+        );
         page
     }
 }
@@ -139,6 +160,7 @@ impl Drop for Chromium {
 }
 
 /// A page under DevTools control.
+#[derive(Debug)]
 pub struct Page {
     socket: tokio_tungstenite::WebSocketStream<TcpStream>,
     next_id: u64,
@@ -149,6 +171,9 @@ pub struct Page {
 impl Page {
     /// Sends one DevTools command; its result (events in between are
     /// skipped).
+    ///
+    /// # Panics
+    /// If the connection fails or the command is refused.
     pub async fn command(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
@@ -159,14 +184,14 @@ impl Page {
         self.socket
             .send(Message::text(message.to_string()))
             .await
-            .unwrap();
+            .expect("a DevTools command goes out");
         loop {
             let text = match self.socket.next().await {
                 Some(Ok(Message::Text(text))) => text,
                 Some(Ok(_)) => continue,
                 other => panic!("{method}: the DevTools connection ended: {other:?}"),
             };
-            let reply: Value = serde_json::from_str(&text).unwrap();
+            let reply: Value = serde_json::from_str(&text).expect("DevTools speaks JSON");
             if reply["id"] == id {
                 assert!(reply["error"].is_null(), "{method}: {reply}");
                 return reply["result"].clone();
@@ -175,7 +200,10 @@ impl Page {
     }
 
     /// Evaluates `expression` in the page (a promise is awaited); its
-    /// value as JSON. A thrown exception fails the test.
+    /// value as JSON.
+    ///
+    /// # Panics
+    /// If it throws, or takes longer than a minute.
     pub async fn eval(&mut self, expression: &str) -> Value {
         let evaluate = self.command(
             "Runtime.evaluate",
@@ -193,6 +221,9 @@ impl Page {
     }
 
     /// Goes to `url` and waits until the page's title is `title`.
+    ///
+    /// # Panics
+    /// If that takes longer than Chromium's start may.
     pub async fn open(&mut self, url: &str, title: &str) {
         self.command("Page.navigate", json!({ "url": url })).await;
         let wait = async {
