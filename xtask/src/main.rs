@@ -388,6 +388,17 @@ fn web_sdk() -> Result<TestCounts> {
     }
 }
 
+/// The web SDK in headless Chromium beside native users: mouth-to-ear
+/// both ways and Chromium's CPU per call.
+fn bench_web(tools: &Tools) -> Result {
+    ensure_chromium()?;
+    web_sdk()?;
+    step(
+        "bench: web pages (mouth-to-ear page ↔ native beside native ↔ native, Chromium's CPU per call)",
+        release_example(tools, "opencalling-tests", "bench").args(["web-latency", "12"]),
+    )
+}
+
 /// A page to call from: the web SDK built, then the `web_demo` example.
 fn web_demo(args: &[String]) -> Result {
     let tools = Tools::provision()?;
@@ -445,12 +456,7 @@ fn bench(args: &[String]) -> Result {
         "bench: call setup over loopback QUIC",
         release_example("opencalling-tests", "bench").args(["calls", "1000"]),
     )?;
-    ensure_chromium()?;
-    web_sdk()?;
-    step(
-        "bench: web pages (mouth-to-ear page ↔ native beside native ↔ native, Chromium's CPU per call)",
-        release_example("opencalling-tests", "bench").args(["web-latency", "12"]),
-    )?;
+    bench_web(&tools)?;
     ensure_redis()?;
     step(
         "bench: a cluster of three nodes (call setup, Redis per call, latency across nodes)",
