@@ -54,17 +54,22 @@ pub fn match_speech(said: &Path, heard: &Path) -> (f64, f64) {
 
 /// How well `heard` (a 48 kHz recording) matches `said` (a 16 kHz
 /// fixture) played in a loop from an unknown point, as a browser's fake
-/// microphone plays its file from when the page opened it: where the
-/// recording's speech sits in the loop is found first (from half a
-/// second in, past the call's first silence), then the median
-/// correlation of 250 ms segments within ±50 ms, as in
-/// [`match_speech`]; and where in the loop the recording started, in ms.
+/// microphone plays its file from when the page opened it: from where the
+/// speech starts in the recording (a microphone may open after the call
+/// and its recording did), where it sits in the loop is found first, then
+/// the median correlation of 250 ms segments within ±50 ms, as in
+/// [`match_speech`]; and where in the loop the recording's speech started,
+/// in ms.
 pub fn match_looped_speech(said: &Path, heard: &Path) -> (f64, f64) {
-    const SKIP: usize = 8_000;
+    const SETTLE: usize = 4_000;
     const PROBE: usize = 32_000;
     let original = load_16k(said);
     let recording = recording_16k(heard);
-    if recording.len() < SKIP + PROBE || original.is_empty() {
+    let Some(onset) = recording.iter().position(|sample| sample.abs() > 0.05) else {
+        return (0.0, 0.0);
+    };
+    let speech = &recording[onset..];
+    if speech.len() < SETTLE + PROBE || original.is_empty() {
         return (0.0, 0.0);
     }
     let looped: Vec<f32> = original
@@ -74,15 +79,15 @@ pub fn match_looped_speech(said: &Path, heard: &Path) -> (f64, f64) {
         .copied()
         .collect();
     let (mut at, _) = analysis::best_lag(
-        &recording[SKIP..SKIP + PROBE],
+        &speech[SETTLE..SETTLE + PROBE],
         &looped,
         PROBE,
         2 * original.len(),
     );
-    if at < SKIP {
+    if at < SETTLE {
         at += original.len();
     }
-    let reference = &looped[at - SKIP..];
-    let correlation = analysis::segment_correlation(reference, &recording, 0, 4_000, 8, 800);
-    (correlation, ((at - SKIP) % original.len()) as f64 / 16.0)
+    let reference = &looped[at - SETTLE..];
+    let correlation = analysis::segment_correlation(reference, speech, 0, 4_000, 8, 800);
+    (correlation, ((at - SETTLE) % original.len()) as f64 / 16.0)
 }

@@ -168,8 +168,41 @@ impl WebUser {
         assert!(self.events.is_empty(), "{}: {:?}", self.name, self.events);
     }
 
-    /// Records what the page plays for `ms`, into a 48 kHz WAV at `path`.
+    /// Waits until the page's volume reports say a remote member is heard
+    /// (a call's audio starts a moment after its events, later still on a
+    /// busy machine).
+    async fn until_heard(&mut self) {
+        let from = self.volumes.len();
+        let wait = async {
+            loop {
+                self.take_events().await;
+                let heard = self.volumes[from..].iter().any(|report| {
+                    report[1].as_array().is_some_and(|users| {
+                        users.iter().any(|user| {
+                            user["userId"] != self.name.as_str()
+                                && user["volume"].as_u64().unwrap_or(0) > 10
+                        })
+                    })
+                });
+                if heard {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(EVENT_WAIT, wait).await.is_err() {
+            panic!(
+                "{}: nobody heard; console: {}",
+                self.name,
+                self.chromium.console()
+            );
+        }
+    }
+
+    /// Records what the page plays for `ms` once it hears someone, into a
+    /// 48 kHz WAV at `path`.
     async fn record(&mut self, ms: u64, path: &Path) {
+        self.until_heard().await;
         let recording = self.call("record", json!([ms])).await;
         save_recording(&recording, path);
     }
@@ -440,7 +473,8 @@ async fn a_native_user_calls_a_page_which_answers_mutes_and_hears_the_end_once()
         available: true,
     }])
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let page_hears = record_path("web-answer-page-hears");
+    alice.record(4_000, &page_hears).await;
 
     bob.calling.hangup().await.unwrap();
     bob.expect_end(EndReason::Hangup).await;
@@ -472,6 +506,17 @@ async fn a_native_user_calls_a_page_which_answers_mutes_and_hears_the_end_once()
         "{:?}",
         alice.volumes
     );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_heard(
+        &fixture("speech-b-16k.wav"),
+        &page_hears,
+        "the page hears its caller",
+    );
+    assert_heard(
+        &fixture("speech-a-16k.wav"),
+        &bob_hears,
+        "the caller hears the page",
+    );
 }
 
 /// Two pages call each other and each hears the other's microphone; then
@@ -502,6 +547,8 @@ async fn pages_call_each_other_and_a_page_joins_a_three_way_call_with_native_use
         record_path("web-pages-alice-hears"),
         record_path("web-pages-bob-hears"),
     );
+    alice.until_heard().await;
+    bob.until_heard().await;
     let (recorded_alice, recorded_bob) = tokio::join!(
         alice.page.eval("harness.record(4000)"),
         bob.page.eval("harness.record(4000)"),
@@ -805,5 +852,52 @@ async fn a_person_logs_in_on_the_demo_page_and_calls_a_native_user() {
     let log = log.as_str().unwrap();
     for line in ["logged in as alice", "bot entered", "the call is over"] {
         assert!(log.contains(line), "{line:?} not in the page's log: {log}");
+    }
+}
+
+/// WebTransport first, the WebSocket 300 ms later: with both reachable
+/// the page keeps WebTransport; with UDP going nowhere (a socket that
+/// never answers) it is on the WebSocket within a second or two, not
+/// after WebTransport's own timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_races_webtransport_against_the_websocket() {
+    let _browser = ONE_BROWSER.lock().await;
+    let (server, hashes) = start_server(test_config("web-race")).await;
+    let site = site().await;
+    let mut page = WebUser::open(
+        &site,
+        "alice",
+        &fixture("speech-a-16k.wav"),
+        &["--ignore-certificate-errors"],
+    )
+    .await;
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let websocket = address(&server, &hashes, Way::WebSocket);
+    let both = |quic_port: u16| {
+        json!({
+            "webTransportUrl": format!("https://127.0.0.1:{quic_port}/opencalling"),
+            "certificateHashes": hashes,
+            "webSocketUrl": websocket["webSocketUrl"],
+        })
+    };
+    let app = server.app.sdk_app_id;
+    for (quic_port, expected) in [
+        (server.server.local_addr().port(), "webtransport"),
+        (black_hole.local_addr().unwrap().port(), "websocket"),
+    ] {
+        let started = std::time::Instant::now();
+        let options = json!({ "server": both(quic_port) });
+        page.call(
+            "initAndLogin",
+            json!([options, app, "alice", server.sig("alice")]),
+        )
+        .await;
+        let took = started.elapsed();
+        let stats = page.call("stats", json!([])).await;
+        assert_eq!(stats["transport"], expected, "{stats}");
+        assert!(
+            took < Duration::from_secs(5),
+            "logged in over {expected} after {took:?}"
+        );
     }
 }

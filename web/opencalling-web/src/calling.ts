@@ -55,6 +55,9 @@ export interface CallingOptions {
 
 const RECONNECT_BACKOFF_MS = [250, 500, 1000, 2000, 4000];
 
+/** How long `destroy` waits for the server to confirm its logout. */
+const DESTROY_LOGOUT_MS = 1000;
+
 function randomDeviceId(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(8));
   return "web-" + [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
@@ -127,7 +130,7 @@ export class TRTCCalling {
     try {
       request = this.engine.login(sdkAppId, userId, userSig);
     } catch (error) {
-      this.dropTransport();
+      transport.close();
       throw error;
     }
     this.transport = transport;
@@ -209,22 +212,25 @@ export class TRTCCalling {
     return { status: this.engine.status(), transport: this.transport?.kind ?? null, audio: this.audio?.stats() ?? null };
   }
 
-  /** Releases everything: the call, the session, the microphone. */
+  /**
+   * Releases everything: the call, the session, the microphone. A session
+   * is logged out first (the server then knows at once, rather than after
+   * its resume grace), for at most a second, while nothing more is heard.
+   */
   destroy(): void {
     if (this.destroyed) return;
-    if (this.engine.isLoggedIn()) {
-      try {
-        this.engine.logout();
-        this.pump();
-      } catch {
-        // Already gone.
-      }
-    }
     this.destroyed = true;
-    this.stopAudio();
-    this.dropTransport();
-    if (this.timer !== null) clearTimeout(this.timer);
     this.listeners.clear();
+    this.stopAudio();
+    const release = () => {
+      this.dropTransport();
+      if (this.timer !== null) clearTimeout(this.timer);
+      this.timer = null;
+    };
+    if (!this.engine.isLoggedIn() || this.transport === null) return release();
+    const loggedOut = this.request(this.engine.logout());
+    const patience = new Promise((resolve) => setTimeout(resolve, DESTROY_LOGOUT_MS));
+    void Promise.race([loggedOut, patience]).catch(() => undefined).finally(release);
   }
 
   private checkAlive(): void {
