@@ -77,3 +77,76 @@ async fn a_quic_member_and_a_tcp_member_share_a_call() {
     )
     .await;
 }
+
+/// The status a WebSocket upgrade at the fallback gets from `server`, as
+/// a page from `origin` (none: a native client) asks for it.
+async fn upgrade_status(server: &TestServer, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let trust = signaling_tls::ServerTrust::Fingerprint(server.server.fingerprint());
+    let mut tls = signaling_tls::tls_client_config(&trust).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.server.fallback_addr().unwrap())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut request = format!("wss://localhost{}", signaling_ws::PATH)
+        .into_client_request()
+        .unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::client_async(request, tls).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("no answer to the upgrade: {other}"),
+    }
+}
+
+/// A page's WebSocket names its origin: a server lets in the sites it
+/// lists (`web_origins`) and, in development, pages on this machine, and
+/// answers any other `403 Forbidden`; a native client (no origin) is never
+/// judged.
+#[tokio::test]
+async fn the_fallback_lets_in_pages_from_the_origins_it_allows() {
+    let mut config = test_config("web-origins");
+    config.apps = vec![calling_server::AppCredentials {
+        sdk_app_id: 1_400_000_777,
+        secret_key: calling_server::config::SecretKey::new("web-origins-key"),
+    }];
+    config.web_origins = vec!["https://app.example".parse().unwrap()];
+    let production = TestServer::start_with(config).await;
+    assert_eq!(
+        upgrade_status(&production, None).await,
+        101,
+        "a native client"
+    );
+    assert_eq!(
+        upgrade_status(&production, Some("https://app.example")).await,
+        101
+    );
+    for refused in ["https://evil.example", "http://127.0.0.1:8080"] {
+        assert_eq!(
+            upgrade_status(&production, Some(refused)).await,
+            403,
+            "{refused}"
+        );
+    }
+    let development = TestServer::start("web-origins-development").await;
+    assert_eq!(
+        upgrade_status(&development, Some("http://127.0.0.1:8080")).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&development, Some("http://localhost:3000")).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(&development, Some("https://evil.example")).await,
+        403
+    );
+}
