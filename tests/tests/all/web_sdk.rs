@@ -687,6 +687,12 @@ async fn a_page_gets_a_clear_code_for_a_wrong_hash_an_expired_usersig_and_a_serv
         Err(2010),
         "a malformed UserSig"
     );
+    // The same instance logs in at once with a good one.
+    let again = page
+        .try_call("login", json!([app, "alice", server.sig("alice")]))
+        .await;
+    assert_eq!(again, Ok(Value::Null), "a login after a refusal");
+    page.call("logout", json!([])).await;
 
     let down = address(&server, &hashes, Way::WebTransport);
     server.server.shutdown().await;

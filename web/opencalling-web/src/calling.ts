@@ -134,7 +134,13 @@ export class TRTCCalling {
       throw error;
     }
     this.transport = transport;
-    return this.request(request);
+    try {
+      await this.request(request);
+    } catch (error) {
+      // Refused: the server closes this connection; a new login opens its own.
+      if (this.transport === transport) this.dropTransport();
+      throw error;
+    }
   }
 
   /** Logs out; a call in progress ends as a hangup. */
