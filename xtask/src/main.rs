@@ -163,13 +163,30 @@ fn ci() -> Result {
     ensure_address_sanitizer()?;
     // The browser tests load the web SDK's build.
     let web = web_sdk()?;
-    let mut tests = run_tests(
-        tools
-            .apply(&mut cargo())
-            .args(["test", "--workspace", "--locked"]),
-    )?;
-    tests.passed += web.passed;
-    tests.failed += web.failed;
+    // The browser tests run on their own afterwards: Chromium beside the
+    // rest of the test binary's parallel tests overloads two cores.
+    let mut tests = run_tests(tools.apply(&mut cargo()).args([
+        "test",
+        "--workspace",
+        "--locked",
+        "--",
+        "--skip",
+        "web_sdk::",
+    ]))?;
+    let browsers = run_tests(tools.apply(&mut cargo()).args([
+        "test",
+        "--locked",
+        "-p",
+        "opencalling-tests",
+        "--test",
+        "all",
+        "--",
+        "web_sdk::",
+        "--test-threads",
+        "1",
+    ]))?;
+    tests.passed += web.passed + browsers.passed;
+    tests.failed += web.failed + browsers.failed;
     let loaded = speech_beside_busy_cores(&tools)?;
     tests.passed += loaded.passed;
     tests.failed += loaded.failed;
