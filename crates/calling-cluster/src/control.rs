@@ -16,7 +16,9 @@
 //! first gathers, for a short window, the nodes' reports of the sessions
 //! and calls they had with the old one, holding every other input, then
 //! rebuilds them at once ([`Switchboard::handle_restore`]) and goes on with
-//! what it held: calls between users on the surviving nodes go on.
+//! what it held: calls between users on the surviving nodes go on. The
+//! window closes early once every node it expects
+//! ([`Control::expect_reports`]) has said it reported everything.
 //!
 //! Sans-IO, like the switchboard: inputs carry `now`, outputs are drained
 //! with [`Control::poll_output`] after every input.
@@ -67,6 +69,18 @@ struct Restoring {
     until: Instant,
     reports: Vec<(NodeId, RestoreReport)>,
     held: Vec<(NodeId, ToControl)>,
+    /// The nodes whose reports close the window before `until`, once known.
+    expected: Option<BTreeSet<NodeId>>,
+    /// The nodes that reported everything.
+    done: BTreeSet<NodeId>,
+}
+
+impl Restoring {
+    fn complete(&self) -> bool {
+        self.expected
+            .as_ref()
+            .is_some_and(|expected| expected.is_subset(&self.done))
+    }
 }
 
 impl Control {
@@ -93,8 +107,23 @@ impl Control {
             until,
             reports: Vec::new(),
             held: Vec::new(),
+            expected: None,
+            done: BTreeSet::new(),
         });
         control
+    }
+
+    /// While taking over: the nodes alive in the cluster, each of which
+    /// reports its sessions; once all have, the window closes without
+    /// waiting for its end. A node that reports later is restored on its
+    /// own, as after the window.
+    pub fn expect_reports(&mut self, now: Instant, nodes: BTreeSet<NodeId>) {
+        if let Some(restoring) = &mut self.restoring {
+            restoring.expected = Some(nodes);
+            if restoring.complete() {
+                self.finish_restoring(now);
+            }
+        }
     }
 
     /// Whether the takeover window is still open.
@@ -118,7 +147,12 @@ impl Control {
         if let Some(restoring) = &mut self.restoring {
             match message {
                 ToControl::Restore(report) => restoring.reports.push((node, report)),
-                ToControl::RestoreDone => {}
+                ToControl::RestoreDone => {
+                    restoring.done.insert(node);
+                    if restoring.complete() {
+                        self.finish_restoring(now);
+                    }
+                }
                 other => restoring.held.push((node, other)),
             }
             return;
@@ -238,9 +272,15 @@ impl Control {
     /// sessions end now, as lost connections (no resume: the node that
     /// kept their books is gone).
     pub fn handle_node_lost(&mut self, now: Instant, node: NodeId) {
+        let mut window_complete = false;
         if let Some(restoring) = &mut self.restoring {
             restoring.reports.retain(|(from, _)| *from != node);
             restoring.held.retain(|(from, _)| *from != node);
+            restoring.done.remove(&node);
+            if let Some(expected) = &mut restoring.expected {
+                expected.remove(&node);
+            }
+            window_complete = restoring.complete();
         }
         let mut lost: Vec<(NodeConn, ConnId)> = self
             .by_node
@@ -265,6 +305,9 @@ impl Control {
         for told in self.told_membership.values_mut() {
             told.remove(&node);
         }
+        if window_complete {
+            self.finish_restoring(now);
+        }
     }
 
     /// Fires the switchboard's due timers, and closes a takeover's window
@@ -274,17 +317,30 @@ impl Control {
             .restoring
             .as_ref()
             .is_some_and(|restoring| now >= restoring.until)
-            && let Some(restoring) = self.restoring.take()
         {
-            self.restore(now, restoring.reports);
-            self.route_outputs();
-            for (node, message) in restoring.held {
-                self.apply(now, node, message);
-                self.route_outputs();
-            }
+            self.finish_restoring(now);
         }
         self.switchboard.handle_timeout(now);
         self.route_outputs();
+    }
+
+    /// Closes a takeover's window: rebuilds what was reported, then applies
+    /// what was held, in order.
+    fn finish_restoring(&mut self, now: Instant) {
+        let Some(restoring) = self.restoring.take() else {
+            return;
+        };
+        debug!(
+            nodes = restoring.done.len(),
+            early = now < restoring.until,
+            "the takeover's window closes"
+        );
+        self.restore(now, restoring.reports);
+        self.route_outputs();
+        for (node, message) in restoring.held {
+            self.apply(now, node, message);
+            self.route_outputs();
+        }
     }
 
     /// When to call [`Control::handle_timeout`] next.

@@ -162,6 +162,14 @@ impl Lease {
         self.handle_reply(now, LeaseReply::Unreachable);
     }
 
+    /// Asks again by `at` at the latest while the lease is not held (a
+    /// follower whose holder went quiet wants to know sooner who holds it).
+    pub fn ask_by(&mut self, at: Instant) {
+        if let State::Free { next } = &mut self.state {
+            *next = (*next).min(at);
+        }
+    }
+
     /// Gives the lease up (the glue also deletes the key).
     pub fn release(&mut self, now: Instant) {
         self.in_flight = None;

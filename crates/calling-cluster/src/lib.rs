@@ -6,6 +6,7 @@ pub mod local;
 pub mod node;
 pub mod store;
 pub mod trunk;
+mod unanswered;
 pub mod wire;
 
 pub use control::{Control, ControlOutput};

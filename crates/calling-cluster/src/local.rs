@@ -32,8 +32,13 @@ pub struct LocalSession {
     pub protocol_version: u16,
     /// Its microphone is off.
     pub muted: bool,
-    /// Its connection broke and it waits for a resume.
+    /// Its connection broke and it waits for a resume (until the control
+    /// says it resumed).
     pub detached: bool,
+    /// The control accepted its login. A session whose login is still
+    /// unanswered is not reported to a new control: the login itself is
+    /// sent again.
+    pub logged_in: bool,
     /// The call whose invitation rings it.
     pub ringing: Option<CallId>,
     /// The call it entered, as last published.
@@ -118,6 +123,9 @@ impl LocalSessions {
         let mut reports = Vec::with_capacity(self.sessions.len());
         let mut cancelled = Vec::new();
         for (conn, session) in &mut self.sessions {
+            if !session.logged_in {
+                continue;
+            }
             if let Some(call_id) = session.ringing.take() {
                 cancelled.push((*conn, call_id));
             }
@@ -151,6 +159,7 @@ impl LocalSessions {
                         protocol_version: *protocol_version,
                         muted: false,
                         detached: false,
+                        logged_in: false,
                         ringing: None,
                         call: None,
                     },
@@ -175,15 +184,11 @@ impl LocalSessions {
                     }
                 }
             }
-            ToControl::Resume { conn } => {
-                if let Some(session) = self.sessions.get_mut(conn) {
-                    session.detached = false;
-                }
-            }
             ToControl::Expelled { conn } => {
                 self.sessions.remove(conn);
             }
             ToControl::Message { .. }
+            | ToControl::Resume { .. }
             | ToControl::Congested { .. }
             | ToControl::Restore(_)
             | ToControl::RestoreDone => {}
@@ -202,7 +207,13 @@ impl LocalSessions {
             FromControl::Close { conn, .. } => {
                 self.sessions.remove(conn);
             }
-            FromControl::Resumed { .. } => {}
+            FromControl::Resumed { conn, resumed } => {
+                if let Some(session) = self.sessions.get_mut(conn)
+                    && *resumed
+                {
+                    session.detached = false;
+                }
+            }
             FromControl::Membership {
                 call_id,
                 call_type,
@@ -242,6 +253,7 @@ impl LocalSessions {
 
 fn note_sent(session: &mut LocalSession, message: &ServerMessage) {
     match message {
+        ServerMessage::LoginResult { code, .. } if code.is_ok() => session.logged_in = true,
         ServerMessage::Invited { call_id, .. } => session.ringing = Some(*call_id),
         ServerMessage::InvitationTimedOut { call_id }
         | ServerMessage::Cancelled { call_id }

@@ -40,8 +40,10 @@
 //!   users of the surviving nodes go on; members lost with the old
 //!   control's node leave them (`UserLeft`), and a call left alone ends
 //!   with "connection lost". Invitations that rang are cancelled for their
-//!   clients, and requests the old control had not answered stay
-//!   unanswered (the clients' requests time out).
+//!   clients. Each node keeps every request it forwarded until the answer
+//!   passes through it, and sends the ones still open to the new control
+//!   after its reports: each is answered once, by whichever control
+//!   answered it first (see `unanswered.rs`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -54,6 +56,7 @@ use crate::control::{Control, ControlOutput};
 use crate::lease::{Lease, LeaseReply, LeaseTiming};
 use crate::store::{ControlHolder, StoreReply, StoreRequest};
 use crate::trunk::{TrunkBooks, TrunkError};
+use crate::unanswered::Unanswered;
 use crate::wire::{FromControl, NodeId, RestoreReport, ToControl, TrunkFrame};
 
 /// How a node behaves.
@@ -196,6 +199,9 @@ struct Hosting {
     peers: HashMap<NodeId, Peer>,
     /// Incarnations given up, answered with a reset.
     given_up: HashMap<NodeId, u64>,
+    /// The control this one took over from (gone, or going: not awaited
+    /// for reports).
+    previous: Option<NodeId>,
     /// A registry without a node is trusted from this instant on.
     registry_trusted_from: Instant,
     next_registry_read: Instant,
@@ -222,6 +228,8 @@ pub struct ClusterNode {
     /// A new control awaits this node's reports
     /// ([`ClusterNode::report_sessions`]).
     reports_due: bool,
+    /// The requests forwarded to the control and not yet answered.
+    unanswered: Unanswered,
     outputs: VecDeque<NodeOutput>,
 }
 
@@ -229,6 +237,7 @@ impl ClusterNode {
     /// A node starting at `now`: it asks the store at once.
     pub fn new(config: NodeConfig, now: Instant) -> Self {
         let mut node = Self {
+            unanswered: Unanswered::new(config.books_capacity),
             registration: Lease::new(config.lease, now),
             claim: Lease::new(config.lease, now),
             config,
@@ -264,6 +273,12 @@ impl ClusterNode {
             (following.holder.node == self.config.node && self.hosting.is_some())
                 || following.books.is_ready()
         })
+    }
+
+    /// Requests of this node's clients the control has not answered yet
+    /// (sent again to a new control after a takeover).
+    pub fn open_requests(&self) -> usize {
+        self.unanswered.len()
     }
 
     /// The control this node follows.
@@ -305,9 +320,6 @@ impl ClusterNode {
     /// What one of this node's clients did.
     pub fn handle_client(&mut self, now: Instant, message: ToControl) -> Result<(), NodeError> {
         let me = self.config.node;
-        if self.following.is_none() {
-            return Err(NodeError::NotReady);
-        }
         let Some(following) = &mut self.following else {
             return Err(NodeError::NotReady);
         };
@@ -315,13 +327,15 @@ impl ClusterNode {
             let Some(hosting) = &mut self.hosting else {
                 return Err(NodeError::NotReady);
             };
+            self.unanswered.forwarded(&message);
             hosting.control.handle_from_node(now, me, message);
             self.route_control(now);
             return Ok(());
         }
-        if following.books.send(message).is_err() {
+        if following.books.send(message.clone()).is_err() {
             return Err(NodeError::Overloaded);
         }
+        self.unanswered.forwarded(&message);
         self.pump_control_trunk();
         Ok(())
     }
@@ -364,6 +378,7 @@ impl ClusterNode {
             return Ok(());
         }
         if let Some(message) = following.books.handle_frame(frame)? {
+            self.unanswered.delivered(&message);
             self.outputs.push_back(NodeOutput::Deliver(message));
         }
         self.pump_control_trunk();
@@ -627,6 +642,15 @@ impl ClusterNode {
             }
         } else {
             self.claim.handle_reply(now, LeaseReply::Refused);
+            let control_quiet = self
+                .following
+                .as_ref()
+                .is_none_or(|following| following.down_since.is_some());
+            if control_quiet {
+                // The holder may be gone: learn of its successor sooner
+                // than a renewal period.
+                self.claim.ask_by(now + self.config.lease.retry_after);
+            }
             if self.hosting.is_some() {
                 warn!(holder = %holder.node, term = holder.term, "another node holds the control now: stepping down");
                 self.step_down();
@@ -651,20 +675,32 @@ impl ClusterNode {
         switchboard.node_id = u32::try_from(term % (1 << 32)).unwrap_or(u32::MAX);
         // A control after another gathers the nodes' sessions first; the
         // first control of a cluster has nobody to take over from.
-        let control = if term > 1 {
+        let taking_over = term > 1;
+        let control = if taking_over {
             Control::taking_over(switchboard, now + self.config.lease.renew_every * 2)
         } else {
             Control::new(switchboard)
         };
+        let previous = self
+            .following
+            .as_ref()
+            .map(|following| following.holder.node)
+            .filter(|node| *node != self.config.node);
         self.hosting = Some(Hosting {
             term,
             control,
             peers: HashMap::new(),
             given_up: HashMap::new(),
+            previous,
             registry_trusted_from: now + self.config.lease.duration,
             next_registry_read: now + self.config.lease.renew_every,
             holding_calls: false,
         });
+        if taking_over {
+            // Who is alive says whose reports to wait for: the window
+            // closes when they are in, not when it runs out.
+            self.request(Pending::LiveNodes, StoreRequest::LiveNodes);
+        }
     }
 
     fn step_down(&mut self) {
@@ -718,10 +754,20 @@ impl ClusterNode {
         let Some(following) = &mut self.following else {
             return;
         };
+        // What the old control left unanswered follows the reports, so the
+        // new control knows every session a request comes from.
+        let resent: Vec<ToControl> = self.unanswered.to_resend().cloned().collect();
+        if !resent.is_empty() {
+            info!(
+                requests = resent.len(),
+                "resending the requests the old control left unanswered"
+            );
+        }
         let messages = reports
             .into_iter()
             .map(ToControl::Restore)
-            .chain([ToControl::RestoreDone]);
+            .chain([ToControl::RestoreDone])
+            .chain(resent);
         if following.holder.node == me {
             if let Some(hosting) = &mut self.hosting {
                 for message in messages {
@@ -750,6 +796,7 @@ impl ClusterNode {
             following.books =
                 TrunkBooks::new(me, following.holder.term, following.incarnation, capacity);
             following.down_since = following.down_since.map(|_| now);
+            self.unanswered.clear();
             self.outputs.push_back(NodeOutput::SessionsLost {
                 code: ErrorCode::CONNECTION_LOST,
             });
@@ -770,6 +817,17 @@ impl ClusterNode {
     }
 
     fn registry_read(&mut self, now: Instant, live: &BTreeSet<NodeId>) {
+        let Some(hosting) = &mut self.hosting else {
+            return;
+        };
+        if hosting.control.is_restoring() {
+            let mut expected = live.clone();
+            if let Some(previous) = hosting.previous {
+                expected.remove(&previous);
+            }
+            hosting.control.expect_reports(now, expected);
+            self.route_control(now);
+        }
         let Some(hosting) = &self.hosting else {
             return;
         };
@@ -854,6 +912,7 @@ impl ClusterNode {
             }
         }
         for message in local {
+            self.unanswered.delivered(&message);
             self.outputs.push_back(NodeOutput::Deliver(message));
         }
         self.pump_node_trunks();
