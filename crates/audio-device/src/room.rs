@@ -15,9 +15,12 @@
 //! convolves and pushes, the microphone (the capture thread) pops, so the
 //! pair works as the SDK's devices in a real call. The delay is what is in
 //! flight between them: when the playout thread falls behind and the
-//! microphone reads everything in flight, the echo comes sooner from then
+//! microphone reads what was in flight, the echo comes sooner from then
 //! on, as between two devices whose buffers drained
-//! ([`RoomControl::echo_delay_ms`] says what the microphone hears now). Used from one thread —
+//! ([`RoomControl::echo_delay_ms`] says what the microphone hears now) —
+//! but never sooner than [`DEVICE_LATENCY_MS`] after the speaker was given
+//! it: a loudspeaker that ran dry starts again behind its own buffer, and
+//! no echo reaches a microphone before the sound was played. Used from one thread —
 //! play a block, then capture one — it is deterministic, for benchmarks.
 //!
 //! The impulse response is what Schroeder's statistical model of a
@@ -40,6 +43,14 @@ pub const ROOM_RATE: u32 = 48_000;
 
 /// Samples in the convolver's block (10 ms).
 const BLOCK: usize = 480;
+
+/// The least time from the speaker's input to the microphone's output:
+/// the two devices' own buffers, converters and the air, which no
+/// scheduling can shorten.
+pub const DEVICE_LATENCY_MS: u32 = 10;
+
+/// [`DEVICE_LATENCY_MS`] in samples.
+const DEVICE_LATENCY: usize = DEVICE_LATENCY_MS as usize * ROOM_RATE as usize / 1000;
 
 /// How a room sounds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -283,6 +294,8 @@ pub fn room(
         delay_change: Arc::clone(&delay_change),
         heard_delay: Arc::clone(&heard_delay),
         silence_to_insert: 0,
+        earlier: delay,
+        gap: 0,
         near_end: near_end.map(Mono48k::new),
         noise: noise.map(Mono48k::new),
         near_end_scratch: Vec::new(),
@@ -385,6 +398,13 @@ pub struct RoomMicrophone {
     /// Samples of silence still to go in before the waiting echo (a delay
     /// that jumped up).
     silence_to_insert: usize,
+    /// Of the echo waiting in the ring, how much was written before the
+    /// latest read: what the speaker is playing out now.
+    earlier: usize,
+    /// Silence between that and what the speaker was given since: a
+    /// speaker that ran (nearly) dry plays new sound no sooner than the
+    /// devices' latency.
+    gap: usize,
     near_end: Option<Mono48k>,
     noise: Option<Mono48k>,
     near_end_scratch: Vec<f32>,
@@ -408,6 +428,13 @@ impl RoomMicrophone {
             let inserted = skip.min(self.silence_to_insert);
             self.silence_to_insert -= inserted;
             skip -= inserted;
+            let earlier = skip.min(self.earlier);
+            self.echo.skip(earlier);
+            self.earlier -= earlier;
+            skip -= earlier;
+            let gap = skip.min(self.gap);
+            self.gap -= gap;
+            skip -= gap;
             self.echo.skip(skip.min(self.echo.occupied_len()));
         } else {
             // Later: silence goes in before what is waiting.
@@ -415,9 +442,24 @@ impl RoomMicrophone {
         }
     }
 
+    /// What the speaker was given since the latest read goes behind what
+    /// it is playing, at least the devices' latency from now.
+    fn place_what_was_written(&mut self) {
+        let written = self.echo.occupied_len().saturating_sub(self.earlier);
+        if written > 0 && self.gap == 0 {
+            self.gap = DEVICE_LATENCY.saturating_sub(self.silence_to_insert + self.earlier);
+        }
+    }
+
     fn next_echo(&mut self) -> f32 {
         if self.silence_to_insert > 0 {
             self.silence_to_insert -= 1;
+            return 0.0;
+        }
+        if self.earlier > 0 {
+            self.earlier -= 1;
+        } else if self.gap > 0 {
+            self.gap -= 1;
             return 0.0;
         }
         self.echo.try_pop().unwrap_or(0.0)
@@ -431,10 +473,16 @@ impl AudioSource for RoomMicrophone {
 
     fn read(&mut self, out: &mut [f32]) -> usize {
         self.apply_delay_change();
+        self.place_what_was_written();
         let mut drift = self.drift;
         drift.read(out, || self.next_echo());
         self.drift = drift;
-        let in_flight = self.echo.occupied_len() + self.silence_to_insert;
+        if self.gap == 0 {
+            self.earlier = self.echo.occupied_len();
+        }
+        // What the speaker is given next is heard this much later.
+        let in_flight =
+            (self.echo.occupied_len() + self.silence_to_insert + self.gap).max(DEVICE_LATENCY);
         self.heard_delay.store(
             u32::try_from(in_flight).unwrap_or(u32::MAX),
             Ordering::Relaxed,
@@ -707,6 +755,28 @@ mod tests {
         let mut stall = vec![0.0; 70 * 48];
         microphone.read(&mut stall);
         assert_eq!(control.echo_delay_ms(), 30);
+    }
+
+    #[test]
+    fn an_echo_never_comes_sooner_than_the_devices_latency() {
+        let (mut speaker, mut microphone, control) = room(RoomConfig::default(), None, None);
+        // The playout side gives nothing for 100 ms: the speaker runs dry,
+        // and what it is given next still takes the devices' latency.
+        let mut stall = vec![0.0; 100 * 48];
+        microphone.read(&mut stall);
+        assert_eq!(control.echo_delay_ms(), DEVICE_LATENCY_MS);
+        speaker.write(&[1.0_f32; BLOCK]);
+        let mut heard = vec![0.0; 10 * BLOCK];
+        for block in heard.chunks_mut(BLOCK) {
+            microphone.read(block);
+        }
+        let first = heard.iter().position(|sample| sample.abs() > 1e-3).unwrap();
+        // Within a millisecond after it: the direct path's flight through
+        // the air.
+        assert!(
+            (DEVICE_LATENCY..DEVICE_LATENCY + 48).contains(&first),
+            "first heard at sample {first}"
+        );
     }
 
     #[test]

@@ -577,15 +577,17 @@ async fn wait_for_a_control(redis: &RedisServer, tag: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_control_hands_over_and_the_call_between_the_survivors_goes_on() {
-    let redis = RedisServer::start().unwrap();
-    let tag = "control-kill";
-    let (mut control, _, _) = child_node(&redis, tag).await;
+/// A cluster whose control is a child process (to be killed), and two
+/// nodes in this process that follow it.
+async fn a_child_control_and_two_nodes(
+    redis: &RedisServer,
+    tag: &str,
+) -> (crate::child::ChildProcess, TestServer, TestServer) {
+    let (control, _, _) = child_node(redis, tag).await;
     // The child takes the role before the others start.
-    wait_for_a_control(&redis, tag).await;
-    let left = node(&redis, tag, 1).await;
-    let right = node(&redis, tag, 2).await;
+    wait_for_a_control(redis, tag).await;
+    let left = node(redis, tag, 1).await;
+    let right = node(redis, tag, 2).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (a, b) = (status(&left).await, status(&right).await);
@@ -598,6 +600,32 @@ async fn a_killed_control_hands_over_and_the_call_between_the_survivors_goes_on(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (control, left, right)
+}
+
+/// Waits until `left` and `right` follow one control in a term after
+/// `old_term`, hosted by one of them.
+async fn wait_for_a_new_control(left: &TestServer, right: &TestServer, old_term: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a, b) = (status(left).await, status(right).await);
+        if a.ready
+            && b.ready
+            && a.control == b.control
+            && a.control.is_some_and(|(_, term)| term > old_term)
+        {
+            assert!(a.hosting != b.hosting, "one of the two hosts it now");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no new control: {a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_control_hands_over_and_the_call_between_the_survivors_goes_on() {
+    let redis = RedisServer::start().unwrap();
+    let (mut control, left, right) = a_child_control_and_two_nodes(&redis, "control-kill").await;
     let old_term = status(&left).await.control.unwrap().1;
     let mut alice = raw_login(&left, "alice").await;
     let mut bob = raw_login(&right, "bob").await;
@@ -607,20 +635,7 @@ async fn a_killed_control_hands_over_and_the_call_between_the_survivors_goes_on(
     let killed = Instant::now();
     // A new control, in a new term, rebuilds the sessions and the call the
     // surviving nodes report: alice and bob never notice but a pause.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (a, b) = (status(&left).await, status(&right).await);
-        if a.ready
-            && b.ready
-            && a.control == b.control
-            && a.control.is_some_and(|(_, term)| term > old_term)
-        {
-            assert!(a.hosting != b.hosting, "one of the two hosts it now");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no new control: {a:?} {b:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_a_new_control(&left, &right, old_term).await;
     call_is_alive(&mut alice, &mut bob, true).await;
     let recovered = killed.elapsed();
     assert!(
@@ -648,6 +663,66 @@ async fn a_killed_control_hands_over_and_the_call_between_the_survivors_goes_on(
             ..
         }
     ));
+}
+
+/// alice invites bob while the control is dead and not yet replaced: her
+/// node keeps the invitation until a control answers it, and the new
+/// control rings bob once and answers alice once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_killed_mid_invitation_still_rings_the_invitee_once() {
+    let redis = RedisServer::start().unwrap();
+    let (mut control, left, right) = a_child_control_and_two_nodes(&redis, "mid-invite").await;
+    let old_term = status(&left).await.control.unwrap().1;
+    let mut alice = raw_login(&left, "alice").await;
+    let mut bob = raw_login(&right, "bob").await;
+    control.kill();
+    invite(&mut alice, 7, &["bob"]).await;
+    wait_for_a_new_control(&left, &right, old_term).await;
+    let rung = until(&mut bob, |message| {
+        matches!(message, ServerMessage::Invited { .. })
+    })
+    .await;
+    let ServerMessage::Invited { call_id, .. } = rung else {
+        unreachable!()
+    };
+    let to_alice = drain_messages(&mut alice, Duration::from_secs(1)).await;
+    let answers: Vec<_> = to_alice
+        .iter()
+        .filter(|message| {
+            matches!(
+                message,
+                ServerMessage::Ack {
+                    request_id: RequestId(7),
+                    ..
+                } | ServerMessage::Error {
+                    request_id: Some(RequestId(7)),
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert!(
+        matches!(answers.as_slice(), [ServerMessage::Ack { call_id: Some(acked), .. }] if *acked == call_id),
+        "one answer, for the call that rings bob: {to_alice:?}"
+    );
+    let to_bob = drain_messages(&mut bob, Duration::from_millis(500)).await;
+    assert!(
+        !to_bob
+            .iter()
+            .any(|message| matches!(message, ServerMessage::Invited { .. })),
+        "rung once: {to_bob:?}"
+    );
+    bob.send
+        .send(&ClientMessage::Accept {
+            request_id: RequestId(2),
+            call_id,
+        })
+        .await
+        .unwrap();
+    until(&mut alice, |message| {
+        matches!(message, ServerMessage::UserEntered { .. })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
