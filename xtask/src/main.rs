@@ -474,6 +474,10 @@ fn bench(args: &[String]) -> Result {
         release_example("opencalling-tests", "bench").args(["calls", "1000"]),
     )?;
     bench_web(&tools)?;
+    step(
+        "bench: the cluster's control at 1,000,000 users on 100 nodes (virtual clock, one core)",
+        &mut release_example("calling-cluster", "cluster_scale"),
+    )?;
     ensure_redis()?;
     step(
         "bench: a cluster of three nodes (call setup, Redis per call, latency across nodes)",

@@ -28,7 +28,8 @@ use std::time::Instant;
 
 use calling_api::{CallId, CallType, UserId};
 use signaling_proto::{
-    CallEvent, ConnId, Output, RestoredCall, RestoredSession, Switchboard, SwitchboardConfig,
+    CallEvent, ConnId, CountedKeyMap, Output, RestoredCall, RestoredSession, Switchboard,
+    SwitchboardConfig,
 };
 use tracing::{debug, warn};
 
@@ -52,8 +53,8 @@ pub enum ControlOutput {
 #[derive(Debug)]
 pub struct Control {
     switchboard: Switchboard,
-    by_switchboard: HashMap<ConnId, NodeConn>,
-    by_node: HashMap<NodeConn, ConnId>,
+    by_switchboard: CountedKeyMap<ConnId, NodeConn>,
+    by_node: CountedKeyMap<NodeConn, ConnId>,
     /// The nodes told about each call's membership, for the empty
     /// membership a node must get when its last member leaves.
     told_membership: HashMap<CallId, BTreeSet<NodeId>>,
@@ -89,8 +90,8 @@ impl Control {
     pub fn new(config: SwitchboardConfig) -> Self {
         Self {
             switchboard: Switchboard::new(config),
-            by_switchboard: HashMap::new(),
-            by_node: HashMap::new(),
+            by_switchboard: CountedKeyMap::default(),
+            by_node: CountedKeyMap::default(),
             told_membership: HashMap::new(),
             next_conn: 1,
             outputs: VecDeque::new(),
@@ -228,6 +229,8 @@ impl Control {
     /// Rebuilds reported sessions and calls on the switchboard.
     fn restore(&mut self, now: Instant, reports: Vec<(NodeId, RestoreReport)>) {
         let mut sessions = Vec::with_capacity(reports.len());
+        self.by_node.reserve(reports.len());
+        self.by_switchboard.reserve(reports.len());
         for (node, report) in reports {
             let at = NodeConn {
                 node,

@@ -682,11 +682,9 @@ fn requests_in_flight_at_random_takeovers_are_answered_exactly_once() {
         let mut logins = clients.clone();
         cluster.run_for(Duration::from_millis(200));
         let mut sent = Vec::new();
-        let mut next_node = 10;
-        for _ in 0..4 {
+        for fresh in 10..14 {
             let old = cluster.control();
-            let fresh = calling_cluster::NodeId(next_node);
-            next_node += 1;
+            let fresh = calling_cluster::NodeId(fresh);
             let kill_at = cluster.rng.below(40);
             for step in 0..160 {
                 if step == kill_at {

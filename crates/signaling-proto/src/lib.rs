@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod call_event;
+pub mod conn_hash;
 pub mod datagram;
 pub mod engine;
 pub mod frame;
@@ -15,6 +16,7 @@ pub mod switchboard;
 pub mod timer;
 
 pub use call_event::{CallEvent, InvitationOutcome};
+pub use conn_hash::CountedKeyMap;
 pub use datagram::{
     DatagramError, DatagramKind, LossReport, MediaHeader, PathQuality, PathTransport,
     ReceiverFeatures,

@@ -390,7 +390,7 @@ fn bug(what: &str) {
 #[derive(Debug)]
 pub struct Switchboard {
     config: SwitchboardConfig,
-    sessions: HashMap<ConnId, Session>,
+    sessions: crate::CountedKeyMap<ConnId, Session>,
     /// Who is online where: one session per user, stated there.
     presence: presence::Presence,
     calls: HashMap<CallId, Call>,
@@ -414,7 +414,7 @@ impl Switchboard {
     pub fn new(config: SwitchboardConfig) -> Self {
         Self {
             config,
-            sessions: HashMap::new(),
+            sessions: crate::CountedKeyMap::default(),
             presence: presence::Presence::default(),
             calls: HashMap::new(),
             timers: TimerTable::new(),

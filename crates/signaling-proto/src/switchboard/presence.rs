@@ -21,6 +21,11 @@ pub(super) struct Presence {
 }
 
 impl Presence {
+    /// Room for `more` users at once (a takeover's sessions).
+    pub(super) fn reserve(&mut self, more: usize) {
+        self.sessions_by_user.reserve(more);
+    }
+
     /// `user` is online on `conn` too, as its newest session.
     pub(super) fn sign_in(&mut self, user: UserId, conn: ConnId) {
         self.sessions_by_user.entry(user).or_default().push(conn);

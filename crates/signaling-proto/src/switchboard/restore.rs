@@ -19,6 +19,8 @@ impl Switchboard {
     pub fn handle_restore(&mut self, now: Instant, sessions: Vec<RestoredSession>) {
         let grace = self.config.resume_grace;
         let mut calls: BTreeMap<CallId, ReportedMembers> = BTreeMap::new();
+        self.sessions.reserve(sessions.len());
+        self.presence.reserve(sessions.len());
         for restored in sessions {
             if self.sessions.contains_key(&restored.conn) {
                 bug("a restored connection is already a session");
