@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use calling_api::ErrorCode;
+use calling_api::{CallId, ErrorCode};
 use calling_cluster::{
     ClusterNode, ControlHolder, FromControl, NodeConn, NodeId, NodeOutput, StoreReply,
     StoreRequest, ToControl, TrunkFrame,
@@ -175,22 +175,37 @@ impl Mesh {
         })
     }
 
-    fn send(self: &Arc<Self>, at: NodeConn, datagram: &[u8]) {
+    /// A link to every member of `call_id` on `node`: what they all hear
+    /// crosses to that node once, and it hands a copy to each.
+    pub(crate) fn link_to_call(
+        self: &Arc<Self>,
+        node: NodeId,
+        call_id: CallId,
+    ) -> Arc<dyn MediaLink> {
+        Arc::new(RemoteCall {
+            mesh: Arc::clone(self),
+            node,
+            call_id,
+        })
+    }
+
+    /// Sends `datagram` to `node` with its `tag` (see [`MediaTag`]).
+    fn send(self: &Arc<Self>, node: NodeId, tag: MediaTag, datagram: &[u8]) {
         let connection = self
             .connections
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&at.node)
+            .get(&node)
             .cloned();
         let Some(connection) = connection else {
-            self.dial_media(at.node);
+            self.dial_media(node);
             return;
         };
         let mut tagged = BytesMut::with_capacity(8 + datagram.len());
-        tagged.put_u64(at.conn);
+        tagged.put_u64(tag.encode());
         tagged.extend_from_slice(datagram);
         if connection.send_datagram(tagged.freeze()).is_err() {
-            self.forget(at.node, &connection);
+            self.forget(node, &connection);
         }
     }
 
@@ -217,12 +232,17 @@ impl Mesh {
         let mesh = Arc::clone(self);
         tokio::spawn(async move {
             while let Ok(datagram) = connection.read_datagram().await {
-                if datagram.len() < 8 {
+                let Some(tag) = datagram.get(..8).and_then(|tag| tag.try_into().ok()) else {
                     continue;
+                };
+                match MediaTag::decode(u64::from_be_bytes(tag)) {
+                    MediaTag::Member(conn) => mesh
+                        .routes
+                        .deliver_from_node(ConnId(conn), datagram.slice(8..)),
+                    MediaTag::Call(call_id) => {
+                        mesh.routes.deliver_to_call(call_id, &datagram.slice(8..));
+                    }
                 }
-                let conn = u64::from_be_bytes(datagram[..8].try_into().unwrap_or_default());
-                mesh.routes
-                    .deliver_from_node(ConnId(conn), datagram.slice(8..));
             }
             mesh.forget(node, &connection);
         });
@@ -265,6 +285,37 @@ impl Mesh {
     }
 }
 
+/// Whom a datagram between nodes is for: its first 8 bytes, big-endian.
+/// A member's connection number on the receiving node, or (the top bit
+/// set) every member of a call there. Connection numbers count up from 1
+/// and call ids are `term << 32 | counter` with terms far below 2^31, so
+/// neither reaches the top bit; a node of an older build reads a call's tag
+/// as a connection it does not have, and drops the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaTag {
+    Member(u64),
+    Call(CallId),
+}
+
+const CALL_TAG: u64 = 1 << 63;
+
+impl MediaTag {
+    fn encode(self) -> u64 {
+        match self {
+            Self::Member(conn) => conn & !CALL_TAG,
+            Self::Call(call_id) => call_id.0 | CALL_TAG,
+        }
+    }
+
+    fn decode(tag: u64) -> Self {
+        if tag & CALL_TAG == 0 {
+            Self::Member(tag)
+        } else {
+            Self::Call(CallId(tag & !CALL_TAG))
+        }
+    }
+}
+
 /// A call member on another node, as the relay sees it.
 #[derive(Debug)]
 struct RemoteMember {
@@ -276,7 +327,26 @@ impl MediaLink for RemoteMember {
     fn send_datagram(&self, datagram: Bytes) -> Result<(), LinkClosed> {
         // A node not reachable yet loses this datagram, as a full buffer
         // would; the link itself is never "closed".
-        self.mesh.send(self.at, &datagram);
+        self.mesh
+            .send(self.at.node, MediaTag::Member(self.at.conn), &datagram);
+        Ok(())
+    }
+
+    fn close(&self, _: ErrorCode, _: &str) {}
+}
+
+/// Every member of a call on another node, as the relay sees them.
+#[derive(Debug)]
+struct RemoteCall {
+    mesh: Arc<Mesh>,
+    node: NodeId,
+    call_id: CallId,
+}
+
+impl MediaLink for RemoteCall {
+    fn send_datagram(&self, datagram: Bytes) -> Result<(), LinkClosed> {
+        self.mesh
+            .send(self.node, MediaTag::Call(self.call_id), &datagram);
         Ok(())
     }
 
@@ -736,6 +806,18 @@ mod tests {
         assert_eq!(parse_published(&text), Some((addr, fingerprint)));
         for nonsense in ["", "10.0.0.2:4434", "x y", "10.0.0.2:4434 zz"] {
             assert_eq!(parse_published(nonsense), None, "{nonsense:?}");
+        }
+    }
+
+    #[test]
+    fn a_media_tag_names_a_member_or_a_call() {
+        for tag in [
+            MediaTag::Member(1),
+            MediaTag::Member(u64::from(u32::MAX) + 5),
+            MediaTag::Call(CallId(7 << 32 | 3)),
+            MediaTag::Call(CallId(0)),
+        ] {
+            assert_eq!(MediaTag::decode(tag.encode()), tag);
         }
     }
 }

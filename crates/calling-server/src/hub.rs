@@ -416,10 +416,11 @@ impl HubIo {
             }
             ServerOutput::Event { event, duration } => self.report_event(event, duration),
             ServerOutput::AllSessionsLost(_) => {
-                for conns in self.routed.values() {
+                for (call_id, conns) in &self.routed {
                     for conn in conns {
                         self.routes.set(*conn, None);
                     }
+                    self.routes.set_call(*call_id, &[]);
                 }
                 self.routed.clear();
             }
@@ -481,6 +482,22 @@ impl HubIo {
         {
             self.routes.set(gone, None);
         }
+        // Members on other nodes: one link each (for what one of them is
+        // told), and one link per node for what they all hear.
+        let mut remote: Vec<(FlowId, Arc<dyn MediaLink>)> = Vec::new();
+        let mut nodes: Vec<Arc<dyn MediaLink>> = Vec::new();
+        if let Some(mesh) = &self.mesh {
+            let mut seen = Vec::new();
+            for member in members {
+                if let MemberAt::There(at) = member.at {
+                    remote.push((member.flow, mesh.link_to(at)));
+                    if !seen.contains(&at.node) {
+                        seen.push(at.node);
+                        nodes.push(mesh.link_to_call(at.node, call_id));
+                    }
+                }
+            }
+        }
         for member in members {
             let Some(conn) = here(member) else {
                 continue;
@@ -488,23 +505,27 @@ impl HubIo {
             let peers: Vec<(FlowId, Arc<dyn MediaLink>)> = members
                 .iter()
                 .filter(|other| other.at != member.at)
-                .filter_map(|other| {
-                    let link = match other.at {
-                        MemberAt::Here(other) => self.media.get(&other)?.clone(),
-                        MemberAt::There(at) => self.mesh.as_ref()?.link_to(at),
-                    };
-                    Some((other.flow, link))
+                .filter_map(|other| match other.at {
+                    MemberAt::Here(other_conn) => {
+                        Some((other.flow, self.media.get(&other_conn)?.clone()))
+                    }
+                    MemberAt::There(_) => None,
                 })
                 .collect();
             let route = match self.media.get(&conn) {
-                Some(own) if !peers.is_empty() => Some(Route {
+                Some(own) if !(peers.is_empty() && remote.is_empty()) => Some(Route {
                     flow: member.flow,
                     peers,
+                    remote: remote.clone(),
+                    nodes: nodes.clone(),
                     own: Arc::clone(own),
                 }),
                 _ => None,
             };
             self.routes.set(conn, route);
+        }
+        if self.mesh.is_some() {
+            self.routes.set_call(call_id, &now_routed);
         }
         if !now_routed.is_empty() {
             self.routed.insert(call_id, now_routed);

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
+use calling_api::CallId;
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{ConnId, DatagramKind, FlowId, MediaHeader, PathQuality};
@@ -29,12 +30,28 @@ use signaling_proto::{ConnId, DatagramKind, FlowId, MediaHeader, PathQuality};
 pub(crate) struct Route {
     /// The member's own flow, stamped on everything it sends.
     pub(crate) flow: FlowId,
-    /// The other members' flows and media links (a member on another node
-    /// of a cluster: a link that forwards to that node).
+    /// The other members on this server: their flows and connections.
     pub(crate) peers: Vec<(FlowId, Arc<dyn MediaLink>)>,
+    /// The other members on other nodes of a cluster: their flows and a
+    /// link to each alone, for what one member is told (a loss report,
+    /// features).
+    pub(crate) remote: Vec<(FlowId, Arc<dyn MediaLink>)>,
+    /// The other nodes with members of the call: what every member hears
+    /// goes once to each, which hands it to its members there.
+    pub(crate) nodes: Vec<Arc<dyn MediaLink>>,
     /// The member's own link: where audio relayed by another node for it
     /// goes.
     pub(crate) own: Arc<dyn MediaLink>,
+}
+
+impl Route {
+    /// Whether `flow` is one of the members this member hears.
+    fn hears(&self, flow: FlowId) -> bool {
+        self.peers
+            .iter()
+            .chain(&self.remote)
+            .any(|(peer, _)| *peer == flow)
+    }
 }
 
 /// Relay counters.
@@ -85,12 +102,16 @@ struct Shard {
 #[derive(Debug)]
 pub(crate) struct MediaRoutes {
     shards: Box<[Shard]>,
+    /// In a cluster: each call's members on this node, for what another
+    /// node sends once for all of them.
+    calls: RwLock<HashMap<CallId, Arc<[ConnId]>>>,
 }
 
 impl Default for MediaRoutes {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            calls: RwLock::default(),
         }
     }
 }
@@ -116,6 +137,16 @@ impl MediaRoutes {
             None => {
                 routes.remove(&conn);
             }
+        }
+    }
+
+    /// The members of `call_id` on this node (none: the call is over here).
+    pub(crate) fn set_call(&self, call_id: CallId, members: &[ConnId]) {
+        let mut calls = self.calls.write().unwrap_or_else(PoisonError::into_inner);
+        if members.is_empty() {
+            calls.remove(&call_id);
+        } else {
+            calls.insert(call_id, members.into());
         }
     }
 
@@ -171,7 +202,7 @@ impl MediaRoutes {
             stats.dropped_not_in_call.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if route.peers.is_empty() {
+        if route.peers.is_empty() && route.remote.is_empty() {
             return;
         }
         // The sender's word about who it is does not count: stamp its flow.
@@ -193,17 +224,27 @@ impl MediaRoutes {
         // name, nobody else.
         let about = matches!(header.kind, DatagramKind::Report | DatagramKind::Features)
             .then_some(header.flow_id);
-        for (flow, peer) in &route.peers {
-            if about.is_some_and(|about| about != *flow) {
-                continue;
-            }
+        let send = |link: &Arc<dyn MediaLink>| {
             // A full datagram buffer makes quinn drop its oldest, not fail;
             // a peer whose connection just closed, or whose path cannot
             // carry this one, fails: counted.
-            if peer.send_datagram(bytes.clone()).is_ok() {
-                stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            let counter = if link.send_datagram(bytes.clone()).is_ok() {
+                &stats.forwarded
             } else {
-                stats.unsendable.fetch_add(1, Ordering::Relaxed);
+                &stats.unsendable
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        };
+        match about {
+            Some(about) => route
+                .peers
+                .iter()
+                .chain(&route.remote)
+                .filter(|(flow, _)| *flow == about)
+                .for_each(|(_, link)| send(link)),
+            None => {
+                route.peers.iter().for_each(|(_, link)| send(link));
+                route.nodes.iter().for_each(send);
             }
         }
         // A member's word about its network goes back to it too, as the
@@ -241,8 +282,7 @@ impl MediaRoutes {
             .get(&conn)
             .cloned();
         // Audio and loss reports alike carry their sender's stamp.
-        let member =
-            route.filter(|route| route.peers.iter().any(|(flow, _)| *flow == header.flow_id));
+        let member = route.filter(|route| route.hears(header.flow_id));
         match member {
             Some(route) if route.own.send_datagram(datagram).is_ok() => {
                 stats.from_nodes.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +293,55 @@ impl MediaRoutes {
             None => {
                 stats.dropped_from_nodes.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+impl MediaRoutes {
+    /// A datagram another node relayed once for every member of `call_id`
+    /// here, already stamped there with its sender's flow: delivered to
+    /// each member here who hears that flow.
+    pub(crate) fn deliver_to_call(&self, call_id: CallId, datagram: &Bytes) {
+        let Ok((header, _)) = MediaHeader::decode(datagram) else {
+            self.shards[0]
+                .stats
+                .dropped_from_nodes
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let members = self
+            .calls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&call_id)
+            .cloned();
+        let Some(members) = members else {
+            self.shards[0]
+                .stats
+                .dropped_from_nodes
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        for conn in members.iter() {
+            let shard = self.shard(*conn);
+            let route = shard
+                .routes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(conn)
+                .cloned();
+            let counter = match route {
+                Some(route) if route.hears(header.flow_id) => {
+                    if route.own.send_datagram(datagram.clone()).is_ok() {
+                        &shard.stats.from_nodes
+                    } else {
+                        &shard.stats.unsendable
+                    }
+                }
+                // The sender itself, or a member who no longer hears it.
+                _ => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -359,6 +448,8 @@ mod tests {
                 .zip(8..)
                 .map(|(peer, flow)| (FlowId(flow), Arc::clone(peer) as Arc<dyn MediaLink>))
                 .collect(),
+            remote: Vec::new(),
+            nodes: Vec::new(),
             own,
         }
     }
@@ -458,6 +549,8 @@ mod tests {
             // A flow id that takes two bytes where the sender wrote one.
             flow: FlowId(300),
             peers: vec![(FlowId(8), Arc::clone(&peer) as Arc<dyn MediaLink>)],
+            remote: Vec::new(),
+            nodes: Vec::new(),
             own: Arc::new(Peer(Mutex::new(Vec::new()))),
         };
         routes.set(ConnId(1), Some(route));
@@ -551,5 +644,108 @@ mod tests {
         }
         assert_eq!(flow_of(&own), [FlowId(0)], "back to its sender");
         assert_eq!(routes.counts().forwarded, 3);
+    }
+
+    fn got(peer: &Peer) -> usize {
+        peer.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// A member in a call with one member here (flow 8) and three on
+    /// another node (flows 9–11): its audio goes to the one here and once
+    /// to the other node; a loss report about flow 10 goes to that member
+    /// alone.
+    #[test]
+    fn audio_crosses_to_another_node_once_and_a_report_to_its_member_alone() {
+        let routes = MediaRoutes::default();
+        let here = Arc::new(Peer(Mutex::new(Vec::new())));
+        let there: Vec<Arc<Peer>> = (0..3)
+            .map(|_| Arc::new(Peer(Mutex::new(Vec::new()))))
+            .collect();
+        let node = Arc::new(Peer(Mutex::new(Vec::new())));
+        routes.set(
+            ConnId(1),
+            Some(Route {
+                flow: FlowId(7),
+                peers: vec![(FlowId(8), Arc::clone(&here) as Arc<dyn MediaLink>)],
+                remote: there
+                    .iter()
+                    .zip(9..)
+                    .map(|(peer, flow)| (FlowId(flow), Arc::clone(peer) as Arc<dyn MediaLink>))
+                    .collect(),
+                nodes: vec![Arc::clone(&node) as Arc<dyn MediaLink>],
+                own: Arc::new(Peer(Mutex::new(Vec::new()))),
+            }),
+        );
+        for sequence in 0..5 {
+            routes.relay(ConnId(1), received(0, sequence));
+        }
+        assert_eq!((got(&here), got(&node)), (5, 5));
+        assert!(there.iter().all(|peer| got(peer) == 0));
+        let mut report = BytesMut::zeroed(64);
+        let header = MediaHeader {
+            kind: DatagramKind::Report,
+            flow_id: FlowId(10),
+            sequence: 0,
+            timestamp: 0,
+            voice_activity: false,
+            level_dbov: 127,
+        };
+        let len = header
+            .encode(&[3], &mut report)
+            .unwrap_or_else(|error| panic!("{error}"));
+        routes.relay(ConnId(1), report.split_to(len).freeze());
+        assert_eq!(got(&there[1]), 1, "the member the report names");
+        assert_eq!(
+            (got(&here), got(&node), got(&there[0]), got(&there[2])),
+            (5, 5, 0, 0)
+        );
+        assert_eq!(routes.counts().forwarded, 11);
+    }
+
+    /// What another node sends once for a call reaches every member here
+    /// who hears its sender, and nobody else.
+    #[test]
+    fn a_datagram_for_a_call_reaches_each_member_here_who_hears_its_sender() {
+        let routes = MediaRoutes::default();
+        let members: Vec<Arc<Peer>> = (0..3)
+            .map(|_| Arc::new(Peer(Mutex::new(Vec::new()))))
+            .collect();
+        let sender_link = Arc::new(Peer(Mutex::new(Vec::new())));
+        for (index, member) in members.iter().enumerate() {
+            // The third member's route does not have the sender (it left
+            // the call while this datagram was on its way).
+            let remote = if index < 2 {
+                vec![(FlowId(42), Arc::clone(&sender_link) as Arc<dyn MediaLink>)]
+            } else {
+                vec![(FlowId(43), Arc::clone(&sender_link) as Arc<dyn MediaLink>)]
+            };
+            routes.set(
+                ConnId(index as u64 + 1),
+                Some(Route {
+                    flow: FlowId(index as u32 + 1),
+                    peers: Vec::new(),
+                    remote,
+                    nodes: Vec::new(),
+                    own: Arc::clone(member) as Arc<dyn MediaLink>,
+                }),
+            );
+        }
+        let call = CallId(77);
+        routes.set_call(call, &[ConnId(1), ConnId(2), ConnId(3)]);
+        let stamped = received(42, 1);
+        routes.deliver_to_call(call, &stamped);
+        routes.deliver_to_call(CallId(78), &stamped);
+        assert_eq!(
+            members.iter().map(|m| got(m)).collect::<Vec<_>>(),
+            [1, 1, 0]
+        );
+        assert_eq!(routes.counts().from_nodes, 2);
+        assert_eq!(routes.counts().dropped_from_nodes, 1, "a call not here");
+        routes.set_call(call, &[]);
+        routes.deliver_to_call(call, &stamped);
+        assert_eq!(
+            members.iter().map(|m| got(m)).collect::<Vec<_>>(),
+            [1, 1, 0]
+        );
     }
 }

@@ -185,6 +185,68 @@ async fn users_on_different_nodes_call_and_hear_each_other_and_only_members_do()
     .await;
 }
 
+/// A group call with its speaker on one node and three listeners on
+/// another: each datagram crosses between the nodes once, and the other
+/// node hands a copy to each of its members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_calls_audio_crosses_to_another_node_once() {
+    let cluster = TestCluster::start("fan-out", 2).await;
+    let (speaker_node, listener_node) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut alice = raw_login(speaker_node, "alice").await;
+    let names = ["bob", "carol", "dave"];
+    let mut listeners = Vec::new();
+    for name in names {
+        listeners.push(raw_login(listener_node, name).await);
+    }
+    invite(&mut alice, 1, &names).await;
+    for listener in &mut listeners {
+        accept_invitation(listener, 2).await;
+    }
+    let mut entered = 0;
+    while entered < names.len() {
+        until(&mut alice, |message| {
+            matches!(message, ServerMessage::UserEntered { .. })
+        })
+        .await;
+        entered += 1;
+    }
+    let (sent_before, delivered_before) = (
+        speaker_node.server.relay_counts().forwarded,
+        listener_node.server.relay_counts().from_nodes,
+    );
+    let datagrams = 20;
+    for sequence in 0..datagrams {
+        alice
+            .connection
+            .send_datagram(datagram(1, sequence, b"all of you").into())
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut heard = Vec::new();
+    for listener in &listeners {
+        let mut count = 0;
+        while let Some(received) = next_datagram(listener).await {
+            let (_, payload) = MediaHeader::decode(&received).unwrap();
+            assert_eq!(payload, b"all of you");
+            count += 1;
+            if count == datagrams {
+                break;
+            }
+        }
+        heard.push(count);
+    }
+    assert!(heard.iter().all(|count| *count > 0), "everyone hears: {heard:?}");
+    let sent = speaker_node.server.relay_counts().forwarded - sent_before;
+    let delivered = listener_node.server.relay_counts().from_nodes - delivered_before;
+    assert_eq!(
+        sent,
+        u64::from(datagrams),
+        "once per datagram to the other node, not once per listener there"
+    );
+    let heard_total: u64 = heard.iter().map(|count| u64::from(*count)).sum();
+    assert_eq!(delivered, heard_total, "each copy made there was heard");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_users_on_three_nodes_hold_a_three_way_call() {
     let cluster = TestCluster::start("three-way", 3).await;
