@@ -18,10 +18,11 @@
 //!   node and on two (every message through the control on a third), the
 //!   click probe's mouth-to-ear latency across nodes, and the Redis
 //!   commands the cluster runs per call beside its idle rate.
-//! - `bench relay-cluster SERVER_BIN [CALLS] [REPEATS]`: the relay's CPU
-//!   per delivered datagram on one server beside two cluster nodes with
-//!   every call's members on different nodes (both nodes' CPU summed, all
-//!   pinned to CPU 0), alternating.
+//! - `bench relay-cluster SERVER_BIN [CALLS] [REPEATS] [MEMBERS]`: the
+//!   relay's CPU per delivered datagram on one server beside two cluster
+//!   nodes with every call's members alternating between them (both nodes'
+//!   CPU summed, all pinned to CPU 0), alternating; 1v1 calls by default,
+//!   or group calls of `MEMBERS` with one speaker.
 //! - `bench relay-ops SERVER_BIN [CALLS] [REPEATS]` and `bench relay-compare
 //!   BEFORE_BIN AFTER_BIN [CALLS] [REPEATS]`: the relay's CPU per datagram
 //!   with the operations side on beside off, and of two builds, in
@@ -110,11 +111,12 @@ async fn main() {
         Some("relay-cluster") => {
             let server_bin = args
                 .get(1)
-                .expect("bench relay-cluster SERVER_BIN [CALLS] [REPEATS]");
+                .expect("bench relay-cluster SERVER_BIN [CALLS] [REPEATS] [MEMBERS]");
             relay_cluster(
                 server_bin,
                 args.get(2).and_then(|n| n.parse().ok()).unwrap_or(200),
                 args.get(3).and_then(|n| n.parse().ok()).unwrap_or(2),
+                args.get(4).and_then(|n| n.parse().ok()).unwrap_or(2).max(2),
             )
             .await;
         }
@@ -1127,6 +1129,7 @@ fn pinned(program: &str) -> tokio::process::Command {
 
 /// One measurement round's outcome.
 struct Round {
+    /// Datagrams the members should have received.
     sent: u64,
     received: u64,
     p99: Duration,
@@ -1172,7 +1175,7 @@ impl Meter {
 
     /// One measured round of `calls` calls: quiet, then `ROUND` of traffic
     /// through `send`, then time for the last datagrams to land.
-    async fn round<F: FnMut(usize, bool, &[u8])>(
+    async fn round<F: FnMut(usize, bool, &[u8]) -> u64>(
         &self,
         calls: usize,
         origin: Instant,
@@ -1195,11 +1198,16 @@ impl Meter {
 }
 
 /// Sends from every pair both ways at 50 datagrams/s for `ROUND`, through
-/// `send` (one call per datagram, the payload stamped with the send time).
+/// `send` (one call per datagram, the payload stamped with the send time;
+/// it says how many members should receive it). What they all should.
 /// Pairs are spread over the 20 ms period in 1 ms slots, as independent
 /// clients would be: a synchronised burst of every call's frame at once
 /// would measure loopback queue overflows, not the relay.
-async fn drive<F: FnMut(usize, bool, &[u8])>(pairs: usize, origin: Instant, mut send: F) -> u64 {
+async fn drive<F: FnMut(usize, bool, &[u8]) -> u64>(
+    pairs: usize,
+    origin: Instant,
+    mut send: F,
+) -> u64 {
     const SLOTS: usize = 20;
     let mut sent = 0;
     let mut interval = tokio::time::interval(Duration::from_millis(1));
@@ -1213,8 +1221,7 @@ async fn drive<F: FnMut(usize, bool, &[u8])>(pairs: usize, origin: Instant, mut 
             for forward in [true, false] {
                 let stamp = origin.elapsed().as_micros() as u64;
                 payload[..8].copy_from_slice(&stamp.to_le_bytes());
-                send(pair, forward, &payload);
-                sent += 1;
+                sent += send(pair, forward, &payload);
             }
         }
     }
@@ -1249,6 +1256,41 @@ fn p99(delays: &mut [u32]) -> Duration {
     Duration::from_micros(u64::from(delays[(delays.len() - 1) * 99 / 100]))
 }
 
+/// A client of the relay benchmark logged in as `user` at `addr` (a
+/// cluster node takes logins once it has found its control: retried).
+async fn bench_login(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    key: &str,
+    user: &str,
+    now: u64,
+) -> signaling_quic::ClientConnection {
+    loop {
+        let Ok(mut client) = signaling_quic::connect_on(endpoint, addr, "localhost").await else {
+            continue;
+        };
+        let sig = usersig::generate(1_400_000_000, key, user, 3_600, now, None);
+        client
+            .send
+            .send(&ClientMessage::Login {
+                // Version 1: no heartbeats owed (see `idle`).
+                protocol_version: 1,
+                sdk_app_id: 1_400_000_000,
+                user_id: UserId::new(user).unwrap(),
+                user_sig: sig.into(),
+                device_id: None,
+            })
+            .await
+            .unwrap();
+        if let Ok(Some(ServerMessage::LoginResult { code, .. })) = client.recv.recv().await
+            && code.is_ok()
+        {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Rounds of the relay benchmark against a `calling-server` started with
 /// `extra` arguments: one round per size of `sizes` (calls added as they
 /// grow), stopping after the first round over the limits.
@@ -1258,7 +1300,7 @@ async fn quic_relay_rounds(
     origin: Instant,
     sizes: &[usize],
 ) -> Vec<Round> {
-    quic_relay_rounds_on(server_bin, extra, origin, sizes, None).await
+    quic_relay_rounds_on(server_bin, extra, origin, sizes, None, 2).await
 }
 
 /// The relay rounds against one server, or (`cluster`: its Redis) two
@@ -1274,6 +1316,7 @@ async fn quic_relay_rounds_on(
     origin: Instant,
     sizes: &[usize],
     cluster: Option<&opencalling_tests::redis::RedisServer>,
+    members: usize,
 ) -> Vec<Round> {
     const CLUSTER_APP_KEY: &str = "bench-relay-cluster-app-key";
     let data_dir =
@@ -1322,81 +1365,60 @@ async fn quic_relay_rounds_on(
         signaling_quic::client_config(&ServerTrust::Fingerprint(fingerprint)).unwrap(),
     );
     let (received, delays) = (Arc::clone(&meter.received), Arc::clone(&meter.delays));
-    let mut pairs: Vec<(quinn::Connection, quinn::Connection)> = Vec::new();
+    // Each call's members' connections, its first member (the speaker of a
+    // group call) first.
+    let mut calls_up: Vec<Vec<quinn::Connection>> = Vec::new();
     let mut keep = Vec::new();
     let now = now_unix();
     let mut quic_rounds = Vec::new();
     for &calls in sizes {
-        // Add calls up to `calls`: two logged-in clients that call each other.
-        while pairs.len() < calls {
-            let index = pairs.len();
-            let mut ends = Vec::new();
-            for (side, addr) in ["a", "b"].into_iter().zip(addrs.iter().cycle()) {
-                let user = format!("r{index}{side}");
-                // A cluster node takes logins once it has found its control.
-                let client = loop {
-                    let Ok(mut client) =
-                        signaling_quic::connect_on(&endpoint, *addr, "localhost").await
-                    else {
-                        continue;
-                    };
-                    let sig = usersig::generate(1_400_000_000, &key, &user, 3_600, now, None);
-                    client
-                        .send
-                        .send(&ClientMessage::Login {
-                            // Version 1: no heartbeats owed (see `idle`).
-                            protocol_version: 1,
-                            sdk_app_id: 1_400_000_000,
-                            user_id: UserId::new(user.clone()).unwrap(),
-                            user_sig: sig.into(),
-                            device_id: None,
-                        })
-                        .await
-                        .unwrap();
-                    if let Ok(Some(ServerMessage::LoginResult { code, .. })) =
-                        client.recv.recv().await
-                        && code.is_ok()
-                    {
-                        break client;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                };
-                ends.push(client);
+        while calls_up.len() < calls {
+            let index = calls_up.len();
+            let mut clients = Vec::new();
+            for member in 0..members {
+                let user = format!("r{index}m{member}");
+                clients.push(bench_login(&endpoint, addrs[member % addrs.len()], &key, &user, now).await);
             }
-            let mut callee = ends.pop().unwrap();
-            let mut caller = ends.pop().unwrap();
-            caller
+            let invitees: Vec<UserId> = (1..members)
+                .map(|member| UserId::new(format!("r{index}m{member}")).unwrap())
+                .collect();
+            clients[0]
                 .send
                 .send(&ClientMessage::Invite {
                     request_id: signaling_proto::RequestId(1),
                     call_id: None,
-                    user_ids: vec![UserId::new(format!("r{index}b")).unwrap()],
+                    user_ids: invitees,
                     call_type: CallType::Audio,
                     timeout_ms: None,
                     user_data: None,
                 })
                 .await
                 .unwrap();
-            let call_id = loop {
-                if let Some(ServerMessage::Invited { call_id, .. }) =
-                    callee.recv.recv().await.unwrap()
-                {
-                    break call_id;
+            for callee in &mut clients[1..] {
+                let call_id = loop {
+                    if let Some(ServerMessage::Invited { call_id, .. }) =
+                        callee.recv.recv().await.unwrap()
+                    {
+                        break call_id;
+                    }
+                };
+                callee
+                    .send
+                    .send(&ClientMessage::Accept {
+                        request_id: signaling_proto::RequestId(1),
+                        call_id,
+                    })
+                    .await
+                    .unwrap();
+            }
+            let mut entered = 0;
+            while entered < members - 1 {
+                if let Some(ServerMessage::UserEntered { .. }) = clients[0].recv.recv().await.unwrap() {
+                    entered += 1;
                 }
-            };
-            callee
-                .send
-                .send(&ClientMessage::Accept {
-                    request_id: signaling_proto::RequestId(1),
-                    call_id,
-                })
-                .await
-                .unwrap();
-            while !matches!(
-                caller.recv.recv().await.unwrap(),
-                Some(ServerMessage::UserEntered { .. })
-            ) {}
-            for connection in [caller.connection.clone(), callee.connection.clone()] {
+            }
+            for client in &clients {
+                let connection = client.connection.clone();
                 let (received, delays) = (Arc::clone(&received), Arc::clone(&delays));
                 tokio::spawn(async move {
                     while let Ok(datagram) = connection.read_datagram().await {
@@ -1406,12 +1428,12 @@ async fn quic_relay_rounds_on(
                     }
                 });
             }
-            pairs.push((caller.connection.clone(), callee.connection.clone()));
-            keep.push((caller, callee));
+            calls_up.push(clients.iter().map(|client| client.connection.clone()).collect());
+            keep.push(clients);
         }
         let mut datagram = vec![0_u8; 128];
         let round = meter
-            .round(calls, origin, |pair, forward, payload| {
+            .round(calls, origin, |call, forward, payload| {
                 let header = signaling_proto::MediaHeader {
                     kind: signaling_proto::DatagramKind::Audio,
                     flow_id: signaling_proto::FlowId(0),
@@ -1421,12 +1443,16 @@ async fn quic_relay_rounds_on(
                     level_dbov: 30,
                 };
                 let len = header.encode(payload, &mut datagram).unwrap();
-                let connection = if forward {
-                    &pairs[pair].0
-                } else {
-                    &pairs[pair].1
+                // 1v1: both members speak; a group: its first member alone.
+                let speaker = match (members, forward) {
+                    (2, true) => 0,
+                    (2, false) => 1,
+                    (_, true) => 0,
+                    (_, false) => return 0,
                 };
-                let _ = connection.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+                let _ = calls_up[call][speaker]
+                    .send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+                members as u64 - 1
             })
             .await;
         let passes = round.passes();
@@ -1438,8 +1464,8 @@ async fn quic_relay_rounds_on(
     // ACK frames both ways on the generator's connections: what the ACK
     // frequency settings change.
     let (mut acks_sent, mut acks_received, mut datagrams_sent) = (0, 0, 0);
-    for (caller, callee) in &pairs {
-        for connection in [caller, callee] {
+    for call in &calls_up {
+        for connection in call {
             let stats = connection.stats();
             acks_sent += stats.frame_tx.acks;
             acks_received += stats.frame_rx.acks;
@@ -1597,14 +1623,28 @@ fn print_sides(names: [&str; 2], rounds: &[Vec<Round>; 2], what: &str) -> f64 {
 /// One server, then two cluster nodes with every call's members on
 /// different nodes, alternating; all server processes on CPU 0: the
 /// server CPU each delivered datagram costs, both nodes' CPU summed.
-async fn relay_cluster(server_bin: &str, calls: usize, repeats: usize) {
+async fn relay_cluster(server_bin: &str, calls: usize, repeats: usize, members: usize) {
     let redis = opencalling_tests::redis::RedisServer::start().unwrap();
     let origin = Instant::now();
     let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..repeats {
-        rounds[0].extend(quic_relay_rounds_on(server_bin, &[], origin, &[calls], None).await);
-        rounds[1]
-            .extend(quic_relay_rounds_on(server_bin, &[], origin, &[calls], Some(&redis)).await);
+        let sizes = [calls];
+        rounds[0].extend(quic_relay_rounds_on(server_bin, &[], origin, &sizes, None, members).await);
+        rounds[1].extend(
+            quic_relay_rounds_on(server_bin, &[], origin, &sizes, Some(&redis), members).await,
+        );
+    }
+    if members > 2 {
+        println!(
+            "relay across cluster nodes, {calls} calls of {members} members (one speaking, the members alternating between the nodes), alternating; every server process on CPU 0"
+        );
+        let ratio = print_sides(
+            ["one server", "two nodes, members apart"],
+            &rounds,
+            "µs of server CPU per delivered datagram",
+        );
+        println!("  across nodes / one server: {ratio:.2}x the CPU per delivered datagram (target 1.2x)");
+        return;
     }
     println!(
         "relay across cluster nodes, {calls} 1v1 calls, alternating; every server process on CPU 0"

@@ -537,6 +537,10 @@ fn bench(args: &[String]) -> Result {
         pinned_bench("relay-cluster").args(["200", "2"]),
     )?;
     step(
+        "bench: 16-member calls across two cluster nodes beside one server",
+        pinned_bench("relay-cluster").args(["20", "2", "16"]),
+    )?;
+    step(
         "bench: mouth-to-ear latency, QUIC and the fallback",
         release_example("opencalling-tests", "bench").args(["latency", "12"]),
     )?;
