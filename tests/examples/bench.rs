@@ -1377,7 +1377,9 @@ async fn quic_relay_rounds_on(
             let mut clients = Vec::new();
             for member in 0..members {
                 let user = format!("r{index}m{member}");
-                clients.push(bench_login(&endpoint, addrs[member % addrs.len()], &key, &user, now).await);
+                clients.push(
+                    bench_login(&endpoint, addrs[member % addrs.len()], &key, &user, now).await,
+                );
             }
             let invitees: Vec<UserId> = (1..members)
                 .map(|member| UserId::new(format!("r{index}m{member}")).unwrap())
@@ -1413,7 +1415,9 @@ async fn quic_relay_rounds_on(
             }
             let mut entered = 0;
             while entered < members - 1 {
-                if let Some(ServerMessage::UserEntered { .. }) = clients[0].recv.recv().await.unwrap() {
+                if let Some(ServerMessage::UserEntered { .. }) =
+                    clients[0].recv.recv().await.unwrap()
+                {
                     entered += 1;
                 }
             }
@@ -1428,7 +1432,12 @@ async fn quic_relay_rounds_on(
                     }
                 });
             }
-            calls_up.push(clients.iter().map(|client| client.connection.clone()).collect());
+            calls_up.push(
+                clients
+                    .iter()
+                    .map(|client| client.connection.clone())
+                    .collect(),
+            );
             keep.push(clients);
         }
         let mut datagram = vec![0_u8; 128];
@@ -1629,7 +1638,8 @@ async fn relay_cluster(server_bin: &str, calls: usize, repeats: usize, members: 
     let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..repeats {
         let sizes = [calls];
-        rounds[0].extend(quic_relay_rounds_on(server_bin, &[], origin, &sizes, None, members).await);
+        rounds[0]
+            .extend(quic_relay_rounds_on(server_bin, &[], origin, &sizes, None, members).await);
         rounds[1].extend(
             quic_relay_rounds_on(server_bin, &[], origin, &sizes, Some(&redis), members).await,
         );
@@ -1643,7 +1653,9 @@ async fn relay_cluster(server_bin: &str, calls: usize, repeats: usize, members: 
             &rounds,
             "µs of server CPU per delivered datagram",
         );
-        println!("  across nodes / one server: {ratio:.2}x the CPU per delivered datagram (target 1.2x)");
+        println!(
+            "  across nodes / one server: {ratio:.2}x the CPU per delivered datagram (target 1.2x)"
+        );
         return;
     }
     println!(

@@ -130,18 +130,123 @@ type Connector<T> = Arc<dyn Fn() -> Connecting<T> + Send + Sync>;
 /// The transports a client connects with: QUIC, or the fallback over TCP.
 pub(crate) type Transports = Either<Quic, Ws>;
 
-/// Resolves `server` (`host:port`).
-async fn resolve(server: &str) -> CallingResult<SocketAddr> {
-    tokio::net::lookup_host(server)
+/// Resolves `server` (`host:port`): every address its name has.
+async fn resolve_all(server: &str) -> CallingResult<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
         .await
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| {
-            CallingError::with_desc(
-                ErrorCode::SERVER_UNREACHABLE,
-                format!("cannot resolve server {server:?}"),
-            )
-        })
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    if addrs.is_empty() {
+        return Err(CallingError::with_desc(
+            ErrorCode::SERVER_UNREACHABLE,
+            format!("cannot resolve server {server:?}"),
+        ));
+    }
+    Ok(addrs)
+}
+
+/// Resolves `server` (`host:port`): its first address.
+async fn resolve(server: &str) -> CallingResult<SocketAddr> {
+    Ok(resolve_all(server).await?[0])
+}
+
+/// How long one server address has to connect before the next one is
+/// tried beside it: a QUIC handshake takes one round trip on a sound path,
+/// and a server that is down never answers (Happy Eyeballs waits 250 ms
+/// between addresses; ours also races the fallback within each).
+const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(500);
+
+/// Which servers the SDK connects to: those of its options (`server`, one
+/// `host:port` or several separated by commas, each name with all its
+/// addresses), after those a server redirected it to; the address that
+/// connected last goes first.
+#[derive(Debug)]
+pub(crate) struct ServerChoice {
+    /// The options' `server`, as given.
+    given: String,
+    configured: Vec<String>,
+    state: Mutex<ChoiceState>,
+}
+
+#[derive(Debug, Default)]
+struct ChoiceState {
+    redirected: Vec<String>,
+    last_connected: Option<SocketAddr>,
+}
+
+impl ServerChoice {
+    pub(crate) fn new(servers: &str) -> Self {
+        Self {
+            given: servers.to_owned(),
+            configured: servers
+                .split(',')
+                .map(str::trim)
+                .filter(|server| !server.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether these are the servers of an options' `server` of `servers`.
+    pub(crate) fn configured_by(&self, servers: &str) -> bool {
+        self.given == servers
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ChoiceState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A server said where to go: those servers first from now on.
+    pub(crate) fn redirect(&self, servers: &[String]) {
+        let servers: Vec<String> = signaling_proto::usable_redirects(servers)
+            .cloned()
+            .collect();
+        if !servers.is_empty() {
+            debug!(?servers, "redirected");
+            self.state().redirected = servers;
+        }
+    }
+
+    fn connected(&self, addr: SocketAddr) {
+        self.state().last_connected = Some(addr);
+    }
+
+    /// The addresses to try, best first; an error if no name resolves.
+    async fn addresses(&self) -> CallingResult<Vec<SocketAddr>> {
+        let (redirected, last_connected) = {
+            let state = self.state();
+            (state.redirected.clone(), state.last_connected)
+        };
+        let mut addrs = Vec::new();
+        let mut unresolved = None;
+        for name in redirected.iter().chain(&self.configured) {
+            match resolve_all(name).await {
+                Ok(resolved) => addrs.extend(resolved),
+                Err(error) => unresolved = Some(error),
+            }
+        }
+        let mut unique = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            if !unique.contains(&addr) {
+                unique.push(addr);
+            }
+        }
+        // The last address that connected keeps its place at the front
+        // unless a redirect says otherwise.
+        if redirected.is_empty()
+            && let Some(last) = last_connected
+            && let Some(at) = unique.iter().position(|addr| *addr == last)
+        {
+            unique[..=at].rotate_right(1);
+        }
+        if unique.is_empty() {
+            return Err(unresolved.unwrap_or_else(|| {
+                CallingError::with_desc(ErrorCode::SERVER_UNREACHABLE, "no server address given")
+            }));
+        }
+        Ok(unique)
+    }
 }
 
 fn too_slow(addr: SocketAddr, timeout: Duration) -> CallingError {
@@ -194,7 +299,7 @@ fn refused(
 /// What a connector needs to know, cloned into every attempt.
 #[derive(Debug, Clone)]
 struct Target {
-    server: String,
+    servers: Arc<ServerChoice>,
     server_name: String,
     trust: ServerTrust,
     timeout: Duration,
@@ -205,8 +310,7 @@ struct Target {
 }
 
 impl Target {
-    async fn quic(&self) -> CallingResult<Connected<Transports>> {
-        let addr = resolve(&self.server).await?;
+    async fn quic(&self, addr: SocketAddr) -> CallingResult<Connected<Transports>> {
         let connecting = signaling_quic::connect(addr, &self.server_name, &self.trust);
         let connection = tokio::time::timeout(self.timeout, connecting)
             .await
@@ -227,18 +331,17 @@ impl Target {
         })
     }
 
-    async fn fallback(&self) -> CallingResult<Connected<Transports>> {
-        let server = match &self.fallback {
+    async fn fallback(&self, server: SocketAddr) -> CallingResult<Connected<Transports>> {
+        let addr = match &self.fallback {
             Fallback::Off => {
                 return Err(CallingError::with_desc(
                     ErrorCode::SERVER_UNREACHABLE,
                     "no fallback transport",
                 ));
             }
-            Fallback::SameAddress => &self.server,
-            Fallback::At(server) => server,
+            Fallback::SameAddress => server,
+            Fallback::At(fallback) => resolve(fallback).await?,
         };
-        let addr = resolve(server).await?;
         let connecting = signaling_ws::connect(addr, &self.server_name, &self.trust);
         let link = tokio::time::timeout(self.timeout, connecting)
             .await
@@ -254,15 +357,63 @@ impl Target {
         })
     }
 
-    /// Happy eyeballs: the preferred transport at once, the other after
-    /// the fallback delay or the first one's failure; the first connected
-    /// wins, and is preferred next time.
+    /// Every address of every server, best first: each after the one
+    /// before it failed or had [`NEXT_ADDRESS_AFTER`] alone, the earlier
+    /// ones still running; the first to connect wins, and goes first next
+    /// time.
     async fn connect(self) -> CallingResult<Connected<Transports>> {
+        let addrs = self.servers.addresses().await?;
+        if let [addr] = addrs[..] {
+            let servers = Arc::clone(&self.servers);
+            let connected = self.connect_to(addr).await?;
+            servers.connected(addr);
+            return Ok(connected);
+        }
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut waiting = addrs.into_iter();
+        let mut last_error = None;
+        loop {
+            let started = match waiting.next() {
+                Some(addr) => {
+                    let target = self.clone();
+                    attempts.spawn(async move { (addr, target.connect_to(addr).await) });
+                    true
+                }
+                None => false,
+            };
+            if !started && attempts.is_empty() {
+                return Err(last_error.unwrap_or_else(|| {
+                    CallingError::with_desc(ErrorCode::SERVER_UNREACHABLE, "no server answered")
+                }));
+            }
+            let next_address = tokio::time::sleep(NEXT_ADDRESS_AFTER);
+            tokio::select! {
+                done = attempts.join_next(), if !attempts.is_empty() => match done {
+                    Some(Ok((addr, Ok(connected)))) => {
+                        self.servers.connected(addr);
+                        return Ok(connected);
+                    }
+                    Some(Ok((addr, Err(error)))) => {
+                        debug!(%addr, %error, "a server address failed: the next one");
+                        last_error = Some(error);
+                    }
+                    // A panicked attempt counts as a failed one.
+                    Some(Err(_)) | None => {}
+                },
+                () = next_address, if started => {}
+            }
+        }
+    }
+
+    /// Happy eyeballs at one address: the preferred transport at once, the
+    /// other after the fallback delay or the first one's failure; the
+    /// first connected wins, and is preferred next time.
+    async fn connect_to(self, addr: SocketAddr) -> CallingResult<Connected<Transports>> {
         if self.fallback == Fallback::Off {
-            return self.quic().await;
+            return self.quic(addr).await;
         }
         let fallback_first = self.prefer_fallback.load(Ordering::Relaxed);
-        let (quic, fallback) = (self.quic(), self.fallback());
+        let (quic, fallback) = (self.quic(addr), self.fallback(addr));
         tokio::pin!(quic, fallback);
         let delay = tokio::time::sleep(self.fallback_delay);
         tokio::pin!(delay);
@@ -318,12 +469,16 @@ impl Target {
     }
 }
 
-/// The connector for `options`' server: QUIC raced against the fallback,
-/// the name resolved at every attempt (an address may change while a
-/// session waits).
-fn connector(options: &ClientOptions, prefer_fallback: Arc<AtomicBool>) -> Connector<Transports> {
+/// The connector for `options`' servers (`servers`): QUIC raced against
+/// the fallback at each address, the names resolved at every attempt (an
+/// address may change while a session waits).
+fn connector(
+    options: &ClientOptions,
+    servers: &Arc<ServerChoice>,
+    prefer_fallback: Arc<AtomicBool>,
+) -> Connector<Transports> {
     let target = Target {
-        server: options.server.clone(),
+        servers: Arc::clone(servers),
         server_name: options.server_name.clone(),
         trust: options.trust.clone(),
         timeout: options.connect_timeout,
@@ -338,6 +493,7 @@ fn connector(options: &ClientOptions, prefer_fallback: Arc<AtomicBool>) -> Conne
 /// command channel and the login's pending answer.
 pub(crate) async fn start(
     options: &ClientOptions,
+    servers: Arc<ServerChoice>,
     login: LoginRequest<'_>,
     devices: DeviceState,
     dispatch: Arc<Dispatch>,
@@ -349,7 +505,7 @@ pub(crate) async fn start(
     engine.set_reconnect(options.reconnect.map(|policy| policy.timings()));
     engine.set_device(Some(login.device));
     let login = engine.login(login.sdk_app_id, login.user_id, login.user_sig)?;
-    let connector = connector(options, prefer_fallback);
+    let connector = connector(options, &servers, prefer_fallback);
     let connected = connector().await?;
     let (commands, inbox) = mpsc::unbounded_channel();
     let (notices, device_notices) = mpsc::unbounded_channel();
@@ -366,6 +522,9 @@ pub(crate) async fn start(
         link: Some(connected.link),
         rebind: Some(connected.rebind),
         connector,
+        servers,
+        redirected_here: false,
+        login_redirects: 0,
         reconnect: Reconnect {
             policy: options.reconnect.unwrap_or_default(),
             attempts: JoinSet::new(),
@@ -456,6 +615,9 @@ impl MediaLink for SwitchableMedia {
             .is_some_and(|link| link.datagrams_over_stream())
     }
 }
+
+/// Refused logins a login follows to another server before it fails.
+const MAX_LOGIN_REDIRECTS: u8 = 3;
 
 /// Attempts that may run at once; starting another aborts the oldest.
 const OVERLAPPING_ATTEMPTS: usize = 4;
@@ -552,6 +714,12 @@ struct Driver<T: Transport> {
     link: Option<ClientLink<T>>,
     rebind: Option<Box<dyn Fn() -> std::io::Result<()> + Send + Sync>>,
     connector: Connector<T>,
+    /// Which servers the connector tries, and where servers redirect to.
+    servers: Arc<ServerChoice>,
+    /// A redirect came on the current connection.
+    redirected_here: bool,
+    /// Refused logins followed to another server, this login.
+    login_redirects: u8,
     reconnect: Reconnect<T>,
     /// What the audio threads send on.
     media_link: Arc<SwitchableMedia>,
@@ -647,7 +815,7 @@ impl<T: Transport> Driver<T> {
                     Some(Command::Audio(audio)) => self.audio_command(audio),
                 },
                 received = recv_frame(recv) => match received {
-                    Ok(Some(message)) => self.engine.handle_message(Instant::now(), message),
+                    Ok(Some(message)) => self.server_message(message).await,
                     Ok(None) => {
                         debug!("the server ended the signaling stream");
                         self.connection_lost();
@@ -743,6 +911,51 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// A message from the server: a redirect is noted for the connector;
+    /// a login refused as "not here" after one is retried where it points
+    /// (at most [`MAX_LOGIN_REDIRECTS`] times) before the engine hears of
+    /// it; everything else is the engine's.
+    async fn server_message(&mut self, message: ServerMessage) {
+        if let ServerMessage::Redirect { servers } = &message {
+            self.servers.redirect(servers);
+            self.redirected_here = true;
+        }
+        let refused_elsewhere = matches!(
+            &message,
+            ServerMessage::LoginResult { code, .. }
+                if *code == ErrorCode::SERVER_DRAINING || *code == ErrorCode::SERVER_SHUTDOWN
+        );
+        if refused_elsewhere
+            && self.redirected_here
+            && self.login_redirects < MAX_LOGIN_REDIRECTS
+            && let Some(login) = self.engine.login_message()
+        {
+            self.login_redirects += 1;
+            debug!("login refused with a redirect: logging in where it points");
+            self.drop_link();
+            self.redirected_here = false;
+            match (self.connector)().await {
+                Ok(connected) => {
+                    self.media_link
+                        .switch_to(Some(Arc::new(connected.link.media.clone())));
+                    let mut link = connected.link;
+                    self.rebind = Some(connected.rebind);
+                    if link.send.send(&login).await.is_ok() {
+                        self.link = Some(link);
+                        return;
+                    }
+                    self.media_link.switch_to(None);
+                    self.rebind = None;
+                }
+                Err(error) => debug!(%error, "the redirect led nowhere"),
+            }
+        }
+        if refused_elsewhere {
+            self.login_redirects = 0;
+        }
+        self.engine.handle_message(Instant::now(), message);
+    }
+
     /// Whether the session goes on: logged in (or logging in), connected
     /// or waiting for a connection.
     fn keeps_going(&self) -> bool {
@@ -807,6 +1020,7 @@ impl<T: Transport> Driver<T> {
                     .switch_to(Some(Arc::new(connected.link.media.clone())));
                 self.link = Some(connected.link);
                 self.rebind = Some(connected.rebind);
+                self.redirected_here = false;
                 self.engine.handle_connected(Instant::now());
             }
             // A slower attempt after another one won: dropped, it closes.

@@ -238,6 +238,9 @@ pub struct TRTCCalling {
     low_latency: AtomicBool,
     /// The fallback transport won the last connection race.
     prefer_fallback: Arc<AtomicBool>,
+    /// The servers of the options, with where servers redirected it and
+    /// which address connected last: kept across logins.
+    servers: Mutex<Arc<driver::ServerChoice>>,
     /// This instance's device id when the options name none.
     made_device_id: DeviceId,
 }
@@ -284,6 +287,7 @@ impl TRTCCalling {
     pub fn new(options: ClientOptions) -> Arc<Self> {
         let (stream, _) = broadcast::channel(1024);
         let low_latency = options.low_latency;
+        let servers = Mutex::new(Arc::new(driver::ServerChoice::new(&options.server)));
         Arc::new(Self {
             options: Mutex::new(options),
             dispatch: Arc::new(Dispatch {
@@ -297,6 +301,7 @@ impl TRTCCalling {
             hands_free: AtomicBool::new(false),
             low_latency: AtomicBool::new(low_latency),
             prefer_fallback: Arc::new(AtomicBool::new(false)),
+            servers,
             made_device_id: random_device_id(),
         })
     }
@@ -440,8 +445,16 @@ impl TRTCCalling {
             return Err(CallingError::new(ErrorCode::ALREADY_LOGGED_IN));
         }
         let options = self.options();
+        let servers = {
+            let mut servers = lock(&self.servers);
+            if !servers.configured_by(&options.server) {
+                *servers = Arc::new(driver::ServerChoice::new(&options.server));
+            }
+            Arc::clone(&servers)
+        };
         let (commands, reply) = driver::start(
             &options,
+            servers,
             driver::LoginRequest {
                 sdk_app_id,
                 user_id,

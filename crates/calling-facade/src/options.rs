@@ -21,7 +21,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClientOptions {
-    /// `host:port` of the server's UDP endpoint.
+    /// `host:port` of the server's UDP endpoint, or the servers of one
+    /// deployment separated by commas (`a.example:4433,b.example:4433`).
+    /// The SDK tries every address of every name, in order (a name with
+    /// several DNS records gives several), each half a second after the
+    /// one before if that has not connected, and starts with the one that
+    /// connected last; a server that drains or stops may send it to others
+    /// (protocol version 6), which it tries first from then on.
     pub server: String,
     /// The name the server's certificate must carry (ignored by
     /// fingerprint trust).

@@ -300,7 +300,11 @@ fn stats(board: &impl Board) -> HubStats {
 fn send_refusal(
     outbox: &mpsc::Sender<Outbound>,
     (protocol_version, code, message): (u16, ErrorCode, String),
+    redirect: Option<ServerMessage>,
 ) {
+    if let Some(redirect) = redirect {
+        let _ = outbox.try_send(Outbound::Message(redirect));
+    }
     let _ = outbox.try_send(Outbound::Message(ServerMessage::LoginResult {
         protocol_version,
         code,
@@ -343,8 +347,9 @@ impl HubIo {
                 protocol_version,
                 code,
                 message,
+                redirect,
             } => {
-                send_refusal(&outbox, (protocol_version, code, message));
+                send_refusal(&outbox, (protocol_version, code, message), redirect);
                 let _ = session.send(None);
             }
         }

@@ -65,7 +65,8 @@ fn spawn_hub(
     let tokens: server_core::TokenSource = Box::new(hub::new_token);
     let Some(cluster_config) = &config.cluster else {
         let switchboard = signaling_proto::Switchboard::new(config.switchboard.clone());
-        let core = server_core::ServerCore::new(switchboard, hub::OUTBOX_LIMITS, tokens, now);
+        let mut core = server_core::ServerCore::new(switchboard, hub::OUTBOX_LIMITS, tokens, now);
+        core.set_redirect(&config.redirect_to);
         let task = hub::run(core, None, inputs, Arc::clone(routes), ops);
         return Ok(tokio::spawn(task));
     };
@@ -85,7 +86,8 @@ fn spawn_hub(
     node_config.switchboard = config.switchboard.clone();
     let node = calling_cluster::ClusterNode::new(node_config, now);
     let board = server_core::ClusterBoard::new(node, config.switchboard.resume_grace, now);
-    let core = server_core::ServerCore::new(board, hub::OUTBOX_LIMITS, tokens, now);
+    let mut core = server_core::ServerCore::new(board, hub::OUTBOX_LIMITS, tokens, now);
+    core.set_redirect(&config.redirect_to);
     let task = hub::run(core, Some(io), inputs, Arc::clone(routes), ops);
     Ok(tokio::spawn(task))
 }

@@ -83,8 +83,8 @@ pub enum LoginAnswer {
         /// Its client owes heartbeats and may resume it.
         resumable: bool,
     },
-    /// Refused: send the connection this `LoginResult` and close it with
-    /// its code.
+    /// Refused: send the connection `redirect` if any, then this
+    /// `LoginResult`, and close it with its code.
     Refused {
         /// The version the answer is written in.
         protocol_version: u16,
@@ -92,6 +92,8 @@ pub enum LoginAnswer {
         code: ErrorCode,
         /// Why, in words.
         message: String,
+        /// Where the client should go instead (a [`ServerMessage::Redirect`]).
+        redirect: Option<ServerMessage>,
     },
 }
 
@@ -101,8 +103,21 @@ impl LoginAnswer {
             protocol_version: protocol_version.min(PROTOCOL_VERSION),
             code,
             message: message.to_owned(),
+            redirect: None,
         }
     }
+}
+
+/// The first protocol version that understands [`ServerMessage::Redirect`].
+pub(crate) const REDIRECT_SINCE: u16 = 6;
+
+/// Whether a refusal or close with `code` says "not here": the client is
+/// told where to go instead, if the server knows.
+fn sends_elsewhere(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::SERVER_DRAINING | ErrorCode::SERVER_SHUTDOWN
+    )
 }
 
 /// A session's books beyond the board.
@@ -138,6 +153,9 @@ pub struct ServerCore<B> {
     started: HashMap<CallId, Instant>,
     draining: bool,
     shutting_down: bool,
+    /// Sent before a login refused, or a session closed, for being here
+    /// when it should not (see [`ServerCore::set_redirect`]).
+    redirect: Option<ServerMessage>,
     /// The latest input's instant.
     now: Instant,
     outputs: VecDeque<ServerOutput>,
@@ -170,9 +188,18 @@ impl<B: Board> ServerCore<B> {
             started: HashMap::new(),
             draining: false,
             shutting_down: false,
+            redirect: None,
             now,
             outputs: VecDeque::new(),
         }
+    }
+
+    /// Where a client of version 6 or later is sent when this server
+    /// drains, shuts down or is too busy for it: a [`ServerMessage::Redirect`]
+    /// to `servers` (`host:port`, best first) goes before the refusal or
+    /// the close. None: clients are only refused or closed.
+    pub fn set_redirect(&mut self, servers: &[String]) {
+        self.redirect = ServerMessage::redirect(servers);
     }
 
     /// The board, for the operator's figures.
@@ -215,11 +242,11 @@ impl<B: Board> ServerCore<B> {
         } = login;
         let answer = if self.shutting_down {
             let code = ErrorCode::SERVER_SHUTDOWN;
-            LoginAnswer::refused(protocol_version, code, code.message())
+            self.refused_elsewhere(protocol_version, code)
         } else if self.draining && resume.is_none() {
             // A resume goes on: its session may be in a call.
             let code = ErrorCode::SERVER_DRAINING;
-            LoginAnswer::refused(protocol_version, code, code.message())
+            self.refused_elsewhere(protocol_version, code)
         } else if let Some(claim) = resume {
             let answer = self.resume(now, link, &user, claim);
             let resumed = matches!(answer, LoginAnswer::Attached { .. });
@@ -627,6 +654,34 @@ impl<B: Board> ServerCore<B> {
         self.to_check.remove(&session);
     }
 
+    /// A login refused with `code`, with this server's redirect for a
+    /// client that reads one.
+    fn refused_elsewhere(&self, protocol_version: u16, code: ErrorCode) -> LoginAnswer {
+        let mut answer = LoginAnswer::refused(protocol_version, code, code.message());
+        if let LoginAnswer::Refused { redirect, .. } = &mut answer
+            && protocol_version >= REDIRECT_SINCE
+            && sends_elsewhere(code)
+        {
+            redirect.clone_from(&self.redirect);
+        }
+        answer
+    }
+
+    /// Before `session` is closed with `code`: where to go instead, if
+    /// the code says "not here" and its client reads a redirect.
+    fn redirect_before_close(&mut self, session: ConnId, code: ErrorCode) {
+        let reads_it = self
+            .sessions
+            .get(&session)
+            .is_some_and(|book| book.protocol_version >= REDIRECT_SINCE);
+        if reads_it
+            && sends_elsewhere(code)
+            && let Some(redirect) = self.redirect.clone()
+        {
+            self.send(session, redirect);
+        }
+    }
+
     /// Moves the board's outputs, turning sessions into connections.
     fn pump(&mut self) {
         while let Some(output) = self.board.poll_output() {
@@ -644,6 +699,7 @@ impl<B: Board> ServerCore<B> {
                 conn: session,
                 code,
             } => {
+                self.redirect_before_close(session, code);
                 self.close_session(session, code);
             }
             ServerOutput::Membership { call_id, members } => {

@@ -454,3 +454,53 @@ fn call_events_say_how_long_the_call_lasted_on_the_virtual_clock() {
         .unwrap();
     assert_eq!(ended, Some(Duration::from_secs(7)));
 }
+
+/// A draining or stopping server with somewhere to send its clients tells
+/// a client of version 6 where, before the refusal or the close; an older
+/// client is only refused or closed.
+#[test]
+fn a_draining_or_stopping_server_tells_new_clients_where_to_go() {
+    let now = Instant::now();
+    let mut server = server(now);
+    let elsewhere = vec!["b.example:4433".to_owned(), "c.example:4433".to_owned()];
+    server.core.set_redirect(&elsewhere);
+    let redirect = ServerMessage::Redirect {
+        servers: elsewhere.clone(),
+    };
+    let (alice, _) = server.connect(now, "alice", None);
+    let (bob, _) = server.connect_speaking(now, "bob", None, 5);
+    server.drain(now);
+    assert!(server.core.drain(now));
+    server.drain(now);
+    let (_, answer) = server.connect(now, "carol", None);
+    assert!(
+        matches!(&answer, LoginAnswer::Refused { code: ErrorCode::SERVER_DRAINING, redirect: Some(sent), .. } if *sent == redirect),
+        "{answer:?}"
+    );
+    let (_, answer) = server.connect_speaking(now, "dave", None, 5);
+    assert!(
+        matches!(
+            &answer,
+            LoginAnswer::Refused {
+                code: ErrorCode::SERVER_DRAINING,
+                redirect: None,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    server.core.shutdown(now);
+    server.drain(now);
+    assert_eq!(server.closed(alice), Some(ErrorCode::SERVER_SHUTDOWN));
+    assert_eq!(server.inbox(alice).last(), Some(&redirect));
+    assert_eq!(server.closed(bob), Some(ErrorCode::SERVER_SHUTDOWN));
+    assert!(!server.inbox(bob).contains(&redirect));
+    // No redirect configured: refused alone.
+    let mut plain = self::server(now);
+    plain.core.shutdown(now);
+    let (_, answer) = plain.connect(now, "erin", None);
+    assert!(matches!(
+        answer,
+        LoginAnswer::Refused { redirect: None, .. }
+    ));
+}

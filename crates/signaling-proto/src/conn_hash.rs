@@ -76,7 +76,10 @@ mod tests {
             hasher.write(bytes);
             hasher.finish()
         };
-        assert_ne!(hash(&[1, 0, 0, 0, 0, 0, 0, 0, 0]), hash(&[1, 0, 0, 0, 0, 0, 0, 0, 1]));
+        assert_ne!(
+            hash(&[1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            hash(&[1, 0, 0, 0, 0, 0, 0, 0, 1])
+        );
         // Sequential numbers land in different buckets of a small table
         // (the low bits pick the bucket).
         let buckets: std::collections::BTreeSet<u64> = (0..64_u64)

@@ -388,6 +388,23 @@ impl CallEngine {
         Ok(request)
     }
 
+    /// The login under way as its message, to send again on another
+    /// connection (a server refused it and redirected the client);
+    /// `None` when no login is under way.
+    pub fn login_message(&self) -> Option<ClientMessage> {
+        let LoginState::LoggingIn(_) = self.login else {
+            return None;
+        };
+        let (sdk_app_id, user_sig) = self.credentials.clone()?;
+        Some(ClientMessage::Login {
+            protocol_version: PROTOCOL_VERSION,
+            sdk_app_id,
+            user_id: self.me.clone()?,
+            user_sig,
+            device_id: self.device.clone(),
+        })
+    }
+
     /// Whether a logout is under way: sent, and the server's close not yet
     /// seen.
     pub fn is_logging_out(&self) -> bool {
@@ -786,6 +803,10 @@ impl CallEngine {
             ServerMessage::LoginResult { code, message, .. } => {
                 self.on_login_result(code, message);
             }
+            // Where to connect next: the driver's business (it picks the
+            // addresses); the refusal or close that follows is the
+            // engine's.
+            ServerMessage::Redirect { .. } => {}
             message @ (ServerMessage::Session { .. }
             | ServerMessage::Resumed { .. }
             | ServerMessage::HeartbeatAck { .. }

@@ -20,8 +20,15 @@ use serde::{Deserialize, Serialize};
 /// told `Kicked`, as for a login elsewhere); 5 adds a user's devices: the
 /// login's `device_id` (see [`crate::login::decode_first_frame`] for how a
 /// server reads both layouts) and [`ServerMessage::HandledElsewhere`] (an
-/// older session is told `Cancelled`).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// older session is told `Cancelled`); 6 adds [`ServerMessage::Redirect`]
+/// (an older client is only refused or closed).
+pub const PROTOCOL_VERSION: u16 = 6;
+
+/// The most addresses one [`ServerMessage::Redirect`] names.
+pub const MAX_REDIRECT_SERVERS: usize = 8;
+
+/// The longest address a [`ServerMessage::Redirect`] names, in bytes.
+pub const MAX_REDIRECT_SERVER_LEN: usize = 255;
 
 /// The oldest protocol version a server still serves: a version-1 session
 /// gets none of version 2's messages and cannot be resumed.
@@ -421,6 +428,15 @@ pub enum ServerMessage {
         /// What the other device did.
         answer: ElsewhereAnswer,
     },
+    /// Version 6, just before a refused login or a close that says "not
+    /// here" (`SERVER_DRAINING`, `SERVER_SHUTDOWN`): the
+    /// addresses (`host:port`, at most [`MAX_REDIRECT_SERVERS`] of at most
+    /// [`MAX_REDIRECT_SERVER_LEN`] bytes) of servers of the same deployment
+    /// to connect to instead, best first. Not numbered.
+    Redirect {
+        /// Where to go.
+        servers: Vec<String>,
+    },
 }
 
 impl ServerMessage {
@@ -460,7 +476,8 @@ impl ServerMessage {
             | Self::Pong { .. }
             | Self::Session { .. }
             | Self::Resumed { .. }
-            | Self::HeartbeatAck { .. } => None,
+            | Self::HeartbeatAck { .. }
+            | Self::Redirect { .. } => None,
         }
     }
 
@@ -474,6 +491,7 @@ impl ServerMessage {
                 | Self::Session { .. }
                 | Self::Resumed { .. }
                 | Self::HeartbeatAck { .. }
+                | Self::Redirect { .. }
         )
     }
 
@@ -485,8 +503,27 @@ impl ServerMessage {
                 | Self::Resumed { .. }
                 | Self::HeartbeatAck { .. }
                 | Self::MemberConnection { .. }
+                | Self::Redirect { .. }
         )
     }
+
+    /// A redirect to `servers`, keeping only the addresses a client takes
+    /// (non-empty, at most [`MAX_REDIRECT_SERVER_LEN`] bytes, at most
+    /// [`MAX_REDIRECT_SERVERS`] of them); `None` when none is left.
+    pub fn redirect(servers: &[String]) -> Option<Self> {
+        let servers: Vec<String> = usable_redirects(servers).cloned().collect();
+        (!servers.is_empty()).then_some(Self::Redirect { servers })
+    }
+}
+
+/// The addresses of a redirect a client follows: the first
+/// [`MAX_REDIRECT_SERVERS`] that are not empty and at most
+/// [`MAX_REDIRECT_SERVER_LEN`] bytes long.
+pub fn usable_redirects(servers: &[String]) -> impl Iterator<Item = &String> {
+    servers
+        .iter()
+        .filter(|server| !server.is_empty() && server.len() <= MAX_REDIRECT_SERVER_LEN)
+        .take(MAX_REDIRECT_SERVERS)
 }
 
 #[cfg(test)]

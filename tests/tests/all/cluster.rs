@@ -235,7 +235,10 @@ async fn a_group_calls_audio_crosses_to_another_node_once() {
         }
         heard.push(count);
     }
-    assert!(heard.iter().all(|count| *count > 0), "everyone hears: {heard:?}");
+    assert!(
+        heard.iter().all(|count| *count > 0),
+        "everyone hears: {heard:?}"
+    );
     let sent = speaker_node.server.relay_counts().forwarded - sent_before;
     let delivered = listener_node.server.relay_counts().from_nodes - delivered_before;
     assert_eq!(

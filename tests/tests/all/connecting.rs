@@ -86,3 +86,42 @@ async fn a_server_of_another_protocol_is_a_protocol_mismatch() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     server.abort();
 }
+
+/// Given two addresses of which the first never answers, the SDK logs in
+/// at the second, half a second later (not after the first's connect
+/// timeout), and keeps to it for the next connection.
+#[tokio::test]
+async fn an_sdk_given_two_addresses_reaches_the_second_when_the_first_is_down() {
+    let server = TestServer::start("two-addresses").await;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut options = server.options();
+    options.server = format!(
+        "{},{}",
+        silent.local_addr().unwrap(),
+        server.server.local_addr()
+    );
+    options.connect_timeout = Duration::from_secs(5);
+    let calling = TRTCCalling::new(options);
+    let started = Instant::now();
+    calling
+        .login(server.app.sdk_app_id, "alice", &server.sig("alice"))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "logged in at the second address after {took:?}"
+    );
+    assert_eq!(server.server.stats().await.unwrap().online, 1);
+    calling.logout().await.unwrap();
+    let started = Instant::now();
+    calling
+        .login(server.app.sdk_app_id, "alice", &server.sig("alice"))
+        .await
+        .unwrap();
+    let again = started.elapsed();
+    assert!(
+        again < Duration::from_millis(400),
+        "the address that connected goes first: {again:?}"
+    );
+}

@@ -116,6 +116,9 @@ pub struct ServerConfig {
     /// browser's `Origin`); a development server also lets pages on this
     /// machine in. Native clients send no origin and are not judged.
     pub web_origins: Vec<WebOrigin>,
+    /// Servers (`host:port`, best first) clients of protocol version 6
+    /// are sent to when this one drains or shuts down.
+    pub redirect_to: Vec<String>,
     /// Where the development certificate, app and reset key are kept.
     pub data_dir: PathBuf,
     /// The apps served; empty means development mode (one app, made once).
@@ -204,6 +207,7 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("fallback", &self.fallback)
             .field("web_origins", &self.web_origins)
+            .field("redirect_to", &self.redirect_to)
             .field("data_dir", &self.data_dir)
             .field("apps", &self.apps)
             .field("switchboard", &self.switchboard)
@@ -275,6 +279,7 @@ impl Default for ServerConfig {
             quic_endpoints: QUIC_ENDPOINTS.default as usize,
             fallback: Fallback::SameAddress,
             web_origins: Vec::new(),
+            redirect_to: Vec::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             apps: Vec::new(),
             switchboard: SwitchboardConfig::DEFAULT,

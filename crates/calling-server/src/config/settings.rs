@@ -18,7 +18,7 @@ use super::{
 };
 use crate::admission::ServerLimits;
 use crate::secret::SecretKey;
-use crate::web_origin::WebOrigin;
+use crate::web_origin::{ServerAddress, WebOrigin};
 use crate::webhook_url::WebhookUrl;
 
 /// A numeric setting's default and allowed range: the command line, the
@@ -336,6 +336,14 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub web_origins: Vec<WebOrigin>,
+    /// Server that clients of protocol version 6 are sent to when this one drains or shuts down, as `host:port` (repeat the flag, best first; comma-separated in the environment; at most 8) [default: none: they are only refused or closed]
+    #[arg(
+        long = "redirect-to",
+        env = "OPENCALLING_REDIRECT_TO",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub redirect_to: Vec<ServerAddress>,
     /// URL call events are POSTed to (repeat the flag; comma-separated in the environment)
     #[arg(
         long = "webhook-url",
@@ -556,6 +564,13 @@ impl Layer for Vec<WebOrigin> {
     }
 }
 
+/// A list of servers to redirect to given replaces the lower one whole.
+impl Layer for Vec<ServerAddress> {
+    fn over(self, lower: Self) -> Self {
+        if self.is_empty() { lower } else { self }
+    }
+}
+
 /// Apps add up; a later key for the same app replaces the earlier one
 /// when the configuration is resolved.
 impl Layer for Vec<FileApp> {
@@ -563,6 +578,19 @@ impl Layer for Vec<FileApp> {
         lower.extend(self);
         lower
     }
+}
+
+/// The servers clients are redirected to, at most as many as a client
+/// takes.
+fn redirect_to(servers: &[ServerAddress]) -> Result<Vec<String>, ConfigError> {
+    if servers.len() > signaling_proto::MAX_REDIRECT_SERVERS {
+        return Err(ConfigError::Invalid(format!(
+            "redirect_to names {} servers; a client takes at most {}",
+            servers.len(),
+            signaling_proto::MAX_REDIRECT_SERVERS
+        )));
+    }
+    Ok(servers.iter().map(ToString::to_string).collect())
 }
 
 /// Lays a settings struct over another field by field. Naming every field
@@ -600,6 +628,7 @@ layered!(Settings {
     http_listen,
     admin_token,
     web_origins,
+    redirect_to,
     webhook_urls,
     webhook_key,
     call_records,
@@ -701,6 +730,7 @@ impl Settings {
             quic_endpoints: QUIC_ENDPOINTS.resolve_usize(self.quic_endpoints)?,
             fallback: self.fallback_listen.unwrap_or(Fallback::SameAddress),
             web_origins: self.web_origins,
+            redirect_to: redirect_to(&self.redirect_to)?,
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
