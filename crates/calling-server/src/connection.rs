@@ -244,16 +244,24 @@ pub(crate) async fn serve_link<T: Transport>(
     info!(%user, ?link_id, "disconnected");
 }
 
-/// Sends the refusal the hub queued for a login or resume; how the
-/// connection ends.
+/// Sends the refusal the hub queued for a login or resume (and the
+/// redirect before it, if any); how the connection ends.
 async fn deliver_refusal<T: Transport>(
     link: &mut ServerLink<T>,
     inbox: &mut mpsc::Receiver<Outbound>,
     shared: &Shared,
     resuming: bool,
 ) -> Ended {
-    let Some(Outbound::Message(refusal)) = inbox.recv().await else {
-        return Ended::Closed(ErrorCode::SERVER_SHUTDOWN);
+    let refusal = loop {
+        let Some(Outbound::Message(message)) = inbox.recv().await else {
+            return Ended::Closed(ErrorCode::SERVER_SHUTDOWN);
+        };
+        if !matches!(message, ServerMessage::Redirect { .. }) {
+            break message;
+        }
+        if link.send.send(&message).await.is_err() {
+            return Ended::Closed(ErrorCode::CONNECTION_LOST);
+        }
     };
     let code = match &refusal {
         ServerMessage::LoginResult { code, .. } => *code,

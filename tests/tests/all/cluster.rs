@@ -349,12 +349,20 @@ fn app() -> AppCredentials {
 async fn child_node(
     redis: &RedisServer,
     tag: &str,
+    certificate_like: Option<&std::path::Path>,
 ) -> (
     crate::child::ChildProcess,
     std::net::SocketAddr,
     signaling_quic::CertFingerprint,
 ) {
     let app = app();
+    let data_dir = temp_dir(tag);
+    if let Some(like) = certificate_like {
+        std::fs::create_dir_all(&data_dir).unwrap();
+        for file in ["cert.der", "key.der"] {
+            std::fs::copy(like.join(file), data_dir.join(file)).unwrap();
+        }
+    }
     let child = crate::child::ChildProcess::spawn(
         "server",
         &[
@@ -362,7 +370,7 @@ async fn child_node(
             ("OPENCALLING_FALLBACK_LISTEN", "off".into()),
             (
                 "OPENCALLING_DATA_DIR",
-                temp_dir(tag).to_string_lossy().into_owned(),
+                data_dir.to_string_lossy().into_owned(),
             ),
             ("OPENCALLING_SDK_APP_ID", app.sdk_app_id.to_string()),
             ("OPENCALLING_SECRET_KEY", app.secret_key.expose().to_owned()),
@@ -461,7 +469,7 @@ async fn a_killed_node_ends_its_users_part_in_calls_within_seconds_and_nobody_st
         "the first node takes the control",
     )
     .await;
-    let (mut doomed, doomed_addr, doomed_fingerprint) = child_node(&redis, tag).await;
+    let (mut doomed, doomed_addr, doomed_fingerprint) = child_node(&redis, tag, None).await;
     let third = node(&redis, tag, 2).await;
     let app = app();
     let mut alice = login_at(
@@ -648,7 +656,7 @@ async fn a_child_control_and_two_nodes(
     redis: &RedisServer,
     tag: &str,
 ) -> (crate::child::ChildProcess, TestServer, TestServer) {
-    let (control, _, _) = child_node(redis, tag).await;
+    let (control, _, _) = child_node(redis, tag, None).await;
     // The child takes the role before the others start.
     wait_for_a_control(redis, tag).await;
     let left = node(redis, tag, 1).await;
@@ -1096,6 +1104,133 @@ async fn a_draining_node_moves_its_idle_users_and_lets_its_calls_finish() {
     alice.expect(&[invited("bob", &[])]).await;
     alice.calling.accept().await.unwrap();
     bob.expect(&enter("alice")).await;
+}
+
+/// A node whose certificate is copied from the data directory `like`,
+/// sending clients to `redirect_to` when it drains or stops.
+async fn node_redirecting(
+    redis: &RedisServer,
+    (tag, index): (&str, usize),
+    like: &std::path::Path,
+    redirect_to: std::net::SocketAddr,
+) -> TestServer {
+    let mut config = node_config(redis, tag, index);
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    for file in ["cert.der", "key.der"] {
+        std::fs::copy(like.join(file), config.data_dir.join(file)).unwrap();
+    }
+    config.redirect_to = vec![redirect_to.to_string()];
+    TestServer::start_with(config).await
+}
+
+/// No load balancer: clients dial the draining node's own address. It
+/// tells its idle clients, and a client logging in, where to go, and they
+/// land on the other node by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_nodes_clients_land_on_another_by_themselves() {
+    let redis = RedisServer::start().unwrap();
+    let tag = "redirect";
+    let staying_config = node_config(&redis, tag, 0);
+    let staying_dir = staying_config.data_dir.clone();
+    let staying = TestServer::start_with(staying_config).await;
+    wait_for_status(
+        &staying,
+        |status| status.hosting,
+        "the first node takes the control",
+    )
+    .await;
+    let staying_addr = staying.server.local_addr();
+    let draining = node_redirecting(&redis, (tag, 1), &staying_dir, staying_addr).await;
+    wait_for_status(&draining, |status| status.ready, "the second node joins").await;
+    let fingerprint = staying.server.fingerprint();
+    let draining_addr = draining.server.local_addr();
+    let mut alice = sdk_user(draining_addr, fingerprint, "alice").await;
+    assert_eq!(draining.server.stats().await.unwrap().online, 1);
+
+    draining.server.drain().await;
+    alice
+        .expect(&[calling_api::CallingEvent::Reconnecting])
+        .await;
+    alice
+        .expect(&[calling_api::CallingEvent::Reconnected])
+        .await;
+    assert_eq!(draining.server.stats().await.unwrap().online, 0);
+    assert_eq!(staying.server.stats().await.unwrap().online, 1);
+    // A login at the draining node's address is refused there, and the
+    // SDK logs in where the refusal points.
+    let mut carol = sdk_user(draining_addr, fingerprint, "carol").await;
+    assert_eq!(staying.server.stats().await.unwrap().online, 2);
+    carol
+        .calling
+        .call("alice", calling_api::CallType::Audio)
+        .await
+        .unwrap();
+    alice.expect(&[invited("carol", &[])]).await;
+    alice.calling.accept().await.unwrap();
+    carol.expect(&enter("alice")).await;
+}
+
+/// An SDK given both nodes' addresses is logged in on the first; that node
+/// is killed: the SDK notices (its dead time), and is back on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_users_are_back_on_another_node() {
+    let redis = RedisServer::start().unwrap();
+    let tag = "dead-node";
+    let staying_config = node_config(&redis, tag, 0);
+    let staying_dir = staying_config.data_dir.clone();
+    let staying = TestServer::start_with(staying_config).await;
+    wait_for_status(
+        &staying,
+        |status| status.hosting,
+        "the first node takes the control",
+    )
+    .await;
+    // The doomed node, a child process, presents the same certificate.
+    let (mut doomed, doomed_addr, fingerprint) = child_node(&redis, tag, Some(&staying_dir)).await;
+    assert_eq!(fingerprint, staying.server.fingerprint());
+    let both = format!("{doomed_addr},{}", staying.server.local_addr());
+    let mut options = calling_facade::ClientOptions::development(both, fingerprint);
+    options.audio = calling_facade::AudioDevices::none();
+    let calling = calling_facade::TRTCCalling::new(options);
+    let mut alice = User {
+        id: uid("alice"),
+        events: calling.events(),
+        calling,
+    };
+    let app = app();
+    let sig = calling_server::usersig::generate(
+        u64::from(app.sdk_app_id),
+        app.secret_key.expose(),
+        "alice",
+        86_400,
+        now(),
+        None,
+    );
+    alice
+        .calling
+        .login(app.sdk_app_id, "alice", &sig)
+        .await
+        .unwrap();
+    assert_eq!(
+        staying.server.stats().await.unwrap().online,
+        0,
+        "on the first"
+    );
+
+    doomed.kill();
+    let killed = Instant::now();
+    alice
+        .expect(&[calling_api::CallingEvent::Reconnecting])
+        .await;
+    alice
+        .expect(&[calling_api::CallingEvent::Reconnected])
+        .await;
+    let back = killed.elapsed();
+    println!("back on the other node {back:?} after its own was killed");
+    assert_eq!(staying.server.stats().await.unwrap().online, 1);
+    // The dead time (3 s) to notice, then the resume's and the login's
+    // round trips, with room for a loaded machine.
+    assert!(back < Duration::from_millis(4_500), "back after {back:?}");
 }
 
 /// `client` mutes; `other` hears it: their call is alive.
