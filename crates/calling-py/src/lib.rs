@@ -58,7 +58,8 @@ impl Calling {
 
 #[pymethods]
 impl Calling {
-    /// A new instance for the server at `server` (host:port). Trust: the
+    /// A new instance for the server at `server` (host:port, or a
+    /// deployment's servers separated by commas, tried in turn). Trust: the
     /// certificate's `fingerprint`, or a CA file, or the system's roots.
     /// Devices by name: input `system`, `silence`, `tone:HZ`, `wav:PATH`,
     /// `wav-loop:PATH`; output `system`, `null`, `wav:PATH`. Voice

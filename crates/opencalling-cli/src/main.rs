@@ -61,7 +61,7 @@ struct Account {
     /// A development server's data directory: its address, certificate and app
     #[arg(long, env = "OPENCALLING_DEV", value_name = "DATA_DIR", global = true)]
     dev: Option<PathBuf>,
-    /// The server's host:port
+    /// The server's host:port, or a deployment's servers separated by commas (tried in turn)
     #[arg(long, env = "OPENCALLING_SERVER", value_name = "ADDR", global = true)]
     server: Option<String>,
     /// The SHA-256 fingerprint of the server's certificate (hex) to trust
