@@ -994,12 +994,38 @@ async fn node_like(
     index: usize,
     like: &std::path::Path,
 ) -> TestServer {
+    TestServer::start_with(config_like(redis, tag, index, like)).await
+}
+
+/// The configuration of node `index`, its certificate copied from the
+/// data directory `like`.
+fn config_like(
+    redis: &RedisServer,
+    tag: &str,
+    index: usize,
+    like: &std::path::Path,
+) -> calling_server::config::ServerConfig {
     let config = node_config(redis, tag, index);
     std::fs::create_dir_all(&config.data_dir).unwrap();
     for file in ["cert.der", "key.der"] {
         std::fs::copy(like.join(file), config.data_dir.join(file)).unwrap();
     }
-    TestServer::start_with(config).await
+    config
+}
+
+/// The first node of the cluster `tag`, once it hosts the control, and
+/// its data directory (whose certificate the others copy).
+async fn first_node_hosting(redis: &RedisServer, tag: &str) -> (TestServer, std::path::PathBuf) {
+    let config = node_config(redis, tag, 0);
+    let data_dir = config.data_dir.clone();
+    let node = TestServer::start_with(config).await;
+    wait_for_status(
+        &node,
+        |status| status.hosting,
+        "the first node takes the control",
+    )
+    .await;
+    (node, data_dir)
 }
 
 /// An SDK user logged in through `server` (a proxy's address).
@@ -1034,15 +1060,7 @@ async fn a_draining_node_moves_its_idle_users_and_lets_its_calls_finish() {
     let redis = RedisServer::start().unwrap();
     let tag = "drain";
     // The control on the node that stays.
-    let staying_config = node_config(&redis, tag, 0);
-    let staying_dir = staying_config.data_dir.clone();
-    let staying = TestServer::start_with(staying_config).await;
-    wait_for_status(
-        &staying,
-        |status| status.hosting,
-        "the first node takes the control",
-    )
-    .await;
+    let (staying, staying_dir) = first_node_hosting(&redis, tag).await;
     let draining = node_like(&redis, tag, 1, &staying_dir).await;
     wait_for_status(&draining, |status| status.ready, "the second node joins").await;
     // One address, as a load balancer gives, leading to the draining node.
@@ -1114,11 +1132,7 @@ async fn node_redirecting(
     like: &std::path::Path,
     redirect_to: std::net::SocketAddr,
 ) -> TestServer {
-    let mut config = node_config(redis, tag, index);
-    std::fs::create_dir_all(&config.data_dir).unwrap();
-    for file in ["cert.der", "key.der"] {
-        std::fs::copy(like.join(file), config.data_dir.join(file)).unwrap();
-    }
+    let mut config = config_like(redis, tag, index, like);
     config.redirect_to = vec![redirect_to.to_string()];
     TestServer::start_with(config).await
 }
@@ -1130,15 +1144,7 @@ async fn node_redirecting(
 async fn a_drained_nodes_clients_land_on_another_by_themselves() {
     let redis = RedisServer::start().unwrap();
     let tag = "redirect";
-    let staying_config = node_config(&redis, tag, 0);
-    let staying_dir = staying_config.data_dir.clone();
-    let staying = TestServer::start_with(staying_config).await;
-    wait_for_status(
-        &staying,
-        |status| status.hosting,
-        "the first node takes the control",
-    )
-    .await;
+    let (staying, staying_dir) = first_node_hosting(&redis, tag).await;
     let staying_addr = staying.server.local_addr();
     let draining = node_redirecting(&redis, (tag, 1), &staying_dir, staying_addr).await;
     wait_for_status(&draining, |status| status.ready, "the second node joins").await;
@@ -1176,15 +1182,7 @@ async fn a_drained_nodes_clients_land_on_another_by_themselves() {
 async fn a_dead_nodes_users_are_back_on_another_node() {
     let redis = RedisServer::start().unwrap();
     let tag = "dead-node";
-    let staying_config = node_config(&redis, tag, 0);
-    let staying_dir = staying_config.data_dir.clone();
-    let staying = TestServer::start_with(staying_config).await;
-    wait_for_status(
-        &staying,
-        |status| status.hosting,
-        "the first node takes the control",
-    )
-    .await;
+    let (staying, staying_dir) = first_node_hosting(&redis, tag).await;
     // The doomed node, a child process, presents the same certificate.
     let (mut doomed, doomed_addr, fingerprint) = child_node(&redis, tag, Some(&staying_dir)).await;
     assert_eq!(fingerprint, staying.server.fingerprint());
