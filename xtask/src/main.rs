@@ -474,10 +474,6 @@ fn bench(args: &[String]) -> Result {
         release_example("opencalling-tests", "bench").args(["calls", "1000"]),
     )?;
     bench_web(&tools)?;
-    step(
-        "bench: the cluster's control at 1,000,000 users on 100 nodes (virtual clock, one core)",
-        &mut release_example("calling-cluster", "cluster_scale"),
-    )?;
     ensure_redis()?;
     step(
         "bench: a cluster of three nodes (call setup, Redis per call, latency across nodes)",
@@ -510,36 +506,12 @@ fn bench(args: &[String]) -> Result {
             .arg("attacks")
             .arg(&server),
     )?;
-    // The load generator on CPU 1; it pins the server and the UDP
-    // forwarder to CPU 0 itself.
-    let pinned_bench = |mode: &str| {
-        let mut command = Command::new("taskset");
-        command
-            .args(["-c", "1"])
-            .arg(
-                workspace_root()
-                    .join("target")
-                    .join("release")
-                    .join("examples")
-                    .join("bench"),
-            )
-            .arg(mode)
-            .arg(&server);
-        command
-    };
     bench_relay(&tools, &release, &server)?;
     step(
         "bench: relay with metrics, webhooks and call records on, beside off",
-        pinned_bench("relay-ops").args(["200", "3"]),
+        pinned_bench(&server, "relay-ops").args(["200", "3"]),
     )?;
-    step(
-        "bench: relay across two cluster nodes beside one server",
-        pinned_bench("relay-cluster").args(["200", "2"]),
-    )?;
-    step(
-        "bench: 16-member calls across two cluster nodes beside one server",
-        pinned_bench("relay-cluster").args(["20", "2", "16"]),
-    )?;
+    bench_cluster(&tools, &server)?;
     step(
         "bench: mouth-to-ear latency, QUIC and the fallback",
         release_example("opencalling-tests", "bench").args(["latency", "12"]),
@@ -568,6 +540,41 @@ fn bench(args: &[String]) -> Result {
     step(
         "bench: voice processing (echo, noise, level) in simulated rooms",
         &mut voice,
+    )
+}
+
+/// `tests/examples/bench.rs MODE SERVER` with the load generator on CPU 1
+/// (it pins the server and the UDP forwarder to CPU 0 itself).
+fn pinned_bench(server: &Path, mode: &str) -> Command {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "1"])
+        .arg(
+            workspace_root()
+                .join("target")
+                .join("release")
+                .join("examples")
+                .join("bench"),
+        )
+        .arg(mode)
+        .arg(server);
+    command
+}
+
+/// The cluster at scale on the virtual clock, then the relay across two
+/// real nodes beside one server: 1v1 and 16-member calls.
+fn bench_cluster(tools: &Tools, server: &Path) -> Result {
+    step(
+        "bench: the cluster's control at 1,000,000 users on 100 nodes (virtual clock, one core)",
+        &mut release_example(tools, "calling-cluster", "cluster_scale"),
+    )?;
+    step(
+        "bench: relay across two cluster nodes beside one server",
+        pinned_bench(server, "relay-cluster").args(["200", "2"]),
+    )?;
+    step(
+        "bench: 16-member calls across two cluster nodes beside one server",
+        pinned_bench(server, "relay-cluster").args(["20", "2", "16"]),
     )
 }
 

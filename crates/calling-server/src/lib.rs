@@ -14,6 +14,7 @@ mod ops;
 pub mod records;
 mod relay;
 mod secret;
+mod server_address;
 mod stamped;
 mod throttle;
 mod web_origin;

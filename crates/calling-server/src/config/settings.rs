@@ -18,7 +18,8 @@ use super::{
 };
 use crate::admission::ServerLimits;
 use crate::secret::SecretKey;
-use crate::web_origin::{ServerAddress, WebOrigin};
+use crate::server_address::ServerAddress;
+use crate::web_origin::WebOrigin;
 use crate::webhook_url::WebhookUrl;
 
 /// A numeric setting's default and allowed range: the command line, the
