@@ -163,8 +163,14 @@ fn ci() -> Result {
     ensure_address_sanitizer()?;
     // The browser tests load the web SDK's build.
     let web = web_sdk()?;
-    // The browser tests run on their own afterwards: Chromium beside the
-    // rest of the test binary's parallel tests overloads two cores.
+    // The browser and echo tests run on their own afterwards, one at a
+    // time. Chromium beside the rest of the test binary's parallel tests
+    // overloads two cores. The echo tests' simulated room is paced by the
+    // SDK's own playout and capture threads, not by a sound card's clock:
+    // beside the parallel tests they stalled for 50 ms and more at a time,
+    // the room's echo path shrank to its floor and the canceller's two
+    // streams lost their alignment (19 and 23 dB in two CI runs). Beside a
+    // busy loop on every core, as below, it holds (54 dB).
     let mut tests = run_tests(tools.apply(&mut cargo()).args([
         "test",
         "--workspace",
@@ -172,8 +178,10 @@ fn ci() -> Result {
         "--",
         "--skip",
         "web_sdk::",
+        "--skip",
+        "echo::",
     ]))?;
-    let browsers = run_tests(tools.apply(&mut cargo()).args([
+    let one_at_a_time = run_tests(tools.apply(&mut cargo()).args([
         "test",
         "--locked",
         "-p",
@@ -182,11 +190,12 @@ fn ci() -> Result {
         "all",
         "--",
         "web_sdk::",
+        "echo::",
         "--test-threads",
         "1",
     ]))?;
-    tests.passed += web.passed + browsers.passed;
-    tests.failed += web.failed + browsers.failed;
+    tests.passed += web.passed + one_at_a_time.passed;
+    tests.failed += web.failed + one_at_a_time.failed;
     let loaded = speech_beside_busy_cores(&tools)?;
     tests.passed += loaded.passed;
     tests.failed += loaded.failed;
@@ -245,6 +254,7 @@ fn speech_beside_busy_cores(tools: &Tools) -> Result<TestCounts> {
         "audio::speech_crosses_the_call_both_ways_at_once",
         "fallback::speech_crosses_a_call_whose_members_both_use_the_fallback",
         "fallback::a_quic_member_and_a_tcp_member_share_a_call",
+        "echo::the_canceller_keeps_bob_from_hearing_himself_back",
         "--exact",
         "--nocapture",
     ]));
@@ -253,11 +263,11 @@ fn speech_beside_busy_cores(tools: &Tools) -> Result<TestCounts> {
         let _ = thread.join();
     }
     let counts = counts?;
-    if counts.passed == 3 {
+    if counts.passed == 4 {
         Ok(counts)
     } else {
         Err(format!(
-            "speech beside busy cores: {} of the 3 tests ran",
+            "speech beside busy cores: {} of the 4 tests ran",
             counts.passed
         ))
     }
