@@ -602,6 +602,7 @@ async fn raw_client(
             user_id: UserId::new(user).unwrap(),
             user_sig: sig.into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();
@@ -891,6 +892,7 @@ async fn idle(server_bin: &str, count: usize) {
                 user_id: UserId::new(user).unwrap(),
                 user_sig: sig.into(),
                 device_id: None,
+                media_encryption: signaling_proto::MediaEncryption::None,
             };
             client.send.send(&login).await.unwrap();
             match client.recv.recv().await.unwrap() {
@@ -1279,6 +1281,7 @@ async fn bench_login(
                 user_id: UserId::new(user).unwrap(),
                 user_sig: sig.into(),
                 device_id: None,
+                media_encryption: signaling_proto::MediaEncryption::None,
             })
             .await
             .unwrap();

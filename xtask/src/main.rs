@@ -550,6 +550,10 @@ fn bench(args: &[String]) -> Result {
     step(
         "bench: voice processing (echo, noise, level) in simulated rooms",
         &mut voice,
+    )?;
+    step(
+        "bench: end-to-end encryption's bytes and CPU beside the encoder",
+        &mut release_example("media-e2ee", "e2ee_cost"),
     )
 }
 

@@ -98,6 +98,10 @@ error_codes! {
     CALL_FULL = 3006, "call is full";
     /// An invitation into a running call with a different call type.
     CALL_TYPE_MISMATCH = 3007, "call type differs from the current call";
+    /// call() naming a user none of whose devices encrypts a call's audio
+    /// as the caller does (end-to-end encryption on one side only, protocol
+    /// version 7): the call is refused, never downgraded.
+    MEDIA_ENCRYPTION_MISMATCH = 3008, "the invitee does not encrypt audio end to end as the call does";
 
     /// The same user logged in elsewhere; this session is over.
     KICKED_OFFLINE = 4001, "logged in on another device";

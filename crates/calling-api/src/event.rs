@@ -205,6 +205,37 @@ pub enum CallingEvent {
         /// Each other member's, in the order of the call's members.
         remote: Vec<MemberQuality>,
     },
+    /// Extension (end-to-end encrypted audio, protocol version 7): a
+    /// member's audio does not decrypt here, and plays as silence: the
+    /// application has no key for that member, or not the one the member
+    /// sealed its audio with. Once per member until its audio decrypts
+    /// again.
+    MediaKeyProblem {
+        /// The member.
+        user_id: UserId,
+        /// What is wrong.
+        problem: KeyProblem,
+    },
+}
+
+/// Why a member's end-to-end encrypted audio does not decrypt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyProblem {
+    /// No key: the application gave none for the member, or the member's
+    /// announcement of its key has not arrived.
+    Missing,
+    /// A key, but not the member's: the member's key material differs
+    /// from the one the application gave here.
+    Wrong,
+}
+
+impl std::fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Missing => "no key for the member",
+            Self::Wrong => "not the member's key",
+        })
+    }
 }
 
 /// What another device of the same user did with an invitation that rang
@@ -280,7 +311,8 @@ impl CallingEvent {
             | Self::UserReconnected { .. }
             | Self::InviteeOffline { .. }
             | Self::HandledElsewhere { .. }
-            | Self::NetworkQuality { .. } => {
+            | Self::NetworkQuality { .. }
+            | Self::MediaKeyProblem { .. } => {
                 return None;
             }
         })
@@ -346,6 +378,9 @@ impl std::fmt::Display for CallingEvent {
                     .map(|member| format!("{} {}", member.user_id, member.quality))
                     .collect();
                 write!(f, "NetworkQuality(local {local}; {})", remote.join(", "))
+            }
+            Self::MediaKeyProblem { user_id, problem } => {
+                write!(f, "MediaKeyProblem({user_id}: {problem})")
             }
         }
     }

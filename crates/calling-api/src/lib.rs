@@ -10,6 +10,7 @@ pub use call::{CallId, CallType, EndReason, InvalidCallType};
 pub use device_id::{DeviceId, InvalidDeviceId};
 pub use error::{CallingError, CallingResult, ErrorCode};
 pub use event::{
-    AudioDeviceKind, CallingEvent, ElsewhereAnswer, MemberQuality, NetworkQuality, UserVolume,
+    AudioDeviceKind, CallingEvent, ElsewhereAnswer, KeyProblem, MemberQuality, NetworkQuality,
+    UserVolume,
 };
 pub use user_id::{InvalidUserId, UserId};

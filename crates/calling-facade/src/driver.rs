@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use audio_pipeline::{JitterStats, VoiceStats};
 use bytes::Bytes;
 use calling_api::{CallId, CallType, CallingError, CallingResult, DeviceId, ErrorCode};
-use calling_api::{CallingEvent, MemberQuality, NetworkQuality, UserId};
+use calling_api::{CallingEvent, KeyProblem, MemberQuality, NetworkQuality, UserId};
 use signaling_link::either::Either;
 use signaling_link::{DatagramSource, Link, LinkClosed, LinkError, MediaLink, Transport};
 use signaling_proto::SplitMix64;
 use signaling_proto::{
-    CallEngine, CallOptions, ClientMessage, EngineStatus, FlowId, RequestId, ServerMessage,
+    CallEngine, CallOptions, ClientMessage, EngineStatus, FlowId, MediaEncryption, RequestId,
+    ServerMessage,
 };
 use signaling_quic::Quic;
 use signaling_tls::ServerTrust;
@@ -35,7 +36,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn};
 
-use crate::media::{AudioDevices, AudioSettings, CallAudio, DatagramNews, DeviceNotices};
+use crate::e2ee::{self, CallKeys, HeardKey};
+use crate::media::{
+    AudioDevices, AudioSettings, CallAudio, CallSwitches, DatagramNews, DeviceNotices, Sealing,
+};
 use crate::quality::{CallStats, MediaTransport, MemberStats};
 use crate::status::SessionStatus;
 use crate::{ClientOptions, Dispatch, Fallback, ReconnectPolicy};
@@ -504,6 +508,15 @@ pub(crate) async fn start(
     engine.set_mic_mute(devices.mic_muted);
     engine.set_reconnect(options.reconnect.map(|policy| policy.timings()));
     engine.set_device(Some(login.device));
+    engine.set_media_encryption(if options.media_encryption.is_some() {
+        MediaEncryption::AppKeys
+    } else {
+        MediaEncryption::None
+    });
+    let call_keys = match &options.media_encryption {
+        Some(keys) => Some(CallKeys::new(keys.clone(), UserId::new(login.user_id)?)),
+        None => None,
+    };
     let login = engine.login(login.sdk_app_id, login.user_id, login.user_sig)?;
     let connector = connector(options, &servers, prefer_fallback);
     let connected = connector().await?;
@@ -555,6 +568,7 @@ pub(crate) async fn start(
         last_quality: None,
         last_quality_at: None,
         call_members: Vec::new(),
+        call_keys,
         engine_untouched: false,
     };
     tokio::spawn(async move {
@@ -753,6 +767,8 @@ struct Driver<T: Transport> {
     /// The call's other members with their flows, as of the last look:
     /// the call's statistics name them after the engine has left it.
     call_members: Vec<(UserId, FlowId)>,
+    /// End-to-end encryption's keys, when it is on.
+    call_keys: Option<CallKeys>,
     /// The last step was audio only (a datagram, a loss report): the
     /// engine did not change, nor did the status the application reads.
     engine_untouched: bool,
@@ -793,6 +809,10 @@ impl<T: Transport> Driver<T> {
             }
             self.follow_connection();
             self.sync_media();
+            if self.exchange_keys() {
+                // Our key goes out with the call's first audio.
+                continue;
+            }
             let deadline = self.engine.poll_timeout();
             let next_attempt = self.reconnect.next_attempt;
             let (recv, media) = match self.link.as_mut() {
@@ -831,6 +851,9 @@ impl<T: Transport> Driver<T> {
                         match media.on_datagram(&datagram) {
                             DatagramNews::SendFeatures => self.send_feedback(),
                             DatagramNews::Quality => self.report_quality(),
+                            DatagramNews::KeyProblem { flow, problem } => {
+                                self.tell_key_problem(flow, problem);
+                            }
                             DatagramNews::Nothing => {}
                         }
                     }
@@ -1053,15 +1076,32 @@ impl<T: Transport> Driver<T> {
         match (in_call, self.media.is_some()) {
             (true, false) => {
                 let media: Arc<dyn MediaLink> = self.media_link.clone();
+                let switches = CallSwitches {
+                    muted: self.engine.is_mic_muted(),
+                    hands_free: self.hands_free,
+                    low_latency: self.low_latency,
+                };
+                let sealing = self
+                    .call_keys
+                    .as_mut()
+                    .map_or(Sealing::Off, CallKeys::take_sealer);
+                if matches!(sealing, Sealing::Impossible)
+                    && let Some(me) = self.engine.user_id().cloned()
+                {
+                    self.dispatch.emit(&CallingEvent::MediaKeyProblem {
+                        user_id: me,
+                        problem: KeyProblem::Missing,
+                    });
+                }
                 self.media = CallAudio::start(
                     &self.devices,
                     self.audio_settings,
                     media,
-                    self.engine.is_mic_muted(),
-                    self.hands_free,
-                    self.low_latency,
+                    switches,
+                    sealing,
                     &self.notices,
                 );
+                self.install_heard_keys();
                 // The members already in the call hear at once what we play.
                 self.send_feedback();
             }
@@ -1077,8 +1117,86 @@ impl<T: Transport> Driver<T> {
                     self.media_stopping.push(media.stop());
                 }
                 self.flow_users.clear();
+                if let Some(keys) = self.call_keys.as_mut() {
+                    keys.end_call();
+                }
             }
             _ => {}
+        }
+    }
+
+    /// End-to-end encryption, each step: the members' words about their
+    /// keys go to the media session, and each member of the call who has
+    /// not heard of our key for it is told. Whether words went out.
+    fn exchange_keys(&mut self) -> bool {
+        let Some(keys) = self.call_keys.as_mut() else {
+            return false;
+        };
+        let mut heard = Vec::new();
+        while let Some((from, word)) = self.engine.poll_member_key() {
+            if let Some(key) = keys.heard(from.clone(), &word) {
+                heard.push((from, key));
+            }
+        }
+        let members: Vec<UserId> = match self.engine.status() {
+            EngineStatus::InCall { members, .. } => members.into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let words = if members.is_empty() {
+            Vec::new()
+        } else {
+            keys.words_for(&members)
+        };
+        let told = !words.is_empty();
+        for (to, word) in words {
+            self.engine.send_member_key(to, word);
+        }
+        for (from, key) in heard {
+            self.install_key(&from, &key);
+        }
+        told
+    }
+
+    /// Hands the media session every key the call's members announced so
+    /// far (its audio just started).
+    fn install_heard_keys(&mut self) {
+        let heard: Vec<(UserId, HeardKey)> = self
+            .call_keys
+            .as_ref()
+            .map(|keys| {
+                keys.all_heard()
+                    .map(|(user, key)| (user.clone(), key.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (from, key) in heard {
+            self.install_key(&from, &key);
+        }
+    }
+
+    /// Hands the media session `from`'s key, if its audio runs and the
+    /// application has key material for `from` (without, its audio does
+    /// not open and the media session says so).
+    fn install_key(&mut self, from: &UserId, (material, announcement): &HeardKey) {
+        let (Some(media), Some(material), Some(flow)) =
+            (self.media.as_mut(), material, self.engine.flow_of(from))
+        else {
+            return;
+        };
+        if let Err(error) = media.add_key(flow, material, from.as_str(), announcement) {
+            e2ee::install_failed(from, &error);
+        }
+    }
+
+    /// A member's audio does not open: the application hears whose.
+    fn tell_key_problem(&mut self, flow: FlowId, problem: KeyProblem) {
+        let member = self
+            .members()
+            .into_iter()
+            .find_map(|(user, member_flow)| (member_flow == flow).then_some(user));
+        if let Some(user_id) = member {
+            self.dispatch
+                .emit(&CallingEvent::MediaKeyProblem { user_id, problem });
         }
     }
 

@@ -8,6 +8,7 @@ struct ReadmeSnippets;
 #[cfg(feature = "dev")]
 pub mod dev;
 mod driver;
+mod e2ee;
 mod media;
 mod media_session;
 mod options;
@@ -24,12 +25,14 @@ pub use audio_device::{AudioFormat, AudioSink, AudioSource};
 pub use audio_pipeline::{JitterStats, VoiceProcessing, VoiceStats};
 pub use calling_api::{
     AudioDeviceKind, CallId, CallType, CallingError, CallingEvent, CallingResult, DeviceId,
-    ElsewhereAnswer, EndReason, ErrorCode, MemberQuality, NetworkQuality, UserId, UserVolume,
+    ElsewhereAnswer, EndReason, ErrorCode, KeyProblem, MemberQuality, NetworkQuality, UserId,
+    UserVolume,
 };
 pub use media::{
     AudioDeviceInfo, AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice,
     UnknownDevice, list_audio_devices,
 };
+pub use media_e2ee::{E2eeError, KeyProvider, MediaKey, MediaKeys};
 pub use options::DEFAULT_DECODER_COMPLEXITY;
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
 pub use quality::{CallStats, LocalStats, MediaTransport, MemberStats};
@@ -111,6 +114,9 @@ pub trait CallingDelegate: Send + Sync + 'static {
     /// Extension (the successor's `onUserNetworkQualityChanged`): the local
     /// user's or a member's network quality changed (at most once a second).
     fn on_network_quality(&self, local: NetworkQuality, remote: &[MemberQuality]) {}
+    /// Extension (end-to-end encrypted audio): a member's audio does not
+    /// decrypt here and plays as silence.
+    fn on_media_key_problem(&self, user_id: &UserId, problem: KeyProblem) {}
 }
 
 struct DelegateListener<D>(D);
@@ -158,6 +164,9 @@ impl<D: CallingDelegate> CallingListener for DelegateListener<D> {
             }
             CallingEvent::NetworkQuality { local, remote } => {
                 delegate.on_network_quality(*local, remote);
+            }
+            CallingEvent::MediaKeyProblem { user_id, problem } => {
+                delegate.on_media_key_problem(user_id, *problem);
             }
             // A newer calling-api may add events this delegate predates.
             _ => {}

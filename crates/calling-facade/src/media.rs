@@ -22,7 +22,8 @@ use audio_pipeline::{
     ReferenceWriter, Resampler, SendPath, VoiceProcessing, VoiceProcessor, VoiceStats,
     echo_reference, packet_ring,
 };
-use calling_api::{AudioDeviceKind, CallingEvent, NetworkQuality};
+use calling_api::{AudioDeviceKind, CallingEvent, KeyProblem, NetworkQuality};
+use media_e2ee::{E2eeError, FrameSealer, KeyAnnouncement, MediaKey};
 use signaling_link::MediaLink;
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
@@ -341,7 +342,6 @@ fn raise(level: &AtomicU8, value: u8) {
     level.fetch_max(value, Ordering::Relaxed);
 }
 
-/// A running call's audio.
 /// What a received datagram asks of the session task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DatagramNews {
@@ -350,9 +350,68 @@ pub(crate) enum DatagramNews {
     SendFeatures,
     /// A network's level may have changed.
     Quality,
+    /// The member on `flow`'s audio does not decrypt (see
+    /// [`Received::KeyProblem`]).
+    KeyProblem {
+        flow: FlowId,
+        problem: KeyProblem,
+    },
     Nothing,
 }
 
+/// How the capture thread seals our audio (end-to-end encryption).
+#[derive(Debug)]
+pub(crate) enum Sealing {
+    /// Not at all: the call is not encrypted end to end.
+    Off,
+    /// With our key for this call.
+    With(Box<FrameSealer>),
+    /// The call is encrypted but we have no key: nothing is sent (never
+    /// our audio in the clear).
+    Impossible,
+}
+
+impl Sealing {
+    /// The most bytes sealing adds to a datagram.
+    fn overhead(&self) -> usize {
+        match self {
+            Self::Off => 0,
+            Self::With(_) | Self::Impossible => media_e2ee::MAX_OVERHEAD,
+        }
+    }
+
+    /// The datagram of `payload` behind `header`, written in `scratch` or
+    /// sealed; none without a key.
+    fn datagram<'a>(
+        &'a mut self,
+        header: &MediaHeader,
+        payload: &[u8],
+        scratch: &'a mut [u8],
+    ) -> Option<&'a [u8]> {
+        match self {
+            Self::Off => {
+                let len = header.encode(payload, scratch).ok()?;
+                Some(&scratch[..len])
+            }
+            // The header as sent (flow 0) is what receivers authenticate.
+            Self::With(sealer) => {
+                let len = header.encode(&[], scratch).ok()?;
+                sealer.seal(&scratch[..len], payload).ok()
+            }
+            Self::Impossible => None,
+        }
+    }
+}
+
+/// A call's switches as it starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallSwitches {
+    pub(crate) muted: bool,
+    pub(crate) hands_free: bool,
+    pub(crate) low_latency: bool,
+}
+
+/// A running call's audio.
 pub(crate) struct CallAudio {
     shared: Arc<Shared>,
     /// What to do with datagrams, what to tell, how to send.
@@ -539,16 +598,24 @@ impl CallAudio {
         devices: &AudioDevices,
         settings: AudioSettings,
         link: Arc<dyn MediaLink>,
-        muted: bool,
-        hands_free: bool,
-        low_latency: bool,
+        switches: CallSwitches,
+        sealing: Sealing,
         notices: &DeviceNotices,
     ) -> Option<Self> {
         let AudioSettings {
             decoder_complexity,
             voice,
         } = settings;
-        let session = MediaSession::new(low_latency, decoder_complexity >= MIN_DRED_COMPLEXITY);
+        let CallSwitches {
+            muted,
+            hands_free,
+            low_latency,
+        } = switches;
+        let session = MediaSession::new(
+            low_latency,
+            decoder_complexity >= MIN_DRED_COMPLEXITY,
+            !matches!(sealing, Sealing::Off),
+        );
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             muted: AtomicBool::new(muted),
@@ -582,7 +649,7 @@ impl CallAudio {
                 .name("opencalling-capture".into())
                 .spawn(move || {
                     let source = open_source(&device, &notices);
-                    capture_loop(source, voice, reference, &*link, &shared);
+                    capture_loop(source, voice, reference, sealing, &*link, &shared);
                 })
                 .ok()?
         };
@@ -673,8 +740,21 @@ impl CallAudio {
                 }
             }
             Received::Quality => DatagramNews::Quality,
+            Received::KeyProblem { flow, problem } => DatagramNews::KeyProblem { flow, problem },
             Received::Nothing => DatagramNews::Nothing,
         }
+    }
+
+    /// Takes a key `sender`, the member on `flow`, announced (see
+    /// [`MediaSession::add_key`]).
+    pub(crate) fn add_key(
+        &mut self,
+        flow: FlowId,
+        material: &MediaKey,
+        sender: &str,
+        announcement: &KeyAnnouncement,
+    ) -> Result<(), E2eeError> {
+        self.session.add_key(flow, material, sender, announcement)
     }
 
     /// What we tell the other members (see [`MediaSession::feedback`]), and
@@ -789,9 +869,13 @@ fn capture_loop(
     mut source: Box<dyn AudioSource>,
     voice: VoiceProcessing,
     reference: Option<ReferenceReader>,
+    mut sealing: Sealing,
     link: &dyn MediaLink,
     shared: &Shared,
 ) {
+    if matches!(sealing, Sealing::Impossible) {
+        warn!("no media key of our own: this call sends no audio");
+    }
     let format = source.format();
     let Ok(mut send) = SendPath::new(
         format.sample_rate,
@@ -851,7 +935,7 @@ fn capture_loop(
         let fits = link
             .max_datagram_size()
             .map_or(audio_pipeline::MAX_PACKET, |max| {
-                max.saturating_sub(MAX_HEADER_LEN)
+                max.saturating_sub(MAX_HEADER_LEN + sealing.overhead())
             });
         send.limit_packet(fits);
         loop {
@@ -877,12 +961,14 @@ fn capture_loop(
                     voice_activity: frame.voice,
                     level_dbov: frame.level_dbov,
                 };
-                if let Ok(len) = header.encode(frame.payload, &mut datagram) {
+                if let Some(whole) = sealing.datagram(&header, frame.payload, &mut datagram) {
                     // A full datagram buffer drops the oldest frame; a closed
                     // connection ends the call on the session task.
-                    let sent = link.send_datagram(bytes::Bytes::copy_from_slice(&datagram[..len]));
+                    let sent = link.send_datagram(bytes::Bytes::copy_from_slice(whole));
                     if sent.is_ok() {
-                        shared.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+                        shared
+                            .bytes_sent
+                            .fetch_add(whole.len() as u64, Ordering::Relaxed);
                     }
                 }
             }

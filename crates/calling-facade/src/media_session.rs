@@ -22,12 +22,19 @@
 //! our audio, the worst loss and jitter of theirs; the server writes in our
 //! round trip and transport), and rate each member's network from what it
 //! said (`quality.rs`).
+//!
+//! End-to-end encrypted audio: each member's packets are opened with the
+//! keys it announced ([`FrameOpener`]) before they go to its jitter
+//! buffer; one that does not open goes nowhere (it plays as silence), and
+//! the glue hears of it once per member until its packets open again
+//! ([`Received::KeyProblem`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use audio_pipeline::{HowToSend, LossMeter, MediaPacket, ReceiverSays, SendPolicy};
-use calling_api::NetworkQuality;
+use calling_api::{KeyProblem, NetworkQuality};
+use media_e2ee::{E2eeError, FrameOpener, KeyAnnouncement, MediaKey, OpenError};
 use signaling_proto::datagram::MAX_HEADER_LEN;
 use signaling_proto::{
     DatagramKind, FlowId, LossReport, MediaHeader, PathQuality, ReceiverFeatures,
@@ -46,6 +53,11 @@ const OUR_WORD: FlowId = FlowId(0);
 /// counts over about 50 packets each, in windows that do not line up) is
 /// taken down by: the noise of such a difference on a clean path.
 const ESTIMATE_NOISE_PERCENT: u8 = 2;
+
+/// How long a member's packets may arrive before its key does without a
+/// word to the application: its announcement travels on the signaling
+/// stream, its first packets beside it.
+const KEY_GRACE: Duration = Duration::from_secs(1);
 
 /// Remote speakers one call can hear at once.
 pub(crate) const MAX_SPEAKERS: usize = 15;
@@ -72,6 +84,10 @@ pub(crate) enum Received {
     /// A word about someone's network (a member's, or ours as the server
     /// measured it): the levels may have changed.
     Quality,
+    /// A member's audio does not open (end-to-end encryption): the first
+    /// such packet for a wrong key, the first after [`KEY_GRACE`] for a
+    /// missing one; then nothing until its packets open again.
+    KeyProblem { flow: FlowId, problem: KeyProblem },
     /// Nothing to do (a report kept, a stray kind, or a datagram that does
     /// not decode).
     Nothing,
@@ -121,10 +137,23 @@ pub(crate) struct MediaSession {
     /// Our own latest word as the server returned it (flow 0), with its
     /// measurements of us in it.
     our_word: Option<Heard>,
+    /// Whether the call's audio is encrypted end to end.
+    encrypted: bool,
+    /// Each member's announced keys.
+    openers: HashMap<FlowId, FrameOpener>,
+    /// Members whose packets do not open: since when, and what was said.
+    key_trouble: HashMap<FlowId, KeyTrouble>,
+}
+
+/// A member whose packets do not open.
+#[derive(Debug)]
+struct KeyTrouble {
+    since: Instant,
+    told: Option<KeyProblem>,
 }
 
 impl MediaSession {
-    pub(crate) fn new(low_latency: bool, decodes_dred: bool) -> Self {
+    pub(crate) fn new(low_latency: bool, decodes_dred: bool, encrypted: bool) -> Self {
         Self {
             speakers: HashMap::new(),
             decodes_dred,
@@ -132,7 +161,25 @@ impl MediaSession {
             reports_of_us: HashMap::new(),
             heard: HashMap::new(),
             our_word: None,
+            encrypted,
+            openers: HashMap::new(),
+            key_trouble: HashMap::new(),
         }
+    }
+
+    /// Takes a key the member on `flow` (`sender`) announced, with the
+    /// application's key material for it.
+    pub(crate) fn add_key(
+        &mut self,
+        flow: FlowId,
+        material: &MediaKey,
+        sender: &str,
+        announcement: &KeyAnnouncement,
+    ) -> Result<(), E2eeError> {
+        self.openers
+            .entry(flow)
+            .or_default()
+            .add_key(material, sender, announcement)
     }
 
     /// A datagram from the server, received at `now`.
@@ -187,13 +234,21 @@ impl MediaSession {
     }
 
     fn on_audio(&mut self, now: Instant, header: &MediaHeader, payload: &[u8]) -> Received {
-        let Some(packet) = MediaPacket::new(
-            now,
-            header.sequence,
-            header.timestamp,
-            header.voice_activity,
-            payload,
-        ) else {
+        let opened = if self.encrypted {
+            match self.open(now, header, payload) {
+                Ok(packet) => packet,
+                Err(problem) => return self.key_trouble(now, header.flow_id, problem),
+            }
+        } else {
+            MediaPacket::new(
+                now,
+                header.sequence,
+                header.timestamp,
+                header.voice_activity,
+                payload,
+            )
+        };
+        let Some(packet) = opened else {
             return Received::Nothing;
         };
         let heard = self.speakers.len();
@@ -220,6 +275,60 @@ impl MediaSession {
             new_speaker,
             packet,
         }
+    }
+
+    /// The Opus packet sealed in an encrypted datagram's `payload`, opened
+    /// with what its sender announced (see `media_e2ee`): the header is
+    /// authenticated as its sender wrote it, with flow id 0.
+    fn open(
+        &mut self,
+        now: Instant,
+        header: &MediaHeader,
+        payload: &[u8],
+    ) -> Result<Option<MediaPacket>, OpenError> {
+        let as_sent = MediaHeader {
+            flow_id: FlowId(0),
+            ..*header
+        };
+        let mut written = [0; MAX_HEADER_LEN];
+        let Ok(len) = as_sent.encode(&[], &mut written) else {
+            return Err(OpenError::Malformed);
+        };
+        let opener = self
+            .openers
+            .get_mut(&header.flow_id)
+            .ok_or(OpenError::MissingKey(0))?;
+        let opus = opener.open(&written[..len], payload)?;
+        self.key_trouble.remove(&header.flow_id);
+        Ok(MediaPacket::new(
+            now,
+            header.sequence,
+            header.timestamp,
+            header.voice_activity,
+            opus,
+        ))
+    }
+
+    /// A packet from `flow` did not open: a missing key is said once it
+    /// has been missing for [`KEY_GRACE`], a wrong one at once; each once
+    /// until the member's packets open again. A packet that is no SFrame
+    /// at all is dropped without a word.
+    fn key_trouble(&mut self, now: Instant, flow: FlowId, error: OpenError) -> Received {
+        let problem = match error {
+            OpenError::MissingKey(_) => KeyProblem::Missing,
+            OpenError::WrongKey => KeyProblem::Wrong,
+            OpenError::Malformed => return Received::Nothing,
+        };
+        let trouble = self.key_trouble.entry(flow).or_insert(KeyTrouble {
+            since: now,
+            told: None,
+        });
+        let due = problem == KeyProblem::Wrong || now.duration_since(trouble.since) >= KEY_GRACE;
+        if !due || trouble.told == Some(problem) {
+            return Received::Nothing;
+        }
+        trouble.told = Some(problem);
+        Received::KeyProblem { flow, problem }
     }
 
     /// Wants 10 ms frames (`true`) or 20 ms ones.
@@ -469,7 +578,7 @@ mod tests {
     #[test]
     fn audio_becomes_packets_per_speaker_stamped_with_now() {
         let start = Instant::now();
-        let mut session = MediaSession::new(false, false);
+        let mut session = MediaSession::new(false, false, false);
         let later = start + Duration::from_millis(20);
         let received = session.handle_datagram(start, &audio(ALICE, 7));
         assert!(matches!(
@@ -504,10 +613,87 @@ mod tests {
         ));
     }
 
+    /// Alice's audio as her SDK seals it and the server relays it: sealed
+    /// behind the header with flow 0, the flow stamped afterwards.
+    fn sealed_audio(sealer: &mut media_e2ee::FrameSealer, sequence: u32) -> Vec<u8> {
+        let header = MediaHeader {
+            kind: DatagramKind::Audio,
+            flow_id: FlowId(0),
+            sequence,
+            timestamp: sequence * 960,
+            voice_activity: true,
+            level_dbov: 30,
+        };
+        let mut written = [0; MAX_HEADER_LEN];
+        let len = header.encode(&[], &mut written).unwrap();
+        let mut datagram = bytes::BytesMut::from(sealer.seal(&written[..len], &[1, 2, 3]).unwrap());
+        assert!(MediaHeader::restamp_flow(&mut datagram, ALICE));
+        datagram.to_vec()
+    }
+
+    #[test]
+    fn sealed_audio_opens_with_the_announced_key_and_problems_are_said_once() {
+        let start = Instant::now();
+        let keys = media_e2ee::MediaKeys::Shared(MediaKey::new([5; 32]).unwrap());
+        let material = keys.key_of("alice").unwrap();
+        let mut sealer = media_e2ee::FrameSealer::new(&keys, "alice", 0).unwrap();
+        let mut session = MediaSession::new(false, false, true);
+        // Before her key: nothing to play, and a word only after the grace.
+        assert!(matches!(
+            session.handle_datagram(start, &sealed_audio(&mut sealer, 1)),
+            Received::Nothing
+        ));
+        let late = start + KEY_GRACE;
+        assert!(matches!(
+            session.handle_datagram(late, &sealed_audio(&mut sealer, 2)),
+            Received::KeyProblem {
+                flow: ALICE,
+                problem: KeyProblem::Missing
+            }
+        ));
+        assert!(matches!(
+            session.handle_datagram(late, &sealed_audio(&mut sealer, 3)),
+            Received::Nothing
+        ));
+        session
+            .add_key(ALICE, &material, "alice", &sealer.announcement())
+            .unwrap();
+        assert!(matches!(
+            session.handle_datagram(late, &sealed_audio(&mut sealer, 4)),
+            Received::Audio { packet, .. } if packet.seq == 4 && packet.payload() == [1, 2, 3]
+        ));
+        // Her next key announced under her material for bob: wrong, said
+        // at once, once.
+        let mut next = media_e2ee::FrameSealer::new(&keys, "alice", 1).unwrap();
+        session
+            .add_key(ALICE, &material, "bob", &next.announcement())
+            .unwrap();
+        assert!(matches!(
+            session.handle_datagram(late, &sealed_audio(&mut next, 5)),
+            Received::KeyProblem {
+                flow: ALICE,
+                problem: KeyProblem::Wrong
+            }
+        ));
+        assert!(matches!(
+            session.handle_datagram(late, &sealed_audio(&mut next, 6)),
+            Received::Nothing
+        ));
+        // Plain audio in an encrypted call plays nowhere.
+        assert!(matches!(
+            session.handle_datagram(late, &audio(ALICE, 7)),
+            Received::Nothing | Received::KeyProblem { .. }
+        ));
+        assert!(!matches!(
+            session.handle_datagram(late, &audio(ALICE, 8)),
+            Received::Audio { .. }
+        ));
+    }
+
     #[test]
     fn losses_of_a_speaker_are_reported_to_it() {
         let start = Instant::now();
-        let mut session = MediaSession::new(false, false);
+        let mut session = MediaSession::new(false, false, false);
         // 100 packets due, every tenth lost.
         for sequence in (0..100).filter(|sequence| sequence % 10 != 5) {
             let at = start + Duration::from_millis(20 * u64::from(sequence));
@@ -530,7 +716,7 @@ mod tests {
     #[test]
     fn reports_set_the_hint_even_before_media() {
         let start = Instant::now();
-        let mut session = MediaSession::new(false, false);
+        let mut session = MediaSession::new(false, false, false);
         assert_eq!(session.reported_loss(), None);
         let unknown = session.encoder_hint();
         assert!(unknown > 0, "a path nobody measured is protected");
@@ -552,7 +738,7 @@ mod tests {
     #[test]
     fn what_members_say_decides_how_we_send() {
         let start = Instant::now();
-        let mut session = MediaSession::new(true, true);
+        let mut session = MediaSession::new(true, true, false);
         session.feedback(start, &[ALICE], None);
         assert!(matches!(
             session.handle_datagram(start, &features(ALICE, dred(true))),
@@ -577,7 +763,7 @@ mod tests {
     #[test]
     fn we_ask_for_dred_while_our_losses_come_in_bursts() {
         let start = Instant::now();
-        let mut session = MediaSession::new(false, true);
+        let mut session = MediaSession::new(false, true, false);
         // Bursts of five lost packets.
         for sequence in (0..400).filter(|sequence| sequence % 20 >= 5) {
             let at = start + Duration::from_millis(20 * u64::from(sequence));
@@ -592,7 +778,7 @@ mod tests {
         };
         let said = asks(&mut session);
         assert!(said.decodes_dred() && said.wants_dred(), "{said:?}");
-        let mut plain = MediaSession::new(false, false);
+        let mut plain = MediaSession::new(false, false, false);
         plain.handle_datagram(start, &audio(ALICE, 1));
         let said = asks(&mut plain);
         assert!(!said.decodes_dred() && !said.wants_dred(), "{said:?}");
@@ -610,7 +796,7 @@ mod tests {
     #[test]
     fn members_and_our_own_network_are_rated() {
         let start = Instant::now();
-        let mut session = MediaSession::new(false, false);
+        let mut session = MediaSession::new(false, false, false);
         assert_eq!(session.member(start, ALICE).quality, None, "never said");
         let said = PathQuality {
             rtt_ms: Some(40),

@@ -11,6 +11,7 @@ pub use signaling_tls::ServerTrust;
 use crate::media::{AudioDevices, CaptureDevice};
 pub use audio_pipeline::DEFAULT_DECODER_COMPLEXITY;
 use audio_pipeline::VoiceProcessing;
+use media_e2ee::{MediaKey, MediaKeys};
 
 /// How long connecting may take unless [`ClientOptions::connect_timeout`]
 /// says otherwise: 5 s, several handshake retransmissions on a lossy path.
@@ -89,6 +90,18 @@ pub struct ClientOptions {
     /// restarted app replace its old session at once instead of counting
     /// as another device until the old one times out.
     pub device_id: Option<DeviceId>,
+    /// End-to-end encryption of the call's audio (an extension, protocol
+    /// version 7): every Opus packet is sealed with a key of this user's
+    /// own, derived from the key material given here, and the server
+    /// relays what it cannot read (docs/security.md). Both sides need it,
+    /// with the same key material for each user: a call between a device
+    /// that encrypts and one that does not is refused
+    /// (`MEDIA_ENCRYPTION_MISMATCH`), never downgraded. A member whose
+    /// audio does not decrypt plays as silence and raises
+    /// [`CallingEvent::MediaKeyProblem`](crate::CallingEvent::MediaKeyProblem).
+    /// `None` (the default): off. Key material is read when a call starts
+    /// (ours) and when a member announces its key (theirs).
+    pub media_encryption: Option<MediaKeys>,
 }
 
 /// Where the server's fallback transport (TCP) is.
@@ -189,6 +202,7 @@ impl Default for ClientOptions {
             low_latency: false,
             voice_processing: None,
             device_id: None,
+            media_encryption: None,
         }
     }
 }
@@ -209,7 +223,9 @@ impl ClientOptions {
     /// (hex SHA-256) or `OPENCALLING_CA_FILE` (PEM), and
     /// `OPENCALLING_FALLBACK` (`host:port` of the TCP fallback, `same` or
     /// `off`), `OPENCALLING_DECODER_COMPLEXITY` (0–10) and
-    /// `OPENCALLING_LOW_LATENCY` (`1` or `0`) and `OPENCALLING_DEVICE_ID`.
+    /// `OPENCALLING_LOW_LATENCY` (`1` or `0`) and `OPENCALLING_DEVICE_ID`,
+    /// and `OPENCALLING_MEDIA_KEY` (end-to-end encryption with one shared
+    /// key: 32 to 128 hex digits).
     /// This is what the shared instance uses.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -248,6 +264,13 @@ impl ClientOptions {
             match DeviceId::new(device) {
                 Ok(device) => options.device_id = Some(device),
                 Err(error) => tracing::warn!(%error, "OPENCALLING_DEVICE_ID ignored"),
+            }
+        }
+        if let Some(key) = lookup("OPENCALLING_MEDIA_KEY") {
+            match MediaKey::from_hex(&key) {
+                Ok(key) => options.media_encryption = Some(MediaKeys::Shared(key)),
+                // The error says what is wrong, never the key.
+                Err(error) => tracing::warn!(%error, "OPENCALLING_MEDIA_KEY ignored"),
             }
         }
         if let Some(low_latency) = lookup("OPENCALLING_LOW_LATENCY") {
@@ -305,6 +328,19 @@ mod tests {
             (name == "OPENCALLING_CA_FILE").then(|| "/etc/ca.pem".into())
         });
         assert_eq!(ca.trust, ServerTrust::CaFile("/etc/ca.pem".into()));
+        assert_eq!(options.media_encryption, None, "off unless asked for");
+        let key = "00112233445566778899aabbccddeeff";
+        let encrypted = ClientOptions::from_lookup(|name| {
+            (name == "OPENCALLING_MEDIA_KEY").then(|| key.into())
+        });
+        assert_eq!(
+            encrypted.media_encryption,
+            Some(MediaKeys::Shared(MediaKey::from_hex(key).unwrap()))
+        );
+        let short = ClientOptions::from_lookup(|name| {
+            (name == "OPENCALLING_MEDIA_KEY").then(|| "0011".into())
+        });
+        assert_eq!(short.media_encryption, None, "a bad key is ignored");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use calling_api::{CallId, CallType, CallingResult};
 use calling_facade::{
-    AudioDevices, CallOptions, ClientOptions, DeviceId, Fallback, ServerTrust, TRTCCalling,
+    AudioDevices, CallOptions, ClientOptions, DeviceId, Fallback, MediaKeys, ServerTrust,
+    TRTCCalling,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -134,6 +135,8 @@ struct OptionsJson {
     echo_cancellation: Option<bool>,
     noise_suppression: Option<bool>,
     auto_gain: Option<bool>,
+    media_key: Option<String>,
+    media_keys: Option<std::collections::HashMap<String, String>>,
 }
 
 fn options(json: &str) -> Result<ClientOptions, i32> {
@@ -200,6 +203,9 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
     voice.noise_suppression = parsed.noise_suppression.unwrap_or(voice.noise_suppression);
     voice.auto_gain = parsed.auto_gain.unwrap_or(voice.auto_gain);
     options.voice_processing = Some(voice);
+    options.media_encryption =
+        MediaKeys::from_hex_settings(parsed.media_key.as_deref(), parsed.media_keys.as_ref())
+            .map_err(|_| OC_ERR_INVALID_ARGUMENT)?;
     Ok(options)
 }
 
@@ -807,6 +813,30 @@ mod tests {
             options(r#"{"echo_cancellation": 1}"#).err(),
             Some(OC_ERR_INVALID_ARGUMENT)
         );
+    }
+
+    #[test]
+    fn end_to_end_encryption_takes_one_shared_key_or_each_users() {
+        let hex = "000102030405060708090a0b0c0d0e0f";
+        let off = options("{}").unwrap_or_else(|code| panic!("{code}"));
+        assert_eq!(off.media_encryption, None);
+        let shared = options(&format!(r#"{{"media_key": "{hex}"}}"#))
+            .unwrap_or_else(|code| panic!("{code}"));
+        assert_eq!(
+            shared.media_encryption,
+            MediaKeys::from_hex_settings(Some(hex), None).unwrap_or_default()
+        );
+        let per_user = options(&format!(r#"{{"media_keys": {{"bob": "{hex}"}}}}"#))
+            .unwrap_or_else(|code| panic!("{code}"));
+        let keys = per_user.media_encryption.expect("on");
+        assert!(keys.key_of("bob").is_some() && keys.key_of("carol").is_none());
+        for bad in [
+            r#"{"media_key": "0011"}"#.to_owned(),
+            format!(r#"{{"media_key": "{hex}", "media_keys": {{"bob": "{hex}"}}}}"#),
+            r#"{"media_keys": {"bob": "xyz"}}"#.to_owned(),
+        ] {
+            assert_eq!(options(&bad).err(), Some(OC_ERR_INVALID_ARGUMENT), "{bad}");
+        }
     }
 
     #[test]

@@ -26,8 +26,8 @@ use signaling_proto::SplitMix64;
 use signaling_proto::frame::{FrameDecoder, decode_payload, frame_to_vec, handshake_version};
 use signaling_proto::{
     ClientMessage, ConnId, Credentials, DatagramKind, DeviceLogin, FlowId, LoginRefusal,
-    LossReport, MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage, Switchboard,
-    SwitchboardConfig, UserSig, check_login,
+    LossReport, MediaEncryption, MediaHeader, PROTOCOL_VERSION, RequestId, ServerMessage,
+    Switchboard, SwitchboardConfig, UserSig, check_login,
 };
 
 fn main() -> ExitCode {
@@ -112,6 +112,7 @@ fn corpus() -> Vec<Vec<u8>> {
             user_id: user("alice"),
             user_sig: "sig".into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         },
         ClientMessage::Invite {
             request_id: RequestId(2),
@@ -130,6 +131,10 @@ fn corpus() -> Vec<Vec<u8>> {
         },
         ClientMessage::Microphone { muted: true },
         ClientMessage::Ping { nonce: u64::MAX },
+        ClientMessage::MemberKey {
+            to: user("bob"),
+            payload: vec![1, 0, 0xaa],
+        },
     ];
     let server = [
         ServerMessage::Invited {
@@ -321,7 +326,7 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
         let pick = |rng: &mut SplitMix64| user(users[rng.below(users.len() as u64) as usize]);
         let request_id = RequestId(rng.below(4) as u32);
         let call_id = known_calls[rng.below(known_calls.len() as u64) as usize];
-        let action = rng.below(14);
+        let action = rng.below(15);
         trace.push(action as u8);
         match action {
             0 => {
@@ -329,9 +334,16 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
                 let device = ["d0", "d1", "d2"]
                     .get(rng.below(4) as usize)
                     .and_then(|name| DeviceId::new(*name).ok());
+                // Devices that encrypt end to end and devices that do not.
+                let media_encryption = if rng.below(4) == 0 {
+                    MediaEncryption::AppKeys
+                } else {
+                    MediaEncryption::None
+                };
                 let login = DeviceLogin {
                     device,
                     max_devices: 1 + rng.below(3) as usize,
+                    media_encryption,
                 };
                 let version = 1 + rng.below(PROTOCOL_VERSION.into()) as u16;
                 switchboard.handle_device_login(now, conn, pick(rng), version, login);
@@ -386,6 +398,14 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
                 let _ = switchboard.handle_resume(now, conn);
             }
             12 => switchboard.handle_expelled(now, conn),
+            13 => switchboard.handle_message(
+                now,
+                conn,
+                ClientMessage::MemberKey {
+                    to: pick(rng),
+                    payload: vec![1; rng.below(1_100) as usize],
+                },
+            ),
             _ => switchboard.handle_message(
                 now,
                 conn,
@@ -395,6 +415,7 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
                     user_id: pick(rng),
                     user_sig: "s".into(),
                     device_id: None,
+                    media_encryption: signaling_proto::MediaEncryption::None,
                 },
             ),
         }

@@ -419,6 +419,7 @@ impl Worker {
                 user_id: user_id.clone(),
                 user_sig: user_sig.into(),
                 device_id: None,
+                media_encryption: signaling_proto::MediaEncryption::None,
             })
             .await
             .map_err(|e| format!("{user}: {e}"))?;

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use calling_api::{CallType, CallingError as SdkError};
 use calling_facade::{
-    AudioDevices, CallOptions, ClientOptions, EventStream, Fallback, ServerTrust, TRTCCalling,
+    AudioDevices, CallOptions, ClientOptions, EventStream, Fallback, MediaKeys, ServerTrust,
+    TRTCCalling,
 };
 use pyo3::exceptions::{PyEOFError, PyException, PyValueError};
 use pyo3::prelude::*;
@@ -83,6 +84,8 @@ impl Calling {
         echo_cancellation = None,
         noise_suppression = None,
         auto_gain = None,
+        media_key = None,
+        media_keys = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -101,6 +104,8 @@ impl Calling {
         echo_cancellation: Option<bool>,
         noise_suppression: Option<bool>,
         auto_gain: Option<bool>,
+        media_key: Option<String>,
+        media_keys: Option<std::collections::HashMap<String, String>>,
     ) -> PyResult<Self> {
         let invalid = |error: String| PyValueError::new_err(error);
         let mut options = ClientOptions::default();
@@ -150,6 +155,9 @@ impl Calling {
         voice.noise_suppression = noise_suppression.unwrap_or(voice.noise_suppression);
         voice.auto_gain = auto_gain.unwrap_or(voice.auto_gain);
         options.voice_processing = Some(voice);
+        options.media_encryption =
+            MediaKeys::from_hex_settings(media_key.as_deref(), media_keys.as_ref())
+                .map_err(|error| invalid(error.to_string()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("opencalling-py")

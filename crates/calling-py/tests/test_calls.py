@@ -72,6 +72,17 @@ async def expect(calling: Calling, callback: str, seconds: float = 10) -> Event:
         return event
 
 
+async def until(calling: Calling, name: str, seconds: float = 10) -> Event:
+    """The first event named `name` (ours) within `seconds`, skipping others."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {name} in time"
+        event = await calling.next_event(left)
+        if event is not None and event.name == name:
+            return event
+
+
 async def loudest_remote(calling: Calling, seconds: float) -> int:
     """The highest level of the remote side reported within `seconds`."""
     loudest = 0
@@ -157,6 +168,41 @@ async def refusals_raise_calling_error(server: Server) -> None:
         raise AssertionError("a closed instance logged in")
     except ValueError:
         pass
+
+
+async def encrypted_calls_are_heard_and_a_plain_device_is_refused(server: Server) -> None:
+    key = "0123456789abcdef" * 4
+    for bad in ({"media_key": "0123"}, {"media_key": key, "media_keys": {"bob": key}}):
+        try:
+            server.client(input="silence", output="null", **bad)
+            raise AssertionError(f"{bad} was accepted")
+        except ValueError:
+            pass
+    alice = server.client(input="tone:440", output="null", media_key=key)
+    # Bob's application has his own key material only.
+    bob = server.client(input="tone:880", output="null", media_keys={"bob-e2ee": key})
+    carol = server.client(input="silence", output="null")
+    await alice.login(server.app, "alice-e2ee", server.sig("alice-e2ee"))
+    await bob.login(server.app, "bob-e2ee", server.sig("bob-e2ee"))
+    await carol.login(server.app, "carol-e2ee", server.sig("carol-e2ee"))
+    try:
+        await alice.call("carol-e2ee")
+        raise AssertionError("an encrypted call rang a plain device")
+    except CallingError as error:
+        assert error.code == 3008, error
+    await alice.call("bob-e2ee")
+    await expect(bob, "onInvited")
+    await bob.accept()
+    await expect(alice, "onUserEnter")
+    heard = await loudest_remote(alice, 2.0)
+    # Bob has no key material for alice: he hears nothing, and is told.
+    problem = await until(bob, "MediaKeyProblem")
+    assert problem.data == {"user_id": "alice-e2ee", "problem": "Missing"}, problem
+    print(f"encrypted: alice heard bob at {heard}")
+    assert heard >= 20, heard
+    await alice.hangup()
+    for calling in (alice, bob, carol):
+        await calling.close()
 
 
 def envelope(path: str, frame_ms: int = 20) -> list:
@@ -278,7 +324,11 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="opencalling-py-") as out:
         server = Server(binary, os.path.join(out, "server"))
         try:
-            for test in (two_users_call_and_hear_each_other, refusals_raise_calling_error):
+            for test in (
+                two_users_call_and_hear_each_other,
+                refusals_raise_calling_error,
+                encrypted_calls_are_heard_and_a_plain_device_is_refused,
+            ):
                 await test(server)
                 print(f"ok: {test.__name__}")
             await a_bot_answers_plays_a_file_and_records(server, speech, out)

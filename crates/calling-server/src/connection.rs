@@ -181,6 +181,7 @@ pub(crate) async fn serve_link<T: Transport>(
         }
     };
     admitted.pre_login.release();
+    let device = shared.device_login(&login);
     let user = login.user;
     let resuming = login.resume.is_some();
     let link_id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
@@ -190,7 +191,7 @@ pub(crate) async fn serve_link<T: Transport>(
         link: link_id,
         user: user.clone(),
         protocol_version: login.protocol_version,
-        device: shared.device_login(login.sdk_app_id, login.device),
+        device,
         resume: login.resume,
         outbox,
         media: Arc::new(link.media.clone()),
@@ -280,11 +281,16 @@ async fn deliver_refusal<T: Transport>(
 /// The server's apps, for the login check.
 impl Shared {
     /// A login's device under its app's number of devices per user.
-    fn device_login(&self, sdk_app_id: u32, device: Option<calling_api::DeviceId>) -> DeviceLogin {
-        let max_devices = self.max_devices.get(&sdk_app_id).copied().unwrap_or(1);
+    fn device_login(&self, login: &AcceptedLogin) -> DeviceLogin {
+        let max_devices = self
+            .max_devices
+            .get(&login.sdk_app_id)
+            .copied()
+            .unwrap_or(1);
         DeviceLogin {
-            device,
+            device: login.device.clone(),
             max_devices,
+            media_encryption: login.media_encryption,
         }
     }
 }

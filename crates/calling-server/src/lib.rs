@@ -716,6 +716,15 @@ impl RunningServer {
         self.relay.counts()
     }
 
+    /// A test hook (feature `relay-tap`, never in a deployment's server):
+    /// from now on a copy of every datagram a client sends that the relay
+    /// forwards, as it forwards it, goes to the receiver returned. What
+    /// the server could read of a call's audio.
+    #[cfg(feature = "relay-tap")]
+    pub fn tap_relay(&self) -> std::sync::mpsc::Receiver<bytes::Bytes> {
+        self.relay.tap()
+    }
+
     /// What the per-connection limits have refused so far.
     pub fn limit_counts(&self) -> LimitCounts {
         self.shared.limit_counters.counts()

@@ -105,6 +105,9 @@ pub(crate) struct MediaRoutes {
     /// In a cluster: each call's members on this node, for what another
     /// node sends once for all of them.
     calls: RwLock<HashMap<CallId, Arc<[ConnId]>>>,
+    /// A test's copy of every datagram forwarded (feature `relay-tap`).
+    #[cfg(feature = "relay-tap")]
+    tap: std::sync::Mutex<Option<std::sync::mpsc::Sender<Bytes>>>,
 }
 
 impl Default for MediaRoutes {
@@ -112,6 +115,8 @@ impl Default for MediaRoutes {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             calls: RwLock::default(),
+            #[cfg(feature = "relay-tap")]
+            tap: std::sync::Mutex::default(),
         }
     }
 }
@@ -220,6 +225,8 @@ impl MediaRoutes {
             stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        #[cfg(feature = "relay-tap")]
+        self.copy_to_tap(&bytes);
         // A loss report or a receiver's features are for the sender they
         // name, nobody else.
         let about = matches!(header.kind, DatagramKind::Report | DatagramKind::Features)
@@ -260,6 +267,24 @@ impl MediaRoutes {
                 &stats.unsendable
             };
             counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(feature = "relay-tap")]
+impl MediaRoutes {
+    /// From now on, a copy of each datagram a member sends, as the relay
+    /// forwards it (stamped), goes to the receiver returned; the one
+    /// before stops.
+    pub(crate) fn tap(&self) -> std::sync::mpsc::Receiver<Bytes> {
+        let (copies, tap) = std::sync::mpsc::channel();
+        *self.tap.lock().unwrap_or_else(PoisonError::into_inner) = Some(copies);
+        tap
+    }
+
+    fn copy_to_tap(&self, datagram: &Bytes) {
+        if let Some(copies) = &*self.tap.lock().unwrap_or_else(PoisonError::into_inner) {
+            let _ = copies.send(datagram.clone());
         }
     }
 }

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use calling_facade::dev::{DevServer, generate_test_user_sig};
 use calling_facade::{
     AudioDevices, CallStats, CallStatus, CallType, CallingError, CallingEvent, CaptureDevice,
-    CertFingerprint, ClientOptions, DeviceId, EndReason, ErrorCode, EventStream, PlaybackDevice,
-    ServerTrust, Signal, TRTCCalling, VoiceProcessing, list_audio_devices,
+    CertFingerprint, ClientOptions, DeviceId, EndReason, ErrorCode, EventStream, MediaKeys,
+    PlaybackDevice, ServerTrust, Signal, TRTCCalling, VoiceProcessing, list_audio_devices,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -55,7 +55,7 @@ struct Cli {
 /// Where the server is and who logs in.
 #[derive(Debug, Args)]
 struct Account {
-    /// A TOML file with any of: dev, server, fingerprint, app, user, usersig, secret_key (flags and the environment win)
+    /// A TOML file with any of: dev, server, fingerprint, app, user, usersig, secret_key, media_key (flags and the environment win)
     #[arg(long, env = "OPENCALLING_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// A development server's data directory: its address, certificate and app
@@ -95,6 +95,16 @@ struct Account {
     /// Which of the user's devices this is, on servers that ring several [default: a new random id]
     #[arg(long, env = "OPENCALLING_DEVICE_ID", value_name = "ID", global = true)]
     device_id: Option<DeviceId>,
+    /// Encrypt calls end to end with this key every user shares (32 to 128
+    /// hex digits); calls with devices that do not are refused
+    #[arg(
+        long,
+        env = "OPENCALLING_MEDIA_KEY",
+        value_name = "HEX",
+        hide_env_values = true,
+        global = true
+    )]
+    media_key: Option<String>,
 }
 
 /// The account settings a `--config` file may hold.
@@ -108,6 +118,7 @@ struct AccountFile {
     user: Option<String>,
     usersig: Option<String>,
     secret_key: Option<String>,
+    media_key: Option<String>,
 }
 
 impl Account {
@@ -134,6 +145,7 @@ impl Account {
         self.user = self.user.or(file.user);
         self.usersig = self.usersig.or(file.usersig);
         self.secret_key = self.secret_key.or(file.secret_key);
+        self.media_key = self.media_key.or(file.media_key);
         Ok(self)
     }
 }
@@ -576,6 +588,8 @@ fn account(
     options.audio = devices;
     options.connect_timeout = Duration::from_secs(account.connect_timeout);
     options.device_id.clone_from(&account.device_id);
+    options.media_encryption = MediaKeys::from_hex_settings(account.media_key.as_deref(), None)
+        .map_err(|error| format!("--media-key: {error}"))?;
     let app = account
         .app
         .or(dev.as_ref().map(|dev| dev.sdk_app_id))

@@ -79,8 +79,8 @@ use calling_api::{
 use tracing::{debug, warn};
 
 use crate::message::{
-    ClientMessage, FlowId, MAX_USER_SIG_LEN, PROTOCOL_VERSION, RequestId, ServerMessage,
-    SessionToken, UserSig, check_invitation,
+    ClientMessage, FlowId, MAX_USER_SIG_LEN, MediaEncryption, PROTOCOL_VERSION, RequestId,
+    ServerMessage, SessionToken, UserSig, check_invitation,
 };
 use crate::resume::Replay;
 use crate::timer::TimerTable;
@@ -291,6 +291,11 @@ pub struct CallEngine {
     credentials: Option<(u32, UserSig)>,
     /// Which of the user's devices this is, named in every login.
     device: Option<DeviceId>,
+    /// How this device encrypts audio end to end, said in every login.
+    media_encryption: MediaEncryption,
+    /// What members of the current call said about their keys, for the
+    /// driver: who, and what.
+    member_keys: VecDeque<(UserId, Vec<u8>)>,
     connection: Connection,
     /// The latest token of a resumable session.
     token: Option<SessionToken>,
@@ -337,6 +342,8 @@ impl CallEngine {
             last_heard: None,
             credentials: None,
             device: None,
+            media_encryption: MediaEncryption::None,
+            member_keys: VecDeque::new(),
             connection: Connection::Up,
             token: None,
             replay: Replay::new(REPLAY_CAPACITY),
@@ -384,6 +391,7 @@ impl CallEngine {
             user_id,
             user_sig: user_sig.into(),
             device_id: self.device.clone(),
+            media_encryption: self.media_encryption,
         });
         Ok(request)
     }
@@ -402,6 +410,7 @@ impl CallEngine {
             user_id: self.me.clone()?,
             user_sig,
             device_id: self.device.clone(),
+            media_encryption: self.media_encryption,
         })
     }
 
@@ -437,6 +446,26 @@ impl CallEngine {
     /// [`ClientMessage::Login`]); `None` names none.
     pub fn set_device(&mut self, device: Option<DeviceId>) {
         self.device = device;
+    }
+
+    /// Says in the logins that follow how this device encrypts audio end
+    /// to end (see [`ClientMessage::Login`]).
+    pub fn set_media_encryption(&mut self, encryption: MediaEncryption) {
+        self.media_encryption = encryption;
+    }
+
+    /// Tells `to`, a member of the current call, something about our
+    /// media keys ([`ClientMessage::MemberKey`]); nothing outside a call.
+    pub fn send_member_key(&mut self, to: UserId, payload: Vec<u8>) {
+        if matches!(self.state, State::InCall { .. }) {
+            self.transmits
+                .push_back(ClientMessage::MemberKey { to, payload });
+        }
+    }
+
+    /// The next word a member of the current call sent about its keys.
+    pub fn poll_member_key(&mut self) -> Option<(UserId, Vec<u8>)> {
+        self.member_keys.pop_front()
     }
 
     /// Turns reconnection on (with these timings) or off. Off, the default,
@@ -498,6 +527,7 @@ impl CallEngine {
                     user_id,
                     user_sig,
                     device_id: self.device.clone(),
+                    media_encryption: self.media_encryption,
                 }
             }
         };
@@ -881,9 +911,22 @@ impl CallEngine {
                 self.end_session(code, code.message().to_owned(), EndReason::Kicked);
                 self.events.push_back(CallingEvent::KickedOffline);
             }
+            ServerMessage::MemberKey {
+                call_id,
+                from,
+                payload,
+            } => self.on_member_key(call_id, from, payload),
             ServerMessage::Pong { .. } => {}
         }
         self.debug_check();
+    }
+
+    /// A member's word about its keys, kept for the driver; one about a
+    /// call we left is of no use.
+    fn on_member_key(&mut self, call_id: CallId, from: UserId, payload: Vec<u8>) {
+        if matches!(self.state, State::InCall { call_id: ours, .. } if ours == call_id) {
+            self.member_keys.push_back((from, payload));
+        }
     }
 
     /// An `Error` without a request: a notice, or the session's end.

@@ -205,6 +205,7 @@ mod tests {
             user_id: UserId::new("alice").unwrap(),
             user_sig: "sig".into(),
             device_id: None,
+            media_encryption: crate::MediaEncryption::None,
         }
     }
 
@@ -257,6 +258,7 @@ mod tests {
             user_id: UserId::new("a").unwrap(),
             user_sig: "x".repeat(MAX_FRAME_LEN).into(),
             device_id: None,
+            media_encryption: crate::MediaEncryption::None,
         };
         let mut out = vec![9];
         assert!(matches!(

@@ -28,8 +28,9 @@ pub use login::{
     AcceptedLogin, Credentials, LoginRefusal, ResumeClaim, check_login, login_account,
 };
 pub use message::{
-    ClientMessage, FlowId, MAX_REDIRECT_SERVER_LEN, MAX_REDIRECT_SERVERS, OLDEST_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, RequestId, ServerMessage, SessionToken, UserSig, usable_redirects,
+    ClientMessage, FlowId, MAX_MEMBER_KEY_LEN, MAX_REDIRECT_SERVER_LEN, MAX_REDIRECT_SERVERS,
+    MediaEncryption, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, RequestId, ServerMessage,
+    SessionToken, UserSig, usable_redirects,
 };
 pub use resume::{Replay, ReplayError};
 pub use rng::SplitMix64;

@@ -16,8 +16,8 @@ use calling_api::{DeviceId, ErrorCode, UserId};
 
 use crate::frame::{FrameError, decode_payload, handshake_version};
 use crate::message::{
-    ClientMessage, MAX_USER_SIG_LEN, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerMessage,
-    SessionToken, UserSig,
+    ClientMessage, MAX_USER_SIG_LEN, MediaEncryption, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ServerMessage, SessionToken, UserSig,
 };
 
 /// What a deployment knows about its apps and their UserSigs.
@@ -47,6 +47,9 @@ pub struct AcceptedLogin {
     /// The device the login names (version 5); `None` for a resume and for
     /// older clients.
     pub device: Option<DeviceId>,
+    /// How the login's device encrypts audio end to end (version 7);
+    /// `None` for a resume (the session keeps its own) and older clients.
+    pub media_encryption: MediaEncryption,
     /// For a [`ClientMessage::Resume`]: the session it claims. Whether that
     /// session exists and the token is its own is for whoever keeps
     /// sessions to judge.
@@ -111,31 +114,60 @@ pub fn login_account(payload: &[u8]) -> Option<(u32, UserId)> {
 }
 
 /// A connection's first frame as a message, in the login layout of its
-/// version: version 5 appended `device_id` to `Login`, so the login of an
-/// older client is read with its four fields and names no device.
+/// version: version 5 appended `device_id` to `Login`, version 7
+/// `media_encryption`, so the login of an older client is read with the
+/// fields its version has, and names no device (below 5) and encrypts
+/// nothing (below 7).
 pub fn decode_first_frame(payload: &[u8]) -> Result<ClientMessage, FrameError> {
     let error = match decode_payload::<ClientMessage>(payload) {
         Ok(message) => return Ok(message),
         Err(error) => error,
     };
-    match handshake_version(payload) {
-        Ok(version) if version < 5 => match decode_payload::<LoginBeforeDevices>(payload) {
-            Ok(LoginBeforeDevices::Login {
+    let older = match handshake_version(payload) {
+        Ok(version) if version < 5 => decode_payload::<LoginBeforeDevices>(payload).map(
+            |LoginBeforeDevices::Login {
+                 protocol_version,
+                 sdk_app_id,
+                 user_id,
+                 user_sig,
+             }| (protocol_version, sdk_app_id, user_id, user_sig, None),
+        ),
+        Ok(version) if version < 7 => decode_payload::<LoginBeforeEncryption>(payload).map(
+            |LoginBeforeEncryption::Login {
+                 protocol_version,
+                 sdk_app_id,
+                 user_id,
+                 user_sig,
+                 device_id,
+             }| (protocol_version, sdk_app_id, user_id, user_sig, device_id),
+        ),
+        _ => return Err(error),
+    };
+    match older {
+        Ok((protocol_version, sdk_app_id, user_id, user_sig, device_id)) => {
+            Ok(ClientMessage::Login {
                 protocol_version,
                 sdk_app_id,
                 user_id,
                 user_sig,
-            }) => Ok(ClientMessage::Login {
-                protocol_version,
-                sdk_app_id,
-                user_id,
-                user_sig,
-                device_id: None,
-            }),
-            Err(_) => Err(error),
-        },
-        _ => Err(error),
+                device_id,
+                media_encryption: MediaEncryption::None,
+            })
+        }
+        Err(_) => Err(error),
     }
+}
+
+/// `ClientMessage::Login` as versions 5 and 6 lay it out.
+#[derive(serde::Deserialize)]
+enum LoginBeforeEncryption {
+    Login {
+        protocol_version: u16,
+        sdk_app_id: u32,
+        user_id: UserId,
+        user_sig: UserSig,
+        device_id: Option<DeviceId>,
+    },
 }
 
 /// `ClientMessage::Login` as versions 1 to 4 lay it out.
@@ -183,47 +215,56 @@ pub fn check_login(
         }
         Err(_) => return Err(not_a_login()),
     }
-    let (protocol_version, sdk_app_id, user_id, user_sig, device, resume) = match decoded {
-        Ok(ClientMessage::Login {
-            protocol_version,
-            sdk_app_id,
-            user_id,
-            user_sig,
-            device_id,
-        }) => (
-            protocol_version,
-            sdk_app_id,
-            user_id,
-            user_sig,
-            device_id,
-            None,
-        ),
-        Ok(ClientMessage::Resume {
-            protocol_version,
-            sdk_app_id,
-            user_id,
-            user_sig,
-            token,
-            received,
-        }) => {
-            if protocol_version < 2 {
-                return Err(LoginRefusal::new(
-                    ErrorCode::PROTOCOL_ERROR,
-                    "resume needs protocol version 2",
-                ));
-            }
-            let claim = ResumeClaim { token, received };
-            (
+    let (protocol_version, sdk_app_id, user_id, user_sig, device, encryption, resume) =
+        match decoded {
+            Ok(ClientMessage::Login {
                 protocol_version,
                 sdk_app_id,
                 user_id,
                 user_sig,
+                device_id,
+                media_encryption,
+            }) => (
+                protocol_version,
+                sdk_app_id,
+                user_id,
+                user_sig,
+                device_id,
+                // An older client cannot mean it, whatever its bytes say.
+                if protocol_version >= 7 {
+                    media_encryption
+                } else {
+                    MediaEncryption::None
+                },
                 None,
-                Some(claim),
-            )
-        }
-        _ => return Err(malformed_login(payload)),
-    };
+            ),
+            Ok(ClientMessage::Resume {
+                protocol_version,
+                sdk_app_id,
+                user_id,
+                user_sig,
+                token,
+                received,
+            }) => {
+                if protocol_version < 2 {
+                    return Err(LoginRefusal::new(
+                        ErrorCode::PROTOCOL_ERROR,
+                        "resume needs protocol version 2",
+                    ));
+                }
+                let claim = ResumeClaim { token, received };
+                (
+                    protocol_version,
+                    sdk_app_id,
+                    user_id,
+                    user_sig,
+                    None,
+                    MediaEncryption::None,
+                    Some(claim),
+                )
+            }
+            _ => return Err(malformed_login(payload)),
+        };
     if !credentials.serves_app(sdk_app_id) {
         return Err(LoginRefusal::new(
             ErrorCode::UNKNOWN_APP,
@@ -242,6 +283,7 @@ pub fn check_login(
         user: user_id,
         protocol_version,
         device,
+        media_encryption: encryption,
         resume,
     })
 }
@@ -317,6 +359,7 @@ mod tests {
             user_id: UserId::new("alice").unwrap(),
             user_sig: sig.into(),
             device_id: None,
+            media_encryption: MediaEncryption::None,
         })
     }
 
@@ -329,7 +372,10 @@ mod tests {
             user_id: UserId::new("alice").unwrap(),
             user_sig: "ok:alice".into(),
             device_id: Some(phone.clone()),
+            media_encryption: MediaEncryption::None,
         });
+        // Version 5's layout: the device id is the last field.
+        let named = named[..named.len() - 1].to_vec();
         let accepted = check_login(&named, &OneApp).unwrap();
         assert_eq!(accepted.device, Some(phone));
         assert_eq!(
@@ -348,6 +394,32 @@ mod tests {
             check_login(&bad_user, &OneApp).map_err(|refusal| refusal.code),
             Err(ErrorCode::INVALID_USER_ID)
         );
+    }
+
+    #[test]
+    fn a_version_7_login_says_how_it_encrypts_and_an_older_one_encrypts_nothing() {
+        let encrypting = |version: u16| {
+            payload(&ClientMessage::Login {
+                protocol_version: version,
+                sdk_app_id: 7,
+                user_id: UserId::new("alice").unwrap(),
+                user_sig: "ok:alice".into(),
+                device_id: None,
+                media_encryption: MediaEncryption::AppKeys,
+            })
+        };
+        let accepted = check_login(&encrypting(7), &OneApp).unwrap();
+        assert_eq!(accepted.media_encryption, MediaEncryption::AppKeys);
+        // Version 6's layout ends at the device id.
+        let v7 = encrypting(6);
+        let accepted = check_login(&v7[..v7.len() - 1], &OneApp).unwrap();
+        assert_eq!(
+            (accepted.protocol_version, accepted.media_encryption),
+            (6, MediaEncryption::None)
+        );
+        // A version-6 client cannot mean the field, whatever its bytes say.
+        let accepted = check_login(&encrypting(6), &OneApp).unwrap();
+        assert_eq!(accepted.media_encryption, MediaEncryption::None);
     }
 
     #[test]

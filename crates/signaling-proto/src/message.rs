@@ -21,8 +21,30 @@ use serde::{Deserialize, Serialize};
 /// login's `device_id` (see [`crate::login::decode_first_frame`] for how a
 /// server reads both layouts) and [`ServerMessage::HandledElsewhere`] (an
 /// older session is told `Cancelled`); 6 adds [`ServerMessage::Redirect`]
-/// (an older client is only refused or closed).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// (an older client is only refused or closed); 7 adds end-to-end
+/// encrypted audio: the login's `media_encryption` (an older login
+/// encrypts nothing), [`ClientMessage::MemberKey`] and
+/// [`ServerMessage::MemberKey`], and `MEDIA_ENCRYPTION_MISMATCH`.
+pub const PROTOCOL_VERSION: u16 = 7;
+
+/// The largest payload of a [`ClientMessage::MemberKey`], in bytes.
+pub const MAX_MEMBER_KEY_LEN: usize = 1024;
+
+/// How a session's audio is encrypted end to end (version 7), named at
+/// login: a call's members all encrypt alike, and the server rings only
+/// the devices that do as the caller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum MediaEncryption {
+    /// Only each hop is encrypted (QUIC, TLS): the server relays audio it
+    /// can read. Every login before version 7.
+    #[default]
+    None,
+    /// Every Opus packet is an SFrame sealed with a key derived from key
+    /// material the application gives its users; keys are announced to
+    /// the members with [`ClientMessage::MemberKey`] (docs/protocol.md,
+    /// "End-to-end encrypted audio").
+    AppKeys,
+}
 
 /// The most addresses one [`ServerMessage::Redirect`] names.
 pub const MAX_REDIRECT_SERVERS: usize = 8;
@@ -143,6 +165,10 @@ pub enum ClientMessage {
         /// session. Absent from the layout of versions 1 to 4, whose
         /// logins name no device.
         device_id: Option<DeviceId>,
+        /// Version 7: how this device encrypts a call's audio end to end.
+        /// Absent from the layout of versions 1 to 6, whose logins
+        /// encrypt nothing.
+        media_encryption: MediaEncryption,
     },
     /// End the session; the server answers with an ack and closes.
     Logout {
@@ -226,6 +252,17 @@ pub enum ClientMessage {
         /// The session's numbered messages received so far.
         received: u64,
     },
+    /// Version 7: a word about our media keys for one other member of our
+    /// call, passed on as [`ServerMessage::MemberKey`]; opaque to the
+    /// server, at most [`MAX_MEMBER_KEY_LEN`] bytes. Not answered: one the
+    /// server cannot deliver (either side not in the same call) goes
+    /// nowhere; a longer one is answered with an `Error` notice.
+    MemberKey {
+        /// The member it is for.
+        to: UserId,
+        /// What it says (docs/protocol.md, "End-to-end encrypted audio").
+        payload: Vec<u8>,
+    },
 }
 
 impl ClientMessage {
@@ -242,7 +279,8 @@ impl ClientMessage {
             | Self::Microphone { .. }
             | Self::Ping { .. }
             | Self::Resume { .. }
-            | Self::Heartbeat { .. } => None,
+            | Self::Heartbeat { .. }
+            | Self::MemberKey { .. } => None,
         }
     }
 
@@ -437,6 +475,16 @@ pub enum ServerMessage {
         /// Where to go.
         servers: Vec<String>,
     },
+    /// Version 7: what a member of your call sent you with
+    /// [`ClientMessage::MemberKey`]. Numbered.
+    MemberKey {
+        /// The call.
+        call_id: CallId,
+        /// The member who sent it.
+        from: UserId,
+        /// What it says, as sent.
+        payload: Vec<u8>,
+    },
 }
 
 impl ServerMessage {
@@ -468,6 +516,7 @@ impl ServerMessage {
             | Self::MemberConnection { call_id, .. }
             | Self::InviteeOffline { call_id, .. }
             | Self::HandledElsewhere { call_id, .. }
+            | Self::MemberKey { call_id, .. }
             | Self::CallEnded { call_id, .. } => Some(*call_id),
             Self::Ack { call_id, .. } => *call_id,
             Self::LoginResult { .. }
@@ -504,6 +553,7 @@ impl ServerMessage {
                 | Self::HeartbeatAck { .. }
                 | Self::MemberConnection { .. }
                 | Self::Redirect { .. }
+                | Self::MemberKey { .. }
         )
     }
 
@@ -535,26 +585,45 @@ mod tests {
         UserId::new(id).unwrap()
     }
 
-    /// The byte-for-byte examples in docs/protocol.md.
+    /// The logins' and `MemberKey`'s byte-for-byte examples in
+    /// docs/protocol.md.
     #[test]
-    fn wire_examples_in_protocol_md() {
+    fn login_and_member_key_examples_in_protocol_md() {
         let login = ClientMessage::Login {
-            protocol_version: 5,
+            protocol_version: 7,
             sdk_app_id: 1_400_000_000,
             user_id: user("alice"),
             user_sig: "sig".into(),
             device_id: Some(DeviceId::new("phone").unwrap()),
+            media_encryption: MediaEncryption::AppKeys,
         };
-        let version_5 = [
-            0, 0, 0, 24, // payload length
+        let version_7 = [
+            0, 0, 0, 25, // payload length
             0,  // variant 0: Login
-            5,  // protocol_version 5
+            7,  // protocol_version 7
             0x80, 0x9c, 0xc9, 0x9b, 0x05, // sdk_app_id 1400000000
             5, b'a', b'l', b'i', b'c', b'e', // user_id
             3, b's', b'i', b'g', // user_sig
             1, 5, b'p', b'h', b'o', b'n', b'e', // device_id Some("phone")
+            1,    // media_encryption: application keys
         ];
-        assert_eq!(frame_to_vec(&login).unwrap(), version_5);
+        assert_eq!(frame_to_vec(&login).unwrap(), version_7);
+        // Versions 5 and 6 end the login at the device id, and encrypt
+        // nothing.
+        let mut version_5 = version_7[..version_7.len() - 1].to_vec();
+        version_5[3] = 24;
+        version_5[5] = 5;
+        assert_eq!(
+            crate::login::decode_first_frame(&version_5[4..]).unwrap(),
+            ClientMessage::Login {
+                protocol_version: 5,
+                sdk_app_id: 1_400_000_000,
+                user_id: user("alice"),
+                user_sig: "sig".into(),
+                device_id: Some(DeviceId::new("phone").unwrap()),
+                media_encryption: MediaEncryption::None,
+            }
+        );
         // Versions 1 to 4 end the login at the UserSig.
         let version_1 = [
             0, 0, 0, 17, // payload length
@@ -569,10 +638,49 @@ mod tests {
                 user_id: user("alice"),
                 user_sig: "sig".into(),
                 device_id: None,
+                media_encryption: MediaEncryption::None,
             }
         );
-        // A version-5 login must carry the field (its `None` is one byte).
+        // A version-5 login must carry the field (its `None` is one byte),
+        // a version-7 login both.
         assert!(crate::login::decode_first_frame(&version_5[4..21]).is_err());
+        assert!(crate::login::decode_first_frame(&version_7[4..28]).is_err());
+        let member_key = ClientMessage::MemberKey {
+            to: user("bob"),
+            payload: vec![1, 0, 0xaa, 0xbb],
+        };
+        assert_eq!(
+            frame_to_vec(&member_key).unwrap(),
+            [
+                0, 0, 0, 10, // payload length
+                10, // variant 10: MemberKey
+                3, b'b', b'o', b'b', // to "bob"
+                4, 1, 0, 0xaa, 0xbb, // payload: 4 bytes
+            ]
+        );
+        let passed_on = ServerMessage::MemberKey {
+            call_id: CallId(7),
+            from: user("alice"),
+            payload: vec![1, 0, 0xaa, 0xbb],
+        };
+        assert_eq!(
+            frame_to_vec(&passed_on).unwrap(),
+            [
+                0, 0, 0, 13, // payload length
+                22, // variant 22: MemberKey
+                7,  // call_id 7
+                5, b'a', b'l', b'i', b'c', b'e', // from "alice"
+                4, 1, 0, 0xaa, 0xbb, // payload: 4 bytes
+            ]
+        );
+        let logged = format!("{login:?}");
+        assert!(!logged.contains("sig\""), "{logged}");
+        assert!(logged.contains("<3 bytes redacted>"), "{logged}");
+    }
+
+    /// The other byte-for-byte examples in docs/protocol.md.
+    #[test]
+    fn wire_examples_in_protocol_md() {
         let invite = ClientMessage::Invite {
             request_id: RequestId(2),
             call_id: None,
@@ -609,9 +717,6 @@ mod tests {
                 2, b'n', b'o', // message
             ]
         );
-        let logged = format!("{login:?}");
-        assert!(!logged.contains("sig\""), "{logged}");
-        assert!(logged.contains("<3 bytes redacted>"), "{logged}");
         let ended = ServerMessage::CallEnded {
             call_id: CallId(7),
             reason: EndReason::Cancelled,

@@ -504,6 +504,7 @@ impl Simulation {
                 let device = DeviceLogin {
                     device: login.device,
                     max_devices: self.max_devices,
+                    media_encryption: login.media_encryption,
                 };
                 self.switchboard.handle_device_login(
                     self.now,

@@ -28,6 +28,7 @@ fn login() -> ClientMessage {
         user_id: UserId::new("alice").unwrap(),
         user_sig: "sig".into(),
         device_id: None,
+        media_encryption: signaling_proto::MediaEncryption::None,
     }
 }
 

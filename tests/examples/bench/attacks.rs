@@ -112,6 +112,7 @@ async fn log_in(
             user_id: UserId::new(user).unwrap(),
             user_sig: sig.into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         };
         client
             .send
@@ -330,6 +331,7 @@ async fn login_storm(server: &DevServer) {
                     user_id: UserId::new("victim").unwrap(),
                     user_sig: "not the victim's usersig".to_owned().into(),
                     device_id: None,
+                    media_encryption: signaling_proto::MediaEncryption::None,
                 };
                 if client.send.send(&guess).await.is_err() {
                     continue;

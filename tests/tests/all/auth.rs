@@ -164,6 +164,7 @@ async fn a_client_of_another_protocol_version_is_told_so() {
             user_id: UserId::new("future").unwrap(),
             user_sig: server.sig("future").into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();
@@ -316,6 +317,7 @@ async fn failed_logins_slow_down_only_their_address() {
             user_id: UserId::new("carol").unwrap(),
             user_sig: server.sig("carol").into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();
@@ -368,6 +370,7 @@ async fn a_parallel_login_storm_gets_no_more_than_a_guess_a_second_per_account()
                     user_id: UserId::new("victim").unwrap(),
                     user_sig: "not the victim's usersig".to_owned().into(),
                     device_id: None,
+                    media_encryption: signaling_proto::MediaEncryption::None,
                 };
                 if client.send.send(&guess).await.is_err() {
                     continue;
@@ -414,6 +417,7 @@ async fn a_parallel_login_storm_gets_no_more_than_a_guess_a_second_per_account()
             user_id: UserId::new("carol").unwrap(),
             user_sig: server.sig("carol").into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();

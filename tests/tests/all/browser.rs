@@ -103,6 +103,7 @@ async fn page_login(server: &TestServer, hash: CertFingerprint, user: &str) -> P
         user_id: UserId::new(user).unwrap(),
         user_sig: server.sig(user).into(),
         device_id: None,
+        media_encryption: signaling_proto::MediaEncryption::None,
     })
     .await;
     let answer = page.recv.recv().await.unwrap();

@@ -323,6 +323,7 @@ async fn login_at(
                     user_id: uid(user),
                     user_sig: sig.into(),
                     device_id: None,
+                    media_encryption: signaling_proto::MediaEncryption::None,
                 })
                 .await
                 .unwrap();
@@ -815,6 +816,7 @@ async fn a_resumable_login_on_a_node_learns_its_session_after_the_answer() {
             user_id: uid("erin"),
             user_sig: node.sig("erin").into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();

@@ -105,6 +105,7 @@ impl ChildServer {
                 user_id: UserId::new(user).unwrap(),
                 user_sig: sig.into(),
                 device_id: None,
+                media_encryption: signaling_proto::MediaEncryption::None,
             })
             .await
             .unwrap();
@@ -281,6 +282,7 @@ impl RawWebSocket {
                 user_id: UserId::new(user).unwrap(),
                 user_sig: sig.into(),
                 device_id: None,
+                media_encryption: signaling_proto::MediaEncryption::None,
             })
             .await;
         let answer = client

@@ -43,6 +43,7 @@ async fn login_from(server: &TestServer, ip: &str, user: &str) -> Result<Duratio
                 user_id: UserId::new(user).unwrap(),
                 user_sig: server.sig(user).into(),
                 device_id: None,
+                media_encryption: signaling_proto::MediaEncryption::None,
             })
             .await
             .map_err(|error| format!("send: {error}"))?;

@@ -221,6 +221,7 @@ async fn a_silent_resumable_client_has_its_connection_closed() {
             user_id: UserId::new("quiet").unwrap(),
             user_sig: server.sig("quiet").into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();
@@ -320,6 +321,7 @@ async fn connections_not_logged_in_have_their_own_cap() {
             user_id: UserId::new("bob").unwrap(),
             user_sig: server.sig("bob").into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();

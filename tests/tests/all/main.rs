@@ -16,6 +16,7 @@ mod cluster_store;
 mod connecting;
 mod descriptors;
 mod devices;
+mod e2ee;
 mod echo;
 mod fairness;
 mod fallback;

@@ -22,6 +22,7 @@ pub async fn raw_login(server: &TestServer, user: &str) -> ClientConnection {
             user_id: UserId::new(user).unwrap(),
             user_sig: server.sig(user).into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();

@@ -294,6 +294,7 @@ async fn raw_v2_login(
             user_id: uid(user),
             user_sig: server.sig(user).into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         })
         .await
         .unwrap();

@@ -536,6 +536,7 @@ impl Cluster {
         let device = DeviceLogin {
             device: Some(calling_api::DeviceId::new(device).unwrap()),
             max_devices,
+            media_encryption: signaling_proto::MediaEncryption::None,
         };
         self.login_as(node, user, signaling_proto::PROTOCOL_VERSION, device)
     }

@@ -117,11 +117,17 @@ class Calling:
         echo_cancellation: Optional[bool] = None,
         noise_suppression: Optional[bool] = None,
         auto_gain: Optional[bool] = None,
+        media_key: Optional[str] = None,
+        media_keys: Optional[Dict[str, str]] = None,
     ) -> None:
         """Voice processing: each switch left as None is on for the system
         microphone and off for files, tones and silence. `device_id` names
         this device of the user (1-64 of a-z A-Z 0-9 - _) on servers that
-        ring several; None: a random one, kept for the instance's life."""
+        ring several; None: a random one, kept for the instance's life.
+        End-to-end encrypted audio: `media_key`, one key every user shares
+        (32 to 128 hex digits), or `media_keys`, each user's key by user id;
+        None of both: off. A call between a device that encrypts and one
+        that does not is refused (code 3008)."""
         self._native = _native.Calling(
             server,
             fingerprint=fingerprint,
@@ -138,6 +144,8 @@ class Calling:
             echo_cancellation=echo_cancellation,
             noise_suppression=noise_suppression,
             auto_gain=auto_gain,
+            media_key=media_key,
+            media_keys=media_keys,
         )
         self._closed = False
 

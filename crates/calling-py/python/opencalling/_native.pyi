@@ -1,6 +1,6 @@
 """Type stubs of the extension module (crates/calling-py/src/lib.rs)."""
 
-from typing import Optional
+from typing import Dict, Optional
 
 __version__: str
 
@@ -26,6 +26,8 @@ class Calling:
         echo_cancellation: Optional[bool] = ...,
         noise_suppression: Optional[bool] = ...,
         auto_gain: Optional[bool] = ...,
+        media_key: Optional[str] = ...,
+        media_keys: Optional[Dict[str, str]] = ...,
     ) -> None: ...
     def login(self, sdk_app_id: int, user_id: str, user_sig: str) -> None: ...
     def logout(self) -> None: ...

@@ -151,10 +151,12 @@ impl Switchboard {
         let call_id = CallId(u64::from(self.config.node_id) << 32 | u64::from(self.next_call));
         self.next_call = self.next_call.wrapping_add(1).max(1);
         let flow = self.allocate_flow();
+        let encryption = self.encryption_of(conn);
         self.calls.insert(
             call_id,
             Call {
                 call_type,
+                encryption,
                 members: BTreeMap::from([(me.clone(), Member { flow, conn })]),
                 pending: BTreeMap::new(),
             },

@@ -84,6 +84,12 @@ impl Switchboard {
                 "you are in a call on another device",
             ));
         }
+        let encryption = self
+            .sessions
+            .get(&conn)
+            .and_then(|session| self.calls.get(&session.call?))
+            .map_or_else(|| self.encryption_of(conn), |call| call.encryption);
+        self.check_encryption(encryption, &invitees)?;
         let (call_id, answers_glare) = match self.sessions.get(&conn).and_then(|s| s.call) {
             Some(call_id) => {
                 let glare =
@@ -244,13 +250,16 @@ impl Switchboard {
             user_data,
         } = ringing;
         let deadline = now + timeout;
+        let Some(encryption) = self.calls.get(&call_id).map(|call| call.encryption) else {
+            return bug("ringing into a missing call");
+        };
         let mut rung = Vec::new();
         let mut waiting = Vec::new();
         let mut unreachable = Vec::new();
         let mut any_busy = false;
         for user in invitees {
             let online = self.presence.is_online(&user);
-            let offline = match self.availability(&user) {
+            let offline = match self.availability(&user, encryption) {
                 Ok(offline) => offline,
                 Err(outcome) => {
                     let answer = if outcome == InvitationOutcome::Busy {
@@ -292,14 +301,7 @@ impl Switchboard {
                 debug!(%user, %call_id, "invitee offline: the invitation waits for it");
                 self.offline_invited.insert(user.clone(), call_id);
             } else {
-                // Every device that keeps up with its messages rings.
-                for conn in self.presence.sessions_of(&user).to_vec() {
-                    if let Some(session) = self.sessions.get_mut(&conn)
-                        && !session.congested
-                    {
-                        session.call = Some(call_id);
-                    }
-                }
+                self.ring_devices(&user, call_id, encryption);
             }
             if let Some(inviter_session) = self.sessions.get_mut(&inviter_conn) {
                 inviter_session.ringing_out += 1;
@@ -336,6 +338,19 @@ impl Switchboard {
             EndReason::NoResponse
         };
         self.end_if_nobody_left(call_id, reason);
+    }
+
+    /// Every device of `user` that keeps up with its messages and
+    /// encrypts as the call does rings.
+    fn ring_devices(&mut self, user: &UserId, call_id: CallId, encryption: MediaEncryption) {
+        for conn in self.presence.sessions_of(user).to_vec() {
+            if let Some(session) = self.sessions.get_mut(&conn)
+                && !session.congested
+                && session.encryption == encryption
+            {
+                session.call = Some(call_id);
+            }
+        }
     }
 
     /// Tells a version-4 inviter which invitees are offline, their
@@ -396,10 +411,15 @@ impl Switchboard {
         }
     }
 
-    /// Whether `user` may ring now: `Ok(offline)`, or why not. Busy: in a
-    /// call or ringing on any device, or no device keeps up with its
+    /// Whether `user` may ring now for a call that encrypts as
+    /// `encryption`: `Ok(offline)`, or why not. Busy: in a call or ringing
+    /// on any device, or no device that encrypts alike keeps up with its
     /// messages.
-    pub(super) fn availability(&mut self, user: &UserId) -> Result<bool, InvitationOutcome> {
+    pub(super) fn availability(
+        &mut self,
+        user: &UserId,
+        encryption: MediaEncryption,
+    ) -> Result<bool, InvitationOutcome> {
         let sessions: Vec<&Session> = self
             .presence
             .sessions_of(user)
@@ -418,7 +438,11 @@ impl Switchboard {
         if sessions.iter().any(|session| session.call.is_some()) {
             return Err(InvitationOutcome::Busy);
         }
-        if sessions.iter().all(|session| session.congested) {
+        if sessions
+            .iter()
+            .filter(|session| session.encryption == encryption)
+            .all(|session| session.congested)
+        {
             self.counters.invitees_congested += 1;
             return Err(InvitationOutcome::Busy);
         }

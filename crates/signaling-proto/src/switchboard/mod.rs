@@ -32,11 +32,13 @@ use tracing::{debug, error, trace};
 use crate::call_event::{CallEvent, InvitationOutcome};
 use crate::limit::TokenBucket;
 use crate::message::{
-    ClientMessage, FlowId, PROTOCOL_VERSION, RequestId, ServerMessage, check_invitation,
+    ClientMessage, FlowId, MAX_MEMBER_KEY_LEN, MediaEncryption, PROTOCOL_VERSION, RequestId,
+    ServerMessage, check_invitation,
 };
 use crate::timer::TimerTable;
 
 mod calls;
+mod e2ee;
 mod invariants;
 mod invitations;
 mod presence;
@@ -119,13 +121,18 @@ pub struct DeviceLogin {
     pub device: Option<DeviceId>,
     /// How many sessions the user may have at once (0 counts as 1).
     pub max_devices: usize,
+    /// How the device encrypts a call's audio end to end (version 7): an
+    /// invitation rings only the devices that encrypt as its call does.
+    pub media_encryption: MediaEncryption,
 }
 
 impl DeviceLogin {
-    /// A login that names no device, under the one-device rule.
+    /// A login that names no device, under the one-device rule, and
+    /// encrypts nothing end to end.
     pub const ONE_DEVICE: Self = Self {
         device: None,
         max_devices: 1,
+        media_encryption: MediaEncryption::None,
     };
 }
 
@@ -262,6 +269,9 @@ struct Session {
     /// The glue says messages pile up for it: invitations to it are
     /// answered busy rather than queued.
     congested: bool,
+    /// How it encrypts audio end to end: it is rung only by calls that
+    /// encrypt alike.
+    encryption: MediaEncryption,
 }
 
 #[derive(Debug)]
@@ -313,6 +323,9 @@ pub struct SessionSummary {
 #[derive(Debug)]
 struct Call {
     call_type: CallType,
+    /// How every member's device encrypts its audio end to end: the
+    /// caller's, at the call's start.
+    encryption: MediaEncryption,
     members: BTreeMap<UserId, Member>,
     pending: BTreeMap<UserId, Invitation>,
 }
@@ -518,6 +531,7 @@ impl Switchboard {
                 ),
             },
             ClientMessage::Microphone { muted } => self.set_microphone(conn, muted),
+            ClientMessage::MemberKey { to, payload } => self.pass_member_key(conn, me, to, payload),
             ClientMessage::Ping { nonce } => self.send(conn, ServerMessage::Pong { nonce }),
             // Heartbeats count messages, which is the glue's bookkeeping
             // (see `crate::resume`); it answers them itself.

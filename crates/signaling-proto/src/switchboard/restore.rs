@@ -29,6 +29,7 @@ impl Switchboard {
             let DeviceLogin {
                 device,
                 max_devices,
+                media_encryption,
             } = restored.device_login;
             for old in self.replaced_by_login(&restored.user, device.as_ref(), max_devices) {
                 self.kick_session(old, Departure::Kicked);
@@ -66,6 +67,7 @@ impl Switchboard {
                     invitation_budget: TokenBucket::new(per_minute / 60.0, per_minute),
                     ringing_out: 0,
                     congested: false,
+                    encryption: media_encryption,
                 },
             );
         }
@@ -135,10 +137,16 @@ impl Switchboard {
                 session.call = Some(call_id);
             }
         }
+        // Its members encrypt alike: they could not have met otherwise.
+        let encryption = self
+            .sessions
+            .get(&present[0].2)
+            .map_or(MediaEncryption::None, |session| session.encryption);
         self.calls.insert(
             call_id,
             Call {
                 call_type,
+                encryption,
                 members,
                 pending: BTreeMap::new(),
             },

@@ -39,6 +39,7 @@ impl Switchboard {
         let DeviceLogin {
             device,
             max_devices,
+            media_encryption,
         } = login;
         if self.sessions.contains_key(&conn) {
             self.send_error(
@@ -67,6 +68,7 @@ impl Switchboard {
                 invitation_budget: TokenBucket::new(per_minute / 60.0, per_minute),
                 ringing_out: 0,
                 congested: false,
+                encryption: media_encryption,
             },
         );
         self.send(
@@ -136,7 +138,8 @@ impl Switchboard {
         let Some(user) = self.user_of(conn).cloned() else {
             return;
         };
-        let call_id = match self.offline_invited.remove(&user) {
+        let waiting_offline = self.offline_invited.get(&user).copied();
+        let call_id = match waiting_offline {
             Some(call_id) => call_id,
             None => {
                 let rung_elsewhere = self.presence.sessions_of(&user).iter().find_map(|other| {
@@ -156,6 +159,22 @@ impl Switchboard {
         };
         let Some(call) = self.calls.get(&call_id) else {
             return bug("a waiting invitation outlived its call");
+        };
+        if call.encryption != self.encryption_of(conn) {
+            debug!(%user, %call_id, "a waiting invitation does not ring a device that encrypts otherwise");
+            if waiting_offline.is_some() {
+                // Nowhere left to ring: it ends as one nobody answered.
+                self.timers.cancel(&Timer::Invitation {
+                    call_id,
+                    invitee: user.clone(),
+                });
+                self.expire_invitation(call_id, user);
+            }
+            return;
+        }
+        self.offline_invited.remove(&user);
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
         };
         let Some(invitation) = call.pending.get(&user) else {
             return bug("a waiting invitation is not pending in its call");

@@ -323,6 +323,7 @@ fn told_to_the_laptop(laptop_version: u16, accept: bool) -> (CallId, Vec<ServerM
     let two = |device: &str| DeviceLogin {
         device: DeviceId::new(device).ok(),
         max_devices: 2,
+        media_encryption: signaling_proto::MediaEncryption::None,
     };
     let (alice, phone, laptop) = (ConnId(1), ConnId(2), ConnId(3));
     switchboard.handle_device_login(now, alice, user("alice"), PROTOCOL_VERSION, two("a"));

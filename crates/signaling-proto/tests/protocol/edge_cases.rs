@@ -337,6 +337,7 @@ fn a_client_of_another_protocol_version_is_told_so() {
         user_id: user("future"),
         user_sig: Simulation::user_sig("future").into(),
         device_id: None,
+        media_encryption: signaling_proto::MediaEncryption::None,
     };
     sim.send_raw("future", frame_to_vec(&login).unwrap());
     sim.settle();

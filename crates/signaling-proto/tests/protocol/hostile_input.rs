@@ -16,6 +16,7 @@ fn valid_frames() -> Vec<u8> {
             user_id: user("alice"),
             user_sig: "sig".into(),
             device_id: None,
+            media_encryption: signaling_proto::MediaEncryption::None,
         },
         ClientMessage::Invite {
             request_id: RequestId(1),

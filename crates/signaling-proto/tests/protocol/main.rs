@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod devices;
+mod e2ee;
 mod edge_cases;
 mod hostile_input;
 mod operator;
