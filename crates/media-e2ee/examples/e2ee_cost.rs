@@ -138,7 +138,7 @@ fn main() {
         let added = 1 + counter_bytes + media_e2ee::TAG_LEN;
         let kbps = f64::from(u32::try_from(added * 8 * 50).unwrap()) / 1000.0;
         println!(
-            "{added} B/packet {lasts}: {kbps:.1} kbit/s, {:.1} % of a 32 kbit/s stream",
+            "{added} B/packet {lasts}: {kbps:.1} kbit/s, +{:.1} % on a 32 kbit/s stream",
             100.0 * kbps / 32.0
         );
     }
