@@ -1117,9 +1117,6 @@ impl<T: Transport> Driver<T> {
                     self.media_stopping.push(media.stop());
                 }
                 self.flow_users.clear();
-                if let Some(keys) = self.call_keys.as_mut() {
-                    keys.end_call();
-                }
             }
             _ => {}
         }
@@ -1127,7 +1124,8 @@ impl<T: Transport> Driver<T> {
 
     /// End-to-end encryption, each step: the members' words about their
     /// keys go to the media session, and each member of the call who has
-    /// not heard of our key for it is told. Whether words went out.
+    /// not heard of our key for it is told; out of a call, the last call's
+    /// keys are forgotten. Whether words went out.
     fn exchange_keys(&mut self) -> bool {
         let Some(keys) = self.call_keys.as_mut() else {
             return false;
@@ -1138,14 +1136,14 @@ impl<T: Transport> Driver<T> {
                 heard.push((from, key));
             }
         }
-        let members: Vec<UserId> = match self.engine.status() {
-            EngineStatus::InCall { members, .. } => members.into_iter().collect(),
-            _ => Vec::new(),
-        };
-        let words = if members.is_empty() {
-            Vec::new()
-        } else {
-            keys.words_for(&members)
+        let words = match self.engine.status() {
+            EngineStatus::InCall { members, .. } => {
+                keys.words_for(&members.into_iter().collect::<Vec<_>>())
+            }
+            _ => {
+                keys.end_call();
+                Vec::new()
+            }
         };
         let told = !words.is_empty();
         for (to, word) in words {
