@@ -572,6 +572,34 @@ mod tests {
         }
     }
 
+    /// Whatever arrives, opening answers with an error, never a panic: every
+    /// length up to 80 bytes, random bytes and sealed frames cut short.
+    #[test]
+    fn any_bytes_are_an_error_never_a_panic() {
+        let keys = shared();
+        let mut sealer = FrameSealer::new(&keys, "alice", 0).unwrap();
+        let mut opener = opener_for(&keys, "alice", &sealer);
+        let sealed = sealer.seal(HEADER, &[7; 40]).unwrap()[HEADER.len()..].to_vec();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..80 {
+            for _ in 0..50 {
+                let garbage: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        (state >> 56) as u8
+                    })
+                    .collect();
+                assert!(opener.open(HEADER, &garbage).is_err());
+            }
+            if len < sealed.len() {
+                assert!(opener.open(HEADER, &sealed[..len]).is_err(), "cut at {len}");
+            }
+        }
+        assert!(opener.open(HEADER, &sealed).is_ok());
+    }
+
     #[test]
     fn keys_of_one_sender_live_side_by_side_until_their_id_comes_back() {
         let keys = shared();

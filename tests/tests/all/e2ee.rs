@@ -225,3 +225,56 @@ async fn a_wrong_or_missing_key_plays_silence_and_says_so() {
     assert!(carol_level < 1e-3, "carol hears silence: {carol_level}");
     assert!(alice_level > 0.01, "alice hears carol: {alice_level}");
 }
+
+/// The loudest level `listener` reported for `speaker` within `within`.
+async fn loudest(listener: &mut User, speaker: &str, within: Duration) -> u8 {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut loudest = 0;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, listener.events.recv()).await {
+        if let CallingEvent::UserVoiceVolume { user_volumes, .. } = event {
+            for volume in user_volumes {
+                if volume.user_id.as_str() == speaker {
+                    loudest = loudest.max(volume.volume);
+                }
+            }
+        }
+    }
+    loudest
+}
+
+/// Across two nodes of a cluster: the key words cross from node to node
+/// through the control, the sealed audio through the node trunk, and each
+/// member hears the other; a device that does not encrypt is refused there
+/// too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_calls_cross_cluster_nodes() {
+    let cluster = crate::cluster::TestCluster::start("e2ee-cluster", 2).await;
+    let tone = |frequency: f32, options: &mut calling_facade::ClientOptions| {
+        options.audio = calling_facade::AudioDevices {
+            capture: CaptureDevice::Synthetic(audio_device::Signal::Tone {
+                frequency,
+                amplitude: 0.3,
+            }),
+            playback: PlaybackDevice::Null,
+        };
+        options.media_encryption = Some(shared_key(9));
+    };
+    let mut alice_options = cluster.nodes[0].options();
+    tone(440.0, &mut alice_options);
+    let mut alice = cluster.nodes[0].user_with("alice", alice_options).await;
+    let mut bob_options = cluster.nodes[1].options();
+    tone(880.0, &mut bob_options);
+    let mut bob = cluster.nodes[1].user_with("bob", bob_options).await;
+    let _carol = cluster.nodes[1].user("carol").await;
+    let refused = alice.calling.call("carol", CallType::Audio).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::MEDIA_ENCRYPTION_MISMATCH);
+    connect(&mut alice, &mut bob).await;
+    let (alice_hears, bob_hears) = tokio::join!(
+        loudest(&mut alice, "bob", Duration::from_secs(3)),
+        loudest(&mut bob, "alice", Duration::from_secs(3))
+    );
+    assert!(
+        alice_hears >= 20 && bob_hears >= 20,
+        "alice hears bob at {alice_hears}, bob alice at {bob_hears}"
+    );
+}
