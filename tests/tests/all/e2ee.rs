@@ -266,7 +266,11 @@ async fn encrypted_calls_cross_cluster_nodes() {
     tone(880.0, &mut bob_options);
     let mut bob = cluster.nodes[1].user_with("bob", bob_options).await;
     let _carol = cluster.nodes[1].user("carol").await;
-    let refused = alice.calling.call("carol", CallType::Audio).await.unwrap_err();
+    let refused = alice
+        .calling
+        .call("carol", CallType::Audio)
+        .await
+        .unwrap_err();
     assert_eq!(refused.code, ErrorCode::MEDIA_ENCRYPTION_MISMATCH);
     connect(&mut alice, &mut bob).await;
     let (alice_hears, bob_hears) = tokio::join!(
