@@ -13,7 +13,7 @@ use calling_facade::{CaptureDevice, KeyProvider, MediaKey, MediaKeys, PlaybackDe
 use opencalling_tests::speech::{fixture, match_speech};
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
 
-use crate::audio::{ONE_AT_A_TIME, record_path, speech_both_ways, user_with_options};
+use crate::audio::{ONE_AT_A_TIME, record_path, speech_both_ways_while_alone, user_with_options};
 use crate::support::*;
 
 fn shared_key(byte: u8) -> MediaKeys {
@@ -44,11 +44,14 @@ fn eavesdrop(payloads: &BTreeMap<u32, Vec<u8>>, path: &Path) {
     reason = "the measured figures, for the log of a test run"
 )]
 async fn overheard(server: &TestServer, keys: Option<MediaKeys>) -> Vec<(FlowId, f64)> {
+    // The analysis below takes seconds of CPU: not beside another audio
+    // test's real-time threads.
+    let _alone = ONE_AT_A_TIME.lock().await;
     let tap = server.server.tap_relay();
     let encrypt = |options: &mut calling_facade::ClientOptions| {
         options.media_encryption.clone_from(&keys);
     };
-    speech_both_ways(server, encrypt, encrypt).await;
+    speech_both_ways_while_alone(server, encrypt, encrypt).await;
     let mut flows: BTreeMap<FlowId, BTreeMap<u32, Vec<u8>>> = BTreeMap::new();
     for datagram in tap.try_iter() {
         let (header, payload) = MediaHeader::decode(&datagram).unwrap();
@@ -248,6 +251,8 @@ async fn loudest(listener: &mut User, speaker: &str, within: Duration) -> u8 {
 /// too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_calls_cross_cluster_nodes() {
+    // Its audio threads run for seconds: not beside the speech tests'.
+    let _alone = ONE_AT_A_TIME.lock().await;
     let cluster = crate::cluster::TestCluster::start("e2ee-cluster", 2).await;
     let tone = |frequency: f32, options: &mut calling_facade::ClientOptions| {
         options.audio = calling_facade::AudioDevices {
