@@ -175,7 +175,10 @@ fn ci() -> Result {
     // seconds of speech analysis: in the parallel run they moved the
     // speech tests over the fallback beside the heaviest cluster tests,
     // which then heard 0.51–0.68 (four runs of four; the same run without
-    // them passed, and alone they hear 0.96).
+    // them passed once, and alone they hear 0.96). Without them the next
+    // run failed one again (0.67): the two speech tests over the fallback
+    // run in the busy-core step below instead, where the load beside them
+    // is the same every time.
     let mut tests = run_tests(tools.apply(&mut cargo()).args([
         "test",
         "--workspace",
@@ -187,6 +190,11 @@ fn ci() -> Result {
         "echo::",
         "--skip",
         "e2ee::",
+        // Below, beside a busy loop on every core, on their own.
+        "--skip",
+        "fallback::speech_crosses_a_call_whose_members_both_use_the_fallback",
+        "--skip",
+        "fallback::a_quic_member_and_a_tcp_member_share_a_call",
     ]))?;
     let one_at_a_time = run_tests(tools.apply(&mut cargo()).args([
         "test",
