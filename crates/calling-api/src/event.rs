@@ -216,6 +216,21 @@ pub enum CallingEvent {
         /// What is wrong.
         problem: KeyProblem,
     },
+    /// Extension (end-to-end encrypted audio with built-in keys): a
+    /// member's identity key, once per member and call, as its safety
+    /// number with this device. Two people who read the same number on
+    /// their screens know that nobody stands between their devices.
+    /// `changed`: this device knew other identity keys of that user, and
+    /// not this one (a new device or a reinstalled app of theirs, or
+    /// someone in between: worth comparing the number again).
+    MemberIdentity {
+        /// The member.
+        user_id: UserId,
+        /// 60 digits in twelve groups of five, the same on both devices.
+        safety_number: String,
+        /// A key other than those known for that user before.
+        changed: bool,
+    },
 }
 
 /// Why a member's end-to-end encrypted audio does not decrypt.
@@ -312,7 +327,8 @@ impl CallingEvent {
             | Self::InviteeOffline { .. }
             | Self::HandledElsewhere { .. }
             | Self::NetworkQuality { .. }
-            | Self::MediaKeyProblem { .. } => {
+            | Self::MediaKeyProblem { .. }
+            | Self::MemberIdentity { .. } => {
                 return None;
             }
         })
@@ -381,6 +397,14 @@ impl std::fmt::Display for CallingEvent {
             }
             Self::MediaKeyProblem { user_id, problem } => {
                 write!(f, "MediaKeyProblem({user_id}: {problem})")
+            }
+            Self::MemberIdentity {
+                user_id,
+                safety_number,
+                changed,
+            } => {
+                let changed = if *changed { ", changed" } else { "" };
+                write!(f, "MemberIdentity({user_id}: {safety_number}{changed})")
             }
         }
     }

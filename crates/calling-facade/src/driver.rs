@@ -43,6 +43,7 @@ use crate::media::{
 use crate::quality::{CallStats, MediaTransport, MemberStats};
 use crate::status::SessionStatus;
 use crate::{ClientOptions, Dispatch, Fallback, ReconnectPolicy};
+use media_e2ee::MediaKeys;
 
 pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
 
@@ -508,10 +509,10 @@ pub(crate) async fn start(
     engine.set_mic_mute(devices.mic_muted);
     engine.set_reconnect(options.reconnect.map(|policy| policy.timings()));
     engine.set_device(Some(login.device));
-    engine.set_media_encryption(if options.media_encryption.is_some() {
-        MediaEncryption::AppKeys
-    } else {
-        MediaEncryption::None
+    engine.set_media_encryption(match &options.media_encryption {
+        None => MediaEncryption::None,
+        Some(MediaKeys::BuiltIn(_)) => MediaEncryption::BuiltIn,
+        Some(MediaKeys::Shared(_) | MediaKeys::PerUser(_)) => MediaEncryption::AppKeys,
     });
     let call_keys = match &options.media_encryption {
         Some(keys) => Some(CallKeys::new(keys.clone(), UserId::new(login.user_id)?)),
@@ -1123,8 +1124,9 @@ impl<T: Transport> Driver<T> {
     }
 
     /// End-to-end encryption, each step: the members' words about their
-    /// keys go to the media session, and each member of the call who has
-    /// not heard of our key for it is told; out of a call, the last call's
+    /// keys go to the media session, each member of the call is told what
+    /// it lacks of ours, a new key of ours goes to the capture thread and
+    /// identity events to the application; out of a call, the last call's
     /// keys are forgotten. Whether words went out.
     fn exchange_keys(&mut self) -> bool {
         let Some(keys) = self.call_keys.as_mut() else {
@@ -1145,6 +1147,13 @@ impl<T: Transport> Driver<T> {
                 Vec::new()
             }
         };
+        // Our new key is sealed with once the members have it.
+        if let (Some(media), Some(sealer)) = (self.media.as_ref(), keys.take_next_sealer()) {
+            media.next_sealer(sealer, Instant::now() + e2ee::ROTATION_OVERLAP);
+        }
+        for event in keys.take_news() {
+            self.dispatch.emit(&event);
+        }
         let told = !words.is_empty();
         for (to, word) in words {
             self.engine.send_member_key(to, word);
@@ -1182,7 +1191,7 @@ impl<T: Transport> Driver<T> {
             return;
         };
         if let Err(error) = media.add_key(flow, material, from.as_str(), announcement) {
-            e2ee::install_failed(from, &error);
+            warn!(%from, %error, "cannot take a member's media key");
         }
     }
 

@@ -32,7 +32,7 @@ pub use media::{
     AudioDeviceInfo, AudioDevices, CaptureDevice, CustomSink, CustomSource, PlaybackDevice,
     UnknownDevice, list_audio_devices,
 };
-pub use media_e2ee::{E2eeError, KeyProvider, MediaKey, MediaKeys};
+pub use media_e2ee::{E2eeError, Identity, IdentityKey, KeyProvider, MediaKey, MediaKeys};
 pub use options::DEFAULT_DECODER_COMPLEXITY;
 pub use options::{ClientOptions, DEFAULT_CONNECT_TIMEOUT, Fallback, ReconnectPolicy, ServerTrust};
 pub use quality::{CallStats, LocalStats, MediaTransport, MemberStats};
@@ -117,6 +117,10 @@ pub trait CallingDelegate: Send + Sync + 'static {
     /// Extension (end-to-end encrypted audio): a member's audio does not
     /// decrypt here and plays as silence.
     fn on_media_key_problem(&self, user_id: &UserId, problem: KeyProblem) {}
+    /// Extension (end-to-end encrypted audio with built-in keys): a
+    /// member's safety number with this device, once per member and call;
+    /// `changed` when that user's identity key is not one known before.
+    fn on_member_identity(&self, user_id: &UserId, safety_number: &str, changed: bool) {}
 }
 
 struct DelegateListener<D>(D);
@@ -168,6 +172,11 @@ impl<D: CallingDelegate> CallingListener for DelegateListener<D> {
             CallingEvent::MediaKeyProblem { user_id, problem } => {
                 delegate.on_media_key_problem(user_id, *problem);
             }
+            CallingEvent::MemberIdentity {
+                user_id,
+                safety_number,
+                changed,
+            } => delegate.on_member_identity(user_id, safety_number, *changed),
             // A newer calling-api may add events this delegate predates.
             _ => {}
         }

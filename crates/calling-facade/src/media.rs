@@ -403,6 +403,32 @@ impl Sealing {
     }
 }
 
+/// How the capture thread seals: as now, and with the next key from its
+/// time on.
+struct SealingChanges {
+    now: Sealing,
+    next: std::sync::mpsc::Receiver<(Instant, Box<FrameSealer>)>,
+    waiting: Option<(Instant, Box<FrameSealer>)>,
+}
+
+impl SealingChanges {
+    /// The sealing of the frame about to be sent.
+    fn current(&mut self) -> &mut Sealing {
+        while let Ok(next) = self.next.try_recv() {
+            self.waiting = Some(next);
+        }
+        if self
+            .waiting
+            .as_ref()
+            .is_some_and(|(from, _)| Instant::now() >= *from)
+            && let Some((_, sealer)) = self.waiting.take()
+        {
+            self.now = Sealing::With(sealer);
+        }
+        &mut self.now
+    }
+}
+
 /// A call's switches as it starts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallSwitches {
@@ -421,6 +447,9 @@ pub(crate) struct CallAudio {
     /// Rings of newly heard flows, for the playout thread to add, in order:
     /// the n-th ring sent is speaker slot n there.
     new_speakers: std::sync::mpsc::Sender<PacketReceiver>,
+    /// Our next keys' sealers for the capture thread, each with the time
+    /// it starts sealing.
+    next_sealers: std::sync::mpsc::Sender<(Instant, Box<FrameSealer>)>,
     threads: Vec<JoinHandle<()>>,
     /// What we send, read at each feedback.
     sent: Bitrate,
@@ -639,6 +668,7 @@ impl CallAudio {
             (None, None)
         };
         let (new_speakers, speaker_inbox) = std::sync::mpsc::channel();
+        let (next_sealers, sealer_inbox) = std::sync::mpsc::channel();
         // Devices, codecs and jitter buffers are made on the threads, not
         // on the session task that calls this.
         let capture = {
@@ -649,6 +679,11 @@ impl CallAudio {
                 .name("opencalling-capture".into())
                 .spawn(move || {
                     let source = open_source(&device, &notices);
+                    let sealing = SealingChanges {
+                        now: sealing,
+                        next: sealer_inbox,
+                        waiting: None,
+                    };
                     capture_loop(source, voice, reference, sealing, &*link, &shared);
                 })
                 .ok()?
@@ -678,6 +713,7 @@ impl CallAudio {
             session,
             rings: Vec::new(),
             new_speakers,
+            next_sealers,
             threads: vec![capture, playout],
             sent: Bitrate::default(),
         })
@@ -755,6 +791,13 @@ impl CallAudio {
         announcement: &KeyAnnouncement,
     ) -> Result<(), E2eeError> {
         self.session.add_key(flow, material, sender, announcement)
+    }
+
+    /// From `from` on, the capture thread seals with `sealer` (our new
+    /// key, which the members received first).
+    pub(crate) fn next_sealer(&self, sealer: Box<FrameSealer>, from: Instant) {
+        // A capture thread that ended has nothing more to seal.
+        let _ = self.next_sealers.send((from, sealer));
     }
 
     /// What we tell the other members (see [`MediaSession::feedback`]), and
@@ -869,11 +912,11 @@ fn capture_loop(
     mut source: Box<dyn AudioSource>,
     voice: VoiceProcessing,
     reference: Option<ReferenceReader>,
-    mut sealing: Sealing,
+    mut sealing: SealingChanges,
     link: &dyn MediaLink,
     shared: &Shared,
 ) {
-    if matches!(sealing, Sealing::Impossible) {
+    if matches!(sealing.now, Sealing::Impossible) {
         warn!("no media key of our own: this call sends no audio");
     }
     let format = source.format();
@@ -935,7 +978,7 @@ fn capture_loop(
         let fits = link
             .max_datagram_size()
             .map_or(audio_pipeline::MAX_PACKET, |max| {
-                max.saturating_sub(MAX_HEADER_LEN + sealing.overhead())
+                max.saturating_sub(MAX_HEADER_LEN + sealing.now.overhead())
             });
         send.limit_packet(fits);
         loop {
@@ -961,7 +1004,11 @@ fn capture_loop(
                     voice_activity: frame.voice,
                     level_dbov: frame.level_dbov,
                 };
-                if let Some(whole) = sealing.datagram(&header, frame.payload, &mut datagram) {
+                if let Some(whole) =
+                    sealing
+                        .current()
+                        .datagram(&header, frame.payload, &mut datagram)
+                {
                     // A full datagram buffer drops the oldest frame; a closed
                     // connection ends the call on the session task.
                     let sent = link.send_datagram(bytes::Bytes::copy_from_slice(whole));

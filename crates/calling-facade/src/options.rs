@@ -1,6 +1,7 @@
 //! The SDK's options: where the server is, how to trust it, the audio
 //! devices, timings; from code or from the environment.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use calling_api::DeviceId;
@@ -11,7 +12,7 @@ pub use signaling_tls::ServerTrust;
 use crate::media::{AudioDevices, CaptureDevice};
 pub use audio_pipeline::DEFAULT_DECODER_COMPLEXITY;
 use audio_pipeline::VoiceProcessing;
-use media_e2ee::{MediaKey, MediaKeys};
+use media_e2ee::{Identity, MediaKey, MediaKeys};
 
 /// How long connecting may take unless [`ClientOptions::connect_timeout`]
 /// says otherwise: 5 s, several handshake retransmissions on a lossy path.
@@ -101,6 +102,14 @@ pub struct ClientOptions {
     /// [`CallingEvent::MediaKeyProblem`](crate::CallingEvent::MediaKeyProblem).
     /// `None` (the default): off. Key material is read when a call starts
     /// (ours) and when a member announces its key (theirs).
+    ///
+    /// [`MediaKeys::BuiltIn`] needs no key material: each device has an
+    /// identity key ([`Identity`](crate::Identity), best kept in a file
+    /// with [`Identity::load_or_create`](crate::Identity::load_or_create)),
+    /// each sender draws its keys and sends them to each member sealed to
+    /// that member's identity key, new ones whenever a member leaves or
+    /// joins, and the application hears each member's safety number
+    /// ([`CallingEvent::MemberIdentity`](crate::CallingEvent::MemberIdentity)).
     pub media_encryption: Option<MediaKeys>,
 }
 
@@ -225,7 +234,9 @@ impl ClientOptions {
     /// `off`), `OPENCALLING_DECODER_COMPLEXITY` (0–10) and
     /// `OPENCALLING_LOW_LATENCY` (`1` or `0`) and `OPENCALLING_DEVICE_ID`,
     /// and `OPENCALLING_MEDIA_KEY` (end-to-end encryption with one shared
-    /// key: 32 to 128 hex digits).
+    /// key: 32 to 128 hex digits) or `OPENCALLING_MEDIA_IDENTITY`
+    /// (end-to-end encryption with built-in keys: the file of this
+    /// device's identity, made if missing; it wins over a key).
     /// This is what the shared instance uses.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -271,6 +282,14 @@ impl ClientOptions {
                 Ok(key) => options.media_encryption = Some(MediaKeys::Shared(key)),
                 // The error says what is wrong, never the key.
                 Err(error) => tracing::warn!(%error, "OPENCALLING_MEDIA_KEY ignored"),
+            }
+        }
+        if let Some(path) = lookup("OPENCALLING_MEDIA_IDENTITY") {
+            match Identity::load_or_create(std::path::Path::new(&path)) {
+                Ok(identity) => {
+                    options.media_encryption = Some(MediaKeys::BuiltIn(Arc::new(identity)));
+                }
+                Err(error) => tracing::warn!(%error, "OPENCALLING_MEDIA_IDENTITY ignored"),
             }
         }
         if let Some(low_latency) = lookup("OPENCALLING_LOW_LATENCY") {

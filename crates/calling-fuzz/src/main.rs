@@ -335,10 +335,10 @@ fn fuzz_switchboard(rng: &mut SplitMix64, _: &[Vec<u8>]) -> Vec<u8> {
                     .get(rng.below(4) as usize)
                     .and_then(|name| DeviceId::new(*name).ok());
                 // Devices that encrypt end to end and devices that do not.
-                let media_encryption = if rng.below(4) == 0 {
-                    MediaEncryption::AppKeys
-                } else {
-                    MediaEncryption::None
+                let media_encryption = match rng.below(8) {
+                    0 => MediaEncryption::AppKeys,
+                    1 => MediaEncryption::BuiltIn,
+                    _ => MediaEncryption::None,
                 };
                 let login = DeviceLogin {
                     device,

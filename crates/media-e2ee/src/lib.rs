@@ -11,6 +11,13 @@ use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
 use sframe::key::{DecryptionKey, EncryptionKey};
 use zeroize::Zeroizing;
 
+mod identity;
+
+pub use identity::{
+    BuiltInWord, IDENTITY_KEY_LEN, IDENTITY_WORD_LEN, Identity, IdentityKey, KEY_WORD_LEN, Meeting,
+    SCHEME_BUILT_IN, SENDER_KEY_LEN, SafetyNumber, SenderKey,
+};
+
 /// The SFrame cipher suite of every sealed frame: AES-128-GCM, a 16-byte
 /// tag, HKDF-SHA256 (RFC 9605's `AES_128_GCM_SHA256_128`, 0x0004).
 pub const CIPHER_SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
@@ -41,7 +48,7 @@ pub const SCHEME_APP_KEYS: u8 = 1;
 /// Bytes of a [`KeyAnnouncement`] on the wire.
 pub const ANNOUNCEMENT_LEN: usize = 2 + SALT_LEN;
 
-const SALT_LEN: usize = 16;
+pub(crate) const SALT_LEN: usize = 16;
 
 /// Bytes of a base key: AES-128's.
 const BASE_KEY_LEN: usize = 16;
@@ -79,6 +86,14 @@ pub enum E2eeError {
         user: String,
         /// What is wrong with it.
         error: Box<E2eeError>,
+    },
+    /// The identity's file cannot be read, written or understood.
+    #[error("the media identity in {path}: {error}")]
+    IdentityFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        error: String,
     },
     /// The SFrame layer refused (a counter exhausted, a derivation failed).
     #[error("SFrame: {0}")]
@@ -139,7 +154,7 @@ impl MediaKey {
         Self::new(std::mem::take(&mut *bytes))
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
@@ -168,7 +183,8 @@ pub trait KeyProvider: Send + Sync {
 }
 
 /// Where the key material comes from: one key for everyone, or one per
-/// user from the application (as LiveKit's key provider). Either way each
+/// user from the application (as LiveKit's key provider), or keys the SDK
+/// makes itself and seals to each member's identity key. Either way each
 /// sender's frames are sealed with a key of its own (see the crate docs).
 #[derive(Clone)]
 pub enum MediaKeys {
@@ -176,6 +192,10 @@ pub enum MediaKeys {
     Shared(MediaKey),
     /// Each user's own key, which every member of its calls must hold.
     PerUser(Arc<dyn KeyProvider>),
+    /// Built in: each sender draws its keys and sends them to each member
+    /// sealed to that member's identity key; the application holds no key
+    /// material and compares safety numbers.
+    BuiltIn(Arc<Identity>),
 }
 
 /// Each user's key material, fixed in advance (a binding's options, a
@@ -230,11 +250,13 @@ impl MediaKeys {
         }
     }
 
-    /// The key material of `user_id`.
+    /// The application's key material of `user_id` (none when the keys
+    /// are built in).
     pub fn key_of(&self, user_id: &str) -> Option<MediaKey> {
         match self {
             Self::Shared(key) => Some(key.clone()),
             Self::PerUser(provider) => provider.key_of(user_id),
+            Self::BuiltIn(_) => None,
         }
     }
 }
@@ -244,6 +266,7 @@ impl std::fmt::Debug for MediaKeys {
         match self {
             Self::Shared(key) => f.debug_tuple("Shared").field(key).finish(),
             Self::PerUser(_) => f.write_str("PerUser(..)"),
+            Self::BuiltIn(identity) => f.debug_tuple("BuiltIn").field(identity).finish(),
         }
     }
 }
@@ -253,6 +276,7 @@ impl PartialEq for MediaKeys {
         match (self, other) {
             (Self::Shared(one), Self::Shared(other)) => one == other,
             (Self::PerUser(one), Self::PerUser(other)) => Arc::ptr_eq(one, other),
+            (Self::BuiltIn(one), Self::BuiltIn(other)) => Arc::ptr_eq(one, other),
             _ => false,
         }
     }
@@ -303,7 +327,7 @@ impl KeyAnnouncement {
 }
 
 /// A length for ring's HKDF output.
-struct Length(usize);
+pub(crate) struct Length(pub(crate) usize);
 
 impl hkdf::KeyType for Length {
     fn len(&self) -> usize {

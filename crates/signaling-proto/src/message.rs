@@ -44,6 +44,10 @@ pub enum MediaEncryption {
     /// the members with [`ClientMessage::MemberKey`] (docs/protocol.md,
     /// "End-to-end encrypted audio").
     AppKeys,
+    /// Every Opus packet is an SFrame sealed with a key its sender drew;
+    /// keys go to each member sealed to that member's identity key, with
+    /// [`ClientMessage::MemberKey`] (docs/protocol.md, "Built-in keys").
+    BuiltIn,
 }
 
 /// The most addresses one [`ServerMessage::Redirect`] names.
