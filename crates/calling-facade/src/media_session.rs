@@ -690,6 +690,45 @@ mod tests {
         ));
     }
 
+    /// A rotation as the SDK makes one: the new key arrives while the old
+    /// one still seals, the switch comes later, and a late old-key frame
+    /// crosses the first new-key ones. Every frame plays: a rotation costs
+    /// no frame at all.
+    #[test]
+    fn every_frame_around_a_key_rotation_opens() {
+        let start = Instant::now();
+        let keys = media_e2ee::SenderKey::random(0).unwrap();
+        let next = media_e2ee::SenderKey::random(1).unwrap();
+        let sealer_of = |key: &media_e2ee::SenderKey| {
+            media_e2ee::FrameSealer::announced(&key.material, "alice", key.announcement).unwrap()
+        };
+        let (mut old, mut new) = (sealer_of(&keys), sealer_of(&next));
+        let mut session = MediaSession::new(false, false, true);
+        session
+            .add_key(ALICE, &keys.material, "alice", &keys.announcement)
+            .unwrap();
+        let mut arrivals: Vec<Vec<u8>> = (0..50).map(|seq| sealed_audio(&mut old, seq)).collect();
+        let after: Vec<Vec<u8>> = (50..80).map(|seq| sealed_audio(&mut new, seq)).collect();
+        let late_old = arrivals.pop().unwrap();
+        arrivals.extend_from_slice(&after[..2]);
+        arrivals.push(late_old);
+        arrivals.extend_from_slice(&after[2..]);
+        let mut played = 0;
+        for (at, datagram) in arrivals.iter().enumerate() {
+            if at == 25 {
+                session
+                    .add_key(ALICE, &next.material, "alice", &next.announcement)
+                    .unwrap();
+            }
+            let now = start + Duration::from_millis(20 * at as u64);
+            match session.handle_datagram(now, datagram) {
+                Received::Audio { .. } => played += 1,
+                other => panic!("frame {at}: {other:?}"),
+            }
+        }
+        assert_eq!(played, 80);
+    }
+
     #[test]
     fn losses_of_a_speaker_are_reported_to_it() {
         let start = Instant::now();

@@ -137,6 +137,7 @@ struct OptionsJson {
     auto_gain: Option<bool>,
     media_key: Option<String>,
     media_keys: Option<std::collections::HashMap<String, String>>,
+    media_identity: Option<std::path::PathBuf>,
 }
 
 fn options(json: &str) -> Result<ClientOptions, i32> {
@@ -203,9 +204,12 @@ fn options(json: &str) -> Result<ClientOptions, i32> {
     voice.noise_suppression = parsed.noise_suppression.unwrap_or(voice.noise_suppression);
     voice.auto_gain = parsed.auto_gain.unwrap_or(voice.auto_gain);
     options.voice_processing = Some(voice);
-    options.media_encryption =
-        MediaKeys::from_hex_settings(parsed.media_key.as_deref(), parsed.media_keys.as_ref())
-            .map_err(|_| OC_ERR_INVALID_ARGUMENT)?;
+    options.media_encryption = MediaKeys::from_settings(
+        parsed.media_key.as_deref(),
+        parsed.media_keys.as_ref(),
+        parsed.media_identity.as_deref(),
+    )
+    .map_err(|_| OC_ERR_INVALID_ARGUMENT)?;
     Ok(options)
 }
 
@@ -816,7 +820,7 @@ mod tests {
     }
 
     #[test]
-    fn end_to_end_encryption_takes_one_shared_key_or_each_users() {
+    fn end_to_end_encryption_takes_one_shared_key_each_users_or_an_identity() {
         let hex = "000102030405060708090a0b0c0d0e0f";
         let off = options("{}").unwrap_or_else(|code| panic!("{code}"));
         assert_eq!(off.media_encryption, None);
@@ -824,16 +828,26 @@ mod tests {
             .unwrap_or_else(|code| panic!("{code}"));
         assert_eq!(
             shared.media_encryption,
-            MediaKeys::from_hex_settings(Some(hex), None).unwrap_or_default()
+            MediaKeys::from_settings(Some(hex), None, None).unwrap_or_default()
         );
         let per_user = options(&format!(r#"{{"media_keys": {{"bob": "{hex}"}}}}"#))
             .unwrap_or_else(|code| panic!("{code}"));
         let keys = per_user.media_encryption.expect("on");
         assert!(keys.key_of("bob").is_some() && keys.key_of("carol").is_none());
+        let file = std::env::temp_dir().join(format!("oc-ffi-identity-{}", std::process::id()));
+        let built_in = options(&format!(r#"{{"media_identity": {:?}}}"#, file.display()))
+            .unwrap_or_else(|code| panic!("{code}"));
+        assert!(matches!(
+            built_in.media_encryption,
+            Some(MediaKeys::BuiltIn(_))
+        ));
+        assert!(file.exists(), "the identity is made where asked");
+        let _ = std::fs::remove_file(&file);
         for bad in [
             r#"{"media_key": "0011"}"#.to_owned(),
             format!(r#"{{"media_key": "{hex}", "media_keys": {{"bob": "{hex}"}}}}"#),
             r#"{"media_keys": {"bob": "xyz"}}"#.to_owned(),
+            format!(r#"{{"media_key": "{hex}", "media_identity": "/tmp/x"}}"#),
         ] {
             assert_eq!(options(&bad).err(), Some(OC_ERR_INVALID_ARGUMENT), "{bad}");
         }

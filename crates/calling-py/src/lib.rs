@@ -86,6 +86,7 @@ impl Calling {
         auto_gain = None,
         media_key = None,
         media_keys = None,
+        media_identity = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -106,6 +107,7 @@ impl Calling {
         auto_gain: Option<bool>,
         media_key: Option<String>,
         media_keys: Option<std::collections::HashMap<String, String>>,
+        media_identity: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let invalid = |error: String| PyValueError::new_err(error);
         let mut options = ClientOptions::default();
@@ -155,9 +157,12 @@ impl Calling {
         voice.noise_suppression = noise_suppression.unwrap_or(voice.noise_suppression);
         voice.auto_gain = auto_gain.unwrap_or(voice.auto_gain);
         options.voice_processing = Some(voice);
-        options.media_encryption =
-            MediaKeys::from_hex_settings(media_key.as_deref(), media_keys.as_ref())
-                .map_err(|error| invalid(error.to_string()))?;
+        options.media_encryption = MediaKeys::from_settings(
+            media_key.as_deref(),
+            media_keys.as_ref(),
+            media_identity.as_deref(),
+        )
+        .map_err(|error| invalid(error.to_string()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("opencalling-py")

@@ -203,6 +203,37 @@ async def encrypted_calls_are_heard_and_a_plain_device_is_refused(server: Server
     await alice.hangup()
     for calling in (alice, bob, carol):
         await calling.close()
+    await built_in_keys_give_both_sides_one_safety_number(server)
+
+
+async def built_in_keys_give_both_sides_one_safety_number(server: Server) -> None:
+    with tempfile.TemporaryDirectory(prefix="opencalling-identity-") as folder:
+        dave = server.client(
+            input="tone:440", output="null", media_identity=os.path.join(folder, "dave")
+        )
+        erin = server.client(
+            input="tone:880", output="null", media_identity=os.path.join(folder, "erin")
+        )
+        assert os.path.exists(os.path.join(folder, "dave")), "the identity file is made"
+        await dave.login(server.app, "dave-e2ee", server.sig("dave-e2ee"))
+        await erin.login(server.app, "erin-e2ee", server.sig("erin-e2ee"))
+        await dave.call("erin-e2ee")
+        await expect(erin, "onInvited")
+        await erin.accept()
+        await expect(dave, "onUserEnter")
+        on_dave = await until(dave, "MemberIdentity")
+        on_erin = await until(erin, "MemberIdentity")
+        assert on_dave.data["user_id"] == "erin-e2ee", on_dave
+        assert on_dave.data["changed"] is False, on_dave
+        number = on_dave.data["safety_number"]
+        assert number == on_erin.data["safety_number"], (on_dave, on_erin)
+        assert len(number.replace(" ", "")) == 60 and number.replace(" ", "").isdigit()
+        heard = await loudest_remote(dave, 2.0)
+        print(f"built-in keys: dave heard erin at {heard}, safety number {number}")
+        assert heard >= 20, heard
+        await dave.hangup()
+        for calling in (dave, erin):
+            await calling.close()
 
 
 def envelope(path: str, frame_ms: int = 20) -> list:

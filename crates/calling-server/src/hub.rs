@@ -399,6 +399,10 @@ impl HubIo {
                 let Some(outbox) = self.outboxes.get(&link) else {
                     return;
                 };
+                #[cfg(feature = "relay-tap")]
+                if let ServerMessage::MemberKey { from, payload, .. } = &message {
+                    self.routes.copy_word(from, payload);
+                }
                 match outbox.try_send(Outbound::Message(message)) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => core.handle_stuck(now, link),

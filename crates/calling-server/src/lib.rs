@@ -718,11 +718,22 @@ impl RunningServer {
 
     /// A test hook (feature `relay-tap`, never in a deployment's server):
     /// from now on a copy of every datagram a client sends that the relay
-    /// forwards, as it forwards it, goes to the receiver returned. What
-    /// the server could read of a call's audio.
+    /// forwards, as it forwards it, with when, goes to the receiver
+    /// returned. What the server could read of a call's audio.
     #[cfg(feature = "relay-tap")]
-    pub fn tap_relay(&self) -> std::sync::mpsc::Receiver<bytes::Bytes> {
+    pub fn tap_relay(&self) -> std::sync::mpsc::Receiver<(std::time::Instant, bytes::Bytes)> {
         self.relay.tap()
+    }
+
+    /// A test hook (feature `relay-tap`): from now on a copy of every
+    /// member's key word (`MemberKey`) this server passes on to a client
+    /// of its own, with when and its sender, goes to the receiver
+    /// returned. What the server could read of a call's keys.
+    #[cfg(feature = "relay-tap")]
+    pub fn tap_member_keys(
+        &self,
+    ) -> std::sync::mpsc::Receiver<(std::time::Instant, calling_api::UserId, Vec<u8>)> {
+        self.relay.tap_words()
     }
 
     /// What the per-connection limits have refused so far.

@@ -97,6 +97,10 @@ struct Shard {
     stats: RelayStats,
 }
 
+/// Where a test's copies of the members' key words go: sender, payload.
+#[cfg(feature = "relay-tap")]
+type WordCopies = std::sync::mpsc::Sender<(std::time::Instant, calling_api::UserId, Vec<u8>)>;
+
 /// Routes of every connection in a call, shared by the hub and the
 /// connection tasks.
 #[derive(Debug)]
@@ -107,7 +111,11 @@ pub(crate) struct MediaRoutes {
     calls: RwLock<HashMap<CallId, Arc<[ConnId]>>>,
     /// A test's copy of every datagram forwarded (feature `relay-tap`).
     #[cfg(feature = "relay-tap")]
-    tap: std::sync::Mutex<Option<std::sync::mpsc::Sender<Bytes>>>,
+    tap: std::sync::Mutex<Option<std::sync::mpsc::Sender<(std::time::Instant, Bytes)>>>,
+    /// A test's copy of every member's key word passed on (feature
+    /// `relay-tap`): who sent it, its payload.
+    #[cfg(feature = "relay-tap")]
+    word_tap: std::sync::Mutex<Option<WordCopies>>,
 }
 
 impl Default for MediaRoutes {
@@ -117,6 +125,8 @@ impl Default for MediaRoutes {
             calls: RwLock::default(),
             #[cfg(feature = "relay-tap")]
             tap: std::sync::Mutex::default(),
+            #[cfg(feature = "relay-tap")]
+            word_tap: std::sync::Mutex::default(),
         }
     }
 }
@@ -274,9 +284,9 @@ impl MediaRoutes {
 #[cfg(feature = "relay-tap")]
 impl MediaRoutes {
     /// From now on, a copy of each datagram a member sends, as the relay
-    /// forwards it (stamped), goes to the receiver returned; the one
-    /// before stops.
-    pub(crate) fn tap(&self) -> std::sync::mpsc::Receiver<Bytes> {
+    /// forwards it (stamped), with when, goes to the receiver returned;
+    /// the one before stops.
+    pub(crate) fn tap(&self) -> std::sync::mpsc::Receiver<(std::time::Instant, Bytes)> {
         let (copies, tap) = std::sync::mpsc::channel();
         *self.tap.lock().unwrap_or_else(PoisonError::into_inner) = Some(copies);
         tap
@@ -284,7 +294,23 @@ impl MediaRoutes {
 
     fn copy_to_tap(&self, datagram: &Bytes) {
         if let Some(copies) = &*self.tap.lock().unwrap_or_else(PoisonError::into_inner) {
-            let _ = copies.send(datagram.clone());
+            let _ = copies.send((std::time::Instant::now(), datagram.clone()));
+        }
+    }
+
+    /// From now on, a copy of each member's key word the server passes
+    /// on, with when, goes to the receiver returned; the one before stops.
+    pub(crate) fn tap_words(
+        &self,
+    ) -> std::sync::mpsc::Receiver<(std::time::Instant, calling_api::UserId, Vec<u8>)> {
+        let (copies, tap) = std::sync::mpsc::channel();
+        *self.word_tap.lock().unwrap_or_else(PoisonError::into_inner) = Some(copies);
+        tap
+    }
+
+    pub(crate) fn copy_word(&self, from: &calling_api::UserId, payload: &[u8]) {
+        if let Some(copies) = &*self.word_tap.lock().unwrap_or_else(PoisonError::into_inner) {
+            let _ = copies.send((std::time::Instant::now(), from.clone(), payload.to_vec()));
         }
     }
 }

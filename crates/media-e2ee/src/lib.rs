@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use ring::hkdf;
@@ -76,9 +77,10 @@ pub enum E2eeError {
     /// The system's random source failed.
     #[error("the system's random source failed")]
     Random,
-    /// Both a shared key and per-user keys were given.
-    #[error("either one shared media key or each user's, not both")]
-    SharedAndPerUser,
+    /// More than one of a shared key, per-user keys and a built-in
+    /// identity was given.
+    #[error("one of a shared media key, each user's keys or a media identity, not two")]
+    TwoKindsOfKeys,
     /// A per-user key that is not one (the user named, never the key).
     #[error("the media key of {user}: {error}")]
     UserKey {
@@ -226,17 +228,18 @@ impl KeyProvider for KeyDirectory {
 
 impl MediaKeys {
     /// The switch as the bindings and the command line take it: one
-    /// shared key in hex, or each user's key in hex (by user id); neither
-    /// is off (`None`), both an error.
-    pub fn from_hex_settings(
+    /// shared key in hex, each user's key in hex (by user id), or the file
+    /// of this device's identity for built-in keys (made if missing);
+    /// none is off (`None`), two an error.
+    pub fn from_settings(
         shared: Option<&str>,
         per_user: Option<&HashMap<String, String>>,
+        identity: Option<&Path>,
     ) -> Result<Option<Self>, E2eeError> {
-        match (shared, per_user) {
-            (None, None) => Ok(None),
-            (Some(_), Some(_)) => Err(E2eeError::SharedAndPerUser),
-            (Some(shared), None) => Ok(Some(Self::Shared(MediaKey::from_hex(shared)?))),
-            (None, Some(per_user)) => {
+        match (shared, per_user, identity) {
+            (None, None, None) => Ok(None),
+            (Some(shared), None, None) => Ok(Some(Self::Shared(MediaKey::from_hex(shared)?))),
+            (None, Some(per_user), None) => {
                 let mut keys = HashMap::with_capacity(per_user.len());
                 for (user, hex) in per_user {
                     let key = MediaKey::from_hex(hex).map_err(|error| E2eeError::UserKey {
@@ -247,6 +250,10 @@ impl MediaKeys {
                 }
                 Ok(Some(Self::PerUser(Arc::new(KeyDirectory::new(keys)))))
             }
+            (None, None, Some(path)) => Ok(Some(Self::BuiltIn(Arc::new(
+                Identity::load_or_create(path)?,
+            )))),
+            _ => Err(E2eeError::TwoKindsOfKeys),
         }
     }
 
@@ -739,26 +746,30 @@ mod tests {
     }
 
     #[test]
-    fn settings_in_hex_give_a_shared_key_or_a_directory() {
+    fn settings_give_a_shared_key_a_directory_or_an_identity() {
         let hex = "00112233445566778899aabbccddeeff";
-        assert_eq!(MediaKeys::from_hex_settings(None, None), Ok(None));
-        let shared = MediaKeys::from_hex_settings(Some(hex), None).unwrap();
+        assert_eq!(MediaKeys::from_settings(None, None, None), Ok(None));
+        let shared = MediaKeys::from_settings(Some(hex), None, None).unwrap();
         assert_eq!(
             shared,
             Some(MediaKeys::Shared(MediaKey::from_hex(hex).unwrap()))
         );
         let per_user = HashMap::from([("bob".to_owned(), hex.to_owned())]);
-        let directory = MediaKeys::from_hex_settings(None, Some(&per_user))
+        let directory = MediaKeys::from_settings(None, Some(&per_user), None)
             .unwrap()
             .unwrap();
         assert_eq!(directory.key_of("bob"), MediaKey::from_hex(hex).ok());
         assert_eq!(directory.key_of("carol"), None);
         assert_eq!(
-            MediaKeys::from_hex_settings(Some(hex), Some(&per_user)),
-            Err(E2eeError::SharedAndPerUser)
+            MediaKeys::from_settings(Some(hex), Some(&per_user), None),
+            Err(E2eeError::TwoKindsOfKeys)
+        );
+        assert_eq!(
+            MediaKeys::from_settings(None, Some(&per_user), Some(Path::new("/nonexistent/id"))),
+            Err(E2eeError::TwoKindsOfKeys)
         );
         let bad = HashMap::from([("bob".to_owned(), "12".to_owned())]);
-        let error = MediaKeys::from_hex_settings(None, Some(&bad)).unwrap_err();
+        let error = MediaKeys::from_settings(None, Some(&bad), None).unwrap_err();
         assert!(
             error.to_string().starts_with("the media key of bob"),
             "{error}"

@@ -55,7 +55,7 @@ struct Cli {
 /// Where the server is and who logs in.
 #[derive(Debug, Args)]
 struct Account {
-    /// A TOML file with any of: dev, server, fingerprint, app, user, usersig, secret_key, media_key (flags and the environment win)
+    /// A TOML file with any of: dev, server, fingerprint, app, user, usersig, secret_key, media_key, media_identity (flags and the environment win)
     #[arg(long, env = "OPENCALLING_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// A development server's data directory: its address, certificate and app
@@ -105,6 +105,17 @@ struct Account {
         global = true
     )]
     media_key: Option<String>,
+    /// Encrypt calls end to end with keys made here, sealed to each
+    /// member's identity key; this device's identity lives in this file
+    /// (made if missing). Members' safety numbers are printed
+    #[arg(
+        long,
+        env = "OPENCALLING_MEDIA_IDENTITY",
+        value_name = "FILE",
+        global = true,
+        conflicts_with = "media_key"
+    )]
+    media_identity: Option<PathBuf>,
 }
 
 /// The account settings a `--config` file may hold.
@@ -119,6 +130,7 @@ struct AccountFile {
     usersig: Option<String>,
     secret_key: Option<String>,
     media_key: Option<String>,
+    media_identity: Option<PathBuf>,
 }
 
 impl Account {
@@ -146,6 +158,7 @@ impl Account {
         self.usersig = self.usersig.or(file.usersig);
         self.secret_key = self.secret_key.or(file.secret_key);
         self.media_key = self.media_key.or(file.media_key);
+        self.media_identity = self.media_identity.or(file.media_identity);
         Ok(self)
     }
 }
@@ -588,8 +601,12 @@ fn account(
     options.audio = devices;
     options.connect_timeout = Duration::from_secs(account.connect_timeout);
     options.device_id.clone_from(&account.device_id);
-    options.media_encryption = MediaKeys::from_hex_settings(account.media_key.as_deref(), None)
-        .map_err(|error| format!("--media-key: {error}"))?;
+    options.media_encryption = MediaKeys::from_settings(
+        account.media_key.as_deref(),
+        None,
+        account.media_identity.as_deref(),
+    )
+    .map_err(|error| format!("--media-key or --media-identity: {error}"))?;
     let app = account
         .app
         .or(dev.as_ref().map(|dev| dev.sdk_app_id))

@@ -3,13 +3,16 @@
 //! encrypt cannot join, and a member whose key is wrong or missing plays
 //! as silence with an event saying so.
 
+mod built_in;
+
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use audio_device::{AudioFormat, AudioSink, WavSink};
 use calling_api::{CallType, CallingEvent, EndReason, ErrorCode, KeyProblem};
-use calling_facade::{CaptureDevice, KeyProvider, MediaKey, MediaKeys, PlaybackDevice};
+use calling_facade::{CaptureDevice, Identity, KeyProvider, MediaKey, MediaKeys, PlaybackDevice};
 use opencalling_tests::speech::{fixture, match_speech};
 use signaling_proto::{DatagramKind, FlowId, MediaHeader};
 
@@ -43,22 +46,26 @@ fn eavesdrop(payloads: &BTreeMap<u32, Vec<u8>>, path: &Path) {
     clippy::print_stdout,
     reason = "the measured figures, for the log of a test run"
 )]
-async fn overheard(server: &TestServer, keys: Option<MediaKeys>) -> Vec<(FlowId, f64)> {
+async fn overheard(
+    server: &TestServer,
+    keys: impl Fn() -> Option<MediaKeys>,
+) -> Vec<(FlowId, f64)> {
     // The analysis below takes seconds of CPU: not beside another audio
     // test's real-time threads.
     let _alone = ONE_AT_A_TIME.lock().await;
     let tap = server.server.tap_relay();
+    let encrypted = keys().is_some();
     let encrypt = |options: &mut calling_facade::ClientOptions| {
-        options.media_encryption.clone_from(&keys);
+        options.media_encryption = keys();
     };
     speech_both_ways_while_alone(server, encrypt, encrypt).await;
     let mut flows: BTreeMap<FlowId, BTreeMap<u32, Vec<u8>>> = BTreeMap::new();
-    for datagram in tap.try_iter() {
+    for (_, datagram) in tap.try_iter() {
         let (header, payload) = MediaHeader::decode(&datagram).unwrap();
         if header.kind != DatagramKind::Audio {
             continue;
         }
-        if keys.is_some() {
+        if encrypted {
             // Key id 0 lives in the SFrame header's first byte (bits 1–4
             // zero), then a counter, the ciphertext and a 16-byte tag.
             assert_eq!(payload[0] & 0x70, 0, "{payload:02x?}");
@@ -81,25 +88,35 @@ async fn overheard(server: &TestServer, keys: Option<MediaKeys>) -> Vec<(FlowId,
             .fold(f64::MIN, f64::max);
         println!(
             "the relay overhears {flow:?} ({}): correlation {best:.2}",
-            if keys.is_some() { "encrypted" } else { "plain" }
+            if encrypted { "encrypted" } else { "plain" }
         );
         heard.push((*flow, best));
     }
     heard
 }
 
+fn built_in() -> MediaKeys {
+    MediaKeys::BuiltIn(Arc::new(Identity::generate().unwrap()))
+}
+
 /// In the clear, the relay's copy of each flow is the speaker's voice (so
 /// the measure below can tell); with alice and bob holding one shared key,
-/// each still hears the other while what the relay forwards matches
-/// neither speaker.
+/// or each an identity of its own (built-in keys), each still hears the
+/// other while what the relay forwards matches neither speaker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_hear_each_other_and_the_relay_hears_nothing() {
     let server = TestServer::start("e2ee-speech").await;
-    for (flow, correlation) in overheard(&server, None).await {
+    for (flow, correlation) in overheard(&server, || None).await {
         assert!(correlation > 0.8, "{flow:?} plain: {correlation:.2}");
     }
-    for (flow, correlation) in overheard(&server, Some(shared_key(7))).await {
+    for (flow, correlation) in overheard(&server, || Some(shared_key(7))).await {
         assert!(correlation < 0.3, "{flow:?} encrypted: {correlation:.2}");
+    }
+    for (flow, correlation) in overheard(&server, || Some(built_in())).await {
+        assert!(
+            correlation < 0.3,
+            "{flow:?} built-in keys: {correlation:.2}"
+        );
     }
 }
 
@@ -229,20 +246,26 @@ async fn a_wrong_or_missing_key_plays_silence_and_says_so() {
     assert!(alice_level > 0.01, "alice hears carol: {alice_level}");
 }
 
-/// The loudest level `listener` reported for `speaker` within `within`.
-async fn loudest(listener: &mut User, speaker: &str, within: Duration) -> u8 {
+/// The loudest level `listener` reported for `speaker` within `within`,
+/// and the key problems it was told of meanwhile.
+async fn loudest(listener: &mut User, speaker: &str, within: Duration) -> (u8, Vec<CallingEvent>) {
     let deadline = tokio::time::Instant::now() + within;
     let mut loudest = 0;
+    let mut problems = Vec::new();
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, listener.events.recv()).await {
-        if let CallingEvent::UserVoiceVolume { user_volumes, .. } = event {
-            for volume in user_volumes {
-                if volume.user_id.as_str() == speaker {
-                    loudest = loudest.max(volume.volume);
+        match event {
+            CallingEvent::UserVoiceVolume { user_volumes, .. } => {
+                for volume in user_volumes {
+                    if volume.user_id.as_str() == speaker {
+                        loudest = loudest.max(volume.volume);
+                    }
                 }
             }
+            CallingEvent::MediaKeyProblem { .. } => problems.push(event),
+            _ => {}
         }
     }
-    loudest
+    (loudest, problems)
 }
 
 /// Across two nodes of a cluster: the key words cross from node to node
@@ -278,7 +301,7 @@ async fn encrypted_calls_cross_cluster_nodes() {
         .unwrap_err();
     assert_eq!(refused.code, ErrorCode::MEDIA_ENCRYPTION_MISMATCH);
     connect(&mut alice, &mut bob).await;
-    let (alice_hears, bob_hears) = tokio::join!(
+    let ((alice_hears, alice_problems), (bob_hears, bob_problems)) = tokio::join!(
         loudest(&mut alice, "bob", Duration::from_secs(3)),
         loudest(&mut bob, "alice", Duration::from_secs(3))
     );
@@ -286,4 +309,5 @@ async fn encrypted_calls_cross_cluster_nodes() {
         alice_hears >= 20 && bob_hears >= 20,
         "alice hears bob at {alice_hears}, bob alice at {bob_hears}"
     );
+    assert!(alice_problems.is_empty() && bob_problems.is_empty());
 }

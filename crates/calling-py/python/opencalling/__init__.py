@@ -119,15 +119,19 @@ class Calling:
         auto_gain: Optional[bool] = None,
         media_key: Optional[str] = None,
         media_keys: Optional[Dict[str, str]] = None,
+        media_identity: Optional[str] = None,
     ) -> None:
         """Voice processing: each switch left as None is on for the system
         microphone and off for files, tones and silence. `device_id` names
         this device of the user (1-64 of a-z A-Z 0-9 - _) on servers that
         ring several; None: a random one, kept for the instance's life.
         End-to-end encrypted audio: `media_key`, one key every user shares
-        (32 to 128 hex digits), or `media_keys`, each user's key by user id;
-        None of both: off. A call between a device that encrypts and one
-        that does not is refused (code 3008)."""
+        (32 to 128 hex digits), or `media_keys`, each user's key by user id,
+        or `media_identity`, the file of this device's identity for keys the
+        SDK makes and seals to each member (made if missing; members'
+        safety numbers come as MemberIdentity events); None of the three:
+        off. A call between a device that encrypts and one that does not,
+        or not alike, is refused (code 3008)."""
         self._native = _native.Calling(
             server,
             fingerprint=fingerprint,
@@ -146,6 +150,7 @@ class Calling:
             auto_gain=auto_gain,
             media_key=media_key,
             media_keys=media_keys,
+            media_identity=media_identity,
         )
         self._closed = False
 
