@@ -124,6 +124,21 @@ impl Phone {
                 ));
                 return false;
             }
+            CallingEvent::MemberIdentity {
+                user_id,
+                safety_number,
+                changed,
+            } => {
+                if *changed {
+                    self.note(format!(
+                        "{user_id}'s identity key CHANGED (a new device, or someone in between): compare again"
+                    ));
+                }
+                self.note(format!(
+                    "safety number with {user_id}: {safety_number} (read it to them: it matches theirs)"
+                ));
+                return false;
+            }
             _ => {}
         }
         self.note(event.to_string());
