@@ -1147,8 +1147,11 @@ impl<T: Transport> Driver<T> {
                 Vec::new()
             }
         };
-        // Our new key is sealed with once the members have it.
-        if let (Some(media), Some(sealer)) = (self.media.as_ref(), keys.take_next_sealer()) {
+        // Our new key is sealed with once the members have it (without
+        // audio running, the call's audio takes it as it starts).
+        if let Some(media) = self.media.as_ref()
+            && let Some(sealer) = keys.take_next_sealer()
+        {
             media.next_sealer(sealer, Instant::now() + e2ee::ROTATION_OVERLAP);
         }
         for event in keys.take_news() {

@@ -728,6 +728,25 @@ mod tests {
         }
     }
 
+    /// docs/protocol.md's example frame, which the web SDK's own WebCrypto
+    /// sealing writes too (`test/e2ee.test.ts`): two implementations, one
+    /// byte string.
+    #[test]
+    fn the_documented_frame() {
+        let material = MediaKey::new([7; 32]).unwrap();
+        let announcement = KeyAnnouncement {
+            key_id: 0,
+            salt: [1; 16],
+        };
+        let mut sealer = FrameSealer::announced(&material, "alice", announcement).unwrap();
+        let header = hex("100000000001000003c01e");
+        let sealed = sealer.seal(&header, b"an opus packet").unwrap();
+        assert_eq!(
+            sealed[header.len()..],
+            hex("000a1bdefe0e6453b8daa97247eddb540830a1718c89763a0431ac38764034")
+        );
+    }
+
     #[test]
     fn announcements_round_trip_and_bad_ones_are_errors() {
         let announcement = KeyAnnouncement {

@@ -16,6 +16,7 @@ use calling_facade::{CaptureDevice, PlaybackDevice};
 use opencalling_tests::speech::{fixture, match_looped_speech};
 use opencalling_tests::web::{Site, StaticSite, browser_certificate_hashes, demo_site, sdk_build};
 use serde_json::{Value, json};
+use signaling_proto::{DatagramKind, FlowId, MediaHeader};
 
 use crate::audio::{ONE_AT_A_TIME, record_path, user_with_options};
 use crate::support::*;
@@ -116,10 +117,18 @@ impl WebUser {
 
     /// A new instance of the SDK on `server`, logged in as this user.
     async fn login(&mut self, server: &TestServer, hashes: &[String], way: Way) {
-        let options = json!({
+        self.login_with(server, hashes, way, json!({})).await;
+    }
+
+    /// [`WebUser::login`] with more options (`extra`'s fields).
+    async fn login_with(&mut self, server: &TestServer, hashes: &[String], way: Way, extra: Value) {
+        let mut options = json!({
             "server": address(server, hashes, way),
             "voiceProcessing": { "echoCancellation": false, "noiseSuppression": false, "autoGainControl": false },
         });
+        if let (Some(options), Some(extra)) = (options.as_object_mut(), extra.as_object()) {
+            options.extend(extra.clone());
+        }
         self.call("init", json!([options])).await;
         let name = self.name.clone();
         self.call(
@@ -327,6 +336,108 @@ async fn page_calls_native(way: Way, tag: &str) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_heard(&page_says, &bob_hears, "bob hears the page");
     assert_heard(&bob_says, &page_hears, "the page hears bob");
+}
+
+/// What the relay forwarded of `sender`'s audio, opened with the native
+/// SDK's own opener and the key `sender` announced (from the server's tap
+/// of the key words): how many of its frames there were, how many opened
+/// as Opus that decodes.
+fn open_relayed(
+    words: &std::sync::mpsc::Receiver<(std::time::Instant, calling_api::UserId, Vec<u8>)>,
+    relayed: &std::sync::mpsc::Receiver<(std::time::Instant, bytes::Bytes)>,
+    material: &media_e2ee::MediaKey,
+    sender: &str,
+) -> (usize, usize) {
+    let mut opener = media_e2ee::FrameOpener::new();
+    for (_, from, payload) in words.try_iter() {
+        if from.as_str() == sender {
+            let announcement = media_e2ee::KeyAnnouncement::from_bytes(&payload).unwrap();
+            opener.add_key(material, sender, &announcement).unwrap();
+        }
+    }
+    let mut flows: std::collections::HashMap<FlowId, (usize, usize)> = std::collections::HashMap::new();
+    let mut decoder = audio_pipeline::Decoder::with_complexity(0).unwrap();
+    let mut pcm = vec![0.0_f32; 5760];
+    for (_, datagram) in relayed.try_iter() {
+        let Ok((header, sealed)) = MediaHeader::decode(&datagram) else {
+            continue;
+        };
+        if header.kind != DatagramKind::Audio {
+            continue;
+        }
+        let as_sent = MediaHeader {
+            flow_id: FlowId(0),
+            ..header
+        };
+        let mut written = [0; signaling_proto::datagram::MAX_HEADER_LEN];
+        let len = as_sent.encode(&[], &mut written).unwrap();
+        let counts = flows.entry(header.flow_id).or_default();
+        counts.0 += 1;
+        if let Ok(opus) = opener.open(&written[..len], sealed)
+            && decoder.decode(opus, &mut pcm).is_ok()
+        {
+            counts.1 += 1;
+        }
+    }
+    flows
+        .into_values()
+        .max_by_key(|(_, opened)| *opened)
+        .unwrap_or_default()
+}
+
+/// A page and a native app with one shared media key: each hears the
+/// other; every frame the page sent, as the relay forwarded it, opens with
+/// the native SDK's own opener and the key the page announced (the
+/// WebCrypto SFrame and the native one agree); a page with a key cannot
+/// call a native user without one (3008).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_and_a_native_user_share_an_end_to_end_encrypted_call() {
+    let _browser = ONE_BROWSER.lock().await;
+    let _audio = ONE_AT_A_TIME.lock().await;
+    let (server, hashes) = start_server(test_config("web-e2ee")).await;
+    let words = server.server.tap_member_keys();
+    let relayed = server.server.tap_relay();
+    let site = site().await;
+    let key = "5a".repeat(32);
+    let material = media_e2ee::MediaKey::from_hex(&key).unwrap();
+    let (page_says, bob_says) = (fixture("speech-a-16k.wav"), fixture("speech-b-16k.wav"));
+    let (page_hears, bob_hears) = (record_path("web-e2ee-page-hears"), record_path("web-e2ee-bob-hears"));
+    let mut alice = WebUser::open(&site, "alice", &page_says, &[]).await;
+    alice
+        .login_with(&server, &hashes, Way::WebTransport, json!({ "mediaKey": key }))
+        .await;
+    let _carol = server.user("carol").await;
+    let refused = alice.try_call("call", json!(["carol"])).await;
+    assert_eq!(refused.map_err(|(code, _)| code), Err(3008));
+    let mut bob = user_with_options(
+        &server,
+        "bob",
+        CaptureDevice::Wav {
+            path: bob_says.clone(),
+            looping: true,
+        },
+        PlaybackDevice::Wav {
+            path: bob_hears.clone(),
+        },
+        |options| options.media_encryption = Some(calling_facade::MediaKeys::Shared(material.clone())),
+    )
+    .await;
+    alice.call("call", json!(["bob"])).await;
+    bob.expect(&[invited("alice", &[])]).await;
+    bob.calling.accept().await.unwrap();
+    alice.expect(&enter_events("bob")).await;
+    bob.expect(&enter("alice")).await;
+    alice.record(4_000, &page_hears).await;
+    alice.call("hangup", json!([])).await;
+    alice.expect(&[event("onCallEnd", &[json!(0)])]).await;
+    bob.expect_leave_then_end("alice", EndReason::Hangup).await;
+    alice.expect_quiet(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_heard(&page_says, &bob_hears, "bob hears the page");
+    assert_heard(&bob_says, &page_hears, "the page hears bob");
+    let (sent, opened) = open_relayed(&words, &relayed, &material, "alice");
+    println!("the page's frames as relayed: {opened} of {sent} open with the native opener");
+    assert!(sent > 100 && opened == sent, "{opened} of {sent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 // speaker once a second. The main thread does the codec work; the worklets
 // only move samples.
 
+import { MAX_OVERHEAD } from "./e2ee.js";
 import { JitterBuffer, type JitterStats } from "./jitter.js";
 import { DatagramKind, type MediaHeader, MAX_HEADER_LEN, encodeDatagram, lossReport, opusPacketSamples } from "./wire.js";
 
@@ -48,6 +49,15 @@ export interface AudioHooks {
   voiceLevel(userId: string | null, volume: number): void;
   /** The audio cannot work (no microphone, no codec): the call goes on without it. */
   failed(message: string): void;
+  /**
+   * End-to-end encryption, when on: our frame sealed behind its header as
+   * sent (the whole datagram; null: not sent), a member's frame opened
+   * (null: not played).
+   */
+  encryption: {
+    seal(metadata: Uint8Array, payload: Uint8Array): Promise<Uint8Array | null>;
+    open(flowId: number, metadata: Uint8Array, frame: Uint8Array): Promise<Uint8Array | null>;
+  } | null;
 }
 
 /** Figures of a call's audio, for statistics and tests. */
@@ -312,11 +322,23 @@ export class CallAudio {
     if (frame === undefined || this.stopped) return;
     const payload = new Uint8Array(chunk.byteLength);
     chunk.copyTo(payload);
-    if (payload.length > this.hooks.maxDatagramSize() - MAX_HEADER_LEN) return;
+    const encryption = this.hooks.encryption;
+    const overhead = encryption === null ? 0 : MAX_OVERHEAD;
+    if (payload.length > this.hooks.maxDatagramSize() - MAX_HEADER_LEN - overhead) return;
     const header: MediaHeader = { kind: DatagramKind.audio, flowId: 0, sequence: this.sequence, timestamp: frame.timestamp, level: frame.level };
     this.sequence = (this.sequence + 1) >>> 0;
     this.sent += 1;
-    this.hooks.sendDatagram(encodeDatagram(header, payload));
+    if (encryption === null) {
+      this.hooks.sendDatagram(encodeDatagram(header, payload));
+      return;
+    }
+    // Sealed or not sent at all: never our audio in the clear.
+    void encryption.seal(encodeDatagram(header, new Uint8Array(0)), payload).then(
+      (datagram) => {
+        if (datagram !== null && !this.stopped) this.hooks.sendDatagram(datagram);
+      },
+      () => undefined,
+    );
   }
 
   /** One datagram from the server. */
@@ -328,6 +350,20 @@ export class CallAudio {
       return;
     }
     if (header.kind !== DatagramKind.audio || this.hooks.userOfFlow(header.flowId) === null) return;
+    const encryption = this.hooks.encryption;
+    if (encryption === null) return this.insert(header, payload);
+    // The header as its sender wrote it (flow 0) is what the frame authenticates.
+    const metadata = encodeDatagram({ ...header, flowId: 0 }, new Uint8Array(0));
+    void encryption.open(header.flowId, metadata, payload.slice()).then(
+      (opened) => {
+        if (opened !== null && !this.stopped) this.insert(header, opened);
+      },
+      () => undefined,
+    );
+  }
+
+  /** A member's Opus packet into its jitter buffer. */
+  private insert(header: MediaHeader, payload: Uint8Array): void {
     const samples = opusPacketSamples(payload);
     if (samples === 0) return;
     let flow = this.flows.get(header.flowId);

@@ -6,6 +6,7 @@
 
 import { CallAudio, type AudioStats, type VoiceProcessing } from "./audio.js";
 import { CallEngine, DEFAULT_RECONNECT, type CallingEvent, type UserVolume } from "./engine.js";
+import { type AppKeys, type KeyProblem, MediaEncryption, keyFromHex } from "./e2ee.js";
 import { CallingError, ErrorCode } from "./errors.js";
 import { type ServerAddress, type Transport, connect } from "./transport.js";
 import { FrameSplitter, WireError, decodeDatagram, decodeServerMessage, encodeClientFrame, isValidDeviceId } from "./wire.js";
@@ -36,6 +37,13 @@ export interface CallingListener {
   onReconnected?(): void;
   onUserReconnecting?(userId: string): void;
   onUserReconnected?(userId: string): void;
+  /**
+   * Beyond the original (end-to-end encryption on): a member's audio does
+   * not decrypt here and plays as silence; once per member until it does.
+   * Your own user id with "missing": you have no key material, and the call
+   * sends nothing.
+   */
+  onMediaKeyProblem?(userId: string, problem: KeyProblem): void;
 }
 
 /** How a TRTCCalling reaches its server and makes its audio. */
@@ -51,6 +59,14 @@ export interface CallingOptions {
   reconnect?: boolean;
   /** How often onUserVoiceVolume fires in a call, ms (300 unless set). */
   voiceVolumeIntervalMs?: number;
+  /**
+   * End-to-end encrypted audio with one key material every user shares
+   * (32 to 128 hex digits): the server relays audio it cannot read, and a
+   * call with a device that does not encrypt alike is refused (3008).
+   */
+  mediaKey?: string;
+  /** The same with each user's own key material, by user id (not with `mediaKey`). */
+  mediaKeys?: Record<string, string>;
 }
 
 const RECONNECT_BACKOFF_MS = [250, 500, 1000, 2000, 4000];
@@ -61,6 +77,18 @@ const DESTROY_LOGOUT_MS = 1000;
 function randomDeviceId(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(8));
   return "web-" + [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/** The application's key material from the options; null for none. */
+function appKeysOf(options: CallingOptions): AppKeys | null {
+  if (options.mediaKey !== undefined && options.mediaKeys !== undefined) {
+    throw new CallingError(ErrorCode.INVALID_PARAMETER, "either one shared media key or each user's, not both");
+  }
+  if (options.mediaKey !== undefined) return { shared: keyFromHex(options.mediaKey) };
+  if (options.mediaKeys !== undefined) {
+    return { perUser: new Map(Object.entries(options.mediaKeys).map(([user, hex]) => [user, keyFromHex(hex)])) };
+  }
+  return null;
 }
 
 let shared: TRTCCalling | null = null;
@@ -80,6 +108,8 @@ export class TRTCCalling {
   private destroyed = false;
   private readonly options: CallingOptions;
   private readonly processing: VoiceProcessing;
+  private readonly appKeys: AppKeys | null;
+  private e2ee: MediaEncryption | null = null;
   readonly deviceId: string;
 
   constructor(options: CallingOptions) {
@@ -91,6 +121,8 @@ export class TRTCCalling {
       noiseSuppression: options.voiceProcessing?.noiseSuppression ?? true,
       autoGainControl: options.voiceProcessing?.autoGainControl ?? true,
     };
+    this.appKeys = appKeysOf(options);
+    this.engine.setMediaEncryption(this.appKeys === null ? 0 : 1);
     this.engine.setDevice(this.deviceId);
     this.engine.setReconnect(options.reconnect === false ? null : DEFAULT_RECONNECT);
     if (options.voiceVolumeIntervalMs !== undefined) this.engine.setVoiceVolumeInterval(options.voiceVolumeIntervalMs);
@@ -133,6 +165,7 @@ export class TRTCCalling {
       transport.close();
       throw error;
     }
+    this.e2ee = this.appKeys === null ? null : new MediaEncryption(this.appKeys, userId);
     this.transport = transport;
     try {
       await this.request(request);
@@ -301,6 +334,7 @@ export class TRTCCalling {
 
   /** After every input: transmits, then events, then completions; then the next timer and what the state needs. */
   private pump(): void {
+    this.exchangeKeys();
     for (let message = this.engine.pollTransmit(); message !== null; message = this.engine.pollTransmit()) {
       this.transport?.sendBytes(encodeClientFrame(message));
     }
@@ -314,6 +348,22 @@ export class TRTCCalling {
     }
     this.followState();
     this.armTimer();
+  }
+
+  /**
+   * End-to-end encryption: the members' key words in, ours out to each
+   * member who lacks it; out of a call, the call's keys forgotten.
+   */
+  private exchangeKeys(): void {
+    const e2ee = this.e2ee;
+    const call = this.engine.currentCall();
+    if (e2ee === null || call === null) {
+      e2ee?.endCall();
+      while (this.engine.pollMemberKey() !== null);
+      return;
+    }
+    for (let word = this.engine.pollMemberKey(); word !== null; word = this.engine.pollMemberKey()) e2ee.heard(word.from, word.payload);
+    for (const [to, payload] of e2ee.wordsFor(performance.now(), call.members)) this.engine.sendMemberKey(to, payload);
   }
 
   private armTimer(): void {
@@ -350,6 +400,7 @@ export class TRTCCalling {
         if (user !== null) this.engine.recordVoiceLevel(user, volume);
       },
       failed: (message: string) => this.emit((listener) => listener.onError?.(ErrorCode.INTERNAL, message)),
+      encryption: this.encryptionHooks(),
     };
     const workletUrl = new URL("./worklet.js", import.meta.url);
     CallAudio.start(this.processing, this.options.microphone ?? null, workletUrl, hooks, () => performance.now()).then(
@@ -369,6 +420,26 @@ export class TRTCCalling {
         this.emit((listener) => listener.onError?.(ErrorCode.INTERNAL, `the call's audio could not start: ${message}`));
       },
     );
+  }
+
+  /** How the call's audio seals and opens, with end-to-end encryption on. */
+  private encryptionHooks() {
+    const e2ee = this.e2ee;
+    if (e2ee === null) return null;
+    const me = this.engine.userId();
+    if (!e2ee.canSeal() && me !== null) this.emit((listener) => listener.onMediaKeyProblem?.(me, "missing"));
+    return {
+      seal: (metadata: Uint8Array, payload: Uint8Array) => e2ee.seal(performance.now(), metadata, payload),
+      open: async (flowId: number, metadata: Uint8Array, frame: Uint8Array): Promise<Uint8Array | null> => {
+        const from = this.engine.userOfFlow(flowId);
+        if (from === null) return null;
+        const opened = await e2ee.open(performance.now(), from, metadata, frame);
+        if ("payload" in opened) return opened.payload;
+        const problem = opened.problem;
+        if (problem !== null) this.emit((listener) => listener.onMediaKeyProblem?.(from, problem));
+        return null;
+      },
+    };
   }
 
   private stopAudio(): void {

@@ -142,6 +142,9 @@ export class CallEngine {
   private reconnect: ReconnectTimings | null = null;
   private credentials: { sdkAppId: number; userSig: string } | null = null;
   private device: string | null = null;
+  private mediaEncryption = 0;
+  /** Members' key words for the current call, oldest first. */
+  private memberKeys: { from: string; payload: Uint8Array }[] = [];
   private connection: Connection = "up";
   private token: Uint8Array | null = null;
   private graceMs: number | null = null;
@@ -188,6 +191,7 @@ export class CallEngine {
       userId,
       userSig,
       deviceId: this.device,
+      mediaEncryption: this.mediaEncryption,
     });
     return request;
   }
@@ -226,6 +230,21 @@ export class CallEngine {
     this.device = device;
   }
 
+  /** How the logins that follow encrypt audio end to end: 0 not at all, 1 with the application's keys. */
+  setMediaEncryption(kind: number): void {
+    this.mediaEncryption = kind;
+  }
+
+  /** Sends a key word to a member of the current call (end-to-end encryption). */
+  sendMemberKey(to: string, payload: Uint8Array): void {
+    if (this.login_.kind === "loggedIn" && this.state.kind === "inCall") this.transmits.push({ type: "memberKey", to, payload });
+  }
+
+  /** The next key word a member of the current call sent. */
+  pollMemberKey(): { from: string; payload: Uint8Array } | null {
+    return this.memberKeys.shift() ?? null;
+  }
+
   /** Reconnection on (with these timings) or off. */
   setReconnect(timings: ReconnectTimings | null): void {
     this.reconnect = timings;
@@ -258,7 +277,15 @@ export class CallEngine {
       };
     } else {
       this.connection = "loggingInAgain";
-      this.handshake = { type: "login", protocolVersion: PROTOCOL_VERSION, sdkAppId, userId: this.me, userSig, deviceId: this.device };
+      this.handshake = {
+        type: "login",
+        protocolVersion: PROTOCOL_VERSION,
+        sdkAppId,
+        userId: this.me,
+        userSig,
+        deviceId: this.device,
+        mediaEncryption: this.mediaEncryption,
+      };
     }
     this.heardFromServer(now);
   }
@@ -503,6 +530,15 @@ export class CallEngine {
         this.events.push({ type: "kickedOffline" });
         return;
       case "pong":
+        return;
+      case "redirect":
+        // Where a draining server's clients may go: a page has one address
+        // (and its certificate hashes), so it does not follow.
+        return;
+      case "memberKey":
+        if (this.state.kind === "inCall" && this.state.callId === message.callId && this.state.members.has(message.from)) {
+          this.memberKeys.push({ from: message.from, payload: message.payload });
+        }
         return;
     }
   }

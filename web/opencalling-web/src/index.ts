@@ -8,4 +8,5 @@ export { CallEngine, type CallingEvent, type UserVolume } from "./engine.js";
 export { JitterBuffer, type Pull, type JitterStats } from "./jitter.js";
 export type { ServerAddress } from "./transport.js";
 export type { AudioStats, VoiceProcessing } from "./audio.js";
+export type { KeyProblem } from "./e2ee.js";
 export * as wire from "./wire.js";

@@ -3,7 +3,7 @@
 // then the payload). Pure functions over bytes: no I/O, no clock.
 
 /** The protocol version this SDK speaks (docs/protocol.md). */
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 7;
 
 /** The largest frame payload either side sends or accepts. */
 export const MAX_FRAME_LEN = 16384;
@@ -48,7 +48,16 @@ export const EndReason = {
 
 /** The messages a client sends. */
 export type ClientMessage =
-  | { type: "login"; protocolVersion: number; sdkAppId: number; userId: string; userSig: string; deviceId: string | null }
+  | {
+      type: "login";
+      protocolVersion: number;
+      sdkAppId: number;
+      userId: string;
+      userSig: string;
+      deviceId: string | null;
+      /** Version 7: 0 none, 1 the application's keys, 2 built-in keys. */
+      mediaEncryption: number;
+    }
   | { type: "logout"; requestId: number }
   | {
       type: "invite";
@@ -73,7 +82,8 @@ export type ClientMessage =
       token: Uint8Array;
       received: number;
     }
-  | { type: "heartbeat"; received: number };
+  | { type: "heartbeat"; received: number }
+  | { type: "memberKey"; to: string; payload: Uint8Array };
 
 /** The messages a server sends. */
 export type ServerMessage =
@@ -105,7 +115,12 @@ export type ServerMessage =
   | { type: "heartbeatAck"; received: number }
   | { type: "memberConnection"; callId: bigint; userId: string; connected: boolean }
   | { type: "inviteeOffline"; callId: bigint; userId: string }
-  | { type: "handledElsewhere"; callId: bigint; answer: "answered" | "declined" };
+  | { type: "handledElsewhere"; callId: bigint; answer: "answered" | "declined" }
+  | { type: "redirect"; servers: string[] }
+  | { type: "memberKey"; callId: bigint; from: string; payload: Uint8Array };
+
+/** The largest payload of a `memberKey` message, in bytes. */
+export const MAX_MEMBER_KEY_LEN = 1024;
 
 const SERVER_VARIANTS: ServerMessage["type"][] = [
   "loginResult",
@@ -129,6 +144,8 @@ const SERVER_VARIANTS: ServerMessage["type"][] = [
   "memberConnection",
   "inviteeOffline",
   "handledElsewhere",
+  "redirect",
+  "memberKey",
 ];
 
 /** Whether a client message counts in the resume books (docs/protocol.md, "Resume"). */
@@ -138,7 +155,7 @@ export function isNumberedClientMessage(message: ClientMessage): boolean {
 
 /** Whether a server message counts in the resume books. */
 export function isNumberedServerMessage(message: ServerMessage): boolean {
-  return !["loginResult", "session", "resumed", "heartbeatAck"].includes(message.type);
+  return !["loginResult", "session", "resumed", "heartbeatAck", "redirect"].includes(message.type);
 }
 
 /** Postcard's forms, written. */
@@ -305,6 +322,7 @@ export function encodeClientMessage(message: ClientMessage): Uint8Array {
     case "login":
       out.varint(0).varint(message.protocolVersion).varint(message.sdkAppId).string(message.userId).string(message.userSig);
       if (message.protocolVersion >= 5) out.option(message.deviceId, (device) => out.string(device));
+      if (message.protocolVersion >= 7) out.varint(message.mediaEncryption);
       break;
     case "logout":
       out.varint(1).varint(message.requestId);
@@ -340,6 +358,10 @@ export function encodeClientMessage(message: ClientMessage): Uint8Array {
       break;
     case "heartbeat":
       out.varint(9).varint(message.received);
+      break;
+    case "memberKey":
+      if (message.payload.length > MAX_MEMBER_KEY_LEN) throw new WireError("a member key word is at most 1024 bytes");
+      out.varint(10).string(message.to).varint(message.payload.length).raw(message.payload);
       break;
   }
   return out.finish();
@@ -425,6 +447,22 @@ export function decodeServerMessage(payload: Uint8Array): ServerMessage {
       const answer = input.u32();
       if (answer > 1) throw new WireError("an unknown answer");
       message = { type, callId, answer: answer === 0 ? "answered" : "declined" };
+      break;
+    }
+    case "redirect": {
+      const count = input.u32();
+      if (count > 8) throw new WireError("a redirect names at most 8 servers");
+      const servers: string[] = [];
+      for (let index = 0; index < count; index += 1) servers.push(input.string());
+      message = { type, servers };
+      break;
+    }
+    case "memberKey": {
+      const callId = input.u64();
+      const from = input.userId();
+      const length = input.u32();
+      if (length > MAX_MEMBER_KEY_LEN) throw new WireError("a member key word over 1024 bytes");
+      message = { type, callId, from, payload: input.raw(length) };
       break;
     }
     case undefined:

@@ -18,13 +18,42 @@ function hex(text: string): Uint8Array {
   return Uint8Array.from(text.trim().split(/\s+/).map((pair) => parseInt(pair, 16)));
 }
 
+test("a version-7 login is the documented bytes, with its media encryption", () => {
+  const frame = encodeClientFrame({
+    type: "login",
+    protocolVersion: 7,
+    sdkAppId: 1400000000,
+    userId: "alice",
+    userSig: "sig",
+    deviceId: "phone",
+    mediaEncryption: 1,
+  });
+  assert.deepEqual(frame, hex("00 00 00 19 00 07 80 9c c9 9b 05 05 61 6c 69 63 65 03 73 69 67 01 05 70 68 6f 6e 65 01"));
+});
+
+test("member key words, both ways: the documented bytes", () => {
+  const sent = encodeClientFrame({ type: "memberKey", to: "bob", payload: hex("01 00 aa bb") });
+  assert.deepEqual(sent, hex("00 00 00 0a 0a 03 62 6f 62 04 01 00 aa bb"));
+  assert.deepEqual(decodeServerMessage(hex("16 07 05 61 6c 69 63 65 04 01 00 aa bb")), {
+    type: "memberKey",
+    callId: 7n,
+    from: "alice",
+    payload: hex("01 00 aa bb"),
+  });
+  assert.throws(() => encodeClientFrame({ type: "memberKey", to: "bob", payload: new Uint8Array(1025) }), WireError);
+  assert.deepEqual(decodeServerMessage(hex("15 01 0d 31 30 2e 30 2e 30 2e 32 3a 34 34 33 35")), {
+    type: "redirect",
+    servers: ["10.0.0.2:4435"],
+  });
+});
+
 test("a version-5 login is the documented bytes", () => {
-  const frame = encodeClientFrame({ type: "login", protocolVersion: 5, sdkAppId: 1400000000, userId: "alice", userSig: "sig", deviceId: "phone" });
+  const frame = encodeClientFrame({ type: "login", protocolVersion: 5, sdkAppId: 1400000000, userId: "alice", userSig: "sig", deviceId: "phone", mediaEncryption: 1 });
   assert.deepEqual(frame, hex("00 00 00 18 00 05 80 9c c9 9b 05 05 61 6c 69 63 65 03 73 69 67 01 05 70 68 6f 6e 65"));
 });
 
 test("a version-1 login ends at the UserSig", () => {
-  const frame = encodeClientFrame({ type: "login", protocolVersion: 1, sdkAppId: 1400000000, userId: "alice", userSig: "sig", deviceId: "phone" });
+  const frame = encodeClientFrame({ type: "login", protocolVersion: 1, sdkAppId: 1400000000, userId: "alice", userSig: "sig", deviceId: "phone", mediaEncryption: 0 });
   assert.deepEqual(frame, hex("00 00 00 11 00 01 80 9c c9 9b 05 05 61 6c 69 63 65 03 73 69 67"));
 });
 
@@ -49,6 +78,8 @@ test("bad server messages are WireErrors", () => {
     "0c 07 63", // an unknown end reason
     "0a 07 03 61 2f 62", // an invalid user id
     "0b 07 03 62 6f 62 02", // a bool that is 2
+    "16 07 05 61 6c 69 63 65 05 01 00", // a member key word cut short
+    "15 09", // a redirect to nine servers
     "00 05 00 02 c3 28", // invalid UTF-8
   ];
   for (const bytes of bad) assert.throws(() => decodeServerMessage(hex(bytes)), WireError, bytes);
