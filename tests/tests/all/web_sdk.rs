@@ -355,7 +355,8 @@ fn open_relayed(
             opener.add_key(material, sender, &announcement).unwrap();
         }
     }
-    let mut flows: std::collections::HashMap<FlowId, (usize, usize)> = std::collections::HashMap::new();
+    let mut flows: std::collections::HashMap<FlowId, (usize, usize)> =
+        std::collections::HashMap::new();
     let mut decoder = audio_pipeline::Decoder::with_complexity(0).unwrap();
     let mut pcm = vec![0.0_f32; 5760];
     for (_, datagram) in relayed.try_iter() {
@@ -401,10 +402,18 @@ async fn a_page_and_a_native_user_share_an_end_to_end_encrypted_call() {
     let key = "5a".repeat(32);
     let material = media_e2ee::MediaKey::from_hex(&key).unwrap();
     let (page_says, bob_says) = (fixture("speech-a-16k.wav"), fixture("speech-b-16k.wav"));
-    let (page_hears, bob_hears) = (record_path("web-e2ee-page-hears"), record_path("web-e2ee-bob-hears"));
+    let (page_hears, bob_hears) = (
+        record_path("web-e2ee-page-hears"),
+        record_path("web-e2ee-bob-hears"),
+    );
     let mut alice = WebUser::open(&site, "alice", &page_says, &[]).await;
     alice
-        .login_with(&server, &hashes, Way::WebTransport, json!({ "mediaKey": key }))
+        .login_with(
+            &server,
+            &hashes,
+            Way::WebTransport,
+            json!({ "mediaKey": key }),
+        )
         .await;
     let _carol = server.user("carol").await;
     let refused = alice.try_call("call", json!(["carol"])).await;
@@ -419,7 +428,9 @@ async fn a_page_and_a_native_user_share_an_end_to_end_encrypted_call() {
         PlaybackDevice::Wav {
             path: bob_hears.clone(),
         },
-        |options| options.media_encryption = Some(calling_facade::MediaKeys::Shared(material.clone())),
+        |options| {
+            options.media_encryption = Some(calling_facade::MediaKeys::Shared(material.clone()))
+        },
     )
     .await;
     alice.call("call", json!(["bob"])).await;
