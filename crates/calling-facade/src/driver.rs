@@ -22,6 +22,7 @@ use audio_pipeline::{JitterStats, VoiceStats};
 use bytes::Bytes;
 use calling_api::{CallId, CallType, CallingError, CallingResult, DeviceId, ErrorCode};
 use calling_api::{CallingEvent, KeyProblem, MemberQuality, NetworkQuality, UserId};
+use media_e2ee::MediaKeys;
 use signaling_link::either::Either;
 use signaling_link::{DatagramSource, Link, LinkClosed, LinkError, MediaLink, Transport};
 use signaling_proto::SplitMix64;
@@ -43,7 +44,6 @@ use crate::media::{
 use crate::quality::{CallStats, MediaTransport, MemberStats};
 use crate::status::SessionStatus;
 use crate::{ClientOptions, Dispatch, Fallback, ReconnectPolicy};
-use media_e2ee::MediaKeys;
 
 pub(crate) type Reply = oneshot::Sender<CallingResult<Option<CallId>>>;
 
@@ -801,6 +801,9 @@ impl<T: Transport> Driver<T> {
         let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
         feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A step that was audio only changed neither the call's
+            // members nor the words they sent.
+            let audio_only = self.engine_untouched;
             if let Err(error) = self.flush().await {
                 debug!(%error, "sending failed");
                 self.connection_lost();
@@ -810,7 +813,7 @@ impl<T: Transport> Driver<T> {
             }
             self.follow_connection();
             self.sync_media();
-            if self.exchange_keys() {
+            if !audio_only && self.exchange_keys() {
                 // Our key goes out with the call's first audio.
                 continue;
             }
