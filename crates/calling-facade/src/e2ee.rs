@@ -182,11 +182,7 @@ impl CallKeys {
             .keys
             .key_of(self.me.as_str())
             .ok_or_else(|| E2eeError::NoKeyFor(self.me.to_string()))?;
-        let announcement = FrameSealer::new(&self.keys, self.me.as_str(), key_id)?.announcement();
-        Ok(SenderKey {
-            material,
-            announcement,
-        })
+        SenderKey::new(material, key_id)
     }
 
     /// The sealer for the call's capture thread as the call's audio

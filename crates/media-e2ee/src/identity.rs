@@ -18,11 +18,10 @@ use std::sync::{Mutex, PoisonError};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::digest::{Context, SHA512, digest};
 use ring::hkdf;
-use ring::rand::{SecureRandom, SystemRandom};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::{E2eeError, KEY_IDS, KeyAnnouncement, Length, MediaKey, SALT_LEN};
+use crate::{E2eeError, KEY_IDS, KeyAnnouncement, Length, MediaKey, SALT_LEN, fill_random};
 
 /// The first byte of a word of scheme 2: keys the SDK makes and seals to
 /// each member's identity key.
@@ -71,21 +70,25 @@ pub struct SenderKey {
 }
 
 impl SenderKey {
-    /// A fresh key with `key_id` (taken modulo [`KEY_IDS`]): random
-    /// material and salt.
-    pub fn random(key_id: u8) -> Result<Self, E2eeError> {
-        let random = SystemRandom::new();
-        let mut material = Zeroizing::new([0; SENDER_KEY_LEN]);
-        random.fill(&mut *material).map_err(|_| E2eeError::Random)?;
+    /// A key of `material` with `key_id` (taken modulo [`KEY_IDS`]) and a
+    /// fresh random salt.
+    pub fn new(material: MediaKey, key_id: u8) -> Result<Self, E2eeError> {
         let mut salt = [0; SALT_LEN];
-        random.fill(&mut salt).map_err(|_| E2eeError::Random)?;
+        fill_random(&mut salt)?;
         Ok(Self {
-            material: MediaKey::new(material.to_vec())?,
+            material,
             announcement: KeyAnnouncement {
                 key_id: key_id % KEY_IDS,
                 salt,
             },
         })
+    }
+
+    /// A fresh key with `key_id`: random material and salt (built-in keys).
+    pub fn random(key_id: u8) -> Result<Self, E2eeError> {
+        let mut material = Zeroizing::new([0; SENDER_KEY_LEN]);
+        fill_random(&mut *material)?;
+        Self::new(MediaKey::new(material.to_vec())?, key_id)
     }
 }
 
@@ -152,9 +155,7 @@ impl Identity {
     /// identity key each time the process starts.
     pub fn generate() -> Result<Self, E2eeError> {
         let mut secret = Zeroizing::new([0; 32]);
-        SystemRandom::new()
-            .fill(&mut *secret)
-            .map_err(|_| E2eeError::Random)?;
+        fill_random(&mut *secret)?;
         Ok(Self::from_secret(StaticSecret::from(*secret), None))
     }
 
@@ -306,9 +307,7 @@ impl Identity {
         key: &SenderKey,
     ) -> Result<Vec<u8>, E2eeError> {
         let mut ephemeral = Zeroizing::new([0; 32]);
-        SystemRandom::new()
-            .fill(&mut *ephemeral)
-            .map_err(|_| E2eeError::Random)?;
+        fill_random(&mut *ephemeral)?;
         let ephemeral = StaticSecret::from(*ephemeral);
         let ephemeral_public = IdentityKey(PublicKey::from(&ephemeral).to_bytes());
         let their_public = PublicKey::from(theirs.0);

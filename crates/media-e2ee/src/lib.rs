@@ -333,6 +333,13 @@ impl KeyAnnouncement {
     }
 }
 
+/// Fills `bytes` from the system's random source.
+pub(crate) fn fill_random(bytes: &mut [u8]) -> Result<(), E2eeError> {
+    SystemRandom::new()
+        .fill(bytes)
+        .map_err(|_| E2eeError::Random)
+}
+
 /// A length for ring's HKDF output.
 pub(crate) struct Length(pub(crate) usize);
 
@@ -385,15 +392,8 @@ impl FrameSealer {
         let material = keys
             .key_of(sender)
             .ok_or_else(|| E2eeError::NoKeyFor(sender.to_owned()))?;
-        let mut salt = [0; SALT_LEN];
-        SystemRandom::new()
-            .fill(&mut salt)
-            .map_err(|_| E2eeError::Random)?;
-        let announcement = KeyAnnouncement {
-            key_id: key_id % KEY_IDS,
-            salt,
-        };
-        Self::announced(&material, sender, announcement)
+        let key = SenderKey::new(material, key_id)?;
+        Self::announced(&key.material, sender, key.announcement)
     }
 
     /// The key `announcement` names, for `sender` with `material`: what
