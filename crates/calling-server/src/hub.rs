@@ -401,7 +401,9 @@ impl HubIo {
                 };
                 #[cfg(feature = "relay-tap")]
                 if let ServerMessage::MemberKey { from, payload, .. } = &message {
-                    self.routes.copy_word(from, payload);
+                    self.routes
+                        .word_tap
+                        .copy(|| (from.clone(), payload.clone()));
                 }
                 match outbox.try_send(Outbound::Message(message)) {
                     Ok(()) => {}

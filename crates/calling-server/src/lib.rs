@@ -722,7 +722,7 @@ impl RunningServer {
     /// returned. What the server could read of a call's audio.
     #[cfg(feature = "relay-tap")]
     pub fn tap_relay(&self) -> std::sync::mpsc::Receiver<(std::time::Instant, bytes::Bytes)> {
-        self.relay.tap()
+        self.relay.tap.open()
     }
 
     /// A test hook (feature `relay-tap`): from now on a copy of every
@@ -732,8 +732,8 @@ impl RunningServer {
     #[cfg(feature = "relay-tap")]
     pub fn tap_member_keys(
         &self,
-    ) -> std::sync::mpsc::Receiver<(std::time::Instant, calling_api::UserId, Vec<u8>)> {
-        self.relay.tap_words()
+    ) -> std::sync::mpsc::Receiver<(std::time::Instant, (calling_api::UserId, Vec<u8>))> {
+        self.relay.word_tap.open()
     }
 
     /// What the per-connection limits have refused so far.

@@ -97,9 +97,38 @@ struct Shard {
     stats: RelayStats,
 }
 
-/// Where a test's copies of the members' key words go: sender, payload.
+/// A test's copy of what passes through the server (feature `relay-tap`):
+/// each thing with when it passed, to the receiver `open` returned last.
 #[cfg(feature = "relay-tap")]
-type WordCopies = std::sync::mpsc::Sender<(std::time::Instant, calling_api::UserId, Vec<u8>)>;
+#[derive(Debug)]
+pub(crate) struct Tap<T>(
+    std::sync::Mutex<Option<std::sync::mpsc::Sender<(std::time::Instant, T)>>>,
+);
+
+#[cfg(feature = "relay-tap")]
+impl<T> Default for Tap<T> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+}
+
+#[cfg(feature = "relay-tap")]
+impl<T> Tap<T> {
+    /// From now on, copies go to the receiver returned; the one before
+    /// stops.
+    pub(crate) fn open(&self) -> std::sync::mpsc::Receiver<(std::time::Instant, T)> {
+        let (copies, tap) = std::sync::mpsc::channel();
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(copies);
+        tap
+    }
+
+    /// A copy (made only while a receiver is open).
+    pub(crate) fn copy(&self, thing: impl FnOnce() -> T) {
+        if let Some(copies) = &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            let _ = copies.send((std::time::Instant::now(), thing()));
+        }
+    }
+}
 
 /// Routes of every connection in a call, shared by the hub and the
 /// connection tasks.
@@ -111,11 +140,11 @@ pub(crate) struct MediaRoutes {
     calls: RwLock<HashMap<CallId, Arc<[ConnId]>>>,
     /// A test's copy of every datagram forwarded (feature `relay-tap`).
     #[cfg(feature = "relay-tap")]
-    tap: std::sync::Mutex<Option<std::sync::mpsc::Sender<(std::time::Instant, Bytes)>>>,
+    pub(crate) tap: Tap<Bytes>,
     /// A test's copy of every member's key word passed on (feature
     /// `relay-tap`): who sent it, its payload.
     #[cfg(feature = "relay-tap")]
-    word_tap: std::sync::Mutex<Option<WordCopies>>,
+    pub(crate) word_tap: Tap<(calling_api::UserId, Vec<u8>)>,
 }
 
 impl Default for MediaRoutes {
@@ -124,9 +153,9 @@ impl Default for MediaRoutes {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             calls: RwLock::default(),
             #[cfg(feature = "relay-tap")]
-            tap: std::sync::Mutex::default(),
+            tap: Tap::default(),
             #[cfg(feature = "relay-tap")]
-            word_tap: std::sync::Mutex::default(),
+            word_tap: Tap::default(),
         }
     }
 }
@@ -236,7 +265,7 @@ impl MediaRoutes {
             return;
         };
         #[cfg(feature = "relay-tap")]
-        self.copy_to_tap(&bytes);
+        self.tap.copy(|| bytes.clone());
         // A loss report or a receiver's features are for the sender they
         // name, nobody else.
         let about = matches!(header.kind, DatagramKind::Report | DatagramKind::Features)
@@ -277,40 +306,6 @@ impl MediaRoutes {
                 &stats.unsendable
             };
             counter.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(feature = "relay-tap")]
-impl MediaRoutes {
-    /// From now on, a copy of each datagram a member sends, as the relay
-    /// forwards it (stamped), with when, goes to the receiver returned;
-    /// the one before stops.
-    pub(crate) fn tap(&self) -> std::sync::mpsc::Receiver<(std::time::Instant, Bytes)> {
-        let (copies, tap) = std::sync::mpsc::channel();
-        *self.tap.lock().unwrap_or_else(PoisonError::into_inner) = Some(copies);
-        tap
-    }
-
-    fn copy_to_tap(&self, datagram: &Bytes) {
-        if let Some(copies) = &*self.tap.lock().unwrap_or_else(PoisonError::into_inner) {
-            let _ = copies.send((std::time::Instant::now(), datagram.clone()));
-        }
-    }
-
-    /// From now on, a copy of each member's key word the server passes
-    /// on, with when, goes to the receiver returned; the one before stops.
-    pub(crate) fn tap_words(
-        &self,
-    ) -> std::sync::mpsc::Receiver<(std::time::Instant, calling_api::UserId, Vec<u8>)> {
-        let (copies, tap) = std::sync::mpsc::channel();
-        *self.word_tap.lock().unwrap_or_else(PoisonError::into_inner) = Some(copies);
-        tap
-    }
-
-    pub(crate) fn copy_word(&self, from: &calling_api::UserId, payload: &[u8]) {
-        if let Some(copies) = &*self.word_tap.lock().unwrap_or_else(PoisonError::into_inner) {
-            let _ = copies.send((std::time::Instant::now(), from.clone(), payload.to_vec()));
         }
     }
 }

@@ -8,7 +8,7 @@ mod built_in;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use audio_device::{AudioFormat, AudioSink, WavSink};
 use calling_api::{CallType, CallingEvent, EndReason, ErrorCode, KeyProblem};
@@ -95,6 +95,52 @@ async fn overheard(
     heard
 }
 
+/// An audio datagram the relay forwarded: when, the header as its sender
+/// wrote it (flow 0), the sealed frame, its key id (from the SFrame
+/// config byte, which holds ids below 8).
+pub(crate) struct Frame {
+    pub(crate) at: Instant,
+    pub(crate) flow: FlowId,
+    pub(crate) header: Vec<u8>,
+    pub(crate) sealed: Vec<u8>,
+    /// `None` for an empty payload, which no sealed frame is.
+    pub(crate) key_id: Option<u8>,
+}
+
+pub(crate) fn frames(tapped: impl Iterator<Item = (Instant, bytes::Bytes)>) -> Vec<Frame> {
+    tapped
+        .filter_map(|(at, datagram)| {
+            let (header, sealed) = MediaHeader::decode(&datagram).ok()?;
+            if header.kind != DatagramKind::Audio {
+                return None;
+            }
+            let as_sent = MediaHeader {
+                flow_id: FlowId(0),
+                ..header
+            };
+            let mut written = [0; signaling_proto::datagram::MAX_HEADER_LEN];
+            let len = as_sent.encode(&[], &mut written).ok()?;
+            Some(Frame {
+                at,
+                flow: header.flow_id,
+                header: written[..len].to_vec(),
+                key_id: sealed.first().map(|config| (config >> 4) & 0x07),
+                sealed: sealed.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// `caller`'s invite of `callee` is refused: they do not encrypt alike.
+pub(crate) async fn refused_for_encryption(caller: &User, callee: &str) {
+    let refused = caller
+        .calling
+        .call(callee, CallType::Audio)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::MEDIA_ENCRYPTION_MISMATCH);
+}
+
 fn built_in() -> MediaKeys {
     MediaKeys::BuiltIn(Arc::new(Identity::generate().unwrap()))
 }
@@ -130,18 +176,8 @@ async fn a_call_between_an_encrypting_and_a_plain_device_is_refused() {
     options.media_encryption = Some(shared_key(1));
     let mut alice = server.user_with("alice", options).await;
     let mut bob = server.user("bob").await;
-    let refused = alice
-        .calling
-        .call("bob", CallType::Audio)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code, ErrorCode::MEDIA_ENCRYPTION_MISMATCH);
-    let refused = bob
-        .calling
-        .call("alice", CallType::Audio)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code, ErrorCode::MEDIA_ENCRYPTION_MISMATCH);
+    refused_for_encryption(&alice, "bob").await;
+    refused_for_encryption(&bob, "alice").await;
     // Nobody rang, nobody is in a call.
     alice.expect_quiet(Duration::from_millis(300)).await;
     bob.expect_quiet(Duration::from_millis(300)).await;
@@ -294,12 +330,7 @@ async fn encrypted_calls_cross_cluster_nodes() {
     tone(880.0, &mut bob_options);
     let mut bob = cluster.nodes[1].user_with("bob", bob_options).await;
     let _carol = cluster.nodes[1].user("carol").await;
-    let refused = alice
-        .calling
-        .call("carol", CallType::Audio)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code, ErrorCode::MEDIA_ENCRYPTION_MISMATCH);
+    refused_for_encryption(&alice, "carol").await;
     connect(&mut alice, &mut bob).await;
     let ((alice_hears, alice_problems), (bob_hears, bob_problems)) = tokio::join!(
         loudest(&mut alice, "bob", Duration::from_secs(3)),

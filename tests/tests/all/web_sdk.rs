@@ -16,7 +16,7 @@ use calling_facade::{CaptureDevice, PlaybackDevice};
 use opencalling_tests::speech::{fixture, match_looped_speech};
 use opencalling_tests::web::{Site, StaticSite, browser_certificate_hashes, demo_site, sdk_build};
 use serde_json::{Value, json};
-use signaling_proto::{DatagramKind, FlowId, MediaHeader};
+use signaling_proto::FlowId;
 
 use crate::audio::{ONE_AT_A_TIME, record_path, user_with_options};
 use crate::support::*;
@@ -343,13 +343,13 @@ async fn page_calls_native(way: Way, tag: &str) {
 /// of the key words): how many of its frames there were, how many opened
 /// as Opus that decodes.
 fn open_relayed(
-    words: &std::sync::mpsc::Receiver<(std::time::Instant, calling_api::UserId, Vec<u8>)>,
+    words: &std::sync::mpsc::Receiver<(std::time::Instant, (calling_api::UserId, Vec<u8>))>,
     relayed: &std::sync::mpsc::Receiver<(std::time::Instant, bytes::Bytes)>,
     material: &media_e2ee::MediaKey,
     sender: &str,
 ) -> (usize, usize) {
     let mut opener = media_e2ee::FrameOpener::new();
-    for (_, from, payload) in words.try_iter() {
+    for (_, (from, payload)) in words.try_iter() {
         if from.as_str() == sender {
             let announcement = media_e2ee::KeyAnnouncement::from_bytes(&payload).unwrap();
             opener.add_key(material, sender, &announcement).unwrap();
@@ -359,22 +359,10 @@ fn open_relayed(
         std::collections::HashMap::new();
     let mut decoder = audio_pipeline::Decoder::with_complexity(0).unwrap();
     let mut pcm = vec![0.0_f32; 5760];
-    for (_, datagram) in relayed.try_iter() {
-        let Ok((header, sealed)) = MediaHeader::decode(&datagram) else {
-            continue;
-        };
-        if header.kind != DatagramKind::Audio {
-            continue;
-        }
-        let as_sent = MediaHeader {
-            flow_id: FlowId(0),
-            ..header
-        };
-        let mut written = [0; signaling_proto::datagram::MAX_HEADER_LEN];
-        let len = as_sent.encode(&[], &mut written).unwrap();
-        let counts = flows.entry(header.flow_id).or_default();
+    for frame in crate::e2ee::frames(relayed.try_iter()) {
+        let counts = flows.entry(frame.flow).or_default();
         counts.0 += 1;
-        if let Ok(opus) = opener.open(&written[..len], sealed)
+        if let Ok(opus) = opener.open(&frame.header, &frame.sealed)
             && decoder.decode(opus, &mut pcm).is_ok()
         {
             counts.1 += 1;
