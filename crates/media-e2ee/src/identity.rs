@@ -173,10 +173,7 @@ impl Identity {
     /// only) if the file does not exist; the identity keys it meets are
     /// written there too.
     pub fn load_or_create(path: &Path) -> Result<Self, E2eeError> {
-        let file_error = |error: std::io::Error| E2eeError::IdentityFile {
-            path: path.display().to_string(),
-            error: error.to_string(),
-        };
+        let file_error = |error: std::io::Error| identity_file_error(path, error);
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -190,10 +187,7 @@ impl Identity {
     }
 
     fn parse(text: &str, path: &Path) -> Result<Self, E2eeError> {
-        let malformed = |what: &str| E2eeError::IdentityFile {
-            path: path.display().to_string(),
-            error: what.to_owned(),
-        };
+        let malformed = |what: &str| identity_file_error(path, what);
         let mut secret = None;
         let mut known: BTreeMap<String, Vec<IdentityKey>> = BTreeMap::new();
         for line in text.lines().map(str::trim) {
@@ -234,15 +228,7 @@ impl Identity {
         let Some(path) = &self.file else {
             return Ok(());
         };
-        let mut text = Zeroizing::new(format!(
-            "{FILE_HEADER}\nsecret {}\n",
-            hex(self.secret.as_bytes())
-        ));
-        for (user, keys) in &*self.known.lock().unwrap_or_else(PoisonError::into_inner) {
-            for key in keys {
-                text.push_str(&format!("known {} {user}\n", hex(&key.0)));
-            }
-        }
+        let text = self.file_text();
         let fresh = path.with_extension("new");
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -252,6 +238,33 @@ impl Identity {
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&fresh, path)
+    }
+
+    /// What the identity's file holds: the secret, then every identity key
+    /// met. Sized up front and written without intermediate strings: a
+    /// String that grows, or a formatted one, leaves copies of the secret
+    /// behind that nothing wipes.
+    fn file_text(&self) -> Zeroizing<String> {
+        let mut known_lines = String::new();
+        for (user, keys) in &*self.known.lock().unwrap_or_else(PoisonError::into_inner) {
+            for key in keys {
+                known_lines.push_str("known ");
+                push_hex(&mut known_lines, &key.0);
+                known_lines.push(' ');
+                known_lines.push_str(user);
+                known_lines.push('\n');
+            }
+        }
+        const SECRET_LINE: usize = "\nsecret ".len() + 64 + "\n".len();
+        let mut text = Zeroizing::new(String::with_capacity(
+            FILE_HEADER.len() + SECRET_LINE + known_lines.len(),
+        ));
+        text.push_str(FILE_HEADER);
+        text.push_str("\nsecret ");
+        push_hex(&mut text, self.secret.as_bytes());
+        text.push('\n');
+        text.push_str(&known_lines);
+        text
     }
 
     /// This device's public identity key.
@@ -286,13 +299,8 @@ impl Identity {
                 Meeting::Changed
             }
         };
-        self.save().map_err(|error| E2eeError::IdentityFile {
-            path: self
-                .file
-                .as_ref()
-                .map(|path| path.display().to_string())
-                .unwrap_or_default(),
-            error: error.to_string(),
+        self.save().map_err(|error| {
+            identity_file_error(self.file.as_deref().unwrap_or(Path::new("")), error)
         })?;
         Ok(meeting)
     }
@@ -493,7 +501,26 @@ fn fingerprint(user: &str, key: IdentityKey) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    let mut text = String::with_capacity(2 * bytes.len());
+    push_hex(&mut text, bytes);
+    text
+}
+
+/// Appends `bytes` to `out` in lower-case hex, a character at a time.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+}
+
+/// The identity file at `path` cannot be read, written or understood.
+fn identity_file_error(path: &Path, error: impl std::fmt::Display) -> E2eeError {
+    E2eeError::IdentityFile {
+        path: path.display().to_string(),
+        error: error.to_string(),
+    }
 }
 
 fn key_from_hex(text: &str) -> Option<[u8; 32]> {
@@ -658,6 +685,12 @@ mod tests {
             3
         );
         assert!(!format!("{loaded:?}").contains(&hex(loaded.secret.as_bytes())));
+        // The text the secret is written from never grew (a grown String
+        // leaves an unwiped copy behind), and is what the file holds.
+        let written = loaded.file_text();
+        assert_eq!(written.len(), written.capacity());
+        assert_eq!(written.as_str(), text);
+        assert!(text.contains(&format!("secret {}\n", hex(loaded.secret.as_bytes()))));
         std::fs::write(&path, "secret 12\n").unwrap();
         assert!(matches!(
             Identity::load_or_create(&path),
