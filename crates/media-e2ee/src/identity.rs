@@ -174,7 +174,8 @@ impl Identity {
     /// written there too.
     pub fn load_or_create(path: &Path) -> Result<Self, E2eeError> {
         let file_error = |error: std::io::Error| identity_file_error(path, error);
-        match std::fs::read_to_string(path) {
+        match std::fs::read_to_string(path).map(Zeroizing::new) {
+            // The text holds the secret's hex: wiped once parsed.
             Ok(text) => Self::parse(&text, path),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 let mut identity = Self::generate()?;
