@@ -10,7 +10,7 @@ pub mod room;
 mod synthetic;
 mod wav;
 
-pub use pacer::Pacer;
+pub use pacer::{CATCH_UP_LIMIT, Pacer};
 pub use synthetic::{NullSink, Signal, SyntheticSource};
 pub use wav::{WavError, WavSink, WavSource};
 
