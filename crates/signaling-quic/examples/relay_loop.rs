@@ -1,0 +1,793 @@
+//! What a relay's own event loop over quinn-proto costs per forwarded
+//! datagram, on real sockets, beside the same loop forwarding plain UDP.
+//!
+//! `cargo run --release -p signaling-quic --example relay_loop [CALLS,…] [SECONDS]`
+//!
+//! A measuring prototype for the relay's thread-per-core loop (issue 33),
+//! not the server: no signaling, no admission, no Retry. One thread (the
+//! relay, pinned to CPU 0) owns a UDP socket and the server's quinn-proto
+//! endpoint with our transport settings and TLS 1.3; each pass it takes
+//! every waiting packet with `recvmmsg`, feeds them to their connections,
+//! hands each audio datagram to the other member's connection in the same
+//! pass, runs the timers that are due, and sends everything the pass
+//! produced with `sendmmsg` — no task, channel or lock per datagram.
+//! Another thread (the callers, pinned to CPU 1) runs both members of every
+//! 1v1 call on one client endpoint and socket, each sending an 80-byte
+//! datagram every 20 ms, and measures loss and relay delay.
+//!
+//! Beside it, in the same run and with the same callers' loop, the relay
+//! thread as a plain UDP forwarder (`recvmmsg`, `sendmmsg`, no QUIC): the
+//! floor any relay of this shape pays the kernel. The relay thread's CPU is
+//! read from `/proc/self/task/TID/schedstat` (nanoseconds on a CPU).
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+// recvmmsg, sendmmsg, poll and the thread's affinity through libc.
+#![allow(unsafe_code)]
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    println!("relay_loop uses recvmmsg and sendmmsg: Linux only");
+}
+
+#[cfg(target_os = "linux")]
+fn main() {
+    linux::main();
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use bytes::{Bytes, BytesMut};
+    use quinn_proto::{
+        ClientConfig, Connection, ConnectionHandle, DatagramEvent, Endpoint, EndpointConfig, Event,
+        ServerConfig,
+    };
+    use signaling_quic::{ServerIdentity, ServerTrust, client_config, server_config};
+
+    const FRAME: Duration = Duration::from_millis(20);
+    const PAYLOAD: usize = 80;
+    /// Packets taken or sent per system call.
+    const BATCH: usize = 64;
+    const PACKET_ROOM: usize = 2048;
+
+    /// Where one run's relay thread stands, read by the main thread.
+    #[derive(Default)]
+    struct Progress {
+        thread_id: AtomicI32,
+        forwarded: AtomicU64,
+        stop: AtomicBool,
+    }
+
+    /// `recvmmsg` and `sendmmsg` on one IPv4 socket, with their buffers.
+    struct BatchIo {
+        socket: UdpSocket,
+        receive: Vec<[u8; PACKET_ROOM]>,
+        received: Vec<(usize, SocketAddr)>,
+        to_send: Vec<(SocketAddr, Vec<u8>)>,
+        spare: Vec<Vec<u8>>,
+    }
+
+    impl BatchIo {
+        fn new(socket: UdpSocket) -> Self {
+            socket.set_nonblocking(true).unwrap();
+            Self {
+                socket,
+                receive: vec![[0; PACKET_ROOM]; BATCH],
+                received: Vec::with_capacity(BATCH),
+                to_send: Vec::with_capacity(BATCH * 4),
+                spare: Vec::new(),
+            }
+        }
+
+        /// Sleeps until a packet waits or `deadline` passes.
+        fn wait(&self, deadline: Option<Instant>) {
+            let timeout_ms = deadline.map_or(5, |deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_micros().div_ceil(1000))
+                    .unwrap_or(5)
+                    .min(5)
+            });
+            let mut poll = libc::pollfd {
+                fd: self.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&raw mut poll, 1, timeout_ms) };
+        }
+
+        /// Takes up to a batch of waiting packets into `received`.
+        fn receive_batch(&mut self) -> usize {
+            self.received.clear();
+            // SAFETY: plain C structs, zero is a valid value for each.
+            let mut addresses: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
+            let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+            let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            for index in 0..BATCH {
+                iovecs[index].iov_base = self.receive[index].as_mut_ptr().cast();
+                iovecs[index].iov_len = PACKET_ROOM;
+                headers[index].msg_hdr.msg_name = (&raw mut addresses[index]).cast();
+                headers[index].msg_hdr.msg_namelen =
+                    std::mem::size_of::<libc::sockaddr_in>() as u32;
+                headers[index].msg_hdr.msg_iov = &raw mut iovecs[index];
+                headers[index].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: every header points at live buffers of the sizes given.
+            let count = unsafe {
+                libc::recvmmsg(
+                    self.socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    BATCH as u32,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            for index in 0..usize::try_from(count).unwrap_or(0) {
+                let address = addresses[index];
+                let from = SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr)),
+                    u16::from_be(address.sin_port),
+                );
+                self.received
+                    .push((headers[index].msg_len as usize, SocketAddr::V4(from)));
+            }
+            self.received.len()
+        }
+
+        fn buffer(&mut self) -> Vec<u8> {
+            self.spare.pop().unwrap_or_else(|| Vec::with_capacity(1500))
+        }
+
+        fn queue(&mut self, to: SocketAddr, packet: Vec<u8>) {
+            self.to_send.push((to, packet));
+        }
+
+        /// Sends everything queued, a batch per system call.
+        fn send_all(&mut self) {
+            let mut sent = 0;
+            while sent < self.to_send.len() {
+                let chunk = &self.to_send[sent..(sent + BATCH).min(self.to_send.len())];
+                // SAFETY: plain C structs, zero is a valid value for each.
+                let mut addresses: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
+                let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+                let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+                for (index, (to, packet)) in chunk.iter().enumerate() {
+                    let SocketAddr::V4(to) = to else {
+                        unreachable!("IPv4 loopback only")
+                    };
+                    addresses[index].sin_family = libc::AF_INET as libc::sa_family_t;
+                    addresses[index].sin_port = to.port().to_be();
+                    addresses[index].sin_addr.s_addr = u32::from(*to.ip()).to_be();
+                    iovecs[index].iov_base = packet.as_ptr().cast_mut().cast();
+                    iovecs[index].iov_len = packet.len();
+                    headers[index].msg_hdr.msg_name = (&raw mut addresses[index]).cast();
+                    headers[index].msg_hdr.msg_namelen =
+                        std::mem::size_of::<libc::sockaddr_in>() as u32;
+                    headers[index].msg_hdr.msg_iov = &raw mut iovecs[index];
+                    headers[index].msg_hdr.msg_iovlen = 1;
+                }
+                // SAFETY: every header points at live buffers of the sizes given.
+                let count = unsafe {
+                    libc::sendmmsg(
+                        self.socket.as_raw_fd(),
+                        headers.as_mut_ptr(),
+                        chunk.len() as u32,
+                        0,
+                    )
+                };
+                if count <= 0 {
+                    // A full socket buffer: what is left is lost, as a
+                    // network would lose it.
+                    break;
+                }
+                sent += usize::try_from(count).unwrap_or(0);
+            }
+            for (_, mut packet) in self.to_send.drain(..) {
+                packet.clear();
+                self.spare.push(packet);
+            }
+        }
+    }
+
+    /// One endpoint's connections and their timers, driven by one thread.
+    struct Node {
+        io: BatchIo,
+        endpoint: Endpoint,
+        connections: Vec<Option<Connection>>,
+        remotes: Vec<SocketAddr>,
+        scheduled: Vec<Option<Instant>>,
+        timers: BinaryHeap<Reverse<(Instant, usize)>>,
+        /// Connections touched in this pass, each once.
+        dirty: Vec<usize>,
+        marked: Vec<bool>,
+        scratch: Vec<u8>,
+    }
+
+    impl Node {
+        fn new(socket: UdpSocket, server: Option<Arc<ServerConfig>>) -> Self {
+            Self {
+                io: BatchIo::new(socket),
+                endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), server, true, None),
+                connections: Vec::new(),
+                remotes: Vec::new(),
+                scheduled: Vec::new(),
+                timers: BinaryHeap::new(),
+                dirty: Vec::new(),
+                marked: Vec::new(),
+                scratch: Vec::with_capacity(1500),
+            }
+        }
+
+        fn insert(&mut self, handle: ConnectionHandle, connection: Connection, remote: SocketAddr) {
+            let index = handle.0;
+            if self.connections.len() <= index {
+                self.connections.resize_with(index + 1, || None);
+                self.remotes.resize(index + 1, remote);
+                self.scheduled.resize(index + 1, None);
+                self.marked.resize(index + 1, false);
+            }
+            self.connections[index] = Some(connection);
+            self.remotes[index] = remote;
+            self.mark(index);
+        }
+
+        fn mark(&mut self, index: usize) {
+            if !self.marked[index] {
+                self.marked[index] = true;
+                self.dirty.push(index);
+            }
+        }
+
+        fn wait(&self) {
+            let next = self.timers.peek().map(|Reverse((at, _))| *at);
+            self.io.wait(next);
+        }
+
+        /// Every waiting packet into its connection; returns how many.
+        fn receive(&mut self, now: Instant) -> usize {
+            let mut total = 0;
+            loop {
+                let count = self.io.receive_batch();
+                total += count;
+                for index in 0..count {
+                    let (length, from) = self.io.received[index];
+                    let data = BytesMut::from(&self.io.receive[index][..length]);
+                    self.scratch.clear();
+                    match self
+                        .endpoint
+                        .handle(now, from, None, None, data, &mut self.scratch)
+                    {
+                        Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                            if let Some(connection) = &mut self.connections[handle.0] {
+                                connection.handle_event(event);
+                                self.mark(handle.0);
+                            }
+                        }
+                        Some(DatagramEvent::NewConnection(incoming)) => {
+                            match self.endpoint.accept(incoming, now, &mut self.scratch, None) {
+                                Ok((handle, connection)) => self.insert(handle, connection, from),
+                                Err(error) => {
+                                    if let Some(transmit) = error.response {
+                                        let mut packet = self.io.buffer();
+                                        packet.extend_from_slice(&self.scratch[..transmit.size]);
+                                        self.io.queue(from, packet);
+                                    }
+                                }
+                            }
+                        }
+                        Some(DatagramEvent::Response(transmit)) => {
+                            let mut packet = self.io.buffer();
+                            packet.extend_from_slice(&self.scratch[..transmit.size]);
+                            self.io.queue(transmit.destination, packet);
+                        }
+                        None => {}
+                    }
+                }
+                if count < BATCH {
+                    return total;
+                }
+            }
+        }
+
+        /// Runs the timers that are due.
+        fn expire(&mut self, now: Instant) {
+            while let Some(Reverse((at, index))) = self.timers.peek().copied() {
+                if at > now {
+                    break;
+                }
+                self.timers.pop();
+                if self.scheduled[index] != Some(at) {
+                    continue;
+                }
+                self.scheduled[index] = None;
+                if let Some(connection) = &mut self.connections[index] {
+                    connection.handle_timeout(now);
+                    self.mark(index);
+                }
+            }
+        }
+
+        /// The touched connections' endpoint events, packets and timers,
+        /// then one `sendmmsg` pass.
+        fn flush(&mut self, now: Instant) {
+            for position in 0..self.dirty.len() {
+                let index = self.dirty[position];
+                self.marked[index] = false;
+                let Some(connection) = &mut self.connections[index] else {
+                    continue;
+                };
+                let handle = ConnectionHandle(index);
+                while let Some(event) = connection.poll_endpoint_events() {
+                    if let Some(back) = self.endpoint.handle_event(handle, event) {
+                        connection.handle_event(back);
+                    }
+                }
+                loop {
+                    let mut packet = self.io.buffer();
+                    let Some(transmit) = connection.poll_transmit(now, 1, &mut packet) else {
+                        self.io.spare.push(packet);
+                        break;
+                    };
+                    packet.truncate(transmit.size);
+                    self.io.queue(transmit.destination, packet);
+                }
+                let deadline = connection.poll_timeout();
+                if deadline != self.scheduled[index] {
+                    self.scheduled[index] = deadline;
+                    if let Some(at) = deadline {
+                        self.timers.push(Reverse((at, index)));
+                    }
+                }
+                if connection.is_drained() {
+                    self.connections[index] = None;
+                }
+            }
+            self.dirty.clear();
+            self.io.send_all();
+        }
+    }
+
+    /// The relay thread over QUIC: members pair by the call number their
+    /// datagrams start with; each datagram goes to the other member.
+    fn quic_relay(socket: UdpSocket, config: Arc<ServerConfig>, progress: &Progress) {
+        let mut node = Node::new(socket, Some(config));
+        let mut partner: Vec<Option<usize>> = Vec::new();
+        let mut waiting: HashMap<u32, usize> = HashMap::new();
+        let mut forwarded = 0_u64;
+        let mut arrived: Vec<Bytes> = Vec::new();
+        while !progress.stop.load(Ordering::Relaxed) {
+            node.wait();
+            let now = Instant::now();
+            node.receive(now);
+            node.expire(now);
+            let mut position = 0;
+            while position < node.dirty.len() {
+                let index = node.dirty[position];
+                position += 1;
+                if partner.len() < node.connections.len() {
+                    partner.resize(node.connections.len(), None);
+                }
+                let Some(connection) = &mut node.connections[index] else {
+                    continue;
+                };
+                while connection.poll().is_some() {}
+                while let Some(datagram) = connection.datagrams().recv() {
+                    arrived.push(datagram);
+                }
+                for datagram in arrived.drain(..) {
+                    let target = match partner[index] {
+                        Some(target) => target,
+                        None => {
+                            let call = u32::from_le_bytes(datagram[..4].try_into().unwrap());
+                            match waiting.get(&call) {
+                                Some(&other) if other != index => {
+                                    partner[index] = Some(other);
+                                    partner[other] = Some(index);
+                                    waiting.remove(&call);
+                                    other
+                                }
+                                _ => {
+                                    waiting.insert(call, index);
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    if let Some(listener) = &mut node.connections[target]
+                        && listener.datagrams().send(datagram, true).is_ok()
+                    {
+                        forwarded += 1;
+                        node.mark(target);
+                    }
+                }
+            }
+            node.flush(now);
+            progress.forwarded.store(forwarded, Ordering::Relaxed);
+        }
+    }
+
+    /// The relay thread as a plain UDP forwarder: each packet goes back to
+    /// the callers' socket (the caller's partner is found there by the
+    /// call number, as the QUIC relay finds it by connection).
+    fn plain_relay(socket: UdpSocket, progress: &Progress) {
+        let mut io = BatchIo::new(socket);
+        let mut forwarded = 0_u64;
+        while !progress.stop.load(Ordering::Relaxed) {
+            io.wait(None);
+            loop {
+                let count = io.receive_batch();
+                for index in 0..count {
+                    let (length, from) = io.received[index];
+                    let mut packet = io.buffer();
+                    packet.extend_from_slice(&io.receive[index][..length]);
+                    io.queue(from, packet);
+                    forwarded += 1;
+                }
+                if count < BATCH {
+                    break;
+                }
+            }
+            io.send_all();
+            progress.forwarded.store(forwarded, Ordering::Relaxed);
+        }
+    }
+
+    /// What the callers measured.
+    #[derive(Default)]
+    struct Heard {
+        sent: u64,
+        received: u64,
+        delays_us: Vec<u32>,
+    }
+
+    /// When each member sends, and which datagrams count: those sent
+    /// between the warm-up's end and `end`, heard until 200 ms after it
+    /// (a relay delay is a few milliseconds).
+    struct Schedule {
+        epoch: Instant,
+        measure_from: Instant,
+        end: Instant,
+        listen_until: Instant,
+        next: BinaryHeap<Reverse<(Instant, usize)>>,
+        heard: Heard,
+    }
+
+    impl Schedule {
+        /// `members` senders, spread over a frame from now.
+        fn new(members: usize, warmup: Duration, seconds: Duration) -> Self {
+            let epoch = Instant::now();
+            let measure_from = epoch + warmup;
+            let end = measure_from + seconds;
+            let spread = u32::try_from(members.max(1)).unwrap();
+            Self {
+                epoch,
+                measure_from,
+                end,
+                listen_until: end + Duration::from_millis(200),
+                next: (0..members)
+                    .map(|member| Reverse((epoch + FRAME * member as u32 / spread, member)))
+                    .collect(),
+                heard: Heard::default(),
+            }
+        }
+
+        /// Whether to go on; raises `measuring` while datagrams count.
+        fn go_on(&self, now: Instant, measuring: &AtomicBool) -> bool {
+            measuring.store(
+                now >= self.measure_from && now < self.end,
+                Ordering::Relaxed,
+            );
+            now < self.listen_until
+        }
+
+        /// The next member due to send by `now`, with its datagram.
+        fn due(&mut self, now: Instant) -> Option<(usize, Bytes)> {
+            let Reverse((at, member)) = *self.next.peek()?;
+            if at > now || now >= self.end {
+                return None;
+            }
+            self.next.pop();
+            self.next.push(Reverse((at + FRAME, member)));
+            if now >= self.measure_from {
+                self.heard.sent += 1;
+            }
+            let mut payload = vec![0x55_u8; PAYLOAD];
+            payload[..4].copy_from_slice(&u32::try_from(member / 2).unwrap().to_le_bytes());
+            payload[4] = (member % 2) as u8;
+            let sent_at = self.epoch.elapsed().as_nanos() as u64;
+            payload[8..16].copy_from_slice(&sent_at.to_le_bytes());
+            Some((member, Bytes::from(payload)))
+        }
+
+        /// Counts a datagram heard, if it was sent while counting.
+        fn heard(&mut self, payload: &[u8]) {
+            let Some(sent) = payload
+                .get(8..16)
+                .and_then(|stamp| stamp.try_into().ok())
+                .map(u64::from_le_bytes)
+            else {
+                return;
+            };
+            if sent < (self.measure_from - self.epoch).as_nanos() as u64 {
+                return;
+            }
+            self.heard.received += 1;
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            self.heard
+                .delays_us
+                .push(u32::try_from(now.saturating_sub(sent) / 1000).unwrap_or(u32::MAX));
+        }
+
+        /// The next send, or `other`, whichever is sooner.
+        fn deadline(&self, other: Option<Instant>) -> Option<Instant> {
+            let next = self.next.peek().map(|Reverse((at, _))| *at);
+            match (next, other) {
+                (Some(next), Some(other)) => Some(next.min(other)),
+                (next, other) => next.or(other),
+            }
+        }
+    }
+
+    /// Connects `members` connections to `server`, a few handshakes at a
+    /// time as calls arrive; returns their handles.
+    fn connect_all(
+        node: &mut Node,
+        server: SocketAddr,
+        config: &ClientConfig,
+        members: usize,
+    ) -> Vec<usize> {
+        let mut handles = Vec::with_capacity(members);
+        let mut connected = Vec::new();
+        let mut up = 0;
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while up < members {
+            assert!(
+                Instant::now() < give_up,
+                "handshakes stalled: {up} of {members} up"
+            );
+            while handles.len() < members && handles.len() - up < 32 {
+                let (handle, connection) = node
+                    .endpoint
+                    .connect(Instant::now(), config.clone(), server, "localhost")
+                    .unwrap();
+                node.insert(handle, connection, server);
+                handles.push(handle.0);
+            }
+            connected.resize(node.connections.len(), false);
+            node.wait();
+            let now = Instant::now();
+            node.receive(now);
+            node.expire(now);
+            for position in 0..node.dirty.len() {
+                let index = node.dirty[position];
+                if let Some(connection) = &mut node.connections[index] {
+                    while let Some(event) = connection.poll() {
+                        if matches!(event, Event::Connected) && !connected[index] {
+                            connected[index] = true;
+                            up += 1;
+                        }
+                    }
+                }
+            }
+            node.flush(now);
+        }
+        handles
+    }
+
+    /// Both members of `calls` calls on one socket and endpoint, over QUIC
+    /// to `server`: connects them all, then sends audio for `warmup +
+    /// seconds`, counting only the last `seconds`.
+    fn quic_callers(
+        server: SocketAddr,
+        config: &ClientConfig,
+        calls: usize,
+        (warmup, seconds): (Duration, Duration),
+        measuring: &AtomicBool,
+    ) -> Heard {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut node = Node::new(socket, None);
+        let handles = connect_all(&mut node, server, config, calls * 2);
+        let mut schedule = Schedule::new(calls * 2, warmup, seconds);
+        loop {
+            let now = Instant::now();
+            if !schedule.go_on(now, measuring) {
+                break;
+            }
+            node.receive(now);
+            node.expire(now);
+            while let Some((member, payload)) = schedule.due(now) {
+                let index = handles[member];
+                if let Some(connection) = &mut node.connections[index] {
+                    let _ = connection.datagrams().send(payload, true);
+                    node.mark(index);
+                }
+            }
+            for position in 0..node.dirty.len() {
+                let index = node.dirty[position];
+                let Some(connection) = &mut node.connections[index] else {
+                    continue;
+                };
+                while connection.poll().is_some() {}
+                while let Some(payload) = connection.datagrams().recv() {
+                    schedule.heard(&payload);
+                }
+            }
+            node.flush(now);
+            let timer = node.timers.peek().map(|Reverse((at, _))| *at);
+            node.io.wait(schedule.deadline(timer));
+        }
+        schedule.heard
+    }
+
+    /// The same callers over plain UDP, one socket.
+    fn plain_callers(
+        server: SocketAddr,
+        calls: usize,
+        (warmup, seconds): (Duration, Duration),
+        measuring: &AtomicBool,
+    ) -> Heard {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut io = BatchIo::new(socket);
+        let mut schedule = Schedule::new(calls * 2, warmup, seconds);
+        loop {
+            let now = Instant::now();
+            if !schedule.go_on(now, measuring) {
+                break;
+            }
+            loop {
+                let count = io.receive_batch();
+                for index in 0..count {
+                    let (length, _) = io.received[index];
+                    schedule.heard(&io.receive[index][..length]);
+                }
+                if count < BATCH {
+                    break;
+                }
+            }
+            while let Some((_, payload)) = schedule.due(now) {
+                let mut packet = io.buffer();
+                packet.extend_from_slice(&payload);
+                io.queue(server, packet);
+            }
+            io.send_all();
+            io.wait(schedule.deadline(None));
+        }
+        schedule.heard
+    }
+
+    /// Pins the calling thread to `cpu`, if the machine has it.
+    fn pin(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
+        }
+    }
+
+    fn thread_id() -> i32 {
+        // SAFETY: no arguments, always succeeds.
+        unsafe { libc::gettid() }
+    }
+
+    /// Nanoseconds the thread has spent on a CPU.
+    fn cpu_ns(thread: i32) -> u64 {
+        std::fs::read_to_string(format!("/proc/self/task/{thread}/schedstat"))
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[derive(Clone, Copy)]
+    enum Relay {
+        Quic,
+        Plain,
+    }
+
+    struct Outcome {
+        us_per_datagram: f64,
+        loss_percent: f64,
+        p50_ms: f64,
+        p99_ms: f64,
+    }
+
+    fn run(relay: Relay, calls: usize, seconds: Duration, identity: &ServerIdentity) -> Outcome {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let server = socket.local_addr().unwrap();
+        let progress = Arc::new(Progress::default());
+        let relay_thread = {
+            let progress = Arc::clone(&progress);
+            let config = Arc::new(server_config(identity).unwrap());
+            std::thread::spawn(move || {
+                pin(0);
+                progress.thread_id.store(thread_id(), Ordering::Relaxed);
+                match relay {
+                    Relay::Quic => quic_relay(socket, config, &progress),
+                    Relay::Plain => plain_relay(socket, &progress),
+                }
+            })
+        };
+        let measuring = Arc::new(AtomicBool::new(false));
+        let callers = {
+            let measuring = Arc::clone(&measuring);
+            let client: ClientConfig =
+                client_config(&ServerTrust::Fingerprint(identity.fingerprint())).unwrap();
+            std::thread::spawn(move || {
+                pin(1);
+                let window = (Duration::from_secs(2), seconds);
+                match relay {
+                    Relay::Quic => quic_callers(server, &client, calls, window, &measuring),
+                    Relay::Plain => plain_callers(server, calls, window, &measuring),
+                }
+            })
+        };
+        // The relay's CPU and count over the callers' counting window.
+        while !measuring.load(Ordering::Relaxed) {
+            assert!(!callers.is_finished(), "the callers stopped early");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let thread = progress.thread_id.load(Ordering::Relaxed);
+        let (cpu_before, forwarded_before) =
+            (cpu_ns(thread), progress.forwarded.load(Ordering::Relaxed));
+        while measuring.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (cpu_after, forwarded_after) =
+            (cpu_ns(thread), progress.forwarded.load(Ordering::Relaxed));
+        let heard = callers.join().unwrap();
+        progress.stop.store(true, Ordering::Relaxed);
+        relay_thread.join().unwrap();
+        let mut delays = heard.delays_us;
+        delays.sort_unstable();
+        let quantile = |q: f64| {
+            delays
+                .get(((delays.len() as f64 - 1.0) * q).round() as usize)
+                .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
+        };
+        Outcome {
+            us_per_datagram: (cpu_after - cpu_before) as f64
+                / 1000.0
+                / (forwarded_after - forwarded_before).max(1) as f64,
+            loss_percent: 100.0 * (1.0 - heard.received as f64 / heard.sent.max(1) as f64),
+            p50_ms: quantile(0.5),
+            p99_ms: quantile(0.99),
+        }
+    }
+
+    pub(super) fn main() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let calls: Vec<usize> = args.first().map_or_else(
+            || vec![300, 1000],
+            |list| list.split(',').filter_map(|n| n.parse().ok()).collect(),
+        );
+        let seconds = Duration::from_secs(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5));
+        let identity = ServerIdentity::self_signed(&["localhost".to_owned()]).unwrap();
+        println!(
+            "relay thread on CPU 0, callers on CPU 1; {} s counted after 2 s of warm-up",
+            seconds.as_secs()
+        );
+        println!("| calls | relay | µs per forwarded datagram | × plain | loss | p50 | p99 |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for calls in calls {
+            let plain = run(Relay::Plain, calls, seconds, &identity);
+            let quic = run(Relay::Quic, calls, seconds, &identity);
+            for (name, outcome) in [("plain UDP", &plain), ("quinn-proto loop", &quic)] {
+                println!(
+                    "| {calls} | {name} | {:.2} | {:.2} | {:.2} % | {:.2} ms | {:.2} ms |",
+                    outcome.us_per_datagram,
+                    outcome.us_per_datagram / plain.us_per_datagram,
+                    outcome.loss_percent,
+                    outcome.p50_ms,
+                    outcome.p99_ms,
+                );
+            }
+        }
+    }
+}
