@@ -1,7 +1,7 @@
 //! What a relay's own event loop over quinn-proto costs per forwarded
 //! datagram, on real sockets, beside the same loop forwarding plain UDP.
 //!
-//! `cargo run --release -p signaling-quic --example relay_loop [CALLS,…] [SECONDS]`
+//! `cargo run --release -p signaling-quic --example relay_loop [CALLS,…] [SECONDS] [spread]`
 //!
 //! A measuring prototype for the relay's thread-per-core loop (issue 33),
 //! not the server: no signaling, no admission, no Retry. One thread (the
@@ -18,7 +18,7 @@
 //! Beside it, in the same run and with the same callers' loop, the relay
 //! thread as a plain UDP forwarder (`recvmmsg`, `sendmmsg`, no QUIC): the
 //! floor any relay of this shape pays the kernel. The relay thread's CPU is
-//! read from `/proc/self/task/TID/schedstat` (nanoseconds on a CPU).
+//! read from `/proc/self/task/TID/stat`, as `calling-load` reads a server's.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 // recvmmsg, sendmmsg, poll and the thread's affinity through libc.
@@ -61,8 +61,33 @@ mod linux {
     #[derive(Default)]
     struct Progress {
         thread_id: AtomicI32,
+        callers_thread_id: AtomicI32,
         forwarded: AtomicU64,
+        packets_in: AtomicU64,
+        packets_out: AtomicU64,
+        system_calls: AtomicU64,
         stop: AtomicBool,
+    }
+
+    impl Progress {
+        fn publish(&self, forwarded: u64, io: &BatchIo) {
+            self.forwarded.store(forwarded, Ordering::Relaxed);
+            self.packets_in.store(io.packets_in, Ordering::Relaxed);
+            self.packets_out.store(io.packets_out, Ordering::Relaxed);
+            self.system_calls
+                .store(io.system_calls.get(), Ordering::Relaxed);
+        }
+
+        /// Forwarded datagrams, packets in, packets out, system calls.
+        fn counts(&self) -> [u64; 4] {
+            [
+                &self.forwarded,
+                &self.packets_in,
+                &self.packets_out,
+                &self.system_calls,
+            ]
+            .map(|count| count.load(Ordering::Relaxed))
+        }
     }
 
     /// `recvmmsg` and `sendmmsg` on one IPv4 socket, with their buffers.
@@ -72,6 +97,9 @@ mod linux {
         received: Vec<(usize, SocketAddr)>,
         to_send: Vec<(SocketAddr, Vec<u8>)>,
         spare: Vec<Vec<u8>>,
+        packets_in: u64,
+        packets_out: u64,
+        system_calls: std::cell::Cell<u64>,
     }
 
     impl BatchIo {
@@ -83,6 +111,9 @@ mod linux {
                 received: Vec::with_capacity(BATCH),
                 to_send: Vec::with_capacity(BATCH * 4),
                 spare: Vec::new(),
+                packets_in: 0,
+                packets_out: 0,
+                system_calls: std::cell::Cell::new(0),
             }
         }
 
@@ -99,6 +130,7 @@ mod linux {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            self.system_calls.set(self.system_calls.get() + 1);
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&raw mut poll, 1, timeout_ms) };
         }
@@ -129,6 +161,7 @@ mod linux {
                     std::ptr::null_mut(),
                 )
             };
+            self.system_calls.set(self.system_calls.get() + 1);
             for index in 0..usize::try_from(count).unwrap_or(0) {
                 let address = addresses[index];
                 let from = SocketAddrV4::new(
@@ -138,6 +171,7 @@ mod linux {
                 self.received
                     .push((headers[index].msg_len as usize, SocketAddr::V4(from)));
             }
+            self.packets_in += self.received.len() as u64;
             self.received.len()
         }
 
@@ -182,6 +216,7 @@ mod linux {
                         0,
                     )
                 };
+                self.system_calls.set(self.system_calls.get() + 1);
                 if count <= 0 {
                     // A full socket buffer: what is left is lost, as a
                     // network would lose it.
@@ -189,6 +224,7 @@ mod linux {
                 }
                 sent += usize::try_from(count).unwrap_or(0);
             }
+            self.packets_out += sent as u64;
             for (_, mut packet) in self.to_send.drain(..) {
                 packet.clear();
                 self.spare.push(packet);
@@ -409,7 +445,7 @@ mod linux {
                 }
             }
             node.flush(now);
-            progress.forwarded.store(forwarded, Ordering::Relaxed);
+            progress.publish(forwarded, &node.io);
         }
     }
 
@@ -435,8 +471,38 @@ mod linux {
                 }
             }
             io.send_all();
-            progress.forwarded.store(forwarded, Ordering::Relaxed);
+            progress.publish(forwarded, &io);
         }
+    }
+
+    /// The relay thread as the simplest forwarder: one blocking
+    /// `recvfrom` and one `sendto` a packet (`calling-load`'s baseline
+    /// does the same through tokio).
+    fn simple_relay(socket: &UdpSocket, progress: &Progress) {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let mut buffer = [0_u8; PACKET_ROOM];
+        let mut forwarded = 0_u64;
+        while !progress.stop.load(Ordering::Relaxed) {
+            if let Ok((length, from)) = socket.recv_from(&mut buffer)
+                && socket.send_to(&buffer[..length], from).is_ok()
+            {
+                forwarded += 1;
+                progress.forwarded.store(forwarded, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// How the callers send.
+    #[derive(Clone, Copy)]
+    struct Load {
+        warmup: Duration,
+        /// How long the figures are counted, after the warm-up.
+        seconds: Duration,
+        /// Each member at its own moment, rather than a call's members
+        /// together in 1 ms slots.
+        spread: bool,
     }
 
     /// What the callers measured.
@@ -460,19 +526,27 @@ mod linux {
     }
 
     impl Schedule {
-        /// `members` senders, spread over a frame from now.
-        fn new(members: usize, warmup: Duration, seconds: Duration) -> Self {
+        /// `members` senders over a frame from now: both members of a call
+        /// in one of 20 slots of 1 ms, as `calling-load` sends, or each
+        /// member at its own moment (`spread`).
+        fn new(members: usize, load: Load) -> Self {
             let epoch = Instant::now();
-            let measure_from = epoch + warmup;
-            let end = measure_from + seconds;
-            let spread = u32::try_from(members.max(1)).unwrap();
+            let measure_from = epoch + load.warmup;
+            let end = measure_from + load.seconds;
+            let first_send = |member: usize| {
+                if load.spread {
+                    FRAME * member as u32 / u32::try_from(members.max(1)).unwrap()
+                } else {
+                    Duration::from_millis((member / 2 % 20) as u64)
+                }
+            };
             Self {
                 epoch,
                 measure_from,
                 end,
                 listen_until: end + Duration::from_millis(200),
                 next: (0..members)
-                    .map(|member| Reverse((epoch + FRAME * member as u32 / spread, member)))
+                    .map(|member| Reverse((epoch + first_send(member), member)))
                     .collect(),
                 heard: Heard::default(),
             }
@@ -588,13 +662,13 @@ mod linux {
         server: SocketAddr,
         config: &ClientConfig,
         calls: usize,
-        (warmup, seconds): (Duration, Duration),
+        load: Load,
         measuring: &AtomicBool,
     ) -> Heard {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let mut node = Node::new(socket, None);
         let handles = connect_all(&mut node, server, config, calls * 2);
-        let mut schedule = Schedule::new(calls * 2, warmup, seconds);
+        let mut schedule = Schedule::new(calls * 2, load);
         loop {
             let now = Instant::now();
             if !schedule.go_on(now, measuring) {
@@ -630,12 +704,12 @@ mod linux {
     fn plain_callers(
         server: SocketAddr,
         calls: usize,
-        (warmup, seconds): (Duration, Duration),
+        load: Load,
         measuring: &AtomicBool,
     ) -> Heard {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let mut io = BatchIo::new(socket);
-        let mut schedule = Schedule::new(calls * 2, warmup, seconds);
+        let mut schedule = Schedule::new(calls * 2, load);
         loop {
             let now = Instant::now();
             if !schedule.go_on(now, measuring) {
@@ -677,28 +751,34 @@ mod linux {
         unsafe { libc::gettid() }
     }
 
-    /// Nanoseconds the thread has spent on a CPU.
+    /// Nanoseconds the thread has spent on a CPU, user and system, read
+    /// from its `stat` as `calling-load` reads a server's (10 ms ticks).
     fn cpu_ns(thread: i32) -> u64 {
-        std::fs::read_to_string(format!("/proc/self/task/{thread}/schedstat"))
+        std::fs::read_to_string(format!("/proc/self/task/{thread}/stat"))
             .ok()
-            .and_then(|text| text.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+            .and_then(|text| process_stats::ProcessStats::parse(&text))
+            .map_or(0, |stats| stats.cpu.as_nanos() as u64)
     }
 
     #[derive(Clone, Copy)]
     enum Relay {
         Quic,
         Plain,
+        Simple,
     }
 
     struct Outcome {
         us_per_datagram: f64,
+        relay_cores: f64,
+        callers_cores: f64,
+        /// Packets in, packets out and system calls per forwarded datagram.
+        per_datagram: [f64; 3],
         loss_percent: f64,
         p50_ms: f64,
         p99_ms: f64,
     }
 
-    fn run(relay: Relay, calls: usize, seconds: Duration, identity: &ServerIdentity) -> Outcome {
+    fn run(relay: Relay, calls: usize, load: Load, identity: &ServerIdentity) -> Outcome {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let server = socket.local_addr().unwrap();
         let progress = Arc::new(Progress::default());
@@ -711,20 +791,24 @@ mod linux {
                 match relay {
                     Relay::Quic => quic_relay(socket, config, &progress),
                     Relay::Plain => plain_relay(socket, &progress),
+                    Relay::Simple => simple_relay(&socket, &progress),
                 }
             })
         };
         let measuring = Arc::new(AtomicBool::new(false));
         let callers = {
             let measuring = Arc::clone(&measuring);
+            let progress = Arc::clone(&progress);
             let client: ClientConfig =
                 client_config(&ServerTrust::Fingerprint(identity.fingerprint())).unwrap();
             std::thread::spawn(move || {
                 pin(1);
-                let window = (Duration::from_secs(2), seconds);
+                progress
+                    .callers_thread_id
+                    .store(thread_id(), Ordering::Relaxed);
                 match relay {
-                    Relay::Quic => quic_callers(server, &client, calls, window, &measuring),
-                    Relay::Plain => plain_callers(server, calls, window, &measuring),
+                    Relay::Quic => quic_callers(server, &client, calls, load, &measuring),
+                    Relay::Plain | Relay::Simple => plain_callers(server, calls, load, &measuring),
                 }
             })
         };
@@ -733,14 +817,24 @@ mod linux {
             assert!(!callers.is_finished(), "the callers stopped early");
             std::thread::sleep(Duration::from_millis(1));
         }
-        let thread = progress.thread_id.load(Ordering::Relaxed);
-        let (cpu_before, forwarded_before) =
-            (cpu_ns(thread), progress.forwarded.load(Ordering::Relaxed));
+        let threads = [&progress.thread_id, &progress.callers_thread_id]
+            .map(|thread| thread.load(Ordering::Relaxed));
+        let started = Instant::now();
+        let cpu_before = threads.map(cpu_ns);
+        let counts_before = progress.counts();
         while measuring.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let (cpu_after, forwarded_after) =
-            (cpu_ns(thread), progress.forwarded.load(Ordering::Relaxed));
+        let cpu = {
+            let after = threads.map(cpu_ns);
+            [0, 1].map(|thread| (after[thread] - cpu_before[thread]) as f64 / 1e9)
+        };
+        let wall = started.elapsed().as_secs_f64();
+        let counts = {
+            let after = progress.counts();
+            [0, 1, 2, 3].map(|count| (after[count] - counts_before[count]) as f64)
+        };
+        let forwarded = counts[0].max(1.0);
         let heard = callers.join().unwrap();
         progress.stop.store(true, Ordering::Relaxed);
         relay_thread.join().unwrap();
@@ -752,9 +846,14 @@ mod linux {
                 .map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
         };
         Outcome {
-            us_per_datagram: (cpu_after - cpu_before) as f64
-                / 1000.0
-                / (forwarded_after - forwarded_before).max(1) as f64,
+            us_per_datagram: cpu[0] * 1e6 / forwarded,
+            relay_cores: cpu[0] / wall,
+            callers_cores: cpu[1] / wall,
+            per_datagram: [
+                counts[1] / forwarded,
+                counts[2] / forwarded,
+                counts[3] / forwarded,
+            ],
             loss_percent: 100.0 * (1.0 - heard.received as f64 / heard.sent.max(1) as f64),
             p50_ms: quantile(0.5),
             p99_ms: quantile(0.99),
@@ -767,22 +866,45 @@ mod linux {
             || vec![300, 1000],
             |list| list.split(',').filter_map(|n| n.parse().ok()).collect(),
         );
-        let seconds = Duration::from_secs(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5));
+        let load = Load {
+            warmup: Duration::from_secs(2),
+            seconds: Duration::from_secs(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5)),
+            spread: args.get(2).is_some_and(|how| how == "spread"),
+        };
         let identity = ServerIdentity::self_signed(&["localhost".to_owned()]).unwrap();
         println!(
-            "relay thread on CPU 0, callers on CPU 1; {} s counted after 2 s of warm-up",
-            seconds.as_secs()
+            "relay thread on CPU 0, callers on CPU 1; {} s counted after 2 s of warm-up; {}",
+            load.seconds.as_secs(),
+            if load.spread {
+                "each member sends at its own moment"
+            } else {
+                "a call's members send together, calls in 1 ms slots (as calling-load)"
+            }
         );
-        println!("| calls | relay | µs per forwarded datagram | × plain | loss | p50 | p99 |");
-        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        println!(
+            "| calls | relay | µs per forwarded datagram | × plain | relay's core busy | callers' core busy \
+             | packets in / out, system calls per datagram | loss | p50 | p99 |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for calls in calls {
-            let plain = run(Relay::Plain, calls, seconds, &identity);
-            let quic = run(Relay::Quic, calls, seconds, &identity);
-            for (name, outcome) in [("plain UDP", &plain), ("quinn-proto loop", &quic)] {
+            let simple = run(Relay::Simple, calls, load, &identity);
+            let plain = run(Relay::Plain, calls, load, &identity);
+            let quic = run(Relay::Quic, calls, load, &identity);
+            for (name, outcome) in [
+                ("plain UDP, recvfrom + sendto", &simple),
+                ("plain UDP, the loop", &plain),
+                ("quinn-proto, the loop", &quic),
+            ] {
                 println!(
-                    "| {calls} | {name} | {:.2} | {:.2} | {:.2} % | {:.2} ms | {:.2} ms |",
+                    "| {calls} | {name} | {:.2} | {:.2} | {:.0} % | {:.0} % | {:.2} / {:.2}, {:.2} \
+                     | {:.2} % | {:.2} ms | {:.2} ms |",
                     outcome.us_per_datagram,
                     outcome.us_per_datagram / plain.us_per_datagram,
+                    outcome.relay_cores * 100.0,
+                    outcome.callers_cores * 100.0,
+                    outcome.per_datagram[0],
+                    outcome.per_datagram[1],
+                    outcome.per_datagram[2],
                     outcome.loss_percent,
                     outcome.p50_ms,
                     outcome.p99_ms,
