@@ -1125,6 +1125,10 @@ fn bench_relay(tools: &Tools, release: &Path, server: &Path) -> Result {
         "bench: quinn-proto's own cost per forwarded datagram, no I/O (the relay's floor)",
         release_example(tools, "signaling-quic", "relay_floor").args(["300", "10"]),
     )?;
+    step(
+        "bench: a relay's own loop over quinn-proto on real sockets (a prototype), beside plain forwarders",
+        release_example(tools, "signaling-quic", "relay_loop").args(["300", "5"]),
+    )?;
     let load = |cpus: [&str; 2], calls: &str, json: &str| {
         let mut command = Command::new(release.join("calling-load"));
         command

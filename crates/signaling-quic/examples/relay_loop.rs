@@ -575,7 +575,9 @@ mod linux {
             let mut payload = vec![0x55_u8; PAYLOAD];
             payload[..4].copy_from_slice(&u32::try_from(member / 2).unwrap().to_le_bytes());
             payload[4] = (member % 2) as u8;
-            let sent_at = self.epoch.elapsed().as_nanos() as u64;
+            // Stamped with the moment it is counted for, so that counting
+            // at the window's edges agrees on both sides.
+            let sent_at = (now - self.epoch).as_nanos() as u64;
             payload[8..16].copy_from_slice(&sent_at.to_le_bytes());
             Some((member, Bytes::from(payload)))
         }
