@@ -57,4 +57,14 @@ pub trait AudioSink: Send {
 
     /// Plays (or stores) interleaved samples.
     fn write(&mut self, samples: &[f32]);
+
+    /// Frames of silence the device has played since it opened because
+    /// nothing was waiting to be played (underruns). Each one plays
+    /// whatever is written after it that much later, which moves the echo
+    /// path: the SDK puts as much silence into its echo canceller's
+    /// reference, so that the canceller never has to find the echo again.
+    /// Files and sinks that cannot underrun say 0.
+    fn underrun_frames(&self) -> u64 {
+        0
+    }
 }

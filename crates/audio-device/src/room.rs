@@ -29,7 +29,7 @@
 //! an acoustic simulation of a given room, and says so.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
@@ -279,6 +279,8 @@ pub fn room(
     let delay = (config.delay_ms as usize * ROOM_RATE as usize / 1000).min(ROOM_RATE as usize);
     producer.push_iter(std::iter::repeat_n(0.0, delay));
     let delay_change = Arc::new(AtomicI32::new(0));
+    let dropout = Arc::new(AtomicU32::new(0));
+    let underrun = Arc::new(AtomicU64::new(0));
     let heard_delay = Arc::new(AtomicU32::new(u32::try_from(delay).unwrap_or(u32::MAX)));
     let speaker = RoomSpeaker {
         convolver: Convolver::new(&response),
@@ -287,6 +289,8 @@ pub fn room(
         pending: [0.0; BLOCK],
         filled: 0,
         echo: producer,
+        dropout: Arc::clone(&dropout),
+        underrun,
     };
     let microphone = RoomMicrophone {
         echo: consumer,
@@ -302,6 +306,7 @@ pub fn room(
     };
     let control = RoomControl {
         delay_change,
+        dropout,
         heard_delay,
     };
     (speaker, microphone, control)
@@ -311,6 +316,7 @@ pub fn room(
 #[derive(Debug, Clone)]
 pub struct RoomControl {
     delay_change: Arc<AtomicI32>,
+    dropout: Arc<AtomicU32>,
     heard_delay: Arc<AtomicU32>,
 }
 
@@ -320,6 +326,16 @@ impl RoomControl {
     pub fn jump_delay(&self, millis: i32) {
         self.delay_change
             .fetch_add(millis * (ROOM_RATE / 1000) as i32, Ordering::Relaxed);
+    }
+
+    /// The loudspeaker's device underruns for `millis` before it plays what
+    /// it is given next: that much silence, after which everything plays
+    /// (and echoes) `millis` later, as after a real device's underrun. The
+    /// speaker reports it ([`AudioSink::underrun_frames`]), as a device
+    /// does; a [`jump_delay`](Self::jump_delay) is a move nobody reports.
+    pub fn drop_out(&self, millis: u32) {
+        self.dropout
+            .fetch_add(millis * (ROOM_RATE / 1000), Ordering::Relaxed);
     }
 
     /// The echo's delay as the microphone's latest read left it: what is in
@@ -341,6 +357,10 @@ pub struct RoomSpeaker {
     pending: [f32; BLOCK],
     filled: usize,
     echo: HeapProd<f32>,
+    /// Silence still to be played before the next write, in samples.
+    dropout: Arc<AtomicU32>,
+    /// Silence played so far for dropouts, in samples.
+    underrun: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RoomSpeaker {
@@ -370,18 +390,38 @@ impl AudioSink for RoomSpeaker {
     }
 
     fn write(&mut self, samples: &[f32]) {
-        for sample in samples {
-            self.pending[self.filled] = self.loudspeaker(*sample);
-            self.filled += 1;
-            if self.filled == BLOCK {
-                self.convolver.process(&mut self.pending);
-                let gain = self.gain;
-                // A full ring (nobody captures) drops the echo, as a
-                // microphone that is not open hears nothing.
-                self.echo
-                    .push_iter(self.pending.iter().map(|sample| sample * gain));
-                self.filled = 0;
+        let silence = self.dropout.swap(0, Ordering::Relaxed);
+        if silence > 0 {
+            // Through the room like any sound: the reverberation of what
+            // played before the dropout goes on ringing in it.
+            for _ in 0..silence {
+                self.play(0.0);
             }
+            self.underrun
+                .fetch_add(u64::from(silence), Ordering::Relaxed);
+        }
+        for sample in samples {
+            self.play(*sample);
+        }
+    }
+
+    fn underrun_frames(&self) -> u64 {
+        self.underrun.load(Ordering::Relaxed)
+    }
+}
+
+impl RoomSpeaker {
+    fn play(&mut self, sample: f32) {
+        self.pending[self.filled] = self.loudspeaker(sample);
+        self.filled += 1;
+        if self.filled == BLOCK {
+            self.convolver.process(&mut self.pending);
+            let gain = self.gain;
+            // A full ring (nobody captures) drops the echo, as a
+            // microphone that is not open hears nothing.
+            self.echo
+                .push_iter(self.pending.iter().map(|sample| sample * gain));
+            self.filled = 0;
         }
     }
 }
@@ -732,6 +772,29 @@ mod tests {
         assert_eq!(before, [50 * 48, 50 * 48]);
         assert_eq!(later, [170 * 48, 170 * 48]);
         assert_eq!(sooner, [20 * 48, 20 * 48]);
+    }
+
+    #[test]
+    fn a_dropout_plays_silence_delays_what_follows_and_is_reported() {
+        let config = RoomConfig {
+            rt60_seconds: 0.2,
+            delay_ms: 50,
+            ..RoomConfig::default()
+        };
+        let (mut speaker, mut microphone, control) = room(config, None, None);
+        let far = click_train(1);
+        let before = arrivals(&through(&mut speaker, &mut microphone, &far));
+        assert_eq!(speaker.underrun_frames(), 0);
+        control.drop_out(100);
+        let after = arrivals(&through(&mut speaker, &mut microphone, &far));
+        let later = arrivals(&through(&mut speaker, &mut microphone, &far));
+        assert_eq!(before, [50 * 48, 50 * 48]);
+        // The clicks given after the dropout are heard 100 ms later, for
+        // good: the device plays everything that much later.
+        assert_eq!(after, [150 * 48, 150 * 48]);
+        assert_eq!(later, [150 * 48, 150 * 48]);
+        assert_eq!(speaker.underrun_frames(), 100 * 48, "the silence reported");
+        assert_eq!(control.echo_delay_ms(), 150);
     }
 
     #[test]

@@ -16,9 +16,16 @@
 //! The canceller needs what the speaker plays. The playout thread hands
 //! each mix it plays to the capture thread through a lock-free ring
 //! ([`echo_reference`]); before each 10 ms block of capture the capture
-//! thread feeds the canceller every whole 10 ms block of that reference,
-//! then the captured block. AEC3 finds the delay between the two itself,
-//! and its render buffer absorbs the jitter between the two threads.
+//! thread feeds the canceller one 10 ms block of that reference (and the
+//! blocks it could not feed before, when the playout thread was late),
+//! then the captured block: one block of what was played for each block
+//! recorded, as a device pair plays and records. AEC3 finds the delay
+//! between the two itself, and its render buffer absorbs the jitter
+//! between the two threads. What waits beyond that is the playout's lead
+//! over the speaker, which grows when the speaker underruns (the SDK
+//! writes the silence it played into the reference): it stays in the ring,
+//! not handed to AEC3 in a burst, which AEC3 takes for a moved echo and
+//! starts over.
 //!
 //! Everything runs at 48 kHz mono in 10 ms blocks, on the capture thread
 //! (never in a device callback). The hand-over and the reference's
@@ -207,7 +214,18 @@ pub struct VoiceProcessor {
     render_block: [f32; BLOCK_SAMPLES],
     capture_block: [f32; BLOCK_SAMPLES],
     render_blocks: u64,
+    /// Reference blocks due to the canceller that had not arrived when
+    /// their capture block was processed.
+    reference_owed: usize,
+    /// Whether the reference waiting at the first capture was taken.
+    reference_started: bool,
 }
+
+/// The most of the reference that may wait for the capture thread before
+/// the canceller is handed the excess at once: a speaker that underran
+/// this much in all is behind by more than any echo path the canceller
+/// covers, and starts over anyway.
+const MAX_REFERENCE_LEAD_BLOCKS: usize = 30;
 
 impl std::fmt::Debug for VoiceProcessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -234,6 +252,8 @@ impl VoiceProcessor {
             render_block: [0.0; BLOCK_SAMPLES],
             capture_block: [0.0; BLOCK_SAMPLES],
             render_blocks: 0,
+            reference_owed: 0,
+            reference_started: false,
         }
     }
 
@@ -276,10 +296,28 @@ impl VoiceProcessor {
     /// canceller whatever reference has arrived.
     pub fn process_capture(&mut self, block: &mut [f32; BLOCK_SAMPLES]) {
         if let Some(mut reference) = self.reference.take() {
-            while reference.pop_block(&mut self.render_block) {
+            let due = if self.reference_started {
+                1 + self.reference_owed
+            } else {
+                // Whatever the playout wrote before capture began.
+                self.reference_started = true;
+                usize::MAX
+            };
+            let mut fed = 0;
+            while (fed < due || reference.waiting_blocks() > MAX_REFERENCE_LEAD_BLOCKS)
+                && reference.pop_block(&mut self.render_block)
+            {
                 let played = self.render_block;
                 self.analyze_render(&played);
+                fed += 1;
             }
+            // A playout that stopped for good owes nothing beyond what the
+            // canceller covers.
+            self.reference_owed = if due == usize::MAX {
+                0
+            } else {
+                due.saturating_sub(fed).min(MAX_REFERENCE_LEAD_BLOCKS)
+            };
             self.reference = Some(reference);
         }
         if !self.settings.any() {
@@ -376,6 +414,17 @@ impl ReferenceWriter {
                 .fetch_add((played.len() - pushed) as u64, Ordering::Relaxed);
         }
     }
+
+    /// Hands over `samples` of silence the device played on its own (an
+    /// underrun): what is written next was played that much later, and
+    /// the canceller's reference must say so, or it sees the echo move.
+    pub fn write_silence(&mut self, samples: usize) {
+        let pushed = self.producer.push_iter(std::iter::repeat_n(0.0, samples));
+        if pushed < samples {
+            self.dropped
+                .fetch_add((samples - pushed) as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The capture side of [`echo_reference`].
@@ -393,6 +442,11 @@ impl std::fmt::Debug for ReferenceReader {
 }
 
 impl ReferenceReader {
+    /// Whole blocks waiting.
+    fn waiting_blocks(&self) -> usize {
+        self.consumer.occupied_len() / BLOCK_SAMPLES
+    }
+
     /// The next whole block, if one has arrived.
     fn pop_block(&mut self, block: &mut [f32; BLOCK_SAMPLES]) -> bool {
         if self.consumer.occupied_len() < BLOCK_SAMPLES {

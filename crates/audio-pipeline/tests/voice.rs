@@ -43,6 +43,19 @@ fn through_room(
     far: &[f32],
     config: RoomConfig,
     settings: VoiceProcessing,
+    at_block: impl FnMut(usize, &RoomControl, &mut VoiceProcessor),
+) -> (Vec<f32>, Vec<f32>, VoiceProcessor) {
+    through_room_reporting(far, config, settings, true, at_block)
+}
+
+/// [`through_room`]; with `underruns_reported`, the silence the speaker
+/// played on its own goes into the reference before what is played next,
+/// as the SDK's playout thread puts it.
+fn through_room_reporting(
+    far: &[f32],
+    config: RoomConfig,
+    settings: VoiceProcessing,
+    underruns_reported: bool,
     mut at_block: impl FnMut(usize, &RoomControl, &mut VoiceProcessor),
 ) -> (Vec<f32>, Vec<f32>, VoiceProcessor) {
     let (mut speaker, mut microphone, control) = room(config, None, None);
@@ -50,10 +63,16 @@ fn through_room(
     let mut processor = VoiceProcessor::new(settings).with_reference(reference);
     let (mut heard, mut sent) = (Vec::new(), Vec::new());
     let mut block = [0.0; BLOCK_SAMPLES];
+    let mut underruns_seen = 0;
     for (index, far_block) in far.chunks_exact(BLOCK_SAMPLES).enumerate() {
         at_block(index, &control, &mut processor);
-        speaker.write(far_block);
+        let underruns = speaker.underrun_frames();
+        if underruns_reported && underruns > underruns_seen {
+            played.write_silence(usize::try_from(underruns - underruns_seen).unwrap());
+        }
+        underruns_seen = underruns;
         played.write(far_block);
+        speaker.write(far_block);
         microphone.read(&mut block);
         heard.extend_from_slice(&block);
         processor.process_capture(&mut block);
@@ -130,6 +149,42 @@ fn a_jump_in_the_echo_delay_the_sdk_knows_of_is_cancelled_within_a_second() {
         assert!(
             recovery.is_some_and(|seconds| seconds <= 1.0),
             "after a {jump_ms} ms jump: ERLE back over 20 dB after {recovery:?} s"
+        );
+    }
+}
+
+/// The speaker's device underruns mid-call: silence, then everything
+/// plays (and echoes) that much later. The device counts it, the SDK
+/// writes as much silence into the reference, and the canceller keeps
+/// the echo from the first block after; unreported, the same move is one
+/// AEC3 has to find by itself (about 2.5 s).
+#[test]
+fn a_speaker_underrun_the_device_reports_keeps_the_echo_cancelled() {
+    let far = long_far_end(12);
+    for dropout_ms in [100, 150] {
+        let config = RoomConfig {
+            delay_ms: 60,
+            ..RoomConfig::default()
+        };
+        let dropout_block = 600;
+        let recovery = |reported: bool| {
+            let (heard, sent, _) =
+                through_room_reporting(&far, config, ECHO_ONLY, reported, |block, control, _| {
+                    if block == dropout_block {
+                        control.drop_out(dropout_ms);
+                    }
+                });
+            seconds_until_cancelled(&heard, &sent, dropout_block * BLOCK_SAMPLES, 20.0)
+        };
+        let (reported, unreported) = (recovery(true), recovery(false));
+        println!("{dropout_ms} ms dropout: {reported:?} s reported, {unreported:?} s not");
+        assert!(
+            reported.is_some_and(|seconds| seconds <= 0.25),
+            "a reported {dropout_ms} ms underrun: ERLE back over 20 dB after {reported:?} s"
+        );
+        assert!(
+            unreported.is_none_or(|seconds| seconds > 1.0),
+            "unreported, the move is AEC3's to find ({unreported:?} s)"
         );
     }
 }

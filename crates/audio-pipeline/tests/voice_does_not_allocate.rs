@@ -77,6 +77,10 @@ fn the_echo_reference_never_allocates() {
         }
         if block >= 50 {
             as_callback(|| {
+                // Now and then the speaker underran: its silence first.
+                if block % 100 == 0 {
+                    played.write_silence(BLOCK_SAMPLES * 3);
+                }
                 played.write(&far);
                 processor.analyze_render(&far);
             });

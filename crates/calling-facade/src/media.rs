@@ -527,6 +527,10 @@ impl AudioSink for CustomSink {
             sink.write(samples);
         }
     }
+
+    fn underrun_frames(&self) -> u64 {
+        self.0.lock().map_or(0, |sink| sink.underrun_frames())
+    }
 }
 
 /// Without device support there is no system device to open.
@@ -618,6 +622,11 @@ impl AudioSink for LiveSpeaker {
 
     fn write(&mut self, samples: &[f32]) {
         self.0.writer().write(samples);
+    }
+
+    fn underrun_frames(&self) -> u64 {
+        let channels = u64::from(self.0.format().channels.max(1));
+        self.0.counters().underrun_samples() / channels
     }
 }
 
@@ -1052,6 +1061,7 @@ fn playout_loop(
     let mut frame = [0.0_f32; PULL_SAMPLES];
     let mut device_chunk = vec![0.0_f32; sink.format().samples_in_ms(PULL_MS)];
     let mut pacer = Pacer::new(Duration::from_millis(u64::from(PULL_MS)));
+    let mut underruns = Underruns::of(sink.as_ref());
     let mut pulls: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         pacer.wait();
@@ -1066,12 +1076,14 @@ fn playout_loop(
             sink = open_sink(playback, hands_free, notices);
             resampler = output_resampler(sink.format());
             device_chunk = vec![0.0; sink.format().samples_in_ms(PULL_MS)];
+            underruns = Underruns::of(sink.as_ref());
             shared.echo_path_changed.store(true, Ordering::Relaxed);
         }
         if receive.pull(Instant::now(), &mut frame).is_err() {
             frame.fill(0.0);
         }
         if let Some(played) = &mut played {
+            underruns.reference_the_silence_played(sink.as_ref(), played);
             played.write(&frame);
         }
         for (slot, level) in receive.levels().iter().enumerate() {
@@ -1091,6 +1103,38 @@ fn playout_loop(
                     sink.write(&device_chunk);
                 }
             }
+        }
+    }
+}
+
+/// The silence a playback device played on its own, followed so that the
+/// echo canceller's reference stays in step with what the speaker played.
+struct Underruns {
+    seen: u64,
+    sample_rate: u32,
+}
+
+impl Underruns {
+    fn of(sink: &dyn AudioSink) -> Self {
+        Self {
+            seen: sink.underrun_frames(),
+            sample_rate: sink.format().sample_rate.max(1),
+        }
+    }
+
+    /// Puts the silence `sink` played since the last call into the
+    /// reference, at 48 kHz: it came after everything written so far.
+    fn reference_the_silence_played(
+        &mut self,
+        sink: &dyn AudioSink,
+        reference: &mut ReferenceWriter,
+    ) {
+        let frames = sink.underrun_frames();
+        let new = frames.saturating_sub(self.seen);
+        self.seen = frames;
+        if new > 0 {
+            let at_48k = new * 48_000 / u64::from(self.sample_rate);
+            reference.write_silence(usize::try_from(at_48k).unwrap_or(usize::MAX));
         }
     }
 }
