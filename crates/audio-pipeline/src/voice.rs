@@ -293,7 +293,7 @@ impl VoiceProcessor {
     }
 
     /// Processes one block of capture in place, after feeding the
-    /// canceller whatever reference has arrived.
+    /// canceller the reference due for it (see the [module docs](self)).
     pub fn process_capture(&mut self, block: &mut [f32; BLOCK_SAMPLES]) {
         if let Some(mut reference) = self.reference.take() {
             let due = if self.reference_started {

@@ -145,11 +145,11 @@ mod linux {
             for index in 0..BATCH {
                 iovecs[index].iov_base = self.receive[index].as_mut_ptr().cast();
                 iovecs[index].iov_len = PACKET_ROOM;
-                headers[index].msg_hdr.msg_name = (&raw mut addresses[index]).cast();
-                headers[index].msg_hdr.msg_namelen =
-                    std::mem::size_of::<libc::sockaddr_in>() as u32;
-                headers[index].msg_hdr.msg_iov = &raw mut iovecs[index];
-                headers[index].msg_hdr.msg_iovlen = 1;
+                point(
+                    &mut headers[index],
+                    &mut addresses[index],
+                    &mut iovecs[index],
+                );
             }
             // SAFETY: every header points at live buffers of the sizes given.
             let count = unsafe {
@@ -201,11 +201,11 @@ mod linux {
                     addresses[index].sin_addr.s_addr = u32::from(*to.ip()).to_be();
                     iovecs[index].iov_base = packet.as_ptr().cast_mut().cast();
                     iovecs[index].iov_len = packet.len();
-                    headers[index].msg_hdr.msg_name = (&raw mut addresses[index]).cast();
-                    headers[index].msg_hdr.msg_namelen =
-                        std::mem::size_of::<libc::sockaddr_in>() as u32;
-                    headers[index].msg_hdr.msg_iov = &raw mut iovecs[index];
-                    headers[index].msg_hdr.msg_iovlen = 1;
+                    point(
+                        &mut headers[index],
+                        &mut addresses[index],
+                        &mut iovecs[index],
+                    );
                 }
                 // SAFETY: every header points at live buffers of the sizes given.
                 let count = unsafe {
@@ -232,12 +232,19 @@ mod linux {
         }
     }
 
+    /// Points a message header at its address and its one buffer.
+    fn point(header: &mut libc::mmsghdr, address: &mut libc::sockaddr_in, iovec: &mut libc::iovec) {
+        header.msg_hdr.msg_name = std::ptr::from_mut(address).cast();
+        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        header.msg_hdr.msg_iov = std::ptr::from_mut(iovec);
+        header.msg_hdr.msg_iovlen = 1;
+    }
+
     /// One endpoint's connections and their timers, driven by one thread.
     struct Node {
         io: BatchIo,
         endpoint: Endpoint,
         connections: Vec<Option<Connection>>,
-        remotes: Vec<SocketAddr>,
         scheduled: Vec<Option<Instant>>,
         timers: BinaryHeap<Reverse<(Instant, usize)>>,
         /// Connections touched in this pass, each once.
@@ -252,7 +259,6 @@ mod linux {
                 io: BatchIo::new(socket),
                 endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), server, true, None),
                 connections: Vec::new(),
-                remotes: Vec::new(),
                 scheduled: Vec::new(),
                 timers: BinaryHeap::new(),
                 dirty: Vec::new(),
@@ -261,16 +267,14 @@ mod linux {
             }
         }
 
-        fn insert(&mut self, handle: ConnectionHandle, connection: Connection, remote: SocketAddr) {
+        fn insert(&mut self, handle: ConnectionHandle, connection: Connection) {
             let index = handle.0;
             if self.connections.len() <= index {
                 self.connections.resize_with(index + 1, || None);
-                self.remotes.resize(index + 1, remote);
                 self.scheduled.resize(index + 1, None);
                 self.marked.resize(index + 1, false);
             }
             self.connections[index] = Some(connection);
-            self.remotes[index] = remote;
             self.mark(index);
         }
 
@@ -308,7 +312,7 @@ mod linux {
                         }
                         Some(DatagramEvent::NewConnection(incoming)) => {
                             match self.endpoint.accept(incoming, now, &mut self.scratch, None) {
-                                Ok((handle, connection)) => self.insert(handle, connection, from),
+                                Ok((handle, connection)) => self.insert(handle, connection),
                                 Err(error) => {
                                     if let Some(transmit) = error.response {
                                         let mut packet = self.io.buffer();
@@ -633,7 +637,7 @@ mod linux {
                     .endpoint
                     .connect(Instant::now(), config.clone(), server, "localhost")
                     .unwrap();
-                node.insert(handle, connection, server);
+                node.insert(handle, connection);
                 handles.push(handle.0);
             }
             connected.resize(node.connections.len(), false);
