@@ -296,12 +296,14 @@ impl VoiceProcessor {
     /// canceller the reference due for it (see the [module docs](self)).
     pub fn process_capture(&mut self, block: &mut [f32; BLOCK_SAMPLES]) {
         if let Some(mut reference) = self.reference.take() {
-            let due = if self.reference_started {
-                1 + self.reference_owed
-            } else {
-                // Whatever the playout wrote before capture began.
-                self.reference_started = true;
+            // At the first capture, whatever the playout wrote before
+            // capture began goes over.
+            let first = !self.reference_started;
+            self.reference_started = true;
+            let due = if first {
                 usize::MAX
+            } else {
+                1 + self.reference_owed
             };
             let mut fed = 0;
             while (fed < due || reference.waiting_blocks() > MAX_REFERENCE_LEAD_BLOCKS)
@@ -313,7 +315,7 @@ impl VoiceProcessor {
             }
             // A playout that stopped for good owes nothing beyond what the
             // canceller covers.
-            self.reference_owed = if due == usize::MAX {
+            self.reference_owed = if first {
                 0
             } else {
                 due.saturating_sub(fed).min(MAX_REFERENCE_LEAD_BLOCKS)
